@@ -210,6 +210,7 @@ class Server:
         self.startup_seconds: float | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self._prepared = False
+        self._log_offset = 0
 
     # ---- to override -------------------------------------------------------------------
 
@@ -246,6 +247,15 @@ class Server:
 
     # ---- lifecycle -------------------------------------------------------------------------
 
+    def log_since_start(self) -> str:
+        """What the server wrote to its log since the last ``start()``."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_offset)
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
@@ -259,15 +269,16 @@ class Server:
         if self.running:
             raise ServerError(f"{self.name} is already running (pid {self.pid})")
         self.check_installed()
+        t0 = time.perf_counter()
         if not self._prepared:
             self.prepare()
             self._prepared = True
-        t0 = time.perf_counter()
         argv = list(self.command())
         main_thread = threading.current_thread() is threading.main_thread()
         with open(self.log_path, "ab") as log:
             log.write(f"--- {time.strftime('%H:%M:%S')} starting: {' '.join(argv)}\n".encode())
             log.flush()
+            self._log_offset = log.tell()
             self.process = subprocess.Popen(  # type: ignore[call-overload]
                 argv,
                 stdin=subprocess.DEVNULL,

@@ -1,0 +1,96 @@
+"""App: the blueprints and implementations a worker (or client) loads, e.g. ``myproj.workflows:app``."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from flowcraft.engine.graph import Graph, analyze
+from flowcraft.errors import ConfigError
+from flowcraft.model import Blueprint
+from flowcraft.nodes.base import Implementation
+
+if TYPE_CHECKING:
+    from flowcraft.flow import Flow
+
+BUILTIN_USES = frozenset({"sleep", "wait", "subflow", "map", "loop-controller"})
+
+
+class App:
+    """Blueprints by id, each analysed once, and implementations by ``uses`` key.
+
+    Implementations registered by a ``Flow`` are scoped to that flow's blueprint; ``registry`` holds
+    global ones (for declarative blueprints, e.g. TypeScript Flowcraft JSON).
+    """
+
+    def __init__(
+        self,
+        flows: Iterable[Flow] = (),
+        blueprints: Iterable[Blueprint] = (),
+        registry: Mapping[str, Implementation] | None = None,
+        dependencies: Mapping[str, Any] | None = None,
+        max_iterations: int = 1000,
+    ) -> None:
+        self.registry: dict[str, Implementation] = dict(registry or {})
+        self.dependencies: dict[str, Any] = dict(dependencies or {})
+        self.max_iterations = max_iterations
+        self._blueprints: dict[str, Blueprint] = {}
+        self._scoped: dict[str, dict[str, Implementation]] = {}
+        self._graphs: dict[str, Graph] = {}
+        for flow in flows:
+            self.add(flow.to_blueprint(), flow.implementations)
+        for blueprint in blueprints:
+            self.add(blueprint)
+
+    def add(self, blueprint: Blueprint, implementations: Mapping[str, Implementation] | None = None) -> None:
+        if blueprint.id in self._blueprints:
+            raise ConfigError(f"blueprint {blueprint.id!r} is registered twice", hint="give each flow a unique id")
+        self._blueprints[blueprint.id] = blueprint
+        self._scoped[blueprint.id] = dict(implementations or {})
+        self._graphs[blueprint.id] = analyze(blueprint)
+
+    def blueprint(self, blueprint_id: str) -> Blueprint | None:
+        return self._blueprints.get(blueprint_id)
+
+    def graph(self, blueprint_id: str) -> Graph | None:
+        return self._graphs.get(blueprint_id)
+
+    @property
+    def blueprints(self) -> dict[str, Blueprint]:
+        return dict(self._blueprints)
+
+    def implementation(self, blueprint_id: str, uses: str) -> Implementation | None:
+        scoped = self._scoped.get(blueprint_id, {})
+        if uses in scoped:
+            return scoped[uses]
+        return self.registry.get(uses)
+
+    def has_implementation(self, blueprint_id: str, uses: str) -> bool:
+        return uses in BUILTIN_USES or self.implementation(blueprint_id, uses) is not None
+
+    @staticmethod
+    def version_of(blueprint: Blueprint) -> str:
+        """What jobs and run records carry to detect workers with another version of a blueprint."""
+        return blueprint.version or blueprint.content_hash
+
+
+def load_app(spec: str) -> App:
+    """Import ``module:attribute`` (an App, or a callable returning one)."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"cannot load app {spec!r}", hint="write it as 'package.module:attribute'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {module_name!r} for app {spec!r}: {exc}",
+                          hint="check the module path and that it is importable from here") from None
+    try:
+        value = getattr(module, attribute)
+    except AttributeError:
+        raise ConfigError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if callable(value) and not isinstance(value, App):
+        value = value()
+    if not isinstance(value, App):
+        raise ConfigError(f"{spec!r} is a {type(value).__name__}, not a flowcraft.App")
+    return value

@@ -1,0 +1,382 @@
+"""In-process backend: what ``FlowRuntime`` uses and what the engine's unit tests run against.
+
+Every method body runs without awaiting in its critical section, so under one event loop each call is
+atomic, like a Lua script or a SQL transaction on the real backends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from flowcraft.backends.transition import apply_transition
+from flowcraft.spi import (
+    ACTIVE_STATUSES,
+    Backend,
+    Begin,
+    Committed,
+    Completion,
+    ContextStore,
+    CoordinationStore,
+    DeadLetter,
+    Delivery,
+    Job,
+    JobState,
+    PendingJob,
+    Queue,
+    RunRecord,
+    StatusStore,
+    Transition,
+)
+
+
+@dataclass(slots=True)
+class _Message:
+    job: Job
+    deliveries: int = 0
+    token: int = 0
+
+
+class MemoryQueue(Queue):
+    """Ready deque + delayed heap + in-flight map with visibility deadlines."""
+
+    name = "memory"
+
+    def __init__(self, visibility_timeout: float = 30.0) -> None:
+        self.visibility_timeout = visibility_timeout
+        self._ready: deque[_Message] = deque()
+        self._delayed: list[tuple[float, int, _Message]] = []
+        self._inflight: dict[int, tuple[float, _Message]] = {}
+        self._dead: list[DeadLetter] = []
+        self._seq = itertools.count()
+        self._wakeup = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def enqueue(self, jobs: Sequence[Job], delay: float = 0.0) -> None:
+        if delay > 0:
+            due = time.monotonic() + delay
+            for job in jobs:
+                heapq.heappush(self._delayed, (due, next(self._seq), _Message(job)))
+        else:
+            self._ready.extend(_Message(job) for job in jobs)
+        self._wakeup.set()
+
+    def _promote(self, now: float) -> None:
+        while self._delayed and self._delayed[0][0] <= now:
+            self._ready.append(heapq.heappop(self._delayed)[2])
+        if self._inflight:
+            expired = [token for token, (deadline, _) in self._inflight.items() if deadline <= now]
+            for token in expired:
+                self._ready.append(self._inflight.pop(token)[1])
+
+    def _next_deadline(self) -> float | None:
+        deadlines = [d for d, _ in self._inflight.values()]
+        if self._delayed:
+            deadlines.append(self._delayed[0][0])
+        return min(deadlines) if deadlines else None
+
+    async def dequeue(self, max_jobs: int, wait: float) -> list[Delivery]:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # an asyncio.Event belongs to the loop that first waited on it
+            self._loop, self._wakeup = loop, asyncio.Event()
+        end = time.monotonic() + wait
+        while True:
+            now = time.monotonic()
+            self._promote(now)
+            if self._ready:
+                out: list[Delivery] = []
+                while self._ready and len(out) < max_jobs:
+                    message = self._ready.popleft()
+                    message.deliveries += 1
+                    message.token = next(self._seq)
+                    self._inflight[message.token] = (now + self.visibility_timeout, message)
+                    out.append(Delivery(message.job, message.token, message.deliveries))
+                return out
+            remaining = end - now
+            if remaining <= 0:
+                return []
+            deadline = self._next_deadline()
+            timeout = remaining if deadline is None else max(0.0, min(remaining, deadline - now))
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def ack(self, delivery: Delivery) -> None:
+        self._inflight.pop(delivery.receipt, None)
+
+    async def release(self, delivery: Delivery, delay: float = 0.0) -> None:
+        entry = self._inflight.pop(delivery.receipt, None)
+        if entry is None:
+            return
+        message = entry[1]
+        if delay > 0:
+            heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._seq), message))
+        else:
+            self._ready.append(message)
+        self._wakeup.set()
+
+    async def extend(self, delivery: Delivery, seconds: float) -> None:
+        entry = self._inflight.get(delivery.receipt)
+        if entry is not None:
+            self._inflight[delivery.receipt] = (time.monotonic() + seconds, entry[1])
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        self._inflight.pop(delivery.receipt, None)
+        self._dead.append(DeadLetter(delivery.job, reason))
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        return self._dead[:limit]
+
+    def size(self) -> int:
+        """Messages not yet acknowledged (ready, delayed or in flight)."""
+        return len(self._ready) + len(self._delayed) + len(self._inflight)
+
+
+class MemoryContextStore(ContextStore):
+    name = "memory"
+
+    def __init__(self) -> None:
+        self._data: dict[str, dict[str, Any]] = {}
+
+    async def get_many(self, run_id: str, keys: Sequence[str]) -> dict[str, Any]:
+        data = self._data.get(run_id, {})
+        return {k: data[k] for k in keys if k in data}
+
+    async def get_all(self, run_id: str) -> dict[str, Any]:
+        return dict(self._data.get(run_id, {}))
+
+    async def apply(self, run_id: str, updates: Mapping[str, Any], deletes: Sequence[str] = ()) -> None:
+        data = self._data.setdefault(run_id, {})
+        data.update(updates)
+        for key in deletes:
+            data.pop(key, None)
+
+    async def delete_run(self, run_id: str) -> None:
+        self._data.pop(run_id, None)
+
+
+class MemoryStatusStore(StatusStore):
+    name = "memory"
+
+    def __init__(self) -> None:
+        self._records: dict[str, RunRecord] = {}
+        self._changed: dict[str, asyncio.Event] = {}
+
+    def _notify(self, run_id: str) -> None:
+        event = self._changed.pop(run_id, None)
+        if event is not None:
+            event.set()
+
+    async def create(self, record: RunRecord) -> bool:
+        if record.run_id in self._records:
+            return False
+        now = time.time()
+        record.created_at = record.created_at or now
+        record.updated_at = now
+        self._records[record.run_id] = RunRecord.from_dict(record.to_dict())
+        self._notify(record.run_id)
+        return True
+
+    async def get(self, run_id: str) -> RunRecord | None:
+        record = self._records.get(run_id)
+        return None if record is None else RunRecord.from_dict(record.to_dict())
+
+    async def transition(
+        self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any]
+    ) -> RunRecord | None:
+        record = self._records.get(run_id)
+        if record is None or record.status not in from_statuses:
+            return None
+        for key, value in changes.items():
+            setattr(record, key, value)
+        record.status = to_status  # type: ignore[assignment]  # validated by the engine
+        record.updated_at = time.time()
+        self._notify(run_id)
+        return RunRecord.from_dict(record.to_dict())
+
+    async def list(
+        self, status: str | None = None, blueprint_id: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[RunRecord], str | None]:
+        records = sorted(self._records.values(), key=lambda r: (r.created_at, r.run_id), reverse=True)
+        selected = [
+            r for r in records
+            if (status is None or r.status == status) and (blueprint_id is None or r.blueprint_id == blueprint_id)
+        ]
+        start = int(cursor) if cursor else 0
+        page = selected[start : start + limit]
+        next_cursor = str(start + limit) if start + limit < len(selected) else None
+        return [RunRecord.from_dict(r.to_dict()) for r in page], next_cursor
+
+    async def stalled(self, older_than: float, limit: int = 100) -> list[RunRecord]:
+        found = [r for r in self._records.values() if r.status in ACTIVE_STATUSES and r.updated_at < older_than]
+        return [RunRecord.from_dict(r.to_dict()) for r in found[:limit]]
+
+    async def wait_for_change(self, run_id: str, timeout: float) -> None:
+        event = self._changed.setdefault(run_id, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass
+
+
+@dataclass(slots=True)
+class _RunCoordination:
+    jobs: dict[str, tuple[JobState, Job | None]] = field(default_factory=dict)
+    completions: dict[str, Completion] = field(default_factory=dict)
+    arrivals: dict[str, dict[str, tuple[bool, Any]]] = field(default_factory=dict)
+    leases: dict[str, tuple[str, float]] = field(default_factory=dict)
+    pending: int = 0
+    parked: int = 0
+    activity: float = 0.0
+
+
+class MemoryCoordinationStore(CoordinationStore):
+    """Also implements ``CoordinationTables`` so the shared transition rules run on it directly."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self._runs: dict[str, _RunCoordination] = {}
+
+    def _run(self, run_id: str) -> _RunCoordination:
+        run = self._runs.get(run_id)
+        if run is None:
+            run = self._runs[run_id] = _RunCoordination()
+        return run
+
+    # -- CoordinationTables ------------------------------------------------------------------------
+    def job_state(self, run_id: str, key: str) -> JobState | None:
+        entry = self._run(run_id).jobs.get(key)
+        return None if entry is None else entry[0]
+
+    def job(self, run_id: str, key: str) -> Job | None:
+        entry = self._run(run_id).jobs.get(key)
+        return None if entry is None else entry[1]
+
+    def insert_job(self, run_id: str, key: str, state: JobState, job: Job | None) -> bool:
+        run = self._run(run_id)
+        if key in run.jobs:
+            return False
+        run.jobs[key] = (state, job)
+        self._count(run, state, +1)
+        return True
+
+    def set_job_state(self, run_id: str, key: str, state: JobState) -> None:
+        run = self._run(run_id)
+        old_state, job = run.jobs[key]
+        self._count(run, old_state, -1)
+        run.jobs[key] = (state, job)
+        self._count(run, state, +1)
+
+    @staticmethod
+    def _count(run: _RunCoordination, state: JobState, delta: int) -> None:
+        if state == "pending":
+            run.pending += delta
+        elif state == "parked":
+            run.parked += delta
+
+    def completion(self, run_id: str, key: str) -> Completion | None:
+        return self._run(run_id).completions.get(key)
+
+    def put_completion(self, run_id: str, key: str, completion: Completion) -> None:
+        self._run(run_id).completions[key] = completion
+
+    def add_arrival(self, run_id: str, target: str, member: str, arrived: bool, contribution: Any) -> None:
+        self._run(run_id).arrivals.setdefault(target, {}).setdefault(member, (arrived, contribution))
+
+    def arrivals(self, run_id: str, target: str) -> dict[str, tuple[bool, Any]]:
+        return dict(self._run(run_id).arrivals.get(target, {}))
+
+    def counts(self, run_id: str) -> tuple[int, int]:
+        run = self._run(run_id)
+        return run.pending, run.parked
+
+    def touch(self, run_id: str) -> None:
+        self._run(run_id).activity = time.time()
+
+    def apply_context(self, run_id: str, completion: Completion) -> None:
+        raise NotImplementedError("the memory coordination store does not hold contexts")
+
+    # -- CoordinationStore -------------------------------------------------------------------------
+    async def schedule(self, run_id: str, jobs: Sequence[Job]) -> list[Job]:
+        inserted = [job for job in jobs if self.insert_job(run_id, job.key, "pending", job)]
+        self.touch(run_id)
+        return inserted
+
+    async def begin(self, job: Job, owner: str, lease_seconds: float) -> Begin:
+        run = self._run(job.run_id)
+        now = time.time()
+        holder = run.leases.get(job.key)
+        if holder is not None and holder[0] != owner and holder[1] > now:
+            return Begin(False, self.job_state(job.run_id, job.key), None)
+        run.leases[job.key] = (owner, now + lease_seconds)
+        run.activity = now
+        return Begin(True, self.job_state(job.run_id, job.key), run.completions.get(job.key))
+
+    async def renew(self, run_id: str, job_key: str, owner: str, lease_seconds: float) -> bool:
+        run = self._run(run_id)
+        holder = run.leases.get(job_key)
+        if holder is None or holder[0] != owner:
+            return False
+        now = time.time()
+        run.leases[job_key] = (owner, now + lease_seconds)
+        run.activity = now
+        return True
+
+    async def release(self, run_id: str, job_key: str, owner: str) -> None:
+        run = self._run(run_id)
+        holder = run.leases.get(job_key)
+        if holder is not None and holder[0] == owner:
+            del run.leases[job_key]
+
+    async def commit(self, transition: Transition) -> Committed:
+        return apply_transition(self, transition)
+
+    async def park(self, run_id: str, job_key: str) -> Committed:
+        if self.job_state(run_id, job_key) == "pending":
+            self.set_job_state(run_id, job_key, "parked")
+        self.touch(run_id)
+        pending, parked = self.counts(run_id)
+        return Committed(pending=pending, parked=parked)
+
+    async def unpark(self, run_id: str, job_key: str, job: Job) -> bool:
+        run = self._run(run_id)
+        if self.job_state(run_id, job_key) != "parked":
+            return False
+        self.set_job_state(run_id, job_key, "pending")
+        run.jobs[job_key] = ("pending", job)
+        return True
+
+    async def jobs(self, run_id: str, state: JobState = "pending") -> list[PendingJob]:
+        run = self._run(run_id)
+        now = time.time()
+        return [
+            PendingJob(job, job_key in run.leases and run.leases[job_key][1] > now)
+            for job_key, (job_state, job) in run.jobs.items()
+            if job_state == state and job is not None
+        ]
+
+    async def activity(self, run_id: str) -> float | None:
+        run = self._runs.get(run_id)
+        return None if run is None else run.activity
+
+    async def delete_run(self, run_id: str) -> None:
+        self._runs.pop(run_id, None)
+
+
+def memory_backend(visibility_timeout: float = 30.0) -> Backend:
+    return Backend(
+        queue=MemoryQueue(visibility_timeout),
+        context=MemoryContextStore(),
+        status=MemoryStatusStore(),
+        coordination=MemoryCoordinationStore(),
+        name="memory",
+    )

@@ -1,0 +1,96 @@
+"""The coordination rules of ``CoordinationStore.commit`` over simple synchronous tables.
+
+Stores that can run Python inside one atomic section (the memory backend under the event loop, SQLite
+inside one transaction) implement ``CoordinationTables`` and call ``apply_transition``; stores that cannot
+(Redis) port these few rules to their own atomic language. The rules live here and nowhere else in Python.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from flowcraft.spi import Arrival, Committed, Completion, Job, JobState, Transition
+
+
+class CoordinationTables(Protocol):
+    """Per-run tables, read and written inside one atomic section."""
+
+    def job_state(self, run_id: str, key: str) -> JobState | None: ...
+
+    def insert_job(self, run_id: str, key: str, state: JobState, job: Job | None) -> bool: ...
+
+    def set_job_state(self, run_id: str, key: str, state: JobState) -> None: ...
+
+    def job(self, run_id: str, key: str) -> Job | None: ...
+
+    def completion(self, run_id: str, key: str) -> Completion | None: ...
+
+    def put_completion(self, run_id: str, key: str, completion: Completion) -> None: ...
+
+    def add_arrival(self, run_id: str, target: str, member: str, arrived: bool, contribution: Any) -> None: ...
+
+    def arrivals(self, run_id: str, target: str) -> dict[str, tuple[bool, Any]]: ...
+
+    def counts(self, run_id: str) -> tuple[int, int]: ...
+
+    def touch(self, run_id: str) -> None: ...
+
+    def apply_context(self, run_id: str, completion: Completion) -> None: ...
+
+
+def apply_transition(tables: CoordinationTables, tx: Transition, *, applies_context: bool = False) -> Committed:
+    run_id = tx.run_id
+    if tx.completion is not None:
+        existing = tables.completion(run_id, tx.job_key)
+        if existing is not None and existing.token != tx.completion.token:
+            return Committed(conflict=existing)
+        if existing is None:
+            tables.put_completion(run_id, tx.job_key, tx.completion)
+        if applies_context:
+            tables.apply_context(run_id, tx.completion)
+    fired: list[Job] = []
+    skipped: list[str] = []
+    for arrival in tx.arrivals:
+        decision = _decide(tables, run_id, arrival)
+        if decision is None:
+            continue
+        key = arrival.target_key
+        if decision == "skip":
+            if tables.insert_job(run_id, key, "skipped", None) or (
+                tx.recovery and tables.job_state(run_id, key) == "skipped"
+            ):
+                skipped.append(key)
+            continue
+        job = arrival.job
+        if len(arrival.expected) > 1:
+            members = tables.arrivals(run_id, key)
+            job = job.evolve(
+                input={m: c for m, (arrived, c) in members.items() if arrived}, has_input=True
+            )
+        if tables.insert_job(run_id, key, "pending", job):
+            fired.append(job)
+        elif tx.recovery and tables.job_state(run_id, key) == "pending":
+            stored = tables.job(run_id, key)
+            fired.append(stored or job)
+    if tx.finish and tables.job_state(run_id, tx.job_key) == "pending":
+        tables.set_job_state(run_id, tx.job_key, "done")
+    tables.touch(run_id)
+    pending, parked = tables.counts(run_id)
+    return Committed(fired=tuple(fired), skipped=tuple(skipped), pending=pending, parked=parked)
+
+
+def _decide(tables: CoordinationTables, run_id: str, arrival: Arrival) -> str | None:
+    """'fire', 'skip' or None (undecided) after recording the arrival."""
+    if len(arrival.expected) <= 1:
+        return "fire" if arrival.arrived else "skip"
+    tables.add_arrival(run_id, arrival.target_key, arrival.member, arrival.arrived, arrival.contribution)
+    members = tables.arrivals(run_id, arrival.target_key)
+    any_arrived = any(arrived for arrived, _ in members.values())
+    complete = len(members) >= len(arrival.expected)
+    if arrival.strategy == "any":
+        if any_arrived:
+            return "fire"
+        return "skip" if complete else None
+    if not complete:
+        return None
+    return "fire" if any_arrived else "skip"

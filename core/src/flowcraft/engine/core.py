@@ -1,0 +1,856 @@
+"""The protocol, written once for every backend (DESIGN section 5).
+
+Handling a job: read the run record -> take the lease and read the job's state and completion record ->
+execute (unless a completion record exists) -> commit the transition (completion record, join arrivals,
+successors fired, own job finished) -> apply context -> enqueue what fired -> publish the final status
+when nothing is pending -> ack. Every step is safe to repeat after a crash at any point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from flowcraft.app import App
+from flowcraft.engine.events import Event, EventBus, Middleware, run_with_middleware
+from flowcraft.engine.graph import CompiledEdge, Graph
+from flowcraft.errors import (
+    ExpressionError,
+    FlowcraftError,
+    InvalidStateError,
+    NodeTimeoutError,
+    RunNotFoundError,
+)
+from flowcraft.model import NodeDefinition, parse_duration
+from flowcraft.nodes.base import (
+    BaseNode,
+    NodeContext,
+    NodeResult,
+    RunContext,
+    call_maybe_async,
+    has_own_fallback,
+    is_class_node,
+)
+from flowcraft.spi import (
+    ACTIVE_STATUSES,
+    FINAL_STATUSES,
+    Arrival,
+    Backend,
+    Committed,
+    Completion,
+    Delivery,
+    Job,
+    RunRecord,
+    Transition,
+)
+
+log = logging.getLogger("flowcraft.engine")
+
+GATHER_ITEM = -1  # item index of a map node's gather job
+OUTPUTS_PREFIX = "_outputs."
+
+
+@dataclass(slots=True)
+class EngineOptions:
+    lease_seconds: float = 30.0
+    max_bounces: int = 5
+    bounce_delay: float = 2.0
+    retry_jitter: float = 0.1
+
+
+@dataclass(slots=True)
+class RunResult:
+    """A run's outcome as returned by ``FlowRuntime.run`` and ``Client.wait``."""
+
+    run_id: str
+    blueprint_id: str
+    status: str
+    outputs: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    awaiting: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def output(self) -> Any:
+        """The output of the run's last terminal node(s): one value, or a dict when several finished."""
+        return self.context.get("_result")
+
+
+@dataclass(slots=True)
+class _InFlight:
+    delivery: Delivery
+    cancel: asyncio.Event
+    task: asyncio.Task[Any] | None
+
+
+class _NodeFailed(Exception):
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class Engine:
+    def __init__(
+        self,
+        app: App,
+        backend: Backend,
+        *,
+        worker_id: str | None = None,
+        options: EngineOptions | None = None,
+        events: EventBus | None = None,
+        middleware: Sequence[Middleware] = (),
+        fault: Any = None,
+    ) -> None:
+        self.app = app
+        self.backend = backend
+        self.queue = backend.queue
+        self.status = backend.status
+        self.context = backend.context
+        self.coordination = backend.coordination
+        self.worker_id = worker_id or f"w-{uuid.uuid4().hex[:12]}"
+        self.options = options or EngineOptions()
+        self.events = events or EventBus()
+        self.middleware = list(middleware)
+        self.fault = fault
+        self._inflight: dict[tuple[str, str], _InFlight] = {}
+        self._cancelled_runs: set[str] = set()
+
+    # ------------------------------------------------------------------ client-side operations
+    async def start(
+        self,
+        blueprint_id: str,
+        input: Any = None,
+        *,
+        run_id: str | None = None,
+        context: Mapping[str, Any] | None = None,
+        parent: Mapping[str, Any] | None = None,
+    ) -> str:
+        graph = self._graph_or_raise(blueprint_id)
+        version = App.version_of(graph.blueprint)
+        run_id = run_id or uuid.uuid4().hex
+        record = RunRecord(run_id, blueprint_id, "running", version, graph.blueprint.content_hash, input,
+                           parent=dict(parent) if parent else None)
+        if not await self.status.create(record):
+            existing = await self.status.get(run_id)
+            if parent is not None and existing is not None:
+                return run_id  # a re-delivered subflow start: the child already exists
+            raise InvalidStateError(f"a run with id {run_id!r} already exists", hint="use another run id")
+        if context:
+            await self.context.apply(run_id, dict(context))
+        jobs = [Job(run_id, blueprint_id, node_id, version=version, input=input, has_input=True)
+                for node_id in graph.start_nodes]
+        if not jobs:
+            await self._fail(record, None, "blueprint has no start node", hint="add a node without incoming edges")
+            return run_id
+        inserted = await self.coordination.schedule(run_id, jobs)
+        await self.queue.enqueue(inserted)
+        await self._emit("run:start", run_id, blueprint_id, data={"input": input})
+        return run_id
+
+    async def resume(
+        self, run_id: str, action: str | None = None, output: Any = None, node_id: str | None = None
+    ) -> None:
+        record = await self._record_or_raise(run_id)
+        if record.status in FINAL_STATUSES:
+            raise InvalidStateError(f"run {run_id!r} is {record.status}; only awaiting runs can be resumed")
+        parked = [p.job for p in await self.coordination.jobs(run_id, "parked")]
+        if node_id is not None:
+            parked = [job for job in parked if job.node_id == node_id]
+        if not parked:
+            child = self._awaiting_child(record, node_id)
+            if child is not None:
+                await self.resume(child, action, output, None)
+                return
+            waiting_for = f" node {node_id!r}" if node_id else " any node"
+            raise InvalidStateError(f"run {run_id!r} is not awaiting{waiting_for}",
+                                    hint="check `flowcraft status` for what it waits for")
+        if len(parked) > 1:
+            names = ", ".join(sorted(job.node_id for job in parked))
+            raise InvalidStateError(f"run {run_id!r} awaits several nodes ({names})", hint="pass node_id")
+        job = parked[0]
+        graph = self._graph_or_raise(job.blueprint_id)
+        self._check_resume_action(graph, job.node_id, action)
+        resumed = job.evolve(payload={"resume": {"action": action, "output": output}}, due_at=None)
+        if not await self.coordination.unpark(run_id, job.key, resumed):
+            raise InvalidStateError(f"node {job.node_id!r} of run {run_id!r} was already resumed")
+        await self.status.transition(run_id, ["awaiting"], "running", {"awaiting": []})
+        await self._reflect_on_parent(record, "running")
+        await self.queue.enqueue([resumed])
+        await self._emit("run:resume", run_id, job.blueprint_id, job.node_id, {"action": action})
+
+    async def cancel(self, run_id: str) -> bool:
+        record = await self._record_or_raise(run_id)
+        won = await self.status.transition(run_id, list(ACTIVE_STATUSES), "cancelled", {}) is not None
+        if won:
+            self._signal_cancel(run_id)
+            await self._emit("run:finish", run_id, record.blueprint_id, data={"status": "cancelled"})
+            for child_id in await self._children(run_id):
+                child = await self.status.get(child_id)
+                if child is not None and child.status in ACTIVE_STATUSES:
+                    await self.cancel(child_id)
+        return won
+
+    async def result(self, run_id: str) -> RunResult:
+        record = await self._record_or_raise(run_id)
+        context = await self.context.get_all(run_id)
+        outputs = {k[len(OUTPUTS_PREFIX):]: v for k, v in context.items() if k.startswith(OUTPUTS_PREFIX)}
+        return RunResult(run_id, record.blueprint_id, record.status, outputs, context, record.errors,
+                         record.awaiting)
+
+    # ------------------------------------------------------------------ worker side
+    async def handle(self, delivery: Delivery) -> None:
+        """Handle one delivered job; acks, releases or dead-letters it before returning."""
+        job = delivery.job
+        now = time.time()
+        if job.due_at is not None and job.due_at - now > 0.01:
+            await self.queue.release(delivery, job.due_at - now)  # early (a capped queue delay or a requeue)
+            return
+        record = await self.status.get(job.run_id)
+        if record is None:
+            await self._dead_letter(delivery, f"run {job.run_id!r} does not exist")
+            return
+        if record.status in FINAL_STATUSES:
+            await self.queue.ack(delivery)
+            return
+        graph = self.app.graph(job.blueprint_id)
+        expected_version = job.version or record.version
+        if graph is None or App.version_of(graph.blueprint) != expected_version:
+            have = "no such blueprint" if graph is None else f"version {App.version_of(graph.blueprint)!r}"
+            reason = (f"blueprint {job.blueprint_id!r} version {expected_version!r} is not loaded by this worker "
+                      f"({have})")
+            if delivery.deliveries >= self.options.max_bounces:
+                await self._dead_letter(delivery, reason + "; deploy a worker that has it and replay the job")
+            else:
+                await self.queue.release(delivery, self.options.bounce_delay)
+            return
+        begin = await self.coordination.begin(job, self.worker_id, self.options.lease_seconds)
+        if not begin.lease:
+            await self.queue.release(delivery, min(1.0, self.options.lease_seconds))
+            return
+        self._fault("after_dequeue")
+        try:
+            if begin.state is None:
+                await self._dead_letter(delivery, f"job {job.key!r} of run {job.run_id!r} was never scheduled")
+                return
+            if begin.state == "pending":
+                if begin.completion is not None:
+                    await self._route(job, graph, record, begin.completion, recovery=True)
+                else:
+                    await self._execute(delivery, job, graph, record)
+            elif begin.state == "done" and begin.completion is not None:
+                await self._route(job, graph, record, begin.completion, recovery=True)
+            self._fault("before_ack")
+            await self.queue.ack(delivery)
+        finally:
+            await self.coordination.release(job.run_id, job.key, self.worker_id)
+
+    async def heartbeat(self) -> None:
+        """Keep leases and queue visibility of in-flight jobs alive; stop nodes of runs that ended."""
+        for (run_id, key), inflight in list(self._inflight.items()):
+            try:
+                await self.coordination.renew(run_id, key, self.worker_id, self.options.lease_seconds)
+                await self.queue.extend(inflight.delivery, self.queue.visibility_timeout)
+                record = await self.status.get(run_id)
+                if record is not None and record.status in FINAL_STATUSES:
+                    self._signal_cancel(run_id)
+            except Exception:
+                log.exception("heartbeat for %s %s failed", run_id, key)
+
+    # ------------------------------------------------------------------ execution
+    async def _execute(self, delivery: Delivery, job: Job, graph: Graph, record: RunRecord) -> None:
+        node = graph.info(job.node_id).node
+        if job.item == GATHER_ITEM:
+            await self._gather(job, graph, record)
+            return
+        if job.item is None and node.uses in ("wait", "subflow", "map"):
+            await getattr(self, f"_builtin_{node.uses}")(delivery, job, graph, record, node)
+            return
+        context = RunContext(self.context, job.run_id)
+        ctx = self._node_context(job, node, context, await self._node_input(job, node))
+        try:
+            output, action, due_at, fallback = await self._run_node(delivery, job, node, ctx, graph)
+        except _RetriedError:
+            return
+        except _NodeFailed as failed:
+            await self._handle_failure(job, node, record, failed.error)
+            return
+        except asyncio.CancelledError:
+            if job.run_id in self._cancelled_runs:
+                return  # the run was cancelled while the node ran: nothing to record
+            raise
+        self._fault("after_execute")
+        if job.item is not None:
+            await self._complete_chunk(job, graph, record, node, output)
+            return
+        completion = self._completion(job, output, action, context, due_at=due_at, fallback=fallback)
+        await self._route(job, graph, record, completion, recovery=False)
+
+    async def _run_node(
+        self, delivery: Delivery, job: Job, node: NodeDefinition, ctx: NodeContext, graph: Graph
+    ) -> tuple[Any, str | None, float | None, str | None]:
+        """Run the node, or its fallback after the last attempt. Raises _RetriedError when a retry was
+        scheduled and _NodeFailed when it failed for good."""
+        uses = node.uses
+        if job.item is not None:
+            uses = str(node.params.get("worker", ""))
+        await self._emit("node:start", job.run_id, job.blueprint_id, job.node_id,
+                         {"visit": job.visit, "attempt": job.attempt})
+        inflight = _InFlight(delivery, ctx._cancel_event, asyncio.current_task())
+        self._inflight[(job.run_id, job.key)] = inflight
+        try:
+            result = await self._invoke(job, node, uses, ctx, graph)
+        except Exception as exc:
+            if job.run_id in self._cancelled_runs:
+                raise asyncio.CancelledError from exc
+            return await self._after_error(job, node, ctx, exc)
+        finally:
+            self._inflight.pop((job.run_id, job.key), None)
+        output, action, due_at = result
+        await self._emit("node:finish", job.run_id, job.blueprint_id, job.node_id,
+                         {"visit": job.visit, "output": output, "action": action})
+        return output, action, due_at, None
+
+    async def _after_error(
+        self, job: Job, node: NodeDefinition, ctx: NodeContext, exc: BaseException
+    ) -> tuple[Any, str | None, float | None, str | None]:
+        config = node.config
+        await self._emit("node:error", job.run_id, job.blueprint_id, job.node_id,
+                         {"error": _describe(exc), "attempt": job.attempt})
+        if job.attempt < config.max_attempts and not isinstance(exc, ExpressionError):
+            delay = config.retry_delay_for(job.attempt)
+            delay *= 1 + random.uniform(0, self.options.retry_jitter)
+            retry = job.evolve(attempt=job.attempt + 1, due_at=time.time() + delay if delay else None)
+            await self.queue.enqueue([retry], delay)
+            await self._emit("node:retry", job.run_id, job.blueprint_id, job.node_id,
+                             {"attempt": retry.attempt, "delay": delay})
+            raise _RetriedError
+        implementation = self.app.implementation(job.blueprint_id, node.uses)
+        if has_own_fallback(implementation):
+            try:
+                instance = implementation(node.params)  # type: ignore[operator]
+                output, action = _split(await call_maybe_async(instance.fallback, exc, ctx))
+                return output, action, None, node.id
+            except Exception as fallback_exc:
+                raise _NodeFailed(fallback_exc) from fallback_exc
+        if config.fallback:
+            graph = self._graph_or_raise(job.blueprint_id)
+            fallback_node = graph.info(config.fallback).node
+            await self._emit("node:fallback", job.run_id, job.blueprint_id, job.node_id,
+                             {"fallback": fallback_node.id, "error": _describe(exc)})
+            try:
+                output, action, _ = await self._invoke(job, fallback_node, fallback_node.uses, ctx, graph)
+            except Exception as fallback_exc:
+                raise _NodeFailed(fallback_exc) from fallback_exc
+            return output, action, None, fallback_node.id
+        raise _NodeFailed(exc)
+
+    async def _invoke(
+        self, job: Job, node: NodeDefinition, uses: str, ctx: NodeContext, graph: Graph
+    ) -> tuple[Any, str | None, float | None]:
+        """Call the implementation once (with timeout and middleware); builtins that compute inline too."""
+        if uses == "sleep":
+            seconds = _sleep_seconds(node)
+            return ctx.input, None, time.time() + seconds
+        if uses == "loop-controller":
+            return ctx.input, await self._loop_decision(job, node, ctx), None
+        if job.item is not None:
+            chunk = ctx.input if isinstance(ctx.input, list) else [ctx.input]
+            outputs = []
+            for value in chunk:
+                ctx.input = value
+                outputs.append((await self._invoke(job.evolve(item=None), node, uses, ctx, graph))[0])
+            ctx.input = chunk
+            return outputs, None, None
+        implementation = self.app.implementation(job.blueprint_id, uses)
+        if implementation is None:
+            raise FlowcraftError(f"no implementation registered for uses {uses!r} (node {node.id!r})",
+                                 hint="register it in the App/FlowRuntime registry")
+
+        async def call() -> Any:
+            if is_class_node(implementation):
+                instance: BaseNode = implementation(node.params)  # type: ignore[operator]
+                prepared = await call_maybe_async(instance.prep, ctx)
+                executed = await call_maybe_async(instance.exec, prepared, ctx)
+                return await call_maybe_async(instance.post, executed, ctx)
+            return await call_maybe_async(implementation, ctx)
+
+        timeout = node.config.timeout
+        try:
+            if timeout is not None:
+                result = await asyncio.wait_for(run_with_middleware(self.middleware, ctx, call), timeout)
+            elif self.middleware:
+                result = await run_with_middleware(self.middleware, ctx, call)
+            else:
+                result = await call()
+        except TimeoutError:
+            ctx._cancel_event.set()
+            raise NodeTimeoutError(f"node {node.id!r} timed out after {timeout:g}s") from None
+        output, action = _split(result)
+        return output, action, None
+
+    async def _handle_failure(self, job: Job, node: NodeDefinition, record: RunRecord, error: BaseException) -> None:
+        if job.item is not None and node.params.get("collectErrors"):
+            chunk = job.input if isinstance(job.input, list) else [job.input]
+            await self._complete_chunk(job, self._graph_or_raise(job.blueprint_id), record, node,
+                                       [{"error": _describe(error)} for _ in chunk])
+            return
+        await self._fail(record, job.node_id, _describe(error))
+
+    # ------------------------------------------------------------------ routing and commit
+    async def _route(self, job: Job, graph: Graph, record: RunRecord, completion: Completion, *, recovery: bool
+                     ) -> None:
+        try:
+            arrivals = await self._arrivals(job, graph, completion)
+        except FlowcraftError as exc:
+            await self._fail(record, job.node_id, str(exc))
+            return
+        needs_cascade = any(not a.arrived for a in arrivals)
+        committed = await self.coordination.commit(
+            Transition(job.run_id, job.key, completion, tuple(arrivals), finish=not needs_cascade, recovery=recovery)
+        )
+        if committed.conflict is not None:
+            # another attempt's completion record won: route exactly as it did
+            await self._route(job, graph, record, committed.conflict, recovery=True)
+            return
+        self._fault("after_commit")
+        if not self.coordination.applies_context and (completion.context_updates or completion.context_deletes):
+            await self.context.apply(job.run_id, completion.context_updates, completion.context_deletes)
+        await self._enqueue(committed.fired)
+        self._fault("after_enqueue")
+        if needs_cascade:
+            committed = await self._cascade(job, graph, committed.skipped, recovery)
+        await self._after_finish(record, committed)
+
+    async def _cascade(self, job: Job, graph: Graph, skipped: Sequence[str], recovery: bool) -> Committed:
+        """Dead-path elimination: a skipped node sends skips on to its successors, through joins."""
+        queue = list(skipped)
+        while True:
+            arrivals: list[Arrival] = []
+            for key in queue:
+                visit_text, _, node_id = key.partition(":")
+                visit = int(visit_text)
+                await self._emit("node:skipped", job.run_id, job.blueprint_id, node_id, {"visit": visit})
+                for edge in graph.info(node_id).out_edges:
+                    if edge.is_back:
+                        continue
+                    arrivals.append(self._arrival(job, graph, node_id, visit, edge, arrived=False, contribution=None))
+            last = not arrivals
+            committed = await self.coordination.commit(
+                Transition(job.run_id, job.key, None, tuple(_dedupe(arrivals)), finish=last, recovery=recovery)
+            )
+            await self._enqueue(committed.fired)
+            if last:
+                return committed
+            queue = list(committed.skipped)
+
+    async def _arrivals(self, job: Job, graph: Graph, completion: Completion) -> list[Arrival]:
+        info = graph.info(job.node_id)
+        if not info.out_edges:
+            return []
+        names: dict[str, Any] | None = None
+        result = {"output": completion.output, "action": completion.action}
+
+        async def holds(edge: CompiledEdge) -> bool:
+            nonlocal names
+            if edge.condition is None:
+                return True
+            if names is None:
+                names = await self._expression_names(job, completion, info.needs_context)
+                names["result"] = result
+            return bool(edge.condition.evaluate(names))
+
+        taken: list[CompiledEdge] = []
+        if completion.action is not None:
+            taken = [e for e in info.out_edges if e.edge.action == completion.action and await holds(e)]
+        if not taken:
+            taken = [e for e in info.out_edges if e.edge.action is None and await holds(e)]
+        by_target: dict[str, list[CompiledEdge]] = {}
+        for edge in info.out_edges:
+            by_target.setdefault(edge.edge.target, []).append(edge)
+        arrivals = []
+        for edges in by_target.values():
+            took = [e for e in edges if e in taken]
+            if edges[0].is_back and not took:
+                continue  # a loop that is not continued simply ends; no skip travels back
+            edge = took[0] if took else edges[0]
+            contribution = completion.output
+            if took and edge.transform is not None:
+                if names is None:
+                    names = await self._expression_names(job, completion, True)
+                    names["result"] = result
+                contribution = edge.transform.evaluate({**names, "input": completion.output})
+            arrival = self._arrival(job, graph, job.node_id, job.visit, edge, bool(took), contribution,
+                                    due_at=completion.due_at)
+            if arrival.job.visit > self._max_iterations(graph):
+                raise FlowcraftError(
+                    f"loop at node {arrival.job.node_id!r} exceeded {self._max_iterations(graph)} iterations",
+                    hint="check the loop condition or raise metadata.maxIterations",
+                )
+            arrivals.append(arrival)
+        return arrivals
+
+    def _arrival(self, job: Job, graph: Graph, source: str, visit: int, edge: CompiledEdge, arrived: bool,
+                 contribution: Any, due_at: float | None = None) -> Arrival:
+        target = graph.info(edge.edge.target)
+        expected = target.back_preds if edge.is_back else target.forward_preds
+        single = len(expected) <= 1
+        target_job = Job(
+            job.run_id, job.blueprint_id, target.node.id, visit=graph.target_visit(source, visit, edge),
+            version=job.version, input=contribution if single else None, has_input=single, due_at=due_at,
+        )
+        return Arrival(target_job, source, arrived, contribution, expected, target.node.config.join_strategy)
+
+    async def _expression_names(self, job: Job, completion: Completion, needs_context: bool) -> dict[str, Any]:
+        context = await self.context.get_all(job.run_id) if needs_context else {}
+        context.update(completion.context_updates)
+        names: dict[str, Any] = {k[len(OUTPUTS_PREFIX):]: v for k, v in context.items()
+                                 if k.startswith(OUTPUTS_PREFIX)}
+        names["context"] = context
+        names["input"] = job.input
+        return names
+
+    async def _after_finish(self, record: RunRecord, committed: Committed) -> None:
+        if committed.pending > 0:
+            return
+        run_id = record.run_id
+        if committed.parked > 0:
+            awaiting = [{"node_id": p.job.node_id, "visit": p.job.visit}
+                        for p in await self.coordination.jobs(run_id, "parked")]
+            if await self.status.transition(run_id, ["running"], "awaiting", {"awaiting": awaiting}):
+                await self._reflect_on_parent(record, "awaiting")
+            return
+        context = await self.context.get_all(run_id)
+        graph = self._graph_or_raise(record.blueprint_id)
+        final = {n: context[OUTPUTS_PREFIX + n] for n in graph.terminal_nodes() if OUTPUTS_PREFIX + n in context}
+        result = next(iter(final.values())) if len(final) == 1 else final
+        await self.context.apply(run_id, {"_result": result})
+        won = await self.status.transition(run_id, list(ACTIVE_STATUSES), "completed", {"awaiting": []})
+        if won is not None:
+            await self._emit("run:finish", run_id, record.blueprint_id, data={"status": "completed"})
+            await self._notify_parent(won)
+
+    async def _fail(self, record: RunRecord, node_id: str | None, message: str, hint: str = "") -> None:
+        error = {"message": message + (f" ({hint})" if hint else ""), "node_id": node_id, "timestamp": time.time()}
+        won = await self.status.transition(record.run_id, list(ACTIVE_STATUSES), "failed",
+                                           {"errors": [*record.errors, error]})
+        if won is not None:
+            self._signal_cancel(record.run_id)
+            await self._emit("run:finish", record.run_id, record.blueprint_id, node_id,
+                             {"status": "failed", "error": error["message"]})
+            await self._notify_parent(won)
+
+    async def _enqueue(self, jobs: Sequence[Job]) -> None:
+        if not jobs:
+            return
+        now = time.time()
+        immediate = [j for j in jobs if j.due_at is None or j.due_at <= now]
+        if immediate:
+            await self.queue.enqueue(immediate)
+        for job in jobs:
+            if job.due_at is not None and job.due_at > now:
+                await self.queue.enqueue([job], job.due_at - now)
+
+    # ------------------------------------------------------------------ wait, subflow, map
+    async def _builtin_wait(self, delivery: Delivery, job: Job, graph: Graph, record: RunRecord,
+                            node: NodeDefinition) -> None:
+        resume = (job.payload or {}).get("resume")
+        if resume is None:
+            committed = await self.coordination.park(job.run_id, job.key)
+            await self._after_finish(record, committed)
+            return
+        output = resume.get("output")
+        completion = self._completion(job, output, resume.get("action"), None)
+        await self._emit("node:finish", job.run_id, job.blueprint_id, job.node_id, {"output": output})
+        await self._route(job, graph, record, completion, recovery=False)
+
+    async def _builtin_subflow(self, delivery: Delivery, job: Job, graph: Graph, record: RunRecord,
+                               node: NodeDefinition) -> None:
+        params = node.params
+        child_blueprint = str(params.get("blueprintId", ""))
+        child_id = f"{job.run_id}/{job.node_id}#{job.visit}.{job.attempt}"
+        child = await self.status.get(child_id)
+        if child is None:
+            child_context: dict[str, Any] = {}
+            input_map = params.get("inputs") or {}
+            if input_map:
+                parent_values = await self.context.get_many(job.run_id, list(input_map.values()))
+                child_context = {k: parent_values[v] for k, v in input_map.items() if v in parent_values}
+            input_value = await self._node_input(job, node)
+            await self.context.apply(job.run_id, {f"_subflow.{job.node_id}.{job.visit}": child_id})
+            parent = {"run_id": job.run_id, "blueprint_id": job.blueprint_id, "node_id": job.node_id,
+                      "visit": job.visit, "attempt": job.attempt, "version": job.version}
+            try:
+                await self.start(child_blueprint, input_value, run_id=child_id, context=child_context, parent=parent)
+            except FlowcraftError as exc:
+                await self._fail(record, job.node_id, f"subflow {child_blueprint!r} could not start: {exc}")
+            return
+        if child.status in ACTIVE_STATUSES:
+            if child.status == "awaiting":
+                await self._reflect_on_parent(child, "awaiting")
+            return  # the child notifies this job when it ends
+        if child.status == "completed":
+            result = await self.result(child_id)
+            updates = {parent_key: result.context.get(child_key)
+                       for parent_key, child_key in (params.get("outputs") or {}).items()}
+            completion = self._completion(job, result.output, None, None, extra=updates)
+            await self._emit("node:finish", job.run_id, job.blueprint_id, job.node_id, {"output": result.output})
+            await self._route(job, graph, record, completion, recovery=False)
+            return
+        message = "; ".join(e.get("message", "") for e in child.errors) or child.status
+        error = FlowcraftError(f"subflow {child_blueprint!r} run {child_id!r} {child.status}: {message}")
+        context = RunContext(self.context, job.run_id)
+        ctx = self._node_context(job, node, context, None)
+        try:
+            output, action, _, fallback = await self._after_error(job, node, ctx, error)
+        except _RetriedError:
+            return
+        except _NodeFailed as failed:
+            await self._fail(record, job.node_id, _describe(failed.error))
+            return
+        completion = self._completion(job, output, action, context, fallback=fallback)
+        await self._route(job, graph, record, completion, recovery=False)
+
+    async def _builtin_map(self, delivery: Delivery, job: Job, graph: Graph, record: RunRecord,
+                           node: NodeDefinition) -> None:
+        items = await self._node_input(job, node)
+        if not isinstance(items, list):
+            await self._fail(record, job.node_id,
+                             f"map node {job.node_id!r} needs a list as input, got {type(items).__name__}")
+            return
+        if not items:
+            await self._route(job, graph, record, self._completion(job, [], None, None), recovery=False)
+            return
+        size = max(1, int(node.params.get("chunkSize") or 1))
+        chunks = [items[i : i + size] for i in range(0, len(items), size)]
+        lanes = min(len(chunks), max(1, int(node.params.get("maxConcurrency") or len(chunks))))
+        chunk_ids = tuple(str(i) for i in range(len(chunks)))
+        arrivals = []
+        for lane in range(lanes):
+            rest = [[index, chunks[index]] for index in range(lane + lanes, len(chunks), lanes)]
+            chunk_job = Job(job.run_id, job.blueprint_id, job.node_id, visit=job.visit, item=lane,
+                            version=job.version, input=chunks[lane], has_input=True,
+                            payload={"lane": rest, "chunks": chunk_ids.__len__()})
+            arrivals.append(Arrival(chunk_job, job.node_id, True, chunks[lane], (job.node_id,)))
+        completion = self._completion(job, None, None, None)
+        committed = await self.coordination.commit(
+            Transition(job.run_id, job.key, completion, tuple(arrivals), finish=True)
+        )
+        await self._enqueue(committed.fired)
+
+    async def _complete_chunk(self, job: Job, graph: Graph, record: RunRecord, node: NodeDefinition,
+                              outputs: Any) -> None:
+        payload = dict(job.payload or {})
+        count = int(payload.get("chunks", 1))
+        gather = Job(job.run_id, job.blueprint_id, job.node_id, visit=job.visit, item=GATHER_ITEM,
+                     version=job.version)
+        arrivals = [Arrival(gather, str(job.item), True, outputs, tuple(str(i) for i in range(count)))]
+        rest = payload.get("lane") or []
+        if rest:
+            index, chunk = rest[0]
+            follow = Job(job.run_id, job.blueprint_id, job.node_id, visit=job.visit, item=int(index),
+                         version=job.version, input=chunk, has_input=True,
+                         payload={"lane": rest[1:], "chunks": count})
+            arrivals.append(Arrival(follow, f"lane:{job.item}", True, chunk, ("lane",)))
+        completion = Completion(job.node_id, outputs, token=uuid.uuid4().hex)
+        await self._commit_and_finish(job, record, completion, arrivals)
+
+    async def _gather(self, job: Job, graph: Graph, record: RunRecord) -> None:
+        by_chunk = job.input if isinstance(job.input, dict) else {}
+        output: list[Any] = []
+        for index in sorted(by_chunk, key=int):
+            output.extend(by_chunk[index])
+        completion = self._completion(job, output, None, None)
+        await self._emit("node:finish", job.run_id, job.blueprint_id, job.node_id, {"output": output})
+        await self._route(job, graph, record, completion, recovery=False)
+
+    async def _commit_and_finish(self, job: Job, record: RunRecord, completion: Completion,
+                                 arrivals: list[Arrival]) -> None:
+        committed = await self.coordination.commit(
+            Transition(job.run_id, job.key, completion, tuple(arrivals), finish=True)
+        )
+        if committed.conflict is not None:
+            return  # another attempt of this chunk already committed everything
+        await self._enqueue(committed.fired)
+        await self._after_finish(record, committed)
+
+    async def _loop_decision(self, job: Job, node: NodeDefinition, ctx: NodeContext) -> str:
+        condition = node.params.get("condition")
+        if not condition:
+            return "break"
+        from flowcraft.expressions import compile_expression
+
+        context = await ctx.context.to_dict()
+        names = {k[len(OUTPUTS_PREFIX):]: v for k, v in context.items() if k.startswith(OUTPUTS_PREFIX)}
+        names.update({"context": context, "input": ctx.input, "visit": job.visit, "iteration": job.visit + 1})
+        return "continue" if compile_expression(str(condition)).evaluate(names) else "break"
+
+    # ------------------------------------------------------------------ parents and children
+    async def _notify_parent(self, child: RunRecord) -> None:
+        parent = child.parent
+        if not parent:
+            return
+        job = Job(parent["run_id"], parent["blueprint_id"], parent["node_id"], visit=int(parent["visit"]),
+                  attempt=int(parent["attempt"]), version=parent.get("version"), payload={"child": child.run_id})
+        await self.queue.enqueue([job])
+
+    async def _reflect_on_parent(self, child: RunRecord, status: str) -> None:
+        parent = child.parent
+        if not parent:
+            return
+        if status == "awaiting":
+            details = {"node_id": parent["node_id"], "child_run_id": child.run_id}
+            parent_record = await self.status.transition(parent["run_id"], ["running"], "awaiting",
+                                                         {"awaiting": [details]})
+        else:
+            parent_record = await self.status.transition(parent["run_id"], ["awaiting"], "running", {"awaiting": []})
+        if parent_record is not None:
+            await self._reflect_on_parent(parent_record, status)
+
+    def _awaiting_child(self, record: RunRecord, node_id: str | None) -> str | None:
+        for entry in record.awaiting:
+            if "child_run_id" in entry and (node_id is None or entry.get("node_id") == node_id):
+                return str(entry["child_run_id"])
+        return None
+
+    async def _children(self, run_id: str) -> list[str]:
+        context = await self.context.get_all(run_id)
+        return [str(v) for k, v in context.items() if k.startswith("_subflow.")]
+
+    # ------------------------------------------------------------------ helpers
+    def _completion(self, job: Job, output: Any, action: str | None, context: RunContext | None, *,
+                    due_at: float | None = None, fallback: str | None = None,
+                    extra: Mapping[str, Any] | None = None) -> Completion:
+        updates = dict(context.pending_updates) if context is not None else {}
+        updates.update(extra or {})
+        updates[OUTPUTS_PREFIX + job.node_id] = output
+        return Completion(job.node_id, output, action, uuid.uuid4().hex, updates,
+                          context.pending_deletes if context is not None else (), fallback, due_at)
+
+    def _node_context(self, job: Job, node: NodeDefinition, context: RunContext, input_value: Any) -> NodeContext:
+        return NodeContext(
+            input=input_value, params=node.params, context=context, run_id=job.run_id,
+            blueprint_id=job.blueprint_id, node_id=job.node_id, visit=job.visit, attempt=job.attempt,
+            item=job.item, dependencies=self.app.dependencies, cancel_event=asyncio.Event(),
+        )
+
+    async def _node_input(self, job: Job, node: NodeDefinition) -> Any:
+        if node.inputs is None or job.item is not None:
+            return job.input
+        if isinstance(node.inputs, str):
+            return (await self._resolve_inputs(job.run_id, {"": node.inputs}))[""]
+        return await self._resolve_inputs(job.run_id, dict(node.inputs))
+
+    async def _resolve_inputs(self, run_id: str, mapping: Mapping[str, str]) -> dict[str, Any]:
+        """TypeScript rules: 'x' = output of node x, else context key x; '_key' = raw context key;
+        'a.b.c' = path b.c inside node a's output."""
+        wanted: list[str] = []
+        for source in mapping.values():
+            head = source.split(".", 1)[0]
+            wanted += [OUTPUTS_PREFIX + head, source, OUTPUTS_PREFIX + source]
+        values = await self.context.get_many(run_id, wanted)
+        resolved: dict[str, Any] = {}
+        for name, source in mapping.items():
+            if source.startswith("_") or source in values:
+                resolved[name] = values.get(source)
+                continue
+            if OUTPUTS_PREFIX + source in values:
+                resolved[name] = values[OUTPUTS_PREFIX + source]
+                continue
+            head, _, path = source.partition(".")
+            value = values.get(OUTPUTS_PREFIX + head)
+            for part in path.split(".") if path else []:
+                value = value.get(part) if isinstance(value, dict) else None
+            resolved[name] = value
+        return resolved
+
+    def _check_resume_action(self, graph: Graph, node_id: str, action: str | None) -> None:
+        edges = graph.info(node_id).out_edges
+        if action is None or not edges:
+            return
+        actions = {e.edge.action for e in edges if e.edge.action is not None}
+        has_default = any(e.edge.action is None for e in edges)
+        if action not in actions and not has_default:
+            raise InvalidStateError(
+                f"node {node_id!r} has no edge for action {action!r}",
+                hint=f"use one of: {', '.join(sorted(actions))}",
+            )
+
+    def _max_iterations(self, graph: Graph) -> int:
+        return int(graph.blueprint.metadata.get("maxIterations", self.app.max_iterations))
+
+    def _graph_or_raise(self, blueprint_id: str) -> Graph:
+        graph = self.app.graph(blueprint_id)
+        if graph is None:
+            known = ", ".join(sorted(self.app.blueprints)) or "none"
+            raise FlowcraftError(f"unknown blueprint {blueprint_id!r}", hint=f"known blueprints: {known}")
+        return graph
+
+    async def _record_or_raise(self, run_id: str) -> RunRecord:
+        record = await self.status.get(run_id)
+        if record is None:
+            raise RunNotFoundError(f"no run with id {run_id!r}", hint="list runs with `flowcraft runs`")
+        return record
+
+    async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
+        log.warning("dead-lettering job %s: %s", delivery.job.key, reason)
+        await self.queue.dead_letter(delivery, reason)
+        await self._emit("job:dead_letter", delivery.job.run_id, delivery.job.blueprint_id, delivery.job.node_id,
+                         {"reason": reason})
+
+    def _signal_cancel(self, run_id: str) -> None:
+        self._cancelled_runs.add(run_id)
+        for (inflight_run, _), inflight in list(self._inflight.items()):
+            if inflight_run == run_id:
+                inflight.cancel.set()
+                if inflight.task is not None and inflight.task is not asyncio.current_task():
+                    inflight.task.cancel()
+
+    def _fault(self, point: str) -> None:
+        if self.fault is not None:
+            self.fault(point)
+
+    async def _emit(self, name: str, run_id: str, blueprint_id: str, node_id: str | None = None,
+                    data: dict[str, Any] | None = None) -> None:
+        if self.events.active:
+            await self.events.emit(Event(name, run_id, blueprint_id, node_id, data or {}))
+
+
+class _RetriedError(Exception):
+    """Raised inside error handling when a retry was scheduled: the current delivery is done."""
+
+
+def _split(result: Any) -> tuple[Any, str | None]:
+    if isinstance(result, NodeResult):
+        return result.output, result.action
+    return result, None
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, FlowcraftError):
+        return str(error)
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _sleep_seconds(node: NodeDefinition) -> float:
+    duration = node.params.get("duration", 0)
+    if isinstance(duration, int | float) and not isinstance(duration, bool) and node.params.get("unit") != "s":
+        return float(duration) / 1000.0  # TypeScript Flowcraft: a number is milliseconds
+    return parse_duration(duration, f"sleep node {node.id!r} duration")
+
+
+def _dedupe(arrivals: list[Arrival]) -> list[Arrival]:
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for arrival in arrivals:
+        key = (arrival.target_key, arrival.member)
+        if key not in seen:
+            seen.add(key)
+            out.append(arrival)
+    return out

@@ -1,0 +1,107 @@
+"""The worker loop: dequeue, handle concurrently, heartbeat, stop gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from flowcraft.engine.core import Engine
+from flowcraft.spi import Delivery
+
+log = logging.getLogger("flowcraft.worker")
+
+
+class Worker:
+    """Runs ``Engine.handle`` for delivered jobs with at most ``concurrency`` at a time.
+
+    ``stop()`` stops dequeuing, lets in-flight jobs finish within ``grace`` seconds and gives the rest back
+    to the queue, so nothing is lost on SIGTERM.
+    """
+
+    def __init__(self, engine: Engine, concurrency: int = 16, poll_wait: float = 1.0, grace: float = 10.0) -> None:
+        self.engine = engine
+        self.concurrency = max(1, concurrency)
+        self.poll_wait = poll_wait
+        self.grace = grace
+        self.handled = 0
+        self.failed = 0
+        self._stopping = asyncio.Event()
+        self._tasks: dict[asyncio.Task[None], Delivery] = {}
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def run(self) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat_loop())
+        try:
+            while not self._stopping.is_set():
+                await self._room.wait()
+                free = self.concurrency - len(self._tasks)
+                try:
+                    deliveries = await self._dequeue(free)
+                except Exception:
+                    log.exception("dequeue failed; retrying")
+                    deliveries = []
+                    await asyncio.sleep(0.5)
+                for delivery in deliveries:
+                    task = asyncio.create_task(self._handle(delivery))
+                    self._tasks[task] = delivery
+                if len(self._tasks) >= self.concurrency:
+                    self._room.clear()
+        finally:
+            await self._drain()
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _dequeue(self, count: int) -> list[Delivery]:
+        stop = asyncio.create_task(self._stopping.wait())
+        receive = asyncio.create_task(self.engine.queue.dequeue(count, self.poll_wait))
+        done, _ = await asyncio.wait({stop, receive}, return_when=asyncio.FIRST_COMPLETED)
+        if receive in done:
+            stop.cancel()
+            return receive.result()
+        # stopping: let an in-progress receive finish so no message is left invisible, then hand it back
+        deliveries = await receive
+        for delivery in deliveries:
+            await self.engine.queue.release(delivery)
+        return []
+
+    async def _handle(self, delivery: Delivery) -> None:
+        try:
+            await self.engine.handle(delivery)
+            self.handled += 1
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await self.engine.queue.release(delivery)
+        except Exception:
+            self.failed += 1
+            log.exception("job %s of run %s failed unexpectedly; it will be redelivered",
+                          delivery.job.key, delivery.job.run_id)
+            with contextlib.suppress(Exception):
+                await self.engine.queue.release(delivery, 1.0)
+        finally:
+            self._tasks.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
+            self._room.set()
+
+    async def _heartbeat_loop(self) -> None:
+        interval = max(0.05, self.engine.options.lease_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            await self.engine.heartbeat()
+
+    async def _drain(self) -> None:
+        if not self._tasks:
+            return
+        _, still_running = await asyncio.wait(set(self._tasks), timeout=self.grace)
+        for task in still_running:
+            task.cancel()
+        if still_running:
+            await asyncio.wait(still_running)

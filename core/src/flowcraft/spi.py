@@ -1,0 +1,475 @@
+"""The component interfaces a backend implements: queue, context store, status store, coordination store.
+
+All methods are async. The engine (``flowcraft.engine``) is the only caller; it holds the protocol, so a
+backend adapts storage operations and never re-implements joins, routing or completion.
+
+Per run, the coordination store keeps:
+
+* a **jobs map** ``job key -> (state, job)`` with state ``pending`` (scheduled, not finished), ``done``,
+  ``skipped`` (dead path) or ``parked`` (waiting for a resume). Inserting a key is first-writer-wins, so
+  firing a successor is exactly-once, and a pending entry is what the reconciler re-enqueues;
+* **completion records** ``job key -> Completion``, first-writer-wins;
+* **join arrivals** ``target job key -> {predecessor node id -> Arrival}`` (set membership, never a counter);
+* **leases** ``job key -> (owner, expiry)`` and the run's last activity time.
+
+``commit`` applies one job's whole transition. A backend whose pieces share one store does it atomically
+(one Lua script, one SQL transaction); otherwise it must be *idempotent*, because after a crash the engine
+replays the same transition (``recovery=True``) and expects the same outcome.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Literal
+
+RunStatus = Literal["running", "awaiting", "completed", "failed", "cancelled"]
+FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+ACTIVE_STATUSES: frozenset[str] = frozenset({"running", "awaiting"})
+JobState = Literal["pending", "done", "skipped", "parked"]
+
+
+def job_key(node_id: str, visit: int = 0, item: int | None = None) -> str:
+    """Key of a job within its run: visit first so any node id (':' '/' spaces unicode) stays unambiguous."""
+    return f"{visit}:{node_id}" if item is None else f"{visit}:{item}:{node_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One unit of queued work: run a node (or one item of a map node) at a visit."""
+
+    run_id: str
+    blueprint_id: str
+    node_id: str
+    visit: int = 0
+    attempt: int = 1
+    item: int | None = None
+    version: str | None = None
+    input: Any = None
+    has_input: bool = False
+    due_at: float | None = None
+    payload: Mapping[str, Any] | None = None
+    bounces: int = 0
+
+    @property
+    def key(self) -> str:
+        return job_key(self.node_id, self.visit, self.item)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"run_id": self.run_id, "blueprint_id": self.blueprint_id, "node_id": self.node_id}
+        if self.visit:
+            data["visit"] = self.visit
+        if self.attempt != 1:
+            data["attempt"] = self.attempt
+        if self.item is not None:
+            data["item"] = self.item
+        if self.version is not None:
+            data["version"] = self.version
+        if self.has_input:
+            data["input"] = self.input
+        if self.due_at is not None:
+            data["due_at"] = self.due_at
+        if self.payload is not None:
+            data["payload"] = dict(self.payload)
+        if self.bounces:
+            data["bounces"] = self.bounces
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Job:
+        return cls(
+            run_id=data["run_id"],
+            blueprint_id=data["blueprint_id"],
+            node_id=data["node_id"],
+            visit=int(data.get("visit", 0)),
+            attempt=int(data.get("attempt", 1)),
+            item=data.get("item"),
+            version=data.get("version"),
+            input=data.get("input"),
+            has_input="input" in data,
+            due_at=data.get("due_at"),
+            payload=data.get("payload"),
+            bounces=int(data.get("bounces", 0)),
+        )
+
+    def evolve(self, **changes: Any) -> Job:
+        return replace(self, **changes)
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A job as received from a queue; ``receipt`` is the backend's handle, ``deliveries`` counts from 1."""
+
+    job: Job
+    receipt: Any
+    deliveries: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    job: Job | None
+    reason: str
+    raw: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A node's completion record for one visit: its output, its action, the context writes it made."""
+
+    node_id: str
+    output: Any = None
+    action: str | None = None
+    token: str = ""
+    context_updates: Mapping[str, Any] = field(default_factory=dict)
+    context_deletes: tuple[str, ...] = ()
+    fallback: str | None = None
+    due_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"node_id": self.node_id, "output": self.output, "token": self.token}
+        if self.action is not None:
+            data["action"] = self.action
+        if self.context_updates:
+            data["context_updates"] = dict(self.context_updates)
+        if self.context_deletes:
+            data["context_deletes"] = list(self.context_deletes)
+        if self.fallback is not None:
+            data["fallback"] = self.fallback
+        if self.due_at is not None:
+            data["due_at"] = self.due_at
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Completion:
+        return cls(
+            node_id=data["node_id"],
+            output=data.get("output"),
+            action=data.get("action"),
+            token=data.get("token", ""),
+            context_updates=data.get("context_updates") or {},
+            context_deletes=tuple(data.get("context_deletes") or ()),
+            fallback=data.get("fallback"),
+            due_at=data.get("due_at"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """A predecessor reaching a target: ``arrived`` (edge taken, carrying ``contribution``) or skipped.
+
+    ``expected`` are the predecessor node ids the target waits for. With one expected member the store
+    decides at once; otherwise it records the member and decides by ``strategy``:
+
+    Members are always among ``expected`` (the engine guarantees it), so a store may count members
+    instead of comparing sets.
+
+    * ``all``: when every expected member is recorded — fire if at least one arrived, else skip;
+    * ``any``: fire on the first arrived member; skip when all are recorded and none arrived.
+
+    Firing inserts ``job`` as pending (first-writer-wins). For several expected members the fired job's
+    input is ``{member: contribution}`` over the arrived members recorded at that moment.
+    """
+
+    job: Job
+    member: str
+    arrived: bool
+    contribution: Any
+    expected: tuple[str, ...]
+    strategy: Literal["all", "any"] = "all"
+
+    @property
+    def target_key(self) -> str:
+        return self.job.key
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """Everything one handled job changes, applied by ``CoordinationStore.commit``."""
+
+    run_id: str
+    job_key: str
+    completion: Completion | None = None
+    arrivals: tuple[Arrival, ...] = ()
+    finish: bool = False
+    recovery: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """What a commit decided.
+
+    ``conflict``: another attempt's completion record won; nothing was applied, route with that one.
+    ``fired``: jobs to enqueue (newly inserted; in recovery also those already pending).
+    ``skipped``: target job keys newly decided as skipped (in recovery also those already skipped); the
+    engine propagates the dead path from them. ``pending``/``parked``: counts after the commit.
+    """
+
+    conflict: Completion | None = None
+    fired: tuple[Job, ...] = ()
+    skipped: tuple[str, ...] = ()
+    pending: int = 1
+    parked: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Begin:
+    """State of a job when a worker picks it up."""
+
+    lease: bool
+    state: JobState | None
+    completion: Completion | None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingJob:
+    job: Job
+    leased: bool
+
+
+@dataclass(slots=True)
+class RunRecord:
+    """The run's status record (status store)."""
+
+    run_id: str
+    blueprint_id: str
+    status: RunStatus = "running"
+    version: str | None = None
+    blueprint_hash: str | None = None
+    input: Any = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    awaiting: list[dict[str, Any]] = field(default_factory=list)
+    parent: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "blueprint_id": self.blueprint_id,
+            "status": self.status,
+            "version": self.version,
+            "blueprint_hash": self.blueprint_hash,
+            "input": self.input,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "errors": list(self.errors),
+            "awaiting": list(self.awaiting),
+            "parent": self.parent,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunRecord:
+        return cls(
+            run_id=data["run_id"],
+            blueprint_id=data["blueprint_id"],
+            status=data.get("status", "running"),
+            version=data.get("version"),
+            blueprint_hash=data.get("blueprint_hash"),
+            input=data.get("input"),
+            created_at=float(data.get("created_at", 0.0)),
+            updated_at=float(data.get("updated_at", 0.0)),
+            errors=list(data.get("errors") or []),
+            awaiting=list(data.get("awaiting") or []),
+            parent=data.get("parent"),
+        )
+
+
+class Component(ABC):  # noqa: B024  # a marker base: every component carries a registry name
+    """Base of every component; ``name`` is what config selects it by."""
+
+    name: ClassVar[str] = ""
+
+    async def close(self) -> None:  # noqa: B027  # optional hook
+        """Release connections."""
+
+    async def setup(self) -> None:  # noqa: B027  # optional hook
+        """Create queues/tables/containers; idempotent."""
+
+
+class Queue(Component):
+    """At-least-once job delivery with leases (visibility timeout), delay and a dead letter."""
+
+    visibility_timeout: float = 30.0
+
+    @abstractmethod
+    async def enqueue(self, jobs: Sequence[Job], delay: float = 0.0) -> None:
+        """Make jobs deliverable, after ``delay`` seconds."""
+
+    @abstractmethod
+    async def dequeue(self, max_jobs: int, wait: float) -> list[Delivery]:
+        """Receive up to ``max_jobs``, waiting at most ``wait`` seconds for the first one."""
+
+    @abstractmethod
+    async def ack(self, delivery: Delivery) -> None:
+        """Remove a handled job for good."""
+
+    @abstractmethod
+    async def release(self, delivery: Delivery, delay: float = 0.0) -> None:
+        """Give a job back so it is delivered again after ``delay`` seconds."""
+
+    @abstractmethod
+    async def extend(self, delivery: Delivery, seconds: float) -> None:
+        """Keep a job invisible to other consumers for ``seconds`` more (heartbeat)."""
+
+    @abstractmethod
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move a job that cannot be processed to the dead letter, keeping ``reason``."""
+
+    @abstractmethod
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Read (without removing) dead-lettered jobs."""
+
+
+class ContextStore(Component):
+    """A run's state: key -> JSON value, stored per key so concurrent writers never lose updates."""
+
+    @abstractmethod
+    async def get_many(self, run_id: str, keys: Sequence[str]) -> dict[str, Any]:
+        """Values of the keys that exist."""
+
+    @abstractmethod
+    async def get_all(self, run_id: str) -> dict[str, Any]:
+        """The whole context of a run."""
+
+    @abstractmethod
+    async def apply(self, run_id: str, updates: Mapping[str, Any], deletes: Sequence[str] = ()) -> None:
+        """Set and delete keys (idempotent)."""
+
+    @abstractmethod
+    async def delete_run(self, run_id: str) -> None:
+        """Forget the run's context."""
+
+
+class StatusStore(Component):
+    """Run records with compare-and-set status transitions."""
+
+    @abstractmethod
+    async def create(self, record: RunRecord) -> bool:
+        """Insert the record if no run with that id exists; False if one does."""
+
+    @abstractmethod
+    async def get(self, run_id: str) -> RunRecord | None:
+        """The record, or None."""
+
+    @abstractmethod
+    async def transition(
+        self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any]
+    ) -> RunRecord | None:
+        """Atomically: if status is in ``from_statuses``, set ``to_status`` plus ``changes`` (record fields)
+        and ``updated_at``; return the new record. Otherwise None. Exactly one caller wins a transition."""
+
+    @abstractmethod
+    async def list(
+        self,
+        status: str | None = None,
+        blueprint_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[RunRecord], str | None]:
+        """A page of records, newest first, and the cursor of the next page."""
+
+    @abstractmethod
+    async def stalled(self, older_than: float, limit: int = 100) -> list[RunRecord]:
+        """Active (running/awaiting) runs whose ``updated_at`` is older than the timestamp."""
+
+    async def wait_for_change(self, run_id: str, timeout: float) -> None:
+        """Return when the run's record may have changed, or after ``timeout``; stores that can be
+        notified override this (the default sleeps, and clients poll with bounded backoff)."""
+        import asyncio
+
+        await asyncio.sleep(timeout)
+
+
+class CoordinationStore(Component):
+    """Atomic per-run coordination: jobs map, completion records, join arrivals, leases."""
+
+    #: True when ``commit`` also writes the completion's context updates (coordination and context share
+    #: one store), which saves the engine a separate ``ContextStore.apply`` round trip.
+    applies_context: ClassVar[bool] = False
+
+    @abstractmethod
+    async def schedule(self, run_id: str, jobs: Sequence[Job]) -> list[Job]:
+        """Insert jobs as pending where absent (first-writer-wins); return those inserted."""
+
+    @abstractmethod
+    async def begin(self, job: Job, owner: str, lease_seconds: float) -> Begin:
+        """Take the job's lease (unless another owner holds a live one) and read its state and completion."""
+
+    @abstractmethod
+    async def renew(self, run_id: str, job_key: str, owner: str, lease_seconds: float) -> bool:
+        """Extend a lease this owner holds; False if lost."""
+
+    @abstractmethod
+    async def release(self, run_id: str, job_key: str, owner: str) -> None:
+        """Drop this owner's lease."""
+
+    @abstractmethod
+    async def commit(self, transition: Transition) -> Committed:
+        """Apply a transition (see module docstring and ``Arrival``); also refreshes the run's activity."""
+
+    @abstractmethod
+    async def park(self, run_id: str, job_key: str) -> Committed:
+        """Move a pending job to parked (waiting for a resume); return the counts."""
+
+    @abstractmethod
+    async def unpark(self, run_id: str, job_key: str, job: Job) -> bool:
+        """Move a parked job back to pending with ``job`` as its document; False if it was not parked."""
+
+    @abstractmethod
+    async def jobs(self, run_id: str, state: JobState = "pending") -> list[PendingJob]:
+        """A run's jobs in ``state`` (pending or parked) and whether each has a live lease."""
+
+    @abstractmethod
+    async def activity(self, run_id: str) -> float | None:
+        """When the run last committed or renewed a lease (epoch seconds)."""
+
+    @abstractmethod
+    async def delete_run(self, run_id: str) -> None:
+        """Forget the run's coordination data."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileStats:
+    """What one reconciler pass did (the seeds' fields)."""
+
+    scanned: int = 0
+    stalled_runs: int = 0
+    reconciled_runs: int = 0
+    failed_runs: int = 0
+    requeued_jobs: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "scanned": self.scanned,
+            "stalled_runs": self.stalled_runs,
+            "reconciled_runs": self.reconciled_runs,
+            "failed_runs": self.failed_runs,
+            "requeued_jobs": self.requeued_jobs,
+        }
+
+
+@dataclass(slots=True)
+class Backend:
+    """The components a worker and a client use together."""
+
+    queue: Queue
+    context: ContextStore
+    status: StatusStore
+    coordination: CoordinationStore
+    name: str = "custom"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    async def setup(self) -> None:
+        for component in self._unique_components():
+            await component.setup()
+
+    async def close(self) -> None:
+        for component in self._unique_components():
+            await component.close()
+
+    def _unique_components(self) -> list[Component]:
+        seen: dict[int, Component] = {}
+        for component in (self.queue, self.context, self.status, self.coordination):
+            seen.setdefault(id(component), component)
+        return list(seen.values())
