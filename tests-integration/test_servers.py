@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import boto3
 import pytest
 import redis
-from servers import MotoServer, RedisServer, ServerError
-from servers.pytest_plugin import AwsNames
+from servers import CosmosServer, MotoServer, PostgresServer, RedisServer, ServerError
+from servers.pytest_plugin import AwsNames, require_module
 
 # --------------------------------------------------------------------------- Redis
 
@@ -137,3 +140,168 @@ def test_moto_reset_clears_state(start_server: Callable[..., Any]) -> None:
     t0 = time.perf_counter()
     server.stop()
     assert time.perf_counter() - t0 < 10
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def test_postgres_round_trip(postgres_url: str) -> None:
+    psycopg = require_module("psycopg", "psycopg[binary]")
+    table = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} (run_id text PRIMARY KEY, status text)")
+        conn.execute(f"INSERT INTO {table} VALUES (%s, %s)", ("r1", "running"))
+        conn.execute(
+            f"INSERT INTO {table} VALUES (%s, %s)"
+            " ON CONFLICT (run_id) DO UPDATE SET status = EXCLUDED.status",
+            ("r1", "completed"),
+        )
+        assert conn.execute(f"SELECT status FROM {table}").fetchall() == [("completed",)]
+        conn.execute(f"DROP TABLE {table}")
+
+
+def test_postgres_restart_keeps_data(start_server: Callable[..., Any]) -> None:
+    psycopg = require_module("psycopg", "psycopg[binary]")
+    server: PostgresServer = start_server(PostgresServer)
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE runs (id text)")
+        conn.execute("INSERT INTO runs VALUES ('r1')")
+        server.restart()  # fast shutdown although this connection is still open
+    with psycopg.connect(server.url) as conn:
+        assert conn.execute("SELECT id FROM runs").fetchall() == [("r1",)]
+
+
+# --------------------------------------------------------------------------- RabbitMQ
+
+
+def test_rabbitmq_round_trip(rabbitmq_url: str) -> None:
+    pika = require_module("pika")
+    queue = f"fct-{uuid.uuid4().hex[:12]}"
+    conn = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.queue_declare(queue, auto_delete=False)
+        ch.basic_publish("", queue, b"job-1", pika.BasicProperties(delivery_mode=2))
+        method, _props, body = ch.basic_get(queue, auto_ack=False)
+        assert body == b"job-1" and method is not None
+        ch.basic_ack(method.delivery_tag)
+        ch.queue_delete(queue)
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- Kafka (Tansu)
+
+
+def test_kafka_round_trip(kafka_bootstrap: str) -> None:
+    kafka = require_module("confluent_kafka", "confluent-kafka")
+    admin_mod = require_module("confluent_kafka.admin", "confluent-kafka")
+    topic = f"fct-{uuid.uuid4().hex[:12]}"
+    admin = admin_mod.AdminClient({"bootstrap.servers": kafka_bootstrap})
+    for future in admin.create_topics([admin_mod.NewTopic(topic, 1, 1)]).values():
+        future.result(10)
+    producer = kafka.Producer(
+        {"bootstrap.servers": kafka_bootstrap, "acks": "all", "enable.idempotence": True}
+    )
+    producer.produce(topic, b"hello", key=b"run-1")
+    assert producer.flush(10) == 0
+    consumer = kafka.Consumer(
+        {"bootstrap.servers": kafka_bootstrap, "group.id": topic, "enable.auto.commit": False}
+    )
+    try:
+        consumer.assign([kafka.TopicPartition(topic, 0, 0)])  # no group join: that is slow on Tansu
+        deadline = time.monotonic() + 15
+        msg = None
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                break
+        assert msg is not None and msg.error() is None
+        assert (msg.key(), msg.value()) == (b"run-1", b"hello")
+    finally:
+        consumer.close()
+
+
+# --------------------------------------------------------------------------- Cassandra
+
+
+def test_cassandra_round_trip(cassandra_contact_point: str) -> None:
+    require_module("cassandra", "cassandra-driver")
+    from cassandra import ConsistencyLevel
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+
+    host, port = cassandra_contact_point.rsplit(":", 1)
+    keyspace = f"fct_{uuid.uuid4().hex[:12]}"
+    cluster = Cluster(
+        [host],
+        port=int(port),
+        protocol_version=1,  # Cassandra 1.2 speaks native protocol v1 only
+        execution_profiles={EXEC_PROFILE_DEFAULT: ExecutionProfile(consistency_level=ConsistencyLevel.ONE)},
+    )
+    try:
+        session = cluster.connect()
+        session.execute(
+            f"CREATE KEYSPACE {keyspace}"
+            " WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}"
+        )
+        session.execute(
+            f"CREATE TABLE {keyspace}.ctx (run_id text, key text, value text, PRIMARY KEY (run_id, key))"
+        )
+        session.execute(f"INSERT INTO {keyspace}.ctx (run_id, key, value) VALUES ('r1', 'a', '1')")
+        rows = list(session.execute(f"SELECT key, value FROM {keyspace}.ctx WHERE run_id = 'r1'"))
+        assert [(r.key, r.value) for r in rows] == [("a", "1")]
+        session.execute(f"DROP KEYSPACE {keyspace}")
+    finally:
+        cluster.shutdown()
+
+
+# --------------------------------------------------------------------------- Azure Storage Queue (Azurite)
+
+
+def test_azure_queue_round_trip(azure_queue_connection_string: str) -> None:
+    azq = require_module("azure.storage.queue", "azure-storage-queue")
+    service = azq.QueueServiceClient.from_connection_string(azure_queue_connection_string)
+    queue = service.create_queue(f"fct-{uuid.uuid4().hex[:12]}")
+    try:
+        queue.send_message("job-1")
+        msg = queue.receive_message(visibility_timeout=30)
+        assert msg is not None and msg.content == "job-1" and msg.dequeue_count == 1
+        queue.delete_message(msg)
+        assert queue.receive_message() is None
+    finally:
+        queue.delete_queue()
+
+
+# --------------------------------------------------------------------------- Cosmos DB emulator
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_cosmos_round_trip(cosmos_client_kwargs: dict[str, Any]) -> None:
+    cosmos = require_module("azure.cosmos", "azure-cosmos")
+    if_not_modified = require_module("azure.core", "azure-core").MatchConditions.IfNotModified
+    client = cosmos.CosmosClient(**cosmos_client_kwargs)
+    db = client.create_database(f"fct-{uuid.uuid4().hex[:12]}")
+    try:
+        container = db.create_container("contexts", partition_key=cosmos.PartitionKey("/runId"))
+        container.upsert_item({"id": "r1", "runId": "r1", "status": "running"})
+        item = container.read_item("r1", partition_key="r1")
+        assert item["status"] == "running"
+        item["status"] = "completed"
+        container.replace_item("r1", item, etag=item["_etag"], match_condition=if_not_modified)
+        with pytest.raises(cosmos.exceptions.CosmosAccessConditionFailedError):
+            container.replace_item("r1", item, etag=item["_etag"], match_condition=if_not_modified)
+        with pytest.raises(cosmos.exceptions.CosmosResourceNotFoundError):  # 404, not the emulator's 500
+            container.read_item("missing", partition_key="missing")
+    finally:
+        client.delete_database(db)
+
+
+def test_cosmos_certificate_verifies(start_server: Callable[..., Any]) -> None:
+    server: CosmosServer = start_server(CosmosServer)
+    ctx = ssl.create_default_context(cafile=str(server.ca_cert_path))
+    with (
+        socket.create_connection((server.host, server.port), timeout=5) as sock,
+        ctx.wrap_socket(sock, server_hostname=server.host) as tls,
+    ):
+        assert tls.version() is not None

@@ -7,6 +7,7 @@
 The pytest fixtures are in :mod:`servers.pytest_plugin`.
 """
 
+from .azurite import AzuriteServer
 from .base import (
     HOST,
     Server,
@@ -17,12 +18,23 @@ from .base import (
     free_ports,
     port_open,
 )
+from .cassandra import CassandraServer
+from .cosmos import CosmosServer
+from .kafka import KafkaServer
 from .moto import MotoServer
+from .postgres import PostgresServer
+from .rabbitmq import RabbitMqServer
 from .redis import RedisServer
 
 __all__ = [
     "HOST",
+    "AzuriteServer",
+    "CassandraServer",
+    "CosmosServer",
+    "KafkaServer",
     "MotoServer",
+    "PostgresServer",
+    "RabbitMqServer",
     "RedisServer",
     "Server",
     "ServerError",

@@ -99,7 +99,7 @@ class PostgresServer(Server):
             capture_output=True,
             text=True,
             timeout=120,
-            **self.popen_kwargs(),  # type: ignore[arg-type]
+            user=self._os_user,
         )
         if proc.returncode != 0:
             raise ServerError(f"{what} failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}")

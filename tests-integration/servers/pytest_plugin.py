@@ -19,16 +19,24 @@ Rules
 
 from __future__ import annotations
 
+import importlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, NoReturn, TypeVar
 
 import pytest
 
+from .azurite import AzuriteServer
 from .base import Server, ServerNotInstalled
+from .cassandra import CassandraServer
+from .cosmos import EMULATOR_KEY, CosmosServer
+from .kafka import KafkaServer
 from .moto import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, MotoServer
+from .postgres import PostgresServer
+from .rabbitmq import RabbitMqServer
 from .redis import RedisServer
 
 S = TypeVar("S", bound=Server)
@@ -36,6 +44,14 @@ S = TypeVar("S", bound=Server)
 ENV_REDIS_URL = "FLOWCRAFT_TEST_REDIS_URL"
 ENV_AWS_ENDPOINT = "FLOWCRAFT_TEST_AWS_ENDPOINT"
 ENV_AWS_REGION = "FLOWCRAFT_TEST_AWS_REGION"
+ENV_POSTGRES_URL = "FLOWCRAFT_TEST_POSTGRES_URL"
+ENV_RABBITMQ_URL = "FLOWCRAFT_TEST_RABBITMQ_URL"
+ENV_KAFKA_BOOTSTRAP = "FLOWCRAFT_TEST_KAFKA_BOOTSTRAP"
+ENV_CASSANDRA_CONTACT = "FLOWCRAFT_TEST_CASSANDRA_CONTACT"
+ENV_AZURE_QUEUE_CONNECTION_STRING = "FLOWCRAFT_TEST_AZURE_QUEUE_CONNECTION_STRING"
+ENV_COSMOS_ENDPOINT = "FLOWCRAFT_TEST_COSMOS_ENDPOINT"
+ENV_COSMOS_KEY = "FLOWCRAFT_TEST_COSMOS_KEY"
+ENV_COSMOS_CA = "FLOWCRAFT_TEST_COSMOS_CA"
 
 _started: list[Server] = []
 
@@ -49,6 +65,17 @@ def missing(message: str) -> NoReturn:
     if in_ci():
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+def require_module(name: str, requirement: str | None = None) -> ModuleType:
+    """Import a client library, applying the same fail-in-CI / skip-locally policy if it is missing."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing(
+            f"Python package {requirement or name} is not installed: "
+            "pip install -r tests-integration/requirements.txt"
+        )
 
 
 def start_or_skip(server: S) -> S:
@@ -177,6 +204,130 @@ class AwsNames:
 def aws_names() -> AwsNames:
     """Unique queue/table name prefix for this test (tests never share AWS resources)."""
     return AwsNames(f"fct-{uuid.uuid4().hex[:12]}")
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A fresh PostgreSQL cluster started for this session."""
+    yield from _managed(PostgresServer())
+
+
+@pytest.fixture(scope="session")
+def postgres_url(request: pytest.FixtureRequest) -> str:
+    """``$FLOWCRAFT_TEST_POSTGRES_URL`` if set, else ``postgres_server``'s
+    ``postgresql://flowcraft:flowcraft@127.0.0.1:PORT/flowcraft``."""
+    url = _env(ENV_POSTGRES_URL)
+    if url:
+        return url
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.url
+
+
+# --------------------------------------------------------------------------- RabbitMQ
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server() -> Iterator[RabbitMqServer]:
+    """A private RabbitMQ node started for this session (takes a few seconds)."""
+    yield from _managed(RabbitMqServer())
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url(request: pytest.FixtureRequest) -> str:
+    """``$FLOWCRAFT_TEST_RABBITMQ_URL`` if set, else ``amqp://guest:guest@127.0.0.1:PORT/``."""
+    url = _env(ENV_RABBITMQ_URL)
+    if url:
+        return url
+    server: RabbitMqServer = request.getfixturevalue("rabbitmq_server")
+    return server.url
+
+
+# --------------------------------------------------------------------------- Kafka (Tansu)
+
+
+@pytest.fixture(scope="session")
+def kafka_server() -> Iterator[KafkaServer]:
+    """A Tansu Kafka-protocol broker (in memory) started for this session."""
+    yield from _managed(KafkaServer())
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(request: pytest.FixtureRequest) -> str:
+    """``$FLOWCRAFT_TEST_KAFKA_BOOTSTRAP`` if set, else ``127.0.0.1:PORT`` of ``kafka_server``."""
+    bootstrap = _env(ENV_KAFKA_BOOTSTRAP)
+    if bootstrap:
+        return bootstrap
+    server: KafkaServer = request.getfixturevalue("kafka_server")
+    return server.bootstrap_servers
+
+
+# --------------------------------------------------------------------------- Cassandra
+
+
+@pytest.fixture(scope="session")
+def cassandra_server() -> Iterator[CassandraServer]:
+    """Apache Cassandra 1.2.0 started for this session (protocol v1, consistency ONE)."""
+    yield from _managed(CassandraServer())
+
+
+@pytest.fixture(scope="session")
+def cassandra_contact_point(request: pytest.FixtureRequest) -> str:
+    """``$FLOWCRAFT_TEST_CASSANDRA_CONTACT`` (``host:port``) if set, else ``cassandra_server``'s."""
+    contact = _env(ENV_CASSANDRA_CONTACT)
+    if contact:
+        return contact
+    server: CassandraServer = request.getfixturevalue("cassandra_server")
+    return server.contact_point
+
+
+# --------------------------------------------------------------------------- Azure Storage Queue
+
+
+@pytest.fixture(scope="session")
+def azurite_server() -> Iterator[AzuriteServer]:
+    """Azurite's queue service (in memory) started for this session."""
+    yield from _managed(AzuriteServer())
+
+
+@pytest.fixture(scope="session")
+def azure_queue_connection_string(request: pytest.FixtureRequest) -> str:
+    """``$FLOWCRAFT_TEST_AZURE_QUEUE_CONNECTION_STRING`` if set, else ``azurite_server``'s."""
+    conn = _env(ENV_AZURE_QUEUE_CONNECTION_STRING)
+    if conn:
+        return conn
+    server: AzuriteServer = request.getfixturevalue("azurite_server")
+    return server.connection_string
+
+
+# --------------------------------------------------------------------------- Cosmos DB
+
+
+@pytest.fixture(scope="session")
+def cosmos_server() -> Iterator[CosmosServer]:
+    """The Cosmos DB emulator (HTTPS, generated certificate) started for this session."""
+    yield from _managed(CosmosServer())
+
+
+@pytest.fixture(scope="session")
+def cosmos_client_kwargs(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """``CosmosClient(**cosmos_client_kwargs)``: ``url``, ``credential``, ``connection_verify``.
+
+    From ``$FLOWCRAFT_TEST_COSMOS_ENDPOINT`` (+ ``_KEY``, default the emulator key, and ``_CA``, a CA
+    bundle) if set, else from ``cosmos_server``. (azure-cosmos skips certificate checks by itself
+    for the hosts 127.0.0.1 and localhost.)
+    """
+    endpoint = _env(ENV_COSMOS_ENDPOINT)
+    if endpoint:
+        return {
+            "url": endpoint,
+            "credential": _env(ENV_COSMOS_KEY) or EMULATOR_KEY,
+            "connection_verify": _env(ENV_COSMOS_CA) or True,
+        }
+    server: CosmosServer = request.getfixturevalue("cosmos_server")
+    return {"url": server.endpoint, "credential": server.key, "connection_verify": str(server.ca_cert_path)}
 
 
 # --------------------------------------------------------------------------- report

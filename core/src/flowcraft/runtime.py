@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from flowcraft.app import App
 from flowcraft.backends.memory import memory_backend
+from flowcraft.client import Client
 from flowcraft.engine.core import Engine, EngineOptions, RunResult
 from flowcraft.engine.events import EventBus, Listener, Middleware
 from flowcraft.engine.worker import Worker
-from flowcraft.errors import WaitTimeoutError
 from flowcraft.flow import Flow
 from flowcraft.model import Blueprint
 from flowcraft.nodes.base import Implementation
-from flowcraft.spi import FINAL_STATUSES, Backend
-
-SETTLED_STATUSES = FINAL_STATUSES | {"awaiting"}
+from flowcraft.spi import Backend
 
 
 class FlowRuntime:
@@ -47,6 +44,8 @@ class FlowRuntime:
         self.events = EventBus()
         self.engine = Engine(self.app, self.backend, events=self.events, middleware=middleware,
                              options=options or EngineOptions(lease_seconds=30.0))
+        self.client = Client(self.backend, self.app)
+        self.client.engine = self.engine
         self.concurrency = concurrency
         self._worker: Worker | None = None
         self._worker_task: asyncio.Task[None] | None = None
@@ -67,16 +66,7 @@ class FlowRuntime:
 
     async def wait(self, run_id: str, timeout: float | None = None) -> RunResult:
         self._ensure_worker()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            record = await self.backend.status.get(run_id)
-            if record is not None and record.status in SETTLED_STATUSES:
-                return await self.engine.result(run_id)
-            remaining = 3600.0 if deadline is None else deadline - time.monotonic()
-            if remaining <= 0:
-                raise WaitTimeoutError(f"run {run_id!r} did not settle within {timeout}s",
-                                       hint="raise the timeout or check `status`")
-            await self.backend.status.wait_for_change(run_id, min(remaining, 1.0))
+        return await self.client.wait(run_id, timeout)
 
     async def resume(self, run: str | RunResult, action: str | None = None, output: Any = None,
                      node_id: str | None = None, timeout: float | None = None) -> RunResult:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Self
 
 RunStatus = Literal["running", "awaiting", "completed", "failed", "cancelled"]
 FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
@@ -279,6 +279,12 @@ class Component(ABC):  # noqa: B024  # a marker base: every component carries a 
     """Base of every component; ``name`` is what config selects it by."""
 
     name: ClassVar[str] = ""
+
+    @classmethod
+    def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
+        """Build from resolved config options; components of one backend share clients through ``shared``
+        (e.g. ``shared.setdefault(("redis", url), ...)``)."""
+        return cls()
 
     async def close(self) -> None:  # noqa: B027  # optional hook
         """Release connections."""
