@@ -98,9 +98,7 @@ def test_startup_failure_reports_log_tail() -> None:
 def test_sqs_round_trip(aws_client_kwargs: dict[str, str], aws_names: AwsNames) -> None:
     sqs = boto3.client("sqs", **aws_client_kwargs)
     dlq_url = sqs.create_queue(QueueName=aws_names.queue("dlq"))["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     url = sqs.create_queue(
         QueueName=aws_names.queue(),
         Attributes={"RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"})},
@@ -152,8 +150,7 @@ def test_postgres_round_trip(postgres_url: str) -> None:
         conn.execute(f"CREATE TABLE {table} (run_id text PRIMARY KEY, status text)")
         conn.execute(f"INSERT INTO {table} VALUES (%s, %s)", ("r1", "running"))
         conn.execute(
-            f"INSERT INTO {table} VALUES (%s, %s)"
-            " ON CONFLICT (run_id) DO UPDATE SET status = EXCLUDED.status",
+            f"INSERT INTO {table} VALUES (%s, %s) ON CONFLICT (run_id) DO UPDATE SET status = EXCLUDED.status",
             ("r1", "completed"),
         )
         assert conn.execute(f"SELECT status FROM {table}").fetchall() == [("completed",)]
@@ -201,14 +198,10 @@ def test_kafka_round_trip(kafka_bootstrap: str) -> None:
     admin = admin_mod.AdminClient({"bootstrap.servers": kafka_bootstrap})
     for future in admin.create_topics([admin_mod.NewTopic(topic, 1, 1)]).values():
         future.result(10)
-    producer = kafka.Producer(
-        {"bootstrap.servers": kafka_bootstrap, "acks": "all", "enable.idempotence": True}
-    )
+    producer = kafka.Producer({"bootstrap.servers": kafka_bootstrap, "acks": "all", "enable.idempotence": True})
     producer.produce(topic, b"hello", key=b"run-1")
     assert producer.flush(10) == 0
-    consumer = kafka.Consumer(
-        {"bootstrap.servers": kafka_bootstrap, "group.id": topic, "enable.auto.commit": False}
-    )
+    consumer = kafka.Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": topic, "enable.auto.commit": False})
     try:
         consumer.assign([kafka.TopicPartition(topic, 0, 0)])  # no group join: that is slow on Tansu
         deadline = time.monotonic() + 15
@@ -242,12 +235,9 @@ def test_cassandra_round_trip(cassandra_contact_point: str) -> None:
     try:
         session = cluster.connect()
         session.execute(
-            f"CREATE KEYSPACE {keyspace}"
-            " WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}"
+            f"CREATE KEYSPACE {keyspace} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}"
         )
-        session.execute(
-            f"CREATE TABLE {keyspace}.ctx (run_id text, key text, value text, PRIMARY KEY (run_id, key))"
-        )
+        session.execute(f"CREATE TABLE {keyspace}.ctx (run_id text, key text, value text, PRIMARY KEY (run_id, key))")
         session.execute(f"INSERT INTO {keyspace}.ctx (run_id, key, value) VALUES ('r1', 'a', '1')")
         rows = list(session.execute(f"SELECT key, value FROM {keyspace}.ctx WHERE run_id = 'r1'"))
         assert [(r.key, r.value) for r in rows] == [("a", "1")]

@@ -199,9 +199,7 @@ class Server:
         self.host = HOST
         self.port = port if port is not None else free_port()
         self._own_base_dir = base_dir is None
-        self.base_dir = (
-            Path(tempfile.mkdtemp(prefix=f"flowcraft-{self.name}-")) if base_dir is None else Path(base_dir)
-        )
+        self.base_dir = Path(tempfile.mkdtemp(prefix=f"flowcraft-{self.name}-")) if base_dir is None else Path(base_dir)
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.base_dir / f"{self.name}.log"
         self.startup_timeout = startup_timeout

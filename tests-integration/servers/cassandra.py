@@ -112,7 +112,9 @@ class CassandraServer(Server):
             self.java,
             f"-Xms{self.heap}", f"-Xmx{self.heap}", "-Xss512k",
             *JAVA_OPENS,
+            "-XX:-UsePerfData",  # no /tmp/hsperfdata_<user>
             "-Djava.net.preferIPv4Stack=true",
+            f"-Dorg.xerial.snappy.tempdir={d}",  # snappy's native library, not in /tmp
             f"-Dlog4j.configuration=file://{d / 'log4j.properties'}",
             f"-Dcassandra.config=file://{d / 'cassandra.yaml'}",
             "-Dcassandra-foreground=yes",

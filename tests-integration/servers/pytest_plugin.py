@@ -53,7 +53,7 @@ ENV_COSMOS_ENDPOINT = "FLOWCRAFT_TEST_COSMOS_ENDPOINT"
 ENV_COSMOS_KEY = "FLOWCRAFT_TEST_COSMOS_KEY"
 ENV_COSMOS_CA = "FLOWCRAFT_TEST_COSMOS_CA"
 
-_started: list[Server] = []
+_started: list[tuple[str, float]] = []
 
 
 def in_ci() -> bool:
@@ -73,8 +73,7 @@ def require_module(name: str, requirement: str | None = None) -> ModuleType:
         return importlib.import_module(name)
     except ImportError:
         missing(
-            f"Python package {requirement or name} is not installed: "
-            "pip install -r tests-integration/requirements.txt"
+            f"Python package {requirement or name} is not installed: pip install -r tests-integration/requirements.txt"
         )
 
 
@@ -91,7 +90,7 @@ def start_or_skip(server: S) -> S:
     if not_installed is not None:
         server.close()
         missing(not_installed)
-    _started.append(server)
+    _started.append((server.name, server.startup_seconds or 0.0))
     return server
 
 
@@ -336,5 +335,5 @@ def cosmos_client_kwargs(request: pytest.FixtureRequest) -> dict[str, Any]:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not _started:
         return
-    parts = [f"{s.name} {s.startup_seconds:.2f}s" for s in _started if s.startup_seconds is not None]
+    parts = [f"{name} {seconds:.2f}s" for name, seconds in _started]
     terminalreporter.write_line("servers started (startup time): " + ", ".join(parts))

@@ -51,9 +51,7 @@ class RabbitMqServer(Server):
         self.dist_port, epmd_port = free_ports(2)
         self.node_name = f"flowcraft{self.port}@localhost"
         self.rabbit_dir = self.base_dir / "rabbitmq"
-        self.epmd = EpmdServer(
-            epmd_port, base_dir=self.base_dir / "epmd", die_with_parent=self.die_with_parent
-        )
+        self.epmd = EpmdServer(epmd_port, base_dir=self.base_dir / "epmd", die_with_parent=self.die_with_parent)
 
     @property
     def url(self) -> str:
