@@ -106,7 +106,7 @@ class Expression:
         if not isinstance(source, str) or not source.strip():
             raise ExpressionError("expression is empty", hint="write e.g. \"result.output.total > 0\"")
         try:
-            tree = ast.parse(_translate_js(source.strip()), mode="eval")
+            tree = ast.parse(_translate_js(source.strip()).strip(), mode="eval")
         except SyntaxError as exc:
             raise ExpressionError(f"invalid expression {source!r}: {exc.msg}") from None
         _validate(tree.body, source)

@@ -473,11 +473,14 @@ class Engine:
         by_target: dict[str, list[CompiledEdge]] = {}
         for edge in info.out_edges:
             by_target.setdefault(edge.edge.target, []).append(edge)
+        continues_loop = any(e.within_cycle for e in taken)
         arrivals = []
         for edges in by_target.values():
             took = [e for e in edges if e in taken]
-            if edges[0].is_back and not took:
-                continue  # a loop that is not continued simply ends; no skip travels back
+            if not took and (edges[0].is_back or (edges[0].leaves_cycle and continues_loop)):
+                # a loop that is not continued simply ends (no skip travels back); an exit not taken
+                # while the loop goes on is decided by a later iteration
+                continue
             edge = took[0] if took else edges[0]
             contribution = completion.output
             if took and edge.transform is not None:

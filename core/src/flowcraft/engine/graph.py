@@ -20,6 +20,8 @@ class CompiledEdge:
     condition: Expression | None
     transform: Expression | None
     is_back: bool
+    leaves_cycle: bool = False  # from inside a loop to a node outside it
+    within_cycle: bool = False  # both ends in the same loop
 
 
 @dataclass(slots=True)
@@ -89,7 +91,10 @@ def analyze(blueprint: Blueprint) -> Graph:
         for edge in outgoing[nid]:
             condition = compile_expression(edge.condition) if edge.condition else None
             transform = compile_expression(edge.transform) if edge.transform else None
-            compiled.append(CompiledEdge(edge, condition, transform, id(edge) in back_edges))
+            target = nodes[edge.target]
+            same = info.in_cycle and target.component == info.component
+            compiled.append(CompiledEdge(edge, condition, transform, id(edge) in back_edges,
+                                         leaves_cycle=info.in_cycle and not same, within_cycle=same))
             if condition is not None and _mentions_context(edge.condition or ""):
                 info.needs_context = True
         info.out_edges = compiled
