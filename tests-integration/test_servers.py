@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import ssl
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 import redis
-from servers import CosmosServer, MotoServer, PostgresServer, RedisServer, ServerError
-from servers.pytest_plugin import AwsNames, require_module
+from servers import (
+    AzuriteServer,
+    CosmosServer,
+    MotoServer,
+    PostgresServer,
+    RedisServer,
+    ServerError,
+    ServerNotInstalled,
+    free_port,
+    port_open,
+)
+from servers.base import REPO_ROOT
+from servers.pytest_plugin import AwsNames, missing, require_module
 
 # --------------------------------------------------------------------------- Redis
 
@@ -78,8 +94,6 @@ def test_redis_stop_leaves_no_process_and_close_removes_data() -> None:
     server.close()
     assert not server.running
     with pytest.raises(ProcessLookupError):
-        import os
-
         os.kill(pid, 0)
     assert not server.base_dir.exists()
 
@@ -295,3 +309,50 @@ def test_cosmos_certificate_verifies(start_server: Callable[..., Any]) -> None:
         ctx.wrap_socket(sock, server_hostname=server.host) as tls,
     ):
         assert tls.version() is not None
+
+
+# --------------------------------------------------------------------------- azurite/ and localstack/ folders
+
+
+def test_azurite_provision_script(azure_queue_connection_string: str) -> None:
+    require_module("azure.storage.queue", "azure-storage-queue")
+    queue, dlq = f"fct-{uuid.uuid4().hex[:12]}", f"fct-{uuid.uuid4().hex[:12]}-dlq"
+    argv = [sys.executable, str(REPO_ROOT / "azurite" / "provision.py"), "--queue", queue, "--dlq", dlq]
+    env = {**os.environ, "AZURE_STORAGE_CONNECTION_STRING": azure_queue_connection_string}
+    first = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines() == [f"queue {queue}: created", f"queue {dlq}: created"]
+    again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "created" not in again.stdout
+
+
+def test_azurite_start_script_detached(tmp_path: Path) -> None:
+    try:
+        AzuriteServer().check_installed()
+    except ServerNotInstalled as exc:
+        missing(str(exc))
+    port = free_port()
+    env = {
+        **os.environ,
+        "AZURITE_QUEUE_PORT": str(port),
+        "AZURITE_PIDFILE": str(tmp_path / "azurite.pid"),
+        "AZURITE_LOG": str(tmp_path / "azurite.log"),
+    }
+    proc = subprocess.run(
+        ["bash", str(REPO_ROOT / "azurite" / "start.sh"), "-d"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    pid = int(proc.stdout.strip())
+    try:
+        assert (tmp_path / "azurite.pid").read_text().strip() == str(pid)
+        assert port_open(port)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
