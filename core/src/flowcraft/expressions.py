@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ast
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -153,9 +153,29 @@ def _validate(node: ast.AST, source: str) -> None:
                 )
 
 
+class _DottedView(Mapping[str, Any]):
+    """``context._outputs.fetch`` over flat keys like ``"_outputs.fetch"`` (how TypeScript stores them)."""
+
+    def __init__(self, base: Mapping[str, Any], prefix: str) -> None:
+        self._base, self._prefix = base, prefix + "."
+
+    def __getitem__(self, key: str) -> Any:
+        return self._base[self._prefix + key]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k[len(self._prefix):] for k in self._base if isinstance(k, str) and k.startswith(self._prefix))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 def _lookup(container: Any, key: Any) -> Any:
     if isinstance(container, Mapping):
-        return container.get(key)
+        if key in container:
+            return container[key]
+        if isinstance(key, str) and any(isinstance(k, str) and k.startswith(key + ".") for k in container):
+            return _DottedView(container, key)
+        return None
     if isinstance(container, list | tuple | str) and isinstance(key, int):
         return container[key] if -len(container) <= key < len(container) else None
     if container is None:
