@@ -19,7 +19,7 @@
 #
 # Services installed by apt are never started (policy-rc.d); the tests start their own instances on
 # free loopback ports.
-set -euo pipefail
+set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${VENV:-$ROOT/.venv}
@@ -35,7 +35,7 @@ COSMOS_NPM='@vercel/cosmosdb-server@1.0.1'
 
 say() { echo "install-servers: $*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
-trap 'rc=$?; [ $rc -eq 0 ] || say "FAILED (exit $rc) at line $LINENO: $BASH_COMMAND"' EXIT
+trap 'say "FAILED (exit $?) at line $LINENO: $BASH_COMMAND"' ERR
 
 want=("$@")
 [ ${#want[@]} -eq 0 ] && want=(redis moto)
