@@ -7,6 +7,8 @@ first use; a component given as ``"module:Class"`` is imported only when it is s
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +19,8 @@ import pluggy
 from flowcraft import hookspecs
 from flowcraft.errors import PluginError
 from flowcraft.spi import Backend, Component, ContextStore, CoordinationStore, Queue, StatusStore
+
+log = logging.getLogger("flowcraft.plugins")
 
 ENTRY_POINT_GROUP = "flowcraft"
 DISABLE_ENV = "FLOWCRAFT_DISABLE_PLUGINS"
@@ -86,13 +90,25 @@ class PluginRegistry:
         from flowcraft.backends import builtin
 
         self.manager.register(builtin, name="flowcraft-builtin")
+        #: plugins whose entry point failed to import: name -> error (reported by `flowcraft backends`)
+        self.broken: dict[str, str] = {}
         if load_entry_points:
-            for name in disabled:
-                self.manager.set_blocked(name)
-            self.manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+            self._load_entry_points(disabled)
         self._components: dict[str, dict[str, _Entry]] = {kind: {} for kind in KINDS}
         self._presets: dict[str, tuple[Preset, str]] = {}
         self._collect()
+
+    def _load_entry_points(self, disabled: set[str]) -> None:
+        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if entry_point.name in disabled or self.manager.has_plugin(entry_point.name):
+                continue
+            try:
+                module = entry_point.load()
+            except Exception as exc:  # one broken plugin must not take the others down
+                self.broken[entry_point.name] = f"{type(exc).__name__}: {exc}"
+                log.warning("flowcraft plugin %r could not be loaded: %s", entry_point.name, exc)
+                continue
+            self.manager.register(module, name=entry_point.name)
 
     def _collect(self) -> None:
         for kind, hook_name in _HOOKS.items():

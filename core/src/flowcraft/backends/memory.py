@@ -48,6 +48,10 @@ class MemoryQueue(Queue):
 
     name = "memory"
 
+    @classmethod
+    def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> MemoryQueue:
+        return cls(float(options.get("visibility_timeout", 30.0)))
+
     def __init__(self, visibility_timeout: float = 30.0) -> None:
         self.visibility_timeout = visibility_timeout
         self._ready: deque[_Message] = deque()

@@ -1,0 +1,18 @@
+"""The contract suite every backend must pass (fsspec-style abstract test classes) and its fixtures."""
+
+from flowcraft.testing.contract import (
+    MULTIPROCESS,
+    BackendContract,
+    ContextContract,
+    CoordinationContract,
+    CrashContract,
+    QueueContract,
+    ReconcilerContract,
+    StatusContract,
+    WorkflowContract,
+)
+
+__all__ = [
+    "MULTIPROCESS", "BackendContract", "ContextContract", "CoordinationContract", "CrashContract",
+    "QueueContract", "ReconcilerContract", "StatusContract", "WorkflowContract",
+]

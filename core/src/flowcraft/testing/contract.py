@@ -1,0 +1,579 @@
+"""The contract suite: what every backend must do. Subclass ``BackendContract`` in your tests::
+
+    class TestMyBackend(BackendContract):
+        @pytest.fixture
+        def backend_config(self, tmp_path):
+            return "mybackend", {"url": ..., "prefix": unique_prefix}
+
+The suite builds the backend by name through the plugin registry (so the worker processes of the crash
+tests can build it too), with ``visibility_timeout`` added to the options. ``capabilities`` lists what the
+backend can do; removing one is a documented gap (e.g. the memory backend cannot serve several processes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import pytest_asyncio
+
+from flowcraft.client import Client
+from flowcraft.engine.core import Engine, EngineOptions, RunResult
+from flowcraft.engine.worker import Worker
+from flowcraft.plugins import registry
+from flowcraft.reconciler import Reconciler
+from flowcraft.spi import Arrival, Backend, Completion, Delivery, Job, RunRecord, Transition
+from flowcraft.testing.apps import app as contract_app
+from flowcraft.testing.worker import FAULT_POINTS
+
+MULTIPROCESS = "multiprocess"
+
+
+def read_log(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+async def receive(backend: Backend, count: int, timeout: float = 10.0) -> list[Delivery]:
+    """Dequeue until ``count`` deliveries arrived (queues may hand out fewer per call)."""
+    got: list[Delivery] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        got += await backend.queue.dequeue(count - len(got), min(1.0, max(0.1, deadline - time.monotonic())))
+    return got
+
+
+def _job(run_id: str, node: str = "n", **kwargs: Any) -> Job:
+    return Job(run_id, "bp", node, **kwargs)
+
+
+class _Base:
+    capabilities: ClassVar[frozenset[str]] = frozenset({MULTIPROCESS})
+    visibility_timeout: ClassVar[float] = 2.0
+    pytestmark = pytest.mark.asyncio
+
+    @pytest.fixture
+    def backend_config(self) -> tuple[str, dict[str, Any]]:
+        raise NotImplementedError("a BackendContract subclass must define the backend_config fixture")
+
+    @pytest.fixture
+    def worker_options(self, backend_config: tuple[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+        name, options = backend_config
+        return name, {**options, "visibility_timeout": self.visibility_timeout}
+
+    @pytest_asyncio.fixture
+    async def backend(self, worker_options: tuple[str, dict[str, Any]]) -> AsyncIterator[Backend]:
+        name, options = worker_options
+        built = registry().build(name, options)
+        await built.setup()
+        try:
+            yield built
+        finally:
+            await built.close()
+
+    @pytest.fixture
+    def run_prefix(self) -> str:
+        return f"t-{uuid.uuid4().hex[:10]}"
+
+
+# ====================================================================== components
+class QueueContract(_Base):
+    async def test_queue_delivers_and_ack_removes(self, backend: Backend, run_prefix: str) -> None:
+        jobs = [_job(f"{run_prefix}:{i}", node="ñode/ü: x", input=None, has_input=True) for i in range(3)]
+        await backend.queue.enqueue(jobs)
+        got = await receive(backend, 3)
+        assert sorted(d.job.run_id for d in got) == sorted(j.run_id for j in jobs)
+        assert all(d.deliveries == 1 for d in got)
+        assert got[0].job.node_id == "ñode/ü: x" and got[0].job.has_input and got[0].job.input is None
+        for delivery in got:
+            await backend.queue.ack(delivery)
+        assert await backend.queue.dequeue(10, 0.5) == []
+
+    async def test_queue_redelivers_after_visibility_timeout(self, backend: Backend, run_prefix: str) -> None:
+        await backend.queue.enqueue([_job(run_prefix)])
+        first = await receive(backend, 1)
+        assert len(first) == 1
+        assert await backend.queue.dequeue(1, 0.2) == []  # invisible while leased
+        again = await receive(backend, 1, timeout=self.visibility_timeout + 10)
+        assert len(again) == 1 and again[0].job == first[0].job
+        assert again[0].deliveries == 2
+        await backend.queue.ack(again[0])
+
+    async def test_queue_extend_keeps_a_job_invisible(self, backend: Backend, run_prefix: str) -> None:
+        await backend.queue.enqueue([_job(run_prefix)])
+        (delivery,) = await receive(backend, 1)
+        for _ in range(3):
+            await asyncio.sleep(self.visibility_timeout * 0.6)
+            await backend.queue.extend(delivery, self.visibility_timeout)
+        assert await backend.queue.dequeue(1, 0.1) == []
+        await backend.queue.ack(delivery)
+
+    async def test_queue_delayed_delivery(self, backend: Backend, run_prefix: str) -> None:
+        started = time.monotonic()
+        await backend.queue.enqueue([_job(run_prefix)], delay=1.5)
+        assert await backend.queue.dequeue(1, 0.5) == []
+        (delivery,) = await receive(backend, 1, timeout=10)
+        assert time.monotonic() - started >= 1.4
+        await backend.queue.ack(delivery)
+
+    async def test_queue_release_with_delay(self, backend: Backend, run_prefix: str) -> None:
+        await backend.queue.enqueue([_job(run_prefix)])
+        (delivery,) = await receive(backend, 1)
+        await backend.queue.release(delivery, 1.0)
+        assert await backend.queue.dequeue(1, 0.3) == []
+        (again,) = await receive(backend, 1, timeout=10)
+        await backend.queue.ack(again)
+
+    async def test_queue_dead_letter_keeps_the_reason(self, backend: Backend, run_prefix: str) -> None:
+        await backend.queue.enqueue([_job(run_prefix, payload={"x": [1, 2]})])
+        (delivery,) = await receive(backend, 1)
+        await backend.queue.dead_letter(delivery, "cannot be processed: test")
+        assert await backend.queue.dequeue(1, 0.3) == []
+        letters = [d for d in await backend.queue.dead_letters(100) if d.job is not None and d.job.run_id == run_prefix]
+        assert len(letters) == 1
+        assert letters[0].reason == "cannot be processed: test"
+        assert letters[0].job is not None and letters[0].job.payload == {"x": [1, 2]}
+
+
+class ContextContract(_Base):
+    async def test_context_set_get_delete_and_none(self, backend: Backend, run_prefix: str) -> None:
+        run = f"{run_prefix}: ü/x"
+        await backend.context.apply(run, {"a": 1, "none": None, "nested": {"k": [1, "two"]}, "ключ:/ ": "v"})
+        assert await backend.context.get_many(run, ["a", "none", "missing", "ключ:/ "]) == {
+            "a": 1, "none": None, "ключ:/ ": "v"}
+        await backend.context.apply(run, {"a": 2}, ["nested"])
+        assert await backend.context.get_all(run) == {"a": 2, "none": None, "ключ:/ ": "v"}
+        await backend.context.delete_run(run)
+        assert await backend.context.get_all(run) == {}
+
+    async def test_context_concurrent_writers_lose_nothing(self, backend: Backend, run_prefix: str) -> None:
+        async def writer(index: int) -> None:
+            for step in range(5):
+                await backend.context.apply(run_prefix, {f"w{index}.{step}": index * 100 + step})
+
+        await asyncio.gather(*(writer(i) for i in range(10)))
+        values = await backend.context.get_all(run_prefix)
+        assert len(values) == 50
+        assert values["w7.3"] == 703
+
+
+class StatusContract(_Base):
+    async def test_status_create_get_and_no_duplicates(self, backend: Backend, run_prefix: str) -> None:
+        record = RunRecord(run_prefix, "bp", input={"x": 1}, parent={"run_id": "p"})
+        assert await backend.status.create(record)
+        assert not await backend.status.create(RunRecord(run_prefix, "other"))
+        stored = await backend.status.get(run_prefix)
+        assert stored is not None and stored.blueprint_id == "bp" and stored.input == {"x": 1}
+        assert stored.parent == {"run_id": "p"} and stored.status == "running"
+        assert await backend.status.get(run_prefix + "-missing") is None
+
+    async def test_status_transition_has_exactly_one_winner(self, backend: Backend, run_prefix: str) -> None:
+        await backend.status.create(RunRecord(run_prefix, "bp"))
+        results = await asyncio.gather(*(
+            backend.status.transition(run_prefix, ["running"], "completed" if i % 2 else "failed", {})
+            for i in range(10)
+        ))
+        winners = [r for r in results if r is not None]
+        assert len(winners) == 1
+        final = await backend.status.get(run_prefix)
+        assert final is not None and final.status == winners[0].status
+        assert await backend.status.transition(run_prefix, ["running", "awaiting"], "completed", {}) is None
+
+    async def test_status_list_filters_and_pages(self, backend: Backend, run_prefix: str) -> None:
+        blueprint = f"bp-{run_prefix}"
+        for i in range(5):
+            await backend.status.create(RunRecord(f"{run_prefix}-{i}", blueprint))
+        await backend.status.transition(f"{run_prefix}-0", ["running"], "failed", {})
+        seen: list[str] = []
+        cursor: str | None = None
+        while True:
+            page, cursor = await backend.status.list(blueprint_id=blueprint, limit=2, cursor=cursor)
+            assert len(page) <= 2
+            seen += [r.run_id for r in page]
+            if cursor is None:
+                break
+        assert sorted(seen) == [f"{run_prefix}-{i}" for i in range(5)]
+        failed, _ = await backend.status.list(status="failed", blueprint_id=blueprint)
+        assert [r.run_id for r in failed] == [f"{run_prefix}-0"]
+
+    async def test_status_stalled_finds_old_active_runs(self, backend: Backend, run_prefix: str) -> None:
+        await backend.status.create(RunRecord(run_prefix, "bp"))
+        await backend.status.create(RunRecord(run_prefix + "-done", "bp"))
+        await backend.status.transition(run_prefix + "-done", ["running"], "completed", {})
+        await asyncio.sleep(0.05)
+        found = {r.run_id for r in await backend.status.stalled(time.time(), 1000)}
+        assert run_prefix in found and run_prefix + "-done" not in found
+        assert run_prefix not in {r.run_id for r in await backend.status.stalled(time.time() - 3600, 1000)}
+
+
+class CoordinationContract(_Base):
+    async def test_schedule_is_insert_if_absent(self, backend: Backend, run_prefix: str) -> None:
+        jobs = [_job(run_prefix, "a"), _job(run_prefix, "b")]
+        assert len(await backend.coordination.schedule(run_prefix, jobs)) == 2
+        assert await backend.coordination.schedule(run_prefix, jobs) == []
+        pending = await backend.coordination.jobs(run_prefix)
+        assert sorted(p.job.node_id for p in pending) == ["a", "b"]
+
+    async def test_lease_is_exclusive_until_released(self, backend: Backend, run_prefix: str) -> None:
+        job = _job(run_prefix)
+        await backend.coordination.schedule(run_prefix, [job])
+        first = await backend.coordination.begin(job, "w1", 30)
+        assert first.lease and first.state == "pending" and first.completion is None
+        assert not (await backend.coordination.begin(job, "w2", 30)).lease
+        assert await backend.coordination.renew(run_prefix, job.key, "w1", 30)
+        assert not await backend.coordination.renew(run_prefix, job.key, "w2", 30)
+        assert [p.leased for p in await backend.coordination.jobs(run_prefix)] == [True]
+        await backend.coordination.release(run_prefix, job.key, "w1")
+        assert (await backend.coordination.begin(job, "w2", 30)).lease
+
+    async def test_expired_lease_can_be_taken_over(self, backend: Backend, run_prefix: str) -> None:
+        job = _job(run_prefix)
+        await backend.coordination.schedule(run_prefix, [job])
+        assert (await backend.coordination.begin(job, "w1", 0.5)).lease
+        await asyncio.sleep(1.1)
+        assert (await backend.coordination.begin(job, "w2", 30)).lease
+
+    async def test_completion_is_first_writer_wins(self, backend: Backend, run_prefix: str) -> None:
+        job = _job(run_prefix)
+        await backend.coordination.schedule(run_prefix, [job])
+        mine = Completion("n", {"v": 1}, "go", token="t1")
+        theirs = Completion("n", {"v": 2}, None, token="t2")
+        first = await backend.coordination.commit(Transition(run_prefix, job.key, mine, finish=True))
+        assert first.conflict is None and first.pending == 0
+        second = await backend.coordination.commit(Transition(run_prefix, job.key, theirs, finish=True))
+        assert second.conflict == mine
+        begin = await backend.coordination.begin(job, "w", 30)
+        assert begin.state == "done" and begin.completion == mine
+
+    async def test_all_join_fires_exactly_once_under_concurrency(self, backend: Backend, run_prefix: str) -> None:
+        members = [f"p{i}" for i in range(6)]
+        await backend.coordination.schedule(run_prefix, [_job(run_prefix, m) for m in members])
+        target = _job(run_prefix, "join")
+
+        async def arrive(member: str) -> tuple[int, ...]:
+            arrival = Arrival(target, member, True, {"from": member}, tuple(members))
+            outcomes = []
+            for _ in range(2):  # every arrival delivered twice
+                committed = await backend.coordination.commit(
+                    Transition(run_prefix, _job(run_prefix, member).key, None, (arrival,), finish=True))
+                outcomes.append(len(committed.fired))
+            return tuple(outcomes)
+
+        results = await asyncio.gather(*(arrive(m) for m in members))
+        fired = sum(sum(r) for r in results)
+        assert fired == 1
+        (pending,) = await backend.coordination.jobs(run_prefix)
+        assert pending.job.node_id == "join"
+        assert pending.job.input == {m: {"from": m} for m in members}
+
+    async def test_any_join_fires_once_and_all_skipped_is_skipped(self, backend: Backend, run_prefix: str) -> None:
+        members = ("a", "b", "c")
+        target = _job(run_prefix, "any")
+        fired = 0
+        for member in members:
+            committed = await backend.coordination.commit(Transition(
+                run_prefix, f"0:{member}", None, (Arrival(target, member, True, member, members, "any"),)))
+            fired += len(committed.fired)
+        assert fired == 1
+        skipped_target = _job(run_prefix, "dead")
+        outcomes = []
+        for member in members:
+            committed = await backend.coordination.commit(Transition(
+                run_prefix, f"0:{member}", None, (Arrival(skipped_target, member, False, None, members),)))
+            outcomes.append(committed.skipped)
+        assert outcomes == [(), (), (skipped_target.key,)]
+
+    async def test_recovery_replay_returns_what_is_still_pending(self, backend: Backend, run_prefix: str) -> None:
+        job = _job(run_prefix, "a")
+        await backend.coordination.schedule(run_prefix, [job])
+        completion = Completion("a", 1, token="tok")
+        arrival = Arrival(_job(run_prefix, "b", input=1, has_input=True), "a", True, 1, ("a",))
+        first = await backend.coordination.commit(Transition(run_prefix, job.key, completion, (arrival,), True))
+        assert [j.node_id for j in first.fired] == ["b"] and first.pending == 1
+        replay = await backend.coordination.commit(
+            Transition(run_prefix, job.key, completion, (arrival,), True, recovery=True))
+        assert replay.conflict is None and [j.node_id for j in replay.fired] == ["b"]
+        normal = await backend.coordination.commit(Transition(run_prefix, job.key, completion, (arrival,), True))
+        assert normal.fired == ()
+
+    async def test_park_and_unpark(self, backend: Backend, run_prefix: str) -> None:
+        job = _job(run_prefix, "wait")
+        await backend.coordination.schedule(run_prefix, [job])
+        parked = await backend.coordination.park(run_prefix, job.key)
+        assert (parked.pending, parked.parked) == (0, 1)
+        assert [p.job.node_id for p in await backend.coordination.jobs(run_prefix, "parked")] == ["wait"]
+        resumed = job.evolve(payload={"resume": {"action": "ok"}})
+        assert await backend.coordination.unpark(run_prefix, job.key, resumed)
+        assert not await backend.coordination.unpark(run_prefix, job.key, resumed)
+        (pending,) = await backend.coordination.jobs(run_prefix)
+        assert pending.job.payload == {"resume": {"action": "ok"}}
+
+    async def test_activity_is_recorded(self, backend: Backend, run_prefix: str) -> None:
+        before = time.time() - 1
+        await backend.coordination.schedule(run_prefix, [_job(run_prefix)])
+        activity = await backend.coordination.activity(run_prefix)
+        assert activity is not None and activity >= before
+
+
+# ====================================================================== workflows on real workers
+class _Workers:
+    """Engines with worker loops in this process, plus a client."""
+
+    def __init__(self, backend: Backend, count: int = 2, concurrency: int = 8) -> None:
+        self.backend = backend
+        self.client = Client(backend, contract_app)
+        self.engines = [Engine(contract_app, backend, options=EngineOptions(lease_seconds=5)) for _ in range(count)]
+        self.workers = [Worker(e, concurrency=concurrency, poll_wait=0.2, grace=2) for e in self.engines]
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> _Workers:
+        self.tasks = [asyncio.create_task(w.run()) for w in self.workers]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for worker in self.workers:
+            worker.stop()
+        await asyncio.gather(*self.tasks)
+
+    async def run(self, blueprint: str, input: Any = None, timeout: float = 30) -> RunResult:
+        return await self.client.wait(await self.client.start(blueprint, input), timeout)
+
+
+class WorkflowContract(_Base):
+    async def test_diamond_all_join(self, backend: Backend, tmp_path: Path) -> None:
+        async with _Workers(backend) as w:
+            result = await w.run("contract-diamond", {"log": str(tmp_path / "log"), "value": 1})
+        assert result.status == "completed", result.errors
+        assert result.outputs["j"]["received"] == {p: result.outputs[p] for p in ("p1", "p2", "p3")}
+        assert result.output == result.outputs["j"]
+        assert Counter(e["node"] for e in read_log(tmp_path / "log"))["j"] == 1
+
+    async def test_any_join_of_four_runs_once(self, backend: Backend, tmp_path: Path) -> None:
+        async with _Workers(backend) as w:
+            result = await w.run("contract-any", {"log": str(tmp_path / "log")})
+        assert result.status == "completed", result.errors
+        assert Counter(e["node"] for e in read_log(tmp_path / "log"))["j"] == 1
+        (winner,) = result.outputs["j"]["received"]
+        assert result.outputs["j"]["received"][winner] == result.outputs[winner]
+
+    async def test_node_returning_none_completes(self, backend: Backend) -> None:
+        async with _Workers(backend) as w:
+            result = await w.run("contract-none", {"value": 3})
+        assert result.status == "completed" and result.outputs == {"s": 3, "n": None, "e": None}
+
+    @pytest.mark.parametrize("side", ["left", "right"])
+    async def test_conditional_branches_complete(self, backend: Backend, side: str) -> None:
+        async with _Workers(backend) as w:
+            result = await w.run("contract-branches", {"value": side})
+        assert result.status == "completed", result.errors
+        assert side in result.outputs and ({"left", "right"} - {side}).isdisjoint(result.outputs)
+        assert set(result.outputs["j"]["received"]) == ({"left2"} if side == "left" else {"right"})
+        assert ("only-right" in result.outputs) == (side == "right")
+
+    async def test_retries_really_retry_with_backoff(self, backend: Backend, tmp_path: Path) -> None:
+        async with _Workers(backend) as w:
+            result = await w.run("contract-retry", {"log": str(tmp_path / "log")})
+        assert result.status == "completed" and result.outputs["f"] == "ok on attempt 3"
+        assert [e["attempt"] for e in read_log(tmp_path / "log") if e["node"] == "f"] == [1, 2, 3]
+
+    async def test_fallback_only_when_primary_fails(self, backend: Backend, tmp_path: Path) -> None:
+        async with _Workers(backend) as w:
+            result = await w.run("contract-fallback", {"log": str(tmp_path / "log"), "value": 9})
+        assert result.status == "completed", result.errors
+        assert result.outputs["next"] == 9 and result.outputs["good"] == 9
+        assert "unused" not in {e["node"] for e in read_log(tmp_path / "log")}
+
+    async def test_failure_is_final(self, backend: Backend) -> None:
+        async with _Workers(backend) as w:
+            result = await w.run("contract-fail", {})
+            await asyncio.sleep(0.6)
+            later = await w.client.status(result.run_id)
+        assert result.status == "failed" and later.status == "failed"
+        assert result.errors[0]["node_id"] == "bad"
+        assert "after" not in later.outputs
+
+    async def test_loop(self, backend: Backend) -> None:
+        async with _Workers(backend) as w:
+            result = await w.run("contract-loop", {})
+        assert result.status == "completed", result.errors
+        assert result.context["count"] == 4 and result.outputs["after"] == 4
+
+    async def test_map_with_chunks_and_concurrency(self, backend: Backend) -> None:
+        async with _Workers(backend) as w:
+            result = await w.run("contract-map", {"value": [1, 2, 3, 4, 5]})
+            empty = await w.run("contract-map", {"value": []})
+        assert result.status == "completed", result.errors
+        assert result.outputs["squares"] == [1, 4, 9, 16, 25] and result.outputs["sum"] == 55
+        assert empty.status == "completed" and empty.outputs["sum"] == 0
+
+    async def test_sleep_is_a_durable_timer(self, backend: Backend) -> None:
+        async with _Workers(backend) as w:
+            started = time.monotonic()
+            result = await w.run("contract-sleep", {"value": "x"})
+        assert result.status == "completed" and result.outputs["woke"] == "x"
+        assert 0.9 <= time.monotonic() - started <= 6
+
+    @pytest.mark.parametrize("action", ["approve", "reject"])
+    async def test_wait_and_resume_route_by_action(self, backend: Backend, action: str) -> None:
+        async with _Workers(backend) as w:
+            paused = await w.run("contract-wait", {"value": 1})
+            assert paused.status == "awaiting"
+            assert paused.awaiting == [{"node_id": "approval", "visit": 0}]
+            await w.client.resume(paused.run_id, action=action, output={"by": "ada"})
+            with pytest.raises(Exception, match="not awaiting|already resumed"):
+                await w.client.resume(paused.run_id, action=action)
+            result = await w.client.wait(paused.run_id, 30)
+        assert result.status == "completed", result.errors
+        other = "rejected" if action == "approve" else "approved"
+        assert result.outputs[action.rstrip("e") + "ed"] == {"by": "ada"} and other not in result.outputs
+
+    async def test_subflow(self, backend: Backend) -> None:
+        async with _Workers(backend) as w:
+            result = await w.run("contract-parent", {"value": 40})
+        assert result.status == "completed", result.errors
+        assert result.outputs["sub"] == 42 and result.outputs["after"] == 42
+
+    async def test_cancel_drops_queued_work(self, backend: Backend) -> None:
+        async with _Workers(backend) as w:
+            run_id = await w.client.start("contract-sleep", {"value": 1})
+            await asyncio.sleep(0.3)
+            assert await w.client.cancel(run_id)
+            assert not await w.client.cancel(run_id)
+            await asyncio.sleep(1.5)
+            result = await w.client.status(run_id)
+        assert result.status == "cancelled" and "woke" not in result.outputs
+
+    async def test_ids_with_separators_and_unicode(self, backend: Backend) -> None:
+        async with _Workers(backend) as w:
+            result = await w.run("contract ids:/ünï", {"value": "ok"})
+        assert result.status == "completed" and result.outputs == {"a:b/c d": "ok", "ñ/ø:1": "ok"}
+
+    async def test_unknown_version_is_not_lost(self, backend: Backend, run_prefix: str) -> None:
+        await backend.status.create(RunRecord(run_prefix, "contract-none", version="999"))
+        job = Job(run_prefix, "contract-none", "s", version="999", input={}, has_input=True)
+        await backend.coordination.schedule(run_prefix, [job])
+        await backend.queue.enqueue([job])
+        engine = Engine(contract_app, backend, options=EngineOptions(max_bounces=2, bounce_delay=0.1))
+        handled = 0
+        while handled < 2:
+            for delivery in await receive(backend, 1, timeout=self.visibility_timeout + 10):
+                await engine.handle(delivery)
+                handled += 1
+        letters = [d for d in await backend.queue.dead_letters(1000) if d.job and d.job.run_id == run_prefix]
+        assert len(letters) == 1 and "version '999' is not loaded" in letters[0].reason
+
+
+class ReconcilerContract(_Base):
+    async def test_reconciler_requeues_only_pending_jobs_of_stalled_runs(self, backend: Backend) -> None:
+        client = Client(backend, contract_app)
+        lost = client.engine.queue.enqueue
+
+        async def drop(jobs: Any, delay: float = 0.0) -> None:
+            return None
+
+        client.engine.queue.enqueue = drop  # type: ignore[method-assign]  # the start message is lost
+        run_id = await client.start("contract-branches", {"value": "right"})
+        client.engine.queue.enqueue = lost  # type: ignore[method-assign]
+        healthy = await client.start("contract-none", {"value": 1})
+        async with _Workers(backend, count=1):
+            assert (await client.wait(healthy, 30)).status == "completed"
+            await asyncio.sleep(1.2)
+            assert (await client.status(run_id)).status == "running"
+            stats = await Reconciler(backend, stalled_threshold_seconds=1.0).run()
+            assert stats.stalled_runs == 1 and stats.reconciled_runs == 1 and stats.requeued_jobs == 1
+            result = await client.wait(run_id, 30)
+        assert result.status == "completed"
+        assert "left" not in result.outputs and "left2" not in result.outputs
+
+    async def test_reconciler_leaves_runs_with_a_live_worker_alone(self, backend: Backend) -> None:
+        async with _Workers(backend, count=1) as w:
+            run_id = await w.client.start("contract-long", {})
+            await asyncio.sleep(1.5)
+            stats = await Reconciler(backend, stalled_threshold_seconds=0.5).run()
+            assert stats.reconciled_runs == 0
+            result = await w.client.wait(run_id, 30)
+        assert result.status == "completed"
+
+
+# ====================================================================== crash tests
+class _Process:
+    def __init__(self, backend: tuple[str, dict[str, Any]], events: Path, *extra: str) -> None:
+        name, options = backend
+        env = {**os.environ, "FLOWCRAFT_TEST_EVENTS": str(events)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "flowcraft.testing.worker", "--backend", name, "--options", json.dumps(options),
+             "--lease", "2", *extra],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+
+    def wait_killed(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise AssertionError("the armed worker never reached its fault point") from None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@contextlib.contextmanager
+def _healthy_worker(backend: tuple[str, dict[str, Any]], events: Path) -> Iterator[_Process]:
+    process = _Process(backend, events, "--concurrency", "4")
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+class CrashContract(_Base):
+    """SIGKILL a real worker process at each step of job handling; a fresh worker must finish the run."""
+
+    @pytest.mark.parametrize("point", FAULT_POINTS)
+    @pytest.mark.parametrize("at", [1, 5])
+    async def test_worker_killed_mid_job(self, backend: Backend, worker_options: tuple[str, dict[str, Any]],
+                                         tmp_path: Path, point: str, at: int) -> None:
+        if MULTIPROCESS not in self.capabilities:
+            pytest.skip("documented gap: this backend cannot be shared by worker processes")
+        client = Client(backend, contract_app)
+        log, events = tmp_path / "log", tmp_path / "events"
+        run_id = await client.start("contract-diamond", {"log": str(log), "value": 1})
+        armed = _Process(worker_options, events, "--fault", point, "--fault-at", str(at))
+        code = await asyncio.to_thread(armed.wait_killed, 60)
+        assert code == -signal.SIGKILL
+        with _healthy_worker(worker_options, events):
+            result = await client.wait(run_id, 60)
+        assert result.status == "completed", result.errors
+        outputs = result.outputs
+        assert outputs["j"]["received"] == {p: outputs[p] for p in ("p1", "p2", "p3")}
+        assert outputs["e"] == outputs["j"]
+        finishes = [e for e in read_log(events) if e["event"] == "run:finish" and e["run"] == run_id]
+        assert [e["status"] for e in finishes] == ["completed"]
+        executions = Counter(e["node"] for e in read_log(log))
+        assert set(executions) == {"s", "p1", "p2", "p3", "j", "e"}
+        # execution is at-least-once: only the job the worker died in may have run a second time
+        assert sum(count - 1 for count in executions.values()) <= 1, executions
+
+
+class BackendContract(QueueContract, ContextContract, StatusContract, CoordinationContract, WorkflowContract,
+                      ReconcilerContract, CrashContract):
+    """Everything a backend must pass."""
