@@ -433,7 +433,7 @@ class WorkflowContract(_Base):
             assert paused.status == "awaiting"
             assert paused.awaiting == [{"node_id": "approval", "visit": 0}]
             await w.client.resume(paused.run_id, action=action, output={"by": "ada"})
-            with pytest.raises(Exception, match="not awaiting|already resumed"):
+            with pytest.raises(Exception, match=r"not awaiting|already resumed"):
                 await w.client.resume(paused.run_id, action=action)
             result = await w.client.wait(paused.run_id, 30)
         assert result.status == "completed", result.errors

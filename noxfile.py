@@ -1,0 +1,70 @@
+"""nox sessions: unit tests per distribution, integration per backend, lint, demo, bench.
+
+    nox -s core            unit tests of flowcraft-core (no servers)
+    nox -s "unit(redis)"   unit tests of one backend package
+    nox -s "integration(rq)"  the contract suite and end-to-end tests against a real server
+    nox -s lint            ruff + mypy strict on core
+    nox -s demo            the README's demo
+    nox -s bench -- --backend sqlite --workers 2 --runs 500
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+PACKAGES = sorted(p.name for p in (ROOT / "packages").iterdir() if (p / "pyproject.toml").exists())
+INTEGRATION = {"rq": ("redis", "rq"), "sqs": ("sqs",)}
+nox.options.sessions = ["lint", "core"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+def _install(session: nox.Session, *packages: str) -> None:
+    session.install("-e", "core", *(f"-e{ROOT / 'packages' / p}" for p in packages), "-r", "requirements-test.txt")
+
+
+@nox.session
+def core(session: nox.Session) -> None:
+    _install(session)
+    session.run("pytest", "core/tests", *session.posargs)
+
+
+@nox.session
+@nox.parametrize("package", PACKAGES)
+def unit(session: nox.Session, package: str) -> None:
+    deps = ("redis", package) if package in ("rq",) else (package,)
+    _install(session, *deps)
+    tests = ROOT / "packages" / package / "tests"
+    if tests.exists():
+        session.run("pytest", str(tests), *session.posargs)
+
+
+@nox.session
+@nox.parametrize("backend", sorted(INTEGRATION))
+def integration(session: nox.Session, backend: str) -> None:
+    _install(session, *INTEGRATION[backend])
+    session.run("bash", "scripts/install-servers.sh", "redis" if backend == "rq" else "moto", external=True,
+                env={"VENV": session.virtualenv.location})
+    session.run("pytest", "tests-integration", "-k", backend, *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    _install(session, *PACKAGES)
+    session.run("ruff", "check", ".")
+    session.run("mypy", "core/src/flowcraft")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    _install(session)
+    session.run("flowcraft", "demo")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    _install(session, *PACKAGES)
+    session.install("celery[redis]")
+    session.run("python", "-m", "benchmarks", *session.posargs)

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The demo on the embedded SQLite backend (no servers): sets up .venv, then runs `flowcraft demo`.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+"$ROOT/scripts/setup-venv.sh"
+cd "$ROOT"
+exec "$ROOT/.venv/bin/flowcraft" demo "$@"

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite, servers included: sets up .venv and the real servers (Redis, moto), then runs
+# unit tests of every distribution, the contract suite on each backend and the integration tests.
+# Servers are started by the tests on free loopback ports and stopped by PID.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+"$ROOT/scripts/setup-venv.sh" --test
+"$ROOT/scripts/install-servers.sh" redis moto
+export FLOWCRAFT_TEST_SERVERS=${FLOWCRAFT_TEST_SERVERS:-redis moto}
+"$ROOT/.venv/bin/ruff" check .
+"$ROOT/.venv/bin/mypy" core/src/flowcraft
+unit=(core/tests)
+for tests in packages/*/tests; do [ -d "$tests" ] && unit+=("$tests"); done
+"$ROOT/.venv/bin/pytest" -q -p no:cacheprovider --timeout 300 "${unit[@]}" "$@"
+"$ROOT/.venv/bin/pytest" -q -p no:cacheprovider --timeout 300 tests-integration "$@"
