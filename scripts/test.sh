@@ -10,7 +10,6 @@ cd "$ROOT"
 export FLOWCRAFT_TEST_SERVERS=${FLOWCRAFT_TEST_SERVERS:-redis moto}
 "$ROOT/.venv/bin/ruff" check .
 "$ROOT/.venv/bin/mypy" core/src/flowcraft
-unit=(core/tests)
-for tests in packages/*/tests; do [ -d "$tests" ] && unit+=("$tests"); done
-"$ROOT/.venv/bin/pytest" -q -p no:cacheprovider --timeout 300 "${unit[@]}" "$@"
-"$ROOT/.venv/bin/pytest" -q -p no:cacheprovider --timeout 300 tests-integration "$@"
+suites=(core/tests)
+for tests in packages/*/tests; do [ -d "$tests" ] && suites+=("$tests"); done
+"$ROOT/.venv/bin/pytest" -q -p no:cacheprovider --timeout 300 "${suites[@]}" tests-integration "$@"

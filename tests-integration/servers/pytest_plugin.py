@@ -77,8 +77,17 @@ def require_module(name: str, requirement: str | None = None) -> ModuleType:
         )
 
 
+def selected(name: str) -> bool:
+    """``FLOWCRAFT_TEST_SERVERS`` (e.g. "redis moto") limits which servers a run uses; unset = all."""
+    chosen = os.environ.get("FLOWCRAFT_TEST_SERVERS", "").replace(",", " ").split()
+    return not chosen or name in chosen
+
+
 def start_or_skip(server: S) -> S:
     """Start ``server``; apply the not-installed policy if its program is missing."""
+    if not selected(server.install_name):
+        server.close()
+        pytest.skip(f"{server.name} is not among FLOWCRAFT_TEST_SERVERS")
     not_installed: str | None = None
     try:
         server.start()
