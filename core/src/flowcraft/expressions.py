@@ -11,7 +11,7 @@ import ast
 import operator
 from collections.abc import Callable, Iterator, Mapping
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from flowcraft.errors import ExpressionError
 
@@ -249,6 +249,6 @@ def _eval(node: ast.expr, names: Mapping[str, Any]) -> Any:
             _eval(k, names): _eval(v, names) for k, v in zip(node.keys, node.values, strict=True) if k is not None
         }
     if isinstance(node, ast.Call):
-        func = _FUNCTIONS[node.func.id]  # type: ignore[union-attr]  # validated as Name
+        func = _FUNCTIONS[cast(ast.Name, node.func).id]  # validated as a Name
         return func(*(_eval(arg, names) for arg in node.args))
     raise ExpressionError(f"unsupported expression element {type(node).__name__}")

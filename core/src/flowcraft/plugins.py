@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pluggy
 
@@ -115,7 +115,7 @@ class PluginRegistry:
             hook = getattr(self.manager.hook, hook_name)
             for impl in hook.get_hookimpls():
                 plugin = self.manager.get_name(impl.plugin) or repr(impl.plugin)
-                for item in impl.function() or []:
+                for item in cast(list[Any], impl.function() or []):
                     name = _name_of(item)
                     target = item[1] if isinstance(item, tuple) else item
                     existing = self._components[kind].get(name)
@@ -127,7 +127,7 @@ class PluginRegistry:
                     self._components[kind][name] = _Entry(name, target, plugin)
         for impl in self.manager.hook.flowcraft_presets.get_hookimpls():
             plugin = self.manager.get_name(impl.plugin) or repr(impl.plugin)
-            for preset in impl.function() or []:
+            for preset in cast(list[Preset], impl.function() or []):
                 if preset.name in self._presets:
                     raise PluginError(
                         f"backend preset {preset.name!r} is registered by both "
@@ -168,9 +168,9 @@ class PluginRegistry:
             names[kind] = name
         shared: dict[str, Any] = {}
         opts = dict(options or {})
-        built = {kind: self.component(kind, name).from_config(opts, shared)  # type: ignore[attr-defined]
-                 for kind, name in names.items()}
-        return Backend(built["queue"], built["context"], built["status"], built["coordination"],
+        built = {kind: self.component(kind, name).from_config(opts, shared) for kind, name in names.items()}
+        return Backend(cast(Queue, built["queue"]), cast(ContextStore, built["context"]),
+                       cast(StatusStore, built["status"]), cast(CoordinationStore, built["coordination"]),
                        name=backend, options=opts)
 
 

@@ -366,16 +366,6 @@ class StatusStore(Component):
         and ``updated_at``; return the new record. Otherwise None. Exactly one caller wins a transition."""
 
     @abstractmethod
-    async def list(
-        self,
-        status: str | None = None,
-        blueprint_id: str | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> tuple[list[RunRecord], str | None]:
-        """A page of records, newest first, and the cursor of the next page."""
-
-    @abstractmethod
     async def stalled(self, older_than: float, limit: int = 100) -> list[RunRecord]:
         """Active (running/awaiting) runs whose ``updated_at`` is older than the timestamp."""
 
@@ -385,6 +375,16 @@ class StatusStore(Component):
         import asyncio
 
         await asyncio.sleep(timeout)
+
+    @abstractmethod
+    async def list(
+        self,
+        status: str | None = None,
+        blueprint_id: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[RunRecord], str | None]:
+        """A page of records, newest first, and the cursor of the next page."""
 
 
 class CoordinationStore(Component):

@@ -206,6 +206,17 @@ class MemoryStatusStore(StatusStore):
         self._notify(run_id)
         return RunRecord.from_dict(record.to_dict())
 
+    async def stalled(self, older_than: float, limit: int = 100) -> list[RunRecord]:
+        found = [r for r in self._records.values() if r.status in ACTIVE_STATUSES and r.updated_at < older_than]
+        return [RunRecord.from_dict(r.to_dict()) for r in found[:limit]]
+
+    async def wait_for_change(self, run_id: str, timeout: float) -> None:
+        event = self._changed.setdefault(run_id, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass
+
     async def list(
         self, status: str | None = None, blueprint_id: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> tuple[list[RunRecord], str | None]:
@@ -218,17 +229,6 @@ class MemoryStatusStore(StatusStore):
         page = selected[start : start + limit]
         next_cursor = str(start + limit) if start + limit < len(selected) else None
         return [RunRecord.from_dict(r.to_dict()) for r in page], next_cursor
-
-    async def stalled(self, older_than: float, limit: int = 100) -> list[RunRecord]:
-        found = [r for r in self._records.values() if r.status in ACTIVE_STATUSES and r.updated_at < older_than]
-        return [RunRecord.from_dict(r.to_dict()) for r in found[:limit]]
-
-    async def wait_for_change(self, run_id: str, timeout: float) -> None:
-        event = self._changed.setdefault(run_id, asyncio.Event())
-        try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except TimeoutError:
-            pass
 
 
 @dataclass(slots=True)

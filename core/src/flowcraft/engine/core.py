@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from flowcraft.app import App
 from flowcraft.engine.events import Event, EventBus, Middleware, run_with_middleware
@@ -333,7 +333,7 @@ class Engine:
         implementation = self.app.implementation(job.blueprint_id, node.uses)
         if has_own_fallback(implementation):
             try:
-                instance = implementation(node.params)  # type: ignore[operator]
+                instance = cast(type[BaseNode], implementation)(node.params)
                 output, action = _split(await call_maybe_async(instance.fallback, exc, ctx))
                 return output, action, None, node.id
             except Exception as fallback_exc:
@@ -374,7 +374,7 @@ class Engine:
 
         async def call() -> Any:
             if is_class_node(implementation):
-                instance: BaseNode = implementation(node.params)  # type: ignore[operator]
+                instance = cast(type[BaseNode], implementation)(node.params)
                 prepared = await call_maybe_async(instance.prep, ctx)
                 executed = await call_maybe_async(instance.exec, prepared, ctx)
                 return await call_maybe_async(instance.post, executed, ctx)
