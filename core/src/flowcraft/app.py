@@ -38,6 +38,7 @@ class App:
         self._blueprints: dict[str, Blueprint] = {}
         self._scoped: dict[str, dict[str, Implementation]] = {}
         self._graphs: dict[str, Graph] = {}
+        self._versions: dict[str, str] = {}
         for flow in flows:
             self.add(flow.to_blueprint(), flow.implementations)
         for blueprint in blueprints:
@@ -49,6 +50,7 @@ class App:
         self._blueprints[blueprint.id] = blueprint
         self._scoped[blueprint.id] = dict(implementations or {})
         self._graphs[blueprint.id] = analyze(blueprint)
+        self._versions[blueprint.id] = blueprint.version or blueprint.content_hash
 
     def blueprint(self, blueprint_id: str) -> Blueprint | None:
         return self._blueprints.get(blueprint_id)
@@ -69,10 +71,10 @@ class App:
     def has_implementation(self, blueprint_id: str, uses: str) -> bool:
         return uses in BUILTIN_USES or self.implementation(blueprint_id, uses) is not None
 
-    @staticmethod
-    def version_of(blueprint: Blueprint) -> str:
-        """What jobs and run records carry to detect workers with another version of a blueprint."""
-        return blueprint.version or blueprint.content_hash
+    def version(self, blueprint_id: str) -> str | None:
+        """What jobs and run records carry to detect workers with another version of a blueprint: the
+        blueprint's ``metadata.version``, else its content hash (computed once)."""
+        return self._versions.get(blueprint_id)
 
 
 def load_app(spec: str) -> App:

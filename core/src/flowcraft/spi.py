@@ -258,6 +258,10 @@ class RunRecord:
             "parent": self.parent,
         }
 
+    def copy(self) -> RunRecord:
+        return replace(self, errors=list(self.errors), awaiting=list(self.awaiting),
+                       parent=dict(self.parent) if self.parent is not None else None)
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunRecord:
         return cls(
@@ -349,6 +353,9 @@ class ContextStore(Component):
 
 class StatusStore(Component):
     """Run records with compare-and-set status transitions."""
+
+    #: True when ``wait_for_change`` returns as soon as a record changes (no polling needed).
+    notifies: ClassVar[bool] = False
 
     @abstractmethod
     async def create(self, record: RunRecord) -> bool:

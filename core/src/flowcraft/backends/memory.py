@@ -169,6 +169,7 @@ class MemoryContextStore(ContextStore):
 
 class MemoryStatusStore(StatusStore):
     name = "memory"
+    notifies = True
 
     def __init__(self) -> None:
         self._records: dict[str, RunRecord] = {}
@@ -185,13 +186,13 @@ class MemoryStatusStore(StatusStore):
         now = time.time()
         record.created_at = record.created_at or now
         record.updated_at = now
-        self._records[record.run_id] = RunRecord.from_dict(record.to_dict())
+        self._records[record.run_id] = record.copy()
         self._notify(record.run_id)
         return True
 
     async def get(self, run_id: str) -> RunRecord | None:
         record = self._records.get(run_id)
-        return None if record is None else RunRecord.from_dict(record.to_dict())
+        return None if record is None else record.copy()
 
     async def transition(
         self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any]
@@ -204,11 +205,11 @@ class MemoryStatusStore(StatusStore):
         record.status = to_status  # type: ignore[assignment]  # validated by the engine
         record.updated_at = time.time()
         self._notify(run_id)
-        return RunRecord.from_dict(record.to_dict())
+        return record.copy()
 
     async def stalled(self, older_than: float, limit: int = 100) -> list[RunRecord]:
         found = [r for r in self._records.values() if r.status in ACTIVE_STATUSES and r.updated_at < older_than]
-        return [RunRecord.from_dict(r.to_dict()) for r in found[:limit]]
+        return [r.copy() for r in found[:limit]]
 
     async def wait_for_change(self, run_id: str, timeout: float) -> None:
         event = self._changed.setdefault(run_id, asyncio.Event())
@@ -228,7 +229,7 @@ class MemoryStatusStore(StatusStore):
         start = int(cursor) if cursor else 0
         page = selected[start : start + limit]
         next_cursor = str(start + limit) if start + limit < len(selected) else None
-        return [RunRecord.from_dict(r.to_dict()) for r in page], next_cursor
+        return [r.copy() for r in page], next_cursor
 
 
 @dataclass(slots=True)
@@ -236,6 +237,7 @@ class _RunCoordination:
     jobs: dict[str, tuple[JobState, Job | None]] = field(default_factory=dict)
     completions: dict[str, Completion] = field(default_factory=dict)
     arrivals: dict[str, dict[str, tuple[bool, Any]]] = field(default_factory=dict)
+    arrival_counts: dict[str, tuple[int, int]] = field(default_factory=dict)
     leases: dict[str, tuple[str, float]] = field(default_factory=dict)
     pending: int = 0
     parked: int = 0
@@ -293,8 +295,15 @@ class MemoryCoordinationStore(CoordinationStore):
     def put_completion(self, run_id: str, key: str, completion: Completion) -> None:
         self._run(run_id).completions[key] = completion
 
-    def add_arrival(self, run_id: str, target: str, member: str, arrived: bool, contribution: Any) -> None:
-        self._run(run_id).arrivals.setdefault(target, {}).setdefault(member, (arrived, contribution))
+    def add_arrival(self, run_id: str, target: str, member: str, arrived: bool, contribution: Any) -> tuple[int, int]:
+        run = self._run(run_id)
+        members = run.arrivals.setdefault(target, {})
+        counts = run.arrival_counts.get(target, (0, 0))
+        if member not in members:
+            members[member] = (arrived, contribution)
+            counts = (counts[0] + 1, counts[1] + int(arrived))
+            run.arrival_counts[target] = counts
+        return counts
 
     def arrivals(self, run_id: str, target: str) -> dict[str, tuple[bool, Any]]:
         return dict(self._run(run_id).arrivals.get(target, {}))

@@ -27,7 +27,9 @@ class CoordinationTables(Protocol):
 
     def put_completion(self, run_id: str, key: str, completion: Completion) -> None: ...
 
-    def add_arrival(self, run_id: str, target: str, member: str, arrived: bool, contribution: Any) -> None: ...
+    def add_arrival(self, run_id: str, target: str, member: str, arrived: bool, contribution: Any) -> tuple[int, int]:
+        """Record the member if absent; return (members recorded, of which arrived) for the target."""
+        ...
 
     def arrivals(self, run_id: str, target: str) -> dict[str, tuple[bool, Any]]: ...
 
@@ -83,10 +85,10 @@ def _decide(tables: CoordinationTables, run_id: str, arrival: Arrival) -> str | 
     """'fire', 'skip' or None (undecided) after recording the arrival."""
     if len(arrival.expected) <= 1:
         return "fire" if arrival.arrived else "skip"
-    tables.add_arrival(run_id, arrival.target_key, arrival.member, arrival.arrived, arrival.contribution)
-    members = tables.arrivals(run_id, arrival.target_key)
-    any_arrived = any(arrived for arrived, _ in members.values())
-    complete = len(members) >= len(arrival.expected)
+    recorded, arrived = tables.add_arrival(run_id, arrival.target_key, arrival.member, arrival.arrived,
+                                           arrival.contribution)
+    any_arrived = arrived > 0
+    complete = recorded >= len(arrival.expected)
     if arrival.strategy == "any":
         if any_arrived:
             return "fire"

@@ -132,7 +132,7 @@ class Engine:
         parent: Mapping[str, Any] | None = None,
     ) -> str:
         graph = self._graph_or_raise(blueprint_id)
-        version = App.version_of(graph.blueprint)
+        version = self.app.version(blueprint_id)
         run_id = run_id or uuid.uuid4().hex
         record = RunRecord(run_id, blueprint_id, "running", version, graph.blueprint.content_hash, input,
                            parent=dict(parent) if parent else None)
@@ -220,8 +220,9 @@ class Engine:
             return
         graph = self.app.graph(job.blueprint_id)
         expected_version = job.version or record.version
-        if graph is None or App.version_of(graph.blueprint) != expected_version:
-            have = "no such blueprint" if graph is None else f"version {App.version_of(graph.blueprint)!r}"
+        loaded = self.app.version(job.blueprint_id)
+        if graph is None or loaded != expected_version:
+            have = "no such blueprint" if graph is None else f"version {loaded!r}"
             reason = (f"blueprint {job.blueprint_id!r} version {expected_version!r} is not loaded by this worker "
                       f"({have})")
             if delivery.deliveries >= self.options.max_bounces:
@@ -474,9 +475,10 @@ class Engine:
         for edge in info.out_edges:
             by_target.setdefault(edge.edge.target, []).append(edge)
         continues_loop = any(e.within_cycle for e in taken)
+        taken_ids = {id(e) for e in taken}
         arrivals = []
         for edges in by_target.values():
-            took = [e for e in edges if e in taken]
+            took = [e for e in edges if id(e) in taken_ids]
             if not took and (edges[0].is_back or (edges[0].leaves_cycle and continues_loop)):
                 # a loop that is not continued simply ends (no skip travels back); an exit not taken
                 # while the loop goes on is decided by a later iteration
