@@ -94,7 +94,7 @@ class PluginRegistry:
         self.broken: dict[str, str] = {}
         if load_entry_points:
             self._load_entry_points(disabled)
-        self._components: dict[str, dict[str, _Entry]] = {kind: {} for kind in KINDS}
+        self._components: dict[str, dict[str, _Entry]] = {}
         self._presets: dict[str, tuple[Preset, str]] = {}
         self._collect()
 
@@ -111,6 +111,8 @@ class PluginRegistry:
             self.manager.register(module, name=entry_point.name)
 
     def _collect(self) -> None:
+        self._components = {kind: {} for kind in KINDS}
+        self._presets = {}
         for kind, hook_name in _HOOKS.items():
             hook = getattr(self.manager.hook, hook_name)
             for impl in hook.get_hookimpls():
