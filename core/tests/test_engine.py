@@ -6,7 +6,6 @@ import asyncio
 from typing import Any
 
 import pytest
-
 from flowcraft import BaseNode, Blueprint, Flow, FlowRuntime, Middleware, NodeContext, NodeResult
 from flowcraft.app import App
 from flowcraft.backends.memory import memory_backend
