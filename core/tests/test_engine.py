@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+
 from flowcraft import BaseNode, Blueprint, Flow, FlowRuntime, Middleware, NodeContext, NodeResult
 from flowcraft.app import App
 from flowcraft.backends.memory import memory_backend

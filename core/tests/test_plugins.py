@@ -14,7 +14,7 @@ import pytest
 
 from flowcraft import hookspecs
 from flowcraft.errors import PluginError
-from flowcraft.plugins import Preset, PluginRegistry, registry
+from flowcraft.plugins import PluginRegistry, Preset, registry
 from flowcraft.spi import Backend
 
 ROOT = Path(__file__).resolve().parents[2]

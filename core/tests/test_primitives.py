@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import pytest
+
 from flowcraft import Flow, FlowRuntime, InvalidStateError, NodeContext
 from flowcraft.app import App
 from flowcraft.backends.memory import memory_backend
