@@ -1,0 +1,28 @@
+"""flowcraft-redis: Redis context, status and coordination stores for Flowcraft (redis.asyncio + Lua).
+
+Used by the ``rq`` backend (``flowcraft-rq``) and as the coordination store of backends whose queue and state
+live elsewhere.
+"""
+
+from flowcraft_redis._session import DEFAULT_PREFIX, DEFAULT_TTL, DEFAULT_URL, RedisSession, make_client, session_for
+from flowcraft_redis.context import RedisContext
+from flowcraft_redis.coordination import RedisCoordinationStore
+from flowcraft_redis.reconciler import RedisReconciler, RedisReconcileStats, create_redis_reconciler
+from flowcraft_redis.status import RedisStatusStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "DEFAULT_TTL",
+    "DEFAULT_URL",
+    "RedisContext",
+    "RedisCoordinationStore",
+    "RedisReconcileStats",
+    "RedisReconciler",
+    "RedisSession",
+    "RedisStatusStore",
+    "create_redis_reconciler",
+    "make_client",
+    "session_for",
+]

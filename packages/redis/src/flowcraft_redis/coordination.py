@@ -1,0 +1,214 @@
+"""RedisCoordinationStore: jobs map, completion records, join arrivals and leases, one Lua script per call."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Self
+
+from redis.asyncio import Redis
+
+from flowcraft.spi import (
+    Begin,
+    Committed,
+    Completion,
+    CoordinationStore,
+    Job,
+    JobState,
+    PendingJob,
+    Transition,
+)
+from flowcraft_redis import scripts
+from flowcraft_redis._session import (
+    DEFAULT_PREFIX,
+    DEFAULT_TTL,
+    dumps,
+    loads,
+    option_float,
+    option_str,
+    session_for,
+    shared_client,
+    text,
+)
+
+STATES: dict[int, JobState] = {ord("p"): "pending", ord("d"): "done", ord("s"): "skipped", ord("k"): "parked"}
+LETTERS: dict[str, str] = {"pending": "p", "parked": "k", "done": "d", "skipped": "s"}
+
+
+def parse_state(raw: bytes | None) -> JobState | None:
+    return None if not raw else STATES[raw[0]]
+
+
+def parse_completion(raw: bytes | None) -> Completion | None:
+    if not raw:
+        return None
+    return Completion.from_dict(loads(raw.split(b" ", 1)[1]))
+
+
+class RedisCoordinationStore(CoordinationStore):
+    """Coordination on Redis: every operation is one Lua script (one round trip, atomic).
+
+    ``commit`` ports ``flowcraft.backends.transition.apply_transition`` to Lua; when a ``RedisContext`` uses
+    the same client and key prefix it also writes the completion's context updates (``applies_context``),
+    and when a queue on the same Redis registered a dispatcher it also pushes the fired jobs to that queue.
+    Every key it writes gets the TTL ``state_ttl_seconds``, refreshed on each write.
+    """
+
+    name = "redis"
+
+    def __init__(self, redis: Redis, *, key_prefix: str = DEFAULT_PREFIX, state_ttl_seconds: float = DEFAULT_TTL,
+                 applies_context: bool | None = None) -> None:
+        self.redis = redis
+        self.key_prefix = key_prefix
+        self.state_ttl_seconds = int(state_ttl_seconds)
+        self.session = session_for(redis, key_prefix)
+        self.session.coordination_attached = True
+        self._applies_context = applies_context
+        batcher = self.session.batcher
+        self._commit = batcher.script(scripts.COMMIT)
+        self._begin = batcher.script(scripts.BEGIN)
+        self._renew = batcher.script(scripts.RENEW)
+        self._release = batcher.script(scripts.RELEASE)
+        self._schedule = batcher.script(scripts.SCHEDULE)
+        self._park = batcher.script(scripts.PARK)
+        self._unpark = batcher.script(scripts.UNPARK)
+        self._jobs = batcher.script(scripts.JOBS)
+        self._delete = batcher.script(scripts.DELETE_RUN)
+
+    @classmethod
+    def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
+        return cls(shared_client(options, shared), key_prefix=option_str(options, "key_prefix", DEFAULT_PREFIX),
+                   state_ttl_seconds=option_float(options, "state_ttl_seconds", DEFAULT_TTL))
+
+    @property  # type: ignore[misc, override]  # a ClassVar on the SPI; decided per instance here
+    def applies_context(self) -> bool:
+        """True when a ``RedisContext`` shares this client and key prefix (or when forced in the constructor)."""
+        if self._applies_context is not None:
+            return self._applies_context
+        return self.session.context_attached
+
+    async def _call(self, sha: str, *args: Any) -> Any:
+        return await self.session.batcher.call_script(sha, self.key_prefix, *args)
+
+    # ------------------------------------------------------------------ scheduling and leases
+    async def schedule(self, run_id: str, jobs: Sequence[Job]) -> list[Job]:
+        if not jobs:
+            return []
+        args: list[Any] = [run_id, repr(time.time()), self.state_ttl_seconds, len(jobs)]
+        for job in jobs:
+            args += (job.key, dumps(job.to_dict()))
+        inserted = await self._call(self._schedule, *args)
+        return [jobs[int(i) - 1] for i in inserted]
+
+    async def begin(self, job: Job, owner: str, lease_seconds: float) -> Begin:
+        session = self.session
+        session.owner, session.lease_seconds = owner, lease_seconds
+        prefetched = session.take_begin(job, owner)
+        if prefetched is not None:
+            return prefetched
+        now = time.time()
+        lease, state, completion = await self._call(
+            self._begin, repr(now), self.state_ttl_seconds, job.run_id, job.key, owner, repr(now + lease_seconds)
+        )
+        return Begin(bool(lease), parse_state(state), parse_completion(completion) if lease else None)
+
+    async def renew(self, run_id: str, job_key: str, owner: str, lease_seconds: float) -> bool:
+        now = time.time()
+        renewed = await self._call(self._renew, run_id, job_key, owner, repr(now), repr(now + lease_seconds),
+                                   self.state_ttl_seconds)
+        return bool(renewed)
+
+    async def release(self, run_id: str, job_key: str, owner: str) -> None:
+        if self.session.was_released(run_id, job_key, owner):
+            return  # the commit that finished the job dropped this lease already
+        await self._call(self._release, run_id, job_key, owner)
+
+    # ------------------------------------------------------------------ the transition
+    async def commit(self, transition: Transition) -> Committed:
+        session = self.session
+        tx = transition
+        now = time.time()
+        completion = tx.completion
+        apply_context = completion is not None and self.applies_context
+        flags = f"{int(tx.recovery)}{int(tx.finish)}{int(completion is not None)}{int(apply_context)}"
+        owner = session.owner or ""
+        args: list[Any] = [tx.run_id, tx.job_key, repr(now), self.state_ttl_seconds, flags,
+                           completion.token if completion is not None else "",
+                           dumps(completion.to_dict()) if completion is not None else "", owner]
+        if apply_context and completion is not None:
+            args.append(len(completion.context_updates))
+            for key, value in completion.context_updates.items():
+                args += (key, dumps(value))
+            args.append(len(completion.context_deletes))
+            args += completion.context_deletes
+        else:
+            args += (0, 0)
+        arrivals = tx.arrivals
+        args.append(len(arrivals))
+        for arrival in arrivals:
+            multi = len(arrival.expected) > 1
+            job = arrival.job
+            args += (arrival.target_key, arrival.member, "1" if arrival.arrived else "0",
+                     dumps(arrival.contribution) if multi else "", len(arrival.expected), arrival.strategy,
+                     dumps(job.to_dict()), "" if job.due_at is None else repr(job.due_at))
+        dispatcher = session.dispatcher
+        if dispatcher is not None and arrivals:
+            args.append(1)
+            args += dispatcher.args(len(arrivals), now)
+        else:
+            args.append(0)
+        result = await self._call(self._commit, *args)
+        if result[0] == b"conflict":
+            return Committed(conflict=Completion.from_dict(loads(result[1])))
+        pending, parked, dropped, dispatched, count = (int(v) for v in result[1:6])
+        fired: list[Job] = []
+        at = 6
+        for _ in range(count):
+            index, body = int(result[at]), result[at + 1]
+            at += 2
+            fired.append(arrivals[index - 1].job if not body else Job.from_dict(loads(body)))
+        skipped = tuple(text(key) for key in result[at + 1 : at + 1 + int(result[at])])
+        if dropped:
+            session.mark_released(tx.run_id, tx.job_key, owner)
+        if dispatched:
+            session.mark_dispatched(fired)
+        return Committed(fired=tuple(fired), skipped=skipped, pending=pending, parked=parked)
+
+    # ------------------------------------------------------------------ waits
+    async def park(self, run_id: str, job_key: str) -> Committed:
+        pending, parked = await self._call(self._park, run_id, job_key, repr(time.time()), self.state_ttl_seconds)
+        return Committed(pending=int(pending), parked=int(parked))
+
+    async def unpark(self, run_id: str, job_key: str, job: Job) -> bool:
+        done = await self._call(self._unpark, run_id, job_key, dumps(job.to_dict()), repr(time.time()),
+                                self.state_ttl_seconds)
+        return bool(done)
+
+    # ------------------------------------------------------------------ inspection
+    async def jobs(self, run_id: str, state: JobState = "pending") -> list[PendingJob]:
+        letter = ord(LETTERS[state])
+        raw_jobs, raw_leases = await self._call(self._jobs, run_id)
+        now = time.time()
+        leases: dict[bytes, float] = {}
+        for i in range(0, len(raw_leases), 2):
+            leases[raw_leases[i]] = float(raw_leases[i + 1].split(b" ", 1)[0])
+        out: list[PendingJob] = []
+        for i in range(0, len(raw_jobs), 2):
+            key, value = raw_jobs[i], raw_jobs[i + 1]
+            if value[0] != letter or len(value) == 1:
+                continue
+            out.append(PendingJob(Job.from_dict(loads(value[1:])), leases.get(key, 0.0) > now))
+        return out
+
+    async def activity(self, run_id: str) -> float | None:
+        raw = await self.session.batcher.call("HGET", self.session.keys.meta(run_id), "activity")
+        return None if raw is None else float(raw)
+
+    async def delete_run(self, run_id: str) -> None:
+        await self._call(self._delete, run_id)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def setup(self) -> None:
+        await self.redis.ping()

@@ -1,0 +1,22 @@
+"""Registration (entry point ``flowcraft`` -> ``redis = "flowcraft_redis.plugin"``); imports nothing heavy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flowcraft.hookspecs import hookimpl
+
+
+@hookimpl
+def flowcraft_context_stores() -> list[Any]:
+    return [("redis", "flowcraft_redis.context:RedisContext")]
+
+
+@hookimpl
+def flowcraft_status_stores() -> list[Any]:
+    return [("redis", "flowcraft_redis.status:RedisStatusStore")]
+
+
+@hookimpl
+def flowcraft_coordination_stores() -> list[Any]:
+    return [("redis", "flowcraft_redis.coordination:RedisCoordinationStore")]

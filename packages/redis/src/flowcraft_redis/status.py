@@ -1,0 +1,159 @@
+"""RedisStatusStore: run records as hashes, CAS transitions in Lua, sorted-set indexes (no KEYS/SCAN)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Self
+
+from redis.asyncio import Redis
+
+from flowcraft.spi import ACTIVE_STATUSES, RunRecord, StatusStore
+from flowcraft_redis import scripts
+from flowcraft_redis._session import (
+    DEFAULT_PREFIX,
+    DEFAULT_TTL,
+    dumps,
+    loads,
+    option_float,
+    option_str,
+    session_for,
+    shared_client,
+    text,
+)
+
+#: record fields stored as JSON in the hash (``status`` is stored as plain text, for the Lua CAS)
+FIELDS = ("run_id", "blueprint_id", "version", "blueprint_hash", "input", "created_at", "updated_at", "errors",
+          "awaiting", "parent")
+_CHANGEABLE = frozenset(FIELDS) - {"run_id", "updated_at"}
+
+
+def record_from_hash(raw: Mapping[bytes, bytes]) -> RunRecord:
+    data: dict[str, Any] = {text(k): loads(v) for k, v in raw.items() if k != b"status"}
+    data["status"] = text(raw[b"status"])
+    return RunRecord.from_dict(data)
+
+
+def _flat(items: list[Any]) -> dict[bytes, bytes]:
+    return {items[i]: items[i + 1] for i in range(0, len(items), 2)}
+
+
+class RedisStatusStore(StatusStore):
+    """``P status:<run_id>`` hash (one field per record field, JSON; ``status`` plain); ``P idx:created``
+    sorted set (score created_at) for ``list``; ``P idx:status:<status>`` sorted sets (score updated_at)
+    for ``stalled``. ``transition`` is a compare-and-set in one Lua call that returns the new record."""
+
+    name = "redis"
+
+    def __init__(self, redis: Redis, *, key_prefix: str = DEFAULT_PREFIX,
+                 state_ttl_seconds: float = DEFAULT_TTL) -> None:
+        self.redis = redis
+        self.key_prefix = key_prefix
+        self.state_ttl_seconds = int(state_ttl_seconds)
+        self.session = session_for(redis, key_prefix)
+        self.session.status_attached = True
+        self._create = self.session.batcher.script(scripts.STATUS_CREATE)
+        self._transition = self.session.batcher.script(scripts.STATUS_TRANSITION)
+
+    @classmethod
+    def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
+        return cls(shared_client(options, shared), key_prefix=option_str(options, "key_prefix", DEFAULT_PREFIX),
+                   state_ttl_seconds=option_float(options, "state_ttl_seconds", DEFAULT_TTL))
+
+    async def create(self, record: RunRecord) -> bool:
+        now = time.time()
+        created = record.created_at or now
+        data = record.to_dict()
+        data["created_at"], data["updated_at"] = created, now
+        args: list[Any] = [self.key_prefix, record.run_id, self.state_ttl_seconds, record.status, repr(created),
+                           repr(now)]
+        for name in FIELDS:
+            args += (name, dumps(data[name]))
+        self.session.forget_status(record.run_id)
+        done = await self.session.batcher.call_script(self._create, *args)
+        if done:
+            record.created_at, record.updated_at = created, now
+        return bool(done)
+
+    async def get(self, run_id: str) -> RunRecord | None:
+        prefetched = self.session.take_status(run_id)
+        if prefetched is not None:
+            return record_from_hash(prefetched)
+        raw = await self.session.batcher.call("HGETALL", self.session.keys.status(run_id))
+        return record_from_hash(raw) if raw else None
+
+    async def transition(
+        self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any]
+    ) -> RunRecord | None:
+        unknown = set(changes) - _CHANGEABLE
+        if unknown:
+            raise ValueError(f"cannot change run record field(s) {sorted(unknown)}")
+        args: list[Any] = [self.key_prefix, run_id, self.state_ttl_seconds, to_status, repr(time.time()),
+                           len(from_statuses), *from_statuses]
+        for name, value in changes.items():
+            args += (name, dumps(value))
+        self.session.forget_status(run_id)
+        raw = await self.session.batcher.call_script(self._transition, *args)
+        return None if not raw else record_from_hash(_flat(raw))
+
+    async def _records(self, run_ids: Sequence[bytes]) -> list[RunRecord | None]:
+        if not run_ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for run_id in run_ids:
+            pipe.hgetall(self.session.keys.status(text(run_id)))
+        return [record_from_hash(raw) if raw else None for raw in await pipe.execute()]
+
+    async def list(
+        self, status: str | None = None, blueprint_id: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[RunRecord], str | None]:
+        """Newest first by ``created_at``; the cursor is ``<score> <run_id>`` of the last record returned."""
+        index = self.session.keys.idx_created
+        max_score: str = "+inf"
+        after: tuple[float, str] | None = None
+        if cursor:
+            score_text, _, last_id = cursor.partition(" ")
+            after = (float(score_text), last_id)
+            max_score = score_text
+        page: list[RunRecord] = []
+        offset = 0
+        batch = max(limit * 2, 50)
+        while True:
+            rows = await self.redis.zrevrangebyscore(index, max_score, "-inf", start=offset, num=batch,
+                                                     withscores=True)
+            if not rows:
+                return page, None
+            offset += len(rows)
+            rows = [(member, score) for member, score in rows
+                    if after is None or score < after[0] or (score == after[0] and text(member) < after[1])]
+            records = await self._records([member for member, _ in rows])
+            stale = [member for (member, _), record in zip(rows, records, strict=True) if record is None]
+            if stale:
+                await self.redis.zrem(index, *stale)
+            for (member, score), record in zip(rows, records, strict=True):
+                if record is None:
+                    continue
+                if (status is None or record.status == status) and (
+                        blueprint_id is None or record.blueprint_id == blueprint_id):
+                    page.append(record)
+                    if len(page) == limit:
+                        return page, f"{score!r} {text(member)}"
+
+    async def stalled(self, older_than: float, limit: int = 100) -> list[RunRecord]:
+        found: list[RunRecord] = []
+        for status in sorted(ACTIVE_STATUSES):
+            index = self.session.keys.idx_status(status)
+            ids = await self.redis.zrangebyscore(index, "-inf", f"({older_than!r}", start=0, num=limit)
+            records = await self._records(ids)
+            stale = [run_id for run_id, record in zip(ids, records, strict=True) if record is None]
+            if stale:
+                await self.redis.zrem(index, *stale)
+            found += [r for r in records if r is not None and r.status == status and r.updated_at < older_than]
+        found.sort(key=lambda r: r.updated_at)
+        return found[:limit]
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def setup(self) -> None:
+        await self.redis.ping()

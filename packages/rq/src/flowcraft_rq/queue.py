@@ -1,0 +1,297 @@
+"""RqQueue: ``flowcraft.spi.Queue`` on an rq queue, without rq's forking worker.
+
+Jobs are rq jobs (``<R>:job:<id>`` hashes with the fields rq reads) in the rq queue list
+``<R>:queue:<name>``. A dequeue moves ids from the list into rq's started registry ``<R>:wip:<name>`` scored by
+a visibility deadline; ``extend`` pushes the deadline, ``ack`` removes the entry and deletes the job,
+``release`` re-queues it (now, or later through rq's ``<R>:scheduled:<name>``), ``dead_letter`` fails it into
+rq's ``FailedJobRegistry`` with the reason. Each dequeue first moves due scheduled jobs to the queue and
+expired deliveries back to its front, so delayed jobs and the jobs of dead workers come back without rq's
+scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import uuid
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Self
+
+from redis.asyncio import Redis
+
+from flowcraft.spi import Begin, DeadLetter, Delivery, Job, Queue
+from flowcraft_redis._session import (
+    DEFAULT_PREFIX,
+    DEFAULT_TTL,
+    Dispatcher,
+    dumps,
+    option_float,
+    option_str,
+    session_for,
+    shared_client,
+    text,
+)
+from flowcraft_redis.coordination import parse_completion, parse_state
+from flowcraft_rq import scripts
+from flowcraft_rq.jobs import DATA_HEAD, DATA_TAIL, _RqManaged, decode_data, encode_data
+
+DEFAULT_QUEUE = "flowcraft-queue"
+#: the fields rq writes for a fresh job that we do not set per job (see ``rq.job.Job.to_dict``)
+RQ_STATIC_FIELDS: tuple[str, ...] = (
+    "success_callback_name", "", "failure_callback_name", "", "stopped_callback_name", "",
+    "started_at", "", "ended_at", "", "last_heartbeat", "", "worker_name", "", "group_id", "",
+    "timeout", "-1", "retries_left", "10",
+)  # fmt: skip
+_DROP_LEASE = """
+local lease = ARGV[1] .. 'lease:' .. ARGV[2]
+local cur = redis.call('HGET', lease, ARGV[3])
+if cur and string.sub(cur, string.find(cur, ' ', 1, true) + 1) == ARGV[4] then redis.call('HDEL', lease, ARGV[3]) end
+return 1
+"""
+
+
+def rq_prefix_default() -> str:
+    """rq's key prefix (``rq``, or ``$RQ_KEY_PREFIX`` as rq reads it)."""
+    try:
+        from rq.defaults import RQ_KEY_PREFIX
+
+        return str(RQ_KEY_PREFIX)
+    except ImportError:  # pragma: no cover - rq is a dependency
+        return "rq"
+
+
+def iso(timestamp: float) -> str:
+    """rq's timestamp format (``rq.utils.utcformat``)."""
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, slots=True)
+class RqReceipt:
+    """A delivery's handle: the rq job id and its started-registry entry ``<job id>:<execution id>``."""
+
+    job_id: str
+    entry: str
+
+
+class RqDispatcher(Dispatcher):
+    """Lets ``RedisCoordinationStore.commit`` push fired jobs into this queue in the same script."""
+
+    def __init__(self, queue: RqQueue) -> None:
+        self.queue = queue
+
+    def args(self, count: int, now: float) -> list[Any]:
+        q = self.queue
+        return [q.queue_key, q.scheduled_key, q.job_prefix, q.queues_key, q.queue_name, iso(now),
+                q.state_ttl_seconds, DATA_HEAD, DATA_TAIL, len(RQ_STATIC_FIELDS) // 2, *RQ_STATIC_FIELDS,
+                *(uuid.uuid4().hex for _ in range(count))]
+
+
+class RqQueue(Queue):
+    """The queue of the ``rq`` backend (see the module docstring and the package README).
+
+    ``prefetch``: when the status and coordination stores share this client and key prefix, a dequeue also
+    reads each job's run record and takes its lease in the same script (served once to ``StatusStore.get``
+    and ``CoordinationStore.begin``). ``dispatch``: commits push the jobs they fire straight into this queue.
+    """
+
+    name = "rq"
+
+    def __init__(self, redis: Redis, *, queue_name: str = DEFAULT_QUEUE, key_prefix: str = DEFAULT_PREFIX,
+                 rq_prefix: str | None = None, visibility_timeout: float = 30.0,
+                 state_ttl_seconds: float = DEFAULT_TTL, worker_name: str | None = None, dispatch: bool = True,
+                 prefetch: bool = True) -> None:
+        self.redis = redis
+        self.queue_name = queue_name
+        self.key_prefix = key_prefix
+        self.rq_prefix = rq_prefix or rq_prefix_default()
+        self.visibility_timeout = float(visibility_timeout)
+        self.state_ttl_seconds = int(state_ttl_seconds)
+        self.worker_name = worker_name or f"flowcraft-{uuid.uuid4().hex[:12]}"
+        self.prefetch = prefetch
+        r = self.rq_prefix
+        self.queue_key = f"{r}:queue:{queue_name}"
+        self.wip_key = f"{r}:wip:{queue_name}"
+        self.scheduled_key = f"{r}:scheduled:{queue_name}"
+        self.failed_key = f"{r}:failed:{queue_name}"
+        self.queues_key = f"{r}:queues"
+        self.job_prefix = f"{r}:job:"
+        self.session = session_for(redis, key_prefix)
+        if dispatch:
+            self.session.dispatcher = RqDispatcher(self)
+        batcher = self.session.batcher
+        self._dequeue = batcher.script(scripts.DEQUEUE)
+        self._ack = batcher.script(scripts.ACK)
+        self._release = batcher.script(scripts.RELEASE)
+        self._extend = batcher.script(scripts.EXTEND)
+        self._enqueue = batcher.script(scripts.ENQUEUE)
+        self._drop = batcher.script(_DROP_LEASE)
+
+    @classmethod
+    def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
+        prefix = option_str(options, "key_prefix", DEFAULT_PREFIX)
+        default_queue = DEFAULT_QUEUE if prefix == DEFAULT_PREFIX else f"{prefix}queue"
+        return cls(shared_client(options, shared), queue_name=option_str(options, "queue_name", default_queue),
+                   key_prefix=prefix, rq_prefix=options.get("rq_key_prefix") or None,
+                   visibility_timeout=option_float(options, "visibility_timeout", 30.0),
+                   state_ttl_seconds=option_float(options, "state_ttl_seconds", DEFAULT_TTL))
+
+    async def setup(self) -> None:
+        """Only checks connectivity: rq queues need no provisioning."""
+        await self.redis.ping()
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    def _job_key(self, job_id: str) -> str:
+        return self.job_prefix + job_id
+
+    # ------------------------------------------------------------------ producing
+    async def enqueue(self, jobs: Sequence[Job], delay: float = 0.0) -> None:
+        session = self.session
+        jobs = [job for job in jobs if not session.was_dispatched(job)]  # a commit already pushed these
+        if not jobs:
+            return
+        now = time.time()
+        args: list[Any] = [self.rq_prefix, self.queue_name, iso(now), repr(now + delay) if delay > 0 else "",
+                           self.state_ttl_seconds, len(RQ_STATIC_FIELDS) // 2, *RQ_STATIC_FIELDS]
+        for job in jobs:
+            args += (uuid.uuid4().hex, job.run_id, job.key, encode_data(dumps(job.to_dict())))
+        await session.batcher.call_script(self._enqueue, *args)
+
+    # ------------------------------------------------------------------ consuming
+    async def dequeue(self, max_jobs: int, wait: float) -> list[Delivery]:
+        session = self.session
+        end = time.monotonic() + wait
+        while True:
+            now = time.time()
+            prefetch = self.prefetch and session.status_attached and session.coordination_attached
+            owner = (session.owner or "") if prefetch else ""
+            expiry = now + session.lease_seconds
+            next_due, items = await session.batcher.call_script(
+                self._dequeue, self.rq_prefix, self.queue_name, repr(now), iso(now),
+                repr(now + self.visibility_timeout), max(1, max_jobs), f"{uuid.uuid4().hex[:12]}-",
+                self.worker_name, self.key_prefix, "1" if prefetch else "0", owner, repr(expiry),
+                self.state_ttl_seconds,
+            )
+            if items:
+                return [self._delivery(item, owner, expiry) for item in items]
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return []
+            timeout = remaining
+            if next_due:
+                timeout = min(timeout, max(0.0, float(next_due) - time.time()))
+            if timeout < 0.01:
+                await asyncio.sleep(0.005)
+                continue
+            # wake up as soon as something is pushed; the item stays in the list (moved head to tail)
+            await self.redis.blmove(self.queue_key, self.queue_key, timeout, "LEFT", "RIGHT")
+
+    def _delivery(self, item: list[Any], owner: str, expiry: float) -> Delivery:
+        job_id, entry, data, deliveries, record, lease, state, completion = item
+        job = Job.from_dict(decode_data(data))
+        if record:
+            self.session.offer_status(job.run_id, {record[i]: record[i + 1] for i in range(0, len(record), 2)})
+        if owner and lease is not None and int(lease) >= 0:
+            taken = int(lease) == 1
+            begin = Begin(taken, parse_state(state), parse_completion(completion) if taken else None)
+            self.session.offer_begin(job, owner, begin, expiry)
+        return Delivery(job, RqReceipt(text(job_id), text(entry)), int(deliveries))
+
+    def _unclaimed(self, job: Job) -> list[Any]:
+        owner = self.session.unclaimed_lease(job)
+        return [] if owner is None else [self.key_prefix, job.run_id, job.key, owner]
+
+    async def ack(self, delivery: Delivery) -> None:
+        receipt = delivery.receipt
+        if isinstance(receipt, _RqManaged):
+            return  # run by a plain rq worker: rq finishes the job
+        await self.session.batcher.call_script(self._ack, self.rq_prefix, self.queue_name, receipt.job_id,
+                                               receipt.entry, *self._unclaimed(delivery.job))
+
+    async def release(self, delivery: Delivery, delay: float = 0.0) -> None:
+        receipt = delivery.receipt
+        if isinstance(receipt, _RqManaged):
+            await self.enqueue([delivery.job], delay)
+            return
+        now = time.time()
+        await self.session.batcher.call_script(
+            self._release, self.rq_prefix, self.queue_name, receipt.job_id, receipt.entry,
+            repr(now + delay) if delay > 0 else "", iso(now), *self._unclaimed(delivery.job),
+        )
+
+    async def extend(self, delivery: Delivery, seconds: float) -> None:
+        receipt = delivery.receipt
+        if isinstance(receipt, _RqManaged):
+            return
+        now = time.time()
+        await self.session.batcher.call_script(self._extend, self.rq_prefix, self.queue_name, receipt.entry,
+                                               repr(now + seconds), receipt.job_id, iso(now))
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Fail the rq job into rq's FailedJobRegistry (``<R>:failed:<name>``) with ``reason``, as rq does:
+        status ``failed``, ``exc_info`` on the job, a failure result in ``<R>:results:<id>``."""
+        receipt = delivery.receipt
+        if isinstance(receipt, _RqManaged):
+            receipt.dead_reason = reason
+            return
+        unclaimed = self._unclaimed(delivery.job)
+        if unclaimed:
+            await self.session.batcher.call_script(self._drop, *unclaimed)
+        now = time.time()
+        ttl = self.state_ttl_seconds
+        packed = zlib.compress(reason.encode())
+        key = self._job_key(receipt.job_id)
+        results = f"{self.rq_prefix}:results:{receipt.job_id}"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.wip_key, receipt.entry)
+            pipe.hset(key, mapping={"status": "failed", "ended_at": iso(now), "exc_info": packed,
+                                    "flowcraft_reason": reason, "failure_ttl": ttl})
+            pipe.expire(key, ttl)
+            pipe.zadd(self.failed_key, {receipt.job_id: now + ttl})
+            pipe.xadd(results, {"type": 2, "worker_name": self.worker_name,
+                                "exc_string": base64.b64encode(packed).decode()}, maxlen=10)
+            pipe.expire(results, ttl)
+            await pipe.execute()
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        ids = await self.redis.zrange(self.failed_key, 0, max(0, limit - 1))
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hmget(self._job_key(text(job_id)), "data", "flowcraft_reason", "exc_info")
+            rows = await pipe.execute()
+        out: list[DeadLetter] = []
+        for job_id, (data, reason, exc_info) in zip(ids, rows, strict=True):
+            job: Job | None = None
+            if data:
+                try:
+                    job = Job.from_dict(decode_data(data))
+                except (ValueError, KeyError, IndexError, TypeError, zlib.error):
+                    job = None
+            if reason is not None:
+                why = text(reason)
+            elif exc_info:
+                try:
+                    why = zlib.decompress(exc_info).decode(errors="replace")
+                except zlib.error:
+                    why = text(exc_info)
+            else:
+                why = "unknown (the job expired)"
+            out.append(DeadLetter(job, why, text(job_id)))
+        return out
+
+    # ------------------------------------------------------------------ inspection
+    async def size(self) -> int:
+        """Jobs queued, scheduled or in flight."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.llen(self.queue_key)
+            pipe.zcard(self.scheduled_key)
+            pipe.zcard(self.wip_key)
+            counts = await pipe.execute()
+        return int(sum(counts))
