@@ -18,6 +18,7 @@ from typing import Any
 import boto3
 import pytest
 import redis
+
 from servers import (
     AzuriteServer,
     CosmosServer,
