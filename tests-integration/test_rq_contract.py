@@ -9,8 +9,6 @@ import pytest
 
 from flowcraft.testing import BackendContract
 
-pytest.importorskip("flowcraft_rq")
-
 
 class TestRqBackend(BackendContract):
     @pytest.fixture

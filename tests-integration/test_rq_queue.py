@@ -1,0 +1,194 @@
+"""The rq queue against a real redis-server: jobs are real rq jobs that rq's own tools see."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import redis
+import rq
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+from flowcraft.plugins import registry
+from flowcraft.spi import Backend, Job
+from flowcraft_rq import FUNC_NAME, RqQueue
+
+
+@pytest.fixture
+def options(redis_url: str, redis_prefix: str) -> dict[str, Any]:
+    return {"redis_url": redis_url, "key_prefix": redis_prefix, "queue_name": f"q-{uuid.uuid4().hex[:10]}",
+            "visibility_timeout": 1.0}
+
+
+@pytest_asyncio.fixture
+async def backend(options: dict[str, Any]) -> AsyncIterator[Backend]:
+    built = registry().build("rq", options)
+    await built.setup()
+    try:
+        yield built
+    finally:
+        await built.close()
+
+
+@pytest.fixture
+def sync_redis(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _job(run_id: str = "r1", node: str = "n", **kwargs: Any) -> Job:
+    return Job(run_id, "bp", node, input={"x": [1.5, [], {}]}, has_input=True, **kwargs)
+
+
+def rq_queue(backend: Backend) -> RqQueue:
+    assert isinstance(backend.queue, RqQueue)
+    return backend.queue
+
+
+async def test_enqueued_jobs_are_rq_jobs(backend: Backend, sync_redis: redis.Redis) -> None:
+    queue = rq_queue(backend)
+    await queue.enqueue([_job("run:1/ü"), _job("run 2")])
+    rq_q = rq.Queue(queue.queue_name, connection=sync_redis, serializer=JSONSerializer)
+    assert rq_q.count == 2
+    assert queue.queue_key.encode() in sync_redis.smembers("rq:queues")
+    job = rq_q.jobs[0]
+    assert job.func_name == FUNC_NAME
+    assert job.get_status() == "queued" and job.origin == queue.queue_name
+    assert job.args[0]["run_id"] == "run:1/ü" and job.args[0]["input"] == {"x": [1.5, [], {}]}
+
+
+async def test_rq_info_shows_the_queue(backend: Backend, redis_url: str) -> None:
+    queue = rq_queue(backend)
+    await queue.enqueue([_job()])
+    rq_cli = Path(sys.executable).with_name("rq")
+    command = [str(rq_cli), "info", "--url", redis_url, "--only-queues", "--raw", queue.queue_name]
+    done = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=60, check=True)
+    out = done.stdout
+    assert f"queue {queue.queue_name} 1" in out
+
+
+async def test_in_flight_jobs_are_in_the_started_registry(backend: Backend, sync_redis: redis.Redis) -> None:
+    queue = rq_queue(backend)
+    await queue.enqueue([_job()])
+    (delivery,) = await queue.dequeue(1, 1.0)
+    started = StartedJobRegistry(queue.queue_name, connection=sync_redis)
+    assert started.get_job_ids(cleanup=False) == [delivery.receipt.job_id]
+    assert rq.job.Job.fetch(delivery.receipt.job_id, connection=sync_redis).get_status() == "started"
+    before = sync_redis.zscore(queue.wip_key, delivery.receipt.entry)
+    await queue.extend(delivery, 60)
+    assert sync_redis.zscore(queue.wip_key, delivery.receipt.entry) > before + 30
+    await queue.ack(delivery)
+    assert started.get_job_ids(cleanup=False) == []
+    assert not sync_redis.exists(queue.job_prefix + delivery.receipt.job_id)  # ack deletes the rq job
+
+
+async def test_rq_cleanup_of_an_abandoned_delivery_requeues_it(backend: Backend, sync_redis: redis.Redis) -> None:
+    """`rq info` runs StartedJobRegistry.cleanup: an expired delivery must come back, not be failed."""
+    queue = rq_queue(backend)
+    await queue.enqueue([_job()])
+    (first,) = await queue.dequeue(1, 1.0)
+    await asyncio.sleep(1.2)  # past the visibility deadline, as if the worker died
+    StartedJobRegistry(queue.queue_name, connection=sync_redis, serializer=JSONSerializer).cleanup()
+    assert FailedJobRegistry(queue.queue_name, connection=sync_redis).get_job_ids() == []
+    (again,) = await queue.dequeue(1, 2.0)
+    assert again.job == first.job and again.deliveries == 2
+    await queue.ack(again)
+
+
+async def test_delayed_jobs_use_rq_scheduled_registry(backend: Backend, sync_redis: redis.Redis) -> None:
+    queue = rq_queue(backend)
+    await queue.enqueue([_job()], delay=1.0)
+    scheduled = ScheduledJobRegistry(queue.queue_name, connection=sync_redis)
+    (job_id,) = scheduled.get_job_ids()
+    assert rq.job.Job.fetch(job_id, connection=sync_redis).get_status() == "scheduled"
+    assert await queue.dequeue(1, 0.3) == []
+    started = time.monotonic()
+    (delivery,) = await queue.dequeue(1, 3.0)
+    assert 0.5 < time.monotonic() - started + 0.3 < 2.5
+    assert delivery.receipt.job_id == job_id and scheduled.get_job_ids() == []
+    await queue.release(delivery, delay=0.5)  # retry backoff goes through the scheduled registry too
+    assert scheduled.get_job_ids() == [job_id]
+    (again,) = await queue.dequeue(1, 3.0)
+    assert again.deliveries == 2
+    await queue.ack(again)
+
+
+async def test_dead_letters_land_in_failed_job_registry(backend: Backend, sync_redis: redis.Redis) -> None:
+    queue = rq_queue(backend)
+    await queue.enqueue([_job("run-dl")])
+    (delivery,) = await queue.dequeue(1, 1.0)
+    await queue.dead_letter(delivery, "blueprint 'bp' version '9' is not loaded")
+    failed = FailedJobRegistry(queue.queue_name, connection=sync_redis)
+    assert failed.get_job_ids() == [delivery.receipt.job_id]
+    job = rq.job.Job.fetch(delivery.receipt.job_id, connection=sync_redis, serializer=JSONSerializer)
+    assert job.get_status() == "failed"
+    assert job.latest_result().exc_string == "blueprint 'bp' version '9' is not loaded"
+    (letter,) = await queue.dead_letters()
+    assert letter.reason == "blueprint 'bp' version '9' is not loaded" and letter.job == delivery.job
+    assert StartedJobRegistry(queue.queue_name, connection=sync_redis).get_job_ids(cleanup=False) == []
+
+
+async def test_redelivery_after_the_worker_died(backend: Backend) -> None:
+    queue = rq_queue(backend)
+    await queue.enqueue([_job()])
+    (first,) = await queue.dequeue(1, 1.0)
+    assert await queue.dequeue(1, 0.2) == []
+    (again,) = await queue.dequeue(1, 3.0)  # the deadline passes while waiting
+    assert again.job == first.job and again.deliveries == 2
+    await queue.release(first)  # a stale receipt does not re-queue the job a second time
+    assert await queue.dequeue(1, 0.3) == []
+    await queue.ack(again)
+
+
+async def test_queue_name_defaults(redis_url: str) -> None:
+    built = registry().build("rq", {"redis_url": redis_url})
+    assert rq_queue(built).queue_name == "flowcraft-queue" and rq_queue(built).queue_key == "rq:queue:flowcraft-queue"
+    other = registry().build("rq", {"redis_url": redis_url, "key_prefix": "app1:"})
+    assert rq_queue(other).queue_name == "app1:queue"
+    await built.close()
+    await other.close()
+
+
+def test_a_plain_rq_worker_can_run_the_jobs(options: dict[str, Any], redis_url: str, tmp_path: Path) -> None:
+    """run_job is an importable rq job function: `rq worker --serializer json --burst` completes a run."""
+
+    async def start() -> str:
+        from flowcraft.client import Client
+        from flowcraft.testing.apps import app
+
+        built = registry().build("rq", options)
+        try:
+            return await Client(built, app).start("contract-diamond", {"value": 1})
+        finally:
+            await built.close()
+
+    run_id = asyncio.run(start())
+    env = {**os.environ, "FLOWCRAFT_APP": "flowcraft.testing.apps:app", "FLOWCRAFT_REDIS_URL": redis_url,
+           "FLOWCRAFT_KEY_PREFIX": options["key_prefix"], "FLOWCRAFT_QUEUE_NAME": options["queue_name"]}
+    rq_cli = Path(sys.executable).with_name("rq")
+    subprocess.run([str(rq_cli), "worker", "--burst", "--serializer", "json", "--url", redis_url,
+                    options["queue_name"]], env=env, cwd=tmp_path, capture_output=True, timeout=120, check=True)
+
+    async def status() -> str:
+        built = registry().build("rq", options)
+        try:
+            record = await built.status.get(run_id)
+            assert record is not None
+            return record.status
+        finally:
+            await built.close()
+
+    assert asyncio.run(status()) == "completed"
