@@ -1,0 +1,1021 @@
+"""Embedded durable backend: the worker processes of one machine share one SQLite database file.
+
+Options (one flat dict, shared by the four components):
+
+* ``path``: the database file (default ``.flowcraft/flowcraft.db``; its directory is created);
+* ``visibility_timeout``: seconds a dequeued job stays invisible before it is delivered again (default 30);
+* ``busy_timeout``: seconds to wait for another process's write lock before failing (default 10).
+
+The database runs in WAL mode with ``synchronous=NORMAL``: a committed transaction survives a crash of any
+process; an OS crash or power loss may roll back the last few transactions, never corrupt the file.
+
+Every process opens one connection per database, used by one dedicated thread, so the calls of a process
+are serialized and the event loop never blocks on SQLite; the thread runs every call queued since it last
+woke and hands the results back with one wake-up of the event loop. Every SPI method is one call and at
+most one transaction; every read-modify-write is a ``BEGIN IMMEDIATE`` transaction (it takes the database's
+write lock up front), so concurrent processes are safe. SQLite's busy handler waits up to ``busy_timeout``
+for another process's lock; a call that still reports busy is rolled back and run again until then.
+
+Coordination ``commit`` runs ``flowcraft.backends.transition.apply_transition`` over the tables of one open
+transaction and writes the completion's context updates in that same transaction (``applies_context``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import json
+import os
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+from flowcraft.backends.transition import apply_transition
+from flowcraft.spi import (
+    Begin,
+    Committed,
+    Completion,
+    Component,
+    ContextStore,
+    CoordinationStore,
+    DeadLetter,
+    Delivery,
+    Job,
+    JobState,
+    PendingJob,
+    Queue,
+    RunRecord,
+    StatusStore,
+    Transition,
+)
+
+T = TypeVar("T")
+
+DEFAULT_PATH = ".flowcraft/flowcraft.db"
+SCHEMA_VERSION = 1
+#: Dequeue polling for work another process enqueues: first pause, and the cap it doubles up to.
+POLL_MIN = 0.005
+POLL_MAX = 0.1
+#: Busy reported past the busy handler: first pause before running the call again, and its cap.
+_BUSY_MIN = 0.0001
+_BUSY_MAX = 0.002
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+_CHUNK = 500  # bound parameters per statement (old SQLite builds allow 999)
+
+_SCHEMA = f"""
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS fc_queue (
+    id INTEGER PRIMARY KEY,
+    job TEXT NOT NULL,
+    available_at REAL NOT NULL,
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    lease_token TEXT,
+    leased_until REAL
+);
+CREATE INDEX IF NOT EXISTS fc_queue_available ON fc_queue (available_at);
+CREATE TABLE IF NOT EXISTS fc_dead_letters (
+    id INTEGER PRIMARY KEY,
+    message_id INTEGER,
+    job TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    deliveries INTEGER NOT NULL,
+    dead_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fc_context (
+    run_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (run_id, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS fc_status (
+    run_id TEXT PRIMARY KEY,
+    blueprint_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS fc_status_created ON fc_status (created_at, run_id);
+CREATE INDEX IF NOT EXISTS fc_status_by_status ON fc_status (status, created_at, run_id);
+CREATE INDEX IF NOT EXISTS fc_status_by_blueprint ON fc_status (blueprint_id, created_at, run_id);
+CREATE INDEX IF NOT EXISTS fc_status_updated ON fc_status (status, updated_at);
+CREATE TABLE IF NOT EXISTS fc_jobs (
+    run_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    state TEXT NOT NULL,
+    job TEXT,
+    UNIQUE (run_id, key)
+);
+CREATE TABLE IF NOT EXISTS fc_completions (
+    run_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (run_id, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS fc_arrivals (
+    run_id TEXT NOT NULL,
+    target TEXT NOT NULL,
+    member TEXT NOT NULL,
+    arrived INTEGER NOT NULL,
+    contribution TEXT NOT NULL,
+    UNIQUE (run_id, target, member)
+);
+CREATE TABLE IF NOT EXISTS fc_leases (
+    run_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (run_id, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS fc_runs (
+    run_id TEXT PRIMARY KEY,
+    pending INTEGER NOT NULL DEFAULT 0,
+    parked INTEGER NOT NULL DEFAULT 0,
+    activity REAL NOT NULL DEFAULT 0
+);
+PRAGMA user_version = {SCHEMA_VERSION};
+COMMIT;
+"""
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+@contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A write transaction that holds the database's write lock from its start."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+class SqliteDatabase:
+    """One database file as this process uses it: one connection, owned by one dedicated thread.
+
+    ``call(fn)`` runs ``fn(connection)`` in that thread (so this process's calls are serialized) and retries
+    the whole function while another process holds the write lock, up to ``busy_timeout`` seconds; ``fn``
+    opens its own transaction with ``immediate(connection)`` (``write(fn)`` does that for it). Closing is
+    idempotent; a call after ``close`` opens the database again.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] = DEFAULT_PATH, *, busy_timeout: float = 10.0) -> None:
+        self.path = os.fspath(path)
+        self.busy_timeout = busy_timeout
+        self._thread: _DatabaseThread | None = None
+        self._guard = threading.Lock()
+
+    @classmethod
+    def shared(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> SqliteDatabase:
+        """The database of a backend's options, one per path among the components built together."""
+        path = os.fspath(options.get("path") or DEFAULT_PATH)
+        key = _shared_key(path)
+        database = shared.get(key)
+        if not isinstance(database, SqliteDatabase):
+            database = shared[key] = cls(path, busy_timeout=float(options.get("busy_timeout", 10.0)))
+        return database
+
+    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        while not self._current_thread().submit(fn, future):
+            pass  # that thread was closed meanwhile: the next call of _current_thread starts another
+        return await future
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def transaction(conn: sqlite3.Connection) -> T:
+            with immediate(conn):
+                return fn(conn)
+
+        return await self.call(transaction)
+
+    async def setup(self) -> None:
+        """Open the database and create the schema (also done on first use)."""
+        await self.call(lambda conn: None)
+
+    async def close(self) -> None:
+        """Close the connection once the calls submitted before have run."""
+        with self._guard:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            thread.close(future)
+            await future
+
+    def _current_thread(self) -> _DatabaseThread:
+        with self._guard:
+            thread = self._thread
+            if thread is None or thread.closed:
+                thread = self._thread = _DatabaseThread(self.path, self.busy_timeout)
+                weakref.finalize(self, thread.close, None)  # a database dropped without close()
+            return thread
+
+
+def _retry(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T], busy_timeout: float) -> T:
+    """Run ``fn`` again (after rolling back) while another process holds the write lock."""
+    deadline: float | None = None
+    pause = _BUSY_MIN
+    while True:
+        try:
+            return fn(conn)
+        except sqlite3.OperationalError as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if not _is_busy(exc):
+                raise
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + busy_timeout
+            elif now >= deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, _BUSY_MAX)
+
+
+def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
+    memory = path == ":memory:" or path.startswith("file::memory:")
+    if not memory:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, timeout=0.0, isolation_level=None, check_same_thread=False,
+                           cached_statements=256)
+    try:
+        # SQLite's busy handler waits for another process's write lock; _retry covers the few cases where
+        # SQLite reports busy without calling it (e.g. while another process recovers the WAL index).
+        conn.execute(f"PRAGMA busy_timeout = {max(0, int(busy_timeout * 1000))}")
+        if not memory:
+            _retry(conn, lambda c: c.execute("PRAGMA journal_mode = WAL").fetchone(), busy_timeout)
+        conn.execute("PRAGMA synchronous = NORMAL")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version < SCHEMA_VERSION:
+            _retry(conn, lambda c: c.executescript(_SCHEMA), busy_timeout)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+_Call = tuple[Callable[[sqlite3.Connection], Any] | None, "asyncio.Future[Any] | None"]
+
+
+class _DatabaseThread:
+    """The thread that owns a connection. It runs every call queued since it last woke, then hands the
+    results back with one wake-up per event loop, which makes a call much cheaper under load."""
+
+    def __init__(self, path: str, busy_timeout: float) -> None:
+        self._path = path
+        self._busy_timeout = busy_timeout
+        self._calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self.closed = False
+        threading.Thread(target=self._main, name="flowcraft-sqlite", daemon=True).start()
+
+    def submit(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any]) -> bool:
+        """Queue ``fn``; False if the thread is closing."""
+        with self._lock:
+            if self.closed:
+                return False
+            self._calls.put((fn, future))
+            return True
+
+    def close(self, future: asyncio.Future[None] | None) -> None:
+        """End the thread after the calls already queued; ``future`` is settled once the connection is closed."""
+        with self._lock:
+            if self.closed:
+                if future is not None and not future.done():
+                    future.set_result(None)
+                return
+            self.closed = True
+            self._calls.put((None, future))
+
+    def _main(self) -> None:
+        conn: sqlite3.Connection | None = None
+        running = True
+        while running:
+            batch = [self._calls.get()]
+            while True:
+                try:
+                    batch.append(self._calls.get_nowait())
+                except queue.Empty:
+                    break
+            settled: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+            for fn, future in batch:
+                outcome: tuple[bool, Any] = (True, None)
+                if fn is None:  # close: always the last call this thread receives
+                    running = False
+                    if conn is not None:
+                        conn.close()
+                        conn = None
+                elif future is not None and future.cancelled():
+                    continue  # its caller gave up before it ran
+                else:
+                    try:
+                        if conn is None:
+                            conn = _connect(self._path, self._busy_timeout)
+                        outcome = (True, _retry(conn, fn, self._busy_timeout))
+                    except Exception as exc:
+                        outcome = (False, exc)
+                if future is not None:
+                    settled.setdefault(future.get_loop(), []).append((future, *outcome))
+            for loop, results in settled.items():
+                if not loop.is_closed():
+                    try:
+                        loop.call_soon_threadsafe(_settle, results)
+                    except RuntimeError:  # the loop closed meanwhile; nobody waits for these results
+                        pass
+
+
+def _settle(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in results:
+        if future.done():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
+def _shared_key(path: str) -> str:
+    if path == ":memory:" or path.startswith("file:"):
+        return f"sqlite:{path}"
+    return f"sqlite:{os.path.abspath(path)}"
+
+
+def _context_key(database: SqliteDatabase) -> str:
+    return f"sqlite-context:{id(database)}"
+
+
+class _SqliteComponent(Component):
+    """What the four components share: the database, built once per backend through ``shared``."""
+
+    def __init__(self, database: SqliteDatabase | None = None) -> None:
+        self.db = database if database is not None else SqliteDatabase()
+
+    @classmethod
+    def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
+        return cls(SqliteDatabase.shared(options, shared))
+
+    async def setup(self) -> None:
+        await self.db.setup()
+
+    async def close(self) -> None:
+        await self.db.close()
+
+
+# ------------------------------------------------------------------------------------------------ queue
+class SqliteQueue(_SqliteComponent, Queue):
+    """A table of messages; a lease is ``(lease_token, leased_until)``.
+
+    A leased message's ``available_at`` is its lease expiry, so "deliverable" is one index range
+    (``available_at <= now``) for fresh, delayed, released and expired messages alike.
+    """
+
+    name = "sqlite"
+
+    def __init__(self, database: SqliteDatabase | None = None, visibility_timeout: float = 30.0) -> None:
+        super().__init__(database)
+        self.visibility_timeout = visibility_timeout
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    @classmethod
+    def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
+        return cls(SqliteDatabase.shared(options, shared), float(options.get("visibility_timeout", 30.0)))
+
+    async def enqueue(self, jobs: Sequence[Job], delay: float = 0.0) -> None:
+        if not jobs:
+            return
+        documents = [_dumps(job.to_dict()) for job in jobs]
+
+        def insert(conn: sqlite3.Connection) -> None:
+            at = time.time() + max(0.0, delay)
+            conn.executemany("INSERT INTO fc_queue (job, available_at) VALUES (?, ?)", [(d, at) for d in documents])
+
+        await self.db.write(insert)
+        self._notify()
+
+    async def dequeue(self, max_jobs: int, wait: float) -> list[Delivery]:
+        if max_jobs <= 0:
+            return []
+        loop = asyncio.get_running_loop()
+        end = time.monotonic() + wait
+        pause = POLL_MIN
+        while True:
+            wakeup: asyncio.Future[None] = loop.create_future()
+            self._waiters.add(wakeup)  # before looking, so an enqueue of this process while we look wakes us
+            try:
+                found, next_due = await self.db.call(lambda conn: self._claim(conn, max_jobs))
+                if found:
+                    return found
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    return []
+                sleep = min(pause, remaining)
+                if next_due is not None:
+                    sleep = min(sleep, max(0.001, next_due - time.time()))
+                done, _ = await asyncio.wait({wakeup}, timeout=sleep)
+                pause = POLL_MIN if done else min(pause * 2, POLL_MAX)
+            finally:
+                self._waiters.discard(wakeup)
+
+    def _claim(self, conn: sqlite3.Connection, max_jobs: int) -> tuple[list[Delivery], float | None]:
+        """Lease up to ``max_jobs`` deliverable messages; else when the next one becomes deliverable.
+
+        Looking first needs no write lock, so idle consumers do not contend with busy ones."""
+        now = time.time()
+        next_due = conn.execute("SELECT MIN(available_at) FROM fc_queue").fetchone()[0]
+        if next_due is None or next_due > now:
+            return [], next_due
+        token = uuid.uuid4().hex
+        leased_until = now + self.visibility_timeout
+        out: list[Delivery] = []
+        with immediate(conn):
+            rows = conn.execute(
+                "SELECT id, job, deliveries FROM fc_queue WHERE available_at <= ? ORDER BY available_at, id LIMIT ?",
+                (now, max_jobs),
+            ).fetchall()
+            leased: list[tuple[str, float, float, int]] = []
+            for message_id, document, deliveries in rows:
+                try:
+                    job = Job.from_dict(json.loads(document))
+                except (ValueError, KeyError, TypeError) as exc:
+                    conn.execute(
+                        "INSERT INTO fc_dead_letters (message_id, job, reason, deliveries, dead_at) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (message_id, document, f"unreadable job document: {exc}", deliveries, now),
+                    )
+                    conn.execute("DELETE FROM fc_queue WHERE id = ?", (message_id,))
+                    continue
+                leased.append((token, leased_until, leased_until, message_id))
+                out.append(Delivery(job, (message_id, token), deliveries + 1))
+            conn.executemany(
+                "UPDATE fc_queue SET deliveries = deliveries + 1, lease_token = ?, leased_until = ?, "
+                "available_at = ? WHERE id = ?",
+                leased,
+            )
+        return out, None
+
+    async def ack(self, delivery: Delivery) -> None:
+        message_id, token = delivery.receipt
+        await self.db.write(
+            lambda conn: conn.execute("DELETE FROM fc_queue WHERE id = ? AND lease_token = ?", (message_id, token))
+        )
+
+    async def release(self, delivery: Delivery, delay: float = 0.0) -> None:
+        message_id, token = delivery.receipt
+
+        def give_back(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE fc_queue SET available_at = ?, lease_token = NULL, leased_until = NULL "
+                "WHERE id = ? AND lease_token = ?",
+                (time.time() + max(0.0, delay), message_id, token),
+            )
+
+        await self.db.write(give_back)
+        self._notify()
+
+    async def extend(self, delivery: Delivery, seconds: float) -> None:
+        message_id, token = delivery.receipt
+
+        def push(conn: sqlite3.Connection) -> None:
+            until = time.time() + seconds
+            conn.execute(
+                "UPDATE fc_queue SET leased_until = ?, available_at = ? WHERE id = ? AND lease_token = ?",
+                (until, until, message_id, token),
+            )
+
+        await self.db.write(push)
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move the message (if this delivery still holds it) to the dead letter table."""
+        message_id, token = delivery.receipt
+
+        def move(conn: sqlite3.Connection) -> None:
+            moved = conn.execute(
+                "INSERT INTO fc_dead_letters (message_id, job, reason, deliveries, dead_at) "
+                "SELECT id, job, ?, deliveries, ? FROM fc_queue WHERE id = ? AND lease_token = ?",
+                (reason, time.time(), message_id, token),
+            ).rowcount
+            if moved:
+                conn.execute("DELETE FROM fc_queue WHERE id = ?", (message_id,))
+
+        await self.db.write(move)
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        rows = await self.db.call(lambda conn: conn.execute(
+            "SELECT message_id, job, reason, deliveries, dead_at FROM fc_dead_letters ORDER BY id LIMIT ?",
+            (limit,),
+        ).fetchall())
+        out = []
+        for message_id, document, reason, deliveries, dead_at in rows:
+            raw: dict[str, Any] = {"id": message_id, "deliveries": deliveries, "dead_at": dead_at}
+            try:
+                job: Job | None = Job.from_dict(json.loads(document))
+            except (ValueError, KeyError, TypeError):
+                job, raw["job"] = None, document
+            out.append(DeadLetter(job, reason, raw))
+        return out
+
+    async def size(self) -> int:
+        """Messages not yet acknowledged (ready, delayed or in flight)."""
+        count: int = (await self.db.call(lambda conn: conn.execute("SELECT COUNT(*) FROM fc_queue").fetchone()))[0]
+        return count
+
+    def _notify(self) -> None:
+        """Wake this process's waiting consumers (other processes poll)."""
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        for waiter in list(self._waiters):
+            if waiter.done():
+                continue
+            loop = waiter.get_loop()
+            if loop is current:
+                waiter.set_result(None)
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(_wake, waiter)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+# ---------------------------------------------------------------------------------------------- context
+def _upsert_context(conn: sqlite3.Connection, run_id: str, updates: Mapping[str, Any], deletes: Sequence[str]
+                    ) -> None:
+    if updates:
+        conn.executemany(
+            "INSERT INTO fc_context (run_id, key, value) VALUES (?, ?, ?) "
+            "ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value",
+            [(run_id, key, _dumps(value)) for key, value in updates.items()],
+        )
+    if deletes:
+        conn.executemany("DELETE FROM fc_context WHERE run_id = ? AND key = ?", [(run_id, key) for key in deletes])
+
+
+class SqliteContextStore(_SqliteComponent, ContextStore):
+    """One row per (run, key), so concurrent writers of different keys never lose each other's updates."""
+
+    name = "sqlite"
+
+    @classmethod
+    def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
+        store = super().from_config(options, shared)
+        shared[_context_key(store.db)] = store  # the coordination store writes contexts here
+        return store
+
+    async def get_many(self, run_id: str, keys: Sequence[str]) -> dict[str, Any]:
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return {}
+
+        def read(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            rows: list[tuple[str, str]] = []
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start : start + _CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                rows += conn.execute(
+                    f"SELECT key, value FROM fc_context WHERE run_id = ? AND key IN ({marks})",
+                    (run_id, *chunk),
+                ).fetchall()
+            return rows
+
+        return {key: json.loads(value) for key, value in await self.db.call(read)}
+
+    async def get_all(self, run_id: str) -> dict[str, Any]:
+        rows: list[tuple[str, str]] = await self.db.call(
+            lambda conn: conn.execute("SELECT key, value FROM fc_context WHERE run_id = ?", (run_id,)).fetchall()
+        )
+        return {key: json.loads(value) for key, value in rows}
+
+    async def apply(self, run_id: str, updates: Mapping[str, Any], deletes: Sequence[str] = ()) -> None:
+        if not updates and not deletes:
+            return
+        updates, deletes = dict(updates), list(deletes)
+        await self.db.write(lambda conn: _upsert_context(conn, run_id, updates, deletes))
+
+    async def delete_run(self, run_id: str) -> None:
+        await self.db.write(lambda conn: conn.execute("DELETE FROM fc_context WHERE run_id = ?", (run_id,)))
+
+
+# ----------------------------------------------------------------------------------------------- status
+class SqliteStatusStore(_SqliteComponent, StatusStore):
+    """Run records; ``transition`` is a compare-and-set inside one write transaction."""
+
+    name = "sqlite"
+    #: ``wait_for_change`` returns at once on a change made through this store and within ``change_poll``
+    #: seconds on a change made by another process, so clients need not poll.
+    notifies = True
+    change_poll: float = 0.05
+
+    def __init__(self, database: SqliteDatabase | None = None) -> None:
+        super().__init__(database)
+        self._changed: dict[str, set[asyncio.Future[None]]] = {}
+        # per run: (status, updated_at) as the last get read it, or _CHANGED after a change made here
+        self._seen: dict[str, Any] = {}
+
+    async def create(self, record: RunRecord) -> bool:
+        now = time.time()
+        created_at = record.created_at or now
+        document = RunRecord.from_dict({**record.to_dict(), "created_at": created_at, "updated_at": now})
+
+        def insert(conn: sqlite3.Connection) -> bool:
+            return conn.execute(
+                "INSERT OR IGNORE INTO fc_status (run_id, blueprint_id, status, created_at, updated_at, record) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (record.run_id, record.blueprint_id, record.status, created_at, now, _dumps(document.to_dict())),
+            ).rowcount == 1
+
+        inserted = await self.db.write(insert)
+        if inserted:
+            record.created_at, record.updated_at = created_at, now
+            self._notify(record.run_id)
+        return inserted
+
+    async def get(self, run_id: str) -> RunRecord | None:
+        row = await self.db.call(
+            lambda conn: conn.execute("SELECT record FROM fc_status WHERE run_id = ?", (run_id,)).fetchone()
+        )
+        if row is None:
+            return None
+        record = RunRecord.from_dict(json.loads(row[0]))
+        self._remember(run_id, (record.status, record.updated_at))
+        return record
+
+    async def transition(
+        self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any]
+    ) -> RunRecord | None:
+        allowed = frozenset(from_statuses)
+        changes = dict(changes)
+
+        def compare_and_set(conn: sqlite3.Connection) -> RunRecord | None:
+            row = conn.execute("SELECT record FROM fc_status WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                return None
+            record = RunRecord.from_dict(json.loads(row[0]))
+            if record.status not in allowed:
+                return None
+            for key, value in changes.items():
+                setattr(record, key, value)
+            record.status = to_status  # type: ignore[assignment]  # validated by the engine
+            record.updated_at = time.time()
+            document = _dumps(record.to_dict())
+            conn.execute(
+                "UPDATE fc_status SET blueprint_id = ?, status = ?, created_at = ?, updated_at = ?, record = ? "
+                "WHERE run_id = ?",
+                (record.blueprint_id, record.status, record.created_at, record.updated_at, document, run_id),
+            )
+            return RunRecord.from_dict(json.loads(document))  # a copy that shares nothing with ``changes``
+
+        won = await self.db.write(compare_and_set)
+        if won is not None:
+            self._notify(run_id)
+        return won
+
+    async def list(
+        self, status: str | None = None, blueprint_id: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[RunRecord], str | None]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(status)
+        if blueprint_id is not None:
+            clauses.append("blueprint_id = ?")
+            params.append(blueprint_id)
+        if cursor:
+            created_at, last_id = _parse_cursor(cursor)
+            clauses.append("(created_at, run_id) < (?, ?)")
+            params += [created_at, last_id]
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT record FROM fc_status{where} ORDER BY created_at DESC, run_id DESC LIMIT ?"
+        params.append(max(0, limit) + 1)
+        rows = await self.db.call(lambda conn: conn.execute(sql, params).fetchall())
+        records = [RunRecord.from_dict(json.loads(row[0])) for row in rows[: max(0, limit)]]
+        next_cursor = None
+        if len(rows) > limit and records:
+            next_cursor = _dumps([records[-1].created_at, records[-1].run_id])
+        return records, next_cursor
+
+    async def stalled(self, older_than: float, limit: int = 100) -> builtins.list[RunRecord]:
+        rows = await self.db.call(lambda conn: conn.execute(
+            "SELECT record FROM fc_status WHERE status IN ('running', 'awaiting') AND updated_at < ? "
+            "ORDER BY updated_at LIMIT ?",
+            (older_than, limit),
+        ).fetchall())
+        return [RunRecord.from_dict(json.loads(row[0])) for row in rows]
+
+    async def wait_for_change(self, run_id: str, timeout: float) -> None:
+        """Wake at once on a change made through this store, else notice other processes' changes by
+        polling the record's ``(status, updated_at)`` every ``change_poll`` seconds, compared with what the
+        last ``get`` of this run read (so a change between that ``get`` and this call is not missed)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        changed: asyncio.Future[None] = loop.create_future()
+        self._changed.setdefault(run_id, set()).add(changed)
+        try:
+            seen = self._seen.pop(run_id, _UNSEEN)
+            if seen is _CHANGED:
+                return  # changed through this store since
+            if seen is _UNSEEN:
+                seen = await self._stamp(run_id)
+            elif seen != await self._stamp(run_id):
+                return
+            while True:
+                remaining = end - loop.time()
+                if remaining <= 0:
+                    return
+                done, _ = await asyncio.wait({changed}, timeout=min(self.change_poll, remaining))
+                if done or await self._stamp(run_id) != seen:
+                    return
+        finally:
+            waiters = self._changed.get(run_id)
+            if waiters is not None:
+                waiters.discard(changed)
+                if not waiters:
+                    del self._changed[run_id]
+
+    async def _stamp(self, run_id: str) -> tuple[str, float] | None:
+        row = await self.db.call(lambda conn: conn.execute(
+            "SELECT status, updated_at FROM fc_status WHERE run_id = ?", (run_id,)
+        ).fetchone())
+        return None if row is None else (str(row[0]), float(row[1]))
+
+    def _remember(self, run_id: str, stamp: Any) -> None:
+        if self._seen.pop(run_id, None) is _CHANGED and stamp is not _CHANGED:
+            stamp = _CHANGED  # a change made here stays news until a wait_for_change consumed it
+        self._seen[run_id] = stamp
+        while len(self._seen) > 1024:  # bounded: forget the oldest
+            del self._seen[next(iter(self._seen))]
+
+    def _notify(self, run_id: str) -> None:
+        self._remember(run_id, _CHANGED)
+        for waiter in self._changed.pop(run_id, set()):
+            if not waiter.done():
+                loop = waiter.get_loop()
+                if loop is asyncio.get_running_loop():
+                    waiter.set_result(None)
+                elif not loop.is_closed():
+                    loop.call_soon_threadsafe(_wake, waiter)
+
+
+_UNSEEN: Any = object()
+_CHANGED: Any = object()
+
+
+def _parse_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        created_at, run_id = json.loads(cursor)
+        return float(created_at), str(run_id)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"invalid runs cursor {cursor!r}: pass the cursor a previous page returned") from exc
+
+
+# ----------------------------------------------------------------------------------------- coordination
+class SqliteTables:
+    """``CoordinationTables`` over one open transaction of a connection.
+
+    The run counters (``pending``, ``parked``) and the activity time are accumulated and written once by
+    ``flush``, which the caller runs before committing.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, now: float | None = None) -> None:
+        self.conn = conn
+        self.now = time.time() if now is None else now
+        self._deltas: dict[str, list[int]] = {}
+        self._touched: set[str] = set()
+
+    def job_state(self, run_id: str, key: str) -> JobState | None:
+        row = self.conn.execute("SELECT state FROM fc_jobs WHERE run_id = ? AND key = ?", (run_id, key)).fetchone()
+        return None if row is None else row[0]
+
+    def insert_job(self, run_id: str, key: str, state: JobState, job: Job | None) -> bool:
+        document = None if job is None else _dumps(job.to_dict())
+        inserted = self.conn.execute(
+            "INSERT OR IGNORE INTO fc_jobs (run_id, key, state, job) VALUES (?, ?, ?, ?)",
+            (run_id, key, state, document),
+        ).rowcount == 1
+        if inserted:
+            self._count(run_id, state, +1)
+        return inserted
+
+    def set_job_state(self, run_id: str, key: str, state: JobState, job: Job | None = None) -> None:
+        old = self.job_state(run_id, key)
+        if old is None:
+            raise KeyError(key)
+        if job is None:
+            self.conn.execute("UPDATE fc_jobs SET state = ? WHERE run_id = ? AND key = ?", (state, run_id, key))
+        else:
+            self.conn.execute("UPDATE fc_jobs SET state = ?, job = ? WHERE run_id = ? AND key = ?",
+                              (state, _dumps(job.to_dict()), run_id, key))
+        self._count(run_id, old, -1)
+        self._count(run_id, state, +1)
+
+    def job(self, run_id: str, key: str) -> Job | None:
+        row = self.conn.execute("SELECT job FROM fc_jobs WHERE run_id = ? AND key = ?", (run_id, key)).fetchone()
+        return None if row is None or row[0] is None else Job.from_dict(json.loads(row[0]))
+
+    def completion(self, run_id: str, key: str) -> Completion | None:
+        row = self.conn.execute(
+            "SELECT record FROM fc_completions WHERE run_id = ? AND key = ?", (run_id, key)
+        ).fetchone()
+        return None if row is None else Completion.from_dict(json.loads(row[0]))
+
+    def put_completion(self, run_id: str, key: str, completion: Completion) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO fc_completions (run_id, key, record) VALUES (?, ?, ?)",
+            (run_id, key, _dumps(completion.to_dict())),
+        )
+
+    def add_arrival(self, run_id: str, target: str, member: str, arrived: bool, contribution: Any) -> tuple[int, int]:
+        self.conn.execute(
+            "INSERT OR IGNORE INTO fc_arrivals (run_id, target, member, arrived, contribution) VALUES (?, ?, ?, ?, ?)",
+            (run_id, target, member, int(arrived), _dumps(contribution)),
+        )
+        recorded, arrivals = self.conn.execute(
+            "SELECT COUNT(*), TOTAL(arrived) FROM fc_arrivals WHERE run_id = ? AND target = ?", (run_id, target)
+        ).fetchone()
+        return int(recorded), int(arrivals)
+
+    def arrivals(self, run_id: str, target: str) -> dict[str, tuple[bool, Any]]:
+        rows = self.conn.execute(
+            "SELECT member, arrived, contribution FROM fc_arrivals WHERE run_id = ? AND target = ? ORDER BY rowid",
+            (run_id, target),
+        ).fetchall()
+        return {member: (bool(arrived), json.loads(contribution)) for member, arrived, contribution in rows}
+
+    def counts(self, run_id: str) -> tuple[int, int]:
+        row = self.conn.execute("SELECT pending, parked FROM fc_runs WHERE run_id = ?", (run_id,)).fetchone()
+        pending, parked = (0, 0) if row is None else (int(row[0]), int(row[1]))
+        delta = self._deltas.get(run_id, [0, 0])
+        return pending + delta[0], parked + delta[1]
+
+    def touch(self, run_id: str) -> None:
+        self._touched.add(run_id)
+
+    def apply_context(self, run_id: str, completion: Completion) -> None:
+        _upsert_context(self.conn, run_id, completion.context_updates, completion.context_deletes)
+
+    def _count(self, run_id: str, state: JobState, delta: int) -> None:
+        if state == "pending":
+            self._deltas.setdefault(run_id, [0, 0])[0] += delta
+        elif state == "parked":
+            self._deltas.setdefault(run_id, [0, 0])[1] += delta
+
+    def flush(self) -> None:
+        """Write the counters and activity times accumulated by this transaction."""
+        for run_id in self._deltas.keys() | self._touched:
+            pending, parked = self._deltas.pop(run_id, [0, 0])
+            touched = run_id in self._touched
+            self.conn.execute(
+                "INSERT INTO fc_runs (run_id, pending, parked, activity) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (run_id) DO UPDATE SET pending = pending + excluded.pending, "
+                "parked = parked + excluded.parked, activity = CASE WHEN ? THEN excluded.activity ELSE activity END",
+                (run_id, pending, parked, self.now if touched else 0.0, int(touched)),
+            )
+        self._touched.clear()
+
+
+class SqliteCoordinationStore(_SqliteComponent, CoordinationStore):
+    """Jobs, completion records, join arrivals, leases and run counters, each call one transaction.
+
+    ``commit`` also writes the completion's context updates to the context table in its transaction;
+    when a backend pairs this store with a context store of another kind, ``applies_context`` is turned
+    off for that instance and the engine applies contexts itself.
+    """
+
+    name = "sqlite"
+    applies_context = True
+
+    @classmethod
+    def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
+        store = super().from_config(options, shared)
+        if _context_key(store.db) not in shared:
+            store.applies_context = False  # type: ignore[misc]  # this instance's contexts live elsewhere
+        return store
+
+    async def _transaction(self, fn: Callable[[SqliteTables], T]) -> T:
+        def run(conn: sqlite3.Connection) -> T:
+            with immediate(conn):
+                tables = SqliteTables(conn)
+                result = fn(tables)
+                tables.flush()
+                return result
+
+        return await self.db.call(run)
+
+    async def schedule(self, run_id: str, jobs: Sequence[Job]) -> list[Job]:
+        def insert(tables: SqliteTables) -> list[Job]:
+            inserted = [job for job in jobs if tables.insert_job(run_id, job.key, "pending", job)]
+            tables.touch(run_id)
+            return inserted
+
+        return await self._transaction(insert)
+
+    async def begin(self, job: Job, owner: str, lease_seconds: float) -> Begin:
+        run_id, key = job.run_id, job.key
+
+        def take(tables: SqliteTables) -> Begin:
+            conn, now = tables.conn, tables.now
+            holder = conn.execute(
+                "SELECT owner, expires_at FROM fc_leases WHERE run_id = ? AND key = ?", (run_id, key)
+            ).fetchone()
+            if holder is not None and holder[0] != owner and holder[1] > now:
+                return Begin(False, tables.job_state(run_id, key), None)
+            conn.execute(
+                "INSERT OR REPLACE INTO fc_leases (run_id, key, owner, expires_at) VALUES (?, ?, ?, ?)",
+                (run_id, key, owner, now + lease_seconds),
+            )
+            tables.touch(run_id)
+            return Begin(True, tables.job_state(run_id, key), tables.completion(run_id, key))
+
+        return await self._transaction(take)
+
+    async def renew(self, run_id: str, job_key: str, owner: str, lease_seconds: float) -> bool:
+        def extend(tables: SqliteTables) -> bool:
+            renewed = tables.conn.execute(
+                "UPDATE fc_leases SET expires_at = ? WHERE run_id = ? AND key = ? AND owner = ?",
+                (tables.now + lease_seconds, run_id, job_key, owner),
+            ).rowcount == 1
+            if renewed:
+                tables.touch(run_id)
+            return renewed
+
+        return await self._transaction(extend)
+
+    async def release(self, run_id: str, job_key: str, owner: str) -> None:
+        await self.db.write(lambda conn: conn.execute(
+            "DELETE FROM fc_leases WHERE run_id = ? AND key = ? AND owner = ?", (run_id, job_key, owner)
+        ))
+
+    async def commit(self, transition: Transition) -> Committed:
+        applies_context = self.applies_context
+        return await self._transaction(
+            lambda tables: apply_transition(tables, transition, applies_context=applies_context)
+        )
+
+    async def park(self, run_id: str, job_key: str) -> Committed:
+        def move(tables: SqliteTables) -> Committed:
+            if tables.job_state(run_id, job_key) == "pending":
+                tables.set_job_state(run_id, job_key, "parked")
+            tables.touch(run_id)
+            pending, parked = tables.counts(run_id)
+            return Committed(pending=pending, parked=parked)
+
+        return await self._transaction(move)
+
+    async def unpark(self, run_id: str, job_key: str, job: Job) -> bool:
+        def move(tables: SqliteTables) -> bool:
+            if tables.job_state(run_id, job_key) != "parked":
+                return False
+            tables.set_job_state(run_id, job_key, "pending", job)
+            return True
+
+        return await self._transaction(move)
+
+    async def jobs(self, run_id: str, state: JobState = "pending") -> list[PendingJob]:
+        def read(conn: sqlite3.Connection) -> list[tuple[str, float | None]]:
+            return conn.execute(
+                "SELECT j.job, l.expires_at FROM fc_jobs AS j "
+                "LEFT JOIN fc_leases AS l ON l.run_id = j.run_id AND l.key = j.key "
+                "WHERE j.run_id = ? AND j.state = ? AND j.job IS NOT NULL ORDER BY j.rowid",
+                (run_id, state),
+            ).fetchall()
+
+        rows = await self.db.call(read)
+        now = time.time()
+        return [PendingJob(Job.from_dict(json.loads(document)), expires is not None and expires > now)
+                for document, expires in rows]
+
+    async def activity(self, run_id: str) -> float | None:
+        row = await self.db.call(
+            lambda conn: conn.execute("SELECT activity FROM fc_runs WHERE run_id = ?", (run_id,)).fetchone()
+        )
+        return None if row is None else float(row[0])
+
+    async def delete_run(self, run_id: str) -> None:
+        def delete(conn: sqlite3.Connection) -> None:
+            for table in ("fc_jobs", "fc_completions", "fc_arrivals", "fc_leases", "fc_runs"):
+                conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))  # fixed names
+
+        await self.db.write(delete)
