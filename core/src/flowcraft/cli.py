@@ -1,0 +1,831 @@
+"""The ``flowcraft`` command.
+
+Errors are one red line ``error: <message>`` plus a hint line, exit code 1 (2 for usage errors); the
+traceback only with ``--debug``. Machine-readable output (result JSON, run ids, Mermaid) goes to stdout,
+everything meant for people (progress, notes, errors) to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from flowcraft.app import App, load_app
+from flowcraft.client import SETTLED_STATUSES, Client
+from flowcraft.config import Config, load_config, redact_text
+from flowcraft.engine.core import Engine, RunResult
+from flowcraft.engine.worker import Worker
+from flowcraft.errors import ConfigError, FlowcraftError, InvalidStateError, WaitTimeoutError
+from flowcraft.model import Blueprint
+from flowcraft.plugins import DISABLE_ENV, KINDS, PluginRegistry, registry
+from flowcraft.spi import Backend, RunRecord
+
+T = TypeVar("T")
+Describe = Callable[[str, Any], str]
+
+
+@dataclass(slots=True)
+class State:
+    """What the global options decide, shared by every command."""
+
+    debug: bool = False
+    config_path: str | None = None
+
+    @property
+    def out(self) -> Console:
+        return Console(soft_wrap=True)
+
+    @property
+    def err(self) -> Console:
+        return Console(stderr=True, soft_wrap=True)
+
+    def config(self, *, backend: str | None = None, app: str | None = None, options: Sequence[str] = ()) -> Config:
+        overrides: dict[str, Any] = {}
+        if backend:
+            overrides["backend"] = backend
+        if app:
+            overrides["app"] = app
+        if options:
+            overrides["options"] = dict(_key_value(item) for item in options)
+        return load_config(overrides, path=self.config_path, source="command line")
+
+
+class FlowcraftGroup(click.Group):
+    """Turns every exception of a command into the one-line error format."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            if ctx.params.get("debug"):
+                Console(stderr=True).print_exception(show_locals=False)
+            _print_error(exc, debug=bool(ctx.params.get("debug")))
+            ctx.exit(1)
+
+
+def _print_error(exc: BaseException, *, debug: bool) -> None:
+    err = Console(stderr=True, soft_wrap=True, highlight=False)
+    if isinstance(exc, FlowcraftError):
+        message = str(exc.args[0]) if exc.args else type(exc).__name__
+        hint = exc.hint
+    else:
+        message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        hint = "" if debug else "this looks like a bug; run with --debug to see the traceback"
+    err.print(f"[bold red]error: {escape(redact_text(' '.join(message.split())))}[/]")
+    if hint:
+        err.print(f"[dim]hint: {escape(redact_text(hint))}[/]")
+
+
+@click.group(cls=FlowcraftGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.option("--config", "config_path", metavar="PATH", help="Config file (default: ./flowcraft.toml).")
+@click.version_option(package_name="flowcraft-core", prog_name="flowcraft")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, config_path: str | None) -> None:
+    """Flowcraft: workflows that run in one process or across a fleet of workers."""
+    import logging
+
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = State(debug, config_path)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="flowcraft")
+
+
+# ---------------------------------------------------------------------------------------------- options
+def backend_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
+                        help="Backend option, overrides the config (repeatable).")(func)
+    return click.option("--backend", "-b", metavar="NAME",
+                        help="Backend preset (default: from config, else sqlite).")(func)
+
+
+def app_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--app", "-a", metavar="MODULE:ATTR",
+                        help="The App with the blueprints (default: `app` in config).")(func)
+
+
+def _key_value(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--option")
+    return key.strip(), value
+
+
+def _json_option(text: str | None, name: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint=name) from None
+
+
+def _load_app(config: Config, *, required: bool, why: str = "") -> App | None:
+    if config.app is None:
+        if required:
+            raise ConfigError(f"{why} needs the app with the blueprints",
+                              hint="pass --app package.module:app or set `app = \"package.module:app\"` in "
+                                   "flowcraft.toml")
+        return None
+    # like `python -m`, the working directory is importable, so `--app workflows:app` finds ./workflows.py
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    return load_app(config.app)
+
+
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coroutine)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, indent=2, default=str, ensure_ascii=False)
+
+
+def _result_data(result: RunResult) -> dict[str, Any]:
+    return {"run_id": result.run_id, "blueprint_id": result.blueprint_id, "status": result.status,
+            "output": result.output, "outputs": result.outputs, "errors": result.errors,
+            "awaiting": result.awaiting}
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S") if timestamp else "-"
+
+
+@contextlib.asynccontextmanager
+async def _client(config: Config, app: App | None = None) -> AsyncIterator[Client]:
+    client = Client(config.build_backend(), app)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+# ---------------------------------------------------------------------------------------------- backends, config
+@cli.command()
+@click.pass_obj
+def backends(state: State) -> None:
+    """List installed backends (presets) and components, with the plugin providing each."""
+    reg = registry()
+    config = state.config()
+    presets = Table(title="Backends", box=box.SIMPLE_HEAD, title_justify="left")
+    presets.add_column("name", no_wrap=True)
+    presets.add_column("components and description", overflow="fold")
+    for name, preset in sorted(reg.presets().items()):
+        parts = ", ".join(f"{kind} {component}" for kind, component in preset.components().items())
+        details = f"{escape(preset.description)}\n[dim]{escape(parts)}; plugin {escape(reg.preset_plugin(name))}[/]"
+        presets.add_row(f"[bold]{escape(name)}[/]" + (" [green](selected)[/]" if name == config.backend else ""),
+                        details)
+    components = Table(title="Components", box=box.SIMPLE_HEAD, title_justify="left")
+    for column in ("kind", "name", "plugin"):
+        components.add_column(column)
+    plugins = _component_plugins(reg)
+    for kind in KINDS:
+        for name in reg.names(kind):
+            components.add_row(kind, name, plugins.get((kind, name), "?"))
+    out = state.out
+    out.print(presets)
+    out.print(components)
+    for plugin, error in sorted(reg.broken.items()):
+        out.print(f"[red]plugin {escape(plugin)} is installed but broken:[/] {escape(error)}")
+    out.print(f"[dim]select with --backend NAME, FLOWCRAFT_BACKEND or `backend = \"NAME\"` in flowcraft.toml; "
+              f"block a plugin with {DISABLE_ENV}[/]")
+
+
+def _component_plugins(reg: PluginRegistry) -> dict[tuple[str, str], str]:
+    """Which plugin registers each component, read from the hook results without importing lazy targets."""
+    hooks = {"queue": "flowcraft_queues", "context": "flowcraft_context_stores",
+             "status": "flowcraft_status_stores", "coordination": "flowcraft_coordination_stores"}
+    found: dict[tuple[str, str], str] = {}
+    for kind, hook_name in hooks.items():
+        for impl in getattr(reg.manager.hook, hook_name).get_hookimpls():
+            plugin = reg.manager.get_name(impl.plugin) or repr(impl.plugin)
+            for item in impl.function() or []:
+                name = item[0] if isinstance(item, tuple) else getattr(item, "name", "")
+                found[(kind, str(name))] = plugin
+    return found
+
+
+@cli.command("config")
+@click.option("--json", "as_json", is_flag=True, help="Print the resolved config as JSON.")
+@app_option
+@backend_options
+@click.pass_obj
+def show_config(state: State, as_json: bool, app: str | None, backend: str | None, options: Sequence[str]) -> None:
+    """Show the resolved configuration (secrets masked) and where each value came from."""
+    config = state.config(backend=backend, app=app, options=options)
+    if as_json:
+        click.echo(_dumps(config.redacted()))
+        return
+    table = Table(box=box.SIMPLE_HEAD)
+    table.add_column("key")
+    table.add_column("value", overflow="fold")
+    table.add_column("source", overflow="fold")
+    for key, value, source in config.entries():
+        table.add_row(key, escape(str(value)), escape(source))
+    state.out.print(table)
+    files = ", ".join(str(path) for path in config.files) or "none"
+    state.out.print(f"[dim]files read: {escape(files)}[/]")
+
+
+# ---------------------------------------------------------------------------------------------- worker
+@cli.command()
+@app_option
+@backend_options
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Jobs handled at once per process.")
+@click.option("--processes", "-p", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes to start (each with --concurrency).")
+@click.pass_obj
+def worker(state: State, app: str | None, backend: str | None, options: Sequence[str], concurrency: int,
+           processes: int) -> None:
+    """Run a worker: handle jobs of the app's blueprints until SIGTERM/Ctrl+C (in-flight jobs finish or are
+    given back to the queue)."""
+    config = state.config(backend=backend, app=app, options=options)
+    queue = config.components.get("queue") or registry().preset(config.backend).queue
+    if queue == "memory":
+        raise ConfigError("the memory backend lives inside one process, so a separate worker cannot serve it",
+                          hint="use --backend sqlite (or another shared backend), or `flowcraft run --wait`")
+    loaded = _load_app(config, required=True, why="a worker")
+    assert loaded is not None  # required=True raised otherwise
+    if processes > 1:
+        # children resolve the same config themselves, so no secret lands on their command lines
+        args = [*_global_args(state), "worker", "--concurrency", str(concurrency)]
+        args += [f"--app={app}"] if app else []
+        args += [f"--backend={backend}"] if backend else []
+        args += [f"--option={item}" for item in options]
+        _supervise(state, WorkerProcesses(args, processes))
+        return
+    _run(_work(state, config.build_backend(), loaded, concurrency))
+
+
+def _global_args(state: State) -> list[str]:
+    args = ["--debug"] if state.debug else []
+    return args + ([f"--config={state.config_path}"] if state.config_path else [])
+
+
+async def _work(state: State, backend: Backend, app: App, concurrency: int) -> None:
+    engine = Engine(app, backend)
+    runner = Worker(engine, concurrency=concurrency)
+    _on_stop_signals(runner.stop)
+    blueprints = ", ".join(sorted(app.blueprints)) or "none"
+    state.err.print(f"worker {engine.worker_id} (pid {os.getpid()}) on backend {escape(backend.name)}, "
+                    f"concurrency {concurrency}, blueprints: {escape(blueprints)}; Ctrl+C to stop")
+    try:
+        await runner.run()
+    finally:
+        await backend.close()
+    state.err.print(f"worker {engine.worker_id} stopped: {runner.handled} jobs handled, {runner.failed} failed")
+
+
+def _on_stop_signals(stop: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop)
+        except NotImplementedError:  # Windows event loops
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop))
+
+
+class WorkerProcesses:
+    """Local worker processes running ``flowcraft <args>``; stopped by PID with SIGTERM (then SIGKILL)."""
+
+    def __init__(self, args: Sequence[str], count: int, *, env: dict[str, str] | None = None,
+                 cwd: str | None = None, log: Path | None = None) -> None:
+        self.command = [sys.executable, "-m", "flowcraft.cli", *args]
+        self.count = count
+        self.env = env
+        self.cwd = cwd
+        self.log = log
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> list[int]:
+        output = self.log.open("ab") if self.log is not None else None
+        try:
+            for _ in range(self.count):
+                self.processes.append(subprocess.Popen(self.command, env=self.env, cwd=self.cwd,
+                                                       stdin=subprocess.DEVNULL, stdout=output, stderr=output))
+        finally:
+            if output is not None:
+                output.close()  # each child holds its own descriptor
+        return [process.pid for process in self.processes]
+
+    def wait_ready(self, marker: str, timeout: float) -> None:
+        """Wait until every process has logged ``marker`` (or one has exited, or the time is up)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.failed() is None and self.log is not None:
+            if self.log.exists() and self.log.read_text(errors="replace").count(marker) >= self.count:
+                return
+            time.sleep(0.05)
+
+    def failed(self) -> subprocess.Popen[bytes] | None:
+        """A process that exited on its own (None while all run)."""
+        return next((p for p in self.processes if p.poll() is not None), None)
+
+    def send(self, sig: int) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(sig)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.send(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for process in self.processes:
+            try:
+                process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def log_tail(self, lines: int = 15) -> str:
+        if self.log is None or not self.log.exists():
+            return ""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _supervise(state: State, pool: WorkerProcesses) -> None:
+    stopping = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        pool.send(signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        pids = pool.start()
+        state.err.print(f"started {len(pids)} worker processes (pids {', '.join(map(str, pids))}); Ctrl+C to stop")
+        while any(process.poll() is None for process in pool.processes):
+            crashed = pool.failed()
+            if crashed is not None and not stopping:
+                stopping = True
+                pool.stop()
+                raise FlowcraftError(f"worker process {crashed.pid} exited with code {crashed.returncode}; "
+                                     "stopped the others", hint="its error is printed above")
+            time.sleep(0.2)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    state.err.print("all worker processes stopped")
+
+
+# ---------------------------------------------------------------------------------------------- runs
+@cli.command()
+@click.argument("blueprint")
+@click.option("--input", "-i", "input_json", metavar="JSON", help="The run's input as JSON.")
+@click.option("--wait", "-w", is_flag=True, help="Show progress and print the result when the run settles.")
+@click.option("--timeout", type=click.FloatRange(min=0), help="Give up waiting after this many seconds.")
+@click.option("--run-id", help="Use this run id instead of a generated one.")
+@click.option("--inline/--no-inline", default=None,
+              help="Also run a worker in this process (implies --wait; default: only for the memory backend).")
+@app_option
+@backend_options
+@click.pass_obj
+def run(state: State, blueprint: str, input_json: str | None, wait: bool, timeout: float | None,
+        run_id: str | None, inline: bool | None, app: str | None, backend: str | None,
+        options: Sequence[str]) -> None:
+    """Start a run of BLUEPRINT; print its run id, or with --wait its result as JSON."""
+    run_input = _json_option(input_json, "--input")
+    config = state.config(backend=backend, app=app, options=options)
+    loaded = _load_app(config, required=True, why="starting a run")
+    assert loaded is not None
+    definition = loaded.blueprint(blueprint)
+    if definition is None:
+        known = ", ".join(sorted(loaded.blueprints)) or "none"
+        raise ConfigError(f"the app has no blueprint {blueprint!r}", hint=f"known blueprints: {known}")
+
+    async def main() -> RunResult | str:
+        async with _client(config, loaded) as client:
+            in_process = inline if inline is not None else getattr(client.backend.queue, "name", "") == "memory"
+            runner = Worker(client.engine, poll_wait=0.2, grace=2.0) if in_process else None
+            task = asyncio.create_task(runner.run()) if runner is not None else None
+            try:
+                started = await client.start(blueprint, run_input, run_id=run_id)
+                if not (wait or in_process):
+                    return started
+                return await watch(client, started, definition, state.err, timeout=timeout)
+            finally:
+                if runner is not None and task is not None:
+                    runner.stop()
+                    await task
+
+    outcome = _run(main())
+    if isinstance(outcome, str):
+        click.echo(outcome)
+        state.err.print(f"[dim]started run {outcome}; follow it with `flowcraft status {outcome}` "
+                        "(a worker must be running)[/]")
+        return
+    _finish(state, outcome)
+
+
+def _finish(state: State, result: RunResult) -> None:
+    """Print the result JSON; a failed or cancelled run is an error (exit code 1)."""
+    click.echo(_dumps(_result_data(result)))
+    if result.status in ("failed", "cancelled"):
+        reason = "; ".join(str(e.get("message", "")) for e in result.errors) or result.status
+        raise InvalidStateError(f"run {result.run_id} {result.status}: {reason}",
+                                hint=f"inspect it with `flowcraft status {result.run_id}`")
+    if result.status == "awaiting":
+        nodes = ", ".join(str(a.get("node_id")) for a in result.awaiting)
+        state.err.print(f"[yellow]run {result.run_id} is waiting at {escape(nodes)}[/]; continue it with "
+                        f"`flowcraft resume {result.run_id} --action ...`")
+
+
+async def watch(client: Client, run_id: str, blueprint: Blueprint, console: Console, *,
+                timeout: float | None = None, describe: Describe | None = None,
+                check: Callable[[], None] | None = None) -> RunResult:
+    """Show a progress bar of finished nodes until the run settles; ``check`` may raise to give up."""
+    total = len(blueprint.nodes)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    seen: set[str] = set()
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("nodes"), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(f"run {run_id[:12]}", total=total)
+        while True:
+            result = await client.status(run_id)
+            for node_id in [node.id for node in blueprint.nodes if node.id in result.outputs and node.id not in seen]:
+                seen.add(node_id)
+                detail = describe(node_id, result.outputs[node_id]) if describe is not None else ""
+                progress.console.print(f"  [green]✓[/] {escape(node_id)}" + (f"  [dim]{escape(detail)}[/]"
+                                                                              if detail else ""))
+            progress.update(task, completed=len(seen))
+            if result.status in SETTLED_STATUSES:
+                if result.status == "completed":
+                    progress.update(task, completed=total)  # untaken branches never write an output
+                return result
+            if check is not None:
+                check()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeoutError(f"run {run_id} did not settle within {timeout:g}s (status {result.status})",
+                                       hint=f"it goes on; check later with `flowcraft status {run_id}`")
+            await client.backend.status.wait_for_change(run_id, 0.25)
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
+@backend_options
+@click.pass_obj
+def status(state: State, run_id: str, as_json: bool, backend: str | None, options: Sequence[str]) -> None:
+    """Show a run: status, errors, what it waits for, node outputs."""
+    config = state.config(backend=backend, options=options)
+
+    async def main() -> tuple[RunResult, RunRecord]:
+        async with _client(config) as client:
+            result = await client.status(run_id)  # raises when there is no such run
+            record = await client.backend.status.get(run_id)
+            assert record is not None
+            return result, record
+
+    result, record = _run(main())
+    if as_json:
+        click.echo(_dumps({**_result_data(result), "created_at": record.created_at,
+                           "updated_at": record.updated_at, "version": record.version}))
+        return
+    table = Table(box=None, show_header=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    table.add_row("run", result.run_id)
+    table.add_row("blueprint", f"{escape(result.blueprint_id)} (version {escape(str(record.version))})")
+    table.add_row("status", _status_text(result.status))
+    table.add_row("created", _when(record.created_at))
+    table.add_row("updated", _when(record.updated_at))
+    for entry in result.awaiting:
+        table.add_row("waiting at", escape(str(entry.get("node_id"))))
+    for error in result.errors:
+        table.add_row("error", escape(f"{error.get('node_id') or 'run'}: {error.get('message')}"))
+    for node_id, output in sorted(result.outputs.items()):
+        table.add_row(f"  {escape(node_id)}", escape(json.dumps(output, default=str, ensure_ascii=False)))
+    state.out.print(table)
+
+
+def _status_text(value: str) -> str:
+    color = {"completed": "green", "failed": "red", "cancelled": "red", "awaiting": "yellow"}.get(value, "cyan")
+    return f"[{color}]{value}[/]"
+
+
+@cli.command()
+@click.option("--status", "status_filter", type=click.Choice(["running", "awaiting", "completed", "failed",
+                                                              "cancelled"]), help="Only runs with this status.")
+@click.option("--blueprint", help="Only runs of this blueprint.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--cursor", help="Continue a previous listing.")
+@backend_options
+@click.pass_obj
+def runs(state: State, status_filter: str | None, blueprint: str | None, limit: int, cursor: str | None,
+         backend: str | None, options: Sequence[str]) -> None:
+    """List runs, newest first."""
+    config = state.config(backend=backend, options=options)
+
+    async def main() -> tuple[list[RunRecord], str | None]:
+        async with _client(config) as client:
+            return await client.runs(status_filter, blueprint, limit, cursor)
+
+    records, next_cursor = _run(main())
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("run id", overflow="fold")
+    table.add_column("blueprint", overflow="fold")
+    table.add_column("status", no_wrap=True)
+    table.add_column("created", no_wrap=True)
+    for record in records:
+        table.add_row(record.run_id, escape(record.blueprint_id), _status_text(record.status), _when(record.created_at))
+    state.out.print(table if records else "[dim]no runs[/]")
+    if next_cursor:
+        state.out.print(f"[dim]more: --cursor {escape(next_cursor)}[/]")
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--action", help="The action the waiting node returns (selects its edges).")
+@click.option("--output", "output_json", metavar="JSON", help="The waiting node's output as JSON.")
+@click.option("--node", help="Which waiting node, when several wait.")
+@app_option
+@backend_options
+@click.pass_obj
+def resume(state: State, run_id: str, action: str | None, output_json: str | None, node: str | None,
+           app: str | None, backend: str | None, options: Sequence[str]) -> None:
+    """Resume a run waiting at a `wait` node (human in the loop)."""
+    output = _json_option(output_json, "--output")
+    config = state.config(backend=backend, app=app, options=options)
+    loaded = _load_app(config, required=True, why="resuming a run")
+
+    async def main() -> None:
+        async with _client(config, loaded) as client:
+            await client.resume(run_id, action, output, node)
+
+    _run(main())
+    state.err.print(f"resumed run {run_id}" + (f" with action {escape(action)}" if action else ""))
+
+
+@cli.command()
+@click.argument("run_id")
+@backend_options
+@click.pass_obj
+def cancel(state: State, run_id: str, backend: str | None, options: Sequence[str]) -> None:
+    """Cancel a running or waiting run."""
+    config = state.config(backend=backend, options=options)
+
+    async def main() -> str | None:
+        async with _client(config) as client:
+            if await client.cancel(run_id):
+                return None
+            return (await client.status(run_id)).status
+
+    final = _run(main())
+    if final is not None:
+        raise InvalidStateError(f"run {run_id} is already {final}; nothing to cancel")
+    state.err.print(f"cancelled run {run_id}")
+
+
+# ---------------------------------------------------------------------------------------------- operations
+@cli.command()
+@click.option("--once/--watch", default=True, help="One pass (default), or a pass every --interval seconds.")
+@click.option("--threshold", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              help="Seconds without activity after which a run counts as stalled.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Seconds between passes with --watch.")
+@backend_options
+@click.pass_obj
+def reconcile(state: State, once: bool, threshold: float, interval: float, backend: str | None,
+              options: Sequence[str]) -> None:
+    """Re-enqueue the pending jobs of runs whose workers died."""
+    config = state.config(backend=backend, options=options)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        if not once:
+            _on_stop_signals(stop.set)
+        async with _client(config) as client:
+            while True:
+                stats = await client.reconcile(threshold)
+                fields = " ".join(f"{key}={value}" for key, value in stats.to_dict().items())
+                click.echo(f"{datetime.now():%H:%M:%S} {fields}" if not once else fields)
+                if once:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval)
+                if stop.is_set():
+                    return
+
+    _run(main())
+
+
+@cli.command()
+@backend_options
+@click.pass_obj
+def setup(state: State, backend: str | None, options: Sequence[str]) -> None:
+    """Create the backend's queues, tables and containers (idempotent)."""
+    config = state.config(backend=backend, options=options)
+    built = config.build_backend()
+
+    async def main() -> None:
+        try:
+            await built.setup()
+        finally:
+            await built.close()
+
+    with state.err.status(f"setting up backend {config.backend}..."):
+        _run(main())
+    for kind in KINDS:
+        component = getattr(built, kind)
+        state.out.print(f"[green]✓[/] {kind}: {escape(type(component).name)} ({type(component).__name__}) ready")
+    state.out.print(f"backend {escape(config.backend)} is set up")
+
+
+# ---------------------------------------------------------------------------------------------- blueprints
+@cli.command()
+@click.argument("blueprint")
+@click.option("--direction", type=click.Choice(["TD", "LR"]), default="TD", show_default=True)
+@app_option
+@click.pass_obj
+def graph(state: State, blueprint: str, direction: str, app: str | None) -> None:
+    """Print a blueprint (a JSON file, or an id in the app) as a Mermaid flowchart."""
+    config = state.config(app=app)
+    click.echo(mermaid(_blueprint_arg(blueprint, config), direction))
+
+
+def _blueprint_arg(arg: str, config: Config) -> Blueprint:
+    path = Path(arg)
+    if path.is_file():
+        return Blueprint.from_json(path.read_text(encoding="utf-8"))
+    loaded = _load_app(config, required=False)
+    found = loaded.blueprint(arg) if loaded is not None else None
+    if found is None:
+        where = f"a blueprint of app {config.app}" if config.app else "a blueprint id (no app configured)"
+        raise ConfigError(f"{arg!r} is neither a file nor {where}",
+                          hint="pass a blueprint JSON file, or --app package.module:app with that blueprint")
+    return found
+
+
+_SHAPES = {"wait": ("{{", "}}"), "sleep": ("([", "])"), "map": ("[[", "]]"), "subflow": ("[[", "]]"),
+           "loop-controller": ("{", "}")}
+
+
+def mermaid(blueprint: Blueprint, direction: str = "TD") -> str:
+    """A Mermaid flowchart: one box per node (shape by built-in kind), edges labelled with their action and
+    condition, dotted edges to fallbacks. Mermaid ids are generated, so any node id is safe."""
+    ids = {node.id: f"n{index}" for index, node in enumerate(blueprint.nodes)}
+    lines = [f"flowchart {direction}"]
+    for node in blueprint.nodes:
+        opening, closing = _SHAPES.get(node.uses, ("[", "]"))
+        label = node.id if node.uses == node.id else f"{node.id}<br/><small>{node.uses}</small>"
+        if node.config.join_strategy == "any":
+            label += "<br/><small>join: any</small>"
+        lines.append(f"    {ids[node.id]}{opening}\"{_mermaid_text(label)}\"{closing}")
+    for edge in blueprint.edges:
+        if edge.source not in ids or edge.target not in ids:
+            continue  # `flowcraft lint` reports these
+        parts = [part for part in (edge.action, edge.condition) if part]
+        label = f"|\"{_mermaid_text(' / '.join(parts))}\"|" if parts else ""
+        lines.append(f"    {ids[edge.source]} -->{label} {ids[edge.target]}")
+    for node in blueprint.nodes:
+        if node.config.fallback in ids:
+            lines.append(f"    {ids[node.id]} -.->|fallback| {ids[node.config.fallback]}")
+    return "\n".join(lines)
+
+
+def _mermaid_text(text: str) -> str:
+    # inside a quoted Mermaid label only '"' breaks the syntax; '<br/>' and '<small>' are kept as markup
+    return text.replace('"', "#quot;")
+
+
+@cli.command()
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+@app_option
+@click.pass_obj
+def lint(state: State, files: Sequence[str], app: str | None) -> None:
+    """Check blueprint JSON files, or every blueprint of the app; exit code 1 when there are issues."""
+    from flowcraft.lint import LintIssue, lint_blueprint
+
+    config = state.config(app=app)
+    loaded = _load_app(config, required=not files, why="linting without blueprint files")
+    found: list[tuple[str, LintIssue]] = []
+    if files:
+        raw = {path: _read_json(path) for path in files}
+        ids = [data["id"] for data in raw.values() if isinstance(data, dict) and isinstance(data.get("id"), str)]
+        for path, data in raw.items():
+            found += [(path, issue) for issue in lint_blueprint(data, loaded, known_blueprints=ids)]
+        checked = len(files)
+    else:
+        assert loaded is not None
+        for blueprint in loaded.blueprints.values():
+            found += [(blueprint.id, issue) for issue in lint_blueprint(blueprint, loaded)]
+        checked = len(loaded.blueprints)
+    out = state.out
+    for where, issue in found:
+        out.print(f"{escape(where)}: [bold red]{issue.code}[/] {escape(issue.message)}", highlight=False)
+    if found:
+        out.print(f"{len(found)} issue{'s' if len(found) != 1 else ''} in {checked} blueprint"
+                  f"{'s' if checked != 1 else ''}")
+        raise click.exceptions.Exit(1)
+    out.print(f"[green]no issues[/] in {checked} blueprint{'s' if checked != 1 else ''}")
+
+
+def _read_json(path: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------- demo
+@cli.command()
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Local worker processes to start.")
+@click.option("--db", type=click.Path(dir_okay=False), help="SQLite database to keep (default: a temporary one).")
+@click.option("--input", "-i", "input_json", metavar="JSON", help='Order input, e.g. \'{"quantity": 10}\'.')
+@click.option("--timeout", type=click.FloatRange(min=1), default=60.0, show_default=True)
+@click.pass_obj
+def demo(state: State, workers: int, db: str | None, input_json: str | None, timeout: float) -> None:
+    """Run the bundled example on SQLite with local worker processes: a fan-out to three parallel nodes,
+    an all-join, a retried failure, a durable timer and a conditional branch."""
+    from flowcraft import demo as example
+
+    run_input = _json_option(input_json, "--input") or example.DEFAULT_INPUT
+    with tempfile.TemporaryDirectory(prefix="flowcraft-demo-") as scratch:
+        db_path = Path(db).resolve() if db else Path(scratch) / "demo.db"
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        options = {"path": str(db_path)}
+        # hermetic on purpose: neither the user's config files nor FLOWCRAFT_* variables reach the demo
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWCRAFT_") or k == DISABLE_ENV}
+        # a low concurrency per process, so the three parallel nodes spread over the processes
+        args = [*(["--debug"] if state.debug else []), "worker", "--app", "flowcraft.demo:app", "--backend",
+                "sqlite", "--option", f"path={db_path}", "--concurrency", "2"]
+        pool = WorkerProcesses(args, workers, env=env, cwd=scratch, log=Path(scratch) / "workers.log")
+        err = state.err
+        err.print(f"[bold]Flowcraft demo[/]: workflow {example.BLUEPRINT_ID!r} "
+                  f"({len(example.app.blueprints[example.BLUEPRINT_ID].nodes)} nodes) on SQLite "
+                  f"[dim]{escape(str(db_path))}[/] with {workers} worker processes")
+
+        def check() -> None:
+            crashed = pool.failed()
+            if crashed is not None:
+                raise FlowcraftError(f"demo worker process {crashed.pid} exited with code {crashed.returncode}",
+                                     hint="the workers' last output is printed above")
+
+        async def main() -> RunResult:
+            backend = registry().build("sqlite", options)
+            try:
+                await backend.setup()
+                pids = pool.start()
+                # the run starts once every worker listens, so the parallel nodes can spread over them
+                await asyncio.to_thread(pool.wait_ready, "on backend sqlite", 30.0)
+                err.print(f"started workers (pids {', '.join(map(str, pids))})")
+                client = Client(backend, example.app)
+                run_id = await client.start(example.BLUEPRINT_ID, run_input)
+                return await watch(client, run_id, example.app.blueprints[example.BLUEPRINT_ID], err,
+                                   timeout=timeout, describe=example.describe, check=check)
+            finally:
+                await backend.close()
+
+        started = time.monotonic()
+        try:
+            result = _run(main())
+        except Exception:
+            tail = pool.log_tail()
+            if tail:
+                err.print(f"[dim]the workers' last output:\n{escape(tail)}[/]")
+            raise
+        finally:
+            with err.status("stopping workers..."):
+                pool.stop()
+        elapsed = time.monotonic() - started
+        _finish(state, result)
+        pids = {out["pid"] for out in result.outputs.values() if isinstance(out, dict) and "pid" in out}
+        skipped = sorted(node.id for node in example.app.blueprints[example.BLUEPRINT_ID].nodes
+                         if node.id not in result.outputs)
+        err.print(f"[green]run {result.run_id} {result.status}[/] in {elapsed:.1f}s; nodes ran in "
+                  f"{len(pids)} worker process{'es' if len(pids) != 1 else ''}; "
+                  f"skipped (untaken branch): {', '.join(skipped) or 'none'}")
+        err.print("[dim]next: write your own flow (examples/quickstart.py), then `flowcraft worker --app "
+                  "yourmodule:app` and `flowcraft run BLUEPRINT --wait`[/]")
+
+
+if __name__ == "__main__":
+    main()

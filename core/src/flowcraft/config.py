@@ -1,0 +1,278 @@
+"""Configuration: which backend, which app, component overrides and backend options.
+
+Precedence, highest first: explicit arguments (CLI flags, ``connect(...)``) > ``FLOWCRAFT_*`` environment >
+``flowcraft.toml`` (in the working directory, or the file named by ``FLOWCRAFT_CONFIG``) >
+``[tool.flowcraft]`` in ``pyproject.toml`` (working directory) > defaults (backend ``sqlite``).
+
+Environment: ``FLOWCRAFT_<KEY>`` sets a top-level key (``FLOWCRAFT_BACKEND``, ``FLOWCRAFT_APP``; the tables
+``components`` and ``options`` take a JSON object), ``FLOWCRAFT_<KIND>`` overrides one component
+(``FLOWCRAFT_QUEUE=sqs``), ``FLOWCRAFT_OPT_<KEY>`` sets one option, and ``FLOWCRAFT_<NAME>_URL`` is short for
+option ``<name>_url`` (``FLOWCRAFT_REDIS_URL`` -> ``options.redis_url``).
+
+Options whose name looks secret (password, secret, token, key, credential) and passwords inside URLs or
+connection strings are masked by ``Config.redacted()`` and by ``repr``; nothing here logs values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flowcraft.errors import ConfigError
+from flowcraft.plugins import KINDS, registry
+from flowcraft.spi import Backend
+
+if TYPE_CHECKING:
+    from flowcraft.app import App
+    from flowcraft.client import Client
+
+DEFAULT_BACKEND = "sqlite"
+CONFIG_FILE = "flowcraft.toml"
+CONFIG_ENV = "FLOWCRAFT_CONFIG"
+ENV_PREFIX = "FLOWCRAFT_"
+OPTION_ENV_PREFIX = "FLOWCRAFT_OPT_"
+KEYS = ("backend", "app", "components", "options")
+MASK = "***"
+
+_SECRET_WORDS = ("password", "passwd", "secret", "token", "key", "credential")
+# Azure-style connection strings carry the secret as a field: AccountKey=...;
+_SECRET_FIELD = re.compile(r"(?i)\b(password|pwd|accountkey|sharedaccesskey|sharedaccesssignature)=([^;]*)")
+_URL_PASSWORD = re.compile(r"(\w[\w+.-]*://[^:/@\s]*):[^@\s]*@")
+# Variables of the project's own tooling, not configuration (FLOWCRAFT_TEST_REDIS_URL is a test server).
+_NOT_CONFIG_ENV = ("FLOWCRAFT_TEST_", "FLOWCRAFT_DISABLE_PLUGINS", CONFIG_ENV)
+
+
+@dataclass(slots=True)
+class Config:
+    """The resolved configuration; ``sources`` says where each value came from (``"options.url"`` -> ...)."""
+
+    backend: str = DEFAULT_BACKEND
+    app: str | None = None
+    components: dict[str, str] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+    def source(self, key: str) -> str:
+        return self.sources.get(key, "default")
+
+    def redacted(self) -> dict[str, Any]:
+        """The configuration as plain data with secrets masked: safe to print."""
+        return {
+            "backend": self.backend,
+            "app": self.app,
+            "components": dict(self.components),
+            "options": {key: mask_option(key, value) for key, value in self.options.items()},
+        }
+
+    def entries(self) -> list[tuple[str, Any, str]]:
+        """``(key, masked value, source)`` for every set value, in display order."""
+        rows: list[tuple[str, Any, str]] = [("backend", self.backend, self.source("backend"))]
+        if self.app is not None:
+            rows.append(("app", self.app, self.source("app")))
+        rows += [(f"components.{kind}", name, self.source(f"components.{kind}"))
+                 for kind, name in sorted(self.components.items())]
+        rows += [(f"options.{key}", mask_option(key, value), self.source(f"options.{key}"))
+                 for key, value in sorted(self.options.items())]
+        return rows
+
+    def build_backend(self) -> Backend:
+        return registry().build(self.backend, self.options, self.components)
+
+    def __repr__(self) -> str:
+        return f"Config({self.redacted()!r})"
+
+
+def is_secret_key(key: str) -> bool:
+    lowered = key.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
+def mask_value(value: Any) -> Any:
+    """Mask the password of a URL (``redis://:pw@host``) and secret fields of a connection string."""
+    return redact_text(value) if isinstance(value, str) else value
+
+
+def redact_text(text: str) -> str:
+    """Mask URL passwords and connection-string secrets anywhere in a message (e.g. a driver's error)."""
+    text = _SECRET_FIELD.sub(lambda m: f"{m.group(1)}={MASK}", text)
+    return _URL_PASSWORD.sub(lambda m: f"{m.group(1)}:{MASK}@", text)
+
+
+def mask_option(key: str, value: Any) -> Any:
+    if value is not None and is_secret_key(key):
+        return MASK
+    return mask_value(value)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def load_config(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    source: str = "arguments",
+) -> Config:
+    """Resolve the configuration. ``overrides`` are the highest layer (CLI flags, ``connect`` arguments),
+    with the same keys as the file, reported as coming from ``source``; ``path`` names the config file
+    (else ``FLOWCRAFT_CONFIG``, else ``./flowcraft.toml`` when present)."""
+    env = os.environ if env is None else env
+    base = Path.cwd() if cwd is None else Path(cwd)
+    config = Config()
+    pyproject = base / "pyproject.toml"
+    if pyproject.is_file():
+        table = _read_toml(pyproject).get("tool", {}).get("flowcraft")
+        if table is not None:
+            _merge(config, _validate(table, f"{pyproject} [tool.flowcraft]"), f"{pyproject} [tool.flowcraft]")
+            config.files.append(pyproject)
+    explicit = path if path is not None else env.get(CONFIG_ENV) or None
+    config_file = Path(explicit) if explicit is not None else base / CONFIG_FILE
+    if explicit is not None and not config_file.is_absolute():
+        config_file = base / config_file
+    if config_file.is_file():
+        _merge(config, _validate(_read_toml(config_file), str(config_file)), str(config_file))
+        config.files.append(config_file)
+    elif explicit is not None:
+        how = "--config" if path is not None else CONFIG_ENV
+        raise ConfigError(f"config file {config_file} does not exist (named by {how})",
+                          hint="fix the path or create the file")
+    layer, variables = _from_env(env)
+    _merge(config, layer, "env")
+    config.sources.update({key: f"env {name}" for key, name in variables.items()})
+    if overrides:
+        _merge(config, _validate(overrides, source), source)
+    return config
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}", hint="fix the syntax at that line") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def _validate(data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Check the shape of one layer; every message names the file and the key to fix."""
+    unknown = sorted(set(data) - set(KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}",
+                          hint=f"known keys: {', '.join(KEYS)}; backend options go under [options]")
+    for key in ("backend", "app"):
+        value = data.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError(f"{where}: {key!r} must be a non-empty string, got {value!r}")
+    app = data.get("app")
+    if isinstance(app, str) and ":" not in app:
+        raise ConfigError(f"{where}: app {app!r} must be written 'package.module:attribute'")
+    components = data.get("components") or {}
+    if not isinstance(components, Mapping):
+        raise ConfigError(f"{where}: 'components' must be a table of kind = \"name\"")
+    for kind, name in components.items():
+        if kind not in KINDS:
+            raise ConfigError(f"{where}: unknown component kind {kind!r}", hint=f"use one of: {', '.join(KINDS)}")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where}: components.{kind} must be a component name string, got {name!r}")
+    options = data.get("options") or {}
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"{where}: 'options' must be a table of backend settings")
+    for key, value in options.items():
+        if isinstance(value, Mapping):
+            raise ConfigError(f"{where}: options.{key} is a table, but options are flat",
+                              hint=f"write e.g. options.{key}_url = \"...\" instead of a nested table")
+    return {key: value for key, value in data.items() if value is not None}
+
+
+def _from_env(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The environment layer and, per key set (``"options.redis_url"``), the variable that set it.
+    A specific variable (``FLOWCRAFT_QUEUE``) wins over the same key in a JSON table (``FLOWCRAFT_COMPONENTS``)."""
+    layer: dict[str, Any] = {}
+    tables: dict[str, dict[str, Any]] = {"components": {}, "options": {}}
+    specific: dict[str, dict[str, Any]] = {"components": {}, "options": {}}
+    variables: dict[str, str] = {}
+    for name in sorted(env):
+        value = env[name]
+        if not name.startswith(ENV_PREFIX) or name.startswith(_NOT_CONFIG_ENV) or value == "":
+            continue
+        rest = name[len(ENV_PREFIX):].lower()
+        if name.startswith(OPTION_ENV_PREFIX):
+            table, key = "options", name[len(OPTION_ENV_PREFIX):].lower()
+        elif rest in ("backend", "app"):
+            layer[rest] = value
+            variables[rest] = name
+            continue
+        elif rest in tables:
+            tables[rest] = _json_table(name, value)
+            variables.update({f"{rest}.{key}": name for key in tables[rest] if key not in specific[rest]})
+            continue
+        elif rest in KINDS:
+            table, key = "components", rest
+        elif rest.endswith("_url"):
+            table, key = "options", rest
+        else:
+            continue
+        specific[table][key] = value
+        variables[f"{table}.{key}"] = name
+    for table in tables:
+        merged = {**tables[table], **specific[table]}
+        if merged:
+            layer[table] = merged
+    return _validate(layer, "environment (FLOWCRAFT_*)"), variables
+
+
+def _json_table(name: str, value: str) -> dict[str, Any]:
+    try:
+        table = json.loads(value)
+    except json.JSONDecodeError:
+        table = None
+    if not isinstance(table, dict):
+        raise ConfigError(f"{name} must be a JSON object", hint=f"e.g. {name}='{{\"queue\": \"sqs\"}}'")
+    return table
+
+
+def _merge(config: Config, layer: Mapping[str, Any], source: str) -> None:
+    for key in ("backend", "app"):
+        if key in layer:
+            setattr(config, key, layer[key])
+            config.sources[key] = source
+    for kind, name in (layer.get("components") or {}).items():
+        config.components[kind] = name
+        config.sources[f"components.{kind}"] = source
+    for key, value in (layer.get("options") or {}).items():
+        config.options[key] = value
+        config.sources[f"options.{key}"] = source
+
+
+# ---------------------------------------------------------------------------------------------- connect
+def connect(
+    backend: str | None = None,
+    *,
+    app: App | str | None = None,
+    components: Mapping[str, str] | None = None,
+    **options: Any,
+) -> Client:
+    """A client on the configured backend; arguments override the configuration::
+
+        client = flowcraft.connect()                                  # flowcraft.toml / env / sqlite
+        client = flowcraft.connect("rq", redis_url="redis://localhost", app="myproj.workflows:app")
+    """
+    from flowcraft.app import App, load_app
+    from flowcraft.client import Client
+
+    overrides: dict[str, Any] = {"backend": backend, "components": components, "options": options}
+    config = load_config({key: value for key, value in overrides.items() if value})
+    if app is None and config.app is not None:
+        app = config.app
+    loaded = load_app(app) if isinstance(app, str) else app
+    if loaded is not None and not isinstance(loaded, App):
+        raise ConfigError(f"app must be a flowcraft.App or a 'module:attribute' string, got {type(app).__name__}")
+    return Client(config.build_backend(), loaded)
