@@ -55,6 +55,29 @@ def text(raw: bytes | str) -> str:
     return raw.decode() if isinstance(raw, bytes) else raw
 
 
+class Packed(bytes):
+    """Several command arguments already in RESP form (``count`` of them): constant argument runs such as a
+    dispatcher's keys are packed once. Only for clients made by ``make_client`` (see ``fast_packing``)."""
+
+    count: int
+
+    @classmethod
+    def of(cls, *args: str | bytes | int) -> Packed:
+        parts: list[bytes] = []
+        for arg in args:
+            raw = arg.encode() if isinstance(arg, str) else (b"%d" % arg if isinstance(arg, int) else arg)
+            parts += (b"$%d\r\n" % len(raw), raw, b"\r\n")
+        packed = cls(b"".join(parts))
+        packed.count = len(args)
+        return packed
+
+
+def fast_packing(client: Redis) -> bool:
+    """Whether ``client`` packs commands with ``_FastPack`` (and so understands ``Packed`` arguments)."""
+    connection_class = client.connection_pool.connection_class
+    return isinstance(connection_class, type) and issubclass(connection_class, _FastPack)
+
+
 class _FastPack:
     """redis-py's ``pack_command`` re-joins its buffer once per argument (quadratic in the argument count,
     ~80 us for a commit script's ~60 arguments); this packs str/bytes/int/float arguments in one join and
@@ -64,9 +87,15 @@ class _FastPack:
         first = args[0]
         if (isinstance(first, str) and " " in first) or (isinstance(first, bytes | memoryview) and b" " in first):
             return super().pack_command(*args)  # type: ignore[misc, no-any-return]  # 'SCRIPT LOAD' etc.
-        parts = [b"*%d\r\n" % len(args)]
+        parts = [b""]
         append = parts.append
+        count = 0
         for arg in args:
+            if isinstance(arg, Packed):
+                append(arg)
+                count += arg.count
+                continue
+            count += 1
             if isinstance(arg, str):
                 arg = arg.encode()
             elif isinstance(arg, bytes):
@@ -76,10 +105,11 @@ class _FastPack:
             elif isinstance(arg, float):
                 arg = repr(arg).encode()
             else:
-                return super().pack_command(*args)  # type: ignore[misc, no-any-return]
+                return super().pack_command(*args)  # type: ignore[misc, no-any-return]  # DataError etc.
             append(b"$%d\r\n" % len(arg))
             append(arg)
             append(b"\r\n")
+        parts[0] = b"*%d\r\n" % count
         return [b"".join(parts)]
 
     def pack_commands(self, commands: Any) -> list[bytes]:
@@ -255,6 +285,8 @@ class RedisSession:
     prefix: str
     batcher: Batcher
     keys: Keys
+    #: the client packs ``Packed`` arguments (made by ``make_client``)
+    fast: bool = False
     context_attached: bool = False
     status_attached: bool = False
     coordination_attached: bool = False
@@ -350,8 +382,9 @@ class Dispatcher:
     """What a queue on the same Redis gives ``commit`` so the script pushes fired jobs itself.
 
     ``args(count, now)`` returns the ARGV tail the commit script's dispatch section reads (see
-    ``flowcraft_redis.scripts.COMMIT``): the queue and registry keys, the job-hash key prefix, the wrapper
-    around a job document and ``count`` fresh job ids."""
+    ``flowcraft_redis.scripts.COMMIT``): the queue and registry keys, the job-hash key prefix, the origin,
+    the job TTL, the wrapper around a job document, the constant job-hash fields, the time (ISO text)
+    and ``count`` fresh job ids."""
 
     def args(self, count: int, now: float) -> list[Any]:  # pragma: no cover - interface
         raise NotImplementedError
@@ -367,7 +400,8 @@ def session_for(client: Redis, prefix: str) -> RedisSession:
         by_prefix = _sessions[client] = {}
     session = by_prefix.get(prefix)
     if session is None:
-        session = by_prefix[prefix] = RedisSession(client, prefix, Batcher(client), Keys(prefix))
+        session = by_prefix[prefix] = RedisSession(client, prefix, Batcher(client), Keys(prefix),
+                                                   fast=fast_packing(client))
     return session
 
 

@@ -139,10 +139,10 @@ local ndisp = tonumber(ARGV[i]); i = i + 1
 local dispatched = 0
 if ndisp > 0 and #fired > 0 then
   local qkey, skey, jprefix, qset, origin = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  local now_iso, jttl, head, tail = ARGV[i + 5], tonumber(ARGV[i + 6]), ARGV[i + 7], ARGV[i + 8]
-  local nstatic = tonumber(ARGV[i + 9])
+  local jttl, head, tail, nstatic = tonumber(ARGV[i + 5]), ARGV[i + 6], ARGV[i + 7], tonumber(ARGV[i + 8])
   local static = {}
-  for j = i + 10, i + 9 + 2 * nstatic do static[#static + 1] = ARGV[j] end
+  for j = i + 9, i + 8 + 2 * nstatic do static[#static + 1] = ARGV[j] end
+  local now_iso = ARGV[i + 9 + 2 * nstatic]
   local ids_at = i + 10 + 2 * nstatic
   local ready = {}
   for f, entry in ipairs(fired) do

@@ -28,8 +28,13 @@ FIELDS = ("run_id", "blueprint_id", "version", "blueprint_hash", "input", "creat
 _CHANGEABLE = frozenset(FIELDS) - {"run_id", "updated_at"}
 
 
+_FIELD_NAMES = {name.encode(): name for name in FIELDS}
+
+
 def record_from_hash(raw: Mapping[bytes, bytes]) -> RunRecord:
-    data: dict[str, Any] = {text(k): loads(v) for k, v in raw.items() if k != b"status"}
+    """Decode the record hash with one ``json.loads`` (the stored values are JSON texts)."""
+    parts = [b'"%s":%s' % (k, v) for k, v in raw.items() if k in _FIELD_NAMES]
+    data: dict[str, Any] = loads(b"{" + b",".join(parts) + b"}")
     data["status"] = text(raw[b"status"])
     return RunRecord.from_dict(data)
 

@@ -28,6 +28,7 @@ from flowcraft_redis._session import (
     DEFAULT_PREFIX,
     DEFAULT_TTL,
     Dispatcher,
+    Packed,
     dumps,
     option_float,
     option_str,
@@ -82,12 +83,14 @@ class RqDispatcher(Dispatcher):
 
     def __init__(self, queue: RqQueue) -> None:
         self.queue = queue
+        q = queue
+        constant: list[Any] = [q.queue_key, q.scheduled_key, q.job_prefix, q.queues_key, q.queue_name,
+                               q.state_ttl_seconds, DATA_HEAD, DATA_TAIL, len(RQ_STATIC_FIELDS) // 2,
+                               *RQ_STATIC_FIELDS]
+        self._constant: list[Any] = [Packed.of(*constant)] if q.session.fast else constant
 
     def args(self, count: int, now: float) -> list[Any]:
-        q = self.queue
-        return [q.queue_key, q.scheduled_key, q.job_prefix, q.queues_key, q.queue_name, iso(now),
-                q.state_ttl_seconds, DATA_HEAD, DATA_TAIL, len(RQ_STATIC_FIELDS) // 2, *RQ_STATIC_FIELDS,
-                *(uuid.uuid4().hex for _ in range(count))]
+        return [*self._constant, iso(now), *(uuid.uuid4().hex for _ in range(count))]
 
 
 class RqQueue(Queue):
