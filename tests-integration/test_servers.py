@@ -31,7 +31,7 @@ from servers import (
     port_open,
 )
 from servers.base import REPO_ROOT
-from servers.pytest_plugin import AwsNames, missing, require_module
+from servers.pytest_plugin import AwsNames, missing, require_module, selected
 
 # azure-cosmos never verifies certificates for 127.0.0.1/localhost (and its background health checks
 # warn about that in whichever test is running): see servers/cosmos.py.
@@ -331,6 +331,8 @@ def test_azurite_provision_script(azure_queue_connection_string: str) -> None:
 
 
 def test_azurite_start_script_detached(tmp_path: Path) -> None:
+    if not selected("azurite"):
+        pytest.skip("azurite is not among FLOWCRAFT_TEST_SERVERS")
     probe = AzuriteServer()
     probe.close()  # only asked whether node and azurite are installed
     try:

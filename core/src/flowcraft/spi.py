@@ -471,7 +471,7 @@ class Backend:
     status: StatusStore
     coordination: CoordinationStore
     name: str = "custom"
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold secrets
 
     async def setup(self) -> None:
         for component in self._unique_components():
