@@ -140,6 +140,24 @@ async def test_state_is_durable_across_backends(db_path: Path) -> None:
         await second.close()
 
 
+async def test_a_failing_call_does_not_fail_the_calls_committed_with_it(sqlite_backend: Backend) -> None:
+    """Calls queued together share one transaction; one that fails is rolled back alone."""
+    context, status = sqlite_backend.context, sqlite_backend.status
+    await status.create(RunRecord("run", "bp"))
+    outcomes = await asyncio.gather(
+        *(context.apply("run", {f"k{i}": i}) for i in range(10)),
+        context.apply("run", {"bad": object()}),  # not JSON
+        status.transition("run", ["running"], "failed", {"no_such_field": 1}),
+        *(context.apply("run", {f"k{i}": i}) for i in range(10, 20)),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[10], TypeError) and isinstance(outcomes[11], AttributeError)
+    assert [o for i, o in enumerate(outcomes) if i not in (10, 11)] == [None] * 20
+    assert await context.get_all("run") == {f"k{i}": i for i in range(20)}
+    record = await status.get("run")
+    assert record is not None and record.status == "running"
+
+
 # ---------------------------------------------------------------------------------------------- queue
 async def test_queue_lease_lifecycle(sqlite_backend: Backend) -> None:
     queue = sqlite_backend.queue

@@ -10,11 +10,15 @@ The database runs in WAL mode with ``synchronous=NORMAL``: a committed transacti
 process; an OS crash or power loss may roll back the last few transactions, never corrupt the file.
 
 Every process opens one connection per database, used by one dedicated thread, so the calls of a process
-are serialized and the event loop never blocks on SQLite; the thread runs every call queued since it last
-woke and hands the results back with one wake-up of the event loop. Every SPI method is one call and at
-most one transaction; every read-modify-write is a ``BEGIN IMMEDIATE`` transaction (it takes the database's
+are serialized and the event loop never blocks on SQLite. Every SPI method is one call into that thread and
+one transaction; every read-modify-write is a ``BEGIN IMMEDIATE`` transaction (it takes the database's
 write lock up front), so concurrent processes are safe. SQLite's busy handler waits up to ``busy_timeout``
 for another process's lock; a call that still reports busy is rolled back and run again until then.
+
+Group commit: the thread runs every call queued since it last woke (up to 64) in one transaction and hands
+the results back, after the commit, with one wake-up of the event loop. Under load this saves most of the
+locking, WAL writes and thread switches; if one call of a group fails, the group is rolled back and each
+call runs in a transaction of its own, so a failure never affects another call.
 
 Coordination ``commit`` runs ``flowcraft.backends.transition.apply_transition`` over the tables of one open
 transaction and writes the completion's context updates in that same transaction (``applies_context``).
@@ -69,6 +73,7 @@ _BUSY_MAX = 0.002
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
 _CHUNK = 500  # bound parameters per statement (old SQLite builds allow 999)
+_BATCH = 64  # calls committed together at most
 
 _SCHEMA = f"""
 BEGIN IMMEDIATE;
@@ -160,7 +165,11 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 @contextmanager
 def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """A write transaction that holds the database's write lock from its start."""
+    """A write transaction that holds the database's write lock from its start; inside a transaction
+    already open (a batch of calls), it is part of that one."""
+    if conn.in_transaction:
+        yield conn
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
@@ -174,10 +183,11 @@ def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 class SqliteDatabase:
     """One database file as this process uses it: one connection, owned by one dedicated thread.
 
-    ``call(fn)`` runs ``fn(connection)`` in that thread (so this process's calls are serialized) and retries
-    the whole function while another process holds the write lock, up to ``busy_timeout`` seconds; ``fn``
-    opens its own transaction with ``immediate(connection)`` (``write(fn)`` does that for it). Closing is
-    idempotent; a call after ``close`` opens the database again.
+    ``call(fn)`` runs ``fn(connection)`` in that thread, so this process's calls are serialized. ``fn``
+    makes its writes inside ``immediate(connection)`` (``write(fn)`` does that for it) and may be run again
+    from its start, so it must not change anything but the database. The calls queued while the thread was
+    busy run in one transaction (group commit); each call is atomic either way. Closing is idempotent; a
+    call after ``close`` opens the database again.
     """
 
     def __init__(self, path: str | os.PathLike[str] = DEFAULT_PATH, *, busy_timeout: float = 10.0) -> None:
@@ -312,36 +322,66 @@ class _DatabaseThread:
         running = True
         while running:
             batch = [self._calls.get()]
-            while True:
+            while len(batch) < _BATCH:
                 try:
                     batch.append(self._calls.get_nowait())
                 except queue.Empty:
                     break
-            settled: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+            calls: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+            outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
             for fn, future in batch:
-                outcome: tuple[bool, Any] = (True, None)
                 if fn is None:  # close: always the last call this thread receives
                     running = False
-                    if conn is not None:
-                        conn.close()
-                        conn = None
-                elif future is not None and future.cancelled():
-                    continue  # its caller gave up before it ran
+                    if future is not None:
+                        outcomes.append((future, True, None))
+                elif future is not None and not future.cancelled():  # else its caller gave up before it ran
+                    calls.append((fn, future))
+            if calls:
+                try:
+                    if conn is None:
+                        conn = _connect(self._path, self._busy_timeout)
+                except Exception as exc:
+                    outcomes[:0] = [(future, False, exc) for _, future in calls]
                 else:
-                    try:
-                        if conn is None:
-                            conn = _connect(self._path, self._busy_timeout)
-                        outcome = (True, _retry(conn, fn, self._busy_timeout))
-                    except Exception as exc:
-                        outcome = (False, exc)
-                if future is not None:
-                    settled.setdefault(future.get_loop(), []).append((future, *outcome))
+                    outcomes[:0] = self._run(conn, calls)
+            if not running and conn is not None:
+                conn.close()
+            settled: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
+            for outcome in outcomes:
+                settled.setdefault(outcome[0].get_loop(), []).append(outcome)
             for loop, results in settled.items():
                 if not loop.is_closed():
                     try:
                         loop.call_soon_threadsafe(_settle, results)
                     except RuntimeError:  # the loop closed meanwhile; nobody waits for these results
                         pass
+
+    def _run(self, conn: sqlite3.Connection, calls: list[tuple[Callable[[sqlite3.Connection], Any],
+                                                                  asyncio.Future[Any]]]
+             ) -> list[tuple[asyncio.Future[Any], bool, Any]]:
+        """Run the calls in one transaction (group commit: one lock, one WAL write); if one of them fails,
+        that transaction is rolled back and each call runs in its own, so only that one fails."""
+        if len(calls) > 1:
+            def together(c: sqlite3.Connection) -> list[Any]:
+                with immediate(c):
+                    return [fn(c) for fn, _ in calls]
+
+            try:
+                results = _retry(conn, together, self._busy_timeout)
+            except sqlite3.OperationalError as exc:
+                if _is_busy(exc):  # the lock stayed taken past busy_timeout: alone, each would wait as long
+                    return [(future, False, exc) for _, future in calls]
+            except Exception:  # each call runs alone below and reports its own error
+                pass
+            else:
+                return [(future, True, result) for (_, future), result in zip(calls, results, strict=True)]
+        outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        for fn, future in calls:
+            try:
+                outcomes.append((future, True, _retry(conn, fn, self._busy_timeout)))
+            except Exception as exc:
+                outcomes.append((future, False, exc))
+        return outcomes
 
 
 def _settle(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
