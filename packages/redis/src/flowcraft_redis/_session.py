@@ -192,11 +192,12 @@ class Batcher:
     At most one pipeline is in flight; calls made meanwhile form the next one. Scripts are sent as EVALSHA
     and loaded on NOSCRIPT (e.g. after a server restart)."""
 
-    def __init__(self, client: Redis) -> None:
+    def __init__(self, client: Redis, max_in_flight: int = 2) -> None:
         self.client = client
+        self.max_in_flight = max_in_flight
         self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
-        self._running = False
-        self._task: asyncio.Task[None] | None = None
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scripts: dict[str, str] = {}
         #: round trips (pipelines sent) and commands, for measurements
@@ -215,12 +216,16 @@ class Batcher:
     async def call(self, *command: Any) -> Any:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
-            self._loop, self._queue, self._running = loop, [], False
+            self._loop, self._queue, self._in_flight, self._tasks = loop, [], 0, set()
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.append((command, future))
-        if not self._running:
-            self._running = True
-            self._task = loop.create_task(self._drain())
+        if self._in_flight < self.max_in_flight:
+            # a sender starts on the next loop iteration, so the calls of every job that runs in this one
+            # share its pipeline; up to ``max_in_flight`` pipelines overlap (Redis works while we pack)
+            self._in_flight += 1
+            task = loop.create_task(self._drain())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return await future
 
     async def _drain(self) -> None:
@@ -229,7 +234,7 @@ class Batcher:
                 batch, self._queue = self._queue, []
                 await self._send(batch)
         finally:
-            self._running = False
+            self._in_flight -= 1
 
     async def _send(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
         try:
