@@ -195,3 +195,19 @@ async def test_runs_complete_across_a_redis_restart(start_server: Any) -> None:
         worker.stop()
         await task
         await backend.close()
+
+
+async def test_two_engines_sharing_one_backend(backend: Backend) -> None:
+    """Leases a dequeue takes for one engine never block the other engine of the same process."""
+    engines = [Engine(APP, backend, options=EngineOptions(lease_seconds=30)) for _ in range(2)]
+    workers = [Worker(engine, concurrency=4, poll_wait=0.2) for engine in engines]
+    tasks = [asyncio.create_task(worker.run()) for worker in workers]
+    client = Client(backend, APP)
+    try:
+        run_ids = [await client.start("diamond") for _ in range(20)]
+        results = await asyncio.gather(*(client.wait(run_id, timeout=10) for run_id in run_ids))
+        assert all(r.status == "completed" for r in results)
+    finally:
+        for worker in workers:
+            worker.stop()
+        await asyncio.gather(*tasks)

@@ -70,10 +70,10 @@ def test_prefetched_begin_is_tied_to_the_job_object_and_owner() -> None:
     job, twin = Job("r", "bp", "n"), Job("r", "bp", "n")
     begin = Begin(True, "pending", None)
     session.offer_begin(job, "w1", begin, time.time() + 30)
-    assert session.take_begin(twin, "w1") is None
-    assert session.take_begin(job, "w2") is None  # another owner: taken afresh (and dropped)
+    assert session.take_begin(twin, "w1") == (None, None)
+    assert session.take_begin(job, "w2") == (None, "w1")  # another owner's lease: dropped, then taken afresh
     session.offer_begin(job, "w1", begin, time.time() + 30)
-    assert session.take_begin(job, "w1") is begin
+    assert session.take_begin(job, "w1") == (begin, None)
     session.offer_begin(job, "w1", begin, time.time() + 30)
     assert session.unclaimed_lease(job) == "w1" and session.unclaimed_lease(job) is None
 

@@ -339,14 +339,19 @@ class RedisSession:
     def offer_begin(self, job: Job, owner: str, begin: Begin, expires: float) -> None:
         self._begins[id(job)] = (job, owner, begin, expires)
 
-    def take_begin(self, job: Job, owner: str) -> Begin | None:
+    def take_begin(self, job: Job, owner: str) -> tuple[Begin | None, str | None]:
+        """The prefetched ``Begin`` for ``job`` if it is this owner's and fresh; else ``(None, holder)`` where
+        ``holder`` is the owner of a prefetched lease the caller must drop before taking its own."""
         entry = self._begins.get(id(job))
         if entry is None or entry[0] is not job:
-            return None
+            return None, None
         del self._begins[id(job)]
-        if entry[1] != owner or entry[3] <= time.time() + 1.0:
-            return None  # not this owner's, or about to run out: take it afresh
-        return entry[2]
+        holder = entry[1] if entry[2].lease else None
+        if entry[1] != owner:
+            return None, holder
+        if entry[3] <= time.time() + 1.0:
+            return None, None  # about to run out: the same owner takes it afresh
+        return entry[2], None
 
     def unclaimed_lease(self, job: Job) -> str | None:
         """The owner of a lease a dequeue took for ``job`` that ``begin`` never claimed (it must be dropped)."""

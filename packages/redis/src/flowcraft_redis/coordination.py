@@ -103,9 +103,11 @@ class RedisCoordinationStore(CoordinationStore):
     async def begin(self, job: Job, owner: str, lease_seconds: float) -> Begin:
         session = self.session
         session.owner, session.lease_seconds = owner, lease_seconds
-        prefetched = session.take_begin(job, owner)
+        prefetched, stale_holder = session.take_begin(job, owner)
         if prefetched is not None:
             return prefetched
+        if stale_holder is not None:  # a dequeue took the lease for another engine of this process
+            await self._call(self._release, job.run_id, job.key, stale_holder)
         now = time.time()
         lease, state, completion = await self._call(
             self._begin, repr(now), self.state_ttl_seconds, job.run_id, job.key, owner, repr(now + lease_seconds)
