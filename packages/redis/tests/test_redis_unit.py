@@ -28,7 +28,7 @@ def test_fast_packing_matches_redis_py(args: tuple[object, ...]) -> None:
 
 def test_packed_arguments_count_as_several() -> None:
     packed = Packed.of("a", 2, b"c")
-    assert packed.count == 3
+    assert packed.nargs == 3
     assert b"".join(_FastConnection().pack_command("X", packed, "d")) == _reference("X", "a", 2, b"c", "d")
 
 

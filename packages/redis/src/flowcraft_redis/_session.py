@@ -56,10 +56,10 @@ def text(raw: bytes | str) -> str:
 
 
 class Packed(bytes):
-    """Several command arguments already in RESP form (``count`` of them): constant argument runs such as a
+    """Several command arguments already in RESP form (``nargs`` of them): constant argument runs such as a
     dispatcher's keys are packed once. Only for clients made by ``make_client`` (see ``fast_packing``)."""
 
-    count: int
+    nargs: int
 
     @classmethod
     def of(cls, *args: str | bytes | int) -> Packed:
@@ -68,7 +68,7 @@ class Packed(bytes):
             raw = arg.encode() if isinstance(arg, str) else (b"%d" % arg if isinstance(arg, int) else arg)
             parts += (b"$%d\r\n" % len(raw), raw, b"\r\n")
         packed = cls(b"".join(parts))
-        packed.count = len(args)
+        packed.nargs = len(args)
         return packed
 
 
@@ -93,7 +93,7 @@ class _FastPack:
         for arg in args:
             if isinstance(arg, Packed):
                 append(arg)
-                count += arg.count
+                count += arg.nargs
                 continue
             count += 1
             if isinstance(arg, str):
@@ -266,7 +266,7 @@ class Batcher:
         self.commands += len(commands)
         if len(commands) == 1:
             try:
-                return [await self.client.execute_command(*commands[0])]
+                return [await self.client.execute_command(*commands[0])]  # type: ignore[no-untyped-call]
             except NoScriptError as exc:
                 return [exc]
         pipe = self.client.pipeline(transaction=False)

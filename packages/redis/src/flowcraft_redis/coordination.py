@@ -80,8 +80,8 @@ class RedisCoordinationStore(CoordinationStore):
         return cls(shared_client(options, shared), key_prefix=option_str(options, "key_prefix", DEFAULT_PREFIX),
                    state_ttl_seconds=option_float(options, "state_ttl_seconds", DEFAULT_TTL))
 
-    @property  # type: ignore[misc, override]  # a ClassVar on the SPI; decided per instance here
-    def applies_context(self) -> bool:
+    @property
+    def applies_context(self) -> bool:  # type: ignore[override]  # a ClassVar on the SPI; per instance here
         """True when a ``RedisContext`` shares this client and key prefix (or when forced in the constructor)."""
         if self._applies_context is not None:
             return self._applies_context

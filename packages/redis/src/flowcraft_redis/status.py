@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Self
+from typing import Any, Self, cast
 
 from redis.asyncio import Redis
 
@@ -101,7 +102,7 @@ class RedisStatusStore(StatusStore):
         raw = await self.session.batcher.call_script(self._transition, *args)
         return None if not raw else record_from_hash(_flat(raw))
 
-    async def _records(self, run_ids: Sequence[bytes]) -> list[RunRecord | None]:
+    async def _records(self, run_ids: Sequence[bytes]) -> builtins.list[RunRecord | None]:
         if not run_ids:
             return []
         pipe = self.redis.pipeline(transaction=False)
@@ -111,7 +112,7 @@ class RedisStatusStore(StatusStore):
 
     async def list(
         self, status: str | None = None, blueprint_id: str | None = None, limit: int = 50, cursor: str | None = None
-    ) -> tuple[list[RunRecord], str | None]:
+    ) -> tuple[builtins.list[RunRecord], str | None]:
         """Newest first by ``created_at``; the cursor is ``<score> <run_id>`` of the last record returned."""
         index = self.session.keys.idx_created
         max_score: str = "+inf"
@@ -120,12 +121,12 @@ class RedisStatusStore(StatusStore):
             score_text, _, last_id = cursor.partition(" ")
             after = (float(score_text), last_id)
             max_score = score_text
-        page: list[RunRecord] = []
+        page: builtins.list[RunRecord] = []
         offset = 0
         batch = max(limit * 2, 50)
         while True:
-            rows = await self.redis.zrevrangebyscore(index, max_score, "-inf", start=offset, num=batch,
-                                                     withscores=True)
+            rows: builtins.list[Any] = await self.redis.zrevrangebyscore(
+                index, max_score, "-inf", start=offset, num=batch, withscores=True)
             if not rows:
                 return page, None
             offset += len(rows)
@@ -144,11 +145,12 @@ class RedisStatusStore(StatusStore):
                     if len(page) == limit:
                         return page, f"{score!r} {text(member)}"
 
-    async def stalled(self, older_than: float, limit: int = 100) -> list[RunRecord]:
-        found: list[RunRecord] = []
+    async def stalled(self, older_than: float, limit: int = 100) -> builtins.list[RunRecord]:
+        found: builtins.list[RunRecord] = []
         for status in sorted(ACTIVE_STATUSES):
             index = self.session.keys.idx_status(status)
-            ids = await self.redis.zrangebyscore(index, "-inf", f"({older_than!r}", start=0, num=limit)
+            ids = cast(builtins.list[bytes], await self.redis.zrangebyscore(
+                index, "-inf", f"({older_than!r}", start=0, num=limit))
             records = await self._records(ids)
             stale = [run_id for run_id, record in zip(ids, records, strict=True) if record is None]
             if stale:

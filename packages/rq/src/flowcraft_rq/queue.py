@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Any, Self, cast
 
 from redis.asyncio import Redis
 
@@ -192,7 +192,7 @@ class RqQueue(Queue):
                 await asyncio.sleep(0.005)
                 continue
             # wake up as soon as something is pushed; the item stays in the list (moved head to tail)
-            await self.redis.blmove(self.queue_key, self.queue_key, timeout, "LEFT", "RIGHT")
+            await self.redis.blmove(self.queue_key, self.queue_key, timeout, "LEFT", "RIGHT")  # type: ignore[arg-type]
 
     def _delivery(self, item: list[Any], owner: str, expiry: float) -> Delivery:
         job_id, entry, data, deliveries, record, lease, state, completion = item
@@ -262,7 +262,7 @@ class RqQueue(Queue):
             await pipe.execute()
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        ids = await self.redis.zrange(self.failed_key, 0, max(0, limit - 1))
+        ids = cast(list[bytes], await self.redis.zrange(self.failed_key, 0, max(0, limit - 1)))
         if not ids:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
