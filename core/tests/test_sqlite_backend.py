@@ -1,4 +1,5 @@
-"""The embedded SQLite backend: the contract suite, plus what is particular to one file shared by processes.
+"""The embedded SQLite backend: what is particular to one file shared by processes (the contract suite
+runs on it in ``test_contract_sqlite.py``).
 
 Several ``SqliteDatabase`` objects on one file each own a connection and a thread, so they contend for
 SQLite's locks exactly as worker processes do; the last tests run real worker processes.
@@ -33,16 +34,7 @@ from flowcraft.backends.sqlite import (
 from flowcraft.client import Client
 from flowcraft.plugins import registry
 from flowcraft.spi import Arrival, Backend, Completion, Delivery, Job, RunRecord, Transition
-from flowcraft.testing import BackendContract
 from flowcraft.testing.apps import app as contract_app
-
-
-class TestSqliteContract(BackendContract):
-    """Everything a backend must do, crash tests with SIGKILLed worker processes included."""
-
-    @pytest.fixture
-    def backend_config(self, tmp_path: Path) -> tuple[str, dict[str, Any]]:
-        return "sqlite", {"path": str(tmp_path / "flowcraft.db")}
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -202,10 +194,10 @@ async def test_queue_redelivers_after_expiry_and_extend_postpones_it(sqlite_back
 
 async def test_queue_delay_and_release_delay(sqlite_backend: Backend) -> None:
     queue = sqlite_backend.queue
-    await queue.enqueue([_job("late")], delay=0.4)
+    await queue.enqueue([_job("late")], delay=0.8)
     assert await queue.dequeue(1, 0.1) == []
     (delivery,) = await queue.dequeue(1, 5.0)  # the wait sleeps until the message is due
-    await queue.release(delivery, 0.3)
+    await queue.release(delivery, 0.6)
     assert await queue.dequeue(1, 0) == []
     (again,) = await queue.dequeue(1, 5.0)
     assert again.deliveries == 2
