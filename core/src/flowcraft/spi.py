@@ -287,7 +287,7 @@ class Component(ABC):  # noqa: B024  # a marker base: every component carries a 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
         """Build from resolved config options; components of one backend share clients through ``shared``
-        (e.g. ``shared.setdefault(("redis", url), ...)``)."""
+        (e.g. ``shared.setdefault(f"redis:{url}", ...)``)."""
         return cls()
 
     async def close(self) -> None:  # noqa: B027  # optional hook
