@@ -99,11 +99,19 @@ class Job:
 
 @dataclass(slots=True)
 class Delivery:
-    """A job as received from a queue; ``receipt`` is the backend's handle, ``deliveries`` counts from 1."""
+    """A job as received from a queue; ``receipt`` is the backend's handle, ``deliveries`` counts from 1.
+
+    ``record`` and ``begin`` are filled only by ``Queue.receive`` of a queue that shares one store with the
+    status and coordination stores: the run record and ``CoordinationStore.begin`` for the receiving owner,
+    read in the same round trip as the dequeue (``prefetched`` says they were).
+    """
 
     job: Job
     receipt: Any
     deliveries: int = 1
+    record: RunRecord | None = None
+    begin: Begin | None = None
+    prefetched: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +193,11 @@ class Arrival:
 
 @dataclass(frozen=True, slots=True)
 class Transition:
-    """Everything one handled job changes, applied by ``CoordinationStore.commit``."""
+    """Everything one handled job changes, applied by ``CoordinationStore.commit``.
+
+    ``owner``: the worker holding the job's lease; a store may release that lease in a finishing commit
+    (and say so with ``Committed.lease_released``) to save the engine a ``release`` round trip.
+    """
 
     run_id: str
     job_key: str
@@ -193,6 +205,7 @@ class Transition:
     arrivals: tuple[Arrival, ...] = ()
     finish: bool = False
     recovery: bool = False
+    owner: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +216,9 @@ class Committed:
     ``fired``: jobs to enqueue (newly inserted; in recovery also those already pending).
     ``skipped``: target job keys newly decided as skipped (in recovery also those already skipped); the
     engine propagates the dead path from them. ``pending``/``parked``: counts after the commit.
+    ``dispatched``: the store already put ``fired`` on the queue (it shares one store with the queue,
+    honouring each job's ``due_at``), so the engine must not enqueue them again.
+    ``lease_released``: the commit released ``Transition.owner``'s lease on the job.
     """
 
     conflict: Completion | None = None
@@ -210,6 +226,8 @@ class Committed:
     skipped: tuple[str, ...] = ()
     pending: int = 1
     parked: int = 0
+    dispatched: bool = False
+    lease_released: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +327,11 @@ class Queue(Component):
     @abstractmethod
     async def dequeue(self, max_jobs: int, wait: float) -> list[Delivery]:
         """Receive up to ``max_jobs``, waiting at most ``wait`` seconds for the first one."""
+
+    async def receive(self, max_jobs: int, wait: float, owner: str, lease_seconds: float) -> list[Delivery]:
+        """What workers call: ``dequeue``, unless the queue shares a store with the status and coordination
+        stores and can also prefetch each job's run record and lease for ``owner`` (see ``Delivery``)."""
+        return await self.dequeue(max_jobs, wait)
 
     @abstractmethod
     async def ack(self, delivery: Delivery) -> None:

@@ -14,7 +14,7 @@ import random
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from flowcraft.app import App
@@ -120,6 +120,7 @@ class Engine:
         self.fault = fault
         self._inflight: dict[tuple[str, str], _InFlight] = {}
         self._cancelled_runs: set[str] = set()
+        self._released: set[tuple[str, str]] = set()  # leases a finishing commit already released
 
     # ------------------------------------------------------------------ client-side operations
     async def start(
@@ -211,7 +212,7 @@ class Engine:
         if job.due_at is not None and job.due_at - now > 0.01:
             await self.queue.release(delivery, job.due_at - now)  # early (a capped queue delay or a requeue)
             return
-        record = await self.status.get(job.run_id)
+        record = delivery.record if delivery.prefetched else await self.status.get(job.run_id)
         if record is None:
             await self._dead_letter(delivery, f"run {job.run_id!r} does not exist")
             return
@@ -230,7 +231,8 @@ class Engine:
             else:
                 await self.queue.release(delivery, self.options.bounce_delay)
             return
-        begin = await self.coordination.begin(job, self.worker_id, self.options.lease_seconds)
+        begin = delivery.begin if delivery.begin is not None else await self.coordination.begin(
+            job, self.worker_id, self.options.lease_seconds)
         if not begin.lease:
             await self.queue.release(delivery, min(1.0, self.options.lease_seconds))
             return
@@ -249,7 +251,10 @@ class Engine:
             self._fault("before_ack")
             await self.queue.ack(delivery)
         finally:
-            await self.coordination.release(job.run_id, job.key, self.worker_id)
+            if (job.run_id, job.key) in self._released:
+                self._released.discard((job.run_id, job.key))
+            else:
+                await self.coordination.release(job.run_id, job.key, self.worker_id)
 
     async def heartbeat(self) -> None:
         """Keep leases and queue visibility of in-flight jobs alive; stop nodes of runs that ended."""
@@ -412,8 +417,9 @@ class Engine:
             await self._fail(record, job.node_id, str(exc))
             return
         needs_cascade = any(not a.arrived for a in arrivals)
-        committed = await self.coordination.commit(
-            Transition(job.run_id, job.key, completion, tuple(arrivals), finish=not needs_cascade, recovery=recovery)
+        committed = await self._commit(
+            job, Transition(job.run_id, job.key, completion, tuple(arrivals), finish=not needs_cascade,
+                            recovery=recovery)
         )
         if committed.conflict is not None:
             # another attempt's completion record won: route exactly as it did
@@ -422,7 +428,7 @@ class Engine:
         self._fault("after_commit")
         if not self.coordination.applies_context and (completion.context_updates or completion.context_deletes):
             await self.context.apply(job.run_id, completion.context_updates, completion.context_deletes)
-        await self._enqueue(committed.fired)
+        await self._dispatch(committed)
         self._fault("after_enqueue")
         if needs_cascade:
             committed = await self._cascade(job, graph, committed.skipped, recovery)
@@ -442,10 +448,10 @@ class Engine:
                         continue
                     arrivals.append(self._arrival(job, graph, node_id, visit, edge, arrived=False, contribution=None))
             last = not arrivals
-            committed = await self.coordination.commit(
-                Transition(job.run_id, job.key, None, tuple(_dedupe(arrivals)), finish=last, recovery=recovery)
+            committed = await self._commit(
+                job, Transition(job.run_id, job.key, None, tuple(_dedupe(arrivals)), finish=last, recovery=recovery)
             )
-            await self._enqueue(committed.fired)
+            await self._dispatch(committed)
             if last:
                 return committed
             queue = list(committed.skipped)
@@ -550,6 +556,16 @@ class Engine:
                              {"status": "failed", "error": error["message"]})
             await self._notify_parent(won)
 
+    async def _commit(self, job: Job, transition: Transition) -> Committed:
+        committed = await self.coordination.commit(replace(transition, owner=self.worker_id))
+        if committed.lease_released:
+            self._released.add((job.run_id, job.key))
+        return committed
+
+    async def _dispatch(self, committed: Committed) -> None:
+        if not committed.dispatched:  # a store sharing the queue's storage may have enqueued them itself
+            await self._enqueue(committed.fired)
+
     async def _enqueue(self, jobs: Sequence[Job]) -> None:
         if not jobs:
             return
@@ -643,10 +659,8 @@ class Engine:
                             payload={"lane": rest, "chunks": chunk_ids.__len__()})
             arrivals.append(Arrival(chunk_job, job.node_id, True, chunks[lane], (job.node_id,)))
         completion = self._completion(job, None, None, None)
-        committed = await self.coordination.commit(
-            Transition(job.run_id, job.key, completion, tuple(arrivals), finish=True)
-        )
-        await self._enqueue(committed.fired)
+        committed = await self._commit(job, Transition(job.run_id, job.key, completion, tuple(arrivals), finish=True))
+        await self._dispatch(committed)
 
     async def _complete_chunk(self, job: Job, graph: Graph, record: RunRecord, node: NodeDefinition,
                               outputs: Any) -> None:
@@ -676,12 +690,10 @@ class Engine:
 
     async def _commit_and_finish(self, job: Job, record: RunRecord, completion: Completion,
                                  arrivals: list[Arrival]) -> None:
-        committed = await self.coordination.commit(
-            Transition(job.run_id, job.key, completion, tuple(arrivals), finish=True)
-        )
+        committed = await self._commit(job, Transition(job.run_id, job.key, completion, tuple(arrivals), finish=True))
         if committed.conflict is not None:
             return  # another attempt of this chunk already committed everything
-        await self._enqueue(committed.fired)
+        await self._dispatch(committed)
         await self._after_finish(record, committed)
 
     async def _loop_decision(self, job: Job, node: NodeDefinition, ctx: NodeContext) -> str:

@@ -63,7 +63,9 @@ class Worker:
 
     async def _dequeue(self, count: int) -> list[Delivery]:
         stop = asyncio.create_task(self._stopping.wait())
-        receive = asyncio.create_task(self.engine.queue.dequeue(count, self.poll_wait))
+        engine = self.engine
+        receive = asyncio.create_task(
+            engine.queue.receive(count, self.poll_wait, engine.worker_id, engine.options.lease_seconds))
         done, _ = await asyncio.wait({stop, receive}, return_when=asyncio.FIRST_COMPLETED)
         if receive in done:
             stop.cancel()
