@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv (Python >= 3.11) and install core and every backend package in editable mode.
-# usage: scripts/setup-venv.sh [--test]     (--test adds the test and lint tools)
+# usage: scripts/setup-venv.sh [--test|--core]
+#        --test adds the test and lint tools; --core installs flowcraft-core only (enough for the demo)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${VENV:-$ROOT/.venv}
@@ -17,9 +18,11 @@ fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 pip_install() { "$VENV/bin/pip" install -q --disable-pip-version-check "$@"; }
 targets=(-e "$ROOT/core")
-for package in "$ROOT"/packages/*/; do
-  [ -f "$package/pyproject.toml" ] && targets+=(-e "$package")
-done
+if [ "${1:-}" != "--core" ]; then
+  for package in "$ROOT"/packages/*/; do
+    [ -f "$package/pyproject.toml" ] && targets+=(-e "$package")
+  done
+fi
 if [ "${1:-}" = "--test" ]; then
   targets+=(-r "$ROOT/requirements-test.txt")
 fi
