@@ -17,6 +17,7 @@ from flowcraft_redis import (
     RedisContext,
     RedisCoordinationStore,
     RedisStatusStore,
+    colocate,
     make_client,
 )
 
@@ -34,9 +35,11 @@ async def client(redis_url: str) -> AsyncIterator[Redis]:
 
 @pytest.fixture
 def stores(client: Redis, redis_prefix: str) -> tuple[RedisContext, RedisStatusStore, RedisCoordinationStore]:
-    return (RedisContext(client, key_prefix=redis_prefix, state_ttl_seconds=TTL),
-            RedisStatusStore(client, key_prefix=redis_prefix, state_ttl_seconds=TTL),
-            RedisCoordinationStore(client, key_prefix=redis_prefix, state_ttl_seconds=TTL))
+    built = (RedisContext(client, key_prefix=redis_prefix, state_ttl_seconds=TTL),
+             RedisStatusStore(client, key_prefix=redis_prefix, state_ttl_seconds=TTL),
+             RedisCoordinationStore(client, key_prefix=redis_prefix, state_ttl_seconds=TTL))
+    colocate(*built)
+    return built
 
 
 def _arrival(run: str, target: str, member: str, expected: tuple[str, ...], arrived: bool = True,
@@ -110,18 +113,59 @@ async def test_stalled_uses_the_active_indexes(stores: Any) -> None:
     assert await status.stalled(time.time() - 60) == []
 
 
-async def test_applies_context_only_on_the_same_client_and_prefix(client: Redis, redis_url: str) -> None:
+async def test_applies_context_only_when_colocated(client: Redis, redis_url: str) -> None:
     prefix = f"fctest:{uuid.uuid4().hex}:"
     alone = RedisCoordinationStore(client, key_prefix=prefix)
-    assert alone.applies_context is False
-    RedisContext(client, key_prefix=f"{prefix}other:")
-    assert alone.applies_context is False
     RedisContext(client, key_prefix=prefix)
-    assert alone.applies_context is True
+    assert alone.applies_context is False  # wired explicitly, never by what else exists in the process
+    paired = RedisCoordinationStore(client, key_prefix=prefix)
+    colocate(RedisContext(client, key_prefix=prefix), paired)
+    assert paired.applies_context is True
+    run = "ctx-apply"
+    await paired.schedule(run, [Job(run, "bp", "a")])
+    await paired.commit(Transition(run, "0:a", Completion("a", 1, token="t", context_updates={"k": 1}), finish=True))
+    assert await RedisContext(client, key_prefix=prefix).get_all(run) == {"k": 1}
+    await alone.schedule("ctx-skip", [Job("ctx-skip", "bp", "a")])
+    await alone.commit(Transition("ctx-skip", "0:a", Completion("a", 1, token="t", context_updates={"k": 1}),
+                                  finish=True))
+    assert await RedisContext(client, key_prefix=prefix).get_all("ctx-skip") == {}
     other_client = make_client(redis_url)
-    assert RedisCoordinationStore(other_client, key_prefix=prefix).applies_context is False
-    assert RedisCoordinationStore(client, key_prefix=prefix, applies_context=False).applies_context is False
+    with pytest.raises(ValueError, match="client and key prefix"):
+        colocate(RedisContext(client, key_prefix=prefix), RedisCoordinationStore(other_client, key_prefix=prefix))
     await other_client.aclose()
+
+
+async def test_finishing_commit_releases_the_owners_lease(stores: Any, client: Redis, redis_prefix: str) -> None:
+    coordination = stores[2]
+    run = "lease-run"
+    await coordination.schedule(run, [Job(run, "bp", "a"), Job(run, "bp", "b")])
+    assert (await coordination.begin(Job(run, "bp", "a"), "w1", 30)).lease
+    not_finishing = await coordination.commit(Transition(run, "0:a", Completion("a", 1, token="t"), owner="w1"))
+    assert not not_finishing.lease_released and await client.hexists(f"{redis_prefix}lease:{run}", "0:a")
+    finished = await coordination.commit(Transition(run, "0:a", None, finish=True, owner="w1"))
+    assert finished.lease_released and not finished.dispatched  # no queue colocated: the engine enqueues
+    assert not await client.hexists(f"{redis_prefix}lease:{run}", "0:a")
+    # another owner's lease is left alone; without an owner nothing is released
+    assert (await coordination.begin(Job(run, "bp", "b"), "w2", 30)).lease
+    other = await coordination.commit(Transition(run, "0:b", Completion("b", 1, token="u"), finish=True, owner="w1"))
+    assert await client.hexists(f"{redis_prefix}lease:{run}", "0:b") and other.pending == 0
+    anonymous = await coordination.commit(Transition(run, "0:b", None, finish=True))
+    assert not anonymous.lease_released and await client.hexists(f"{redis_prefix}lease:{run}", "0:b")
+
+
+async def test_begin_and_get_always_read_redis(stores: Any, client: Redis, redis_prefix: str) -> None:
+    _, status, coordination = stores
+    run = "fresh-run"
+    await status.create(RunRecord(run, "bp"))
+    await client.hset(f"{redis_prefix}status:{run}", "status", "cancelled")  # another process's write
+    record = await status.get(run)
+    assert record is not None and record.status == "cancelled"
+    await coordination.schedule(run, [Job(run, "bp", "a")])
+    job = Job(run, "bp", "a")
+    assert (await coordination.begin(job, "w1", 30)).lease
+    assert not (await coordination.begin(job, "w2", 30)).lease
+    await coordination.release(run, "0:a", "w1")
+    assert (await coordination.begin(job, "w2", 30)).lease
 
 
 async def test_commit_writes_context_and_ttls_in_one_call(stores: Any, client: Redis, redis_prefix: str) -> None:
@@ -130,11 +174,11 @@ async def test_commit_writes_context_and_ttls_in_one_call(stores: Any, client: R
     assert coordination.applies_context
     await coordination.schedule(run, [Job(run, "bp", "a")])
     completion = Completion("a", {"v": 1}, token="t1", context_updates={"_outputs.a": {"v": 1}, "k": None})
-    before = coordination.session.batcher.commands
+    before = coordination.batcher.commands
     committed = await coordination.commit(Transition(run, "0:a", completion,
                                                      (_arrival(run, "b", "a", ("a",), contribution={"v": 1}),),
                                                      finish=True))
-    assert coordination.session.batcher.commands - before == 1  # one round trip
+    assert coordination.batcher.commands - before == 1  # one round trip
     assert [job.node_id for job in committed.fired] == ["b"] and committed.pending == 1
     assert await context.get_all(run) == {"_outputs.a": {"v": 1}, "k": None}
     for kind in ("jobs", "done", "meta", "ctx"):

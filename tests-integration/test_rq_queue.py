@@ -20,7 +20,7 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegis
 from rq.serializers import JSONSerializer
 
 from flowcraft.plugins import registry
-from flowcraft.spi import Backend, Job
+from flowcraft.spi import Arrival, Backend, Completion, Job, RunRecord, Transition
 from flowcraft_rq import FUNC_NAME, RqQueue
 
 
@@ -151,6 +151,93 @@ async def test_redelivery_after_the_worker_died(backend: Backend) -> None:
     await queue.release(first)  # a stale receipt does not re-queue the job a second time
     assert await queue.dequeue(1, 0.3) == []
     await queue.ack(again)
+
+
+async def _scheduled_run(backend: Backend, run_id: str, node: str = "n") -> Job:
+    await backend.status.create(RunRecord(run_id, "bp"))
+    job = _job(run_id, node)
+    await backend.coordination.schedule(run_id, [job])
+    return job
+
+
+async def test_receive_prefetches_the_record_and_lease_dequeue_does_not(backend: Backend) -> None:
+    queue = rq_queue(backend)
+    assert queue.prefetching
+    job = await _scheduled_run(backend, "pre-1")
+    await queue.enqueue([job, job])
+    (plain,) = await queue.dequeue(1, 1.0)
+    assert not plain.prefetched and plain.record is None and plain.begin is None
+    assert (await backend.coordination.begin(job, "other", 30)).lease  # dequeue took no lease
+    await backend.coordination.release(job.run_id, job.key, "other")
+    (delivery,) = await queue.receive(1, 1.0, "w1", 30)
+    assert delivery.prefetched and delivery.record is not None and delivery.record.status == "running"
+    assert delivery.begin is not None and delivery.begin.lease and delivery.begin.state == "pending"
+    assert delivery.begin.completion is None
+    assert not (await backend.coordination.begin(job, "w2", 30)).lease  # w1 holds it now
+    await queue.ack(plain)
+    await queue.ack(delivery)
+    await backend.coordination.release(job.run_id, job.key, "w1")
+
+
+async def test_receive_of_a_leased_missing_or_final_run(backend: Backend) -> None:
+    queue = rq_queue(backend)
+    held = await _scheduled_run(backend, "pre-held")
+    assert (await backend.coordination.begin(held, "w2", 30)).lease
+    await _scheduled_run(backend, "pre-final")
+    await backend.status.transition("pre-final", ["running"], "cancelled", {})
+    await queue.enqueue([held, _job("pre-final"), _job("pre-missing")])
+    deliveries = {d.job.run_id: d for d in await queue.receive(3, 1.0, "w1", 30)}
+    assert deliveries["pre-held"].begin is not None and not deliveries["pre-held"].begin.lease
+    final = deliveries["pre-final"]
+    assert final.prefetched and final.record is not None and final.record.status == "cancelled"
+    assert final.begin is None  # no lease is taken for a run that ended
+    missing = deliveries["pre-missing"]
+    assert missing.prefetched and missing.record is None and missing.begin is None
+    for delivery in deliveries.values():
+        await queue.ack(delivery)
+
+
+async def test_release_and_dead_letter_drop_a_prefetched_lease(backend: Backend) -> None:
+    queue = rq_queue(backend)
+    job = await _scheduled_run(backend, "pre-drop")
+    await queue.enqueue([job])
+    (first,) = await queue.receive(1, 1.0, "w1", 30)
+    assert first.begin is not None and first.begin.lease
+    await queue.release(first)  # e.g. a stopping worker hands it back before handling it
+    (again,) = await queue.receive(1, 1.0, "w2", 30)
+    assert again.begin is not None and again.begin.lease and again.deliveries == 2
+    await queue.dead_letter(again, "unknown version")
+    assert (await backend.coordination.begin(job, "w3", 30)).lease
+
+
+async def test_commit_dispatches_fired_jobs_into_the_queue(backend: Backend, sync_redis: redis.Redis) -> None:
+    queue = rq_queue(backend)
+    run = "dispatch-run"
+    await backend.status.create(RunRecord(run, "bp"))
+    await backend.coordination.schedule(run, [_job(run, "a")])
+    now_job = Job(run, "bp", "b", input=1, has_input=True)
+    later_job = Job(run, "bp", "c", input=2, has_input=True, due_at=time.time() + 0.6)
+    committed = await backend.coordination.commit(Transition(
+        run, "0:a", Completion("a", 1, token="t"),
+        (Arrival(now_job, "a", True, 1, ("a",)), Arrival(later_job, "a", True, 2, ("a",))), finish=True, owner="w1"))
+    assert committed.dispatched and committed.lease_released
+    assert {job.node_id for job in committed.fired} == {"b", "c"}
+    scheduled = ScheduledJobRegistry(queue.queue_name, connection=sync_redis)
+    assert len(scheduled.get_job_ids()) == 1  # due_at in the future: rq's scheduled registry
+    (now_delivery,) = await queue.receive(5, 1.0, "w1", 30)
+    assert now_delivery.job.node_id == "b" and now_delivery.job.input == 1
+    await queue.ack(now_delivery)
+    (later_delivery,) = await queue.receive(5, 2.0, "w1", 30)
+    assert later_delivery.job.node_id == "c" and later_delivery.job.due_at == later_job.due_at
+    await queue.ack(later_delivery)
+
+
+async def test_enqueue_never_filters(backend: Backend, sync_redis: redis.Redis) -> None:
+    queue = rq_queue(backend)
+    job = _job("twice")
+    await queue.enqueue([job])
+    await queue.enqueue([job])
+    assert sync_redis.llen(queue.queue_key) == 2
 
 
 async def test_queue_name_defaults(redis_url: str) -> None:

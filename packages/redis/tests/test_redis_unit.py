@@ -1,16 +1,23 @@
-"""flowcraft-redis without a server: command packing, key layout, the session's hand-over slots, plugins."""
+"""flowcraft-redis without a server: command packing, key layout, the auto-pipeline, colocation, plugins."""
 
 from __future__ import annotations
 
-import time
+from typing import Any
 
 import pytest
 from redis.asyncio.connection import Connection
 
 from flowcraft.plugins import registry
-from flowcraft.spi import Begin, Job
-from flowcraft_redis import RedisContext, RedisCoordinationStore, RedisStatusStore, make_client, session_for
-from flowcraft_redis._session import Keys, Packed, _FastConnection, dumps, fast_packing, loads
+from flowcraft_redis import (
+    Colocation,
+    RedisContext,
+    RedisCoordinationStore,
+    RedisStatusStore,
+    batcher_for,
+    colocate,
+    make_client,
+)
+from flowcraft_redis._client import Keys, Packed, _FastConnection, dumps, fast_packing, loads
 
 
 def _reference(*args: object) -> bytes:
@@ -47,53 +54,52 @@ def test_json_round_trip_keeps_types() -> None:
     assert loads(dumps(value).encode()) == value
 
 
-def test_session_is_per_client_and_prefix() -> None:
+def test_one_auto_pipeline_per_client() -> None:
     client = make_client("redis://127.0.0.1:1/0")
-    assert session_for(client, "a:") is session_for(client, "a:")
-    assert session_for(client, "a:") is not session_for(client, "b:")
-    assert session_for(make_client("redis://127.0.0.1:1/0"), "a:") is not session_for(client, "a:")
+    assert batcher_for(client) is batcher_for(client)
+    assert batcher_for(make_client("redis://127.0.0.1:1/0")) is not batcher_for(client)
+    context, status = RedisContext(client, key_prefix="a:"), RedisStatusStore(client, key_prefix="b:")
+    assert context.batcher is status.batcher is RedisCoordinationStore(client).batcher
 
 
-def test_prefetched_status_is_served_once_per_offer() -> None:
-    session = session_for(make_client("redis://127.0.0.1:1/0"), "x:")
-    session.offer_status("r", {b"status": b"running"})
-    session.offer_status("r", {b"status": b"running"})
-    assert session.take_status("r") is not None and session.take_status("r") is not None
-    assert session.take_status("r") is None
-    session.offer_status("r", {b"status": b"running"})
-    session.forget_status("r")  # a local write makes it stale
-    assert session.take_status("r") is None
-
-
-def test_prefetched_begin_is_tied_to_the_job_object_and_owner() -> None:
-    session = session_for(make_client("redis://127.0.0.1:1/0"), "x:")
-    job, twin = Job("r", "bp", "n"), Job("r", "bp", "n")
-    begin = Begin(True, "pending", None)
-    session.offer_begin(job, "w1", begin, time.time() + 30)
-    assert session.take_begin(twin, "w1") == (None, None)
-    assert session.take_begin(job, "w2") == (None, "w1")  # another owner's lease: dropped, then taken afresh
-    session.offer_begin(job, "w1", begin, time.time() + 30)
-    assert session.take_begin(job, "w1") == (begin, None)
-    session.offer_begin(job, "w1", begin, time.time() + 30)
-    assert session.unclaimed_lease(job) == "w1" and session.unclaimed_lease(job) is None
-
-
-def test_dispatched_and_released_marks_are_consumed_once() -> None:
-    session = session_for(make_client("redis://127.0.0.1:1/0"), "x:")
-    job = Job("r", "bp", "n")
-    session.mark_dispatched([job])
-    assert not session.was_dispatched(Job("r", "bp", "n"))
-    assert session.was_dispatched(job) and not session.was_dispatched(job)
-    session.mark_released("r", "0:n", "w")
-    assert session.was_released("r", "0:n", "w") and not session.was_released("r", "0:n", "w")
-
-
-def test_applies_context_follows_the_session() -> None:
+def test_applies_context_only_when_colocated_explicitly() -> None:
     client = make_client("redis://127.0.0.1:1/0")
     coordination = RedisCoordinationStore(client, key_prefix="u:")
-    assert not coordination.applies_context
-    RedisContext(client, key_prefix="u:")
-    assert coordination.applies_context
+    RedisContext(client, key_prefix="u:")  # merely existing on the same client and prefix changes nothing
+    assert not coordination.applies_context and coordination.dispatcher is None
+    colocate(RedisStatusStore(client, key_prefix="u:"), coordination)
+    assert not coordination.applies_context  # no context store among the colocated ones
+    fresh = RedisCoordinationStore(client, key_prefix="u:")
+    colocate(RedisContext(client, key_prefix="u:"), fresh)
+    assert fresh.applies_context
+    forced = RedisCoordinationStore(client, key_prefix="u:", applies_context=False)
+    colocate(RedisContext(client, key_prefix="u:"), forced)
+    assert not forced.applies_context
+
+
+def test_colocation_needs_one_client_and_prefix_and_one_component_per_kind() -> None:
+    client = make_client("redis://127.0.0.1:1/0")
+    with pytest.raises(ValueError, match="client and key prefix"):
+        colocate(RedisContext(client, key_prefix="a:"), RedisCoordinationStore(client, key_prefix="b:"))
+    with pytest.raises(ValueError, match="client and key prefix"):
+        colocate(RedisContext(client), RedisCoordinationStore(make_client("redis://127.0.0.1:1/0")))
+    colocation = colocate(RedisContext(client))
+    with pytest.raises(ValueError, match="already has a context"):
+        colocation.add(RedisContext(client))
+
+
+def test_from_config_colocates_per_build_url_and_prefix() -> None:
+    options: dict[str, Any] = {"redis_url": "redis://127.0.0.1:1/0", "key_prefix": "c:"}
+    shared: dict[str, Any] = {}
+    context = RedisContext.from_config(options, shared)
+    coordination = RedisCoordinationStore.from_config(options, shared)
+    assert coordination.applies_context and coordination.redis is context.redis
+    other_prefix = RedisCoordinationStore.from_config({**options, "key_prefix": "d:"}, shared)
+    assert not other_prefix.applies_context
+    other_build = RedisCoordinationStore.from_config(options, {})
+    assert not other_build.applies_context
+    (colocation,) = [c for c in shared["flowcraft_redis:colocations"].values() if c.prefix == "c:"]
+    assert isinstance(colocation, Colocation) and colocation.members() == [context, coordination]
 
 
 def test_plugin_registers_lazily() -> None:

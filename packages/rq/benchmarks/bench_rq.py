@@ -55,8 +55,7 @@ async def measure(backend: Backend, flow: Flow, runs: int, concurrency: int, red
     run_ids = [await client.start(flow.id) for _ in range(runs)]
     nodes = runs * 10
     stats0 = await redis.info("commandstats") if redis is not None else {}
-    batcher = getattr(backend.queue, "session", None)
-    batcher = batcher.batcher if batcher is not None else None
+    batcher = getattr(backend.queue, "batcher", None)  # the client's auto-pipeline, shared by all four
     commands0, trips0 = (batcher.commands, batcher.round_trips) if batcher else (0, 0)
     worker = Worker(Engine(app, backend), concurrency=concurrency, poll_wait=0.2)
     started = time.perf_counter()

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import zlib
+from typing import Any
 
+from flowcraft.app import App
 from flowcraft.plugins import registry
-from flowcraft.spi import Job
-from flowcraft_rq import FUNC_NAME, RqQueue
+from flowcraft.spi import Begin, Job
+from flowcraft_redis import RedisCoordinationStore, RedisStatusStore, colocate, make_client
+from flowcraft_rq import FUNC_NAME, RqAdapter, RqQueue, RqReceipt
 from flowcraft_rq.jobs import decode_data, encode_data, run_job
 from flowcraft_rq.queue import iso
 
@@ -49,3 +52,65 @@ def test_preset_and_lazy_registration() -> None:
     assert preset.components() == {"queue": "rq", "context": "redis", "status": "redis", "coordination": "redis"}
     backend = reg.build("rq", {"redis_url": "redis://127.0.0.1:1/0", "key_prefix": "t:"})
     assert isinstance(backend.queue, RqQueue) and backend.coordination.applies_context
+
+
+def _queue(backend: Any) -> RqQueue:
+    assert isinstance(backend.queue, RqQueue)
+    return backend.queue
+
+
+def _coordination(backend: Any) -> RedisCoordinationStore:
+    assert isinstance(backend.coordination, RedisCoordinationStore)
+    return backend.coordination
+
+
+def test_the_build_wires_the_fast_paths_only_among_colocated_components() -> None:
+    reg = registry()
+    options = {"redis_url": "redis://127.0.0.1:1/0", "key_prefix": "w:"}
+    full = reg.build("rq", options)
+    queue, coordination = _queue(full), _coordination(full)
+    assert queue.prefetching and coordination.applies_context
+    assert coordination.dispatcher is not None and coordination.dispatcher is queue.commit_dispatcher()
+    other_status = reg.build("rq", options, overrides={"status": "memory"})
+    assert not _queue(other_status).prefetching and _coordination(other_status).dispatcher is not None
+    other_context = reg.build("rq", options, overrides={"context": "memory"})
+    assert _queue(other_context).prefetching and not _coordination(other_context).applies_context
+    other_queue = reg.build("rq", options, overrides={"queue": "memory"})
+    assert _coordination(other_queue).dispatcher is None and _coordination(other_queue).applies_context
+
+
+def test_prefetch_and_dispatch_can_be_turned_off() -> None:
+    client = make_client("redis://127.0.0.1:1/0")
+    queue = RqQueue(client, prefetch=False, dispatch=False)
+    coordination = RedisCoordinationStore(client)
+    colocate(queue, RedisStatusStore(client), coordination)
+    assert not queue.prefetching and coordination.dispatcher is None
+
+
+def test_adapter_colocates_only_what_is_on_its_client_and_prefix() -> None:
+    client = make_client("redis://127.0.0.1:1/0")
+    adapter = RqAdapter(runtime_options=App(), connection=client, key_prefix="ad:")
+    assert adapter.queue.prefetching and adapter.coordination.applies_context
+    assert adapter.coordination.dispatcher is adapter.queue.commit_dispatcher()
+    foreign = RedisCoordinationStore(make_client("redis://127.0.0.1:1/0"), key_prefix="ad:")
+    mixed = RqAdapter(runtime_options=App(), coordination_store=foreign, connection=client, key_prefix="ad:")
+    assert not mixed.queue.prefetching and foreign.dispatcher is None and not foreign.applies_context
+
+
+def test_deliveries_from_dequeue_replies() -> None:
+    job = Job("r", "bp", "n")
+    data = encode_data(json.dumps(job.to_dict())).encode()
+    record = [b"status", b"running", b"run_id", b'"r"', b"blueprint_id", b'"bp"']
+    done = b'tok {"node_id":"n","output":7,"token":"tok"}'
+    plain = RqQueue._delivery([b"id", b"id:e1", data, 2, None, -1, None, None], None)
+    assert plain.job == job and plain.deliveries == 2 and not plain.prefetched
+    assert plain.receipt == RqReceipt("id", "id:e1") and plain.record is None and plain.begin is None
+    taken = RqQueue._delivery([b"id", b"id:e1", data, 1, record, 1, b"p{}", done], "w1")
+    assert taken.prefetched and taken.record is not None and taken.record.status == "running"
+    assert taken.begin is not None and taken.begin.lease and taken.begin.state == "pending"
+    assert taken.begin.completion is not None and taken.begin.completion.output == 7
+    assert taken.receipt.lease_owner == "w1"
+    held = RqQueue._delivery([b"id", b"id:e1", data, 1, record, 0, b"p{}", None], "w1")
+    assert held.begin == Begin(False, "pending", None) and held.receipt.lease_owner is None
+    missing = RqQueue._delivery([b"id", b"id:e1", data, 1, [], -1, None, None], "w1")
+    assert missing.prefetched and missing.record is None and missing.begin is None

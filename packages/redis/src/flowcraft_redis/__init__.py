@@ -4,7 +4,8 @@ Used by the ``rq`` backend (``flowcraft-rq``) and as the coordination store of b
 live elsewhere.
 """
 
-from flowcraft_redis._session import DEFAULT_PREFIX, DEFAULT_TTL, DEFAULT_URL, RedisSession, make_client, session_for
+from flowcraft_redis._client import DEFAULT_PREFIX, DEFAULT_TTL, DEFAULT_URL, Batcher, batcher_for, make_client
+from flowcraft_redis.colocation import Colocated, Colocation, Dispatcher, colocate
 from flowcraft_redis.context import RedisContext
 from flowcraft_redis.coordination import RedisCoordinationStore
 from flowcraft_redis.reconciler import RedisReconciler, RedisReconcileStats, create_redis_reconciler
@@ -16,13 +17,17 @@ __all__ = [
     "DEFAULT_PREFIX",
     "DEFAULT_TTL",
     "DEFAULT_URL",
+    "Batcher",
+    "Colocated",
+    "Colocation",
+    "Dispatcher",
     "RedisContext",
     "RedisCoordinationStore",
     "RedisReconcileStats",
     "RedisReconciler",
-    "RedisSession",
     "RedisStatusStore",
+    "batcher_for",
+    "colocate",
     "create_redis_reconciler",
     "make_client",
-    "session_for",
 ]

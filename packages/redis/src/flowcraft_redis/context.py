@@ -9,20 +9,22 @@ from redis.asyncio import Redis
 
 from flowcraft.spi import ContextStore
 from flowcraft_redis import scripts
-from flowcraft_redis._session import (
+from flowcraft_redis._client import (
     DEFAULT_PREFIX,
     DEFAULT_TTL,
+    Keys,
+    batcher_for,
     dumps,
     loads,
     option_float,
     option_str,
-    session_for,
     shared_client,
     text,
 )
+from flowcraft_redis.colocation import Colocated, Colocation
 
 
-class RedisContext(ContextStore):
+class RedisContext(Colocated, ContextStore):
     """``P ctx:<run_id>``: one hash per run, field = context key, value = the JSON of the value (``None`` is
     stored as ``null``, so a key set to ``None`` exists). Each write refreshes the hash's TTL."""
 
@@ -33,37 +35,39 @@ class RedisContext(ContextStore):
         self.redis = redis
         self.key_prefix = key_prefix
         self.state_ttl_seconds = int(state_ttl_seconds)
-        self.session = session_for(redis, key_prefix)
-        self.session.context_attached = True
-        self._apply = self.session.batcher.script(scripts.CONTEXT_APPLY)
+        self.keys = Keys(key_prefix)
+        self.batcher = batcher_for(redis)
+        self._apply = self.batcher.script(scripts.CONTEXT_APPLY)
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
-        return cls(shared_client(options, shared), key_prefix=option_str(options, "key_prefix", DEFAULT_PREFIX),
-                   state_ttl_seconds=option_float(options, "state_ttl_seconds", DEFAULT_TTL))
+        store = cls(shared_client(options, shared), key_prefix=option_str(options, "key_prefix", DEFAULT_PREFIX),
+                    state_ttl_seconds=option_float(options, "state_ttl_seconds", DEFAULT_TTL))
+        Colocation.join(store, options, shared)
+        return store
 
     async def get_many(self, run_id: str, keys: Sequence[str]) -> dict[str, Any]:
         if not keys:
             return {}
         keys = list(dict.fromkeys(keys))
-        values = await self.session.batcher.call("HMGET", self.session.keys.ctx(run_id), *keys)
+        values = await self.batcher.call("HMGET", self.keys.ctx(run_id), *keys)
         return {key: loads(raw) for key, raw in zip(keys, values, strict=True) if raw is not None}
 
     async def get_all(self, run_id: str) -> dict[str, Any]:
-        raw = await self.session.batcher.call("HGETALL", self.session.keys.ctx(run_id))
+        raw = await self.batcher.call("HGETALL", self.keys.ctx(run_id))
         return {text(k): loads(v) for k, v in raw.items()}
 
     async def apply(self, run_id: str, updates: Mapping[str, Any], deletes: Sequence[str] = ()) -> None:
         if not updates and not deletes:
             return
-        args: list[Any] = [self.session.keys.ctx(run_id), self.state_ttl_seconds, len(updates)]
+        args: list[Any] = [self.keys.ctx(run_id), self.state_ttl_seconds, len(updates)]
         for key, value in updates.items():
             args += (key, dumps(value))
         args += list(deletes)  # deletes win over updates of the same key, as in the memory store
-        await self.session.batcher.call_script(self._apply, *args)
+        await self.batcher.call_script(self._apply, *args)
 
     async def delete_run(self, run_id: str) -> None:
-        await self.session.batcher.call("DEL", self.session.keys.ctx(run_id))
+        await self.batcher.call("DEL", self.keys.ctx(run_id))
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -19,17 +19,19 @@ from flowcraft.spi import (
     Transition,
 )
 from flowcraft_redis import scripts
-from flowcraft_redis._session import (
+from flowcraft_redis._client import (
     DEFAULT_PREFIX,
     DEFAULT_TTL,
+    Keys,
+    batcher_for,
     dumps,
     loads,
     option_float,
     option_str,
-    session_for,
     shared_client,
     text,
 )
+from flowcraft_redis.colocation import Colocated, Colocation, Dispatcher
 
 STATES: dict[int, JobState] = {ord("p"): "pending", ord("d"): "done", ord("s"): "skipped", ord("k"): "parked"}
 LETTERS: dict[str, str] = {"pending": "p", "parked": "k", "done": "d", "skipped": "s"}
@@ -45,26 +47,35 @@ def parse_completion(raw: bytes | None) -> Completion | None:
     return Completion.from_dict(loads(raw.split(b" ", 1)[1]))
 
 
-class RedisCoordinationStore(CoordinationStore):
+class RedisCoordinationStore(Colocated, CoordinationStore):
     """Coordination on Redis: every operation is one Lua script (one round trip, atomic).
 
-    ``commit`` ports ``flowcraft.backends.transition.apply_transition`` to Lua; when a ``RedisContext`` uses
-    the same client and key prefix it also writes the completion's context updates (``applies_context``),
-    and when a queue on the same Redis registered a dispatcher it also pushes the fired jobs to that queue.
-    Every key it writes gets the TTL ``state_ttl_seconds``, refreshed on each write.
+    ``commit`` ports ``flowcraft.backends.transition.apply_transition`` to Lua. What else it does is wired at
+    construction (``flowcraft_redis.colocation``): with a ``RedisContext`` on the same client and key prefix
+    it also writes the completion's context updates (``applies_context``); with a queue there that offers a
+    dispatcher (``flowcraft_rq.RqQueue``) it also pushes the fired jobs into that queue
+    (``Committed.dispatched``). A finishing commit with ``Transition.owner`` also drops that owner's lease
+    (``Committed.lease_released``). Every key it writes gets the TTL ``state_ttl_seconds``, refreshed on each
+    write.
+
+    ``applies_context`` / ``dispatcher`` given to the constructor override what colocation decides.
     """
 
     name = "redis"
 
     def __init__(self, redis: Redis, *, key_prefix: str = DEFAULT_PREFIX, state_ttl_seconds: float = DEFAULT_TTL,
-                 applies_context: bool | None = None) -> None:
+                 applies_context: bool | None = None, dispatcher: Dispatcher | None = None) -> None:
         self.redis = redis
         self.key_prefix = key_prefix
         self.state_ttl_seconds = int(state_ttl_seconds)
-        self.session = session_for(redis, key_prefix)
-        self.session.coordination_attached = True
-        self._applies_context = applies_context
-        batcher = self.session.batcher
+        self.keys = Keys(key_prefix)
+        self.batcher = batcher_for(redis)
+        self._forced_context = applies_context
+        self._forced_dispatcher = dispatcher
+        self._applies_context = bool(applies_context)
+        #: pushes fired jobs into a queue on the same Redis (None: the engine enqueues them)
+        self.dispatcher = dispatcher
+        batcher = self.batcher
         self._commit = batcher.script(scripts.COMMIT)
         self._begin = batcher.script(scripts.BEGIN)
         self._renew = batcher.script(scripts.RENEW)
@@ -77,18 +88,24 @@ class RedisCoordinationStore(CoordinationStore):
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
-        return cls(shared_client(options, shared), key_prefix=option_str(options, "key_prefix", DEFAULT_PREFIX),
-                   state_ttl_seconds=option_float(options, "state_ttl_seconds", DEFAULT_TTL))
+        store = cls(shared_client(options, shared), key_prefix=option_str(options, "key_prefix", DEFAULT_PREFIX),
+                    state_ttl_seconds=option_float(options, "state_ttl_seconds", DEFAULT_TTL))
+        Colocation.join(store, options, shared)
+        return store
+
+    def colocated(self, colocation: Colocation) -> None:
+        if self._forced_context is None:
+            self._applies_context = colocation.context is not None
+        if self._forced_dispatcher is None:
+            self.dispatcher = colocation.queue.commit_dispatcher() if colocation.queue is not None else None
 
     @property
     def applies_context(self) -> bool:  # type: ignore[override]  # a ClassVar on the SPI; per instance here
-        """True when a ``RedisContext`` shares this client and key prefix (or when forced in the constructor)."""
-        if self._applies_context is not None:
-            return self._applies_context
-        return self.session.context_attached
+        """True when a ``RedisContext`` on the same client and key prefix is the backend's context store."""
+        return self._applies_context
 
     async def _call(self, sha: str, *args: Any) -> Any:
-        return await self.session.batcher.call_script(sha, self.key_prefix, *args)
+        return await self.batcher.call_script(sha, self.key_prefix, *args)
 
     # ------------------------------------------------------------------ scheduling and leases
     async def schedule(self, run_id: str, jobs: Sequence[Job]) -> list[Job]:
@@ -101,13 +118,6 @@ class RedisCoordinationStore(CoordinationStore):
         return [jobs[int(i) - 1] for i in inserted]
 
     async def begin(self, job: Job, owner: str, lease_seconds: float) -> Begin:
-        session = self.session
-        session.owner, session.lease_seconds = owner, lease_seconds
-        prefetched, stale_holder = session.take_begin(job, owner)
-        if prefetched is not None:
-            return prefetched
-        if stale_holder is not None:  # a dequeue took the lease for another engine of this process
-            await self._call(self._release, job.run_id, job.key, stale_holder)
         now = time.time()
         lease, state, completion = await self._call(
             self._begin, repr(now), self.state_ttl_seconds, job.run_id, job.key, owner, repr(now + lease_seconds)
@@ -121,19 +131,16 @@ class RedisCoordinationStore(CoordinationStore):
         return bool(renewed)
 
     async def release(self, run_id: str, job_key: str, owner: str) -> None:
-        if self.session.was_released(run_id, job_key, owner):
-            return  # the commit that finished the job dropped this lease already
         await self._call(self._release, run_id, job_key, owner)
 
     # ------------------------------------------------------------------ the transition
     async def commit(self, transition: Transition) -> Committed:
-        session = self.session
         tx = transition
         now = time.time()
         completion = tx.completion
         apply_context = completion is not None and self.applies_context
         flags = f"{int(tx.recovery)}{int(tx.finish)}{int(completion is not None)}{int(apply_context)}"
-        owner = session.owner or ""
+        owner = tx.owner or ""
         args: list[Any] = [tx.run_id, tx.job_key, repr(now), self.state_ttl_seconds, flags,
                            completion.token if completion is not None else "",
                            dumps(completion.to_dict()) if completion is not None else "", owner]
@@ -153,7 +160,7 @@ class RedisCoordinationStore(CoordinationStore):
             args += (arrival.target_key, arrival.member, "1" if arrival.arrived else "0",
                      dumps(arrival.contribution) if multi else "", len(arrival.expected), arrival.strategy,
                      dumps(job.to_dict()), "" if job.due_at is None else repr(job.due_at))
-        dispatcher = session.dispatcher
+        dispatcher = self.dispatcher
         if dispatcher is not None and arrivals:
             args.append(1)
             args += dispatcher.args(len(arrivals), now)
@@ -162,19 +169,16 @@ class RedisCoordinationStore(CoordinationStore):
         result = await self._call(self._commit, *args)
         if result[0] == b"conflict":
             return Committed(conflict=Completion.from_dict(loads(result[1])))
-        pending, parked, dropped, dispatched, count = (int(v) for v in result[1:6])
+        pending, parked, released, count = (int(v) for v in result[1:5])
         fired: list[Job] = []
-        at = 6
+        at = 5
         for _ in range(count):
             index, body = int(result[at]), result[at + 1]
             at += 2
             fired.append(arrivals[index - 1].job if not body else Job.from_dict(loads(body)))
         skipped = tuple(text(key) for key in result[at + 1 : at + 1 + int(result[at])])
-        if dropped:
-            session.mark_released(tx.run_id, tx.job_key, owner)
-        if dispatched:
-            session.mark_dispatched(fired)
-        return Committed(fired=tuple(fired), skipped=skipped, pending=pending, parked=parked)
+        return Committed(fired=tuple(fired), skipped=skipped, pending=pending, parked=parked,
+                         dispatched=dispatcher is not None, lease_released=bool(released))
 
     # ------------------------------------------------------------------ waits
     async def park(self, run_id: str, job_key: str) -> Committed:
@@ -203,7 +207,7 @@ class RedisCoordinationStore(CoordinationStore):
         return out
 
     async def activity(self, run_id: str) -> float | None:
-        raw = await self.session.batcher.call("HGET", self.session.keys.meta(run_id), "activity")
+        raw = await self.batcher.call("HGET", self.keys.meta(run_id), "activity")
         return None if raw is None else float(raw)
 
     async def delete_run(self, run_id: str) -> None:

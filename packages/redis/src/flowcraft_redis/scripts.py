@@ -1,6 +1,6 @@
 """The Lua scripts: each store operation is one script, so one round trip and atomic on the server.
 
-Conventions shared by every script (and mirrored by ``flowcraft_redis._session.Keys``):
+Conventions shared by every script (and mirrored by ``flowcraft_redis._client.Keys``):
 
 * ``ARGV[1]`` is the key prefix ``P``; keys are ``P .. kind .. ':' .. run_id``; join arrivals live in
   ``P .. 'arr:' .. #run_id .. ':' .. run_id .. ':' .. target_key`` (byte length first, so unambiguous);
@@ -111,22 +111,19 @@ for a = 1, count do
   end
 end
 
-local lease_dropped = 0
+-- finishing: the job is done and (Transition.owner) that owner's lease is dropped; afterwards the owner holds
+-- no lease on the job either way, so the reply says released (Committed.lease_released)
+local released = 0
 if finish then
   local state = redis.call('HGET', jobs, jkey)
   if state and string.sub(state, 1, 1) == 'p' then
     redis.call('HSET', jobs, jkey, 'd')
     redis.call('HINCRBY', meta, 'pending', -1)
-    if owner ~= '' then
-      local cur = redis.call('HGET', lease, jkey)
-      if cur then
-        local sp = string.find(cur, ' ', 1, true)
-        if string.sub(cur, sp + 1) == owner then
-          redis.call('HDEL', lease, jkey)
-          lease_dropped = 1
-        end
-      end
-    end
+  end
+  if owner ~= '' then
+    local cur = redis.call('HGET', lease, jkey)
+    if cur and string.sub(cur, string.find(cur, ' ', 1, true) + 1) == owner then redis.call('HDEL', lease, jkey) end
+    released = 1
   end
 end
 redis.call('HSET', meta, 'activity', ARGV[4])
@@ -134,9 +131,9 @@ for _, key in ipairs({jobs, done, meta, lease}) do redis.call('EXPIRE', key, ttl
 if touched then redis.call('EXPIRE', arrs, ttl) end
 redis.call('EXPIRE', P .. 'status:' .. run, ttl)
 
--- dispatch: push fired jobs to a queue on this Redis (see flowcraft_redis._session.Dispatcher)
+-- dispatch (Committed.dispatched): push fired jobs into a queue on this Redis, due ones to its list and
+-- later ones to its scheduled registry (see flowcraft_redis.colocation.Dispatcher)
 local ndisp = tonumber(ARGV[i]); i = i + 1
-local dispatched = 0
 if ndisp > 0 and #fired > 0 then
   local qkey, skey, jprefix, qset, origin = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local jttl, head, tail, nstatic = tonumber(ARGV[i + 5]), ARGV[i + 6], ARGV[i + 7], tonumber(ARGV[i + 8])
@@ -160,7 +157,6 @@ if ndisp > 0 and #fired > 0 then
       ready[#ready + 1] = id
     end
     redis.call('EXPIRE', hkey, jttl)
-    dispatched = dispatched + 1
   end
   if #ready > 0 then redis.call('RPUSH', qkey, unpack(ready)) end
   redis.call('SADD', qset, qkey)
@@ -168,7 +164,7 @@ end
 
 local pending = tonumber(redis.call('HGET', meta, 'pending') or '0')
 local parked = tonumber(redis.call('HGET', meta, 'parked') or '0')
-local out = {'ok', pending, parked, lease_dropped, dispatched, #fired}
+local out = {'ok', pending, parked, released, #fired}
 for _, entry in ipairs(fired) do
   out[#out + 1] = entry[1]
   if entry[5] == 1 then out[#out + 1] = entry[2] else out[#out + 1] = '' end

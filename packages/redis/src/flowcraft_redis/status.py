@@ -11,17 +11,19 @@ from redis.asyncio import Redis
 
 from flowcraft.spi import ACTIVE_STATUSES, RunRecord, StatusStore
 from flowcraft_redis import scripts
-from flowcraft_redis._session import (
+from flowcraft_redis._client import (
     DEFAULT_PREFIX,
     DEFAULT_TTL,
+    Keys,
+    batcher_for,
     dumps,
     loads,
     option_float,
     option_str,
-    session_for,
     shared_client,
     text,
 )
+from flowcraft_redis.colocation import Colocated, Colocation
 
 #: record fields stored as JSON in the hash (``status`` is stored as plain text, for the Lua CAS)
 FIELDS = ("run_id", "blueprint_id", "version", "blueprint_hash", "input", "created_at", "updated_at", "errors",
@@ -44,7 +46,7 @@ def _flat(items: list[Any]) -> dict[bytes, bytes]:
     return {items[i]: items[i + 1] for i in range(0, len(items), 2)}
 
 
-class RedisStatusStore(StatusStore):
+class RedisStatusStore(Colocated, StatusStore):
     """``P status:<run_id>`` hash (one field per record field, JSON; ``status`` plain); ``P idx:created``
     sorted set (score created_at) for ``list``; ``P idx:status:<status>`` sorted sets (score updated_at)
     for ``stalled``. ``transition`` is a compare-and-set in one Lua call that returns the new record."""
@@ -56,15 +58,17 @@ class RedisStatusStore(StatusStore):
         self.redis = redis
         self.key_prefix = key_prefix
         self.state_ttl_seconds = int(state_ttl_seconds)
-        self.session = session_for(redis, key_prefix)
-        self.session.status_attached = True
-        self._create = self.session.batcher.script(scripts.STATUS_CREATE)
-        self._transition = self.session.batcher.script(scripts.STATUS_TRANSITION)
+        self.keys = Keys(key_prefix)
+        self.batcher = batcher_for(redis)
+        self._create = self.batcher.script(scripts.STATUS_CREATE)
+        self._transition = self.batcher.script(scripts.STATUS_TRANSITION)
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
-        return cls(shared_client(options, shared), key_prefix=option_str(options, "key_prefix", DEFAULT_PREFIX),
-                   state_ttl_seconds=option_float(options, "state_ttl_seconds", DEFAULT_TTL))
+        store = cls(shared_client(options, shared), key_prefix=option_str(options, "key_prefix", DEFAULT_PREFIX),
+                    state_ttl_seconds=option_float(options, "state_ttl_seconds", DEFAULT_TTL))
+        Colocation.join(store, options, shared)
+        return store
 
     async def create(self, record: RunRecord) -> bool:
         now = time.time()
@@ -75,17 +79,13 @@ class RedisStatusStore(StatusStore):
                            repr(now)]
         for name in FIELDS:
             args += (name, dumps(data[name]))
-        self.session.forget_status(record.run_id)
-        done = await self.session.batcher.call_script(self._create, *args)
+        done = await self.batcher.call_script(self._create, *args)
         if done:
             record.created_at, record.updated_at = created, now
         return bool(done)
 
     async def get(self, run_id: str) -> RunRecord | None:
-        prefetched = self.session.take_status(run_id)
-        if prefetched is not None:
-            return record_from_hash(prefetched)
-        raw = await self.session.batcher.call("HGETALL", self.session.keys.status(run_id))
+        raw = await self.batcher.call("HGETALL", self.keys.status(run_id))
         return record_from_hash(raw) if raw else None
 
     async def transition(
@@ -98,8 +98,7 @@ class RedisStatusStore(StatusStore):
                            len(from_statuses), *from_statuses]
         for name, value in changes.items():
             args += (name, dumps(value))
-        self.session.forget_status(run_id)
-        raw = await self.session.batcher.call_script(self._transition, *args)
+        raw = await self.batcher.call_script(self._transition, *args)
         return None if not raw else record_from_hash(_flat(raw))
 
     async def _records(self, run_ids: Sequence[bytes]) -> builtins.list[RunRecord | None]:
@@ -107,14 +106,14 @@ class RedisStatusStore(StatusStore):
             return []
         pipe = self.redis.pipeline(transaction=False)
         for run_id in run_ids:
-            pipe.hgetall(self.session.keys.status(text(run_id)))
+            pipe.hgetall(self.keys.status(text(run_id)))
         return [record_from_hash(raw) if raw else None for raw in await pipe.execute()]
 
     async def list(
         self, status: str | None = None, blueprint_id: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> tuple[builtins.list[RunRecord], str | None]:
         """Newest first by ``created_at``; the cursor is ``<score> <run_id>`` of the last record returned."""
-        index = self.session.keys.idx_created
+        index = self.keys.idx_created
         max_score: str = "+inf"
         after: tuple[float, str] | None = None
         if cursor:
@@ -148,7 +147,7 @@ class RedisStatusStore(StatusStore):
     async def stalled(self, older_than: float, limit: int = 100) -> builtins.list[RunRecord]:
         found: builtins.list[RunRecord] = []
         for status in sorted(ACTIVE_STATUSES):
-            index = self.session.keys.idx_status(status)
+            index = self.keys.idx_status(status)
             ids = cast(builtins.list[bytes], await self.redis.zrangebyscore(
                 index, "-inf", f"({older_than!r}", start=0, num=limit))
             records = await self._records(ids)

@@ -18,10 +18,12 @@ from flowcraft_redis import (
     DEFAULT_PREFIX,
     DEFAULT_TTL,
     DEFAULT_URL,
+    Colocation,
     RedisContext,
     RedisCoordinationStore,
     RedisReconciler,
     RedisStatusStore,
+    colocate,
     make_client,
 )
 from flowcraft_rq.queue import DEFAULT_QUEUE, RqQueue
@@ -80,6 +82,11 @@ class RqAdapter:
         self.status = status_store or RedisStatusStore(redis, key_prefix=prefix, state_ttl_seconds=state_ttl_seconds)
         self.coordination = coordination_store or RedisCoordinationStore(redis, key_prefix=prefix,
                                                                          state_ttl_seconds=state_ttl_seconds)
+        # the fast paths only among the components on this client and key prefix (given ones may be elsewhere)
+        colocation = Colocation(redis, prefix)
+        for component in (self.queue, self.context, self.status, self.coordination):
+            if colocation.accepts(component):
+                colocation.add(component)
         self.backend = Backend(self.queue, self.context, self.status, self.coordination, name="rq")
         engine_options = options.get("engine_options")
         self.engine = Engine(self.app, self.backend,
@@ -131,8 +138,8 @@ def create_rq_reconciler(
     if redis is not None or (key_prefix is not None and key_prefix != adapter.coordination.key_prefix):
         client = redis or adapter.redis
         prefix = key_prefix or adapter.coordination.key_prefix
-        backend = Backend(adapter.queue, RedisContext(client, key_prefix=prefix),
-                          RedisStatusStore(client, key_prefix=prefix),
-                          RedisCoordinationStore(client, key_prefix=prefix),
-                          name="rq")
+        context, status = RedisContext(client, key_prefix=prefix), RedisStatusStore(client, key_prefix=prefix)
+        coordination = RedisCoordinationStore(client, key_prefix=prefix)
+        colocate(context, status, coordination)
+        backend = Backend(adapter.queue, context, status, coordination, name="rq")
     return RedisReconciler(backend, stalled_threshold_seconds=stalled_threshold_seconds, scan_count=scan_count)

@@ -7,6 +7,10 @@ a visibility deadline; ``extend`` pushes the deadline, ``ack`` removes the entry
 rq's ``FailedJobRegistry`` with the reason. Each dequeue first moves due scheduled jobs to the queue and
 expired deliveries back to its front, so delayed jobs and the jobs of dead workers come back without rq's
 scheduler.
+
+``receive`` (what workers call) is the same script; when the status and coordination stores are colocated
+(same client and key prefix, see ``flowcraft_redis.colocation``) it also returns each job's run record and
+takes its lease for the worker (``Delivery.prefetched``).
 """
 
 from __future__ import annotations
@@ -24,19 +28,21 @@ from typing import Any, Self, cast
 from redis.asyncio import Redis
 
 from flowcraft.spi import Begin, DeadLetter, Delivery, Job, Queue
-from flowcraft_redis._session import (
+from flowcraft_redis._client import (
     DEFAULT_PREFIX,
     DEFAULT_TTL,
-    Dispatcher,
     Packed,
+    batcher_for,
     dumps,
+    fast_packing,
     option_float,
     option_str,
-    session_for,
     shared_client,
     text,
 )
+from flowcraft_redis.colocation import Colocated, Colocation, Dispatcher
 from flowcraft_redis.coordination import parse_completion, parse_state
+from flowcraft_redis.status import record_from_hash
 from flowcraft_rq import scripts
 from flowcraft_rq.jobs import DATA_HEAD, DATA_TAIL, _RqManaged, decode_data, encode_data
 
@@ -47,12 +53,6 @@ RQ_STATIC_FIELDS: tuple[str, ...] = (
     "started_at", "", "ended_at", "", "last_heartbeat", "", "worker_name", "", "group_id", "",
     "timeout", "-1", "retries_left", "10",
 )  # fmt: skip
-_DROP_LEASE = """
-local lease = ARGV[1] .. 'lease:' .. ARGV[2]
-local cur = redis.call('HGET', lease, ARGV[3])
-if cur and string.sub(cur, string.find(cur, ' ', 1, true) + 1) == ARGV[4] then redis.call('HDEL', lease, ARGV[3]) end
-return 1
-"""
 
 
 def rq_prefix_default() -> str:
@@ -72,10 +72,15 @@ def iso(timestamp: float) -> str:
 
 @dataclass(frozen=True, slots=True)
 class RqReceipt:
-    """A delivery's handle: the rq job id and its started-registry entry ``<job id>:<execution id>``."""
+    """A delivery's handle: the rq job id and its started-registry entry ``<job id>:<execution id>``.
+
+    ``lease_owner``: the owner ``receive`` took the job's coordination lease for (None: it took none). The
+    engine may give a delivery back before it uses ``Delivery.begin`` (an early or unknown-version job, a
+    stopping worker), so ``release`` and ``dead_letter`` drop that owner's lease in the same script."""
 
     job_id: str
     entry: str
+    lease_owner: str | None = None
 
 
 class RqDispatcher(Dispatcher):
@@ -87,18 +92,25 @@ class RqDispatcher(Dispatcher):
         constant: list[Any] = [q.queue_key, q.scheduled_key, q.job_prefix, q.queues_key, q.queue_name,
                                q.state_ttl_seconds, DATA_HEAD, DATA_TAIL, len(RQ_STATIC_FIELDS) // 2,
                                *RQ_STATIC_FIELDS]
-        self._constant: list[Any] = [Packed.of(*constant)] if q.session.fast else constant
+        self._constant: list[Any] = [Packed.of(*constant)] if fast_packing(q.redis) else constant
 
     def args(self, count: int, now: float) -> list[Any]:
         return [*self._constant, iso(now), *(uuid.uuid4().hex for _ in range(count))]
 
 
-class RqQueue(Queue):
+class RqQueue(Colocated, Queue):
     """The queue of the ``rq`` backend (see the module docstring and the package README).
 
-    ``prefetch``: when the status and coordination stores share this client and key prefix, a dequeue also
-    reads each job's run record and takes its lease in the same script (served once to ``StatusStore.get``
-    and ``CoordinationStore.begin``). ``dispatch``: commits push the jobs they fire straight into this queue.
+    What it does beyond a queue is wired at construction (``flowcraft_redis.colocation``; ``from_config``
+    joins the colocation of its URL and key prefix, by hand use ``flowcraft_redis.colocate``):
+
+    * ``prefetch``: when the backend's status and coordination stores are Redis stores on this client and key
+      prefix, ``receive`` also reads each job's run record and takes its lease in the dequeue script
+      (``Delivery.record``/``begin``, ``prefetched``). ``dequeue`` never does.
+    * ``dispatch``: the colocated coordination store's commits push the jobs they fire into this queue
+      (``Committed.dispatched``).
+
+    Either can be turned off with the constructor flag of the same name.
     """
 
     name = "rq"
@@ -114,7 +126,10 @@ class RqQueue(Queue):
         self.visibility_timeout = float(visibility_timeout)
         self.state_ttl_seconds = int(state_ttl_seconds)
         self.worker_name = worker_name or f"flowcraft-{uuid.uuid4().hex[:12]}"
+        self.dispatch = dispatch
         self.prefetch = prefetch
+        #: decided by colocation: ``receive`` prefetches records and leases
+        self.prefetching = False
         r = self.rq_prefix
         self.queue_key = f"{r}:queue:{queue_name}"
         self.wip_key = f"{r}:wip:{queue_name}"
@@ -122,25 +137,32 @@ class RqQueue(Queue):
         self.failed_key = f"{r}:failed:{queue_name}"
         self.queues_key = f"{r}:queues"
         self.job_prefix = f"{r}:job:"
-        self.session = session_for(redis, key_prefix)
-        if dispatch:
-            self.session.dispatcher = RqDispatcher(self)
-        batcher = self.session.batcher
+        self._dispatcher = RqDispatcher(self) if dispatch else None
+        self.batcher = batcher_for(redis)
+        batcher = self.batcher
         self._dequeue = batcher.script(scripts.DEQUEUE)
         self._ack = batcher.script(scripts.ACK)
         self._release = batcher.script(scripts.RELEASE)
         self._extend = batcher.script(scripts.EXTEND)
         self._enqueue = batcher.script(scripts.ENQUEUE)
-        self._drop = batcher.script(_DROP_LEASE)
+        self._drop = batcher.script(scripts.DROP_LEASE)
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
         prefix = option_str(options, "key_prefix", DEFAULT_PREFIX)
         default_queue = DEFAULT_QUEUE if prefix == DEFAULT_PREFIX else f"{prefix}queue"
-        return cls(shared_client(options, shared), queue_name=option_str(options, "queue_name", default_queue),
-                   key_prefix=prefix, rq_prefix=options.get("rq_key_prefix") or None,
-                   visibility_timeout=option_float(options, "visibility_timeout", 30.0),
-                   state_ttl_seconds=option_float(options, "state_ttl_seconds", DEFAULT_TTL))
+        queue = cls(shared_client(options, shared), queue_name=option_str(options, "queue_name", default_queue),
+                    key_prefix=prefix, rq_prefix=options.get("rq_key_prefix") or None,
+                    visibility_timeout=option_float(options, "visibility_timeout", 30.0),
+                    state_ttl_seconds=option_float(options, "state_ttl_seconds", DEFAULT_TTL))
+        Colocation.join(queue, options, shared)
+        return queue
+
+    def colocated(self, colocation: Colocation) -> None:
+        self.prefetching = self.prefetch and colocation.status is not None and colocation.coordination is not None
+
+    def commit_dispatcher(self) -> Dispatcher | None:
+        return self._dispatcher
 
     async def setup(self) -> None:
         """Only checks connectivity: rq queues need no provisioning."""
@@ -154,8 +176,6 @@ class RqQueue(Queue):
 
     # ------------------------------------------------------------------ producing
     async def enqueue(self, jobs: Sequence[Job], delay: float = 0.0) -> None:
-        session = self.session
-        jobs = [job for job in jobs if not session.was_dispatched(job)]  # a commit already pushed these
         if not jobs:
             return
         now = time.time()
@@ -163,25 +183,31 @@ class RqQueue(Queue):
                            self.state_ttl_seconds, len(RQ_STATIC_FIELDS) // 2, *RQ_STATIC_FIELDS]
         for job in jobs:
             args += (uuid.uuid4().hex, job.run_id, job.key, encode_data(dumps(job.to_dict())))
-        await session.batcher.call_script(self._enqueue, *args)
+        await self.batcher.call_script(self._enqueue, *args)
 
     # ------------------------------------------------------------------ consuming
     async def dequeue(self, max_jobs: int, wait: float) -> list[Delivery]:
-        session = self.session
+        return await self._take(max_jobs, wait, None, 0.0)
+
+    async def receive(self, max_jobs: int, wait: float, owner: str, lease_seconds: float) -> list[Delivery]:
+        """``dequeue``, plus (when ``prefetching``) each job's run record and its lease for ``owner`` read and
+        taken in the same script: ``Delivery.record``, ``Delivery.begin``, ``prefetched=True``."""
+        if not self.prefetching:
+            return await self._take(max_jobs, wait, None, 0.0)
+        return await self._take(max_jobs, wait, owner, lease_seconds)
+
+    async def _take(self, max_jobs: int, wait: float, owner: str | None, lease_seconds: float) -> list[Delivery]:
         end = time.monotonic() + wait
         while True:
             now = time.time()
-            prefetch = self.prefetch and session.status_attached and session.coordination_attached
-            owner = (session.owner or "") if prefetch else ""
-            expiry = now + session.lease_seconds
-            next_due, items = await session.batcher.call_script(
+            next_due, items = await self.batcher.call_script(
                 self._dequeue, self.rq_prefix, self.queue_name, repr(now), iso(now),
                 repr(now + self.visibility_timeout), max(1, max_jobs), f"{uuid.uuid4().hex[:12]}-",
-                self.worker_name, self.key_prefix, "1" if prefetch else "0", owner, repr(expiry),
-                self.state_ttl_seconds,
+                self.worker_name, self.key_prefix, "0" if owner is None else "1", owner or "",
+                repr(now + lease_seconds), self.state_ttl_seconds,
             )
             if items:
-                return [self._delivery(item, owner, expiry) for item in items]
+                return [self._delivery(item, owner) for item in items]
             remaining = end - time.monotonic()
             if remaining <= 0:
                 return []
@@ -194,27 +220,31 @@ class RqQueue(Queue):
             # wake up as soon as something is pushed; the item stays in the list (moved head to tail)
             await self.redis.blmove(self.queue_key, self.queue_key, timeout, "LEFT", "RIGHT")  # type: ignore[arg-type]
 
-    def _delivery(self, item: list[Any], owner: str, expiry: float) -> Delivery:
+    @staticmethod
+    def _delivery(item: list[Any], owner: str | None) -> Delivery:
         job_id, entry, data, deliveries, record, lease, state, completion = item
         job = Job.from_dict(decode_data(data))
-        if record:
-            self.session.offer_status(job.run_id, {record[i]: record[i + 1] for i in range(0, len(record), 2)})
-        if owner and lease is not None and int(lease) >= 0:
-            taken = int(lease) == 1
-            begin = Begin(taken, parse_state(state), parse_completion(completion) if taken else None)
-            self.session.offer_begin(job, owner, begin, expiry)
-        return Delivery(job, RqReceipt(text(job_id), text(entry)), int(deliveries))
+        if record is None:  # not prefetched (plain dequeue, or a job hash without flowcraft_run/_key)
+            return Delivery(job, RqReceipt(text(job_id), text(entry)), int(deliveries))
+        begin: Begin | None = None
+        lease = int(lease)
+        if lease >= 0:  # an active run: the lease was taken (1) or is another owner's (0)
+            begin = Begin(lease == 1, parse_state(state), parse_completion(completion) if lease == 1 else None)
+        flat = {record[i]: record[i + 1] for i in range(0, len(record), 2)}
+        return Delivery(job, RqReceipt(text(job_id), text(entry), owner if lease == 1 else None), int(deliveries),
+                        record=record_from_hash(flat) if flat else None, begin=begin, prefetched=True)
 
-    def _unclaimed(self, job: Job) -> list[Any]:
-        owner = self.session.unclaimed_lease(job)
-        return [] if owner is None else [self.key_prefix, job.run_id, job.key, owner]
+    @staticmethod
+    def _lease_of(delivery: Delivery) -> list[Any]:
+        """ARGV tail of the release scripts that drops the lease ``receive`` took (nothing if it took none)."""
+        owner = delivery.receipt.lease_owner
+        return [] if owner is None else [delivery.job.run_id, delivery.job.key, owner]
 
     async def ack(self, delivery: Delivery) -> None:
         receipt = delivery.receipt
         if isinstance(receipt, _RqManaged):
             return  # run by a plain rq worker: rq finishes the job
-        await self.session.batcher.call_script(self._ack, self.rq_prefix, self.queue_name, receipt.job_id,
-                                               receipt.entry, *self._unclaimed(delivery.job))
+        await self.batcher.call_script(self._ack, self.rq_prefix, self.queue_name, receipt.job_id, receipt.entry)
 
     async def release(self, delivery: Delivery, delay: float = 0.0) -> None:
         receipt = delivery.receipt
@@ -222,9 +252,10 @@ class RqQueue(Queue):
             await self.enqueue([delivery.job], delay)
             return
         now = time.time()
-        await self.session.batcher.call_script(
+        lease = self._lease_of(delivery)
+        await self.batcher.call_script(
             self._release, self.rq_prefix, self.queue_name, receipt.job_id, receipt.entry,
-            repr(now + delay) if delay > 0 else "", iso(now), *self._unclaimed(delivery.job),
+            repr(now + delay) if delay > 0 else "", iso(now), *([self.key_prefix, *lease] if lease else []),
         )
 
     async def extend(self, delivery: Delivery, seconds: float) -> None:
@@ -232,7 +263,7 @@ class RqQueue(Queue):
         if isinstance(receipt, _RqManaged):
             return
         now = time.time()
-        await self.session.batcher.call_script(self._extend, self.rq_prefix, self.queue_name, receipt.entry,
+        await self.batcher.call_script(self._extend, self.rq_prefix, self.queue_name, receipt.entry,
                                                repr(now + seconds), receipt.job_id, iso(now))
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
@@ -242,9 +273,9 @@ class RqQueue(Queue):
         if isinstance(receipt, _RqManaged):
             receipt.dead_reason = reason
             return
-        unclaimed = self._unclaimed(delivery.job)
-        if unclaimed:
-            await self.session.batcher.call_script(self._drop, *unclaimed)
+        lease = self._lease_of(delivery)
+        if lease:
+            await self.batcher.call_script(self._drop, self.key_prefix, *lease)
         now = time.time()
         ttl = self.state_ttl_seconds
         packed = zlib.compress(reason.encode())

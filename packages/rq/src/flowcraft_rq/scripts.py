@@ -4,12 +4,16 @@
 
 from __future__ import annotations
 
-# ARGV: R, name, now, now_iso, deadline, max, exec prefix, worker name, P, prefetch status, owner, lease
-# expiry, ttl. Returns {next_due, {id, entry, data, deliveries, status_flat, lease, state, completion}...}
+# ARGV: R, name, now, now_iso, deadline, max, exec prefix, worker name, P, prefetch ('1'/'0'), owner, lease
+# expiry, ttl. Returns {next_due, {id, entry, data, deliveries, record, lease, state, completion}...}.
+# With prefetch (``RqQueue.receive``): ``record`` is the flat ``P status:<run>`` hash (empty: no such run) and,
+# for an active run, the job's lease is taken for ``owner`` as ``RedisCoordinationStore.begin`` does:
+# ``lease`` 1 (taken; ``state`` and ``completion`` read) or 0 (another owner's live lease; ``state`` read).
+# Otherwise ``record`` is false and ``lease`` -1.
 DEQUEUE = r"""
 local R, name, now, now_iso, deadline = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local max, exec, worker = tonumber(ARGV[6]), ARGV[7], ARGV[8]
-local P, want_status, owner, expiry, ttl = ARGV[9], ARGV[10] == '1', ARGV[11], ARGV[12], tonumber(ARGV[13])
+local P, prefetch, owner, expiry, ttl = ARGV[9], ARGV[10] == '1', ARGV[11], ARGV[12], tonumber(ARGV[13])
 local q, wip, sched, jp = R .. ':queue:' .. name, R .. ':wip:' .. name, R .. ':scheduled:' .. name, R .. ':job:'
 
 -- due scheduled jobs to the queue (what rq's scheduler does)
@@ -47,39 +51,37 @@ if ids then
         'last_heartbeat', now_iso)
       local item = {id, entry, fields[1], deliveries, false, -1, false, false}
       local run, key = fields[2], fields[3]
-      local active = true
-      if run and want_status then
+      if prefetch and run and key then
         local rec = records[run]
         if rec == nil then
           rec = redis.call('HGETALL', P .. 'status:' .. run)
           records[run] = rec
         end
         item[5] = rec
-        active = false
+        local active = false
         for j = 1, #rec, 2 do
           if rec[j] == 'status' then active = rec[j + 1] == 'running' or rec[j + 1] == 'awaiting' end
         end
-      end
-      if run and key and owner ~= '' and active then
-        local lease, jobs = P .. 'lease:' .. run, P .. 'jobs:' .. run
-        local state = redis.call('HGET', jobs, key)
-        item[7] = state or false
-        local cur = redis.call('HGET', lease, key)
-        local free = true
-        if cur then
-          local sp = string.find(cur, ' ', 1, true)
-          if string.sub(cur, sp + 1) ~= owner and tonumber(string.sub(cur, 1, sp - 1)) > now then free = false end
-        end
-        if free then
-          redis.call('HSET', lease, key, expiry .. ' ' .. owner)
-          redis.call('EXPIRE', lease, ttl)
-          local meta = P .. 'meta:' .. run
-          redis.call('HSET', meta, 'activity', ARGV[3])
-          redis.call('EXPIRE', meta, ttl)
-          item[6] = 1
-          item[8] = redis.call('HGET', P .. 'done:' .. run, key) or false
-        else
-          item[6] = 0
+        if active then
+          local lease = P .. 'lease:' .. run
+          item[7] = redis.call('HGET', P .. 'jobs:' .. run, key) or false
+          local cur = redis.call('HGET', lease, key)
+          local free = true
+          if cur then
+            local sp = string.find(cur, ' ', 1, true)
+            if string.sub(cur, sp + 1) ~= owner and tonumber(string.sub(cur, 1, sp - 1)) > now then free = false end
+          end
+          if free then
+            redis.call('HSET', lease, key, expiry .. ' ' .. owner)
+            redis.call('EXPIRE', lease, ttl)
+            local meta = P .. 'meta:' .. run
+            redis.call('HSET', meta, 'activity', ARGV[3])
+            redis.call('EXPIRE', meta, ttl)
+            item[6] = 1
+            item[8] = redis.call('HGET', P .. 'done:' .. run, key) or false
+          else
+            item[6] = 0
+          end
         end
       end
       out[#out + 1] = item
@@ -94,7 +96,8 @@ if first[2] and (next_due == '' or tonumber(first[2]) < tonumber(next_due)) then
 return {next_due, out}
 """
 
-# the lease a dequeue took but the engine never claimed: ARGV tail P, run, key, owner (or nothing)
+# a lease ``receive`` took that the engine may never have used (it released or dead-lettered the delivery
+# before using ``Delivery.begin``): ARGV tail P, run, key, owner (or nothing); only that owner's is dropped
 _DROP_LEASE = r"""
 local function drop_lease(at)
   if ARGV[at] == nil or ARGV[at] == '' then return end
@@ -106,12 +109,17 @@ local function drop_lease(at)
 end
 """
 
-# ARGV: R, name, id, entry, [P, run, key, owner]
-ACK = _DROP_LEASE + r"""
+# ARGV: R, name, id, entry
+ACK = r"""
 local R, name, id, entry = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 redis.call('ZREM', R .. ':wip:' .. name, entry)
 redis.call('DEL', R .. ':job:' .. id)
-drop_lease(5)
+return 1
+"""
+
+# ARGV: P, run, key, owner
+DROP_LEASE = _DROP_LEASE + r"""
+drop_lease(1)
 return 1
 """
 

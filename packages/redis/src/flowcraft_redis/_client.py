@@ -1,16 +1,8 @@
-"""One Redis client + key prefix shared by the components of a backend, and the auto-pipeline.
+"""What every Redis component uses: JSON helpers, fast command packing, the client factory, the key layout
+and the auto-pipeline (one ``Batcher`` per client, shared by every component on that client).
 
-``RedisSession`` is what ``RedisContext``, ``RedisStatusStore``, ``RedisCoordinationStore`` (and a queue such as
-``flowcraft_rq.RqQueue``) share when they run on the same client and key prefix. It carries:
-
-* the key layout (``Keys``);
-* the ``Batcher``: calls issued by concurrent jobs in one event-loop iteration go out as one pipeline, so the
-  per-command cost of redis-py is paid once per batch rather than once per call;
-* hand-over slots between components that live on the same Redis: records and leases read by a queue's
-  dequeue script in the same round trip (served once to ``StatusStore.get`` / ``CoordinationStore.begin``),
-  jobs a commit already pushed to the queue (skipped by ``Queue.enqueue``) and leases a commit already dropped
-  (skipped by ``CoordinationStore.release``). Every slot is an optimisation only: a miss falls back to the
-  ordinary call.
+Nothing here caches data: which components share a client and key prefix, and the fast paths that follow
+from it, are wired explicitly while a backend is built (``flowcraft_redis.colocation``).
 """
 
 from __future__ import annotations
@@ -18,11 +10,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import time
 import weakref
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
@@ -31,9 +20,6 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-
-if TYPE_CHECKING:
-    from flowcraft.spi import Begin, Job
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PREFIX = "flowcraft:"
@@ -143,14 +129,17 @@ def make_client(url: str) -> Redis:
     )
 
 
+def option_url(options: Any) -> str:
+    return str(options.get("redis_url") or DEFAULT_URL)
+
+
 def shared_client(options: Any, shared: dict[str, Any]) -> Redis:
     """One client per URL among the components built from one config (``shared`` from ``from_config``)."""
-    url = str(options.get("redis_url") or DEFAULT_URL)
-    key = ("redis", url)
-    client = shared.get(key)  # type: ignore[call-overload]
+    key = f"redis:{option_url(options)}"
+    client = shared.get(key)
     if client is None:
-        client = shared[key] = make_client(url)  # type: ignore[index]
-    return client  # type: ignore[no-any-return]
+        client = shared[key] = make_client(option_url(options))
+    return client
 
 
 class Keys:
@@ -275,144 +264,16 @@ class Batcher:
         return list(await pipe.execute(raise_on_error=False))
 
 
-@dataclass(slots=True)
-class _Prefetched:
-    record: dict[bytes, bytes]
-    uses: int
-    expires: float
+_batchers: weakref.WeakKeyDictionary[Redis, Batcher] = weakref.WeakKeyDictionary()
 
 
-@dataclass(slots=True)
-class RedisSession:
-    """What the components on one client + key prefix share (see the module docstring)."""
-
-    client: Redis
-    prefix: str
-    batcher: Batcher
-    keys: Keys
-    #: the client packs ``Packed`` arguments (made by ``make_client``)
-    fast: bool = False
-    context_attached: bool = False
-    status_attached: bool = False
-    coordination_attached: bool = False
-    #: set by a queue on the same Redis that lets ``commit`` push fired jobs in the same script
-    dispatcher: Dispatcher | None = None
-    #: learned from ``CoordinationStore.begin``: the engine's owner id and lease length
-    owner: str | None = None
-    lease_seconds: float = 30.0
-    _status: dict[str, _Prefetched] = field(default_factory=dict)
-    _begins: dict[int, tuple[Job, str, Begin, float]] = field(default_factory=dict)
-    _dispatched: dict[int, Job] = field(default_factory=dict)
-    _released: set[tuple[str, str, str]] = field(default_factory=set)
-
-    # -- status records read by a dequeue --------------------------------------------------------
-    def offer_status(self, run_id: str, record: dict[bytes, bytes], ttl: float = 0.5) -> None:
-        entry = self._status.get(run_id)
-        now = time.monotonic()
-        if entry is not None and entry.expires > now:
-            entry.record, entry.uses = record, entry.uses + 1
-        else:
-            self._status[run_id] = _Prefetched(record, 1, now + ttl)
-        if len(self._status) > 10_000:
-            self._prune_status(now)
-
-    def take_status(self, run_id: str) -> dict[bytes, bytes] | None:
-        entry = self._status.get(run_id)
-        if entry is None:
-            return None
-        if entry.expires <= time.monotonic():
-            del self._status[run_id]
-            return None
-        entry.uses -= 1
-        if entry.uses <= 0:
-            del self._status[run_id]
-        return entry.record
-
-    def forget_status(self, run_id: str) -> None:
-        self._status.pop(run_id, None)
-
-    def _prune_status(self, now: float) -> None:
-        for run_id in [r for r, e in self._status.items() if e.expires <= now]:
-            del self._status[run_id]
-
-    # -- leases taken by a dequeue ---------------------------------------------------------------
-    def offer_begin(self, job: Job, owner: str, begin: Begin, expires: float) -> None:
-        self._begins[id(job)] = (job, owner, begin, expires)
-
-    def take_begin(self, job: Job, owner: str) -> tuple[Begin | None, str | None]:
-        """The prefetched ``Begin`` for ``job`` if it is this owner's and fresh; else ``(None, holder)`` where
-        ``holder`` is the owner of a prefetched lease the caller must drop before taking its own."""
-        entry = self._begins.get(id(job))
-        if entry is None or entry[0] is not job:
-            return None, None
-        del self._begins[id(job)]
-        holder = entry[1] if entry[2].lease else None
-        if entry[1] != owner:
-            return None, holder
-        if entry[3] <= time.time() + 1.0:
-            return None, None  # about to run out: the same owner takes it afresh
-        return entry[2], None
-
-    def unclaimed_lease(self, job: Job) -> str | None:
-        """The owner of a lease a dequeue took for ``job`` that ``begin`` never claimed (it must be dropped)."""
-        entry = self._begins.pop(id(job), None)
-        if entry is None or entry[0] is not job or not entry[2].lease:
-            return None
-        return entry[1]
-
-    # -- jobs a commit already enqueued ----------------------------------------------------------
-    def mark_dispatched(self, jobs: Sequence[Job]) -> None:
-        if len(self._dispatched) > 50_000:
-            self._dispatched.clear()  # the engine enqueues what it is given at once; never reached normally
-        for job in jobs:
-            self._dispatched[id(job)] = job
-
-    def was_dispatched(self, job: Job) -> bool:
-        stored = self._dispatched.get(id(job))
-        if stored is job:
-            del self._dispatched[id(job)]
-            return True
-        return False
-
-    # -- leases a commit already dropped ---------------------------------------------------------
-    def mark_released(self, run_id: str, job_key: str, owner: str) -> None:
-        if len(self._released) > 50_000:
-            self._released.clear()
-        self._released.add((run_id, job_key, owner))
-
-    def was_released(self, run_id: str, job_key: str, owner: str) -> bool:
-        try:
-            self._released.remove((run_id, job_key, owner))
-        except KeyError:
-            return False
-        return True
-
-
-class Dispatcher:
-    """What a queue on the same Redis gives ``commit`` so the script pushes fired jobs itself.
-
-    ``args(count, now)`` returns the ARGV tail the commit script's dispatch section reads (see
-    ``flowcraft_redis.scripts.COMMIT``): the queue and registry keys, the job-hash key prefix, the origin,
-    the job TTL, the wrapper around a job document, the constant job-hash fields, the time (ISO text)
-    and ``count`` fresh job ids."""
-
-    def args(self, count: int, now: float) -> list[Any]:  # pragma: no cover - interface
-        raise NotImplementedError
-
-
-_sessions: weakref.WeakKeyDictionary[Redis, dict[str, RedisSession]] = weakref.WeakKeyDictionary()
-
-
-def session_for(client: Redis, prefix: str) -> RedisSession:
-    """The session of ``client`` + ``prefix`` (created on first use)."""
-    by_prefix = _sessions.get(client)
-    if by_prefix is None:
-        by_prefix = _sessions[client] = {}
-    session = by_prefix.get(prefix)
-    if session is None:
-        session = by_prefix[prefix] = RedisSession(client, prefix, Batcher(client), Keys(prefix),
-                                                   fast=fast_packing(client))
-    return session
+def batcher_for(client: Redis) -> Batcher:
+    """The auto-pipeline of ``client`` (created on first use): every component on one client shares it, so the
+    calls of all of them made in one event-loop iteration go out as one pipeline."""
+    batcher = _batchers.get(client)
+    if batcher is None:
+        batcher = _batchers[client] = Batcher(client)
+    return batcher
 
 
 def option_float(options: Any, name: str, default: float) -> float:
@@ -424,5 +285,3 @@ def option_str(options: Any, name: str, default: str) -> str:
     value = options.get(name)
     return default if value is None or value == "" else str(value)
 
-
-Callback = Callable[[], None]

@@ -1,0 +1,121 @@
+"""Which Redis components of one backend share a client and key prefix: wired explicitly while it is built.
+
+Components that share one client and key prefix can do more per script: a commit also writes the node's
+context updates (``CoordinationStore.applies_context``) and pushes the jobs it fires into a queue on the
+same Redis (``Committed.dispatched``); such a queue's ``receive`` also reads the run record and takes the
+lease (``Delivery.prefetched``). Whether they may is decided here, once, while the backend is assembled,
+never by looking anything up while jobs are handled:
+
+* ``from_config`` of every component joins the ``Colocation`` of its URL + key prefix in the ``shared``
+  dict of that one ``registry().build(...)`` (``Colocation.join``), so components of other builds, other
+  prefixes or other kinds (``overrides={"context": "sqlite"}``) never count;
+* by hand, ``colocate(context, status, coordination, queue)`` wires components you built yourself (they must
+  use the same client object and key prefix).
+
+Each time a member joins, every member's ``colocated(colocation)`` hook re-reads who is there.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any
+
+from redis.asyncio import Redis
+
+from flowcraft.spi import ContextStore, CoordinationStore, Queue, StatusStore
+from flowcraft_redis._client import DEFAULT_PREFIX, option_str, option_url, shared_client
+
+_SHARED_KEY = "flowcraft_redis:colocations"
+_KINDS: tuple[tuple[str, type[Any]], ...] = (
+    ("queue", Queue), ("context", ContextStore), ("status", StatusStore), ("coordination", CoordinationStore))
+
+
+class Dispatcher(ABC):
+    """What a queue on the same Redis gives ``RedisCoordinationStore`` so the commit script pushes the jobs it
+    fires into that queue itself.
+
+    ``args(count, now)`` returns the ARGV tail the commit script's dispatch section reads (see
+    ``flowcraft_redis.scripts.COMMIT``): the queue and registry keys, the job-hash key prefix, the origin,
+    the job TTL, the wrapper around a job document, the constant job-hash fields, the time (ISO text)
+    and ``count`` fresh job ids."""
+
+    @abstractmethod
+    def args(self, count: int, now: float) -> list[Any]:
+        """The dispatch ARGV for ``count`` fired jobs at time ``now``."""
+
+
+class Colocated:
+    """A component that can join a ``Colocation``: it has a ``redis`` client and a ``key_prefix``."""
+
+    redis: Redis
+    key_prefix: str
+
+    def colocated(self, colocation: Colocation) -> None:
+        """Called whenever ``colocation`` gains a member (this one included): adapt to who shares the client
+        and key prefix."""
+
+    def commit_dispatcher(self) -> Dispatcher | None:
+        """A queue that lets commits push fired jobs into it returns its dispatcher."""
+        return None
+
+
+class Colocation:
+    """The components of one backend on one Redis client and key prefix (at most one of each kind)."""
+
+    def __init__(self, client: Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.queue: Colocated | None = None
+        self.context: Colocated | None = None
+        self.status: Colocated | None = None
+        self.coordination: Colocated | None = None
+
+    @classmethod
+    def join(cls, component: Colocated, options: Mapping[str, Any], shared: dict[str, Any]) -> None:
+        """Add a component built by ``from_config`` to the colocation of its URL + key prefix in ``shared``."""
+        by_place: dict[tuple[str, str], Colocation] = shared.setdefault(_SHARED_KEY, {})
+        place = (option_url(options), option_str(options, "key_prefix", DEFAULT_PREFIX))
+        colocation = by_place.get(place)
+        if colocation is None:
+            colocation = by_place[place] = cls(shared_client(options, shared), place[1])
+        colocation.add(component)
+
+    def accepts(self, component: object) -> bool:
+        """Whether ``component`` is a colocatable component on this client and key prefix."""
+        return (isinstance(component, Colocated) and component.redis is self.client
+                and component.key_prefix == self.prefix)
+
+    def add(self, component: Colocated) -> None:
+        if not self.accepts(component):
+            raise ValueError(f"{type(component).__name__} does not use this colocation's client and key prefix "
+                             f"{self.prefix!r}")
+        kind = next((name for name, base in _KINDS if isinstance(component, base)), None)
+        if kind is None:
+            raise TypeError(f"{type(component).__name__} is not a queue, context, status or coordination store")
+        current = getattr(self, kind)
+        if current is component:
+            return
+        if current is not None:
+            raise ValueError(f"this colocation already has a {kind} ({type(current).__name__})")
+        setattr(self, kind, component)
+        for member in self.members():
+            member.colocated(self)
+
+    def members(self) -> list[Colocated]:
+        return [m for m in (self.queue, self.context, self.status, self.coordination) if m is not None]
+
+
+def colocate(*components: Colocated) -> Colocation:
+    """Wire components built by hand that use one client and key prefix (see the module docstring)::
+
+        context, status = RedisContext(redis, key_prefix="app:"), RedisStatusStore(redis, key_prefix="app:")
+        coordination = RedisCoordinationStore(redis, key_prefix="app:")
+        colocate(context, status, coordination)      # coordination.applies_context is now True
+    """
+    if not components:
+        raise ValueError("colocate() needs at least one component")
+    colocation = Colocation(components[0].redis, components[0].key_prefix)
+    for component in components:
+        colocation.add(component)
+    return colocation
