@@ -1,0 +1,356 @@
+"""Options, shared aiobotocore clients and DynamoDB attribute helpers used by every component.
+
+Credentials come from the standard AWS chain (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` /
+``AWS_SESSION_TOKEN`` / ``AWS_PROFILE``, instance roles...); they are never read, stored or logged here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
+
+from flowcraft.errors import ConfigError, FlowcraftError
+
+log = logging.getLogger("flowcraft.sqs")
+
+#: DynamoDB's item size limit (attribute names and values, UTF-8).
+MAX_ITEM_BYTES = 400 * 1024
+#: DynamoDB key length limits (UTF-8 bytes).
+MAX_PARTITION_KEY_BYTES = 2048
+MAX_SORT_KEY_BYTES = 1024
+#: SQS DelaySeconds / the cap of one re-delay hop.
+MAX_DELAY_SECONDS = 900
+MAX_VISIBILITY_SECONDS = 43200
+
+
+class ItemTooLargeError(FlowcraftError):
+    """A value does not fit in one DynamoDB item (400 KB)."""
+
+
+class MessageTooLargeError(FlowcraftError):
+    """A job does not fit in one SQS message."""
+
+
+class KeyTooLongError(FlowcraftError):
+    """A run id or key cannot be a DynamoDB key (empty, or longer than DynamoDB allows)."""
+
+
+# ------------------------------------------------------------------------------------------- options
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True, slots=True)
+class SqsOptions:
+    """The flat option dict of the ``sqs`` backend (see the package README)."""
+
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    queue_name: str = "flowcraft-queue"
+    queue_url: str | None = None
+    dead_letter_queue_name: str | None = None
+    dead_letter_queue_url: str | None = None
+    max_receive_count: int = 10
+    fifo: bool = False
+    table_prefix: str = "flowcraft-"
+    context_table: str | None = None
+    status_table: str | None = None
+    coordination_table: str | None = None
+    status_index: str = "status-lastUpdated"
+    visibility_timeout: float = 30.0
+    wait_time_seconds: int = 20
+    ttl_seconds: int = 30 * 24 * 3600
+    max_message_bytes: int = 256 * 1024
+    message_retention_seconds: int = 14 * 24 * 3600
+    max_pool_connections: int = 64
+
+    @classmethod
+    def parse(cls, options: Mapping[str, Any]) -> SqsOptions:
+        """Read the known keys of ``options`` (others belong to other components and are ignored); values
+        may be strings (from ``FLOWCRAFT_OPT_*``)."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in options or options[f.name] is None:
+                continue
+            raw = options[f.name]
+            kind = str(f.type)
+            try:
+                if kind.startswith("bool"):
+                    values[f.name] = _to_bool(raw)
+                elif kind.startswith("int"):
+                    values[f.name] = int(raw)
+                elif kind.startswith("float"):
+                    values[f.name] = float(raw)
+                else:
+                    values[f.name] = str(raw)
+            except (TypeError, ValueError):
+                raise ConfigError(f"option {f.name!r} of the sqs backend has an invalid value",
+                                  hint=f"expected {kind.split(' ')[0]}") from None
+        parsed = cls(**values)
+        if parsed.visibility_timeout <= 0 or parsed.visibility_timeout > MAX_VISIBILITY_SECONDS:
+            raise ConfigError("option 'visibility_timeout' must be between 0 and 43200 seconds")
+        if not 0 <= parsed.wait_time_seconds <= 20:
+            raise ConfigError("option 'wait_time_seconds' must be between 0 and 20 (SQS long polling)")
+        if parsed.max_receive_count < 1:
+            raise ConfigError("option 'max_receive_count' must be at least 1")
+        return parsed
+
+    @property
+    def main_queue_name(self) -> str:
+        """The queue's name: from ``queue_url`` when given, else ``queue_name`` (``.fifo`` added for FIFO)."""
+        name = self.queue_url.rstrip("/").rsplit("/", 1)[-1] if self.queue_url else self.queue_name
+        if self.fifo and not name.endswith(".fifo"):
+            name += ".fifo"
+        return name
+
+    @property
+    def dlq_name(self) -> str:
+        if self.dead_letter_queue_name:
+            name = self.dead_letter_queue_name
+            return name + ".fifo" if self.fifo and not name.endswith(".fifo") else name
+        base = self.main_queue_name.removesuffix(".fifo")
+        return f"{base}-dlq.fifo" if self.fifo else f"{base}-dlq"
+
+    def table(self, kind: str) -> str:
+        explicit = {"contexts": self.context_table, "statuses": self.status_table,
+                    "coordination": self.coordination_table}[kind]
+        return explicit or f"{self.table_prefix}{kind}"
+
+
+def _to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(value)
+
+
+# ------------------------------------------------------------------------------------------- clients
+class ClientSource(Protocol):
+    """Where a component gets its aiobotocore client from."""
+
+    async def get(self) -> Any: ...
+
+    async def close(self) -> None: ...
+
+
+class FixedClient:
+    """A client the user created and closes (the seed-style explicit API)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    async def get(self) -> Any:
+        return self._client
+
+    async def close(self) -> None:
+        return None
+
+
+class AwsClients:
+    """One aiobotocore session and one client per service, shared by the components of one backend
+    (``shared[("aws", endpoint, region)]``); closed when the last component closes."""
+
+    def __init__(self, endpoint_url: str | None, region: str, max_pool_connections: int = 64) -> None:
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self.max_pool_connections = max_pool_connections
+        self._clients: dict[str, Any] = {}
+        self._stack: AsyncExitStack | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock: asyncio.Lock | None = None
+        self._users = 0
+
+    @classmethod
+    def shared(cls, shared: dict[Any, Any], options: SqsOptions) -> AwsClients:
+        key = ("aws", options.endpoint_url, options.region)
+        clients = shared.get(key)
+        if not isinstance(clients, AwsClients):
+            clients = shared[key] = cls(options.endpoint_url, options.region, options.max_pool_connections)
+        return clients
+
+    def source(self, service: str) -> ClientSource:
+        self._users += 1
+        return _SharedClient(self, service)
+
+    async def client(self, service: str) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # clients (aiohttp sessions) belong to the loop that created them
+            self._clients, self._stack, self._lock, self._loop = {}, None, asyncio.Lock(), loop
+        existing = self._clients.get(service)
+        if existing is not None:
+            return existing
+        assert self._lock is not None
+        async with self._lock:
+            if service not in self._clients:
+                from aiobotocore.config import AioConfig
+                from aiobotocore.session import get_session
+
+                if self._stack is None:
+                    self._stack = AsyncExitStack()
+                config = AioConfig(max_pool_connections=self.max_pool_connections,
+                                   retries={"mode": "standard", "max_attempts": 5},
+                                   connect_timeout=10, read_timeout=70)
+                creator = get_session().create_client(service, region_name=self.region,
+                                                      endpoint_url=self.endpoint_url, config=config)
+                self._clients[service] = await self._stack.enter_async_context(creator)
+            return self._clients[service]
+
+    async def _release(self) -> None:
+        self._users -= 1
+        if self._users <= 0 and self._stack is not None:
+            stack, self._stack, self._clients = self._stack, None, {}
+            if self._loop is asyncio.get_running_loop():
+                await stack.aclose()
+
+
+class _SharedClient:
+    def __init__(self, clients: AwsClients, service: str) -> None:
+        self._clients = clients
+        self._service = service
+        self._closed = False
+
+    async def get(self) -> Any:
+        return await self._clients.client(self._service)
+
+    async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._clients._release()
+
+
+def source_of(client: Any, shared_source: ClientSource | None) -> ClientSource:
+    if shared_source is not None:
+        return shared_source
+    if client is None:
+        raise ConfigError("pass client=... (an aiobotocore client) or build the component from config")
+    return FixedClient(client)
+
+
+# ------------------------------------------------------------------------------------------- errors
+def error_code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def is_client_error(exc: BaseException, *codes: str) -> bool:
+    from botocore.exceptions import ClientError
+
+    return isinstance(exc, ClientError) and (not codes or error_code(exc) in codes)
+
+
+def check_item_size(item: Mapping[str, Mapping[str, Any]], what: str) -> None:
+    """Raise a one-line error if ``item`` exceeds DynamoDB's 400 KB item limit."""
+    size = item_size(item)
+    if size > MAX_ITEM_BYTES:
+        raise ItemTooLargeError(
+            f"{what} is {size / 1024:.0f} KB; a DynamoDB item holds at most 400 KB",
+            hint="keep large payloads in S3 (or another blob store) and put a reference in the context",
+        )
+
+
+def item_size(item: Mapping[str, Mapping[str, Any]]) -> int:
+    size = 0
+    for name, value in item.items():
+        size += len(name.encode())
+        for kind, raw in value.items():
+            if kind in ("S", "N"):
+                size += len(str(raw).encode("utf-8", "surrogatepass"))
+            elif kind == "BOOL":
+                size += 1
+            else:
+                size += len(json.dumps(raw))
+    return size
+
+
+def check_key(value: str, what: str, limit: int) -> None:
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise KeyTooLongError(f"{what} {value!r} is not valid Unicode text; DynamoDB keys are UTF-8") from None
+    if size == 0:
+        raise KeyTooLongError(f"{what} must not be empty: DynamoDB keys cannot be empty strings")
+    if size > limit:
+        raise KeyTooLongError(f"{what} is {size} bytes; DynamoDB allows at most {limit} bytes for this key")
+
+
+# ------------------------------------------------------------------------------------------- attributes
+def S(value: str) -> dict[str, str]:  # DynamoDB's type letters
+    return {"S": value}
+
+
+def N(value: float | int) -> dict[str, str]:
+    if isinstance(value, bool):
+        value = int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("DynamoDB numbers must be finite")
+        if value.is_integer() and abs(value) < 1e15:
+            return {"N": str(int(value))}
+        return {"N": repr(value)}
+    return {"N": str(value)}
+
+
+def num(attribute: Mapping[str, Any] | None, default: float = 0.0) -> float:
+    if not attribute or "N" not in attribute:
+        return default
+    return float(attribute["N"])
+
+
+def text(attribute: Mapping[str, Any] | None) -> str | None:
+    if not attribute or "S" not in attribute:
+        return None
+    return str(attribute["S"])
+
+
+def dumps(value: Any, what: str) -> str:
+    """JSON text of ``value`` (compact, unicode kept); a one-line error if it is not JSON data."""
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise FlowcraftError(f"{what} cannot be stored: {exc}",
+                             hint="store JSON data (dict, list, str, int, float, bool, None)") from None
+
+
+def loads(value: str | None) -> Any:
+    return None if value is None else json.loads(value)
+
+
+def expired(item: Mapping[str, Any] | None, now: float) -> bool:
+    """Whether an item's ``ttl`` has passed (DynamoDB deletes expired items lazily; we treat them as absent)."""
+    return bool(item) and "ttl" in item and num(item["ttl"]) < now  # type: ignore[index]
+
+
+def prune(request: dict[str, Any]) -> dict[str, Any]:
+    """Drop expression attribute names/values no expression of ``request`` uses (DynamoDB rejects them)."""
+    import re
+
+    used = " ".join(str(request.get(k, "")) for k in ("UpdateExpression", "ConditionExpression",
+                                                       "KeyConditionExpression", "FilterExpression",
+                                                       "ProjectionExpression"))
+    tokens = set(re.findall(r"[#:][A-Za-z0-9_]+", used))
+    for field in ("ExpressionAttributeNames", "ExpressionAttributeValues"):
+        if field in request:
+            kept = {k: v for k, v in request[field].items() if k in tokens}
+            if kept:
+                request[field] = kept
+            else:
+                del request[field]
+    return request
+
+
+def backoff(attempt: int, base: float = 0.01, cap: float = 0.5) -> float:
+    import random
+
+    return float(min(cap, base * (2 ** min(attempt, 10))) * (0.5 + random.random()))

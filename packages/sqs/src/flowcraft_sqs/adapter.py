@@ -1,0 +1,135 @@
+"""Seed-style explicit API (as in the TypeScript ``@flowcraft/sqs-adapter``): wire clients by hand.
+
+    adapter = SqsAdapter(runtime_options={"flows": [flow]}, coordination_store=store, sqs_client=sqs,
+                         dynamodb_client=ddb, queue_url=url, context_table_name="flowcraft-contexts",
+                         status_table_name="flowcraft-statuses")
+    await adapter.start()           # a worker consuming the queue in this event loop
+    ...
+    await adapter.stop()
+
+The clients are aiobotocore clients the caller opened (and closes); the adapter never closes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flowcraft.app import App
+from flowcraft.client import Client
+from flowcraft.engine.core import Engine, EngineOptions
+from flowcraft.engine.worker import Worker
+from flowcraft.reconciler import Reconciler
+from flowcraft.spi import Backend, CoordinationStore
+from flowcraft_sqs.context import DynamoDbContext
+from flowcraft_sqs.queue import SqsQueue
+from flowcraft_sqs.status import DynamoDbStatusStore
+
+
+class SqsAdapter:
+    """A worker (engine + worker loop) and a client over SQS + DynamoDB, built from explicit clients."""
+
+    def __init__(
+        self,
+        *,
+        runtime_options: App | Mapping[str, Any],
+        coordination_store: CoordinationStore,
+        sqs_client: Any,
+        dynamodb_client: Any,
+        queue_url: str,
+        context_table_name: str,
+        status_table_name: str,
+        dead_letter_queue_url: str | None = None,
+        status_index_name: str = "status-lastUpdated",
+        visibility_timeout: float = 30.0,
+        wait_time_seconds: int = 20,
+        fifo: bool = False,
+        concurrency: int = 16,
+        poll_wait: float = 1.0,
+        engine_options: EngineOptions | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.app = runtime_options if isinstance(runtime_options, App) else App(**dict(runtime_options))
+        self.queue = SqsQueue(sqs_client, queue_url, dead_letter_queue_url=dead_letter_queue_url,
+                              visibility_timeout=visibility_timeout, wait_time_seconds=wait_time_seconds, fifo=fifo)
+        self.context = DynamoDbContext(dynamodb_client, context_table_name)
+        self.status = DynamoDbStatusStore(dynamodb_client, status_table_name, index_name=status_index_name)
+        self.coordination = coordination_store
+        self.backend = Backend(self.queue, self.context, self.status, coordination_store, name="sqs")
+        self.engine = Engine(self.app, self.backend, worker_id=worker_id, options=engine_options)
+        self.worker = Worker(self.engine, concurrency=concurrency, poll_wait=poll_wait)
+        self.client = Client(self.backend, self.app)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start consuming the queue (a background task of the running event loop)."""
+        if self._task is None or self._task.done():
+            self.worker = Worker(self.engine, concurrency=self.worker.concurrency, poll_wait=self.worker.poll_wait,
+                                 grace=self.worker.grace)
+            self._task = asyncio.create_task(self.worker.run())
+
+    async def stop(self) -> None:
+        """Stop dequeuing, let in-flight jobs finish (within the worker's grace period) and return."""
+        if self._task is not None:
+            self.worker.stop()
+            await self._task
+            self._task = None
+
+    async def __aenter__(self) -> SqsAdapter:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+@dataclass(frozen=True, slots=True)
+class SqsReconcileStats:
+    """One reconciler pass (the SQS seed's fields, plus how many jobs were re-enqueued)."""
+
+    scanned_items: int = 0
+    stalled_runs: int = 0
+    reconciled_runs: int = 0
+    failed_runs: int = 0
+    requeued_jobs: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {"scanned_items": self.scanned_items, "stalled_runs": self.stalled_runs,
+                "reconciled_runs": self.reconciled_runs, "failed_runs": self.failed_runs,
+                "requeued_jobs": self.requeued_jobs}
+
+
+class SqsReconciler:
+    """:class:`flowcraft.reconciler.Reconciler` over the adapter's backend; stalled runs come from the status
+    table's ``status-lastUpdated`` index (no table scans)."""
+
+    def __init__(self, backend: Backend, stalled_threshold_seconds: float = 300.0, batch_size: int = 100) -> None:
+        self.backend = backend
+        self.reconciler = Reconciler(backend, stalled_threshold_seconds=stalled_threshold_seconds,
+                                     batch_size=batch_size)
+
+    async def run(self) -> SqsReconcileStats:
+        stats = await self.reconciler.run()
+        return SqsReconcileStats(stats.scanned, stats.stalled_runs, stats.reconciled_runs, stats.failed_runs,
+                                 stats.requeued_jobs)
+
+
+def create_sqs_reconciler(
+    *,
+    adapter: SqsAdapter | Backend,
+    dynamodb_client: Any = None,
+    status_table_name: str | None = None,
+    status_index_name: str = "status-lastUpdated",
+    stalled_threshold_seconds: float = 300.0,
+    batch_size: int = 100,
+) -> SqsReconciler:
+    """A reconciler for the adapter's runs; ``dynamodb_client`` + ``status_table_name`` select the status
+    table explicitly (default: the adapter's)."""
+    backend = adapter.backend if isinstance(adapter, SqsAdapter) else adapter
+    if dynamodb_client is not None and status_table_name:
+        status = DynamoDbStatusStore(dynamodb_client, status_table_name, index_name=status_index_name)
+        backend = Backend(backend.queue, backend.context, status, backend.coordination, name=backend.name,
+                          options=dict(backend.options))
+    return SqsReconciler(backend, stalled_threshold_seconds, batch_size)
