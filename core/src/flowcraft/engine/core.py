@@ -208,29 +208,12 @@ class Engine:
     async def handle(self, delivery: Delivery) -> None:
         """Handle one delivered job; acks, releases or dead-letters it before returning."""
         job = delivery.job
-        now = time.time()
-        if job.due_at is not None and job.due_at - now > 0.01:
-            await self.queue.release(delivery, job.due_at - now)  # early (a capped queue delay or a requeue)
+        checked = await self._preflight(delivery)
+        if checked is None:
+            if delivery.begin is not None and delivery.begin.lease:  # a lease the queue prefetched for us
+                await self.coordination.release(job.run_id, job.key, self.worker_id)
             return
-        record = delivery.record if delivery.prefetched else await self.status.get(job.run_id)
-        if record is None:
-            await self._dead_letter(delivery, f"run {job.run_id!r} does not exist")
-            return
-        if record.status in FINAL_STATUSES:
-            await self.queue.ack(delivery)
-            return
-        graph = self.app.graph(job.blueprint_id)
-        expected_version = job.version or record.version
-        loaded = self.app.version(job.blueprint_id)
-        if graph is None or loaded != expected_version:
-            have = "no such blueprint" if graph is None else f"version {loaded!r}"
-            reason = (f"blueprint {job.blueprint_id!r} version {expected_version!r} is not loaded by this worker "
-                      f"({have})")
-            if delivery.deliveries >= self.options.max_bounces:
-                await self._dead_letter(delivery, reason + "; deploy a worker that has it and replay the job")
-            else:
-                await self.queue.release(delivery, self.options.bounce_delay)
-            return
+        record, graph = checked
         begin = delivery.begin if delivery.begin is not None else await self.coordination.begin(
             job, self.worker_id, self.options.lease_seconds)
         if not begin.lease:
@@ -255,6 +238,34 @@ class Engine:
                 self._released.discard((job.run_id, job.key))
             else:
                 await self.coordination.release(job.run_id, job.key, self.worker_id)
+
+    async def _preflight(self, delivery: Delivery) -> tuple[RunRecord, Graph] | None:
+        """Checks before taking the lease; None when the delivery was already acked, released or dead-lettered."""
+        job = delivery.job
+        now = time.time()
+        if job.due_at is not None and job.due_at - now > 0.01:
+            await self.queue.release(delivery, job.due_at - now)  # early (a capped queue delay or a requeue)
+            return None
+        record = delivery.record if delivery.prefetched else await self.status.get(job.run_id)
+        if record is None:
+            await self._dead_letter(delivery, f"run {job.run_id!r} does not exist")
+            return None
+        if record.status in FINAL_STATUSES:
+            await self.queue.ack(delivery)
+            return None
+        graph = self.app.graph(job.blueprint_id)
+        expected_version = job.version or record.version
+        loaded = self.app.version(job.blueprint_id)
+        if graph is None or loaded != expected_version:
+            have = "no such blueprint" if graph is None else f"version {loaded!r}"
+            reason = (f"blueprint {job.blueprint_id!r} version {expected_version!r} is not loaded by this worker "
+                      f"({have})")
+            if delivery.deliveries >= self.options.max_bounces:
+                await self._dead_letter(delivery, reason + "; deploy a worker that has it and replay the job")
+            else:
+                await self.queue.release(delivery, self.options.bounce_delay)
+            return None
+        return record, graph
 
     async def heartbeat(self) -> None:
         """Keep leases and queue visibility of in-flight jobs alive; stop nodes of runs that ended."""
