@@ -17,10 +17,7 @@ import pytest_asyncio
 
 from flowcraft.plugins import registry
 from flowcraft.spi import Arrival, Backend, Completion, Job, RunRecord, Transition
-
-pytest.importorskip("flowcraft_sqs", reason="flowcraft-sqs is not installed: pip install -e packages/sqs")
-
-from flowcraft_sqs import (  # noqa: E402
+from flowcraft_sqs import (
     DynamoDbCoordinationStore,
     ItemTooLargeError,
     KeyTooLongError,

@@ -9,8 +9,6 @@ import pytest
 
 from flowcraft.testing import BackendContract
 
-pytest.importorskip("flowcraft_sqs", reason="flowcraft-sqs is not installed: pip install -e packages/sqs")
-
 
 @pytest.fixture
 def sqs_options(moto_endpoint: str, aws_names: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:

@@ -20,10 +20,7 @@ from flowcraft.client import Client
 from flowcraft.engine.core import RunResult
 from flowcraft.plugins import registry
 from flowcraft.spi import Backend
-
-pytest.importorskip("flowcraft_sqs", reason="flowcraft-sqs is not installed: pip install -e packages/sqs")
-
-from flowcraft_sqs import DynamoDbCoordinationStore, SqsAdapter, create_sqs_reconciler  # noqa: E402
+from flowcraft_sqs import DynamoDbCoordinationStore, SqsAdapter, create_sqs_reconciler
 
 pytestmark = pytest.mark.asyncio
 
@@ -216,9 +213,9 @@ async def test_worker_processes_share_the_backend(backend: Backend, sqs_options:
 
     from flowcraft.testing.apps import app as contract_app
 
-    processes = [subprocess.Popen([sys.executable, "-m", "flowcraft.testing.worker", "--backend", "sqs",
-                                   "--options", json.dumps(sqs_options), "--concurrency", "4"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    processes = [await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "flowcraft.testing.worker", "--backend", "sqs", "--options", json.dumps(sqs_options),
+        "--concurrency", "4", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
     try:
         client = Client(backend, contract_app)
         ids = [await client.start("contract-diamond", {"value": i}) for i in range(4)]
@@ -227,7 +224,7 @@ async def test_worker_processes_share_the_backend(backend: Backend, sqs_options:
         for process in processes:
             process.terminate()
         for process in processes:
-            process.wait(30)
+            await asyncio.wait_for(process.wait(), 30)
     assert all(r.status == "completed" for r in results), [r.errors for r in results]
     assert all(set(r.outputs["j"]["received"]) == {"p1", "p2", "p3"} for r in results)
 

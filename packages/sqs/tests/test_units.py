@@ -182,3 +182,13 @@ async def test_plan_decides_like_the_reference_store(name: str, transitions: lis
 def test_job_documents_are_json() -> None:
     job = _job("n", input={"a": [1, "ü"]}, has_input=True, payload={"p": None}, due_at=1.5)
     assert Job.from_dict(json.loads(json.dumps(job.to_dict()))) == job
+
+
+def test_unused_expression_placeholders_are_pruned() -> None:
+    from flowcraft_sqs._aws import prune
+
+    request = prune({"UpdateExpression": "SET #a = :a", "ConditionExpression": "#b = :now",
+                     "ExpressionAttributeNames": {"#a": "a", "#b": "b", "#ttl": "ttl"},
+                     "ExpressionAttributeValues": {":a": {"S": "x"}, ":now": {"N": "1"}, ":ttl": {"N": "2"}}})
+    assert request["ExpressionAttributeNames"] == {"#a": "a", "#b": "b"}
+    assert set(request["ExpressionAttributeValues"]) == {":a", ":now"}

@@ -329,7 +329,7 @@ def loads(value: str | None) -> Any:
 
 def expired(item: Mapping[str, Any] | None, now: float) -> bool:
     """Whether an item's ``ttl`` has passed (DynamoDB deletes expired items lazily; we treat them as absent)."""
-    return bool(item) and "ttl" in item and num(item["ttl"]) < now  # type: ignore[index]
+    return item is not None and "ttl" in item and num(item["ttl"]) < now
 
 
 def prune(request: dict[str, Any]) -> dict[str, Any]:

@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Self, TypeVar
 
@@ -105,6 +105,9 @@ class DynamoDbCoordinationStore(CoordinationStore):
         # leases this process holds, and those a commit already dropped (release then needs no request)
         self._holders: dict[tuple[str, str], set[str]] = {}
         self._dropped: set[tuple[str, str, str]] = set()
+        # one writer per run at a time in this process: every commit of a run writes the run's counters, so
+        # concurrent ones would only conflict (DynamoDB cancels one of two transactions on the same item)
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
@@ -205,6 +208,30 @@ class DynamoDbCoordinationStore(CoordinationStore):
         by ``claimer`` with a single-item conditional write; only the claimer inserts them. So concurrent
         predecessors never make a transaction fail (which is also what keeps moto, whose failed transactions
         restore a snapshot of the whole table, from losing concurrent writes)."""
+        async with self._run_lock(run_id):
+            return await self._run_locked(run_id, rules, own_key=own_key, known=known, members=members,
+                                          newly=newly, contested=contested, claimer=claimer)
+
+    @contextlib.asynccontextmanager
+    async def _run_lock(self, run_id: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(run_id, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[run_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[run_id]
+            if users <= 1:
+                del self._locks[run_id]
+            else:
+                self._locks[run_id] = (lock, users - 1)
+
+    async def _run_locked(self, run_id: str, rules: Callable[[_Plan], T], *, own_key: str | None,
+                          known: dict[str, _Item | None] | None, members: dict[str, dict[str, tuple[bool, Any]]] | None,
+                          newly: set[tuple[str, str]] | None, contested: set[str] | None,
+                          claimer: str | None) -> tuple[T, float]:
         client = await self._source.get()
         known = {} if known is None else known
         for attempt in range(MAX_ATTEMPTS):
@@ -347,14 +374,19 @@ class DynamoDbCoordinationStore(CoordinationStore):
         self._check(job.run_id, job.key)
         client = await self._source.get()
         now = time.time()
+        values: dict[str, Any] = {":me": S(owner), ":exp": N(now + lease_seconds), ":now": N(now)}
+        update = "SET #owner = :me, #exp = :exp"
+        ttl = self._ttl(now)
+        if ttl is not None:  # an item created here (a job never scheduled) must not outlive the retention
+            update += ", #ttl = if_not_exists(#ttl, :ttl)"
+            values[":ttl"] = N(ttl)
         try:
             response = await client.update_item(
-                TableName=self.table_name, Key=self._key(job.run_id, _job_sk(job.key)),
-                UpdateExpression="SET #owner = :me, #exp = :exp",
+                TableName=self.table_name, Key=self._key(job.run_id, _job_sk(job.key)), UpdateExpression=update,
                 ConditionExpression=("attribute_not_exists(#owner) OR #owner = :me OR #exp < :now "
                                      "OR #ttl < :now"),
                 ExpressionAttributeNames={"#owner": "owner", "#exp": "expires", "#ttl": "ttl"},
-                ExpressionAttributeValues={":me": S(owner), ":exp": N(now + lease_seconds), ":now": N(now)},
+                ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except Exception as exc:
@@ -435,12 +467,11 @@ class DynamoDbCoordinationStore(CoordinationStore):
         reads = set(targets)
         if tx.recovery:
             reads |= {tx.job_key, *(a.target_key for a in tx.arrivals)}
-        known_and_members = await asyncio.gather(
+        known, found = await asyncio.gather(
             self._read_jobs(client, tx.run_id, reads, now),
-            *(self._members(client, tx.run_id, target, now) for target in targets),
+            asyncio.gather(*(self._members(client, tx.run_id, target, now) for target in targets)),
         )
-        known: dict[str, _Item | None] = known_and_members[0]  # type: ignore[assignment]
-        members: dict[str, dict[str, tuple[bool, Any]]] = dict(zip(targets, known_and_members[1:], strict=True))  # type: ignore[arg-type]
+        members = dict(zip(targets, found, strict=True))
         committed, now = await self._run(tx.run_id, lambda plan: apply_transition(plan, tx), own_key=tx.job_key,
                                          known=known, members=members, newly=newly, contested=set(targets),
                                          claimer=tx.job_key)
@@ -495,6 +526,10 @@ class DynamoDbCoordinationStore(CoordinationStore):
     async def unpark(self, run_id: str, job_key: str, job: Job) -> bool:
         self._check(run_id, job_key)
         client = await self._source.get()
+        async with self._run_lock(run_id):
+            return await self._unpark(client, run_id, job_key, job)
+
+    async def _unpark(self, client: Any, run_id: str, job_key: str, job: Job) -> bool:
         for attempt in range(MAX_ATTEMPTS):
             now = time.time()
             ttl = self._ttl(now)

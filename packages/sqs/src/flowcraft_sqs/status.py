@@ -9,6 +9,7 @@ seconds), ``createdAt`` (N), ``blueprintId`` (S), ``version`` (S), ``blueprintHa
 from __future__ import annotations
 
 import base64
+import builtins
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -194,9 +195,9 @@ class DynamoDbStatusStore(StatusStore):
         return page, None if done else _encode_cursor(positions)
 
     async def _fetch(self, client: Any, status: str, blueprint_id: str | None, start: dict[str, Any] | None,
-                     limit: int) -> tuple[list[dict[str, Any]], bool]:
+                     limit: int) -> tuple[builtins.list[dict[str, Any]], bool]:
         """Up to ``limit`` items of one status, newest first, from ``start``; and whether none are left."""
-        items: list[dict[str, Any]] = []
+        items: builtins.list[dict[str, Any]] = []
         while True:
             kwargs: dict[str, Any] = {
                 "TableName": self.table_name, "IndexName": self.index_name, "ScanIndexForward": False,

@@ -1,0 +1,278 @@
+"""Throughput of the sqs backend on a moto server: chain10 and diamond8 (N runs submitted at once, then one
+worker process drains them), next to the raw SQS floor measured on the same server in the same run.
+
+    python packages/sqs/benchmarks/bench_sqs.py [--runs 100] [--concurrency 32] [--endpoint URL]
+
+Without ``--endpoint`` a moto server is started on a free loopback port and stopped (by PID) at the end.
+Credentials come from the AWS environment variables (``test``/``test`` is used when they are unset).
+
+Prints, per workload: nodes/s, the backend's nodes/s as a fraction of the raw SQS floor, and the AWS
+requests the worker process sent per node (by operation). The raw floor is no-op messages through SQS with
+the same batching the backend uses (SendMessageBatch / ReceiveMessage of up to 10 / DeleteMessageBatch),
+once with the plain client and once through ``SqsQueue`` (enqueue / dequeue / ack).
+Figures only; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from flowcraft import App, Engine, Flow, NodeContext, Worker
+from flowcraft.client import Client
+from flowcraft.plugins import registry
+from flowcraft.spi import Backend, Job
+
+SCRIPT = str(Path(__file__).resolve())
+
+
+async def noop(ctx: NodeContext) -> int:
+    return 1
+
+
+def chain10() -> Flow:
+    flow = Flow("chain10", version="1")
+    for i in range(10):
+        flow.node(f"n{i}", noop, uses="noop")
+        if i:
+            flow.edge(f"n{i - 1}", f"n{i}")
+    return flow
+
+
+def diamond8() -> Flow:
+    flow = Flow("diamond8", version="1")
+    flow.node("a", noop, uses="noop").node("z", noop, uses="noop")
+    for i in range(8):
+        flow.node(f"m{i}", noop, uses="noop").edge("a", f"m{i}").edge(f"m{i}", "z")
+    return flow
+
+
+app = App(flows=[chain10(), diamond8()])  # what the worker process loads: bench_sqs:app
+NODES = {"chain10": 10, "diamond8": 10}
+
+
+# ---------------------------------------------------------------------------------------------- moto
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def moto_server() -> Any:
+    binary = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
+    if binary is None:
+        raise SystemExit("moto_server is not installed: pip install 'moto[sqs,dynamodb]' flask flask-cors")
+    port = free_port()
+    process = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                opener.open(f"{url}/moto-api/", timeout=1).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise SystemExit("moto_server did not start") from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+# ---------------------------------------------------------------------------------------------- raw floor
+async def raw_floor(endpoint: str, region: str, window: int, hops: int = 10) -> float:
+    """What SQS alone does for a chain workload on this server: ``window`` messages in flight (one per run),
+    each handled message sends its successor until ``hops``; one consumer loop with ReceiveMessage (10, long
+    poll), SendMessageBatch of the successors and DeleteMessageBatch. Messages/s."""
+    from aiobotocore.session import get_session
+
+    async with get_session().create_client("sqs", endpoint_url=endpoint, region_name=region) as sqs:
+        url = (await sqs.create_queue(QueueName=f"bench-raw-{uuid.uuid4().hex[:8]}"))["QueueUrl"]
+
+        def body(hop: int) -> str:
+            return json.dumps({**Job("run", "bench", "node").to_dict(), "payload": {"hop": hop}})
+
+        started = time.perf_counter()
+        for start in range(0, window, 10):
+            await sqs.send_message_batch(QueueUrl=url, Entries=[
+                {"Id": str(i), "MessageBody": body(0)} for i in range(min(10, window - start))])
+        done, total = 0, window * hops
+        while done < total:
+            response = await sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
+                                                 VisibilityTimeout=30, AttributeNames=["ApproximateReceiveCount"])
+            batch = response.get("Messages", [])
+            if not batch:
+                continue
+            successors = [json.loads(m["Body"])["payload"]["hop"] + 1 for m in batch]
+            work = [sqs.delete_message_batch(QueueUrl=url, Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)])]
+            if any(h < hops for h in successors):
+                work.append(sqs.send_message_batch(QueueUrl=url, Entries=[
+                    {"Id": str(i), "MessageBody": body(h)} for i, h in enumerate(successors) if h < hops]))
+            await asyncio.gather(*work)
+            done += len(batch)
+        elapsed = time.perf_counter() - started
+        await sqs.delete_queue(QueueUrl=url)
+    return total / elapsed
+
+
+async def queue_floor(options: dict[str, Any], window: int, concurrency: int, hops: int = 10) -> float:
+    """The same chain workload through SqsQueue: dequeue up to ``concurrency``, enqueue each successor and
+    ack each delivery on its own (as the engine does; the queue coalesces them into batch calls)."""
+    backend = registry().build("sqs", options)
+    await backend.queue.setup()
+    queue = backend.queue
+    try:
+        started = time.perf_counter()
+        await queue.enqueue([Job(f"r{i}", "bench", "node", payload={"hop": 0}) for i in range(window)])
+        done, total = 0, window * hops
+
+        async def handle(delivery: Any) -> None:
+            hop = int((delivery.job.payload or {})["hop"]) + 1
+            if hop < hops:
+                await queue.enqueue([delivery.job.evolve(payload={"hop": hop})])
+            await queue.ack(delivery)
+
+        while done < total:
+            deliveries = await queue.dequeue(concurrency, 1.0)
+            await asyncio.gather(*(handle(d) for d in deliveries))
+            done += len(deliveries)
+        return total / (time.perf_counter() - started)
+    finally:
+        await backend.close()
+
+
+# ---------------------------------------------------------------------------------------------- the worker process
+async def worker_process(options: dict[str, Any], concurrency: int) -> None:
+    """Runs in the child: one worker; counts the AWS requests it sends; prints them when stopped."""
+    backend = registry().build("sqs", options)
+    requests: Counter[str] = Counter()
+
+    def count(event_name: str, **kwargs: Any) -> None:
+        requests[event_name.rsplit(".", 1)[-1]] += 1
+
+    for component in (backend.queue, backend.coordination):
+        client = await component._source.get()  # type: ignore[attr-defined]
+        client.meta.events.register("before-call.*.*", count)
+    worker = Worker(Engine(app, backend), concurrency=concurrency, poll_wait=1.0)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, worker.stop)
+    print("ready", flush=True)
+    try:
+        await worker.run()
+    finally:
+        await backend.close()
+    print(json.dumps({"requests": dict(requests), "handled": worker.handled}), flush=True)
+
+
+async def measure(options: dict[str, Any], flow: str, runs: int, concurrency: int) -> dict[str, Any]:
+    backend = registry().build("sqs", options)
+    await backend.setup()
+    try:
+        client = Client(backend, app)
+        for _ in range(runs):
+            await client.start(flow)
+        child = await asyncio.create_subprocess_exec(sys.executable, SCRIPT, "--worker", json.dumps(options),
+                                                     "--concurrency", str(concurrency), stdout=subprocess.PIPE)
+        assert child.stdout is not None
+        if (await child.stdout.readline()).decode().strip() != "ready":
+            raise SystemExit("the worker process did not start")
+        started = time.perf_counter()
+        ddb = await backend.status._source.get()  # type: ignore[attr-defined]
+        while await completed(ddb, backend, "completed") < runs:  # noqa: ASYNC110  # another process's progress
+            await asyncio.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        child.send_signal(signal.SIGTERM)
+        out, _ = await child.communicate()
+        report = json.loads(out.decode().strip().splitlines()[-1])
+        nodes = runs * NODES[flow]
+        per_node = {op: n / nodes for op, n in sorted(report["requests"].items(), key=lambda kv: -kv[1])}
+        items = await count_items(ddb, backend.coordination.table_name)  # type: ignore[attr-defined]
+        return {"nodes_per_s": nodes / elapsed, "seconds": elapsed, "requests_per_node": per_node,
+                "coordination_items": items}
+    finally:
+        await backend.close()
+
+
+async def completed(ddb: Any, backend: Backend, status: str) -> int:
+    store = backend.status
+    response = await ddb.query(TableName=store.table_name, IndexName=store.index_name,  # type: ignore[attr-defined]
+                               KeyConditionExpression="#s = :s", ExpressionAttributeNames={"#s": "status"},
+                               ExpressionAttributeValues={":s": {"S": status}}, Select="COUNT")
+    return int(response["Count"])
+
+
+async def count_items(ddb: Any, table: str) -> int:
+    response = await ddb.scan(TableName=table, Select="COUNT")
+    return int(response["Count"])
+
+
+async def main(args: argparse.Namespace, endpoint: str) -> None:
+    region = "us-east-1"
+    tag = uuid.uuid4().hex[:8]
+    base = {"endpoint_url": endpoint, "region": region}
+    raw = await raw_floor(endpoint, region, args.runs)
+    print(f"raw SQS floor ({args.runs} chains in flight; receive 10 + send successors + delete, batched): "
+          f"{raw:.0f} messages/s", flush=True)
+    layer = await queue_floor({**base, "queue_name": f"bench-q-{tag}", "table_prefix": f"bench-q-{tag}-"},
+                              args.runs, args.concurrency)
+    print(f"SqsQueue floor (the same through enqueue/dequeue/ack): {layer:.0f} messages/s", flush=True)
+    rows = []
+    for flow in ("chain10", "diamond8"):
+        name = f"bench-{flow}-{tag}"
+        figures = await measure({**base, "queue_name": name, "table_prefix": f"{name}-"}, flow, args.runs,
+                                args.concurrency)
+        rows.append((flow, figures))
+        requests = ", ".join(f"{op} {n:.2f}" for op, n in figures["requests_per_node"].items())
+        total = sum(figures["requests_per_node"].values())
+        print(f"{flow}: {figures['nodes_per_s']:.1f} nodes/s ({figures['seconds']:.1f} s for {args.runs} runs); "
+              f"{figures['nodes_per_s'] / raw:.1%} of the raw floor; {total:.2f} AWS requests/node: {requests}; "
+              f"{figures['coordination_items']} coordination items at the end", flush=True)
+    print()
+    print("| workload | nodes/s | raw SQS msgs/s | ratio | AWS requests/node |")
+    print("|---|---|---|---|---|")
+    for flow, figures in rows:
+        total = sum(figures["requests_per_node"].values())
+        print(f"| {flow} | {figures['nodes_per_s']:.1f} | {raw:.0f} | {figures['nodes_per_s'] / raw:.1%} | "
+              f"{total:.2f} |")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--endpoint", help="an SQS/DynamoDB endpoint already running (default: start moto)")
+    parser.add_argument("--worker", metavar="OPTIONS", help=argparse.SUPPRESS)
+    arguments = parser.parse_args()
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
+    if arguments.worker:
+        asyncio.run(worker_process(json.loads(arguments.worker), arguments.concurrency))
+    elif arguments.endpoint:
+        asyncio.run(main(arguments, arguments.endpoint))
+    else:
+        with moto_server() as url:
+            asyncio.run(main(arguments, url))
