@@ -1,0 +1,50 @@
+"""A flowcraft worker process for the benchmarks (started and stopped by the harness).
+
+    python -m benchmarks.worker --backend sqlite --options '{"path": "/tmp/x.db"}' --concurrency 16
+
+It runs ``flowcraft.Engine`` + ``flowcraft.Worker`` over ``benchmarks.workloads:app``, prints a ready line once
+it is dequeuing, stops gracefully on SIGTERM/SIGINT and prints how many jobs it handled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+from collections.abc import Sequence
+
+from flowcraft import Engine, EngineOptions, Worker, load_app
+from flowcraft.plugins import registry
+
+READY_MARKER = "flowcraft worker ready"
+
+
+async def serve(args: argparse.Namespace) -> None:
+    backend = registry().build(args.backend, json.loads(args.options))
+    engine = Engine(load_app(args.app), backend, options=EngineOptions(lease_seconds=args.lease))
+    worker = Worker(engine, concurrency=args.concurrency, poll_wait=args.poll_wait, grace=5.0)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, worker.stop)
+    loop.add_signal_handler(signal.SIGINT, worker.stop)
+    print(READY_MARKER, flush=True)
+    try:
+        await worker.run()
+    finally:
+        await backend.close()
+        print(f"flowcraft worker stopped: handled {worker.handled} failed {worker.failed}", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.worker", description=__doc__)
+    parser.add_argument("--backend", required=True)
+    parser.add_argument("--options", default="{}", help="backend options as JSON")
+    parser.add_argument("--app", default="benchmarks.workloads:app")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--lease", type=float, default=30.0)
+    parser.add_argument("--poll-wait", type=float, default=0.5)
+    asyncio.run(serve(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()
