@@ -39,6 +39,7 @@ class App:
         self._scoped: dict[str, dict[str, Implementation]] = {}
         self._graphs: dict[str, Graph] = {}
         self._versions: dict[str, str] = {}
+        self._hashes: dict[str, str] = {}
         for flow in flows:
             self.add(flow.to_blueprint(), flow.implementations)
         for blueprint in blueprints:
@@ -50,7 +51,8 @@ class App:
         self._blueprints[blueprint.id] = blueprint
         self._scoped[blueprint.id] = dict(implementations or {})
         self._graphs[blueprint.id] = analyze(blueprint)
-        self._versions[blueprint.id] = blueprint.version or blueprint.content_hash
+        self._hashes[blueprint.id] = blueprint.content_hash
+        self._versions[blueprint.id] = blueprint.version or self._hashes[blueprint.id]
 
     def blueprint(self, blueprint_id: str) -> Blueprint | None:
         return self._blueprints.get(blueprint_id)
@@ -70,6 +72,9 @@ class App:
 
     def has_implementation(self, blueprint_id: str, uses: str) -> bool:
         return uses in BUILTIN_USES or self.implementation(blueprint_id, uses) is not None
+
+    def content_hash(self, blueprint_id: str) -> str | None:
+        return self._hashes.get(blueprint_id)
 
     def version(self, blueprint_id: str) -> str | None:
         """What jobs and run records carry to detect workers with another version of a blueprint: the

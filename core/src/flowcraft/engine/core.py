@@ -9,6 +9,7 @@ when nothing is pending -> ack. Every step is safe to repeat after a crash at an
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
@@ -120,7 +121,9 @@ class Engine:
         self.fault = fault
         self._inflight: dict[tuple[str, str], _InFlight] = {}
         self._cancelled_runs: set[str] = set()
-        self._released: set[tuple[str, str]] = set()  # leases a finishing commit already released
+        self._released: set[tuple[str, str]] = set()
+        self._token_prefix = uuid.uuid4().hex[:16]  # not worker_id: users may reuse names across processes
+        self._tokens = itertools.count()  # leases a finishing commit already released
 
     # ------------------------------------------------------------------ client-side operations
     async def start(
@@ -135,7 +138,7 @@ class Engine:
         graph = self._graph_or_raise(blueprint_id)
         version = self.app.version(blueprint_id)
         run_id = run_id or uuid.uuid4().hex
-        record = RunRecord(run_id, blueprint_id, "running", version, graph.blueprint.content_hash, input,
+        record = RunRecord(run_id, blueprint_id, "running", version, self.app.content_hash(blueprint_id), input,
                            parent=dict(parent) if parent else None)
         if not await self.status.create(record):
             existing = await self.status.get(run_id)
@@ -687,7 +690,7 @@ class Engine:
                          version=job.version, input=chunk, has_input=True,
                          payload={"lane": rest[1:], "chunks": count})
             arrivals.append(Arrival(follow, f"lane:{job.item}", True, chunk, ("lane",)))
-        completion = Completion(job.node_id, outputs, token=uuid.uuid4().hex)
+        completion = Completion(job.node_id, outputs, token=self._token())
         await self._commit_and_finish(job, record, completion, arrivals)
 
     async def _gather(self, job: Job, graph: Graph, record: RunRecord) -> None:
@@ -757,8 +760,12 @@ class Engine:
         updates = dict(context.pending_updates) if context is not None else {}
         updates.update(extra or {})
         updates[OUTPUTS_PREFIX + job.node_id] = output
-        return Completion(job.node_id, output, action, uuid.uuid4().hex, updates,
+        return Completion(job.node_id, output, action, self._token(), updates,
                           context.pending_deletes if context is not None else (), fallback, due_at)
+
+    def _token(self) -> str:
+        """A completion token unique across engines: a random per-engine prefix plus a local counter."""
+        return f"{self._token_prefix}:{next(self._tokens)}"
 
     def _node_context(self, job: Job, node: NodeDefinition, context: RunContext, input_value: Any) -> NodeContext:
         return NodeContext(
