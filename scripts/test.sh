@@ -12,4 +12,4 @@ export FLOWCRAFT_TEST_SERVERS=${FLOWCRAFT_TEST_SERVERS:-redis moto}
 "$ROOT/.venv/bin/mypy" core/src/flowcraft
 suites=(core/tests)
 for tests in packages/*/tests; do [ -d "$tests" ] && suites+=("$tests"); done
-"$ROOT/.venv/bin/pytest" -q -p no:cacheprovider --timeout 300 "${suites[@]}" tests-integration "$@"
+"$ROOT/.venv/bin/pytest" -q -p no:cacheprovider --timeout 300 "${suites[@]}" benchmarks tests-integration "$@"
