@@ -369,13 +369,23 @@ async def test_finishing_a_job_drops_its_lease(backend: Backend, aws: dict[str, 
     first = job("drop", "a")
     await coordination.schedule("drop", [first])
     assert (await coordination.begin(first, "w1", 30)).lease
-    await coordination.commit(Transition("drop", first.key, Completion("a", 1, token="t"), finish=True))
+    committed = await coordination.commit(Transition("drop", first.key, Completion("a", 1, token="t"), finish=True,
+                                                     owner="w1"))
+    assert committed.lease_released
     (item,) = (await aws["dynamodb"].query(
         TableName=aws["prefix"] + "coordination", KeyConditionExpression="runId = :r AND sk = :k",
         ExpressionAttributeValues={":r": {"S": "drop"}, ":k": {"S": "job#" + first.key}}, ConsistentRead=True))["Items"]
     assert item["state"]["S"] == "done" and "owner" not in item and item["token"]["S"] == "t"
-    await coordination.release("drop", first.key, "w1")
-    assert (await coordination.begin(first, "w2", 30)).lease
+    assert (await coordination.begin(first, "w2", 30)).lease  # no release needed
+    second = job("drop", "b")
+    await coordination.schedule("drop", [second])
+    assert (await coordination.begin(second, "w1", 30)).lease
+    assert (await coordination.begin(second, "w2", 0.01)).lease is False
+    # a lease another worker holds is not dropped by this owner's commit
+    stolen = await coordination.commit(Transition("drop", second.key, Completion("b", 1, token="u"), finish=True,
+                                                  owner="w9"))
+    assert not stolen.lease_released and not (await coordination.begin(second, "w2", 30)).lease
+    await coordination.release("drop", second.key, "w1")
     # a lease on a job that was never scheduled leaves nothing behind once released
     ghost = job("drop", "never")
     begin = await coordination.begin(ghost, "w1", 30)
@@ -384,7 +394,7 @@ async def test_finishing_a_job_drops_its_lease(backend: Backend, aws: dict[str, 
     keys = {i["sk"]["S"] for i in (await aws["dynamodb"].query(
         TableName=aws["prefix"] + "coordination", KeyConditionExpression="runId = :r",
         ExpressionAttributeValues={":r": {"S": "drop"}}, ConsistentRead=True))["Items"]}
-    assert keys == {"run", "job#" + first.key}
+    assert keys == {"run", "job#" + first.key, "job#" + second.key}
 
 
 async def test_expired_join_arrivals_do_not_count(backend: Backend, aws: dict[str, Any]) -> None:
@@ -429,11 +439,12 @@ async def test_big_fan_out_spans_several_transactions(backend: Backend) -> None:
     coordination = backend.coordination
     run = "wide"
     start = job(run, "s")
-    await coordination.schedule(run, [start])
+    await coordination.schedule(run, [start, job(run, "lane149")])  # makes the second transaction fail once
     lanes = tuple(Arrival(job(run, f"lane{i}"), "s", True, i, ("s",)) for i in range(150))
     completion = Completion("s", None, token="wide")
     first = await coordination.commit(Transition(run, start.key, completion, lanes, finish=True))
-    assert len(first.fired) == 150 and first.pending == 150
+    assert sorted(j.node_id for j in first.fired) == sorted(f"lane{i}" for i in range(149))
+    assert first.pending == 150
     replay = await coordination.commit(Transition(run, start.key, completion, lanes, finish=True, recovery=True))
     assert len(replay.fired) == 150 and replay.pending == 150
     begin = await coordination.begin(start, "w", 5)

@@ -102,9 +102,6 @@ class DynamoDbCoordinationStore(CoordinationStore):
         self._source = source_of(client, source)
         self.table_name = table_name
         self.ttl_seconds = int(ttl_seconds)
-        # leases this process holds, and those a commit already dropped (release then needs no request)
-        self._holders: dict[tuple[str, str], set[str]] = {}
-        self._dropped: set[tuple[str, str, str]] = set()
         # one writer per run at a time in this process: every commit of a run writes the run's counters, so
         # concurrent ones would only conflict (DynamoDB cancels one of two transactions on the same item)
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
@@ -201,16 +198,17 @@ class DynamoDbCoordinationStore(CoordinationStore):
                    known: dict[str, _Item | None] | None = None,
                    members: dict[str, dict[str, tuple[bool, Any]]] | None = None,
                    newly: set[tuple[str, str]] | None = None, contested: set[str] | None = None,
-                   claimer: str | None = None) -> tuple[T, float]:
+                   claimer: str | None = None, lease_owner: str | None = None) -> tuple[T, float, bool]:
         """Run ``rules`` over a plan until its conditional writes apply; returns the rules' result.
 
         ``contested`` keys (join targets several predecessors may decide to fire at once) are first claimed
         by ``claimer`` with a single-item conditional write; only the claimer inserts them. So concurrent
         predecessors never make a transaction fail (which is also what keeps moto, whose failed transactions
-        restore a snapshot of the whole table, from losing concurrent writes)."""
+        restore a snapshot of the whole table, from losing concurrent writes). ``lease_owner``'s lease on
+        ``own_key`` is dropped by the write that finishes that job; the third value says it was."""
         async with self._run_lock(run_id):
             return await self._run_locked(run_id, rules, own_key=own_key, known=known, members=members,
-                                          newly=newly, contested=contested, claimer=claimer)
+                                          newly=newly, contested=contested, claimer=claimer, lease_owner=lease_owner)
 
     @contextlib.asynccontextmanager
     async def _run_lock(self, run_id: str) -> AsyncIterator[None]:
@@ -231,37 +229,35 @@ class DynamoDbCoordinationStore(CoordinationStore):
     async def _run_locked(self, run_id: str, rules: Callable[[_Plan], T], *, own_key: str | None,
                           known: dict[str, _Item | None] | None, members: dict[str, dict[str, tuple[bool, Any]]] | None,
                           newly: set[tuple[str, str]] | None, contested: set[str] | None,
-                          claimer: str | None) -> tuple[T, float]:
+                          claimer: str | None, lease_owner: str | None) -> tuple[T, float, bool]:
         client = await self._source.get()
         known = {} if known is None else known
+        ours: set[str] = set()  # inserted by an earlier transaction of this very call (a plan split in several)
         for attempt in range(MAX_ATTEMPTS):
             now = time.time()
-            plan = _Plan(known, members or {}, newly or set(), own_key, self._lease_owner(run_id, own_key), claimer)
+            plan = _Plan(known, members or {}, newly or set(), own_key, lease_owner, claimer, ours)
             try:
                 result = rules(plan)
             except _NeedRead as need:
                 known.update(await self._read_jobs(client, run_id, need.keys, now))
                 continue
             if isinstance(result, Committed) and result.conflict is not None:
-                return result, now
+                return result, now, False
             claims = [op.key for op in plan.ops.values()
                       if op.insert is not None and op.key in (contested or ()) and op.claimed_by is None]
             if claims and claimer is not None:
                 await asyncio.gather(*(self._claim(client, run_id, key, claimer, now, known) for key in claims))
                 continue
-            outcome = await self._apply(client, run_id, plan, now, known)
+            outcome = await self._apply(client, run_id, plan, now, known, ours)
             if outcome == "applied":
-                for op in plan.ops.values():
-                    if op.drop_lease is not None:
-                        self._dropped.add((run_id, op.key, op.drop_lease))
-                return result, now
+                return result, now, any(op.drop_lease is not None for op in plan.ops.values())
             if outcome == "contended":
                 await asyncio.sleep(backoff(attempt))
         raise FlowcraftError(f"coordination writes of run {run_id!r} kept conflicting; giving up after "
                              f"{MAX_ATTEMPTS} attempts", hint="the job is redelivered and replayed")
 
     async def _apply(self, client: Any, run_id: str, plan: _Plan, now: float,
-                     known: dict[str, _Item | None]) -> str:
+                     known: dict[str, _Item | None], ours: set[str]) -> str:
         """Apply the plan's writes (one transaction per 99 items, completions first, own job last).
         Returns "applied", "stale" (a condition failed; ``known`` now holds the current items) or
         "contended" (a transaction conflict; try again)."""
@@ -302,7 +298,10 @@ class DynamoDbCoordinationStore(CoordinationStore):
                                          f"{exc}") from None
                 return "contended"
             for op in chunk:  # applied: later chunks (and a re-plan) see them
-                known[op.key] = op.after(known.get(op.key))
+                if op.key in known or op.insert is not None or op.update_state is not None:
+                    known[op.key] = op.after(known.get(op.key))
+                if op.insert is not None:
+                    ours.add(op.key)
         return "applied"
 
     async def _claim(self, client: Any, run_id: str, key: str, claimer: str, now: float,
@@ -337,11 +336,6 @@ class DynamoDbCoordinationStore(CoordinationStore):
             old = getattr(exc, "response", {}).get("Item")
             known[key] = _Item.parse(old, now) if old else None
 
-    def _lease_owner(self, run_id: str, key: str | None) -> str | None:
-        """The owner of the key's lease if exactly one worker of this process holds it."""
-        holders = self._holders.get((run_id, key)) if key is not None else None
-        return next(iter(holders)) if holders and len(holders) == 1 else None
-
     def _meta_update(self, run_id: str, pending: int, parked: int, now: float, ttl: int | None) -> dict[str, Any]:
         names = {"#act": "activity", "#p": "pending", "#k": "parked"}
         values: dict[str, Any] = {":now": N(now), ":dp": N(pending), ":dk": N(parked)}
@@ -365,7 +359,7 @@ class DynamoDbCoordinationStore(CoordinationStore):
             plan.touch(run_id)
             return inserted
 
-        inserted, _ = await self._run(run_id, rules)
+        inserted, _, _ = await self._run(run_id, rules)
         return inserted
 
     async def begin(self, job: Job, owner: str, lease_seconds: float) -> Begin:
@@ -394,8 +388,6 @@ class DynamoDbCoordinationStore(CoordinationStore):
                 raise
             held = _Item.parse(getattr(exc, "response", {}).get("Item") or {}, now)
             return Begin(False, held.state if held else None, None)
-        self._holders.setdefault((job.run_id, job.key), set()).add(owner)
-        self._dropped.discard((job.run_id, job.key, owner))
         item = _Item.parse(response.get("Attributes") or {}, now)
         return Begin(True, item.state if item else None, item.completion if item else None)
 
@@ -420,14 +412,6 @@ class DynamoDbCoordinationStore(CoordinationStore):
 
     async def release(self, run_id: str, job_key: str, owner: str) -> None:
         self._check(run_id, job_key)
-        holders = self._holders.get((run_id, job_key))
-        if holders is not None:
-            holders.discard(owner)
-            if not holders:
-                del self._holders[(run_id, job_key)]
-        if (run_id, job_key, owner) in self._dropped:
-            self._dropped.discard((run_id, job_key, owner))
-            return  # the commit that finished the job dropped the lease already
         client = await self._source.get()
         key = self._key(run_id, _job_sk(job_key))
         try:
@@ -464,7 +448,7 @@ class DynamoDbCoordinationStore(CoordinationStore):
         written = await asyncio.gather(*(self._record_arrival(client, tx.run_id, a, now) for a in joins.values()))
         newly = {key for key, ok in zip(joins, written, strict=True) if ok}
         targets = list(dict.fromkeys(target for target, _ in joins))
-        reads = set(targets)
+        reads: set[str] = set()  # join targets are not read: the one that fires claims its target first
         if tx.recovery:
             reads |= {tx.job_key, *(a.target_key for a in tx.arrivals)}
         known, found = await asyncio.gather(
@@ -472,13 +456,13 @@ class DynamoDbCoordinationStore(CoordinationStore):
             asyncio.gather(*(self._members(client, tx.run_id, target, now) for target in targets)),
         )
         members = dict(zip(targets, found, strict=True))
-        committed, now = await self._run(tx.run_id, lambda plan: apply_transition(plan, tx), own_key=tx.job_key,
-                                         known=known, members=members, newly=newly, contested=set(targets),
-                                         claimer=tx.job_key)
+        committed, now, released = await self._run(
+            tx.run_id, lambda plan: apply_transition(plan, tx), own_key=tx.job_key, known=known, members=members,
+            newly=newly, contested=set(targets), claimer=tx.job_key, lease_owner=tx.owner)
         if committed.conflict is not None:
             return committed
         pending, parked = await self._counts(client, tx.run_id, now)
-        return replace(committed, pending=pending, parked=parked)
+        return replace(committed, pending=pending, parked=parked, lease_released=released)
 
     async def _record_arrival(self, client: Any, run_id: str, arrival: Arrival, now: float) -> bool:
         item: dict[str, Any] = {
@@ -519,7 +503,7 @@ class DynamoDbCoordinationStore(CoordinationStore):
                 plan.set_job_state(run_id, job_key, "parked")
             plan.touch(run_id)
 
-        _, now = await self._run(run_id, rules, own_key=job_key)
+        _, now, _ = await self._run(run_id, rules, own_key=job_key)
         pending, parked = await self._counts(await self._source.get(), run_id, now)
         return Committed(pending=pending, parked=parked)
 
@@ -736,11 +720,12 @@ class _Plan:
 
     def __init__(self, known: Mapping[str, _Item | None], members: Mapping[str, Mapping[str, tuple[bool, Any]]],
                  newly: set[tuple[str, str]], own_key: str | None, lease_owner: str | None = None,
-                 claimer: str | None = None) -> None:
+                 claimer: str | None = None, ours: set[str] | None = None) -> None:
         self.known = known
+        self.ours = ours or set()  # keys this commit already inserted (an earlier part of a split plan)
         self.claimer = claimer  # who may insert targets that several predecessors race for
         self.own_key = own_key
-        self.lease_owner = lease_owner  # this process holds the own job's lease: drop it when the job leaves pending
+        self.lease_owner = lease_owner  # Transition.owner: its lease goes with the write that finishes the job
         self.ops: dict[str, _Op] = {}
         self.local: dict[str, _Item | None] = {}
         # a join's members as the rules would see them applying this transition's arrivals in order: the
@@ -768,6 +753,9 @@ class _Plan:
         return None if item is None else item.state
 
     def insert_job(self, run_id: str, key: str, state: JobState, job: Job | None) -> bool:
+        if key in self.ours and key not in self.local:
+            self.local[key] = self.known.get(key)
+            return True  # this commit inserted it already, in an earlier transaction
         current = self.local.get(key, self.known.get(key))
         if current is not None and (current.state is not None or current.claim not in (None, self.claimer)):
             return False  # inserted, or another predecessor claimed it and inserts it
