@@ -158,7 +158,7 @@ class FixedClient:
 
 class AwsClients:
     """One aiobotocore session and one client per service, shared by the components of one backend
-    (``shared[("aws", endpoint, region)]``); closed when the last component closes."""
+    (``shared["aws:<region>:<endpoint>"]``); closed when the last component closes."""
 
     def __init__(self, endpoint_url: str | None, region: str, max_pool_connections: int = 64) -> None:
         self.endpoint_url = endpoint_url
@@ -171,8 +171,8 @@ class AwsClients:
         self._users = 0
 
     @classmethod
-    def shared(cls, shared: dict[Any, Any], options: SqsOptions) -> AwsClients:
-        key = ("aws", options.endpoint_url, options.region)
+    def shared(cls, shared: dict[str, Any], options: SqsOptions) -> AwsClients:
+        key = f"aws:{options.region}:{options.endpoint_url or ''}"
         clients = shared.get(key)
         if not isinstance(clients, AwsClients):
             clients = shared[key] = cls(options.endpoint_url, options.region, options.max_pool_connections)
