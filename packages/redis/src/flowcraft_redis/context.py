@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Self
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -12,19 +12,14 @@ from flowcraft_redis import scripts
 from flowcraft_redis._client import (
     DEFAULT_PREFIX,
     DEFAULT_TTL,
-    Keys,
-    batcher_for,
     dumps,
     loads,
-    option_float,
-    option_str,
-    shared_client,
     text,
 )
-from flowcraft_redis.colocation import Colocated, Colocation
+from flowcraft_redis._store import RedisStateStore
 
 
-class RedisContext(Colocated, ContextStore):
+class RedisContext(RedisStateStore, ContextStore):
     """``P ctx:<run_id>``: one hash per run, field = context key, value = the JSON of the value (``None`` is
     stored as ``null``, so a key set to ``None`` exists). Each write refreshes the hash's TTL."""
 
@@ -32,19 +27,8 @@ class RedisContext(Colocated, ContextStore):
 
     def __init__(self, redis: Redis, *, key_prefix: str = DEFAULT_PREFIX,
                  state_ttl_seconds: float = DEFAULT_TTL) -> None:
-        self.redis = redis
-        self.key_prefix = key_prefix
-        self.state_ttl_seconds = int(state_ttl_seconds)
-        self.keys = Keys(key_prefix)
-        self.batcher = batcher_for(redis)
+        super().__init__(redis, key_prefix=key_prefix, state_ttl_seconds=state_ttl_seconds)
         self._apply = self.batcher.script(scripts.CONTEXT_APPLY)
-
-    @classmethod
-    def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
-        store = cls(shared_client(options, shared), key_prefix=option_str(options, "key_prefix", DEFAULT_PREFIX),
-                    state_ttl_seconds=option_float(options, "state_ttl_seconds", DEFAULT_TTL))
-        Colocation.join(store, options, shared)
-        return store
 
     async def get_many(self, run_id: str, keys: Sequence[str]) -> dict[str, Any]:
         if not keys:

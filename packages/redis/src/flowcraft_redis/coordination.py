@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any, Self
+from collections.abc import Sequence
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -22,16 +22,12 @@ from flowcraft_redis import scripts
 from flowcraft_redis._client import (
     DEFAULT_PREFIX,
     DEFAULT_TTL,
-    Keys,
-    batcher_for,
     dumps,
     loads,
-    option_float,
-    option_str,
-    shared_client,
     text,
 )
-from flowcraft_redis.colocation import Colocated, Colocation, Dispatcher
+from flowcraft_redis._store import RedisStateStore
+from flowcraft_redis.colocation import Colocation, Dispatcher
 
 STATES: dict[int, JobState] = {ord("p"): "pending", ord("d"): "done", ord("s"): "skipped", ord("k"): "parked"}
 LETTERS: dict[str, str] = {"pending": "p", "parked": "k", "done": "d", "skipped": "s"}
@@ -47,7 +43,7 @@ def parse_completion(raw: bytes | None) -> Completion | None:
     return Completion.from_dict(loads(raw.split(b" ", 1)[1]))
 
 
-class RedisCoordinationStore(Colocated, CoordinationStore):
+class RedisCoordinationStore(RedisStateStore, CoordinationStore):
     """Coordination on Redis: every operation is one Lua script (one round trip, atomic).
 
     ``commit`` ports ``flowcraft.backends.transition.apply_transition`` to Lua. What else it does is wired at
@@ -65,11 +61,7 @@ class RedisCoordinationStore(Colocated, CoordinationStore):
 
     def __init__(self, redis: Redis, *, key_prefix: str = DEFAULT_PREFIX, state_ttl_seconds: float = DEFAULT_TTL,
                  applies_context: bool | None = None, dispatcher: Dispatcher | None = None) -> None:
-        self.redis = redis
-        self.key_prefix = key_prefix
-        self.state_ttl_seconds = int(state_ttl_seconds)
-        self.keys = Keys(key_prefix)
-        self.batcher = batcher_for(redis)
+        super().__init__(redis, key_prefix=key_prefix, state_ttl_seconds=state_ttl_seconds)
         self._forced_context = applies_context
         self._forced_dispatcher = dispatcher
         self._applies_context = bool(applies_context)
@@ -85,13 +77,6 @@ class RedisCoordinationStore(Colocated, CoordinationStore):
         self._unpark = batcher.script(scripts.UNPARK)
         self._jobs = batcher.script(scripts.JOBS)
         self._delete = batcher.script(scripts.DELETE_RUN)
-
-    @classmethod
-    def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
-        store = cls(shared_client(options, shared), key_prefix=option_str(options, "key_prefix", DEFAULT_PREFIX),
-                    state_ttl_seconds=option_float(options, "state_ttl_seconds", DEFAULT_TTL))
-        Colocation.join(store, options, shared)
-        return store
 
     def colocated(self, colocation: Colocation) -> None:
         if self._forced_context is None:

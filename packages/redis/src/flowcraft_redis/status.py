@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Self, cast
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -14,16 +14,11 @@ from flowcraft_redis import scripts
 from flowcraft_redis._client import (
     DEFAULT_PREFIX,
     DEFAULT_TTL,
-    Keys,
-    batcher_for,
     dumps,
     loads,
-    option_float,
-    option_str,
-    shared_client,
     text,
 )
-from flowcraft_redis.colocation import Colocated, Colocation
+from flowcraft_redis._store import RedisStateStore
 
 #: record fields stored as JSON in the hash (``status`` is stored as plain text, for the Lua CAS)
 FIELDS = ("run_id", "blueprint_id", "version", "blueprint_hash", "input", "created_at", "updated_at", "errors",
@@ -46,7 +41,7 @@ def _flat(items: list[Any]) -> dict[bytes, bytes]:
     return {items[i]: items[i + 1] for i in range(0, len(items), 2)}
 
 
-class RedisStatusStore(Colocated, StatusStore):
+class RedisStatusStore(RedisStateStore, StatusStore):
     """``P status:<run_id>`` hash (one field per record field, JSON; ``status`` plain); ``P idx:created``
     sorted set (score created_at) for ``list``; ``P idx:status:<status>`` sorted sets (score updated_at)
     for ``stalled``. ``transition`` is a compare-and-set in one Lua call that returns the new record."""
@@ -55,20 +50,9 @@ class RedisStatusStore(Colocated, StatusStore):
 
     def __init__(self, redis: Redis, *, key_prefix: str = DEFAULT_PREFIX,
                  state_ttl_seconds: float = DEFAULT_TTL) -> None:
-        self.redis = redis
-        self.key_prefix = key_prefix
-        self.state_ttl_seconds = int(state_ttl_seconds)
-        self.keys = Keys(key_prefix)
-        self.batcher = batcher_for(redis)
+        super().__init__(redis, key_prefix=key_prefix, state_ttl_seconds=state_ttl_seconds)
         self._create = self.batcher.script(scripts.STATUS_CREATE)
         self._transition = self.batcher.script(scripts.STATUS_TRANSITION)
-
-    @classmethod
-    def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
-        store = cls(shared_client(options, shared), key_prefix=option_str(options, "key_prefix", DEFAULT_PREFIX),
-                    state_ttl_seconds=option_float(options, "state_ttl_seconds", DEFAULT_TTL))
-        Colocation.join(store, options, shared)
-        return store
 
     async def create(self, record: RunRecord) -> bool:
         now = time.time()
