@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from flowcraft import App, Engine, EngineOptions, Flow, NodeContext, NodeResult, Worker
+from flowcraft import App, Flow, NodeContext, NodeResult
 from flowcraft.client import Client
-from flowcraft.engine.core import RunResult
 from flowcraft.plugins import registry
 from flowcraft.spi import Backend
+from flowcraft.testing import InProcessWorkers
 from flowcraft_sqs import DynamoDbCoordinationStore, SqsAdapter, create_sqs_reconciler
 
 pytestmark = pytest.mark.asyncio
@@ -119,28 +119,8 @@ async def backend(sqs_options: dict[str, Any]) -> AsyncIterator[Backend]:
         await built.close()
 
 
-class Workers:
-    def __init__(self, backend: Backend, count: int = 2) -> None:
-        self.client = Client(backend, APP)
-        self.workers = [Worker(Engine(APP, backend, options=EngineOptions(lease_seconds=5)), concurrency=8,
-                               poll_wait=0.2, grace=2) for _ in range(count)]
-        self.tasks: list[asyncio.Task[None]] = []
-
-    async def __aenter__(self) -> Workers:
-        self.tasks = [asyncio.create_task(w.run()) for w in self.workers]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        for worker in self.workers:
-            worker.stop()
-        await asyncio.gather(*self.tasks)
-
-    async def run(self, blueprint: str, input: Any = None, timeout: float = 30) -> RunResult:
-        return await self.client.run(blueprint, input, timeout=timeout)
-
-
 async def test_diamond_all_join(backend: Backend) -> None:
-    async with Workers(backend) as w:
+    async with InProcessWorkers(backend, app=APP) as w:
         results = await asyncio.gather(*(w.run("diamond") for _ in range(5)))
     for result in results:
         assert result.status == "completed", result.errors
@@ -149,7 +129,7 @@ async def test_diamond_all_join(backend: Backend) -> None:
 
 
 async def test_any_join_of_three_runs_once(backend: Backend) -> None:
-    async with Workers(backend) as w:
+    async with InProcessWorkers(backend, app=APP) as w:
         result = await w.run("any3")
     assert result.status == "completed", result.errors
     (winner,) = result.outputs["j"]["got"]
@@ -164,7 +144,7 @@ async def test_any_join_of_three_runs_once(backend: Backend) -> None:
     (500, {"positive", "big", "end"}, {"negative", "after-neg"}),
 ])
 async def test_conditional_branches(backend: Backend, value: int, taken: set[str], untaken: set[str]) -> None:
-    async with Workers(backend) as w:
+    async with InProcessWorkers(backend, app=APP) as w:
         result = await w.run("branches", value)
     assert result.status == "completed", result.errors
     assert taken <= set(result.outputs) and not untaken & set(result.outputs)
@@ -172,7 +152,7 @@ async def test_conditional_branches(backend: Backend, value: int, taken: set[str
 
 
 async def test_loop(backend: Backend) -> None:
-    async with Workers(backend) as w:
+    async with InProcessWorkers(backend, app=APP) as w:
         result = await w.run("loop")
     assert result.status == "completed", result.errors
     assert result.context["count"] == 5 and result.outputs["done"] == "done"
@@ -180,7 +160,7 @@ async def test_loop(backend: Backend) -> None:
 
 
 async def test_retries_then_success_and_final_failure(backend: Backend) -> None:
-    async with Workers(backend) as w:
+    async with InProcessWorkers(backend, app=APP) as w:
         ok = await w.run("retries")
         bad = await w.run("failing")
         await asyncio.sleep(0.5)
@@ -197,7 +177,7 @@ async def test_sleep_longer_than_one_delay_hop_is_chained(backend: Backend, monk
     import flowcraft_sqs.queue as sqs_queue
 
     monkeypatch.setattr(sqs_queue, "MAX_DELAY_SECONDS", 1)
-    async with Workers(backend, count=1) as w:
+    async with InProcessWorkers(backend, count=1, app=APP) as w:
         started = time.monotonic()
         result = await w.run("sleepy", timeout=30)
     assert result.status == "completed", result.errors

@@ -6,6 +6,7 @@ from flowcraft.testing.contract import (
     ContextContract,
     CoordinationContract,
     CrashContract,
+    InProcessWorkers,
     QueueContract,
     ReconcilerContract,
     StatusContract,
@@ -13,6 +14,6 @@ from flowcraft.testing.contract import (
 )
 
 __all__ = [
-    "MULTIPROCESS", "BackendContract", "ContextContract", "CoordinationContract", "CrashContract",
+    "MULTIPROCESS", "BackendContract", "ContextContract", "CoordinationContract", "CrashContract", "InProcessWorkers",
     "QueueContract", "ReconcilerContract", "StatusContract", "WorkflowContract",
 ]

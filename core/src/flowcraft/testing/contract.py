@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import pytest
 import pytest_asyncio
 
+from flowcraft.app import App
 from flowcraft.client import Client
 from flowcraft.engine.core import Engine, EngineOptions, RunResult
 from flowcraft.engine.worker import Worker
@@ -329,17 +330,17 @@ class CoordinationContract(_Base):
 
 
 # ====================================================================== workflows on real workers
-class _Workers:
-    """Engines with worker loops in this process, plus a client."""
+class InProcessWorkers:
+    """Engines with worker loops in this process, plus a client: ``async with InProcessWorkers(backend) as w``."""
 
-    def __init__(self, backend: Backend, count: int = 2, concurrency: int = 8) -> None:
+    def __init__(self, backend: Backend, count: int = 2, concurrency: int = 8, app: App = contract_app) -> None:
         self.backend = backend
-        self.client = Client(backend, contract_app)
-        self.engines = [Engine(contract_app, backend, options=EngineOptions(lease_seconds=5)) for _ in range(count)]
+        self.client = Client(backend, app)
+        self.engines = [Engine(app, backend, options=EngineOptions(lease_seconds=5)) for _ in range(count)]
         self.workers = [Worker(e, concurrency=concurrency, poll_wait=0.2, grace=2) for e in self.engines]
         self.tasks: list[asyncio.Task[None]] = []
 
-    async def __aenter__(self) -> _Workers:
+    async def __aenter__(self) -> InProcessWorkers:
         self.tasks = [asyncio.create_task(w.run()) for w in self.workers]
         return self
 
@@ -354,7 +355,7 @@ class _Workers:
 
 class WorkflowContract(_Base):
     async def test_diamond_all_join(self, backend: Backend, tmp_path: Path) -> None:
-        async with _Workers(backend) as w:
+        async with InProcessWorkers(backend) as w:
             result = await w.run("contract-diamond", {"log": str(tmp_path / "log"), "value": 1})
         assert result.status == "completed", result.errors
         assert result.outputs["j"]["received"] == {p: result.outputs[p] for p in ("p1", "p2", "p3")}
@@ -362,7 +363,7 @@ class WorkflowContract(_Base):
         assert Counter(e["node"] for e in read_log(tmp_path / "log"))["j"] == 1
 
     async def test_any_join_of_four_runs_once(self, backend: Backend, tmp_path: Path) -> None:
-        async with _Workers(backend) as w:
+        async with InProcessWorkers(backend) as w:
             result = await w.run("contract-any", {"log": str(tmp_path / "log")})
         assert result.status == "completed", result.errors
         assert Counter(e["node"] for e in read_log(tmp_path / "log"))["j"] == 1
@@ -370,13 +371,13 @@ class WorkflowContract(_Base):
         assert result.outputs["j"]["received"][winner] == result.outputs[winner]
 
     async def test_node_returning_none_completes(self, backend: Backend) -> None:
-        async with _Workers(backend) as w:
+        async with InProcessWorkers(backend) as w:
             result = await w.run("contract-none", {"value": 3})
         assert result.status == "completed" and result.outputs == {"s": 3, "n": None, "e": None}
 
     @pytest.mark.parametrize("side", ["left", "right"])
     async def test_conditional_branches_complete(self, backend: Backend, side: str) -> None:
-        async with _Workers(backend) as w:
+        async with InProcessWorkers(backend) as w:
             result = await w.run("contract-branches", {"value": side})
         assert result.status == "completed", result.errors
         assert side in result.outputs and ({"left", "right"} - {side}).isdisjoint(result.outputs)
@@ -384,20 +385,20 @@ class WorkflowContract(_Base):
         assert ("only-right" in result.outputs) == (side == "right")
 
     async def test_retries_really_retry_with_backoff(self, backend: Backend, tmp_path: Path) -> None:
-        async with _Workers(backend) as w:
+        async with InProcessWorkers(backend) as w:
             result = await w.run("contract-retry", {"log": str(tmp_path / "log")})
         assert result.status == "completed" and result.outputs["f"] == "ok on attempt 3"
         assert [e["attempt"] for e in read_log(tmp_path / "log") if e["node"] == "f"] == [1, 2, 3]
 
     async def test_fallback_only_when_primary_fails(self, backend: Backend, tmp_path: Path) -> None:
-        async with _Workers(backend) as w:
+        async with InProcessWorkers(backend) as w:
             result = await w.run("contract-fallback", {"log": str(tmp_path / "log"), "value": 9})
         assert result.status == "completed", result.errors
         assert result.outputs["next"] == 9 and result.outputs["good"] == 9
         assert "unused" not in {e["node"] for e in read_log(tmp_path / "log")}
 
     async def test_failure_is_final(self, backend: Backend) -> None:
-        async with _Workers(backend) as w:
+        async with InProcessWorkers(backend) as w:
             result = await w.run("contract-fail", {})
             await asyncio.sleep(0.6)
             later = await w.client.status(result.run_id)
@@ -406,13 +407,13 @@ class WorkflowContract(_Base):
         assert "after" not in later.outputs
 
     async def test_loop(self, backend: Backend) -> None:
-        async with _Workers(backend) as w:
+        async with InProcessWorkers(backend) as w:
             result = await w.run("contract-loop", {})
         assert result.status == "completed", result.errors
         assert result.context["count"] == 4 and result.outputs["after"] == 4
 
     async def test_map_with_chunks_and_concurrency(self, backend: Backend) -> None:
-        async with _Workers(backend) as w:
+        async with InProcessWorkers(backend) as w:
             result = await w.run("contract-map", {"value": [1, 2, 3, 4, 5]})
             empty = await w.run("contract-map", {"value": []})
         assert result.status == "completed", result.errors
@@ -420,7 +421,7 @@ class WorkflowContract(_Base):
         assert empty.status == "completed" and empty.outputs["sum"] == 0
 
     async def test_sleep_is_a_durable_timer(self, backend: Backend) -> None:
-        async with _Workers(backend) as w:
+        async with InProcessWorkers(backend) as w:
             started = time.monotonic()
             result = await w.run("contract-sleep", {"value": "x"})
         assert result.status == "completed" and result.outputs["woke"] == "x"
@@ -428,7 +429,7 @@ class WorkflowContract(_Base):
 
     @pytest.mark.parametrize("action", ["approve", "reject"])
     async def test_wait_and_resume_route_by_action(self, backend: Backend, action: str) -> None:
-        async with _Workers(backend) as w:
+        async with InProcessWorkers(backend) as w:
             paused = await w.run("contract-wait", {"value": 1})
             assert paused.status == "awaiting"
             assert paused.awaiting == [{"node_id": "approval", "visit": 0}]
@@ -441,13 +442,13 @@ class WorkflowContract(_Base):
         assert result.outputs[action.rstrip("e") + "ed"] == {"by": "ada"} and other not in result.outputs
 
     async def test_subflow(self, backend: Backend) -> None:
-        async with _Workers(backend) as w:
+        async with InProcessWorkers(backend) as w:
             result = await w.run("contract-parent", {"value": 40})
         assert result.status == "completed", result.errors
         assert result.outputs["sub"] == 42 and result.outputs["after"] == 42
 
     async def test_cancel_drops_queued_work(self, backend: Backend) -> None:
-        async with _Workers(backend) as w:
+        async with InProcessWorkers(backend) as w:
             run_id = await w.client.start("contract-sleep", {"value": 1})
             await asyncio.sleep(0.3)
             assert await w.client.cancel(run_id)
@@ -457,7 +458,7 @@ class WorkflowContract(_Base):
         assert result.status == "cancelled" and "woke" not in result.outputs
 
     async def test_ids_with_separators_and_unicode(self, backend: Backend) -> None:
-        async with _Workers(backend) as w:
+        async with InProcessWorkers(backend) as w:
             result = await w.run("contract ids:/ünï", {"value": "ok"})
         assert result.status == "completed" and result.outputs == {"a:b/c d": "ok", "ñ/ø:1": "ok"}
 
@@ -488,7 +489,7 @@ class ReconcilerContract(_Base):
         run_id = await client.start("contract-branches", {"value": "right"})
         client.engine.queue.enqueue = lost  # type: ignore[method-assign]
         healthy = await client.start("contract-none", {"value": 1})
-        async with _Workers(backend, count=1):
+        async with InProcessWorkers(backend, count=1):
             assert (await client.wait(healthy, 30)).status == "completed"
             await asyncio.sleep(1.2)
             assert (await client.status(run_id)).status == "running"
@@ -499,7 +500,7 @@ class ReconcilerContract(_Base):
         assert "left" not in result.outputs and "left2" not in result.outputs
 
     async def test_reconciler_leaves_runs_with_a_live_worker_alone(self, backend: Backend) -> None:
-        async with _Workers(backend, count=1) as w:
+        async with InProcessWorkers(backend, count=1) as w:
             run_id = await w.client.start("contract-long", {})
             await asyncio.sleep(1.5)
             stats = await Reconciler(backend, stalled_threshold_seconds=0.5).run()
