@@ -4,7 +4,6 @@ and the commit plan against the reference (memory) store."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import subprocess
 import sys
@@ -18,7 +17,16 @@ from flowcraft.errors import ConfigError
 from flowcraft.spi import Arrival, Completion, Job, Transition
 from flowcraft_sqs._aws import ItemTooLargeError, SqsOptions, check_item_size
 from flowcraft_sqs._batch import Coalescer, Entry
-from flowcraft_sqs.coordination import _arrival_sk, _arrivals_prefix, _completion_from, _completion_text, _Item, _Plan
+from flowcraft_sqs.coordination import (
+    INLINE_BYTES,
+    DynamoDbCoordinationStore,
+    _arrival_key,
+    _completion_from,
+    _completion_text,
+    _Plan,
+    _RunState,
+    _split_arrival_key,
+)
 from flowcraft_sqs.queue import _seconds
 
 TRICKY = ["", "a", "a:b", 'a"', 'a"b', "a\\", "a\\\"", "ü", "a#b", "0:a", "0:a:b", '"', "\\", " ", "a/b c"]
@@ -51,14 +59,10 @@ def test_plugin_lists_without_importing_aiobotocore() -> None:
 
 
 def test_arrival_keys_are_unambiguous_for_any_ids() -> None:
-    for target, other in itertools.product(TRICKY, repeat=2):
-        for member in TRICKY:
-            key = _arrival_sk(target, member)
-            assert key.startswith(_arrivals_prefix(target))
-            if other != target:
-                assert not key.startswith(_arrivals_prefix(other)), (target, other, member)
-    pairs = {(t, m): _arrival_sk(t, m) for t in TRICKY for m in TRICKY}
-    assert len(set(pairs.values())) == len(pairs)
+    keys = {(t, m): _arrival_key(t, m) for t in TRICKY for m in TRICKY}
+    assert len(set(keys.values())) == len(keys)
+    for (target, member), key in keys.items():
+        assert _split_arrival_key(key) == (target, member)
 
 
 def test_completion_record_round_trip_stores_the_output_once() -> None:
@@ -117,14 +121,16 @@ def _job(node: str, **kwargs: Any) -> Job:
     return Job("r", "bp", node, **kwargs)
 
 
-def _mirror(memory: MemoryCoordinationStore) -> tuple[dict[str, _Item | None], dict[str, dict[str, tuple[bool, Any]]]]:
+def _mirror(memory: MemoryCoordinationStore) -> _RunState:
+    """The memory store's state of run "r" as a run item (contributions inline)."""
     run = memory._run("r")
-    known: dict[str, _Item | None] = {}
-    for key in set(run.jobs) | set(run.completions):
-        state, job = run.jobs.get(key, (None, None))
-        known[key] = _Item(state, job, run.completions.get(key))
-    members = {target: dict(found) for target, found in run.arrivals.items()}
-    return known, members
+    jobs = {key: state for key, (state, _) in run.jobs.items()}
+    docs = {key: json.dumps(job.to_dict()) for key, (state, job) in run.jobs.items()
+            if job is not None and state in ("pending", "parked")}
+    arrivals = {(target, member): json.dumps([arrived, contribution])
+                for target, found in run.arrivals.items() for member, (arrived, contribution) in found.items()}
+    done = {key: _completion_text(completion, key) for key, completion in run.completions.items()}
+    return _RunState(1, jobs, docs, done, arrivals)
 
 
 SCENARIOS: list[tuple[str, list[Transition]]] = [
@@ -156,27 +162,48 @@ SCENARIOS: list[tuple[str, list[Transition]]] = [
 @pytest.mark.parametrize(("name", "transitions"), SCENARIOS, ids=[s[0] for s in SCENARIOS])
 async def test_plan_decides_like_the_reference_store(name: str, transitions: list[Transition]) -> None:
     """Run each transition on the memory store and, from a mirror of the same state, as a DynamoDB plan:
-    same outcome, and the plan's writes carry the same counter changes."""
+    same outcome, same counts."""
     memory = MemoryCoordinationStore()
     await memory.schedule("r", [_job(n) for n in ("a", "x", "p1", "p2", "p3")])
     for tx in transitions:
-        known, members = _mirror(memory)
-        # the plan sees arrivals of this transition as already written, exactly like the store does
-        newly = {(a.target_key, a.member) for a in tx.arrivals if len(a.expected) > 1
-                 and a.member not in members.get(a.target_key, {})}
-        for a in tx.arrivals:
-            if len(a.expected) > 1:
-                members.setdefault(a.target_key, {}).setdefault(a.member, (a.arrived, a.contribution))
-        plan = _Plan(known, members, newly, tx.job_key)
-        before = memory.counts("r")
+        plan = _Plan(_mirror(memory))
         planned = apply_transition(plan, tx)
         expected = await memory.commit(tx)
         assert planned.conflict == expected.conflict
         assert planned.fired == expected.fired and planned.skipped == expected.skipped
-        after = memory.counts("r")
-        ops = plan.ops.values()
-        assert (sum(o.pending for o in ops), sum(o.parked for o in ops)) == (after[0] - before[0],
-                                                                             after[1] - before[1])
+        assert plan.counts("r") == memory.counts("r")
+
+
+def test_large_documents_and_contributions_move_to_blob_items() -> None:
+    store = DynamoDbCoordinationStore(client=object(), table_name="t")
+    big = "x" * (INLINE_BYTES + 1)
+    plan = _Plan(_RunState(1, {"0:a": "pending"}))
+    plan.insert_job("r", "0:b", "pending", _job("b", input=big, has_input=True))
+    plan.insert_job("r", "0:c", "pending", _job("c", input="small", has_input=True))
+    assert plan.add_arrival("r", "0:j", "a", True, big) == (1, 1)
+    assert plan.add_arrival("r", "0:j", "b", False, None) == (2, 1)
+    plan.put_completion("r", "0:a", Completion("a", big, token="t"))
+    encoded, blobs = store._encode("r", plan, None)
+    docs, arrivals = encoded["docs"], {_split_arrival_key(k): v for k, v in encoded["arrivals"].items()}
+    assert len(blobs) == 3 and all(item["sk"]["S"].startswith("blob#") for item in blobs)
+    assert encoded["done"]["0:a"].startswith("@blob#")
+    assert docs["0:b"].startswith("@blob#") and json.loads(docs["0:c"])["node_id"] == "c"
+    assert arrivals[("0:j", "a")].startswith("@1blob#") and json.loads(arrivals[("0:j", "b")]) == [False, None]
+    # read back through a plan over the written state, with the blob items at hand
+    bodies = {item["sk"]["S"]: item["body"]["S"] for item in blobs}
+    again = _Plan(_RunState(2, plan.jobs, docs, encoded["done"], arrivals), blobs=bodies)
+    assert again.completion("r", "0:a") == Completion("a", big, token="t")
+    assert again.job("r", "0:b") == _job("b", input=big, has_input=True)
+    assert again.arrivals("r", "0:j") == {"a": (True, big), "b": (False, None)}
+
+
+async def test_a_run_state_past_the_item_limit_is_a_clear_error() -> None:
+    """Checked before anything is sent (the client here could not send anything)."""
+    store = DynamoDbCoordinationStore(client=object(), table_name="t")
+    plan = _Plan(_RunState(1, {f"{i}:node-with-a-long-name": "done" for i in range(20000)}))
+    plan.insert_job("r", "one-more", "pending", _job("x"))
+    with pytest.raises(ItemTooLargeError, match="coordination state of run 'r'"):
+        await store._write(object(), "r", plan, 0.0, None)
 
 
 def test_job_documents_are_json() -> None:
