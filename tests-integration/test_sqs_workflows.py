@@ -95,7 +95,14 @@ def flows() -> list[Flow]:
 
     sleepy = Flow("sleepy", version="1")
     sleepy.node("s", value).sleep("nap", 3.0).node("woke", value).edge("s", "nap").edge("nap", "woke")
-    return [diamond, any3, branches, loop, retries, failing, sleepy]
+
+    async def huge(ctx: NodeContext) -> str:
+        _count(ctx)
+        return "x" * 500_000  # more than one DynamoDB item holds
+
+    oversized = Flow("oversized", version="1")
+    oversized.node("s", value).node("huge", huge).node("never", value).edge("s", "huge").edge("huge", "never")
+    return [diamond, any3, branches, loop, retries, failing, sleepy, oversized]
 
 
 APP = App(flows=flows())
@@ -169,6 +176,19 @@ async def test_retries_then_success_and_final_failure(backend: Backend) -> None:
     assert executions(ok.run_id)["f/0"] == 3
     assert bad.status == "failed" and later.status == "failed" and "never" not in later.outputs
     assert executions(bad.run_id)["f/0"] == 2 and "always" in bad.errors[0]["message"]
+
+
+async def test_an_output_too_large_for_dynamodb_fails_the_run_with_the_reason(backend: Backend) -> None:
+    """A 500 KB output cannot be stored (400 KB per item): the run fails at once with a one-line reason and
+    the job goes to the dead-letter queue with it — not redelivered until the redrive gives up."""
+    async with InProcessWorkers(backend, app=APP) as w:
+        result = await w.run("oversized", timeout=30)
+    assert result.status == "failed"
+    message = result.errors[0]["message"]
+    assert "a DynamoDB item holds at most 400 KB" in message and result.errors[0]["node_id"] == "huge"
+    assert executions(result.run_id) == {"s/0": 1, "huge/0": 1}
+    letters = [d for d in await backend.queue.dead_letters() if d.job is not None and d.job.run_id == result.run_id]
+    assert [d.job.node_id for d in letters if d.job] == ["huge"] and "400 KB" in letters[0].reason
 
 
 async def test_sleep_longer_than_one_delay_hop_is_chained(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -409,3 +409,37 @@ async def test_typescript_blueprint_json_runs_with_a_registry() -> None:
 def test_run_sync_for_scripts() -> None:
     result = FlowRuntime(flows=[Flow("sync-run").node("a", plus_one)]).run_sync("sync-run", 41)
     assert result.output == 42
+
+
+async def test_a_value_a_store_refuses_for_good_fails_the_run_and_dead_letters_the_job() -> None:
+    """Redelivering cannot help when the store refuses the value itself: the run fails at once with the
+    store's one-line reason, and the job goes to the dead letter with it (nothing silently dropped)."""
+    from flowcraft.backends.memory import MemoryContextStore
+    from flowcraft.engine.worker import Worker
+    from flowcraft.errors import StoreLimitError
+
+    class SmallContext(MemoryContextStore):
+        async def apply(self, run_id: str, updates: Any, deletes: Any = ()) -> None:
+            if any(isinstance(v, str) and len(v) > 100 for v in updates.values()):
+                raise StoreLimitError("context value is too large for this store", hint="store a reference")
+            await super().apply(run_id, updates, deletes)
+
+    async def big(ctx: NodeContext) -> str:
+        return "x" * 1000
+
+    flow = Flow("too-big").node("a", value).node("b", big).edge("a", "b")
+    backend = memory_backend()
+    backend.context = SmallContext()
+    app = App(flows=[flow])
+    worker = Worker(Engine(app, backend), concurrency=2, poll_wait=0.05)
+    task = asyncio.create_task(worker.run())
+    try:
+        result = await Client(backend, app).run("too-big", None, timeout=10)
+    finally:
+        worker.stop()
+        await task
+    assert result.status == "failed"
+    assert "context value is too large for this store (store a reference)" in result.errors[0]["message"]
+    (letter,) = await backend.queue.dead_letters()
+    assert letter.job is not None and letter.job.node_id == "b" and "too large" in letter.reason
+    assert worker.failed == 0  # handled, not an unexpected error

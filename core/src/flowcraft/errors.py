@@ -55,3 +55,7 @@ class PluginError(FlowcraftError):
 
 class WaitTimeoutError(FlowcraftError):
     """A run did not reach a final state within the wait timeout."""
+
+
+class StoreLimitError(FlowcraftError):
+    """A store refused a value for good (too large, an invalid key): redelivering the job cannot help."""

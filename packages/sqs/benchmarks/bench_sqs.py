@@ -1,7 +1,7 @@
 """Throughput of the sqs backend on a moto server: chain10 and diamond8 (N runs submitted at once, then one
 worker process drains them), next to the raw SQS floor measured on the same server in the same run.
 
-    python packages/sqs/benchmarks/bench_sqs.py [--runs 100] [--concurrency 32] [--endpoint URL]
+    python packages/sqs/benchmarks/bench_sqs.py [--runs 100] [--concurrency 32] [--trials 3] [--endpoint URL]
 
 Without ``--endpoint`` a moto server is started on a free loopback port and stopped (by PID) at the end.
 Credentials come from the AWS environment variables (``test``/``test`` is used when they are unset).
@@ -23,6 +23,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -231,39 +232,46 @@ async def count_items(ddb: Any, table: str) -> int:
 
 
 async def main(args: argparse.Namespace, endpoint: str) -> None:
+    """``--trials`` rounds of: raw floor, SqsQueue floor, chain10, diamond8 — side by side, so each ratio
+    compares figures taken moments apart on the same server (an emulator's speed drifts a lot)."""
     region = "us-east-1"
-    tag = uuid.uuid4().hex[:8]
     base = {"endpoint_url": endpoint, "region": region}
-    raw = await raw_floor(endpoint, region, args.runs)
-    print(f"raw SQS floor ({args.runs} chains in flight; receive 10 + send successors + delete, batched): "
-          f"{raw:.0f} messages/s", flush=True)
-    layer = await queue_floor({**base, "queue_name": f"bench-q-{tag}", "table_prefix": f"bench-q-{tag}-"},
-                              args.runs, args.concurrency)
-    print(f"SqsQueue floor (the same through enqueue/dequeue/ack): {layer:.0f} messages/s", flush=True)
-    rows = []
-    for flow in ("chain10", "diamond8"):
-        name = f"bench-{flow}-{tag}"
-        figures = await measure({**base, "queue_name": name, "table_prefix": f"{name}-"}, flow, args.runs,
-                                args.concurrency)
-        rows.append((flow, figures))
-        requests = ", ".join(f"{op} {n:.2f}" for op, n in figures["requests_per_node"].items())
-        total = sum(figures["requests_per_node"].values())
-        print(f"{flow}: {figures['nodes_per_s']:.1f} nodes/s ({figures['seconds']:.1f} s for {args.runs} runs); "
-              f"{figures['nodes_per_s'] / raw:.1%} of the raw floor; {total:.2f} AWS requests/node: {requests}; "
-              f"{figures['coordination_items']} coordination items at the end", flush=True)
+    rows: dict[str, list[tuple[float, float, float]]] = {"chain10": [], "diamond8": []}  # nodes/s, raw, req/node
+    layers: list[float] = []
+    for trial in range(1, args.trials + 1):
+        tag = uuid.uuid4().hex[:8]
+        raw = await raw_floor(endpoint, region, args.runs)
+        layer = await queue_floor({**base, "queue_name": f"bench-q-{tag}", "table_prefix": f"bench-q-{tag}-"},
+                                  args.runs, args.concurrency)
+        layers.append(layer / raw)
+        print(f"trial {trial}: raw SQS floor ({args.runs} chains in flight; receive 10 + send successors + "
+              f"delete, batched) {raw:.0f} messages/s; through SqsQueue {layer:.0f} messages/s", flush=True)
+        for flow in rows:
+            name = f"bench-{flow}-{tag}"
+            figures = await measure({**base, "queue_name": name, "table_prefix": f"{name}-"}, flow, args.runs,
+                                    args.concurrency)
+            total = sum(figures["requests_per_node"].values())
+            rows[flow].append((figures["nodes_per_s"], raw, total))
+            requests = ", ".join(f"{op} {n:.2f}" for op, n in figures["requests_per_node"].items())
+            print(f"  {flow}: {figures['nodes_per_s']:.1f} nodes/s ({figures['seconds']:.1f} s for {args.runs} "
+                  f"runs), {figures['nodes_per_s'] / raw:.1%} of the raw floor; {total:.2f} AWS requests/node: "
+                  f"{requests}; {figures['coordination_items']} coordination items at the end", flush=True)
     print()
+    print(f"medians of {args.trials} trials, {args.runs} runs in flight, one worker process "
+          f"(concurrency {args.concurrency}); SqsQueue alone reaches {statistics.median(layers):.0%} of the raw floor")
     print("| workload | nodes/s | raw SQS msgs/s | ratio | AWS requests/node |")
     print("|---|---|---|---|---|")
-    for flow, figures in rows:
-        total = sum(figures["requests_per_node"].values())
-        print(f"| {flow} | {figures['nodes_per_s']:.1f} | {raw:.0f} | {figures['nodes_per_s'] / raw:.1%} | "
-              f"{total:.2f} |")
+    for flow, trials in rows.items():
+        print(f"| {flow} | {statistics.median(t[0] for t in trials):.1f} | "
+              f"{statistics.median(t[1] for t in trials):.0f} | {statistics.median(t[0] / t[1] for t in trials):.1%} | "
+              f"{statistics.median(t[2] for t in trials):.2f} |")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--endpoint", help="an SQS/DynamoDB endpoint already running (default: start moto)")
     parser.add_argument("--worker", metavar="OPTIONS", help=argparse.SUPPRESS)
     arguments = parser.parse_args()

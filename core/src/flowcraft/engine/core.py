@@ -27,6 +27,7 @@ from flowcraft.errors import (
     InvalidStateError,
     NodeTimeoutError,
     RunNotFoundError,
+    StoreLimitError,
 )
 from flowcraft.model import NodeDefinition, parse_duration
 from flowcraft.nodes.base import (
@@ -227,13 +228,18 @@ class Engine:
             if begin.state is None:
                 await self._dead_letter(delivery, f"job {job.key!r} of run {job.run_id!r} was never scheduled")
                 return
-            if begin.state == "pending":
-                if begin.completion is not None:
+            try:
+                if begin.state == "pending":
+                    if begin.completion is not None:
+                        await self._route(job, graph, record, begin.completion, recovery=True)
+                    else:
+                        await self._execute(delivery, job, graph, record)
+                elif begin.state == "done" and begin.completion is not None:
                     await self._route(job, graph, record, begin.completion, recovery=True)
-                else:
-                    await self._execute(delivery, job, graph, record)
-            elif begin.state == "done" and begin.completion is not None:
-                await self._route(job, graph, record, begin.completion, recovery=True)
+            except StoreLimitError as refused:  # every redelivery would be refused alike: fail the run now
+                await self._fail(record, job.node_id, str(refused))
+                await self._dead_letter(delivery, str(refused))
+                return
             self._fault("before_ack")
             await self.queue.ack(delivery)
         finally:

@@ -15,7 +15,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
-from flowcraft.errors import ConfigError, FlowcraftError
+from flowcraft.errors import ConfigError, FlowcraftError, StoreLimitError
 
 log = logging.getLogger("flowcraft.sqs")
 
@@ -29,15 +29,15 @@ MAX_DELAY_SECONDS = 900
 MAX_VISIBILITY_SECONDS = 43200
 
 
-class ItemTooLargeError(FlowcraftError):
+class ItemTooLargeError(StoreLimitError):
     """A value does not fit in one DynamoDB item (400 KB)."""
 
 
-class MessageTooLargeError(FlowcraftError):
+class MessageTooLargeError(StoreLimitError):
     """A job does not fit in one SQS message."""
 
 
-class KeyTooLongError(FlowcraftError):
+class KeyTooLongError(StoreLimitError):
     """A run id or key cannot be a DynamoDB key (empty, or longer than DynamoDB allows)."""
 
 
@@ -354,3 +354,37 @@ def backoff(attempt: int, base: float = 0.01, cap: float = 0.5) -> float:
     import random
 
     return float(min(cap, base * (2 ** min(attempt, 10))) * (0.5 + random.random()))
+
+
+# ------------------------------------------------------------------------------------------- batch calls
+BATCH_GET = 100  # keys per BatchGetItem
+BATCH_WRITE = 25  # requests per BatchWriteItem
+
+
+async def batch_get(client: Any, table: str, keys: list[dict[str, Any]], **extra: Any) -> list[dict[str, Any]]:
+    """Consistent reads of ``keys`` (any number, no duplicates), retrying unprocessed ones; the items found."""
+    found: list[dict[str, Any]] = []
+    for start in range(0, len(keys), BATCH_GET):
+        request: dict[str, Any] = {table: {"Keys": keys[start : start + BATCH_GET], "ConsistentRead": True, **extra}}
+        attempt = 0
+        while request:
+            response = await client.batch_get_item(RequestItems=request)
+            found += response.get("Responses", {}).get(table, [])
+            request = response.get("UnprocessedKeys") or {}
+            if request:
+                attempt += 1
+                await asyncio.sleep(backoff(attempt))
+    return found
+
+
+async def batch_write(client: Any, table: str, requests: list[dict[str, Any]]) -> None:
+    """Put/Delete ``requests`` (any number; no two for one key in a chunk of 25), retrying unprocessed ones."""
+    for start in range(0, len(requests), BATCH_WRITE):
+        pending: dict[str, Any] = {table: requests[start : start + BATCH_WRITE]}
+        attempt = 0
+        while pending:
+            response = await client.batch_write_item(RequestItems=pending)
+            pending = response.get("UnprocessedItems") or {}
+            if pending:
+                attempt += 1
+                await asyncio.sleep(backoff(attempt))

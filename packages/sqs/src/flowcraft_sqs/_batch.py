@@ -1,7 +1,8 @@
-"""Coalesce concurrent single requests into SQS batch calls (SendMessageBatch, DeleteMessageBatch).
+"""Coalesce concurrent single requests into batch calls (SQS SendMessageBatch / DeleteMessageBatch,
+DynamoDB BatchGetItem / BatchWriteItem).
 
 No timer and no added latency: a request goes out at once when no batch of its kind is in flight; while one
-is, new requests gather and leave together (up to 10 entries and ``max_bytes`` per call) when it returns.
+is, new requests gather and leave together (up to ``max_entries`` and ``max_bytes`` per call) when it returns.
 Under load that fills batches; when idle every request is sent immediately.
 """
 

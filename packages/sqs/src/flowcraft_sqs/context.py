@@ -12,6 +12,8 @@ from typing import Any, Self
 
 from flowcraft.spi import ContextStore
 from flowcraft_sqs._aws import (
+    BATCH_GET,
+    BATCH_WRITE,
     MAX_PARTITION_KEY_BYTES,
     MAX_SORT_KEY_BYTES,
     AwsClients,
@@ -19,17 +21,17 @@ from flowcraft_sqs._aws import (
     KeyTooLongError,
     S,
     SqsOptions,
-    backoff,
+    batch_get,
+    batch_write,
     check_item_size,
     check_key,
     dumps,
     loads,
     source_of,
 )
+from flowcraft_sqs._batch import Coalescer, Entry
 
 _NAMES = {"#r": "runId", "#k": "key", "#v": "value"}
-_BATCH_GET = 100
-_BATCH_WRITE = 25
 
 
 class DynamoDbContext(ContextStore):
@@ -39,6 +41,7 @@ class DynamoDbContext(ContextStore):
                  source: ClientSource | None = None) -> None:
         self._source = source_of(client, source)
         self.table_name = table_name
+        self._writes = Coalescer(self._write_batch, max_entries=BATCH_WRITE)  # writes of concurrent nodes
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
@@ -62,30 +65,16 @@ class DynamoDbContext(ContextStore):
         if not wanted:
             return {}
         client = await self._source.get()
-        chunks = [wanted[i : i + _BATCH_GET] for i in range(0, len(wanted), _BATCH_GET)]
+        chunks = [wanted[i : i + BATCH_GET] for i in range(0, len(wanted), BATCH_GET)]
         found: dict[str, Any] = {}
         for part in await asyncio.gather(*(self._get_chunk(client, run_id, chunk) for chunk in chunks)):
             found.update(part)
         return {k: found[k] for k in keys if k in found}
 
     async def _get_chunk(self, client: Any, run_id: str, keys: list[str]) -> dict[str, Any]:
-        request: dict[str, Any] = {self.table_name: {
-            "Keys": [{"runId": S(run_id), "key": S(k)} for k in keys],
-            "ConsistentRead": True,
-            "ProjectionExpression": "#k, #v",
-            "ExpressionAttributeNames": {"#k": "key", "#v": "value"},
-        }}
-        found: dict[str, Any] = {}
-        attempt = 0
-        while request:
-            response = await client.batch_get_item(RequestItems=request)
-            for item in response.get("Responses", {}).get(self.table_name, []):
-                found[item["key"]["S"]] = loads(item["value"]["S"])
-            request = response.get("UnprocessedKeys") or {}
-            if request:
-                attempt += 1
-                await asyncio.sleep(backoff(attempt))
-        return found
+        items = await batch_get(client, self.table_name, [{"runId": S(run_id), "key": S(k)} for k in keys],
+                                ProjectionExpression="#k, #v", ExpressionAttributeNames={"#k": "key", "#v": "value"})
+        return {item["key"]["S"]: loads(item["value"]["S"]) for item in items}
 
     async def get_all(self, run_id: str) -> dict[str, Any]:
         check_key(run_id, "run id", MAX_PARTITION_KEY_BYTES)
@@ -130,21 +119,20 @@ class DynamoDbContext(ContextStore):
         await self._write([{"DeleteRequest": {"Key": {"runId": S(run_id), "key": S(k)}}} for k in values])
 
     async def _write(self, requests: list[dict[str, Any]]) -> None:
-        if not requests:
-            return
-        client = await self._source.get()
-        chunks = [requests[i : i + _BATCH_WRITE] for i in range(0, len(requests), _BATCH_WRITE)]
-        await asyncio.gather(*(self._write_chunk(client, chunk) for chunk in chunks))
+        if requests:
+            await self._writes.submit([(request, 0) for request in requests])
 
-    async def _write_chunk(self, client: Any, chunk: list[dict[str, Any]]) -> None:
-        pending: dict[str, Any] = {self.table_name: chunk}
-        attempt = 0
-        while pending:
-            response = await client.batch_write_item(RequestItems=pending)
-            pending = response.get("UnprocessedItems") or {}
-            if pending:
-                attempt += 1
-                await asyncio.sleep(backoff(attempt))
+    async def _write_batch(self, entries: list[Entry]) -> list[None]:
+        """One BatchWriteItem for the writes of concurrent callers; of two for one key the later one wins
+        (DynamoDB refuses a batch naming a key twice)."""
+        latest: dict[tuple[str, str], dict[str, Any]] = {}
+        for entry in entries:
+            request = entry.request
+            key = (request.get("PutRequest", {}).get("Item") or request["DeleteRequest"]["Key"])
+            latest.pop((key["runId"]["S"], key["key"]["S"]), None)
+            latest[(key["runId"]["S"], key["key"]["S"])] = request
+        await batch_write(await self._source.get(), self.table_name, list(latest.values()))
+        return [None] * len(entries)
 
 
 def _valid_key(key: str) -> bool:

@@ -51,6 +51,8 @@ from flowcraft_sqs._aws import (
     S,
     SqsOptions,
     backoff,
+    batch_get,
+    batch_write,
     check_item_size,
     check_key,
     dumps,
@@ -292,19 +294,8 @@ class DynamoDbCoordinationStore(CoordinationStore):
 
     async def _read_blobs(self, client: Any, run_id: str, sks: Iterable[str]) -> dict[str, str]:
         wanted = list(dict.fromkeys(sks))
-        found: dict[str, str] = {}
-        for start in range(0, len(wanted), 100):
-            request: dict[str, Any] = {self.table_name: {
-                "Keys": [self._key(run_id, sk) for sk in wanted[start : start + 100]], "ConsistentRead": True}}
-            attempt = 0
-            while request:
-                response = await client.batch_get_item(RequestItems=request)
-                for item in response.get("Responses", {}).get(self.table_name, []):
-                    found[item["sk"]["S"]] = item["body"]["S"]
-                request = response.get("UnprocessedKeys") or {}
-                if request:
-                    attempt += 1
-                    await asyncio.sleep(backoff(attempt))
+        items = await batch_get(client, self.table_name, [self._key(run_id, sk) for sk in wanted])
+        found = {item["sk"]["S"]: item["body"]["S"] for item in items}
         missing = set(wanted) - set(found)
         if missing:
             raise FlowcraftError(f"run {run_id!r} refers to stored values that are gone ({len(missing)} missing)",
@@ -633,15 +624,7 @@ class DynamoDbCoordinationStore(CoordinationStore):
             if not response.get("LastEvaluatedKey"):
                 break
             kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
-        for start in range(0, len(requests), 25):
-            pending: dict[str, Any] = {self.table_name: requests[start : start + 25]}
-            attempt = 0
-            while pending:
-                response = await client.batch_write_item(RequestItems=pending)
-                pending = response.get("UnprocessedItems") or {}
-                if pending:
-                    attempt += 1
-                    await asyncio.sleep(backoff(attempt))
+        await batch_write(client, self.table_name, requests)
         self._runs.pop(run_id, None)
 
 

@@ -18,6 +18,7 @@ from typing import Any, Self
 from flowcraft.errors import ConfigError
 from flowcraft.spi import ACTIVE_STATUSES, RunRecord, StatusStore
 from flowcraft_sqs._aws import (
+    BATCH_GET,
     MAX_PARTITION_KEY_BYTES,
     AwsClients,
     ClientSource,
@@ -25,6 +26,7 @@ from flowcraft_sqs._aws import (
     N,
     S,
     SqsOptions,
+    batch_get,
     check_item_size,
     check_key,
     dumps,
@@ -34,6 +36,7 @@ from flowcraft_sqs._aws import (
     source_of,
     text,
 )
+from flowcraft_sqs._batch import Coalescer, Entry
 
 ALL_STATUSES = ("running", "awaiting", "completed", "failed", "cancelled")
 #: RunRecord field -> (attribute name, encoding): "s" plain string, "n" number, "j" JSON text.
@@ -56,6 +59,7 @@ class DynamoDbStatusStore(StatusStore):
                  index_name: str = "status-lastUpdated", source: ClientSource | None = None) -> None:
         self._source = source_of(client, source)
         self.table_name = table_name
+        self._gets = Coalescer(self._get_batch, max_entries=BATCH_GET)  # reads of concurrent nodes
         self.index_name = index_name
 
     @classmethod
@@ -98,10 +102,15 @@ class DynamoDbStatusStore(StatusStore):
             check_key(run_id, "run id", MAX_PARTITION_KEY_BYTES)
         except KeyTooLongError:
             return None
-        client = await self._source.get()
-        response = await client.get_item(TableName=self.table_name, Key={"runId": S(run_id)}, ConsistentRead=True)
-        item = response.get("Item")
+        (item,) = await self._gets.submit([({"runId": S(run_id)}, 0)])
         return None if not item else _from_item(item)
+
+    async def _get_batch(self, entries: list[Entry]) -> list[dict[str, Any] | None]:
+        """One consistent BatchGetItem for the reads of concurrent callers."""
+        ids = list(dict.fromkeys(entry.request["runId"]["S"] for entry in entries))
+        items = await batch_get(await self._source.get(), self.table_name, [{"runId": S(i)} for i in ids])
+        found = {item["runId"]["S"]: item for item in items}
+        return [found.get(entry.request["runId"]["S"]) for entry in entries]
 
     async def transition(
         self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any]
