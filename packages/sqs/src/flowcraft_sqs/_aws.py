@@ -362,10 +362,12 @@ BATCH_WRITE = 25  # requests per BatchWriteItem
 
 
 async def batch_get(client: Any, table: str, keys: list[dict[str, Any]], **extra: Any) -> list[dict[str, Any]]:
-    """Consistent reads of ``keys`` (any number, no duplicates), retrying unprocessed ones; the items found."""
-    found: list[dict[str, Any]] = []
-    for start in range(0, len(keys), BATCH_GET):
-        request: dict[str, Any] = {table: {"Keys": keys[start : start + BATCH_GET], "ConsistentRead": True, **extra}}
+    """Consistent reads of ``keys`` (any number, no duplicates; chunks of 100 read concurrently), retrying
+    unprocessed ones; the items found."""
+
+    async def chunk(part: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        request: dict[str, Any] = {table: {"Keys": part, "ConsistentRead": True, **extra}}
         attempt = 0
         while request:
             response = await client.batch_get_item(RequestItems=request)
@@ -374,7 +376,10 @@ async def batch_get(client: Any, table: str, keys: list[dict[str, Any]], **extra
             if request:
                 attempt += 1
                 await asyncio.sleep(backoff(attempt))
-    return found
+        return found
+
+    parts = await asyncio.gather(*(chunk(keys[i : i + BATCH_GET]) for i in range(0, len(keys), BATCH_GET)))
+    return [item for part in parts for item in part]
 
 
 async def batch_write(client: Any, table: str, requests: list[dict[str, Any]]) -> None:

@@ -6,13 +6,11 @@ JSON text of the value). Reads are strongly consistent.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
 from flowcraft.spi import ContextStore
 from flowcraft_sqs._aws import (
-    BATCH_GET,
     BATCH_WRITE,
     MAX_PARTITION_KEY_BYTES,
     MAX_SORT_KEY_BYTES,
@@ -64,17 +62,11 @@ class DynamoDbContext(ContextStore):
         wanted = [k for k in dict.fromkeys(keys) if _valid_key(k)]
         if not wanted:
             return {}
-        client = await self._source.get()
-        chunks = [wanted[i : i + BATCH_GET] for i in range(0, len(wanted), BATCH_GET)]
-        found: dict[str, Any] = {}
-        for part in await asyncio.gather(*(self._get_chunk(client, run_id, chunk) for chunk in chunks)):
-            found.update(part)
-        return {k: found[k] for k in keys if k in found}
-
-    async def _get_chunk(self, client: Any, run_id: str, keys: list[str]) -> dict[str, Any]:
-        items = await batch_get(client, self.table_name, [{"runId": S(run_id), "key": S(k)} for k in keys],
+        items = await batch_get(await self._source.get(), self.table_name,
+                                [{"runId": S(run_id), "key": S(k)} for k in wanted],
                                 ProjectionExpression="#k, #v", ExpressionAttributeNames={"#k": "key", "#v": "value"})
-        return {item["key"]["S"]: loads(item["value"]["S"]) for item in items}
+        found = {item["key"]["S"]: loads(item["value"]["S"]) for item in items}
+        return {k: found[k] for k in keys if k in found}
 
     async def get_all(self, run_id: str) -> dict[str, Any]:
         check_key(run_id, "run id", MAX_PARTITION_KEY_BYTES)
@@ -128,8 +120,7 @@ class DynamoDbContext(ContextStore):
         latest: dict[tuple[str, str], dict[str, Any]] = {}
         for entry in entries:
             request = entry.request
-            key = (request.get("PutRequest", {}).get("Item") or request["DeleteRequest"]["Key"])
-            latest.pop((key["runId"]["S"], key["key"]["S"]), None)
+            key = request.get("PutRequest", {}).get("Item") or request["DeleteRequest"]["Key"]
             latest[(key["runId"]["S"], key["key"]["S"])] = request
         await batch_write(await self._source.get(), self.table_name, list(latest.values()))
         return [None] * len(entries)
