@@ -143,6 +143,38 @@ def test_usage_errors_exit_2(project: Path, args: list[str]) -> None:
     assert invoke(*args).exit_code == 2
 
 
+def test_option_without_key_does_not_echo_the_value(project: Path) -> None:
+    result = invoke("config", "-o", "redis://:hunter2@h:6379/0")
+    assert result.exit_code == 2
+    assert "hunter2" not in result.output
+    assert "expected KEY=VALUE, got a value without a 'KEY='" in result.output
+
+
+def test_config_with_an_uninstalled_backend_fails(project: Path) -> None:
+    result = invoke("config", "--backend", "nope")
+    assert result.exit_code == 1
+    assert lines(result)[0].startswith('error: backend "nope" is not installed (installed: ')
+
+
+def test_config_with_an_uninstalled_component_fails(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLOWCRAFT_QUEUE", "nope")
+    result = invoke("config")
+    assert result.exit_code == 1
+    assert lines(result)[0] == "error: queue 'nope' is not installed"
+
+
+def test_unreachable_redis_is_one_line_naming_the_server_at_once(project: Path) -> None:
+    pytest.importorskip("flowcraft_rq")
+    started = time.monotonic()
+    result = invoke("status", "some-run", "--backend", "rq", "-o", "redis_url=redis://:hunt@er2@127.0.0.1:1/0")
+    assert time.monotonic() - started < 5  # no 40 s of reconnect attempts to a server never reached
+    assert result.exit_code == 1
+    error, hint = lines(result)
+    assert error.startswith("error: cannot connect to Redis at redis://:***@127.0.0.1:1/0: ")
+    assert hint.startswith("hint: check that the server runs")
+    assert "hunt" not in result.output
+
+
 def test_missing_app_says_how_to_give_one(project: Path) -> None:
     result = invoke("run", "quick", "--backend", "memory")
     assert result.exit_code == 1

@@ -192,6 +192,12 @@ def test_passwords_in_urls_and_connection_strings_are_masked() -> None:
     assert mask_value(azure) == azure.replace("abc==", MASK)
 
 
+def test_url_password_is_masked_up_to_the_last_at_of_the_authority() -> None:
+    assert mask_value("redis://:hunt@er2@h") == f"redis://:{MASK}@h"
+    assert mask_value("redis://user:a@b@c@host:6379/0?x=y@z") == f"redis://user:{MASK}@host:6379/0?x=y@z"
+    assert redact_text("from redis://:p@w@h/0 to http://u:q@r@s/") == f"from redis://:{MASK}@h/0 to http://u:{MASK}@s/"
+
+
 def test_secrets_inside_messages_are_masked() -> None:
     message = "cannot connect to redis://:pw@h:1/0 (also amqp://u:p@q/v); AccountKey=abc;"
     expected = f"cannot connect to redis://:{MASK}@h:1/0 (also amqp://u:{MASK}@q/v); AccountKey={MASK};"

@@ -132,7 +132,9 @@ def app_option(func: Callable[..., Any]) -> Callable[..., Any]:
 def _key_value(item: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
-        raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--option")
+        # the value is not echoed: without 'KEY=' it may well be a bare secret (a URL with a password)
+        raise click.BadParameter("expected KEY=VALUE, got a value without a 'KEY=' (not shown, it may hold a "
+                                 "secret); write e.g. -o redis_url=redis://host:6379/0", param_hint="--option")
     return key.strip(), value
 
 
@@ -239,6 +241,10 @@ def _component_plugins(reg: PluginRegistry) -> dict[tuple[str, str], str]:
 def show_config(state: State, as_json: bool, app: str | None, backend: str | None, options: Sequence[str]) -> None:
     """Show the resolved configuration (secrets masked) and where each value came from."""
     config = state.config(backend=backend, app=app, options=options)
+    reg = registry()
+    reg.preset(config.backend)  # an uninstalled backend is an error here too, not a table that looks fine
+    for kind, name in config.components.items():
+        reg.component(kind, name)
     if as_json:
         click.echo(_dumps(config.redacted()))
         return

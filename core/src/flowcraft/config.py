@@ -43,7 +43,8 @@ MASK = "***"
 _SECRET_WORDS = ("password", "passwd", "secret", "token", "key", "credential")
 # Azure-style connection strings carry the secret as a field: AccountKey=...;
 _SECRET_FIELD = re.compile(r"(?i)\b(password|pwd|accountkey|sharedaccesskey|sharedaccesssignature)=([^;]*)")
-_URL_PASSWORD = re.compile(r"(\w[\w+.-]*://[^:/@\s]*):[^@\s]*@")
+# the password runs to the authority's LAST '@' (an unencoded '@' may be part of it): 'redis://:a@b@h' -> 'h'
+_URL_PASSWORD = re.compile(r"(\w[\w+.-]*://[^:/@\s]*):[^/?#\s]*@")
 # Variables of the project's own tooling, not configuration (FLOWCRAFT_TEST_REDIS_URL is a test server).
 _NOT_CONFIG_ENV = ("FLOWCRAFT_TEST_", "FLOWCRAFT_DISABLE_PLUGINS", CONFIG_ENV)
 

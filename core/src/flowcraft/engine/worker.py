@@ -7,6 +7,7 @@ import contextlib
 import logging
 
 from flowcraft.engine.core import Engine
+from flowcraft.errors import ConfigError
 from flowcraft.spi import Delivery
 
 log = logging.getLogger("flowcraft.worker")
@@ -46,6 +47,8 @@ class Worker:
                 free = self.concurrency - len(self._tasks)
                 try:
                     deliveries = await self._dequeue(free)
+                except ConfigError:
+                    raise  # e.g. a server never reached: retrying cannot fix the configuration
                 except Exception:
                     log.exception("dequeue failed; retrying")
                     deliveries = []

@@ -21,6 +21,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from flowcraft.config import redact_text
+from flowcraft.errors import ConfigError
+
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PREFIX = "flowcraft:"
 DEFAULT_TTL = 7 * 24 * 3600
@@ -114,9 +117,44 @@ class _FastUnixConnection(_FastPack, UnixDomainSocketConnection):
     pass
 
 
+CONNECT_TIMEOUT = 5.0  # seconds for one TCP connect: an unroutable host must not hang the first command
+
+
+class _RestartTolerantRetry(Retry):
+    """Once the server has been reached, reconnects with backoff for ~30 s (rides out a restart); before
+    that, an unreachable server is reported at once as a ConfigError naming it (URL password masked).
+
+    redis-py deep-copies the retry into every connection; one shared instance keeps "reached" client-wide,
+    so a connection opened after a restart still retries."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(ExponentialBackoff(cap=1.0, base=0.05), retries=40)
+        self._url = url
+        self._reached = False
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _RestartTolerantRetry:
+        return self
+
+    async def call_with_retry(self, do: Any, fail: Any, is_retryable: Any = None,
+                              with_failure_count: bool = False) -> Any:
+        if self._reached:
+            return await super().call_with_retry(do, fail, is_retryable, with_failure_count)
+        try:
+            result = await do()
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            await fail(error, 1) if with_failure_count else await fail(error)
+            raise ConfigError(
+                f"cannot connect to Redis at {redact_text(self._url)}: {' '.join(str(error).split())}",
+                hint="check that the server runs and is reachable from here, and the redis_url option "
+                     "(FLOWCRAFT_REDIS_URL or [options] redis_url)") from None
+        self._reached = True
+        return result
+
+
 def make_client(url: str) -> Redis:
-    """A redis.asyncio client for ``url`` that rides out a restart (reconnects with backoff for ~30 s)."""
-    retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=40)
+    """A redis.asyncio client for ``url`` that rides out a restart (reconnects with backoff for ~30 s) and
+    reports a server it never reached at once (``_RestartTolerantRetry``)."""
+    retry = _RestartTolerantRetry(url)
     scheme = url.split("://", 1)[0].lower()
     connection_class = {"redis": _FastConnection, "rediss": _FastSSLConnection, "unix": _FastUnixConnection}.get(
         scheme, Connection)
@@ -125,6 +163,7 @@ def make_client(url: str) -> Redis:
         retry=retry,
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         health_check_interval=0,
+        socket_connect_timeout=CONNECT_TIMEOUT,
         connection_class=connection_class,
     )
 
