@@ -320,6 +320,58 @@ def test_worker_processes_serve_runs_and_stop_on_sigterm(sqlite_project: Path) -
     assert "all worker processes stopped" in stderr
 
 
+def test_worker_process_killed_is_restarted_and_the_fleet_keeps_serving(sqlite_project: Path) -> None:
+    assert invoke("setup").exit_code == 0
+    workers = flowcraft_process("worker", "--processes", "2", "--concurrency", "2", cwd=sqlite_project)
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(workers.stderr or ()), daemon=True)
+    reader.start()
+
+    def wait_for(predicate: Any, what: str) -> None:
+        deadline = time.monotonic() + 30
+        while not predicate() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert predicate(), f"{what} did not happen:\n{''.join(output)}"
+
+    try:
+        wait_for(lambda: sum("on backend sqlite" in line for line in output) >= 2, "two workers starting")
+        started = next(line for line in output if line.startswith("started 2 worker processes"))
+        victim = int(started.split("(pids ")[1].split(",")[0])
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: any(line.startswith("restarted worker process as pid") for line in output), "a restart")
+        wait_for(lambda: sum("on backend sqlite" in line for line in output) >= 3, "the new worker starting")
+        assert f"worker process {victim} died (killed by SIGKILL) after " in "".join(output)
+        for _ in range(3):
+            result = invoke("run", "quick", "--wait", "--timeout", "30")
+            assert result.exit_code == 0, result.output
+            assert json_of(result)["output"] == 2
+    finally:
+        workers.send_signal(signal.SIGTERM)
+        workers.wait(timeout=60)
+        reader.join(timeout=5)
+    stderr = "".join(output)
+    assert workers.returncode == 0, stderr
+    assert stderr.count(" stopped: ") == 2  # the survivor and the replacement; the killed one never got to say it
+    assert "all worker processes stopped (1 restarts)" in stderr
+
+
+def test_worker_supervisor_gives_up_on_a_crash_loop(tmp_path: Path) -> None:
+    from flowcraft.engine.supervisor import Supervisor
+    from flowcraft.errors import FlowcraftError
+
+    logged: list[str] = []
+    supervisor = Supervisor([sys.executable, "-c", "raise SystemExit(3)"], 2, log=logged.append, min_uptime=5,
+                            max_start_failures=3, backoff=0.05)
+    started = time.monotonic()
+    with pytest.raises(FlowcraftError, match=r"^worker processes keep exiting right after start \(3 times in a row "
+                                             r"within 5s; the last, pid \d+, with exit code 3\); stopped the fleet"):
+        supervisor.run(poll=0.02)
+    assert time.monotonic() - started < 15
+    died = [line for line in logged if " died (exit code 3) after " in line]
+    assert len(died) >= 2 and all("restarting it in" in line for line in died)
+    assert supervisor.pids == []
+
+
 def test_graph_of_an_app_blueprint(project: Path) -> None:
     result = invoke("graph", "greet", "--app", f"{APP_MODULE}:app")
     assert result.exit_code == 0, result.output

@@ -281,3 +281,57 @@ def test_connect_with_app_object(clean_env: Path) -> None:
     flow.node("n", lambda ctx: None)
     app = App(flows=[flow])
     assert connect("memory", app=app).app is app
+
+
+# ---------------------------------------------------------------------------------------------- lease_seconds
+def test_lease_seconds_from_each_layer(tmp_path: Path) -> None:
+    assert load_config(env={}, cwd=tmp_path).lease_seconds == 30.0
+    write(tmp_path / "pyproject.toml", "[tool.flowcraft]\nlease_seconds = 12\n")
+    assert load_config(env={}, cwd=tmp_path).lease_seconds == 12.0
+    write(tmp_path / "flowcraft.toml", "lease_seconds = 9.5\n")
+    assert load_config(env={}, cwd=tmp_path).lease_seconds == 9.5
+    config = load_config(env={"FLOWCRAFT_LEASE_SECONDS": "7"}, cwd=tmp_path)
+    assert (config.lease_seconds, config.source("lease_seconds")) == (7.0, "env FLOWCRAFT_LEASE_SECONDS")
+    config = load_config({"lease_seconds": 3}, env={"FLOWCRAFT_LEASE_SECONDS": "7"}, cwd=tmp_path,
+                         source="command line")
+    assert (config.lease_seconds, config.source("lease_seconds")) == (3.0, "command line")
+
+
+def test_queue_visibility_follows_the_lease(tmp_path: Path) -> None:
+    config = load_config({"backend": "memory", "lease_seconds": 4}, env={}, cwd=tmp_path)
+    assert config.options == {}
+    assert config.build_backend().queue.visibility_timeout == 4.0
+
+
+def test_visibility_timeout_alone_is_the_lease(tmp_path: Path) -> None:
+    config = load_config({"options": {"visibility_timeout": "6"}}, env={}, cwd=tmp_path)
+    assert (config.lease_seconds, config.source("lease_seconds")) == (6.0, "options.visibility_timeout")
+
+
+def test_visibility_timeout_longer_than_the_lease_is_kept(tmp_path: Path) -> None:
+    config = load_config({"backend": "memory", "lease_seconds": 5, "options": {"visibility_timeout": 60}},
+                         env={}, cwd=tmp_path)
+    assert config.lease_seconds == 5.0
+    assert config.build_backend().queue.visibility_timeout == 60.0
+
+
+def test_visibility_timeout_shorter_than_the_lease_is_refused(tmp_path: Path) -> None:
+    write(tmp_path / "flowcraft.toml", "lease_seconds = 30\n[options]\nvisibility_timeout = 5\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(env={}, cwd=tmp_path)
+    assert str(caught.value.args[0]) == (
+        f"options.visibility_timeout (5s, {tmp_path / 'flowcraft.toml'}) is shorter than lease_seconds "
+        f"(30s, {tmp_path / 'flowcraft.toml'}): the queue would deliver a job again while its node still runs")
+    assert caught.value.hint == "drop visibility_timeout (it follows lease_seconds) or set lease_seconds to 5"
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "nan", "inf"])
+def test_lease_seconds_must_be_a_positive_number(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match=r"^environment \(FLOWCRAFT_\*\): lease_seconds must be a positive number"):
+        load_config(env={"FLOWCRAFT_LEASE_SECONDS": value}, cwd=tmp_path)
+
+
+def test_lease_seconds_of_the_wrong_type_in_a_file(tmp_path: Path) -> None:
+    write(tmp_path / "flowcraft.toml", 'lease_seconds = true\n')
+    with pytest.raises(ConfigError, match="lease_seconds must be a positive number of seconds, got True"):
+        load_config(env={}, cwd=tmp_path)

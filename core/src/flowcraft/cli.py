@@ -32,12 +32,13 @@ from rich.table import Table
 from flowcraft.app import App, load_app
 from flowcraft.client import SETTLED_STATUSES, Client
 from flowcraft.config import Config, load_config, redact_text
-from flowcraft.engine.core import Engine, RunResult
+from flowcraft.engine.core import Engine, EngineOptions, RunResult
+from flowcraft.engine.supervisor import Supervisor
 from flowcraft.engine.worker import Worker
 from flowcraft.errors import ConfigError, FlowcraftError, InvalidStateError, WaitTimeoutError
 from flowcraft.model import Blueprint
 from flowcraft.plugins import DISABLE_ENV, KINDS, PluginRegistry, registry
-from flowcraft.spi import Backend, RunRecord
+from flowcraft.spi import RunRecord
 
 T = TypeVar("T")
 Describe = Callable[[str, Any], str]
@@ -58,8 +59,11 @@ class State:
     def err(self) -> Console:
         return Console(stderr=True, soft_wrap=True)
 
-    def config(self, *, backend: str | None = None, app: str | None = None, options: Sequence[str] = ()) -> Config:
+    def config(self, *, backend: str | None = None, app: str | None = None, options: Sequence[str] = (),
+               lease_seconds: float | None = None) -> Config:
         overrides: dict[str, Any] = {}
+        if lease_seconds is not None:
+            overrides["lease_seconds"] = lease_seconds
         if backend:
             overrides["backend"] = backend
         if app:
@@ -266,13 +270,20 @@ def show_config(state: State, as_json: bool, app: str | None, backend: str | Non
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), default=16, show_default=True,
               help="Jobs handled at once per process.")
 @click.option("--processes", "-p", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Worker processes to start (each with --concurrency).")
+              help="Worker processes to start (each with --concurrency); a process that dies is restarted.")
+@click.option("--lease-seconds", type=click.FloatRange(min=0, min_open=True), metavar="S",
+              help="Seconds a job stays owned without a heartbeat; a killed worker's jobs come back after it "
+                   "(default: lease_seconds from config, else 30).")
+@click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True, metavar="S",
+              help="On SIGTERM/Ctrl+C, seconds in-flight jobs get to finish before they are given back to the "
+                   "queue and the worker exits.")
 @click.pass_obj
 def worker(state: State, app: str | None, backend: str | None, options: Sequence[str], concurrency: int,
-           processes: int) -> None:
-    """Run a worker: handle jobs of the app's blueprints until SIGTERM/Ctrl+C (in-flight jobs finish or are
-    given back to the queue)."""
-    config = state.config(backend=backend, app=app, options=options)
+           processes: int, lease_seconds: float | None, shutdown_timeout: float) -> None:
+    """Run a worker: handle jobs of the app's blueprints until SIGTERM/Ctrl+C (in-flight jobs finish within
+    --shutdown-timeout or are given back to the queue). With --processes, a supervisor restarts a worker
+    process that dies (with backoff) and gives up only on a crash loop."""
+    config = state.config(backend=backend, app=app, options=options, lease_seconds=lease_seconds)
     queue = config.components.get("queue") or registry().preset(config.backend).queue
     if queue == "memory":
         raise ConfigError("the memory backend lives inside one process, so a separate worker cannot serve it",
@@ -281,13 +292,19 @@ def worker(state: State, app: str | None, backend: str | None, options: Sequence
     assert loaded is not None  # required=True raised otherwise
     if processes > 1:
         # children resolve the same config themselves, so no secret lands on their command lines
-        args = [*_global_args(state), "worker", "--concurrency", str(concurrency)]
+        args = [*_global_args(state), "worker", "--concurrency", str(concurrency),
+                f"--shutdown-timeout={shutdown_timeout!r}"]
+        args += [f"--lease-seconds={lease_seconds!r}"] if lease_seconds is not None else []
         args += [f"--app={app}"] if app else []
         args += [f"--backend={backend}"] if backend else []
         args += [f"--option={item}" for item in options]
-        _supervise(state, WorkerProcesses(args, processes))
+        supervisor = Supervisor([sys.executable, "-m", "flowcraft.cli", *args], processes,
+                                log=lambda line: state.err.print(escape(line), highlight=False),
+                                stop_timeout=shutdown_timeout + 15.0)
+        supervisor.run()
+        state.err.print(f"all worker processes stopped ({supervisor.restarts} restarts)")
         return
-    _run(_work(state, config.build_backend(), loaded, concurrency))
+    _run(_work(state, config, loaded, concurrency, shutdown_timeout))
 
 
 def _global_args(state: State) -> list[str]:
@@ -295,13 +312,15 @@ def _global_args(state: State) -> list[str]:
     return args + ([f"--config={state.config_path}"] if state.config_path else [])
 
 
-async def _work(state: State, backend: Backend, app: App, concurrency: int) -> None:
-    engine = Engine(app, backend)
-    runner = Worker(engine, concurrency=concurrency)
+async def _work(state: State, config: Config, app: App, concurrency: int, shutdown_timeout: float) -> None:
+    backend = config.build_backend()
+    engine = Engine(app, backend, options=EngineOptions(lease_seconds=config.lease_seconds))
+    runner = Worker(engine, concurrency=concurrency, grace=shutdown_timeout)
     _on_stop_signals(runner.stop)
     blueprints = ", ".join(sorted(app.blueprints)) or "none"
     state.err.print(f"worker {engine.worker_id} (pid {os.getpid()}) on backend {escape(backend.name)}, "
-                    f"concurrency {concurrency}, blueprints: {escape(blueprints)}; Ctrl+C to stop")
+                    f"concurrency {concurrency}, lease {config.lease_seconds:g}s, blueprints: {escape(blueprints)}; "
+                    "Ctrl+C to stop")
     try:
         await runner.run()
     finally:
@@ -372,32 +391,6 @@ class WorkerProcesses:
         if self.log is None or not self.log.exists():
             return ""
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-
-def _supervise(state: State, pool: WorkerProcesses) -> None:
-    stopping = False
-
-    def on_signal(signum: int, frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-        pool.send(signal.SIGTERM)
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        pids = pool.start()
-        state.err.print(f"started {len(pids)} worker processes (pids {', '.join(map(str, pids))}); Ctrl+C to stop")
-        while any(process.poll() is None for process in pool.processes):
-            crashed = pool.failed()
-            if crashed is not None and not stopping:
-                stopping = True
-                pool.stop()
-                raise FlowcraftError(f"worker process {crashed.pid} exited with code {crashed.returncode}; "
-                                     "stopped the others", hint="its error is printed above")
-            time.sleep(0.2)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    state.err.print("all worker processes stopped")
 
 
 # ---------------------------------------------------------------------------------------------- runs

@@ -9,6 +9,14 @@ Environment: ``FLOWCRAFT_<KEY>`` sets a top-level key (``FLOWCRAFT_BACKEND``, ``
 (``FLOWCRAFT_QUEUE=sqs``), ``FLOWCRAFT_OPT_<KEY>`` sets one option, and ``FLOWCRAFT_<NAME>_URL`` is short for
 option ``<name>_url`` (``FLOWCRAFT_REDIS_URL`` -> ``options.redis_url``).
 
+Leases: ``lease_seconds`` (default 30; ``FLOWCRAFT_LEASE_SECONDS``, ``flowcraft worker --lease-seconds``) is
+the one setting for how long a worker owns a job without a sign of life. The engine's job lease is
+``lease_seconds``, the worker renews it and the queue visibility every ``lease_seconds / 3``, and a job of a
+killed worker is delivered again after about ``lease_seconds``. The queue option ``visibility_timeout``
+follows it: left unset it is set to ``lease_seconds``; set alone (the older spelling) it *is* the lease;
+set shorter than ``lease_seconds`` it is refused, because the queue would deliver a job again while its
+node still runs. A longer one is allowed (a killed worker's job then comes back after it).
+
 Options whose name looks secret (password, secret, token, key, credential) and passwords inside URLs or
 connection strings are masked by ``Config.redacted()`` and by ``repr``; nothing here logs values.
 """
@@ -16,6 +24,7 @@ connection strings are masked by ``Config.redacted()`` and by ``repr``; nothing 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tomllib
@@ -37,7 +46,9 @@ CONFIG_FILE = "flowcraft.toml"
 CONFIG_ENV = "FLOWCRAFT_CONFIG"
 ENV_PREFIX = "FLOWCRAFT_"
 OPTION_ENV_PREFIX = "FLOWCRAFT_OPT_"
-KEYS = ("backend", "app", "components", "options")
+KEYS = ("backend", "app", "lease_seconds", "components", "options")
+DEFAULT_LEASE_SECONDS = 30.0
+VISIBILITY_OPTION = "visibility_timeout"
 MASK = "***"
 
 _SECRET_WORDS = ("password", "passwd", "secret", "token", "key", "credential")
@@ -55,6 +66,7 @@ class Config:
 
     backend: str = DEFAULT_BACKEND
     app: str | None = None
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
     components: dict[str, str] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
@@ -68,6 +80,7 @@ class Config:
         return {
             "backend": self.backend,
             "app": self.app,
+            "lease_seconds": self.lease_seconds,
             "components": dict(self.components),
             "options": {key: mask_option(key, value) for key, value in self.options.items()},
         }
@@ -77,6 +90,7 @@ class Config:
         rows: list[tuple[str, Any, str]] = [("backend", self.backend, self.source("backend"))]
         if self.app is not None:
             rows.append(("app", self.app, self.source("app")))
+        rows.append(("lease_seconds", self.lease_seconds, self.source("lease_seconds")))
         rows += [(f"components.{kind}", name, self.source(f"components.{kind}"))
                  for kind, name in sorted(self.components.items())]
         rows += [(f"options.{key}", mask_option(key, value), self.source(f"options.{key}"))
@@ -84,7 +98,8 @@ class Config:
         return rows
 
     def build_backend(self) -> Backend:
-        return registry().build(self.backend, self.options, self.components)
+        options = {VISIBILITY_OPTION: self.lease_seconds, **self.options}
+        return registry().build(self.backend, options, self.components)
 
     def __repr__(self) -> str:
         return f"Config({self.redacted()!r})"
@@ -149,7 +164,37 @@ def load_config(
     config.sources.update({key: f"env {name}" for key, name in variables.items()})
     if overrides:
         _merge(config, _validate(overrides, source), source)
+    _derive_visibility(config)
     return config
+
+
+def _derive_visibility(config: Config) -> None:
+    """Make the queue's visibility timeout and the lease one setting (the rule is in the module docstring)."""
+    raw = config.options.get(VISIBILITY_OPTION)
+    if raw is None:
+        return  # build_backend() gives the queue lease_seconds
+    where = config.source(f"options.{VISIBILITY_OPTION}")
+    visibility = _positive_seconds(raw, f"{where}: options.{VISIBILITY_OPTION}")
+    if "lease_seconds" not in config.sources:
+        config.lease_seconds = visibility
+        config.sources["lease_seconds"] = f"options.{VISIBILITY_OPTION}"
+    elif visibility < config.lease_seconds:
+        raise ConfigError(
+            f"options.{VISIBILITY_OPTION} ({visibility:g}s, {where}) is shorter than lease_seconds "
+            f"({config.lease_seconds:g}s, {config.source('lease_seconds')}): the queue would deliver a job again "
+            "while its node still runs",
+            hint=f"drop {VISIBILITY_OPTION} (it follows lease_seconds) or set lease_seconds to {visibility:g}")
+
+
+def _positive_seconds(value: Any, where: str) -> float:
+    """A positive, finite number of seconds (files give numbers, the environment and -o give strings)."""
+    try:
+        seconds = float(value) if isinstance(value, str | int | float) and not isinstance(value, bool) else None
+    except ValueError:
+        seconds = None
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"{where} must be a positive number of seconds, got {value!r}", hint="e.g. 30")
+    return seconds
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -168,6 +213,8 @@ def _validate(data: Mapping[str, Any], where: str) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r}",
                           hint=f"known keys: {', '.join(KEYS)}; backend options go under [options]")
+    if data.get("lease_seconds") is not None:
+        _positive_seconds(data["lease_seconds"], f"{where}: lease_seconds")
     for key in ("backend", "app"):
         value = data.get(key)
         if value is not None and (not isinstance(value, str) or not value):
@@ -207,7 +254,7 @@ def _from_env(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
         rest = name[len(ENV_PREFIX):].lower()
         if name.startswith(OPTION_ENV_PREFIX):
             table, key = "options", name[len(OPTION_ENV_PREFIX):].lower()
-        elif rest in ("backend", "app"):
+        elif rest in ("backend", "app", "lease_seconds"):
             layer[rest] = value
             variables[rest] = name
             continue
@@ -245,6 +292,9 @@ def _merge(config: Config, layer: Mapping[str, Any], source: str) -> None:
         if key in layer:
             setattr(config, key, layer[key])
             config.sources[key] = source
+    if "lease_seconds" in layer:
+        config.lease_seconds = _positive_seconds(layer["lease_seconds"], f"{source}: lease_seconds")
+        config.sources["lease_seconds"] = source
     for kind, name in (layer.get("components") or {}).items():
         config.components[kind] = name
         config.sources[f"components.{kind}"] = source

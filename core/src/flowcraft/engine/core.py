@@ -60,6 +60,10 @@ OUTPUTS_PREFIX = "_outputs."
 
 @dataclass(slots=True)
 class EngineOptions:
+    """``lease_seconds``: how long a worker owns a job without a sign of life (config ``lease_seconds``).
+    The job's lease and the queue visibility are renewed to it every ``lease_seconds / 3``, so a killed
+    worker's job is taken over after about ``lease_seconds``."""
+
     lease_seconds: float = 30.0
     max_bounces: int = 5
     bounce_delay: float = 2.0
@@ -281,7 +285,7 @@ class Engine:
         for (run_id, key), inflight in list(self._inflight.items()):
             try:
                 await self.coordination.renew(run_id, key, self.worker_id, self.options.lease_seconds)
-                await self.queue.extend(inflight.delivery, self.queue.visibility_timeout)
+                await self.queue.extend(inflight.delivery, self.options.lease_seconds)
                 record = await self.status.get(run_id)
                 if record is not None and record.status in FINAL_STATUSES:
                     self._signal_cancel(run_id)
