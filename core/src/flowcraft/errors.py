@@ -21,6 +21,20 @@ class BlueprintError(FlowcraftError):
     """A blueprint is malformed or inconsistent."""
 
 
+class BlueprintValidationError(BlueprintError):
+    """A blueprint failed validation at load; ``problems`` lists every problem, each with its path."""
+
+    SHOWN = 10
+
+    def __init__(self, blueprint: str, problems: list[str]) -> None:
+        shown = "; ".join(problems[: self.SHOWN])
+        more = f"; and {len(problems) - self.SHOWN} more" if len(problems) > self.SHOWN else ""
+        count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+        super().__init__(f"{blueprint} is invalid ({count}): {shown}{more}",
+                         hint="fix each listed path; `flowcraft lint FILE` lists them all")
+        self.problems = problems
+
+
 class ExpressionError(FlowcraftError):
     """A condition or transform expression is invalid or failed to evaluate."""
 
@@ -59,3 +73,8 @@ class WaitTimeoutError(FlowcraftError):
 
 class StoreLimitError(FlowcraftError):
     """A store refused a value for good (too large, an invalid key): redelivering the job cannot help."""
+
+
+class InvalidValueError(StoreLimitError):
+    """A run input, resume output, node output or context value that no store can keep (not JSON, or a
+    context key that is not a string); raised before anything is written."""

@@ -21,10 +21,12 @@ from typing import Any, cast
 from flowcraft.app import App
 from flowcraft.engine.events import Event, EventBus, Middleware, run_with_middleware
 from flowcraft.engine.graph import CompiledEdge, Graph
+from flowcraft.engine.guards import DETERMINISTIC_ERRORS, context_problem, definition_problem, json_problem
 from flowcraft.errors import (
     ExpressionError,
     FlowcraftError,
     InvalidStateError,
+    InvalidValueError,
     NodeTimeoutError,
     RunNotFoundError,
     StoreLimitError,
@@ -141,6 +143,10 @@ class Engine:
         parent: Mapping[str, Any] | None = None,
     ) -> str:
         graph = self._graph_or_raise(blueprint_id)
+        problem = json_problem(input, "the run input") or context_problem(context or {}, "the run context")
+        if problem is not None:  # refused before anything is written: no half-created run
+            raise InvalidValueError(problem, hint="pass JSON values: dicts with string keys, lists, strings, "
+                                                  "numbers, booleans, None")
         version = self.app.version(blueprint_id)
         run_id = run_id or uuid.uuid4().hex
         record = RunRecord(run_id, blueprint_id, "running", version, self.app.content_hash(blueprint_id), input,
@@ -165,6 +171,10 @@ class Engine:
     async def resume(
         self, run_id: str, action: str | None = None, output: Any = None, node_id: str | None = None
     ) -> None:
+        problem = json_problem(output, "the resume output")
+        if problem is not None:
+            raise InvalidValueError(problem, hint="pass a JSON value: a dict with string keys, a list, a string, "
+                                                  "a number, a boolean or None")
         record = await self._record_or_raise(run_id)
         if record.status in FINAL_STATUSES:
             raise InvalidStateError(f"run {run_id!r} is {record.status}; only awaiting runs can be resumed")
@@ -244,6 +254,13 @@ class Engine:
                 await self._fail(record, job.node_id, str(refused))
                 await self._dead_letter(delivery, str(refused))
                 return
+            except DETERMINISTIC_ERRORS as error:
+                reason = self._poison_reason(delivery, graph, error)
+                if reason is None:
+                    raise  # the worker gives the job back for another try
+                await self._fail(record, job.node_id, reason)
+                await self._dead_letter(delivery, reason)
+                return
             self._fault("before_ack")
             await self.queue.ack(delivery)
         finally:
@@ -251,6 +268,20 @@ class Engine:
                 self._released.discard((job.run_id, job.key))
             else:
                 await self.coordination.release(job.run_id, job.key, self.worker_id)
+
+    def _poison_reason(self, delivery: Delivery, graph: Graph, error: Exception) -> str | None:
+        """Why a job whose handling raised ``error`` fails its run now, or None to give it another try: a
+        blueprint definition the engine cannot run fails at once; any other such error after
+        ``options.max_bounces`` deliveries."""
+        problem = definition_problem(graph.blueprint)
+        if problem is not None:
+            return f"{problem} (fix the blueprint and start a new run)"
+        if delivery.deliveries < self.options.max_bounces:
+            return None
+        log.error("job %s of run %s failed on each of %d deliveries", delivery.job.key, delivery.job.run_id,
+                  delivery.deliveries, exc_info=error)
+        return (f"handling job {delivery.job.key!r} failed on each of {delivery.deliveries} deliveries: "
+                f"{_describe(error)} (this is a Flowcraft bug: report it with the worker log)")
 
     async def _preflight(self, delivery: Delivery) -> tuple[RunRecord, Graph] | None:
         """Checks before taking the lease; None when the delivery was already acked, released or dead-lettered."""
@@ -335,13 +366,16 @@ class Engine:
         self._inflight[(job.run_id, job.key)] = inflight
         try:
             result = await self._invoke(job, node, uses, ctx, graph)
-        except Exception as exc:
+        except BaseException as exc:  # a node's SystemExit or CancelledError fails the node, not the worker
+            if _worker_cancelled(exc):
+                raise
             if job.run_id in self._cancelled_runs:
                 raise asyncio.CancelledError from exc
             return await self._after_error(job, node, ctx, exc)
         finally:
             self._inflight.pop((job.run_id, job.key), None)
         output, action, due_at = result
+        _refuse_unstorable(job.node_id, output, ctx)
         await self._emit("node:finish", job.run_id, job.blueprint_id, job.node_id,
                          {"visit": job.visit, "output": output, "action": action})
         return output, action, due_at, None
@@ -365,9 +399,12 @@ class Engine:
             try:
                 instance = cast(type[BaseNode], implementation)(node.params)
                 output, action = _split(await call_maybe_async(instance.fallback, exc, ctx))
-                return output, action, None, node.id
-            except Exception as fallback_exc:
+            except BaseException as fallback_exc:
+                if _worker_cancelled(fallback_exc):
+                    raise
                 raise _NodeFailed(fallback_exc) from fallback_exc
+            _refuse_unstorable(job.node_id, output, ctx)
+            return output, action, None, node.id
         if config.fallback:
             graph = self._graph_or_raise(job.blueprint_id)
             fallback_node = graph.info(config.fallback).node
@@ -375,8 +412,11 @@ class Engine:
                              {"fallback": fallback_node.id, "error": _describe(exc)})
             try:
                 output, action, _ = await self._invoke(job, fallback_node, fallback_node.uses, ctx, graph)
-            except Exception as fallback_exc:
+            except BaseException as fallback_exc:
+                if _worker_cancelled(fallback_exc):
+                    raise
                 raise _NodeFailed(fallback_exc) from fallback_exc
+            _refuse_unstorable(fallback_node.id, output, ctx)
             return output, action, None, fallback_node.id
         raise _NodeFailed(exc)
 
@@ -413,7 +453,8 @@ class Engine:
         timeout = node.config.timeout
         try:
             if timeout is not None:
-                result = await asyncio.wait_for(run_with_middleware(self.middleware, ctx, call), timeout)
+                async with asyncio.timeout(timeout):  # in this task: a node's SystemExit reaches _run_node
+                    result = await run_with_middleware(self.middleware, ctx, call)
             elif self.middleware:
                 result = await run_with_middleware(self.middleware, ctx, call)
             else:
@@ -874,6 +915,23 @@ def _split(result: Any) -> tuple[Any, str | None]:
     if isinstance(result, NodeResult):
         return result.output, result.action
     return result, None
+
+
+def _worker_cancelled(error: BaseException) -> bool:
+    """A CancelledError of this task's own cancellation (worker shutdown, run cancel), as opposed to one a
+    node raised itself, which is that node's failure."""
+    task = asyncio.current_task()
+    return isinstance(error, asyncio.CancelledError) and task is not None and task.cancelling() > 0
+
+
+def _refuse_unstorable(node_id: str, output: Any, ctx: NodeContext) -> None:
+    """Check a node's output and context writes once, before the commit: a value no store can keep fails
+    the run (every attempt would produce it again) instead of failing each commit."""
+    problem = json_problem(output, f"node {node_id!r} output") or context_problem(
+        ctx.context.pending_updates, f"node {node_id!r} context")
+    if problem is not None:
+        raise InvalidValueError(problem, hint="return and store JSON values: dicts with string keys, lists, "
+                                              "strings, numbers, booleans, None")
 
 
 def _describe(error: BaseException) -> str:

@@ -83,10 +83,14 @@ class Worker:
         try:
             await self.engine.handle(delivery)
             self.handled += 1
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await self.engine.queue.release(delivery)
-        except Exception:
+        except BaseException as error:
+            task = asyncio.current_task()
+            if isinstance(error, asyncio.CancelledError) and task is not None and task.cancelling() > 0:
+                with contextlib.suppress(Exception):  # this worker is stopping: the job goes back at once
+                    await self.engine.queue.release(delivery)
+                return
+            # anything else, even a SystemExit or a stray CancelledError from code the engine called, is
+            # this job's problem: the worker lives on; the engine bounds how often a job comes back
             self.failed += 1
             log.exception("job %s of run %s failed unexpectedly; it will be redelivered",
                           delivery.job.key, delivery.job.run_id)

@@ -150,10 +150,22 @@ async def call_maybe_async(func: Callable[..., Any], *args: Any) -> Any:
     """Await coroutine functions; run plain functions in a thread so they never block the event loop."""
     if inspect.iscoroutinefunction(func):
         return await func(*args)
-    result = await asyncio.to_thread(func, *args)
+    result, raised = await asyncio.to_thread(_call_catching, func, *args)
+    if raised is not None:
+        raise raised
     if inspect.isawaitable(result):
         return await result
     return result
+
+
+def _call_catching(func: Callable[..., Any], *args: Any) -> tuple[Any, BaseException | None]:
+    """Call ``func`` in a worker thread and hand back what it raised as a value: raised again in the awaiting
+    coroutine, a BaseException reaches the engine's handler like any node failure (a GeneratorExit thrown
+    into the coroutine from the thread's future would close the coroutine chain instead)."""
+    try:
+        return func(*args), None
+    except BaseException as exc:
+        return None, exc
 
 
 def is_class_node(implementation: Any) -> bool:
