@@ -396,8 +396,12 @@ class StatusStore(Component):
         and ``updated_at``; return the new record. Otherwise None. Exactly one caller wins a transition."""
 
     @abstractmethod
-    async def stalled(self, older_than: float, limit: int = 100) -> list[RunRecord]:
-        """Active (running/awaiting) runs whose ``updated_at`` is older than the timestamp."""
+    async def stalled(
+        self, older_than: float, limit: int = 100, *, after: tuple[float, str] | None = None
+    ) -> list[RunRecord]:
+        """Up to ``limit`` active (running/awaiting) runs whose ``updated_at`` is older than the timestamp,
+        ordered by ``(updated_at, run_id)`` and strictly after the ``after`` cursor (the last record of the
+        previous page), so a caller can page through every candidate."""
 
     async def wait_for_change(self, run_id: str, timeout: float) -> None:
         """Return when the run's record may have changed, or after ``timeout``; stores that can be
@@ -465,7 +469,7 @@ class CoordinationStore(Component):
         """Forget the run's coordination data."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReconcileStats:
     """What one reconciler pass did (the seeds' fields)."""
 

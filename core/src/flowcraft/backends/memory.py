@@ -207,8 +207,12 @@ class MemoryStatusStore(StatusStore):
         self._notify(run_id)
         return record.copy()
 
-    async def stalled(self, older_than: float, limit: int = 100) -> list[RunRecord]:
-        found = [r for r in self._records.values() if r.status in ACTIVE_STATUSES and r.updated_at < older_than]
+    async def stalled(
+        self, older_than: float, limit: int = 100, *, after: tuple[float, str] | None = None
+    ) -> list[RunRecord]:
+        found = sorted((r for r in self._records.values() if r.status in ACTIVE_STATUSES
+                        and r.updated_at < older_than and (after is None or (r.updated_at, r.run_id) > after)),
+                       key=lambda r: (r.updated_at, r.run_id))
         return [r.copy() for r in found[:limit]]
 
     async def wait_for_change(self, run_id: str, timeout: float) -> None:

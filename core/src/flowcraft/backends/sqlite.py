@@ -757,11 +757,14 @@ class SqliteStatusStore(_SqliteComponent, StatusStore):
             next_cursor = _dumps([records[-1].created_at, records[-1].run_id])
         return records, next_cursor
 
-    async def stalled(self, older_than: float, limit: int = 100) -> builtins.list[RunRecord]:
+    async def stalled(
+        self, older_than: float, limit: int = 100, *, after: tuple[float, str] | None = None
+    ) -> builtins.list[RunRecord]:
+        since, since_id = after if after is not None else (float("-inf"), "")
         rows = await self.db.call(lambda conn: conn.execute(
             "SELECT record FROM fc_status WHERE status IN ('running', 'awaiting') AND updated_at < ? "
-            "ORDER BY updated_at LIMIT ?",
-            (older_than, limit),
+            "AND (updated_at > ? OR (updated_at = ? AND run_id > ?)) ORDER BY updated_at, run_id LIMIT ?",
+            (older_than, since, since, since_id, limit),
         ).fetchall())
         return [RunRecord.from_dict(json.loads(row[0])) for row in rows]
 

@@ -48,8 +48,8 @@ def apply_transition(tables: CoordinationTables, tx: Transition, *, applies_cont
             return Committed(conflict=existing)
         if existing is None:
             tables.put_completion(run_id, tx.job_key, tx.completion)
-        if applies_context:
-            tables.apply_context(run_id, tx.completion)
+            if applies_context:  # only with the record: a replay must not restore values later nodes changed
+                tables.apply_context(run_id, tx.completion)
     fired: list[Job] = []
     skipped: list[str] = []
     for arrival in tx.arrivals:

@@ -41,6 +41,7 @@ from flowcraft.nodes.base import (
     has_own_fallback,
     is_class_node,
 )
+from flowcraft.reconciler import FINISH_NODE, is_finish_job
 from flowcraft.spi import (
     ACTIVE_STATUSES,
     FINAL_STATUSES,
@@ -52,12 +53,14 @@ from flowcraft.spi import (
     Job,
     RunRecord,
     Transition,
+    job_key,
 )
 
 log = logging.getLogger("flowcraft.engine")
 
 GATHER_ITEM = -1  # item index of a map node's gather job
 OUTPUTS_PREFIX = "_outputs."
+FINISH_KEY = job_key(FINISH_NODE)
 
 
 @dataclass(slots=True)
@@ -129,6 +132,7 @@ class Engine:
         self._inflight: dict[tuple[str, str], _InFlight] = {}
         self._cancelled_runs: set[str] = set()
         self._released: set[tuple[str, str]] = set()
+        self._handling: set[tuple[str, str]] = set()  # (run, job key) of deliveries being handled now
         self._token_prefix = uuid.uuid4().hex[:16]  # not worker_id: users may reuse names across processes
         self._tokens = itertools.count()  # leases a finishing commit already released
 
@@ -226,10 +230,27 @@ class Engine:
     async def handle(self, delivery: Delivery) -> None:
         """Handle one delivered job; acks, releases or dead-letters it before returning."""
         job = delivery.job
+        handling = (job.run_id, job.key)
+        if handling in self._handling:
+            # another delivery of a job this engine is handling now (a recovery re-fired it while it was
+            # pending): the lease is that handling's, so hand this one back until it has finished
+            await self.queue.release(delivery, min(1.0, self.options.lease_seconds))
+            return
+        self._handling.add(handling)
+        try:
+            await self._handle(delivery)
+        finally:
+            self._handling.discard(handling)
+
+    async def _handle(self, delivery: Delivery) -> None:
+        job = delivery.job
         checked = await self._preflight(delivery)
-        if checked is None:
+        if checked is None or is_finish_job(job):
             if delivery.begin is not None and delivery.begin.lease:  # a lease the queue prefetched for us
                 await self.coordination.release(job.run_id, job.key, self.worker_id)
+            if checked is not None:
+                await self._finish(checked[0])
+                await self.queue.ack(delivery)
             return
         record, graph = checked
         begin = delivery.begin if delivery.begin is not None else await self.coordination.begin(
@@ -243,13 +264,10 @@ class Engine:
                 await self._dead_letter(delivery, f"job {job.key!r} of run {job.run_id!r} was never scheduled")
                 return
             try:
-                if begin.state == "pending":
-                    if begin.completion is not None:
-                        await self._route(job, graph, record, begin.completion, recovery=True)
-                    else:
-                        await self._execute(delivery, job, graph, record)
-                elif begin.state == "done" and begin.completion is not None:
-                    await self._route(job, graph, record, begin.completion, recovery=True)
+                if begin.state in ("pending", "done") and begin.completion is not None:
+                    await self._recover(job, graph, record, begin.completion)
+                elif begin.state == "pending":
+                    await self._execute(delivery, job, graph, record)
             except StoreLimitError as refused:  # every redelivery would be refused alike: fail the run now
                 await self._fail(record, job.node_id, str(refused))
                 await self._dead_letter(delivery, str(refused))
@@ -310,6 +328,20 @@ class Engine:
                 await self.queue.release(delivery, self.options.bounce_delay)
             return None
         return record, graph
+
+    async def _recover(self, job: Job, graph: Graph, record: RunRecord, completion: Completion) -> None:
+        """Redo the transition of a job whose completion record exists, exactly as its first delivery did.
+
+        A map's fan-out job and its chunk jobs record placeholder completions (the fan-out's ``None``, one
+        chunk's outputs): they fire chunks and the gather, never the node's successors, which only the
+        gather job routes with the node's gathered result."""
+        if job.item is not None and job.item != GATHER_ITEM:
+            await self._complete_chunk(job, graph, record, graph.info(job.node_id).node, completion.output,
+                                       completion=completion)
+        elif job.item is None and graph.info(job.node_id).node.uses == "map" and completion.output is None:
+            await self._builtin_map(None, job, graph, record, graph.info(job.node_id).node, completion=completion)
+        else:
+            await self._route(job, graph, record, completion, recovery=True)
 
     async def heartbeat(self) -> None:
         """Keep leases and queue visibility of in-flight jobs alive; stop nodes of runs that ended."""
@@ -482,22 +514,31 @@ class Engine:
             await self._fail(record, job.node_id, str(exc))
             return
         needs_cascade = any(not a.arrived for a in arrivals)
+        if not recovery:
+            # a store that keeps the context apart from the completion records: the node's writes are durable
+            # before the record that lets successors fire; a recovery never writes them again, since nodes
+            # that ran after the first delivery may have changed those keys
+            await self._apply_context_apart(job, completion)
         committed = await self._commit(
             job, Transition(job.run_id, job.key, completion, tuple(arrivals), finish=not needs_cascade,
                             recovery=recovery)
         )
         if committed.conflict is not None:
-            # another attempt's completion record won: route exactly as it did
+            # another attempt's completion record won (this one ran after losing its lease): put back what
+            # the winner wrote, then route exactly as it did
+            await self._apply_context_apart(job, committed.conflict)
             await self._route(job, graph, record, committed.conflict, recovery=True)
             return
         self._fault("after_commit")
-        if not self.coordination.applies_context and (completion.context_updates or completion.context_deletes):
-            await self.context.apply(job.run_id, completion.context_updates, completion.context_deletes)
         await self._dispatch(committed)
         self._fault("after_enqueue")
         if needs_cascade:
             committed = await self._cascade(job, graph, committed.skipped, recovery)
         await self._after_finish(record, committed)
+
+    async def _apply_context_apart(self, job: Job, completion: Completion) -> None:
+        if not self.coordination.applies_context and (completion.context_updates or completion.context_deletes):
+            await self.context.apply(job.run_id, completion.context_updates, completion.context_deletes)
 
     async def _cascade(self, job: Job, graph: Graph, skipped: Sequence[str], recovery: bool) -> Committed:
         """Dead-path elimination: a skipped node sends skips on to its successors, through joins."""
@@ -590,6 +631,11 @@ class Engine:
         names["context"] = context
         names["input"] = job.input
         return names
+
+    async def _finish(self, record: RunRecord) -> None:
+        """A finish job from the reconciler: publish the final status of a run whose work is all done."""
+        counts = await self.coordination.commit(Transition(record.run_id, FINISH_KEY, None, (), finish=False))
+        await self._after_finish(record, counts)
 
     async def _after_finish(self, record: RunRecord, committed: Committed) -> None:
         if committed.pending > 0:
@@ -702,8 +748,10 @@ class Engine:
         completion = self._completion(job, output, action, context, fallback=fallback)
         await self._route(job, graph, record, completion, recovery=False)
 
-    async def _builtin_map(self, delivery: Delivery, job: Job, graph: Graph, record: RunRecord,
-                           node: NodeDefinition) -> None:
+    async def _builtin_map(self, delivery: Delivery | None, job: Job, graph: Graph, record: RunRecord,
+                           node: NodeDefinition, completion: Completion | None = None) -> None:
+        """Fan out the node's list in chunks (lanes of at most maxConcurrency chunks each); with the
+        fan-out's stored ``completion`` this is a recovery that re-fires the same chunk jobs."""
         items = await self._node_input(job, node)
         if not isinstance(items, list):
             await self._fail(record, job.node_id,
@@ -723,12 +771,19 @@ class Engine:
                             version=job.version, input=chunks[lane], has_input=True,
                             payload={"lane": rest, "chunks": chunk_ids.__len__()})
             arrivals.append(Arrival(chunk_job, job.node_id, True, chunks[lane], (job.node_id,)))
-        completion = self._completion(job, None, None, None)
-        committed = await self._commit(job, Transition(job.run_id, job.key, completion, tuple(arrivals), finish=True))
+        recovery = completion is not None
+        completion = completion or self._completion(job, None, None, None)
+        committed = await self._commit(job, Transition(job.run_id, job.key, completion, tuple(arrivals), finish=True,
+                                                       recovery=recovery))
+        if committed.conflict is not None:  # another attempt fanned out first: re-fire exactly its chunks
+            await self._builtin_map(None, job, graph, record, node, completion=committed.conflict)
+            return
         await self._dispatch(committed)
 
     async def _complete_chunk(self, job: Job, graph: Graph, record: RunRecord, node: NodeDefinition,
-                              outputs: Any) -> None:
+                              outputs: Any, completion: Completion | None = None) -> None:
+        """Record one chunk's outputs as an arrival at the gather and fire the next chunk of its lane;
+        with the chunk's stored ``completion`` this is a recovery that re-fires what it fired."""
         payload = dict(job.payload or {})
         count = int(payload.get("chunks", 1))
         gather = Job(job.run_id, job.blueprint_id, job.node_id, visit=job.visit, item=GATHER_ITEM,
@@ -741,8 +796,15 @@ class Engine:
                          version=job.version, input=chunk, has_input=True,
                          payload={"lane": rest[1:], "chunks": count})
             arrivals.append(Arrival(follow, f"lane:{job.item}", True, chunk, ("lane",)))
-        completion = Completion(job.node_id, outputs, token=self._token())
-        await self._commit_and_finish(job, record, completion, arrivals)
+        recovery = completion is not None
+        completion = completion or Completion(job.node_id, outputs, token=self._token())
+        committed = await self._commit(job, Transition(job.run_id, job.key, completion, tuple(arrivals), finish=True,
+                                                       recovery=recovery))
+        if committed.conflict is not None:  # another attempt of this chunk committed first: redo its transition
+            await self._complete_chunk(job, graph, record, node, committed.conflict.output, committed.conflict)
+            return
+        await self._dispatch(committed)
+        await self._after_finish(record, committed)
 
     async def _gather(self, job: Job, graph: Graph, record: RunRecord) -> None:
         by_chunk = job.input if isinstance(job.input, dict) else {}
@@ -752,14 +814,6 @@ class Engine:
         completion = self._completion(job, output, None, None)
         await self._emit("node:finish", job.run_id, job.blueprint_id, job.node_id, {"output": output})
         await self._route(job, graph, record, completion, recovery=False)
-
-    async def _commit_and_finish(self, job: Job, record: RunRecord, completion: Completion,
-                                 arrivals: list[Arrival]) -> None:
-        committed = await self._commit(job, Transition(job.run_id, job.key, completion, tuple(arrivals), finish=True))
-        if committed.conflict is not None:
-            return  # another attempt of this chunk already committed everything
-        await self._dispatch(committed)
-        await self._after_finish(record, committed)
 
     async def _loop_decision(self, job: Job, node: NodeDefinition, ctx: NodeContext) -> str:
         condition = node.params.get("condition")

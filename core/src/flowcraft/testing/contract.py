@@ -22,7 +22,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -35,7 +35,7 @@ from flowcraft.engine.core import Engine, EngineOptions, RunResult
 from flowcraft.engine.worker import Worker
 from flowcraft.plugins import registry
 from flowcraft.reconciler import Reconciler
-from flowcraft.spi import Arrival, Backend, Completion, Delivery, Job, RunRecord, Transition
+from flowcraft.spi import FINAL_STATUSES, Arrival, Backend, Completion, Delivery, Job, RunRecord, Transition
 from flowcraft.testing.apps import app as contract_app
 from flowcraft.testing.worker import FAULT_POINTS
 
@@ -509,6 +509,167 @@ class ReconcilerContract(_Base):
         assert result.status == "completed"
 
 
+# ====================================================================== redelivery, replay, recovery
+class _Interrupted(Exception):
+    """Raised by a fault hook: the handling stops right there, as if the worker had been killed."""
+
+
+def _interrupt_at(point: str) -> Any:
+    def fault(reached: str) -> None:
+        if reached == point:
+            raise _Interrupted(point)
+
+    return fault
+
+
+Handled = Callable[[Delivery], Awaitable[None]]
+
+
+async def _drive(engine: Engine, backend: Backend, run_id: str, *, after: Handled | None = None,
+                 until: Callable[[RunRecord], bool] | None = None, timeout: float = 30.0) -> RunRecord:
+    """Handle deliveries one at a time with ``engine`` until the run is final (or ``until`` holds)."""
+    done = until or (lambda record: record.status in FINAL_STATUSES)
+    deadline = time.monotonic() + timeout
+    while True:
+        record = await backend.status.get(run_id)
+        assert record is not None
+        if done(record):
+            return record
+        assert time.monotonic() < deadline, f"run {run_id} still {record.status} after {timeout}s"
+        for delivery in await backend.queue.dequeue(1, 0.2):
+            await engine.handle(delivery)
+            if after is not None:
+                await after(delivery)
+
+
+class RecoveryContract(_Base):
+    """Any redelivery, replay or reconciler pass leaves the run exactly as one delivery would. Each test
+    drives ``Engine.handle`` to the exact point of a defect once seen under SIGKILL chaos."""
+
+    def _engine(self, backend: Backend, **options: Any) -> Engine:
+        return Engine(contract_app, backend, options=EngineOptions(lease_seconds=5), **options)
+
+    async def test_redelivered_map_jobs_never_route_a_placeholder(self, backend: Backend, tmp_path: Path) -> None:
+        engine, client = self._engine(backend), Client(backend, contract_app)
+        log = tmp_path / "log"
+        run_id = await client.start("contract-map", {"log": str(log), "value": [1, 2, 3, 4, 5]})
+        replayed: set[str] = set()
+
+        async def redeliver_map_jobs(delivery: Delivery) -> None:
+            job = delivery.job
+            kind = "fan-out" if job.item is None else "gather" if job.item < 0 else "chunk"
+            if job.node_id == "squares" and kind not in replayed:  # a second delivery of each kind of job
+                replayed.add(kind)
+                await backend.queue.enqueue([job])
+
+        await _drive(engine, backend, run_id, after=redeliver_map_jobs)
+        result = await client.status(run_id)
+        assert replayed == {"fan-out", "chunk", "gather"}
+        assert result.status == "completed", result.errors
+        assert result.outputs["squares"] == [1, 4, 9, 16, 25] and result.outputs["sum"] == 55
+        assert Counter(e["node"] for e in read_log(log))["sum"] == 1
+
+    async def test_replayed_finished_job_changes_no_context(self, backend: Backend, tmp_path: Path) -> None:
+        engine, client = self._engine(backend), Client(backend, contract_app)
+        log = tmp_path / "log"
+        run_id = await client.start("contract-loop", {"log": str(log)})
+        first: list[Job] = []
+
+        async def replay_first_body(delivery: Delivery) -> None:
+            job = delivery.job
+            if job.node_id == "body" and job.visit == 0:
+                first.append(job)
+            elif job.node_id == "body" and job.visit == 2 and first:
+                await backend.queue.enqueue([first.pop()])  # visit 0 again, after visit 1 raised count to 2
+
+        await _drive(engine, backend, run_id, after=replay_first_body)
+        result = await client.status(run_id)
+        assert result.status == "completed", result.errors
+        assert result.context["count"] == 4 and result.outputs["after"] == 4
+        assert Counter(e["node"] for e in read_log(log))["body"] == 4
+
+    async def test_context_is_durable_before_successors_can_fire(self, backend: Backend) -> None:
+        client = Client(backend, contract_app)
+        run_id = await client.start("contract-none", {"value": 3})
+        interrupted = self._engine(backend, fault=_interrupt_at("after_commit"))
+        (delivery,) = await receive(backend, 1)
+        with pytest.raises(_Interrupted):
+            await interrupted.handle(delivery)  # the start node committed; its worker "died" right after
+        context = await backend.context.get_all(run_id)
+        assert context["_outputs.s"] == 3 and context["value"] == 3
+        record = await _drive(self._engine(backend), backend, run_id, timeout=30 + self.visibility_timeout)
+        assert record.status == "completed"
+        assert (await client.status(run_id)).outputs == {"s": 3, "n": None, "e": None}
+
+    async def test_reconciler_finishes_a_run_whose_work_is_done(self, backend: Backend) -> None:
+        client = Client(backend, contract_app)
+        run_id = await client.start("contract-none", {"value": 3})
+        engine, interrupted = self._engine(backend), self._engine(backend, fault=_interrupt_at("after_enqueue"))
+        handled: list[str] = []
+        while "e" not in handled:
+            for delivery in await receive(backend, 1):
+                handled.append(delivery.job.node_id)
+                if delivery.job.node_id == "e":  # the last job commits, then its worker dies unpublished
+                    with pytest.raises(_Interrupted):
+                        await interrupted.handle(delivery)
+                else:
+                    await engine.handle(delivery)
+        assert (await backend.status.get(run_id)).status == "running"  # type: ignore[union-attr]
+        await asyncio.sleep(0.05)
+        stats = await Reconciler(backend, stalled_threshold_seconds=0.01).run()
+        assert (stats.stalled_runs, stats.reconciled_runs, stats.failed_runs) == (1, 1, 0)
+        record = await _drive(engine, backend, run_id)
+        assert record.status == "completed", record.errors
+        assert (await client.status(run_id)).outputs == {"s": 3, "n": None, "e": None}
+
+    async def test_reconciler_fails_only_an_interrupted_start(self, backend: Backend, run_prefix: str) -> None:
+        await backend.status.create(RunRecord(run_prefix, "contract-none", "running", "1"))
+        await asyncio.sleep(0.05)
+        stats = await Reconciler(backend, stalled_threshold_seconds=0.01).run()
+        assert (stats.stalled_runs, stats.reconciled_runs, stats.failed_runs) == (1, 0, 1)
+        record = await backend.status.get(run_prefix)
+        assert record is not None and record.status == "failed"
+        assert "start was interrupted" in record.errors[-1]["message"]
+
+    async def test_reconciler_pages_past_runs_it_skips(self, backend: Backend) -> None:
+        client = Client(backend, contract_app)
+        async with InProcessWorkers(backend, count=1) as w:
+            waiting = [await w.client.start("contract-wait", {"value": i}) for i in range(5)]
+            for run_id in waiting:
+                assert (await w.client.wait(run_id, 30)).status == "awaiting"
+        lost = client.engine.queue.enqueue
+
+        async def drop(jobs: Any, delay: float = 0.0) -> None:
+            return None
+
+        client.engine.queue.enqueue = drop  # type: ignore[method-assign]  # the start message is lost
+        stalled = await client.start("contract-none", {"value": 1})
+        client.engine.queue.enqueue = lost  # type: ignore[method-assign]
+        await asyncio.sleep(0.05)
+        stats = await Reconciler(backend, stalled_threshold_seconds=0.01, batch_size=2).run()
+        assert stats.scanned == 6 and (stats.stalled_runs, stats.reconciled_runs) == (1, 1)
+        record = await _drive(self._engine(backend), backend, stalled)
+        assert record.status == "completed"
+
+    async def test_second_delivery_of_a_job_in_hand_is_not_run_again(self, backend: Backend,
+                                                                      tmp_path: Path) -> None:
+        engine, client = self._engine(backend), Client(backend, contract_app)
+        log = tmp_path / "log"
+        run_id = await client.start("contract-long", {"log": str(log)})
+        (start,) = await receive(backend, 1)
+        await engine.handle(start)
+        (slow,) = await receive(backend, 1)
+        first = asyncio.create_task(engine.handle(slow))
+        await asyncio.sleep(0.5)
+        await backend.queue.enqueue([slow.job])  # a recovery re-fired the job while it runs
+        (again,) = await receive(backend, 1)
+        await engine.handle(again)  # the same engine: handed back, not run beside the first
+        await first
+        record = await _drive(engine, backend, run_id)
+        assert record.status == "completed"
+        assert Counter(e["node"] for e in read_log(log))["slow"] == 1
+
+
 # ====================================================================== crash tests
 class _Process:
     def __init__(self, backend: tuple[str, dict[str, Any]], events: Path, *extra: str) -> None:
@@ -576,5 +737,5 @@ class CrashContract(_Base):
 
 
 class BackendContract(QueueContract, ContextContract, StatusContract, CoordinationContract, WorkflowContract,
-                      ReconcilerContract, CrashContract):
+                      ReconcilerContract, RecoveryContract, CrashContract):
     """Everything a backend must pass."""

@@ -23,6 +23,7 @@ local token, completion, owner = ARGV[7], ARGV[8], ARGV[9]
 local jobs, done, meta = P .. 'jobs:' .. run, P .. 'done:' .. run, P .. 'meta:' .. run
 local arrs, lease, ctx = P .. 'arrs:' .. run, P .. 'lease:' .. run, P .. 'ctx:' .. run
 local i = 10
+local fresh = false  -- context is written only with a new completion record: a replay changes nothing
 
 if has_completion then
   local existing = redis.call('HGET', done, jkey)
@@ -33,8 +34,10 @@ if has_completion then
     end
   else
     redis.call('HSET', done, jkey, token .. ' ' .. completion)
+    fresh = true
   end
 end
+apply_ctx = apply_ctx and fresh
 local n = tonumber(ARGV[i]); i = i + 1
 if apply_ctx and n > 0 then
   for j = i, i + 2 * n - 1, 2 do redis.call('HSET', ctx, ARGV[j], ARGV[j + 1]) end

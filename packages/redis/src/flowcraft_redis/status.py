@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -128,18 +128,31 @@ class RedisStatusStore(RedisStateStore, StatusStore):
                     if len(page) == limit:
                         return page, f"{score!r} {text(member)}"
 
-    async def stalled(self, older_than: float, limit: int = 100) -> builtins.list[RunRecord]:
+    async def stalled(
+        self, older_than: float, limit: int = 100, *, after: tuple[float, str] | None = None
+    ) -> builtins.list[RunRecord]:
         found: builtins.list[RunRecord] = []
+        low = "-inf" if after is None else repr(after[0])
         for status in sorted(ACTIVE_STATUSES):
             index = self.keys.idx_status(status)
-            ids = cast(builtins.list[bytes], await self.redis.zrangebyscore(
-                index, "-inf", f"({older_than!r}", start=0, num=limit))
-            records = await self._records(ids)
-            stale = [run_id for run_id, record in zip(ids, records, strict=True) if record is None]
-            if stale:
-                await self.redis.zrem(index, *stale)
-            found += [r for r in records if r is not None and r.status == status and r.updated_at < older_than]
-        found.sort(key=lambda r: r.updated_at)
+            offset, taken = 0, 0
+            while taken < limit:
+                rows: builtins.list[Any] = await self.redis.zrangebyscore(
+                    index, low, f"({older_than!r}", start=offset, num=limit, withscores=True)
+                offset += len(rows)
+                exhausted = len(rows) < limit
+                rows = [(member, score) for member, score in rows
+                        if after is None or (score, text(member)) > after]
+                records = await self._records([member for member, _ in rows])
+                stale = [member for (member, _), record in zip(rows, records, strict=True) if record is None]
+                if stale:
+                    await self.redis.zrem(index, *stale)
+                fresh = [r for r in records if r is not None and r.status == status and r.updated_at < older_than]
+                found += fresh
+                taken += len(fresh)
+                if exhausted:
+                    break
+        found.sort(key=lambda r: (r.updated_at, r.run_id))
         return found[:limit]
 
     async def close(self) -> None:

@@ -149,27 +149,41 @@ class DynamoDbStatusStore(StatusStore):
             raise
         return _from_item(response["Attributes"])
 
-    async def stalled(self, older_than: float, limit: int = 100) -> list[RunRecord]:
-        """Queries the ``status-lastUpdated`` index per active status (oldest first), paginated."""
+    async def stalled(
+        self, older_than: float, limit: int = 100, *, after: tuple[float, str] | None = None
+    ) -> list[RunRecord]:
+        """Queries the ``status-lastUpdated`` index per active status (oldest first, from the ``after``
+        cursor's time on), paginated; ties with the cursor's time are ordered by run id."""
         client = await self._source.get()
         found: list[RunRecord] = []
+        since = after[0] if after is not None else None
         for status in sorted(ACTIVE_STATUSES):
             start: dict[str, Any] | None = None
-            while len(found) < limit:
+            taken = 0
+            while taken < limit:
+                condition = "#s = :s AND #u < :t" if since is None else "#s = :s AND #u BETWEEN :a AND :t"
+                values = {":s": S(status), ":t": N(older_than)}
+                if since is not None:
+                    values[":a"] = N(since)
                 kwargs: dict[str, Any] = {
                     "TableName": self.table_name, "IndexName": self.index_name,
-                    "KeyConditionExpression": "#s = :s AND #u < :t",
+                    "KeyConditionExpression": condition,
                     "ExpressionAttributeNames": {"#s": "status", "#u": "lastUpdated"},
-                    "ExpressionAttributeValues": {":s": S(status), ":t": N(older_than)},
-                    "Limit": max(1, min(1000, limit - len(found))),
+                    "ExpressionAttributeValues": values,
+                    "Limit": max(1, min(1000, limit)),
                 }
                 if start:
                     kwargs["ExclusiveStartKey"] = start
                 response = await client.query(**kwargs)
-                found += [_from_item(item) for item in response.get("Items", [])]
+                page = [record for record in map(_from_item, response.get("Items", []))
+                        if record.updated_at < older_than
+                        and (after is None or (record.updated_at, record.run_id) > after)]
+                found += page
+                taken += len(page)
                 start = response.get("LastEvaluatedKey")
                 if not start:
                     break
+        found.sort(key=lambda r: (r.updated_at, r.run_id))
         return found[:limit]
 
     async def list(
