@@ -27,13 +27,15 @@ RETRY_SUCCEEDS_ON = 3  # attempts 1 and 2 fail, attempt 3 succeeds
 SLEEP_SECONDS = 1.0
 CANCEL_CHAIN = ("z1", "z2", "z3", "z4")
 CANCEL_NODE_SECONDS = 1.0
+WORK_SECONDS = 0.05
 ANY_PREDECESSORS = ("p1", "p2", "p3", "p4", "p5")
 
 _log_fds: dict[str, int] = {}
 
 
-def record_execution(ctx: NodeContext, input_value: Any) -> None:
-    """Append this execution to the chaos log (nothing when ``$FLOWCRAFT_CHAOS_LOG`` is unset)."""
+async def record_execution(ctx: NodeContext, input_value: Any) -> None:
+    """Append this execution to the chaos log (nothing when ``$FLOWCRAFT_CHAOS_LOG`` is unset), then work
+    for ``WORK_SECONDS``, so that kills land while jobs are in flight rather than on idle workers."""
     path = os.environ.get(LOG_ENV)
     if not path:
         return
@@ -43,11 +45,12 @@ def record_execution(ctx: NodeContext, input_value: Any) -> None:
     line = json.dumps({"run_id": ctx.run_id, "node_id": ctx.node_id, "visit": ctx.visit, "attempt": ctx.attempt,
                        "item": ctx.item, "pid": os.getpid(), "t": time.time(), "input": input_value})
     os.write(fd, (line + "\n").encode())
+    await asyncio.sleep(WORK_SECONDS)
 
 
 # ---------------------------------------------------------------------------------------------- nodes
 async def start(ctx: NodeContext) -> int:
-    record_execution(ctx, ctx.input)
+    await record_execution(ctx, ctx.input)
     n = int(ctx.input["n"])
     await ctx.context.set("n", n)
     return n
@@ -55,72 +58,72 @@ async def start(ctx: NodeContext) -> int:
 
 def _arithmetic(factor: int, offset: int) -> Any:
     async def node(ctx: NodeContext) -> int:
-        record_execution(ctx, ctx.input)
+        await record_execution(ctx, ctx.input)
         return int(ctx.input) * factor + offset
     return node
 
 
 async def add_values(ctx: NodeContext) -> int:
-    record_execution(ctx, ctx.input)
+    await record_execution(ctx, ctx.input)
     return sum(int(v) for v in ctx.input.values())
 
 
 async def echo(ctx: NodeContext) -> Any:
-    record_execution(ctx, ctx.input)
+    await record_execution(ctx, ctx.input)
     return ctx.input
 
 
 async def any_predecessor(ctx: NodeContext) -> int:
-    record_execution(ctx, ctx.input)
+    await record_execution(ctx, ctx.input)
     index = int(ctx.node_id[1:])
     await asyncio.sleep(0.02 * index)
     return int(ctx.input) * 10 + index
 
 
 async def count_pass(ctx: NodeContext) -> int:
-    record_execution(ctx, ctx.input)
+    await record_execution(ctx, ctx.input)
     count = int(await ctx.context.get("count", 0)) + 1
     await ctx.context.set("count", count)
     return count * int(await ctx.context.get("n"))
 
 
 async def flaky(ctx: NodeContext) -> int:
-    record_execution(ctx, ctx.input)
+    await record_execution(ctx, ctx.input)
     if ctx.attempt < RETRY_SUCCEEDS_ON:
         raise ConnectionError(f"chaos: planned failure of attempt {ctx.attempt}")
     return int(ctx.input) * 7 + ctx.attempt
 
 
 async def items(ctx: NodeContext) -> list[int]:
-    record_execution(ctx, ctx.input)
+    await record_execution(ctx, ctx.input)
     return [int(ctx.input) + i for i in range(MAP_ITEMS)]
 
 
 async def square(ctx: NodeContext) -> int:
-    record_execution(ctx, ctx.input)
+    await record_execution(ctx, ctx.input)
     return int(ctx.input) ** 2
 
 
 async def total(ctx: NodeContext) -> int:
-    record_execution(ctx, ctx.input)
+    await record_execution(ctx, ctx.input)
     return sum(int(v) for v in ctx.input)
 
 
 async def child_total(ctx: NodeContext) -> int:
-    record_execution(ctx, ctx.input)
+    await record_execution(ctx, ctx.input)
     value = int(ctx.input) + 1
     await ctx.context.set("total", value)
     return value
 
 
 async def slow(ctx: NodeContext) -> Any:
-    record_execution(ctx, ctx.input)
+    await record_execution(ctx, ctx.input)
     await asyncio.sleep(CANCEL_NODE_SECONDS)
     return ctx.input
 
 
 async def always_fails(ctx: NodeContext) -> None:
-    record_execution(ctx, ctx.input)
+    await record_execution(ctx, ctx.input)
     raise RuntimeError("chaos: this node always fails")
 
 
