@@ -6,6 +6,7 @@
     nox -s lint            ruff + mypy strict on core
     nox -s demo            the README's demo
     nox -s bench -- --backend sqlite --workers 2 --runs 500
+    nox -s chaos -- --backend sqlite --runs 200 --seconds 40   (rq/sqs: add --option redis_url=... etc.)
 """
 
 from __future__ import annotations
@@ -68,3 +69,10 @@ def bench(session: nox.Session) -> None:
     _install(session, *PACKAGES)
     session.install("celery[redis]")
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session
+def chaos(session: nox.Session) -> None:
+    """The chaos harness (python -m flowcraft.chaos): worker processes SIGKILLed at random, every run checked."""
+    _install(session, *PACKAGES)
+    session.run("python", "-m", "flowcraft.chaos", *(session.posargs or ["--backend", "sqlite"]))
