@@ -212,6 +212,9 @@ def test_work_after_a_cancel_is_wrong() -> None:
     assert "z2#0x1 started more than 1.0 s after the run was cancelled" in details(
         verify_run(run, observed, executions))
     assert verify_run(run, observed, executions[:2]) == []
+    before_start = ObservedRun("cancelled", {}, {})  # cancelled before its first node ran
+    assert verify_run(run, before_start, []) == []
+    assert "context {'n': 5} differs" in details(verify_run(run, ObservedRun("cancelled", {}, {"n": 5}), []))
 
 
 def test_lost_and_stuck_runs() -> None:

@@ -259,7 +259,11 @@ def _check_state(expected: Expectation, observed: ObservedRun) -> list[str]:
     elif observed.outputs != expected.outputs:
         problems.append(f"outputs {_diff(observed.outputs, expected.outputs)}")
     user_context = {k: v for k, v in observed.context.items() if not k.startswith("_")}
-    if user_context != expected.context:
+    if expected.partial:
+        differing = {k: v for k, v in user_context.items() if expected.context.get(k, _MISSING) != v}
+        if differing:
+            problems.append(f"context {differing} differs from the expected {expected.context}")
+    elif user_context != expected.context:
         problems.append(f"context {_diff(user_context, expected.context)}")
     if expected.terminal is not None:
         result = expected.outputs[expected.terminal]
