@@ -12,12 +12,15 @@ from flowcraft.spi import Delivery
 
 log = logging.getLogger("flowcraft.worker")
 
+RELEASE_TIMEOUT = 10.0  # seconds cancelled jobs get to hand their deliveries back at shutdown
+
 
 class Worker:
     """Runs ``Engine.handle`` for delivered jobs with at most ``concurrency`` at a time.
 
-    ``stop()`` stops dequeuing, lets in-flight jobs finish within ``grace`` seconds and gives the rest back
-    to the queue, so nothing is lost on SIGTERM.
+    ``stop()`` stops dequeuing, lets in-flight jobs finish within ``grace`` seconds (``flowcraft worker
+    --shutdown-timeout``) and then cancels the rest, which hands their deliveries back to the queue, so
+    nothing is lost on SIGTERM and the worker exits in bounded time even with a sync node stuck.
     """
 
     def __init__(self, engine: Engine, concurrency: int = 16, poll_wait: float = 1.0, grace: float = 10.0) -> None:
@@ -110,7 +113,13 @@ class Worker:
         if not self._tasks:
             return
         _, still_running = await asyncio.wait(set(self._tasks), timeout=self.grace)
+        if not still_running:
+            return
+        log.warning("%d jobs still running after the %gs shutdown timeout; giving them back to the queue",
+                    len(still_running), self.grace)
         for task in still_running:
-            task.cancel()
-        if still_running:
-            await asyncio.wait(still_running)
+            task.cancel()  # a sync node's thread is written off (flowcraft.nodes.threads), so this is quick
+        _, stuck = await asyncio.wait(still_running, timeout=RELEASE_TIMEOUT)
+        if stuck:
+            log.error("%d jobs did not stop within %gs of being cancelled; exiting anyway (they come back "
+                      "after the lease)", len(stuck), RELEASE_TIMEOUT)

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from flowcraft.nodes.threads import sync_node_pool
 from flowcraft.spi import ContextStore
 
 _MISSING = object()
@@ -112,7 +113,8 @@ class NodeContext:
 
     @property
     def cancelled(self) -> bool:
-        """True once the run was cancelled; sync code polls this, async code also gets CancelledError."""
+        """True once the node should stop: its run was cancelled, it timed out, or its worker is shutting
+        down. Sync code polls this (it cannot be interrupted); async code also gets CancelledError."""
         return self._cancel_event.is_set()
 
     def __repr__(self) -> str:
@@ -147,10 +149,19 @@ Implementation = NodeFunction | type[BaseNode]
 
 
 async def call_maybe_async(func: Callable[..., Any], *args: Any) -> Any:
-    """Await coroutine functions; run plain functions in a thread so they never block the event loop."""
+    """Await coroutine functions; run plain functions in the sync node pool so they never block the event
+    loop. When the caller is cancelled (timeout, run cancelled, worker shutdown) a sync call cannot be
+    stopped: its ``ctx.cancelled`` turns true so a cooperative node returns, and its thread is written off
+    (``flowcraft.nodes.threads``)."""
     if inspect.iscoroutinefunction(func):
         return await func(*args)
-    result, raised = await asyncio.to_thread(_call_catching, func, *args)
+    try:
+        result, raised = await sync_node_pool().run(_call_catching, func, *args)
+    except asyncio.CancelledError:
+        for arg in args:
+            if isinstance(arg, NodeContext):
+                arg._cancel_event.set()
+        raise
     if raised is not None:
         raise raised
     if inspect.isawaitable(result):
