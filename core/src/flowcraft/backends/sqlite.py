@@ -8,6 +8,9 @@ Options (one flat dict, shared by the four components):
 
 The database runs in WAL mode with ``synchronous=NORMAL``: a committed transaction survives a crash of any
 process; an OS crash or power loss may roll back the last few transactions, never corrupt the file.
+If the file is deleted or replaced while a process uses it, every later call of that process raises a
+``ConfigError`` (checked by device and inode before each transaction batch), so a worker stops instead of
+writing runs to a file no new process sees.
 
 Every process opens one connection per database, used by one dedicated thread, so the calls of a process
 are serialized and the event loop never blocks on SQLite. Every SPI method is one call into that thread and
@@ -42,6 +45,7 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 from flowcraft.backends.transition import apply_transition
+from flowcraft.errors import ConfigError
 from flowcraft.spi import (
     Begin,
     Committed,
@@ -294,6 +298,8 @@ class _DatabaseThread:
     def __init__(self, path: str, busy_timeout: float) -> None:
         self._path = path
         self._busy_timeout = busy_timeout
+        self._file: tuple[int, int] | None = None  # (device, inode) of the database file when opened
+        self._file_path = path if path == ":memory:" or path.startswith("file:") else os.path.abspath(path)
         self._calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self.closed = False
@@ -340,6 +346,9 @@ class _DatabaseThread:
                 try:
                     if conn is None:
                         conn = _connect(self._path, self._busy_timeout)
+                        self._file = _file_identity(self._file_path)
+                    else:
+                        self._check_same_file()
                 except Exception as exc:
                     outcomes[:0] = [(future, False, exc) for _, future in calls]
                 else:
@@ -355,6 +364,18 @@ class _DatabaseThread:
                         loop.call_soon_threadsafe(_settle, results)
                     except RuntimeError:  # the loop closed meanwhile; nobody waits for these results
                         pass
+
+    def _check_same_file(self) -> None:
+        """Refuse to go on when the database file was deleted or replaced under this process: its
+        connection would keep writing to the old file, which no newly started process sees."""
+        if self._file is None:
+            return
+        current = _file_identity(self._file_path)
+        if current != self._file:
+            what = "deleted" if current is None else "replaced by another file"
+            raise ConfigError(f"the SQLite database {self._path} was {what} while this process used it",
+                              hint="stop every worker and client using it, then start them again on the "
+                                   "current file")
 
     def _run(self, conn: sqlite3.Connection, calls: list[tuple[Callable[[sqlite3.Connection], Any],
                                                                   asyncio.Future[Any]]]
@@ -382,6 +403,17 @@ class _DatabaseThread:
             except Exception as exc:
                 outcomes.append((future, False, exc))
         return outcomes
+
+
+def _file_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of a database file; None for an in-memory database or a file that is gone."""
+    if path == ":memory:" or path.startswith("file:"):
+        return None
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino
 
 
 def _settle(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
