@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ import pytest
 from flowcraft import App, EngineOptions, Flow, FlowRuntime, connect
 from flowcraft.backends.memory import MemoryCoordinationStore, memory_backend
 from flowcraft.client import Client
-from flowcraft.errors import InvalidValueError
+from flowcraft.errors import ConfigError, InvalidValueError
 from flowcraft.spi import Committed, Transition
 
 HINT_JSON = "(return and store JSON values: dicts with string keys, lists, strings, numbers, booleans, None)"
@@ -337,3 +339,24 @@ async def test_resume_refuses_a_value_no_store_keeps_and_the_run_still_waits(cli
             await engine.handle(delivery)
     done = await client.status(run_id)
     assert (done.status, done.output) == ("completed", {"x": [1]})
+
+
+async def test_a_replaced_sqlite_database_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    sqlite_client = connect("sqlite", app=App(flows=[healthy()]), path=str(path))
+    try:
+        await sqlite_client.start("healthy", run_id="before")
+        shutil.copy(path, tmp_path / "copy.db")
+        os.replace(tmp_path / "copy.db", path)
+        with pytest.raises(ConfigError) as raised:
+            await sqlite_client.start("healthy", run_id="after")
+        assert str(raised.value) == (f"the SQLite database {path} was replaced by another file while this process "
+                                     "used it (stop every worker and client using it, then start them again on the "
+                                     "current file)")
+    finally:
+        await sqlite_client.close()
+    reopened = connect("sqlite", app=App(flows=[healthy()]), path=str(path))
+    try:
+        assert [record.run_id for record in (await reopened.runs())[0]] == ["before"]
+    finally:
+        await reopened.close()
