@@ -20,7 +20,7 @@ from click.testing import CliRunner, Result
 from flowcraft import App, Flow, plugins
 from flowcraft.cli import cli, mermaid
 from flowcraft.lint import lint_blueprint
-from flowcraft.model import Blueprint
+from flowcraft.model import Blueprint, EdgeDefinition, NodeDefinition
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_MODULE = "cli_test_app"
@@ -414,8 +414,8 @@ def test_graph_unknown_argument(project: Path) -> None:
 
 
 def test_mermaid_skips_edges_to_unknown_nodes() -> None:
-    blueprint = Blueprint.from_dict({"id": "x", "nodes": [{"id": "a", "uses": "a"}],
-                                     "edges": [{"source": "a", "target": "ghost"}]})
+    # loading refuses such a blueprint; one built directly (as lint's partial load does) can still have them
+    blueprint = Blueprint("x", (NodeDefinition("a", "a"),), (EdgeDefinition("a", "ghost"),))
     assert mermaid(blueprint) == 'flowchart TD\n    n0["a"]'
 
 
@@ -471,7 +471,8 @@ def test_lint_blueprint_with_app_checks_implementations() -> None:
     flow.edge("fetch", "each").edge("each", "child")
     app = App(flows=[flow], registry={"known": lambda ctx: None})
     issues = lint_blueprint(flow.to_blueprint(), app)
-    assert [(i.code, i.node_id) for i in issues] == [("INVALID_MAP_WORKER", "each")]  # "double" is not registered
+    assert [(i.code, i.node_id) for i in issues] == [("INVALID_MAP_WORKER", "each"),  # "double" is not registered
+                                                     ("SUBFLOW_RECURSION", "child")]  # "ok" runs itself
     declarative = {"id": "d", "nodes": [{"id": "k", "uses": "known"}, {"id": "u", "uses": "unknown"},
                                         {"id": "w", "uses": "wait"}, {"id": "s", "uses": "subflow",
                                                                       "params": {"blueprintId": "ok"}}],
@@ -496,7 +497,8 @@ def test_lint_blueprint_clean_flow_and_entry_points() -> None:
 
 def test_lint_unloadable_blueprint() -> None:
     issues = lint_blueprint({"id": "x", "nodes": "nope"})
-    assert [(i.code, i.message) for i in issues] == [("INVALID_BLUEPRINT", "blueprint 'x': 'nodes' must be a list")]
+    assert [(i.code, i.message) for i in issues] == [
+        ("INVALID_BLUEPRINT", "nodes: must be a list of node objects, got 'nope'")]
 
 
 def test_lint_command_on_files(project: Path) -> None:

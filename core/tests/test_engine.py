@@ -12,7 +12,7 @@ from flowcraft.app import App
 from flowcraft.backends.memory import memory_backend
 from flowcraft.client import Client
 from flowcraft.engine.core import Engine
-from flowcraft.errors import ExpressionError
+from flowcraft.errors import BlueprintError
 
 
 async def value(ctx: NodeContext) -> Any:
@@ -347,7 +347,7 @@ async def test_bad_condition_at_runtime_fails_the_run_clearly() -> None:
 
 def test_invalid_expression_is_rejected_when_the_blueprint_loads() -> None:
     flow = Flow("x").node("a", value).node("b", value).edge("a", "b", condition="__import__('os')")
-    with pytest.raises(ExpressionError):
+    with pytest.raises(BlueprintError, match=r"edges\[0\]\.condition \(edge a -> b\): expression \"__import__"):
         App(flows=[flow])
 
 

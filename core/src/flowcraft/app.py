@@ -31,10 +31,17 @@ class App:
         registry: Mapping[str, Implementation] | None = None,
         dependencies: Mapping[str, Any] | None = None,
         max_iterations: int = 1000,
+        max_subflow_depth: int = 32,
     ) -> None:
+        """``max_iterations``: default loop cap (a blueprint's ``metadata.maxIterations`` overrides it).
+        ``max_subflow_depth``: how deep subflow runs may nest (a run's child is at depth 1); a subflow node
+        that would start a run deeper fails its run instead, so a blueprint that runs itself ends."""
+        if max_subflow_depth < 1:
+            raise ConfigError(f"max_subflow_depth must be >= 1, got {max_subflow_depth}")
         self.registry: dict[str, Implementation] = dict(registry or {})
         self.dependencies: dict[str, Any] = dict(dependencies or {})
         self.max_iterations = max_iterations
+        self.max_subflow_depth = max_subflow_depth
         self._blueprints: dict[str, Blueprint] = {}
         self._scoped: dict[str, dict[str, Implementation]] = {}
         self._graphs: dict[str, Graph] = {}
@@ -48,6 +55,7 @@ class App:
     def add(self, blueprint: Blueprint, implementations: Mapping[str, Implementation] | None = None) -> None:
         if blueprint.id in self._blueprints:
             raise ConfigError(f"blueprint {blueprint.id!r} is registered twice", hint="give each flow a unique id")
+        blueprint.validate()
         self._blueprints[blueprint.id] = blueprint
         self._scoped[blueprint.id] = dict(implementations or {})
         self._graphs[blueprint.id] = analyze(blueprint)

@@ -1,20 +1,19 @@
 """Static checks of a blueprint, with the TypeScript Flowcraft's codes where it has them.
 
-``lint_blueprint`` accepts a ``Blueprint`` or the raw JSON data: some mistakes (a duplicate node id, an
-unknown join strategy) cannot even be loaded into a ``Blueprint``, so they are checked on the raw data
-first and the rest is checked on what remains.
+``lint_blueprint`` accepts a ``Blueprint`` or the raw JSON data. It reports every problem loading would
+refuse (``flowcraft.model.blueprint_problems``, with their paths), then checks the parts that are valid
+as a graph (reachability, cycles), against the app (implementations, subflow targets) and for subflow
+recursion.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flowcraft.engine.graph import analyze
-from flowcraft.errors import BlueprintError, ExpressionError
-from flowcraft.expressions import Expression
-from flowcraft.model import JOIN_STRATEGIES, Blueprint
+from flowcraft.model import Blueprint, blueprint_problems
 
 if TYPE_CHECKING:
     from flowcraft.app import App
@@ -32,6 +31,7 @@ CODES = (
     "INVALID_FALLBACK",
     "INVALID_SUBFLOW_BLUEPRINT_ID",
     "INVALID_MAP_WORKER",
+    "SUBFLOW_RECURSION",
 )
 
 
@@ -50,71 +50,58 @@ def lint_blueprint(
     blueprint: Blueprint | Mapping[str, Any],
     app: App | None = None,
     *,
-    known_blueprints: Iterable[str] = (),
+    known_blueprints: Iterable[str | Blueprint | Mapping[str, Any]] = (),
 ) -> list[LintIssue]:
     """Every problem found, in a stable order. Implementations are checked only when ``app`` is given;
-    subflow targets are checked against ``app``'s blueprints plus ``known_blueprints`` when either is given."""
+    subflow targets are checked against ``app``'s blueprints plus ``known_blueprints`` (ids, or blueprints
+    whose own subflows count for the recursion check) when either is given."""
+    data = blueprint.to_json_dict() if isinstance(blueprint, Blueprint) else blueprint
+    raw_id = data.get("id") if isinstance(data, Mapping) else None
+    bp_id = raw_id if isinstance(raw_id, str) else None
+    problems = blueprint_problems(data)
+    issues = [LintIssue(problem.code, str(problem), bp_id, problem.node_id) for problem in problems]
+    if not problems:
+        loaded: Blueprint | None = blueprint if isinstance(blueprint, Blueprint) else Blueprint.from_dict(data)
+    else:
+        loaded = Blueprint.load_valid_parts(data, problems)
+    if loaded is None:
+        return issues
+    return issues + _graph_issues(loaded, app, list(known_blueprints))
+
+
+def _graph_issues(
+    blueprint: Blueprint, app: App | None, known_blueprints: list[str | Blueprint | Mapping[str, Any]]
+) -> list[LintIssue]:
     issues: list[LintIssue] = []
-    if not isinstance(blueprint, Blueprint):
-        loaded = _load_raw(blueprint, issues)
-        if loaded is None:
-            return issues
-        blueprint = loaded
     bp_id = blueprint.id
 
     def issue(code: str, message: str, node_id: str | None = None) -> None:
         issues.append(LintIssue(code, message, bp_id, node_id))
 
-    node_ids = {node.id for node in blueprint.nodes}
-    for edge in blueprint.edges:
-        if edge.source not in node_ids:
-            issue("INVALID_EDGE_SOURCE", f"edge {edge.source} -> {edge.target}: source {edge.source!r} is not a node")
-        if edge.target not in node_ids:
-            issue("INVALID_EDGE_TARGET", f"edge {edge.source} -> {edge.target}: target {edge.target!r} is not a node")
-
-    # analyze() compiles every expression, so bad ones are reported and dropped before the graph checks
-    edges = []
-    for edge in blueprint.edges:
-        changes: dict[str, Any] = {}
-        for kind in ("condition", "transform"):
-            error = _expression_error(getattr(edge, kind))
-            if error is not None:
-                issue("INVALID_EXPRESSION", f"edge {edge.source} -> {edge.target}: {kind}: {error}", edge.source)
-                changes[kind] = None
-        edges.append(replace(edge, **changes) if changes else edge)
-    blueprint = replace(blueprint, edges=tuple(edges))
-
-    known = set(known_blueprints) | (set(app.blueprints) if app is not None else set())
+    subflows = _subflow_targets([*known_blueprints, *(app.blueprints.values() if app is not None else ())])
+    known = set(subflows)
     for node in blueprint.nodes:
-        params, config = node.params, node.config
-        if config.join_strategy not in JOIN_STRATEGIES:
-            issue("UNKNOWN_JOIN_STRATEGY", f"node {node.id!r}: unknown joinStrategy {config.join_strategy!r} "
-                  "(use 'all' or 'any')", node.id)
-        if config.fallback is not None:
-            if config.fallback not in node_ids:
-                issue("INVALID_FALLBACK", f"node {node.id!r}: fallback {config.fallback!r} is not a node", node.id)
-            elif config.fallback == node.id:
-                issue("INVALID_FALLBACK", f"node {node.id!r} is its own fallback", node.id)
-        if node.uses == "loop-controller":
-            error = _expression_error(params.get("condition"))
-            if error is not None:
-                issue("INVALID_EXPRESSION", f"node {node.id!r}: loop condition: {error}", node.id)
+        params = node.params
         if node.uses == "subflow":
             target = params.get("blueprintId")
-            if not isinstance(target, str) or not target:
-                issue("INVALID_SUBFLOW_BLUEPRINT_ID", f"node {node.id!r}: subflow needs params.blueprintId", node.id)
-            elif known and target not in known and target != bp_id:
+            if known and target not in known and target != bp_id:
                 issue("INVALID_SUBFLOW_BLUEPRINT_ID",
                       f"node {node.id!r}: subflow blueprint {target!r} is not known", node.id)
         if node.uses == "map":
             worker = params.get("worker")
-            if not isinstance(worker, str) or not worker:
-                issue("INVALID_MAP_WORKER", f"node {node.id!r}: map needs params.worker (a uses key)", node.id)
-            elif app is not None and app.implementation(bp_id, worker) is None:
+            if app is not None and isinstance(worker, str) and app.implementation(bp_id, worker) is None:
                 issue("INVALID_MAP_WORKER", f"node {node.id!r}: map worker {worker!r} has no implementation", node.id)
         elif app is not None and not app.has_implementation(bp_id, node.uses):
             issue("MISSING_NODE_IMPLEMENTATION",
                   f"node {node.id!r}: no implementation registered for uses {node.uses!r}", node.id)
+
+    subflows[bp_id] = _subflow_nodes(blueprint)
+    for node_id, target in subflows[bp_id]:
+        back = _path_back(target, bp_id, subflows)
+        if back is not None:
+            chain = " -> ".join([bp_id, *back])
+            issue("SUBFLOW_RECURSION", f"node {node_id!r}: subflow {target!r} runs {bp_id!r} again ({chain}); "
+                  "each run starts another until the app's max_subflow_depth fails it", node_id)
 
     graph = analyze(blueprint)
     in_cycles = {member for cycle in graph.cycles_without_entry for member in cycle}
@@ -127,46 +114,43 @@ def lint_blueprint(
     return issues
 
 
-def _expression_error(source: Any) -> str | None:
-    if source is None:
-        return None
-    if not isinstance(source, str):
-        return f"must be a string, got {type(source).__name__}"
-    try:
-        Expression(source)
-    except ExpressionError as exc:
-        return str(exc)
+def _subflow_nodes(blueprint: Blueprint) -> list[tuple[str, str]]:
+    """(node id, blueprint id it runs) for each subflow node."""
+    return [(node.id, target) for node in blueprint.nodes
+            if node.uses == "subflow" and isinstance(target := node.params.get("blueprintId"), str)]
+
+
+def _subflow_targets(blueprints: Iterable[str | Blueprint | Mapping[str, Any]]) -> dict[str, list[tuple[str, str]]]:
+    """Known blueprint ids, each with its subflow nodes (none known for a bare id or unloadable data)."""
+    targets: dict[str, list[tuple[str, str]]] = {}
+    for known in blueprints:
+        if isinstance(known, str):
+            targets.setdefault(known, [])
+        elif isinstance(known, Blueprint):
+            targets[known.id] = _subflow_nodes(known)
+        elif isinstance(known.get("id"), str):
+            nodes = known.get("nodes")
+            targets[known["id"]] = [
+                (str(node.get("id")), node["params"]["blueprintId"])
+                for node in (nodes if isinstance(nodes, list) else [])
+                if isinstance(node, Mapping) and node.get("uses") == "subflow"
+                and isinstance(node.get("params"), Mapping) and isinstance(node["params"].get("blueprintId"), str)
+            ]
+    return targets
+
+
+def _path_back(start: str, goal: str, subflows: Mapping[str, list[tuple[str, str]]]) -> list[str] | None:
+    """The blueprint ids from ``start`` to ``goal`` through subflow nodes (breadth first), or None."""
+    came_from: dict[str, str | None] = {start: None}
+    queue = [start]
+    for current in queue:
+        if current == goal:
+            path = [current]
+            while (previous := came_from[path[-1]]) is not None:
+                path.append(previous)
+            return path[::-1]
+        for _, target in subflows.get(current, []):
+            if target not in came_from:
+                came_from[target] = current
+                queue.append(target)
     return None
-
-
-def _load_raw(data: Mapping[str, Any], issues: list[LintIssue]) -> Blueprint | None:
-    """Report what would stop ``Blueprint.from_dict``, then load a cleaned copy (None if impossible)."""
-    bp_id = data.get("id") if isinstance(data, Mapping) else None
-    where = bp_id if isinstance(bp_id, str) else None
-    nodes = data.get("nodes") if isinstance(data, Mapping) else None
-    if isinstance(nodes, list):
-        seen: set[str] = set()
-        cleaned = []
-        for raw in nodes:
-            if not isinstance(raw, Mapping):
-                cleaned.append(raw)
-                continue
-            node_id = raw.get("id")
-            if isinstance(node_id, str) and node_id in seen:
-                issues.append(LintIssue("DUPLICATE_NODE_ID", f"node id {node_id!r} is used more than once",
-                                        where, node_id))
-                continue
-            if isinstance(node_id, str):
-                seen.add(node_id)
-            config = raw.get("config")
-            if isinstance(config, Mapping) and config.get("joinStrategy", "all") not in JOIN_STRATEGIES:
-                issues.append(LintIssue("UNKNOWN_JOIN_STRATEGY", f"node {node_id!r}: unknown joinStrategy "
-                                        f"{config['joinStrategy']!r} (use 'all' or 'any')", where, node_id))
-                raw = {**raw, "config": {k: v for k, v in config.items() if k != "joinStrategy"}}
-            cleaned.append(raw)
-        data = {**data, "nodes": cleaned}
-    try:
-        return Blueprint.from_dict(data)
-    except BlueprintError as exc:
-        issues.append(LintIssue("INVALID_BLUEPRINT", str(exc), where))
-        return None

@@ -60,7 +60,8 @@ class Graph:
 
 
 def analyze(blueprint: Blueprint) -> Graph:
-    """Analyse a blueprint (edges to unknown nodes are ignored here; ``lint`` reports them)."""
+    """Analyse a blueprint in time linear in its nodes and edges (edges to unknown nodes, which loading
+    refuses, are ignored here)."""
     nodes = {node.id: NodeInfo(node) for node in blueprint.nodes}
     fallbacks = frozenset(n.config.fallback for n in blueprint.nodes if n.config.fallback)
     edges = [e for e in blueprint.edges if e.source in nodes and e.target in nodes]
@@ -98,12 +99,13 @@ def analyze(blueprint: Blueprint) -> Graph:
             if condition is not None and _mentions_context(edge.condition or ""):
                 info.needs_context = True
         info.out_edges = compiled
+    forward_preds: dict[str, list[str]] = {nid: [] for nid in nodes}
+    back_preds: dict[str, list[str]] = {nid: [] for nid in nodes}
     for edge in edges:
-        target = nodes[edge.target]
-        if id(edge) in back_edges:
-            target.back_preds = tuple(unique([*target.back_preds, edge.source]))
-        else:
-            target.forward_preds = tuple(unique([*target.forward_preds, edge.source]))
+        (back_preds if id(edge) in back_edges else forward_preds)[edge.target].append(edge.source)
+    for nid, info in nodes.items():
+        info.forward_preds = tuple(unique(forward_preds[nid]))
+        info.back_preds = tuple(unique(back_preds[nid]))
 
     cycles_without_entry = tuple(
         tuple(members)
@@ -178,10 +180,10 @@ def _strongly_connected(order: list[str], outgoing: dict[str, list[EdgeDefinitio
                 counter += 1
                 stack.append(nid)
                 on_stack.add(nid)
-            targets = [e.target for e in outgoing[nid]]
-            if i < len(targets):
+            edges = outgoing[nid]
+            if i < len(edges):
                 work[-1] = (nid, i + 1)
-                target = targets[i]
+                target = edges[i].target
                 if target not in index_of:
                     work.append((target, 0))
                 elif target in on_stack:
