@@ -708,6 +708,13 @@ class Engine:
         child_id = f"{job.run_id}/{job.node_id}#{job.visit}.{job.attempt}"
         child = await self.status.get(child_id)
         if child is None:
+            depth = int((record.parent or {}).get("depth", 0)) + 1  # how deep the child run would be nested
+            if depth > self.app.max_subflow_depth:
+                await self._fail(record, job.node_id, f"subflow {child_blueprint!r} would be nested {depth} runs "
+                                 f"deep, more than max_subflow_depth {self.app.max_subflow_depth}",
+                                 hint="a blueprint that runs itself through subflows needs a condition that stops "
+                                 "it; `flowcraft lint` reports SUBFLOW_RECURSION")
+                return
             child_context: dict[str, Any] = {}
             input_map = params.get("inputs") or {}
             if input_map:
@@ -716,7 +723,7 @@ class Engine:
             input_value = await self._node_input(job, node)
             await self.context.apply(job.run_id, {f"_subflow.{job.node_id}.{job.visit}": child_id})
             parent = {"run_id": job.run_id, "blueprint_id": job.blueprint_id, "node_id": job.node_id,
-                      "visit": job.visit, "attempt": job.attempt, "version": job.version}
+                      "visit": job.visit, "attempt": job.attempt, "version": job.version, "depth": depth}
             try:
                 await self.start(child_blueprint, input_value, run_id=child_id, context=child_context, parent=parent)
             except FlowcraftError as exc:
@@ -735,6 +742,8 @@ class Engine:
             await self._route(job, graph, record, completion, recovery=False)
             return
         message = "; ".join(e.get("message", "") for e in child.errors) or child.status
+        if len(message) > 600:  # nested subflows quote each other: keep the outermost and the root cause
+            message = f"{message[:200]} ... {message[-400:]}"
         error = FlowcraftError(f"subflow {child_blueprint!r} run {child_id!r} {child.status}: {message}")
         context = RunContext(self.context, job.run_id)
         ctx = self._node_context(job, node, context, None)
