@@ -241,6 +241,7 @@ def test_the_report_line_and_verdict(tmp_path: Path) -> None:
     assert report.line() == "sqlite: 60 runs, 21 kills, 0 lost, 0 stuck, 1 wrong, 3 duplicate executions, 37 s"
     assert not report.ok
     assert replace(report, wrong=0).ok
+    assert not replace(report, wrong=0, process_exits=["worker 1 (pid 5) exited with code 1"]).ok
 
 
 async def test_bad_options_are_refused_in_one_line() -> None:

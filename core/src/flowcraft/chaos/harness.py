@@ -82,17 +82,19 @@ class ChaosReport:
     unreadable_log_lines: int
     findings: list[Finding]
     workdir: Path
+    process_exits: list[str] = field(default_factory=list)  # workers/reconciler that exited by themselves
 
     @property
     def ok(self) -> bool:
-        return self.lost == 0 and self.stuck == 0 and self.wrong == 0 and self.unreadable_log_lines == 0
+        return (self.lost == 0 and self.stuck == 0 and self.wrong == 0 and self.unreadable_log_lines == 0
+                and not self.process_exits)
 
     def line(self) -> str:
         return (f"{self.backend}: {self.runs} runs, {self.kills} kills, {self.lost} lost, {self.stuck} stuck, "
                 f"{self.wrong} wrong, {self.duplicate_executions} duplicate executions, {self.seconds:.0f} s")
 
     def details(self) -> str:
-        lines = [str(finding) for finding in self.findings]
+        lines = [str(finding) for finding in self.findings] + self.process_exits
         if self.unreadable_log_lines:
             lines.append(f"{self.unreadable_log_lines} execution log lines could not be read (torn writes?)")
         if self.server_restarts:
@@ -294,6 +296,7 @@ async def run_chaos(options: ChaosOptions) -> ChaosReport:
     client = connect(options.backend, app=app, **backend_options)
     fleet = _Fleet(options, env, workdir)
     reconciler: subprocess.Popen[bytes] | None = None
+    reconciler_exits: list[str] = []
     began = time.monotonic()
     kills = restarts = 0
     plan: list[PlannedRun] = []
@@ -345,6 +348,8 @@ async def run_chaos(options: ChaosOptions) -> ChaosReport:
             task.cancel()
         await asyncio.gather(*drivers, return_exceptions=True)
         fleet.stop()
+        if reconciler.poll() is not None:
+            reconciler_exits.append(f"the reconciler exited with code {reconciler.returncode}")
         findings = await _verify(client, plan, observer, log_path)
     finally:
         fleet.stop()
@@ -352,11 +357,10 @@ async def run_chaos(options: ChaosOptions) -> ChaosReport:
             _stop([reconciler], 5.0)
         await client.close()
     executions, unreadable = read_log(log_path)
-    crash_findings = [Finding("-", "-", "wrong", crash) for crash in fleet.crashes]
     counted = {kind: len({f.run_id for f in findings if f.kind == kind}) for kind in ("lost", "stuck", "wrong")}
-    return ChaosReport(options.backend, len(plan), kills, counted["lost"], counted["stuck"],
-                       counted["wrong"] + len(crash_findings), duplicate_executions(executions),
-                       time.monotonic() - began, restarts, unreadable, findings + crash_findings, workdir)
+    return ChaosReport(options.backend, len(plan), kills, counted["lost"], counted["stuck"], counted["wrong"],
+                       duplicate_executions(executions), time.monotonic() - began, restarts, unreadable, findings,
+                       workdir, fleet.crashes + reconciler_exits)
 
 
 async def _verify(client: Client, plan: Sequence[PlannedRun], observer: _Observer, log_path: Path) -> list[Finding]:
