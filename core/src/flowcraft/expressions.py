@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import operator
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import lru_cache
 from typing import Any, cast
@@ -137,7 +138,9 @@ class Expression:
             raise ExpressionError(f"expression {_shorten(source)} is {len(source)} characters long, more than "
                                   f"{MAX_SOURCE_LENGTH}", hint="compute large values in a node instead")
         try:
-            tree = ast.parse(_translate_js(source.strip()).strip(), mode="eval")
+            with warnings.catch_warnings():  # e.g. "1if": the user sees our error or nothing, not Python's warning
+                warnings.simplefilter("ignore", SyntaxWarning)
+                tree = ast.parse(_translate_js(source.strip()).strip(), mode="eval")
         except SyntaxError as exc:
             raise ExpressionError(f"invalid expression {_shorten(source)}: {exc.msg}") from None
         except (ValueError, RecursionError, MemoryError):  # null bytes; a tree too deep for the parser
