@@ -46,8 +46,8 @@ def unit(session: nox.Session, package: str) -> None:
 @nox.parametrize("backend", sorted(INTEGRATION))
 def integration(session: nox.Session, backend: str) -> None:
     _install(session, *INTEGRATION[backend])
-    session.run("bash", "scripts/install-servers.sh", "redis" if backend == "rq" else "moto", external=True,
-                env={"VENV": session.virtualenv.location})
+    session.run("bash", "scripts/install-servers.sh", *(["redis"] if backend == "rq" else ["moto", "dynalite"]),
+                external=True, env={"VENV": session.virtualenv.location})
     session.run("pytest", "tests-integration", "-k", backend, *session.posargs)
 
 

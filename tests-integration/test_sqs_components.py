@@ -1,7 +1,8 @@
-"""SQS queue and DynamoDB stores of flowcraft-sqs against a real moto server (no mocks): visibility and
-redelivery, delays, dead letters with their reason, redrive, FIFO, setup; context without lost updates and
-its size limit; status CAS and the status index; coordination conditional writes, including items whose
-TTL has passed (treated as absent)."""
+"""SQS queue and DynamoDB stores of flowcraft-sqs against real servers (no mocks) — SQS on moto, DynamoDB on
+dynalite (atomic conditional writes; TTL is checked on moto's DynamoDB): visibility and redelivery, delays,
+dead letters with their reason, redrive, FIFO, setup; context without lost updates and its size limit;
+status CAS and the status index; coordination conditional writes, including items whose TTL has passed
+(treated as absent)."""
 
 from __future__ import annotations
 
@@ -29,10 +30,12 @@ pytestmark = pytest.mark.asyncio
 
 
 @pytest.fixture
-def sqs_options(moto_endpoint: str, aws_names: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+def sqs_options(moto_endpoint: str, dynamodb_endpoint: str, aws_names: Any,
+                monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", os.environ.get("AWS_ACCESS_KEY_ID") or "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", os.environ.get("AWS_SECRET_ACCESS_KEY") or "test")
-    return {"endpoint_url": moto_endpoint, "region": os.environ.get("FLOWCRAFT_TEST_AWS_REGION") or "us-east-1",
+    return {"endpoint_url": moto_endpoint, "dynamodb_endpoint_url": dynamodb_endpoint,
+            "region": os.environ.get("FLOWCRAFT_TEST_AWS_REGION") or "us-east-1",
             "queue_name": aws_names.queue(), "table_prefix": f"{aws_names.prefix}-", "visibility_timeout": 2,
             "max_receive_count": 3}
 
@@ -53,8 +56,10 @@ async def aws(sqs_options: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     from aiobotocore.session import get_session
 
     session = get_session()
-    kwargs = {"endpoint_url": sqs_options["endpoint_url"], "region_name": sqs_options["region"]}
-    async with session.create_client("sqs", **kwargs) as sqs, session.create_client("dynamodb", **kwargs) as ddb:
+    region = sqs_options["region"]
+    async with (session.create_client("sqs", endpoint_url=sqs_options["endpoint_url"], region_name=region) as sqs,
+                session.create_client("dynamodb", endpoint_url=sqs_options["dynamodb_endpoint_url"],
+                                      region_name=region) as ddb):
         yield {"sqs": sqs, "dynamodb": ddb, "prefix": sqs_options["table_prefix"]}
 
 
@@ -75,10 +80,6 @@ async def test_setup_is_idempotent_and_creates_what_the_readme_says(backend: Bac
                                                                      sqs_options: dict[str, Any]) -> None:
     await backend.setup()  # a second time: nothing fails, nothing changes
     ddb, prefix = aws["dynamodb"], aws["prefix"]
-    for table in ("contexts", "statuses", "coordination"):
-        ttl = await ddb.describe_time_to_live(TableName=prefix + table)
-        assert ttl["TimeToLiveDescription"]["TimeToLiveStatus"] == "ENABLED"
-        assert ttl["TimeToLiveDescription"]["AttributeName"] == "ttl"
     statuses = (await ddb.describe_table(TableName=prefix + "statuses"))["Table"]
     (index,) = statuses["GlobalSecondaryIndexes"]
     assert index["IndexName"] == "status-lastUpdated"
@@ -94,6 +95,25 @@ async def test_setup_is_idempotent_and_creates_what_the_readme_says(backend: Bac
     assert policy["deadLetterTargetArn"].endswith(":" + sqs_options["queue_name"] + "-dlq")
     assert int(policy["maxReceiveCount"]) == 3
     assert attributes["VisibilityTimeout"] == "2"
+
+
+async def test_setup_enables_ttl(sqs_options: dict[str, Any], moto_endpoint: str) -> None:
+    """On moto's DynamoDB, which has TTL (dynalite, where the other tests keep their tables, has not)."""
+    from aiobotocore.session import get_session
+
+    options = {**sqs_options, "dynamodb_endpoint_url": moto_endpoint}
+    built = registry().build("sqs", options)
+    try:
+        await built.setup()
+        await built.setup()  # enabling TTL again is no error
+    finally:
+        await built.close()
+    async with get_session().create_client("dynamodb", endpoint_url=moto_endpoint,
+                                           region_name=options["region"]) as ddb:
+        for table in ("contexts", "statuses", "coordination"):
+            ttl = await ddb.describe_time_to_live(TableName=options["table_prefix"] + table)
+            assert ttl["TimeToLiveDescription"]["TimeToLiveStatus"] == "ENABLED"
+            assert ttl["TimeToLiveDescription"]["AttributeName"] == "ttl"
 
 
 async def test_long_poll_returns_when_a_message_arrives(backend: Backend) -> None:

@@ -1,7 +1,7 @@
-"""End-to-end runs on the ``sqs`` backend against a real moto server: ``flowcraft.Engine`` + ``flowcraft.Worker``
-+ ``flowcraft.client.Client`` on ``registry().build("sqs", ...)`` (diamond all-join, any-join of three,
-conditional branches, a loop, retries, a sleep longer than one SQS delay hop), and the seed-style API
-(``SqsAdapter``, ``create_sqs_reconciler``) on explicit aiobotocore clients."""
+"""End-to-end runs on the ``sqs`` backend against real servers (SQS on moto, DynamoDB on dynalite):
+``flowcraft.Engine`` + ``flowcraft.Worker`` + ``flowcraft.client.Client`` on ``registry().build("sqs", ...)``
+(diamond all-join, any-join of three, conditional branches, a loop, retries, a sleep longer than one SQS delay
+hop), and the seed-style API (``SqsAdapter``, ``create_sqs_reconciler``) on explicit aiobotocore clients."""
 
 from __future__ import annotations
 
@@ -109,10 +109,12 @@ APP = App(flows=flows())
 
 
 @pytest.fixture
-def sqs_options(moto_endpoint: str, aws_names: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+def sqs_options(moto_endpoint: str, dynamodb_endpoint: str, aws_names: Any,
+                monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", os.environ.get("AWS_ACCESS_KEY_ID") or "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", os.environ.get("AWS_SECRET_ACCESS_KEY") or "test")
-    return {"endpoint_url": moto_endpoint, "region": os.environ.get("FLOWCRAFT_TEST_AWS_REGION") or "us-east-1",
+    return {"endpoint_url": moto_endpoint, "dynamodb_endpoint_url": dynamodb_endpoint,
+            "region": os.environ.get("FLOWCRAFT_TEST_AWS_REGION") or "us-east-1",
             "queue_name": aws_names.queue(), "table_prefix": f"{aws_names.prefix}-", "visibility_timeout": 5}
 
 
@@ -235,8 +237,10 @@ async def clients(sqs_options: dict[str, Any]) -> AsyncIterator[tuple[Any, Any]]
     from aiobotocore.session import get_session
 
     session = get_session()
-    kwargs = {"endpoint_url": sqs_options["endpoint_url"], "region_name": sqs_options["region"]}
-    async with session.create_client("sqs", **kwargs) as sqs, session.create_client("dynamodb", **kwargs) as ddb:
+    region = sqs_options["region"]
+    async with (session.create_client("sqs", endpoint_url=sqs_options["endpoint_url"], region_name=region) as sqs,
+                session.create_client("dynamodb", endpoint_url=sqs_options["dynamodb_endpoint_url"],
+                                      region_name=region) as ddb):
         yield sqs, ddb
 
 

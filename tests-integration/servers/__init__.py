@@ -20,6 +20,7 @@ from .base import (
 )
 from .cassandra import CassandraServer
 from .cosmos import CosmosServer
+from .dynalite import DynaliteServer
 from .kafka import KafkaServer
 from .moto import MotoServer
 from .postgres import PostgresServer
@@ -31,6 +32,7 @@ __all__ = [
     "AzuriteServer",
     "CassandraServer",
     "CosmosServer",
+    "DynaliteServer",
     "KafkaServer",
     "MotoServer",
     "PostgresServer",

@@ -33,6 +33,7 @@ from .azurite import AzuriteServer
 from .base import Server, ServerNotInstalled
 from .cassandra import CassandraServer
 from .cosmos import EMULATOR_KEY, CosmosServer
+from .dynalite import DynaliteServer
 from .kafka import KafkaServer
 from .moto import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, MotoServer
 from .postgres import PostgresServer
@@ -44,6 +45,7 @@ S = TypeVar("S", bound=Server)
 ENV_REDIS_URL = "FLOWCRAFT_TEST_REDIS_URL"
 ENV_AWS_ENDPOINT = "FLOWCRAFT_TEST_AWS_ENDPOINT"
 ENV_AWS_REGION = "FLOWCRAFT_TEST_AWS_REGION"
+ENV_DYNAMODB_ENDPOINT = "FLOWCRAFT_TEST_DYNAMODB_ENDPOINT"
 ENV_POSTGRES_URL = "FLOWCRAFT_TEST_POSTGRES_URL"
 ENV_RABBITMQ_URL = "FLOWCRAFT_TEST_RABBITMQ_URL"
 ENV_KAFKA_BOOTSTRAP = "FLOWCRAFT_TEST_KAFKA_BOOTSTRAP"
@@ -187,6 +189,24 @@ def aws_client_kwargs(moto_endpoint: str) -> dict[str, str]:
         "aws_access_key_id": _env("AWS_ACCESS_KEY_ID") or ACCESS_KEY_ID,
         "aws_secret_access_key": _env("AWS_SECRET_ACCESS_KEY") or SECRET_ACCESS_KEY,
     }
+
+
+@pytest.fixture(scope="session")
+def dynalite_server() -> Iterator[DynaliteServer]:
+    """dynalite (DynamoDB only, atomic conditional writes) started for this session."""
+    yield from _managed(DynaliteServer())
+
+
+@pytest.fixture(scope="session")
+def dynamodb_endpoint(request: pytest.FixtureRequest) -> str:
+    """The DynamoDB endpoint for code whose correctness rests on conditional writes being atomic (moto's
+    are not): ``$FLOWCRAFT_TEST_DYNAMODB_ENDPOINT`` if set, else ``$FLOWCRAFT_TEST_AWS_ENDPOINT`` if set (a
+    real account or LocalStack serves both services), else ``dynalite_server``'s URL."""
+    url = _env(ENV_DYNAMODB_ENDPOINT) or _env(ENV_AWS_ENDPOINT)
+    if url:
+        return url
+    server: DynaliteServer = request.getfixturevalue("dynalite_server")
+    return server.endpoint_url
 
 
 @dataclass(frozen=True)

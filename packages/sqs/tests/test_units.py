@@ -15,7 +15,7 @@ from flowcraft.backends.memory import MemoryCoordinationStore
 from flowcraft.backends.transition import apply_transition
 from flowcraft.errors import ConfigError
 from flowcraft.spi import Arrival, Completion, Job, Transition
-from flowcraft_sqs._aws import ItemTooLargeError, SqsOptions, check_item_size
+from flowcraft_sqs._aws import AwsClients, ItemTooLargeError, SqsOptions, check_item_size
 from flowcraft_sqs._batch import Coalescer, Entry
 from flowcraft_sqs.coordination import (
     INLINE_BYTES,
@@ -48,6 +48,17 @@ def test_options_defaults_and_string_values() -> None:
         SqsOptions.parse({"wait_time_seconds": 25})
     with pytest.raises(ConfigError, match="visibility_timeout"):
         SqsOptions.parse({"visibility_timeout": "soon"})
+
+
+def test_dynamodb_may_have_its_own_endpoint() -> None:
+    both = SqsOptions.parse({"endpoint_url": "http://127.0.0.1:5000"})
+    assert both.endpoint("sqs") == both.endpoint("dynamodb") == "http://127.0.0.1:5000"
+    split = SqsOptions.parse({"endpoint_url": "http://127.0.0.1:5000", "dynamodb_endpoint_url": "http://127.0.0.1:8000"})
+    assert (split.endpoint("sqs"), split.endpoint("dynamodb")) == ("http://127.0.0.1:5000", "http://127.0.0.1:8000")
+    assert SqsOptions.parse({}).endpoint("dynamodb") is None  # AWS's own
+    shared: dict[str, Any] = {}
+    assert AwsClients.shared(shared, split) is AwsClients.shared(shared, split)
+    assert AwsClients.shared(shared, split) is not AwsClients.shared(shared, both)
 
 
 def test_plugin_lists_without_importing_aiobotocore() -> None:

@@ -51,6 +51,7 @@ class SqsOptions:
     """The flat option dict of the ``sqs`` backend (see the package README)."""
 
     endpoint_url: str | None = None
+    dynamodb_endpoint_url: str | None = None
     region: str = "us-east-1"
     queue_name: str = "flowcraft-queue"
     queue_url: str | None = None
@@ -117,6 +118,13 @@ class SqsOptions:
         base = self.main_queue_name.removesuffix(".fifo")
         return f"{base}-dlq.fifo" if self.fifo else f"{base}-dlq"
 
+    def endpoint(self, service: str) -> str | None:
+        """The endpoint of ``service`` ("sqs" or "dynamodb"): ``dynamodb_endpoint_url`` for DynamoDB when set,
+        else ``endpoint_url`` (None: AWS's own)."""
+        if service == "dynamodb" and self.dynamodb_endpoint_url:
+            return self.dynamodb_endpoint_url
+        return self.endpoint_url
+
     def table(self, kind: str) -> str:
         explicit = {"contexts": self.context_table, "statuses": self.status_table,
                     "coordination": self.coordination_table}[kind]
@@ -158,10 +166,11 @@ class FixedClient:
 
 class AwsClients:
     """One aiobotocore session and one client per service, shared by the components of one backend
-    (``shared["aws:<region>:<endpoint>"]``); closed when the last component closes."""
+    (``shared["aws:<region>:<sqs endpoint>:<dynamodb endpoint>"]``); closed when the last component closes.
+    ``endpoints``: service -> endpoint URL (a service not named, or None: AWS's own)."""
 
-    def __init__(self, endpoint_url: str | None, region: str, max_pool_connections: int = 64) -> None:
-        self.endpoint_url = endpoint_url
+    def __init__(self, endpoints: Mapping[str, str | None], region: str, max_pool_connections: int = 64) -> None:
+        self.endpoints = dict(endpoints)
         self.region = region
         self.max_pool_connections = max_pool_connections
         self._clients: dict[str, Any] = {}
@@ -172,10 +181,11 @@ class AwsClients:
 
     @classmethod
     def shared(cls, shared: dict[str, Any], options: SqsOptions) -> AwsClients:
-        key = f"aws:{options.region}:{options.endpoint_url or ''}"
+        endpoints = {service: options.endpoint(service) for service in ("sqs", "dynamodb")}
+        key = f"aws:{options.region}:{endpoints['sqs'] or ''}:{endpoints['dynamodb'] or ''}"
         clients = shared.get(key)
         if not isinstance(clients, AwsClients):
-            clients = shared[key] = cls(options.endpoint_url, options.region, options.max_pool_connections)
+            clients = shared[key] = cls(endpoints, options.region, options.max_pool_connections)
         return clients
 
     def source(self, service: str) -> ClientSource:
@@ -201,7 +211,7 @@ class AwsClients:
                                    retries={"mode": "standard", "max_attempts": 5},
                                    connect_timeout=10, read_timeout=70)
                 creator = get_session().create_client(service, region_name=self.region,
-                                                      endpoint_url=self.endpoint_url, config=config)
+                                                      endpoint_url=self.endpoints.get(service), config=config)
                 self._clients[service] = await self._stack.enter_async_context(creator)
             return self._clients[service]
 

@@ -292,6 +292,16 @@ class DynamoDbCoordinationStore(CoordinationStore):
         self._runs.pop(run_id, None)  # what was just read is the newest
         return self._remember(run_id, state)
 
+    async def _item_of_failed_condition(self, client: Any, run_id: str, exc: BaseException, now: float
+                                        ) -> _RunState:
+        """The run item a failed condition returned (``ReturnValuesOnConditionCheckFailure``), now cached; read
+        when the error carries none: the item is absent, or the endpoint does not return it (dynalite)."""
+        item = getattr(exc, "response", {}).get("Item")
+        if item is None:
+            return await self._read_run(client, run_id, now)
+        self._runs.pop(run_id, None)
+        return self._remember(run_id, _RunState.parse(item, now))
+
     async def _read_blobs(self, client: Any, run_id: str, sks: Iterable[str]) -> dict[str, str]:
         wanted = list(dict.fromkeys(sks))
         items = await batch_get(client, self.table_name, [self._key(run_id, sk) for sk in wanted])
@@ -433,9 +443,7 @@ class DynamoDbCoordinationStore(CoordinationStore):
         except Exception as exc:
             if not is_client_error(exc, "ConditionalCheckFailedException"):
                 raise
-            current = _RunState.parse(getattr(exc, "response", {}).get("Item"), now)
-            self._runs.pop(run_id, None)
-            self._remember(run_id, current)
+            current = await self._item_of_failed_condition(client, run_id, exc, now)
             if drop is not None and 0 < current.version == plan.before.version:
                 lease = current.leases.get(drop.key)
                 if lease is not None and lease[0] != drop.owner:
@@ -514,10 +522,9 @@ class DynamoDbCoordinationStore(CoordinationStore):
         except Exception as exc:
             if not is_client_error(exc, *_NO_PATH):
                 raise
-            held = _RunState.parse(getattr(exc, "response", {}).get("Item"), now)
+            held = await self._item_of_failed_condition(client, job.run_id, exc, now)
             if held.version == 0:
                 return Begin(True, None, None)
-            self._remember(job.run_id, held)
             return Begin(False, held.jobs.get(job.key), None)  # type: ignore[arg-type]
         state = self._remember(job.run_id, _RunState.parse(response.get("Attributes"), now))
         completion = await self._decoded(client, job.run_id, state, lambda plan: plan.completion(job.run_id, job.key))
