@@ -5,14 +5,15 @@ are older than the threshold, and none of its pending jobs holds a live lease. F
 
 * it has pending jobs (fired and not finished): they are re-enqueued — pending jobs, never a guessed
   frontier, so an untaken branch, a fallback or a node a live worker is executing is never started;
-* it has no pending job and no parked one, but coordination state: all its work is done and the worker that
-  finished the last job died before publishing the final status. A *finish job* is enqueued: a worker
-  publishes the final status from the completion records (completed with the terminal outputs) through the
-  same compare-and-set as always, so it is published exactly once;
+* it is running with no pending job, but has coordination state: all its work is done (or parked at a
+  wait) and the worker that finished the last job died before publishing the status. A *finish job* is
+  enqueued: a worker publishes the status from the completion records — completed with the terminal
+  outputs, or awaiting when a wait is parked — through the same compare-and-set as always, so it is
+  published exactly once;
 * it has no coordination state at all: its start was interrupted between creating the run record and
   scheduling its first jobs. Nothing ran; the run is failed with a message saying to start it again.
 
-Runs waiting for a human (awaiting, or with parked jobs) are not stalled. Candidates are read page by page
+Awaiting runs with no pending job are waiting for a human: not stalled. Candidates are read page by page
 (oldest first, by ``(updated_at, run_id)``) until none are left, so runs that are skipped — awaiting, or
 with a live lease — never hide a stalled one behind them.
 
@@ -73,7 +74,7 @@ class Reconciler:
             stats.requeued_jobs += len(pending)
             stats.reconciled_runs += 1
             return
-        if record.status == "awaiting" or await coordination.jobs(record.run_id, "parked"):
+        if record.status == "awaiting":
             return  # waiting for a human is not stalled
         stats.stalled_runs += 1
         if activity is not None:

@@ -622,6 +622,23 @@ class RecoveryContract(_Base):
         assert record.status == "completed", record.errors
         assert (await client.status(run_id)).outputs == {"s": 3, "n": None, "e": None}
 
+    async def test_reconciler_publishes_awaiting_when_a_parked_wait_was_not(self, backend: Backend) -> None:
+        engine, client = self._engine(backend), Client(backend, contract_app)
+        run_id = await client.start("contract-wait", {"value": 1})
+        await engine.handle((await receive(backend, 1))[0])
+        (wait,) = await receive(backend, 1)
+        await backend.coordination.park(run_id, wait.job.key)  # its worker parked the wait, then died
+        await backend.queue.ack(wait)
+        assert (await backend.status.get(run_id)).status == "running"  # type: ignore[union-attr]
+        await asyncio.sleep(0.05)
+        stats = await Reconciler(backend, stalled_threshold_seconds=0.01).run()
+        assert (stats.stalled_runs, stats.reconciled_runs, stats.failed_runs) == (1, 1, 0)
+        record = await _drive(engine, backend, run_id, until=lambda r: r.status != "running")
+        assert record.status == "awaiting" and record.awaiting == [{"node_id": "approval", "visit": 0}]
+        await client.resume(run_id, action="approve", output={"by": "ada"})
+        assert (await _drive(engine, backend, run_id)).status == "completed"
+        assert (await client.status(run_id)).outputs["approved"] == {"by": "ada"}
+
     async def test_reconciler_fails_only_an_interrupted_start(self, backend: Backend, run_prefix: str) -> None:
         await backend.status.create(RunRecord(run_prefix, "contract-none", "running", "1"))
         await asyncio.sleep(0.05)
