@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from flowcraft import App, Flow, plugins
+from flowcraft import App, Flow
 from flowcraft.cli import cli, mermaid
 from flowcraft.lint import lint_blueprint
 from flowcraft.model import Blueprint, EdgeDefinition, NodeDefinition
@@ -79,13 +79,6 @@ def sqlite_project(project: Path) -> Path:
     return project
 
 
-@pytest.fixture
-def without_sqs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A registry without the sqs plugin, whether or not flowcraft-sqs is installed here."""
-    monkeypatch.setenv("FLOWCRAFT_DISABLE_PLUGINS", "sqs")
-    monkeypatch.setattr(plugins, "_registry", None)
-
-
 def invoke(*args: str) -> Result:
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
@@ -99,19 +92,19 @@ def json_of(result: Result) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- errors
-def test_error_is_one_red_line_plus_hint(project: Path, without_sqs: None) -> None:
-    result = invoke("status", "some-run", "--backend", "sqs")
+def test_error_is_one_red_line_plus_hint(project: Path) -> None:
+    result = invoke("status", "some-run", "--backend", "azure")
     assert result.exit_code == 1
     error, hint = lines(result)
-    assert error.startswith('error: backend "sqs" is not installed (installed: ')
-    assert hint == "hint: pip install flowcraft-sqs"
+    assert error.startswith('error: backend "azure" is not installed (installed: ')
+    assert hint == "hint: pip install flowcraft-azure"
 
 
-def test_debug_shows_the_traceback(project: Path, without_sqs: None) -> None:
-    result = invoke("--debug", "status", "some-run", "--backend", "sqs")
+def test_debug_shows_the_traceback(project: Path) -> None:
+    result = invoke("--debug", "status", "some-run", "--backend", "azure")
     assert result.exit_code == 1
     assert "Traceback" in result.output
-    assert lines(result)[-2].startswith('error: backend "sqs" is not installed')
+    assert lines(result)[-2].startswith('error: backend "azure" is not installed')
 
 
 def test_unexpected_exception_is_one_line_too(project: Path) -> None:
@@ -195,7 +188,7 @@ def test_backends_lists_presets_and_components(project: Path) -> None:
     assert result.exit_code == 0
     assert "memory" in result.output
     assert "sqlite (selected)" in result.output
-    assert "flowcraft-builtin" in result.output
+    assert "provided by flowcraft-core" in result.output and "(built-in)" in result.output
     for kind in ("queue", "context", "status", "coordination"):
         assert kind in result.output
 

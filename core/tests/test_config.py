@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from flowcraft import App, ConfigError, Flow, PluginError, plugins
+from flowcraft import App, ConfigError, Flow, PluginError
 from flowcraft.client import Client
 from flowcraft.config import MASK, connect, load_config, mask_option, mask_value, redact_text
 from flowcraft.engine.worker import Worker
@@ -17,13 +17,6 @@ from flowcraft.engine.worker import Worker
 def write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
-
-
-@pytest.fixture
-def without_sqs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A registry without the sqs plugin, whether or not flowcraft-sqs is installed here."""
-    monkeypatch.setenv("FLOWCRAFT_DISABLE_PLUGINS", "sqs")
-    monkeypatch.setattr(plugins, "_registry", None)
 
 
 @pytest.fixture
@@ -218,11 +211,11 @@ def test_redacted_and_repr_never_show_secrets(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- connect
-def test_connect_unknown_backend_has_install_hint(clean_env: Path, without_sqs: None) -> None:
+def test_connect_unknown_backend_has_install_hint(clean_env: Path) -> None:
     with pytest.raises(PluginError) as info:
-        connect("sqs")
-    assert str(info.value.args[0]).startswith('backend "sqs" is not installed')
-    assert info.value.hint == "pip install flowcraft-sqs"
+        connect("azure")
+    assert str(info.value.args[0]).startswith('backend "azure" is not installed')
+    assert info.value.hint == "pip install flowcraft-azure"
 
 
 def test_connect_unknown_component_has_hint(clean_env: Path) -> None:

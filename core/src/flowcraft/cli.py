@@ -37,7 +37,7 @@ from flowcraft.engine.supervisor import Supervisor
 from flowcraft.engine.worker import Worker
 from flowcraft.errors import ConfigError, FlowcraftError, InvalidStateError, WaitTimeoutError
 from flowcraft.model import Blueprint
-from flowcraft.plugins import DISABLE_ENV, KINDS, PluginRegistry, registry
+from flowcraft.plugins import DISABLE_ENV, KINDS, PRESET, registry
 from flowcraft.spi import RunRecord
 
 T = TypeVar("T")
@@ -196,45 +196,35 @@ async def _client(config: Config, app: App | None = None) -> AsyncIterator[Clien
 @cli.command()
 @click.pass_obj
 def backends(state: State) -> None:
-    """List installed backends (presets) and components, with the plugin providing each."""
-    reg = registry()
+    """List installed backends (presets) and components, with the distribution providing each, and the
+    plugins left out (disabled, broken, raising or clashing) with the reason."""
     config = state.config()
+    reg = registry(config.plugins_disable)
     presets = Table(title="Backends", box=box.SIMPLE_HEAD, title_justify="left")
     presets.add_column("name", no_wrap=True)
     presets.add_column("components and description", overflow="fold")
     for name, preset in sorted(reg.presets().items()):
         parts = ", ".join(f"{kind} {component}" for kind, component in preset.components().items())
-        details = f"{escape(preset.description)}\n[dim]{escape(parts)}; plugin {escape(reg.preset_plugin(name))}[/]"
+        provider = reg.provider(PRESET, name).provider()
+        details = f"{escape(preset.description)}\n[dim]{escape(parts)}; provided by {escape(provider)}[/]"
         presets.add_row(f"[bold]{escape(name)}[/]" + (" [green](selected)[/]" if name == config.backend else ""),
                         details)
     components = Table(title="Components", box=box.SIMPLE_HEAD, title_justify="left")
-    for column in ("kind", "name", "plugin"):
+    for column in ("kind", "name", "provided by"):
         components.add_column(column)
-    plugins = _component_plugins(reg)
     for kind in KINDS:
         for name in reg.names(kind):
-            components.add_row(kind, name, plugins.get((kind, name), "?"))
+            components.add_row(kind, escape(name), escape(reg.provider(kind, name).provider()))
     out = state.out
     out.print(presets)
     out.print(components)
-    for plugin, error in sorted(reg.broken.items()):
-        out.print(f"[red]plugin {escape(plugin)} is installed but broken:[/] {escape(error)}")
-    out.print(f"[dim]select with --backend NAME, FLOWCRAFT_BACKEND or `backend = \"NAME\"` in flowcraft.toml; "
-              f"block a plugin with {DISABLE_ENV}[/]")
-
-
-def _component_plugins(reg: PluginRegistry) -> dict[tuple[str, str], str]:
-    """Which plugin registers each component, read from the hook results without importing lazy targets."""
-    hooks = {"queue": "flowcraft_queues", "context": "flowcraft_context_stores",
-             "status": "flowcraft_status_stores", "coordination": "flowcraft_coordination_stores"}
-    found: dict[tuple[str, str], str] = {}
-    for kind, hook_name in hooks.items():
-        for impl in getattr(reg.manager.hook, hook_name).get_hookimpls():
-            plugin = reg.manager.get_name(impl.plugin) or repr(impl.plugin)
-            for item in impl.function() or []:
-                name = item[0] if isinstance(item, tuple) else getattr(item, "name", "")
-                found[(kind, str(name))] = plugin
-    return found
+    if reg.left_out:
+        out.print("[bold]Plugins left out[/]")
+    for left in reg.left_out:
+        out.print(f"  [{'yellow' if left.disabled else 'red'}]{escape(left.line())}[/]")
+    how = (f'select with --backend NAME, FLOWCRAFT_BACKEND or `backend = "NAME"` in flowcraft.toml; disable a '
+           f'plugin (by plugin or distribution name) with `[plugins] disable = ["NAME"]` or {DISABLE_ENV}=NAME')
+    out.print(f"[dim]{escape(how)}[/]")
 
 
 @cli.command("config")
@@ -245,7 +235,7 @@ def _component_plugins(reg: PluginRegistry) -> dict[tuple[str, str], str]:
 def show_config(state: State, as_json: bool, app: str | None, backend: str | None, options: Sequence[str]) -> None:
     """Show the resolved configuration (secrets masked) and where each value came from."""
     config = state.config(backend=backend, app=app, options=options)
-    reg = registry()
+    reg = registry(config.plugins_disable)
     reg.preset(config.backend)  # an uninstalled backend is an error here too, not a table that looks fine
     for kind, name in config.components.items():
         reg.component(kind, name)
@@ -284,7 +274,7 @@ def worker(state: State, app: str | None, backend: str | None, options: Sequence
     --shutdown-timeout or are given back to the queue). With --processes, a supervisor restarts a worker
     process that dies (with backoff) and gives up only on a crash loop."""
     config = state.config(backend=backend, app=app, options=options, lease_seconds=lease_seconds)
-    queue = config.components.get("queue") or registry().preset(config.backend).queue
+    queue = config.components.get("queue") or registry(config.plugins_disable).preset(config.backend).queue
     if queue == "memory":
         raise ConfigError("the memory backend lives inside one process, so a separate worker cannot serve it",
                           hint="use --backend sqlite (or another shared backend), or `flowcraft run --wait`")

@@ -17,6 +17,10 @@ follows it: left unset it is set to ``lease_seconds``; set alone (the older spel
 set shorter than ``lease_seconds`` it is refused, because the queue would deliver a job again while its
 node still runs. A longer one is allowed (a killed worker's job then comes back after it).
 
+Plugins: ``[plugins] disable = ["flowcraft-sqs", "toy"]`` (``[tool.flowcraft.plugins]`` in pyproject.toml) and
+``FLOWCRAFT_PLUGINS_DISABLE=flowcraft-sqs,toy`` name plugins, by distribution or entry-point name, that are
+not loaded at all; every layer adds to the list (``Config.plugins_disable``: name -> where it was named).
+
 Options whose name looks secret (password, secret, token, key, credential) and passwords inside URLs or
 connection strings are masked by ``Config.redacted()`` and by ``repr``; nothing here logs values.
 """
@@ -34,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flowcraft.errors import ConfigError
-from flowcraft.plugins import KINDS, registry
+from flowcraft.plugins import DISABLE_ENV, DISABLE_ENV_OLD, KINDS, disabled_by_env, registry
 from flowcraft.spi import Backend
 
 if TYPE_CHECKING:
@@ -46,7 +50,8 @@ CONFIG_FILE = "flowcraft.toml"
 CONFIG_ENV = "FLOWCRAFT_CONFIG"
 ENV_PREFIX = "FLOWCRAFT_"
 OPTION_ENV_PREFIX = "FLOWCRAFT_OPT_"
-KEYS = ("backend", "app", "lease_seconds", "components", "options")
+KEYS = ("backend", "app", "lease_seconds", "components", "options", "plugins")
+PLUGIN_KEYS = ("disable",)
 DEFAULT_LEASE_SECONDS = 30.0
 VISIBILITY_OPTION = "visibility_timeout"
 MASK = "***"
@@ -57,7 +62,7 @@ _SECRET_FIELD = re.compile(r"(?i)\b(password|pwd|accountkey|sharedaccesskey|shar
 # the password runs to the authority's LAST '@' (an unencoded '@' may be part of it): 'redis://:a@b@h' -> 'h'
 _URL_PASSWORD = re.compile(r"(\w[\w+.-]*://[^:/@\s]*):[^/?#\s]*@")
 # Variables of the project's own tooling, not configuration (FLOWCRAFT_TEST_REDIS_URL is a test server).
-_NOT_CONFIG_ENV = ("FLOWCRAFT_TEST_", "FLOWCRAFT_DISABLE_PLUGINS", CONFIG_ENV)
+_NOT_CONFIG_ENV = ("FLOWCRAFT_TEST_", DISABLE_ENV, DISABLE_ENV_OLD, CONFIG_ENV)
 
 
 @dataclass(slots=True)
@@ -69,6 +74,8 @@ class Config:
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     components: dict[str, str] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    #: plugins not to load, by distribution or entry-point name -> where that was said
+    plugins_disable: dict[str, str] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
 
@@ -83,6 +90,7 @@ class Config:
             "lease_seconds": self.lease_seconds,
             "components": dict(self.components),
             "options": {key: mask_option(key, value) for key, value in self.options.items()},
+            "plugins": {"disable": sorted(self.plugins_disable)},
         }
 
     def entries(self) -> list[tuple[str, Any, str]]:
@@ -95,11 +103,12 @@ class Config:
                  for kind, name in sorted(self.components.items())]
         rows += [(f"options.{key}", mask_option(key, value), self.source(f"options.{key}"))
                  for key, value in sorted(self.options.items())]
+        rows += [("plugins.disable", name, where) for name, where in sorted(self.plugins_disable.items())]
         return rows
 
     def build_backend(self) -> Backend:
         options = {VISIBILITY_OPTION: self.lease_seconds, **self.options}
-        return registry().build(self.backend, options, self.components)
+        return registry(self.plugins_disable).build(self.backend, options, self.components)
 
     def __repr__(self) -> str:
         return f"Config({self.redacted()!r})"
@@ -162,6 +171,7 @@ def load_config(
     layer, variables = _from_env(env)
     _merge(config, layer, "env")
     config.sources.update({key: f"env {name}" for key, name in variables.items()})
+    config.plugins_disable.update(disabled_by_env(env))
     if overrides:
         _merge(config, _validate(overrides, source), source)
     _derive_visibility(config)
@@ -230,6 +240,16 @@ def _validate(data: Mapping[str, Any], where: str) -> dict[str, Any]:
             raise ConfigError(f"{where}: unknown component kind {kind!r}", hint=f"use one of: {', '.join(KINDS)}")
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{where}: components.{kind} must be a component name string, got {name!r}")
+    plugins = data.get("plugins") or {}
+    if not isinstance(plugins, Mapping):
+        raise ConfigError(f"{where}: 'plugins' must be a table", hint='e.g. [plugins] disable = ["flowcraft-sqs"]')
+    unknown = sorted(set(plugins) - set(PLUGIN_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key plugins.{unknown[0]}", hint=f"known keys: {', '.join(PLUGIN_KEYS)}")
+    disable = plugins.get("disable", [])
+    if not isinstance(disable, list) or not all(isinstance(name, str) and name.strip() for name in disable):
+        raise ConfigError(f"{where}: plugins.disable must be a list of plugin or distribution names, got {disable!r}",
+                          hint='e.g. [plugins] disable = ["flowcraft-sqs"]')
     options = data.get("options") or {}
     if not isinstance(options, Mapping):
         raise ConfigError(f"{where}: 'options' must be a table of backend settings")
@@ -301,6 +321,17 @@ def _merge(config: Config, layer: Mapping[str, Any], source: str) -> None:
     for key, value in (layer.get("options") or {}).items():
         config.options[key] = value
         config.sources[f"options.{key}"] = source
+    for name in (layer.get("plugins") or {}).get("disable", []):
+        config.plugins_disable[name.strip()] = _disable_source(source)  # layers add up; the highest is reported
+
+
+def _disable_source(source: str) -> str:
+    """Where a ``[plugins] disable`` list was read, as "disabled (by ...)" messages name it."""
+    if source.endswith(" [tool.flowcraft]"):
+        return f"config {source.removesuffix(' [tool.flowcraft]')} [tool.flowcraft.plugins] disable"
+    if os.sep in source:  # a config file's path
+        return f"config {source} [plugins] disable"
+    return f"{source}: plugins.disable"
 
 
 # ---------------------------------------------------------------------------------------------- connect
