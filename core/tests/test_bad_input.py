@@ -155,13 +155,14 @@ def break_after_load(runtime: FlowRuntime, kind: str) -> None:
 
 
 @pytest.mark.parametrize(("kind", "node", "problem"), [
-    ("fallback", "first", "blueprint 'fallback' node 'first': fallback 'nowhere' is not a node of this blueprint"),
-    ("iterations", "first", "blueprint 'iterations': metadata.maxIterations must be a positive integer, got 'many'"),
-    ("inputs", "second", "blueprint 'inputs' node 'second': inputs['x'] must be a string naming a node output or "
-                         "context key, got 5"),
-    ("chunks", "each", "blueprint 'chunks' node 'each': params.chunkSize must be a positive integer, got 'big'"),
-    ("subflow", "child", "blueprint 'subflow' node 'child': params.inputs must be an object of names to keys, "
-                         "got list"),
+    ("fallback", "first", "blueprint 'fallback': nodes[0].config.fallback (node 'first'): 'nowhere' is not a node id"),
+    ("iterations", "first", "blueprint 'iterations': metadata.maxIterations: must be an integer >= 1, got 'many'"),
+    ("inputs", "second", "blueprint 'inputs': nodes[2].inputs (node 'second'): must be a string or an object of "
+                         "strings (a node id, context key or path), got an object"),
+    ("chunks", "each", "blueprint 'chunks': nodes[2].params.chunkSize (node 'each'): must be an integer >= 1, "
+                       "got 'big'"),
+    ("subflow", "child", "blueprint 'subflow': nodes[2].params.inputs (node 'child'): must be an object of strings "
+                         "({child key: parent key} for inputs, {parent key: child key} for outputs)"),
 ])
 async def test_a_definition_the_engine_cannot_run_fails_the_run_at_once(kind: str, node: str, problem: str) -> None:
     effects = Effects()

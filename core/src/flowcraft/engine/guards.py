@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from flowcraft.model import Blueprint, NodeDefinition
+from flowcraft.model import Blueprint
 
 #: Exception types raised by mistakes in code or data, which a redelivery repeats: a job whose handling
 #: raises one of them is redelivered a bounded number of times, then its run fails. Anything else (a
@@ -80,67 +80,9 @@ def _at(path: str) -> str:
 
 
 def definition_problem(blueprint: Blueprint) -> str | None:
-    """The first value of ``blueprint`` that the engine interprets at run time and cannot use, or None.
+    """The first problem of ``blueprint`` as the loader would report it, or None.
 
-    Blueprints loaded from JSON are validated when loaded; this catches blueprints built around that
-    validation, when handling one of their jobs fails."""
-    where = f"blueprint {blueprint.id!r}"
-    iterations = blueprint.metadata.get("maxIterations")
-    if iterations is not None and not _positive_whole(iterations):
-        return f"{where}: metadata.maxIterations must be a positive integer, got {iterations!r}"
-    node_ids = {node.id for node in blueprint.nodes}
-    for node in blueprint.nodes:
-        problem = _node_problem(node, node_ids)
-        if problem is not None:
-            return f"{where} node {node.id!r}: {problem}"
-    return None
-
-
-def _node_problem(node: NodeDefinition, node_ids: set[str]) -> str | None:
-    config = node.config
-    if config.fallback is not None and (not isinstance(config.fallback, str) or config.fallback not in node_ids):
-        return f"fallback {config.fallback!r} is not a node of this blueprint"
-    if not _positive_whole(config.max_attempts):
-        return f"maxRetries must be a positive integer, got {config.max_attempts!r}"
-    for name, number in (("retryDelay", config.retry_delay), ("retryBackoff", config.retry_backoff),
-                         ("maxRetryDelay", config.max_retry_delay)):
-        if not _number(number) or number < 0:
-            return f"{name} must be a number >= 0, got {number!r}"
-    if config.timeout is not None and (not _number(config.timeout) or not config.timeout > 0):
-        return f"timeout must be a positive number, got {config.timeout!r}"
-    if node.inputs is not None and not isinstance(node.inputs, str):
-        problem = _names_problem(node.inputs, "inputs")
-        if problem is not None:
-            return problem
-    params = node.params
-    if node.uses == "map":
-        for name in ("chunkSize", "maxConcurrency"):
-            value = params.get(name)
-            if value is not None and not _positive_whole(value):
-                return f"params.{name} must be a positive integer, got {value!r}"
-    if node.uses == "subflow":
-        if not isinstance(params.get("blueprintId"), str) or not params.get("blueprintId"):
-            return f"params.blueprintId must name a blueprint, got {params.get('blueprintId')!r}"
-        for name in ("inputs", "outputs"):
-            if params.get(name) is not None:
-                problem = _names_problem(params[name], f"params.{name}")
-                if problem is not None:
-                    return problem
-    return None
-
-
-def _names_problem(mapping: Any, what: str) -> str | None:
-    if not isinstance(mapping, Mapping):
-        return f"{what} must be an object of names to keys, got {type(mapping).__name__}"
-    for name, source in mapping.items():
-        if not isinstance(name, str) or not isinstance(source, str):
-            return f"{what}[{name!r}] must be a string naming a node output or context key, got {source!r}"
-    return None
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value == value  # NaN != NaN
-
-
-def _positive_whole(value: Any) -> bool:
-    return _number(value) and value >= 1 and float(value).is_integer()
+    Blueprints are validated when loaded and when added to an App; this catches blueprints changed around
+    that validation, when handling one of their jobs fails."""
+    problems = blueprint.problems()
+    return f"blueprint {blueprint.id!r}: {problems[0]}" if problems else None
