@@ -1,7 +1,18 @@
 """The hooks a Flowcraft plugin implements (pluggy project ``flowcraft``, entry-point group ``flowcraft``).
 
 Each hook returns a list of component classes carrying a unique ``name`` (or ``"module:Class"`` strings,
-imported only when selected, so listing plugins never imports heavy client libraries).
+imported only when selected, so listing plugins never imports heavy client libraries). The built-ins
+register through these same hooks (``flowcraft.backends.builtin``). A plugin whose hook raises, or whose
+names clash with another plugin's, is left out and reported (``flowcraft.plugins``).
+
+There is no reconciler hook, on purpose: the reconciler (``flowcraft.reconciler.Reconciler``) has no
+per-backend code. It works only through the SPI -- ``StatusStore.stalled`` (where each backend queries its
+own index: Redis sorted sets, the DynamoDB ``status-lastUpdated`` index, an SQL index),
+``CoordinationStore.activity``/``jobs``, ``Queue.enqueue`` and ``StatusStore.transition`` -- so a backend
+makes reconciliation fast by implementing those, and every backend gets the same contract-tested recovery
+rules (``ReconcilerContract``). ``flowcraft_redis.RedisReconciler`` and ``flowcraft_sqs.SqsReconciler``
+only wrap it to rename the stats fields for the seed APIs. A reconciler hook would register a second copy
+of the recovery rules that must be kept in step with the engine.
 """
 
 from __future__ import annotations
