@@ -221,7 +221,16 @@ def test_lost_and_stuck_runs() -> None:
     run = PlannedRun("r1", "loop", 4)
     assert [f.kind for f in verify_run(run, ObservedRun(None), [])] == ["lost"]
     stuck = verify_run(run, ObservedRun("running"), [execution("r1", "s", {"n": 4})])
-    assert [(f.kind, f.detail) for f in stuck] == [("stuck", "still running; executed: s#0x1")]
+    assert [(f.kind, f.detail) for f in stuck] == [
+        ("stuck", "still running; executed: s#0x1; status history: not seen")]
+    refused = replace(PlannedRun("r2", "wait", 4), harness_error="InvalidStateError: run 'r2' is not awaiting")
+    awaiting = ObservedRun("awaiting", history=[("running", 10.0), ("awaiting", 10.5), ("running", 11.0),
+                                                ("awaiting", 11.25)])
+    [finding] = verify_run(refused, awaiting, [])
+    assert finding.kind == "stuck"
+    assert finding.detail == ("still awaiting; executed: nothing; status history: running at +0.00 s, awaiting at "
+                              "+0.50 s, running at +1.00 s, awaiting at +1.25 s; the harness was refused: "
+                              "InvalidStateError: run 'r2' is not awaiting")
 
 
 # ---------------------------------------------------------------------------------------------- log, report

@@ -240,7 +240,16 @@ async def _retrying(action: Callable[[], Awaitable[T]], until: float) -> T:
 
 
 async def _drive(client: Client, observer: _Observer, run: PlannedRun, rng: random.Random, until: float) -> None:
-    """Resume a waiting run once it awaits; cancel a cancel-run shortly after it starts."""
+    """Resume a waiting run once it awaits; cancel a cancel-run shortly after it starts. A refusal is kept
+    with the run: the verifier reports it."""
+    try:
+        await _resume_or_cancel(client, observer, run, rng, until)
+    except Exception as exc:
+        run.harness_error = f"{type(exc).__name__}: {exc}"
+
+
+async def _resume_or_cancel(client: Client, observer: _Observer, run: PlannedRun, rng: random.Random,
+                            until: float) -> None:
     if run.shape == "cancel":
         await asyncio.sleep(rng.uniform(0.3, 1.5))
         won = await _retrying(lambda: client.cancel(run.run_id), until)

@@ -79,6 +79,7 @@ class PlannedRun:
     n: int
     cancelled_at: float | None = None  # when the harness's cancel returned True
     cancel_lost: bool = False  # the harness's cancel found the run already final
+    harness_error: str | None = None  # the harness's resume or cancel was refused
 
     @property
     def blueprint_id(self) -> str:
@@ -212,10 +213,15 @@ def verify_run(run: PlannedRun, observed: ObservedRun, executions: Sequence[Exec
     if observed.status is None:
         return [finding("lost", "no status record")]
     if observed.status not in FINAL:
-        return [finding("stuck", f"still {observed.status}; executed: {_summary(executions)}")]
+        detail = f"still {observed.status}; executed: {_summary(executions)}; status history: {_history(observed)}"
+        if run.harness_error:
+            detail += f"; the harness was refused: {run.harness_error}"
+        return [finding("stuck", detail)]
     problems: list[str] = []
     winner = _any_winner(executions) if run.shape == "any5" else None
     expected = expect(run, winner)
+    if run.harness_error:
+        problems.append(f"the harness was refused: {run.harness_error}")
     if run.cancel_lost:
         problems.append(f"the harness's cancel found the run already {observed.status} (it takes > 4 s)")
     if observed.status != expected.status:
@@ -356,6 +362,13 @@ def _diff(observed: Mapping[str, Any], expected: Mapping[str, Any]) -> str:
         if got != want:
             parts.append(f"{key}: {got!r} (expected {want!r})")
     return "differ: " + "; ".join(parts)
+
+
+def _history(observed: ObservedRun) -> str:
+    if not observed.history:
+        return "not seen"
+    start = observed.history[0][1]
+    return ", ".join(f"{status} at +{at - start:.2f} s" for status, at in observed.history)
 
 
 def _summary(executions: Sequence[Execution]) -> str:
