@@ -312,7 +312,8 @@ def test_plugins_disabled_by_env_say_so(failing_site: Path, tmp_path: Path) -> N
 
 def test_flowcraft_backends_reports_left_out_plugins_and_providers(failing_site: Path, tmp_path: Path) -> None:
     flowcraft = str(Path(sys.executable).parent / "flowcraft")
-    done = run_in(failing_site, tmp_path, [flowcraft, "backends"], FLOWCRAFT_PLUGINS_DISABLE="flowcraft-two")
+    done = run_in(failing_site, tmp_path, [flowcraft, "backends"],
+                  FLOWCRAFT_PLUGINS_DISABLE="flowcraft-two,flowcraft-tow")
     assert done.returncode == 0, done.stderr
     assert "provided by flowcraft-good 0.3.0 (plugin good)" in done.stdout
     assert "provided by flowcraft-core 0.1.0 (built-in)" in done.stdout
@@ -322,6 +323,8 @@ def test_flowcraft_backends_reports_left_out_plugins_and_providers(failing_site:
     for name in ("clashy", "broken", "raising"):
         assert LEFT_OUT[name] in lines
         assert LEFT_OUT[name] in done.stderr  # warned once, as a log line
+    assert ("'flowcraft-tow' (env FLOWCRAFT_PLUGINS_DISABLE) names no installed plugin; built-ins cannot be "
+            "disabled") in lines
     assert not any(line.startswith('plugin "one"') for line in lines)  # with "two" disabled, "one" clashes no more
     assert "shared" in done.stdout
 

@@ -218,10 +218,13 @@ def backends(state: State) -> None:
     out = state.out
     out.print(presets)
     out.print(components)
-    if reg.left_out:
+    if reg.left_out or reg.unmatched_disabled:
         out.print("[bold]Plugins left out[/]")
     for left in reg.left_out:
         out.print(f"  [{'yellow' if left.disabled else 'red'}]{escape(left.line())}[/]")
+    for name in reg.unmatched_disabled:
+        unmatched = f"{name!r} ({reg.disabled[name]}) names no installed plugin; built-ins cannot be disabled"
+        out.print(f"  [yellow]{escape(unmatched)}[/]")
     how = (f'select with --backend NAME, FLOWCRAFT_BACKEND or `backend = "NAME"` in flowcraft.toml; disable a '
            f'plugin (by plugin or distribution name) with `[plugins] disable = ["NAME"]` or {DISABLE_ENV}=NAME')
     out.print(f"[dim]{escape(how)}[/]")

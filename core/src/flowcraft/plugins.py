@@ -162,6 +162,8 @@ class PluginRegistry:
         self.left_out: list[LeftOut] = []
         # names a left-out plugin registered (known only when its hooks ran), for "why is X missing" messages
         self._left_out_items: dict[tuple[str, str], LeftOut] = {}
+        #: disabled names that match no installed plugin (a typo, or a built-in, which cannot be disabled)
+        self.unmatched_disabled: list[str] = []
         if load_entry_points:
             self._load_entry_points()
         self._components: dict[str, dict[str, _Entry]] = {}
@@ -178,6 +180,9 @@ class PluginRegistry:
         by_name: dict[str, list[PluginInfo]] = {}
         for entry_point in entry_points:
             by_name.setdefault(entry_point.name, []).append(_info_of(entry_point))
+        installed = {_normalize(name) for infos in by_name.values() for info in infos
+                     for name in (info.name, info.distribution)}
+        self.unmatched_disabled = sorted(name for name in self.disabled if _normalize(name) not in installed)
         for entry_point in entry_points:
             info = _info_of(entry_point)
             where = self._disabled_where(info)
