@@ -223,7 +223,7 @@ class PluginRegistry:
 
     def _contribution(self, name: str, info: PluginInfo) -> _Contribution:
         contribution = _Contribution(info)
-        hooks = [*((kind, hook) for kind, hook in _HOOKS.items()), (PRESET, "flowcraft_presets")]
+        hooks = [*_HOOKS.items(), (PRESET, "flowcraft_presets")]
         for kind, hook_name in hooks:
             for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
                 if impl.plugin_name != name:
