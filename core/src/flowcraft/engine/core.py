@@ -693,6 +693,11 @@ class Engine:
                             node: NodeDefinition) -> None:
         resume = (job.payload or {}).get("resume")
         if resume is None:
+            # a delivery from before the resume (its worker parked the wait and died before the ack) must
+            # not park the wait again: the resume is in the job's stored document
+            stored = [p.job for p in await self.coordination.jobs(job.run_id, "pending") if p.job.key == job.key]
+            resume = (stored[0].payload or {}).get("resume") if stored else None
+        if resume is None:
             committed = await self.coordination.park(job.run_id, job.key)
             await self._after_finish(record, committed)
             return

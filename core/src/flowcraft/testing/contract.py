@@ -639,6 +639,24 @@ class RecoveryContract(_Base):
         assert (await _drive(engine, backend, run_id)).status == "completed"
         assert (await client.status(run_id)).outputs["approved"] == {"by": "ada"}
 
+    async def test_a_wait_delivered_again_after_its_resume_is_not_parked_again(self, backend: Backend) -> None:
+        engine, client = self._engine(backend), Client(backend, contract_app)
+        run_id = await client.start("contract-wait", {"value": 1})
+        await engine.handle((await receive(backend, 1))[0])
+        (wait,) = await receive(backend, 1)
+        await engine.handle(wait)
+        assert (await backend.status.get(run_id)).status == "awaiting"  # type: ignore[union-attr]
+        await backend.queue.enqueue([wait.job])  # the delivery from before the resume comes back first
+        await client.resume(run_id, action="reject", output={"by": "bob"})
+        history: list[str] = []
+
+        async def watch(delivery: Delivery) -> None:
+            history.append((await backend.status.get(run_id)).status)  # type: ignore[union-attr]
+
+        assert (await _drive(engine, backend, run_id, after=watch)).status == "completed"
+        assert "awaiting" not in history
+        assert (await client.status(run_id)).outputs["rejected"] == {"by": "bob"}
+
     async def test_reconciler_fails_only_an_interrupted_start(self, backend: Backend, run_prefix: str) -> None:
         await backend.status.create(RunRecord(run_prefix, "contract-none", "running", "1"))
         await asyncio.sleep(0.05)
