@@ -511,6 +511,16 @@ def test_lint_command_on_files(project: Path) -> None:
     assert (clean.exit_code, lines(clean)) == (0, ["no issues in 1 blueprint"])
 
 
+def test_lint_command_finds_subflow_recursion_across_files(project: Path) -> None:
+    for name, child in (("ping", "pong"), ("pong", "ping")):
+        blueprint = {"id": name, "nodes": [{"id": "call", "uses": "subflow", "params": {"blueprintId": child}}]}
+        (project / f"{name}.json").write_text(json.dumps(blueprint), encoding="utf-8")
+    result = CliRunner(env={"COLUMNS": "300"}).invoke(cli, ["lint", str(project / "ping.json"),
+                                                             str(project / "pong.json")])
+    assert result.exit_code == 1
+    assert [line.split()[1] for line in lines(result)[:-1]] == ["SUBFLOW_RECURSION", "SUBFLOW_RECURSION"]
+
+
 def test_lint_command_on_the_app(project: Path) -> None:
     result = invoke("lint", "--app", f"{APP_MODULE}:app")
     assert (result.exit_code, lines(result)) == (0, ["no issues in 3 blueprints"])

@@ -720,9 +720,10 @@ def lint(state: State, files: Sequence[str], app: str | None) -> None:
     found: list[tuple[str, LintIssue]] = []
     if files:
         raw = {path: _read_json(path) for path in files}
-        ids = [data["id"] for data in raw.values() if isinstance(data, dict) and isinstance(data.get("id"), str)]
+        # the files' blueprints as data, so subflow targets and recursion across files are checked
+        known = [data for data in raw.values() if isinstance(data, dict) and isinstance(data.get("id"), str)]
         for path, data in raw.items():
-            found += [(path, issue) for issue in lint_blueprint(data, loaded, known_blueprints=ids)]
+            found += [(path, issue) for issue in lint_blueprint(data, loaded, known_blueprints=known)]
         checked = len(files)
     else:
         assert loaded is not None
