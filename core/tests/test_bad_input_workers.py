@@ -132,7 +132,7 @@ async def test_a_worker_survives_poison_jobs_and_serves_the_next_run(project: Pa
     messages = {name: [e["message"] for e in result.errors] for name, result in results.items()}
     dated = ("node 'node' output at ['when'] is of type date, which is not JSON-serialisable (return and store "
              "JSON values: dicts with string keys, lists, strings, numbers, booleans, None)")
-    fallback = ("blueprint 'fallback' node 'node': fallback 'nowhere' is not a node of this blueprint (fix the "
+    fallback = ("blueprint 'fallback': nodes[0].config.fallback (node 'node'): 'nowhere' is not a node id (fix the "
                 "blueprint and start a new run)")
     assert messages == {"exits": ["SystemExit: 3"], "interrupted": ["KeyboardInterrupt"],
                         "closed": ["GeneratorExit"], "cancelled": ["CancelledError"], "dated": [dated],
