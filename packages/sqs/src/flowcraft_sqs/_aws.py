@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, fields
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from flowcraft.errors import ConfigError, FlowcraftError, StoreLimitError
 
@@ -143,6 +143,10 @@ def _to_bool(value: Any) -> bool:
 
 
 # ------------------------------------------------------------------------------------------- clients
+#: The services a backend talks to (the stubs type aiobotocore's create_client per service name).
+AwsService = Literal["sqs", "dynamodb"]
+
+
 class ClientSource(Protocol):
     """Where a component gets its aiobotocore client from."""
 
@@ -188,11 +192,11 @@ class AwsClients:
             clients = shared[key] = cls(endpoints, options.region, options.max_pool_connections)
         return clients
 
-    def source(self, service: str) -> ClientSource:
+    def source(self, service: AwsService) -> ClientSource:
         self._users += 1
         return _SharedClient(self, service)
 
-    async def client(self, service: str) -> Any:
+    async def client(self, service: AwsService) -> Any:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # clients (aiohttp sessions) belong to the loop that created them
             self._clients, self._stack, self._lock, self._loop = {}, None, asyncio.Lock(), loop
@@ -224,7 +228,7 @@ class AwsClients:
 
 
 class _SharedClient:
-    def __init__(self, clients: AwsClients, service: str) -> None:
+    def __init__(self, clients: AwsClients, service: AwsService) -> None:
         self._clients = clients
         self._service = service
         self._closed = False
