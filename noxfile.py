@@ -3,7 +3,7 @@
     nox -s core            unit tests of flowcraft-core (no servers)
     nox -s "unit(redis)"   unit tests of one backend package
     nox -s "integration(rq)"  the contract suite and end-to-end tests against a real server
-    nox -s lint            ruff + mypy strict on core
+    nox -s lint            ruff + mypy strict on every distribution
     nox -s demo            the README's demo
     nox -s bench -- --backend sqlite --workers 2 --runs 500
     nox -s chaos -- --backend sqlite --runs 200 --seconds 40   (rq/sqs: add --option redis_url=... etc.)
@@ -55,7 +55,8 @@ def integration(session: nox.Session, backend: str) -> None:
 def lint(session: nox.Session) -> None:
     _install(session, *PACKAGES)
     session.run("ruff", "check", ".")
-    session.run("mypy", "core/src/flowcraft")
+    sources = sorted(str(package) for package in ROOT.glob("packages/*/src/*") if package.is_dir())
+    session.run("mypy", "core/src/flowcraft", *sources)
 
 
 @nox.session

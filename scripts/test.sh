@@ -9,7 +9,7 @@ cd "$ROOT"
 "$ROOT/scripts/install-servers.sh" redis moto dynalite
 export FLOWCRAFT_TEST_SERVERS=${FLOWCRAFT_TEST_SERVERS:-redis moto dynalite}
 "$ROOT/.venv/bin/ruff" check .
-"$ROOT/.venv/bin/mypy" core/src/flowcraft
+"$ROOT/.venv/bin/mypy" core/src/flowcraft packages/*/src/*/  # strict (pyproject.toml) on every distribution
 suites=(core/tests)
 for tests in packages/*/tests; do [ -d "$tests" ] && suites+=("$tests"); done
 "$ROOT/.venv/bin/pytest" -q -p no:cacheprovider --timeout 300 "${suites[@]}" benchmarks tests-integration "$@"
