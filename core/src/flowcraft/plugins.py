@@ -7,7 +7,8 @@ A plugin that fails is left out and reported, one line naming its distribution a
 else keeps working: an entry point that cannot be imported (*broken*), a hook that raises or returns
 something that is not a registration (*raising*), a name another plugin also registers (*clashing*:
 built-ins win against a third party; two third parties with the same name are both left out, since
-neither is the obvious one to keep). Plugins named in ``[plugins] disable`` (config) or
+neither is the obvious one to keep), a plugin module whose ``SPI_VERSION`` is not ``flowcraft.spi.SPI_VERSION``
+(*written for another SPI*). Plugins named in ``[plugins] disable`` (config) or
 ``FLOWCRAFT_PLUGINS_DISABLE`` are not imported at all, and selecting what they provide says "disabled".
 """
 
@@ -26,7 +27,8 @@ import pluggy
 
 from flowcraft import hookspecs
 from flowcraft.errors import PluginError
-from flowcraft.spi import Backend, Component, ContextStore, CoordinationStore, Queue, StatusStore
+from flowcraft.options import validate_options
+from flowcraft.spi import SPI_VERSION, Backend, Component, ContextStore, CoordinationStore, Queue, StatusStore
 
 log = logging.getLogger("flowcraft.plugins")
 
@@ -197,6 +199,13 @@ class PluginRegistry:
                 continue
             try:
                 module = entry_point.load()
+                declared = getattr(module, "SPI_VERSION", SPI_VERSION)  # optional: the SPI it was written for
+                if declared != SPI_VERSION:
+                    self._leave_out(info, f"it was written for SPI version {declared!r} (flowcraft-core "
+                                          f"{_core_version()} has SPI version {SPI_VERSION})",
+                                    f"install a release of {info.distribution} written for SPI version "
+                                    f"{SPI_VERSION}, or disable it ({_disable_how(info)})")
+                    continue
                 self.manager.register(module, name=entry_point.name)
             except Exception as exc:  # one broken plugin must not take the others down
                 self._leave_out(info, f"importing {entry_point.value} failed: {type(exc).__name__}: {exc}",
@@ -325,18 +334,23 @@ class PluginRegistry:
                               hint=f"remove that name from there to use it, or select another {kind}")
         raise PluginError(f"{what} is not available: {left.line(with_hint=False)}", hint=left.hint)
 
-    def build(self, backend: str, options: Mapping[str, Any] | None = None,
-              overrides: Mapping[str, str] | None = None) -> Backend:
-        """Instantiate a backend: the preset's components, any overridden by name, sharing clients."""
-        preset = self.preset(backend)
-        names = preset.components()
+    def classes(self, backend: str, overrides: Mapping[str, str] | None = None) -> dict[str, type[Component]]:
+        """The component classes a backend is built from, by kind: the preset's, any overridden by name."""
+        names = self.preset(backend).components()
         for kind, name in (overrides or {}).items():
             if kind not in KINDS:
                 raise PluginError(f"unknown component kind {kind!r}", hint=f"use one of: {', '.join(KINDS)}")
             names[kind] = name
+        return {kind: self.component(kind, name) for kind, name in names.items()}
+
+    def build(self, backend: str, options: Mapping[str, Any] | None = None,
+              overrides: Mapping[str, str] | None = None) -> Backend:
+        """Instantiate a backend: the preset's components, any overridden by name, sharing clients; the
+        options are checked against the components' schemas first (``flowcraft.options``)."""
+        classes = self.classes(backend, overrides)
         shared: dict[str, Any] = {}
-        opts = dict(options or {})
-        built = {kind: self.component(kind, name).from_config(opts, shared) for kind, name in names.items()}
+        opts = validate_options(backend, classes, options or {})
+        built = {kind: component.from_config(opts, shared) for kind, component in classes.items()}
         return Backend(cast(Queue, built["queue"]), cast(ContextStore, built["context"]),
                        cast(StatusStore, built["status"]), cast(CoordinationStore, built["coordination"]),
                        name=backend, options=opts)

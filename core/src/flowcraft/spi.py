@@ -24,6 +24,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal, Self
 
+# what a component declares its options with (``Component.Options``), re-exported for backend authors
+from flowcraft.options import NoOptions as NoOptions
+from flowcraft.options import QueueOptions as QueueOptions
+from flowcraft.options import option as option
+from flowcraft.options import parse_options as parse_options
+
+SPI_VERSION = 1
+"""The version of this interface. It is bumped when a change would break a backend written for the previous
+one: an abstract method added, a signature or a meaning changed, a field removed (additions with defaults
+do not bump it). A plugin module may declare ``SPI_VERSION`` (the version it was written for); the plugin
+registry leaves out a plugin that declares another version, with a message saying which."""
+
 RunStatus = Literal["running", "awaiting", "completed", "failed", "cancelled"]
 FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 ACTIVE_STATUSES: frozenset[str] = frozenset({"running", "awaiting"})
@@ -301,6 +313,9 @@ class Component(ABC):  # noqa: B024  # a marker base: every component carries a 
     """Base of every component; ``name`` is what config selects it by."""
 
     name: ClassVar[str] = ""
+    #: The component's options: a frozen dataclass of ``option(default, help)`` fields (``flowcraft.options``),
+    #: checked before the backend is built. None: keys are passed through unchecked, for every component.
+    Options: ClassVar[type[Any] | None] = None
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
@@ -513,3 +528,9 @@ class Backend:
         for component in (self.queue, self.context, self.status, self.coordination):
             seen.setdefault(id(component), component)
         return list(seen.values())
+
+
+# The coordination rules every ``CoordinationStore.commit`` follows, public here (implemented in
+# flowcraft.backends.transition). Imported last: that module imports this one's names back.
+from flowcraft.backends.transition import CoordinationTables as CoordinationTables  # noqa: E402
+from flowcraft.backends.transition import apply_transition as apply_transition  # noqa: E402

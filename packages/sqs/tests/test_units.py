@@ -12,9 +12,8 @@ from typing import Any
 import pytest
 
 from flowcraft.backends.memory import MemoryCoordinationStore
-from flowcraft.backends.transition import apply_transition
 from flowcraft.errors import ConfigError
-from flowcraft.spi import Arrival, Completion, Job, Transition
+from flowcraft.spi import Arrival, Completion, Job, Transition, apply_transition
 from flowcraft_sqs._aws import AwsClients, ItemTooLargeError, SqsOptions, check_item_size
 from flowcraft_sqs._batch import Coalescer, Entry
 from flowcraft_sqs.coordination import (

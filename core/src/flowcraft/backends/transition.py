@@ -3,13 +3,13 @@
 Stores that can run Python inside one atomic section (the memory backend under the event loop, SQLite
 inside one transaction) implement ``CoordinationTables`` and call ``apply_transition``; stores that cannot
 (Redis) port these few rules to their own atomic language. The rules live here and nowhere else in Python.
+
+The implementation module: backends import both names from ``flowcraft.spi``, which re-exports them.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
-
-from flowcraft.spi import Arrival, Committed, Completion, Job, JobState, Transition
 
 
 class CoordinationTables(Protocol):
@@ -41,6 +41,9 @@ class CoordinationTables(Protocol):
 
 
 def apply_transition(tables: CoordinationTables, tx: Transition, *, applies_context: bool = False) -> Committed:
+    """Apply one job's transition to ``tables`` (call it inside one atomic section) and say what it did.
+
+    With ``applies_context`` a new completion record also writes its context updates (through the tables)."""
     run_id = tx.run_id
     if tx.completion is not None:
         existing = tables.completion(run_id, tx.job_key)
@@ -96,3 +99,8 @@ def _decide(tables: CoordinationTables, run_id: str, arrival: Arrival) -> str | 
     if not complete:
         return None
     return "fire" if any_arrived else "skip"
+
+
+# Imported last: flowcraft.spi re-exports this module's names from its own end, so whichever of the two is
+# imported first, the other finds every name it needs already defined.
+from flowcraft.spi import Arrival, Committed, Completion, Job, JobState, Transition  # noqa: E402

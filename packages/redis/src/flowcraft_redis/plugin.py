@@ -6,6 +6,9 @@ from typing import Any
 
 from flowcraft.hookspecs import hookimpl
 
+#: the ``flowcraft.spi`` version this plugin was written for (the registry leaves it out on another)
+SPI_VERSION = 1
+
 
 @hookimpl
 def flowcraft_context_stores() -> list[Any]:

@@ -7,6 +7,9 @@ from typing import Any
 from flowcraft.hookspecs import hookimpl
 from flowcraft.plugins import Preset
 
+#: the ``flowcraft.spi`` version this plugin was written for (the registry leaves it out on another)
+SPI_VERSION = 1
+
 
 @hookimpl
 def flowcraft_queues() -> list[Any]:

@@ -13,7 +13,7 @@ Table ``<prefix>coordination``: partition key ``runId`` (S), sort key ``sk`` (S)
   ``@`` + arrived flag + sort key).
 
 ``begin`` is one conditional UpdateItem (take the lease; the item comes back, so state and completion
-record come with it). ``commit`` runs the rules of :func:`flowcraft.backends.transition.apply_transition` —
+record come with it). ``commit`` runs the rules of :func:`flowcraft.spi.apply_transition` —
 the very function — over the run item and writes what they changed (completion record, states, arrivals,
 and dropping the finishing worker's lease) in one UpdateItem conditioned on the version it read
 (optimistic concurrency: a failed condition returns the current item and the rules run again). A replay
@@ -37,9 +37,18 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Self, TypeVar
 
-from flowcraft.backends.transition import apply_transition
 from flowcraft.errors import FlowcraftError
-from flowcraft.spi import Begin, Committed, Completion, CoordinationStore, Job, JobState, PendingJob, Transition
+from flowcraft.spi import (
+    Begin,
+    Committed,
+    Completion,
+    CoordinationStore,
+    Job,
+    JobState,
+    PendingJob,
+    Transition,
+    apply_transition,
+)
 from flowcraft_sqs._aws import (
     MAX_ITEM_BYTES,
     MAX_PARTITION_KEY_BYTES,
