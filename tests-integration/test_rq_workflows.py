@@ -4,6 +4,8 @@ API (RqAdapter, create_rq_reconciler) and a Redis restart in the middle of runs.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,9 +17,11 @@ from flowcraft import App, Engine, EngineOptions, Flow, NodeContext, NodeResult,
 from flowcraft.client import Client
 from flowcraft.plugins import registry
 from flowcraft.spi import Backend
+from flowcraft.testing.apps import app as contract_app
 from flowcraft_redis import RedisCoordinationStore, make_client
 from flowcraft_rq import RqAdapter, create_rq_reconciler
 from servers import RedisServer
+from servers.base import free_port
 
 EXECUTIONS: dict[str, int] = {}
 
@@ -195,6 +199,35 @@ async def test_runs_complete_across_a_redis_restart(start_server: Any) -> None:
         worker.stop()
         await task
         await backend.close()
+
+
+def _cli_worker(url: str, prefix: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "flowcraft.cli", "worker", "--app", "flowcraft.testing.apps:app", "--backend", "rq",
+         f"--option=redis_url={url}", f"--option=key_prefix={prefix}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+async def test_a_worker_started_before_its_redis_waits_for_it(start_server: Any) -> None:
+    """A worker (re)started while its Redis restarts keeps trying for a while instead of exiting."""
+    port = free_port()
+    url, prefix = f"redis://127.0.0.1:{port}/0", f"fctest:{uuid.uuid4().hex}:"
+    worker = _cli_worker(url, prefix)
+    try:
+        await asyncio.sleep(3)
+        assert worker.poll() is None, "the worker exited while its Redis was not up yet"
+        start_server(RedisServer, port=port)
+        backend = registry().build("rq", {"redis_url": url, "key_prefix": prefix})
+        client = Client(backend, contract_app)
+        try:
+            result = await client.wait(await client.start("contract-none", {"value": 3}), timeout=60)
+        finally:
+            await backend.close()
+        assert result.status == "completed" and result.outputs == {"s": 3, "n": None, "e": None}
+    finally:
+        worker.terminate()
+        _, errors = await asyncio.to_thread(worker.communicate, timeout=30)
+    assert f"cannot connect to Redis at {url}" in errors and "trying again for up to 30s" in errors
 
 
 async def test_two_engines_sharing_one_backend(backend: Backend) -> None:

@@ -63,6 +63,11 @@ class ConfigError(FlowcraftError):
     """Configuration is missing or wrong."""
 
 
+class ServerUnreachableError(ConfigError):
+    """A server the configuration names has not been reached by this process: down, restarting or wrongly
+    named. Commands report it at once; a worker keeps trying for ``UNREACHABLE_GRACE`` seconds first."""
+
+
 class PluginError(FlowcraftError):
     """A plugin is missing, duplicated or broken."""
 

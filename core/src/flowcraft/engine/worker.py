@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from flowcraft.engine.core import Engine
-from flowcraft.errors import ConfigError
+from flowcraft.errors import ConfigError, ServerUnreachableError
 from flowcraft.spi import Delivery
 
 log = logging.getLogger("flowcraft.worker")
 
+UNREACHABLE_GRACE = 30.0  # seconds a worker keeps trying a server it has not reached before it gives up
 RELEASE_TIMEOUT = 10.0  # seconds cancelled jobs get to hand their deliveries back at shutdown
 
 
@@ -44,14 +46,27 @@ class Worker:
 
     async def run(self) -> None:
         heartbeat = asyncio.create_task(self._heartbeat_loop())
+        unreachable_since: float | None = None
         try:
             while not self._stopping.is_set():
                 await self._room.wait()
                 free = self.concurrency - len(self._tasks)
                 try:
                     deliveries = await self._dequeue(free)
+                    unreachable_since = None
+                except ServerUnreachableError as error:
+                    # a server restarting, or not up yet when this worker started: keep trying a while, so
+                    # a worker restarted beside its server lives on, but a wrong URL still ends the worker
+                    now = time.monotonic()
+                    if unreachable_since is None:
+                        unreachable_since = now
+                        log.warning("%s; trying again for up to %gs", error, UNREACHABLE_GRACE)
+                    elif now - unreachable_since > UNREACHABLE_GRACE:
+                        raise
+                    deliveries = []
+                    await asyncio.sleep(0.5)
                 except ConfigError:
-                    raise  # e.g. a server never reached: retrying cannot fix the configuration
+                    raise  # retrying cannot fix the configuration
                 except Exception:
                     log.exception("dequeue failed; retrying")
                     deliveries = []

@@ -22,7 +22,7 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from flowcraft.config import redact_text
-from flowcraft.errors import ConfigError
+from flowcraft.errors import ServerUnreachableError
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PREFIX = "flowcraft:"
@@ -143,7 +143,7 @@ class _RestartTolerantRetry(Retry):
             result = await do()
         except (RedisConnectionError, RedisTimeoutError) as error:
             await fail(error, 1) if with_failure_count else await fail(error)
-            raise ConfigError(
+            raise ServerUnreachableError(
                 f"cannot connect to Redis at {redact_text(self._url)}: {' '.join(str(error).split())}",
                 hint="check that the server runs and is reachable from here, and the redis_url option "
                      "(FLOWCRAFT_REDIS_URL or [options] redis_url)") from None
