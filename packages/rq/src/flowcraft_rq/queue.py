@@ -217,7 +217,8 @@ class RqQueue(Colocated, Queue):
             if timeout < 0.01:
                 await asyncio.sleep(0.005)
                 continue
-            # wake up as soon as something is pushed; the item stays in the list (moved head to tail)
+            # wake up as soon as something is pushed; the item stays in the list (moved head to tail);
+            # redis-py annotates the timeout as int, BLMOVE takes fractional seconds
             await self.redis.blmove(self.queue_key, self.queue_key, timeout, "LEFT", "RIGHT")  # type: ignore[arg-type]
 
     @staticmethod
