@@ -287,6 +287,7 @@ def _from_item(item: Mapping[str, Any]) -> RunRecord:
     return RunRecord(
         run_id=item["runId"]["S"],
         blueprint_id=text(item.get("blueprintId")) or "",
+        # a RunStatus: the attribute holds only what this store wrote from a RunRecord
         status=text(item.get("status")) or "running",  # type: ignore[arg-type]
         version=text(item.get("version")),
         blueprint_hash=text(item.get("blueprintHash")),
