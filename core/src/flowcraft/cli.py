@@ -31,14 +31,15 @@ from rich.table import Table
 
 from flowcraft.app import App, load_app
 from flowcraft.client import SETTLED_STATUSES, Client
-from flowcraft.config import Config, load_config, redact_text
+from flowcraft.config import MASK, Config, load_config, mask_option, redact_text
 from flowcraft.engine.core import Engine, EngineOptions, RunResult
 from flowcraft.engine.supervisor import Supervisor
 from flowcraft.engine.worker import Worker
 from flowcraft.errors import ConfigError, FlowcraftError, InvalidStateError, WaitTimeoutError
 from flowcraft.model import Blueprint
+from flowcraft.options import describe_options, schema_of, secret_names
 from flowcraft.plugins import DISABLE_ENV, KINDS, PRESET, registry
-from flowcraft.spi import RunRecord
+from flowcraft.spi import Component, RunRecord
 
 T = TypeVar("T")
 Describe = Callable[[str, Any], str]
@@ -184,8 +185,9 @@ def _when(timestamp: float) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _client(config: Config, app: App | None = None) -> AsyncIterator[Client]:
-    client = Client(config.build_backend(), app)
+async def _client(config: Config, app: App | None = None, *, read_only: bool = False) -> AsyncIterator[Client]:
+    """A client on the configured backend; ``read_only`` for commands that only read (no database is created)."""
+    client = Client(config.build_backend(read_only=read_only), app)
     try:
         yield client
     finally:
@@ -194,12 +196,17 @@ async def _client(config: Config, app: App | None = None) -> AsyncIterator[Clien
 
 # ---------------------------------------------------------------------------------------------- backends, config
 @cli.command()
+@click.option("--options", "options_of", metavar="NAME",
+              help="Show the options of backend NAME's components instead: type, default and help.")
 @click.pass_obj
-def backends(state: State) -> None:
+def backends(state: State, options_of: str | None) -> None:
     """List installed backends (presets) and components, with the distribution providing each, and the
     plugins left out (disabled, broken, raising or clashing) with the reason."""
     config = state.config()
     reg = registry(config.plugins_disable)
+    if options_of is not None:
+        _print_options(state, options_of, reg.classes(options_of))
+        return
     presets = Table(title="Backends", box=box.SIMPLE_HEAD, title_justify="left")
     presets.add_column("name", no_wrap=True)
     presets.add_column("components and description", overflow="fold")
@@ -230,30 +237,59 @@ def backends(state: State) -> None:
     out.print(f"[dim]{escape(how)}[/]")
 
 
+def _print_options(state: State, backend: str, components: dict[str, type[Component]]) -> None:
+    table = Table(title=f"Options of backend {backend!r}", box=box.SIMPLE_HEAD, title_justify="left")
+    for column in ("option", "type", "default", "used by"):
+        table.add_column(column, no_wrap=column != "used by")
+    table.add_column("help", overflow="fold")
+    for info in describe_options(components):
+        default = "-" if info.default is None else MASK if info.secret else str(info.default)
+        users = "all" if len(info.components) == len(components) else ", ".join(info.components)
+        table.add_row(f"[bold]{escape(info.name)}[/]", info.type, escape(default), escape(users), escape(info.help))
+    out = state.out
+    out.print(table)
+    unchecked = [f"{kind} {component.name!r}" for kind, component in components.items() if schema_of(component) is None]
+    if unchecked:
+        out.print(f"[yellow]{escape(', '.join(unchecked))} declare no options: keys not listed here are passed to "
+                  "them unchecked[/]")
+    how = ("set with -o KEY=VALUE, FLOWCRAFT_OPT_KEY=VALUE or `KEY = VALUE` under [options] in flowcraft.toml; "
+           "`flowcraft config` shows the values in effect")
+    out.print(f"[dim]{escape(how)}[/]")
+
+
 @cli.command("config")
 @click.option("--json", "as_json", is_flag=True, help="Print the resolved config as JSON.")
 @app_option
 @backend_options
 @click.pass_obj
 def show_config(state: State, as_json: bool, app: str | None, backend: str | None, options: Sequence[str]) -> None:
-    """Show the resolved configuration (secrets masked) and where each value came from."""
+    """Show the resolved configuration (secrets masked) and where each value came from: every option of the
+    backend's components with the value it takes, defaults included (the sqlite path made absolute)."""
     config = state.config(backend=backend, app=app, options=options)
-    reg = registry(config.plugins_disable)
-    reg.preset(config.backend)  # an uninstalled backend is an error here too, not a table that looks fine
-    for kind, name in config.components.items():
-        reg.component(kind, name)
+    # an uninstalled backend or component is an error here too, not a table that looks fine
+    secrets = secret_names(registry(config.plugins_disable).classes(config.backend, config.components))
+    problem: ConfigError | None = None
+    try:
+        resolved = config.resolved_options()
+    except ConfigError as exc:  # shown below the table: this command is where one looks for such mistakes
+        resolved, problem = dict(config.options), exc
+    shown = {key: MASK if key in secrets and value is not None else value for key, value in resolved.items()}
     if as_json:
-        click.echo(_dumps(config.redacted()))
-        return
-    table = Table(box=box.SIMPLE_HEAD)
-    table.add_column("key")
-    table.add_column("value", overflow="fold")
-    table.add_column("source", overflow="fold")
-    for key, value, source in config.entries():
-        table.add_row(key, escape(str(value)), escape(source))
-    state.out.print(table)
-    files = ", ".join(str(path) for path in config.files) or "none"
-    state.out.print(f"[dim]files read: {escape(files)}[/]")
+        masked = {key: mask_option(key, value) for key, value in sorted(shown.items())}
+        click.echo(_dumps({**config.redacted(), "resolved_options": masked}))
+    else:
+        table = Table(box=box.SIMPLE_HEAD)
+        table.add_column("key")
+        table.add_column("value", overflow="fold")
+        table.add_column("source", overflow="fold")
+        for key, value, source in config.entries(shown):
+            table.add_row(key, escape(str(value)), escape(source))
+        state.out.print(table)
+        files = ", ".join(str(path) for path in config.files) or "none"
+        state.out.print(f"[dim]files read: {escape(files)}[/]")
+    if problem is not None:
+        state.err.print(f"[bold yellow]warning: {escape(redact_text(str(problem.args[0])))}[/]")
+        state.err.print(f"[dim]hint: {escape(problem.hint)}[/]")
 
 
 # ---------------------------------------------------------------------------------------------- worker
@@ -489,7 +525,7 @@ def status(state: State, run_id: str, as_json: bool, backend: str | None, option
     config = state.config(backend=backend, options=options)
 
     async def main() -> tuple[RunResult, RunRecord]:
-        async with _client(config) as client:
+        async with _client(config, read_only=True) as client:
             result = await client.status(run_id)  # raises when there is no such run
             record = await client.backend.status.get(run_id)
             assert record is not None
@@ -536,7 +572,7 @@ def runs(state: State, status_filter: str | None, blueprint: str | None, limit: 
     config = state.config(backend=backend, options=options)
 
     async def main() -> tuple[list[RunRecord], str | None]:
-        async with _client(config) as client:
+        async with _client(config, read_only=True) as client:
             return await client.runs(status_filter, blueprint, limit, cursor)
 
     records, next_cursor = _run(main())

@@ -21,6 +21,11 @@ Plugins: ``[plugins] disable = ["flowcraft-sqs", "toy"]`` (``[tool.flowcraft.plu
 ``FLOWCRAFT_PLUGINS_DISABLE=flowcraft-sqs,toy`` name plugins, by distribution or entry-point name, that are
 not loaded at all; every layer adds to the list (``Config.plugins_disable``: name -> where it was named).
 
+Options are checked against the schemas of the backend's components when it is built (``flowcraft.options``):
+values from the environment and the command line arrive as strings and are coerced to each option's type,
+an unknown key is refused with the closest known one. ``Config.resolved_options()`` is what ``flowcraft
+config`` shows: every declared option with the value it takes (the sqlite path made absolute).
+
 Options whose name looks secret (password, secret, token, key, credential) and passwords inside URLs or
 connection strings are masked by ``Config.redacted()`` and by ``repr``; nothing here logs values.
 """
@@ -38,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flowcraft.errors import ConfigError
+from flowcraft.options import READ_ONLY_OPTION, VISIBILITY_OPTION, describe_options, resolve_options, validate_options
 from flowcraft.plugins import DISABLE_ENV, DISABLE_ENV_OLD, KINDS, disabled_by_env, registry
 from flowcraft.spi import Backend
 
@@ -53,7 +59,6 @@ OPTION_ENV_PREFIX = "FLOWCRAFT_OPT_"
 KEYS = ("backend", "app", "lease_seconds", "components", "options", "plugins")
 PLUGIN_KEYS = ("disable",)
 DEFAULT_LEASE_SECONDS = 30.0
-VISIBILITY_OPTION = "visibility_timeout"
 MASK = "***"
 
 _SECRET_WORDS = ("password", "passwd", "secret", "token", "key", "credential")
@@ -93,22 +98,47 @@ class Config:
             "plugins": {"disable": sorted(self.plugins_disable)},
         }
 
-    def entries(self) -> list[tuple[str, Any, str]]:
-        """``(key, masked value, source)`` for every set value, in display order."""
+    def entries(self, options: Mapping[str, Any] | None = None) -> list[tuple[str, Any, str]]:
+        """``(key, masked value, source)`` for every set value, in display order; ``options``: the options to
+        show instead of those set (``resolved_options()``, defaults included)."""
         rows: list[tuple[str, Any, str]] = [("backend", self.backend, self.source("backend"))]
         if self.app is not None:
             rows.append(("app", self.app, self.source("app")))
         rows.append(("lease_seconds", self.lease_seconds, self.source("lease_seconds")))
         rows += [(f"components.{kind}", name, self.source(f"components.{kind}"))
                  for kind, name in sorted(self.components.items())]
-        rows += [(f"options.{key}", mask_option(key, value), self.source(f"options.{key}"))
-                 for key, value in sorted(self.options.items())]
+        shown = self.options if options is None else options
+        rows += [(f"options.{key}", mask_option(key, value), self._option_source(key))
+                 for key, value in sorted(shown.items())]
         rows += [("plugins.disable", name, where) for name, where in sorted(self.plugins_disable.items())]
         return rows
 
-    def build_backend(self) -> Backend:
-        options = {VISIBILITY_OPTION: self.lease_seconds, **self.options}
-        return registry(self.plugins_disable).build(self.backend, options, self.components)
+    def _option_source(self, key: str) -> str:
+        if key == VISIBILITY_OPTION and f"options.{key}" not in self.sources:
+            return "lease_seconds"
+        return self.source(f"options.{key}")
+
+    def backend_options(self) -> dict[str, Any]:
+        """The options the backend is built with: those set, and the queue's visibility from the lease."""
+        return {VISIBILITY_OPTION: self.lease_seconds, **self.options}
+
+    def resolved_options(self) -> dict[str, Any]:
+        """Every option the backend's components declare, with the value each takes (defaults included, the
+        schemas' normalisation applied, e.g. the sqlite path made absolute), and the keys a component without
+        a schema gets unchecked. Raises ``ConfigError`` for an unknown key or a bad value, as building does."""
+        components = registry(self.plugins_disable).classes(self.backend, self.components)
+        return resolve_options(components, validate_options(self.backend, components, self.backend_options()))
+
+    def build_backend(self, *, read_only: bool = False) -> Backend:
+        """The configured backend. ``read_only``: components that declare a ``read_only`` option (sqlite)
+        open existing storage for reading only, and fail rather than create it (``flowcraft status``/``runs``)."""
+        reg = registry(self.plugins_disable)
+        options = self.backend_options()
+        if read_only:
+            declared = {info.name for info in describe_options(reg.classes(self.backend, self.components))}
+            if READ_ONLY_OPTION in declared:
+                options[READ_ONLY_OPTION] = True
+        return reg.build(self.backend, options, self.components)
 
     def __repr__(self) -> str:
         return f"Config({self.redacted()!r})"

@@ -27,6 +27,7 @@ import pluggy
 
 from flowcraft import hookspecs
 from flowcraft.errors import PluginError
+from flowcraft.options import validate_options
 from flowcraft.spi import SPI_VERSION, Backend, Component, ContextStore, CoordinationStore, Queue, StatusStore
 
 log = logging.getLogger("flowcraft.plugins")
@@ -333,18 +334,23 @@ class PluginRegistry:
                               hint=f"remove that name from there to use it, or select another {kind}")
         raise PluginError(f"{what} is not available: {left.line(with_hint=False)}", hint=left.hint)
 
-    def build(self, backend: str, options: Mapping[str, Any] | None = None,
-              overrides: Mapping[str, str] | None = None) -> Backend:
-        """Instantiate a backend: the preset's components, any overridden by name, sharing clients."""
-        preset = self.preset(backend)
-        names = preset.components()
+    def classes(self, backend: str, overrides: Mapping[str, str] | None = None) -> dict[str, type[Component]]:
+        """The component classes a backend is built from, by kind: the preset's, any overridden by name."""
+        names = self.preset(backend).components()
         for kind, name in (overrides or {}).items():
             if kind not in KINDS:
                 raise PluginError(f"unknown component kind {kind!r}", hint=f"use one of: {', '.join(KINDS)}")
             names[kind] = name
+        return {kind: self.component(kind, name) for kind, name in names.items()}
+
+    def build(self, backend: str, options: Mapping[str, Any] | None = None,
+              overrides: Mapping[str, str] | None = None) -> Backend:
+        """Instantiate a backend: the preset's components, any overridden by name, sharing clients; the
+        options are checked against the components' schemas first (``flowcraft.options``)."""
+        classes = self.classes(backend, overrides)
         shared: dict[str, Any] = {}
-        opts = dict(options or {})
-        built = {kind: self.component(kind, name).from_config(opts, shared) for kind, name in names.items()}
+        opts = validate_options(backend, classes, options or {})
+        built = {kind: component.from_config(opts, shared) for kind, component in classes.items()}
         return Backend(cast(Queue, built["queue"]), cast(ContextStore, built["context"]),
                        cast(StatusStore, built["status"]), cast(CoordinationStore, built["coordination"]),
                        name=backend, options=opts)

@@ -24,6 +24,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal, Self
 
+# what a component declares its options with (``Component.Options``), re-exported for backend authors
+from flowcraft.options import NoOptions as NoOptions
+from flowcraft.options import QueueOptions as QueueOptions
+from flowcraft.options import option as option
+from flowcraft.options import parse_options as parse_options
+
 SPI_VERSION = 1
 """The version of this interface. It is bumped when a change would break a backend written for the previous
 one: an abstract method added, a signature or a meaning changed, a field removed (additions with defaults
@@ -307,6 +313,9 @@ class Component(ABC):  # noqa: B024  # a marker base: every component carries a 
     """Base of every component; ``name`` is what config selects it by."""
 
     name: ClassVar[str] = ""
+    #: The component's options: a frozen dataclass of ``option(default, help)`` fields (``flowcraft.options``),
+    #: checked before the backend is built. None: keys are passed through unchecked, for every component.
+    Options: ClassVar[type[Any] | None] = None
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from flowcraft.options import NoOptions, QueueOptions, parse_options
 from flowcraft.spi import (
     ACTIVE_STATUSES,
     Backend,
@@ -47,10 +48,11 @@ class MemoryQueue(Queue):
     """Ready deque + delayed heap + in-flight map with visibility deadlines."""
 
     name = "memory"
+    Options = QueueOptions
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> MemoryQueue:
-        return cls(float(options.get("visibility_timeout", 30.0)))
+        return cls(parse_options(QueueOptions, options).visibility_timeout)
 
     def __init__(self, visibility_timeout: float = 30.0) -> None:
         self.visibility_timeout = visibility_timeout
@@ -146,6 +148,7 @@ class MemoryQueue(Queue):
 
 class MemoryContextStore(ContextStore):
     name = "memory"
+    Options = NoOptions
 
     def __init__(self) -> None:
         self._data: dict[str, dict[str, Any]] = {}
@@ -169,6 +172,7 @@ class MemoryContextStore(ContextStore):
 
 class MemoryStatusStore(StatusStore):
     name = "memory"
+    Options = NoOptions
     notifies = True
 
     def __init__(self) -> None:
@@ -252,6 +256,7 @@ class MemoryCoordinationStore(CoordinationStore):
     """Also implements ``CoordinationTables`` so the shared transition rules run on it directly."""
 
     name = "memory"
+    Options = NoOptions
 
     def __init__(self) -> None:
         self._runs: dict[str, _RunCoordination] = {}

@@ -1,10 +1,13 @@
 """Embedded durable backend: the worker processes of one machine share one SQLite database file.
 
-Options (one flat dict, shared by the four components):
+Options (``SqliteOptions``, ``SqliteQueueOptions``; one flat dict, shared by the four components):
 
-* ``path``: the database file (default ``.flowcraft/flowcraft.db``; its directory is created);
+* ``path``: the database file (default ``.flowcraft/flowcraft.db``, relative to the working directory and made
+  absolute when the options are read; its directory is created);
 * ``visibility_timeout``: seconds a dequeued job stays invisible before it is delivered again (default 30);
-* ``busy_timeout``: seconds to wait for another process's write lock before failing (default 10).
+* ``busy_timeout``: seconds to wait for another process's write lock before failing (default 10);
+* ``read_only``: open an existing database for reading only (``mode=ro``), never creating one; the read-only
+  commands (``flowcraft status``, ``flowcraft runs``) set it, so a missing file is an error, not a new database.
 
 The database runs in WAL mode with ``synchronous=NORMAL``: a committed transaction survives a crash of any
 process; an OS crash or power loss may roll back the last few transactions, never corrupt the file.
@@ -41,10 +44,12 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 from flowcraft.errors import ConfigError
+from flowcraft.options import QueueOptions, option, parse_options
 from flowcraft.spi import (
     Begin,
     Committed,
@@ -184,6 +189,30 @@ def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("COMMIT")
 
 
+@dataclass(frozen=True)
+class SqliteOptions:
+    """The options of the sqlite context, status and coordination stores (the queue adds its own)."""
+
+    path: Path = option(  # noqa: RUF009  # option() is a dataclasses.field; __post_init__ makes it a Path
+        DEFAULT_PATH, "the database file, shared by every worker process of this machine; its directory is created")
+    busy_timeout: float = option(10.0, "seconds to wait for another process's write lock before failing")
+    read_only: bool = option(False, "open an existing database for reading only, never creating one "
+                                    "(what flowcraft status and runs do)")
+
+    def __post_init__(self) -> None:
+        # one database per file, whatever the working directory of the process reading these options
+        path = Path(self.path) if _in_memory(os.fspath(self.path)) else Path(os.path.abspath(self.path))
+        object.__setattr__(self, "path", path)
+        if self.busy_timeout < 0:
+            raise ConfigError(f"option busy_timeout: must be zero or more seconds, got {self.busy_timeout!r}",
+                              hint="e.g. 10")
+
+
+@dataclass(frozen=True)
+class SqliteQueueOptions(SqliteOptions, QueueOptions):
+    """The options of the sqlite queue: the database's and ``visibility_timeout``."""
+
+
 class SqliteDatabase:
     """One database file as this process uses it: one connection, owned by one dedicated thread.
 
@@ -194,20 +223,22 @@ class SqliteDatabase:
     call after ``close`` opens the database again.
     """
 
-    def __init__(self, path: str | os.PathLike[str] = DEFAULT_PATH, *, busy_timeout: float = 10.0) -> None:
+    def __init__(self, path: str | os.PathLike[str] = DEFAULT_PATH, *, busy_timeout: float = 10.0,
+                 read_only: bool = False) -> None:
         self.path = os.fspath(path)
         self.busy_timeout = busy_timeout
+        self.read_only = read_only
         self._thread: _DatabaseThread | None = None
         self._guard = threading.Lock()
 
     @classmethod
-    def shared(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> SqliteDatabase:
+    def shared(cls, options: SqliteOptions, shared: dict[str, Any]) -> SqliteDatabase:
         """The database of a backend's options, one per path among the components built together."""
-        path = os.fspath(options.get("path") or DEFAULT_PATH)
+        path = os.fspath(options.path)
         key = _shared_key(path)
         database = shared.get(key)
         if not isinstance(database, SqliteDatabase):
-            database = shared[key] = cls(path, busy_timeout=float(options.get("busy_timeout", 10.0)))
+            database = shared[key] = cls(path, busy_timeout=options.busy_timeout, read_only=options.read_only)
         return database
 
     async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -240,7 +271,7 @@ class SqliteDatabase:
         with self._guard:
             thread = self._thread
             if thread is None or thread.closed:
-                thread = self._thread = _DatabaseThread(self.path, self.busy_timeout)
+                thread = self._thread = _DatabaseThread(self.path, self.busy_timeout, self.read_only)
                 weakref.finalize(self, thread.close, None)  # a database dropped without close()
             return thread
 
@@ -266,8 +297,14 @@ def _retry(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T], busy
             pause = min(pause * 2, _BUSY_MAX)
 
 
-def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
-    memory = path == ":memory:" or path.startswith("file::memory:")
+def _in_memory(path: str) -> bool:
+    return path == ":memory:" or path.startswith("file::memory:")
+
+
+def _connect(path: str, busy_timeout: float, read_only: bool = False) -> sqlite3.Connection:
+    memory = _in_memory(path)
+    if read_only and not memory:
+        return _connect_read_only(path)
     if not memory:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=0.0, isolation_level=None, check_same_thread=False,
@@ -288,6 +325,26 @@ def _connect(path: str, busy_timeout: float) -> sqlite3.Connection:
     return conn
 
 
+def _connect_read_only(path: str) -> sqlite3.Connection:
+    """An existing database opened with ``mode=ro``: a missing file is an error, never a new database."""
+    absolute = os.path.abspath(path)
+    setup = "run a worker or `flowcraft setup` first (or give the database's path with -o path=...)"
+    if not os.path.isfile(absolute):
+        raise ConfigError(f"no flowcraft database at {absolute}", hint=setup)
+    conn = sqlite3.connect(f"{Path(absolute).as_uri()}?mode=ro", uri=True, timeout=0.0, isolation_level=None,
+                           check_same_thread=False, cached_statements=256)
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    except BaseException:
+        conn.close()
+        raise
+    if version < SCHEMA_VERSION:  # not written by flowcraft yet (or by an older one): nothing to read
+        conn.close()
+        raise ConfigError(f"{absolute} is not a flowcraft database (schema version {version}, expected "
+                          f"{SCHEMA_VERSION})", hint=setup)
+    return conn
+
+
 _Call = tuple[Callable[[sqlite3.Connection], Any] | None, "asyncio.Future[Any] | None"]
 
 
@@ -295,9 +352,10 @@ class _DatabaseThread:
     """The thread that owns a connection. It runs every call queued since it last woke, then hands the
     results back with one wake-up per event loop, which makes a call much cheaper under load."""
 
-    def __init__(self, path: str, busy_timeout: float) -> None:
+    def __init__(self, path: str, busy_timeout: float, read_only: bool = False) -> None:
         self._path = path
         self._busy_timeout = busy_timeout
+        self._read_only = read_only
         self._file: tuple[int, int] | None = None  # (device, inode) of the database file when opened
         self._file_path = path if path == ":memory:" or path.startswith("file:") else os.path.abspath(path)
         self._calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
@@ -345,7 +403,7 @@ class _DatabaseThread:
             if calls:
                 try:
                     if conn is None:
-                        conn = _connect(self._path, self._busy_timeout)
+                        conn = _connect(self._path, self._busy_timeout, self._read_only)
                         self._file = _file_identity(self._file_path)
                     else:
                         self._check_same_file()
@@ -439,12 +497,14 @@ def _context_key(database: SqliteDatabase) -> str:
 class _SqliteComponent(Component):
     """What the four components share: the database, built once per backend through ``shared``."""
 
+    Options: ClassVar[type[SqliteOptions]] = SqliteOptions
+
     def __init__(self, database: SqliteDatabase | None = None) -> None:
         self.db = database if database is not None else SqliteDatabase()
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
-        return cls(SqliteDatabase.shared(options, shared))
+        return cls(SqliteDatabase.shared(parse_options(SqliteOptions, options), shared))
 
     async def setup(self) -> None:
         await self.db.setup()
@@ -462,6 +522,7 @@ class SqliteQueue(_SqliteComponent, Queue):
     """
 
     name = "sqlite"
+    Options = SqliteQueueOptions
 
     def __init__(self, database: SqliteDatabase | None = None, visibility_timeout: float = 30.0) -> None:
         super().__init__(database)
@@ -470,7 +531,8 @@ class SqliteQueue(_SqliteComponent, Queue):
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
-        return cls(SqliteDatabase.shared(options, shared), float(options.get("visibility_timeout", 30.0)))
+        parsed = parse_options(SqliteQueueOptions, options)
+        return cls(SqliteDatabase.shared(parsed, shared), parsed.visibility_timeout)
 
     async def enqueue(self, jobs: Sequence[Job], delay: float = 0.0) -> None:
         if not jobs:

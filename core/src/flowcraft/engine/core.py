@@ -245,14 +245,16 @@ class Engine:
     async def _handle(self, delivery: Delivery) -> None:
         job = delivery.job
         checked = await self._preflight(delivery)
-        if checked is None or is_finish_job(job):
-            if delivery.begin is not None and delivery.begin.lease:  # a lease the queue prefetched for us
-                await self.coordination.release(job.run_id, job.key, self.worker_id)
-            if checked is not None:
-                await self._finish(checked[0])
-                await self.queue.ack(delivery)
+        finishing = is_finish_job(job)
+        if (checked is None or finishing) and delivery.begin is not None and delivery.begin.lease:
+            await self.coordination.release(job.run_id, job.key, self.worker_id)  # a lease prefetched for us
+        if checked is None:
             return
         record, graph = checked
+        if finishing:  # from the reconciler: no node to run, only the run's status to publish
+            await self._finish(record)
+            await self.queue.ack(delivery)
+            return
         begin = delivery.begin if delivery.begin is not None else await self.coordination.begin(
             job, self.worker_id, self.options.lease_seconds)
         if not begin.lease:
