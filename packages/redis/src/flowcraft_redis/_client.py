@@ -293,7 +293,7 @@ class Batcher:
         self.round_trips += 1
         self.commands += len(commands)
         if len(commands) == 1:
-            try:
+            try:  # redis-py leaves Redis.execute_command unannotated
                 return [await self.client.execute_command(*commands[0])]  # type: ignore[no-untyped-call]
             except NoScriptError as exc:
                 return [exc]
