@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,10 +52,18 @@ def parse_args(argv: Sequence[str] | None = None) -> ChaosOptions:
     )
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # so the harness's cleanup stops its workers and servers by PID
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # a harness stopped by SIGTERM must not orphan its workers
     try:
         report = asyncio.run(run_chaos(options))
+    except KeyboardInterrupt:
+        print("interrupted: workers stopped, no verdict", file=sys.stderr)
+        return 130
     except ChaosError as exc:
         print(f"error: {exc}" + (f"\nhint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
         return 2
