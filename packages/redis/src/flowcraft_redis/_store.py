@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from redis.asyncio import Redis
 
+from flowcraft.spi import parse_options
 from flowcraft_redis._client import (
     DEFAULT_PREFIX,
     DEFAULT_TTL,
     Keys,
     batcher_for,
-    option_float,
-    option_str,
     shared_client,
 )
 from flowcraft_redis.colocation import Colocated, Colocation
+from flowcraft_redis.options import RedisOptions
 
 
 class RedisStateStore(Colocated):
@@ -30,9 +30,12 @@ class RedisStateStore(Colocated):
         self.keys = Keys(key_prefix)
         self.batcher = batcher_for(redis)
 
+    Options: ClassVar[type[RedisOptions]] = RedisOptions
+
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
-        store = cls(shared_client(options, shared), key_prefix=option_str(options, "key_prefix", DEFAULT_PREFIX),
-                    state_ttl_seconds=option_float(options, "state_ttl_seconds", DEFAULT_TTL))
+        parsed = parse_options(RedisOptions, options)
+        store = cls(shared_client(options, shared), key_prefix=parsed.key_prefix,
+                    state_ttl_seconds=parsed.state_ttl_seconds)
         Colocation.join(store, options, shared)
         return store

@@ -27,7 +27,7 @@ from typing import Any, Self, cast
 
 from redis.asyncio import Redis
 
-from flowcraft.spi import Begin, DeadLetter, Delivery, Job, Queue
+from flowcraft.spi import Begin, DeadLetter, Delivery, Job, Queue, parse_options
 from flowcraft_redis._client import (
     DEFAULT_PREFIX,
     DEFAULT_TTL,
@@ -35,8 +35,6 @@ from flowcraft_redis._client import (
     batcher_for,
     dumps,
     fast_packing,
-    option_float,
-    option_str,
     shared_client,
     text,
 )
@@ -45,6 +43,7 @@ from flowcraft_redis.coordination import parse_completion, parse_state
 from flowcraft_redis.status import record_from_hash
 from flowcraft_rq import scripts
 from flowcraft_rq.jobs import DATA_HEAD, DATA_TAIL, _RqManaged, decode_data, encode_data
+from flowcraft_rq.options import RqQueueOptions
 
 DEFAULT_QUEUE = "flowcraft-queue"
 #: the fields rq writes for a fresh job that we do not set per job (see ``rq.job.Job.to_dict``)
@@ -114,6 +113,7 @@ class RqQueue(Colocated, Queue):
     """
 
     name = "rq"
+    Options = RqQueueOptions
 
     def __init__(self, redis: Redis, *, queue_name: str = DEFAULT_QUEUE, key_prefix: str = DEFAULT_PREFIX,
                  rq_prefix: str | None = None, visibility_timeout: float = 30.0,
@@ -149,12 +149,12 @@ class RqQueue(Colocated, Queue):
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
-        prefix = option_str(options, "key_prefix", DEFAULT_PREFIX)
+        parsed = parse_options(RqQueueOptions, options)
+        prefix = parsed.key_prefix
         default_queue = DEFAULT_QUEUE if prefix == DEFAULT_PREFIX else f"{prefix}queue"
-        queue = cls(shared_client(options, shared), queue_name=option_str(options, "queue_name", default_queue),
-                    key_prefix=prefix, rq_prefix=options.get("rq_key_prefix") or None,
-                    visibility_timeout=option_float(options, "visibility_timeout", 30.0),
-                    state_ttl_seconds=option_float(options, "state_ttl_seconds", DEFAULT_TTL))
+        queue = cls(shared_client(options, shared), queue_name=parsed.queue_name or default_queue,
+                    key_prefix=prefix, rq_prefix=parsed.rq_key_prefix,
+                    visibility_timeout=parsed.visibility_timeout, state_ttl_seconds=parsed.state_ttl_seconds)
         Colocation.join(queue, options, shared)
         return queue
 

@@ -12,10 +12,11 @@ import logging
 import math
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from flowcraft.errors import ConfigError, FlowcraftError, StoreLimitError
+from flowcraft.spi import QueueOptions, option, parse_options
 
 log = logging.getLogger("flowcraft.sqs")
 
@@ -42,65 +43,53 @@ class KeyTooLongError(StoreLimitError):
 
 
 # ------------------------------------------------------------------------------------------- options
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+@dataclass(frozen=True)
+class SqsOptions(QueueOptions):
+    """The options of every component of the ``sqs`` backend (see the package README); ``visibility_timeout``
+    comes from ``QueueOptions``."""
 
+    endpoint_url: str | None = option(None, "another endpoint for SQS and DynamoDB (LocalStack, moto); "
+                                            "default AWS's own")
+    dynamodb_endpoint_url: str | None = option(None, "a separate endpoint for DynamoDB only (default endpoint_url)")
+    region: str = option("us-east-1", "AWS region")
+    queue_name: str = option("flowcraft-queue", "the job queue (.fifo is appended when fifo is on)")
+    queue_url: str | None = option(None, "use this queue instead of looking queue_name up")
+    dead_letter_queue_name: str | None = option(None, "the dead-letter queue setup creates (default "
+                                                      "<queue>-dlq, or <queue>-dlq.fifo)")
+    dead_letter_queue_url: str | None = option(None, "use this dead-letter queue (default: the redrive policy's "
+                                                     "target, else the name above)")
+    max_receive_count: int = option(10, "receives without being handled before SQS moves a message to the "
+                                        "dead-letter queue")
+    fifo: bool = option(False, "FIFO queues instead of standard ones")
+    table_prefix: str = option("flowcraft-", "table names: <prefix>contexts, <prefix>statuses, "
+                                             "<prefix>coordination")
+    context_table: str | None = option(None, "explicit name of the context table")
+    status_table: str | None = option(None, "explicit name of the status table")
+    coordination_table: str | None = option(None, "explicit name of the coordination table")
+    status_index: str = option("status-lastUpdated", "the status table's global secondary index")
+    wait_time_seconds: int = option(20, "upper bound of one long poll, 0 to 20 (the worker's poll wait is "
+                                        "used when shorter)")
+    ttl_seconds: int = option(30 * 24 * 3600, "lifetime of coordination items, refreshed when written; "
+                                              "0 = never expire")
+    max_message_bytes: int = option(256 * 1024, "largest job message (1048576 where SQS allows 1 MiB)")
+    message_retention_seconds: int = option(14 * 24 * 3600, "retention of both queues (setup)")
+    max_pool_connections: int = option(64, "HTTP connections per client")
 
-@dataclass(frozen=True, slots=True)
-class SqsOptions:
-    """The flat option dict of the ``sqs`` backend (see the package README)."""
-
-    endpoint_url: str | None = None
-    dynamodb_endpoint_url: str | None = None
-    region: str = "us-east-1"
-    queue_name: str = "flowcraft-queue"
-    queue_url: str | None = None
-    dead_letter_queue_name: str | None = None
-    dead_letter_queue_url: str | None = None
-    max_receive_count: int = 10
-    fifo: bool = False
-    table_prefix: str = "flowcraft-"
-    context_table: str | None = None
-    status_table: str | None = None
-    coordination_table: str | None = None
-    status_index: str = "status-lastUpdated"
-    visibility_timeout: float = 30.0
-    wait_time_seconds: int = 20
-    ttl_seconds: int = 30 * 24 * 3600
-    max_message_bytes: int = 256 * 1024
-    message_retention_seconds: int = 14 * 24 * 3600
-    max_pool_connections: int = 64
+    def __post_init__(self) -> None:
+        if self.visibility_timeout <= 0 or self.visibility_timeout > MAX_VISIBILITY_SECONDS:
+            raise ConfigError(f"option visibility_timeout: must be between 0 and {MAX_VISIBILITY_SECONDS} seconds "
+                              f"(SQS's limit), got {self.visibility_timeout:g}")
+        if not 0 <= self.wait_time_seconds <= 20:
+            raise ConfigError(f"option wait_time_seconds: must be between 0 and 20 (SQS long polling), got "
+                              f"{self.wait_time_seconds}")
+        if self.max_receive_count < 1:
+            raise ConfigError(f"option max_receive_count: must be at least 1, got {self.max_receive_count}")
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> SqsOptions:
-        """Read the known keys of ``options`` (others belong to other components and are ignored); values
-        may be strings (from ``FLOWCRAFT_OPT_*``)."""
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name not in options or options[f.name] is None:
-                continue
-            raw = options[f.name]
-            kind = str(f.type)
-            try:
-                if kind.startswith("bool"):
-                    values[f.name] = _to_bool(raw)
-                elif kind.startswith("int"):
-                    values[f.name] = int(raw)
-                elif kind.startswith("float"):
-                    values[f.name] = float(raw)
-                else:
-                    values[f.name] = str(raw)
-            except (TypeError, ValueError):
-                raise ConfigError(f"option {f.name!r} of the sqs backend has an invalid value",
-                                  hint=f"expected {kind.split(' ')[0]}") from None
-        parsed = cls(**values)
-        if parsed.visibility_timeout <= 0 or parsed.visibility_timeout > MAX_VISIBILITY_SECONDS:
-            raise ConfigError("option 'visibility_timeout' must be between 0 and 43200 seconds")
-        if not 0 <= parsed.wait_time_seconds <= 20:
-            raise ConfigError("option 'wait_time_seconds' must be between 0 and 20 (SQS long polling)")
-        if parsed.max_receive_count < 1:
-            raise ConfigError("option 'max_receive_count' must be at least 1")
-        return parsed
+        """The keys of ``options`` this backend declares (others belong to other components), coerced to
+        their types (values from ``FLOWCRAFT_OPT_*`` and ``-o`` are strings)."""
+        return parse_options(cls, options)
 
     @property
     def main_queue_name(self) -> str:
@@ -129,17 +118,6 @@ class SqsOptions:
         explicit = {"contexts": self.context_table, "statuses": self.status_table,
                     "coordination": self.coordination_table}[kind]
         return explicit or f"{self.table_prefix}{kind}"
-
-
-def _to_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ValueError(value)
 
 
 # ------------------------------------------------------------------------------------------- clients

@@ -34,6 +34,7 @@ _NAMES = {"#r": "runId", "#k": "key", "#v": "value"}
 
 class DynamoDbContext(ContextStore):
     name = "dynamodb"
+    Options = SqsOptions
 
     def __init__(self, client: Any = None, table_name: str = "flowcraft-contexts", *,
                  source: ClientSource | None = None) -> None:

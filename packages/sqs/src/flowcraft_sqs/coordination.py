@@ -247,6 +247,7 @@ class _Drop:
 # ============================================================================================== the store
 class DynamoDbCoordinationStore(CoordinationStore):
     name = "dynamodb"
+    Options = SqsOptions
     applies_context = False  # contexts live in their own table; the engine applies them
 
     def __init__(self, client: Any = None, table_name: str = "flowcraft-coordination", *,

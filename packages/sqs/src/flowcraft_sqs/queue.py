@@ -59,6 +59,7 @@ class SqsReceipt:
 
 class SqsQueue(Queue):
     name = "sqs"
+    Options = SqsOptions
 
     def __init__(
         self,

@@ -54,6 +54,7 @@ _FIELDS: dict[str, tuple[str, str]] = {
 
 class DynamoDbStatusStore(StatusStore):
     name = "dynamodb"
+    Options = SqsOptions
 
     def __init__(self, client: Any = None, table_name: str = "flowcraft-statuses", *,
                  index_name: str = "status-lastUpdated", source: ClientSource | None = None) -> None:

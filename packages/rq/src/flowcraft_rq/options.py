@@ -1,0 +1,18 @@
+"""The options of the rq queue: the Redis ones it shares with the stores (``flowcraft_redis.options``), the
+queue's ``visibility_timeout`` (``flowcraft.spi.QueueOptions``), and its own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flowcraft.spi import QueueOptions, option
+from flowcraft_redis.options import RedisOptions
+
+
+@dataclass(frozen=True)
+class RqQueueOptions(RedisOptions, QueueOptions):
+    """What ``RqQueue.from_config`` reads."""
+
+    queue_name: str | None = option(None, "the rq queue (default flowcraft-queue; with another key_prefix, "
+                                          "<key_prefix>queue)")
+    rq_key_prefix: str | None = option(None, "prefix of rq's own keys (default rq's: rq, or $RQ_KEY_PREFIX)")
