@@ -1,10 +1,21 @@
 """flowcraft-redis: Redis context, status and coordination stores for Flowcraft (redis.asyncio + Lua).
 
 Used by the ``rq`` backend (``flowcraft-rq``) and as the coordination store of backends whose queue and state
-live elsewhere.
+live elsewhere. Public: the names below and the modules without a leading underscore (``flowcraft_redis.layout``:
+key names, stored formats and shared Lua; ``colocation``, ``options``); ``_``-modules are private.
 """
 
-from flowcraft_redis._client import DEFAULT_PREFIX, DEFAULT_TTL, DEFAULT_URL, Batcher, batcher_for, make_client
+from flowcraft_redis._client import (
+    DEFAULT_PREFIX,
+    DEFAULT_TTL,
+    DEFAULT_URL,
+    Batcher,
+    Packed,
+    batcher_for,
+    fast_packing,
+    make_client,
+    shared_client,
+)
 from flowcraft_redis.colocation import Colocated, Colocation, Dispatcher, colocate
 from flowcraft_redis.context import RedisContext
 from flowcraft_redis.coordination import RedisCoordinationStore
@@ -21,6 +32,7 @@ __all__ = [
     "Colocated",
     "Colocation",
     "Dispatcher",
+    "Packed",
     "RedisContext",
     "RedisCoordinationStore",
     "RedisReconcileStats",
@@ -29,5 +41,7 @@ __all__ = [
     "batcher_for",
     "colocate",
     "create_redis_reconciler",
+    "fast_packing",
     "make_client",
+    "shared_client",
 ]

@@ -19,34 +19,24 @@ from flowcraft.spi import (
     Transition,
 )
 from flowcraft_redis import scripts
-from flowcraft_redis._client import (
-    DEFAULT_PREFIX,
-    DEFAULT_TTL,
-    dumps,
-    loads,
-    text,
-)
 from flowcraft_redis._store import RedisStateStore
 from flowcraft_redis.colocation import Colocation, Dispatcher
-
-STATES: dict[int, JobState] = {ord("p"): "pending", ord("d"): "done", ord("s"): "skipped", ord("k"): "parked"}
-LETTERS: dict[str, str] = {"pending": "p", "parked": "k", "done": "d", "skipped": "s"}
-
-
-def parse_state(raw: bytes | None) -> JobState | None:
-    return None if not raw else STATES[raw[0]]
-
-
-def parse_completion(raw: bytes | None) -> Completion | None:
-    if not raw:
-        return None
-    return Completion.from_dict(loads(raw.split(b" ", 1)[1]))
+from flowcraft_redis.layout import (
+    DEFAULT_PREFIX,
+    DEFAULT_TTL,
+    STATE_LETTERS,
+    dumps,
+    loads,
+    parse_completion,
+    parse_state,
+    text,
+)
 
 
 class RedisCoordinationStore(RedisStateStore, CoordinationStore):
     """Coordination on Redis: every operation is one Lua script (one round trip, atomic).
 
-    ``commit`` ports ``flowcraft.backends.transition.apply_transition`` to Lua. What else it does is wired at
+    ``commit`` ports ``flowcraft.spi.apply_transition`` to Lua (``lua/commit.lua``). What else it does is wired at
     construction (``flowcraft_redis.colocation``): with a ``RedisContext`` on the same client and key prefix
     it also writes the completion's context updates (``applies_context``); with a queue there that offers a
     dispatcher (``flowcraft_rq.RqQueue``) it also pushes the fired jobs into that queue
@@ -177,7 +167,7 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
 
     # ------------------------------------------------------------------ inspection
     async def jobs(self, run_id: str, state: JobState = "pending") -> list[PendingJob]:
-        letter = ord(LETTERS[state])
+        letter = ord(STATE_LETTERS[state])
         raw_jobs, raw_leases = await self._call(self._jobs, run_id)
         now = time.time()
         leases: dict[bytes, float] = {}

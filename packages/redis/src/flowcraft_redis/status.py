@@ -11,30 +11,10 @@ from redis.asyncio import Redis
 
 from flowcraft.spi import ACTIVE_STATUSES, RunRecord, StatusStore
 from flowcraft_redis import scripts
-from flowcraft_redis._client import (
-    DEFAULT_PREFIX,
-    DEFAULT_TTL,
-    dumps,
-    loads,
-    text,
-)
 from flowcraft_redis._store import RedisStateStore
+from flowcraft_redis.layout import DEFAULT_PREFIX, DEFAULT_TTL, RECORD_FIELDS, dumps, record_from_hash, text
 
-#: record fields stored as JSON in the hash (``status`` is stored as plain text, for the Lua CAS)
-FIELDS = ("run_id", "blueprint_id", "version", "blueprint_hash", "input", "created_at", "updated_at", "errors",
-          "awaiting", "parent")
-_CHANGEABLE = frozenset(FIELDS) - {"run_id", "updated_at"}
-
-
-_FIELD_NAMES = {name.encode(): name for name in FIELDS}
-
-
-def record_from_hash(raw: Mapping[bytes, bytes]) -> RunRecord:
-    """Decode the record hash with one ``json.loads`` (the stored values are JSON texts)."""
-    parts = [b'"%s":%s' % (k, v) for k, v in raw.items() if k in _FIELD_NAMES]
-    data: dict[str, Any] = loads(b"{" + b",".join(parts) + b"}")
-    data["status"] = text(raw[b"status"])
-    return RunRecord.from_dict(data)
+_CHANGEABLE = frozenset(RECORD_FIELDS) - {"run_id", "updated_at"}
 
 
 def _flat(items: list[Any]) -> dict[bytes, bytes]:
@@ -61,7 +41,7 @@ class RedisStatusStore(RedisStateStore, StatusStore):
         data["created_at"], data["updated_at"] = created, now
         args: list[Any] = [self.key_prefix, record.run_id, self.state_ttl_seconds, record.status, repr(created),
                            repr(now)]
-        for name in FIELDS:
+        for name in RECORD_FIELDS:
             args += (name, dumps(data[name]))
         done = await self.batcher.call_script(self._create, *args)
         if done:

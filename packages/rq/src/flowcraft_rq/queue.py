@@ -28,19 +28,16 @@ from typing import Any, Self, cast
 from redis.asyncio import Redis
 
 from flowcraft.spi import Begin, DeadLetter, Delivery, Job, Queue, parse_options
-from flowcraft_redis._client import (
+from flowcraft_redis import Colocated, Colocation, Dispatcher, Packed, batcher_for, fast_packing, shared_client
+from flowcraft_redis.layout import (
     DEFAULT_PREFIX,
     DEFAULT_TTL,
-    Packed,
-    batcher_for,
     dumps,
-    fast_packing,
-    shared_client,
+    parse_completion,
+    parse_state,
+    record_from_hash,
     text,
 )
-from flowcraft_redis.colocation import Colocated, Colocation, Dispatcher
-from flowcraft_redis.coordination import parse_completion, parse_state
-from flowcraft_redis.status import record_from_hash
 from flowcraft_rq import scripts
 from flowcraft_rq.jobs import DATA_HEAD, DATA_TAIL, _RqManaged, decode_data, encode_data
 from flowcraft_rq.options import RqQueueOptions

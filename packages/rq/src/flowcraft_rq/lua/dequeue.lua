@@ -1,0 +1,77 @@
+-- ARGV: R, name, now, now_iso, deadline, max, exec prefix, worker name, P, prefetch ('1'/'0'), owner, lease
+-- expiry, ttl. Returns {next_due, {id, entry, data, deliveries, record, lease, state, completion}...}.
+-- With prefetch (RqQueue.receive): record is the flat P status:<run> hash (empty: no such run) and, for an
+-- active run, the job's lease is taken for owner as RedisCoordinationStore.begin does (take_lease):
+-- lease 1 (taken; state and completion read) or 0 (another owner's live lease; state read).
+-- Otherwise record is false and lease -1.
+local R, name, now, now_iso, deadline = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local max, exec, worker = tonumber(ARGV[6]), ARGV[7], ARGV[8]
+local P, prefetch, owner, expiry, ttl = ARGV[9], ARGV[10] == '1', ARGV[11], ARGV[12], tonumber(ARGV[13])
+local q, wip, sched, jp = R .. ':queue:' .. name, R .. ':wip:' .. name, R .. ':scheduled:' .. name, R .. ':job:'
+
+-- due scheduled jobs to the queue (what rq's scheduler does)
+local due = redis.call('ZRANGEBYSCORE', sched, '-inf', now, 'LIMIT', 0, 1000)
+for _, id in ipairs(due) do
+  redis.call('ZREM', sched, id)
+  if redis.call('EXISTS', jp .. id) == 1 then
+    redis.call('HSET', jp .. id, 'status', 'queued', 'enqueued_at', now_iso)
+    redis.call('RPUSH', q, id)
+  end
+end
+-- deliveries whose visibility deadline passed (their worker died) go back to the front
+local expired = redis.call('ZRANGEBYSCORE', wip, '-inf', now, 'LIMIT', 0, 1000)
+for _, entry in ipairs(expired) do
+  redis.call('ZREM', wip, entry)
+  local id = string.sub(entry, 1, (string.find(entry, ':', 1, true) or (#entry + 1)) - 1)
+  if redis.call('HGET', jp .. id, 'status') == 'started' then
+    redis.call('HSET', jp .. id, 'status', 'queued', 'enqueued_at', now_iso)
+    redis.call('LPUSH', q, id)
+  end
+end
+
+local out = {}
+local ids = redis.call('LPOP', q, max)
+if ids then
+  local records = {}
+  for n, id in ipairs(ids) do
+    local hk = jp .. id
+    local fields = redis.call('HMGET', hk, 'data', 'flowcraft_run', 'flowcraft_key')
+    if fields[1] then
+      local deliveries = redis.call('HINCRBY', hk, 'flowcraft_deliveries', 1)
+      local entry = id .. ':' .. exec .. n
+      redis.call('ZADD', wip, deadline, entry)
+      redis.call('HSET', hk, 'status', 'started', 'started_at', now_iso, 'worker_name', worker,
+        'last_heartbeat', now_iso)
+      local item = {id, entry, fields[1], deliveries, false, -1, false, false}
+      local run, key = fields[2], fields[3]
+      if prefetch and run and key then
+        local rec = records[run]
+        if rec == nil then
+          rec = redis.call('HGETALL', P .. 'status:' .. run)
+          records[run] = rec
+        end
+        item[5] = rec
+        local active = false
+        for j = 1, #rec, 2 do
+          if rec[j] == 'status' then active = rec[j + 1] == 'running' or rec[j + 1] == 'awaiting' end
+        end
+        if active then
+          item[7] = redis.call('HGET', P .. 'jobs:' .. run, key) or false
+          if take_lease(P, run, key, owner, ARGV[3], expiry, ttl) then
+            item[6] = 1
+            item[8] = redis.call('HGET', P .. 'done:' .. run, key) or false
+          else
+            item[6] = 0
+          end
+        end
+      end
+      out[#out + 1] = item
+    end
+  end
+end
+local next_due = ''
+local first = redis.call('ZRANGE', sched, 0, 0, 'WITHSCORES')
+if first[2] then next_due = first[2] end
+first = redis.call('ZRANGE', wip, 0, 0, 'WITHSCORES')
+if first[2] and (next_due == '' or tonumber(first[2]) < tonumber(next_due)) then next_due = first[2] end
+return {next_due, out}
