@@ -13,10 +13,14 @@ import math
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, overload
 
 from flowcraft.errors import ConfigError, FlowcraftError, StoreLimitError
 from flowcraft.spi import QueueOptions, option, parse_options
+
+if TYPE_CHECKING:
+    from types_aiobotocore_dynamodb import DynamoDBClient
+    from types_aiobotocore_sqs import SQSClient
 
 log = logging.getLogger("flowcraft.sqs")
 
@@ -125,21 +129,25 @@ class SqsOptions(QueueOptions):
 AwsService = Literal["sqs", "dynamodb"]
 
 
-class ClientSource(Protocol):
+ClientT = TypeVar("ClientT")
+ClientT_co = TypeVar("ClientT_co", covariant=True)
+
+
+class ClientSource(Protocol[ClientT_co]):
     """Where a component gets its aiobotocore client from."""
 
-    async def get(self) -> Any: ...
+    async def get(self) -> ClientT_co: ...
 
     async def close(self) -> None: ...
 
 
-class FixedClient:
+class FixedClient(Generic[ClientT]):
     """A client the user created and closes (the seed-style explicit API)."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: ClientT) -> None:
         self._client = client
 
-    async def get(self) -> Any:
+    async def get(self) -> ClientT:
         return self._client
 
     async def close(self) -> None:
@@ -170,7 +178,11 @@ class AwsClients:
             clients = shared[key] = cls(endpoints, options.region, options.max_pool_connections)
         return clients
 
-    def source(self, service: AwsService) -> ClientSource:
+    @overload
+    def source(self, service: Literal["sqs"]) -> ClientSource[SQSClient]: ...
+    @overload
+    def source(self, service: Literal["dynamodb"]) -> ClientSource[DynamoDBClient]: ...
+    def source(self, service: AwsService) -> ClientSource[Any]:
         self._users += 1
         return _SharedClient(self, service)
 
@@ -220,7 +232,7 @@ class _SharedClient:
             await self._clients._release()
 
 
-def source_of(client: Any, shared_source: ClientSource | None) -> ClientSource:
+def source_of(client: ClientT | None, shared_source: ClientSource[ClientT] | None) -> ClientSource[ClientT]:
     if shared_source is not None:
         return shared_source
     if client is None:
@@ -353,7 +365,8 @@ BATCH_GET = 100  # keys per BatchGetItem
 BATCH_WRITE = 25  # requests per BatchWriteItem
 
 
-async def batch_get(client: Any, table: str, keys: list[dict[str, Any]], **extra: Any) -> list[dict[str, Any]]:
+async def batch_get(client: DynamoDBClient, table: str, keys: list[dict[str, Any]],
+                    **extra: Any) -> list[dict[str, Any]]:
     """Consistent reads of ``keys`` (any number, no duplicates; chunks of 100 read concurrently), retrying
     unprocessed ones; the items found."""
 
@@ -374,7 +387,7 @@ async def batch_get(client: Any, table: str, keys: list[dict[str, Any]], **extra
     return [item for part in parts for item in part]
 
 
-async def batch_write(client: Any, table: str, requests: list[dict[str, Any]]) -> None:
+async def batch_write(client: DynamoDBClient, table: str, requests: list[dict[str, Any]]) -> None:
     """Put/Delete ``requests`` (any number; no two for one key in a chunk of 25), retrying unprocessed ones."""
     for start in range(0, len(requests), BATCH_WRITE):
         pending: dict[str, Any] = {table: requests[start : start + BATCH_WRITE]}

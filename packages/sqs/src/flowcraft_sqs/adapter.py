@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowcraft.app import App
 from flowcraft.client import Client
@@ -27,6 +27,10 @@ from flowcraft_sqs.context import DynamoDbContext
 from flowcraft_sqs.queue import SqsQueue
 from flowcraft_sqs.status import DynamoDbStatusStore
 
+if TYPE_CHECKING:
+    from types_aiobotocore_dynamodb import DynamoDBClient
+    from types_aiobotocore_sqs import SQSClient
+
 
 class SqsAdapter:
     """A worker (engine + worker loop) and a client over SQS + DynamoDB, built from explicit clients."""
@@ -36,8 +40,8 @@ class SqsAdapter:
         *,
         runtime_options: App | Mapping[str, Any],
         coordination_store: CoordinationStore,
-        sqs_client: Any,
-        dynamodb_client: Any,
+        sqs_client: SQSClient,
+        dynamodb_client: DynamoDBClient,
         queue_url: str,
         context_table_name: str,
         status_table_name: str,
@@ -119,7 +123,7 @@ class SqsReconciler:
 def create_sqs_reconciler(
     *,
     adapter: SqsAdapter | Backend,
-    dynamodb_client: Any = None,
+    dynamodb_client: DynamoDBClient | None = None,
     status_table_name: str | None = None,
     status_index_name: str = "status-lastUpdated",
     stalled_threshold_seconds: float = 300.0,

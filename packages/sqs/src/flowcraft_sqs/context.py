@@ -7,7 +7,7 @@ JSON text of the value). Reads are strongly consistent.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from flowcraft.spi import ContextStore
 from flowcraft_sqs._aws import (
@@ -29,6 +29,9 @@ from flowcraft_sqs._aws import (
 )
 from flowcraft_sqs._batch import Coalescer, Entry
 
+if TYPE_CHECKING:
+    from types_aiobotocore_dynamodb import DynamoDBClient
+
 _NAMES = {"#r": "runId", "#k": "key", "#v": "value"}
 
 
@@ -36,8 +39,8 @@ class DynamoDbContext(ContextStore):
     name = "dynamodb"
     Options = SqsOptions
 
-    def __init__(self, client: Any = None, table_name: str = "flowcraft-contexts", *,
-                 source: ClientSource | None = None) -> None:
+    def __init__(self, client: DynamoDBClient | None = None, table_name: str = "flowcraft-contexts", *,
+                 source: ClientSource[DynamoDBClient] | None = None) -> None:
         self._source = source_of(client, source)
         self.table_name = table_name
         self._writes = Coalescer(self._write_batch, max_entries=BATCH_WRITE)  # writes of concurrent nodes

@@ -35,7 +35,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from flowcraft.errors import FlowcraftError
 from flowcraft.spi import (
@@ -71,6 +71,9 @@ from flowcraft_sqs._aws import (
     prune,
     source_of,
 )
+
+if TYPE_CHECKING:
+    from types_aiobotocore_dynamodb import DynamoDBClient
 
 T = TypeVar("T")
 
@@ -250,8 +253,8 @@ class DynamoDbCoordinationStore(CoordinationStore):
     Options = SqsOptions
     applies_context = False  # contexts live in their own table; the engine applies them
 
-    def __init__(self, client: Any = None, table_name: str = "flowcraft-coordination", *,
-                 ttl_seconds: int = 30 * 24 * 3600, source: ClientSource | None = None) -> None:
+    def __init__(self, client: DynamoDBClient | None = None, table_name: str = "flowcraft-coordination", *,
+                 ttl_seconds: int = 30 * 24 * 3600, source: ClientSource[DynamoDBClient] | None = None) -> None:
         self._source = source_of(client, source)
         self.table_name = table_name
         self.ttl_seconds = int(ttl_seconds)
@@ -296,13 +299,13 @@ class DynamoDbCoordinationStore(CoordinationStore):
             self._runs.popitem(last=False)
         return state
 
-    async def _read_run(self, client: Any, run_id: str, now: float) -> _RunState:
+    async def _read_run(self, client: DynamoDBClient, run_id: str, now: float) -> _RunState:
         response = await client.get_item(TableName=self.table_name, Key=self._key(run_id), ConsistentRead=True)
         state = _RunState.parse(response.get("Item"), now)
         self._runs.pop(run_id, None)  # what was just read is the newest
         return self._remember(run_id, state)
 
-    async def _item_of_failed_condition(self, client: Any, run_id: str, exc: BaseException, now: float
+    async def _item_of_failed_condition(self, client: DynamoDBClient, run_id: str, exc: BaseException, now: float
                                         ) -> _RunState:
         """The run item a failed condition returned (``ReturnValuesOnConditionCheckFailure``), now cached; read
         when the error carries none: the item is absent, or the endpoint does not return it (dynalite)."""
@@ -312,7 +315,7 @@ class DynamoDbCoordinationStore(CoordinationStore):
         self._runs.pop(run_id, None)
         return self._remember(run_id, _RunState.parse(item, now))
 
-    async def _read_blobs(self, client: Any, run_id: str, sks: Iterable[str]) -> dict[str, str]:
+    async def _read_blobs(self, client: DynamoDBClient, run_id: str, sks: Iterable[str]) -> dict[str, str]:
         wanted = list(dict.fromkeys(sks))
         items = await batch_get(client, self.table_name, [self._key(run_id, sk) for sk in wanted])
         found = {item["sk"]["S"]: item["body"]["S"] for item in items}
@@ -322,7 +325,7 @@ class DynamoDbCoordinationStore(CoordinationStore):
                                  hint="the run outlived the table's ttl_seconds; start it again")
         return found
 
-    async def _decoded(self, client: Any, run_id: str, run: _RunState, read: Callable[[_Plan], T]) -> T:
+    async def _decoded(self, client: DynamoDBClient, run_id: str, run: _RunState, read: Callable[[_Plan], T]) -> T:
         """``read`` over a plan of ``run``, reading the blob items it needs first."""
         blobs: dict[str, str] = {}
         while True:
@@ -386,7 +389,7 @@ class DynamoDbCoordinationStore(CoordinationStore):
         raise FlowcraftError(f"coordination writes of run {run_id!r} kept conflicting; giving up after "
                              f"{MAX_ATTEMPTS} attempts", hint="the job is redelivered and replayed")
 
-    async def _write(self, client: Any, run_id: str, plan: _Plan, now: float, drop: _Drop | None
+    async def _write(self, client: DynamoDBClient, run_id: str, plan: _Plan, now: float, drop: _Drop | None
                      ) -> _RunState | str:
         """Write the plan's changes to the run item. Returns the item after, or why the condition failed:
         "version" (the item moved on; the cache now holds it) or "lease" (``drop`` names another owner)."""

@@ -20,7 +20,7 @@ import math
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from flowcraft.errors import FlowcraftError
 from flowcraft.spi import DeadLetter, Delivery, Job, Queue
@@ -39,6 +39,9 @@ from flowcraft_sqs._aws import (
     source_of,
 )
 from flowcraft_sqs._batch import Coalescer, Entry
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs import SQSClient
 
 DELIVERIES_ATTRIBUTE = "flowcraft-deliveries"
 REASON_ATTRIBUTE = "flowcraft-reason"
@@ -63,7 +66,7 @@ class SqsQueue(Queue):
 
     def __init__(
         self,
-        client: Any = None,
+        client: SQSClient | None = None,
         queue_url: str | None = None,
         *,
         queue_name: str = "flowcraft-queue",
@@ -75,7 +78,7 @@ class SqsQueue(Queue):
         max_receive_count: int = 10,
         max_message_bytes: int = 256 * 1024,
         message_retention_seconds: int = 14 * 24 * 3600,
-        source: ClientSource | None = None,
+        source: ClientSource[SQSClient] | None = None,
     ) -> None:
         self._source = source_of(client, source)
         self.queue_url = queue_url
@@ -146,7 +149,7 @@ class SqsQueue(Queue):
         return client, self._dlq_url
 
     @staticmethod
-    async def _lookup(client: Any, name: str) -> str:
+    async def _lookup(client: SQSClient, name: str) -> str:
         try:
             return str((await client.get_queue_url(QueueName=name))["QueueUrl"])
         except Exception as exc:

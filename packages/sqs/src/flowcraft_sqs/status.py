@@ -13,7 +13,7 @@ import builtins
 import json
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from flowcraft.errors import ConfigError
 from flowcraft.spi import ACTIVE_STATUSES, RunRecord, StatusStore
@@ -38,6 +38,9 @@ from flowcraft_sqs._aws import (
 )
 from flowcraft_sqs._batch import Coalescer, Entry
 
+if TYPE_CHECKING:
+    from types_aiobotocore_dynamodb import DynamoDBClient
+
 ALL_STATUSES = ("running", "awaiting", "completed", "failed", "cancelled")
 #: RunRecord field -> (attribute name, encoding): "s" plain string, "n" number, "j" JSON text.
 _FIELDS: dict[str, tuple[str, str]] = {
@@ -56,8 +59,8 @@ class DynamoDbStatusStore(StatusStore):
     name = "dynamodb"
     Options = SqsOptions
 
-    def __init__(self, client: Any = None, table_name: str = "flowcraft-statuses", *,
-                 index_name: str = "status-lastUpdated", source: ClientSource | None = None) -> None:
+    def __init__(self, client: DynamoDBClient | None = None, table_name: str = "flowcraft-statuses", *,
+                 index_name: str = "status-lastUpdated", source: ClientSource[DynamoDBClient] | None = None) -> None:
         self._source = source_of(client, source)
         self.table_name = table_name
         self._gets = Coalescer(self._get_batch, max_entries=BATCH_GET)  # reads of concurrent nodes
@@ -218,7 +221,7 @@ class DynamoDbStatusStore(StatusStore):
         done = all(positions.get(name) == "end" for name in statuses)
         return page, None if done else _encode_cursor(positions)
 
-    async def _fetch(self, client: Any, status: str, blueprint_id: str | None, start: dict[str, Any] | None,
+    async def _fetch(self, client: DynamoDBClient, status: str, blueprint_id: str | None, start: dict[str, Any] | None,
                      limit: int) -> tuple[builtins.list[dict[str, Any]], bool]:
         """Up to ``limit`` items of one status, newest first, from ``start``; and whether none are left."""
         items: builtins.list[dict[str, Any]] = []
