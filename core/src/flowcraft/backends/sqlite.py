@@ -212,6 +212,10 @@ class SqliteOptions:
 class SqliteQueueOptions(SqliteOptions, QueueOptions):
     """The options of the sqlite queue: the database's and ``visibility_timeout``."""
 
+    def __post_init__(self) -> None:
+        SqliteOptions.__post_init__(self)
+        QueueOptions.__post_init__(self)
+
 
 class SqliteDatabase:
     """One database file as this process uses it: one connection, owned by one dedicated thread.
