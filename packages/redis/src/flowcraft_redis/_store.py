@@ -30,7 +30,8 @@ class RedisStateStore(Colocated):
         self.keys = Keys(key_prefix)
         self.batcher = batcher_for(redis)
 
-    Options: ClassVar[type[RedisOptions]] = RedisOptions
+    # declared as on Component: the stores also derive from a Component, and mypy wants both bases to agree
+    Options: ClassVar[type[Any] | None] = RedisOptions
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
