@@ -12,4 +12,6 @@ export FLOWCRAFT_TEST_SERVERS=${FLOWCRAFT_TEST_SERVERS:-redis moto dynalite}
 "$ROOT/.venv/bin/mypy" core/src/flowcraft packages/*/src/*/  # strict (pyproject.toml) on every distribution
 suites=(core/tests)
 for tests in packages/*/tests; do [ -d "$tests" ] && suites+=("$tests"); done
-"$ROOT/.venv/bin/pytest" -q -p no:cacheprovider --timeout 300 "${suites[@]}" benchmarks tests-integration "$@"
+# in parallel: each xdist worker starts its own servers; every test has its own key prefix, queue or table
+"$ROOT/.venv/bin/pytest" -q -p no:cacheprovider --timeout 300 -n "${FLOWCRAFT_TEST_WORKERS:-4}" \
+  "${suites[@]}" benchmarks tests-integration "$@"
