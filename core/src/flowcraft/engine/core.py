@@ -22,6 +22,7 @@ from flowcraft.app import App
 from flowcraft.engine.events import Event, EventBus, Middleware, run_with_middleware
 from flowcraft.engine.graph import CompiledEdge, Graph
 from flowcraft.engine.guards import DETERMINISTIC_ERRORS, context_problem, definition_problem, json_problem
+from flowcraft.engine.outcome import NodeOutcome
 from flowcraft.errors import (
     ExpressionError,
     FlowcraftError,
@@ -98,12 +99,6 @@ class _InFlight:
     delivery: Delivery
     cancel: asyncio.Event
     task: asyncio.Task[Any] | None
-
-
-class _NodeFailed(Exception):
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 class Engine:
@@ -369,28 +364,28 @@ class Engine:
         context = RunContext(self.context, job.run_id)
         ctx = self._node_context(job, node, context, await self._node_input(job, node))
         try:
-            output, action, due_at, fallback = await self._run_node(delivery, job, node, ctx, graph)
-        except _RetriedError:
-            return
-        except _NodeFailed as failed:
-            await self._handle_failure(job, node, record, failed.error)
-            return
+            outcome = await self._run_node(delivery, job, node, ctx, graph)
         except asyncio.CancelledError:
             if job.run_id in self._cancelled_runs:
                 return  # the run was cancelled while the node ran: nothing to record
             raise
+        if outcome.state == "retry_scheduled":
+            return
+        if outcome.error is not None:
+            await self._handle_failure(job, node, record, outcome.error)
+            return
         self._fault("after_execute")
         if job.item is not None:
-            await self._complete_chunk(job, graph, record, node, output)
+            await self._complete_chunk(job, graph, record, node, outcome.output)
             return
-        completion = self._completion(job, output, action, context, due_at=due_at, fallback=fallback)
+        completion = self._completion(job, outcome.output, outcome.action, context, due_at=outcome.due_at,
+                                      fallback=outcome.fallback)
         await self._route(job, graph, record, completion, recovery=False)
 
     async def _run_node(
         self, delivery: Delivery, job: Job, node: NodeDefinition, ctx: NodeContext, graph: Graph
-    ) -> tuple[Any, str | None, float | None, str | None]:
-        """Run the node, or its fallback after the last attempt. Raises _RetriedError when a retry was
-        scheduled and _NodeFailed when it failed for good."""
+    ) -> NodeOutcome:
+        """Run the node, or its fallback after the last attempt: completed, retry_scheduled or failed."""
         uses = node.uses
         if job.item is not None:
             uses = str(node.params.get("worker", ""))
@@ -399,7 +394,7 @@ class Engine:
         inflight = _InFlight(delivery, ctx._cancel_event, asyncio.current_task())
         self._inflight[(job.run_id, job.key)] = inflight
         try:
-            result = await self._invoke(job, node, uses, ctx, graph)
+            outcome = await self._invoke(job, node, uses, ctx, graph)
         except BaseException as exc:  # a node's SystemExit or CancelledError fails the node, not the worker
             if _worker_cancelled(exc):
                 raise
@@ -408,15 +403,15 @@ class Engine:
             return await self._after_error(job, node, ctx, exc)
         finally:
             self._inflight.pop((job.run_id, job.key), None)
-        output, action, due_at = result
-        _refuse_unstorable(job.node_id, output, ctx)
+        _refuse_unstorable(job.node_id, outcome.output, ctx)
         await self._emit("node:finish", job.run_id, job.blueprint_id, job.node_id,
-                         {"visit": job.visit, "output": output, "action": action})
-        return output, action, due_at, None
+                         {"visit": job.visit, "output": outcome.output, "action": outcome.action})
+        return outcome
 
     async def _after_error(
         self, job: Job, node: NodeDefinition, ctx: NodeContext, exc: BaseException
-    ) -> tuple[Any, str | None, float | None, str | None]:
+    ) -> NodeOutcome:
+        """After a node raised ``exc``: schedule a retry, else run its fallback, else fail it."""
         config = node.config
         await self._emit("node:error", job.run_id, job.blueprint_id, job.node_id,
                          {"error": _describe(exc), "attempt": job.attempt})
@@ -427,7 +422,7 @@ class Engine:
             await self.queue.enqueue([retry], delay)
             await self._emit("node:retry", job.run_id, job.blueprint_id, job.node_id,
                              {"attempt": retry.attempt, "delay": delay})
-            raise _RetriedError
+            return NodeOutcome.retry_scheduled()
         implementation = self.app.implementation(job.blueprint_id, node.uses)
         if has_own_fallback(implementation):
             try:
@@ -436,41 +431,41 @@ class Engine:
             except BaseException as fallback_exc:
                 if _worker_cancelled(fallback_exc):
                     raise
-                raise _NodeFailed(fallback_exc) from fallback_exc
+                return NodeOutcome.failed(fallback_exc)
             _refuse_unstorable(job.node_id, output, ctx)
-            return output, action, None, node.id
+            return NodeOutcome.completed(output, action, fallback=node.id)
         if config.fallback:
             graph = self._graph_or_raise(job.blueprint_id)
             fallback_node = graph.info(config.fallback).node
             await self._emit("node:fallback", job.run_id, job.blueprint_id, job.node_id,
                              {"fallback": fallback_node.id, "error": _describe(exc)})
             try:
-                output, action, _ = await self._invoke(job, fallback_node, fallback_node.uses, ctx, graph)
+                produced = await self._invoke(job, fallback_node, fallback_node.uses, ctx, graph)
             except BaseException as fallback_exc:
                 if _worker_cancelled(fallback_exc):
                     raise
-                raise _NodeFailed(fallback_exc) from fallback_exc
-            _refuse_unstorable(fallback_node.id, output, ctx)
-            return output, action, None, fallback_node.id
-        raise _NodeFailed(exc)
+                return NodeOutcome.failed(fallback_exc)
+            _refuse_unstorable(fallback_node.id, produced.output, ctx)
+            return NodeOutcome.completed(produced.output, produced.action, fallback=fallback_node.id)
+        return NodeOutcome.failed(exc)
 
     async def _invoke(
         self, job: Job, node: NodeDefinition, uses: str, ctx: NodeContext, graph: Graph
-    ) -> tuple[Any, str | None, float | None]:
+    ) -> NodeOutcome:
         """Call the implementation once (with timeout and middleware); builtins that compute inline too."""
         if uses == "sleep":
             seconds = _sleep_seconds(node)
-            return ctx.input, None, time.time() + seconds
+            return NodeOutcome.completed(ctx.input, due_at=time.time() + seconds)
         if uses == "loop-controller":
-            return ctx.input, await self._loop_decision(job, node, ctx), None
+            return NodeOutcome.completed(ctx.input, await self._loop_decision(job, node, ctx))
         if job.item is not None:
             chunk = ctx.input if isinstance(ctx.input, list) else [ctx.input]
             outputs = []
             for value in chunk:
                 ctx.input = value
-                outputs.append((await self._invoke(job.evolve(item=None), node, uses, ctx, graph))[0])
+                outputs.append((await self._invoke(job.evolve(item=None), node, uses, ctx, graph)).output)
             ctx.input = chunk
-            return outputs, None, None
+            return NodeOutcome.completed(outputs)
         implementation = self.app.implementation(job.blueprint_id, uses)
         if implementation is None:
             raise FlowcraftError(f"no implementation registered for uses {uses!r} (node {node.id!r})",
@@ -496,8 +491,7 @@ class Engine:
         except TimeoutError:
             ctx._cancel_event.set()
             raise NodeTimeoutError(f"node {node.id!r} timed out after {timeout:g}s") from None
-        output, action = _split(result)
-        return output, action, None
+        return NodeOutcome.completed(*_split(result))
 
     async def _handle_failure(self, job: Job, node: NodeDefinition, record: RunRecord, error: BaseException) -> None:
         if job.item is not None and node.params.get("collectErrors"):
@@ -754,14 +748,13 @@ class Engine:
         error = FlowcraftError(f"subflow {child_blueprint!r} run {child_id!r} {child.status}: {message}")
         context = RunContext(self.context, job.run_id)
         ctx = self._node_context(job, node, context, None)
-        try:
-            output, action, _, fallback = await self._after_error(job, node, ctx, error)
-        except _RetriedError:
+        outcome = await self._after_error(job, node, ctx, error)
+        if outcome.state == "retry_scheduled":
             return
-        except _NodeFailed as failed:
-            await self._fail(record, job.node_id, _describe(failed.error))
+        if outcome.error is not None:
+            await self._fail(record, job.node_id, _describe(outcome.error))
             return
-        completion = self._completion(job, output, action, context, fallback=fallback)
+        completion = self._completion(job, outcome.output, outcome.action, context, fallback=outcome.fallback)
         await self._route(job, graph, record, completion, recovery=False)
 
     async def _builtin_map(self, delivery: Delivery | None, job: Job, graph: Graph, record: RunRecord,
@@ -975,10 +968,6 @@ class Engine:
                     data: dict[str, Any] | None = None) -> None:
         if self.events.active:
             await self.events.emit(Event(name, run_id, blueprint_id, node_id, data or {}))
-
-
-class _RetriedError(Exception):
-    """Raised inside error handling when a retry was scheduled: the current delivery is done."""
 
 
 def _split(result: Any) -> tuple[Any, str | None]:
