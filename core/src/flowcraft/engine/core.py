@@ -19,8 +19,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from flowcraft.app import App
+from flowcraft.engine import routing
 from flowcraft.engine.events import Event, EventBus, Middleware, run_with_middleware
-from flowcraft.engine.graph import CompiledEdge, Graph
+from flowcraft.engine.graph import Graph
 from flowcraft.engine.guards import DETERMINISTIC_ERRORS, context_problem, definition_problem, json_problem
 from flowcraft.engine.outcome import NodeOutcome
 from flowcraft.errors import (
@@ -545,14 +546,10 @@ class Engine:
                 visit_text, _, node_id = key.partition(":")
                 visit = int(visit_text)
                 await self._emit("node:skipped", job.run_id, job.blueprint_id, node_id, {"visit": visit})
-                for edge in graph.info(node_id).out_edges:
-                    if edge.is_back:
-                        continue
-                    arrivals.append(self._arrival(job, graph, node_id, visit, edge, arrived=False, contribution=None))
+                arrivals += routing.skip_arrivals(graph, job, node_id, visit)
             last = not arrivals
-            committed = await self._commit(
-                job, Transition(job.run_id, job.key, None, tuple(_dedupe(arrivals)), finish=last, recovery=recovery)
-            )
+            committed = await self._commit(job, Transition(job.run_id, job.key, None, tuple(routing.dedupe(arrivals)),
+                                                           finish=last, recovery=recovery))
             await self._dispatch(committed)
             if last:
                 return committed
@@ -562,62 +559,12 @@ class Engine:
         info = graph.info(job.node_id)
         if not info.out_edges:
             return []
-        names: dict[str, Any] | None = None
-        result = {"output": completion.output, "action": completion.action}
-
-        async def holds(edge: CompiledEdge) -> bool:
-            nonlocal names
-            if edge.condition is None:
-                return True
-            if names is None:
-                names = await self._expression_names(job, completion, info.needs_context)
-                names["result"] = result
-            return bool(edge.condition.evaluate(names))
-
-        taken: list[CompiledEdge] = []
-        if completion.action is not None:
-            taken = [e for e in info.out_edges if e.edge.action == completion.action and await holds(e)]
-        if not taken:
-            taken = [e for e in info.out_edges if e.edge.action is None and await holds(e)]
-        by_target: dict[str, list[CompiledEdge]] = {}
-        for edge in info.out_edges:
-            by_target.setdefault(edge.edge.target, []).append(edge)
-        continues_loop = any(e.within_cycle for e in taken)
-        taken_ids = {id(e) for e in taken}
-        arrivals = []
-        for edges in by_target.values():
-            took = [e for e in edges if id(e) in taken_ids]
-            if not took and (edges[0].is_back or (edges[0].leaves_cycle and continues_loop)):
-                # a loop that is not continued simply ends (no skip travels back); an exit not taken
-                # while the loop goes on is decided by a later iteration
-                continue
-            edge = took[0] if took else edges[0]
-            contribution = completion.output
-            if took and edge.transform is not None:
-                if names is None:
-                    names = await self._expression_names(job, completion, True)
-                    names["result"] = result
-                contribution = edge.transform.evaluate({**names, "input": completion.output})
-            arrival = self._arrival(job, graph, job.node_id, job.visit, edge, bool(took), contribution,
-                                    due_at=completion.due_at)
-            if arrival.job.visit > self._max_iterations(graph):
-                raise FlowcraftError(
-                    f"loop at node {arrival.job.node_id!r} exceeded {self._max_iterations(graph)} iterations",
-                    hint="check the loop condition or raise metadata.maxIterations",
-                )
-            arrivals.append(arrival)
-        return arrivals
-
-    def _arrival(self, job: Job, graph: Graph, source: str, visit: int, edge: CompiledEdge, arrived: bool,
-                 contribution: Any, due_at: float | None = None) -> Arrival:
-        target = graph.info(edge.edge.target)
-        expected = target.back_preds if edge.is_back else target.forward_preds
-        single = len(expected) <= 1
-        target_job = Job(
-            job.run_id, job.blueprint_id, target.node.id, visit=graph.target_visit(source, visit, edge),
-            version=job.version, input=contribution if single else None, has_input=single, due_at=due_at,
-        )
-        return Arrival(target_job, source, arrived, contribution, expected, target.node.config.join_strategy)
+        names: dict[str, Any] = {}
+        transforms = any(e.transform is not None for e in info.out_edges)
+        if transforms or any(e.condition is not None for e in info.out_edges):
+            names = await self._expression_names(job, completion, info.needs_context or transforms)
+            names["result"] = {"output": completion.output, "action": completion.action}
+        return routing.completion_arrivals(graph, job, completion, names, self._max_iterations(graph))
 
     async def _expression_names(self, job: Job, completion: Completion, needs_context: bool) -> dict[str, Any]:
         context = await self.context.get_all(job.run_id) if needs_context else {}
@@ -1006,13 +953,3 @@ def _sleep_seconds(node: NodeDefinition) -> float:
         return float(duration) / 1000.0  # TypeScript Flowcraft: a number is milliseconds
     return parse_duration(duration, f"sleep node {node.id!r} duration")
 
-
-def _dedupe(arrivals: list[Arrival]) -> list[Arrival]:
-    seen: set[tuple[str, str]] = set()
-    out = []
-    for arrival in arrivals:
-        key = (arrival.target_key, arrival.member)
-        if key not in seen:
-            seen.add(key)
-            out.append(arrival)
-    return out
