@@ -4,13 +4,12 @@ poison job and serves the next run; a database file deleted under it stops it wi
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -69,17 +68,8 @@ object.__setattr__(app.blueprint("fallback").nodes[0].config, "fallback", "nowhe
 
 
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    for name in list(os.environ):
-        if name.startswith("FLOWCRAFT_") and not name.startswith(("FLOWCRAFT_TEST_", "FLOWCRAFT_DISABLE")):
-            monkeypatch.delenv(name)
-    (tmp_path / f"{APP_MODULE}.py").write_text(APP_SOURCE, encoding="utf-8")
-    (tmp_path / "flowcraft.toml").write_text(f'backend = "sqlite"\napp = "{APP_MODULE}:app"\n'
-                                             '[options]\npath = "runs.db"\n', encoding="utf-8")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield tmp_path
-    sys.modules.pop(APP_MODULE, None)
+def project(make_project: Callable[..., Path]) -> Path:
+    return make_project(APP_MODULE, APP_SOURCE, sqlite_config=True)
 
 
 class WorkerProcess:
@@ -157,6 +147,6 @@ async def test_deleting_the_database_stops_the_worker_with_a_clear_error(project
         worker.stop()
     assert code != 0
     assert worker.stderr.splitlines()[-2:] == [
-        "error: the SQLite database runs.db was deleted while this process used it",
+        f"error: the SQLite database {project / 'runs.db'} was deleted while this process used it",
         "hint: stop every worker and client using it, then start them again on the current file",
     ]

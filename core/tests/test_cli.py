@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,16 +60,9 @@ def leaky():
 
 
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def project(make_project: Callable[..., Path]) -> Path:
     """A working directory with an importable app module and no FLOWCRAFT_* configuration."""
-    for name in list(os.environ):
-        if name.startswith("FLOWCRAFT_") and not name.startswith(("FLOWCRAFT_TEST_", "FLOWCRAFT_DISABLE")):
-            monkeypatch.delenv(name)
-    (tmp_path / f"{APP_MODULE}.py").write_text(APP_SOURCE, encoding="utf-8")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield tmp_path
-    sys.modules.pop(APP_MODULE, None)
+    return make_project(APP_MODULE, APP_SOURCE)
 
 
 @pytest.fixture

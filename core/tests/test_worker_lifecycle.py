@@ -4,13 +4,12 @@ killed worker's job taken over after lease_seconds."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -41,19 +40,11 @@ app = App(flows=[flow])
 
 
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    for name in list(os.environ):
-        if name.startswith("FLOWCRAFT_") and not name.startswith(("FLOWCRAFT_TEST_", "FLOWCRAFT_DISABLE")):
-            monkeypatch.delenv(name)
-    (tmp_path / f"{APP_MODULE}.py").write_text(APP_SOURCE, encoding="utf-8")
-    (tmp_path / "flowcraft.toml").write_text(f'backend = "sqlite"\napp = "{APP_MODULE}:app"\n'
-                                             '[options]\npath = "runs.db"\n', encoding="utf-8")
-    (tmp_path / "hold").touch()
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
+def project(make_project: Callable[..., Path]) -> Path:
+    path = make_project(APP_MODULE, APP_SOURCE, sqlite_config=True)
+    (path / "hold").touch()
     assert CliRunner().invoke(cli, ["setup"]).exit_code == 0
-    yield tmp_path
-    sys.modules.pop(APP_MODULE, None)
+    return path
 
 
 class WorkerProcess:
