@@ -7,15 +7,13 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from flowcraft.engine.graph import Graph, analyze
+from flowcraft.engine.kinds import node_kind
 from flowcraft.errors import ConfigError
 from flowcraft.model import Blueprint
 from flowcraft.nodes.base import Implementation
 
 if TYPE_CHECKING:
     from flowcraft.flow import Flow
-
-BUILTIN_USES = frozenset({"sleep", "wait", "subflow", "map", "loop-controller"})
-
 
 class App:
     """Blueprints by id, each analysed once, and implementations by ``uses`` key.
@@ -79,7 +77,7 @@ class App:
         return self.registry.get(uses)
 
     def has_implementation(self, blueprint_id: str, uses: str) -> bool:
-        return uses in BUILTIN_USES or self.implementation(blueprint_id, uses) is not None
+        return node_kind(uses) is not None or self.implementation(blueprint_id, uses) is not None
 
     def content_hash(self, blueprint_id: str) -> str | None:
         return self._hashes.get(blueprint_id)

@@ -23,6 +23,7 @@ from flowcraft.engine import routing
 from flowcraft.engine.events import Event, EventBus, Middleware, run_with_middleware
 from flowcraft.engine.graph import Graph
 from flowcraft.engine.guards import DETERMINISTIC_ERRORS, context_problem, definition_problem, json_problem
+from flowcraft.engine.kinds import OUTPUTS_PREFIX, InlineKind, JobKind, KindContext, describe, node_kind
 from flowcraft.engine.outcome import NodeOutcome
 from flowcraft.errors import (
     ExpressionError,
@@ -33,7 +34,7 @@ from flowcraft.errors import (
     RunNotFoundError,
     StoreLimitError,
 )
-from flowcraft.model import NodeDefinition, parse_duration
+from flowcraft.model import NodeDefinition
 from flowcraft.nodes.base import (
     BaseNode,
     NodeContext,
@@ -60,8 +61,6 @@ from flowcraft.spi import (
 
 log = logging.getLogger("flowcraft.engine")
 
-GATHER_ITEM = -1  # item index of a map node's gather job
-OUTPUTS_PREFIX = "_outputs."
 FINISH_KEY = job_key(FINISH_NODE)
 
 
@@ -263,7 +262,7 @@ class Engine:
                 return
             try:
                 if begin.state in ("pending", "done") and begin.completion is not None:
-                    await self._recover(job, graph, record, begin.completion)
+                    await self._recover(delivery, job, graph, record, begin.completion)
                 elif begin.state == "pending":
                     await self._execute(delivery, job, graph, record)
             except StoreLimitError as refused:  # every redelivery would be refused alike: fail the run now
@@ -297,7 +296,7 @@ class Engine:
         log.error("job %s of run %s failed on each of %d deliveries", delivery.job.key, delivery.job.run_id,
                   delivery.deliveries, exc_info=error)
         return (f"handling job {delivery.job.key!r} failed on each of {delivery.deliveries} deliveries: "
-                f"{_describe(error)} (this is a Flowcraft bug: report it with the worker log)")
+                f"{describe(error)} (this is a Flowcraft bug: report it with the worker log)")
 
     async def _preflight(self, delivery: Delivery) -> tuple[RunRecord, Graph] | None:
         """Checks before taking the lease; None when the delivery was already acked, released or dead-lettered."""
@@ -327,19 +326,17 @@ class Engine:
             return None
         return record, graph
 
-    async def _recover(self, job: Job, graph: Graph, record: RunRecord, completion: Completion) -> None:
-        """Redo the transition of a job whose completion record exists, exactly as its first delivery did.
-
-        A map's fan-out job and its chunk jobs record placeholder completions (the fan-out's ``None``, one
-        chunk's outputs): they fire chunks and the gather, never the node's successors, which only the
-        gather job routes with the node's gathered result."""
-        if job.item is not None and job.item != GATHER_ITEM:
-            await self._complete_chunk(job, graph, record, graph.info(job.node_id).node, completion.output,
-                                       completion=completion)
-        elif job.item is None and graph.info(job.node_id).node.uses == "map" and completion.output is None:
-            await self._builtin_map(None, job, graph, record, graph.info(job.node_id).node, completion=completion)
-        else:
-            await self._route(job, graph, record, completion, recovery=True)
+    async def _recover(self, delivery: Delivery, job: Job, graph: Graph, record: RunRecord,
+                       completion: Completion) -> None:
+        """Redo the transition of a job whose completion record exists, exactly as its first delivery did:
+        route the completion, unless the node's kind redoes the transition itself (a map's placeholders)."""
+        node = graph.info(job.node_id).node
+        kind = node_kind(node.uses)
+        if isinstance(kind, JobKind) and await kind.recover(
+                KindContext(delivery=delivery, job=job, node=node, graph=graph, record=record,
+                            context=RunContext(self.context, job.run_id), engine=self), completion):
+            return
+        await self._route(job, graph, record, completion, recovery=True)
 
     async def heartbeat(self) -> None:
         """Keep leases and queue visibility of in-flight jobs alive; stop nodes of runs that ended."""
@@ -356,40 +353,38 @@ class Engine:
     # ------------------------------------------------------------------ execution
     async def _execute(self, delivery: Delivery, job: Job, graph: Graph, record: RunRecord) -> None:
         node = graph.info(job.node_id).node
-        if job.item == GATHER_ITEM:
-            await self._gather(job, graph, record)
-            return
-        if job.item is None and node.uses in ("wait", "subflow", "map"):
-            await getattr(self, f"_builtin_{node.uses}")(delivery, job, graph, record, node)
-            return
         context = RunContext(self.context, job.run_id)
+        kind = node_kind(node.uses)
+        if isinstance(kind, JobKind):
+            outcome = await kind.run(KindContext(delivery=delivery, job=job, node=node, graph=graph, record=record,
+                                                 context=context, engine=self))
+        else:
+            outcome = await self._attempt(delivery, job, node, graph, context, node.uses)
+            if outcome.state == "completed":
+                self._fault("after_execute")
+        if outcome.state == "completed":
+            completion = self._completion(job, outcome.output, outcome.action, context, due_at=outcome.due_at,
+                                          fallback=outcome.fallback)
+            await self._route(job, graph, record, completion, recovery=False)
+        elif outcome.error is not None:
+            await self._fail(record, job.node_id, describe(outcome.error))
+
+    async def _attempt(self, delivery: Delivery, job: Job, node: NodeDefinition, graph: Graph, context: RunContext,
+                       uses: str) -> NodeOutcome:
+        """One attempt of the job's node with implementation ``uses``; settled when the run was cancelled
+        while the node ran (nothing to record)."""
         ctx = self._node_context(job, node, context, await self._node_input(job, node))
         try:
-            outcome = await self._run_node(delivery, job, node, ctx, graph)
+            return await self._run_node(delivery, job, node, uses, ctx, graph)
         except asyncio.CancelledError:
             if job.run_id in self._cancelled_runs:
-                return  # the run was cancelled while the node ran: nothing to record
+                return NodeOutcome.settled()
             raise
-        if outcome.state == "retry_scheduled":
-            return
-        if outcome.error is not None:
-            await self._handle_failure(job, node, record, outcome.error)
-            return
-        self._fault("after_execute")
-        if job.item is not None:
-            await self._complete_chunk(job, graph, record, node, outcome.output)
-            return
-        completion = self._completion(job, outcome.output, outcome.action, context, due_at=outcome.due_at,
-                                      fallback=outcome.fallback)
-        await self._route(job, graph, record, completion, recovery=False)
 
     async def _run_node(
-        self, delivery: Delivery, job: Job, node: NodeDefinition, ctx: NodeContext, graph: Graph
+        self, delivery: Delivery, job: Job, node: NodeDefinition, uses: str, ctx: NodeContext, graph: Graph
     ) -> NodeOutcome:
         """Run the node, or its fallback after the last attempt: completed, retry_scheduled or failed."""
-        uses = node.uses
-        if job.item is not None:
-            uses = str(node.params.get("worker", ""))
         await self._emit("node:start", job.run_id, job.blueprint_id, job.node_id,
                          {"visit": job.visit, "attempt": job.attempt})
         inflight = _InFlight(delivery, ctx._cancel_event, asyncio.current_task())
@@ -415,7 +410,7 @@ class Engine:
         """After a node raised ``exc``: schedule a retry, else run its fallback, else fail it."""
         config = node.config
         await self._emit("node:error", job.run_id, job.blueprint_id, job.node_id,
-                         {"error": _describe(exc), "attempt": job.attempt})
+                         {"error": describe(exc), "attempt": job.attempt})
         if job.attempt < config.max_attempts and not isinstance(exc, ExpressionError):
             delay = config.retry_delay_for(job.attempt)
             delay *= 1 + random.uniform(0, self.options.retry_jitter)
@@ -439,7 +434,7 @@ class Engine:
             graph = self._graph_or_raise(job.blueprint_id)
             fallback_node = graph.info(config.fallback).node
             await self._emit("node:fallback", job.run_id, job.blueprint_id, job.node_id,
-                             {"fallback": fallback_node.id, "error": _describe(exc)})
+                             {"fallback": fallback_node.id, "error": describe(exc)})
             try:
                 produced = await self._invoke(job, fallback_node, fallback_node.uses, ctx, graph)
             except BaseException as fallback_exc:
@@ -453,12 +448,10 @@ class Engine:
     async def _invoke(
         self, job: Job, node: NodeDefinition, uses: str, ctx: NodeContext, graph: Graph
     ) -> NodeOutcome:
-        """Call the implementation once (with timeout and middleware); builtins that compute inline too."""
-        if uses == "sleep":
-            seconds = _sleep_seconds(node)
-            return NodeOutcome.completed(ctx.input, due_at=time.time() + seconds)
-        if uses == "loop-controller":
-            return NodeOutcome.completed(ctx.input, await self._loop_decision(job, node, ctx))
+        """Call the implementation once (with timeout and middleware); inline node kinds compute instead."""
+        kind = node_kind(uses)
+        if isinstance(kind, InlineKind):
+            return await kind.compute(node, ctx)
         if job.item is not None:
             chunk = ctx.input if isinstance(ctx.input, list) else [ctx.input]
             outputs = []
@@ -493,14 +486,6 @@ class Engine:
             ctx._cancel_event.set()
             raise NodeTimeoutError(f"node {node.id!r} timed out after {timeout:g}s") from None
         return NodeOutcome.completed(*_split(result))
-
-    async def _handle_failure(self, job: Job, node: NodeDefinition, record: RunRecord, error: BaseException) -> None:
-        if job.item is not None and node.params.get("collectErrors"):
-            chunk = job.input if isinstance(job.input, list) else [job.input]
-            await self._complete_chunk(job, self._graph_or_raise(job.blueprint_id), record, node,
-                                       [{"error": _describe(error)} for _ in chunk])
-            return
-        await self._fail(record, job.node_id, _describe(error))
 
     # ------------------------------------------------------------------ routing and commit
     async def _route(self, job: Job, graph: Graph, record: RunRecord, completion: Completion, *, recovery: bool
@@ -630,157 +615,6 @@ class Engine:
         for job in jobs:
             if job.due_at is not None and job.due_at > now:
                 await self.queue.enqueue([job], job.due_at - now)
-
-    # ------------------------------------------------------------------ wait, subflow, map
-    async def _builtin_wait(self, delivery: Delivery, job: Job, graph: Graph, record: RunRecord,
-                            node: NodeDefinition) -> None:
-        resume = (job.payload or {}).get("resume")
-        if resume is None:
-            # a delivery from before the resume (its worker parked the wait and died before the ack) must
-            # not park the wait again: the resume is in the job's stored document
-            stored = [p.job for p in await self.coordination.jobs(job.run_id, "pending") if p.job.key == job.key]
-            resume = (stored[0].payload or {}).get("resume") if stored else None
-        if resume is None:
-            committed = await self.coordination.park(job.run_id, job.key)
-            await self._after_finish(record, committed)
-            return
-        output = resume.get("output")
-        completion = self._completion(job, output, resume.get("action"), None)
-        await self._emit("node:finish", job.run_id, job.blueprint_id, job.node_id, {"output": output})
-        await self._route(job, graph, record, completion, recovery=False)
-
-    async def _builtin_subflow(self, delivery: Delivery, job: Job, graph: Graph, record: RunRecord,
-                               node: NodeDefinition) -> None:
-        params = node.params
-        child_blueprint = str(params.get("blueprintId", ""))
-        child_id = f"{job.run_id}/{job.node_id}#{job.visit}.{job.attempt}"
-        child = await self.status.get(child_id)
-        if child is None:
-            depth = int((record.parent or {}).get("depth", 0)) + 1  # how deep the child run would be nested
-            if depth > self.app.max_subflow_depth:
-                await self._fail(record, job.node_id, f"subflow {child_blueprint!r} would be nested {depth} runs "
-                                 f"deep, more than max_subflow_depth {self.app.max_subflow_depth}",
-                                 hint="a blueprint that runs itself through subflows needs a condition that stops "
-                                 "it; `flowcraft lint` reports SUBFLOW_RECURSION")
-                return
-            child_context: dict[str, Any] = {}
-            input_map = params.get("inputs") or {}
-            if input_map:
-                parent_values = await self.context.get_many(job.run_id, list(input_map.values()))
-                child_context = {k: parent_values[v] for k, v in input_map.items() if v in parent_values}
-            input_value = await self._node_input(job, node)
-            await self.context.apply(job.run_id, {f"_subflow.{job.node_id}.{job.visit}": child_id})
-            parent = {"run_id": job.run_id, "blueprint_id": job.blueprint_id, "node_id": job.node_id,
-                      "visit": job.visit, "attempt": job.attempt, "version": job.version, "depth": depth}
-            try:
-                await self.start(child_blueprint, input_value, run_id=child_id, context=child_context, parent=parent)
-            except FlowcraftError as exc:
-                await self._fail(record, job.node_id, f"subflow {child_blueprint!r} could not start: {exc}")
-            return
-        if child.status in ACTIVE_STATUSES:
-            if child.status == "awaiting":
-                await self._reflect_on_parent(child, "awaiting")
-            return  # the child notifies this job when it ends
-        if child.status == "completed":
-            result = await self.result(child_id)
-            updates = {parent_key: result.context.get(child_key)
-                       for parent_key, child_key in (params.get("outputs") or {}).items()}
-            completion = self._completion(job, result.output, None, None, extra=updates)
-            await self._emit("node:finish", job.run_id, job.blueprint_id, job.node_id, {"output": result.output})
-            await self._route(job, graph, record, completion, recovery=False)
-            return
-        message = "; ".join(e.get("message", "") for e in child.errors) or child.status
-        if len(message) > 600:  # nested subflows quote each other: keep the outermost and the root cause
-            message = f"{message[:200]} ... {message[-400:]}"
-        error = FlowcraftError(f"subflow {child_blueprint!r} run {child_id!r} {child.status}: {message}")
-        context = RunContext(self.context, job.run_id)
-        ctx = self._node_context(job, node, context, None)
-        outcome = await self._after_error(job, node, ctx, error)
-        if outcome.state == "retry_scheduled":
-            return
-        if outcome.error is not None:
-            await self._fail(record, job.node_id, _describe(outcome.error))
-            return
-        completion = self._completion(job, outcome.output, outcome.action, context, fallback=outcome.fallback)
-        await self._route(job, graph, record, completion, recovery=False)
-
-    async def _builtin_map(self, delivery: Delivery | None, job: Job, graph: Graph, record: RunRecord,
-                           node: NodeDefinition, completion: Completion | None = None) -> None:
-        """Fan out the node's list in chunks (lanes of at most maxConcurrency chunks each); with the
-        fan-out's stored ``completion`` this is a recovery that re-fires the same chunk jobs."""
-        items = await self._node_input(job, node)
-        if not isinstance(items, list):
-            await self._fail(record, job.node_id,
-                             f"map node {job.node_id!r} needs a list as input, got {type(items).__name__}")
-            return
-        if not items:
-            await self._route(job, graph, record, self._completion(job, [], None, None), recovery=False)
-            return
-        size = max(1, int(node.params.get("chunkSize") or 1))
-        chunks = [items[i : i + size] for i in range(0, len(items), size)]
-        lanes = min(len(chunks), max(1, int(node.params.get("maxConcurrency") or len(chunks))))
-        chunk_ids = tuple(str(i) for i in range(len(chunks)))
-        arrivals = []
-        for lane in range(lanes):
-            rest = [[index, chunks[index]] for index in range(lane + lanes, len(chunks), lanes)]
-            chunk_job = Job(job.run_id, job.blueprint_id, job.node_id, visit=job.visit, item=lane,
-                            version=job.version, input=chunks[lane], has_input=True,
-                            payload={"lane": rest, "chunks": chunk_ids.__len__()})
-            arrivals.append(Arrival(chunk_job, job.node_id, True, chunks[lane], (job.node_id,)))
-        recovery = completion is not None
-        completion = completion or self._completion(job, None, None, None)
-        committed = await self._commit(job, Transition(job.run_id, job.key, completion, tuple(arrivals), finish=True,
-                                                       recovery=recovery))
-        if committed.conflict is not None:  # another attempt fanned out first: re-fire exactly its chunks
-            await self._builtin_map(None, job, graph, record, node, completion=committed.conflict)
-            return
-        await self._dispatch(committed)
-
-    async def _complete_chunk(self, job: Job, graph: Graph, record: RunRecord, node: NodeDefinition,
-                              outputs: Any, completion: Completion | None = None) -> None:
-        """Record one chunk's outputs as an arrival at the gather and fire the next chunk of its lane;
-        with the chunk's stored ``completion`` this is a recovery that re-fires what it fired."""
-        payload = dict(job.payload or {})
-        count = int(payload.get("chunks", 1))
-        gather = Job(job.run_id, job.blueprint_id, job.node_id, visit=job.visit, item=GATHER_ITEM,
-                     version=job.version)
-        arrivals = [Arrival(gather, str(job.item), True, outputs, tuple(str(i) for i in range(count)))]
-        rest = payload.get("lane") or []
-        if rest:
-            index, chunk = rest[0]
-            follow = Job(job.run_id, job.blueprint_id, job.node_id, visit=job.visit, item=int(index),
-                         version=job.version, input=chunk, has_input=True,
-                         payload={"lane": rest[1:], "chunks": count})
-            arrivals.append(Arrival(follow, f"lane:{job.item}", True, chunk, ("lane",)))
-        recovery = completion is not None
-        completion = completion or Completion(job.node_id, outputs, token=self._token())
-        committed = await self._commit(job, Transition(job.run_id, job.key, completion, tuple(arrivals), finish=True,
-                                                       recovery=recovery))
-        if committed.conflict is not None:  # another attempt of this chunk committed first: redo its transition
-            await self._complete_chunk(job, graph, record, node, committed.conflict.output, committed.conflict)
-            return
-        await self._dispatch(committed)
-        await self._after_finish(record, committed)
-
-    async def _gather(self, job: Job, graph: Graph, record: RunRecord) -> None:
-        by_chunk = job.input if isinstance(job.input, dict) else {}
-        output: list[Any] = []
-        for index in sorted(by_chunk, key=int):
-            output.extend(by_chunk[index])
-        completion = self._completion(job, output, None, None)
-        await self._emit("node:finish", job.run_id, job.blueprint_id, job.node_id, {"output": output})
-        await self._route(job, graph, record, completion, recovery=False)
-
-    async def _loop_decision(self, job: Job, node: NodeDefinition, ctx: NodeContext) -> str:
-        condition = node.params.get("condition")
-        if not condition:
-            return "break"
-        from flowcraft.expressions import compile_expression
-
-        context = await ctx.context.to_dict()
-        names = {k[len(OUTPUTS_PREFIX):]: v for k, v in context.items() if k.startswith(OUTPUTS_PREFIX)}
-        names.update({"context": context, "input": ctx.input, "visit": job.visit, "iteration": job.visit + 1})
-        return "continue" if compile_expression(str(condition)).evaluate(names) else "break"
 
     # ------------------------------------------------------------------ parents and children
     async def _notify_parent(self, child: RunRecord) -> None:
@@ -938,18 +772,3 @@ def _refuse_unstorable(node_id: str, output: Any, ctx: NodeContext) -> None:
     if problem is not None:
         raise InvalidValueError(problem, hint="return and store JSON values: dicts with string keys, lists, "
                                               "strings, numbers, booleans, None")
-
-
-def _describe(error: BaseException) -> str:
-    if isinstance(error, FlowcraftError):
-        return str(error)
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-def _sleep_seconds(node: NodeDefinition) -> float:
-    duration = node.params.get("duration", 0)
-    if isinstance(duration, int | float) and not isinstance(duration, bool) and node.params.get("unit") != "s":
-        return float(duration) / 1000.0  # TypeScript Flowcraft: a number is milliseconds
-    return parse_duration(duration, f"sleep node {node.id!r} duration")
-
