@@ -703,7 +703,7 @@ async def batch(target: Target, workload: Workload, count: int, timeout: float
 
 
 async def verify(target: Target, workload: Workload, run_id: str) -> None:
-    result = await target.engine.result(run_id)
+    result = await target.engine.runs.result(run_id)
     expected = expected_output(workload.name)
     if result.output != expected or len(result.outputs) != workload.nodes:
         raise BenchmarkError(f"{workload.name}: run {run_id} produced {result.output!r} with "

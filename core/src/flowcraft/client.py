@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from flowcraft.app import App
-from flowcraft.engine.core import Engine, RunResult
+from flowcraft.engine.control import RunResult
+from flowcraft.engine.core import Engine
 from flowcraft.errors import ConfigError, WaitTimeoutError
 from flowcraft.reconciler import Reconciler
 from flowcraft.spi import FINAL_STATUSES, Backend, ReconcileStats, RunRecord
@@ -28,7 +29,7 @@ class Client:
         if self.app.blueprint(blueprint_id) is None:
             raise ConfigError(f"the client does not know blueprint {blueprint_id!r}",
                               hint="connect(app=...) or set `app = \"module:attribute\"` in config")
-        return await self.engine.start(blueprint_id, input, run_id=run_id, context=context)
+        return await self.engine.runs.start(blueprint_id, input, run_id=run_id, context=context)
 
     async def wait(self, run_id: str, timeout: float | None = None) -> RunResult:
         """Wait until the run is completed, failed, cancelled or awaiting. Stores that can notify wake
@@ -38,7 +39,7 @@ class Client:
         while True:
             record = await self.backend.status.get(run_id)
             if record is not None and record.status in SETTLED_STATUSES:
-                return await self.engine.result(run_id)
+                return await self.engine.runs.result(run_id)
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise WaitTimeoutError(f"run {run_id!r} did not settle within {timeout}s",
@@ -51,7 +52,7 @@ class Client:
         return await self.wait(await self.start(blueprint_id, input, run_id=run_id), timeout)
 
     async def status(self, run_id: str) -> RunResult:
-        return await self.engine.result(run_id)
+        return await self.engine.runs.result(run_id)
 
     async def runs(self, status: str | None = None, blueprint_id: str | None = None, limit: int = 50,
                    cursor: str | None = None) -> tuple[list[RunRecord], str | None]:
@@ -59,10 +60,10 @@ class Client:
 
     async def resume(self, run_id: str, action: str | None = None, output: Any = None,
                      node_id: str | None = None) -> None:
-        await self.engine.resume(run_id, action, output, node_id)
+        await self.engine.runs.resume(run_id, action, output, node_id)
 
     async def cancel(self, run_id: str) -> bool:
-        return await self.engine.cancel(run_id)
+        return await self.engine.runs.cancel(run_id)
 
     async def reconcile(self, stalled_threshold_seconds: float = 300.0) -> ReconcileStats:
         return await Reconciler(self.backend, stalled_threshold_seconds=stalled_threshold_seconds).run()

@@ -9,7 +9,8 @@ from typing import Any
 from flowcraft.app import App
 from flowcraft.backends.memory import memory_backend
 from flowcraft.client import Client
-from flowcraft.engine.core import Engine, EngineOptions, RunResult
+from flowcraft.engine.control import RunResult
+from flowcraft.engine.core import Engine, EngineOptions
 from flowcraft.engine.events import EventBus, Listener, Middleware
 from flowcraft.engine.worker import Worker
 from flowcraft.flow import Flow
@@ -57,7 +58,7 @@ class FlowRuntime:
     async def start(self, blueprint_id: str, input: Any = None, *, run_id: str | None = None,
                     context: Mapping[str, Any] | None = None) -> str:
         self._ensure_worker()
-        return await self.engine.start(blueprint_id, input, run_id=run_id, context=context)
+        return await self.engine.runs.start(blueprint_id, input, run_id=run_id, context=context)
 
     async def run(self, blueprint_id: str, input: Any = None, *, run_id: str | None = None,
                   context: Mapping[str, Any] | None = None, timeout: float | None = None) -> RunResult:
@@ -72,14 +73,14 @@ class FlowRuntime:
                      node_id: str | None = None, timeout: float | None = None) -> RunResult:
         run_id = run.run_id if isinstance(run, RunResult) else run
         self._ensure_worker()
-        await self.engine.resume(run_id, action, output, node_id)
+        await self.engine.runs.resume(run_id, action, output, node_id)
         return await self.wait(run_id, timeout)
 
     async def cancel(self, run: str | RunResult) -> bool:
-        return await self.engine.cancel(run.run_id if isinstance(run, RunResult) else run)
+        return await self.engine.runs.cancel(run.run_id if isinstance(run, RunResult) else run)
 
     async def status(self, run_id: str) -> RunResult:
-        return await self.engine.result(run_id)
+        return await self.engine.runs.result(run_id)
 
     def run_sync(self, blueprint_id: str, input: Any = None, **kwargs: Any) -> RunResult:
         """``run`` for scripts without an event loop."""

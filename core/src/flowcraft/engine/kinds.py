@@ -107,7 +107,7 @@ class KindContext:
 
     async def fail(self, message: str, hint: str = "") -> None:
         """Fail the run with ``message`` (and ``hint``), naming this node."""
-        await self.engine._fail(self.record, self.job.node_id, message, hint)
+        await self.engine.runs.fail(self.record, self.job.node_id, message, hint)
 
     async def after_error(self, error: BaseException) -> NodeOutcome:
         """The node's retry policy applied to ``error``: a retry scheduled, its fallback's result, or failed."""
@@ -207,10 +207,10 @@ class SubflowKind(JobKind):
             return NodeOutcome.settled()
         if child.status in ACTIVE_STATUSES:
             if child.status == "awaiting":
-                await ctx.engine._reflect_on_parent(child, "awaiting")
+                await ctx.engine.runs.reflect_on_parent(child, "awaiting")
             return NodeOutcome.settled()  # the child notifies this job when it ends
         if child.status == "completed":
-            result = await ctx.engine.result(child_id)
+            result = await ctx.engine.runs.result(child_id)
             for parent_key, child_key in (params.get("outputs") or {}).items():
                 await ctx.context.set(parent_key, result.context.get(child_key))
             await ctx.emit("node:finish", {"output": result.output})
@@ -240,7 +240,7 @@ class SubflowKind(JobKind):
         parent = {"run_id": job.run_id, "blueprint_id": job.blueprint_id, "node_id": job.node_id,
                   "visit": job.visit, "attempt": job.attempt, "version": job.version, "depth": depth}
         try:
-            await ctx.engine.start(child_blueprint, input_value, run_id=child_id, context=child_context,
+            await ctx.engine.runs.start(child_blueprint, input_value, run_id=child_id, context=child_context,
                                    parent=parent)
         except FlowcraftError as exc:
             await ctx.fail(f"subflow {child_blueprint!r} could not start: {exc}")
