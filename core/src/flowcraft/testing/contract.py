@@ -35,7 +35,17 @@ from flowcraft.engine.core import Engine, EngineOptions, RunResult
 from flowcraft.engine.worker import Worker
 from flowcraft.plugins import registry
 from flowcraft.reconciler import Reconciler
-from flowcraft.spi import FINAL_STATUSES, Arrival, Backend, Completion, Delivery, Job, RunRecord, Transition
+from flowcraft.spi import (
+    FINAL_STATUSES,
+    Arrival,
+    Backend,
+    Committed,
+    Completion,
+    Delivery,
+    Job,
+    RunRecord,
+    Transition,
+)
 from flowcraft.testing.apps import app as contract_app
 from flowcraft.testing.worker import FAULT_POINTS
 
@@ -587,6 +597,31 @@ class RecoveryContract(_Base):
         assert result.status == "completed", result.errors
         assert result.context["count"] == 4 and result.outputs["after"] == 4
         assert Counter(e["node"] for e in read_log(log))["body"] == 4
+
+    async def test_an_attempt_that_never_committed_leaves_no_context(self, backend: Backend,
+                                                                    tmp_path: Path) -> None:
+        engine, client = self._engine(backend), Client(backend, contract_app)
+        log = tmp_path / "log"
+        run_id = await client.start("contract-loop", {"log": str(log)})
+        commit, died = backend.coordination.commit, list[str]()
+
+        async def dies_in_first_body_commit(transition: Transition) -> Committed:
+            if not died and transition.completion is not None and transition.completion.node_id == "body":
+                died.append(transition.job_key)
+                raise _Interrupted("the worker died while committing")
+            return await commit(transition)
+
+        backend.coordination.commit = dies_in_first_body_commit  # type: ignore[method-assign]
+        deadline = time.monotonic() + 30 + self.visibility_timeout
+        while (await client.status(run_id)).status == "running" and time.monotonic() < deadline:
+            for delivery in await backend.queue.dequeue(1, 0.2):
+                with contextlib.suppress(_Interrupted):  # its message comes back after the visibility timeout
+                    await engine.handle(delivery)
+        result = await client.status(run_id)
+        assert died and result.status == "completed", result.errors
+        # the attempt that died counted 1 without committing: its re-execution must count 1 again
+        assert result.context["count"] == 4 and result.outputs["after"] == 4
+        assert Counter(e["node"] for e in read_log(log))["body"] == 5
 
     async def test_context_is_durable_before_successors_can_fire(self, backend: Backend) -> None:
         client = Client(backend, contract_app)
