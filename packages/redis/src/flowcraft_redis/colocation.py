@@ -33,12 +33,16 @@ _KINDS: tuple[tuple[str, type[Any]], ...] = (
 
 class Dispatcher(ABC):
     """What a queue on the same Redis gives ``RedisCoordinationStore`` so the commit script pushes the jobs it
-    fires into that queue itself.
+    fires into that queue itself. The queue keeps its own storage layout: the commit script only calls the
+    queue's Lua.
 
-    ``args(count, now)`` returns the ARGV tail the commit script's dispatch section reads (see
-    ``flowcraft_redis.scripts.COMMIT``): the queue and registry keys, the job-hash key prefix, the origin,
-    the job TTL, the wrapper around a job document, the constant job-hash fields, the time (ISO text)
-    and ``count`` fresh job ids."""
+    ``lua`` defines ``local function dispatch(fired, run, now, at)``, prepended to the commit script
+    (``lua/commit.lua``) and called with the fired jobs (``{index, job JSON, due ('' or seconds), job key,
+    spliced}`` each), the run id, the time, and where ``args(count, now)`` (what that function reads) begins
+    in ARGV."""
+
+    #: the Lua source defining ``dispatch`` (see the class docstring)
+    lua: str
 
     @abstractmethod
     def args(self, count: int, now: float) -> list[Any]:

@@ -58,7 +58,7 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
         #: pushes fired jobs into a queue on the same Redis (None: the engine enqueues them)
         self.dispatcher = dispatcher
         batcher = self.batcher
-        self._commit = batcher.script(scripts.COMMIT)
+        self._commit: tuple[Dispatcher | None, str] = (None, batcher.script(scripts.commit()))
         self._begin = batcher.script(scripts.BEGIN)
         self._renew = batcher.script(scripts.RENEW)
         self._release = batcher.script(scripts.RELEASE)
@@ -141,7 +141,7 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
             args += dispatcher.args(len(arrivals), now)
         else:
             args.append(0)
-        result = await self._call(self._commit, *args)
+        result = await self._call(self._commit_sha(dispatcher), *args)
         if result[0] == b"conflict":
             return Committed(conflict=Completion.from_dict(loads(result[1])))
         pending, parked, released, count = (int(v) for v in result[1:5])
@@ -154,6 +154,13 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
         skipped = tuple(text(key) for key in result[at + 1 : at + 1 + int(result[at])])
         return Committed(fired=tuple(fired), skipped=skipped, pending=pending, parked=parked,
                          dispatched=dispatcher is not None, lease_released=bool(released))
+
+    def _commit_sha(self, dispatcher: Dispatcher | None) -> str:
+        """The SHA of the commit script for ``dispatcher`` (its Lua prepended), registered on first use."""
+        if self._commit[0] is not dispatcher:
+            lua = dispatcher.lua if dispatcher is not None else ""
+            self._commit = (dispatcher, self.batcher.script(scripts.commit(lua)))
+        return self._commit[1]
 
     # ------------------------------------------------------------------ waits
     async def park(self, run_id: str, job_key: str) -> Committed:

@@ -11,7 +11,13 @@ def _lua(name: str) -> str:
     return read_lua("flowcraft_redis", name)
 
 
-COMMIT = with_leases(_lua("commit"))
+
+def commit(dispatch_lua: str = "") -> str:
+    """The commit script; ``dispatch_lua`` is a queue's ``Dispatcher.lua`` when commits push fired jobs."""
+    return with_leases(dispatch_lua + _COMMIT)
+
+
+_COMMIT = _lua("commit")
 BEGIN = with_leases(_lua("begin"))
 RENEW = with_leases(_lua("renew"))
 RELEASE = DROP_LEASE_LUA

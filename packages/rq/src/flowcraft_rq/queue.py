@@ -82,6 +82,8 @@ class RqReceipt:
 class RqDispatcher(Dispatcher):
     """Lets ``RedisCoordinationStore.commit`` push fired jobs into this queue in the same script."""
 
+    lua = scripts.DISPATCH
+
     def __init__(self, queue: RqQueue) -> None:
         self.queue = queue
         q = queue

@@ -18,4 +18,7 @@ ACK = _lua("ack")
 DROP_LEASE = DROP_LEASE_LUA
 RELEASE = with_leases(_lua("release"))
 EXTEND = _lua("extend")
-ENQUEUE = _lua("enqueue")
+_RQ_JOB = _lua("rq_job")  # writes our rq job hashes: shared by ENQUEUE and the commit's dispatch
+ENQUEUE = _RQ_JOB + _lua("enqueue")
+#: ``Dispatcher.lua`` of the rq queue: prepended to flowcraft_redis's commit script
+DISPATCH = _RQ_JOB + _lua("dispatch")

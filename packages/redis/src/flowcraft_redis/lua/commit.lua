@@ -117,36 +117,10 @@ for _, key in ipairs({jobs, done, meta, lease}) do redis.call('EXPIRE', key, ttl
 if touched then redis.call('EXPIRE', arrs, ttl) end
 redis.call('EXPIRE', P .. 'status:' .. run, ttl)
 
--- dispatch (Committed.dispatched): push fired jobs into a queue on this Redis, due ones to its list and
--- later ones to its scheduled registry (see flowcraft_redis.colocation.Dispatcher)
+-- dispatch (Committed.dispatched): with a queue on this Redis, the queue's own Lua (Dispatcher.lua, prepended
+-- to this script) pushes the fired jobs; its ARGV follow
 local ndisp = tonumber(ARGV[i]); i = i + 1
-if ndisp > 0 and #fired > 0 then
-  local qkey, skey, jprefix, qset, origin = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  local jttl, head, tail, nstatic = tonumber(ARGV[i + 5]), ARGV[i + 6], ARGV[i + 7], tonumber(ARGV[i + 8])
-  local static = {}
-  for j = i + 9, i + 8 + 2 * nstatic do static[#static + 1] = ARGV[j] end
-  local now_iso = ARGV[i + 9 + 2 * nstatic]
-  local ids_at = i + 10 + 2 * nstatic
-  local ready = {}
-  for f, entry in ipairs(fired) do
-    local id = ARGV[ids_at + f - 1]
-    local hkey = jprefix .. id
-    if #static > 0 then redis.call('HSET', hkey, unpack(static)) end
-    redis.call('HSET', hkey, 'data', head .. entry[2] .. tail, 'created_at', now_iso, 'origin', origin,
-      'description', 'flowcraft ' .. run .. ' ' .. entry[4], 'flowcraft_run', run, 'flowcraft_key', entry[4])
-    local due = tonumber(entry[3])
-    if due and due > now then
-      redis.call('HSET', hkey, 'status', 'scheduled')
-      redis.call('ZADD', skey, due, id)
-    else
-      redis.call('HSET', hkey, 'status', 'queued', 'enqueued_at', now_iso)
-      ready[#ready + 1] = id
-    end
-    redis.call('EXPIRE', hkey, jttl)
-  end
-  if #ready > 0 then redis.call('RPUSH', qkey, unpack(ready)) end
-  redis.call('SADD', qset, qkey)
-end
+if ndisp > 0 and #fired > 0 then dispatch(fired, run, now, i) end
 
 local pending = tonumber(redis.call('HGET', meta, 'pending') or '0')
 local parked = tonumber(redis.call('HGET', meta, 'parked') or '0')
