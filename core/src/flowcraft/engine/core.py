@@ -15,11 +15,13 @@ import random
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from flowcraft.app import App
 from flowcraft.engine import routing
+from flowcraft.engine.control import RunControl, graph_or_raise
+from flowcraft.engine.control import RunResult as RunResult  # where callers import it from
 from flowcraft.engine.events import Event, EventBus, Middleware, run_with_middleware
 from flowcraft.engine.graph import Graph
 from flowcraft.engine.guards import DETERMINISTIC_ERRORS, context_problem, definition_problem, json_problem
@@ -28,10 +30,8 @@ from flowcraft.engine.outcome import NodeOutcome
 from flowcraft.errors import (
     ExpressionError,
     FlowcraftError,
-    InvalidStateError,
     InvalidValueError,
     NodeTimeoutError,
-    RunNotFoundError,
     StoreLimitError,
 )
 from flowcraft.model import NodeDefinition
@@ -77,24 +77,6 @@ class EngineOptions:
 
 
 @dataclass(slots=True)
-class RunResult:
-    """A run's outcome as returned by ``FlowRuntime.run`` and ``Client.wait``."""
-
-    run_id: str
-    blueprint_id: str
-    status: str
-    outputs: dict[str, Any] = field(default_factory=dict)
-    context: dict[str, Any] = field(default_factory=dict)
-    errors: list[dict[str, Any]] = field(default_factory=list)
-    awaiting: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def output(self) -> Any:
-        """The output of the run's last terminal node(s): one value, or a dict when several finished."""
-        return self.context.get("_result")
-
-
-@dataclass(slots=True)
 class _InFlight:
     delivery: Delivery
     cancel: asyncio.Event
@@ -102,6 +84,10 @@ class _InFlight:
 
 
 class Engine:
+    """Handles delivered jobs (``handle``) and keeps their leases alive (``heartbeat``): the worker side.
+    Node kinds are in ``flowcraft.engine.kinds``, routing in ``flowcraft.engine.routing``; what clients do
+    to runs (start, resume, cancel, result) is ``engine.runs``, a ``RunControl`` on the same backend."""
+
     def __init__(
         self,
         app: App,
@@ -130,96 +116,7 @@ class Engine:
         self._handling: set[tuple[str, str]] = set()  # (run, job key) of deliveries being handled now
         self._token_prefix = uuid.uuid4().hex[:16]  # not worker_id: users may reuse names across processes
         self._tokens = itertools.count()  # leases a finishing commit already released
-
-    # ------------------------------------------------------------------ client-side operations
-    async def start(
-        self,
-        blueprint_id: str,
-        input: Any = None,
-        *,
-        run_id: str | None = None,
-        context: Mapping[str, Any] | None = None,
-        parent: Mapping[str, Any] | None = None,
-    ) -> str:
-        graph = self._graph_or_raise(blueprint_id)
-        problem = json_problem(input, "the run input") or context_problem(context or {}, "the run context")
-        if problem is not None:  # refused before anything is written: no half-created run
-            raise InvalidValueError(problem, hint="pass JSON values: dicts with string keys, lists, strings, "
-                                                  "numbers, booleans, None")
-        version = self.app.version(blueprint_id)
-        run_id = run_id or uuid.uuid4().hex
-        record = RunRecord(run_id, blueprint_id, "running", version, self.app.content_hash(blueprint_id), input,
-                           parent=dict(parent) if parent else None)
-        if not await self.status.create(record):
-            existing = await self.status.get(run_id)
-            if parent is not None and existing is not None:
-                return run_id  # a re-delivered subflow start: the child already exists
-            raise InvalidStateError(f"a run with id {run_id!r} already exists", hint="use another run id")
-        if context:
-            await self.context.apply(run_id, dict(context))
-        jobs = [Job(run_id, blueprint_id, node_id, version=version, input=input, has_input=True)
-                for node_id in graph.start_nodes]
-        if not jobs:
-            await self._fail(record, None, "blueprint has no start node", hint="add a node without incoming edges")
-            return run_id
-        inserted = await self.coordination.schedule(run_id, jobs)
-        await self.queue.enqueue(inserted)
-        await self._emit("run:start", run_id, blueprint_id, data={"input": input})
-        return run_id
-
-    async def resume(
-        self, run_id: str, action: str | None = None, output: Any = None, node_id: str | None = None
-    ) -> None:
-        problem = json_problem(output, "the resume output")
-        if problem is not None:
-            raise InvalidValueError(problem, hint="pass a JSON value: a dict with string keys, a list, a string, "
-                                                  "a number, a boolean or None")
-        record = await self._record_or_raise(run_id)
-        if record.status in FINAL_STATUSES:
-            raise InvalidStateError(f"run {run_id!r} is {record.status}; only awaiting runs can be resumed")
-        parked = [p.job for p in await self.coordination.jobs(run_id, "parked")]
-        if node_id is not None:
-            parked = [job for job in parked if job.node_id == node_id]
-        if not parked:
-            child = self._awaiting_child(record, node_id)
-            if child is not None:
-                await self.resume(child, action, output, None)
-                return
-            waiting_for = f" node {node_id!r}" if node_id else " any node"
-            raise InvalidStateError(f"run {run_id!r} is not awaiting{waiting_for}",
-                                    hint="check `flowcraft status` for what it waits for")
-        if len(parked) > 1:
-            names = ", ".join(sorted(job.node_id for job in parked))
-            raise InvalidStateError(f"run {run_id!r} awaits several nodes ({names})", hint="pass node_id")
-        job = parked[0]
-        graph = self._graph_or_raise(job.blueprint_id)
-        self._check_resume_action(graph, job.node_id, action)
-        resumed = job.evolve(payload={"resume": {"action": action, "output": output}}, due_at=None)
-        if not await self.coordination.unpark(run_id, job.key, resumed):
-            raise InvalidStateError(f"node {job.node_id!r} of run {run_id!r} was already resumed")
-        await self.status.transition(run_id, ["awaiting"], "running", {"awaiting": []})
-        await self._reflect_on_parent(record, "running")
-        await self.queue.enqueue([resumed])
-        await self._emit("run:resume", run_id, job.blueprint_id, job.node_id, {"action": action})
-
-    async def cancel(self, run_id: str) -> bool:
-        record = await self._record_or_raise(run_id)
-        won = await self.status.transition(run_id, list(ACTIVE_STATUSES), "cancelled", {}) is not None
-        if won:
-            self._signal_cancel(run_id)
-            await self._emit("run:finish", run_id, record.blueprint_id, data={"status": "cancelled"})
-            for child_id in await self._children(run_id):
-                child = await self.status.get(child_id)
-                if child is not None and child.status in ACTIVE_STATUSES:
-                    await self.cancel(child_id)
-        return won
-
-    async def result(self, run_id: str) -> RunResult:
-        record = await self._record_or_raise(run_id)
-        context = await self.context.get_all(run_id)
-        outputs = {k[len(OUTPUTS_PREFIX):]: v for k, v in context.items() if k.startswith(OUTPUTS_PREFIX)}
-        return RunResult(run_id, record.blueprint_id, record.status, outputs, context, record.errors,
-                         record.awaiting)
+        self.runs = RunControl(app, backend, self.events, on_cancel=self._signal_cancel)  # subflows start runs
 
     # ------------------------------------------------------------------ worker side
     async def handle(self, delivery: Delivery) -> None:
@@ -267,14 +164,14 @@ class Engine:
                 elif begin.state == "pending":
                     await self._execute(delivery, job, graph, record)
             except StoreLimitError as refused:  # every redelivery would be refused alike: fail the run now
-                await self._fail(record, job.node_id, str(refused))
+                await self.runs.fail(record, job.node_id, str(refused))
                 await self._dead_letter(delivery, str(refused))
                 return
             except DETERMINISTIC_ERRORS as error:
                 reason = self._poison_reason(delivery, graph, error)
                 if reason is None:
                     raise  # the worker gives the job back for another try
-                await self._fail(record, job.node_id, reason)
+                await self.runs.fail(record, job.node_id, reason)
                 await self._dead_letter(delivery, reason)
                 return
             self._fault("before_ack")
@@ -370,7 +267,7 @@ class Engine:
                                           fallback=outcome.fallback)
             await self._route(job, graph, record, completion, recovery=False)
         elif outcome.error is not None:
-            await self._fail(record, job.node_id, describe(outcome.error))
+            await self.runs.fail(record, job.node_id, describe(outcome.error))
 
     async def _attempt(self, delivery: Delivery, job: Job, node: NodeDefinition, graph: Graph, context: RunContext,
                        uses: str) -> NodeOutcome:
@@ -434,7 +331,7 @@ class Engine:
             _refuse_unstorable(job.node_id, output, ctx)
             return NodeOutcome.completed(output, action, fallback=node.id)
         if config.fallback:
-            graph = self._graph_or_raise(job.blueprint_id)
+            graph = graph_or_raise(self.app, job.blueprint_id)
             fallback_node = graph.info(config.fallback).node
             await self._emit("node:fallback", job.run_id, job.blueprint_id, job.node_id,
                              {"fallback": fallback_node.id, "error": describe(exc)})
@@ -496,7 +393,7 @@ class Engine:
         try:
             arrivals = await self._arrivals(job, graph, completion)
         except FlowcraftError as exc:
-            await self._fail(record, job.node_id, str(exc))
+            await self.runs.fail(record, job.node_id, str(exc))
             return
         needs_cascade = any(not a.arrived for a in arrivals)
         if not recovery and self._context_apart(completion):
@@ -582,27 +479,17 @@ class Engine:
             awaiting = [{"node_id": p.job.node_id, "visit": p.job.visit}
                         for p in await self.coordination.jobs(run_id, "parked")]
             if await self.status.transition(run_id, ["running"], "awaiting", {"awaiting": awaiting}):
-                await self._reflect_on_parent(record, "awaiting")
+                await self.runs.reflect_on_parent(record, "awaiting")
             return
         context = await self.context.get_all(run_id)
-        graph = self._graph_or_raise(record.blueprint_id)
+        graph = graph_or_raise(self.app, record.blueprint_id)
         final = {n: context[OUTPUTS_PREFIX + n] for n in graph.terminal_nodes() if OUTPUTS_PREFIX + n in context}
         result = next(iter(final.values())) if len(final) == 1 else final
         await self.context.apply(run_id, {"_result": result})
         won = await self.status.transition(run_id, list(ACTIVE_STATUSES), "completed", {"awaiting": []})
         if won is not None:
             await self._emit("run:finish", run_id, record.blueprint_id, data={"status": "completed"})
-            await self._notify_parent(won)
-
-    async def _fail(self, record: RunRecord, node_id: str | None, message: str, hint: str = "") -> None:
-        error = {"message": message + (f" ({hint})" if hint else ""), "node_id": node_id, "timestamp": time.time()}
-        won = await self.status.transition(record.run_id, list(ACTIVE_STATUSES), "failed",
-                                           {"errors": [*record.errors, error]})
-        if won is not None:
-            self._signal_cancel(record.run_id)
-            await self._emit("run:finish", record.run_id, record.blueprint_id, node_id,
-                             {"status": "failed", "error": error["message"]})
-            await self._notify_parent(won)
+            await self.runs.notify_parent(won)
 
     async def _commit(self, job: Job, transition: Transition) -> Committed:
         committed = await self.coordination.commit(replace(transition, owner=self.worker_id))
@@ -625,44 +512,10 @@ class Engine:
             if job.due_at is not None and job.due_at > now:
                 await self.queue.enqueue([job], job.due_at - now)
 
-    # ------------------------------------------------------------------ parents and children
-    async def _notify_parent(self, child: RunRecord) -> None:
-        parent = child.parent
-        if not parent:
-            return
-        job = Job(parent["run_id"], parent["blueprint_id"], parent["node_id"], visit=int(parent["visit"]),
-                  attempt=int(parent["attempt"]), version=parent.get("version"), payload={"child": child.run_id})
-        await self.queue.enqueue([job])
-
-    async def _reflect_on_parent(self, child: RunRecord, status: str) -> None:
-        parent = child.parent
-        if not parent:
-            return
-        if status == "awaiting":
-            details = {"node_id": parent["node_id"], "child_run_id": child.run_id}
-            parent_record = await self.status.transition(parent["run_id"], ["running"], "awaiting",
-                                                         {"awaiting": [details]})
-        else:
-            parent_record = await self.status.transition(parent["run_id"], ["awaiting"], "running", {"awaiting": []})
-        if parent_record is not None:
-            await self._reflect_on_parent(parent_record, status)
-
-    def _awaiting_child(self, record: RunRecord, node_id: str | None) -> str | None:
-        for entry in record.awaiting:
-            if "child_run_id" in entry and (node_id is None or entry.get("node_id") == node_id):
-                return str(entry["child_run_id"])
-        return None
-
-    async def _children(self, run_id: str) -> list[str]:
-        context = await self.context.get_all(run_id)
-        return [str(v) for k, v in context.items() if k.startswith("_subflow.")]
-
     # ------------------------------------------------------------------ helpers
     def _completion(self, job: Job, output: Any, action: str | None, context: RunContext | None, *,
-                    due_at: float | None = None, fallback: str | None = None,
-                    extra: Mapping[str, Any] | None = None) -> Completion:
+                    due_at: float | None = None, fallback: str | None = None) -> Completion:
         updates = dict(context.pending_updates) if context is not None else {}
-        updates.update(extra or {})
         updates[OUTPUTS_PREFIX + job.node_id] = output
         return Completion(job.node_id, output, action, self._token(), updates,
                           context.pending_deletes if context is not None else (), fallback, due_at)
@@ -708,33 +561,8 @@ class Engine:
             resolved[name] = value
         return resolved
 
-    def _check_resume_action(self, graph: Graph, node_id: str, action: str | None) -> None:
-        edges = graph.info(node_id).out_edges
-        if action is None or not edges:
-            return
-        actions = {e.edge.action for e in edges if e.edge.action is not None}
-        has_default = any(e.edge.action is None for e in edges)
-        if action not in actions and not has_default:
-            raise InvalidStateError(
-                f"node {node_id!r} has no edge for action {action!r}",
-                hint=f"use one of: {', '.join(sorted(actions))}",
-            )
-
     def _max_iterations(self, graph: Graph) -> int:
         return int(graph.blueprint.metadata.get("maxIterations", self.app.max_iterations))
-
-    def _graph_or_raise(self, blueprint_id: str) -> Graph:
-        graph = self.app.graph(blueprint_id)
-        if graph is None:
-            known = ", ".join(sorted(self.app.blueprints)) or "none"
-            raise FlowcraftError(f"unknown blueprint {blueprint_id!r}", hint=f"known blueprints: {known}")
-        return graph
-
-    async def _record_or_raise(self, run_id: str) -> RunRecord:
-        record = await self.status.get(run_id)
-        if record is None:
-            raise RunNotFoundError(f"no run with id {run_id!r}", hint="list runs with `flowcraft runs`")
-        return record
 
     async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
         log.warning("dead-lettering job %s: %s", delivery.job.key, reason)
