@@ -5,7 +5,6 @@ computed independently: 0 lost, 0 stuck, 0 wrong. The long form is ``nox -s chao
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +45,6 @@ async def test_chaos_rq_with_a_redis_restart(tmp_path: Path, start_server: Any) 
     assert_all_right(report)
 
 
-async def test_chaos_sqs(tmp_path: Path, moto_endpoint: str, dynamodb_endpoint: str, aws_names: Any,
-                         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", os.environ.get("AWS_ACCESS_KEY_ID") or "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", os.environ.get("AWS_SECRET_ACCESS_KEY") or "test")
-    options = {"endpoint_url": moto_endpoint, "dynamodb_endpoint_url": dynamodb_endpoint,
-               "region": os.environ.get("FLOWCRAFT_TEST_AWS_REGION") or "us-east-1",
-               "queue_name": aws_names.queue(), "table_prefix": f"{aws_names.prefix}-", "visibility_timeout": 5}
+async def test_chaos_sqs(tmp_path: Path, sqs_options: dict[str, Any]) -> None:
+    options = {**sqs_options, "visibility_timeout": 5}
     assert_all_right(await run_chaos(short_form("sqs", tmp_path, options)))

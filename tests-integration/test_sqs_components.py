@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -30,14 +29,8 @@ pytestmark = pytest.mark.asyncio
 
 
 @pytest.fixture
-def sqs_options(moto_endpoint: str, dynamodb_endpoint: str, aws_names: Any,
-                monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", os.environ.get("AWS_ACCESS_KEY_ID") or "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", os.environ.get("AWS_SECRET_ACCESS_KEY") or "test")
-    return {"endpoint_url": moto_endpoint, "dynamodb_endpoint_url": dynamodb_endpoint,
-            "region": os.environ.get("FLOWCRAFT_TEST_AWS_REGION") or "us-east-1",
-            "queue_name": aws_names.queue(), "table_prefix": f"{aws_names.prefix}-", "visibility_timeout": 2,
-            "max_receive_count": 3}
+def sqs_options(sqs_options: dict[str, Any]) -> dict[str, Any]:
+    return {**sqs_options, "visibility_timeout": 2, "max_receive_count": 3}
 
 
 @pytest_asyncio.fixture

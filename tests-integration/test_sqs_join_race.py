@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 from typing import Any
-
-import pytest
 
 from flowcraft.spi import Arrival, Completion, Job, Transition
 
@@ -30,17 +27,6 @@ MEMBERS = 24  # predecessors of each run's join
 PROCESSES = 3
 STORES_PER_PROCESS = 4
 JOIN = "join"
-
-
-@pytest.fixture
-def sqs_options(moto_endpoint: str, dynamodb_endpoint: str, aws_names: Any,
-                monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """Unique names per test; the hammering processes inherit the credentials from the environment."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", os.environ.get("AWS_ACCESS_KEY_ID") or "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", os.environ.get("AWS_SECRET_ACCESS_KEY") or "test")
-    return {"endpoint_url": moto_endpoint, "dynamodb_endpoint_url": dynamodb_endpoint,
-            "region": os.environ.get("FLOWCRAFT_TEST_AWS_REGION") or "us-east-1",
-            "queue_name": aws_names.queue(), "table_prefix": f"{aws_names.prefix}-"}
 
 
 def _member(index: int) -> str:

@@ -6,7 +6,6 @@ hop), and the seed-style API (``SqsAdapter``, ``create_sqs_reconciler``) on expl
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -109,13 +108,8 @@ APP = App(flows=flows())
 
 
 @pytest.fixture
-def sqs_options(moto_endpoint: str, dynamodb_endpoint: str, aws_names: Any,
-                monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", os.environ.get("AWS_ACCESS_KEY_ID") or "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", os.environ.get("AWS_SECRET_ACCESS_KEY") or "test")
-    return {"endpoint_url": moto_endpoint, "dynamodb_endpoint_url": dynamodb_endpoint,
-            "region": os.environ.get("FLOWCRAFT_TEST_AWS_REGION") or "us-east-1",
-            "queue_name": aws_names.queue(), "table_prefix": f"{aws_names.prefix}-", "visibility_timeout": 5}
+def sqs_options(sqs_options: dict[str, Any]) -> dict[str, Any]:
+    return {**sqs_options, "visibility_timeout": 5}
 
 
 @pytest_asyncio.fixture

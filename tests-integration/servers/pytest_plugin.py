@@ -234,6 +234,18 @@ def aws_names() -> AwsNames:
     return AwsNames(f"fct-{uuid.uuid4().hex[:12]}")
 
 
+@pytest.fixture
+def sqs_options(moto_endpoint: str, dynamodb_endpoint: str, aws_names: AwsNames,
+                monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Options of the ``sqs`` backend with queue and table names unique to this test (SQS on moto, DynamoDB
+    on dynalite); credentials in the standard AWS variables, which worker processes inherit."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", os.environ.get("AWS_ACCESS_KEY_ID") or "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", os.environ.get("AWS_SECRET_ACCESS_KEY") or "test")
+    return {"endpoint_url": moto_endpoint, "dynamodb_endpoint_url": dynamodb_endpoint,
+            "region": os.environ.get("FLOWCRAFT_TEST_AWS_REGION") or "us-east-1",
+            "queue_name": aws_names.queue(), "table_prefix": f"{aws_names.prefix}-"}
+
+
 # --------------------------------------------------------------------------- PostgreSQL
 
 
