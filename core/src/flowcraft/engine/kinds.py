@@ -288,7 +288,7 @@ class MapKind(JobKind):
             await ctx.fail(f"map node {job.node_id!r} needs a list as input, got {type(items).__name__}")
             return NodeOutcome.settled()
         if not items:
-            await ctx.route(ctx.engine._completion(job, [], None, None))
+            await ctx.route(ctx.completion([]))
             return NodeOutcome.settled()
         size = max(1, int(params.get("chunkSize") or 1))
         chunks = [items[i : i + size] for i in range(0, len(items), size)]
@@ -301,7 +301,7 @@ class MapKind(JobKind):
                             payload={"lane": rest, "chunks": len(chunks)})
             arrivals.append(Arrival(chunk_job, job.node_id, True, chunks[lane], (job.node_id,)))
         recovery = completion is not None
-        completion = completion or ctx.engine._completion(job, None, None, None)
+        completion = completion or ctx.completion(None)
         committed = await ctx.commit(completion, arrivals, recovery=recovery)
         if committed.conflict is not None:  # another attempt fanned out first: re-fire exactly its chunks
             return await self._fan_out(ctx, committed.conflict)
