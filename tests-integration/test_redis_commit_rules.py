@@ -26,7 +26,7 @@ from flowcraft_redis import RedisCoordinationStore, make_client
 from flowcraft_redis.layout import Keys, parse_completion, parse_state
 
 RUN = "run:1/ü x"
-# ids with ':', '/', spaces and unicode, as DESIGN §6.13 asks of every store
+# ids with ':', '/', spaces and unicode, as every store must take
 SOURCES = ("s:1",)
 TARGETS = ("t 1", "t:2", "tü3")  # few nodes, so a sequence revisits them: replays, conflicts, joins completing
 NODES = SOURCES + TARGETS

@@ -1,4 +1,5 @@
-"""The engine on the memory backend: features and the DESIGN section 6 cases that apply in one process."""
+"""The engine on the memory backend: features, and the cases the TypeScript original gets wrong that apply
+in one process."""
 
 from __future__ import annotations
 
@@ -103,7 +104,7 @@ async def test_idempotency_key_is_stable_per_node_and_visit() -> None:
     assert len(keys) == 2 and keys[0] == keys[1] and keys[0].endswith(":n:0")
 
 
-# ---------------------------------------------------------------- DESIGN section 6 cases
+# ---------------------------------------------------------------- cases the TypeScript original gets wrong
 async def test_case1_node_returning_none_or_only_an_action_completes() -> None:
     async def nothing(ctx: NodeContext) -> None:
         return None

@@ -1,4 +1,4 @@
-"""The protocol, written once for every backend (DESIGN section 5).
+"""The protocol, written once for every backend (docs/architecture.md §3).
 
 Handling a job: read the run record -> take the lease and read the job's state and completion record ->
 execute (unless a completion record exists) -> commit the transition (completion record, join arrivals,

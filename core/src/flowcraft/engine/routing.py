@@ -1,4 +1,4 @@
-"""Routing as pure functions (DESIGN section 5, step 4): which out-edges a completion takes, the skips that
+"""Routing as pure functions (docs/architecture.md §5): which out-edges a completion takes, the skips that
 travel down the untaken ones (dead-path elimination), where a loop goes on or ends.
 
 Nothing here reads or writes a store: the engine evaluates expressions against names it has read and hands
