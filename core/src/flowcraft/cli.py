@@ -856,5 +856,24 @@ def demo(state: State, workers: int, db: str | None, input_json: str | None, tim
                   "yourmodule:app` and `flowcraft run BLUEPRINT --wait`[/]")
 
 
+# ---------------------------------------------------------------------------------------------- new-backend
+@cli.command("new-backend")
+@click.argument("name")
+@click.option("--dir", "parent", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="Where to create the distribution's directory flowcraft-NAME.")
+@click.pass_obj
+def new_backend(state: State, name: str, parent: Path) -> None:
+    """Create a backend distribution, flowcraft-NAME, from the template: the four components keeping their
+    data in memory (replace it with calls to your server), the plugin registering them as preset NAME, and
+    the contract suite, which the template passes as generated (docs/writing-a-backend.md)."""
+    from flowcraft.templates import new_backend as render
+
+    root = render(name, parent)
+    click.echo(str(root))  # the path alone on stdout, for scripts
+    next_steps = (f'`cd {root}`, `pip install -e ".[test]"`, `pytest`; then replace the storage of each '
+                  "component (its README.md says where)")
+    state.err.print(f"[green]created {escape(root.name)}[/]: next, {escape(next_steps)}")
+
+
 if __name__ == "__main__":
     main()
