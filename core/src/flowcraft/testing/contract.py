@@ -8,6 +8,19 @@
 The suite builds the backend by name through the plugin registry (so the worker processes of the crash
 tests can build it too), with ``visibility_timeout`` added to the options. ``capabilities`` lists what the
 backend can do; removing one is a documented gap (e.g. the memory backend cannot serve several processes).
+
+``BackendContract`` is every contract class below; each test's docstring says which promise it checks.
+
+* ``QueueContract``: at-least-once delivery, visibility timeout, heartbeats, delays, the dead letter;
+* ``ContextContract``: JSON values stored per key, concurrent writers;
+* ``StatusContract``: insert-if-absent records, compare-and-set transitions, listing, the stalled index;
+* ``CoordinationContract``: first-writer-wins jobs and completion records, leases, all/any joins, recovery
+  replays, park and unpark, activity;
+* ``WorkflowContract``: every node kind and routing rule, run by ``InProcessWorkers`` over the backend;
+* ``ReconcilerContract``: the reconciler re-enqueues a stalled run's pending jobs and leaves live ones alone;
+* ``RecoveryContract``: redeliveries, replays and reconciler passes driven to the exact point of a defect
+  once seen under chaos, each leaving the run as one delivery would;
+* ``CrashContract``: real worker processes SIGKILLed at each fault point (needs ``MULTIPROCESS``).
 """
 
 from __future__ import annotations
@@ -102,7 +115,10 @@ class _Base:
 
 # ====================================================================== components
 class QueueContract(_Base):
+    """Queue: at-least-once delivery, visibility timeout, heartbeats, delays, the dead letter."""
+
     async def test_queue_delivers_and_ack_removes(self, backend: Backend, run_prefix: str) -> None:
+        """Each job is delivered once with its fields intact (unicode ids, a None input); ack removes it."""
         jobs = [_job(f"{run_prefix}:{i}", node="ñode/ü: x", input=None, has_input=True) for i in range(3)]
         await backend.queue.enqueue(jobs)
         got = await receive(backend, 3)
@@ -114,6 +130,7 @@ class QueueContract(_Base):
         assert await backend.queue.dequeue(10, 0.5) == []
 
     async def test_queue_redelivers_after_visibility_timeout(self, backend: Backend, run_prefix: str) -> None:
+        """A job nobody acks comes back after the visibility timeout: a dead worker's job is not lost."""
         await backend.queue.enqueue([_job(run_prefix)])
         first = await receive(backend, 1)
         assert len(first) == 1
@@ -124,6 +141,7 @@ class QueueContract(_Base):
         await backend.queue.ack(again[0])
 
     async def test_queue_extend_keeps_a_job_invisible(self, backend: Backend, run_prefix: str) -> None:
+        """Heartbeats (extend) keep a job invisible past its timeout, so a long node is not run twice."""
         await backend.queue.enqueue([_job(run_prefix)])
         (delivery,) = await receive(backend, 1)
         for _ in range(3):
@@ -133,6 +151,7 @@ class QueueContract(_Base):
         await backend.queue.ack(delivery)
 
     async def test_queue_delayed_delivery(self, backend: Backend, run_prefix: str) -> None:
+        """enqueue(delay=) holds a job back for the delay: retry backoff and sleep nodes rely on it."""
         started = time.monotonic()
         await backend.queue.enqueue([_job(run_prefix)], delay=1.5)
         assert await backend.queue.dequeue(1, 0.5) == []
@@ -141,6 +160,7 @@ class QueueContract(_Base):
         await backend.queue.ack(delivery)
 
     async def test_queue_release_with_delay(self, backend: Backend, run_prefix: str) -> None:
+        """A released job comes back only after its delay (how a job due later or bounced is given back)."""
         await backend.queue.enqueue([_job(run_prefix)])
         (delivery,) = await receive(backend, 1)
         await backend.queue.release(delivery, 1.0)
@@ -149,6 +169,7 @@ class QueueContract(_Base):
         await backend.queue.ack(again)
 
     async def test_queue_dead_letter_keeps_the_reason(self, backend: Backend, run_prefix: str) -> None:
+        """A dead-lettered job is never delivered again and keeps its job and reason for the operator."""
         await backend.queue.enqueue([_job(run_prefix, payload={"x": [1, 2]})])
         (delivery,) = await receive(backend, 1)
         await backend.queue.dead_letter(delivery, "cannot be processed: test")
@@ -160,7 +181,10 @@ class QueueContract(_Base):
 
 
 class ContextContract(_Base):
+    """ContextStore: JSON values stored per key, null included, concurrent writers."""
+
     async def test_context_set_get_delete_and_none(self, backend: Backend, run_prefix: str) -> None:
+        """Keys with separators and unicode round-trip; null is a value, not a missing key; deletes forget."""
         run = f"{run_prefix}: ü/x"
         await backend.context.apply(run, {"a": 1, "none": None, "nested": {"k": [1, "two"]}, "ключ:/ ": "v"})
         assert await backend.context.get_many(run, ["a", "none", "missing", "ключ:/ "]) == {
@@ -171,6 +195,7 @@ class ContextContract(_Base):
         assert await backend.context.get_all(run) == {}
 
     async def test_context_concurrent_writers_lose_nothing(self, backend: Backend, run_prefix: str) -> None:
+        """Concurrent writers of different keys lose no update: the context is stored per key."""
         async def writer(index: int) -> None:
             for step in range(5):
                 await backend.context.apply(run_prefix, {f"w{index}.{step}": index * 100 + step})
@@ -182,7 +207,10 @@ class ContextContract(_Base):
 
 
 class StatusContract(_Base):
+    """StatusStore: insert-if-absent records, compare-and-set transitions, listing, the stalled index."""
+
     async def test_status_create_get_and_no_duplicates(self, backend: Backend, run_prefix: str) -> None:
+        """create is insert-if-absent (one run per id) and get returns the record's fields as stored."""
         record = RunRecord(run_prefix, "bp", input={"x": 1}, parent={"run_id": "p"})
         assert await backend.status.create(record)
         assert not await backend.status.create(RunRecord(run_prefix, "other"))
@@ -192,6 +220,7 @@ class StatusContract(_Base):
         assert await backend.status.get(run_prefix + "-missing") is None
 
     async def test_status_transition_has_exactly_one_winner(self, backend: Backend, run_prefix: str) -> None:
+        """Of concurrent compare-and-set transitions exactly one wins; a final status never changes."""
         await backend.status.create(RunRecord(run_prefix, "bp"))
         results = await asyncio.gather(*(
             backend.status.transition(run_prefix, ["running"], "completed" if i % 2 else "failed", {})
@@ -204,6 +233,7 @@ class StatusContract(_Base):
         assert await backend.status.transition(run_prefix, ["running", "awaiting"], "completed", {}) is None
 
     async def test_status_list_filters_and_pages(self, backend: Backend, run_prefix: str) -> None:
+        """list filters by status and blueprint, and its cursor pages through every record once."""
         blueprint = f"bp-{run_prefix}"
         for i in range(5):
             await backend.status.create(RunRecord(f"{run_prefix}-{i}", blueprint))
@@ -221,6 +251,7 @@ class StatusContract(_Base):
         assert [r.run_id for r in failed] == [f"{run_prefix}-0"]
 
     async def test_status_stalled_finds_old_active_runs(self, backend: Backend, run_prefix: str) -> None:
+        """stalled returns old active runs, never final or recent ones: what the reconciler scans."""
         await backend.status.create(RunRecord(run_prefix, "bp"))
         await backend.status.create(RunRecord(run_prefix + "-done", "bp"))
         await backend.status.transition(run_prefix + "-done", ["running"], "completed", {})
@@ -231,7 +262,10 @@ class StatusContract(_Base):
 
 
 class CoordinationContract(_Base):
+    """CoordinationStore: first-writer-wins jobs and completions, leases, joins, replays, park/unpark."""
+
     async def test_schedule_is_insert_if_absent(self, backend: Backend, run_prefix: str) -> None:
+        """schedule inserts only absent jobs (first-writer-wins): what makes firing a job exactly-once."""
         jobs = [_job(run_prefix, "a"), _job(run_prefix, "b")]
         assert len(await backend.coordination.schedule(run_prefix, jobs)) == 2
         assert await backend.coordination.schedule(run_prefix, jobs) == []
@@ -239,6 +273,7 @@ class CoordinationContract(_Base):
         assert sorted(p.job.node_id for p in pending) == ["a", "b"]
 
     async def test_lease_is_exclusive_until_released(self, backend: Backend, run_prefix: str) -> None:
+        """A live lease excludes other owners until its owner releases it; jobs() reports it as leased."""
         job = _job(run_prefix)
         await backend.coordination.schedule(run_prefix, [job])
         first = await backend.coordination.begin(job, "w1", 30)
@@ -251,6 +286,7 @@ class CoordinationContract(_Base):
         assert (await backend.coordination.begin(job, "w2", 30)).lease
 
     async def test_expired_lease_can_be_taken_over(self, backend: Backend, run_prefix: str) -> None:
+        """An expired lease can be taken by another owner: a dead worker's job is not blocked forever."""
         job = _job(run_prefix)
         await backend.coordination.schedule(run_prefix, [job])
         assert (await backend.coordination.begin(job, "w1", 0.5)).lease
@@ -258,6 +294,7 @@ class CoordinationContract(_Base):
         assert (await backend.coordination.begin(job, "w2", 30)).lease
 
     async def test_completion_is_first_writer_wins(self, backend: Backend, run_prefix: str) -> None:
+        """A job's first completion record wins; a later attempt's commit gets it back as the conflict."""
         job = _job(run_prefix)
         await backend.coordination.schedule(run_prefix, [job])
         mine = Completion("n", {"v": 1}, "go", token="t1")
@@ -270,6 +307,7 @@ class CoordinationContract(_Base):
         assert begin.state == "done" and begin.completion == mine
 
     async def test_all_join_fires_exactly_once_under_concurrency(self, backend: Backend, run_prefix: str) -> None:
+        """An all-join fires once with every contribution under concurrent, doubled arrivals."""
         members = [f"p{i}" for i in range(6)]
         await backend.coordination.schedule(run_prefix, [_job(run_prefix, m) for m in members])
         target = _job(run_prefix, "join")
@@ -291,6 +329,7 @@ class CoordinationContract(_Base):
         assert pending.job.input == {m: {"from": m} for m in members}
 
     async def test_any_join_fires_once_and_all_skipped_is_skipped(self, backend: Backend, run_prefix: str) -> None:
+        """An any-join fires on the first arrival only; a join whose members all skipped is skipped."""
         members = ("a", "b", "c")
         target = _job(run_prefix, "any")
         fired = 0
@@ -308,6 +347,7 @@ class CoordinationContract(_Base):
         assert outcomes == [(), (), (skipped_target.key,)]
 
     async def test_recovery_replay_returns_what_is_still_pending(self, backend: Backend, run_prefix: str) -> None:
+        """A recovery replay re-fires successors still pending (their enqueue may be lost)."""
         job = _job(run_prefix, "a")
         await backend.coordination.schedule(run_prefix, [job])
         completion = Completion("a", 1, token="tok")
@@ -321,6 +361,7 @@ class CoordinationContract(_Base):
         assert normal.fired == ()
 
     async def test_park_and_unpark(self, backend: Backend, run_prefix: str) -> None:
+        """park moves a pending wait to parked and counts it; unpark restores it once, with the resume."""
         job = _job(run_prefix, "wait")
         await backend.coordination.schedule(run_prefix, [job])
         parked = await backend.coordination.park(run_prefix, job.key)
@@ -333,6 +374,7 @@ class CoordinationContract(_Base):
         assert pending.job.payload == {"resume": {"action": "ok"}}
 
     async def test_activity_is_recorded(self, backend: Backend, run_prefix: str) -> None:
+        """Coordination writes record the run's activity time, which the reconciler compares."""
         before = time.time() - 1
         await backend.coordination.schedule(run_prefix, [_job(run_prefix)])
         activity = await backend.coordination.activity(run_prefix)
@@ -364,7 +406,10 @@ class InProcessWorkers:
 
 
 class WorkflowContract(_Base):
+    """Every node kind and routing rule, run by in-process workers over the backend."""
+
     async def test_diamond_all_join(self, backend: Backend, tmp_path: Path) -> None:
+        """A fan-out to three nodes and an all-join completes with every contribution, the join run once."""
         async with InProcessWorkers(backend) as w:
             result = await w.run("contract-diamond", {"log": str(tmp_path / "log"), "value": 1})
         assert result.status == "completed", result.errors
@@ -373,6 +418,7 @@ class WorkflowContract(_Base):
         assert Counter(e["node"] for e in read_log(tmp_path / "log"))["j"] == 1
 
     async def test_any_join_of_four_runs_once(self, backend: Backend, tmp_path: Path) -> None:
+        """An any-join of four parallel branches runs once, with the first arrival's contribution."""
         async with InProcessWorkers(backend) as w:
             result = await w.run("contract-any", {"log": str(tmp_path / "log")})
         assert result.status == "completed", result.errors
@@ -381,12 +427,14 @@ class WorkflowContract(_Base):
         assert result.outputs["j"]["received"][winner] == result.outputs[winner]
 
     async def test_node_returning_none_completes(self, backend: Backend) -> None:
+        """A node returning None completes, its None output kept (None is a value, not a missing output)."""
         async with InProcessWorkers(backend) as w:
             result = await w.run("contract-none", {"value": 3})
         assert result.status == "completed" and result.outputs == {"s": 3, "n": None, "e": None}
 
     @pytest.mark.parametrize("side", ["left", "right"])
     async def test_conditional_branches_complete(self, backend: Backend, side: str) -> None:
+        """Only the taken branch runs; the untaken one is skipped (dead path) and the join still fires."""
         async with InProcessWorkers(backend) as w:
             result = await w.run("contract-branches", {"value": side})
         assert result.status == "completed", result.errors
@@ -395,12 +443,14 @@ class WorkflowContract(_Base):
         assert ("only-right" in result.outputs) == (side == "right")
 
     async def test_retries_really_retry_with_backoff(self, backend: Backend, tmp_path: Path) -> None:
+        """A failing node is retried through the queue with backoff, and every attempt really runs."""
         async with InProcessWorkers(backend) as w:
             result = await w.run("contract-retry", {"log": str(tmp_path / "log")})
         assert result.status == "completed" and result.outputs["f"] == "ok on attempt 3"
         assert [e["attempt"] for e in read_log(tmp_path / "log") if e["node"] == "f"] == [1, 2, 3]
 
     async def test_fallback_only_when_primary_fails(self, backend: Backend, tmp_path: Path) -> None:
+        """A fallback runs only when its primary fails for good, and its output flows on."""
         async with InProcessWorkers(backend) as w:
             result = await w.run("contract-fallback", {"log": str(tmp_path / "log"), "value": 9})
         assert result.status == "completed", result.errors
@@ -408,6 +458,7 @@ class WorkflowContract(_Base):
         assert "unused" not in {e["node"] for e in read_log(tmp_path / "log")}
 
     async def test_failure_is_final(self, backend: Backend) -> None:
+        """A node failing for good fails the run, which stays failed; nothing after it runs."""
         async with InProcessWorkers(backend) as w:
             result = await w.run("contract-fail", {})
             await asyncio.sleep(0.6)
@@ -417,12 +468,14 @@ class WorkflowContract(_Base):
         assert "after" not in later.outputs
 
     async def test_loop(self, backend: Backend) -> None:
+        """A back edge runs the loop body once per visit until it exits; the context carries the count."""
         async with InProcessWorkers(backend) as w:
             result = await w.run("contract-loop", {})
         assert result.status == "completed", result.errors
         assert result.context["count"] == 4 and result.outputs["after"] == 4
 
     async def test_map_with_chunks_and_concurrency(self, backend: Backend) -> None:
+        """A map fans out over its items in chunks and gathers them in order; an empty list too."""
         async with InProcessWorkers(backend) as w:
             result = await w.run("contract-map", {"value": [1, 2, 3, 4, 5]})
             empty = await w.run("contract-map", {"value": []})
@@ -431,6 +484,7 @@ class WorkflowContract(_Base):
         assert empty.status == "completed" and empty.outputs["sum"] == 0
 
     async def test_sleep_is_a_durable_timer(self, backend: Backend) -> None:
+        """A sleep node is a durable timer (a delayed job): the run goes on after about the delay."""
         async with InProcessWorkers(backend) as w:
             started = time.monotonic()
             result = await w.run("contract-sleep", {"value": "x"})
@@ -439,6 +493,7 @@ class WorkflowContract(_Base):
 
     @pytest.mark.parametrize("action", ["approve", "reject"])
     async def test_wait_and_resume_route_by_action(self, backend: Backend, action: str) -> None:
+        """A wait makes the run awaiting; resume routes by its action, once (a second one is refused)."""
         async with InProcessWorkers(backend) as w:
             paused = await w.run("contract-wait", {"value": 1})
             assert paused.status == "awaiting"
@@ -452,12 +507,14 @@ class WorkflowContract(_Base):
         assert result.outputs[action.rstrip("e") + "ed"] == {"by": "ada"} and other not in result.outputs
 
     async def test_subflow(self, backend: Backend) -> None:
+        """A subflow node runs a child run and continues with the child's result."""
         async with InProcessWorkers(backend) as w:
             result = await w.run("contract-parent", {"value": 40})
         assert result.status == "completed", result.errors
         assert result.outputs["sub"] == 42 and result.outputs["after"] == 42
 
     async def test_cancel_drops_queued_work(self, backend: Backend) -> None:
+        """Cancelling wins once and is final: the run's queued work (a pending timer) never runs."""
         async with InProcessWorkers(backend) as w:
             run_id = await w.client.start("contract-sleep", {"value": 1})
             await asyncio.sleep(0.3)
@@ -468,11 +525,13 @@ class WorkflowContract(_Base):
         assert result.status == "cancelled" and "woke" not in result.outputs
 
     async def test_ids_with_separators_and_unicode(self, backend: Backend) -> None:
+        """Ids with ':' '/' spaces and unicode work end to end: a store never parses its keys."""
         async with InProcessWorkers(backend) as w:
             result = await w.run("contract ids:/ünï", {"value": "ok"})
         assert result.status == "completed" and result.outputs == {"a:b/c d": "ok", "ñ/ø:1": "ok"}
 
     async def test_unknown_version_is_not_lost(self, backend: Backend, run_prefix: str) -> None:
+        """A job of a version no worker loaded is given back, then dead-lettered with the reason."""
         await backend.status.create(RunRecord(run_prefix, "contract-none", version="999"))
         job = Job(run_prefix, "contract-none", "s", version="999", input={}, has_input=True)
         await backend.coordination.schedule(run_prefix, [job])
@@ -488,7 +547,10 @@ class WorkflowContract(_Base):
 
 
 class ReconcilerContract(_Base):
+    """The reconciler, which works through the SPI alone, on this backend's components."""
+
     async def test_reconciler_requeues_only_pending_jobs_of_stalled_runs(self, backend: Backend) -> None:
+        """A run whose start was lost is re-enqueued: pending jobs only, no untaken branch."""
         client = Client(backend, contract_app)
         lost = client.engine.queue.enqueue
 
@@ -510,6 +572,7 @@ class ReconcilerContract(_Base):
         assert "left" not in result.outputs and "left2" not in result.outputs
 
     async def test_reconciler_leaves_runs_with_a_live_worker_alone(self, backend: Backend) -> None:
+        """A run whose job a live worker holds is not stalled, however long the job takes."""
         async with InProcessWorkers(backend, count=1) as w:
             run_id = await w.client.start("contract-long", {})
             await asyncio.sleep(1.5)
@@ -560,6 +623,7 @@ class RecoveryContract(_Base):
         return Engine(contract_app, backend, options=EngineOptions(lease_seconds=5), **options)
 
     async def test_redelivered_map_jobs_never_route_a_placeholder(self, backend: Backend, tmp_path: Path) -> None:
+        """Redelivered map fan-out, chunk and gather jobs never route a placeholder."""
         engine, client = self._engine(backend), Client(backend, contract_app)
         log = tmp_path / "log"
         run_id = await client.start("contract-map", {"log": str(log), "value": [1, 2, 3, 4, 5]})
@@ -580,6 +644,7 @@ class RecoveryContract(_Base):
         assert Counter(e["node"] for e in read_log(log))["sum"] == 1
 
     async def test_replayed_finished_job_changes_no_context(self, backend: Backend, tmp_path: Path) -> None:
+        """Replaying a finished job writes no context: later visits may have changed those keys."""
         engine, client = self._engine(backend), Client(backend, contract_app)
         log = tmp_path / "log"
         run_id = await client.start("contract-loop", {"log": str(log)})
@@ -600,6 +665,7 @@ class RecoveryContract(_Base):
 
     async def test_an_attempt_that_never_committed_leaves_no_context(self, backend: Backend,
                                                                     tmp_path: Path) -> None:
+        """An attempt dying in its commit leaves no context for its re-execution to read."""
         engine, client = self._engine(backend), Client(backend, contract_app)
         log = tmp_path / "log"
         run_id = await client.start("contract-loop", {"log": str(log)})
@@ -624,6 +690,7 @@ class RecoveryContract(_Base):
         assert Counter(e["node"] for e in read_log(log))["body"] == 5
 
     async def test_context_is_durable_before_successors_can_fire(self, backend: Backend) -> None:
+        """A node's context writes are durable before its successors can fire."""
         client = Client(backend, contract_app)
         run_id = await client.start("contract-none", {"value": 3})
         interrupted = self._engine(backend, fault=_interrupt_at("after_commit"))
@@ -637,6 +704,7 @@ class RecoveryContract(_Base):
         assert (await client.status(run_id)).outputs == {"s": 3, "n": None, "e": None}
 
     async def test_reconciler_finishes_a_run_whose_work_is_done(self, backend: Backend) -> None:
+        """A run whose last job committed but was never published is finished by the reconciler."""
         client = Client(backend, contract_app)
         run_id = await client.start("contract-none", {"value": 3})
         engine, interrupted = self._engine(backend), self._engine(backend, fault=_interrupt_at("after_enqueue"))
@@ -658,6 +726,7 @@ class RecoveryContract(_Base):
         assert (await client.status(run_id)).outputs == {"s": 3, "n": None, "e": None}
 
     async def test_reconciler_publishes_awaiting_when_a_parked_wait_was_not(self, backend: Backend) -> None:
+        """A wait parked by a worker that died unpublished is published as awaiting."""
         engine, client = self._engine(backend), Client(backend, contract_app)
         run_id = await client.start("contract-wait", {"value": 1})
         await engine.handle((await receive(backend, 1))[0])
@@ -675,6 +744,7 @@ class RecoveryContract(_Base):
         assert (await client.status(run_id)).outputs["approved"] == {"by": "ada"}
 
     async def test_a_wait_delivered_again_after_its_resume_is_not_parked_again(self, backend: Backend) -> None:
+        """A wait's delivery from before its resume does not park the run again."""
         engine, client = self._engine(backend), Client(backend, contract_app)
         run_id = await client.start("contract-wait", {"value": 1})
         await engine.handle((await receive(backend, 1))[0])
@@ -693,6 +763,7 @@ class RecoveryContract(_Base):
         assert (await client.status(run_id)).outputs["rejected"] == {"by": "bob"}
 
     async def test_reconciler_fails_only_an_interrupted_start(self, backend: Backend, run_prefix: str) -> None:
+        """A run with a record but no coordination state (an interrupted start) is failed, saying so."""
         await backend.status.create(RunRecord(run_prefix, "contract-none", "running", "1"))
         await asyncio.sleep(0.05)
         stats = await Reconciler(backend, stalled_threshold_seconds=0.01).run()
@@ -702,6 +773,7 @@ class RecoveryContract(_Base):
         assert "start was interrupted" in record.errors[-1]["message"]
 
     async def test_reconciler_pages_past_runs_it_skips(self, backend: Backend) -> None:
+        """The reconciler pages past the runs it skips and still reaches a stalled one behind them."""
         client = Client(backend, contract_app)
         async with InProcessWorkers(backend, count=1) as w:
             waiting = [await w.client.start("contract-wait", {"value": i}) for i in range(5)]
@@ -723,6 +795,7 @@ class RecoveryContract(_Base):
 
     async def test_second_delivery_of_a_job_in_hand_is_not_run_again(self, backend: Backend,
                                                                       tmp_path: Path) -> None:
+        """A second delivery of a job its engine is running is given back, not run beside it."""
         engine, client = self._engine(backend), Client(backend, contract_app)
         log = tmp_path / "log"
         run_id = await client.start("contract-long", {"log": str(log)})
@@ -784,6 +857,7 @@ class CrashContract(_Base):
     @pytest.mark.parametrize("at", [1, 5])
     async def test_worker_killed_mid_job(self, backend: Backend, worker_options: tuple[str, dict[str, Any]],
                                          tmp_path: Path, point: str, at: int) -> None:
+        """A worker SIGKILLed at each fault point leaves a run a fresh worker finishes, re-running one job at most."""
         if MULTIPROCESS not in self.capabilities:
             pytest.skip("documented gap: this backend cannot be shared by worker processes")
         client = Client(backend, contract_app)
