@@ -82,7 +82,7 @@ async def test_components_share_one_database_in_wal_mode(sqlite_backend: Backend
                for c in components)
     databases_used = {id(c.db) for c in components}  # type: ignore[attr-defined]
     assert len(databases_used) == 1
-    assert sqlite_backend.coordination.applies_context
+    assert sqlite_backend.coordination.applies_context and sqlite_backend.capabilities.applies_context
     assert sqlite_backend.queue.visibility_timeout == 0.5
     assert await asyncio.to_thread(db_path.exists)  # the parent directory was created
     db: SqliteDatabase = sqlite_backend.queue.db  # type: ignore[attr-defined]
@@ -106,8 +106,7 @@ async def test_default_path_and_reopen_after_close(tmp_path: Path, monkeypatch: 
 async def test_foreign_context_store_turns_applies_context_off(db_path: Path) -> None:
     backend = registry().build("sqlite", {"path": str(db_path)}, overrides={"context": "memory"})
     try:
-        assert not backend.coordination.applies_context
-        assert SqliteCoordinationStore.applies_context  # only that instance
+        assert not backend.coordination.applies_context and not backend.capabilities.applies_context
     finally:
         await backend.close()
 

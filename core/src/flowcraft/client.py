@@ -35,7 +35,7 @@ class Client:
         """Wait until the run is completed, failed, cancelled or awaiting. Stores that can notify wake
         this at once; others are polled with a bounded backoff (10 ms doubling to 500 ms)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 1.0 if self.backend.status.notifies else 0.01
+        delay = 1.0 if self.backend.capabilities.notifies else 0.01
         while True:
             record = await self.backend.status.get(run_id)
             if record is not None and record.status in SETTLED_STATUSES:

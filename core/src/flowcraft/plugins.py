@@ -19,7 +19,7 @@ import importlib.metadata
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -61,7 +61,8 @@ _warned: set[str] = set()  # left-out lines already logged by this process (the 
 
 @dataclass(frozen=True, slots=True)
 class Preset:
-    """A backend: one named combination of components (config may override any one of them)."""
+    """A backend: one named combination of components (config may override any one of them), and optionally
+    the factory that builds it with its components wired together."""
 
     name: str
     queue: str
@@ -69,6 +70,11 @@ class Preset:
     status: str
     coordination: str
     description: str = ""
+    #: ``"module:function"``: ``function(options) -> Backend`` wires the preset's components itself (one shared
+    #: client or database, the fast paths they take together: ``Backend.capabilities``). Used when config
+    #: overrides no component; otherwise (or with none) each component is built on its own by ``from_config``
+    #: and takes no fast path with the others.
+    factory: str = ""
 
     def components(self) -> dict[str, str]:
         return {"queue": self.queue, "context": self.context, "status": self.status,
@@ -348,12 +354,30 @@ class PluginRegistry:
         """Instantiate a backend: the preset's components, any overridden by name, sharing clients; the
         options are checked against the components' schemas first (``flowcraft.options``)."""
         classes = self.classes(backend, overrides)
-        shared: dict[str, Any] = {}
         opts = validate_options(backend, classes, options or {})
+        preset = self.preset(backend)
+        if preset.factory and all(preset.components()[kind] == name for kind, name in (overrides or {}).items()):
+            built_backend = _load_factory(preset)(opts)
+            built_backend.name, built_backend.options = backend, opts
+            return built_backend
+        shared: dict[str, Any] = {}
         built = {kind: component.from_config(opts, shared) for kind, component in classes.items()}
         return Backend(cast(Queue, built["queue"]), cast(ContextStore, built["context"]),
                        cast(StatusStore, built["status"]), cast(CoordinationStore, built["coordination"]),
                        name=backend, options=opts)
+
+
+def _load_factory(preset: Preset) -> Callable[[Mapping[str, Any]], Backend]:
+    module_name, _, attribute = preset.factory.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except Exception as exc:  # a plugin's broken module is that plugin's failure, reported as such
+        raise PluginError(f"backend {preset.name!r}: its factory {preset.factory!r} cannot be imported: "
+                          f"{type(exc).__name__}: {exc}", hint="reinstall the package that provides it") from None
+    if not callable(factory):
+        raise PluginError(f"backend {preset.name!r}: its factory {preset.factory!r} is not callable",
+                          hint="report it to the package's authors")
+    return cast(Callable[[Mapping[str, Any]], Backend], factory)
 
 
 def disabled_by_env(env: Mapping[str, str]) -> dict[str, str]:

@@ -20,9 +20,9 @@ replays the same transition (``recovery=True``) and expects the same outcome.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal, Protocol, Self, TypeVar
 
 # what a component declares its options with (``Component.Options``), re-exported for backend authors
 from flowcraft.options import NoOptions as NoOptions
@@ -334,6 +334,9 @@ class Queue(Component):
     """At-least-once job delivery with leases (visibility timeout), delay and a dead letter."""
 
     visibility_timeout: float = 30.0
+    #: True when ``receive`` prefetches each delivery's run record and lease (``Delivery.prefetched``); decided
+    #: when the queue is built, read by the engine through ``Backend.capabilities.prefetches_status``.
+    prefetches_status: bool = False
 
     @abstractmethod
     async def enqueue(self, jobs: Sequence[Job], delay: float = 0.0) -> None:
@@ -440,8 +443,12 @@ class CoordinationStore(Component):
     """Atomic per-run coordination: jobs map, completion records, join arrivals, leases."""
 
     #: True when ``commit`` also writes the completion's context updates (coordination and context share
-    #: one store), which saves the engine a separate ``ContextStore.apply`` round trip.
-    applies_context: ClassVar[bool] = False
+    #: one store), which saves the engine a separate ``ContextStore.apply`` round trip. Decided when the store
+    #: is built (by the backend's factory), never changed afterwards; the engine reads it through
+    #: ``Backend.capabilities``.
+    applies_context: bool = False
+    #: True when ``commit`` puts the jobs it fires on the backend's queue itself (``Committed.dispatched``).
+    dispatches: bool = False
 
     @abstractmethod
     async def schedule(self, run_id: str, jobs: Sequence[Job]) -> list[Job]:
@@ -504,9 +511,43 @@ class ReconcileStats:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """The fast paths a backend's components take together, which the engine and clients rely on.
+
+    Each is False unless the components were built to take it (a preset's factory wires co-located
+    components through one client or database); every one has a contract test
+    (``flowcraft.testing.BackendContract``, skipped when not declared). The default is the safe one: no fast
+    path, the engine does every step itself.
+
+    * ``applies_context``: ``CoordinationStore.commit`` writes the completion's context updates in the same
+      atomic step as its record, so the engine does not write them (``CoordinationStore.applies_context``);
+    * ``prefetches_status``: ``Queue.receive`` reads each delivery's run record and takes its lease in the same
+      round trip (``Delivery.prefetched``, ``record``, ``begin``);
+    * ``dispatches``: ``commit`` puts the jobs it fires on the queue itself (``Committed.dispatched``);
+    * ``notifies``: ``StatusStore.wait_for_change`` returns soon after a record changes, so clients need not
+      poll (``StatusStore.notifies``).
+    """
+
+    applies_context: bool = False
+    prefetches_status: bool = False
+    dispatches: bool = False
+    notifies: bool = False
+
+    @classmethod
+    def of(cls, queue: Queue, context: ContextStore, status: StatusStore,
+           coordination: CoordinationStore) -> Capabilities:
+        """What the components, as they were built, declare: the one place a backend's fast paths are decided."""
+        return cls(applies_context=coordination.applies_context,
+                   prefetches_status=queue.prefetches_status,
+                   dispatches=coordination.dispatches,
+                   notifies=status.notifies)
+
+
 @dataclass(slots=True)
 class Backend:
-    """The components a worker and a client use together."""
+    """The components a worker and a client use together, and what they can do together
+    (``capabilities``: read from the components when the backend is built, never changed afterwards)."""
 
     queue: Queue
     context: ContextStore
@@ -514,6 +555,10 @@ class Backend:
     coordination: CoordinationStore
     name: str = "custom"
     options: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold secrets
+    capabilities: Capabilities = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.capabilities = Capabilities.of(self.queue, self.context, self.status, self.coordination)
 
     async def setup(self) -> None:
         for component in self._unique_components():
@@ -534,3 +579,131 @@ class Backend:
 # flowcraft.backends.transition). Imported last: that module imports this one's names back.
 from flowcraft.backends.transition import CoordinationTables as CoordinationTables  # noqa: E402
 from flowcraft.backends.transition import apply_transition as apply_transition  # noqa: E402
+
+
+class LeaseTables(CoordinationTables, Protocol):
+    """``CoordinationTables`` plus the leases, what ``TablesCoordinationStore`` derives every method from."""
+
+    @property
+    def now(self) -> float:
+        """The time (epoch seconds) the atomic section runs at."""
+        ...
+
+    def set_job_state(self, run_id: str, key: str, state: JobState, job: Job | None = None) -> None:
+        """Change an existing job's state (and its document, when ``job`` is given: ``unpark``)."""
+        ...
+
+    def lease(self, run_id: str, key: str) -> tuple[str, float] | None:
+        """``(owner, expires_at)`` of the job's lease, or None."""
+        ...
+
+    def put_lease(self, run_id: str, key: str, owner: str, expires_at: float) -> None: ...
+
+    def drop_lease(self, run_id: str, key: str) -> None: ...
+
+    def jobs_in_state(self, run_id: str, state: JobState) -> list[tuple[Job, float | None]]:
+        """The run's jobs in ``state`` that have a document, with their lease's expiry (None: no lease)."""
+        ...
+
+    def last_activity(self, run_id: str) -> float | None: ...
+
+    def forget_run(self, run_id: str) -> None: ...
+
+
+T = TypeVar("T")
+
+
+class TablesCoordinationStore(CoordinationStore):
+    """A ``CoordinationStore`` derived from ONE primitive: ``atomically(run_id, fn)``, which runs ``fn`` over
+    the run's ``LeaseTables`` as one atomic section (a transaction, a lock, the event loop) and returns what
+    it returns. Every ``CoordinationStore`` method below is written over it with the shared rules
+    (``apply_transition``); a store overrides any of them with a faster version (e.g. a read outside a
+    transaction) without changing what it returns.
+
+    ``applies_context`` is decided when the store is built (the backend's factory passes it): with it,
+    a commit also writes the completion's context updates through ``LeaseTables.apply_context``.
+    """
+
+    def __init__(self, *, applies_context: bool = False) -> None:
+        self.applies_context = applies_context
+
+    @abstractmethod
+    async def atomically(self, run_id: str, fn: Callable[[LeaseTables], T]) -> T:
+        """Run ``fn`` over the tables as one atomic section: all its writes happen, or none do."""
+
+    async def schedule(self, run_id: str, jobs: Sequence[Job]) -> list[Job]:
+        def insert(tables: LeaseTables) -> list[Job]:
+            inserted = [job for job in jobs if tables.insert_job(run_id, job.key, "pending", job)]
+            tables.touch(run_id)
+            return inserted
+
+        return await self.atomically(run_id, insert)
+
+    async def begin(self, job: Job, owner: str, lease_seconds: float) -> Begin:
+        run_id, key = job.run_id, job.key
+
+        def take(tables: LeaseTables) -> Begin:
+            holder = tables.lease(run_id, key)
+            if holder is not None and holder[0] != owner and holder[1] > tables.now:
+                return Begin(False, tables.job_state(run_id, key), None)
+            tables.put_lease(run_id, key, owner, tables.now + lease_seconds)
+            tables.touch(run_id)
+            return Begin(True, tables.job_state(run_id, key), tables.completion(run_id, key))
+
+        return await self.atomically(run_id, take)
+
+    async def renew(self, run_id: str, job_key: str, owner: str, lease_seconds: float) -> bool:
+        def extend(tables: LeaseTables) -> bool:
+            holder = tables.lease(run_id, job_key)
+            if holder is None or holder[0] != owner:
+                return False
+            tables.put_lease(run_id, job_key, owner, tables.now + lease_seconds)
+            tables.touch(run_id)
+            return True
+
+        return await self.atomically(run_id, extend)
+
+    async def release(self, run_id: str, job_key: str, owner: str) -> None:
+        def drop(tables: LeaseTables) -> None:
+            holder = tables.lease(run_id, job_key)
+            if holder is not None and holder[0] == owner:
+                tables.drop_lease(run_id, job_key)
+
+        await self.atomically(run_id, drop)
+
+    async def commit(self, transition: Transition) -> Committed:
+        applies_context = self.applies_context
+        return await self.atomically(
+            transition.run_id, lambda tables: apply_transition(tables, transition, applies_context=applies_context))
+
+    async def park(self, run_id: str, job_key: str) -> Committed:
+        def move(tables: LeaseTables) -> Committed:
+            if tables.job_state(run_id, job_key) == "pending":
+                tables.set_job_state(run_id, job_key, "parked")
+            tables.touch(run_id)
+            pending, parked = tables.counts(run_id)
+            return Committed(pending=pending, parked=parked)
+
+        return await self.atomically(run_id, move)
+
+    async def unpark(self, run_id: str, job_key: str, job: Job) -> bool:
+        def move(tables: LeaseTables) -> bool:
+            if tables.job_state(run_id, job_key) != "parked":
+                return False
+            tables.set_job_state(run_id, job_key, "pending", job)
+            return True
+
+        return await self.atomically(run_id, move)
+
+    async def jobs(self, run_id: str, state: JobState = "pending") -> list[PendingJob]:
+        def read(tables: LeaseTables) -> list[PendingJob]:
+            return [PendingJob(job, expires is not None and expires > tables.now)
+                    for job, expires in tables.jobs_in_state(run_id, state)]
+
+        return await self.atomically(run_id, read)
+
+    async def activity(self, run_id: str) -> float | None:
+        return await self.atomically(run_id, lambda tables: tables.last_activity(run_id))
+
+    async def delete_run(self, run_id: str) -> None:
+        await self.atomically(run_id, lambda tables: tables.forget_run(run_id))

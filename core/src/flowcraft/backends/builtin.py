@@ -41,5 +41,6 @@ def flowcraft_presets() -> list[Preset]:
     return [
         Preset("memory", "memory", "memory", "memory", "memory", "in-process only (FlowRuntime, tests)"),
         Preset("sqlite", "sqlite", "sqlite", "sqlite", "sqlite",
-               "embedded, durable: worker processes on one machine share one database file (default)"),
+               "embedded, durable: worker processes on one machine share one database file (default)",
+               factory=f"{_SQLITE}:build_backend"),
     ]

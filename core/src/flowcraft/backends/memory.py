@@ -11,30 +11,28 @@ import heapq
 import itertools
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from flowcraft.options import NoOptions, QueueOptions, parse_options
 from flowcraft.spi import (
     ACTIVE_STATUSES,
     Backend,
-    Begin,
-    Committed,
     Completion,
     ContextStore,
-    CoordinationStore,
     DeadLetter,
     Delivery,
     Job,
     JobState,
-    PendingJob,
+    LeaseTables,
     Queue,
     RunRecord,
     StatusStore,
-    Transition,
-    apply_transition,
+    TablesCoordinationStore,
 )
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -252,13 +250,15 @@ class _RunCoordination:
     activity: float = 0.0
 
 
-class MemoryCoordinationStore(CoordinationStore):
-    """Also implements ``CoordinationTables`` so the shared transition rules run on it directly."""
+class MemoryCoordinationStore(TablesCoordinationStore):
+    """The tables themselves (``LeaseTables``): every method body runs without awaiting, so under one event loop
+    ``atomically`` is just calling the function, and every ``CoordinationStore`` method is the derived one."""
 
     name = "memory"
     Options = NoOptions
 
     def __init__(self) -> None:
+        super().__init__(applies_context=False)  # contexts live in MemoryContextStore
         self._runs: dict[str, _RunCoordination] = {}
 
     def _run(self, run_id: str) -> _RunCoordination:
@@ -267,7 +267,14 @@ class MemoryCoordinationStore(CoordinationStore):
             run = self._runs[run_id] = _RunCoordination()
         return run
 
-    # -- CoordinationTables ------------------------------------------------------------------------
+    async def atomically(self, run_id: str, fn: Callable[[LeaseTables], T]) -> T:
+        return fn(self)
+
+    # -- LeaseTables -------------------------------------------------------------------------------
+    @property
+    def now(self) -> float:
+        return time.time()
+
     def job_state(self, run_id: str, key: str) -> JobState | None:
         entry = self._run(run_id).jobs.get(key)
         return None if entry is None else entry[0]
@@ -284,11 +291,11 @@ class MemoryCoordinationStore(CoordinationStore):
         self._count(run, state, +1)
         return True
 
-    def set_job_state(self, run_id: str, key: str, state: JobState) -> None:
+    def set_job_state(self, run_id: str, key: str, state: JobState, job: Job | None = None) -> None:
         run = self._run(run_id)
-        old_state, job = run.jobs[key]
+        old_state, old_job = run.jobs[key]
         self._count(run, old_state, -1)
-        run.jobs[key] = (state, job)
+        run.jobs[key] = (state, old_job if job is None else job)
         self._count(run, state, +1)
 
     @staticmethod
@@ -327,70 +334,25 @@ class MemoryCoordinationStore(CoordinationStore):
     def apply_context(self, run_id: str, completion: Completion) -> None:
         raise NotImplementedError("the memory coordination store does not hold contexts")
 
-    # -- CoordinationStore -------------------------------------------------------------------------
-    async def schedule(self, run_id: str, jobs: Sequence[Job]) -> list[Job]:
-        inserted = [job for job in jobs if self.insert_job(run_id, job.key, "pending", job)]
-        self.touch(run_id)
-        return inserted
+    def lease(self, run_id: str, key: str) -> tuple[str, float] | None:
+        return self._run(run_id).leases.get(key)
 
-    async def begin(self, job: Job, owner: str, lease_seconds: float) -> Begin:
-        run = self._run(job.run_id)
-        now = time.time()
-        holder = run.leases.get(job.key)
-        if holder is not None and holder[0] != owner and holder[1] > now:
-            return Begin(False, self.job_state(job.run_id, job.key), None)
-        run.leases[job.key] = (owner, now + lease_seconds)
-        run.activity = now
-        return Begin(True, self.job_state(job.run_id, job.key), run.completions.get(job.key))
+    def put_lease(self, run_id: str, key: str, owner: str, expires_at: float) -> None:
+        self._run(run_id).leases[key] = (owner, expires_at)
 
-    async def renew(self, run_id: str, job_key: str, owner: str, lease_seconds: float) -> bool:
+    def drop_lease(self, run_id: str, key: str) -> None:
+        self._run(run_id).leases.pop(key, None)
+
+    def jobs_in_state(self, run_id: str, state: JobState) -> list[tuple[Job, float | None]]:
         run = self._run(run_id)
-        holder = run.leases.get(job_key)
-        if holder is None or holder[0] != owner:
-            return False
-        now = time.time()
-        run.leases[job_key] = (owner, now + lease_seconds)
-        run.activity = now
-        return True
+        return [(job, run.leases[key][1] if key in run.leases else None)
+                for key, (job_state, job) in run.jobs.items() if job_state == state and job is not None]
 
-    async def release(self, run_id: str, job_key: str, owner: str) -> None:
-        run = self._run(run_id)
-        holder = run.leases.get(job_key)
-        if holder is not None and holder[0] == owner:
-            del run.leases[job_key]
-
-    async def commit(self, transition: Transition) -> Committed:
-        return apply_transition(self, transition)
-
-    async def park(self, run_id: str, job_key: str) -> Committed:
-        if self.job_state(run_id, job_key) == "pending":
-            self.set_job_state(run_id, job_key, "parked")
-        self.touch(run_id)
-        pending, parked = self.counts(run_id)
-        return Committed(pending=pending, parked=parked)
-
-    async def unpark(self, run_id: str, job_key: str, job: Job) -> bool:
-        run = self._run(run_id)
-        if self.job_state(run_id, job_key) != "parked":
-            return False
-        self.set_job_state(run_id, job_key, "pending")
-        run.jobs[job_key] = ("pending", job)
-        return True
-
-    async def jobs(self, run_id: str, state: JobState = "pending") -> list[PendingJob]:
-        run = self._run(run_id)
-        now = time.time()
-        return [
-            PendingJob(job, job_key in run.leases and run.leases[job_key][1] > now)
-            for job_key, (job_state, job) in run.jobs.items()
-            if job_state == state and job is not None
-        ]
-
-    async def activity(self, run_id: str) -> float | None:
+    def last_activity(self, run_id: str) -> float | None:
         run = self._runs.get(run_id)
         return None if run is None else run.activity
 
-    async def delete_run(self, run_id: str) -> None:
+    def forget_run(self, run_id: str) -> None:
         self._runs.pop(run_id, None)
 
 

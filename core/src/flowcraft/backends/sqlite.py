@@ -51,22 +51,20 @@ from typing import Any, ClassVar, Self, TypeVar
 from flowcraft.errors import ConfigError
 from flowcraft.options import QueueOptions, option, parse_options
 from flowcraft.spi import (
-    Begin,
-    Committed,
+    Backend,
     Completion,
     Component,
     ContextStore,
-    CoordinationStore,
     DeadLetter,
     Delivery,
     Job,
     JobState,
+    LeaseTables,
     PendingJob,
     Queue,
     RunRecord,
     StatusStore,
-    Transition,
-    apply_transition,
+    TablesCoordinationStore,
 )
 
 T = TypeVar("T")
@@ -494,10 +492,6 @@ def _shared_key(path: str) -> str:
     return f"sqlite:{os.path.abspath(path)}"
 
 
-def _context_key(database: SqliteDatabase) -> str:
-    return f"sqlite-context:{id(database)}"
-
-
 class _SqliteComponent(Component):
     """What the four components share: the database, built once per backend through ``shared``."""
 
@@ -715,12 +709,6 @@ class SqliteContextStore(_SqliteComponent, ContextStore):
     """One row per (run, key), so concurrent writers of different keys never lose each other's updates."""
 
     name = "sqlite"
-
-    @classmethod
-    def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
-        store = super().from_config(options, shared)
-        shared[_context_key(store.db)] = store  # the coordination store writes contexts here
-        return store
 
     async def get_many(self, run_id: str, keys: Sequence[str]) -> dict[str, Any]:
         wanted = list(dict.fromkeys(keys))
@@ -1017,6 +1005,37 @@ class SqliteTables:
     def apply_context(self, run_id: str, completion: Completion) -> None:
         _upsert_context(self.conn, run_id, completion.context_updates, completion.context_deletes)
 
+    def lease(self, run_id: str, key: str) -> tuple[str, float] | None:
+        row = self.conn.execute(
+            "SELECT owner, expires_at FROM fc_leases WHERE run_id = ? AND key = ?", (run_id, key)).fetchone()
+        return None if row is None else (row[0], float(row[1]))
+
+    def put_lease(self, run_id: str, key: str, owner: str, expires_at: float) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO fc_leases (run_id, key, owner, expires_at) VALUES (?, ?, ?, ?)",
+                          (run_id, key, owner, expires_at))
+
+    def drop_lease(self, run_id: str, key: str) -> None:
+        self.conn.execute("DELETE FROM fc_leases WHERE run_id = ? AND key = ?", (run_id, key))
+
+    def jobs_in_state(self, run_id: str, state: JobState) -> list[tuple[Job, float | None]]:
+        rows = self.conn.execute(
+            "SELECT j.job, l.expires_at FROM fc_jobs AS j "
+            "LEFT JOIN fc_leases AS l ON l.run_id = j.run_id AND l.key = j.key "
+            "WHERE j.run_id = ? AND j.state = ? AND j.job IS NOT NULL ORDER BY j.rowid",
+            (run_id, state),
+        ).fetchall()
+        return [(Job.from_dict(json.loads(document)), expires) for document, expires in rows]
+
+    def last_activity(self, run_id: str) -> float | None:
+        row = self.conn.execute("SELECT activity FROM fc_runs WHERE run_id = ?", (run_id,)).fetchone()
+        return None if row is None else float(row[0])
+
+    def forget_run(self, run_id: str) -> None:
+        for table in ("fc_jobs", "fc_completions", "fc_arrivals", "fc_leases", "fc_runs"):
+            self.conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))  # fixed names
+        self._deltas.pop(run_id, None)
+        self._touched.discard(run_id)
+
     def _count(self, run_id: str, state: JobState, delta: int) -> None:
         if state == "pending":
             self._deltas.setdefault(run_id, [0, 0])[0] += delta
@@ -1037,25 +1056,23 @@ class SqliteTables:
         self._touched.clear()
 
 
-class SqliteCoordinationStore(_SqliteComponent, CoordinationStore):
-    """Jobs, completion records, join arrivals, leases and run counters, each call one transaction.
+class SqliteCoordinationStore(_SqliteComponent, TablesCoordinationStore):
+    """Jobs, completion records, join arrivals, leases and run counters: ``atomically`` is one immediate
+    transaction over ``SqliteTables``; release, jobs, activity and delete_run are single statements.
 
+    With ``applies_context`` (the sqlite preset passes it: its context store uses the same database)
     ``commit`` also writes the completion's context updates to the context table in its transaction;
-    when a backend pairs this store with a context store of another kind, ``applies_context`` is turned
-    off for that instance and the engine applies contexts itself.
+    built on its own (a backend pairing it with a context store of another kind) it does not, and the
+    engine applies contexts itself.
     """
 
     name = "sqlite"
-    applies_context = True
 
-    @classmethod
-    def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
-        store = super().from_config(options, shared)
-        if _context_key(store.db) not in shared:
-            store.applies_context = False  # type: ignore[misc]  # this instance's contexts live elsewhere
-        return store
+    def __init__(self, database: SqliteDatabase | None = None, *, applies_context: bool = False) -> None:
+        _SqliteComponent.__init__(self, database)
+        TablesCoordinationStore.__init__(self, applies_context=applies_context)
 
-    async def _transaction(self, fn: Callable[[SqliteTables], T]) -> T:
+    async def atomically(self, run_id: str, fn: Callable[[LeaseTables], T]) -> T:
         def run(conn: sqlite3.Connection) -> T:
             with immediate(conn):
                 tables = SqliteTables(conn)
@@ -1065,98 +1082,28 @@ class SqliteCoordinationStore(_SqliteComponent, CoordinationStore):
 
         return await self.db.call(run)
 
-    async def schedule(self, run_id: str, jobs: Sequence[Job]) -> list[Job]:
-        def insert(tables: SqliteTables) -> list[Job]:
-            inserted = [job for job in jobs if tables.insert_job(run_id, job.key, "pending", job)]
-            tables.touch(run_id)
-            return inserted
-
-        return await self._transaction(insert)
-
-    async def begin(self, job: Job, owner: str, lease_seconds: float) -> Begin:
-        run_id, key = job.run_id, job.key
-
-        def take(tables: SqliteTables) -> Begin:
-            conn, now = tables.conn, tables.now
-            holder = conn.execute(
-                "SELECT owner, expires_at FROM fc_leases WHERE run_id = ? AND key = ?", (run_id, key)
-            ).fetchone()
-            if holder is not None and holder[0] != owner and holder[1] > now:
-                return Begin(False, tables.job_state(run_id, key), None)
-            conn.execute(
-                "INSERT OR REPLACE INTO fc_leases (run_id, key, owner, expires_at) VALUES (?, ?, ?, ?)",
-                (run_id, key, owner, now + lease_seconds),
-            )
-            tables.touch(run_id)
-            return Begin(True, tables.job_state(run_id, key), tables.completion(run_id, key))
-
-        return await self._transaction(take)
-
-    async def renew(self, run_id: str, job_key: str, owner: str, lease_seconds: float) -> bool:
-        def extend(tables: SqliteTables) -> bool:
-            renewed = tables.conn.execute(
-                "UPDATE fc_leases SET expires_at = ? WHERE run_id = ? AND key = ? AND owner = ?",
-                (tables.now + lease_seconds, run_id, job_key, owner),
-            ).rowcount == 1
-            if renewed:
-                tables.touch(run_id)
-            return renewed
-
-        return await self._transaction(extend)
-
     async def release(self, run_id: str, job_key: str, owner: str) -> None:
         await self.db.write(lambda conn: conn.execute(
             "DELETE FROM fc_leases WHERE run_id = ? AND key = ? AND owner = ?", (run_id, job_key, owner)
         ))
 
-    async def commit(self, transition: Transition) -> Committed:
-        applies_context = self.applies_context
-        return await self._transaction(
-            lambda tables: apply_transition(tables, transition, applies_context=applies_context)
-        )
-
-    async def park(self, run_id: str, job_key: str) -> Committed:
-        def move(tables: SqliteTables) -> Committed:
-            if tables.job_state(run_id, job_key) == "pending":
-                tables.set_job_state(run_id, job_key, "parked")
-            tables.touch(run_id)
-            pending, parked = tables.counts(run_id)
-            return Committed(pending=pending, parked=parked)
-
-        return await self._transaction(move)
-
-    async def unpark(self, run_id: str, job_key: str, job: Job) -> bool:
-        def move(tables: SqliteTables) -> bool:
-            if tables.job_state(run_id, job_key) != "parked":
-                return False
-            tables.set_job_state(run_id, job_key, "pending", job)
-            return True
-
-        return await self._transaction(move)
-
+    # reads and the delete outside an immediate transaction: they take no write lock
     async def jobs(self, run_id: str, state: JobState = "pending") -> list[PendingJob]:
-        def read(conn: sqlite3.Connection) -> list[tuple[str, float | None]]:
-            return conn.execute(
-                "SELECT j.job, l.expires_at FROM fc_jobs AS j "
-                "LEFT JOIN fc_leases AS l ON l.run_id = j.run_id AND l.key = j.key "
-                "WHERE j.run_id = ? AND j.state = ? AND j.job IS NOT NULL ORDER BY j.rowid",
-                (run_id, state),
-            ).fetchall()
-
-        rows = await self.db.call(read)
+        rows = await self.db.call(lambda conn: SqliteTables(conn).jobs_in_state(run_id, state))
         now = time.time()
-        return [PendingJob(Job.from_dict(json.loads(document)), expires is not None and expires > now)
-                for document, expires in rows]
+        return [PendingJob(job, expires is not None and expires > now) for job, expires in rows]
 
     async def activity(self, run_id: str) -> float | None:
-        row = await self.db.call(
-            lambda conn: conn.execute("SELECT activity FROM fc_runs WHERE run_id = ?", (run_id,)).fetchone()
-        )
-        return None if row is None else float(row[0])
+        return await self.db.call(lambda conn: SqliteTables(conn).last_activity(run_id))
 
     async def delete_run(self, run_id: str) -> None:
-        def delete(conn: sqlite3.Connection) -> None:
-            for table in ("fc_jobs", "fc_completions", "fc_arrivals", "fc_leases", "fc_runs"):
-                conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))  # fixed names
+        await self.db.write(lambda conn: SqliteTables(conn).forget_run(run_id))
 
-        await self.db.write(delete)
+
+def build_backend(options: Mapping[str, Any]) -> Backend:
+    """The ``sqlite`` preset: four components on one database, the coordination store writing contexts in
+    its commit transaction (``Capabilities.applies_context``). Options are already validated."""
+    parsed = parse_options(SqliteQueueOptions, options)
+    database = SqliteDatabase(os.fspath(parsed.path), busy_timeout=parsed.busy_timeout, read_only=parsed.read_only)
+    return Backend(SqliteQueue(database, parsed.visibility_timeout), SqliteContextStore(database),
+                   SqliteStatusStore(database), SqliteCoordinationStore(database, applies_context=True))

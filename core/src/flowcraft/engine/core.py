@@ -421,7 +421,7 @@ class Engine:
 
     def _context_apart(self, completion: Completion) -> bool:
         """The completion has context writes that the coordination store does not write with it."""
-        return not self.coordination.applies_context and bool(completion.context_updates
+        return not self.backend.capabilities.applies_context and bool(completion.context_updates
                                                               or completion.context_deletes)
 
     async def _apply_context_apart(self, job: Job, completion: Completion) -> None:

@@ -75,9 +75,14 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
             self.dispatcher = colocation.queue.commit_dispatcher() if colocation.queue is not None else None
 
     @property
-    def applies_context(self) -> bool:  # type: ignore[override]  # a ClassVar on the SPI; per instance here
+    def applies_context(self) -> bool:  # type: ignore[override]  # read-only here: colocation decides it
         """True when a ``RedisContext`` on the same client and key prefix is the backend's context store."""
         return self._applies_context
+
+    @property
+    def dispatches(self) -> bool:  # type: ignore[override]  # read-only here: colocation decides it
+        """True when commits push the jobs they fire into the backend's queue (a ``Dispatcher``)."""
+        return self.dispatcher is not None
 
     async def _call(self, sha: str, *args: Any) -> Any:
         return await self.batcher.call_script(sha, self.key_prefix, *args)

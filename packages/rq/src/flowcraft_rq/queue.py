@@ -163,6 +163,10 @@ class RqQueue(Colocated, Queue):
     def commit_dispatcher(self) -> Dispatcher | None:
         return self._dispatcher
 
+    @property
+    def prefetches_status(self) -> bool:  # type: ignore[override]  # read-only here: colocation decides it
+        return self.prefetching
+
     async def setup(self) -> None:
         """Only checks connectivity: rq queues need no provisioning."""
         await self.redis.ping()
