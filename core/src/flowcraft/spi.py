@@ -331,7 +331,10 @@ class Component(ABC):  # noqa: B024  # a marker base: every component carries a 
 
 
 class Queue(Component):
-    """At-least-once job delivery with leases (visibility timeout), delay and a dead letter."""
+    """At-least-once job delivery with leases (visibility timeout), delay and a dead letter.
+
+    A backend must implement the abstract methods; ``receive`` is derived from ``dequeue`` (a queue that
+    shares a store with the status and coordination stores overrides it: ``prefetches_status``)."""
 
     visibility_timeout: float = 30.0
     #: True when ``receive`` prefetches each delivery's run record and lease (``Delivery.prefetched``); decided
@@ -373,11 +376,10 @@ class Queue(Component):
 
 
 class ContextStore(Component):
-    """A run's state: key -> JSON value, stored per key so concurrent writers never lose updates."""
+    """A run's state: key -> JSON value, stored per key so concurrent writers never lose updates.
 
-    @abstractmethod
-    async def get_many(self, run_id: str, keys: Sequence[str]) -> dict[str, Any]:
-        """Values of the keys that exist."""
+    A backend must implement ``get_all``, ``apply`` and ``delete_run``; ``get_many`` is derived (override it
+    to read only the keys asked for)."""
 
     @abstractmethod
     async def get_all(self, run_id: str) -> dict[str, Any]:
@@ -391,9 +393,18 @@ class ContextStore(Component):
     async def delete_run(self, run_id: str) -> None:
         """Forget the run's context."""
 
+    # -- derived: everything below is written over the methods above --------------------------------------
+    async def get_many(self, run_id: str, keys: Sequence[str]) -> dict[str, Any]:
+        """Values of the keys that exist."""
+        context = await self.get_all(run_id)
+        return {key: context[key] for key in keys if key in context}
+
 
 class StatusStore(Component):
-    """Run records with compare-and-set status transitions."""
+    """Run records with compare-and-set status transitions.
+
+    A backend must implement the abstract methods; ``wait_for_change`` is derived (it sleeps; a store that
+    can be notified overrides it and sets ``notifies``)."""
 
     #: True when ``wait_for_change`` returns as soon as a record changes (no polling needed).
     notifies: ClassVar[bool] = False
@@ -440,7 +451,10 @@ class StatusStore(Component):
 
 
 class CoordinationStore(Component):
-    """Atomic per-run coordination: jobs map, completion records, join arrivals, leases."""
+    """Atomic per-run coordination: jobs map, completion records, join arrivals, leases.
+
+    A backend implements every method here, or subclasses ``TablesCoordinationStore`` (end of this module)
+    and implements ONE primitive, ``atomically``, from which all of them are derived."""
 
     #: True when ``commit`` also writes the completion's context updates (coordination and context share
     #: one store), which saves the engine a separate ``ContextStore.apply`` round trip. Decided when the store

@@ -3,6 +3,7 @@
 from flowcraft.testing.contract import (
     MULTIPROCESS,
     BackendContract,
+    CapabilitiesContract,
     ContextContract,
     CoordinationContract,
     CrashContract,
@@ -14,6 +15,6 @@ from flowcraft.testing.contract import (
 )
 
 __all__ = [
-    "MULTIPROCESS", "BackendContract", "ContextContract", "CoordinationContract", "CrashContract", "InProcessWorkers",
-    "QueueContract", "ReconcilerContract", "StatusContract", "WorkflowContract",
+    "MULTIPROCESS", "BackendContract", "CapabilitiesContract", "ContextContract", "CoordinationContract",
+    "CrashContract", "InProcessWorkers", "QueueContract", "ReconcilerContract", "StatusContract", "WorkflowContract",
 ]

@@ -20,7 +20,8 @@ backend can do; removing one is a documented gap (e.g. the memory backend cannot
 * ``ReconcilerContract``: the reconciler re-enqueues a stalled run's pending jobs and leaves live ones alone;
 * ``RecoveryContract``: redeliveries, replays and reconciler passes driven to the exact point of a defect
   once seen under chaos, each leaving the run as one delivery would;
-* ``CrashContract``: real worker processes SIGKILLed at each fault point (needs ``MULTIPROCESS``).
+* ``CrashContract``: real worker processes SIGKILLed at each fault point (needs ``MULTIPROCESS``);
+* ``CapabilitiesContract``: each fast path the backend declares (``Backend.capabilities``) behaves as declared.
 """
 
 from __future__ import annotations
@@ -880,6 +881,75 @@ class CrashContract(_Base):
         assert sum(count - 1 for count in executions.values()) <= 1, executions
 
 
+class CapabilitiesContract(_Base):
+    """Each fast path a backend declares (``Backend.capabilities``) behaves as declared; a test is skipped
+    when its backend does not declare the capability (then the engine does that step itself)."""
+
+    @staticmethod
+    def _declared(backend: Backend, capability: str) -> None:
+        if not getattr(backend.capabilities, capability):
+            pytest.skip(f"backend {backend.name!r} does not declare {capability}")
+
+    async def test_applies_context_writes_the_context_with_the_record_only(self, backend: Backend,
+                                                                           run_prefix: str) -> None:
+        """applies_context: a commit's context writes are readable right after it, and a replay of the same
+        completion (recovery) writes none again (a later node may have changed the key since)."""
+        self._declared(backend, "applies_context")
+        job = _job(run_prefix)
+        await backend.coordination.schedule(run_prefix, [job])
+        completion = Completion("n", 1, None, token="t1", context_updates={"k": "first", "gone": None},
+                                context_deletes=("old",))
+        await backend.context.apply(run_prefix, {"old": 0})
+        await backend.coordination.commit(Transition(run_prefix, job.key, completion, finish=True))
+        assert await backend.context.get_many(run_prefix, ["k", "gone", "old"]) == {"k": "first", "gone": None}
+        await backend.context.apply(run_prefix, {"k": "later"})
+        await backend.coordination.commit(Transition(run_prefix, job.key, completion, finish=True, recovery=True))
+        assert await backend.context.get_many(run_prefix, ["k"]) == {"k": "later"}
+
+    async def test_prefetches_status_fills_record_and_lease(self, backend: Backend, run_prefix: str) -> None:
+        """prefetches_status: receive returns the job's run record and takes its lease for the owner."""
+        self._declared(backend, "prefetches_status")
+        await backend.status.create(RunRecord(run_prefix, "bp", input={"x": 1}))
+        job = _job(run_prefix)
+        await backend.coordination.schedule(run_prefix, [job])
+        await backend.queue.enqueue([job])
+        deadline = time.monotonic() + 10
+        got: list[Delivery] = []
+        while not got and time.monotonic() < deadline:
+            got = await backend.queue.receive(1, 1.0, "w1", 30)
+        assert len(got) == 1 and got[0].prefetched
+        delivery = got[0]
+        assert delivery.record is not None and delivery.record.run_id == run_prefix
+        assert delivery.record.input == {"x": 1}
+        assert delivery.begin is not None and delivery.begin.lease and delivery.begin.state == "pending"
+        assert not (await backend.coordination.begin(job, "w2", 30)).lease  # the lease is w1's
+        await backend.queue.ack(delivery)
+
+    async def test_dispatches_puts_fired_jobs_on_the_queue(self, backend: Backend, run_prefix: str) -> None:
+        """dispatches: the jobs a commit fires are delivered by the queue without the engine enqueueing them."""
+        self._declared(backend, "dispatches")
+        job, successor = _job(run_prefix, "a"), _job(run_prefix, "b")
+        await backend.coordination.schedule(run_prefix, [job])
+        committed = await backend.coordination.commit(Transition(
+            run_prefix, job.key, Completion("a", 1, None, token="t1"),
+            (Arrival(successor, "a", True, 1, ("a",)),), finish=True))
+        assert committed.dispatched and [j.key for j in committed.fired] == [successor.key]
+        got = await receive(backend, 1)
+        assert [(d.job.run_id, d.job.node_id) for d in got] == [(run_prefix, "b")]
+        await backend.queue.ack(got[0])
+
+    async def test_notifies_wakes_a_waiter_soon_after_a_transition(self, backend: Backend, run_prefix: str) -> None:
+        """notifies: wait_for_change returns within a second of a status transition (clients do not poll)."""
+        self._declared(backend, "notifies")
+        await backend.status.create(RunRecord(run_prefix, "bp"))
+        waiter = asyncio.create_task(backend.status.wait_for_change(run_prefix, 10.0))
+        await asyncio.sleep(0.2)  # the waiter is listening
+        started = time.monotonic()
+        assert await backend.status.transition(run_prefix, ["running"], "completed", {}) is not None
+        await asyncio.wait_for(waiter, 5.0)
+        assert time.monotonic() - started < 1.0
+
+
 class BackendContract(QueueContract, ContextContract, StatusContract, CoordinationContract, WorkflowContract,
-                      ReconcilerContract, RecoveryContract, CrashContract):
+                      ReconcilerContract, RecoveryContract, CrashContract, CapabilitiesContract):
     """Everything a backend must pass."""
