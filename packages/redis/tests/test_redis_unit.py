@@ -9,7 +9,6 @@ from redis.asyncio.connection import Connection
 
 from flowcraft.plugins import registry
 from flowcraft_redis import (
-    Colocation,
     RedisContext,
     RedisCoordinationStore,
     RedisStatusStore,
@@ -88,18 +87,13 @@ def test_colocation_needs_one_client_and_prefix_and_one_component_per_kind() -> 
         colocation.add(RedisContext(client))
 
 
-def test_from_config_colocates_per_build_url_and_prefix() -> None:
+def test_from_config_shares_the_client_but_never_colocates() -> None:
     options: dict[str, Any] = {"redis_url": "redis://127.0.0.1:1/0", "key_prefix": "c:"}
     shared: dict[str, Any] = {}
     context = RedisContext.from_config(options, shared)
     coordination = RedisCoordinationStore.from_config(options, shared)
-    assert coordination.applies_context and coordination.redis is context.redis
-    other_prefix = RedisCoordinationStore.from_config({**options, "key_prefix": "d:"}, shared)
-    assert not other_prefix.applies_context
-    other_build = RedisCoordinationStore.from_config(options, {})
-    assert not other_build.applies_context
-    (colocation,) = [c for c in shared["flowcraft_redis:colocations"].values() if c.prefix == "c:"]
-    assert isinstance(colocation, Colocation) and colocation.members() == [context, coordination]
+    assert coordination.redis is context.redis  # one client per URL among the components of one build
+    assert not coordination.applies_context and not coordination.dispatches  # only a preset factory wires them
 
 
 def test_plugin_registers_lazily() -> None:

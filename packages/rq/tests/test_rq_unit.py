@@ -8,7 +8,7 @@ from typing import Any
 
 from flowcraft.app import App
 from flowcraft.plugins import registry
-from flowcraft.spi import Begin, Job
+from flowcraft.spi import Begin, Capabilities, Job
 from flowcraft_redis import RedisCoordinationStore, RedisStatusStore, colocate, make_client
 from flowcraft_rq import FUNC_NAME, RqAdapter, RqQueue, RqReceipt
 from flowcraft_rq.jobs import decode_data, encode_data, run_job
@@ -64,19 +64,21 @@ def _coordination(backend: Any) -> RedisCoordinationStore:
     return backend.coordination
 
 
-def test_the_build_wires_the_fast_paths_only_among_colocated_components() -> None:
+def test_the_preset_factory_wires_every_fast_path_and_an_override_none() -> None:
     reg = registry()
     options = {"redis_url": "redis://127.0.0.1:1/0", "key_prefix": "w:"}
     full = reg.build("rq", options)
     queue, coordination = _queue(full), _coordination(full)
     assert queue.prefetching and coordination.applies_context
     assert coordination.dispatcher is not None and coordination.dispatcher is queue.commit_dispatcher()
-    other_status = reg.build("rq", options, overrides={"status": "memory"})
-    assert not _queue(other_status).prefetching and _coordination(other_status).dispatcher is not None
-    other_context = reg.build("rq", options, overrides={"context": "memory"})
-    assert _queue(other_context).prefetching and not _coordination(other_context).applies_context
-    other_queue = reg.build("rq", options, overrides={"queue": "memory"})
-    assert _coordination(other_queue).dispatcher is None and _coordination(other_queue).applies_context
+    assert full.capabilities == Capabilities(applies_context=True, prefetches_status=True, dispatches=True)
+    assert full.name == "rq" and full.options["key_prefix"] == "w:"
+    same_names = reg.build("rq", options, overrides={"queue": "rq"})  # naming the preset's own is no override
+    assert same_names.capabilities == full.capabilities
+    for kind in ("queue", "context", "status"):
+        mixed = reg.build("rq", options, overrides={kind: "memory"})
+        assert mixed.capabilities == Capabilities(notifies=kind == "status"), kind
+        assert not _coordination(mixed).applies_context and _coordination(mixed).dispatcher is None
 
 
 def test_prefetch_and_dispatch_can_be_turned_off() -> None:

@@ -15,7 +15,7 @@ from flowcraft_redis._client import (
     batcher_for,
     shared_client,
 )
-from flowcraft_redis.colocation import Colocated, Colocation
+from flowcraft_redis.colocation import Colocated
 from flowcraft_redis.options import RedisOptions
 
 
@@ -36,7 +36,6 @@ class RedisStateStore(Colocated):
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
         parsed = parse_options(RedisOptions, options)
-        store = cls(shared_client(options, shared), key_prefix=parsed.key_prefix,
-                    state_ttl_seconds=parsed.state_ttl_seconds)
-        Colocation.join(store, options, shared)
-        return store
+        # built alone: it takes no fast path with other components (a preset's factory wires those: colocate)
+        return cls(shared_client(options, shared), key_prefix=parsed.key_prefix,
+                   state_ttl_seconds=parsed.state_ttl_seconds)

@@ -4,13 +4,10 @@ Components that share one client and key prefix can do more per script: a commit
 context updates (``CoordinationStore.applies_context``) and pushes the jobs it fires into a queue on the
 same Redis (``Committed.dispatched``); such a queue's ``receive`` also reads the run record and takes the
 lease (``Delivery.prefetched``). Whether they may is decided here, once, while the backend is assembled,
-never by looking anything up while jobs are handled:
-
-* ``from_config`` of every component joins the ``Colocation`` of its URL + key prefix in the ``shared``
-  dict of that one ``registry().build(...)`` (``Colocation.join``), so components of other builds, other
-  prefixes or other kinds (``overrides={"context": "sqlite"}``) never count;
-* by hand, ``colocate(context, status, coordination, queue)`` wires components you built yourself (they must
-  use the same client object and key prefix).
+never by looking anything up while jobs are handled: ``colocate(context, status, coordination, queue)``
+wires components built on the same client object and key prefix. The ``rq`` preset's factory
+(``flowcraft_rq.backend.build_backend``) does it; components built alone by ``from_config`` (a backend
+overriding a component) are never colocated and take no fast path (``Backend.capabilities``).
 
 Each time a member joins, every member's ``colocated(colocation)`` hook re-reads who is there.
 """
@@ -18,15 +15,12 @@ Each time a member joins, every member's ``colocated(colocation)`` hook re-reads
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
 from typing import Any
 
 from redis.asyncio import Redis
 
 from flowcraft.spi import ContextStore, CoordinationStore, Queue, StatusStore
-from flowcraft_redis._client import DEFAULT_PREFIX, option_str, option_url, shared_client
 
-_SHARED_KEY = "flowcraft_redis:colocations"
 _KINDS: tuple[tuple[str, type[Any]], ...] = (
     ("queue", Queue), ("context", ContextStore), ("status", StatusStore), ("coordination", CoordinationStore))
 
@@ -74,16 +68,6 @@ class Colocation:
         self.context: Colocated | None = None
         self.status: Colocated | None = None
         self.coordination: Colocated | None = None
-
-    @classmethod
-    def join(cls, component: Colocated, options: Mapping[str, Any], shared: dict[str, Any]) -> None:
-        """Add a component built by ``from_config`` to the colocation of its URL + key prefix in ``shared``."""
-        by_place: dict[tuple[str, str], Colocation] = shared.setdefault(_SHARED_KEY, {})
-        place = (option_url(options), option_str(options, "key_prefix", DEFAULT_PREFIX))
-        colocation = by_place.get(place)
-        if colocation is None:
-            colocation = by_place[place] = cls(shared_client(options, shared), place[1])
-        colocation.add(component)
 
     def accepts(self, component: object) -> bool:
         """Whether ``component`` is a colocatable component on this client and key prefix."""

@@ -99,8 +99,8 @@ class RqDispatcher(Dispatcher):
 class RqQueue(Colocated, Queue):
     """The queue of the ``rq`` backend (see the module docstring and the package README).
 
-    What it does beyond a queue is wired at construction (``flowcraft_redis.colocation``; ``from_config``
-    joins the colocation of its URL and key prefix, by hand use ``flowcraft_redis.colocate``):
+    What it does beyond a queue is wired at construction (``flowcraft_redis.colocate``; the ``rq`` preset's
+    factory, ``flowcraft_rq.backend.build_backend``, does it):
 
     * ``prefetch``: when the backend's status and coordination stores are Redis stores on this client and key
       prefix, ``receive`` also reads each job's run record and takes its lease in the dequeue script
@@ -148,14 +148,17 @@ class RqQueue(Colocated, Queue):
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
-        parsed = parse_options(RqQueueOptions, options)
-        prefix = parsed.key_prefix
+        """Built alone (a backend overriding a component): it takes no fast path with the other components."""
+        return cls.build(shared_client(options, shared), parse_options(RqQueueOptions, options))
+
+    @classmethod
+    def build(cls, redis: Redis, options: RqQueueOptions) -> Self:
+        """The queue its options describe, on ``redis``."""
+        prefix = options.key_prefix
         default_queue = DEFAULT_QUEUE if prefix == DEFAULT_PREFIX else f"{prefix}queue"
-        queue = cls(shared_client(options, shared), queue_name=parsed.queue_name or default_queue,
-                    key_prefix=prefix, rq_prefix=parsed.rq_key_prefix,
-                    visibility_timeout=parsed.visibility_timeout, state_ttl_seconds=parsed.state_ttl_seconds)
-        Colocation.join(queue, options, shared)
-        return queue
+        return cls(redis, queue_name=options.queue_name or default_queue, key_prefix=prefix,
+                   rq_prefix=options.rq_key_prefix, visibility_timeout=options.visibility_timeout,
+                   state_ttl_seconds=options.state_ttl_seconds)
 
     def colocated(self, colocation: Colocation) -> None:
         self.prefetching = self.prefetch and colocation.status is not None and colocation.coordination is not None
