@@ -155,8 +155,9 @@ class FixedClient(Generic[ClientT]):
 
 
 class AwsClients:
-    """One aiobotocore session and one client per service, shared by the components of one backend
-    (``shared["aws:<region>:<sqs endpoint>:<dynamodb endpoint>"]``); closed when the last component closes.
+    """One aiobotocore session and one client per service, shared by the components of one backend (the
+    ``sqs`` preset's factory passes them to each; built one by one, through ``shared``); closed when the last
+    component closes.
     ``endpoints``: service -> endpoint URL (a service not named, or None: AWS's own)."""
 
     def __init__(self, endpoints: Mapping[str, str | None], region: str, max_pool_connections: int = 64) -> None:
@@ -170,12 +171,20 @@ class AwsClients:
         self._users = 0
 
     @classmethod
-    def shared(cls, shared: dict[str, Any], options: SqsOptions) -> AwsClients:
+    def for_options(cls, options: SqsOptions) -> AwsClients:
+        """The clients the options name (region, endpoints, pool size)."""
         endpoints = {service: options.endpoint(service) for service in ("sqs", "dynamodb")}
-        key = f"aws:{options.region}:{endpoints['sqs'] or ''}:{endpoints['dynamodb'] or ''}"
+        return cls(endpoints, options.region, options.max_pool_connections)
+
+    @classmethod
+    def shared(cls, shared: dict[str, Any], options: SqsOptions) -> AwsClients:
+        """For components built one by one (``from_config``, a backend overriding a component): the clients
+        of the first component built with the same region and endpoints."""
+        fresh = cls.for_options(options)
+        key = f"aws:{options.region}:{fresh.endpoints['sqs'] or ''}:{fresh.endpoints['dynamodb'] or ''}"
         clients = shared.get(key)
         if not isinstance(clients, AwsClients):
-            clients = shared[key] = cls(endpoints, options.region, options.max_pool_connections)
+            clients = shared[key] = fresh
         return clients
 
     @overload

@@ -48,8 +48,12 @@ class DynamoDbContext(ContextStore):
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
         parsed = SqsOptions.parse(options)
-        return cls(table_name=parsed.table("contexts"),
-                   source=AwsClients.shared(shared, parsed).source("dynamodb"))
+        return cls.build(parsed, AwsClients.shared(shared, parsed))
+
+    @classmethod
+    def build(cls, options: SqsOptions, clients: AwsClients) -> Self:
+        """The store its options describe, on the backend's ``clients``."""
+        return cls(table_name=options.table("contexts"), source=clients.source("dynamodb"))
 
     async def setup(self) -> None:
         from flowcraft_sqs.provisioning import ensure_table

@@ -265,8 +265,13 @@ class DynamoDbCoordinationStore(CoordinationStore):
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
         parsed = SqsOptions.parse(options)
-        return cls(table_name=parsed.table("coordination"), ttl_seconds=parsed.ttl_seconds,
-                   source=AwsClients.shared(shared, parsed).source("dynamodb"))
+        return cls.build(parsed, AwsClients.shared(shared, parsed))
+
+    @classmethod
+    def build(cls, options: SqsOptions, clients: AwsClients) -> Self:
+        """The store its options describe, on the backend's ``clients``."""
+        return cls(table_name=options.table("coordination"), ttl_seconds=options.ttl_seconds,
+                   source=clients.source("dynamodb"))
 
     async def setup(self) -> None:
         from flowcraft_sqs.provisioning import ensure_table

@@ -33,4 +33,5 @@ def flowcraft_coordination_stores() -> list[Any]:
 @hookimpl
 def flowcraft_presets() -> list[Preset]:
     return [Preset("sqs", "sqs", "dynamodb", "dynamodb", "dynamodb",
-                   "Amazon SQS queue + DynamoDB context, status and coordination (no Redis)")]
+                   "Amazon SQS queue + DynamoDB context, status and coordination (no Redis)",
+                   factory=f"{_PACKAGE}.backend:build_backend")]

@@ -99,13 +99,18 @@ class SqsQueue(Queue):
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
-        o = SqsOptions.parse(options)
+        parsed = SqsOptions.parse(options)
+        return cls.build(parsed, AwsClients.shared(shared, parsed))
+
+    @classmethod
+    def build(cls, o: SqsOptions, clients: AwsClients) -> Self:
+        """The queue its options describe, on the backend's ``clients``."""
         return cls(
             queue_url=o.queue_url, queue_name=o.main_queue_name, dead_letter_queue_url=o.dead_letter_queue_url,
             dead_letter_queue_name=o.dlq_name, visibility_timeout=o.visibility_timeout,
             wait_time_seconds=o.wait_time_seconds, fifo=o.fifo, max_receive_count=o.max_receive_count,
             max_message_bytes=o.max_message_bytes, message_retention_seconds=o.message_retention_seconds,
-            source=AwsClients.shared(shared, o).source("sqs"),
+            source=clients.source("sqs"),
         )
 
     async def setup(self) -> None:

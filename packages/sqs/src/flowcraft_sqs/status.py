@@ -69,8 +69,13 @@ class DynamoDbStatusStore(StatusStore):
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
         parsed = SqsOptions.parse(options)
-        return cls(table_name=parsed.table("statuses"), index_name=parsed.status_index,
-                   source=AwsClients.shared(shared, parsed).source("dynamodb"))
+        return cls.build(parsed, AwsClients.shared(shared, parsed))
+
+    @classmethod
+    def build(cls, options: SqsOptions, clients: AwsClients) -> Self:
+        """The store its options describe, on the backend's ``clients``."""
+        return cls(table_name=options.table("statuses"), index_name=options.status_index,
+                   source=clients.source("dynamodb"))
 
     async def setup(self) -> None:
         from flowcraft_sqs.provisioning import ensure_table
