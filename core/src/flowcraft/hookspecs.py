@@ -47,4 +47,4 @@ def flowcraft_coordination_stores() -> list[Any]:
 
 @hookspec
 def flowcraft_presets() -> list[Any]:
-    """Register backend presets (``flowcraft.plugins.Preset``): a name for a combination of components."""
+    """Register backend presets (``flowcraft.plugins.Preset``): named components, optionally a wiring factory."""

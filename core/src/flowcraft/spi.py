@@ -115,7 +115,8 @@ class Delivery:
 
     ``record`` and ``begin`` are filled only by ``Queue.receive`` of a queue that shares one store with the
     status and coordination stores: the run record and ``CoordinationStore.begin`` for the receiving owner,
-    read in the same round trip as the dequeue (``prefetched`` says they were).
+    read in the same round trip as the dequeue (``prefetched`` says they were, per delivery: a queue that
+    declares ``Capabilities.prefetches_status`` may still hand out a delivery it could not prefetch).
     """
 
     job: Job
@@ -231,6 +232,8 @@ class Committed:
     ``dispatched``: the store already put ``fired`` on the queue (it shares one store with the queue,
     honouring each job's ``due_at``), so the engine must not enqueue them again.
     ``lease_released``: the commit released ``Transition.owner``'s lease on the job.
+    Both are facts about this commit, which the engine acts on; ``Capabilities.dispatches`` is the
+    backend's declaration, which the contract suite checks against ``dispatched``.
     """
 
     conflict: Completion | None = None

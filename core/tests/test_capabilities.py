@@ -1,0 +1,47 @@
+"""Backend.capabilities: decided once from the components as built; a preset's factory wires the fast paths,
+an overridden component turns them off; a broken factory is reported in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flowcraft.backends.memory import memory_backend
+from flowcraft.backends.sqlite import SqliteCoordinationStore, SqliteDatabase
+from flowcraft.errors import PluginError
+from flowcraft.plugins import Preset, _load_factory, registry
+from flowcraft.spi import Backend, Capabilities
+
+
+def test_memory_backend_declares_only_notifies() -> None:
+    assert memory_backend().capabilities == Capabilities(notifies=True)
+
+
+async def test_sqlite_factory_wires_applies_context_and_an_override_turns_it_off(tmp_path: Path) -> None:
+    options = {"path": str(tmp_path / "f.db")}
+    wired = registry().build("sqlite", options)
+    mixed = registry().build("sqlite", options, overrides={"queue": "memory"})
+    try:
+        assert wired.capabilities.applies_context and wired.name == "sqlite"
+        assert wired.options["path"] == tmp_path / "f.db"
+        assert not mixed.capabilities.applies_context and not mixed.coordination.applies_context
+    finally:
+        await wired.close()
+        await mixed.close()
+
+
+def test_capabilities_follow_the_components_they_are_read_from() -> None:
+    database = SqliteDatabase(":memory:")
+    built = memory_backend()
+    paired = Backend(built.queue, built.context, built.status, SqliteCoordinationStore(database, applies_context=True))
+    assert paired.capabilities == Capabilities(applies_context=True, notifies=True)
+    with pytest.raises(AttributeError):
+        paired.capabilities.applies_context = False  # type: ignore[misc]  # frozen: checked at run time too
+
+
+def test_a_factory_that_cannot_be_imported_is_one_line() -> None:
+    preset = Preset("broken", "memory", "memory", "memory", "memory", factory="no_such_module_x:build")
+    with pytest.raises(PluginError, match=r"backend 'broken': its factory 'no_such_module_x:build' cannot be "
+                                          r"imported: ModuleNotFoundError"):
+        _load_factory(preset)
