@@ -186,6 +186,16 @@ RAISING = """
     def flowcraft_presets():
         raise RuntimeError("the plugin's own bug")
 """
+MISREGISTERING = """
+    from flowcraft.hookspecs import hookimpl
+
+    class NotAQueue:
+        name = "misfit"
+
+    @hookimpl
+    def flowcraft_queues():
+        return [NotAQueue]
+"""
 #: distribution -> (version, entry-point name, {module: source})
 FAILING_SITE = {
     "flowcraft-good": ("0.3.0", "good", {"flowcraft_good_plugin": GOOD, "flowcraft_good_queue": GOOD_QUEUE}),
@@ -194,6 +204,7 @@ FAILING_SITE = {
     "flowcraft-two": ("2.1.0", "two", {"flowcraft_two_plugin": CLAIMS_SHARED.replace("{own}", "two")}),
     "flowcraft-broken": ("0.0.1", "broken", {"flowcraft_broken_plugin": BROKEN}),
     "flowcraft-raising": ("0.5.0", "raising", {"flowcraft_raising_plugin": RAISING}),
+    "flowcraft-misfit": ("0.2.0", "misfit", {"flowcraft_misfit_plugin": MISREGISTERING}),
 }
 
 
@@ -214,6 +225,9 @@ LEFT_OUT = {
     "raising": 'plugin "raising" (flowcraft-raising 0.5.0) left out: hook flowcraft_presets raised RuntimeError: '
                "the plugin's own bug; report it to the authors of flowcraft-raising or disable it "
                f"({_disable_how('flowcraft-raising')})",
+    "misfit": 'plugin "misfit" (flowcraft-misfit 0.2.0) left out: hook flowcraft_queues returned class NotAQueue, '
+              "not a subclass of flowcraft.spi.Queue; report it to the authors of flowcraft-misfit or disable it "
+              f"({_disable_how('flowcraft-misfit')})",
 }
 
 FAILING_PROBE = """

@@ -1,9 +1,10 @@
 """The hooks a Flowcraft plugin implements (pluggy project ``flowcraft``, entry-point group ``flowcraft``).
 
-Each hook returns a list of component classes carrying a unique ``name`` (or ``"module:Class"`` strings,
-imported only when selected, so listing plugins never imports heavy client libraries). The built-ins
-register through these same hooks (``flowcraft.backends.builtin``). A plugin whose hook raises, or whose
-names clash with another plugin's, is left out and reported (``flowcraft.plugins``).
+Each component hook returns a list (or tuple) of component classes of its kind carrying a unique ``name``, or
+``(name, "module:Class")`` pairs imported only when selected, so listing plugins never imports heavy client
+libraries; ``flowcraft_presets`` returns ``flowcraft.plugins.Preset`` values. The built-ins register through
+these same hooks (``flowcraft.backends.builtin``). A plugin whose hook raises or returns anything else, or
+whose names clash with another plugin's, is left out and reported (``flowcraft.plugins``).
 
 There is no reconciler hook, on purpose: the reconciler (``flowcraft.reconciler.Reconciler``) has no
 per-backend code. It works only through the SPI -- ``StatusStore.stalled`` (where each backend queries its
@@ -17,34 +18,43 @@ of the recovery rules that must be kept in step with the engine.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, TypeAlias
 
 import pluggy
+
+from flowcraft.spi import ContextStore, CoordinationStore, Queue, StatusStore
+
+if TYPE_CHECKING:  # flowcraft.plugins imports this module
+    from flowcraft.plugins import Preset
 
 hookspec = pluggy.HookspecMarker("flowcraft")
 hookimpl = pluggy.HookimplMarker("flowcraft")
 
+#: ``(name, "module:Class")``: a component imported only when it is selected.
+LazyComponent: TypeAlias = tuple[str, str]
+
 
 @hookspec
-def flowcraft_queues() -> list[Any]:
+def flowcraft_queues() -> Sequence[type[Queue] | LazyComponent]:
     """Register queue classes (subclasses of ``flowcraft.spi.Queue``)."""
 
 
 @hookspec
-def flowcraft_context_stores() -> list[Any]:
+def flowcraft_context_stores() -> Sequence[type[ContextStore] | LazyComponent]:
     """Register context store classes (subclasses of ``flowcraft.spi.ContextStore``)."""
 
 
 @hookspec
-def flowcraft_status_stores() -> list[Any]:
+def flowcraft_status_stores() -> Sequence[type[StatusStore] | LazyComponent]:
     """Register status store classes (subclasses of ``flowcraft.spi.StatusStore``)."""
 
 
 @hookspec
-def flowcraft_coordination_stores() -> list[Any]:
+def flowcraft_coordination_stores() -> Sequence[type[CoordinationStore] | LazyComponent]:
     """Register coordination store classes (subclasses of ``flowcraft.spi.CoordinationStore``)."""
 
 
 @hookspec
-def flowcraft_presets() -> list[Any]:
+def flowcraft_presets() -> Sequence[Preset]:
     """Register backend presets (``flowcraft.plugins.Preset``): named components, optionally a wiring factory."""

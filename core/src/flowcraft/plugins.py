@@ -426,7 +426,9 @@ def _as_list(returned: Any, hook_name: str) -> Iterable[Any]:
 
 
 def _registration(kind: str, item: Any, hook_name: str) -> tuple[str, Any]:
-    """The name and target of one item a hook returned; anything else is the plugin's fault."""
+    """The name and target of one item a hook returned, checked against the hook's return type
+    (``flowcraft.hookspecs``); anything else is the plugin's fault. A lazy target's class is checked when
+    it is imported (``_Entry.load``)."""
     if kind == PRESET:
         if not isinstance(item, Preset):
             raise _PluginFault(f"hook {hook_name} returned {item!r}, not a flowcraft.plugins.Preset")
@@ -438,6 +440,10 @@ def _registration(kind: str, item: Any, hook_name: str) -> tuple[str, Any]:
         raise _PluginFault(f"hook {hook_name} returned {item!r}; a lazy component is (name, 'module:Class')")
     if not isinstance(item, type):
         raise _PluginFault(f"hook {hook_name} returned {item!r}; give a class or (name, 'module:Class')")
+    base = KINDS[kind]
+    if not issubclass(item, base):
+        raise _PluginFault(f"hook {hook_name} returned class {item.__qualname__}, not a subclass of "
+                           f"flowcraft.spi.{base.__name__}")
     name = getattr(item, "name", "")
     if not isinstance(name, str) or not name:
         raise _PluginFault(f"hook {hook_name} returned class {item.__qualname__} without a 'name'")
