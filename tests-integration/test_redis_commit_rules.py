@@ -62,7 +62,8 @@ def arrivals(draw: st.DrawFn, graph: dict[str, Join]) -> Arrival:
     contribution = draw(json_values) if arrived else None
     single = len(join.expected) <= 1
     job = job_of(target, contribution if single else None, single)
-    return Arrival(job, draw(st.sampled_from(join.expected)), arrived, contribution, join.expected, join.strategy)
+    return Arrival(job, draw(st.sampled_from(join.expected)), arrived=arrived, contribution=contribution,
+                   expected=join.expected, strategy=join.strategy)
 
 
 @st.composite
@@ -125,7 +126,8 @@ async def run_both(redis_url: str, ops: list[tuple[Any, ...]]) -> None:
                 await memory.release(RUN, key, owner)
             elif kind == "commit":
                 _, node, completion, arrived, finish, recovery, owner = op
-                tx = Transition(RUN, job_of(node).key, completion, tuple(arrived), finish, recovery, owner)
+                tx = Transition(RUN, job_of(node).key, completion=completion, arrivals=tuple(arrived), finish=finish,
+                                recovery=recovery, owner=owner)
                 got = await redis.commit(tx)
                 want = apply_transition(memory, tx)
                 assert outcome(got) == outcome(want), where

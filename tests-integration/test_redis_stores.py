@@ -46,7 +46,7 @@ def _arrival(run: str, target: str, member: str, expected: tuple[str, ...], arri
              contribution: Any = None, strategy: str = "all") -> Arrival:
     single = len(expected) <= 1
     job = Job(run, "bp", target, input=contribution if single else None, has_input=single)
-    return Arrival(job, member, arrived, contribution, expected, strategy)  # type: ignore[arg-type]
+    return Arrival(job, member, arrived=arrived, contribution=contribution, expected=expected, strategy=strategy)  # type: ignore[arg-type]
 
 
 async def test_context_one_hash_per_run_with_json_and_none(stores: Any, client: Redis, redis_prefix: str) -> None:
@@ -123,10 +123,13 @@ async def test_applies_context_only_when_colocated(client: Redis, redis_url: str
     assert paired.applies_context is True
     run = "ctx-apply"
     await paired.schedule(run, [Job(run, "bp", "a")])
-    await paired.commit(Transition(run, "0:a", Completion("a", 1, token="t", context_updates={"k": 1}), finish=True))
+    await paired.commit(Transition(run, "0:a",
+                                   completion=Completion("a", output=1, token="t", context_updates={"k": 1}),
+                                   finish=True))
     assert await RedisContext(client, key_prefix=prefix).get_all(run) == {"k": 1}
     await alone.schedule("ctx-skip", [Job("ctx-skip", "bp", "a")])
-    await alone.commit(Transition("ctx-skip", "0:a", Completion("a", 1, token="t", context_updates={"k": 1}),
+    await alone.commit(Transition("ctx-skip", "0:a",
+                                  completion=Completion("a", output=1, token="t", context_updates={"k": 1}),
                                   finish=True))
     assert await RedisContext(client, key_prefix=prefix).get_all("ctx-skip") == {}
     other_client = make_client(redis_url)
@@ -140,16 +143,18 @@ async def test_finishing_commit_releases_the_owners_lease(stores: Any, client: R
     run = "lease-run"
     await coordination.schedule(run, [Job(run, "bp", "a"), Job(run, "bp", "b")])
     assert (await coordination.begin(Job(run, "bp", "a"), "w1", 30)).lease
-    not_finishing = await coordination.commit(Transition(run, "0:a", Completion("a", 1, token="t"), owner="w1"))
+    not_finishing = await coordination.commit(Transition(run, "0:a", completion=Completion("a", output=1, token="t"),
+                                                         owner="w1"))
     assert not not_finishing.lease_released and await client.hexists(f"{redis_prefix}lease:{run}", "0:a")
-    finished = await coordination.commit(Transition(run, "0:a", None, finish=True, owner="w1"))
+    finished = await coordination.commit(Transition(run, "0:a", completion=None, finish=True, owner="w1"))
     assert finished.lease_released and not finished.dispatched  # no queue colocated: the engine enqueues
     assert not await client.hexists(f"{redis_prefix}lease:{run}", "0:a")
     # another owner's lease is left alone; without an owner nothing is released
     assert (await coordination.begin(Job(run, "bp", "b"), "w2", 30)).lease
-    other = await coordination.commit(Transition(run, "0:b", Completion("b", 1, token="u"), finish=True, owner="w1"))
+    other = await coordination.commit(Transition(run, "0:b", completion=Completion("b", output=1, token="u"),
+                                                 finish=True, owner="w1"))
     assert await client.hexists(f"{redis_prefix}lease:{run}", "0:b") and other.pending == 0
-    anonymous = await coordination.commit(Transition(run, "0:b", None, finish=True))
+    anonymous = await coordination.commit(Transition(run, "0:b", completion=None, finish=True))
     assert not anonymous.lease_released and await client.hexists(f"{redis_prefix}lease:{run}", "0:b")
 
 
@@ -173,10 +178,10 @@ async def test_commit_writes_context_and_ttls_in_one_call(stores: Any, client: R
     run = "run/ctx:1"
     assert coordination.applies_context
     await coordination.schedule(run, [Job(run, "bp", "a")])
-    completion = Completion("a", {"v": 1}, token="t1", context_updates={"_outputs.a": {"v": 1}, "k": None})
+    completion = Completion("a", output={"v": 1}, token="t1", context_updates={"_outputs.a": {"v": 1}, "k": None})
     before = coordination.batcher.commands
-    committed = await coordination.commit(Transition(run, "0:a", completion,
-                                                     (_arrival(run, "b", "a", ("a",), contribution={"v": 1}),),
+    committed = await coordination.commit(Transition(run, "0:a", completion=completion,
+                                                     arrivals=(_arrival(run, "b", "a", ("a",), contribution={"v": 1}),),
                                                      finish=True))
     assert coordination.batcher.commands - before == 1  # one round trip
     assert [job.node_id for job in committed.fired] == ["b"] and committed.pending == 1
@@ -191,8 +196,8 @@ async def test_join_input_is_spliced_without_losing_json_types(stores: Any) -> N
     expected = ("p:1", "p/2", "p 3")
     values: dict[str, Any] = {"p:1": [], "p/2": {"f": 0.1 + 0.2, "big": 2**64 + 1}, "p 3": None}
     results = await asyncio.gather(*(
-        coordination.commit(Transition(run, f"0:{m}", Completion(m, values[m], token=m),
-                                       (_arrival(run, "j", m, expected, contribution=values[m]),)))
+        coordination.commit(Transition(run, f"0:{m}", completion=Completion(m, output=values[m], token=m),
+                                       arrivals=(_arrival(run, "j", m, expected, contribution=values[m]),)))
         for m in expected))
     fired = [job for result in results for job in result.fired]
     assert len(fired) == 1 and fired[0].input == values and fired[0].has_input
@@ -201,9 +206,10 @@ async def test_join_input_is_spliced_without_losing_json_types(stores: Any) -> N
 async def test_keys_of_runs_with_separators_never_collide(stores: Any) -> None:
     coordination = stores[2]
     # run "x" target "T:jobs" vs run "x:arr:T" - the arrival key carries the run id's byte length
-    a = await coordination.commit(Transition("x", "0:s", None, (_arrival("x", "T:jobs", "m1", ("m1", "m2")),)))
-    b = await coordination.commit(Transition("x:arr:1:x:T", "0:s", None,
-                                             (_arrival("x:arr:1:x:T", "jobs", "m2", ("m1", "m2")),)))
+    a = await coordination.commit(Transition("x", "0:s", completion=None,
+                                             arrivals=(_arrival("x", "T:jobs", "m1", ("m1", "m2")),)))
+    b = await coordination.commit(Transition("x:arr:1:x:T", "0:s", completion=None,
+                                             arrivals=(_arrival("x:arr:1:x:T", "jobs", "m2", ("m1", "m2")),)))
     assert a.fired == () and b.fired == ()
 
 

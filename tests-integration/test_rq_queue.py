@@ -218,8 +218,9 @@ async def test_commit_dispatches_fired_jobs_into_the_queue(backend: Backend, syn
     now_job = Job(run, "bp", "b", input=1, has_input=True)
     later_job = Job(run, "bp", "c", input=2, has_input=True, due_at=time.time() + 0.6)
     committed = await backend.coordination.commit(Transition(
-        run, "0:a", Completion("a", 1, token="t"),
-        (Arrival(now_job, "a", True, 1, ("a",)), Arrival(later_job, "a", True, 2, ("a",))), finish=True, owner="w1"))
+        run, "0:a", completion=Completion("a", output=1, token="t"),
+        arrivals=(Arrival(now_job, "a", arrived=True, contribution=1, expected=("a",)),
+                  Arrival(later_job, "a", arrived=True, contribution=2, expected=("a",))), finish=True, owner="w1"))
     assert committed.dispatched and committed.lease_released
     assert {job.node_id for job in committed.fired} == {"b", "c"}
     scheduled = ScheduledJobRegistry(queue.queue_name, connection=sync_redis)

@@ -324,7 +324,7 @@ async def put_raw(aws: dict[str, Any], item: dict[str, Any]) -> None:
 async def test_expired_items_are_absent(backend: Backend, aws: dict[str, Any]) -> None:
     past = str(int(time.time()) - 10)
     stale = job("ttl", "a")
-    old = json.dumps(Completion("a", 0, token="old").to_dict())
+    old = json.dumps(Completion("a", output=0, token="old").to_dict())
     await put_raw(aws, {"runId": {"S": "ttl"}, "sk": {"S": "run"}, "v": {"N": "3"}, "ttl": {"N": past},
                         "jobs": {"M": {stale.key: {"S": "done"}}}, "docs": {"M": {}}, "arrivals": {"M": {}},
                         "done": {"M": {stale.key: {"S": old}}},
@@ -333,7 +333,8 @@ async def test_expired_items_are_absent(backend: Backend, aws: dict[str, Any]) -
     assert begin.lease and begin.state is None and begin.completion is None  # the expired item is not there
     assert await backend.coordination.schedule("ttl", [stale]) == [stale]
     assert [p.job for p in await backend.coordination.jobs("ttl")] == [stale]
-    committed = await backend.coordination.commit(Transition("ttl", stale.key, Completion("a", 1, token="t"),
+    committed = await backend.coordination.commit(Transition("ttl", stale.key,
+                                                             completion=Completion("a", output=1, token="t"),
                                                              finish=True))
     assert committed.pending == 0
 
@@ -342,10 +343,10 @@ async def test_a_live_completion_record_conflicts(backend: Backend) -> None:
     coordination = backend.coordination
     first = job("done-ttl", "a")
     await coordination.schedule("done-ttl", [first])
-    mine = Completion("a", {"v": 1}, token="mine")
-    assert (await coordination.commit(Transition("done-ttl", first.key, mine))).conflict is None
-    theirs = Completion("a", {"v": 2}, token="theirs")
-    assert (await coordination.commit(Transition("done-ttl", first.key, theirs))).conflict == mine
+    mine = Completion("a", output={"v": 1}, token="mine")
+    assert (await coordination.commit(Transition("done-ttl", first.key, completion=mine))).conflict is None
+    theirs = Completion("a", output={"v": 2}, token="theirs")
+    assert (await coordination.commit(Transition("done-ttl", first.key, completion=theirs))).conflict == mine
 
 
 async def test_leases(backend: Backend) -> None:
@@ -372,7 +373,8 @@ async def test_finishing_a_job_drops_its_lease(backend: Backend, aws: dict[str, 
     first = job("drop", "a")
     await coordination.schedule("drop", [first])
     assert (await coordination.begin(first, "w1", 30)).lease
-    committed = await coordination.commit(Transition("drop", first.key, Completion("a", 1, token="t"), finish=True,
+    committed = await coordination.commit(Transition("drop", first.key,
+                                                     completion=Completion("a", output=1, token="t"), finish=True,
                                                      owner="w1"))
     assert committed.lease_released
     (item,) = (await aws["dynamodb"].query(
@@ -386,7 +388,8 @@ async def test_finishing_a_job_drops_its_lease(backend: Backend, aws: dict[str, 
     assert (await coordination.begin(second, "w1", 30)).lease
     assert (await coordination.begin(second, "w2", 0.01)).lease is False
     # a lease another worker holds is not dropped by this owner's commit
-    stolen = await coordination.commit(Transition("drop", second.key, Completion("b", 1, token="u"), finish=True,
+    stolen = await coordination.commit(Transition("drop", second.key, completion=Completion("b", output=1, token="u"),
+                                                  finish=True,
                                                   owner="w9"))
     assert not stolen.lease_released and not (await coordination.begin(second, "w2", 30)).lease
     await coordination.release("drop", second.key, "w1")
@@ -410,19 +413,22 @@ async def test_large_contributions_and_documents_live_in_their_own_items(backend
     target = job(run, "j")
     await coordination.schedule(run, [job(run, m) for m in members])
     big = {m: m * 5000 for m in members}
-    first = await coordination.commit(Transition(run, job(run, "p1").key, None,
-                                                 (Arrival(target, "p1", True, big["p1"], members),), finish=True))
+    first = await coordination.commit(Transition(run, job(run, "p1").key, completion=None,
+                                                 arrivals=(Arrival(target, "p1", arrived=True, contribution=big["p1"],
+                                                                   expected=members),), finish=True))
     assert first.fired == ()
-    second = await coordination.commit(Transition(run, job(run, "p2").key, None,
-                                                  (Arrival(target, "p2", True, big["p2"], members),), finish=True))
+    second = await coordination.commit(Transition(run, job(run, "p2").key, completion=None,
+                                                  arrivals=(Arrival(target, "p2", arrived=True, contribution=big["p2"],
+                                                                    expected=members),), finish=True))
     assert [j.input for j in second.fired] == [big] and second.pending == 1
     (pending,) = await coordination.jobs(run)
     assert pending.job.input == big
     # a replay elsewhere (no cached run item) re-fires the same document
     other = DynamoDbCoordinationStore.from_config(sqs_options, {})
     try:
-        replay = await other.commit(Transition(run, job(run, "p2").key, None,
-                                               (Arrival(target, "p2", True, big["p2"], members),), finish=True,
+        replay = await other.commit(Transition(run, job(run, "p2").key, completion=None,
+                                               arrivals=(Arrival(target, "p2", arrived=True, contribution=big["p2"],
+                                                                 expected=members),), finish=True,
                                                recovery=True))
         assert [j.input for j in replay.fired] == [big]
     finally:
@@ -434,16 +440,19 @@ async def test_counts_stay_exact_under_replays_and_concurrency(backend: Backend)
     run = "counts"
     start = job(run, "s")
     await coordination.schedule(run, [start])
-    completion = Completion("s", "out", token="tok")
-    fan = tuple(Arrival(job(run, f"b{i}", input="out", has_input=True), "s", True, "out", ("s",)) for i in range(5))
+    completion = Completion("s", output="out", token="tok")
+    fan = tuple(Arrival(job(run, f"b{i}", input="out", has_input=True), "s", arrived=True, contribution="out",
+                        expected=("s",)) for i in range(5))
     results = await asyncio.gather(*(
-        coordination.commit(Transition(run, start.key, completion, fan, finish=True, recovery=bool(i % 2)))
+        coordination.commit(Transition(run, start.key, completion=completion, arrivals=fan, finish=True,
+                                       recovery=bool(i % 2)))
         for i in range(6)))
     everyone = {f"b{i}" for i in range(5)}
     assert all(r.conflict is None and {j.node_id for j in r.fired} in (set(), everyone) for r in results)
     assert all({j.node_id for j in r.fired} == everyone for r in results[1::2])  # recovery lists all pending
     assert sum(len(r.fired) for r in results[0::2]) in (0, 5)  # inserted once, by whoever came first
-    final = await coordination.commit(Transition(run, start.key, completion, fan, finish=True, recovery=True))
+    final = await coordination.commit(Transition(run, start.key, completion=completion, arrivals=fan, finish=True,
+                                                 recovery=True))
     assert (final.pending, final.parked) == (5, 0)
     assert len(await coordination.jobs(run)) == 5
 
@@ -455,12 +464,13 @@ async def test_big_fan_out_writes_whole_maps(backend: Backend) -> None:
     run = "wide"
     start = job(run, "s")
     await coordination.schedule(run, [start, job(run, "lane149")])  # one lane is there already
-    lanes = tuple(Arrival(job(run, f"lane{i}"), "s", True, i, ("s",)) for i in range(150))
-    completion = Completion("s", None, token="wide")
-    first = await coordination.commit(Transition(run, start.key, completion, lanes, finish=True))
+    lanes = tuple(Arrival(job(run, f"lane{i}"), "s", arrived=True, contribution=i, expected=("s",)) for i in range(150))
+    completion = Completion("s", output=None, token="wide")
+    first = await coordination.commit(Transition(run, start.key, completion=completion, arrivals=lanes, finish=True))
     assert sorted(j.node_id for j in first.fired) == sorted(f"lane{i}" for i in range(149))
     assert first.pending == 150
-    replay = await coordination.commit(Transition(run, start.key, completion, lanes, finish=True, recovery=True))
+    replay = await coordination.commit(Transition(run, start.key, completion=completion, arrivals=lanes, finish=True,
+                                                  recovery=True))
     assert len(replay.fired) == 150 and replay.pending == 150
     begin = await coordination.begin(start, "w", 5)
     assert begin.state == "done" and begin.completion == completion

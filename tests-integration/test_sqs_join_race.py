@@ -39,9 +39,9 @@ def _contribution(run_id: str, member: str) -> dict[str, str]:
 
 def _transition(run_id: str, member: str, members: tuple[str, ...]) -> Transition:
     target = Job(run_id, "race", JOIN)
-    arrival = Arrival(target, member, True, _contribution(run_id, member), members)
+    arrival = Arrival(target, member, arrived=True, contribution=_contribution(run_id, member), expected=members)
     completion = Completion(member, output=member, token=f"token-{member}")  # a redelivery carries the same
-    return Transition(run_id, Job(run_id, "race", member).key, completion, (arrival,), finish=True)
+    return Transition(run_id, Job(run_id, "race", member).key, completion=completion, arrivals=(arrival,), finish=True)
 
 
 async def _hammer(options: dict[str, Any], commits: list[tuple[str, str]]) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ def route(graph: Graph, node_id: str, output: Any = None, action: str | None = N
           names: dict[str, Any] | None = None, max_iterations: int = 1000, due_at: float | None = None
           ) -> list[Arrival]:
     job = Job("run", "routes", node_id, visit=visit, version="1")
-    completion = Completion(node_id, output, action, due_at=due_at)
+    completion = Completion(node_id, output=output, action=action, due_at=due_at)
     given = {"result": {"output": output, "action": action}, **(names or {})}
     return routing.completion_arrivals(graph, job, completion, given, max_iterations)
 

@@ -331,9 +331,10 @@ async def test_wait_for_change_sees_another_connection(db_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- coordination
 def _arrive(run_id: str, target: Job, member: str, arrived: bool, members: tuple[str, ...],
             strategy: str = "all", recovery: bool = False) -> Transition:
-    arrival = Arrival(target, member, arrived, {"from": member} if arrived else None, members,
-                      strategy)  # type: ignore[arg-type]
-    return Transition(run_id, f"0:{member}", None, (arrival,), finish=True, recovery=recovery)
+    arrival = Arrival(target, member, arrived=arrived, contribution={"from": member} if arrived else None,
+                      expected=members,
+                      strategy=strategy)  # type: ignore[arg-type]
+    return Transition(run_id, f"0:{member}", completion=None, arrivals=(arrival,), finish=True, recovery=recovery)
 
 
 async def test_all_join_with_a_skipped_member_fires_once(sqlite_backend: Backend) -> None:
@@ -390,7 +391,7 @@ async def test_all_join_fires_once_across_connections(db_path: Path) -> None:
         assert sum(await asyncio.gather(*(arrive(s, m) for s, m in zip(stores, members, strict=True)))) == 1
         (pending,) = await stores[0].jobs("run")
         assert pending.job.input == {m: {"from": m} for m in members}
-        committed = await stores[0].commit(Transition("run", "0:none", None, ()))
+        committed = await stores[0].commit(Transition("run", "0:none", completion=None, arrivals=()))
         assert (committed.pending, committed.parked) == (1, 0)  # the predecessors finished, the join pends
 
 
@@ -399,12 +400,13 @@ async def test_commit_writes_context_in_its_transaction(sqlite_backend: Backend)
     job = _job("run", "a")
     await coordination.schedule("run", [job])
     await context.apply("run", {"old": 1, "keep": 2})
-    mine = Completion("a", 1, token="t1", context_updates={"x": {"y": 1}, "none": None}, context_deletes=("old",))
-    theirs = Completion("a", 2, token="t2", context_updates={"x": "theirs"})
-    first = await coordination.commit(Transition("run", job.key, mine, finish=True))
+    mine = Completion("a", output=1, token="t1", context_updates={"x": {"y": 1}, "none": None},
+                      context_deletes=("old",))
+    theirs = Completion("a", output=2, token="t2", context_updates={"x": "theirs"})
+    first = await coordination.commit(Transition("run", job.key, completion=mine, finish=True))
     assert first.conflict is None and (first.pending, first.parked) == (0, 0)
     assert await context.get_all("run") == {"keep": 2, "x": {"y": 1}, "none": None}
-    second = await coordination.commit(Transition("run", job.key, theirs, finish=True))
+    second = await coordination.commit(Transition("run", job.key, completion=theirs, finish=True))
     assert second.conflict == mine
     assert (await context.get_many("run", ["x"])) == {"x": {"y": 1}}  # the loser's writes are not applied
 
@@ -421,12 +423,13 @@ async def test_coordination_bookkeeping(sqlite_backend: Backend) -> None:
     parked = await coordination.park("run", w.key)
     assert (parked.pending, parked.parked) == (1, 1)
     assert (await coordination.park("run", w.key)).parked == 1  # parking twice counts once
-    done = await coordination.commit(Transition("run", a.key, Completion("a", None, token="t"), finish=True))
+    done = await coordination.commit(Transition("run", a.key, completion=Completion("a", output=None, token="t"),
+                                                finish=True))
     assert (done.pending, done.parked) == (0, 1)
     assert (await coordination.begin(a, "w2", 30)).state == "done"  # w1 still leases it, w2 may not
     await coordination.release("run", a.key, "w1")
     begin = await coordination.begin(a, "w2", 30)
-    assert begin.lease and begin.state == "done" and begin.completion == Completion("a", None, token="t")
+    assert begin.lease and begin.state == "done" and begin.completion == Completion("a", output=None, token="t")
     resumed = w.evolve(payload={"resume": {"action": "go"}})
     assert await coordination.unpark("run", w.key, resumed)
     (pending,) = await coordination.jobs("run")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import Any, ClassVar, Literal, Protocol, Self, TypeVar
 
 # what a component declares its options with (``Component.Options``), re-exported for backend authors
@@ -49,11 +49,15 @@ def job_key(node_id: str, visit: int = 0, item: int | None = None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """One unit of queued work: run a node (or one item of a map node) at a visit."""
+    """One unit of queued work: run a node (or one item of a map node) at a visit.
+
+    ``run_id``, ``blueprint_id`` and ``node_id`` may be passed positionally; every other field is keyword-only.
+    """
 
     run_id: str
     blueprint_id: str
     node_id: str
+    _: KW_ONLY
     visit: int = 0
     attempt: int = 1
     item: int | None = None
@@ -117,10 +121,13 @@ class Delivery:
     status and coordination stores: the run record and ``CoordinationStore.begin`` for the receiving owner,
     read in the same round trip as the dequeue (``prefetched`` says they were, per delivery: a queue that
     declares ``Capabilities.prefetches_status`` may still hand out a delivery it could not prefetch).
+
+    ``job`` and ``receipt`` may be passed positionally; every other field is keyword-only.
     """
 
     job: Job
     receipt: Any
+    _: KW_ONLY
     deliveries: int = 1
     record: RunRecord | None = None
     begin: Begin | None = None
@@ -129,16 +136,26 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
+    """A message the queue could not deliver as a job (``job`` is None when it did not parse), and why.
+
+    ``job`` may be passed positionally; every other field is keyword-only.
+    """
+
     job: Job | None
+    _: KW_ONLY
     reason: str
     raw: Any = None
 
 
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """A node's completion record for one visit: its output, its action, the context writes it made."""
+    """A node's completion record for one visit: its output, its action, the context writes it made.
+
+    ``node_id`` may be passed positionally; every other field is keyword-only.
+    """
 
     node_id: str
+    _: KW_ONLY
     output: Any = None
     action: str | None = None
     token: str = ""
@@ -190,10 +207,13 @@ class Arrival:
 
     Firing inserts ``job`` as pending (first-writer-wins). For several expected members the fired job's
     input is ``{member: contribution}`` over the arrived members recorded at that moment.
+
+    ``job`` and ``member`` may be passed positionally; every other field is keyword-only.
     """
 
     job: Job
     member: str
+    _: KW_ONLY
     arrived: bool
     contribution: Any
     expected: tuple[str, ...]
@@ -210,10 +230,13 @@ class Transition:
 
     ``owner``: the worker holding the job's lease; a store may release that lease in a finishing commit
     (and say so with ``Committed.lease_released``) to save the engine a ``release`` round trip.
+
+    ``run_id`` and ``job_key`` may be passed positionally; every other field is keyword-only.
     """
 
     run_id: str
     job_key: str
+    _: KW_ONLY
     completion: Completion | None = None
     arrivals: tuple[Arrival, ...] = ()
     finish: bool = False
@@ -221,7 +244,7 @@ class Transition:
     owner: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Committed:
     """What a commit decided.
 
@@ -234,6 +257,7 @@ class Committed:
     ``lease_released``: the commit released ``Transition.owner``'s lease on the job.
     Both are facts about this commit, which the engine acts on; ``Capabilities.dispatches`` is the
     backend's declaration, which the contract suite checks against ``dispatched``.
+    All fields are keyword-only.
     """
 
     conflict: Completion | None = None
@@ -245,9 +269,9 @@ class Committed:
     lease_released: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Begin:
-    """State of a job when a worker picks it up."""
+    """State of a job when a worker picks it up. All fields are keyword-only."""
 
     lease: bool
     state: JobState | None
@@ -256,16 +280,26 @@ class Begin:
 
 @dataclass(frozen=True, slots=True)
 class PendingJob:
+    """A job the coordination store holds as pending, and whether a worker holds its lease.
+
+    ``job`` may be passed positionally; every other field is keyword-only.
+    """
+
     job: Job
+    _: KW_ONLY
     leased: bool
 
 
 @dataclass(slots=True)
 class RunRecord:
-    """The run's status record (status store)."""
+    """The run's status record (status store).
+
+    ``run_id`` and ``blueprint_id`` may be passed positionally; every other field is keyword-only.
+    """
 
     run_id: str
     blueprint_id: str
+    _: KW_ONLY
     status: RunStatus = "running"
     version: str | None = None
     blueprint_hash: str | None = None
@@ -508,9 +542,9 @@ class CoordinationStore(Component):
         """Forget the run's coordination data."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class ReconcileStats:
-    """What one reconciler pass did (the seeds' fields)."""
+    """What one reconciler pass did (the seeds' fields). All fields are keyword-only."""
 
     scanned: int = 0
     stalled_runs: int = 0
@@ -528,7 +562,7 @@ class ReconcileStats:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Capabilities:
     """The fast paths a backend's components take together, which the engine and clients rely on.
 
@@ -544,6 +578,8 @@ class Capabilities:
     * ``dispatches``: ``commit`` puts the jobs it fires on the queue itself (``Committed.dispatched``);
     * ``notifies``: ``StatusStore.wait_for_change`` returns soon after a record changes, so clients need not
       poll (``StatusStore.notifies``).
+
+    All fields are keyword-only.
     """
 
     applies_context: bool = False
@@ -564,12 +600,16 @@ class Capabilities:
 @dataclass(slots=True)
 class Backend:
     """The components a worker and a client use together, and what they can do together
-    (``capabilities``: read from the components when the backend is built, never changed afterwards)."""
+    (``capabilities``: read from the components when the backend is built, never changed afterwards).
+
+    The four components may be passed positionally; every other field is keyword-only.
+    """
 
     queue: Queue
     context: ContextStore
     status: StatusStore
     coordination: CoordinationStore
+    _: KW_ONLY
     name: str = "custom"
     options: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold secrets
     capabilities: Capabilities = field(init=False)
@@ -662,10 +702,10 @@ class TablesCoordinationStore(CoordinationStore):
         def take(tables: LeaseTables) -> Begin:
             holder = tables.lease(run_id, key)
             if holder is not None and holder[0] != owner and holder[1] > tables.now:
-                return Begin(False, tables.job_state(run_id, key), None)
+                return Begin(lease=False, state=tables.job_state(run_id, key), completion=None)
             tables.put_lease(run_id, key, owner, tables.now + lease_seconds)
             tables.touch(run_id)
-            return Begin(True, tables.job_state(run_id, key), tables.completion(run_id, key))
+            return Begin(lease=True, state=tables.job_state(run_id, key), completion=tables.completion(run_id, key))
 
         return await self.atomically(run_id, take)
 
@@ -714,7 +754,7 @@ class TablesCoordinationStore(CoordinationStore):
 
     async def jobs(self, run_id: str, state: JobState = "pending") -> list[PendingJob]:
         def read(tables: LeaseTables) -> list[PendingJob]:
-            return [PendingJob(job, expires is not None and expires > tables.now)
+            return [PendingJob(job, leased=expires is not None and expires > tables.now)
                     for job, expires in tables.jobs_in_state(run_id, state)]
 
         return await self.atomically(run_id, read)

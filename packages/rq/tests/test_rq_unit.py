@@ -113,6 +113,6 @@ def test_deliveries_from_dequeue_replies() -> None:
     assert taken.begin.completion is not None and taken.begin.completion.output == 7
     assert taken.receipt.lease_owner == "w1"
     held = RqQueue._delivery([b"id", b"id:e1", data, 1, record, 0, b"p{}", None], "w1")
-    assert held.begin == Begin(False, "pending", None) and held.receipt.lease_owner is None
+    assert held.begin == Begin(lease=False, state="pending", completion=None) and held.receipt.lease_owner is None
     missing = RqQueue._delivery([b"id", b"id:e1", data, 1, [], -1, None, None], "w1")
     assert missing.prefetched and missing.record is None and missing.begin is None

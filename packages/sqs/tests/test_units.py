@@ -77,14 +77,16 @@ def test_arrival_keys_are_unambiguous_for_any_ids() -> None:
 
 def test_completion_record_round_trip_stores_the_output_once() -> None:
     output = {"big": "x" * 1000}
-    completion = Completion("n", output, "go", "tok", {"_outputs.n": output, "k": 1}, ("gone",), "fb", 12.5)
+    completion = Completion("n", output=output, action="go", token="tok",
+                            context_updates={"_outputs.n": output, "k": 1}, context_deletes=("gone",), fallback="fb",
+                            due_at=12.5)
     text = _completion_text(completion, "job")
     assert text.count("x" * 1000) == 1
     assert _completion_from(text) == completion
     # True is not 1: no confusion when the values merely compare equal
-    odd = Completion("n", 1, None, "t", {"_outputs.n": True})
+    odd = Completion("n", output=1, action=None, token="t", context_updates={"_outputs.n": True})
     assert _completion_from(_completion_text(odd, "job")).context_updates == {"_outputs.n": True}
-    none = Completion("n", None, token="t", context_updates={"_outputs.n": None})
+    none = Completion("n", output=None, token="t", context_updates={"_outputs.n": None})
     assert _completion_from(_completion_text(none, "job")) == none
 
 
@@ -144,27 +146,45 @@ def _mirror(memory: MemoryCoordinationStore) -> _RunState:
 
 
 SCENARIOS: list[tuple[str, list[Transition]]] = [
-    ("chain", [Transition("r", "0:a", Completion("a", 1, token="t"), (Arrival(_job("b"), "a", True, 1, ("a",)),),
-                          True)]),
+    ("chain",
+     [Transition("r", "0:a", completion=Completion("a", output=1, token="t"),
+                 arrivals=(Arrival(_job("b"), "a", arrived=True, contribution=1, expected=("a",)),),
+                 finish=True)]),
     ("all-join", [
-        Transition("r", "0:p1", None, (Arrival(_job("j"), "p1", True, 1, ("p1", "p2")),), True),
-        Transition("r", "0:p2", None, (Arrival(_job("j"), "p2", True, 2, ("p1", "p2")),), True),
-        Transition("r", "0:p2", None, (Arrival(_job("j"), "p2", True, 2, ("p1", "p2")),), True, recovery=True),
+        Transition("r", "0:p1", completion=None,
+                   arrivals=(Arrival(_job("j"), "p1", arrived=True, contribution=1, expected=("p1", "p2")),),
+                   finish=True),
+        Transition("r", "0:p2", completion=None,
+                   arrivals=(Arrival(_job("j"), "p2", arrived=True, contribution=2, expected=("p1", "p2")),),
+                   finish=True),
+        Transition("r", "0:p2", completion=None,
+                   arrivals=(Arrival(_job("j"), "p2", arrived=True, contribution=2, expected=("p1", "p2")),),
+                   finish=True, recovery=True),
     ]),
     ("any-join", [
-        Transition("r", "0:p1", None, (Arrival(_job("j"), "p1", False, None, ("p1", "p2", "p3"), "any"),), True),
-        Transition("r", "0:p2", None, (Arrival(_job("j"), "p2", True, 2, ("p1", "p2", "p3"), "any"),), True),
-        Transition("r", "0:p3", None, (Arrival(_job("j"), "p3", True, 3, ("p1", "p2", "p3"), "any"),), True),
+        Transition("r", "0:p1", completion=None,
+                   arrivals=(Arrival(_job("j"), "p1", arrived=False, contribution=None, expected=("p1", "p2", "p3"),
+                                     strategy="any"),), finish=True),
+        Transition("r", "0:p2", completion=None,
+                   arrivals=(Arrival(_job("j"), "p2", arrived=True, contribution=2, expected=("p1", "p2", "p3"),
+                                     strategy="any"),), finish=True),
+        Transition("r", "0:p3", completion=None,
+                   arrivals=(Arrival(_job("j"), "p3", arrived=True, contribution=3, expected=("p1", "p2", "p3"),
+                                     strategy="any"),), finish=True),
     ]),
     ("cascade-two-skips-into-one-join", [
-        Transition("r", "0:x", None, (Arrival(_job("j"), "a", False, None, ("a", "b")),
-                                      Arrival(_job("j"), "b", False, None, ("a", "b"))), True),
-        Transition("r", "0:x", None, (Arrival(_job("j"), "a", False, None, ("a", "b")),
-                                      Arrival(_job("j"), "b", False, None, ("a", "b"))), True, recovery=True),
+        Transition("r", "0:x", completion=None,
+                   arrivals=(Arrival(_job("j"), "a", arrived=False, contribution=None, expected=("a", "b")),
+                             Arrival(_job("j"), "b", arrived=False, contribution=None, expected=("a", "b"))),
+                   finish=True),
+        Transition("r", "0:x", completion=None,
+                   arrivals=(Arrival(_job("j"), "a", arrived=False, contribution=None, expected=("a", "b")),
+                             Arrival(_job("j"), "b", arrived=False, contribution=None, expected=("a", "b"))),
+                   finish=True, recovery=True),
     ]),
     ("conflict", [
-        Transition("r", "0:a", Completion("a", 1, token="t1"), (), True),
-        Transition("r", "0:a", Completion("a", 2, token="t2"), (), True),
+        Transition("r", "0:a", completion=Completion("a", output=1, token="t1"), arrivals=(), finish=True),
+        Transition("r", "0:a", completion=Completion("a", output=2, token="t2"), arrivals=(), finish=True),
     ]),
 ]
 
@@ -192,7 +212,7 @@ def test_large_documents_and_contributions_move_to_blob_items() -> None:
     plan.insert_job("r", "0:c", "pending", _job("c", input="small", has_input=True))
     assert plan.add_arrival("r", "0:j", "a", True, big) == (1, 1)
     assert plan.add_arrival("r", "0:j", "b", False, None) == (2, 1)
-    plan.put_completion("r", "0:a", Completion("a", big, token="t"))
+    plan.put_completion("r", "0:a", Completion("a", output=big, token="t"))
     encoded, blobs = store._encode("r", plan, None)
     docs, arrivals = encoded["docs"], {_split_arrival_key(k): v for k, v in encoded["arrivals"].items()}
     assert len(blobs) == 3 and all(item["sk"]["S"].startswith("blob#") for item in blobs)
@@ -202,7 +222,7 @@ def test_large_documents_and_contributions_move_to_blob_items() -> None:
     # read back through a plan over the written state, with the blob items at hand
     bodies = {item["sk"]["S"]: item["body"]["S"] for item in blobs}
     again = _Plan(_RunState(2, plan.jobs, docs, encoded["done"], arrivals), blobs=bodies)
-    assert again.completion("r", "0:a") == Completion("a", big, token="t")
+    assert again.completion("r", "0:a") == Completion("a", output=big, token="t")
     assert again.job("r", "0:b") == _job("b", input=big, has_input=True)
     assert again.arrivals("r", "0:j") == {"a": (True, big), "b": (False, None)}
 

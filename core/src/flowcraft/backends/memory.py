@@ -100,7 +100,7 @@ class MemoryQueue(Queue):
                     message.deliveries += 1
                     message.token = next(self._seq)
                     self._inflight[message.token] = (now + self.visibility_timeout, message)
-                    out.append(Delivery(message.job, message.token, message.deliveries))
+                    out.append(Delivery(message.job, message.token, deliveries=message.deliveries))
                 return out
             remaining = end - now
             if remaining <= 0:
@@ -134,7 +134,7 @@ class MemoryQueue(Queue):
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         self._inflight.pop(delivery.receipt, None)
-        self._dead.append(DeadLetter(delivery.job, reason))
+        self._dead.append(DeadLetter(delivery.job, reason=reason))
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         return self._dead[:limit]

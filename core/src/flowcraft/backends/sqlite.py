@@ -597,7 +597,7 @@ class SqliteQueue(_SqliteComponent, Queue):
                     conn.execute("DELETE FROM fc_queue WHERE id = ?", (message_id,))
                     continue
                 leased.append((token, leased_until, leased_until, message_id))
-                out.append(Delivery(job, (message_id, token), deliveries + 1))
+                out.append(Delivery(job, (message_id, token), deliveries=deliveries + 1))
             conn.executemany(
                 "UPDATE fc_queue SET deliveries = deliveries + 1, lease_token = ?, leased_until = ?, "
                 "available_at = ? WHERE id = ?",
@@ -663,7 +663,7 @@ class SqliteQueue(_SqliteComponent, Queue):
                 job: Job | None = Job.from_dict(json.loads(document))
             except (ValueError, KeyError, TypeError):
                 job, raw["job"] = None, document
-            out.append(DeadLetter(job, reason, raw))
+            out.append(DeadLetter(job, reason=reason, raw=raw))
         return out
 
     async def size(self) -> int:
@@ -1091,7 +1091,7 @@ class SqliteCoordinationStore(_SqliteComponent, TablesCoordinationStore):
     async def jobs(self, run_id: str, state: JobState = "pending") -> list[PendingJob]:
         rows = await self.db.call(lambda conn: SqliteTables(conn).jobs_in_state(run_id, state))
         now = time.time()
-        return [PendingJob(job, expires is not None and expires > now) for job, expires in rows]
+        return [PendingJob(job, leased=expires is not None and expires > now) for job, expires in rows]
 
     async def activity(self, run_id: str) -> float | None:
         return await self.db.call(lambda conn: SqliteTables(conn).last_activity(run_id))

@@ -63,7 +63,8 @@ class RunControl:
                                                   "numbers, booleans, None")
         version = self.app.version(blueprint_id)
         run_id = run_id or uuid.uuid4().hex
-        record = RunRecord(run_id, blueprint_id, "running", version, self.app.content_hash(blueprint_id), input,
+        record = RunRecord(run_id, blueprint_id, status="running", version=version,
+                           blueprint_hash=self.app.content_hash(blueprint_id), input=input,
                            parent=dict(parent) if parent else None)
         status = self.backend.status
         if not await status.create(record):

@@ -400,13 +400,13 @@ class Engine:
             # a store that keeps the context apart (docs/architecture.md §3.5): the completion record first
             # (first writer wins, so an attempt that lost its lease never writes), then the winner's context,
             # then the arrivals that let successors fire
-            claimed = await self._commit(job, Transition(job.run_id, job.key, completion))
+            claimed = await self._commit(job, Transition(job.run_id, job.key, completion=completion))
             completion = claimed.conflict or completion
             await self._apply_context_apart(job, completion)
             recovery = claimed.conflict is not None
         committed = await self._commit(
-            job, Transition(job.run_id, job.key, completion, tuple(arrivals), finish=not needs_cascade,
-                            recovery=recovery)
+            job, Transition(job.run_id, job.key, completion=completion, arrivals=tuple(arrivals),
+                            finish=not needs_cascade, recovery=recovery)
         )
         if committed.conflict is not None:
             # another attempt's completion record won (this one ran after losing its lease): route as it did
@@ -439,8 +439,9 @@ class Engine:
                 await self._emit("node:skipped", job.run_id, job.blueprint_id, node_id, {"visit": visit})
                 arrivals += routing.skip_arrivals(graph, job, node_id, visit)
             last = not arrivals
-            committed = await self._commit(job, Transition(job.run_id, job.key, None, tuple(routing.dedupe(arrivals)),
-                                                           finish=last, recovery=recovery))
+            transition = Transition(job.run_id, job.key, arrivals=tuple(routing.dedupe(arrivals)), finish=last,
+                                    recovery=recovery)
+            committed = await self._commit(job, transition)
             await self._dispatch(committed)
             if last:
                 return committed
@@ -468,7 +469,7 @@ class Engine:
 
     async def _finish(self, record: RunRecord) -> None:
         """A finish job from the reconciler: publish the final status of a run whose work is all done."""
-        counts = await self.coordination.commit(Transition(record.run_id, FINISH_KEY, None, (), finish=False))
+        counts = await self.coordination.commit(Transition(record.run_id, FINISH_KEY, finish=False))
         await self._after_finish(record, counts)
 
     async def _after_finish(self, record: RunRecord, committed: Committed) -> None:
@@ -517,8 +518,9 @@ class Engine:
                     due_at: float | None = None, fallback: str | None = None) -> Completion:
         updates = dict(context.pending_updates) if context is not None else {}
         updates[OUTPUTS_PREFIX + job.node_id] = output
-        return Completion(job.node_id, output, action, self._token(), updates,
-                          context.pending_deletes if context is not None else (), fallback, due_at)
+        return Completion(job.node_id, output=output, action=action, token=self._token(), context_updates=updates,
+                          context_deletes=context.pending_deletes if context is not None else (), fallback=fallback,
+                          due_at=due_at)
 
     def _token(self) -> str:
         """A completion token unique across engines: a random per-engine prefix plus a local counter."""

@@ -135,8 +135,8 @@ class KindContext:
     async def commit(self, completion: Completion, arrivals: Sequence[Arrival], *, recovery: bool) -> Committed:
         """Commit a transition that finishes this job: its completion record and ``arrivals`` (what fired is
         in ``Committed.fired``; another attempt's record in ``Committed.conflict``)."""
-        return await self.engine._commit(self.job, Transition(self.job.run_id, self.job.key, completion,
-                                                              tuple(arrivals), finish=True, recovery=recovery))
+        return await self.engine._commit(self.job, Transition(self.job.run_id, self.job.key, completion=completion,
+                                                              arrivals=tuple(arrivals), finish=True, recovery=recovery))
 
     async def dispatch(self, committed: Committed) -> None:
         """Enqueue the jobs a commit fired (unless the store enqueued them itself)."""
@@ -299,7 +299,8 @@ class MapKind(JobKind):
             chunk_job = Job(job.run_id, job.blueprint_id, job.node_id, visit=job.visit, item=lane,
                             version=job.version, input=chunks[lane], has_input=True,
                             payload={"lane": rest, "chunks": len(chunks)})
-            arrivals.append(Arrival(chunk_job, job.node_id, True, chunks[lane], (job.node_id,)))
+            arrivals.append(Arrival(chunk_job, job.node_id, arrived=True, contribution=chunks[lane],
+                                    expected=(job.node_id,)))
         recovery = completion is not None
         completion = completion or ctx.completion(None)
         committed = await ctx.commit(completion, arrivals, recovery=recovery)
@@ -316,16 +317,17 @@ class MapKind(JobKind):
         count = int(payload.get("chunks", 1))
         gather = Job(job.run_id, job.blueprint_id, job.node_id, visit=job.visit, item=GATHER_ITEM,
                      version=job.version)
-        arrivals = [Arrival(gather, str(job.item), True, outputs, tuple(str(i) for i in range(count)))]
+        arrivals = [Arrival(gather, str(job.item), arrived=True, contribution=outputs,
+                            expected=tuple(str(i) for i in range(count)))]
         rest = payload.get("lane") or []
         if rest:
             index, chunk = rest[0]
             follow = Job(job.run_id, job.blueprint_id, job.node_id, visit=job.visit, item=int(index),
                          version=job.version, input=chunk, has_input=True,
                          payload={"lane": rest[1:], "chunks": count})
-            arrivals.append(Arrival(follow, f"lane:{job.item}", True, chunk, ("lane",)))
+            arrivals.append(Arrival(follow, f"lane:{job.item}", arrived=True, contribution=chunk, expected=("lane",)))
         recovery = completion is not None
-        completion = completion or Completion(job.node_id, outputs, token=ctx.token())
+        completion = completion or Completion(job.node_id, output=outputs, token=ctx.token())
         committed = await ctx.commit(completion, arrivals, recovery=recovery)
         if committed.conflict is not None:  # another attempt of this chunk committed first: redo its transition
             await self._complete_chunk(ctx, committed.conflict.output, committed.conflict)

@@ -71,7 +71,8 @@ def arrival(graph: Graph, job: Job, source: str, visit: int, edge: CompiledEdge,
         job.run_id, job.blueprint_id, target.node.id, visit=graph.target_visit(source, visit, edge),
         version=job.version, input=contribution if single else None, has_input=single, due_at=due_at,
     )
-    return Arrival(target_job, source, arrived, contribution, expected, target.node.config.join_strategy)
+    return Arrival(target_job, source, arrived=arrived, contribution=contribution, expected=expected,
+                   strategy=target.node.config.join_strategy)
 
 
 def completion_arrivals(graph: Graph, job: Job, completion: Completion, names: Mapping[str, Any],

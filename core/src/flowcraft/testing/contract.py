@@ -298,11 +298,11 @@ class CoordinationContract(_Base):
         """A job's first completion record wins; a later attempt's commit gets it back as the conflict."""
         job = _job(run_prefix)
         await backend.coordination.schedule(run_prefix, [job])
-        mine = Completion("n", {"v": 1}, "go", token="t1")
-        theirs = Completion("n", {"v": 2}, None, token="t2")
-        first = await backend.coordination.commit(Transition(run_prefix, job.key, mine, finish=True))
+        mine = Completion("n", output={"v": 1}, action="go", token="t1")
+        theirs = Completion("n", output={"v": 2}, action=None, token="t2")
+        first = await backend.coordination.commit(Transition(run_prefix, job.key, completion=mine, finish=True))
         assert first.conflict is None and first.pending == 0
-        second = await backend.coordination.commit(Transition(run_prefix, job.key, theirs, finish=True))
+        second = await backend.coordination.commit(Transition(run_prefix, job.key, completion=theirs, finish=True))
         assert second.conflict == mine
         begin = await backend.coordination.begin(job, "w", 30)
         assert begin.state == "done" and begin.completion == mine
@@ -314,11 +314,12 @@ class CoordinationContract(_Base):
         target = _job(run_prefix, "join")
 
         async def arrive(member: str) -> tuple[int, ...]:
-            arrival = Arrival(target, member, True, {"from": member}, tuple(members))
+            arrival = Arrival(target, member, arrived=True, contribution={"from": member}, expected=tuple(members))
             outcomes = []
             for _ in range(2):  # every arrival delivered twice
                 committed = await backend.coordination.commit(
-                    Transition(run_prefix, _job(run_prefix, member).key, None, (arrival,), finish=True))
+                    Transition(run_prefix, _job(run_prefix, member).key, completion=None, arrivals=(arrival,),
+                               finish=True))
                 outcomes.append(len(committed.fired))
             return tuple(outcomes)
 
@@ -336,14 +337,17 @@ class CoordinationContract(_Base):
         fired = 0
         for member in members:
             committed = await backend.coordination.commit(Transition(
-                run_prefix, f"0:{member}", None, (Arrival(target, member, True, member, members, "any"),)))
+                run_prefix, f"0:{member}", completion=None,
+                arrivals=(Arrival(target, member, arrived=True, contribution=member, expected=members,
+                                  strategy="any"),)))
             fired += len(committed.fired)
         assert fired == 1
         skipped_target = _job(run_prefix, "dead")
         outcomes = []
         for member in members:
             committed = await backend.coordination.commit(Transition(
-                run_prefix, f"0:{member}", None, (Arrival(skipped_target, member, False, None, members),)))
+                run_prefix, f"0:{member}", completion=None,
+                arrivals=(Arrival(skipped_target, member, arrived=False, contribution=None, expected=members),)))
             outcomes.append(committed.skipped)
         assert outcomes == [(), (), (skipped_target.key,)]
 
@@ -351,14 +355,17 @@ class CoordinationContract(_Base):
         """A recovery replay re-fires successors still pending (their enqueue may be lost)."""
         job = _job(run_prefix, "a")
         await backend.coordination.schedule(run_prefix, [job])
-        completion = Completion("a", 1, token="tok")
-        arrival = Arrival(_job(run_prefix, "b", input=1, has_input=True), "a", True, 1, ("a",))
-        first = await backend.coordination.commit(Transition(run_prefix, job.key, completion, (arrival,), True))
+        completion = Completion("a", output=1, token="tok")
+        arrival = Arrival(_job(run_prefix, "b", input=1, has_input=True), "a", arrived=True, contribution=1,
+                          expected=("a",))
+        first = await backend.coordination.commit(Transition(run_prefix, job.key, completion=completion,
+                                                             arrivals=(arrival,), finish=True))
         assert [j.node_id for j in first.fired] == ["b"] and first.pending == 1
         replay = await backend.coordination.commit(
-            Transition(run_prefix, job.key, completion, (arrival,), True, recovery=True))
+            Transition(run_prefix, job.key, completion=completion, arrivals=(arrival,), finish=True, recovery=True))
         assert replay.conflict is None and [j.node_id for j in replay.fired] == ["b"]
-        normal = await backend.coordination.commit(Transition(run_prefix, job.key, completion, (arrival,), True))
+        normal = await backend.coordination.commit(Transition(run_prefix, job.key, completion=completion,
+                                                              arrivals=(arrival,), finish=True))
         assert normal.fired == ()
 
     async def test_park_and_unpark(self, backend: Backend, run_prefix: str) -> None:
@@ -765,7 +772,7 @@ class RecoveryContract(_Base):
 
     async def test_reconciler_fails_only_an_interrupted_start(self, backend: Backend, run_prefix: str) -> None:
         """A run with a record but no coordination state (an interrupted start) is failed, saying so."""
-        await backend.status.create(RunRecord(run_prefix, "contract-none", "running", "1"))
+        await backend.status.create(RunRecord(run_prefix, "contract-none", status="running", version="1"))
         await asyncio.sleep(0.05)
         stats = await Reconciler(backend, stalled_threshold_seconds=0.01).run()
         assert (stats.stalled_runs, stats.reconciled_runs, stats.failed_runs) == (1, 0, 1)
@@ -897,13 +904,14 @@ class CapabilitiesContract(_Base):
         self._declared(backend, "applies_context")
         job = _job(run_prefix)
         await backend.coordination.schedule(run_prefix, [job])
-        completion = Completion("n", 1, None, token="t1", context_updates={"k": "first", "gone": None},
+        completion = Completion("n", output=1, action=None, token="t1", context_updates={"k": "first", "gone": None},
                                 context_deletes=("old",))
         await backend.context.apply(run_prefix, {"old": 0})
-        await backend.coordination.commit(Transition(run_prefix, job.key, completion, finish=True))
+        await backend.coordination.commit(Transition(run_prefix, job.key, completion=completion, finish=True))
         assert await backend.context.get_many(run_prefix, ["k", "gone", "old"]) == {"k": "first", "gone": None}
         await backend.context.apply(run_prefix, {"k": "later"})
-        await backend.coordination.commit(Transition(run_prefix, job.key, completion, finish=True, recovery=True))
+        await backend.coordination.commit(Transition(run_prefix, job.key, completion=completion, finish=True,
+                                                     recovery=True))
         assert await backend.context.get_many(run_prefix, ["k"]) == {"k": "later"}
 
     async def test_prefetches_status_fills_record_and_lease(self, backend: Backend, run_prefix: str) -> None:
@@ -931,8 +939,8 @@ class CapabilitiesContract(_Base):
         job, successor = _job(run_prefix, "a"), _job(run_prefix, "b")
         await backend.coordination.schedule(run_prefix, [job])
         committed = await backend.coordination.commit(Transition(
-            run_prefix, job.key, Completion("a", 1, None, token="t1"),
-            (Arrival(successor, "a", True, 1, ("a",)),), finish=True))
+            run_prefix, job.key, completion=Completion("a", output=1, action=None, token="t1"),
+            arrivals=(Arrival(successor, "a", arrived=True, contribution=1, expected=("a",)),), finish=True))
         assert committed.dispatched and [j.key for j in committed.fired] == [successor.key]
         got = await receive(backend, 1)
         assert [(d.job.run_id, d.job.node_id) for d in got] == [(run_prefix, "b")]

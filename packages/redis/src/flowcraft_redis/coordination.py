@@ -102,7 +102,8 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
         lease, state, completion = await self._call(
             self._begin, repr(now), self.state_ttl_seconds, job.run_id, job.key, owner, repr(now + lease_seconds)
         )
-        return Begin(bool(lease), parse_state(state), parse_completion(completion) if lease else None)
+        return Begin(lease=bool(lease), state=parse_state(state),
+                     completion=parse_completion(completion) if lease else None)
 
     async def renew(self, run_id: str, job_key: str, owner: str, lease_seconds: float) -> bool:
         now = time.time()
@@ -190,7 +191,7 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
             key, value = raw_jobs[i], raw_jobs[i + 1]
             if value[0] != letter or len(value) == 1:
                 continue
-            out.append(PendingJob(Job.from_dict(loads(value[1:])), leases.get(key, 0.0) > now))
+            out.append(PendingJob(Job.from_dict(loads(value[1:])), leased=leases.get(key, 0.0) > now))
         return out
 
     async def activity(self, run_id: str) -> float | None:

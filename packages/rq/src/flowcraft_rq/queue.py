@@ -232,13 +232,15 @@ class RqQueue(Colocated, Queue):
         job_id, entry, data, deliveries, record, lease, state, completion = item
         job = Job.from_dict(decode_data(data))
         if record is None:  # not prefetched (plain dequeue, or a job hash without flowcraft_run/_key)
-            return Delivery(job, RqReceipt(text(job_id), text(entry)), int(deliveries))
+            return Delivery(job, RqReceipt(text(job_id), text(entry)), deliveries=int(deliveries))
         begin: Begin | None = None
         lease = int(lease)
         if lease >= 0:  # an active run: the lease was taken (1) or is another owner's (0)
-            begin = Begin(lease == 1, parse_state(state), parse_completion(completion) if lease == 1 else None)
+            begin = Begin(lease=lease == 1, state=parse_state(state),
+                          completion=parse_completion(completion) if lease == 1 else None)
         flat = {record[i]: record[i + 1] for i in range(0, len(record), 2)}
-        return Delivery(job, RqReceipt(text(job_id), text(entry), owner if lease == 1 else None), int(deliveries),
+        return Delivery(job, RqReceipt(text(job_id), text(entry), owner if lease == 1 else None),
+                        deliveries=int(deliveries),
                         record=record_from_hash(flat) if flat else None, begin=begin, prefetched=True)
 
     @staticmethod
@@ -324,7 +326,7 @@ class RqQueue(Colocated, Queue):
                     why = text(exc_info)
             else:
                 why = "unknown (the job expired)"
-            out.append(DeadLetter(job, why, text(job_id)))
+            out.append(DeadLetter(job, reason=why, raw=text(job_id)))
         return out
 
     # ------------------------------------------------------------------ inspection

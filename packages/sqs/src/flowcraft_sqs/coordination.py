@@ -542,11 +542,11 @@ class DynamoDbCoordinationStore(CoordinationStore):
                 raise
             held = await self._item_of_failed_condition(client, job.run_id, exc, now)
             if held.version == 0:
-                return Begin(True, None, None)
-            return Begin(False, held.jobs.get(job.key), None)  # type: ignore[arg-type]
+                return Begin(lease=True, state=None, completion=None)
+            return Begin(lease=False, state=held.jobs.get(job.key), completion=None)  # type: ignore[arg-type]
         state = self._remember(job.run_id, _RunState.parse(response.get("Attributes"), now))
         completion = await self._decoded(client, job.run_id, state, lambda plan: plan.completion(job.run_id, job.key))
-        return Begin(True, state.jobs.get(job.key), completion)  # type: ignore[arg-type]
+        return Begin(lease=True, state=state.jobs.get(job.key), completion=completion)  # type: ignore[arg-type]
 
     async def renew(self, run_id: str, job_key: str, owner: str, lease_seconds: float) -> bool:
         self._check(run_id, job_key)
@@ -622,7 +622,7 @@ class DynamoDbCoordinationStore(CoordinationStore):
         run = await self._read_run(client, run_id, now)
         keys = [k for k, s in run.jobs.items() if s == state and k in run.docs]
         found = await self._decoded(client, run_id, run, lambda plan: [plan.job(run_id, k) for k in keys])
-        return [PendingJob(job, key in run.leases and run.leases[key][1] > now)
+        return [PendingJob(job, leased=key in run.leases and run.leases[key][1] > now)
                 for key, job in zip(keys, found, strict=True) if job is not None]
 
     async def activity(self, run_id: str) -> float | None:

@@ -206,7 +206,7 @@ class SqsQueue(Queue):
             log.warning("dead-lettering %s", reason)
             await self._to_dead_letter(receipt, None, reason, carried + received)
             return None
-        return Delivery(job, receipt, carried + received)
+        return Delivery(job, receipt, deliveries=carried + received)
 
     async def ack(self, delivery: Delivery) -> None:
         await self._deleter.submit([({"ReceiptHandle": _receipt(delivery).handle}, 0)])
@@ -367,4 +367,4 @@ def _dead_letter(message: Mapping[str, Any]) -> DeadLetter:
         job: Job | None = Job.from_dict(json.loads(message.get("Body", "")))
     except (ValueError, KeyError, TypeError):
         job = None
-    return DeadLetter(job, str(reason), message)
+    return DeadLetter(job, reason=str(reason), raw=message)
