@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -201,21 +203,27 @@ async def test_runs_complete_across_a_redis_restart(start_server: Any) -> None:
         await backend.close()
 
 
-def _cli_worker(url: str, prefix: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "flowcraft.cli", "worker", "--app", "flowcraft.testing.apps:app", "--backend", "rq",
-         f"--option=redis_url={url}", f"--option=key_prefix={prefix}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def _cli_worker(url: str, prefix: str, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as errors:
+        return subprocess.Popen(
+            [sys.executable, "-m", "flowcraft.cli", "worker", "--app", "flowcraft.testing.apps:app", "--backend",
+             "rq", f"--option=redis_url={url}", f"--option=key_prefix={prefix}"],
+            stdout=subprocess.DEVNULL, stderr=errors)
 
 
-async def test_a_worker_started_before_its_redis_waits_for_it(start_server: Any) -> None:
+async def test_a_worker_started_before_its_redis_waits_for_it(start_server: Any, tmp_path: Path) -> None:
     """A worker (re)started while its Redis restarts keeps trying for a while instead of exiting."""
     port = free_port()
-    url, prefix = f"redis://127.0.0.1:{port}/0", f"fctest:{uuid.uuid4().hex}:"
-    worker = _cli_worker(url, prefix)
+    url, prefix, log = f"redis://127.0.0.1:{port}/0", f"fctest:{uuid.uuid4().hex}:", tmp_path / "worker.log"
+    worker = _cli_worker(url, prefix, log)
     try:
-        await asyncio.sleep(3)
-        assert worker.poll() is None, "the worker exited while its Redis was not up yet"
+        deadline = time.monotonic() + 30
+        while "trying again for up to 30s" not in log.read_text(encoding="utf-8"):  # it found no server
+            assert worker.poll() is None, f"the worker exited while its Redis was not up yet: {log.read_text()}"
+            assert time.monotonic() < deadline, "the worker never reported the server it could not reach"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1)  # and keeps trying
+        assert worker.poll() is None, f"the worker exited while its Redis was not up yet: {log.read_text()}"
         start_server(RedisServer, port=port)
         backend = registry().build("rq", {"redis_url": url, "key_prefix": prefix})
         client = Client(backend, contract_app)
@@ -226,8 +234,8 @@ async def test_a_worker_started_before_its_redis_waits_for_it(start_server: Any)
         assert result.status == "completed" and result.outputs == {"s": 3, "n": None, "e": None}
     finally:
         worker.terminate()
-        _, errors = await asyncio.to_thread(worker.communicate, timeout=30)
-    assert f"cannot connect to Redis at {url}" in errors and "trying again for up to 30s" in errors
+        await asyncio.to_thread(worker.wait, 30)
+    assert f"cannot connect to Redis at {url}" in log.read_text(encoding="utf-8")
 
 
 async def test_two_engines_sharing_one_backend(backend: Backend) -> None:
