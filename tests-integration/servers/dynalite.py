@@ -19,14 +19,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Unpack
 
-from .base import Server, ServerNotInstalled, ServerOptions, servers_dir
-from .moto import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY
+from .base import ServerNotInstalled, ServerOptions, servers_dir
+from .moto import AwsEndpoint
 
 # Never send loopback requests through an HTTP proxy from the environment.
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-class DynaliteServer(Server):
+class DynaliteServer(AwsEndpoint):
     """``node dynalite/cli.js --host 127.0.0.1 --port PORT`` in memory; tables are ACTIVE at once.
 
     Use region ``us-east-1`` and any key id/secret (``test``/``test``), as with moto.
@@ -42,22 +42,9 @@ class DynaliteServer(Server):
         self.package_dir: Path = servers_dir() / "node_modules" / "dynalite"
 
     @property
-    def endpoint_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
     def version(self) -> str:
         """The installed dynalite's version (from its package.json)."""
         return str(json.loads((self.package_dir / "package.json").read_text())["version"])
-
-    def client_kwargs(self) -> dict[str, str]:
-        """Keyword arguments for ``boto3.client("dynamodb", **kwargs)`` / aiobotocore."""
-        return {
-            "endpoint_url": self.endpoint_url,
-            "region_name": REGION,
-            "aws_access_key_id": ACCESS_KEY_ID,
-            "aws_secret_access_key": SECRET_ACCESS_KEY,
-        }
 
     def check_installed(self) -> None:
         if not self.node:

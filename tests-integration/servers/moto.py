@@ -17,19 +17,8 @@ SECRET_ACCESS_KEY = "test"
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-class MotoServer(Server):
-    """``<venv>/bin/moto_server -H 127.0.0.1 -p PORT``; all AWS services on one endpoint.
-
-    Use region ``us-east-1`` and any key id/secret (``test``/``test``). :meth:`reset` clears all state.
-    """
-
-    name = "moto"
-    install_name = "moto"
-    poll_interval = 0.05
-
-    def __init__(self, port: int | None = None, **kwargs: Unpack[ServerOptions]) -> None:
-        super().__init__(port, **kwargs)
-        self.binary: Path | None = find_venv_program("moto_server")
+class AwsEndpoint(Server):
+    """A server speaking an AWS API over plain HTTP, with region ``us-east-1`` and keys ``test``/``test``."""
 
     @property
     def endpoint_url(self) -> str:
@@ -43,6 +32,21 @@ class MotoServer(Server):
             "aws_access_key_id": ACCESS_KEY_ID,
             "aws_secret_access_key": SECRET_ACCESS_KEY,
         }
+
+
+class MotoServer(AwsEndpoint):
+    """``<venv>/bin/moto_server -H 127.0.0.1 -p PORT``; all AWS services on one endpoint.
+
+    Use region ``us-east-1`` and any key id/secret (``test``/``test``). :meth:`reset` clears all state.
+    """
+
+    name = "moto"
+    install_name = "moto"
+    poll_interval = 0.05
+
+    def __init__(self, port: int | None = None, **kwargs: Unpack[ServerOptions]) -> None:
+        super().__init__(port, **kwargs)
+        self.binary: Path | None = find_venv_program("moto_server")
 
     def check_installed(self) -> None:
         if self.binary is None:
