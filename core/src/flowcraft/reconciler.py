@@ -11,7 +11,8 @@ are older than the threshold, and none of its pending jobs holds a live lease. F
   outputs, or awaiting when a wait is parked — through the same compare-and-set as always, so it is
   published exactly once;
 * it has no coordination state at all: its start was interrupted between creating the run record and
-  scheduling its first jobs. Nothing ran; the run is failed with a message saying to start it again.
+  scheduling its first jobs. Nothing ran; the run is failed with a message saying to start it again —
+  unless it is a subflow's child run, which its parent's pending subflow job starts again.
 
 Awaiting runs with no pending job are waiting for a human: not stalled. Candidates are read page by page
 (oldest first, by ``(updated_at, run_id)``) until none are left, so runs that are skipped — awaiting, or
@@ -76,6 +77,8 @@ class Reconciler:
             return
         if record.status == "awaiting":
             return  # waiting for a human is not stalled
+        if activity is None and record.parent:
+            return  # a child whose start died: its parent's pending subflow job starts it again
         stats.stalled_runs += 1
         if activity is not None:
             await self.backend.queue.enqueue([finish_job(record)])

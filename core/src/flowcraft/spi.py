@@ -535,7 +535,9 @@ class CoordinationStore(Component):
 
     @abstractmethod
     async def activity(self, run_id: str) -> float | None:
-        """When the run last committed or renewed a lease (epoch seconds)."""
+        """When the run last committed or renewed a lease (epoch seconds); None while nothing was ever
+        written for the run (reads create no activity): the reconciler takes that as a start that died
+        before its first jobs were scheduled."""
 
     @abstractmethod
     async def delete_run(self, run_id: str) -> None:
@@ -662,7 +664,9 @@ class LeaseTables(CoordinationTables, Protocol):
         """The run's jobs in ``state`` that have a document, with their lease's expiry (None: no lease)."""
         ...
 
-    def last_activity(self, run_id: str) -> float | None: ...
+    def last_activity(self, run_id: str) -> float | None:
+        """The time of the run's last ``touch``; None if it was never touched (reads must not create it)."""
+        ...
 
     def forget_run(self, run_id: str) -> None: ...
 

@@ -247,7 +247,7 @@ class _RunCoordination:
     leases: dict[str, tuple[str, float]] = field(default_factory=dict)
     pending: int = 0
     parked: int = 0
-    activity: float = 0.0
+    activity: float | None = None  # None until the run's first write (a read creates no activity)
 
 
 class MemoryCoordinationStore(TablesCoordinationStore):

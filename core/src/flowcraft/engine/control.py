@@ -69,9 +69,12 @@ class RunControl:
         status = self.backend.status
         if not await status.create(record):
             existing = await status.get(run_id)
-            if parent is not None and existing is not None:
-                return run_id  # a re-delivered subflow start: the child already exists
-            raise InvalidStateError(f"a run with id {run_id!r} already exists", hint="use another run id")
+            if parent is None or existing is None:
+                raise InvalidStateError(f"a run with id {run_id!r} already exists", hint="use another run id")
+            if existing.status != "running" or await self.backend.coordination.activity(run_id) is not None:
+                return run_id  # a re-delivered subflow start: the child already started
+            # the first start of this child died between its record and its first jobs: finish it (each step
+            # below is idempotent)
         if context:
             await self.backend.context.apply(run_id, dict(context))
         jobs = [Job(run_id, blueprint_id, node_id, version=version, input=input, has_input=True)

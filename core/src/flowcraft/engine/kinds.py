@@ -205,6 +205,9 @@ class SubflowKind(JobKind):
         if child is None:
             await self._start_child(ctx, child_blueprint, child_id)
             return NodeOutcome.settled()
+        if child.status == "running" and await ctx.backend.coordination.activity(child_id) is None:
+            await self._start_child(ctx, child_blueprint, child_id)  # its start died before its first jobs
+            return NodeOutcome.settled()
         if child.status in ACTIVE_STATUSES:
             if child.status == "awaiting":
                 await ctx.engine.runs.reflect_on_parent(child, "awaiting")

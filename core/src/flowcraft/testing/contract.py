@@ -36,7 +36,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -769,6 +769,35 @@ class RecoveryContract(_Base):
         assert (await _drive(engine, backend, run_id, after=watch)).status == "completed"
         assert "awaiting" not in history
         assert (await client.status(run_id)).outputs["rejected"] == {"by": "bob"}
+
+    async def test_a_subflow_whose_start_died_is_started_again(self, backend: Backend) -> None:
+        """A worker that died between a child run's record and its first jobs: the reconciler leaves the child
+        alone and the parent's redelivered subflow job finishes its start, so the run still completes."""
+        engine, client = self._engine(backend), Client(backend, contract_app)
+        run_id = await client.start("contract-parent", {"value": 40})
+        schedule, died = backend.coordination.schedule, list[str]()
+
+        async def dies_scheduling_the_child(run: str, jobs: Sequence[Job]) -> list[Job]:
+            if not died and run != run_id:
+                died.append(run)
+                raise _Interrupted("the worker died starting the child run")
+            return await schedule(run, jobs)
+
+        backend.coordination.schedule = dies_scheduling_the_child  # type: ignore[method-assign,assignment]
+        deadline = time.monotonic() + 30 + self.visibility_timeout
+        reconciled = False
+        while (await client.status(run_id)).status == "running" and time.monotonic() < deadline:
+            for delivery in await backend.queue.dequeue(1, 0.2):
+                with contextlib.suppress(_Interrupted):  # its message comes back after the visibility timeout
+                    await engine.handle(delivery)
+            if died and not reconciled:
+                await asyncio.sleep(0.05)
+                stats = await Reconciler(backend, stalled_threshold_seconds=0.01).run()
+                assert stats.failed_runs == 0, "the reconciler failed a child its parent can start again"
+                reconciled = True
+        result = await client.status(run_id)
+        assert died and result.status == "completed", result.errors
+        assert result.outputs["sub"] == 42 and result.outputs["after"] == 42
 
     async def test_reconciler_fails_only_an_interrupted_start(self, backend: Backend, run_prefix: str) -> None:
         """A run with a record but no coordination state (an interrupted start) is failed, saying so."""
