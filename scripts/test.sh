@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The whole test suite, servers included: sets up .venv and the real servers (Redis, moto), then runs
+# The whole test suite, servers included: sets up .venv and the real servers (every backend's), then runs
 # unit tests of every distribution, the contract suite on each backend and the integration tests.
 # Servers are started by the tests on free loopback ports and stopped by PID.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 "$ROOT/scripts/setup-venv.sh" --test
-"$ROOT/scripts/install-servers.sh" redis moto dynalite
-export FLOWCRAFT_TEST_SERVERS=${FLOWCRAFT_TEST_SERVERS:-redis moto dynalite}
+SERVERS="redis moto dynalite postgres rabbitmq azurite cosmos kafka cassandra"
+# shellcheck disable=SC2086  # one word per server
+"$ROOT/scripts/install-servers.sh" $SERVERS
+export FLOWCRAFT_TEST_SERVERS=${FLOWCRAFT_TEST_SERVERS:-$SERVERS}
 "$ROOT/.venv/bin/ruff" check .
 "$ROOT/.venv/bin/mypy" core/src/flowcraft packages/*/src/*/  # strict (pyproject.toml) on every distribution
 suites=(core/tests)
