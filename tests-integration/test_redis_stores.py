@@ -143,11 +143,10 @@ async def test_finishing_commit_releases_the_owners_lease(stores: Any, client: R
     run = "lease-run"
     await coordination.schedule(run, [Job(run, "bp", "a"), Job(run, "bp", "b")])
     assert (await coordination.begin(Job(run, "bp", "a"), "w1", 30)).lease
-    not_finishing = await coordination.commit(Transition(run, "0:a", completion=Completion("a", output=1, token="t"),
-                                                         owner="w1"))
-    assert not not_finishing.lease_released and await client.hexists(f"{redis_prefix}lease:{run}", "0:a")
+    await coordination.commit(Transition(run, "0:a", completion=Completion("a", output=1, token="t"), owner="w1"))
+    assert coordination.releases_lease and await client.hexists(f"{redis_prefix}lease:{run}", "0:a")
     finished = await coordination.commit(Transition(run, "0:a", completion=None, finish=True, owner="w1"))
-    assert finished.lease_released and not finished.dispatched  # no queue colocated: the engine enqueues
+    assert finished.conflict is None and not coordination.dispatches  # no queue colocated: the engine enqueues
     assert not await client.hexists(f"{redis_prefix}lease:{run}", "0:a")
     # another owner's lease is left alone; without an owner nothing is released
     assert (await coordination.begin(Job(run, "bp", "b"), "w2", 30)).lease
@@ -155,7 +154,7 @@ async def test_finishing_commit_releases_the_owners_lease(stores: Any, client: R
                                                  finish=True, owner="w1"))
     assert await client.hexists(f"{redis_prefix}lease:{run}", "0:b") and other.pending == 0
     anonymous = await coordination.commit(Transition(run, "0:b", completion=None, finish=True))
-    assert not anonymous.lease_released and await client.hexists(f"{redis_prefix}lease:{run}", "0:b")
+    assert anonymous.conflict is None and await client.hexists(f"{redis_prefix}lease:{run}", "0:b")
 
 
 async def test_begin_and_get_always_read_redis(stores: Any, client: Redis, redis_prefix: str) -> None:

@@ -30,7 +30,7 @@ from flowcraft.options import QueueOptions as QueueOptions
 from flowcraft.options import option as option
 from flowcraft.options import parse_options as parse_options
 
-SPI_VERSION = 1
+SPI_VERSION = 2
 """The version of this interface. It is bumped when a change would break a backend written for the previous
 one: an abstract method added, a signature or a meaning changed, a field removed (additions with defaults
 do not bump it). A plugin module may declare ``SPI_VERSION`` (the version it was written for); the plugin
@@ -118,9 +118,9 @@ class Delivery:
     """A job as received from a queue; ``receipt`` is the backend's handle, ``deliveries`` counts from 1.
 
     ``record`` and ``begin`` are filled only by ``Queue.receive`` of a queue that shares one store with the
-    status and coordination stores: the run record and ``CoordinationStore.begin`` for the receiving owner,
-    read in the same round trip as the dequeue (``prefetched`` says they were, per delivery: a queue that
-    declares ``Capabilities.prefetches_status`` may still hand out a delivery it could not prefetch).
+    status and coordination stores (``Capabilities.prefetches_status``): the run record and
+    ``CoordinationStore.begin`` for the receiving owner, read in the same round trip as the dequeue.
+    ``begin`` is set exactly when both were (``prefetched``); otherwise (e.g. no such run) the engine reads them.
 
     ``job`` and ``receipt`` may be passed positionally; every other field is keyword-only.
     """
@@ -131,7 +131,11 @@ class Delivery:
     deliveries: int = 1
     record: RunRecord | None = None
     begin: Begin | None = None
-    prefetched: bool = False
+
+    @property
+    def prefetched(self) -> bool:
+        """Whether ``receive`` read the run record and took the lease with the dequeue (``begin`` is set)."""
+        return self.begin is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,8 +232,8 @@ class Arrival:
 class Transition:
     """Everything one handled job changes, applied by ``CoordinationStore.commit``.
 
-    ``owner``: the worker holding the job's lease; a store may release that lease in a finishing commit
-    (and say so with ``Committed.lease_released``) to save the engine a ``release`` round trip.
+    ``owner``: the worker holding the job's lease; a store that declares ``releases_lease`` drops that lease
+    in a finishing commit, which saves the engine a ``release`` round trip.
 
     ``run_id`` and ``job_key`` may be passed positionally; every other field is keyword-only.
     """
@@ -252,12 +256,8 @@ class Committed:
     ``fired``: jobs to enqueue (newly inserted; in recovery also those already pending).
     ``skipped``: target job keys newly decided as skipped (in recovery also those already skipped); the
     engine propagates the dead path from them. ``pending``/``parked``: counts after the commit.
-    ``dispatched``: the store already put ``fired`` on the queue (it shares one store with the queue,
-    honouring each job's ``due_at``), so the engine must not enqueue them again.
-    ``lease_released``: the commit released ``Transition.owner``'s lease on the job.
-    Both are facts about this commit, which the engine acts on; ``Capabilities.dispatches`` is the
-    backend's declaration, which the contract suite checks against ``dispatched``.
-    All fields are keyword-only.
+    What a store does besides (puts ``fired`` on the queue, drops the lease) is declared once, by the store
+    (``Capabilities``), never per result. All fields are keyword-only.
     """
 
     conflict: Completion | None = None
@@ -265,8 +265,6 @@ class Committed:
     skipped: tuple[str, ...] = ()
     pending: int = 1
     parked: int = 0
-    dispatched: bool = False
-    lease_released: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -374,9 +372,13 @@ class Queue(Component):
     shares a store with the status and coordination stores overrides it: ``prefetches_status``)."""
 
     visibility_timeout: float = 30.0
-    #: True when ``receive`` prefetches each delivery's run record and lease (``Delivery.prefetched``); decided
-    #: when the queue is built, read by the engine through ``Backend.capabilities.prefetches_status``.
-    prefetches_status: bool = False
+
+    @property
+    def prefetches_status(self) -> bool:
+        """True when ``receive`` reads each delivery's run record and takes its lease in the dequeue's round trip
+        (``Delivery.record``/``begin``). Decided when the queue is built, never changed afterwards; the engine
+        reads it through ``Backend.capabilities``. A subclass overrides it (a property or a class attribute)."""
+        return False
 
     @abstractmethod
     async def enqueue(self, jobs: Sequence[Job], delay: float = 0.0) -> None:
@@ -493,13 +495,27 @@ class CoordinationStore(Component):
     A backend implements every method here, or subclasses ``TablesCoordinationStore`` (end of this module)
     and implements ONE primitive, ``atomically``, from which all of them are derived."""
 
-    #: True when ``commit`` also writes the completion's context updates (coordination and context share
-    #: one store), which saves the engine a separate ``ContextStore.apply`` round trip. Decided when the store
-    #: is built (by the backend's factory), never changed afterwards; the engine reads it through
-    #: ``Backend.capabilities``.
-    applies_context: bool = False
-    #: True when ``commit`` puts the jobs it fires on the backend's queue itself (``Committed.dispatched``).
-    dispatches: bool = False
+    # What ``commit`` does besides the rules, each decided when the store is built (by the backend's factory),
+    # never changed afterwards; the engine reads them through ``Backend.capabilities``. A subclass overrides
+    # them (a property or a class attribute); each has a contract test.
+
+    @property
+    def applies_context(self) -> bool:
+        """True when ``commit`` also writes a new completion's context updates (coordination and context share
+        one store), which saves the engine a separate ``ContextStore.apply`` round trip."""
+        return False
+
+    @property
+    def dispatches(self) -> bool:
+        """True when ``commit`` puts the jobs it fires (``Committed.fired``) on the backend's queue itself,
+        honouring each job's ``due_at``, so the engine does not enqueue them."""
+        return False
+
+    @property
+    def releases_lease(self) -> bool:
+        """True when a finishing commit (``Transition.finish``) that is not a conflict leaves
+        ``Transition.owner`` holding no lease on the job, so the engine need not call ``release``."""
+        return False
 
     @abstractmethod
     async def schedule(self, run_id: str, jobs: Sequence[Job]) -> list[Job]:
@@ -577,7 +593,8 @@ class Capabilities:
       atomic step as its record, so the engine does not write them (``CoordinationStore.applies_context``);
     * ``prefetches_status``: ``Queue.receive`` reads each delivery's run record and takes its lease in the same
       round trip (``Delivery.prefetched``, ``record``, ``begin``);
-    * ``dispatches``: ``commit`` puts the jobs it fires on the queue itself (``Committed.dispatched``);
+    * ``dispatches``: ``commit`` puts the jobs it fires on the queue itself;
+    * ``releases_lease``: a finishing ``commit`` drops the finishing worker's lease (no ``release`` call);
     * ``notifies``: ``StatusStore.wait_for_change`` returns soon after a record changes, so clients need not
       poll (``StatusStore.notifies``).
 
@@ -587,6 +604,7 @@ class Capabilities:
     applies_context: bool = False
     prefetches_status: bool = False
     dispatches: bool = False
+    releases_lease: bool = False
     notifies: bool = False
 
     @classmethod
@@ -596,6 +614,7 @@ class Capabilities:
         return cls(applies_context=coordination.applies_context,
                    prefetches_status=queue.prefetches_status,
                    dispatches=coordination.dispatches,
+                   releases_lease=coordination.releases_lease,
                    notifies=status.notifies)
 
 
@@ -686,7 +705,11 @@ class TablesCoordinationStore(CoordinationStore):
     """
 
     def __init__(self, *, applies_context: bool = False) -> None:
-        self.applies_context = applies_context
+        self._applies_context = applies_context
+
+    @property
+    def applies_context(self) -> bool:
+        return self._applies_context
 
     @abstractmethod
     async def atomically(self, run_id: str, fn: Callable[[LeaseTables], T]) -> T:

@@ -71,13 +71,14 @@ def test_the_preset_factory_wires_every_fast_path_and_an_override_none() -> None
     queue, coordination = _queue(full), _coordination(full)
     assert queue.prefetching and coordination.applies_context
     assert coordination.dispatcher is not None and coordination.dispatcher is queue.commit_dispatcher()
-    assert full.capabilities == Capabilities(applies_context=True, prefetches_status=True, dispatches=True)
+    assert full.capabilities == Capabilities(applies_context=True, prefetches_status=True, dispatches=True,
+                                             releases_lease=True)
     assert full.name == "rq" and full.options["key_prefix"] == "w:"
     same_names = reg.build("rq", options, overrides={"queue": "rq"})  # naming the preset's own is no override
     assert same_names.capabilities == full.capabilities
     for kind in ("queue", "context", "status"):
         mixed = reg.build("rq", options, overrides={kind: "memory"})
-        assert mixed.capabilities == Capabilities(notifies=kind == "status"), kind
+        assert mixed.capabilities == Capabilities(releases_lease=True, notifies=kind == "status"), kind
         assert not _coordination(mixed).applies_context and _coordination(mixed).dispatcher is None
 
 
@@ -115,4 +116,5 @@ def test_deliveries_from_dequeue_replies() -> None:
     held = RqQueue._delivery([b"id", b"id:e1", data, 1, record, 0, b"p{}", None], "w1")
     assert held.begin == Begin(lease=False, state="pending", completion=None) and held.receipt.lease_owner is None
     missing = RqQueue._delivery([b"id", b"id:e1", data, 1, [], -1, None, None], "w1")
-    assert missing.prefetched and missing.record is None and missing.begin is None
+    # no run record, so no lease either: the engine reads the status itself (and dead-letters the job)
+    assert not missing.prefetched and missing.record is None and missing.begin is None

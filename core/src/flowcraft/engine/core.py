@@ -494,12 +494,12 @@ class Engine:
 
     async def _commit(self, job: Job, transition: Transition) -> Committed:
         committed = await self.coordination.commit(replace(transition, owner=self.worker_id))
-        if committed.lease_released:
+        if transition.finish and committed.conflict is None and self.backend.capabilities.releases_lease:
             self._released.add((job.run_id, job.key))
         return committed
 
     async def _dispatch(self, committed: Committed) -> None:
-        if not committed.dispatched:  # a store sharing the queue's storage may have enqueued them itself
+        if not self.backend.capabilities.dispatches:  # a store sharing the queue's storage enqueued them itself
             await self._enqueue(committed.fired)
 
     async def _enqueue(self, jobs: Sequence[Job]) -> None:

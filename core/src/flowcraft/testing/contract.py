@@ -970,10 +970,25 @@ class CapabilitiesContract(_Base):
         committed = await backend.coordination.commit(Transition(
             run_prefix, job.key, completion=Completion("a", output=1, action=None, token="t1"),
             arrivals=(Arrival(successor, "a", arrived=True, contribution=1, expected=("a",)),), finish=True))
-        assert committed.dispatched and [j.key for j in committed.fired] == [successor.key]
+        assert [j.key for j in committed.fired] == [successor.key]
         got = await receive(backend, 1)
         assert [(d.job.run_id, d.job.node_id) for d in got] == [(run_prefix, "b")]
         await backend.queue.ack(got[0])
+
+    async def test_releases_lease_drops_the_finishing_owners_lease(self, backend: Backend, run_prefix: str) -> None:
+        """releases_lease: after a finishing commit by its owner, another worker can take the job's lease at once;
+        a commit that does not finish the job leaves the lease where it was."""
+        self._declared(backend, "releases_lease")
+        job, other = _job(run_prefix, "a"), _job(run_prefix, "b")
+        await backend.coordination.schedule(run_prefix, [job, other])
+        assert (await backend.coordination.begin(job, "w1", 30)).lease
+        assert (await backend.coordination.begin(other, "w1", 30)).lease
+        await backend.coordination.commit(Transition(
+            run_prefix, job.key, completion=Completion("a", output=1, token="t1"), finish=True, owner="w1"))
+        await backend.coordination.commit(Transition(
+            run_prefix, other.key, completion=Completion("b", output=1, token="t2"), finish=False, owner="w1"))
+        assert (await backend.coordination.begin(job, "w2", 30)).lease
+        assert not (await backend.coordination.begin(other, "w2", 30)).lease
 
     async def test_notifies_wakes_a_waiter_soon_after_a_transition(self, backend: Backend, run_prefix: str) -> None:
         """notifies: wait_for_change returns within a second of a status transition (clients do not poll)."""

@@ -2,8 +2,8 @@
 
 Components that share one client and key prefix can do more per script: a commit also writes the node's
 context updates (``CoordinationStore.applies_context``) and pushes the jobs it fires into a queue on the
-same Redis (``Committed.dispatched``); such a queue's ``receive`` also reads the run record and takes the
-lease (``Delivery.prefetched``). Whether they may is decided here, once, while the backend is assembled,
+same Redis (``CoordinationStore.dispatches``); such a queue's ``receive`` also reads the run record and takes
+the lease (``Queue.prefetches_status``). Whether they may is decided here, once, while the backend is assembled,
 never by looking anything up while jobs are handled: ``colocate(context, status, coordination, queue)``
 wires components built on the same client object and key prefix. The ``rq`` preset's factory
 (``flowcraft_rq.backend.build_backend``) does it; components built alone by ``from_config`` (a backend

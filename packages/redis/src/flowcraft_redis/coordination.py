@@ -40,8 +40,8 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
     construction (``flowcraft_redis.colocation``): with a ``RedisContext`` on the same client and key prefix
     it also writes the completion's context updates (``applies_context``); with a queue there that offers a
     dispatcher (``flowcraft_rq.RqQueue``) it also pushes the fired jobs into that queue
-    (``Committed.dispatched``). A finishing commit with ``Transition.owner`` also drops that owner's lease
-    (``Committed.lease_released``). Every key it writes gets the TTL ``state_ttl_seconds``, refreshed on each
+    (``dispatches``). A finishing commit with ``Transition.owner`` also drops that owner's lease
+    (``releases_lease``). Every key it writes gets the TTL ``state_ttl_seconds``, refreshed on each
     write.
 
     ``applies_context`` / ``dispatcher`` given to the constructor override what colocation decides.
@@ -75,14 +75,19 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
             self.dispatcher = colocation.queue.commit_dispatcher() if colocation.queue is not None else None
 
     @property
-    def applies_context(self) -> bool:  # type: ignore[override]  # read-only here: colocation decides it
+    def applies_context(self) -> bool:
         """True when a ``RedisContext`` on the same client and key prefix is the backend's context store."""
         return self._applies_context
 
     @property
-    def dispatches(self) -> bool:  # type: ignore[override]  # read-only here: colocation decides it
+    def dispatches(self) -> bool:
         """True when commits push the jobs they fire into the backend's queue (a ``Dispatcher``)."""
         return self.dispatcher is not None
+
+    @property
+    def releases_lease(self) -> bool:
+        """Always: the commit script drops the finishing owner's lease (``lua/commit.lua``)."""
+        return True
 
     async def _call(self, sha: str, *args: Any) -> Any:
         return await self.batcher.call_script(sha, self.key_prefix, *args)
@@ -150,7 +155,7 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
         result = await self._call(self._commit_sha(dispatcher), *args)
         if result[0] == b"conflict":
             return Committed(conflict=Completion.from_dict(loads(result[1])))
-        pending, parked, released, count = (int(v) for v in result[1:5])
+        pending, parked, _released, count = (int(v) for v in result[1:5])
         fired: list[Job] = []
         at = 5
         for _ in range(count):
@@ -158,8 +163,7 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
             at += 2
             fired.append(arrivals[index - 1].job if not body else Job.from_dict(loads(body)))
         skipped = tuple(text(key) for key in result[at + 1 : at + 1 + int(result[at])])
-        return Committed(fired=tuple(fired), skipped=skipped, pending=pending, parked=parked,
-                         dispatched=dispatcher is not None, lease_released=bool(released))
+        return Committed(fired=tuple(fired), skipped=skipped, pending=pending, parked=parked)
 
     def _commit_sha(self, dispatcher: Dispatcher | None) -> str:
         """The SHA of the commit script for ``dispatcher`` (its Lua prepended), registered on first use."""

@@ -7,7 +7,7 @@ from typing import Any
 from flowcraft.hookspecs import hookimpl
 
 #: the ``flowcraft.spi`` version this plugin was written for (the registry leaves it out on another)
-SPI_VERSION = 1
+SPI_VERSION = 2
 
 
 @hookimpl

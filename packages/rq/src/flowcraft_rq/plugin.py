@@ -8,7 +8,7 @@ from flowcraft.hookspecs import hookimpl
 from flowcraft.plugins import Preset
 
 #: the ``flowcraft.spi`` version this plugin was written for (the registry leaves it out on another)
-SPI_VERSION = 1
+SPI_VERSION = 2
 
 
 @hookimpl

@@ -10,7 +10,7 @@ scheduler.
 
 ``receive`` (what workers call) is the same script; when the status and coordination stores are colocated
 (same client and key prefix, see ``flowcraft_redis.colocation``) it also returns each job's run record and
-takes its lease for the worker (``Delivery.prefetched``).
+takes its lease for the worker (``Delivery.record``/``begin``: ``prefetches_status``).
 """
 
 from __future__ import annotations
@@ -104,9 +104,9 @@ class RqQueue(Colocated, Queue):
 
     * ``prefetch``: when the backend's status and coordination stores are Redis stores on this client and key
       prefix, ``receive`` also reads each job's run record and takes its lease in the dequeue script
-      (``Delivery.record``/``begin``, ``prefetched``). ``dequeue`` never does.
+      (``Delivery.record``/``begin``). ``dequeue`` never does.
     * ``dispatch``: the colocated coordination store's commits push the jobs they fire into this queue
-      (``Committed.dispatched``).
+      (``CoordinationStore.dispatches``).
 
     Either can be turned off with the constructor flag of the same name.
     """
@@ -167,7 +167,7 @@ class RqQueue(Colocated, Queue):
         return self._dispatcher
 
     @property
-    def prefetches_status(self) -> bool:  # type: ignore[override]  # read-only here: colocation decides it
+    def prefetches_status(self) -> bool:
         return self.prefetching
 
     async def setup(self) -> None:
@@ -197,7 +197,7 @@ class RqQueue(Colocated, Queue):
 
     async def receive(self, max_jobs: int, wait: float, owner: str, lease_seconds: float) -> list[Delivery]:
         """``dequeue``, plus (when ``prefetching``) each job's run record and its lease for ``owner`` read and
-        taken in the same script: ``Delivery.record``, ``Delivery.begin``, ``prefetched=True``."""
+        taken in the same script: ``Delivery.record`` and ``Delivery.begin``."""
         if not self.prefetching:
             return await self._take(max_jobs, wait, None, 0.0)
         return await self._take(max_jobs, wait, owner, lease_seconds)
@@ -241,7 +241,7 @@ class RqQueue(Colocated, Queue):
         flat = {record[i]: record[i + 1] for i in range(0, len(record), 2)}
         return Delivery(job, RqReceipt(text(job_id), text(entry), owner if lease == 1 else None),
                         deliveries=int(deliveries),
-                        record=record_from_hash(flat) if flat else None, begin=begin, prefetched=True)
+                        record=record_from_hash(flat) if flat else None, begin=begin)
 
     @staticmethod
     def _lease_of(delivery: Delivery) -> list[Any]:

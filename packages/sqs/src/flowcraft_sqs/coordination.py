@@ -252,6 +252,7 @@ class DynamoDbCoordinationStore(CoordinationStore):
     name = "dynamodb"
     Options = SqsOptions
     applies_context = False  # contexts live in their own table; the engine applies them
+    releases_lease = True  # a finishing commit removes the owner's lease in its write (``_Drop``)
 
     def __init__(self, client: DynamoDBClient | None = None, table_name: str = "flowcraft-coordination", *,
                  ttl_seconds: int = 30 * 24 * 3600, source: ClientSource[DynamoDBClient] | None = None) -> None:
@@ -357,10 +358,10 @@ class DynamoDbCoordinationStore(CoordinationStore):
                 self._locks[run_id] = (lock, users - 1)
 
     async def _run(self, run_id: str, rules: Callable[[_Plan], T], drop: _Drop | None = None
-                   ) -> tuple[T, _RunState, bool]:
+                   ) -> tuple[T, _RunState]:
         """Run ``rules`` over the run item and write what they changed, conditioned on the version they saw;
-        again over the current item while the condition fails. Returns the rules' result, the item after and
-        whether ``drop``'s lease was removed."""
+        again over the current item while the condition fails (``drop``: the finishing owner's lease, removed
+        in the same write unless another owner holds it). Returns the rules' result and the item after."""
         async with self._run_lock(run_id):
             client = await self._source.get()
             blobs: dict[str, str] = {}
@@ -385,7 +386,7 @@ class DynamoDbCoordinationStore(CoordinationStore):
                     continue
                 outcome = await self._write(client, run_id, plan, now, drop)
                 if isinstance(outcome, _RunState):
-                    return result, outcome, drop is not None
+                    return result, outcome
                 if outcome == "lease":
                     drop = None  # the lease is not ours any more: leave it
                 fresh = True  # the failed condition returned the current item
@@ -515,7 +516,7 @@ class DynamoDbCoordinationStore(CoordinationStore):
         def rules(plan: _Plan) -> list[Job]:
             return [job for job in jobs if plan.insert_job(run_id, job.key, "pending", job)]
 
-        inserted, _, _ = await self._run(run_id, rules)
+        inserted, _ = await self._run(run_id, rules)
         return inserted
 
     async def begin(self, job: Job, owner: str, lease_seconds: float) -> Begin:
@@ -585,11 +586,11 @@ class DynamoDbCoordinationStore(CoordinationStore):
         for arrival in tx.arrivals:
             self._check(tx.run_id, arrival.target_key)
         drop = _Drop(tx.job_key, tx.owner) if tx.finish and tx.owner is not None else None
-        committed, after, released = await self._run(tx.run_id, lambda plan: apply_transition(plan, tx), drop)
+        committed, after = await self._run(tx.run_id, lambda plan: apply_transition(plan, tx), drop)
         if committed.conflict is not None:
             return committed
         pending, parked = after.counts()
-        return replace(committed, pending=pending, parked=parked, lease_released=released)
+        return replace(committed, pending=pending, parked=parked)
 
     async def park(self, run_id: str, job_key: str) -> Committed:
         self._check(run_id, job_key)
@@ -598,7 +599,7 @@ class DynamoDbCoordinationStore(CoordinationStore):
             if plan.job_state(run_id, job_key) == "pending":
                 plan.set_job_state(run_id, job_key, "parked")
 
-        _, after, _ = await self._run(run_id, rules)
+        _, after = await self._run(run_id, rules)
         pending, parked = after.counts()
         return Committed(pending=pending, parked=parked)
 
@@ -612,7 +613,7 @@ class DynamoDbCoordinationStore(CoordinationStore):
             plan.replace_job(job_key, job)
             return True
 
-        unparked, _, _ = await self._run(run_id, rules)
+        unparked, _ = await self._run(run_id, rules)
         return unparked
 
     async def jobs(self, run_id: str, state: JobState = "pending") -> list[PendingJob]:

@@ -99,7 +99,7 @@ for a = 1, count do
 end
 
 -- finishing: the job is done and (Transition.owner) that owner's lease is dropped; afterwards the owner holds
--- no lease on the job either way, so the reply says released (Committed.lease_released)
+-- no lease on the job either way, so the reply says released (releases_lease)
 local released = 0
 if finish then
   local state = redis.call('HGET', jobs, jkey)
@@ -117,7 +117,7 @@ for _, key in ipairs({jobs, done, meta, lease}) do redis.call('EXPIRE', key, ttl
 if touched then redis.call('EXPIRE', arrs, ttl) end
 redis.call('EXPIRE', P .. 'status:' .. run, ttl)
 
--- dispatch (Committed.dispatched): with a queue on this Redis, the queue's own Lua (Dispatcher.lua, prepended
+-- dispatch (dispatches): with a queue on this Redis, the queue's own Lua (Dispatcher.lua, prepended
 -- to this script) pushes the fired jobs; its ARGV follow
 local ndisp = tonumber(ARGV[i]); i = i + 1
 if ndisp > 0 and #fired > 0 then dispatch(fired, run, now, i) end

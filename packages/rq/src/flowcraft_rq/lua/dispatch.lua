@@ -1,4 +1,4 @@
--- Committed.dispatched: the commit script of flowcraft_redis calls dispatch(fired, run, now, at) with its
+-- CoordinationStore.dispatches: the commit script of flowcraft_redis calls dispatch(fired, run, now, at) with its
 -- fired jobs ({index, job JSON, due ('' or seconds), job key, spliced} each) and where RqDispatcher.args
 -- begin in ARGV: due jobs go to the queue list, later ones to its scheduled registry.
 local function dispatch(fired, run, now, at)
