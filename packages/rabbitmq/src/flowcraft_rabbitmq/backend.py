@@ -1,0 +1,25 @@
+"""The ``rabbitmq`` preset's factory: the queue, the PostgreSQL stores on one connection pool, and the Redis
+coordination store of ``flowcraft-redis``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flowcraft.spi import Backend
+from flowcraft_rabbitmq._pg import PgClient
+from flowcraft_rabbitmq.context import PostgresContext
+from flowcraft_rabbitmq.options import PostgresOptions, RabbitMqOptions
+from flowcraft_rabbitmq.queue import RabbitMqQueue
+from flowcraft_rabbitmq.status import PostgresStatusStore
+from flowcraft_redis import RedisCoordinationStore
+
+
+def build_backend(options: Mapping[str, Any]) -> Backend:
+    """The ``rabbitmq`` backend from its validated options. Its components keep their data in three servers,
+    so they take no fast path together: ``Backend.capabilities`` is all off."""
+    postgres = PostgresOptions.parse(options)
+    pg = PgClient.for_options(postgres)
+    return Backend(RabbitMqQueue.build(RabbitMqOptions.parse(options)), PostgresContext.build(postgres, pg),
+                   PostgresStatusStore.build(postgres, pg), RedisCoordinationStore.from_config(options, {}),
+                   name="rabbitmq")

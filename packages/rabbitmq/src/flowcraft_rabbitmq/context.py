@@ -1,0 +1,131 @@
+"""PostgreSQL context store: one row per (run_id, key) with the value in JSONB.
+
+Table ``flowcraft_contexts`` (option ``context_table``)::
+
+    run_id TEXT NOT NULL, key TEXT NOT NULL, value JSONB NOT NULL, PRIMARY KEY (run_id, key)
+
+A key set to ``None`` is a row holding JSON ``null`` (it exists). Writes are one statement each
+(``INSERT ... ON CONFLICT DO UPDATE`` of the updated keys, ``DELETE`` of the deleted ones, in one statement):
+no read-modify-write of a whole document, so concurrent writers of different keys never lose an update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Self
+
+import psycopg
+from psycopg import sql
+
+from flowcraft.errors import ConfigError
+from flowcraft.spi import ContextStore
+from flowcraft_rabbitmq._pg import PgClient, check_text, columns, dumps, table
+from flowcraft_rabbitmq.options import PostgresOptions
+
+
+class PostgresContext(ContextStore):
+    """A run's context in PostgreSQL (see the module docstring)."""
+
+    name = "postgres"
+    Options = PostgresOptions
+
+    def __init__(self, client: PgClient | Any, table_name: str = "flowcraft_contexts", *,
+                 schema: str | None = None) -> None:
+        self.client = client if isinstance(client, PgClient) else PgClient(pool=client)
+        self.table_name = table_name
+        self.schema = schema
+        t = table(schema, table_name)
+        self._get_all = sql.SQL("SELECT key, value FROM {} WHERE run_id = %s").format(t)
+        self._get_many = sql.SQL("SELECT key, value FROM {} WHERE run_id = %s AND key = ANY(%s)").format(t)
+        self._upsert = sql.SQL(
+            "INSERT INTO {} (run_id, key, value) SELECT %s, k, v::jsonb FROM unnest(%s::text[], %s::text[]) AS u(k, v) "
+            "ON CONFLICT (run_id, key) DO UPDATE SET value = EXCLUDED.value").format(t)
+        self._upsert_delete = sql.SQL(
+            "WITH gone AS (DELETE FROM {t} WHERE run_id = %s AND key = ANY(%s)) "
+            "INSERT INTO {t} (run_id, key, value) SELECT %s, k, v::jsonb FROM unnest(%s::text[], %s::text[]) "
+            "AS u(k, v) ON CONFLICT (run_id, key) DO UPDATE SET value = EXCLUDED.value").format(t=t)
+        self._delete = sql.SQL("DELETE FROM {} WHERE run_id = %s AND key = ANY(%s)").format(t)
+        self._delete_run = sql.SQL("DELETE FROM {} WHERE run_id = %s").format(t)
+
+    @classmethod
+    def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
+        parsed = PostgresOptions.parse(options)
+        return cls.build(parsed, PgClient.shared(shared, parsed))
+
+    @classmethod
+    def build(cls, options: PostgresOptions, client: PgClient) -> Self:
+        return cls(client, options.context_table, schema=options.postgres_schema)
+
+    async def setup(self) -> None:
+        t = table(self.schema, self.table_name)
+
+        async def create(conn: psycopg.AsyncConnection[Any]) -> None:
+            if self.schema:
+                await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
+            await conn.execute(sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (run_id TEXT NOT NULL, key TEXT NOT NULL, value JSONB NOT NULL, "
+                "PRIMARY KEY (run_id, key))").format(t))
+            found = await columns(conn, self.schema, self.table_name)
+            if not {"run_id", "key", "value"} <= set(found):
+                raise ConfigError(
+                    f"table {self.table_name!r} exists with other columns ({', '.join(found)}): it is not a "
+                    "Flowcraft for Python context table (the TypeScript seed's keeps one JSONB document per run)",
+                    hint="set the context_table option to a new table name, or migrate the rows to one per key")
+
+        await self.client.run(create)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    # ------------------------------------------------------------------------------------------
+    async def get_all(self, run_id: str) -> dict[str, Any]:
+        check_text(run_id, "run id")
+
+        async def read(conn: psycopg.AsyncConnection[Any]) -> list[Any]:
+            return await (await conn.execute(self._get_all, [run_id])).fetchall()
+
+        return {key: value for key, value in await self.client.run(read)}
+
+    async def get_many(self, run_id: str, keys: Sequence[str]) -> dict[str, Any]:
+        wanted = [k for k in dict.fromkeys(keys) if "\x00" not in k]
+        if not wanted:
+            return {}
+        check_text(run_id, "run id")
+
+        async def read(conn: psycopg.AsyncConnection[Any]) -> list[Any]:
+            return await (await conn.execute(self._get_many, [run_id, wanted])).fetchall()
+
+        found = {key: value for key, value in await self.client.run(read)}
+        return {k: found[k] for k in keys if k in found}
+
+    async def apply(self, run_id: str, updates: Mapping[str, Any], deletes: Sequence[str] = ()) -> None:
+        check_text(run_id, "run id")
+        removed = list(dict.fromkeys(k for k in deletes if "\x00" not in k))
+        keys: list[str] = []
+        values: list[str] = []
+        for key, value in updates.items():
+            if key in deletes:
+                continue  # deleted in the same step: the delete wins (as in the reference store)
+            keys.append(check_text(key, "context key"))
+            values.append(dumps(value, f"context value {key!r} of run {run_id!r}"))
+        if keys and removed:
+            query, params = self._upsert_delete, [run_id, removed, run_id, keys, values]
+        elif keys:
+            query, params = self._upsert, [run_id, keys, values]
+        elif removed:
+            query, params = self._delete, [run_id, removed]
+        else:
+            return
+
+        async def write(conn: psycopg.AsyncConnection[Any]) -> None:
+            await conn.execute(query, params)
+
+        await self.client.run(write)
+
+    async def delete_run(self, run_id: str) -> None:
+        check_text(run_id, "run id")
+
+        async def delete(conn: psycopg.AsyncConnection[Any]) -> None:
+            await conn.execute(self._delete_run, [run_id])
+
+        await self.client.run(delete)

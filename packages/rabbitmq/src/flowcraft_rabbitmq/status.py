@@ -1,0 +1,223 @@
+"""PostgreSQL status store: one row per run; transitions are one compare-and-set statement.
+
+Table ``flowcraft_statuses`` (option ``status_table``)::
+
+    run_id TEXT PRIMARY KEY, status TEXT NOT NULL, blueprint_id TEXT NOT NULL, status_data JSONB NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL      -- epoch seconds
+    INDEX <table>_status_updated (status, updated_at, run_id)                         -- the reconciler's
+    INDEX <table>_blueprint_updated (blueprint_id, updated_at, run_id)                -- listings by blueprint
+
+``status_data`` holds the rest of the run record (version, blueprint hash, input, errors, awaiting, parent).
+A transition is ``UPDATE ... SET status = %s, updated_at = %s, status_data = status_data || %s
+WHERE run_id = %s AND status = ANY(%s) RETURNING ...``: of concurrent callers exactly one wins.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Self
+
+import psycopg
+from psycopg import sql
+
+from flowcraft.errors import ConfigError
+from flowcraft.spi import ACTIVE_STATUSES, RunRecord, StatusStore
+from flowcraft_rabbitmq._pg import PgClient, check_text, columns, dumps, index_name, table
+from flowcraft_rabbitmq.options import PostgresOptions
+
+#: RunRecord fields kept in ``status_data`` (status, blueprint_id and the times have their own columns).
+DATA_FIELDS = ("version", "blueprint_hash", "input", "errors", "awaiting", "parent")
+_COLUMNS = "run_id, status, blueprint_id, status_data, created_at, updated_at"
+
+
+def record_row(record: RunRecord) -> tuple[str, str, str, str, float, float]:
+    """The row of a record: (run_id, status, blueprint_id, status_data JSON, created_at, updated_at)."""
+    data = {name: getattr(record, name) for name in DATA_FIELDS}
+    return (check_text(record.run_id, "run id"), record.status, check_text(record.blueprint_id, "blueprint id"),
+            dumps(data, f"run record of {record.run_id!r}"), record.created_at, record.updated_at)
+
+
+def row_record(row: Sequence[Any]) -> RunRecord:
+    """A record from a row as ``_COLUMNS`` selects it (status_data decoded by psycopg)."""
+    run_id, status, blueprint_id, data, created_at, updated_at = row
+    data = data if isinstance(data, dict) else {}
+    return RunRecord.from_dict({**data, "run_id": run_id, "status": status, "blueprint_id": blueprint_id,
+                                "created_at": created_at, "updated_at": updated_at})
+
+
+def change_data(changes: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """A transition's changes as (new blueprint_id or None, the status_data keys to merge)."""
+    blueprint_id: str | None = None
+    data: dict[str, Any] = {}
+    for name, value in changes.items():
+        if name == "blueprint_id":
+            blueprint_id = str(value)
+        elif name in DATA_FIELDS:
+            data[name] = value
+        elif name == "created_at":
+            continue
+        else:
+            raise ConfigError(f"run records have no field {name!r} that a transition may change")
+    return blueprint_id, data
+
+
+def encode_cursor(updated_at: float, run_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([updated_at, run_id]).encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        updated_at, run_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return float(updated_at), str(run_id)
+    except (ValueError, TypeError):
+        raise ConfigError("invalid cursor for listing runs",
+                          hint="pass the cursor the previous page returned") from None
+
+
+class PostgresStatusStore(StatusStore):
+    """Run records in PostgreSQL (see the module docstring)."""
+
+    name = "postgres"
+    Options = PostgresOptions
+
+    def __init__(self, client: PgClient | Any, table_name: str = "flowcraft_statuses", *,
+                 schema: str | None = None) -> None:
+        self.client = client if isinstance(client, PgClient) else PgClient(pool=client)
+        self.table_name = table_name
+        self.schema = schema
+        t = self._table = table(schema, table_name)
+        cols = sql.SQL(_COLUMNS)
+        self._create = sql.SQL(
+            "INSERT INTO {} (run_id, status, blueprint_id, status_data, created_at, updated_at) "
+            "VALUES (%s, %s, %s, %s::jsonb, %s, %s) ON CONFLICT (run_id) DO NOTHING").format(t)
+        self._get = sql.SQL("SELECT {} FROM {} WHERE run_id = %s").format(cols, t)
+        self._transition = sql.SQL(
+            "UPDATE {} SET status = %s, updated_at = %s, blueprint_id = COALESCE(%s, blueprint_id), "
+            "status_data = status_data || %s::jsonb WHERE run_id = %s AND status = ANY(%s) RETURNING {}"
+        ).format(t, cols)
+        self._stalled = sql.SQL(
+            "SELECT {} FROM {} WHERE status = ANY(%s) AND updated_at < %s ORDER BY updated_at, run_id LIMIT %s"
+        ).format(cols, t)
+        self._stalled_after = sql.SQL(
+            "SELECT {} FROM {} WHERE status = ANY(%s) AND updated_at < %s AND (updated_at, run_id) > (%s, %s) "
+            "ORDER BY updated_at, run_id LIMIT %s").format(cols, t)
+
+    @classmethod
+    def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
+        parsed = PostgresOptions.parse(options)
+        return cls.build(parsed, PgClient.shared(shared, parsed))
+
+    @classmethod
+    def build(cls, options: PostgresOptions, client: PgClient) -> Self:
+        return cls(client, options.status_table, schema=options.postgres_schema)
+
+    async def setup(self) -> None:
+        t = self._table
+
+        async def create(conn: psycopg.AsyncConnection[Any]) -> None:
+            if self.schema:
+                await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
+            await conn.execute(sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (run_id TEXT PRIMARY KEY, status TEXT NOT NULL, "
+                "blueprint_id TEXT NOT NULL, status_data JSONB NOT NULL, created_at DOUBLE PRECISION NOT NULL, "
+                "updated_at DOUBLE PRECISION NOT NULL)").format(t))
+            found = await columns(conn, self.schema, self.table_name)
+            wanted = {"run_id", "status", "blueprint_id", "status_data", "created_at", "updated_at"}
+            if not wanted <= set(found) or found.get("updated_at") != "double precision":
+                raise ConfigError(
+                    f"table {self.table_name!r} exists with other columns "
+                    f"({', '.join(f'{k} {v}' for k, v in found.items())}): it is not a Flowcraft for Python "
+                    "status table (the TypeScript seed's has no status column)",
+                    hint="set the status_table option to a new table name")
+            await conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (status, updated_at, run_id)").format(
+                index_name(self.table_name, "status_updated"), t))
+            await conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (blueprint_id, updated_at, run_id)").format(
+                index_name(self.table_name, "blueprint_updated"), t))
+
+        await self.client.run(create)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    # ------------------------------------------------------------------------------------------
+    async def create(self, record: RunRecord) -> bool:
+        now = time.time()
+        record.created_at = record.created_at or now
+        record.updated_at = now
+        row = record_row(record)
+
+        async def insert(conn: psycopg.AsyncConnection[Any]) -> int:
+            return (await conn.execute(self._create, row)).rowcount
+
+        return await self.client.run(insert) == 1
+
+    async def get(self, run_id: str) -> RunRecord | None:
+        if "\x00" in run_id:
+            return None
+
+        async def read(conn: psycopg.AsyncConnection[Any]) -> Any:
+            return await (await conn.execute(self._get, [run_id])).fetchone()
+
+        row = await self.client.run(read)
+        return None if row is None else row_record(row)
+
+    async def transition(
+        self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any]
+    ) -> RunRecord | None:
+        if not from_statuses or "\x00" in run_id:
+            return None
+        blueprint_id, data = change_data(changes)
+        params = [to_status, time.time(), blueprint_id, dumps(data, f"run record of {run_id!r}"), run_id,
+                  list(dict.fromkeys(from_statuses))]
+
+        async def update(conn: psycopg.AsyncConnection[Any]) -> Any:
+            return await (await conn.execute(self._transition, params)).fetchone()
+
+        row = await self.client.run(update)
+        return None if row is None else row_record(row)
+
+    async def stalled(
+        self, older_than: float, limit: int = 100, *, after: tuple[float, str] | None = None
+    ) -> list[RunRecord]:
+        statuses = sorted(ACTIVE_STATUSES)
+        if after is None:
+            query, params = self._stalled, [statuses, older_than, max(1, limit)]
+        else:
+            query, params = self._stalled_after, [statuses, older_than, after[0], after[1], max(1, limit)]
+
+        async def read(conn: psycopg.AsyncConnection[Any]) -> list[Any]:
+            return await (await conn.execute(query, params)).fetchall()
+
+        return [row_record(row) for row in await self.client.run(read)]
+
+    async def list(
+        self, status: str | None = None, blueprint_id: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[RunRecord], str | None]:
+        """Most recently updated first, keyset-paged on ``(updated_at, run_id)`` (the cursor is the last row's)."""
+        limit = max(1, limit)
+        where: list[sql.Composable] = []
+        params: list[Any] = []
+        if status is not None:
+            where.append(sql.SQL("status = %s"))
+            params.append(status)
+        if blueprint_id is not None:
+            where.append(sql.SQL("blueprint_id = %s"))
+            params.append(blueprint_id)
+        if cursor is not None:
+            where.append(sql.SQL("(updated_at, run_id) < (%s, %s)"))
+            params += list(decode_cursor(cursor))
+        clause = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL("")
+        query = sql.SQL("SELECT {} FROM {}{} ORDER BY updated_at DESC, run_id DESC LIMIT %s").format(
+            sql.SQL(_COLUMNS), self._table, clause)
+        params.append(limit + 1)
+
+        async def read(conn: psycopg.AsyncConnection[Any]) -> list[Any]:
+            return await (await conn.execute(query, params)).fetchall()
+
+        rows = await self.client.run(read)
+        page = [row_record(row) for row in rows[:limit]]
+        more = len(rows) > limit
+        return page, encode_cursor(page[-1].updated_at, page[-1].run_id) if more and page else None
