@@ -1,0 +1,307 @@
+"""Cosmos DB status store: one item per run; transitions compare-and-set on the item's etag (HTTP 412 loses).
+
+Container ``status_container`` (default ``flowcraft-statuses``), partition key ``/runId``; an item is
+``{"id": <encoded run id>, "runId", "status", "lastUpdated" (epoch seconds), "createdAt", "blueprintId",
+"version", "blueprintHash", "input", "errors", "awaiting", "parent"}`` (the last four as JSON text). Its
+indexing policy has the composite indexes ``(status, lastUpdated, runId)`` and ``(lastUpdated, runId)`` (both
+directions) that the reconciler's query (``status = @s AND lastUpdated < @t ORDER BY lastUpdated, runId``) and the
+listings (newest first) are answered from, page by page.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Self
+
+from flowcraft.errors import ConfigError
+from flowcraft.spi import ACTIVE_STATUSES, RunRecord, StatusStore
+from flowcraft_azure._clients import (
+    AzureClients,
+    CosmosHome,
+    Fixed,
+    InvalidKeyError,
+    ItemTooLargeError,
+    SharedContainer,
+    Source,
+    Throttle,
+    dumps,
+    item_id,
+    status_code,
+)
+from flowcraft_azure.options import MAX_ITEM_BYTES, AzureOptions
+
+if TYPE_CHECKING:
+    from azure.cosmos.aio import ContainerProxy
+
+#: RunRecord field -> (item field, encoding): "s" plain string, "n" number, "j" JSON text.
+_FIELDS: dict[str, tuple[str, str]] = {
+    "blueprint_id": ("blueprintId", "s"),
+    "version": ("version", "s"),
+    "blueprint_hash": ("blueprintHash", "s"),
+    "input": ("input", "j"),
+    "created_at": ("createdAt", "n"),
+    "errors": ("errors", "j"),
+    "awaiting": ("awaiting", "j"),
+    "parent": ("parent", "j"),
+}
+
+INDEXING_POLICY: dict[str, Any] = {
+    "indexingMode": "consistent",
+    "automatic": True,
+    "includedPaths": [{"path": "/*"}],
+    "excludedPaths": [{"path": "/input/?"}, {"path": "/errors/?"}, {"path": "/awaiting/?"}, {"path": "/parent/?"},
+                      {"path": '/"_etag"/?'}],
+    "compositeIndexes": [
+        [{"path": "/status", "order": "ascending"}, {"path": "/lastUpdated", "order": "ascending"},
+         {"path": "/runId", "order": "ascending"}],
+        [{"path": "/lastUpdated", "order": "ascending"}, {"path": "/runId", "order": "ascending"}],
+        [{"path": "/lastUpdated", "order": "descending"}, {"path": "/runId", "order": "descending"}],
+    ],
+}
+
+_STALLED = ("SELECT * FROM c WHERE c.status = @s AND c.lastUpdated < @t {after}"
+            "ORDER BY c.status, c.lastUpdated, c.runId")
+_AFTER = "AND (c.lastUpdated > @a OR (c.lastUpdated = @a AND c.runId > @r)) "
+_BEFORE = "(c.lastUpdated < @u OR (c.lastUpdated = @u AND c.runId < @r))"
+
+
+class CosmosDbStatusStore(StatusStore):
+    name = "cosmos"
+    Options = AzureOptions
+
+    def __init__(self, container: ContainerProxy | None = None, *, source: Source[ContainerProxy] | None = None,
+                 home: CosmosHome | None = None, container_name: str = "flowcraft-statuses",
+                 throughput: int | None = None, throttle: Throttle | None = None) -> None:
+        if source is None:
+            if container is None:
+                raise ConfigError("pass container=... (an azure.cosmos.aio ContainerProxy) or build the store from "
+                                  "config")
+            source = Fixed(container)
+            container_name = container.id
+        self._source = source
+        self._home = home
+        self.container_name = container_name
+        self.throughput = throughput
+        self._throttle = throttle or Throttle()
+
+    @classmethod
+    def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
+        parsed = AzureOptions.parse(options)
+        return cls.build(parsed, AzureClients.shared(shared, parsed))
+
+    @classmethod
+    def build(cls, o: AzureOptions, clients: AzureClients) -> Self:
+        o.require_cosmos()
+        return cls(source=SharedContainer(clients, o.status_container), home=clients,
+                   container_name=o.status_container, throughput=o.cosmos_throughput,
+                   throttle=Throttle(o.cosmos_throttle_retries, o.cosmos_throttle_max_wait))
+
+    async def setup(self) -> None:
+        from flowcraft_azure.provisioning import ensure_container
+
+        await ensure_container(self._home, self.container_name, self.throughput, INDEXING_POLICY)
+
+    async def close(self) -> None:
+        await self._source.close()
+
+    # ------------------------------------------------------------------------------------------
+    async def create(self, record: RunRecord) -> bool:
+        now = time.time()
+        record.created_at = record.created_at or now
+        record.updated_at = now
+        item = _to_item(record)
+        container = await self._source.get()
+        try:
+            await self._throttle(lambda: container.create_item(item))
+        except Exception as exc:
+            if status_code(exc) == 409:
+                return False
+            raise
+        return True
+
+    async def get(self, run_id: str) -> RunRecord | None:
+        item = await self._read(run_id)
+        return None if item is None else _from_item(item)
+
+    async def _read(self, run_id: str) -> dict[str, Any] | None:
+        try:
+            id_ = item_id(run_id, "run id")
+        except InvalidKeyError:
+            return None
+        container = await self._source.get()
+        try:
+            item: dict[str, Any] = await self._throttle(lambda: container.read_item(id_, partition_key=run_id))
+        except Exception as exc:
+            if status_code(exc) == 404:
+                return None
+            raise
+        return item
+
+    async def transition(
+        self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any]
+    ) -> RunRecord | None:
+        """Read the item, check its status, replace it if its etag still matches; a 412 (another writer came
+        first) reads it again, so of concurrent callers exactly one wins each transition."""
+        if not from_statuses:
+            return None
+        for field in changes:
+            if field not in _FIELDS:
+                raise ConfigError(f"run records have no field {field!r} that a transition may change")
+        from azure.core import MatchConditions
+
+        container = await self._source.get()
+        while True:
+            item = await self._read(run_id)
+            if item is None or item.get("status") not in from_statuses:
+                return None
+            etag = item["_etag"]
+            body = {k: v for k, v in item.items() if not k.startswith("_")}
+            body["status"] = to_status
+            body["lastUpdated"] = max(time.time(), float(item.get("lastUpdated", 0.0)))
+            for field, value in changes.items():
+                name, encoding = _FIELDS[field]
+                body[name] = _encode(value, encoding)
+            _check_size(body)
+            try:
+                replaced = await self._replace(container, body, etag, MatchConditions.IfNotModified)
+            except Exception as exc:
+                if status_code(exc) == 412:
+                    continue  # lost the race: look again
+                if status_code(exc) == 404:
+                    return None
+                raise
+            return _from_item(replaced)
+
+    async def _replace(self, container: ContainerProxy, body: dict[str, Any], etag: str,
+                       condition: Any) -> dict[str, Any]:
+        async def call() -> dict[str, Any]:
+            return dict(await container.replace_item(body["id"], body, etag=etag, match_condition=condition))
+
+        return await self._throttle(call)
+
+    async def stalled(
+        self, older_than: float, limit: int = 100, *, after: tuple[float, str] | None = None
+    ) -> list[RunRecord]:
+        """One query per active status on the ``(status, lastUpdated, runId)`` composite index, oldest first,
+        strictly after the cursor, at most ``limit`` items each; merged."""
+        container = await self._source.get()
+        limit = max(1, limit)
+        found: list[RunRecord] = []
+        for status in sorted(ACTIVE_STATUSES):
+            parameters: list[dict[str, Any]] = [{"name": "@s", "value": status}, {"name": "@t", "value": older_than}]
+            if after is not None:
+                parameters += [{"name": "@a", "value": after[0]}, {"name": "@r", "value": after[1]}]
+            query = _STALLED.format(after=_AFTER if after is not None else "")
+            found += await self._query(container, query, parameters, limit)
+        found.sort(key=lambda r: (r.updated_at, r.run_id))
+        return found[:limit]
+
+    async def list(
+        self, status: str | None = None, blueprint_id: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> tuple[builtins.list[RunRecord], str | None]:
+        """Most recently updated first; the cursor is the last record's ``(lastUpdated, runId)``."""
+        limit = max(1, limit)
+        conditions: builtins.list[str] = []
+        parameters: builtins.list[dict[str, Any]] = []
+        if status is not None:
+            conditions.append("c.status = @s")
+            parameters.append({"name": "@s", "value": status})
+        if blueprint_id is not None:
+            conditions.append("c.blueprintId = @b")
+            parameters.append({"name": "@b", "value": blueprint_id})
+        if cursor:
+            updated, run_id = _decode_cursor(cursor)
+            conditions.append(_BEFORE)
+            parameters += [{"name": "@u", "value": updated}, {"name": "@r", "value": run_id}]
+        where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+        query = f"SELECT * FROM c {where}ORDER BY c.lastUpdated DESC, c.runId DESC"
+        container = await self._source.get()
+        page = await self._query(container, query, parameters, limit + 1)
+        if len(page) <= limit:
+            return page, None
+        page = page[:limit]
+        return page, _encode_cursor(page[-1].updated_at, page[-1].run_id)
+
+    async def _query(self, container: ContainerProxy, query: str, parameters: builtins.list[dict[str, Any]],
+                     limit: int) -> builtins.list[RunRecord]:
+        async def run() -> builtins.list[RunRecord]:
+            out: builtins.list[RunRecord] = []
+            items = container.query_items(query, parameters=parameters, max_item_count=min(limit, 1000))
+            async for item in items:
+                out.append(_from_item(item))
+                if len(out) >= limit:
+                    break
+            return out
+
+        return await self._throttle(run)
+
+
+def _encode_cursor(updated: float, run_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([updated, run_id]).encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        updated, run_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return float(updated), str(run_id)
+    except (ValueError, TypeError):
+        raise ConfigError("invalid cursor for listing runs",
+                          hint="pass the cursor the previous page returned") from None
+
+
+def _encode(value: Any, encoding: str) -> Any:
+    if value is None:
+        return None
+    if encoding == "s":
+        return str(value)
+    if encoding == "n":
+        return float(value)
+    return dumps(value)
+
+
+def _decode(value: Any, encoding: str) -> Any:
+    if value is None:
+        return None
+    if encoding == "j":
+        return json.loads(value) if isinstance(value, str) else value
+    if encoding == "n":
+        return float(value)
+    return str(value)
+
+
+def _check_size(item: Mapping[str, Any]) -> None:
+    size = len(dumps(item).encode("utf-8")) + 512
+    if size > MAX_ITEM_BYTES:
+        raise ItemTooLargeError(f"the run record of {item.get('runId')!r} is {size / 1024:.0f} KB; a Cosmos DB item "
+                                f"holds at most {MAX_ITEM_BYTES // 1024} KB",
+                                hint="pass large inputs through a blob store, not as the run's input")
+
+
+def _to_item(record: RunRecord) -> dict[str, Any]:
+    item: dict[str, Any] = {"id": item_id(record.run_id, "run id"), "runId": record.run_id, "status": record.status,
+                            "lastUpdated": record.updated_at}
+    for field, (name, encoding) in _FIELDS.items():
+        item[name] = _encode(getattr(record, field), encoding)
+    _check_size(item)
+    return item
+
+
+def _from_item(item: Mapping[str, Any]) -> RunRecord:
+    values = {field: _decode(item.get(name), encoding) for field, (name, encoding) in _FIELDS.items()}
+    return RunRecord(
+        run_id=str(item["runId"]),
+        blueprint_id=values["blueprint_id"] or "",
+        status=item.get("status") or "running",
+        version=values["version"],
+        blueprint_hash=values["blueprint_hash"],
+        input=values["input"],
+        created_at=values["created_at"] or 0.0,
+        updated_at=float(item.get("lastUpdated") or 0.0),
+        errors=values["errors"] or [],
+        awaiting=values["awaiting"] or [],
+        parent=values["parent"],
+    )
