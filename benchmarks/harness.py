@@ -15,8 +15,9 @@ Per (workload, trial):
 5. the worker processes are stopped by PID (SIGTERM, grace, SIGKILL).
 
 In-process (``--backend memory``): the same phases against a ``FlowRuntime`` in this process.
-With ``--celery`` every trial of a workload that has a Celery canvas is followed by the same trial on Celery,
-so both see the same machine load.
+Peers (``--peer celery``, ``--peer ts-flowcraft``) and worker counts (``--workers 1,2``) are interleaved: every
+trial of a workload runs each worker count on every system before the next trial starts (the system order
+rotates per trial), so all of them see the same machine load.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,6 +58,8 @@ SETTLED = frozenset({"completed", "failed", "cancelled", "awaiting"})
 IN_PROCESS = "memory"
 REDIS_BACKENDS = frozenset({"rq"})
 CELERY = "celery"
+TS_FLOWCRAFT = "ts-flowcraft"
+PEERS = (CELERY, TS_FLOWCRAFT)  # systems measured beside ours, all on the harness's Redis
 AWS_REGION = "us-east-1"
 
 # wide enough for the table when stdout is a file or a CI log
@@ -64,7 +67,7 @@ console = Console(width=None if sys.stdout.isatty() else 240)
 
 
 METRICS = ("runs_per_s", "nodes_per_s", "p50_ms", "p95_ms", "cpu_us_per_node", "client_cpu_us_per_node",
-           "server_cpu_us_per_node",
+           "server_cpu_us_per_node", "redis_cpu_us_per_node",
            "round_trips_per_node", "sequential_round_trips_per_node", "commands_per_node")
 
 
@@ -78,14 +81,14 @@ class BenchmarkError(RuntimeError):
 @dataclass(slots=True)
 class Config:
     backend: str = IN_PROCESS
-    workers: int = 2
+    worker_counts: list[int] = field(default_factory=lambda: [1, 2])  # interleaved within each trial
     concurrency: int | None = None
     runs: int = 500
     trials: int = 3
     latency_runs: int = 30
     warmup: int = 20
     workloads: list[str] = field(default_factory=list)
-    celery: bool = False
+    peers: list[str] = field(default_factory=list)  # from PEERS, measured beside ours (or alone)
     celery_pool: str = "solo"
     celery_acks_late: bool = False
     redis_url: str | None = None
@@ -99,7 +102,15 @@ class Config:
 
     @property
     def distributed(self) -> bool:
-        return self.backend not in (IN_PROCESS, CELERY)
+        return self.backend not in (IN_PROCESS, *PEERS)
+
+    @property
+    def celery(self) -> bool:
+        return CELERY in self.peers
+
+    @property
+    def needs_redis(self) -> bool:
+        return self.backend in REDIS_BACKENDS or bool(self.peers)
 
     @property
     def worker_concurrency(self) -> int:
@@ -125,8 +136,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         description="Benchmark flowcraft workloads on a backend, optionally side by side with Celery.",
     )
     parser.add_argument("--backend", default=IN_PROCESS,
-                        help="memory (in-process FlowRuntime), sqlite, rq, sqs, any installed preset, or celery")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes (distributed backends and Celery)")
+                        help="memory (in-process FlowRuntime), sqlite, rq, sqs, any installed preset, or a peer "
+                             "alone (celery, ts-flowcraft)")
+    parser.add_argument("--workers", default="1,2",
+                        help="worker processes, comma-separated counts measured interleaved (default 1,2)")
     parser.add_argument("--concurrency", type=int, default=None,
                         help="jobs in flight per flowcraft worker process (default 16; in-process 64)")
     parser.add_argument("--runs", type=int, help="runs per throughput phase, fan-outs divided (default 500)")
@@ -137,7 +150,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     parser.add_argument("--workloads", default="", help=f"comma-separated, from: {', '.join(WORKLOADS)}")
     parser.add_argument("--quick", action="store_true",
                         help="tiny smoke run (CI): 20 runs, 1 trial, 5 latency runs, 2 warm-up runs")
-    parser.add_argument("--celery", action="store_true", help="also run Celery canvases on the same Redis")
+    parser.add_argument("--peer", action="append", choices=PEERS, default=[],
+                        help="also measure this system on the same Redis and workloads (repeatable): celery "
+                             "(Celery canvases), ts-flowcraft (TypeScript Flowcraft 2.10.1 + BullMQ adapter, node)")
+    parser.add_argument("--celery", action="store_true", help="the same as --peer celery")
     parser.add_argument("--celery-pool", choices=("solo", "prefork", "threads"), default="solo",
                         help="solo: N celery processes (default); prefork: 1 worker -c N; threads: N x -c C")
     parser.add_argument("--celery-acks-late", action="store_true", help="Celery task_acks_late=True")
@@ -153,13 +169,21 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     args = parser.parse_args(argv)
 
     sizes = QUICK if args.quick else DEFAULTS
+    try:
+        worker_counts = sorted({int(n) for n in str(args.workers).split(",") if n.strip()})
+    except ValueError:
+        parser.error(f"--workers takes comma-separated counts, not {args.workers!r}")
+    if not worker_counts or min(worker_counts) < 1:
+        parser.error("--workers needs counts of at least 1")
+    peers = list(dict.fromkeys([*args.peer, *([CELERY] if args.celery else []),
+                                *([args.backend] if args.backend in PEERS else [])]))
     pick = {name: getattr(args, name) if getattr(args, name) is not None else default
             for name, default in sizes.items()}
     config = Config(
-        backend=args.backend, workers=max(1, args.workers), concurrency=args.concurrency, runs=max(1, pick["runs"]),
+        backend=args.backend, worker_counts=worker_counts, concurrency=args.concurrency, runs=max(1, pick["runs"]),
         trials=max(1, pick["trials"]), latency_runs=max(0, pick["latency_runs"]), warmup=max(0, pick["warmup"]),
         idle_seconds=max(0.0, pick["idle_seconds"]),
-        celery=args.celery or args.backend == CELERY, celery_pool=args.celery_pool,
+        peers=peers, celery_pool=args.celery_pool,
         celery_acks_late=args.celery_acks_late, redis_url=args.redis_url, aws_endpoint=args.aws_endpoint,
         json_path=None if args.no_json else Path(args.json_path), timeout=args.timeout, profile=args.profile,
         quick=args.quick,
@@ -180,7 +204,7 @@ def _select_workloads(parser: argparse.ArgumentParser, config: Config, text: str
         if name not in WORKLOADS:
             parser.error(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
     if not names:
-        if config.backend == CELERY:
+        if config.backend in PEERS:
             names = ["chain10", "diamond8"]
         elif config.backend == IN_PROCESS:
             names = list(WORKLOADS)
@@ -221,6 +245,9 @@ class Trial:
     cpu_us_per_node: float | None = None
     client_cpu_us_per_node: float | None = None  # the harness process's share (in-process: everything)
     server_cpu_us_per_node: float | None = None
+    # Redis's own account of its CPU (INFO cpu: used_cpu_user + used_cpu_sys), also for a Redis the harness
+    # did not start; Redis runs commands on one thread, so 1e6 / this is the node rate that saturates it
+    redis_cpu_us_per_node: float | None = None
 
 
 @dataclass(slots=True)
@@ -241,7 +268,7 @@ class Spread:
 class Cell:
     """One system x backend x workload: its trials and their summary."""
 
-    system: str  # "flowcraft" or "celery"
+    system: str  # "flowcraft" or a peer (PEERS)
     backend: str
     workload: str
     processes: int  # worker processes (0 = in-process)
@@ -284,6 +311,8 @@ def make_trial(runs: int, nodes: int, submitted: float, completed: float, observ
         reads = commands.pop(READS, 0)
         trial.round_trips = reads
         trial.round_trips_per_node = reads / (runs * nodes)
+        if REDIS_CPU in commands:
+            trial.redis_cpu_us_per_node = commands.pop(REDIS_CPU) / (runs * nodes)
         if commands:
             total = sum(commands.values())
             trial.redis_commands = total
@@ -307,7 +336,8 @@ class RedisCommandCounter:
     * commands by name (``commandstats``; commands a Lua script runs are counted too, an EVALSHA that runs
       12 commands counts 13);
     * reads processed (``total_reads_processed``): one per request the server read from a socket, so a
-      pipeline or a script is one. That is our measure of network round trips.
+      pipeline or a script is one. That is our measure of network round trips;
+    * CPU microseconds the server spent (``INFO cpu``, user + system).
 
     The snapshot's own INFO is left out of both.
     """
@@ -319,10 +349,11 @@ class RedisCommandCounter:
         self.client = redis.Redis.from_url(url)
 
     def snapshot(self) -> dict[str, int]:
-        info = self.client.info("stats", "commandstats")
+        info = self.client.info("stats", "commandstats", "cpu")
         out = {str(k).removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()
                if str(k).startswith("cmdstat_") and isinstance(v, dict)}
         out[READS] = int(info.get("total_reads_processed", 0))
+        out[REDIS_CPU] = round((float(info.get("used_cpu_user", 0)) + float(info.get("used_cpu_sys", 0))) * 1e6)
         return out
 
     @staticmethod
@@ -345,6 +376,7 @@ class RedisCommandCounter:
 
 
 READS = "(reads)"
+REDIS_CPU = "(cpu us)"
 
 
 class MotoRequestCounter:
@@ -580,11 +612,12 @@ class Infrastructure:
         self.moto: Any = None
         self.counter: RedisCommandCounter | None = None
         self.celery_used = False
+        self._ts_flowcraft: Path | None = None
         self.server_pids: list[int] = []  # servers this harness started (their CPU is reported apart)
 
     def __enter__(self) -> Infrastructure:
         config = self.config
-        if config.backend in REDIS_BACKENDS or config.celery:
+        if config.needs_redis:
             if config.redis_url:
                 self.redis_url = config.redis_url
             else:
@@ -644,6 +677,15 @@ class Infrastructure:
         if self.config.backend == "sqs" and self.moto is not None:
             return MotoRequestCounter(Path(self.moto.log_path))
         return None
+
+    def ts_flowcraft_folder(self) -> Path:
+        """The TS peer's installed packages and scripts (``npm install`` into the cache on first use)."""
+        if self._ts_flowcraft is None:
+            from benchmarks import ts_peer
+
+            with _progress(f"installing {TS_FLOWCRAFT} npm packages"):
+                self._ts_flowcraft = ts_peer.install()
+        return self._ts_flowcraft
 
     def fresh_celery(self) -> None:
         if self.owns_redis and self.counter is not None:
@@ -743,6 +785,7 @@ async def measure_flowcraft(config: Config, target: Target, workload: Workload,
     if counter is not None and before is not None and config.latency_runs:
         delta = counter.delta(before, counter.snapshot())
         reads = delta.pop(READS, 0) - polls[0]
+        delta.pop(REDIS_CPU, None)
         set_sequential(trial, reads, time.monotonic() - began, idle_rate, config.latency_runs * workload.nodes)
         trial.sequential_top_commands = dict(sorted(delta.items(), key=lambda kv: -kv[1])[:12])
     return trial
@@ -759,7 +802,8 @@ async def in_process_trial(config: Config, workload: Workload, profiler: cProfil
         await runtime.close()
 
 
-async def distributed_trial(config: Config, infra: Infrastructure, workload: Workload, tag: str) -> Trial:
+async def distributed_trial(config: Config, infra: Infrastructure, workload: Workload, tag: str,
+                            processes: int) -> Trial:
     from benchmarks.worker import READY_MARKER
     from benchmarks.workloads import app
     from flowcraft.client import Client
@@ -772,7 +816,7 @@ async def distributed_trial(config: Config, infra: Infrastructure, workload: Wor
         await backend.setup()
         command = [sys.executable, "-m", "benchmarks.worker", "--backend", config.backend,
                    "--options", json.dumps(options), "--concurrency", str(config.worker_concurrency)]
-        workers = ProcessGroup(f"flowcraft-{config.backend}", [command] * config.workers, child_env(),
+        workers = ProcessGroup(f"flowcraft-{config.backend}", [command] * processes, child_env(),
                                infra.tmp / "logs", READY_MARKER)
         await asyncio.to_thread(workers.start)
         try:
@@ -789,22 +833,21 @@ async def distributed_trial(config: Config, infra: Infrastructure, workload: Wor
 # --------------------------------------------------------------------------- Celery measurement
 
 
-def celery_commands(config: Config, infra: Infrastructure) -> list[list[str]]:
+def celery_commands(config: Config, processes: int) -> list[list[str]]:
     base = [sys.executable, "-m", "celery", "-A", "benchmarks.celery_peer", "worker", "--without-gossip",
             "--without-mingle", "--without-heartbeat", "-l", "warning", "-Q", "flowcraft-bench-celery"]
     if config.celery_pool == "prefork":
-        return [[*base, "-P", "prefork", "-c", str(config.workers), "-n", f"bench-{uuid.uuid4().hex[:6]}@%h"]]
+        return [[*base, "-P", "prefork", "-c", str(processes), "-n", f"bench-{uuid.uuid4().hex[:6]}@%h"]]
     pool = ["-P", "solo"] if config.celery_pool == "solo" else ["-P", "threads", "-c", str(config.worker_concurrency)]
-    return [[*base, *pool, "-n", f"bench{i}-{uuid.uuid4().hex[:6]}@%h"] for i in range(config.workers)]
+    return [[*base, *pool, "-n", f"bench{i}-{uuid.uuid4().hex[:6]}@%h"] for i in range(processes)]
 
 
-def celery_processes(config: Config) -> tuple[int, int]:
-    if config.celery_pool == "prefork":
-        return config.workers, 1
-    return config.workers, 1 if config.celery_pool == "solo" else config.worker_concurrency
+def celery_concurrency(config: Config) -> int:
+    """Tasks in flight per Celery worker process."""
+    return config.worker_concurrency if config.celery_pool == "threads" else 1
 
 
-def celery_trial(config: Config, infra: Infrastructure, workload: Workload, tag: str) -> Trial:
+def celery_trial(config: Config, infra: Infrastructure, workload: Workload, tag: str, processes: int) -> Trial:
     from benchmarks import celery_peer
 
     if not infra.celery_used:
@@ -815,7 +858,7 @@ def celery_trial(config: Config, infra: Infrastructure, workload: Workload, tag:
     infra.fresh_celery()
     env = child_env({celery_peer.URL_ENV: infra.celery_url,
                      celery_peer.ACKS_LATE_ENV: "1" if config.celery_acks_late else "0"})
-    workers = ProcessGroup("celery", celery_commands(config, infra), env, infra.tmp / "logs",
+    workers = ProcessGroup("celery", celery_commands(config, processes), env, infra.tmp / "logs",
                            celery_peer.READY_MARKER)
     counter = infra.counter
 
@@ -941,6 +984,51 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+@dataclass(slots=True)
+class Lane:
+    """One system at one worker count within a workload: its cell and how to run one trial of it."""
+
+    cell: Cell
+    label: str
+    measure: Callable[[str], Trial]
+
+
+def _lanes(config: Config, infra: Infrastructure, workload: Workload,
+           profiler: cProfile.Profile | None) -> list[list[Lane]]:
+    """The lanes of a workload grouped by worker count (in-process: one group of one)."""
+    from benchmarks import ts_peer
+
+    name = workload.name
+    if not config.distributed and config.backend == IN_PROCESS:
+        cell = Cell("flowcraft", IN_PROCESS, name, 0, config.worker_concurrency)
+        return [[Lane(cell, f"flowcraft memory {name}",
+                      lambda tag: asyncio.run(in_process_trial(config, workload, profiler)))]]
+    groups: list[list[Lane]] = []
+    for processes in config.worker_counts:
+        lanes: list[Lane] = []
+
+        def ours(tag: str, processes: int = processes) -> Trial:
+            return asyncio.run(distributed_trial(config, infra, workload, tag, processes))
+
+        def celery(tag: str, processes: int = processes) -> Trial:
+            return celery_trial(config, infra, workload, tag, processes)
+
+        def typescript(tag: str, processes: int = processes) -> Trial:
+            return ts_peer.trial(config, infra, workload, tag, processes)
+
+        if config.distributed:
+            lanes.append(Lane(Cell("flowcraft", config.backend, name, processes, config.worker_concurrency),
+                              f"flowcraft {config.backend} {name} {processes}w", ours))
+        if config.celery and workload.celery:
+            lanes.append(Lane(Cell(CELERY, f"celery/{config.celery_pool}", name, processes,
+                                   celery_concurrency(config)), f"celery {name} {processes}w", celery))
+        if TS_FLOWCRAFT in config.peers and name in ts_peer.WORKLOADS:
+            lanes.append(Lane(Cell(TS_FLOWCRAFT, "bullmq", name, processes, config.worker_concurrency),
+                              f"{TS_FLOWCRAFT} {name} {processes}w", typescript))
+        groups.append(lanes)
+    return groups
+
+
 def run(config: Config) -> Report:
     meta: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -949,54 +1037,41 @@ def run(config: Config) -> Report:
         "versions": _versions(config),
     }
     report = Report(meta, [])
-    if config.backend not in (IN_PROCESS, CELERY):
+    if config.backend not in (IN_PROCESS, *PEERS):
         _check_backend_installed(config.backend)
     with Infrastructure(config) as infra:
         for name in config.workloads:
             workload = WORKLOADS[name]
-            ours: Cell | None = None
-            if config.backend != CELERY:
-                processes = config.workers if config.distributed else 0
-                ours = Cell("flowcraft", config.backend, name, processes, config.worker_concurrency)
-                if workload.in_process_only and config.distributed:
-                    ours.note = "in-process only: skipped"
-                    report.cells.append(ours)
-                    ours = None
-                else:
-                    report.cells.append(ours)
-            peer: Cell | None = None
-            if config.celery and workload.celery:
-                processes, per_process = celery_processes(config)
-                peer = Cell(CELERY, f"celery/{config.celery_pool}", name, processes, per_process)
-                report.cells.append(peer)
+            if workload.in_process_only and config.distributed:
+                for processes in config.worker_counts:
+                    report.cells.append(Cell("flowcraft", config.backend, name, processes, config.worker_concurrency,
+                                             note="in-process only: skipped"))
+                continue
             profiler = cProfile.Profile() if config.profile else None
+            groups = _lanes(config, infra, workload, profiler)
+            report.cells.extend(lane.cell for lanes in groups for lane in lanes)
             for index in range(config.trials):
                 tag = f"{name}-{index}-{uuid.uuid4().hex[:8]}"
-                if ours is not None and not ours.failed:
-                    try:
-                        with _progress(f"flowcraft {config.backend} {name} trial {index + 1}/{config.trials}"):
-                            if config.distributed:
-                                trial = asyncio.run(distributed_trial(config, infra, workload, tag))
-                            else:
-                                trial = asyncio.run(in_process_trial(config, workload, profiler))
-                    except BenchmarkError as exc:
-                        _record_failure(report, ours, exc)
-                    else:
-                        ours.trials.append(trial)
-                        _print_trial("flowcraft", config.backend, name, trial)
-                if peer is not None and not peer.failed:
-                    try:
-                        with _progress(f"celery {name} trial {index + 1}/{config.trials}"):
-                            trial = celery_trial(config, infra, workload, tag)
-                    except BenchmarkError as exc:
-                        _record_failure(report, peer, exc)
-                    else:
-                        peer.trials.append(trial)
-                        _print_trial("celery", peer.backend, name, trial)
+                for lanes in groups:
+                    shift = index % len(lanes) if lanes else 0  # rotate who goes first, trial by trial
+                    for lane in lanes[shift:] + lanes[:shift]:
+                        if lane.cell.failed:
+                            continue
+                        try:
+                            with _progress(f"{lane.label} trial {index + 1}/{config.trials}"):
+                                trial = lane.measure(f"{tag}-{lane.cell.processes}w")
+                        except BenchmarkError as exc:
+                            _record_failure(report, lane.cell, exc)
+                        else:
+                            lane.cell.trials.append(trial)
+                            _print_trial(lane.cell, trial)
             if profiler is not None:
                 report.profiles[name] = _profile_rows(profiler)
-            if ours is not None and peer is not None and ours.trials and peer.trials:
-                report.comparisons.append(compare(ours, peer))
+            for lanes in groups:
+                ours = [lane.cell for lane in lanes if lane.cell.system == "flowcraft" and lane.cell.trials]
+                for lane in lanes:
+                    if ours and lane.cell.system != "flowcraft" and lane.cell.trials:
+                        report.comparisons.append(compare(ours[0], lane.cell))
     report.meta["machine"]["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     report.meta["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     return report
@@ -1027,21 +1102,27 @@ def _versions(config: Config) -> dict[str, str]:
     names = ["flowcraft-core", "rich"]
     if config.celery:
         names += ["celery", "kombu", "redis"]
-    if config.backend not in (IN_PROCESS, CELERY, "sqlite"):
+    if config.backend not in (IN_PROCESS, *PEERS, "sqlite"):
         names.append(f"flowcraft-{config.backend}")
     out = {}
     for name in names:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             out[name] = importlib.metadata.version(name)
+    if TS_FLOWCRAFT in config.peers:
+        from benchmarks import ts_peer
+
+        out.update(ts_peer.versions())
     return out
 
 
 def compare(ours: Cell, peer: Cell) -> dict[str, Any]:
-    """Ratios of medians, ours / Celery (throughput: >1 = ours faster; latency: <1 = ours faster)."""
-    out: dict[str, Any] = {"workload": ours.workload, "flowcraft": ours.backend, "celery": peer.backend}
+    """Ratios of medians, ours / the peer's at the same worker count (throughput: >1 = ours faster; latency,
+    CPU: <1 = ours cheaper)."""
+    out: dict[str, Any] = {"workload": ours.workload, "workers": ours.processes, "flowcraft": ours.backend,
+                           "peer": peer.system, "peer_backend": peer.backend}
     for metric in METRICS:
         a, b = ours.spread(metric), peer.spread(metric)
-        out[metric] = {"flowcraft": a.median if a else None, "celery": b.median if b else None,
+        out[metric] = {"flowcraft": a.median if a else None, "peer": b.median if b else None,
                        "ratio": (a.median / b.median) if a and b and b.median else None}
     return out
 
@@ -1056,13 +1137,15 @@ def _progress(text: str) -> Iterator[None]:
         yield
 
 
-def _print_trial(system: str, backend: str, workload: str, trial: Trial) -> None:
+def _print_trial(cell: Cell, trial: Trial) -> None:
     parts = [f"{trial.runs_per_s:9.1f} runs/s {trial.nodes_per_s:8.0f} nodes/s"]
     if trial.p50_ms is not None and trial.p95_ms is not None:
         parts.append(f"p50 {trial.p50_ms:.1f} ms p95 {trial.p95_ms:.1f} ms")
     if trial.cpu_us_per_node is not None:
         parts.append(f"{trial.cpu_us_per_node:.0f} CPU us/node (client {trial.client_cpu_us_per_node:.0f})")
-    if trial.server_cpu_us_per_node is not None:
+    if trial.redis_cpu_us_per_node is not None:
+        parts.append(f"+{trial.redis_cpu_us_per_node:.0f} Redis")
+    elif trial.server_cpu_us_per_node is not None:
         parts.append(f"+{trial.server_cpu_us_per_node:.0f} server")
     if trial.round_trips_per_node is not None:
         parts.append(f"{trial.round_trips_per_node:.2f} round trips/node")
@@ -1072,7 +1155,8 @@ def _print_trial(system: str, backend: str, workload: str, trial: Trial) -> None
         parts.append(f"idle {trial.idle_round_trips_per_s:.0f}/s")
     if trial.commands_per_node is not None:
         parts.append(f"{trial.commands_per_node:.1f} redis cmds/node")
-    console.print(f"[dim]{system:9} {backend:14} {workload:10} {trial.runs:5} runs: {', '.join(parts)}[/dim]")
+    console.print(f"[dim]{cell.system:12} {cell.backend:14} {cell.workload:10} {cell.processes}w {trial.runs:5} runs: "
+                  f"{', '.join(parts)}[/dim]")
 
 
 def _profile_rows(profiler: cProfile.Profile, limit: int = 25) -> list[dict[str, Any]]:
@@ -1116,11 +1200,46 @@ COLUMNS = (
     ("p50 ms", "p50_ms", 1, True),
     ("p95 ms", "p95_ms", 1, True),
     ("CPU us/node", "cpu_us_per_node", 0, False),
+    ("Redis CPU us/node", "redis_cpu_us_per_node", 0, False),
     ("server CPU us/node", "server_cpu_us_per_node", 0, False),
     ("round trips/node", "round_trips_per_node", 2, False),
     ("seq. round trips/node", "sequential_round_trips_per_node", 2, False),
     ("redis cmds/node", "commands_per_node", 1, False),
 )
+
+
+#: the cost-per-node summary: what predicts scaling on a machine where the systems starve each other
+COST_COLUMNS = (
+    ("nodes/s", "nodes_per_s", 0),
+    ("worker+client CPU us/node", "cpu_us_per_node", 0),
+    ("client share", "client_cpu_us_per_node", 0),
+    ("Redis CPU us/node", "redis_cpu_us_per_node", 0),
+    ("Redis-bound nodes/s", None, 0),
+    ("round trips/node", "round_trips_per_node", 2),
+)
+
+
+def redis_bound(cell: Cell) -> float | None:
+    """The node rate at which this system's Redis CPU per node fills one core (Redis runs commands on one)."""
+    spread = cell.spread("redis_cpu_us_per_node")
+    return 1e6 / spread.median if spread and spread.median else None
+
+
+def cost_table(report: Report) -> Table:
+    table = Table(title="cost per node by system and worker count (medians over trials)")
+    for column in ("workload", "workers", "system"):
+        table.add_column(column)
+    for header, *_ in COST_COLUMNS:
+        table.add_column(header, justify="right")
+    cells = sorted((c for c in report.cells if c.trials), key=lambda c: (c.workload, c.processes))
+    for cell in cells:
+        values = []
+        for _, metric, digits in COST_COLUMNS:
+            spread = cell.spread(metric) if metric else None
+            values.append(_fmt(spread.median if spread else redis_bound(cell) if metric is None else None, digits))
+        system = cell.system if cell.system != "flowcraft" else f"flowcraft {cell.backend}"
+        table.add_row(cell.workload, "in-proc" if cell.processes == 0 else str(cell.processes), system, *values)
+    return table
 
 
 def print_report(report: Report) -> None:
@@ -1129,10 +1248,11 @@ def print_report(report: Report) -> None:
     title = f"flowcraft benchmarks — {machine['nproc']} cores, Python {machine['python']}"
     if load:
         title += f", load avg {load[0]:.2f} at start"
-    table = Table(title=title, caption="median (min-max) over trials. CPU: harness + worker processes; server: "
-                                       "the redis/moto this harness started. Round trips: requests the server "
-                                       "read (Redis: a pipeline or script is one; moto: HTTP requests). "
-                                       "Redis cmds include those run inside Lua scripts.")
+    table = Table(title=title, caption="median (min-max) over trials. CPU: client + worker processes; Redis CPU: "
+                                       "INFO cpu of the Redis; server: the redis/moto this harness started "
+                                       "(/proc). Round trips: requests the server read (Redis: a pipeline or "
+                                       "script is one; moto: HTTP requests). Redis cmds include those run "
+                                       "inside Lua scripts.")
     for column in ("system", "backend", "workload"):
         table.add_column(column)
     for column in ("procs x conc", "runs x trials", *(c[0] for c in COLUMNS)):
@@ -1145,10 +1265,12 @@ def print_report(report: Report) -> None:
         table.add_row(cell.system, cell.backend, cell.workload, procs, f"{cell.trials[0].runs}x{len(cell.trials)}",
                       *(_fmt_spread(cell.spread(metric), digits, spread) for _, metric, digits, spread in COLUMNS))
     console.print(table)
+    console.print(cost_table(report))
     if report.comparisons:
-        ratio_table = Table(title="flowcraft / Celery, medians (throughput: >1 = flowcraft faster; "
-                                  "latency, CPU, commands: <1 = flowcraft cheaper)")
-        ratio_table.add_column("workload")
+        ratio_table = Table(title="flowcraft / peer at the same worker count, medians (throughput: >1 = flowcraft "
+                                  "faster; latency, CPU, commands: <1 = flowcraft cheaper)")
+        for column in ("workload", "workers", "peer"):
+            ratio_table.add_column(column)
         for header, *_ in COLUMNS:
             ratio_table.add_column(header, justify="right")
         for comparison in report.comparisons:
@@ -1156,9 +1278,9 @@ def print_report(report: Report) -> None:
             for _, metric, digits, _ in COLUMNS:
                 entry = comparison[metric]
                 ratio = entry["ratio"]
-                cells.append(f"{_fmt(entry['flowcraft'], digits)} / {_fmt(entry['celery'], digits)} = "
+                cells.append(f"{_fmt(entry['flowcraft'], digits)} / {_fmt(entry['peer'], digits)} = "
                              f"[bold]{'—' if ratio is None else f'{ratio:.2f}x'}[/bold]")
-            ratio_table.add_row(comparison["workload"], *cells)
+            ratio_table.add_row(comparison["workload"], str(comparison["workers"]), comparison["peer"], *cells)
         console.print(ratio_table)
     for name, rows in report.profiles.items():
         profile_table = Table(title=f"cProfile, in-process throughput phase: {name} (top by own time)")

@@ -20,6 +20,7 @@ COLUMNS = (
     ("p50 ms", "p50_ms", 1, False),
     ("p95 ms", "p95_ms", 1, False),
     ("CPU µs/node", "cpu_us_per_node", 0, False),
+    ("Redis CPU µs/node", "redis_cpu_us_per_node", 0, False),
     ("server CPU µs/node", "server_cpu_us_per_node", 0, False),
     ("round trips/node", "round_trips_per_node", 2, False),
     ("seq. round trips/node", "sequential_round_trips_per_node", 2, False),
@@ -57,18 +58,44 @@ def markdown(reports: Sequence[dict[str, Any]]) -> str:
                       for _, metric, digits, show_range in COLUMNS]
             lines.append(f"| {cell['system']} | {cell['backend']} | {cell['workload']} | {procs} | {runs} | "
                          + " | ".join(values) + " |")
+    lines += ["", *cost_markdown(reports)]
     comparisons = [c for report in reports for c in report.get("comparisons", [])]
     if comparisons:
-        lines += ["", "| workload | " + " | ".join(c[0] for c in COLUMNS) + " |", "|" + "---|" * (1 + len(COLUMNS))]
+        lines += ["", "| workload | workers | ours / peer | " + " | ".join(c[0] for c in COLUMNS) + " |",
+                  "|" + "---|" * (3 + len(COLUMNS))]
         for comparison in comparisons:
             cells = []
             for _, metric, digits, _ in COLUMNS:
                 entry = comparison.get(metric) or {}
                 ratio = entry.get("ratio")
-                cells.append(f"{_number(entry.get('flowcraft'), digits)} / {_number(entry.get('celery'), digits)}"
+                cells.append(f"{_number(entry.get('flowcraft'), digits)} / {_number(entry.get('peer'), digits)}"
                              f" = **{'—' if ratio is None else f'{ratio:.2f}{TIMES}'}**")
-            lines.append(f"| {comparison['workload']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {comparison['workload']} | {comparison['workers']} | {comparison['flowcraft']} / "
+                         f"{comparison['peer']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+#: the cost-per-node table: (header, summary metric, digits)
+COST_COLUMNS = (
+    ("nodes/s", "nodes_per_s", 0),
+    ("worker+client CPU µs/node", "cpu_us_per_node", 0),
+    ("Redis CPU µs/node", "redis_cpu_us_per_node", 0),
+    ("round trips/node", "round_trips_per_node", 2),
+)
+
+
+def cost_markdown(reports: Sequence[dict[str, Any]]) -> list[str]:
+    """Per workload and worker count, every system's cost per node (what predicts how it scales)."""
+    cells = sorted((cell for report in reports for cell in report["results"] if cell["trials"]),
+                   key=lambda cell: (cell["workload"], cell["processes"]))
+    lines = ["| workload | workers | system | " + " | ".join(c[0] for c in COST_COLUMNS) + " |",
+             "|" + "---|" * (3 + len(COST_COLUMNS))]
+    for cell in cells:
+        system = cell["system"] if cell["system"] != "flowcraft" else f"flowcraft {cell['backend']}"
+        values = [_cell(cell["summary"].get(metric), digits, False) for _, metric, digits in COST_COLUMNS]
+        workers = "in-proc" if cell["processes"] == 0 else str(cell["processes"])
+        lines.append(f"| {cell['workload']} | {workers} | {system} | " + " | ".join(values) + " |")
+    return lines
 
 
 def machine_line(report: dict[str, Any]) -> str:

@@ -55,7 +55,12 @@ def test_cli_options() -> None:
     config = harness.parse_args(["--backend", "sqlite", "--quick"])
     assert (config.runs, config.trials, config.latency_runs) == (20, 1, 5)
     assert "fanout1000" not in config.workloads  # in-process only
+    assert config.worker_counts == [1, 2]  # every report: 1 and 2 workers, interleaved
     celery = harness.parse_args(["--backend", "celery"])
     assert celery.celery and celery.workloads == ["chain10", "diamond8"]
+    peers = harness.parse_args(["--backend", "rq", "--peer", "ts-flowcraft", "--celery", "--workers", "2,1,2"])
+    assert peers.peers == ["ts-flowcraft", "celery"] and peers.worker_counts == [1, 2]
+    with pytest.raises(SystemExit):
+        harness.parse_args(["--workers", "0"])
     with pytest.raises(SystemExit):
         harness.parse_args(["--workloads", "nope"])
