@@ -180,35 +180,18 @@ class AzureClients:
             await cosmos.close()
 
 
-class SharedQueue:
-    """A queue client of an ``AzureClients`` (made again when the event loop changes)."""
+class Shared(Generic[T]):
+    """An SDK object of an ``AzureClients`` (made again when the event loop changes); closing the last one
+    closes the clients."""
 
-    def __init__(self, clients: AzureClients, name: str) -> None:
+    def __init__(self, clients: AzureClients, make: Callable[[], T]) -> None:
         self._clients = clients
-        self._name = name
+        self._make = make
         self._closed = False
         clients.use()
 
-    async def get(self) -> QueueClient:
-        return self._clients.queue(self._name)
-
-    async def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            await self._clients.release()
-
-
-class SharedContainer:
-    """A container proxy of an ``AzureClients``; ``database()`` for setup."""
-
-    def __init__(self, clients: AzureClients, name: str) -> None:
-        self._clients = clients
-        self._name = name
-        self._closed = False
-        clients.use()
-
-    async def get(self) -> ContainerProxy:
-        return self._clients.container(self._name)
+    async def get(self) -> T:
+        return self._make()
 
     async def close(self) -> None:
         if not self._closed:

@@ -10,24 +10,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
-from flowcraft.errors import ConfigError
 from flowcraft.spi import ContextStore
 from flowcraft_azure._clients import (
-    AzureClients,
-    CosmosHome,
-    Fixed,
     ItemTooLargeError,
-    SharedContainer,
-    Source,
-    Throttle,
     dumps,
     item_id,
     log,
     status_code,
 )
-from flowcraft_azure.options import MAX_ITEM_BYTES, AzureOptions
+from flowcraft_azure._cosmos import CosmosContainerStore
+from flowcraft_azure.options import MAX_ITEM_BYTES
 
 if TYPE_CHECKING:
     from azure.cosmos.aio import ContainerProxy
@@ -36,44 +30,10 @@ if TYPE_CHECKING:
 _OVERHEAD = 1024
 
 
-class CosmosDbContext(ContextStore):
+class CosmosDbContext(CosmosContainerStore, ContextStore):
     name = "cosmos"
-    Options = AzureOptions
 
-    def __init__(self, container: ContainerProxy | None = None, *, source: Source[ContainerProxy] | None = None,
-                 home: CosmosHome | None = None, container_name: str = "flowcraft-contexts",
-                 throughput: int | None = None, throttle: Throttle | None = None) -> None:
-        if source is None:
-            if container is None:
-                raise ConfigError("pass container=... (an azure.cosmos.aio ContainerProxy) or build the store from "
-                                  "config")
-            source = Fixed(container)
-            container_name = container.id
-        self._source = source
-        self._home = home
-        self.container_name = container_name
-        self.throughput = throughput
-        self._throttle = throttle or Throttle()
-
-    @classmethod
-    def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
-        parsed = AzureOptions.parse(options)
-        return cls.build(parsed, AzureClients.shared(shared, parsed))
-
-    @classmethod
-    def build(cls, o: AzureOptions, clients: AzureClients) -> Self:
-        o.require_cosmos()
-        return cls(source=SharedContainer(clients, o.context_container), home=clients,
-                   container_name=o.context_container, throughput=o.cosmos_throughput,
-                   throttle=Throttle(o.cosmos_throttle_retries, o.cosmos_throttle_max_wait))
-
-    async def setup(self) -> None:
-        from flowcraft_azure.provisioning import ensure_container
-
-        await ensure_container(self._home, self.container_name, self.throughput)
-
-    async def close(self) -> None:
-        await self._source.close()
+    container_option = "context_container"
 
     # ------------------------------------------------------------------------------------------
     async def get_all(self, run_id: str) -> dict[str, Any]:

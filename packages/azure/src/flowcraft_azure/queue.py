@@ -33,7 +33,7 @@ from flowcraft_azure._clients import (
     AzureClients,
     Fixed,
     MessageTooLargeError,
-    SharedQueue,
+    Shared,
     Source,
     dumps,
     log,
@@ -117,7 +117,8 @@ class AzureQueue(Queue):
                    visibility_timeout=o.visibility_timeout, max_dequeue_count=o.max_dequeue_count,
                    message_encoding=o.message_encoding, message_ttl_seconds=o.message_ttl_seconds,
                    poll_interval=o.poll_interval, max_poll_interval=o.max_poll_interval,
-                   source=SharedQueue(clients, o.queue_name), dead_letter_source=SharedQueue(clients, o.dlq_name))
+                   source=Shared(clients, lambda: clients.queue(o.queue_name)),
+                   dead_letter_source=Shared(clients, lambda: clients.queue(o.dlq_name)))
 
     async def setup(self) -> None:
         """Create the queue and its dead-letter queue unless they exist."""

@@ -15,24 +15,19 @@ import builtins
 import json
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 from flowcraft.errors import ConfigError
 from flowcraft.spi import ACTIVE_STATUSES, RunRecord, StatusStore
 from flowcraft_azure._clients import (
-    AzureClients,
-    CosmosHome,
-    Fixed,
     InvalidKeyError,
     ItemTooLargeError,
-    SharedContainer,
-    Source,
-    Throttle,
     dumps,
     item_id,
     status_code,
 )
-from flowcraft_azure.options import MAX_ITEM_BYTES, AzureOptions
+from flowcraft_azure._cosmos import CosmosContainerStore
+from flowcraft_azure.options import MAX_ITEM_BYTES
 
 if TYPE_CHECKING:
     from azure.cosmos.aio import ContainerProxy
@@ -69,44 +64,11 @@ _AFTER = "AND (c.lastUpdated > @a OR (c.lastUpdated = @a AND c.runId > @r)) "
 _BEFORE = "(c.lastUpdated < @u OR (c.lastUpdated = @u AND c.runId < @r))"
 
 
-class CosmosDbStatusStore(StatusStore):
+class CosmosDbStatusStore(CosmosContainerStore, StatusStore):
     name = "cosmos"
-    Options = AzureOptions
 
-    def __init__(self, container: ContainerProxy | None = None, *, source: Source[ContainerProxy] | None = None,
-                 home: CosmosHome | None = None, container_name: str = "flowcraft-statuses",
-                 throughput: int | None = None, throttle: Throttle | None = None) -> None:
-        if source is None:
-            if container is None:
-                raise ConfigError("pass container=... (an azure.cosmos.aio ContainerProxy) or build the store from "
-                                  "config")
-            source = Fixed(container)
-            container_name = container.id
-        self._source = source
-        self._home = home
-        self.container_name = container_name
-        self.throughput = throughput
-        self._throttle = throttle or Throttle()
-
-    @classmethod
-    def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
-        parsed = AzureOptions.parse(options)
-        return cls.build(parsed, AzureClients.shared(shared, parsed))
-
-    @classmethod
-    def build(cls, o: AzureOptions, clients: AzureClients) -> Self:
-        o.require_cosmos()
-        return cls(source=SharedContainer(clients, o.status_container), home=clients,
-                   container_name=o.status_container, throughput=o.cosmos_throughput,
-                   throttle=Throttle(o.cosmos_throttle_retries, o.cosmos_throttle_max_wait))
-
-    async def setup(self) -> None:
-        from flowcraft_azure.provisioning import ensure_container
-
-        await ensure_container(self._home, self.container_name, self.throughput, INDEXING_POLICY)
-
-    async def close(self) -> None:
-        await self._source.close()
+    container_option = "status_container"
+    indexing_policy = INDEXING_POLICY
 
     # ------------------------------------------------------------------------------------------
     async def create(self, record: RunRecord) -> bool:
