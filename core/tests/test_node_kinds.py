@@ -1,7 +1,13 @@
-"""Custom node kinds registered the way the built-ins are (flowcraft.engine.kinds.register_node_kind)."""
+"""Custom node kinds: registered in-process (``register_node_kind``) or by a plugin through the ``flowcraft_node_kinds``
+hook, the way the built-ins are."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,3 +73,70 @@ def test_a_kind_name_is_registered_once_and_builtins_are_kinds_too() -> None:
     with pytest.raises(ConfigError, match=r"^node kind 'test-object' is a object"):
         register_node_kind("test-object", object())  # type: ignore[arg-type]
     assert node_kind("test-object") is None
+
+
+# A third-party distribution registering kinds through the flowcraft_node_kinds hook, as the built-ins are: one
+# new kind that a flow runs, and one whose name clashes with the built-in "map" (that plugin is left out).
+KIND_PLUGIN = '''
+from flowcraft.engine.kinds import InlineKind
+from flowcraft.engine.outcome import NodeOutcome
+from flowcraft.hookspecs import hookimpl
+
+class Tripled(InlineKind):
+    uses = "tp-tripled"
+
+    async def compute(self, node, ctx):
+        return NodeOutcome.completed(ctx.input * 3)
+
+@hookimpl
+def flowcraft_node_kinds():
+    return [Tripled]
+'''
+CLASHING_KIND_PLUGIN = '''
+from flowcraft.engine.kinds import JobKind
+from flowcraft.hookspecs import hookimpl
+
+class NotMap(JobKind):
+    uses = "map"
+
+@hookimpl
+def flowcraft_node_kinds():
+    return [NotMap]
+'''
+KIND_PROBE = '''
+import asyncio, json
+from flowcraft import Flow, FlowRuntime
+from flowcraft.engine.kinds import node_kind
+from flowcraft.plugins import registry
+
+async def main():
+    flow = Flow("tp")
+    flow.node("x3", uses="tp-tripled")
+    async with FlowRuntime(flows=[flow]) as runtime:
+        result = await runtime.run("tp", 5, timeout=10)
+    print(json.dumps({"output": result.output, "map": type(node_kind("map")).__name__,
+                      "provider": registry().provider("node kind", "tp-tripled").provider(),
+                      "left_out": [left.line() for left in registry().left_out]}))
+
+asyncio.run(main())
+'''
+
+
+def test_a_plugin_registers_node_kinds_through_the_hook_and_a_clash_with_a_builtin_is_left_out(
+        tmp_path: Path) -> None:
+    for distribution, module, text in (("flowcraft-tripled", "flowcraft_tripled_plugin", KIND_PLUGIN),
+                                       ("flowcraft-notmap", "flowcraft_notmap_plugin", CLASHING_KIND_PLUGIN)):
+        dist_info = tmp_path / f"{distribution.replace('-', '_')}-1.0.0.dist-info"
+        dist_info.mkdir()
+        (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 1.0.0\n")
+        (dist_info / "entry_points.txt").write_text(f"[flowcraft]\n{distribution[10:]} = {module}\n")
+        (tmp_path / f"{module}.py").write_text(text)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FLOWCRAFT_")}
+    done = subprocess.run([sys.executable, "-c", KIND_PROBE], capture_output=True, text=True, timeout=60,
+                          env={**clean, "PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["output"] == 15 and found["map"] == "MapKind"
+    assert found["provider"] == "flowcraft-tripled 1.0.0 (plugin tripled)"
+    assert any(line.startswith('plugin "notmap" (flowcraft-notmap 1.0.0) left out: its node kind \'map\' clashes '
+                               "with the built-in one") for line in found["left_out"]), found["left_out"]

@@ -38,7 +38,7 @@ from flowcraft.engine.worker import Worker
 from flowcraft.errors import ConfigError, FlowcraftError, InvalidStateError, WaitTimeoutError
 from flowcraft.model import Blueprint
 from flowcraft.options import describe_options, schema_of, secret_names
-from flowcraft.plugins import DISABLE_ENV, KINDS, PRESET, registry
+from flowcraft.plugins import DISABLE_ENV, KINDS, NODE_KIND, PRESET, registry
 from flowcraft.spi import Component, RunRecord
 
 T = TypeVar("T")
@@ -200,7 +200,7 @@ async def _client(config: Config, app: App | None = None, *, read_only: bool = F
               help="Show the options of backend NAME's components instead: type, default and help.")
 @click.pass_obj
 def backends(state: State, options_of: str | None) -> None:
-    """List installed backends (presets) and components, with the distribution providing each, and the
+    """List installed backends (presets), components and node kinds, with the distribution providing each, and the
     plugins left out (disabled, broken, raising or clashing) with the reason."""
     config = state.config()
     reg = registry(config.plugins_disable)
@@ -222,6 +222,8 @@ def backends(state: State, options_of: str | None) -> None:
     for kind in KINDS:
         for name in reg.names(kind):
             components.add_row(kind, escape(name), escape(reg.provider(kind, name).provider()))
+    for uses in sorted(reg.node_kinds()):
+        components.add_row(NODE_KIND, escape(uses), escape(reg.provider(NODE_KIND, uses).provider()))
     out = state.out
     out.print(presets)
     out.print(components)

@@ -25,7 +25,8 @@ import pluggy
 
 from flowcraft.spi import ContextStore, CoordinationStore, Queue, StatusStore
 
-if TYPE_CHECKING:  # flowcraft.plugins imports this module
+if TYPE_CHECKING:  # flowcraft.plugins imports this module; the engine imports flowcraft.plugins
+    from flowcraft.engine.kinds import InlineKind, JobKind
     from flowcraft.plugins import Preset
 
 hookspec = pluggy.HookspecMarker("flowcraft")
@@ -58,3 +59,8 @@ def flowcraft_coordination_stores() -> Sequence[type[CoordinationStore] | LazyCo
 @hookspec
 def flowcraft_presets() -> Sequence[Preset]:
     """Register backend presets (``flowcraft.plugins.Preset``): named components, optionally a wiring factory."""
+
+
+@hookspec
+def flowcraft_node_kinds() -> Sequence[type[InlineKind] | type[JobKind]]:
+    """Register node kinds (``flowcraft.engine.kinds.InlineKind``/``JobKind`` subclasses with a unique ``uses``)."""

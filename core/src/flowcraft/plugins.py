@@ -26,6 +26,7 @@ from typing import Any, cast
 import pluggy
 
 from flowcraft import hookspecs
+from flowcraft.engine.kinds import InlineKind, JobKind, NodeKind
 from flowcraft.errors import PluginError
 from flowcraft.options import validate_options
 from flowcraft.spi import SPI_VERSION, Backend, Component, ContextStore, CoordinationStore, Queue, StatusStore
@@ -50,6 +51,7 @@ _HOOKS = {
     "coordination": "flowcraft_coordination_stores",
 }
 PRESET = "backend"  # the kind under which presets are looked up in provider() and reported
+NODE_KIND = "node kind"  # the kind under which node kinds are looked up in provider() and reported
 #: Install hints for the backends this project publishes.
 KNOWN_DISTRIBUTIONS = {
     "redis": "flowcraft-redis", "rq": "flowcraft-rq", "sqs": "flowcraft-sqs", "dynamodb": "flowcraft-sqs",
@@ -176,6 +178,8 @@ class PluginRegistry:
             self._load_entry_points()
         self._components: dict[str, dict[str, _Entry]] = {}
         self._presets: dict[str, tuple[Preset, PluginInfo]] = {}
+        self._node_kinds: dict[str, tuple[type[NodeKind], PluginInfo]] = {}
+        self._node_kind_instances: dict[str, NodeKind] = {}
         self._collect()
         for left in self.left_out:
             if not left.disabled and left.line() not in _warned:
@@ -238,7 +242,7 @@ class PluginRegistry:
 
     def _contribution(self, name: str, info: PluginInfo) -> _Contribution:
         contribution = _Contribution(info)
-        hooks = [*_HOOKS.items(), (PRESET, "flowcraft_presets")]
+        hooks = [*_HOOKS.items(), (PRESET, "flowcraft_presets"), (NODE_KIND, "flowcraft_node_kinds")]
         for kind, hook_name in hooks:
             for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
                 if impl.plugin_name != name:
@@ -295,16 +299,25 @@ class PluginRegistry:
             del self.plugins[name]
         self._components = {kind: {} for kind in KINDS}
         self._presets = {}
+        self._node_kinds = {}
         for contribution in [builtin, *contributions.values()]:
             for (kind, name), target in contribution.items.items():
                 if kind == PRESET:
                     self._presets[name] = (cast(Preset, target), contribution.plugin)
+                elif kind == NODE_KIND:
+                    self._node_kinds[name] = (cast(type[NodeKind], target), contribution.plugin)
                 else:
                     self._components[kind][name] = _Entry(name, target, contribution.plugin)
 
     # ------------------------------------------------------------------------------------------ lookup
     def presets(self) -> dict[str, Preset]:
         return {name: preset for name, (preset, _) in self._presets.items()}
+
+    def node_kinds(self) -> dict[str, NodeKind]:
+        """The registered node kinds by ``uses`` name, each built once per registry."""
+        if len(self._node_kind_instances) != len(self._node_kinds):
+            self._node_kind_instances = {uses: cls() for uses, (cls, _) in self._node_kinds.items()}
+        return self._node_kind_instances
 
     def names(self, kind: str) -> list[str]:
         return sorted(self._components[kind])
@@ -313,6 +326,8 @@ class PluginRegistry:
         """The plugin (and distribution) that registers a component, or a preset with kind ``"backend"``."""
         if kind == PRESET:
             return self._presets[name][1]
+        if kind == NODE_KIND:
+            return self._node_kinds[name][1]
         return self._components[kind][name].plugin
 
     def component(self, kind: str, name: str) -> type[Component]:
@@ -433,6 +448,13 @@ def _registration(kind: str, item: Any, hook_name: str) -> tuple[str, Any]:
         if not isinstance(item, Preset):
             raise _PluginFault(f"hook {hook_name} returned {item!r}, not a flowcraft.plugins.Preset")
         return item.name, item
+    if kind == NODE_KIND:
+        if not (isinstance(item, type) and issubclass(item, InlineKind | JobKind)):
+            raise _PluginFault(f"hook {hook_name} returned {item!r}, not a subclass of "
+                               "flowcraft.engine.kinds.InlineKind or JobKind")
+        if not isinstance(item.uses, str) or not item.uses:
+            raise _PluginFault(f"hook {hook_name} returned class {item.__qualname__} without a 'uses' name")
+        return item.uses, item
     if isinstance(item, tuple):
         if len(item) == 2 and isinstance(item[0], str) and item[0] and isinstance(item[1], str) \
                 and ":" in item[1]:
@@ -479,3 +501,9 @@ def registry(disabled: Mapping[str, str] | None = None, *, refresh: bool = False
     if _registry is None or refresh or _registry.disabled != wanted:
         _registry = PluginRegistry(disabled=wanted)
     return _registry
+
+
+def current_registry() -> PluginRegistry:
+    """The registry last built (with the configuration's disabled plugins), else the default one: what the
+    engine looks node kinds up in while it handles jobs, without re-reading the environment each time."""
+    return _registry if _registry is not None else registry()

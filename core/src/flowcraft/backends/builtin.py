@@ -1,4 +1,4 @@
-"""The built-in backends, registered through the same hooks as any plugin."""
+"""The built-in backends and node kinds, registered through the same hooks as any plugin."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from flowcraft.backends.memory import (
     MemoryQueue,
     MemoryStatusStore,
 )
+from flowcraft.engine.kinds import BUILTIN_KINDS
 from flowcraft.hookspecs import hookimpl
 from flowcraft.plugins import Preset
 
@@ -44,3 +45,8 @@ def flowcraft_presets() -> list[Preset]:
                "embedded, durable: worker processes on one machine share one database file (default)",
                factory=f"{_SQLITE}:build_backend"),
     ]
+
+
+@hookimpl
+def flowcraft_node_kinds() -> list[Any]:
+    return list(BUILTIN_KINDS)

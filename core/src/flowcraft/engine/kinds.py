@@ -1,7 +1,9 @@
 """Node kinds: what the engine does with a node whose ``uses`` names a kind instead of an implementation.
 
-A kind is one of two things, registered by ``uses`` with ``register_node_kind`` (the built-ins below
-register themselves the same way, when the engine is imported):
+A kind is one of two things, a class carrying the ``uses`` name it is selected by. Plugins register kind
+classes through the ``flowcraft_node_kinds`` hook (``flowcraft.hookspecs``), and the built-ins below go through
+that same hook (``flowcraft.backends.builtin``); an application may also register an instance in its own
+process with ``register_node_kind``:
 
 * an ``InlineKind`` computes the node's result in place of an implementation (``compute(node, ctx)``); the
   engine runs it like any node: events, timeout, retries, fallback. ``sleep`` and ``loop-controller``.
@@ -39,6 +41,9 @@ OUTPUTS_PREFIX = "_outputs."
 class InlineKind:
     """A kind computed in place of an implementation; the engine applies the node's retry policy."""
 
+    #: the ``uses`` name nodes select this kind by (what the ``flowcraft_node_kinds`` hook registers it under)
+    uses: str = ""
+
     async def compute(self, node: NodeDefinition, ctx: NodeContext) -> NodeOutcome:
         """The node's result: ``NodeOutcome.completed(output, action, due_at=...)``; raise to fail the attempt.
         ``node`` is the node computed (a fallback node when the engine runs one), ``ctx`` its context."""
@@ -47,6 +52,9 @@ class InlineKind:
 
 class JobKind:
     """A kind that handles its node's jobs itself (every item job of the node included)."""
+
+    #: the ``uses`` name nodes select this kind by (what the ``flowcraft_node_kinds`` hook registers it under)
+    uses: str = ""
 
     async def run(self, ctx: KindContext) -> NodeOutcome:
         raise NotImplementedError
@@ -59,22 +67,30 @@ class JobKind:
 
 NodeKind = InlineKind | JobKind
 
-_KINDS: dict[str, NodeKind] = {}
+_LOCAL_KINDS: dict[str, NodeKind] = {}  # registered in this process by register_node_kind
 
 
 def register_node_kind(uses: str, kind: NodeKind) -> None:
-    """Make ``uses`` a node kind in this process; a name is registered once."""
+    """Make ``uses`` a node kind in this process (a plugin registers kind classes through the
+    ``flowcraft_node_kinds`` hook instead, so every worker that installs it has them); a name is registered once."""
     if not isinstance(kind, InlineKind | JobKind):
         raise ConfigError(f"node kind {uses!r} is a {type(kind).__name__}",
                           hint="subclass flowcraft.engine.kinds.InlineKind or JobKind")
-    if uses in _KINDS:
-        raise ConfigError(f"node kind {uses!r} is already registered ({type(_KINDS[uses]).__name__})",
+    existing = node_kind(uses)
+    if existing is not None:
+        raise ConfigError(f"node kind {uses!r} is already registered ({type(existing).__name__})",
                           hint="choose another uses name")
-    _KINDS[uses] = kind
+    _LOCAL_KINDS[uses] = kind
 
 
 def node_kind(uses: str) -> NodeKind | None:
-    return _KINDS.get(uses)
+    """The kind nodes with this ``uses`` run as, or None (the node runs an implementation)."""
+    kind = _LOCAL_KINDS.get(uses)
+    if kind is not None:
+        return kind
+    from flowcraft.plugins import current_registry  # the registry imports the built-in kinds from here
+
+    return current_registry().node_kinds().get(uses)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -154,12 +170,16 @@ class KindContext:
 class SleepKind(InlineKind):
     """A durable timer: the node passes its input on and its successors are due ``duration`` later."""
 
+    uses = "sleep"
+
     async def compute(self, node: NodeDefinition, ctx: NodeContext) -> NodeOutcome:
         return NodeOutcome.completed(ctx.input, due_at=time.time() + sleep_seconds(node))
 
 
 class LoopControllerKind(InlineKind):
     """``continue`` while ``params.condition`` holds (over node outputs, context, input, visit), else ``break``."""
+
+    uses = "loop-controller"
 
     async def compute(self, node: NodeDefinition, ctx: NodeContext) -> NodeOutcome:
         condition = node.params.get("condition")
@@ -176,6 +196,8 @@ class LoopControllerKind(InlineKind):
 
 class WaitKind(JobKind):
     """Park the run until ``resume(action, output)``; the resumed job completes with them."""
+
+    uses = "wait"
 
     async def run(self, ctx: KindContext) -> NodeOutcome:
         job = ctx.job
@@ -196,6 +218,8 @@ class WaitKind(JobKind):
 
 class SubflowKind(JobKind):
     """Run ``params.blueprintId`` as a child run; the child notifies this job when it ends."""
+
+    uses = "subflow"
 
     async def run(self, ctx: KindContext) -> NodeOutcome:
         job, params, status = ctx.job, ctx.node.params, ctx.backend.status
@@ -256,6 +280,8 @@ class MapKind(JobKind):
     The fan-out job and each chunk job record placeholder completions (the fan-out's ``None``, a chunk's
     outputs): redelivered, they re-fire exactly the chunks and the gather arrival they fired, and never route
     the node's successors, which only the gather job does with the gathered result."""
+
+    uses = "map"
 
     async def run(self, ctx: KindContext) -> NodeOutcome:
         if ctx.job.item == GATHER_ITEM:
@@ -362,8 +388,6 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-register_node_kind("sleep", SleepKind())
-register_node_kind("loop-controller", LoopControllerKind())
-register_node_kind("wait", WaitKind())
-register_node_kind("subflow", SubflowKind())
-register_node_kind("map", MapKind())
+#: the built-in kinds, registered by ``flowcraft.backends.builtin`` through the ``flowcraft_node_kinds`` hook
+BUILTIN_KINDS: tuple[type[InlineKind] | type[JobKind], ...] = (SleepKind, LoopControllerKind, WaitKind, SubflowKind,
+                                                               MapKind)
