@@ -68,6 +68,8 @@ class AzureOptions(QueueOptions):
             if not _QUEUE_NAME.match(name):
                 raise ConfigError(f"option {what}: {name!r} is not a valid Azure queue name",
                                   hint="3-63 lowercase letters, digits and single hyphens, e.g. flowcraft-queue")
+        if self.azure_storage_connection_string:
+            check_connection_string(self.azure_storage_connection_string)
         if self.max_dequeue_count < 1:
             raise ConfigError(f"option max_dequeue_count: must be at least 1, got {self.max_dequeue_count}")
         if self.message_ttl_seconds != -1 and self.message_ttl_seconds < 1:
@@ -101,3 +103,23 @@ class AzureOptions(QueueOptions):
                               hint="set cosmos_endpoint and cosmos_key (FLOWCRAFT_OPT_COSMOS_ENDPOINT / "
                                    "FLOWCRAFT_OPT_COSMOS_KEY) to the Cosmos DB account's")
         return self.cosmos_endpoint, self.cosmos_key
+
+
+def check_connection_string(text: str) -> None:
+    """A one-line ConfigError (never echoing the string: it holds the account key) unless ``text`` looks like a
+    storage connection string: ``key=value`` pairs separated by ``;`` naming a queue endpoint or an account."""
+    pairs: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            pairs = {}
+            break
+        pairs[key.strip().lower()] = value
+    has_credential = "accountkey" in pairs or "sharedaccesssignature" in pairs
+    if pairs.get("usedevelopmentstorage", "").lower() == "true" or "queueendpoint" in pairs or (
+            "accountname" in pairs and has_credential):
+        return
+    raise ConfigError("option azure_storage_connection_string: not a storage connection string (expected "
+                      "key=value pairs with AccountName and AccountKey, or QueueEndpoint)",
+                      hint="copy it from the storage account's Access keys page, e.g. DefaultEndpointsProtocol=https;"
+                           "AccountName=...;AccountKey=...;EndpointSuffix=core.windows.net")
