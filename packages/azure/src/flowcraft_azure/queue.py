@@ -269,9 +269,9 @@ class AzureQueue(Queue):
 
 
 def decode(content: str) -> dict[str, Any]:
-    """The JSON object a message's text holds, plain or base64 (base64 text never starts with ``{``)."""
+    """The JSON object a message's text holds, plain or base64 (base64 text never starts with ``{`` or ``[``)."""
     text = content.strip()
-    if not text.startswith("{"):
+    if not text.startswith(("{", "[")):
         try:
             text = base64.b64decode(text, validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError) as exc:
