@@ -17,7 +17,9 @@ import nox
 
 ROOT = Path(__file__).parent
 PACKAGES = sorted(p.name for p in (ROOT / "packages").iterdir() if (p / "pyproject.toml").exists())
-INTEGRATION = {"rq": ("redis", "rq"), "sqs": ("sqs",)}
+INTEGRATION = {"rq": ("redis", "rq"), "sqs": ("sqs",), "azure": ("redis", "azure")}
+#: the servers scripts/install-servers.sh installs for a backend's integration tests (default: moto, dynalite)
+SERVERS = {"rq": ("redis",), "azure": ("azurite", "cosmos", "redis")}
 nox.options.sessions = ["lint", "core"]
 nox.options.reuse_existing_virtualenvs = True
 
@@ -35,7 +37,7 @@ def core(session: nox.Session) -> None:
 @nox.session
 @nox.parametrize("package", PACKAGES)
 def unit(session: nox.Session, package: str) -> None:
-    deps = ("redis", package) if package in ("rq",) else (package,)
+    deps = ("redis", package) if package in ("rq", "azure") else (package,)
     _install(session, *deps)
     tests = ROOT / "packages" / package / "tests"
     if tests.exists():
@@ -46,7 +48,7 @@ def unit(session: nox.Session, package: str) -> None:
 @nox.parametrize("backend", sorted(INTEGRATION))
 def integration(session: nox.Session, backend: str) -> None:
     _install(session, *INTEGRATION[backend])
-    session.run("bash", "scripts/install-servers.sh", *(["redis"] if backend == "rq" else ["moto", "dynalite"]),
+    session.run("bash", "scripts/install-servers.sh", *SERVERS.get(backend, ("moto", "dynalite")),
                 external=True, env={"VENV": session.virtualenv.location})
     session.run("pytest", "tests-integration", "-k", backend, *session.posargs)
 
