@@ -1,0 +1,257 @@
+"""Throughput of the kafka backend (Kafka queue + Cassandra context/status + Redis coordination): chain10
+and diamond8 (N runs submitted at once, then one worker process drains them), next to the raw Kafka floor
+measured on the same broker in the same run.
+
+    python packages/kafka/benchmarks/bench_kafka.py [--runs 100] [--concurrency 32] [--trials 3]
+        [--bootstrap HOST:PORT --cassandra HOST:PORT --redis URL] [--protocol-version 1] [--consistency ONE]
+
+Without the three addresses, a Tansu broker, Cassandra 1.2 and Redis are started on free loopback ports
+through ``tests-integration/servers`` (as the tests do) and stopped by PID at the end.
+
+Prints, per workload: nodes/s, the ratio to the raw floor, and the worker process's CPU seconds per node.
+The raw floor is no-op records through Kafka with the same pattern the backend uses (one record per job:
+consume, produce the successor, commit the consumed offset), once with a bare confluent-kafka consumer and
+producer, and once through ``KafkaQueue`` (enqueue / dequeue / ack). Figures only; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from flowcraft import App, Engine, Flow, NodeContext, Worker
+from flowcraft.client import Client
+from flowcraft.plugins import registry
+from flowcraft.spi import Job
+
+SCRIPT = str(Path(__file__).resolve())
+ROOT = Path(__file__).resolve().parents[3]
+
+
+async def noop(ctx: NodeContext) -> int:
+    return 1
+
+
+def chain10() -> Flow:
+    flow = Flow("chain10", version="1")
+    for i in range(10):
+        flow.node(f"n{i}", noop, uses="noop")
+        if i:
+            flow.edge(f"n{i - 1}", f"n{i}")
+    return flow
+
+
+def diamond8() -> Flow:
+    flow = Flow("diamond8", version="1")
+    flow.node("a", noop, uses="noop").node("z", noop, uses="noop")
+    for i in range(8):
+        flow.node(f"m{i}", noop, uses="noop").edge("a", f"m{i}").edge(f"m{i}", "z")
+    return flow
+
+
+app = App(flows=[chain10(), diamond8()])
+NODES = {"chain10": 10, "diamond8": 10}
+
+
+@contextlib.contextmanager
+def servers() -> Iterator[tuple[str, str, str]]:
+    sys.path.insert(0, str(ROOT / "tests-integration"))
+    from servers import CassandraServer, KafkaServer, RedisServer
+
+    with KafkaServer() as kafka, CassandraServer() as cassandra, RedisServer() as redis:
+        yield kafka.bootstrap_servers, f"{cassandra.host}:{cassandra.port}", redis.url
+
+
+# ---------------------------------------------------------------------------------------------- raw floor
+def raw_floor(bootstrap: str, window: int, session_timeout_ms: int, hops: int = 10) -> float:
+    """Kafka alone for a chain workload: ``window`` records in flight, each consumed record produces its
+    successor until ``hops``; one consumer (its group joined before the clock starts), commits of the
+    consumed offsets every 100 ms, a producer with acks=all. Records/s."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
+
+    topic = f"bench-raw-{uuid.uuid4().hex[:8]}"
+    for future in AdminClient({"bootstrap.servers": bootstrap}).create_topics(
+            [NewTopic(topic, num_partitions=3, replication_factor=1)]).values():
+        future.result(30)
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
+                         "linger.ms": 2})
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": topic, "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest", "session.timeout.ms": session_timeout_ms})
+    consumer.subscribe([topic])
+    while not consumer.assignment():
+        consumer.poll(0.1)
+    body = json.dumps(Job("run", "bench", "node").to_dict()).encode()
+    started = time.perf_counter()
+    for _ in range(window):
+        producer.produce(topic, value=body, headers=[("hop", b"0")])
+    producer.flush()
+    done, total = 0, window * hops
+    offsets: dict[tuple[str, int], int] = {}
+    last_commit = time.monotonic()
+    while done < total:
+        msg = consumer.poll(0.5)
+        if msg is None or msg.error() is not None:
+            continue
+        batch = [msg, *consumer.consume(100, 0)]
+        for m in batch:
+            if m.error() is not None:
+                continue
+            hop = int(dict(m.headers() or [])["hop"]) + 1
+            if hop < hops:
+                producer.produce(topic, value=m.value(), headers=[("hop", str(hop).encode())])
+            offsets[(m.topic(), m.partition())] = m.offset() + 1
+            done += 1
+        producer.poll(0)
+        if time.monotonic() - last_commit > 0.1:
+            producer.flush()
+            consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
+            last_commit = time.monotonic()
+    producer.flush()
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return total / elapsed
+
+
+async def queue_floor(options: dict[str, Any], window: int, concurrency: int, hops: int = 10) -> float:
+    """The same chain through KafkaQueue: dequeue up to ``concurrency``, enqueue each successor and ack each
+    delivery on its own, as the engine does."""
+    from flowcraft_kafka import KafkaQueue
+
+    queue = registry().build("kafka", options).queue
+    assert isinstance(queue, KafkaQueue)
+    await queue.setup()
+    try:
+        await queue.ready()
+        started = time.perf_counter()
+        await queue.enqueue([Job(f"r{i}", "bench", "node", payload={"hop": 0}) for i in range(window)])
+        done, total = 0, window * hops
+
+        async def handle(delivery: Any) -> None:
+            hop = int((delivery.job.payload or {})["hop"]) + 1
+            if hop < hops:
+                await queue.enqueue([delivery.job.evolve(payload={"hop": hop})])
+            await queue.ack(delivery)
+
+        while done < total:
+            deliveries = await queue.dequeue(concurrency, 1.0)
+            await asyncio.gather(*(handle(d) for d in deliveries))
+            done += len(deliveries)
+        return total / (time.perf_counter() - started)
+    finally:
+        await queue.close()
+
+
+# ---------------------------------------------------------------------------------------------- the worker process
+async def worker_process(options: dict[str, Any], concurrency: int) -> None:
+    """Runs in the child: one worker; reports its CPU seconds between its group join and its stop."""
+    from flowcraft_kafka import KafkaQueue
+
+    backend = registry().build("kafka", options)
+    assert isinstance(backend.queue, KafkaQueue)
+    await backend.queue.ready()
+    worker = Worker(Engine(app, backend), concurrency=concurrency, poll_wait=1.0)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, worker.stop)
+    cpu = time.process_time()
+    print("ready", flush=True)
+    try:
+        await worker.run()
+    finally:
+        cpu = time.process_time() - cpu
+        await backend.close()
+    print(json.dumps({"cpu": cpu, "handled": worker.handled}), flush=True)
+
+
+async def measure(options: dict[str, Any], flow: str, runs: int, concurrency: int) -> dict[str, Any]:
+    backend = registry().build("kafka", options)
+    await backend.setup()
+    try:
+        client = Client(backend, app)
+        run_ids = [await client.start(flow) for _ in range(runs)]
+        child = await asyncio.create_subprocess_exec(sys.executable, SCRIPT, "--worker", json.dumps(options),
+                                                     "--concurrency", str(concurrency), stdout=subprocess.PIPE)
+        assert child.stdout is not None
+        if (await child.stdout.readline()).decode().strip() != "ready":
+            raise SystemExit("the worker process did not start")
+        started = time.perf_counter()
+        pending = set(run_ids)
+        while pending:
+            records = await asyncio.gather(*(backend.status.get(r) for r in pending))
+            pending = {r.run_id for r in records if r is None or r.status != "completed"}
+            if pending:
+                await asyncio.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        child.send_signal(signal.SIGTERM)
+        out, _ = await child.communicate()
+        report = json.loads(out.decode().strip().splitlines()[-1])
+        nodes = runs * NODES[flow]
+        return {"nodes_per_s": nodes / elapsed, "seconds": elapsed, "cpu_ms_per_node": 1000 * report["cpu"] / nodes}
+    finally:
+        await backend.close()
+
+
+async def main(args: argparse.Namespace, bootstrap: str, cassandra: str, redis: str) -> None:
+    def options(tag: str) -> dict[str, Any]:
+        return {"bootstrap_servers": bootstrap, "topic_name": f"bench-{tag}", "group_id": f"bench-{tag}",
+                "partitions": 3, "session_timeout_ms": args.session_timeout_ms, "cassandra_hosts": cassandra,
+                "keyspace": f"bench_{tag}", "protocol_version": args.protocol_version,
+                "consistency": args.consistency, "redis_url": redis, "key_prefix": f"bench:{tag}:"}
+
+    rows: dict[str, list[tuple[float, float, float]]] = {"chain10": [], "diamond8": []}
+    layers: list[float] = []
+    for trial in range(1, args.trials + 1):
+        raw = await asyncio.to_thread(raw_floor, bootstrap, args.runs, args.session_timeout_ms)
+        layer = await queue_floor(options(uuid.uuid4().hex[:8]), args.runs, args.concurrency)
+        layers.append(layer / raw)
+        print(f"trial {trial}: raw Kafka floor ({args.runs} chains in flight; consume + produce successor + "
+              f"commit) {raw:.0f} records/s; through KafkaQueue {layer:.0f} records/s", flush=True)
+        for flow in rows:
+            figures = await measure(options(uuid.uuid4().hex[:8]), flow, args.runs, args.concurrency)
+            rows[flow].append((figures["nodes_per_s"], raw, figures["cpu_ms_per_node"]))
+            print(f"  {flow}: {figures['nodes_per_s']:.1f} nodes/s ({figures['seconds']:.1f} s for {args.runs} "
+                  f"runs), {figures['nodes_per_s'] / raw:.1%} of the raw floor; worker CPU "
+                  f"{figures['cpu_ms_per_node']:.2f} ms/node", flush=True)
+    print()
+    print(f"medians of {args.trials} trials, {args.runs} runs in flight, one worker process "
+          f"(concurrency {args.concurrency}); KafkaQueue alone reaches {statistics.median(layers):.0%} of the raw "
+          "floor")
+    print("| workload | nodes/s | raw Kafka records/s | ratio | worker CPU ms/node |")
+    print("|---|---|---|---|---|")
+    for flow, trials in rows.items():
+        print(f"| {flow} | {statistics.median(t[0] for t in trials):.1f} | "
+              f"{statistics.median(t[1] for t in trials):.0f} | {statistics.median(t[0] / t[1] for t in trials):.1%} | "
+              f"{statistics.median(t[2] for t in trials):.2f} |")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--bootstrap", help="a Kafka broker already running (with --cassandra and --redis)")
+    parser.add_argument("--cassandra", help="host:port of a Cassandra already running")
+    parser.add_argument("--redis", help="URL of a Redis already running")
+    parser.add_argument("--protocol-version", type=int, default=1)
+    parser.add_argument("--consistency", default="ONE")
+    parser.add_argument("--session-timeout-ms", type=int, default=3000)
+    parser.add_argument("--worker", metavar="OPTIONS", help=argparse.SUPPRESS)
+    arguments = parser.parse_args()
+    if arguments.worker:
+        asyncio.run(worker_process(json.loads(arguments.worker), arguments.concurrency))
+    elif arguments.bootstrap and arguments.cassandra and arguments.redis:
+        asyncio.run(main(arguments, arguments.bootstrap, arguments.cassandra, arguments.redis))
+    else:
+        with servers() as (kafka_address, cassandra_address, redis_url):
+            asyncio.run(main(arguments, kafka_address, cassandra_address, redis_url))
