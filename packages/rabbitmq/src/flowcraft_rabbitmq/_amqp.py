@@ -49,6 +49,13 @@ def one_line(exc: BaseException) -> str:
     return redact_text(" ".join(str(exc).split()) or type(exc).__name__)
 
 
+def alive(conn: AbstractConnection) -> bool:
+    """Open and connected: aio-pika's ``is_closed`` only says whether ``close()`` was called, while
+    ``connected`` is cleared when the broker goes away (a robust connection sets it again on reconnecting)."""
+    connected = getattr(conn, "connected", None)
+    return not conn.is_closed and (not isinstance(connected, asyncio.Event) or connected.is_set())
+
+
 def backoff(attempt: int) -> float:
     return float(min(2.0, 0.05 * 2.0 ** attempt) * (0.5 + random.random() / 2))
 
@@ -86,14 +93,19 @@ class AmqpLink:
 
     async def connection(self) -> AbstractConnection:
         conn = self._conn
-        if conn is not None and not conn.is_closed:
+        if conn is not None and alive(conn):
             return conn
         async with self._guard():
             conn = self._conn
-            if conn is not None and not conn.is_closed:
+            if conn is not None and alive(conn):
                 return conn
             if self._closed:
                 raise FlowcraftError("the RabbitMQ queue was closed")
+            if conn is not None and self._given is None:
+                try:  # a connection the broker dropped: release what is left of it
+                    await conn.close()
+                except Exception as exc:
+                    log.debug("closing a lost AMQP connection: %s", one_line(exc))
             self._publisher = None
             self._exchanges = {}
             self._conn = await (self._wait_given() if self._given is not None else self._connect())
@@ -129,7 +141,7 @@ class AmqpLink:
         assert self._given is not None
         deadline: float | None = None
         attempt = 0
-        while self._given.is_closed:
+        while not alive(self._given):
             deadline = self._check_deadline(deadline, ConnectionError("the given AMQP connection is closed"))
             await asyncio.sleep(backoff(attempt))
             attempt += 1
