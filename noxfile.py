@@ -17,9 +17,9 @@ import nox
 
 ROOT = Path(__file__).parent
 PACKAGES = sorted(p.name for p in (ROOT / "packages").iterdir() if (p / "pyproject.toml").exists())
-INTEGRATION = {"rq": ("redis", "rq"), "sqs": ("sqs",), "azure": ("redis", "azure")}
+INTEGRATION = {"rq": ("redis", "rq"), "sqs": ("sqs",), "azure": ("redis", "azure"), "kafka": ("redis", "kafka")}
 #: the servers scripts/install-servers.sh installs for a backend's integration tests (default: moto, dynalite)
-SERVERS = {"rq": ("redis",), "azure": ("azurite", "cosmos", "redis")}
+SERVERS = {"rq": ("redis",), "azure": ("azurite", "cosmos", "redis"), "kafka": ("kafka", "cassandra", "redis")}
 nox.options.sessions = ["lint", "core"]
 nox.options.reuse_existing_virtualenvs = True
 
