@@ -19,10 +19,16 @@ replays the same transition (``recovery=True``) and expects the same outcome.
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import random
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import Any, ClassVar, Literal, Protocol, Self, TypeVar
+
+from flowcraft.errors import FlowcraftError
 
 # what a component declares its options with (``Component.Options``), re-exported for backend authors
 from flowcraft.options import NoOptions as NoOptions
@@ -417,8 +423,8 @@ class Queue(Component):
 class ContextStore(Component):
     """A run's state: key -> JSON value, stored per key so concurrent writers never lose updates.
 
-    A backend must implement ``get_all``, ``apply`` and ``delete_run``; ``get_many`` is derived (override it
-    to read only the keys asked for)."""
+    A backend must implement ``get_all`` and ``apply``; ``get_many`` and ``delete_run`` are derived (override
+    them to read only the keys asked for, to delete a run's keys in one statement)."""
 
     @abstractmethod
     async def get_all(self, run_id: str) -> dict[str, Any]:
@@ -428,22 +434,25 @@ class ContextStore(Component):
     async def apply(self, run_id: str, updates: Mapping[str, Any], deletes: Sequence[str] = ()) -> None:
         """Set and delete keys (idempotent)."""
 
-    @abstractmethod
-    async def delete_run(self, run_id: str) -> None:
-        """Forget the run's context."""
-
     # -- derived: everything below is written over the methods above --------------------------------------
     async def get_many(self, run_id: str, keys: Sequence[str]) -> dict[str, Any]:
         """Values of the keys that exist."""
         context = await self.get_all(run_id)
         return {key: context[key] for key in keys if key in context}
 
+    async def delete_run(self, run_id: str) -> None:
+        """Forget the run's context."""
+        keys = list(await self.get_all(run_id))
+        if keys:
+            await self.apply(run_id, {}, keys)
+
 
 class StatusStore(Component):
     """Run records with compare-and-set status transitions.
 
-    A backend must implement the abstract methods; ``wait_for_change`` is derived (it sleeps; a store that
-    can be notified overrides it and sets ``notifies``)."""
+    A backend must implement ``create``, ``get``, ``transition`` and ``list``; ``stalled`` is derived from ``list``
+    (override it with a query on an index of (status, updated_at)), ``wait_for_change`` sleeps (a store that can
+    be notified overrides it and sets ``notifies``)."""
 
     #: True when ``wait_for_change`` returns as soon as a record changes (no polling needed).
     notifies: ClassVar[bool] = False
@@ -463,19 +472,30 @@ class StatusStore(Component):
         """Atomically: if status is in ``from_statuses``, set ``to_status`` plus ``changes`` (record fields)
         and ``updated_at``; return the new record. Otherwise None. Exactly one caller wins a transition."""
 
-    @abstractmethod
     async def stalled(
         self, older_than: float, limit: int = 100, *, after: tuple[float, str] | None = None
     ) -> list[RunRecord]:
         """Up to ``limit`` active (running/awaiting) runs whose ``updated_at`` is older than the timestamp,
         ordered by ``(updated_at, run_id)`` and strictly after the ``after`` cursor (the last record of the
-        previous page), so a caller can page through every candidate."""
+        previous page), so a caller can page through every candidate.
+
+        Derived: pages through every active run with ``list``, so each call reads them all; a store with an
+        index of (status, updated_at) overrides it with one query."""
+        found: list[RunRecord] = []
+        for status in sorted(ACTIVE_STATUSES):
+            cursor: str | None = None
+            while True:
+                page, cursor = await self.list(status=status, limit=500, cursor=cursor)
+                found += [record for record in page if record.updated_at < older_than
+                          and (after is None or (record.updated_at, record.run_id) > after)]
+                if cursor is None:
+                    break
+        found.sort(key=lambda record: (record.updated_at, record.run_id))
+        return found[:limit]
 
     async def wait_for_change(self, run_id: str, timeout: float) -> None:
         """Return when the run's record may have changed, or after ``timeout``; stores that can be
         notified override this (the default sleeps, and clients poll with bounded backoff)."""
-        import asyncio
-
         await asyncio.sleep(timeout)
 
     @abstractmethod
@@ -791,3 +811,146 @@ class TablesCoordinationStore(CoordinationStore):
 
     async def delete_run(self, run_id: str) -> None:
         await self.atomically(run_id, lambda tables: tables.forget_run(run_id))
+
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ``DocumentCoordinationStore``: a backend whose server stores one JSON document per key and replaces it only if
+# it is unchanged (an etag, a version column, a conditional put) writes two methods, ``load`` and ``store``; every
+# ``CoordinationStore`` method is derived from them through ``TablesCoordinationStore`` and ``apply_transition``,
+# run over ``DocumentTables``. A write that lost the race is re-run over the newer document, so each transition
+# is one atomic step (optimistic concurrency).
+
+#: How often ``atomically`` re-runs a section whose write lost the race before giving up (the job is then
+#: redelivered and handled again).
+MAX_ATTEMPTS = 50
+
+
+class DocumentTables:
+    """``LeaseTables`` over one run's JSON document::
+
+        {"jobs": {key: [state, job dict or None]}, "done": {key: completion dict},
+         "arrivals": {target: {member: [arrived, contribution]}}, "leases": {key: [owner, expires_at]},
+         "activity": epoch seconds}
+
+    ``changed`` says whether anything was written (a read-only section stores nothing)."""
+
+    def __init__(self, document: dict[str, Any] | None, now: float) -> None:
+        self.document: dict[str, Any] | None = document
+        self.changed = False
+        self._now = now
+
+    @property
+    def now(self) -> float:
+        return self._now
+
+    def _read(self, part: str) -> dict[str, Any]:
+        return {} if self.document is None else self.document.get(part, {})
+
+    def _write(self, part: str) -> dict[str, Any]:
+        self.changed = True
+        if self.document is None:
+            self.document = {}
+        return self.document.setdefault(part, {})  # type: ignore[no-any-return]
+
+    def job_state(self, run_id: str, key: str) -> JobState | None:
+        entry = self._read("jobs").get(key)
+        return None if entry is None else entry[0]
+
+    def job(self, run_id: str, key: str) -> Job | None:
+        entry = self._read("jobs").get(key)
+        return None if entry is None or entry[1] is None else Job.from_dict(entry[1])
+
+    def insert_job(self, run_id: str, key: str, state: JobState, job: Job | None) -> bool:
+        if key in self._read("jobs"):
+            return False
+        self._write("jobs")[key] = [state, None if job is None else job.to_dict()]
+        return True
+
+    def set_job_state(self, run_id: str, key: str, state: JobState, job: Job | None = None) -> None:
+        jobs = self._write("jobs")
+        jobs[key] = [state, jobs[key][1] if job is None else job.to_dict()]
+
+    def completion(self, run_id: str, key: str) -> Completion | None:
+        data = self._read("done").get(key)
+        return None if data is None else Completion.from_dict(data)
+
+    def put_completion(self, run_id: str, key: str, completion: Completion) -> None:
+        self._write("done")[key] = completion.to_dict()
+
+    def add_arrival(self, run_id: str, target: str, member: str, arrived: bool, contribution: Any) -> tuple[int, int]:
+        if member not in self._read("arrivals").get(target, {}):
+            self._write("arrivals").setdefault(target, {})[member] = [arrived, contribution]
+        members = self._read("arrivals")[target]
+        return len(members), sum(1 for entry in members.values() if entry[0])
+
+    def arrivals(self, run_id: str, target: str) -> dict[str, tuple[bool, Any]]:
+        return {member: (entry[0], entry[1]) for member, entry in self._read("arrivals").get(target, {}).items()}
+
+    def counts(self, run_id: str) -> tuple[int, int]:
+        states = [entry[0] for entry in self._read("jobs").values()]
+        return states.count("pending"), states.count("parked")
+
+    def touch(self, run_id: str) -> None:
+        self.changed = True
+        if self.document is None:
+            self.document = {}
+        self.document["activity"] = self._now
+
+    def apply_context(self, run_id: str, completion: Completion) -> None:
+        raise NotImplementedError("a DocumentCoordinationStore keeps no context: the engine writes it")
+
+    def lease(self, run_id: str, key: str) -> tuple[str, float] | None:
+        entry = self._read("leases").get(key)
+        return None if entry is None else (entry[0], float(entry[1]))
+
+    def put_lease(self, run_id: str, key: str, owner: str, expires_at: float) -> None:
+        self._write("leases")[key] = [owner, expires_at]
+
+    def drop_lease(self, run_id: str, key: str) -> None:
+        if key in self._read("leases"):
+            del self._write("leases")[key]
+
+    def jobs_in_state(self, run_id: str, state: JobState) -> list[tuple[Job, float | None]]:
+        leases = self._read("leases")
+        return [(Job.from_dict(entry[1]), float(leases[key][1]) if key in leases else None)
+                for key, entry in self._read("jobs").items() if entry[0] == state and entry[1] is not None]
+
+    def last_activity(self, run_id: str) -> float | None:
+        return None if self.document is None else self.document.get("activity")
+
+    def forget_run(self, run_id: str) -> None:
+        self.changed = self.document is not None
+        self.document = None
+
+
+class DocumentCoordinationStore(TablesCoordinationStore):
+    """A ``CoordinationStore`` derived from TWO primitives over one JSON document per run: ``load`` and a
+    compare-and-set ``store``. Fine for runs of up to a few thousand jobs (each transition rewrites the run's
+    document); a store that can do better overrides any method (see ``TablesCoordinationStore``)."""
+
+    def __init__(self) -> None:
+        super().__init__(applies_context=False)
+
+    @abstractmethod
+    async def load(self, run_id: str) -> tuple[dict[str, Any] | None, Any]:
+        """The run's document (None: there is none) and its version: any value ``store`` can compare, e.g.
+        an etag or a counter (the version of a missing document too, e.g. None)."""
+
+    @abstractmethod
+    async def store(self, run_id: str, document: dict[str, Any] | None, version: Any) -> bool:
+        """Replace the run's document with ``document`` (None: delete it) if its version is still ``version``
+        (as ``load`` returned it; for a missing document: if it is still missing); False if another writer
+        changed it first. Atomic: a conditional put, an etag match, ``UPDATE ... WHERE version = %s``."""
+
+    async def atomically(self, run_id: str, fn: Callable[[LeaseTables], T]) -> T:
+        for attempt in range(MAX_ATTEMPTS):
+            document, version = await self.load(run_id)
+            tables = DocumentTables(copy.deepcopy(document), time.time())
+            result = fn(tables)
+            if not tables.changed or await self.store(run_id, tables.document, version):
+                return result
+            # another writer moved the document on: run the section again over the newer one
+            await asyncio.sleep(random.uniform(0, min(0.05, 0.002 * 2 ** min(attempt, 5))))
+        raise FlowcraftError(f"coordination writes of run {run_id!r} kept conflicting; gave up after "
+                             f"{MAX_ATTEMPTS} attempts", hint="the job is redelivered and handled again")
