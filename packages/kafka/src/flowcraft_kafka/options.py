@@ -38,6 +38,7 @@ class KafkaOptions(QueueOptions):
                                                 "delay topic is paused (those records come later, never lost)")
     commit_interval_ms: int = option(100, "how often finished offsets are committed")
     max_message_bytes: int = option(1000000, "largest job record (the broker's message.max.bytes)")
+    connect_timeout: float = option(10.0, "seconds to reach the brokers before reporting them unreachable")
     security_protocol: str | None = option(None, "librdkafka security.protocol (e.g. SASL_SSL)")
     sasl_mechanism: str | None = option(None, "librdkafka sasl.mechanism (e.g. PLAIN, SCRAM-SHA-512)")
     sasl_username: str | None = option(None, "SASL user name")
@@ -46,7 +47,7 @@ class KafkaOptions(QueueOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("partitions", "replication_factor", "session_timeout_ms", "max_buffered",
-                     "max_delayed_in_memory", "commit_interval_ms", "max_message_bytes"):
+                     "max_delayed_in_memory", "commit_interval_ms", "max_message_bytes", "connect_timeout"):
             _positive(name, getattr(self, name), "see `flowcraft backends --options kafka`")
         if not self.bootstrap_servers.strip():
             raise ConfigError("option bootstrap_servers: empty", hint="e.g. 127.0.0.1:9092")

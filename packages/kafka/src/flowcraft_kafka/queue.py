@@ -219,7 +219,8 @@ class KafkaQueue(Queue):
 
         admin = AdminClient(self._config())
         try:
-            await asyncio.get_running_loop().run_in_executor(None, lambda: admin.list_topics(timeout=10))
+            timeout = self.options.connect_timeout
+            await asyncio.get_running_loop().run_in_executor(None, lambda: admin.list_topics(timeout=timeout))
         except Exception as exc:
             raise ServerUnreachableError(
                 f"Kafka at {self.options.bootstrap_servers} cannot be reached ({type(exc).__name__})",
