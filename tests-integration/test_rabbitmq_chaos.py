@@ -1,5 +1,6 @@
 """The chaos harness's short form on the ``rabbitmq`` backend (see test_chaos.py): 3 ``flowcraft worker``
-processes SIGKILLed at random, the reconciler running; every run must end as computed independently."""
+processes SIGKILLed at random, the reconciler running, and the broker (a private node, durable quorum queue)
+restarted halfway: every run must end as computed independently, with the right outputs."""
 
 from __future__ import annotations
 
@@ -11,10 +12,15 @@ from test_chaos import assert_all_right, short_form
 from test_rabbitmq_support import rabbitmq_options_fixture  # noqa: F401  # the fixture rabbitmq_options
 
 from flowcraft.chaos import run_chaos
+from servers import RabbitMqServer
 
 pytestmark = pytest.mark.asyncio
 
 
-async def test_chaos_rabbitmq(tmp_path: Path, rabbitmq_options: dict[str, Any]) -> None:
-    options = {**rabbitmq_options, "visibility_timeout": 5}
-    assert_all_right(await run_chaos(short_form("rabbitmq", tmp_path, options)))
+async def test_chaos_rabbitmq_with_a_broker_restart(tmp_path: Path, rabbitmq_options: dict[str, Any],
+                                                    start_server: Any) -> None:
+    broker: RabbitMqServer = start_server(RabbitMqServer)
+    options = {**rabbitmq_options, "amqp_url": broker.url, "visibility_timeout": 5}
+    report = await run_chaos(short_form("rabbitmq", tmp_path, options, restart_server=broker.restart))
+    assert report.server_restarts == 1
+    assert_all_right(report)

@@ -1,7 +1,8 @@
 """One AMQP connection per queue object (aio-pika), opened on first use, reopened with backoff.
 
-Before the broker was ever reached, a failure is one clear line at once (ServerUnreachableError; a refused
-login is a ConfigError, which no retry can fix). Once reached, losing the broker (a restart) makes every
+Before the broker was ever reached, connecting is tried for ``connect_timeout`` seconds (a broker restarting),
+then reported as one clear line (ServerUnreachableError; a refused login is a ConfigError at once, which no
+retry can fix). Once reached, losing the broker (a restart) makes every
 operation reconnect with exponential backoff for ``reconnect_seconds`` before it fails.
 """
 
@@ -31,6 +32,17 @@ from flowcraft.config import redact_text
 from flowcraft.errors import ConfigError, FlowcraftError, ServerUnreachableError
 
 log = logging.getLogger("flowcraft.rabbitmq")
+
+
+class _QuietConnectFailures(logging.Filter):
+    """aiormq logs every failed connection attempt at ERROR; the link reports a broker it cannot reach once,
+    itself (with the password masked), so those lines would only repeat it while the broker restarts."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("error when creating transport")
+
+
+logging.getLogger("aiormq.connection").addFilter(_QuietConnectFailures())
 
 #: errors after which the operation is tried again on a fresh connection/channel
 TRANSIENT: tuple[type[Exception], ...] = (
@@ -116,6 +128,7 @@ class AmqpLink:
     async def _connect(self) -> AbstractConnection:
         assert self.url is not None
         deadline: float | None = None
+        first = 0.0
         attempt = 0
         while True:
             try:
@@ -125,14 +138,17 @@ class AmqpLink:
                 raise ConfigError(f"RabbitMQ at {self.where} refused the login: {one_line(exc)}",
                                   hint="check the user, password and virtual host in the amqp_url option") from None
             except _CONNECT_ERRORS as exc:
-                if not self._reached:
+                # never reached: keep trying for connect_timeout (a broker restarting), then one clear line
+                first = first or time.monotonic()
+                if not self._reached and time.monotonic() - first >= self.connect_timeout:
                     raise ServerUnreachableError(
                         f"cannot connect to RabbitMQ at {self.where}: {one_line(exc)}",
                         hint="check that the broker runs and is reachable from here, and the amqp_url option "
                              "(FLOWCRAFT_OPT_AMQP_URL or [options] amqp_url)") from None
-                deadline = self._check_deadline(deadline, exc)
+                if self._reached:
+                    deadline = self._check_deadline(deadline, exc)
                 if attempt == 0:
-                    log.warning("lost RabbitMQ at %s (%s); reconnecting", self.where, one_line(exc))
+                    log.warning("cannot reach RabbitMQ at %s (%s); trying again", self.where, one_line(exc))
                 await asyncio.sleep(backoff(attempt))
                 attempt += 1
 

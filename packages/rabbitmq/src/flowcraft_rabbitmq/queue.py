@@ -283,10 +283,16 @@ class RabbitMqQueue(Queue):
         await asyncio.gather(*(self._send(body, delay, 0) for body in bodies))
 
     # ------------------------------------------------------------------------------------------ consume
+    def _raise_consumer_error(self) -> None:
+        """Report why the consumer stopped, once: the next ``dequeue`` starts it again (a broker that was
+        restarting may be back; a worker gives up on a ConfigError itself)."""
+        error, self._consumer_error = self._consumer_error, None
+        if error is not None:
+            raise error
+
     def _start_consumer(self, max_jobs: int) -> None:
         if self._consumer is None or self._consumer.done():
-            if self._consumer_error is not None:
-                raise self._consumer_error
+            self._raise_consumer_error()
             if self.prefetch <= 0:
                 self.prefetch = max(1, min(max_jobs, 65535))
             self._consumer = asyncio.create_task(self._consume(), name=f"flowcraft-rabbitmq-consumer-{self.queue_name}")
@@ -351,8 +357,7 @@ class RabbitMqQueue(Queue):
         deadline = time.monotonic() + max(0.0, wait)
         out: list[Delivery] = []
         while len(out) < max_jobs:
-            if self._consumer_error is not None:
-                raise self._consumer_error
+            self._raise_consumer_error()
             if not self._buffer:
                 if out:
                     break
