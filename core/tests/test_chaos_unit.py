@@ -68,7 +68,7 @@ async def test_runs_of_the_in_process_engine_pass(tmp_path: Path, monkeypatch: p
         children = {}
         for run in plan:
             result = observed[run.run_id]
-            child_id = child_run_id(ObservedRun(result.status, result.outputs, result.context))
+            child_id = child_run_id(ObservedRun.of(result))
             if child_id is not None:
                 children[run.run_id] = await runtime.status(child_id)
     executions, unreadable = read_log(log)
@@ -76,12 +76,12 @@ async def test_runs_of_the_in_process_engine_pass(tmp_path: Path, monkeypatch: p
     grouped = by_run(executions)
     for run in plan:
         result = observed[run.run_id]
-        seen = ObservedRun(result.status, result.outputs, result.context, result.errors)
+        seen = ObservedRun.of(result)
         child = None
         if run.run_id in children:
             child_result = children[run.run_id]
             child = (PlannedRun(child_result.run_id, "child", run.n),
-                     ObservedRun(child_result.status, child_result.outputs, child_result.context),
+                     ObservedRun.of(child_result),
                      grouped.get(child_result.run_id, []))
         assert verify_run(run, seen, grouped.get(run.run_id, []), child) == [], run.shape
     assert {run.shape for run in plan} == set(SHAPES)

@@ -9,6 +9,7 @@ from typing import Any
 from flowcraft.app import App
 from flowcraft.engine.control import RunResult
 from flowcraft.engine.core import Engine
+from flowcraft.engine.timeline import NodeVisit
 from flowcraft.errors import ConfigError, WaitTimeoutError
 from flowcraft.reconciler import Reconciler
 from flowcraft.spi import FINAL_STATUSES, Backend, ReconcileStats, RunRecord
@@ -53,6 +54,10 @@ class Client:
 
     async def status(self, run_id: str) -> RunResult:
         return await self.engine.runs.result(run_id)
+
+    async def timeline(self, run_id: str) -> list[NodeVisit]:
+        """The run's timeline: per node and visit its state, attempts (worker, times, error), in start order."""
+        return (await self.engine.runs.result(run_id)).timeline
 
     async def runs(self, status: str | None = None, blueprint_id: str | None = None, limit: int = 50,
                    cursor: str | None = None) -> tuple[list[RunRecord], str | None]:

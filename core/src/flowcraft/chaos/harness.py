@@ -392,4 +392,4 @@ async def _observe(client: Client, run_id: str) -> ObservedRun:
         result = await client.status(run_id)
     except RunNotFoundError:
         return ObservedRun(None)
-    return ObservedRun(result.status, result.outputs, result.context, result.errors)
+    return ObservedRun.of(result)

@@ -15,7 +15,10 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flowcraft.engine.control import RunResult
 
 from flowcraft.chaos.workflows import (
     ANY_PREDECESSORS,
@@ -104,6 +107,14 @@ class ObservedRun:
     context: dict[str, Any] = field(default_factory=dict)
     errors: list[dict[str, Any]] = field(default_factory=list)
     history: list[tuple[str, float]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, result: RunResult) -> ObservedRun:
+        """From a ``RunResult``; the run's result (which ``RunResult.context`` leaves out) under ``_result``."""
+        context = dict(result.context)
+        if result.status == "completed":
+            context["_result"] = result.output
+        return cls(result.status, result.outputs, context, result.errors)
 
 
 @dataclass(slots=True)

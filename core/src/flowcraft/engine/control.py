@@ -14,13 +14,20 @@ from flowcraft.engine.events import Event, EventBus
 from flowcraft.engine.graph import Graph
 from flowcraft.engine.guards import context_problem, json_problem
 from flowcraft.engine.kinds import OUTPUTS_PREFIX
+from flowcraft.engine.timeline import NodeVisit, public_context, read_timeline
 from flowcraft.errors import FlowcraftError, InvalidStateError, InvalidValueError, RunNotFoundError
 from flowcraft.spi import ACTIVE_STATUSES, FINAL_STATUSES, Backend, Job, RunRecord
 
 
 @dataclass(slots=True)
 class RunResult:
-    """A run's outcome as returned by ``FlowRuntime.run`` and ``Client.wait``."""
+    """A run's outcome as returned by ``FlowRuntime.run``, ``Client.wait`` and ``Client.status``.
+
+    ``output``: the output of the run's last terminal node(s), one value or a dict when several finished
+    (None until the run completes). ``outputs``: every node's output by node id. ``context``: the run's
+    context without the engine's own keys (``_outputs.*``, ``_result``, ``_timeline.*``). ``timeline``: per
+    node and visit, its state and attempts (``flowcraft.engine.timeline.NodeVisit``).
+    """
 
     run_id: str
     blueprint_id: str
@@ -29,11 +36,17 @@ class RunResult:
     context: dict[str, Any] = field(default_factory=dict)
     errors: list[dict[str, Any]] = field(default_factory=list)
     awaiting: list[dict[str, Any]] = field(default_factory=list)
+    output: Any = None
+    timeline: list[NodeVisit] = field(default_factory=list)
+    created_at: float = 0.0
+    updated_at: float = 0.0
 
-    @property
-    def output(self) -> Any:
-        """The output of the run's last terminal node(s): one value, or a dict when several finished."""
-        return self.context.get("_result")
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: every field, the timeline as a list of ``NodeVisit.to_dict()``."""
+        return {"run_id": self.run_id, "blueprint_id": self.blueprint_id, "status": self.status,
+                "output": self.output, "outputs": self.outputs, "context": self.context, "errors": self.errors,
+                "awaiting": self.awaiting, "timeline": [visit.to_dict() for visit in self.timeline],
+                "created_at": self.created_at, "updated_at": self.updated_at}
 
 
 class RunControl:
@@ -139,8 +152,10 @@ class RunControl:
         record = await self._record_or_raise(run_id)
         context = await self.backend.context.get_all(run_id)
         outputs = {k[len(OUTPUTS_PREFIX):]: v for k, v in context.items() if k.startswith(OUTPUTS_PREFIX)}
-        return RunResult(run_id, record.blueprint_id, record.status, outputs, context, record.errors,
-                         record.awaiting)
+        timeline = await read_timeline(self.backend, run_id, record.status, context)
+        return RunResult(run_id, record.blueprint_id, record.status, outputs, public_context(context),
+                         record.errors, record.awaiting, context.get("_result"), timeline, record.created_at,
+                         record.updated_at)
 
     # ------------------------------------------------------------------ shared with the engine
     async def fail(self, record: RunRecord, node_id: str | None, message: str, hint: str = "") -> None:

@@ -27,6 +27,7 @@ from flowcraft.engine.graph import Graph
 from flowcraft.engine.guards import DETERMINISTIC_ERRORS, context_problem, definition_problem, json_problem
 from flowcraft.engine.kinds import OUTPUTS_PREFIX, InlineKind, JobKind, KindContext, describe, node_kind
 from flowcraft.engine.outcome import NodeOutcome
+from flowcraft.engine.timeline import ATTEMPTS_PAYLOAD, Attempt, NodeVisit, TimelineMark, entry_key, prior_attempts
 from flowcraft.errors import (
     ExpressionError,
     FlowcraftError,
@@ -116,6 +117,9 @@ class Engine:
         self._handling: set[tuple[str, str]] = set()  # (run, job key) of deliveries being handled now
         self._token_prefix = uuid.uuid4().hex[:16]  # not worker_id: users may reuse names across processes
         self._tokens = itertools.count()  # leases a finishing commit already released
+        self._marks: dict[tuple[str, str], TimelineMark] = {}  # (run, job key) -> this attempt's start, error
+        #: what this engine saw: node attempts that failed, retries scheduled, runs it failed, jobs dead-lettered
+        self.counts: dict[str, int] = {"failed_attempts": 0, "retries": 0, "failed_runs": 0, "dead_letters": 0}
         self.runs = RunControl(app, backend, self.events, on_cancel=self._signal_cancel)  # subflows start runs
 
     # ------------------------------------------------------------------ worker side
@@ -133,6 +137,7 @@ class Engine:
             await self._handle(delivery)
         finally:
             self._handling.discard(handling)
+            self._marks.pop(handling, None)
 
     async def _handle(self, delivery: Delivery) -> None:
         job = delivery.job
@@ -164,6 +169,7 @@ class Engine:
                 elif begin.state == "pending":
                     await self._execute(delivery, job, graph, record)
             except StoreLimitError as refused:  # every redelivery would be refused alike: fail the run now
+                await self._record_failure(job, str(refused))
                 await self.runs.fail(record, job.node_id, str(refused))
                 await self._dead_letter(delivery, str(refused))
                 return
@@ -171,6 +177,7 @@ class Engine:
                 reason = self._poison_reason(delivery, graph, error)
                 if reason is None:
                     raise  # the worker gives the job back for another try
+                await self._record_failure(job, reason)
                 await self.runs.fail(record, job.node_id, reason)
                 await self._dead_letter(delivery, reason)
                 return
@@ -256,6 +263,7 @@ class Engine:
         context = RunContext(self.context, job.run_id)
         kind = node_kind(node.uses)
         if isinstance(kind, JobKind):
+            self._marks.setdefault((job.run_id, job.key), TimelineMark(time.time()))
             outcome = await kind.run(KindContext(delivery=delivery, job=job, node=node, graph=graph, record=record,
                                                  context=context, engine=self))
         else:
@@ -267,6 +275,7 @@ class Engine:
                                           fallback=outcome.fallback)
             await self._route(job, graph, record, completion, recovery=False)
         elif outcome.error is not None:
+            await self._record_failure(job, describe(outcome.error))
             await self.runs.fail(record, job.node_id, describe(outcome.error))
 
     async def _attempt(self, delivery: Delivery, job: Job, node: NodeDefinition, graph: Graph, context: RunContext,
@@ -285,8 +294,9 @@ class Engine:
         self, delivery: Delivery, job: Job, node: NodeDefinition, uses: str, ctx: NodeContext, graph: Graph
     ) -> NodeOutcome:
         """Run the node, or its fallback after the last attempt: completed, retry_scheduled or failed."""
+        self._marks[(job.run_id, job.key)] = TimelineMark(time.time())
         await self._emit("node:start", job.run_id, job.blueprint_id, job.node_id,
-                         {"visit": job.visit, "attempt": job.attempt})
+                         {"visit": job.visit, "attempt": job.attempt, "worker": self.worker_id})
         inflight = _InFlight(delivery, ctx._cancel_event, asyncio.current_task())
         self._inflight[(job.run_id, job.key)] = inflight
         try:
@@ -309,15 +319,30 @@ class Engine:
     ) -> NodeOutcome:
         """After a node raised ``exc``: schedule a retry, else run its fallback, else fail it."""
         config = node.config
+        error = describe(exc)
+        mark = self._marks.get((job.run_id, job.key))
+        if mark is not None:
+            mark.error = error
+        self.counts["failed_attempts"] += 1
+        log.info("node %s of run %s failed (attempt %d of %d): %s", job.node_id, job.run_id, job.attempt,
+                 config.max_attempts, error, extra=_ids(job, event="node:error", attempt=job.attempt))
         await self._emit("node:error", job.run_id, job.blueprint_id, job.node_id,
-                         {"error": describe(exc), "attempt": job.attempt})
+                         {"error": error, "attempt": job.attempt, "visit": job.visit, "worker": self.worker_id})
         if job.attempt < config.max_attempts and not isinstance(exc, ExpressionError):
             delay = config.retry_delay_for(job.attempt)
             delay *= 1 + random.uniform(0, self.options.retry_jitter)
-            retry = job.evolve(attempt=job.attempt + 1, due_at=time.time() + delay if delay else None)
+            attempts = [*prior_attempts(job.payload), self._attempt_record(job, error)]
+            payload = {**(job.payload or {}), ATTEMPTS_PAYLOAD: attempts}
+            retry = job.evolve(attempt=job.attempt + 1, due_at=time.time() + delay if delay else None,
+                               payload=payload)
+            # the failed attempts in the timeline now (a failure path: one context write), and with the retry
+            await self._write_entry(job.run_id, self._visit(job, "pending", attempts=attempts, finished=False))
             await self.queue.enqueue([retry], delay)
+            self.counts["retries"] += 1
+            log.info("node %s of run %s: retry %d of %d in %.3gs", job.node_id, job.run_id, retry.attempt,
+                     config.max_attempts, delay, extra=_ids(job, event="node:retry", attempt=retry.attempt))
             await self._emit("node:retry", job.run_id, job.blueprint_id, job.node_id,
-                             {"attempt": retry.attempt, "delay": delay})
+                             {"attempt": retry.attempt, "delay": delay, "visit": job.visit, "error": error})
             return NodeOutcome.retry_scheduled()
         implementation = self.app.implementation(job.blueprint_id, node.uses)
         if has_own_fallback(implementation):
@@ -333,8 +358,10 @@ class Engine:
         if config.fallback:
             graph = graph_or_raise(self.app, job.blueprint_id)
             fallback_node = graph.info(config.fallback).node
+            log.info("node %s of run %s: running its fallback %s", job.node_id, job.run_id, fallback_node.id,
+                     extra=_ids(job, event="node:fallback"))
             await self._emit("node:fallback", job.run_id, job.blueprint_id, job.node_id,
-                             {"fallback": fallback_node.id, "error": describe(exc)})
+                             {"fallback": fallback_node.id, "error": describe(exc), "visit": job.visit})
             try:
                 produced = await self._invoke(job, fallback_node, fallback_node.uses, ctx, graph)
             except BaseException as fallback_exc:
@@ -433,11 +460,16 @@ class Engine:
         queue = list(skipped)
         while True:
             arrivals: list[Arrival] = []
+            entries: dict[str, Any] = {}
+            now = time.time()
             for key in queue:
                 visit_text, _, node_id = key.partition(":")
                 visit = int(visit_text)
+                entries[entry_key(node_id, visit)] = NodeVisit(node_id, visit, "skipped", finished_at=now).to_dict()
                 await self._emit("node:skipped", job.run_id, job.blueprint_id, node_id, {"visit": visit})
                 arrivals += routing.skip_arrivals(graph, job, node_id, visit)
+            if entries:  # skips only: one context write per cascade step
+                await self.context.apply(job.run_id, entries)
             last = not arrivals
             transition = Transition(job.run_id, job.key, arrivals=tuple(routing.dedupe(arrivals)), finish=last,
                                     recovery=recovery)
@@ -518,9 +550,46 @@ class Engine:
                     due_at: float | None = None, fallback: str | None = None) -> Completion:
         updates = dict(context.pending_updates) if context is not None else {}
         updates[OUTPUTS_PREFIX + job.node_id] = output
+        # the timeline entry rides in the completion's context writes: no round trip of its own
+        visit = self._visit(job, "done", attempts=[*prior_attempts(job.payload), self._attempt_record(job)],
+                            action=action, fallback=fallback)
+        updates[entry_key(visit.node_id, visit.visit)] = visit.to_dict()
         return Completion(job.node_id, output=output, action=action, token=self._token(), context_updates=updates,
                           context_deletes=context.pending_deletes if context is not None else (), fallback=fallback,
                           due_at=due_at)
+
+    def _attempt_record(self, job: Job, error: str | None = None) -> dict[str, Any]:
+        """This engine's attempt of ``job`` for the timeline (error: the attempt's own, else what it noted)."""
+        mark = self._marks.get((job.run_id, job.key))
+        started = mark.started_at if mark is not None else None
+        noted = mark.error if mark is not None else None
+        return Attempt(job.attempt, self.worker_id, started, time.time(), error or noted).to_dict()
+
+    def _visit(self, job: Job, state: str, *, attempts: Sequence[Mapping[str, Any]], finished: bool = True,
+               action: str | None = None, fallback: str | None = None, error: str | None = None) -> NodeVisit:
+        recorded = tuple(Attempt.from_dict(a) for a in attempts)
+        started = next((a.started_at for a in recorded if a.started_at is not None), None)
+        return NodeVisit(job.node_id, job.visit, state, recorded, started, time.time() if finished else None,
+                         action, fallback, error)
+
+    async def _write_entry(self, run_id: str, visit: NodeVisit) -> None:
+        """Write a timeline entry outside a completion (failure paths only); a store failing here is logged,
+        never in the way of the failure being recorded."""
+        try:
+            await self.context.apply(run_id, {entry_key(visit.node_id, visit.visit): visit.to_dict()})
+        except Exception:
+            log.warning("could not write the timeline entry of node %s of run %s", visit.node_id, run_id,
+                        exc_info=True)
+
+    async def _record_failure(self, job: Job, error: str) -> None:
+        """The node visit failed its run: its timeline entry says so, with every attempt."""
+        self.counts["failed_runs"] += 1
+        log.info("node %s of run %s failed the run: %s", job.node_id, job.run_id, error,
+                 extra=_ids(job, event="node:failed"))
+        attempts = prior_attempts(job.payload)
+        if not any(a.get("attempt") == job.attempt for a in attempts):
+            attempts.append(self._attempt_record(job, error))
+        await self._write_entry(job.run_id, self._visit(job, "failed", attempts=attempts, error=error))
 
     def _token(self) -> str:
         """A completion token unique across engines: a random per-engine prefix plus a local counter."""
@@ -567,7 +636,9 @@ class Engine:
         return int(graph.blueprint.metadata.get("maxIterations", self.app.max_iterations))
 
     async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
-        log.warning("dead-lettering job %s: %s", delivery.job.key, reason)
+        self.counts["dead_letters"] += 1
+        log.warning("dead-lettering job %s of run %s: %s", delivery.job.key, delivery.job.run_id, reason,
+                    extra=_ids(delivery.job, event="job:dead_letter"))
         await self.queue.dead_letter(delivery, reason)
         await self._emit("job:dead_letter", delivery.job.run_id, delivery.job.blueprint_id, delivery.job.node_id,
                          {"reason": reason})
@@ -588,6 +659,12 @@ class Engine:
                     data: dict[str, Any] | None = None) -> None:
         if self.events.active:
             await self.events.emit(Event(name, run_id, blueprint_id, node_id, data or {}))
+
+
+def _ids(job: Job, **fields: Any) -> dict[str, Any]:
+    """``extra`` of a log record about ``job``: its ids as fields a structured log formatter prints."""
+    return {"run_id": job.run_id, "node_id": job.node_id, "visit": job.visit, "blueprint_id": job.blueprint_id,
+            **fields}
 
 
 def _split(result: Any) -> tuple[Any, str | None]:

@@ -237,11 +237,12 @@ class SubflowKind(JobKind):
                 await ctx.engine.runs.reflect_on_parent(child, "awaiting")
             return NodeOutcome.settled()  # the child notifies this job when it ends
         if child.status == "completed":
-            result = await ctx.engine.runs.result(child_id)
+            child_context = await ctx.backend.context.get_all(child_id)  # with its _outputs.*, _result keys
             for parent_key, child_key in (params.get("outputs") or {}).items():
-                await ctx.context.set(parent_key, result.context.get(child_key))
-            await ctx.emit("node:finish", {"output": result.output})
-            return NodeOutcome.completed(result.output)
+                await ctx.context.set(parent_key, child_context.get(child_key))
+            output = child_context.get("_result")
+            await ctx.emit("node:finish", {"output": output})
+            return NodeOutcome.completed(output)
         message = "; ".join(e.get("message", "") for e in child.errors) or child.status
         if len(message) > 600:  # nested subflows quote each other: keep the outermost and the root cause
             message = f"{message[:200]} ... {message[-400:]}"
