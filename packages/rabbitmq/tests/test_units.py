@@ -3,6 +3,7 @@ header, delay ladder), the row encoding of run records, cursors, options and wha
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from typing import Any
@@ -17,8 +18,8 @@ from flowcraft_rabbitmq.queue import (
     DELAY_LADDER_MS,
     RabbitMqQueue,
     decode_job,
-    deliveries_of,
     delay_route,
+    deliveries_of,
     due_header,
     due_of,
     encode_job,
@@ -28,7 +29,7 @@ from flowcraft_rabbitmq.status import change_data, decode_cursor, encode_cursor,
 TRICKY = ["", "a:b", "ü/x y", "ключ", '"quoted"', "a\\b", "\ud83d\ude00"]
 
 
-@pytest.mark.parametrize("node", TRICKY + ["n"])
+@pytest.mark.parametrize("node", [*TRICKY, "n"])
 def test_job_body_round_trips(node: str) -> None:
     job = Job("run:ü/1", "bp", node or "n", visit=2, attempt=3, item=1, input=None, has_input=True,
               payload={"x": [1, "two"]}, due_at=12.5, bounces=1)
@@ -89,8 +90,6 @@ def test_run_record_row_round_trip() -> None:
                        parent={"run_id": "p"})
     run_id, status, blueprint_id, data, created, updated = record_row(record)
     assert (run_id, status, blueprint_id, created, updated) == ("run ü:1", "awaiting", "bp", 1.5, 2.25)
-    import json
-
     assert row_record((run_id, status, blueprint_id, json.loads(data), created, updated)) == record
 
 
