@@ -17,9 +17,11 @@ import nox
 
 ROOT = Path(__file__).parent
 PACKAGES = sorted(p.name for p in (ROOT / "packages").iterdir() if (p / "pyproject.toml").exists())
-INTEGRATION = {"rq": ("redis", "rq"), "sqs": ("sqs",), "azure": ("redis", "azure"), "kafka": ("redis", "kafka")}
+INTEGRATION = {"rq": ("redis", "rq"), "sqs": ("sqs",), "azure": ("redis", "azure"), "kafka": ("redis", "kafka"),
+               "rabbitmq": ("redis", "rabbitmq")}
 #: the servers scripts/install-servers.sh installs for a backend's integration tests (default: moto, dynalite)
-SERVERS = {"rq": ("redis",), "azure": ("azurite", "cosmos", "redis"), "kafka": ("kafka", "cassandra", "redis")}
+SERVERS = {"rq": ("redis",), "azure": ("azurite", "cosmos", "redis"), "kafka": ("kafka", "cassandra", "redis"),
+           "rabbitmq": ("rabbitmq", "postgres", "redis")}
 nox.options.sessions = ["lint", "core"]
 nox.options.reuse_existing_virtualenvs = True
 
@@ -37,7 +39,7 @@ def core(session: nox.Session) -> None:
 @nox.session
 @nox.parametrize("package", PACKAGES)
 def unit(session: nox.Session, package: str) -> None:
-    deps = ("redis", package) if package in ("rq", "azure") else (package,)
+    deps = ("redis", package) if package in ("rq", "azure", "rabbitmq") else (package,)
     _install(session, *deps)
     tests = ROOT / "packages" / package / "tests"
     if tests.exists():
