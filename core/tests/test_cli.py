@@ -165,7 +165,7 @@ def test_unreachable_redis_is_one_line_naming_the_server_at_once(project: Path) 
 def test_missing_app_says_how_to_give_one(project: Path) -> None:
     result = invoke("run", "quick", "--backend", "memory")
     assert result.exit_code == 1
-    assert lines(result)[0] == "error: starting a run needs the app with the blueprints"
+    assert lines(result)[0] == "error: running 'quick' in this process needs the app with its implementations"
     assert lines(result)[1].startswith("hint: pass --app package.module:app")
 
 

@@ -36,10 +36,12 @@ from flowcraft.engine.core import Engine, EngineOptions, RunResult
 from flowcraft.engine.supervisor import Supervisor
 from flowcraft.engine.worker import Worker
 from flowcraft.errors import ConfigError, FlowcraftError, InvalidStateError, WaitTimeoutError
+from flowcraft.health import HealthServer, HealthState, check_ready_file, remove_ready_file, write_ready_file
 from flowcraft.model import Blueprint
 from flowcraft.options import describe_options, schema_of, secret_names
 from flowcraft.plugins import DISABLE_ENV, KINDS, NODE_KIND, PRESET, registry
-from flowcraft.spi import Component, RunRecord
+from flowcraft.presence import WorkerPresence, presence_interval
+from flowcraft.spi import Component, RunRecord, WorkerInfo
 
 T = TypeVar("T")
 Describe = Callable[[str, Any], str]
@@ -308,9 +310,18 @@ def show_config(state: State, as_json: bool, app: str | None, backend: str | Non
 @click.option("--shutdown-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True, metavar="S",
               help="On SIGTERM/Ctrl+C, seconds in-flight jobs get to finish before they are given back to the "
                    "queue and the worker exits.")
+@click.option("--health-port", type=click.IntRange(min=0, max=65535), metavar="PORT",
+              help="Serve HTTP /healthz (event loop alive) and /readyz (connected and consuming) on this port, for "
+                   "supervisors and Kubernetes probes (0: a free port, printed when ready).")
+@click.option("--health-host", default="0.0.0.0", show_default=True, metavar="HOST",
+              help="Address the health endpoints listen on (all interfaces by default, as probes come from "
+                   "outside the pod).")
+@click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
+              help="Write this file once the worker is connected and consuming; removed when it stops.")
 @click.pass_obj
 def worker(state: State, app: str | None, backend: str | None, options: Sequence[str], concurrency: int,
-           processes: int, lease_seconds: float | None, shutdown_timeout: float) -> None:
+           processes: int, lease_seconds: float | None, shutdown_timeout: float, health_port: int | None,
+           health_host: str, ready_file: Path | None) -> None:
     """Run a worker: handle jobs of the app's blueprints until SIGTERM/Ctrl+C (in-flight jobs finish within
     --shutdown-timeout or are given back to the queue). With --processes, a supervisor restarts a worker
     process that dies (with backoff) and gives up only on a crash loop."""
@@ -321,6 +332,11 @@ def worker(state: State, app: str | None, backend: str | None, options: Sequence
                           hint="use --backend sqlite (or another shared backend), or `flowcraft run --wait`")
     loaded = _load_app(config, required=True, why="a worker")
     assert loaded is not None  # required=True raised otherwise
+    if processes > 1 and (health_port is not None or ready_file is not None):
+        raise click.UsageError("--health-port and --ready-file report one worker process; with --processes run one "
+                               "`flowcraft worker` per container or supervisor program instead")
+    if ready_file is not None:
+        check_ready_file(ready_file)
     if processes > 1:
         # children resolve the same config themselves, so no secret lands on their command lines
         args = [*_global_args(state), "worker", "--concurrency", str(concurrency),
@@ -335,7 +351,8 @@ def worker(state: State, app: str | None, backend: str | None, options: Sequence
         supervisor.run()
         state.err.print(f"all worker processes stopped ({supervisor.restarts} restarts)")
         return
-    _run(_work(state, config, loaded, concurrency, shutdown_timeout))
+    health = HealthHooks(health_port, health_host, ready_file)
+    _run(_work(state, config, loaded, concurrency, shutdown_timeout, health))
 
 
 def _global_args(state: State) -> list[str]:
@@ -343,18 +360,61 @@ def _global_args(state: State) -> list[str]:
     return args + ([f"--config={state.config_path}"] if state.config_path else [])
 
 
-async def _work(state: State, config: Config, app: App, concurrency: int, shutdown_timeout: float) -> None:
+@dataclass(slots=True)
+class HealthHooks:
+    """``flowcraft worker --health-port/--health-host/--ready-file`` (``flowcraft.health``)."""
+
+    port: int | None = None
+    host: str = "0.0.0.0"
+    ready_file: Path | None = None
+
+
+async def _work(state: State, config: Config, app: App, concurrency: int, shutdown_timeout: float,
+                hooks: HealthHooks | None = None) -> None:
+    hooks = hooks or HealthHooks()
     backend = config.build_backend()
     engine = Engine(app, backend, options=EngineOptions(lease_seconds=config.lease_seconds))
-    runner = Worker(engine, concurrency=concurrency, grace=shutdown_timeout)
+    presence = WorkerPresence(backend, app, worker_id=engine.worker_id, concurrency=concurrency,
+                              interval=presence_interval(config.lease_seconds), backend_name=config.backend)
+    runner = Worker(engine, concurrency=concurrency, grace=shutdown_timeout, presence=presence)
     _on_stop_signals(runner.stop)
+    health = HealthState(engine.worker_id)
+    try:
+        server = HealthServer(health, hooks.host, hooks.port) if hooks.port is not None else None
+    except ConfigError:
+        await backend.close()
+        raise
     blueprints = ", ".join(sorted(app.blueprints)) or "none"
-    state.err.print(f"worker {engine.worker_id} (pid {os.getpid()}) on backend {escape(backend.name)}, "
-                    f"concurrency {concurrency}, lease {config.lease_seconds:g}s, blueprints: {escape(blueprints)}; "
-                    "Ctrl+C to stop")
+
+    async def announce() -> None:
+        # "ready" only once the worker reached its stores and its first receive returned (Worker.ready)
+        await runner.ready.wait()
+        health.update(runner.state, runner.in_flight, runner.handled, runner.failed)
+        if hooks.ready_file is not None:
+            write_ready_file(hooks.ready_file, {"worker_id": engine.worker_id, "pid": os.getpid(),
+                                                "ready_at": time.time()})
+        where = f", health on http://{hooks.host}:{server.port}" if server is not None else ""
+        state.err.print(f"worker {engine.worker_id} (pid {os.getpid()}) ready on backend {escape(backend.name)}, "
+                        f"concurrency {concurrency}, lease {config.lease_seconds:g}s, blueprints: "
+                        f"{escape(blueprints)}{escape(where)}; Ctrl+C to stop")
+
+    async def refresh() -> None:
+        while True:
+            health.update(runner.state, runner.in_flight, runner.handled, runner.failed)
+            await asyncio.sleep(1.0)
+
+    helpers = [asyncio.create_task(announce()), asyncio.create_task(refresh())]
+    if server is not None:
+        server.start()
     try:
         await runner.run()
     finally:
+        for task in helpers:
+            task.cancel()
+        if server is not None:
+            server.stop()
+        if hooks.ready_file is not None:
+            remove_ready_file(hooks.ready_file)
         await backend.close()
     state.err.print(f"worker {engine.worker_id} stopped: {runner.handled} jobs handled, {runner.failed} failed")
 
@@ -439,25 +499,31 @@ class WorkerProcesses:
 def run(state: State, blueprint: str, input_json: str | None, wait: bool, timeout: float | None,
         run_id: str | None, inline: bool | None, app: str | None, backend: str | None,
         options: Sequence[str]) -> None:
-    """Start a run of BLUEPRINT; print its run id, or with --wait its result as JSON."""
+    """Start a run of BLUEPRINT; print its run id, or with --wait its result as JSON.
+
+    Without an app (--app or `app` in config), BLUEPRINT is one a live worker published: workers publish the
+    blueprints they load, so only the backend needs configuring; a blueprint no live worker loads is refused."""
     run_input = _json_option(input_json, "--input")
     config = state.config(backend=backend, app=app, options=options)
-    loaded = _load_app(config, required=True, why="starting a run")
-    assert loaded is not None
-    definition = loaded.blueprint(blueprint)
-    if definition is None:
+    loaded = _load_app(config, required=False)
+    if loaded is not None and loaded.blueprint(blueprint) is None and config.app is not None and app:
         known = ", ".join(sorted(loaded.blueprints)) or "none"
         raise ConfigError(f"the app has no blueprint {blueprint!r}", hint=f"known blueprints: {known}")
 
     async def main() -> RunResult | str:
         async with _client(config, loaded) as client:
             in_process = inline if inline is not None else getattr(client.backend.queue, "name", "") == "memory"
+            if in_process and (loaded is None or loaded.blueprint(blueprint) is None):
+                raise ConfigError(f"running {blueprint!r} in this process needs the app with its implementations",
+                                  hint="pass --app package.module:app, or start a worker and leave out --inline")
             runner = Worker(client.engine, poll_wait=0.2, grace=2.0) if in_process else None
             task = asyncio.create_task(runner.run()) if runner is not None else None
             try:
                 started = await client.start(blueprint, run_input, run_id=run_id)
                 if not (wait or in_process):
                     return started
+                definition = await client.blueprint(blueprint)
+                assert definition is not None  # start succeeded, so the client has it
                 return await watch(client, started, definition, state.err, timeout=timeout)
             finally:
                 if runner is not None and task is not None:
@@ -664,6 +730,44 @@ def reconcile(state: State, once: bool, threshold: float, interval: float, backe
                     return
 
     _run(main())
+
+
+@cli.command()
+@click.option("--all", "include_dead", is_flag=True,
+              help="Also list workers whose heartbeat expired without them removing their entry (killed).")
+@click.option("--json", "as_json", is_flag=True, help="Print the workers as JSON.")
+@backend_options
+@click.pass_obj
+def workers(state: State, include_dead: bool, as_json: bool, backend: str | None, options: Sequence[str]) -> None:
+    """List live workers from their heartbeats in the store: id, host, pid, backend, concurrency, jobs in flight,
+    last heartbeat and the blueprints each loads. A worker whose heartbeat expired (3 intervals) is dead and
+    left out."""
+    config = state.config(backend=backend, options=options)
+
+    async def main() -> list[WorkerInfo]:
+        async with _client(config, read_only=True) as client:
+            return await client.workers(include_dead=include_dead)
+
+    found = _run(main())
+    now = time.time()
+    if as_json:
+        click.echo(_dumps([{**info.to_dict(), "live": info.live(now)} for info in found]))
+        return
+    if not found:
+        state.out.print("[dim]no live workers[/]")
+        return
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("worker", "host", "pid", "backend", "concurrency", "in flight", "handled", "last heartbeat",
+                   "state", "blueprints"):
+        table.add_column(column, overflow="fold", no_wrap=column in ("pid", "concurrency", "in flight"))
+    for info in found:
+        live = info.live(now)
+        blueprints = ", ".join(f"{ref.get('id')}@{ref.get('version')}" for ref in info.blueprints) or "-"
+        table.add_row(escape(info.worker_id), escape(info.host), str(info.pid), escape(info.backend),
+                      str(info.concurrency), str(info.in_flight), str(info.handled),
+                      f"{max(0.0, now - info.heartbeat_at):.1f}s ago",
+                      info.state if live else "[red]dead[/]", escape(blueprints))
+    state.out.print(table)
 
 
 @cli.command()

@@ -7,30 +7,102 @@ from collections.abc import Mapping
 from typing import Any
 
 from flowcraft.app import App
-from flowcraft.engine.control import RunResult
+from flowcraft.engine.control import RunControl, RunResult
 from flowcraft.engine.core import Engine
 from flowcraft.engine.timeline import NodeVisit
 from flowcraft.errors import ConfigError, WaitTimeoutError
+from flowcraft.model import Blueprint
+from flowcraft.presence import Presence, PublishedBlueprint, not_published
 from flowcraft.reconciler import Reconciler
-from flowcraft.spi import FINAL_STATUSES, Backend, ReconcileStats, RunRecord
+from flowcraft.spi import FINAL_STATUSES, Backend, ReconcileStats, RunRecord, WorkerInfo
 
 SETTLED_STATUSES = FINAL_STATUSES | {"awaiting"}
+#: seconds a client trusts what it read of the live workers' blueprints before reading it again
+PRESENCE_CACHE_SECONDS = 5.0
 
 
 class Client:
-    """The user's handle on a backend. ``start`` needs the blueprints (an ``App``); the rest does not."""
+    """The user's handle on a backend.
+
+    ``start`` takes a blueprint of the client's ``App``, or, without one, a blueprint a live worker published
+    (``flowcraft.presence``): workers started by ``flowcraft worker`` publish the blueprints they load, so a
+    client with only the backend configured can start, watch and resume runs. A start is refused with a
+    one-line ``ConfigError`` when workers are live but none loads that blueprint version (its job would be
+    dead-lettered), or, for a blueprint the client's app lacks, when no live worker published it. What the
+    client read of the live workers is trusted for ``PRESENCE_CACHE_SECONDS`` (read again before refusing), so
+    starts add no store round trip in a steady state.
+    """
 
     def __init__(self, backend: Backend, app: App | None = None) -> None:
         self.backend = backend
         self.app = app or App()
         self.engine = Engine(self.app, backend)
+        self.presence = Presence(backend.context)
+        self._published: dict[str, tuple[PublishedBlueprint, float]] = {}  # id -> (entry, read at)
+        self._published_runs = RunControl(App(), backend, self.engine.events)
+        self._checked: dict[tuple[str, str | None], float] = {}  # (id, version) a live worker loads -> read at
 
     async def start(self, blueprint_id: str, input: Any = None, *, run_id: str | None = None,
                     context: Mapping[str, Any] | None = None) -> str:
-        if self.app.blueprint(blueprint_id) is None:
-            raise ConfigError(f"the client does not know blueprint {blueprint_id!r}",
-                              hint="connect(app=...) or set `app = \"module:attribute\"` in config")
-        return await self.engine.runs.start(blueprint_id, input, run_id=run_id, context=context)
+        if self.app.blueprint(blueprint_id) is not None:
+            await self._check_loaded(blueprint_id, self.app.version(blueprint_id))
+            return await self.engine.runs.start(blueprint_id, input, run_id=run_id, context=context)
+        runs = await self._published_control(blueprint_id)
+        return await runs.start(blueprint_id, input, run_id=run_id, context=context)
+
+    async def blueprint(self, blueprint_id: str) -> Blueprint | None:
+        """The definition the client starts ``blueprint_id`` with: its app's, else the one live workers
+        published (None when neither has it)."""
+        found = self.app.blueprint(blueprint_id)
+        if found is not None:
+            return found
+        try:
+            await self._published_control(blueprint_id)
+        except ConfigError:
+            return None
+        return self._published[blueprint_id][0].blueprint
+
+    async def blueprints(self) -> list[PublishedBlueprint]:
+        """The blueprints live workers published (each version once, with the workers loading it)."""
+        return await self.presence.blueprints()
+
+    async def workers(self, *, include_dead: bool = False) -> list[WorkerInfo]:
+        """Live workers from their heartbeats in the store, newest first (``include_dead``: also those whose
+        heartbeat expired and that did not remove their entry, e.g. killed)."""
+        return await self.presence.workers(include_dead=include_dead)
+
+    async def _check_loaded(self, blueprint_id: str, version: str | None) -> None:
+        key = (blueprint_id, version)
+        if time.monotonic() - self._checked.get(key, -PRESENCE_CACHE_SECONDS) < PRESENCE_CACHE_SECONDS:
+            return
+        loaded = await self.presence.loaded_by_live_worker(blueprint_id, version)
+        if loaded is False:
+            live = await self.presence.workers()
+            versions = sorted({str(ref.get("version")) for info in live for ref in info.blueprints
+                               if ref.get("id") == blueprint_id})
+            if versions:
+                raise ConfigError(f"no live worker loads version {version!r} of blueprint {blueprint_id!r} "
+                                  f"(they load {', '.join(versions)})",
+                                  hint="deploy the same app to the workers and the client, or start a worker "
+                                       "with this version (`flowcraft workers` lists them)")
+            raise not_published(blueprint_id, live)
+        self._checked[key] = time.monotonic()  # loaded, or no worker live yet: the job waits in the queue
+
+    async def _published_control(self, blueprint_id: str) -> RunControl:
+        cached = self._published.get(blueprint_id)
+        if cached is None or time.monotonic() - cached[1] >= PRESENCE_CACHE_SECONDS:
+            found = await self.presence.find(blueprint_id)
+            if found.blueprint.content_hash != found.hash:
+                raise ConfigError(f"blueprint {blueprint_id!r} as published by worker {found.workers[0]} does not "
+                                  f"load identically here (content hash {found.blueprint.content_hash} instead of "
+                                  f"{found.hash})", hint="use the same flowcraft-core version on the client and "
+                                                         "the workers, or give the client the app (--app)")
+            changed = cached is None or cached[0].hash != found.hash
+            self._published[blueprint_id] = (found, time.monotonic())
+            if changed:
+                app = App(blueprints=[entry.blueprint for entry, _ in self._published.values()])
+                self._published_runs = RunControl(app, self.backend, self.engine.events)
+        return self._published_runs
 
     async def wait(self, run_id: str, timeout: float | None = None) -> RunResult:
         """Wait until the run is completed, failed, cancelled or awaiting. Stores that can notify wake
@@ -65,6 +137,11 @@ class Client:
 
     async def resume(self, run_id: str, action: str | None = None, output: Any = None,
                      node_id: str | None = None) -> None:
+        record = await self.backend.status.get(run_id)
+        if record is not None and self.app.blueprint(record.blueprint_id) is None:
+            runs = await self._published_control(record.blueprint_id)  # started from a published blueprint
+            await runs.resume(run_id, action, output, node_id)
+            return
         await self.engine.runs.resume(run_id, action, output, node_id)
 
     async def cancel(self, run_id: str) -> bool:

@@ -350,6 +350,58 @@ class RunRecord:
         )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerInfo:
+    """A live worker as it announces itself (``flowcraft.presence``): who it is, where, what it loads and how
+    busy it is. ``heartbeat_at``/``interval``: when it last said so and how often it does; it counts as dead
+    once ``expires_at`` has passed. ``blueprints``: ``{"id", "version", "hash"}`` of each blueprint it loads.
+    All fields are keyword-only."""
+
+    worker_id: str
+    host: str = ""
+    pid: int = 0
+    backend: str = ""
+    concurrency: int = 0
+    in_flight: int = 0
+    handled: int = 0
+    failed: int = 0
+    state: str = "ready"
+    started_at: float = 0.0
+    heartbeat_at: float = 0.0
+    interval: float = 10.0
+    blueprints: tuple[Mapping[str, Any], ...] = ()
+
+    #: how many heartbeat intervals may pass without a heartbeat before a worker counts as dead
+    EXPIRY_INTERVALS: ClassVar[float] = 3.0
+
+    @property
+    def expires_at(self) -> float:
+        return self.heartbeat_at + self.EXPIRY_INTERVALS * self.interval
+
+    def live(self, now: float) -> bool:
+        return now < self.expires_at and self.state != "stopped"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"worker_id": self.worker_id, "host": self.host, "pid": self.pid, "backend": self.backend,
+                "concurrency": self.concurrency, "in_flight": self.in_flight, "handled": self.handled,
+                "failed": self.failed, "state": self.state, "started_at": self.started_at,
+                "heartbeat_at": self.heartbeat_at, "interval": self.interval,
+                "blueprints": [dict(entry) for entry in self.blueprints]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WorkerInfo:
+        return cls(worker_id=str(data["worker_id"]), host=str(data.get("host", "")), pid=int(data.get("pid", 0)),
+                   backend=str(data.get("backend", "")), concurrency=int(data.get("concurrency", 0)),
+                   in_flight=int(data.get("in_flight", 0)), handled=int(data.get("handled", 0)),
+                   failed=int(data.get("failed", 0)), state=str(data.get("state", "ready")),
+                   started_at=float(data.get("started_at", 0.0)), heartbeat_at=float(data.get("heartbeat_at", 0.0)),
+                   interval=float(data.get("interval", 10.0)),
+                   blueprints=tuple(dict(entry) for entry in data.get("blueprints") or ()))
+
+    def evolve(self, **changes: Any) -> WorkerInfo:
+        return replace(self, **changes)
+
+
 class Component(ABC):  # noqa: B024  # a marker base: every component carries a registry name
     """Base of every component; ``name`` is what config selects it by."""
 
@@ -418,6 +470,16 @@ class Queue(Component):
     @abstractmethod
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """Read (without removing) dead-lettered jobs."""
+
+    # -- optional, with a default that does nothing ------------------------------------------------------
+    async def register_worker(self, worker: WorkerInfo) -> None:  # optional hook
+        """Show a live worker in the queue server's own tooling (rq's worker registry, so ``rq info`` lists it).
+        Called when the worker is ready and on every presence heartbeat (``flowcraft.presence``), so an entry
+        the server expires stays fresh while the worker lives. Flowcraft's own list of workers is kept in the
+        context store whatever this does; the default does nothing."""
+
+    async def unregister_worker(self, worker: WorkerInfo) -> None:  # optional hook
+        """Remove what ``register_worker`` showed (a worker stopping); the default does nothing."""
 
 
 class ContextStore(Component):

@@ -6,10 +6,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from flowcraft.engine.core import Engine
 from flowcraft.errors import ConfigError, ServerUnreachableError
 from flowcraft.spi import Delivery
+
+if TYPE_CHECKING:
+    from flowcraft.presence import WorkerPresence
 
 log = logging.getLogger("flowcraft.worker")
 
@@ -23,10 +27,18 @@ class Worker:
     ``stop()`` stops dequeuing, lets in-flight jobs finish within ``grace`` seconds (``flowcraft worker
     --shutdown-timeout``) and then cancels the rest, which hands their deliveries back to the queue, so
     nothing is lost on SIGTERM and the worker exits in bounded time even with a sync node stuck.
+
+    ``ready`` is set once the worker has reached its stores and its first receive from the queue returned (it
+    is consuming); ``flowcraft worker`` says "ready" then, writes ``--ready-file`` and answers ``/readyz``.
+    With ``presence`` (``flowcraft.presence.WorkerPresence``) it also publishes its blueprints and heartbeats
+    its entry in the list of live workers (``flowcraft workers``) until it stops.
     """
 
-    def __init__(self, engine: Engine, concurrency: int = 16, poll_wait: float = 1.0, grace: float = 10.0) -> None:
+    def __init__(self, engine: Engine, concurrency: int = 16, poll_wait: float = 1.0, grace: float = 10.0,
+                 *, presence: WorkerPresence | None = None) -> None:
         self.engine = engine
+        self.presence = presence
+        self.ready = asyncio.Event()
         self.concurrency = max(1, concurrency)
         self.poll_wait = poll_wait
         self.grace = grace
@@ -44,27 +56,32 @@ class Worker:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
+    @property
+    def in_flight(self) -> int:
+        """Jobs being handled now."""
+        return len(self._tasks)
+
+    @property
+    def state(self) -> str:
+        return "stopping" if self.stopping else "ready" if self.ready.is_set() else "starting"
+
     async def run(self) -> None:
         heartbeat = asyncio.create_task(self._heartbeat_loop())
+        presence: asyncio.Task[None] | None = None
         unreachable_since: float | None = None
         try:
+            await self._connect()
             while not self._stopping.is_set():
                 await self._room.wait()
                 free = self.concurrency - len(self._tasks)
                 try:
                     deliveries = await self._dequeue(free)
                     unreachable_since = None
+                    if not self.ready.is_set():  # reached every store and consuming: ready
+                        presence = await self._became_ready()
                 except ServerUnreachableError as error:
-                    # a server restarting, or not up yet when this worker started: keep trying a while, so
-                    # a worker restarted beside its server lives on, but a wrong URL still ends the worker
-                    now = time.monotonic()
-                    if unreachable_since is None:
-                        unreachable_since = now
-                        log.warning("%s; trying again for up to %gs", error, UNREACHABLE_GRACE)
-                    elif now - unreachable_since > UNREACHABLE_GRACE:
-                        raise
+                    unreachable_since = await _unreachable(error, unreachable_since)
                     deliveries = []
-                    await asyncio.sleep(0.5)
                 except ConfigError:
                     raise  # retrying cannot fix the configuration
                 except Exception:
@@ -78,9 +95,42 @@ class Worker:
                     self._room.clear()
         finally:
             await self._drain()
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            helpers: tuple[asyncio.Task[None] | None, ...] = (heartbeat, presence)
+            for helper in helpers:
+                if helper is not None:
+                    helper.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await helper
+            if self.presence is not None and self.presence.started:
+                await self.presence.retire()
+
+    async def _connect(self) -> None:
+        """Reach the status and coordination stores (a read each) and, with presence, publish the blueprints
+        and the worker's first entry (a context write): a worker only says it is ready once all answered.
+        A server not up yet is waited for, up to ``UNREACHABLE_GRACE`` seconds, as in the receive loop."""
+        engine = self.engine
+        probe = "_flowcraft.probe"
+        unreachable_since: float | None = None
+        while not self._stopping.is_set():
+            try:
+                await engine.status.get(probe)
+                await engine.coordination.activity(probe)
+                if self.presence is not None:
+                    await self.presence.start()
+                return
+            except ServerUnreachableError as error:
+                unreachable_since = await _unreachable(error, unreachable_since)
+
+    async def _became_ready(self) -> asyncio.Task[None] | None:
+        self.ready.set()
+        presence = self.presence
+        if presence is None:
+            return None
+        try:
+            await presence.beat(state="ready", in_flight=self.in_flight, handled=self.handled, failed=self.failed)
+        except Exception as error:  # tried again every interval
+            log.warning("worker presence heartbeat failed: %s", error)
+        return asyncio.create_task(presence.run(lambda: (self.state, self.in_flight, self.handled, self.failed)))
 
     async def _dequeue(self, count: int) -> list[Delivery]:
         stop = asyncio.create_task(self._stopping.wait())
@@ -138,3 +188,16 @@ class Worker:
         if stuck:
             log.error("%d jobs did not stop within %gs of being cancelled; exiting anyway (they come back "
                       "after the lease)", len(stuck), RELEASE_TIMEOUT)
+
+
+async def _unreachable(error: ServerUnreachableError, since: float | None) -> float:
+    """A server restarting, or not up yet when this worker started: keep trying a while (returns since when), so a
+    worker restarted beside its server lives on, but a wrong URL still ends the worker (re-raises ``error``)."""
+    now = time.monotonic()
+    if since is None:
+        log.warning("%s; trying again for up to %gs", error, UNREACHABLE_GRACE)
+        since = now
+    elif now - since > UNREACHABLE_GRACE:
+        raise error
+    await asyncio.sleep(0.5)
+    return since

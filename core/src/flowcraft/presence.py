@@ -1,0 +1,265 @@
+"""Worker presence: which workers are alive and which blueprints they load, kept in the backend's own stores.
+
+Nothing here needs a method a backend does not already have: both lists live in the **context store** under
+two reserved pseudo run ids, one key per entry, so concurrent writers never lose each other's entries and no
+run (no status record) ever has these ids:
+
+* ``WORKERS_RUN`` (``_flowcraft.workers``): ``worker id -> WorkerInfo`` (host, pid, backend, concurrency, jobs
+  in flight, the blueprints it loads, last heartbeat). A worker rewrites its entry every heartbeat interval
+  (``presence_interval``: ``lease_seconds / 3``, between 0.5 and 10 s) and deletes it when it stops; an entry
+  whose heartbeat is older than ``WorkerInfo.EXPIRY_INTERVALS`` intervals is a dead worker and is ignored
+  (a worker starting deletes entries dead for more than ``FORGET_AFTER``).
+* ``BLUEPRINTS_RUN`` (``_flowcraft.blueprints``): ``"<id>@<content hash>" -> {"id", "version", "hash",
+  "blueprint": <blueprint JSON>, "published_at"}``, written by each worker for each blueprint it loads when it
+  starts and again every ``REPUBLISH_SECONDS`` (stores with a TTL keep it). A blueprint counts as published
+  while a live worker lists its (id, version, hash) in its entry.
+
+The heartbeat is one context write per worker per interval, never per job: nothing on a job's path changes.
+A client starts a run of a published blueprint without importing the app (``Client.start``), and refuses a
+blueprint no live worker loads instead of letting its job be dead-lettered later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flowcraft.app import App
+from flowcraft.errors import ConfigError, FlowcraftError
+from flowcraft.model import Blueprint
+from flowcraft.spi import Backend, ContextStore, WorkerInfo
+
+log = logging.getLogger("flowcraft.presence")
+
+WORKERS_RUN = "_flowcraft.workers"
+BLUEPRINTS_RUN = "_flowcraft.blueprints"
+FORGET_AFTER = 3600.0  # seconds after its expiry a dead worker's entry is deleted (by a worker starting)
+REPUBLISH_SECONDS = 3600.0  # how often a worker writes its blueprints again (a store's TTL may drop them)
+
+
+def presence_interval(lease_seconds: float) -> float:
+    """Seconds between a worker's presence heartbeats: ``lease_seconds / 3`` bounded to [0.5, 10]."""
+    return min(10.0, max(0.5, lease_seconds / 3))
+
+
+def blueprint_ref(blueprint_id: str, version: str | None, content_hash: str | None) -> dict[str, Any]:
+    return {"id": blueprint_id, "version": version, "hash": content_hash}
+
+
+def _entry_key(blueprint_id: str, content_hash: str) -> str:
+    return f"{blueprint_id}@{content_hash}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PublishedBlueprint:
+    """A blueprint a live worker loads: its id, version, content hash, definition and the live workers loading it."""
+
+    id: str
+    version: str | None
+    hash: str
+    blueprint: Blueprint
+    published_at: float
+    workers: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "version": self.version, "hash": self.hash, "published_at": self.published_at,
+                "workers": list(self.workers), "blueprint": self.blueprint.to_json_dict()}
+
+
+class Presence:
+    """Reads and writes the two presence lists of a backend's context store (see the module docstring)."""
+
+    def __init__(self, context: ContextStore, clock: Callable[[], float] = time.time) -> None:
+        self.context = context
+        self.clock = clock
+
+    # ------------------------------------------------------------------ worker side
+    async def publish(self, app: App) -> None:
+        """Write every blueprint of ``app`` (idempotent: the same id and hash give the same entry)."""
+        now = self.clock()
+        entries: dict[str, Any] = {}
+        for blueprint_id, blueprint in sorted(app.blueprints.items()):
+            content_hash = app.content_hash(blueprint_id) or blueprint.content_hash
+            entries[_entry_key(blueprint_id, content_hash)] = {
+                "id": blueprint_id, "version": app.version(blueprint_id), "hash": content_hash,
+                "blueprint": blueprint.to_json_dict(), "published_at": now}
+        if entries:
+            await self.context.apply(BLUEPRINTS_RUN, entries)
+
+    async def heartbeat(self, info: WorkerInfo) -> None:
+        await self.context.apply(WORKERS_RUN, {info.worker_id: info.to_dict()})
+
+    async def retire(self, worker_id: str) -> None:
+        await self.context.apply(WORKERS_RUN, {}, [worker_id])
+
+    async def forget_dead(self) -> int:
+        """Delete entries of workers dead for more than ``FORGET_AFTER`` and blueprints no remaining entry
+        loads that were published that long ago; returns how many worker entries went."""
+        now = self.clock()
+        entries = await self._worker_entries()
+        gone = [info.worker_id for info in entries if info.expires_at + FORGET_AFTER < now]
+        if gone:
+            await self.context.apply(WORKERS_RUN, {}, gone)
+        kept = {(ref.get("id"), ref.get("hash")) for info in entries if info.worker_id not in gone
+                for ref in info.blueprints}
+        stale = [key for key, data in (await self.context.get_all(BLUEPRINTS_RUN)).items()
+                 if isinstance(data, Mapping) and (data.get("id"), data.get("hash")) not in kept
+                 and float(data.get("published_at", 0.0)) + FORGET_AFTER < now]
+        if stale:
+            await self.context.apply(BLUEPRINTS_RUN, {}, stale)
+        return len(gone)
+
+    # ------------------------------------------------------------------ readers
+    async def workers(self, *, include_dead: bool = False) -> list[WorkerInfo]:
+        """Live workers (with ``include_dead``, also those whose heartbeat expired), newest first."""
+        now = self.clock()
+        found = [info for info in await self._worker_entries() if include_dead or info.live(now)]
+        return sorted(found, key=lambda info: (-info.started_at, info.worker_id))
+
+    async def blueprints(self) -> list[PublishedBlueprint]:
+        """Every blueprint version a live worker loads, by id, then newest publication first."""
+        loaders = _loaders(await self.workers())
+        stored = await self.context.get_all(BLUEPRINTS_RUN) if loaders else {}
+        found: list[PublishedBlueprint] = []
+        for data in stored.values():
+            published = _published(data, loaders)
+            if published is not None:
+                found.append(published)
+        return sorted(found, key=lambda entry: (entry.id, -entry.published_at))
+
+    async def find(self, blueprint_id: str) -> PublishedBlueprint:
+        """The version of ``blueprint_id`` to start: among those live workers load, the one loaded by the
+        worker started last (a rolling deploy's new version wins). Raises a one-line error when no live
+        worker loads it."""
+        live = await self.workers()  # newest first
+        loaders = _loaders(live)
+        for info in live:
+            for ref in info.blueprints:
+                if ref.get("id") != blueprint_id or not ref.get("hash"):
+                    continue
+                key = _entry_key(blueprint_id, str(ref["hash"]))
+                data = (await self.context.get_many(BLUEPRINTS_RUN, [key])).get(key)
+                published = _published(data, loaders)
+                if published is not None:
+                    return published
+        raise not_published(blueprint_id, live)
+
+    async def loaded_by_live_worker(self, blueprint_id: str, version: str | None) -> bool | None:
+        """Whether a live worker loads this version of the blueprint; None when no worker is live at all."""
+        live = await self.workers()
+        if not live:
+            return None
+        return any(ref.get("id") == blueprint_id and ref.get("version") == version
+                   for info in live for ref in info.blueprints)
+
+    async def _worker_entries(self) -> list[WorkerInfo]:
+        entries: list[WorkerInfo] = []
+        for data in (await self.context.get_all(WORKERS_RUN)).values():
+            with contextlib.suppress(KeyError, TypeError, ValueError):  # a foreign or damaged entry is skipped
+                entries.append(WorkerInfo.from_dict(data))
+        return entries
+
+
+def _loaders(workers: Iterable[WorkerInfo]) -> dict[tuple[str, str], list[str]]:
+    loaders: dict[tuple[str, str], list[str]] = {}
+    for info in workers:
+        for ref in info.blueprints:
+            loaders.setdefault((str(ref.get("id")), str(ref.get("hash"))), []).append(info.worker_id)
+    return loaders
+
+
+def _published(data: Any, loaders: Mapping[tuple[str, str], list[str]]) -> PublishedBlueprint | None:
+    if not isinstance(data, Mapping):
+        return None
+    workers = loaders.get((str(data.get("id")), str(data.get("hash"))))
+    if not workers:
+        return None
+    try:
+        blueprint = Blueprint.from_dict(data["blueprint"])
+    except (KeyError, FlowcraftError) as error:
+        log.warning("published blueprint %r cannot be loaded: %s", data.get("id"), error)
+        return None
+    version = data.get("version")
+    return PublishedBlueprint(id=str(data["id"]), version=None if version is None else str(version),
+                              hash=str(data["hash"]), blueprint=blueprint,
+                              published_at=float(data.get("published_at", 0.0)), workers=tuple(workers))
+
+
+def not_published(blueprint_id: str, live: list[WorkerInfo]) -> ConfigError:
+    """The one-line error for a start of a blueprint no live worker loads."""
+    if not live:
+        return ConfigError(f"no live worker has published blueprint {blueprint_id!r} (no worker is running on this "
+                           "backend)", hint="start one that loads it: `flowcraft worker --app package.module:app`; "
+                                            "`flowcraft workers` lists live workers")
+    known = sorted({str(ref.get("id")) for info in live for ref in info.blueprints})
+    return ConfigError(f"no live worker has published blueprint {blueprint_id!r}",
+                       hint=f"live workers load: {', '.join(known) or 'none'}; start a worker whose app has it "
+                            "(`flowcraft workers` lists them)")
+
+
+class WorkerPresence:
+    """A worker's side of presence: publish its blueprints, heartbeat its ``WorkerInfo`` (also to the queue's
+    own worker registry, ``Queue.register_worker``) and retire it when it stops. Given to
+    ``flowcraft.engine.worker.Worker(presence=...)``; ``flowcraft worker`` always uses one.
+    A failed heartbeat is logged and retried next interval: presence never stops a worker."""
+
+    def __init__(self, backend: Backend, app: App, *, worker_id: str, concurrency: int, interval: float = 10.0,
+                 backend_name: str | None = None) -> None:
+        self.backend = backend
+        self.app = app
+        self.presence = Presence(backend.context)
+        self.interval = interval
+        now = time.time()
+        refs = tuple(blueprint_ref(bid, app.version(bid), app.content_hash(bid)) for bid in sorted(app.blueprints))
+        self.info = WorkerInfo(worker_id=worker_id, host=socket.gethostname(), pid=os.getpid(),
+                               backend=backend_name or backend.name, concurrency=concurrency, state="starting",
+                               started_at=now, heartbeat_at=now, interval=interval, blueprints=refs)
+        self._published_at = 0.0
+        self.started = False  # an entry was written: ``retire`` removes it
+
+    async def start(self) -> None:
+        """Publish the blueprints and write the first entry (state ``starting``); errors propagate, so a worker
+        that cannot write to its context store does not say it is ready."""
+        with contextlib.suppress(Exception):  # housekeeping only
+            await self.presence.forget_dead()
+        await self.presence.publish(self.app)
+        self._published_at = time.time()
+        self.started = True
+        await self.presence.heartbeat(self.info.evolve(heartbeat_at=time.time()))
+
+    async def beat(self, *, state: str, in_flight: int, handled: int, failed: int) -> None:
+        """Write the entry now (and register it with the queue's own tooling)."""
+        self.info = self.info.evolve(state=state, in_flight=in_flight, handled=handled, failed=failed,
+                                     heartbeat_at=time.time())
+        if time.time() - self._published_at >= REPUBLISH_SECONDS:
+            await self.presence.publish(self.app)
+            self._published_at = time.time()
+        await self.presence.heartbeat(self.info)
+        await self.backend.queue.register_worker(self.info)
+
+    async def retire(self) -> None:
+        """Delete the entry (the worker stopped); the queue's registry entry too."""
+        self.info = self.info.evolve(state="stopped", heartbeat_at=time.time())
+        for step in (self.presence.retire(self.info.worker_id), self.backend.queue.unregister_worker(self.info)):
+            try:
+                await step
+            except Exception as error:  # a dead entry expires anyway
+                log.warning("could not remove worker %s from the presence list: %s", self.info.worker_id, error)
+
+    async def run(self, snapshot: Callable[[], tuple[str, int, int, int]]) -> None:
+        """Heartbeat every ``interval`` with ``snapshot()`` = (state, in flight, handled, failed) until cancelled."""
+        while True:
+            await asyncio.sleep(self.interval)
+            state, in_flight, handled, failed = snapshot()
+            try:
+                await self.beat(state=state, in_flight=in_flight, handled=handled, failed=failed)
+            except Exception as error:
+                log.warning("worker %s presence heartbeat failed (tried again in %gs): %s",
+                            self.info.worker_id, self.interval, error)
