@@ -21,7 +21,9 @@ backend can do; removing one is a documented gap (e.g. the memory backend cannot
 * ``RecoveryContract``: redeliveries, replays and reconciler passes driven to the exact point of a defect
   once seen under chaos, each leaving the run as one delivery would;
 * ``CrashContract``: real worker processes SIGKILLed at each fault point (needs ``MULTIPROCESS``);
-* ``CapabilitiesContract``: each fast path the backend declares (``Backend.capabilities``) behaves as declared.
+* ``CapabilitiesContract``: each fast path the backend declares (``Backend.capabilities``) behaves as declared;
+* ``PresenceContract``: worker presence (published blueprints, heartbeats) over the context store, and the queue's
+  optional worker registration hooks.
 """
 
 from __future__ import annotations
@@ -47,7 +49,10 @@ from flowcraft.app import App
 from flowcraft.client import Client
 from flowcraft.engine.core import Engine, EngineOptions, RunResult
 from flowcraft.engine.worker import Worker
+from flowcraft.errors import ConfigError
+from flowcraft.flow import Flow
 from flowcraft.plugins import registry
+from flowcraft.presence import WorkerPresence
 from flowcraft.reconciler import Reconciler
 from flowcraft.spi import (
     FINAL_STATUSES,
@@ -1002,6 +1007,33 @@ class CapabilitiesContract(_Base):
         assert time.monotonic() - started < 1.0
 
 
+class PresenceContract(_Base):
+    """Worker presence (``flowcraft.presence``): built on the context store alone, plus the queue's optional
+    ``register_worker``/``unregister_worker`` hooks (no-ops unless the queue shows workers in its own tooling)."""
+
+    async def test_published_blueprints_and_heartbeats_serve_a_client_without_the_app(
+            self, backend: Backend, run_prefix: str) -> None:
+        """A worker's published blueprint and heartbeat are read back by a client without the app, which starts
+        a run of that version; once the worker retires, the blueprint is refused at start."""
+        flow = Flow(f"{run_prefix}-bp", version="3")
+        flow.node("a", lambda ctx: 1)
+        app = App(flows=[flow])
+        presence = WorkerPresence(backend, app, worker_id=f"{run_prefix}-w", concurrency=2, interval=1.0)
+        await presence.start()
+        await presence.beat(state="ready", in_flight=1, handled=2, failed=0)  # registers with the queue too
+        client = Client(backend)  # not closed here: the fixture closes the backend
+        [info] = [found for found in await client.workers() if found.worker_id == f"{run_prefix}-w"]
+        assert (info.in_flight, info.handled, info.state, info.concurrency) == (1, 2, "ready", 2)
+        run_id = await client.start(flow.id, {"x": 1})
+        record = await backend.status.get(run_id)
+        assert record is not None and (record.version, record.blueprint_hash) == ("3", app.content_hash(flow.id))
+        assert [pending.job.node_id for pending in await backend.coordination.jobs(run_id)] == ["a"]
+        await presence.retire()  # unregisters from the queue too
+        assert all(found.worker_id != f"{run_prefix}-w" for found in await client.workers())
+        with pytest.raises(ConfigError, match="no live worker has published blueprint"):
+            await Client(backend).start(flow.id)
+
+
 class BackendContract(QueueContract, ContextContract, StatusContract, CoordinationContract, WorkflowContract,
-                      ReconcilerContract, RecoveryContract, CrashContract, CapabilitiesContract):
+                      ReconcilerContract, RecoveryContract, CrashContract, CapabilitiesContract, PresenceContract):
     """Everything a backend must pass."""
