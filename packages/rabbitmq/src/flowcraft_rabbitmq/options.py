@@ -20,6 +20,10 @@ DEFAULT_POSTGRES_DSN = "postgresql://flowcraft@127.0.0.1:5432/flowcraft"
 RABBITMQ_MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 #: AMQP short strings (queue and exchange names) hold at most 255 bytes; the longest suffix is ".delay.NNNNNNNNN".
 MAX_QUEUE_NAME_BYTES = 255 - len(".delay.000000000")
+CONNECT_HELP = ("seconds for one connection attempt to RabbitMQ or PostgreSQL; a server never reached yet is "
+                "tried this long before the one-line error")
+RECONNECT_HELP = ("how long an operation keeps reconnecting (with backoff) after RabbitMQ or PostgreSQL went "
+                  "away before it fails")
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 
 
@@ -29,8 +33,7 @@ class RabbitMqOptions(QueueOptions):
     without a heartbeat before this process hands it back to the broker."""
 
     amqp_url: str = option(DEFAULT_AMQP_URL, "the RabbitMQ broker, amqp://user:password@host:5672/vhost "
-                                             "(amqps:// for TLS; the password is masked wherever it is shown)",
-                           secret=False)
+                                             "(amqps:// for TLS; the password is masked wherever it is shown)")
     queue_name: str = option("flowcraft-jobs", "the job queue (quorum); setup also creates <queue>.dlx, "
                                                "<queue>.dlq and the delay queues <queue>.delay.<ms>")
     prefetch: int = option(0, "unacknowledged messages the broker pushes to one worker process; 0 = the "
@@ -40,9 +43,8 @@ class RabbitMqOptions(QueueOptions):
     max_message_bytes: int = option(RABBITMQ_MAX_MESSAGE_BYTES, "largest job message; a larger one fails its run "
                                                                 "(StoreLimitError). The broker's max_message_size "
                                                                 "must be at least this")
-    connect_timeout: float = option(10.0, "seconds for one connection attempt to the broker")
-    reconnect_seconds: float = option(60.0, "how long an operation keeps reconnecting (with backoff) after the "
-                                            "broker went away before it fails")
+    connect_timeout: float = option(10.0, CONNECT_HELP)
+    reconnect_seconds: float = option(60.0, RECONNECT_HELP)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -79,9 +81,8 @@ class PostgresOptions:
     postgres_schema: str | None = option(None, "schema of both tables (default: the connection's search_path)")
     pool_min_size: int = option(1, "connections the pool keeps open")
     pool_max_size: int = option(10, "most connections the pool opens (per process)")
-    connect_timeout: float = option(10.0, "seconds for one connection attempt to the server")
-    reconnect_seconds: float = option(60.0, "how long an operation keeps retrying (with backoff) after the "
-                                            "server went away before it fails")
+    connect_timeout: float = option(10.0, CONNECT_HELP)
+    reconnect_seconds: float = option(60.0, RECONNECT_HELP)
 
     def __post_init__(self) -> None:
         for name in ("context_table", "status_table"):
