@@ -20,6 +20,7 @@ from flowcraft_redis import (
     colocate,
     make_client,
 )
+from flowcraft_redis.layout import Keys, lease_field
 
 TTL = 3600
 
@@ -55,8 +56,8 @@ async def test_context_one_hash_per_run_with_json_and_none(stores: Any, client: 
     await context.apply(run, {"a": None, "b": {"n": 1.1, "l": [], "d": {}}, "big": 2**70})
     assert await context.get_many(run, ["a", "b", "missing", "big"]) == {
         "a": None, "b": {"n": 1.1, "l": [], "d": {}}, "big": 2**70}
-    assert await client.hget(f"{redis_prefix}ctx:{run}", "a") == b"null"
-    assert 0 < await client.ttl(f"{redis_prefix}ctx:{run}") <= TTL
+    assert await client.hget(Keys(redis_prefix).ctx(run), "a") == b"null"
+    assert 0 < await client.ttl(Keys(redis_prefix).ctx(run)) <= TTL
     await context.apply(run, {"c": 1}, ["a", "c"])
     assert await context.get_all(run) == {"b": {"n": 1.1, "l": [], "d": {}}, "big": 2**70}
     await context.delete_run(run)
@@ -68,7 +69,7 @@ async def test_status_record_hash_indexes_and_cas(stores: Any, client: Redis, re
     run = "r:1 ü"
     assert await status.create(RunRecord(run, "bp", input={"x": [1, 2]}))
     assert not await status.create(RunRecord(run, "bp"))
-    key = f"{redis_prefix}status:{run}"
+    key = Keys(redis_prefix).status(run)
     assert await client.hget(key, "status") == b"running"
     assert 0 < await client.ttl(key) <= TTL
     assert await client.zscore(f"{redis_prefix}idx:created", run) is not None
@@ -138,30 +139,36 @@ async def test_applies_context_only_when_colocated(client: Redis, redis_url: str
     await other_client.aclose()
 
 
+async def lease_holder(client: Redis, prefix: str, run: str, job_key: str) -> str | None:
+    """Who holds the job's lease in the run's coordination hash (None: nobody; a dropped lease is empty)."""
+    raw = await client.hget(Keys(prefix).run(run), lease_field(job_key))
+    return raw.decode().split(" ", 1)[1] if raw else None
+
+
 async def test_finishing_commit_releases_the_owners_lease(stores: Any, client: Redis, redis_prefix: str) -> None:
     coordination = stores[2]
     run = "lease-run"
     await coordination.schedule(run, [Job(run, "bp", "a"), Job(run, "bp", "b")])
     assert (await coordination.begin(Job(run, "bp", "a"), "w1", 30)).lease
     await coordination.commit(Transition(run, "0:a", completion=Completion("a", output=1, token="t"), owner="w1"))
-    assert coordination.releases_lease and await client.hexists(f"{redis_prefix}lease:{run}", "0:a")
+    assert coordination.releases_lease and await lease_holder(client, redis_prefix, run, "0:a") == "w1"
     finished = await coordination.commit(Transition(run, "0:a", completion=None, finish=True, owner="w1"))
     assert finished.conflict is None and not coordination.dispatches  # no queue colocated: the engine enqueues
-    assert not await client.hexists(f"{redis_prefix}lease:{run}", "0:a")
+    assert await lease_holder(client, redis_prefix, run, "0:a") is None
     # another owner's lease is left alone; without an owner nothing is released
     assert (await coordination.begin(Job(run, "bp", "b"), "w2", 30)).lease
     other = await coordination.commit(Transition(run, "0:b", completion=Completion("b", output=1, token="u"),
                                                  finish=True, owner="w1"))
-    assert await client.hexists(f"{redis_prefix}lease:{run}", "0:b") and other.pending == 0
+    assert await lease_holder(client, redis_prefix, run, "0:b") == "w2" and other.pending == 0
     anonymous = await coordination.commit(Transition(run, "0:b", completion=None, finish=True))
-    assert anonymous.conflict is None and await client.hexists(f"{redis_prefix}lease:{run}", "0:b")
+    assert anonymous.conflict is None and await lease_holder(client, redis_prefix, run, "0:b") == "w2"
 
 
 async def test_begin_and_get_always_read_redis(stores: Any, client: Redis, redis_prefix: str) -> None:
     _, status, coordination = stores
     run = "fresh-run"
     await status.create(RunRecord(run, "bp"))
-    await client.hset(f"{redis_prefix}status:{run}", "status", "cancelled")  # another process's write
+    await client.hset(Keys(redis_prefix).status(run), "status", "cancelled")  # another process's write
     record = await status.get(run)
     assert record is not None and record.status == "cancelled"
     await coordination.schedule(run, [Job(run, "bp", "a")])
@@ -185,8 +192,9 @@ async def test_commit_writes_context_and_ttls_in_one_call(stores: Any, client: R
     assert coordination.batcher.commands - before == 1  # one round trip
     assert [job.node_id for job in committed.fired] == ["b"] and committed.pending == 1
     assert await context.get_all(run) == {"_outputs.a": {"v": 1}, "k": None}
-    for kind in ("jobs", "done", "meta", "ctx"):
-        assert 0 < await client.ttl(f"{redis_prefix}{kind}:{run}") <= TTL
+    keys = Keys(redis_prefix)
+    for key in (keys.run(run), keys.ctx(run)):
+        assert 0 < await client.ttl(key) <= TTL
 
 
 async def test_join_input_is_spliced_without_losing_json_types(stores: Any) -> None:

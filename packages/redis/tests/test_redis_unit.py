@@ -42,9 +42,10 @@ def test_make_client_uses_fast_packing() -> None:
     assert fast_packing(make_client("redis://127.0.0.1:1/0"))
 
 
-def test_key_layout_puts_run_ids_last() -> None:
+def test_key_layout_puts_run_ids_last_as_a_hash_tag() -> None:
     keys = Keys("p:")
-    assert keys.ctx("a:b") == "p:ctx:a:b" and keys.status("r") == "p:status:r" and keys.jobs("r") == "p:jobs:r"
+    assert keys.ctx("a:b") == "p:ctx:{a:b}" and keys.status("r") == "p:status:{r}" and keys.run("r") == "p:run:{r}"
+    assert keys.changes("r") == "p:changed:{r}"
     assert keys.idx_status("running") == "p:idx:status:running" and keys.idx_created == "p:idx:created"
 
 

@@ -72,13 +72,13 @@ def test_the_preset_factory_wires_every_fast_path_and_an_override_none() -> None
     assert queue.prefetching and coordination.applies_context
     assert coordination.dispatcher is not None and coordination.dispatcher is queue.commit_dispatcher()
     assert full.capabilities == Capabilities(applies_context=True, prefetches_status=True, dispatches=True,
-                                             releases_lease=True)
+                                             releases_lease=True, notifies=True)
     assert full.name == "rq" and full.options["key_prefix"] == "w:"
     same_names = reg.build("rq", options, overrides={"queue": "rq"})  # naming the preset's own is no override
     assert same_names.capabilities == full.capabilities
     for kind in ("queue", "context", "status"):
         mixed = reg.build("rq", options, overrides={kind: "memory"})
-        assert mixed.capabilities == Capabilities(releases_lease=True, notifies=kind == "status"), kind
+        assert mixed.capabilities == Capabilities(releases_lease=True, notifies=True), kind  # both stores notify
         assert not _coordination(mixed).applies_context and _coordination(mixed).dispatcher is None
 
 

@@ -182,36 +182,30 @@ def shared_client(options: Any, shared: dict[str, Any]) -> Redis:
 
 
 class Keys:
-    """The key layout (documented in the README). Run ids go into keys as-is, always last, or after their
-    byte length, so two different ids never produce the same key; nothing is ever parsed out of a key."""
+    """The key layout (documented in the README). Every key of one run ends in ``{<run id>}``, a Redis Cluster
+    hash tag, so a run's keys share one slot and its scripts stay atomic on a cluster. Run ids go into keys
+    as-is, always last, so two different ids never produce the same key; nothing is ever parsed out of a key."""
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.idx_created = f"{prefix}idx:created"
 
     def ctx(self, run_id: str) -> str:
-        return f"{self.prefix}ctx:{run_id}"
+        return f"{self.prefix}ctx:{{{run_id}}}"
 
     def status(self, run_id: str) -> str:
-        return f"{self.prefix}status:{run_id}"
+        return f"{self.prefix}status:{{{run_id}}}"
 
     def idx_status(self, status: str) -> str:
         return f"{self.prefix}idx:status:{status}"
 
-    def jobs(self, run_id: str) -> str:
-        return f"{self.prefix}jobs:{run_id}"
+    def run(self, run_id: str) -> str:
+        """The run's coordination hash: jobs, completions, leases, join arrivals and counters."""
+        return f"{self.prefix}run:{{{run_id}}}"
 
-    def done(self, run_id: str) -> str:
-        return f"{self.prefix}done:{run_id}"
-
-    def lease(self, run_id: str) -> str:
-        return f"{self.prefix}lease:{run_id}"
-
-    def meta(self, run_id: str) -> str:
-        return f"{self.prefix}meta:{run_id}"
-
-    def arrs(self, run_id: str) -> str:
-        return f"{self.prefix}arrs:{run_id}"
+    def changes(self, run_id: str) -> str:
+        """The pub/sub channel a status transition of the run is published on."""
+        return f"{self.prefix}changed:{{{run_id}}}"
 
 
 class Batcher:

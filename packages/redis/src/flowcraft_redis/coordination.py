@@ -22,6 +22,7 @@ from flowcraft_redis import scripts
 from flowcraft_redis._store import RedisStateStore
 from flowcraft_redis.colocation import Colocation, Dispatcher
 from flowcraft_redis.layout import (
+    ACTIVITY,
     DEFAULT_PREFIX,
     DEFAULT_TTL,
     STATE_LETTERS,
@@ -65,8 +66,6 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
         self._schedule = batcher.script(scripts.SCHEDULE)
         self._park = batcher.script(scripts.PARK)
         self._unpark = batcher.script(scripts.UNPARK)
-        self._jobs = batcher.script(scripts.JOBS)
-        self._delete = batcher.script(scripts.DELETE_RUN)
 
     def colocated(self, colocation: Colocation) -> None:
         if self._forced_context is None:
@@ -144,8 +143,8 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
             multi = len(arrival.expected) > 1
             job = arrival.job
             args += (arrival.target_key, arrival.member, "1" if arrival.arrived else "0",
-                     dumps(arrival.contribution) if multi else "", len(arrival.expected), arrival.strategy,
-                     dumps(job.to_dict()), "" if job.due_at is None else repr(job.due_at))
+                     dumps(arrival.contribution) if multi else "", len(arrival.expected), *arrival.expected,
+                     arrival.strategy, dumps(job.to_dict()), "" if job.due_at is None else repr(job.due_at))
         dispatcher = self.dispatcher
         if dispatcher is not None and arrivals:
             args.append(1)
@@ -185,25 +184,23 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
     # ------------------------------------------------------------------ inspection
     async def jobs(self, run_id: str, state: JobState = "pending") -> list[PendingJob]:
         letter = ord(STATE_LETTERS[state])
-        raw_jobs, raw_leases = await self._call(self._jobs, run_id)
+        raw = await self.batcher.call("HGETALL", self.keys.run(run_id))
         now = time.time()
-        leases: dict[bytes, float] = {}
-        for i in range(0, len(raw_leases), 2):
-            leases[raw_leases[i]] = float(raw_leases[i + 1].split(b" ", 1)[0])
         out: list[PendingJob] = []
-        for i in range(0, len(raw_jobs), 2):
-            key, value = raw_jobs[i], raw_jobs[i + 1]
-            if value[0] != letter or len(value) == 1:
+        for field, value in raw.items():
+            if field[:1] != b"j" or value[0] != letter or len(value) == 1:
                 continue
-            out.append(PendingJob(Job.from_dict(loads(value[1:])), leased=leases.get(key, 0.0) > now))
+            lease = raw.get(b"l" + field[1:])
+            leased = bool(lease) and float(lease.split(b" ", 1)[0]) > now
+            out.append(PendingJob(Job.from_dict(loads(value[1:])), leased=leased))
         return out
 
     async def activity(self, run_id: str) -> float | None:
-        raw = await self.batcher.call("HGET", self.keys.meta(run_id), "activity")
+        raw = await self.batcher.call("HGET", self.keys.run(run_id), ACTIVITY)
         return None if raw is None else float(raw)
 
     async def delete_run(self, run_id: str) -> None:
-        await self._call(self._delete, run_id)
+        await self.batcher.call("DEL", self.keys.run(run_id))
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -1,17 +1,20 @@
 """The Redis storage layout of Flowcraft: key names, stored formats and the Lua shared by the scripts that
 use them. Public: a package that works on the same keys (``flowcraft_rq``) imports these names and nothing
-private of ``flowcraft_redis``; changing any of them changes what is on the server, so existing data must
-stay readable.
+private of ``flowcraft_redis``; changing any of them changes what is on the server (``LAYOUT_VERSION``).
 
-* Keys are ``P .. kind .. ':' .. run_id`` for the prefix ``P`` (``key_prefix``, default ``flowcraft:``) and the
-  kinds of ``Keys``; join arrivals live in ``P .. 'arr:' .. #run_id .. ':' .. run_id .. ':' .. target_key``
-  (byte length first, so unambiguous). Run ids go into keys as-is; nothing is ever parsed out of a key.
+* Keys are ``P .. kind .. ':{' .. run_id .. '}'`` for the prefix ``P`` (``key_prefix``, default
+  ``flowcraft:``) and the kinds of ``Keys``: the braces are a Redis Cluster hash tag, so all keys of a run
+  live in one slot. Run ids go into keys as-is; nothing is ever parsed out of a key.
+* A run's coordination state is one hash, ``P run:{<run id>}`` (``Keys.run``), so a commit reads it with one
+  ``HMGET`` and writes it with one ``HSET``. Its fields: ``j<job key>`` the job's state letter
+  (``STATE_LETTERS``) followed, for ``p`` pending and ``k`` parked, by the job document; ``c<job key>`` a
+  completion as ``token .. ' ' .. json``; ``l<job key>`` a lease as ``expiry .. ' ' .. owner`` (empty once
+  dropped; only through the functions of ``LEASE_LUA``); ``a<len(target)> <target><member>`` a join arrival
+  (``1``/``0`` arrived/skipped + contribution JSON); ``#pending``, ``#parked`` (counts) and ``#activity``.
 * Every value is compact JSON (``dumps``) produced by Python; Lua never decodes user values (cjson would lose
   precision and turn ``[]`` into ``{}``): a join's input map is spliced together from the stored strings.
-* The jobs hash maps a job key to its state letter (``STATE_LETTERS``) followed, for ``p`` pending and ``k``
-  parked, by the job document; a completion is stored as ``token .. ' ' .. json``; a lease as
-  ``expiry .. ' ' .. owner`` (only through the functions of ``LEASE_LUA``); a run record as a hash of JSON
-  fields (``RECORD_FIELDS``) plus ``status`` as plain text.
+* A run record is a hash of JSON fields (``RECORD_FIELDS``) plus ``status`` as plain text; every status
+  transition is published on ``Keys.changes`` (the new status as the message).
 * Lua sources are ``lua/<name>.lua`` files of their package (``read_lua``); a script that touches leases is
   ``with_leases(source)``.
 """
@@ -30,7 +33,29 @@ from flowcraft_redis._client import dumps as dumps
 from flowcraft_redis._client import loads as loads
 from flowcraft_redis._client import text as text
 
-#: the letter that starts a jobs-hash value, by job state
+#: version of this layout (2: one coordination hash per run, hash-tagged keys; 1: a key per kind and run)
+LAYOUT_VERSION = 2
+
+#: fields of a run's coordination hash (``Keys.run``) that are not per job
+PENDING, PARKED, ACTIVITY = "#pending", "#parked", "#activity"
+
+
+def job_field(job_key: str) -> str:
+    """The field of a job's state (and document) in the run's coordination hash."""
+    return "j" + job_key
+
+
+def completion_field(job_key: str) -> str:
+    """The field of a job's completion record in the run's coordination hash."""
+    return "c" + job_key
+
+
+def lease_field(job_key: str) -> str:
+    """The field of a job's lease in the run's coordination hash."""
+    return "l" + job_key
+
+
+#: the letter that starts a job-state value, by job state
 STATE_LETTERS: dict[JobState, str] = {"pending": "p", "parked": "k", "done": "d", "skipped": "s"}
 _STATES: dict[int, JobState] = {ord(letter): state for state, letter in STATE_LETTERS.items()}
 
@@ -42,7 +67,7 @@ _RECORD_FIELD_NAMES = {name.encode(): name for name in RECORD_FIELDS}
 
 
 def parse_state(raw: bytes | None) -> JobState | None:
-    """The state of a jobs-hash value (None: no such job)."""
+    """The state of a job-state value (None: no such job)."""
     return None if not raw else _STATES[raw[0]]
 
 

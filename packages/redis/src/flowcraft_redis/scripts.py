@@ -11,7 +11,6 @@ def _lua(name: str) -> str:
     return read_lua("flowcraft_redis", name)
 
 
-
 def commit(dispatch_lua: str = "") -> str:
     """The commit script; ``dispatch_lua`` is a queue's ``Dispatcher.lua`` when commits push fired jobs."""
     return with_leases(dispatch_lua + _COMMIT)
@@ -24,8 +23,6 @@ RELEASE = DROP_LEASE_LUA
 SCHEDULE = _lua("schedule")
 PARK = _lua("park")
 UNPARK = _lua("unpark")
-JOBS = _lua("jobs")
-DELETE_RUN = _lua("delete_run")
 CONTEXT_APPLY = _lua("context_apply")
 STATUS_CREATE = _lua("status_create")
 STATUS_TRANSITION = _lua("status_transition")

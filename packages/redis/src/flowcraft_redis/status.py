@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from flowcraft.spi import ACTIVE_STATUSES, RunRecord, StatusStore
 from flowcraft_redis import scripts
+from flowcraft_redis._changes import ChangeFeed
 from flowcraft_redis._store import RedisStateStore
 from flowcraft_redis.layout import DEFAULT_PREFIX, DEFAULT_TTL, RECORD_FIELDS, dumps, record_from_hash, text
 
@@ -22,17 +25,20 @@ def _flat(items: list[Any]) -> dict[bytes, bytes]:
 
 
 class RedisStatusStore(RedisStateStore, StatusStore):
-    """``P status:<run_id>`` hash (one field per record field, JSON; ``status`` plain); ``P idx:created``
+    """``P status:{<run_id>}`` hash (one field per record field, JSON; ``status`` plain); ``P idx:created``
     sorted set (score created_at) for ``list``; ``P idx:status:<status>`` sorted sets (score updated_at)
-    for ``stalled``. ``transition`` is a compare-and-set in one Lua call that returns the new record."""
+    for ``stalled``. ``transition`` is a compare-and-set in one Lua call that returns the new record and
+    publishes the new status on ``P changed:{<run_id>}``, which ``wait_for_change`` listens to."""
 
     name = "redis"
+    notifies = True
 
     def __init__(self, redis: Redis, *, key_prefix: str = DEFAULT_PREFIX,
                  state_ttl_seconds: float = DEFAULT_TTL) -> None:
         super().__init__(redis, key_prefix=key_prefix, state_ttl_seconds=state_ttl_seconds)
         self._create = self.batcher.script(scripts.STATUS_CREATE)
         self._transition = self.batcher.script(scripts.STATUS_TRANSITION)
+        self._changes = ChangeFeed(redis)
 
     async def create(self, record: RunRecord) -> bool:
         now = time.time()
@@ -135,7 +141,17 @@ class RedisStatusStore(RedisStateStore, StatusStore):
         found.sort(key=lambda r: (r.updated_at, r.run_id))
         return found[:limit]
 
+    async def wait_for_change(self, run_id: str, timeout: float) -> None:
+        """Returns when a transition of the run is published (or one was since the last wait on it), right
+        after the first wait on a run has subscribed, or after ``timeout`` (see ``flowcraft_redis._changes``).
+        Without a working subscription it sleeps, and callers poll."""
+        try:
+            await self._changes.wait(self.keys.changes(run_id), timeout)
+        except (RedisError, OSError):
+            await asyncio.sleep(timeout)
+
     async def close(self) -> None:
+        await self._changes.close()
         await self.redis.aclose()
 
     async def setup(self) -> None:

@@ -87,7 +87,7 @@ class RqDispatcher(Dispatcher):
     def __init__(self, queue: RqQueue) -> None:
         self.queue = queue
         q = queue
-        constant: list[Any] = [q.queue_key, q.scheduled_key, q.job_prefix, q.queues_key, q.queue_name,
+        constant: list[Any] = [q.queue_key, q.scheduled_key, q.job_prefix, q.queue_name,
                                q.state_ttl_seconds, DATA_HEAD, DATA_TAIL, len(RQ_STATIC_FIELDS) // 2,
                                *RQ_STATIC_FIELDS]
         self._constant: list[Any] = [Packed.of(*constant)] if fast_packing(q.redis) else constant

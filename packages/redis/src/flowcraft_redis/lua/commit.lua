@@ -1,99 +1,123 @@
+-- ARGV: P, run, job key, now, ttl, flags (recovery, finish, has completion, apply context: '0'/'1' each),
+-- token, completion JSON, owner; context updates (n, key, value...), context deletes (n, key...); arrivals
+-- (n, then per arrival: target, member, arrived '1'/'0', contribution JSON, expected members (n, id...),
+-- strategy, job JSON, due); then dispatch (0, or 1 and the queue's Dispatcher.args).
+-- The run's coordination hash is read once (HMGET of every field this commit may look at), changed in a
+-- local overlay that later steps read through, and written once (HSET), so the rules below read like
+-- flowcraft.spi.apply_transition over tables.
 local P, run, jkey, now, ttl, flags = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local recovery = string.sub(flags, 1, 1) == '1'
 local finish = string.sub(flags, 2, 2) == '1'
 local has_completion = string.sub(flags, 3, 3) == '1'
 local apply_ctx = string.sub(flags, 4, 4) == '1'
 local token, completion, owner = ARGV[7], ARGV[8], ARGV[9]
-local jobs, done, meta = P .. 'jobs:' .. run, P .. 'done:' .. run, P .. 'meta:' .. run
-local arrs, lease, ctx = P .. 'arrs:' .. run, P .. 'lease:' .. run, P .. 'ctx:' .. run
-local i = 10
-local fresh = false  -- context is written only with a new completion record: a replay changes nothing
+local R, ctx = run_key(P, run), P .. 'ctx:{' .. run .. '}'
 
+local i = 10
+local nupdates = tonumber(ARGV[i]); local updates_at = i + 1; i = i + 1 + 2 * nupdates
+local ndeletes = tonumber(ARGV[i]); local deletes_at = i + 1; i = i + 1 + ndeletes
+local fields = {'c' .. jkey, 'j' .. jkey, 'l' .. jkey, '#pending', '#parked'}
+local arrivals = {}
+for a = 1, tonumber(ARGV[i]) do
+  local target, nexpected = ARGV[i + 1], tonumber(ARGV[i + 5])
+  local arrival = {target = target, member = ARGV[i + 2], arrived = ARGV[i + 3], contrib = ARGV[i + 4],
+                   expected = {}, base = 'a' .. #target .. ' ' .. target}
+  for m = 1, nexpected do arrival.expected[m] = ARGV[i + 5 + m] end
+  local j = i + 6 + nexpected
+  arrival.strategy, arrival.doc, arrival.due = ARGV[j], ARGV[j + 1], ARGV[j + 2]
+  i = j + 2
+  arrivals[a] = arrival
+  fields[#fields + 1] = 'j' .. target
+  if nexpected > 1 then
+    for _, member in ipairs(arrival.expected) do fields[#fields + 1] = arrival.base .. member end
+  end
+end
+local dispatch_at = i + 2
+
+local values = redis.call('HMGET', R, unpack(fields))
+local stored = {}
+for n, field in ipairs(fields) do stored[field] = values[n] end
+local written, order = {}, {}
+local function put(field, value)
+  if not written[field] then written[field] = true; order[#order + 1] = field end
+  stored[field] = value
+end
+
+local fresh = false  -- context is written only with a new completion record: a replay changes nothing
 if has_completion then
-  local existing = redis.call('HGET', done, jkey)
+  local existing = stored['c' .. jkey]
   if existing then
     local sp = string.find(existing, ' ', 1, true)
     if string.sub(existing, 1, sp - 1) ~= token then
       return {'conflict', string.sub(existing, sp + 1)}
     end
   else
-    redis.call('HSET', done, jkey, token .. ' ' .. completion)
+    put('c' .. jkey, token .. ' ' .. completion)
     fresh = true
   end
 end
-apply_ctx = apply_ctx and fresh
-local n = tonumber(ARGV[i]); i = i + 1
-if apply_ctx and n > 0 then
-  for j = i, i + 2 * n - 1, 2 do redis.call('HSET', ctx, ARGV[j], ARGV[j + 1]) end
+if apply_ctx and fresh and nupdates + ndeletes > 0 then
+  for j = updates_at, updates_at + 2 * nupdates - 1, 400 do
+    redis.call('HSET', ctx, unpack(ARGV, j, math.min(j + 399, updates_at + 2 * nupdates - 1)))
+  end
+  for j = deletes_at, deletes_at + ndeletes - 1, 400 do
+    redis.call('HDEL', ctx, unpack(ARGV, j, math.min(j + 399, deletes_at + ndeletes - 1)))
+  end
+  redis.call('EXPIRE', ctx, ttl)
 end
-i = i + 2 * n
-n = tonumber(ARGV[i]); i = i + 1
-if apply_ctx and n > 0 then
-  for j = i, i + n - 1 do redis.call('HDEL', ctx, ARGV[j]) end
-end
-i = i + n
-if apply_ctx then redis.call('EXPIRE', ctx, ttl) end
 
-local prefix_len = string.len(run)
-local fired, skipped, touched = {}, {}, false
-local count = tonumber(ARGV[i]); i = i + 1
-for a = 1, count do
-  local target, member, arrived, contrib = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local expected, strategy, doc, due = tonumber(ARGV[i + 4]), ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
-  i = i + 8
+local pending_delta = 0
+local fired, skipped = {}, {}
+for a, arrival in ipairs(arrivals) do
   local decision = nil
-  local akey = nil
-  if expected <= 1 then
-    if arrived == '1' then decision = 'fire' else decision = 'skip' end
+  local joined = #arrival.expected > 1
+  if not joined then
+    if arrival.arrived == '1' then decision = 'fire' else decision = 'skip' end
   else
-    akey = P .. 'arr:' .. prefix_len .. ':' .. run .. ':' .. target
-    redis.call('HSETNX', akey, member, arrived .. contrib)
-    redis.call('EXPIRE', akey, ttl)
-    redis.call('SADD', arrs, akey)
-    touched = true
-    local values = redis.call('HVALS', akey)
-    local any = false
-    for _, v in ipairs(values) do
-      if string.sub(v, 1, 1) == '1' then any = true; break end
+    local own = arrival.base .. arrival.member
+    if not stored[own] then put(own, arrival.arrived .. arrival.contrib) end
+    local recorded, any = 0, false
+    for _, member in ipairs(arrival.expected) do
+      local v = stored[arrival.base .. member]
+      if v then
+        recorded = recorded + 1
+        if string.sub(v, 1, 1) == '1' then any = true end
+      end
     end
-    local complete = #values >= expected
-    if strategy == 'any' then
+    local complete = recorded >= #arrival.expected
+    if arrival.strategy == 'any' then
       if any then decision = 'fire' elseif complete then decision = 'skip' end
     elseif complete then
       if any then decision = 'fire' else decision = 'skip' end
     end
   end
+  local field = 'j' .. arrival.target
+  local state = stored[field]
   if decision == 'skip' then
-    if redis.call('HSETNX', jobs, target, 's') == 1 then
-      skipped[#skipped + 1] = target
-    elseif recovery and redis.call('HGET', jobs, target) == 's' then
-      skipped[#skipped + 1] = target
+    if not state then
+      put(field, 's')
+      skipped[#skipped + 1] = arrival.target
+    elseif recovery and state == 's' then
+      skipped[#skipped + 1] = arrival.target
     end
   elseif decision == 'fire' then
-    local body = doc
-    local spliced = false
-    if akey then
-      local pairs_ = redis.call('HGETALL', akey)
+    local body = arrival.doc
+    if joined then  -- the input map {member: contribution} spliced from the stored JSON texts
       local parts = {}
-      for j = 1, #pairs_, 2 do
-        local v = pairs_[j + 1]
-        if string.sub(v, 1, 1) == '1' then
-          parts[#parts + 1] = cjson.encode(pairs_[j]) .. ':' .. string.sub(v, 2)
+      for _, member in ipairs(arrival.expected) do
+        local v = stored[arrival.base .. member]
+        if v and string.sub(v, 1, 1) == '1' then
+          parts[#parts + 1] = cjson.encode(member) .. ':' .. string.sub(v, 2)
         end
       end
-      body = string.sub(doc, 1, -2) .. ',"input":{' .. table.concat(parts, ',') .. '}}'
-      spliced = true
+      body = string.sub(body, 1, -2) .. ',"input":{' .. table.concat(parts, ',') .. '}}'
     end
-    if redis.call('HSETNX', jobs, target, 'p' .. body) == 1 then
-      redis.call('HINCRBY', meta, 'pending', 1)
-      local decode = 0
-      if spliced then decode = 1 end
-      fired[#fired + 1] = {a, body, due, target, decode}
-    elseif recovery then
-      local state = redis.call('HGET', jobs, target)
-      if string.sub(state, 1, 1) == 'p' then
-        fired[#fired + 1] = {a, string.sub(state, 2), due, target, 1}
-      end
+    if not state then
+      put(field, 'p' .. body)
+      pending_delta = pending_delta + 1
+      fired[#fired + 1] = {a, body, arrival.due, arrival.target, joined and 1 or 0}
+    elseif recovery and string.sub(state, 1, 1) == 'p' then
+      fired[#fired + 1] = {a, string.sub(state, 2), arrival.due, arrival.target, 1}
     end
   end
 end
@@ -102,29 +126,33 @@ end
 -- no lease on the job either way, so the reply says released (releases_lease)
 local released = 0
 if finish then
-  local state = redis.call('HGET', jobs, jkey)
+  local state = stored['j' .. jkey]
   if state and string.sub(state, 1, 1) == 'p' then
-    redis.call('HSET', jobs, jkey, 'd')
-    redis.call('HINCRBY', meta, 'pending', -1)
+    put('j' .. jkey, 'd')
+    pending_delta = pending_delta - 1
   end
   if owner ~= '' then
-    drop_lease(P, run, jkey, owner)
+    local _, holder = lease_parts(stored['l' .. jkey])
+    if holder == owner then put('l' .. jkey, '') end
     released = 1
   end
 end
-redis.call('HSET', meta, 'activity', ARGV[4])
-for _, key in ipairs({jobs, done, meta, lease}) do redis.call('EXPIRE', key, ttl) end
-if touched then redis.call('EXPIRE', arrs, ttl) end
-redis.call('EXPIRE', P .. 'status:' .. run, ttl)
+local pending = tonumber(stored['#pending'] or '0') + pending_delta
+if pending_delta ~= 0 then put('#pending', pending) end
+put('#activity', ARGV[4])
+local pairs_ = {}
+for _, field in ipairs(order) do
+  pairs_[#pairs_ + 1] = field
+  pairs_[#pairs_ + 1] = stored[field]
+end
+for j = 1, #pairs_, 400 do redis.call('HSET', R, unpack(pairs_, j, math.min(j + 399, #pairs_))) end
+redis.call('EXPIRE', R, ttl)
 
 -- dispatch (dispatches): with a queue on this Redis, the queue's own Lua (Dispatcher.lua, prepended
 -- to this script) pushes the fired jobs; its ARGV follow
-local ndisp = tonumber(ARGV[i]); i = i + 1
-if ndisp > 0 and #fired > 0 then dispatch(fired, run, now, i) end
+if ARGV[dispatch_at - 1] == '1' and #fired > 0 then dispatch(fired, run, now, dispatch_at) end
 
-local pending = tonumber(redis.call('HGET', meta, 'pending') or '0')
-local parked = tonumber(redis.call('HGET', meta, 'parked') or '0')
-local out = {'ok', pending, parked, released, #fired}
+local out = {'ok', pending, tonumber(stored['#parked'] or '0'), released, #fired}
 for _, entry in ipairs(fired) do
   out[#out + 1] = entry[1]
   if entry[5] == 1 then out[#out + 1] = entry[2] else out[#out + 1] = '' end

@@ -1,53 +1,45 @@
 -- Leases, shared by every script that reads or writes one (flowcraft-redis and flowcraft-rq, prepended by
--- flowcraft_redis.layout.with_leases). The hash P .. 'lease:' .. run maps a job key to expiry .. ' ' .. owner;
--- the run's P .. 'meta:' .. run hash holds its last activity time (what the reconciler reads).
+-- flowcraft_redis.layout.with_leases). They live in the run's coordination hash P .. 'run:{' .. run .. '}'
+-- (run_key): field 'l' .. job key = expiry .. ' ' .. owner ('' once dropped), and '#activity' the run's last
+-- commit/lease time (what the reconciler reads).
 
+local function run_key(P, run)
+  return P .. 'run:{' .. run .. '}'
+end
+
+-- expiry and owner of a lease field's value; nil when there is no lease
 local function lease_parts(current)
+  if not current or current == '' then return nil, nil end
   local sp = string.find(current, ' ', 1, true)
   return tonumber(string.sub(current, 1, sp - 1)), string.sub(current, sp + 1)
 end
 
-local function touch_run(P, run, now, ttl)
-  local meta = P .. 'meta:' .. run
-  redis.call('HSET', meta, 'activity', now)
-  redis.call('EXPIRE', meta, ttl)
-end
-
--- Take the lease of job `key` for `owner` until `expiry`, unless another owner's lease is live at `now`.
-local function take_lease(P, run, key, owner, now, expiry, ttl)
-  local lease = P .. 'lease:' .. run
-  local current = redis.call('HGET', lease, key)
-  if current then
-    local expires, holder = lease_parts(current)
-    if holder ~= owner and expires > tonumber(now) then return false end
-  end
-  redis.call('HSET', lease, key, expiry .. ' ' .. owner)
-  redis.call('EXPIRE', lease, ttl)
-  touch_run(P, run, now, ttl)
+-- Take the lease of job `key` in the run hash `R` for `owner` until `expiry`, unless another owner's lease
+-- is live at `now`. `current` is the lease field as the caller read it (false: none). The caller refreshes
+-- R's TTL when R may be new.
+local function take_lease(R, key, current, owner, now, expiry)
+  local expires, holder = lease_parts(current)
+  if holder and holder ~= owner and expires > tonumber(now) then return false end
+  redis.call('HSET', R, 'l' .. key, expiry .. ' ' .. owner, '#activity', now)
   return true
 end
 
 -- Push `owner`'s lease of job `key` to `expiry`; false when the lease is not (or no longer) theirs.
 local function renew_lease(P, run, key, owner, now, expiry, ttl)
-  local lease = P .. 'lease:' .. run
-  local current = redis.call('HGET', lease, key)
-  if not current then return false end
-  local _, holder = lease_parts(current)
+  local R = run_key(P, run)
+  local _, holder = lease_parts(redis.call('HGET', R, 'l' .. key))
   if holder ~= owner then return false end
-  redis.call('HSET', lease, key, expiry .. ' ' .. owner)
-  redis.call('EXPIRE', lease, ttl)
-  touch_run(P, run, now, ttl)
+  redis.call('HSET', R, 'l' .. key, expiry .. ' ' .. owner, '#activity', now)
+  redis.call('EXPIRE', R, ttl)
   return true
 end
 
 -- Drop the lease of job `key` if `owner` holds it; whether it did.
 local function drop_lease(P, run, key, owner)
-  local lease = P .. 'lease:' .. run
-  local current = redis.call('HGET', lease, key)
-  if not current then return false end
-  local _, holder = lease_parts(current)
+  local R = run_key(P, run)
+  local _, holder = lease_parts(redis.call('HGET', R, 'l' .. key))
   if holder ~= owner then return false end
-  redis.call('HDEL', lease, key)
+  redis.call('HDEL', R, 'l' .. key)
   return true
 end
 

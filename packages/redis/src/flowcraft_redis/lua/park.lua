@@ -1,12 +1,12 @@
 local P, run, key, now, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-local jobs, meta = P .. 'jobs:' .. run, P .. 'meta:' .. run
-local state = redis.call('HGET', jobs, key)
+local R = P .. 'run:{' .. run .. '}'
+local state = redis.call('HGET', R, 'j' .. key)
 if state and string.sub(state, 1, 1) == 'p' then
-  redis.call('HSET', jobs, key, 'k' .. string.sub(state, 2))
-  redis.call('HINCRBY', meta, 'pending', -1)
-  redis.call('HINCRBY', meta, 'parked', 1)
+  redis.call('HSET', R, 'j' .. key, 'k' .. string.sub(state, 2))
+  redis.call('HINCRBY', R, '#pending', -1)
+  redis.call('HINCRBY', R, '#parked', 1)
 end
-redis.call('HSET', meta, 'activity', now)
-redis.call('EXPIRE', jobs, ttl)
-redis.call('EXPIRE', meta, ttl)
-return {tonumber(redis.call('HGET', meta, 'pending') or '0'), tonumber(redis.call('HGET', meta, 'parked') or '0')}
+redis.call('HSET', R, '#activity', now)
+redis.call('EXPIRE', R, ttl)
+local counts = redis.call('HMGET', R, '#pending', '#parked')
+return {tonumber(counts[1] or '0'), tonumber(counts[2] or '0')}

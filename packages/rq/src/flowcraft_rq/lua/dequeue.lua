@@ -1,6 +1,6 @@
 -- ARGV: R, name, now, now_iso, deadline, max, exec prefix, worker name, P, prefetch ('1'/'0'), owner, lease
 -- expiry, ttl. Returns {next_due, {id, entry, data, deliveries, record, lease, state, completion}...}.
--- With prefetch (RqQueue.receive): record is the flat P status:<run> hash (empty: no such run) and, for an
+-- With prefetch (RqQueue.receive): record is the flat P status:{<run>} hash (empty: no such run) and, for an
 -- active run, the job's lease is taken for owner as RedisCoordinationStore.begin does (take_lease):
 -- lease 1 (taken; state and completion read) or 0 (another owner's live lease; state read).
 -- Otherwise record is false and lease -1.
@@ -35,19 +35,19 @@ if ids then
   local records = {}
   for n, id in ipairs(ids) do
     local hk = jp .. id
-    local fields = redis.call('HMGET', hk, 'data', 'flowcraft_run', 'flowcraft_key')
+    local fields = redis.call('HMGET', hk, 'data', 'flowcraft_run', 'flowcraft_key', 'flowcraft_deliveries')
     if fields[1] then
-      local deliveries = redis.call('HINCRBY', hk, 'flowcraft_deliveries', 1)
+      local deliveries = (tonumber(fields[4]) or 0) + 1
       local entry = id .. ':' .. exec .. n
       redis.call('ZADD', wip, deadline, entry)
       redis.call('HSET', hk, 'status', 'started', 'started_at', now_iso, 'worker_name', worker,
-        'last_heartbeat', now_iso)
+        'last_heartbeat', now_iso, 'flowcraft_deliveries', deliveries)
       local item = {id, entry, fields[1], deliveries, false, -1, false, false}
       local run, key = fields[2], fields[3]
       if prefetch and run and key then
         local rec = records[run]
         if rec == nil then
-          rec = redis.call('HGETALL', P .. 'status:' .. run)
+          rec = redis.call('HGETALL', P .. 'status:{' .. run .. '}')
           records[run] = rec
         end
         item[5] = rec
@@ -56,10 +56,13 @@ if ids then
           if rec[j] == 'status' then active = rec[j + 1] == 'running' or rec[j + 1] == 'awaiting' end
         end
         if active then
-          item[7] = redis.call('HGET', P .. 'jobs:' .. run, key) or false
-          if take_lease(P, run, key, owner, ARGV[3], expiry, ttl) then
+          local R = run_key(P, run)
+          local got = redis.call('HMGET', R, 'j' .. key, 'l' .. key, 'c' .. key)
+          item[7] = got[1]
+          if take_lease(R, key, got[2], owner, ARGV[3], expiry) then
             item[6] = 1
-            item[8] = redis.call('HGET', P .. 'done:' .. run, key) or false
+            item[8] = got[3]
+            if not got[1] then redis.call('EXPIRE', R, ttl) end  -- R may have been created just now
           else
             item[6] = 0
           end
@@ -69,9 +72,12 @@ if ids then
     end
   end
 end
+-- when nothing was ready: the next time something falls due (the caller blocks until then at most)
 local next_due = ''
-local first = redis.call('ZRANGE', sched, 0, 0, 'WITHSCORES')
-if first[2] then next_due = first[2] end
-first = redis.call('ZRANGE', wip, 0, 0, 'WITHSCORES')
-if first[2] and (next_due == '' or tonumber(first[2]) < tonumber(next_due)) then next_due = first[2] end
+if #out == 0 then
+  local first = redis.call('ZRANGE', sched, 0, 0, 'WITHSCORES')
+  if first[2] then next_due = first[2] end
+  first = redis.call('ZRANGE', wip, 0, 0, 'WITHSCORES')
+  if first[2] and (next_due == '' or tonumber(first[2]) < tonumber(next_due)) then next_due = first[2] end
+end
 return {next_due, out}

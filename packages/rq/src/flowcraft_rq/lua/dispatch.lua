@@ -1,13 +1,14 @@
 -- CoordinationStore.dispatches: the commit script of flowcraft_redis calls dispatch(fired, run, now, at) with its
 -- fired jobs ({index, job JSON, due ('' or seconds), job key, spliced} each) and where RqDispatcher.args
--- begin in ARGV: due jobs go to the queue list, later ones to its scheduled registry.
+-- begin in ARGV: due jobs go to the queue list, later ones to its scheduled registry. (The queue is in rq's
+-- set of queues since the run's first job was enqueued.)
 local function dispatch(fired, run, now, at)
-  local qkey, skey, jprefix, qset, origin = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
-  local jttl, head, tail, nstatic = tonumber(ARGV[at + 5]), ARGV[at + 6], ARGV[at + 7], tonumber(ARGV[at + 8])
+  local qkey, skey, jprefix, origin = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+  local jttl, head, tail, nstatic = tonumber(ARGV[at + 4]), ARGV[at + 5], ARGV[at + 6], tonumber(ARGV[at + 7])
   local static = {}
-  for j = at + 9, at + 8 + 2 * nstatic do static[#static + 1] = ARGV[j] end
-  local now_iso = ARGV[at + 9 + 2 * nstatic]
-  local ids_at = at + 10 + 2 * nstatic
+  for j = at + 8, at + 7 + 2 * nstatic do static[#static + 1] = ARGV[j] end
+  local now_iso = ARGV[at + 8 + 2 * nstatic]
+  local ids_at = at + 9 + 2 * nstatic
   local ready = {}
   for f, entry in ipairs(fired) do
     local id = ARGV[ids_at + f - 1]
@@ -19,6 +20,5 @@ local function dispatch(fired, run, now, at)
     end
   end
   if #ready > 0 then redis.call('RPUSH', qkey, unpack(ready)) end
-  redis.call('SADD', qset, qkey)
 end
 

@@ -1,0 +1,135 @@
+"""Run-record change notifications: the status-transition script publishes on the run's channel, and one
+pub/sub connection per status store wakes the processes waiting on that run (``StatusStore.wait_for_change``).
+
+A change can come between a caller's read of a record and its wait; a subscription can miss what happened
+before it was confirmed, or while its connection was down. So the first wait on a run returns as soon as the
+run's channel is subscribed (the caller reads the record again, now covered), a message that arrives while
+nobody waits stays news until the next wait on that run takes it, and a reconnect wakes every waiter. A run
+nobody waited on for ``LINGER_SECONDS`` is unsubscribed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+LINGER_SECONDS = 10.0  # a run nobody waited on this long is unsubscribed
+_RETRY_SECONDS = 0.2  # between attempts to read from a connection that failed
+
+
+class _Watch:
+    __slots__ = ("changed", "last_wait", "subscribed", "waiters")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.changed = asyncio.Event()
+        self.subscribed: asyncio.Future[None] = loop.create_future()
+        self.last_wait = time.monotonic()
+        self.waiters = 0
+
+
+class ChangeFeed:
+    """The subscriptions of one status store: channel -> who waits on it (see the module docstring)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._pubsub: PubSub | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watches: dict[bytes, _Watch] = {}
+        self._pruned = time.monotonic()
+
+    async def wait(self, channel: str, timeout: float) -> None:
+        """Return when ``channel`` got a message (now or since the last wait on it), on a first subscription,
+        or after ``timeout``."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # a new event loop (tests): connections of the old one are unusable
+            self._loop, self._pubsub, self._reader, self._watches = loop, None, None, {}
+        key = channel.encode()
+        watch = self._watches.get(key)
+        if watch is None:
+            watch = self._watches[key] = _Watch(loop)  # before subscribing: the reader may see the reply first
+            try:
+                await self._subscribe(key)
+            except BaseException:
+                del self._watches[key]
+                raise
+        if not watch.subscribed.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(watch.subscribed), timeout)
+            return  # subscribed now: the caller reads again, covered from here on
+        watch.waiters += 1
+        try:
+            await asyncio.wait_for(watch.changed.wait(), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            watch.waiters -= 1
+            watch.last_wait = time.monotonic()
+        watch.changed.clear()
+        await self._prune()
+
+    async def _subscribe(self, key: bytes) -> None:
+        if self._pubsub is None:
+            self._pubsub = self._redis.pubsub()
+        await self._pubsub.subscribe(key)
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.get_running_loop().create_task(self._read(self._pubsub))
+
+    async def _prune(self) -> None:
+        now = time.monotonic()
+        if now - self._pruned < LINGER_SECONDS / 2 or self._pubsub is None:
+            return
+        self._pruned = now
+        idle = [key for key, watch in self._watches.items()
+                if watch.waiters == 0 and now - watch.last_wait > LINGER_SECONDS]
+        if idle:
+            for key in idle:
+                del self._watches[key]
+            with contextlib.suppress(RedisError):
+                await self._pubsub.unsubscribe(*idle)
+
+    async def _read(self, pubsub: PubSub) -> None:
+        while self._pubsub is pubsub:
+            try:
+                message = await pubsub.get_message(timeout=None)
+            except (RedisError, OSError) as error:
+                log.debug("change feed: %s; waiters fall back to their timeouts until it reconnects", error)
+                self._wake_all()  # what changed while it was down is unknown
+                await asyncio.sleep(_RETRY_SECONDS)
+                continue
+            if message is None:
+                continue
+            watch = self._watches.get(message["channel"])
+            if watch is None:
+                continue
+            if message["type"] == "subscribe":
+                if not watch.subscribed.done():
+                    watch.subscribed.set_result(None)
+                else:  # subscribed again after a reconnect: changes in between were missed
+                    watch.changed.set()
+            elif message["type"] == "message":
+                watch.changed.set()
+
+    def _wake_all(self) -> None:
+        for watch in self._watches.values():
+            watch.changed.set()
+
+    async def close(self) -> None:
+        pubsub, reader = self._pubsub, self._reader
+        self._pubsub = self._reader = None
+        self._watches = {}
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+                await reader
+        if pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated in redis-py
