@@ -27,7 +27,7 @@ from typing import Any, Self, cast
 
 from redis.asyncio import Redis
 
-from flowcraft.spi import Begin, DeadLetter, Delivery, Job, Queue, parse_options
+from flowcraft.spi import Begin, DeadLetter, Delivery, Job, Queue, WorkerInfo, parse_options
 from flowcraft_redis import Colocated, Colocation, Dispatcher, Packed, batcher_for, fast_packing, shared_client
 from flowcraft_redis.layout import (
     DEFAULT_PREFIX,
@@ -38,7 +38,7 @@ from flowcraft_redis.layout import (
     record_from_hash,
     text,
 )
-from flowcraft_rq import scripts
+from flowcraft_rq import scripts, workers
 from flowcraft_rq.jobs import DATA_HEAD, DATA_TAIL, _RqManaged, decode_data, encode_data
 from flowcraft_rq.options import RqQueueOptions
 
@@ -328,6 +328,14 @@ class RqQueue(Colocated, Queue):
                 why = "unknown (the job expired)"
             out.append(DeadLetter(job, reason=why, raw=text(job_id)))
         return out
+
+    # ------------------------------------------------------------------ rq's worker registry
+    async def register_worker(self, worker: WorkerInfo) -> None:
+        """Show the worker in rq's worker registry, so ``rq info`` lists it (``flowcraft_rq.workers``)."""
+        await workers.register(self, worker)
+
+    async def unregister_worker(self, worker: WorkerInfo) -> None:
+        await workers.unregister(self, worker)
 
     # ------------------------------------------------------------------ inspection
     async def size(self) -> int:
