@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from flowcraft.engine.events import EVENT_NAMES, Listener, Middleware
 from flowcraft.engine.graph import Graph, analyze
 from flowcraft.engine.kinds import node_kind
 from flowcraft.errors import ConfigError
@@ -30,12 +31,26 @@ class App:
         dependencies: Mapping[str, Any] | None = None,
         max_iterations: int = 1000,
         max_subflow_depth: int = 32,
+        *,
+        listeners: Iterable[Listener | tuple[str, Listener]] = (),
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         """``max_iterations``: default loop cap (a blueprint's ``metadata.maxIterations`` overrides it).
         ``max_subflow_depth``: how deep subflow runs may nest (a run's child is at depth 1); a subflow node
-        that would start a run deeper fails its run instead, so a blueprint that runs itself ends."""
+        that would start a run deeper fails its run instead, so a blueprint that runs itself ends.
+        ``listeners``: called with every ``flowcraft.Event`` (a callable) or the events of one name (an
+        ``(event name, callable)`` pair; names in ``flowcraft.engine.events.EVENT_NAMES``, ``"*"`` for all),
+        sync or async, in every engine that loads this app: ``flowcraft worker``, ``FlowRuntime``, a
+        ``Client`` (the run events it causes). ``middleware``: ``flowcraft.Middleware`` instances wrapping
+        every node this app's workers run, outermost first."""
         if max_subflow_depth < 1:
             raise ConfigError(f"max_subflow_depth must be >= 1, got {max_subflow_depth}")
+        self.listeners: list[tuple[str, Listener]] = [_listener(item) for item in listeners]
+        self.middleware: list[Middleware] = list(middleware)
+        for item in self.middleware:
+            if not isinstance(item, Middleware):
+                raise ConfigError(f"middleware {item!r} is a {type(item).__name__}, not a flowcraft.Middleware",
+                                  hint="subclass flowcraft.Middleware and pass instances")
         self.registry: dict[str, Implementation] = dict(registry or {})
         self.dependencies: dict[str, Any] = dict(dependencies or {})
         self.max_iterations = max_iterations
@@ -86,6 +101,20 @@ class App:
         """What jobs and run records carry to detect workers with another version of a blueprint: the
         blueprint's ``metadata.version``, else its content hash (computed once)."""
         return self._versions.get(blueprint_id)
+
+
+def _listener(item: Any) -> tuple[str, Listener]:
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and callable(item[1]):
+        name, listener = item
+    elif callable(item):
+        name, listener = "*", item
+    else:
+        raise ConfigError(f"listener {item!r} is neither a callable nor an (event name, callable) pair",
+                          hint="pass e.g. listeners=[print] or listeners=[(\"node:error\", alert)]")
+    if name != "*" and name not in EVENT_NAMES:
+        raise ConfigError(f"unknown event {name!r} for listener {listener!r}",
+                          hint=f"known events: {', '.join(EVENT_NAMES)} (or '*' for all)")
+    return name, listener
 
 
 def load_app(spec: str) -> App:

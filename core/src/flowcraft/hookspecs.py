@@ -6,6 +6,10 @@ libraries; ``flowcraft_presets`` returns ``flowcraft.plugins.Preset`` values. Th
 these same hooks (``flowcraft.backends.builtin``). A plugin whose hook raises or returns anything else, or
 whose names clash with another plugin's, is left out and reported (``flowcraft.plugins``).
 
+``flowcraft_event(event)`` is the one observing hook: it is called with every ``flowcraft.Event`` of every
+engine in the process (workers, ``FlowRuntime``, clients) after the App's listeners; a returned awaitable is
+awaited; an implementation that raises is logged and never breaks a run. The built-ins do not implement it.
+
 There is no reconciler hook, on purpose: the reconciler (``flowcraft.reconciler.Reconciler``) has no
 per-backend code. It works only through the SPI -- ``StatusStore.stalled`` (where each backend queries its
 own index: Redis sorted sets, the DynamoDB ``status-lastUpdated`` index, an SQL index),
@@ -26,6 +30,7 @@ import pluggy
 from flowcraft.spi import ContextStore, CoordinationStore, Queue, StatusStore
 
 if TYPE_CHECKING:  # flowcraft.plugins imports this module; the engine imports flowcraft.plugins
+    from flowcraft.engine.events import Event
     from flowcraft.engine.kinds import InlineKind, JobKind
     from flowcraft.plugins import Preset
 
@@ -59,6 +64,11 @@ def flowcraft_coordination_stores() -> Sequence[type[CoordinationStore] | LazyCo
 @hookspec
 def flowcraft_presets() -> Sequence[Preset]:
     """Register backend presets (``flowcraft.plugins.Preset``): named components, optionally a wiring factory."""
+
+
+@hookspec
+def flowcraft_event(event: Event) -> object:
+    """Observe every ``flowcraft.Event`` of this process's engines (names, payloads: flowcraft.engine.events)."""
 
 
 @hookspec

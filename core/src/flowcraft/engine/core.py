@@ -27,7 +27,7 @@ from flowcraft.engine.graph import Graph
 from flowcraft.engine.guards import DETERMINISTIC_ERRORS, context_problem, definition_problem, json_problem
 from flowcraft.engine.kinds import OUTPUTS_PREFIX, InlineKind, JobKind, KindContext, describe, node_kind
 from flowcraft.engine.outcome import NodeOutcome
-from flowcraft.engine.timeline import ATTEMPTS_PAYLOAD, Attempt, NodeVisit, TimelineMark, entry_key, prior_attempts
+from flowcraft.engine.timeline import ATTEMPTS_PAYLOAD, TimelineMark, entry_key, prior_attempts, timeline_entry
 from flowcraft.errors import (
     ExpressionError,
     FlowcraftError,
@@ -45,6 +45,7 @@ from flowcraft.nodes.base import (
     has_own_fallback,
     is_class_node,
 )
+from flowcraft.plugins import current_registry
 from flowcraft.reconciler import FINISH_NODE, is_finish_job
 from flowcraft.spi import (
     ACTIVE_STATUSES,
@@ -109,7 +110,14 @@ class Engine:
         self.worker_id = worker_id or f"w-{uuid.uuid4().hex[:12]}"
         self.options = options or EngineOptions()
         self.events = events or EventBus()
-        self.middleware = list(middleware)
+        for name, listener in app.listeners:  # the App's listeners, each once per bus
+            if not self.events.has(name, listener):
+                self.events.on(name, listener)
+        if self.events.hook is None:
+            hook = current_registry().manager.hook.flowcraft_event
+            if hook.get_hookimpls():
+                self.events.hook = hook
+        self.middleware = [*app.middleware, *middleware]
         self.fault = fault
         self._inflight: dict[tuple[str, str], _InFlight] = {}
         self._cancelled_runs: set[str] = set()
@@ -336,7 +344,7 @@ class Engine:
             retry = job.evolve(attempt=job.attempt + 1, due_at=time.time() + delay if delay else None,
                                payload=payload)
             # the failed attempts in the timeline now (a failure path: one context write), and with the retry
-            await self._write_entry(job.run_id, self._visit(job, "pending", attempts=attempts, finished=False))
+            await self._write_entry(job, "pending", attempts, finished=False)
             await self.queue.enqueue([retry], delay)
             self.counts["retries"] += 1
             log.info("node %s of run %s: retry %d of %d in %.3gs", job.node_id, job.run_id, retry.attempt,
@@ -465,7 +473,7 @@ class Engine:
             for key in queue:
                 visit_text, _, node_id = key.partition(":")
                 visit = int(visit_text)
-                entries[entry_key(node_id, visit)] = NodeVisit(node_id, visit, "skipped", finished_at=now).to_dict()
+                entries[entry_key(node_id, visit)] = timeline_entry(node_id, visit, "skipped", [], now)
                 await self._emit("node:skipped", job.run_id, job.blueprint_id, node_id, {"visit": visit})
                 arrivals += routing.skip_arrivals(graph, job, node_id, visit)
             if entries:  # skips only: one context write per cascade step
@@ -514,9 +522,10 @@ class Engine:
             if await self.status.transition(run_id, ["running"], "awaiting", {"awaiting": awaiting}):
                 await self.runs.reflect_on_parent(record, "awaiting")
             return
-        context = await self.context.get_all(run_id)
         graph = graph_or_raise(self.app, record.blueprint_id)
-        final = {n: context[OUTPUTS_PREFIX + n] for n in graph.terminal_nodes() if OUTPUTS_PREFIX + n in context}
+        terminal = graph.terminal_nodes()
+        context = await self.context.get_many(run_id, [OUTPUTS_PREFIX + n for n in terminal])  # not the timeline
+        final = {n: context[OUTPUTS_PREFIX + n] for n in terminal if OUTPUTS_PREFIX + n in context}
         result = next(iter(final.values())) if len(final) == 1 else final
         await self.context.apply(run_id, {"_result": result})
         won = await self.status.transition(run_id, list(ACTIVE_STATUSES), "completed", {"awaiting": []})
@@ -551,9 +560,9 @@ class Engine:
         updates = dict(context.pending_updates) if context is not None else {}
         updates[OUTPUTS_PREFIX + job.node_id] = output
         # the timeline entry rides in the completion's context writes: no round trip of its own
-        visit = self._visit(job, "done", attempts=[*prior_attempts(job.payload), self._attempt_record(job)],
-                            action=action, fallback=fallback)
-        updates[entry_key(visit.node_id, visit.visit)] = visit.to_dict()
+        updates[entry_key(job.node_id, job.visit)] = timeline_entry(
+            job.node_id, job.visit, "done", [*prior_attempts(job.payload), self._attempt_record(job)], time.time(),
+            action, fallback)
         return Completion(job.node_id, output=output, action=action, token=self._token(), context_updates=updates,
                           context_deletes=context.pending_deletes if context is not None else (), fallback=fallback,
                           due_at=due_at)
@@ -561,24 +570,24 @@ class Engine:
     def _attempt_record(self, job: Job, error: str | None = None) -> dict[str, Any]:
         """This engine's attempt of ``job`` for the timeline (error: the attempt's own, else what it noted)."""
         mark = self._marks.get((job.run_id, job.key))
-        started = mark.started_at if mark is not None else None
-        noted = mark.error if mark is not None else None
-        return Attempt(job.attempt, self.worker_id, started, time.time(), error or noted).to_dict()
+        record: dict[str, Any] = {"attempt": job.attempt, "worker": self.worker_id,
+                                  "started_at": mark.started_at if mark is not None else None,
+                                  "finished_at": time.time()}
+        error = error or (mark.error if mark is not None else None)
+        if error is not None:
+            record["error"] = error
+        return record
 
-    def _visit(self, job: Job, state: str, *, attempts: Sequence[Mapping[str, Any]], finished: bool = True,
-               action: str | None = None, fallback: str | None = None, error: str | None = None) -> NodeVisit:
-        recorded = tuple(Attempt.from_dict(a) for a in attempts)
-        started = next((a.started_at for a in recorded if a.started_at is not None), None)
-        return NodeVisit(job.node_id, job.visit, state, recorded, started, time.time() if finished else None,
-                         action, fallback, error)
-
-    async def _write_entry(self, run_id: str, visit: NodeVisit) -> None:
+    async def _write_entry(self, job: Job, state: str, attempts: list[dict[str, Any]], *, finished: bool = True,
+                           error: str | None = None) -> None:
         """Write a timeline entry outside a completion (failure paths only); a store failing here is logged,
         never in the way of the failure being recorded."""
+        entry = timeline_entry(job.node_id, job.visit, state, attempts, time.time() if finished else None,
+                               error=error)
         try:
-            await self.context.apply(run_id, {entry_key(visit.node_id, visit.visit): visit.to_dict()})
+            await self.context.apply(job.run_id, {entry_key(job.node_id, job.visit): entry})
         except Exception:
-            log.warning("could not write the timeline entry of node %s of run %s", visit.node_id, run_id,
+            log.warning("could not write the timeline entry of node %s of run %s", job.node_id, job.run_id,
                         exc_info=True)
 
     async def _record_failure(self, job: Job, error: str) -> None:
@@ -589,7 +598,7 @@ class Engine:
         attempts = prior_attempts(job.payload)
         if not any(a.get("attempt") == job.attempt for a in attempts):
             attempts.append(self._attempt_record(job, error))
-        await self._write_entry(job.run_id, self._visit(job, "failed", attempts=attempts, error=error))
+        await self._write_entry(job, "failed", attempts, error=error)
 
     def _token(self) -> str:
         """A completion token unique across engines: a random per-engine prefix plus a local counter."""

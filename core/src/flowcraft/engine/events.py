@@ -1,4 +1,27 @@
-"""Events (observe) and middleware (wrap node execution)."""
+"""Events (observe) and middleware (wrap node execution).
+
+Attach listeners with ``App(listeners=[...])`` (every engine loading the app, ``flowcraft worker`` too),
+``FlowRuntime.on(name, listener)``, or a plugin implementing the ``flowcraft_event`` hook
+(``flowcraft.hookspecs``); attach middleware with ``App(middleware=[...])`` or ``FlowRuntime(middleware=...)``.
+An event is emitted by the process that does the thing (the worker running a node, the client starting a
+run), so a listener sees the events of its own process. A listener that raises is logged, never breaks a run.
+
+Every ``Event`` has ``name``, ``run_id``, ``blueprint_id``, ``node_id`` (None for run events) and ``data``:
+
+===================  ==========================================================================
+``run:start``        ``input`` -- a run was started (by a client, or a subflow node for its child)
+``run:finish``       ``status`` (completed, failed, cancelled), ``error`` when failed; ``node_id`` of
+                     the failing node, if any
+``run:resume``       ``action`` -- a waiting node was resumed (``node_id``)
+``node:start``       ``visit``, ``attempt`` (from 1), ``worker`` -- an attempt begins
+``node:finish``      ``visit``, ``output``, ``action`` -- the node produced its output
+``node:error``       ``visit``, ``attempt``, ``error`` (``"Type: message"``), ``worker`` -- an attempt failed
+``node:retry``       ``visit``, ``attempt`` (the next one), ``delay`` (seconds), ``error``
+``node:fallback``    ``visit``, ``fallback`` (its node id), ``error`` -- the fallback node runs instead
+``node:skipped``     ``visit`` -- dead-path elimination skipped the node
+``job:dead_letter``  ``reason`` -- a job was moved to the dead-letter store
+===================  ==========================================================================
+"""
 
 from __future__ import annotations
 
@@ -32,10 +55,12 @@ Listener = Callable[[Event], Any]
 
 
 class EventBus:
-    """Listeners by event name ('*' for all). A failing listener is logged, never breaks a run."""
+    """Listeners by event name ('*' for all), then the ``flowcraft_event`` plugin hook (``hook``, set by the
+    engine when a plugin implements it). A failing listener is logged, never breaks a run."""
 
     def __init__(self) -> None:
         self._listeners: dict[str, list[Listener]] = {}
+        self.hook: Callable[..., Any] | None = None
 
     def on(self, name: str, listener: Listener) -> Listener:
         if name != "*" and name not in EVENT_NAMES:
@@ -43,9 +68,12 @@ class EventBus:
         self._listeners.setdefault(name, []).append(listener)
         return listener
 
+    def has(self, name: str, listener: Listener) -> bool:
+        return listener in self._listeners.get(name, ())
+
     @property
     def active(self) -> bool:
-        return bool(self._listeners)
+        return bool(self._listeners) or self.hook is not None
 
     async def emit(self, event: Event) -> None:
         for listener in (*self._listeners.get(event.name, ()), *self._listeners.get("*", ())):
@@ -55,6 +83,13 @@ class EventBus:
                     await result
             except Exception:
                 log.exception("event listener for %s failed", event.name)
+        if self.hook is not None:
+            try:
+                for result in self.hook(event=event):
+                    if inspect.isawaitable(result):
+                        await result
+            except Exception:
+                log.exception("flowcraft_event plugin hook for %s failed", event.name)
 
 
 NodeCall = Callable[[], Awaitable[Any]]

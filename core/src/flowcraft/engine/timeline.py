@@ -114,6 +114,26 @@ class NodeVisit:
                    data.get("fallback"), data.get("error"))
 
 
+def timeline_entry(node_id: str, visit: int, state: str, attempts: list[dict[str, Any]], finished_at: float | None,
+                   action: str | None = None, fallback: str | None = None, error: str | None = None
+                   ) -> dict[str, Any]:
+    """A stored entry (what ``NodeVisit.from_dict`` reads), built directly on the hot path: fields that are
+    None are left out."""
+    entry: dict[str, Any] = {"node_id": node_id, "visit": visit, "state": state, "attempts": attempts}
+    started = next((a["started_at"] for a in attempts if a.get("started_at") is not None), None)
+    if started is not None:
+        entry["started_at"] = started
+    if finished_at is not None:
+        entry["finished_at"] = finished_at
+    if action is not None:
+        entry["action"] = action
+    if fallback is not None:
+        entry["fallback"] = fallback
+    if error is not None:
+        entry["error"] = error
+    return entry
+
+
 def entry_key(node_id: str, visit: int = 0) -> str:
     """The context key of a node visit's timeline entry."""
     return TIMELINE_PREFIX + job_key(node_id, visit)
