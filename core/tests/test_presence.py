@@ -187,7 +187,11 @@ quick = Flow("quick", version="7")
 quick.node("a", lambda ctx: (ctx.input or {}).get("n", 1))
 quick.node("b", lambda ctx: ctx.input + 1)
 quick.edge("a", "b")
-app = App(flows=[quick])
+review = Flow("review")
+review.wait("approval")
+review.node("done", lambda ctx: f"approved: {ctx.input}")
+review.edge("approval", "done", action="approve")
+app = App(flows=[quick, review])
 '''
 
 
@@ -263,16 +267,27 @@ def test_cli_worker_health_ready_file_workers_and_run_without_the_app(project: P
         assert (info["pid"], info["backend"], info["concurrency"], info["live"]) == (
             worker.process.pid, "sqlite", 16, True)
         assert info["blueprints"][0]["id"] == "quick" and info["blueprints"][0]["version"] == "7"
+        assert [ref["id"] for ref in info["blueprints"]] == ["quick", "review"]
         table = CliRunner(env={"COLUMNS": "250"}).invoke(cli, ["workers"])
         assert str(worker.process.pid) in table.output and "quick@7" in table.output
 
         result = invoke("run", "quick", "--input", '{"n": 4}', "--wait", "--timeout", "30")  # no --app anywhere
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout)["output"] == 5
+        waiting = invoke("run", "review", "--wait", "--timeout", "30")
+        assert waiting.exit_code == 0 and json.loads(waiting.stdout)["status"] == "awaiting", waiting.output
+        run_id = json.loads(waiting.stdout)["run_id"]
+        resumed = invoke("resume", run_id, "--action", "approve", "--output", '"ok"')  # no app either
+        assert resumed.exit_code == 0, resumed.output
+        deadline = time.monotonic() + 30
+        while (shown := json.loads(invoke("status", run_id, "--json").stdout))["status"] != "completed":
+            assert time.monotonic() < deadline, shown
+            time.sleep(0.1)
+        assert shown["output"] == "approved: ok"
         refused = invoke("run", "nope", "--input", "{}")
         assert refused.exit_code == 1
         assert error_lines(refused) == ["error: no live worker has published blueprint 'nope'",
-                                        "hint: live workers load: quick; start a worker whose app has it "
+                                        "hint: live workers load: quick, review; start a worker whose app has it "
                                         "(`flowcraft workers` lists them)"]
     finally:
         code = worker.stop()

@@ -666,10 +666,11 @@ def runs(state: State, status_filter: str | None, blueprint: str | None, limit: 
 @click.pass_obj
 def resume(state: State, run_id: str, action: str | None, output_json: str | None, node: str | None,
            app: str | None, backend: str | None, options: Sequence[str]) -> None:
-    """Resume a run waiting at a `wait` node (human in the loop)."""
+    """Resume a run waiting at a `wait` node (human in the loop). Without an app, the run's blueprint is the one
+    live workers published."""
     output = _json_option(output_json, "--output")
     config = state.config(backend=backend, app=app, options=options)
-    loaded = _load_app(config, required=True, why="resuming a run")
+    loaded = _load_app(config, required=False)  # without it, the blueprint live workers published
 
     async def main() -> None:
         async with _client(config, loaded) as client:
