@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flowcraft.reconciler import Reconciler
+from flowcraft.adapters import SeedReconciler, SeedStats
 from flowcraft.spi import Backend
 
 
 @dataclass(frozen=True, slots=True)
-class RedisReconcileStats:
+class RedisReconcileStats(SeedStats):
     """What one pass did, with the BullMQ seed's field names (``scanned_keys``: run records examined)."""
 
     scanned_keys: int = 0
@@ -18,25 +18,15 @@ class RedisReconcileStats:
     failed_runs: int = 0
     requeued_jobs: int = 0
 
-    def to_dict(self) -> dict[str, int]:
-        return {"scanned_keys": self.scanned_keys, "stalled_runs": self.stalled_runs,
-                "reconciled_runs": self.reconciled_runs, "failed_runs": self.failed_runs,
-                "requeued_jobs": self.requeued_jobs}
 
-
-class RedisReconciler:
+class RedisReconciler(SeedReconciler[RedisReconcileStats]):
     """Finds stalled runs through the status store's ``idx:status:running``/``awaiting`` sorted sets (no
     KEYS, no SCAN) and re-enqueues their pending jobs (see ``flowcraft.reconciler``)."""
 
-    def __init__(self, backend: Backend, *, stalled_threshold_seconds: float = 300.0, scan_count: int = 100) -> None:
-        self.backend = backend
-        self.reconciler = Reconciler(backend, stalled_threshold_seconds=stalled_threshold_seconds,
-                                     batch_size=scan_count)
+    stats_type = RedisReconcileStats
 
-    async def run(self) -> RedisReconcileStats:
-        stats = await self.reconciler.run()
-        return RedisReconcileStats(stats.scanned, stats.stalled_runs, stats.reconciled_runs, stats.failed_runs,
-                                   stats.requeued_jobs)
+    def __init__(self, backend: Backend, *, stalled_threshold_seconds: float = 300.0, scan_count: int = 100) -> None:
+        super().__init__(backend, stalled_threshold_seconds, scan_count)
 
 
 def create_redis_reconciler(*, backend: Backend, stalled_threshold_seconds: float = 300.0,

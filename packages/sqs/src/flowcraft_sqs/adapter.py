@@ -12,16 +12,13 @@ The clients are aiobotocore clients the caller opened (and closes); the adapter 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from flowcraft.adapters import SeedReconciler, SeedStats, WorkerAdapter
 from flowcraft.app import App
-from flowcraft.client import Client
-from flowcraft.engine.core import Engine, EngineOptions
-from flowcraft.engine.worker import Worker
-from flowcraft.reconciler import Reconciler
+from flowcraft.engine.core import EngineOptions
 from flowcraft.spi import Backend, CoordinationStore
 from flowcraft_sqs.context import DynamoDbContext
 from flowcraft_sqs.queue import SqsQueue
@@ -32,7 +29,7 @@ if TYPE_CHECKING:
     from types_aiobotocore_sqs import SQSClient
 
 
-class SqsAdapter:
+class SqsAdapter(WorkerAdapter):
     """A worker (engine + worker loop) and a client over SQS + DynamoDB, built from explicit clients."""
 
     def __init__(
@@ -55,42 +52,17 @@ class SqsAdapter:
         engine_options: EngineOptions | None = None,
         worker_id: str | None = None,
     ) -> None:
-        self.app = runtime_options if isinstance(runtime_options, App) else App(**dict(runtime_options))
-        self.queue = SqsQueue(sqs_client, queue_url, dead_letter_queue_url=dead_letter_queue_url,
-                              visibility_timeout=visibility_timeout, wait_time_seconds=wait_time_seconds, fifo=fifo)
-        self.context = DynamoDbContext(dynamodb_client, context_table_name)
-        self.status = DynamoDbStatusStore(dynamodb_client, status_table_name, index_name=status_index_name)
-        self.coordination = coordination_store
-        self.backend = Backend(self.queue, self.context, self.status, coordination_store, name="sqs")
-        self.engine = Engine(self.app, self.backend, worker_id=worker_id, options=engine_options)
-        self.worker = Worker(self.engine, concurrency=concurrency, poll_wait=poll_wait)
-        self.client = Client(self.backend, self.app)
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        """Start consuming the queue (a background task of the running event loop)."""
-        if self._task is None or self._task.done():
-            self.worker = Worker(self.engine, concurrency=self.worker.concurrency, poll_wait=self.worker.poll_wait,
-                                 grace=self.worker.grace)
-            self._task = asyncio.create_task(self.worker.run())
-
-    async def stop(self) -> None:
-        """Stop dequeuing, let in-flight jobs finish (within the worker's grace period) and return."""
-        if self._task is not None:
-            self.worker.stop()
-            await self._task
-            self._task = None
-
-    async def __aenter__(self) -> SqsAdapter:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+        queue = SqsQueue(sqs_client, queue_url, dead_letter_queue_url=dead_letter_queue_url,
+                         visibility_timeout=visibility_timeout, wait_time_seconds=wait_time_seconds, fifo=fifo)
+        backend = Backend(queue, DynamoDbContext(dynamodb_client, context_table_name),
+                          DynamoDbStatusStore(dynamodb_client, status_table_name, index_name=status_index_name),
+                          coordination_store, name="sqs")
+        super().__init__(backend, runtime_options=runtime_options, concurrency=concurrency, poll_wait=poll_wait,
+                         engine_options=engine_options, worker_id=worker_id)
 
 
 @dataclass(frozen=True, slots=True)
-class SqsReconcileStats:
+class SqsReconcileStats(SeedStats):
     """One reconciler pass (the SQS seed's fields, plus how many jobs were re-enqueued)."""
 
     scanned_items: int = 0
@@ -99,25 +71,12 @@ class SqsReconcileStats:
     failed_runs: int = 0
     requeued_jobs: int = 0
 
-    def to_dict(self) -> dict[str, int]:
-        return {"scanned_items": self.scanned_items, "stalled_runs": self.stalled_runs,
-                "reconciled_runs": self.reconciled_runs, "failed_runs": self.failed_runs,
-                "requeued_jobs": self.requeued_jobs}
 
-
-class SqsReconciler:
+class SqsReconciler(SeedReconciler[SqsReconcileStats]):
     """:class:`flowcraft.reconciler.Reconciler` over the adapter's backend; stalled runs come from the status
     table's ``status-lastUpdated`` index (no table scans)."""
 
-    def __init__(self, backend: Backend, stalled_threshold_seconds: float = 300.0, batch_size: int = 100) -> None:
-        self.backend = backend
-        self.reconciler = Reconciler(backend, stalled_threshold_seconds=stalled_threshold_seconds,
-                                     batch_size=batch_size)
-
-    async def run(self) -> SqsReconcileStats:
-        stats = await self.reconciler.run()
-        return SqsReconcileStats(stats.scanned, stats.stalled_runs, stats.reconciled_runs, stats.failed_runs,
-                                 stats.requeued_jobs)
+    stats_type = SqsReconcileStats
 
 
 def create_sqs_reconciler(
