@@ -23,9 +23,9 @@ from test_rabbitmq_support import rabbitmq_options_fixture, unique_names  # noqa
 from flowcraft import App, Flow, NodeContext
 from flowcraft.errors import ConfigError, ServerUnreachableError, StoreLimitError
 from flowcraft.plugins import registry
-from flowcraft.spi import Backend, Job
+from flowcraft.spi import Backend, Job, RunRecord
 from flowcraft.testing import InProcessWorkers
-from flowcraft_rabbitmq import RabbitMqAdapter, RabbitMqQueue, create_rabbitmq_reconciler
+from flowcraft_rabbitmq import PgClient, PostgresStatusStore, RabbitMqAdapter, RabbitMqQueue, create_rabbitmq_reconciler
 from flowcraft_redis import RedisCoordinationStore, make_client
 from servers import PostgresServer
 
@@ -273,3 +273,29 @@ async def test_postgres_stores_under_the_rq_queue(rabbitmq_options: dict[str, An
         assert (result.status, result.outputs) == ("completed", OUTPUTS)
     finally:
         await built.close()
+
+
+class _LostReply(PgClient):
+    """Runs each statement twice, returning the second answer: a first attempt that committed but whose reply
+    was lost (the server restarted), then the retry."""
+
+    async def run(self, fn: Any) -> Any:
+        await super().run(fn)
+        return await super().run(fn)
+
+
+@pytest.mark.asyncio
+async def test_a_retried_status_write_still_reports_its_own_win(postgres_url: str) -> None:
+    names = unique_names()
+    client, other = _LostReply(postgres_url), PgClient(postgres_url)
+    status = PostgresStatusStore(client, names["status_table"])
+    try:
+        await status.setup()
+        assert await status.create(RunRecord("r1", "bp"))
+        assert not await PostgresStatusStore(other, names["status_table"]).create(RunRecord("r1", "bp"))
+        won = await status.transition("r1", ["running"], "completed", {})
+        assert won is not None and won.status == "completed"
+        assert await status.transition("r1", ["running"], "failed", {}) is None  # a real loss stays a loss
+    finally:
+        await client.close()
+        await other.close()

@@ -148,11 +148,22 @@ class PostgresStatusStore(StatusStore):
         record.created_at = record.created_at or now
         record.updated_at = now
         row = record_row(record)
+        attempts = 0
 
-        async def insert(conn: psycopg.AsyncConnection[Any]) -> int:
-            return (await conn.execute(self._create, row)).rowcount
+        async def insert(conn: psycopg.AsyncConnection[Any]) -> bool:
+            nonlocal attempts
+            attempts += 1
+            if (await conn.execute(self._create, row)).rowcount == 1:
+                return True
+            # a retry after a lost reply (the server restarted) finds the row its first attempt inserted
+            return attempts > 1 and await self._is_ours(conn, record.run_id, record.updated_at, record.status)
 
-        return await self.client.run(insert) == 1
+        return await self.client.run(insert)
+
+    async def _is_ours(self, conn: psycopg.AsyncConnection[Any], run_id: str, updated_at: float,
+                       status: str) -> bool:
+        found = await (await conn.execute(self._get, [run_id])).fetchone()
+        return found is not None and found[5] == updated_at and found[1] == status
 
     async def get(self, run_id: str) -> RunRecord | None:
         if "\x00" in run_id:
@@ -170,11 +181,20 @@ class PostgresStatusStore(StatusStore):
         if not from_statuses or "\x00" in run_id:
             return None
         blueprint_id, data = change_data(changes)
-        params = [to_status, time.time(), blueprint_id, dumps(data, f"run record of {run_id!r}"), run_id,
+        now = time.time()
+        params = [to_status, now, blueprint_id, dumps(data, f"run record of {run_id!r}"), run_id,
                   list(dict.fromkeys(from_statuses))]
 
+        attempts = 0
+
         async def update(conn: psycopg.AsyncConnection[Any]) -> Any:
-            return await (await conn.execute(self._transition, params)).fetchone()
+            nonlocal attempts
+            attempts += 1
+            row = await (await conn.execute(self._transition, params)).fetchone()
+            if row is None and attempts > 1 and await self._is_ours(conn, run_id, now, to_status):
+                # the first attempt won but its reply was lost (the server restarted): it is still this call's win
+                row = await (await conn.execute(self._get, [run_id])).fetchone()
+            return row
 
         row = await self.client.run(update)
         return None if row is None else row_record(row)
