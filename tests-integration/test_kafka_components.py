@@ -213,3 +213,28 @@ async def test_seed_style_adapter_and_reconciler(options: dict[str, Any]) -> Non
         assert stats.stalled_runs == 0 and stats.failed_runs == 0
     finally:
         await adapter.close()
+
+
+async def test_a_rebalance_never_commits_past_a_record_in_hand(options: dict[str, Any]) -> None:
+    """A second consumer joins the group while the first holds a record unfinished: whoever owns the
+    partition after the rebalance receives the record again (the revoked one was not committed past)."""
+    options = {**options, "partitions": 2}
+    backend = registry().build("kafka", options)
+    await backend.setup()
+    first = queue_of(backend)
+    await first.enqueue([Job("held", "bp", "n")])
+    (held,) = await take(first, 1)
+    other = registry().build("kafka", options)
+    try:
+        second = queue_of(other)
+        assert await second.ready(20)  # joined: the group rebalanced
+        again: list[Any] = []
+        deadline = time.monotonic() + 20
+        while not again and time.monotonic() < deadline:
+            for queue in (first, second):
+                again += await queue.dequeue(1, 0.2)
+        assert [d.job.run_id for d in again] == ["held"]
+        assert again[0].receipt.offset == held.receipt.offset
+    finally:
+        await other.close()
+        await backend.close()

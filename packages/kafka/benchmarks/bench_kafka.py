@@ -83,13 +83,14 @@ def raw_floor(bootstrap: str, window: int, session_timeout_ms: int, hops: int = 
     from confluent_kafka.cimpl import NewTopic
 
     topic = f"bench-raw-{uuid.uuid4().hex[:8]}"
-    for future in AdminClient({"bootstrap.servers": bootstrap}).create_topics(
-            [NewTopic(topic, num_partitions=3, replication_factor=1)]).values():
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)]).values():
         future.result(30)
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
                          "linger.ms": 2})
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": topic, "enable.auto.commit": False,
-                         "auto.offset.reset": "earliest", "session.timeout.ms": session_timeout_ms})
+                         "auto.offset.reset": "earliest", "session.timeout.ms": session_timeout_ms,
+                         "fetch.wait.max.ms": 100})  # as KafkaQueue (option fetch_wait_max_ms)
     consumer.subscribe([topic])
     while not consumer.assignment():
         consumer.poll(0.1)

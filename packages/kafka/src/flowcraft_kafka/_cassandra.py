@@ -80,7 +80,10 @@ class CassandraClient:
             profile = ExecutionProfile(load_balancing_policy=RoundRobinPolicy(),
                                        consistency_level=getattr(ConsistencyLevel, o.consistency.upper()),
                                        request_timeout=o.request_timeout)
+            # no schema/token metadata: statements are routed round robin, and reading every keyspace's
+            # schema on connect is slow and noisy on a server with many keyspaces
             kwargs: dict[str, Any] = {"execution_profiles": {EXEC_PROFILE_DEFAULT: profile},
+                                      "schema_metadata_enabled": False, "token_metadata_enabled": False,
                                       "contact_points": [h for h, _ in self.hosts], "port": self.hosts[0][1]}
             if len({p for _, p in self.hosts}) > 1:
                 kwargs["contact_points"] = self.hosts
@@ -90,6 +93,9 @@ class CassandraClient:
             if o.cassandra_username:
                 kwargs["auth_provider"] = PlainTextAuthProvider(o.cassandra_username, o.cassandra_password or "")
             cluster = Cluster(**kwargs)
+            driver_log = logging.getLogger("cassandra.cluster")
+            level = driver_log.level
+            driver_log.setLevel(logging.CRITICAL)  # an unreachable server is our one line, not its tracebacks
             try:
                 session = cluster.connect()
             except NoHostAvailable as exc:
@@ -98,6 +104,8 @@ class CassandraClient:
                 reasons = "; ".join(sorted({type(e).__name__ for e in exc.errors.values()})) or "no host"
                 raise ServerUnreachableError(f"Cassandra at {where} cannot be reached ({reasons})",
                                              hint="check cassandra_hosts / cassandra_port and that it runs") from None
+            finally:
+                driver_log.setLevel(level)
             session.default_fetch_size = None  # one page: protocol v1 has no paging; queries bound their size
             self._cluster, self._session = cluster, session
             return session

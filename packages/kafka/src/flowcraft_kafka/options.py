@@ -36,6 +36,9 @@ class KafkaOptions(QueueOptions):
                                     "beyond it")
     max_delayed_in_memory: int = option(100000, "delayed records a forwarder holds at once; beyond it the "
                                                 "delay topic is paused (those records come later, never lost)")
+    fetch_wait_max_ms: int = option(100, "longest a fetch waits on the broker for new records (librdkafka "
+                                         "fetch.wait.max.ms): bounds a job's pickup latency on brokers that do "
+                                         "not answer a fetch as soon as a record arrives")
     commit_interval_ms: int = option(100, "how often finished offsets are committed")
     max_message_bytes: int = option(1000000, "largest job record (the broker's message.max.bytes)")
     connect_timeout: float = option(10.0, "seconds to reach the brokers before reporting them unreachable")
@@ -47,7 +50,8 @@ class KafkaOptions(QueueOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("partitions", "replication_factor", "session_timeout_ms", "max_buffered",
-                     "max_delayed_in_memory", "commit_interval_ms", "max_message_bytes", "connect_timeout"):
+                     "max_delayed_in_memory", "fetch_wait_max_ms", "commit_interval_ms", "max_message_bytes",
+                     "connect_timeout"):
             _positive(name, getattr(self, name), "see `flowcraft backends --options kafka`")
         if not self.bootstrap_servers.strip():
             raise ConfigError("option bootstrap_servers: empty", hint="e.g. 127.0.0.1:9092")

@@ -210,7 +210,7 @@ class KafkaQueue(Queue):
         return {**self._config(), "group.id": group, "enable.auto.commit": False,
                 "auto.offset.reset": "earliest", "session.timeout.ms": session,
                 "heartbeat.interval.ms": max(100, min(3000, session // 3)),
-                "enable.partition.eof": False}
+                "fetch.wait.max.ms": self.options.fetch_wait_max_ms, "enable.partition.eof": False}
 
     async def _ensure_reachable(self) -> None:
         if self._reached:
