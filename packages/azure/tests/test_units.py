@@ -188,3 +188,20 @@ def test_the_plugin_registers_lazily_without_importing_the_sdks() -> None:
             "assert not [m for m in sys.modules if m.startswith(('azure.', 'aiohttp'))], 'imported an SDK'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_only_a_gone_message_is_ignored() -> None:
+    from azure.storage.queue import StorageErrorCode
+
+    from flowcraft_azure.queue import _gone
+
+    class Error(Exception):
+        def __init__(self, status: int, code: Any) -> None:
+            super().__init__("x")
+            self.status_code, self.error_code = status, code
+
+    assert _gone(Error(404, StorageErrorCode.MESSAGE_NOT_FOUND))
+    assert _gone(Error(400, StorageErrorCode.POP_RECEIPT_MISMATCH))
+    assert _gone(Error(400, "PopReceiptMismatch"))
+    assert not _gone(Error(400, StorageErrorCode.INVALID_QUERY_PARAMETER_VALUE))
+    assert not _gone(Error(500, None))

@@ -46,8 +46,8 @@ if TYPE_CHECKING:
 
 #: The field of a released message's JSON holding its dequeue count at the release.
 BASE_FIELD = "_flowcraft_base"
-#: Errors of a message that is gone or was received again elsewhere (its pop receipt no longer matches).
-_GONE = (404, 400)
+#: Error codes of a message that is gone, or was received again elsewhere (its pop receipt no longer matches).
+_GONE_CODES = frozenset({"MessageNotFound", "PopReceiptMismatch", "QueueNotFound"})
 _REASON_CHARS = 4000
 
 
@@ -240,7 +240,7 @@ class AzureQueue(Queue):
                 updated = await client.update_message(receipt.message_id, receipt.pop_receipt,
                                                       visibility_timeout=visibility, content=content)
             except Exception as exc:
-                if status_code(exc) not in _GONE:
+                if not _gone(exc):
                     raise
                 log.debug("message %s not updated (gone or received again): %s", receipt.message_id, exc)
                 return
@@ -286,9 +286,18 @@ async def _ignore_gone(call: Any, receipt: AzureReceipt, what: str) -> None:
     try:
         await call
     except Exception as exc:
-        if status_code(exc) not in _GONE:
+        if not _gone(exc):
             raise
         log.debug("%s of message %s skipped (gone or received again): %s", what, receipt.message_id, exc)
+
+
+def _gone(exc: BaseException) -> bool:
+    """Whether ``exc`` says the message is gone or was received again (404, or 400 PopReceiptMismatch)."""
+    code = status_code(exc)
+    if code == 404:
+        return True
+    error = getattr(exc, "error_code", None)
+    return code == 400 and str(getattr(error, "value", error)) in _GONE_CODES
 
 
 def _receipt(delivery: Delivery) -> AzureReceipt:
