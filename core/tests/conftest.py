@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from flowcraft.plugins import registry
+from flowcraft.spi import Backend
+
+
+@pytest.fixture
+async def sqlite(tmp_path: Path) -> AsyncIterator[Backend]:
+    """A sqlite backend on a fresh database in the test's directory, set up, closed after the test."""
+    backend = registry().build("sqlite", {"path": str(tmp_path / "flowcraft.db")})
+    await backend.setup()
+    yield backend
+    await backend.close()
 
 
 @pytest.fixture

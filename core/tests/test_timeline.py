@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from flowcraft import Flow, FlowRuntime, NodeContext
 from flowcraft.engine.timeline import NODE_STATES, Attempt, NodeVisit
-from flowcraft.plugins import registry
 from flowcraft.spi import Backend
 
 
@@ -45,14 +42,6 @@ def branching() -> Flow:
     flow.node("start", start, retries=1, retry_delay=0.01).node("yes", echo).node("no", echo).node("after_no", echo)
     flow.edge("start", "yes", action="yes").edge("start", "no", action="no").edge("no", "after_no")
     return flow
-
-
-@pytest.fixture
-async def sqlite(tmp_path: Path) -> AsyncIterator[Backend]:
-    backend = registry().build("sqlite", {"path": str(tmp_path / "flowcraft.db")})
-    await backend.setup()
-    yield backend
-    await backend.close()
 
 
 @pytest.mark.parametrize("backend_name", ["memory", "sqlite"])

@@ -36,8 +36,26 @@ from flowcraft.engine.core import Engine, EngineOptions, RunResult
 from flowcraft.engine.supervisor import Supervisor
 from flowcraft.engine.worker import Worker
 from flowcraft.errors import ConfigError, FlowcraftError, InvalidStateError, WaitTimeoutError
-from flowcraft.health import HealthServer, HealthState, check_ready_file, remove_ready_file, write_ready_file
+from flowcraft.health import (
+    FleetHealth,
+    HealthServer,
+    HealthState,
+    check_ready_file,
+    remove_ready_file,
+    write_ready_file,
+)
 from flowcraft.model import Blueprint
+from flowcraft.operate import (
+    LOG_FORMATS,
+    age_seconds,
+    configure_logging,
+    format_line,
+    history,
+    tag_worker,
+    timeline_table,
+    within_age,
+    worker_summary,
+)
 from flowcraft.options import describe_options, schema_of, secret_names
 from flowcraft.plugins import DISABLE_ENV, KINDS, NODE_KIND, PRESET, registry
 from flowcraft.presence import WorkerPresence, presence_interval
@@ -318,10 +336,16 @@ def show_config(state: State, as_json: bool, app: str | None, backend: str | Non
                    "outside the pod).")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), metavar="PATH",
               help="Write this file once the worker is connected and consuming; removed when it stops.")
+@click.option("--ready-dir", type=click.Path(file_okay=False, path_type=Path), hidden=True,
+              help="Write DIR/<pid> once ready (what a --processes supervisor gives its worker processes).")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True,
+              help="Log lines on stderr: text, or one JSON object per line with run_id, node_id, attempt, event "
+                   "and worker_id as fields. Failures, retries, dead letters are logged at INFO.")
 @click.pass_obj
 def worker(state: State, app: str | None, backend: str | None, options: Sequence[str], concurrency: int,
            processes: int, lease_seconds: float | None, shutdown_timeout: float, health_port: int | None,
-           health_host: str, ready_file: Path | None) -> None:
+           ready_dir: Path | None,
+           health_host: str, ready_file: Path | None, log_format: str) -> None:
     """Run a worker: handle jobs of the app's blueprints until SIGTERM/Ctrl+C (in-flight jobs finish within
     --shutdown-timeout or are given back to the queue). With --processes, a supervisor restarts a worker
     process that dies (with backoff) and gives up only on a crash loop."""
@@ -332,11 +356,11 @@ def worker(state: State, app: str | None, backend: str | None, options: Sequence
                           hint="use --backend sqlite (or another shared backend), or `flowcraft run --wait`")
     loaded = _load_app(config, required=True, why="a worker")
     assert loaded is not None  # required=True raised otherwise
-    if processes > 1 and (health_port is not None or ready_file is not None):
-        raise click.UsageError("--health-port and --ready-file report one worker process; with --processes run one "
-                               "`flowcraft worker` per container or supervisor program instead")
+    configure_logging(log_format, debug=state.debug)
     if ready_file is not None:
         check_ready_file(ready_file)
+    if ready_dir is not None:  # a process of a --processes fleet: its supervisor reports the fleet's readiness
+        ready_file = ready_dir / str(os.getpid())
     if processes > 1:
         # children resolve the same config themselves, so no secret lands on their command lines
         args = [*_global_args(state), "worker", "--concurrency", str(concurrency),
@@ -345,14 +369,30 @@ def worker(state: State, app: str | None, backend: str | None, options: Sequence
         args += [f"--app={app}"] if app else []
         args += [f"--backend={backend}"] if backend else []
         args += [f"--option={item}" for item in options]
-        supervisor = Supervisor([sys.executable, "-m", "flowcraft.cli", *args], processes,
-                                log=lambda line: state.err.print(escape(line), highlight=False),
+        args += [f"--log-format={log_format}"]
+        reporting = health_port is not None or ready_file is not None
+        fleet = FleetHealth(processes, health_host, health_port, ready_file) if reporting else None
+        supervisor = Supervisor([sys.executable, "-m", "flowcraft.cli", *args, *(fleet.child_args() if fleet else [])],
+                                processes, log=lambda line: state.err.print(escape(line), highlight=False),
                                 stop_timeout=shutdown_timeout + 15.0)
-        supervisor.run()
+        if fleet is not None:
+            supervisor.tick = lambda: _fleet_tick(state, fleet, supervisor, health_host)
+            fleet.start()
+        try:
+            supervisor.run()
+        finally:
+            if fleet is not None:
+                fleet.close()
         state.err.print(f"all worker processes stopped ({supervisor.restarts} restarts)")
         return
     health = HealthHooks(health_port, health_host, ready_file)
     _run(_work(state, config, loaded, concurrency, shutdown_timeout, health))
+
+
+def _fleet_tick(state: State, fleet: FleetHealth, supervisor: Supervisor, host: str) -> None:
+    if fleet.tick(supervisor.pids, supervisor.stopping):
+        where = f", health on http://{host}:{fleet.server.port}" if fleet.server is not None else ""
+        state.err.print(f"all {fleet.count} worker processes ready{escape(where)}")
 
 
 def _global_args(state: State) -> list[str]:
@@ -374,6 +414,7 @@ async def _work(state: State, config: Config, app: App, concurrency: int, shutdo
     hooks = hooks or HealthHooks()
     backend = config.build_backend()
     engine = Engine(app, backend, options=EngineOptions(lease_seconds=config.lease_seconds))
+    tag_worker(engine.worker_id)
     presence = WorkerPresence(backend, app, worker_id=engine.worker_id, concurrency=concurrency,
                               interval=presence_interval(config.lease_seconds), backend_name=config.backend)
     runner = Worker(engine, concurrency=concurrency, grace=shutdown_timeout, presence=presence)
@@ -416,7 +457,8 @@ async def _work(state: State, config: Config, app: App, concurrency: int, shutdo
         if hooks.ready_file is not None:
             remove_ready_file(hooks.ready_file)
         await backend.close()
-    state.err.print(f"worker {engine.worker_id} stopped: {runner.handled} jobs handled, {runner.failed} failed")
+    state.err.print(f"worker {engine.worker_id} stopped: "
+                    f"{worker_summary(runner.handled, engine.counts, runner.failed)}")
 
 
 def _on_stop_signals(stop: Callable[[], None]) -> None:
@@ -555,22 +597,23 @@ def _finish(state: State, result: RunResult) -> None:
 async def watch(client: Client, run_id: str, blueprint: Blueprint, console: Console, *,
                 timeout: float | None = None, describe: Describe | None = None,
                 check: Callable[[], None] | None = None) -> RunResult:
-    """Show a progress bar of finished nodes until the run settles; ``check`` may raise to give up."""
+    """Show a progress bar of finished nodes until the run settles, and each node's completion, failed
+    attempt (retried), skip and failure as it happens (from the run's timeline); ``check`` may raise to give up."""
     total = len(blueprint.nodes)
     deadline = None if timeout is None else time.monotonic() + timeout
     seen: set[str] = set()
+    told: set[tuple[str, int, str, int]] = set()  # (node, visit, what, attempt) already printed
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("nodes"), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         task = progress.add_task(f"run {run_id[:12]}", total=total)
         while True:
             result = await client.status(run_id)
-            for node_id in [node.id for node in blueprint.nodes if node.id in result.outputs and node.id not in seen]:
-                seen.add(node_id)
-                detail = describe(node_id, result.outputs[node_id]) if describe is not None else ""
-                progress.console.print(f"  [green]✓[/] {escape(node_id)}" + (f"  [dim]{escape(detail)}[/]"
-                                                                              if detail else ""))
-            progress.update(task, completed=len(seen))
+            for line in _progress_lines(result, told, describe):
+                progress.console.print(line)
+            seen |= {v.node_id for v in result.timeline if v.state in ("done", "skipped")}
+            seen |= {node_id for node_id in result.outputs if node_id in {n.id for n in blueprint.nodes}}
+            progress.update(task, completed=min(len(seen), total))
             if result.status in SETTLED_STATUSES:
                 if result.status == "completed":
                     progress.update(task, completed=total)  # untaken branches never write an output
@@ -583,13 +626,43 @@ async def watch(client: Client, run_id: str, blueprint: Blueprint, console: Cons
             await client.backend.status.wait_for_change(run_id, 0.25)
 
 
+def _progress_lines(result: RunResult, told: set[tuple[str, int, str, int]],
+                    describe: Describe | None) -> list[str]:
+    """What ``watch`` prints for the timeline entries it has not printed yet."""
+    lines: list[str] = []
+    for visit in result.timeline:
+        name = escape(visit.node_id if not visit.visit else f"{visit.node_id} (visit {visit.visit})")
+        for attempt in visit.attempts:
+            key = (visit.node_id, visit.visit, "error", attempt.attempt)
+            if attempt.error and key not in told and not (visit.state == "failed" and attempt is visit.attempts[-1]):
+                told.add(key)
+                after = f"fallback {visit.fallback}" if visit.fallback and attempt is visit.attempts[-1] else "retrying"
+                lines.append(f"  [yellow]↻[/] {name}  attempt {attempt.attempt} failed: "
+                             f"{escape(attempt.error)} [dim]({after})[/]")
+        key = (visit.node_id, visit.visit, visit.state, 0)
+        if key in told or visit.state not in ("done", "skipped", "failed"):
+            continue
+        told.add(key)
+        if visit.state == "done":
+            output = result.outputs.get(visit.node_id)
+            detail = describe(visit.node_id, output) if describe is not None else ""
+            retries = f" after {len(visit.attempts)} attempts" if visit.retries else ""
+            lines.append(f"  [green]✓[/] {name}{retries}" + (f"  [dim]{escape(detail)}[/]" if detail else ""))
+        elif visit.state == "skipped":
+            lines.append(f"  [dim]↷ {name} skipped[/]")
+        else:
+            lines.append(f"  [red]✗[/] {name} failed: {escape(visit.error or '')}")
+    return lines
+
+
 @cli.command()
 @click.argument("run_id")
-@click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run as JSON (with its timeline).")
 @backend_options
 @click.pass_obj
 def status(state: State, run_id: str, as_json: bool, backend: str | None, options: Sequence[str]) -> None:
-    """Show a run: status, errors, what it waits for, node outputs."""
+    """Show a run: status, errors, what it waits for, node outputs, and its timeline: per node and visit its
+    state, attempts, worker, start, duration and error."""
     config = state.config(backend=backend, options=options)
 
     async def main() -> tuple[RunResult, RunRecord]:
@@ -602,7 +675,8 @@ def status(state: State, run_id: str, as_json: bool, backend: str | None, option
     result, record = _run(main())
     if as_json:
         click.echo(_dumps({**_result_data(result), "created_at": record.created_at,
-                           "updated_at": record.updated_at, "version": record.version}))
+                           "updated_at": record.updated_at, "version": record.version,
+                           "timeline": [visit.to_dict() for visit in result.timeline]}))
         return
     table = Table(box=None, show_header=False)
     table.add_column(style="bold")
@@ -619,6 +693,8 @@ def status(state: State, run_id: str, as_json: bool, backend: str | None, option
     for node_id, output in sorted(result.outputs.items()):
         table.add_row(f"  {escape(node_id)}", escape(json.dumps(output, default=str, ensure_ascii=False)))
     state.out.print(table)
+    if result.timeline:
+        state.out.print(timeline_table(result.timeline))
 
 
 def _status_text(value: str) -> str:
@@ -630,18 +706,31 @@ def _status_text(value: str) -> str:
 @click.option("--status", "status_filter", type=click.Choice(["running", "awaiting", "completed", "failed",
                                                               "cancelled"]), help="Only runs with this status.")
 @click.option("--blueprint", help="Only runs of this blueprint.")
+@click.option("--since", "since_text", metavar="AGE", help="Only runs created within AGE (30s, 15m, 2h, 7d).")
+@click.option("--older-than", "older_text", metavar="AGE", help="Only runs created more than AGE ago.")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--cursor", help="Continue a previous listing.")
 @backend_options
 @click.pass_obj
-def runs(state: State, status_filter: str | None, blueprint: str | None, limit: int, cursor: str | None,
-         backend: str | None, options: Sequence[str]) -> None:
-    """List runs, newest first."""
+def runs(state: State, status_filter: str | None, blueprint: str | None, since_text: str | None,
+         older_text: str | None, limit: int, cursor: str | None, backend: str | None, options: Sequence[str]) -> None:
+    """List runs, newest first; filter by status, blueprint and age."""
     config = state.config(backend=backend, options=options)
+    since = age_seconds(since_text, "--since")
+    older_than = age_seconds(older_text, "--older-than")
 
     async def main() -> tuple[list[RunRecord], str | None]:
         async with _client(config, read_only=True) as client:
-            return await client.runs(status_filter, blueprint, limit, cursor)
+            if since is None and older_than is None:
+                return await client.runs(status_filter, blueprint, limit, cursor)
+            now, page_cursor = time.time(), cursor
+            found: list[RunRecord] = []
+            while len(found) < limit:  # newest first: a page older than --since ends the listing
+                page, page_cursor = await client.runs(status_filter, blueprint, max(limit, 100), page_cursor)
+                found += [r for r in page if within_age(r, since, older_than, now)]
+                if page_cursor is None or (since is not None and page and page[-1].created_at < now - since):
+                    return found[:limit], None
+            return found[:limit], page_cursor
 
     records, next_cursor = _run(main())
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
@@ -654,6 +743,35 @@ def runs(state: State, status_filter: str | None, blueprint: str | None, limit: 
     state.out.print(table if records else "[dim]no runs[/]")
     if next_cursor:
         state.out.print(f"[dim]more: --cursor {escape(next_cursor)}[/]")
+
+
+@cli.command()
+@click.argument("run_id")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until the run completes, fails or "
+                                                   "is cancelled.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@backend_options
+@click.pass_obj
+def logs(state: State, run_id: str, follow: bool, as_json: bool, backend: str | None, options: Sequence[str]) -> None:
+    """Print a run's history: each attempt started, finished or failed (worker, duration, error), retries,
+    skips, waits and the final status, oldest first."""
+    config = state.config(backend=backend, options=options)
+
+    async def main() -> None:
+        printed: set[tuple[Any, ...]] = set()
+        async with _client(config, read_only=True) as client:
+            while True:
+                result = await client.status(run_id)  # raises when there is no such run
+                for line in history(result):
+                    if line.key() not in printed:
+                        printed.add(line.key())
+                        click.echo(json.dumps(line.to_dict(), default=str, ensure_ascii=False) if as_json
+                                   else format_line(line))
+                if not follow or result.status in ("completed", "failed", "cancelled"):
+                    return
+                await client.backend.status.wait_for_change(run_id, 0.5)
+
+    _run(main())
 
 
 @cli.command()
@@ -707,12 +825,17 @@ def cancel(state: State, run_id: str, backend: str | None, options: Sequence[str
               help="Seconds without activity after which a run counts as stalled.")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="Seconds between passes with --watch.")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True,
+              help="Log each action (job re-enqueued, finish job sent, run failed) at INFO on stderr with the run "
+                   "and node ids: text, or one JSON object per line.")
 @backend_options
 @click.pass_obj
-def reconcile(state: State, once: bool, threshold: float, interval: float, backend: str | None,
+def reconcile(state: State, once: bool, threshold: float, interval: float, log_format: str, backend: str | None,
               options: Sequence[str]) -> None:
-    """Re-enqueue the pending jobs of runs whose workers died."""
+    """Re-enqueue the pending jobs of runs whose workers died; with the `retention` config setting, also delete
+    finished runs older than it (as `flowcraft purge`)."""
     config = state.config(backend=backend, options=options)
+    configure_logging(log_format, debug=state.debug)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -720,7 +843,7 @@ def reconcile(state: State, once: bool, threshold: float, interval: float, backe
             _on_stop_signals(stop.set)
         async with _client(config) as client:
             while True:
-                stats = await client.reconcile(threshold)
+                stats = await client.reconcile(threshold, retention=config.retention)
                 fields = " ".join(f"{key}={value}" for key, value in stats.to_dict().items())
                 click.echo(f"{datetime.now():%H:%M:%S} {fields}" if not once else fields)
                 if once:
@@ -980,6 +1103,10 @@ def new_backend(state: State, name: str, parent: Path) -> None:
     next_steps = (f'`cd {root}`, `pip install -e ".[test]"`, `pytest`; then replace the storage of each '
                   "component (its README.md says where)")
     state.err.print(f"[green]created {escape(root.name)}[/]: next, {escape(next_steps)}")
+
+
+# the maintenance commands (retry, dead-letters, purge) register themselves on `cli`
+from flowcraft import cli_maintain as cli_maintain  # noqa: E402
 
 
 if __name__ == "__main__":

@@ -25,9 +25,12 @@ resumed (interrupted starts), ``requeued_jobs`` jobs re-enqueued.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from flowcraft.spi import Backend, Job, ReconcileStats, RunRecord
+
+log = logging.getLogger("flowcraft.reconciler")
 
 FINISH_NODE = ""  # the node id of a finish job: never a blueprint node's (node ids are not empty)
 
@@ -73,6 +76,10 @@ class Reconciler:
             stats.stalled_runs += 1
             await self.backend.queue.enqueue([job.job for job in pending])
             stats.requeued_jobs += len(pending)
+            for held in pending:
+                log.info("reconciler: run %s stalled; re-enqueued job %s (node %s)", record.run_id, held.job.key,
+                         held.job.node_id, extra={"run_id": record.run_id, "node_id": held.job.node_id,
+                                                  "visit": held.job.visit, "event": "reconciler:requeue"})
             stats.reconciled_runs += 1
             return
         if record.status == "awaiting":
@@ -83,9 +90,13 @@ class Reconciler:
         if activity is not None:
             await self.backend.queue.enqueue([finish_job(record)])
             stats.reconciled_runs += 1
+            log.info("reconciler: run %s stalled with all its work done; sent a finish job", record.run_id,
+                     extra={"run_id": record.run_id, "event": "reconciler:finish"})
             return
         error = {"message": "run stalled before its first job was scheduled (its start was interrupted); "
                             "start it again", "node_id": None, "timestamp": time.time()}
         if await self.backend.status.transition(record.run_id, ["running"], "failed",
                                                 {"errors": [*record.errors, error]}):
             stats.failed_runs += 1
+            log.info("reconciler: run %s failed: its start was interrupted", record.run_id,
+                     extra={"run_id": record.run_id, "event": "reconciler:fail"})
