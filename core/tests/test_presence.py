@@ -79,7 +79,8 @@ async def bare_client(tmp_path: Path) -> AsyncIterator[Client]:
 
 
 async def test_a_client_without_the_app_starts_waits_and_resumes_published_blueprints(
-        tmp_path: Path, bare_client: Client) -> None:
+        tmp_path: Path, bare_client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("flowcraft.client.PRESENCE_CACHE_SECONDS", 0.2)
     async with RunningWorker(tmp_path / "runs.db", make_app()) as running:
         result = await bare_client.run("quick", {"n": 41}, timeout=20)
         assert (result.status, result.output) == ("completed", 42)
@@ -102,7 +103,7 @@ async def test_a_client_without_the_app_starts_waits_and_resumes_published_bluep
         assert {ref["id"] for ref in info.blueprints} == {"quick", "review"}
     # a worker that stops removes its entry: nothing is published any more
     assert await bare_client.workers() == []
-    await asyncio.sleep(5.1)  # past the client's cache of what it read
+    await asyncio.sleep(0.3)  # past the client's cache of what it read
     with pytest.raises(ConfigError) as refused:
         await bare_client.start("quick")
     assert str(refused.value.args[0]) == ("no live worker has published blueprint 'quick' (no worker is running on "
@@ -300,8 +301,6 @@ def test_cli_worker_health_ready_file_workers_and_run_without_the_app(project: P
 
 
 def test_cli_worker_health_options_refuse_bad_input(project: Path) -> None:
-    many = invoke("worker", "--app", f"{APP_MODULE}:app", "--processes", "2", "--health-port", "0")
-    assert many.exit_code == 2 and "--health-port and --ready-file report one worker process" in many.output
     missing = invoke("worker", "--app", f"{APP_MODULE}:app", "--ready-file", str(project / "no" / "dir" / "ready"))
     assert missing.exit_code == 1
     folder = project / "no" / "dir"
@@ -314,3 +313,33 @@ def test_cli_worker_health_options_refuse_bad_input(project: Path) -> None:
     assert busy.exit_code == 1
     assert error_lines(busy)[0].startswith(f"error: cannot serve health checks on 127.0.0.1:{port}: ")
     assert error_lines(busy)[1].startswith("hint: pick another --health-port")
+
+
+def test_cli_worker_fleet_reports_ready_once_every_process_is(project: Path) -> None:
+    assert invoke("setup").exit_code == 0
+    ready_file = project / "fleet-ready"
+    fleet = WorkerProcess(project, "--processes", "2", "--concurrency", "2", "--health-port", "0", "--health-host",
+                          "127.0.0.1", "--ready-file", str(ready_file), "--lease-seconds", "3")
+    try:
+        line = fleet.wait_for("all 2 worker processes ready")
+        port = int(line.split("health on http://127.0.0.1:")[1].split()[0])
+        code, body = get(f"http://127.0.0.1:{port}/readyz")
+        assert (code, body["processes_ready"], body["processes"]) == (200, 2, 2)
+        pids = json.loads(ready_file.read_text())["processes"]
+        assert len(pids) == 2 and {info["pid"] for info in json.loads(invoke("workers", "--json").stdout)} == set(pids)
+        os.kill(pids[0], signal.SIGKILL)  # the supervisor restarts it: not ready until its successor is
+        deadline = time.monotonic() + 10
+        while get(f"http://127.0.0.1:{port}/readyz")[0] == 200:
+            assert time.monotonic() < deadline, "the fleet stayed ready with a process dead"
+            time.sleep(0.02)
+        assert not ready_file.exists()
+        fleet.wait_for("restarted worker process as pid")
+        deadline = time.monotonic() + 30
+        while get(f"http://127.0.0.1:{port}/readyz")[0] != 200:
+            assert time.monotonic() < deadline, "".join(fleet.lines)
+            time.sleep(0.1)
+        assert ready_file.exists() and get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+    finally:
+        code = fleet.stop()
+    assert code == 0, "".join(fleet.lines)
+    assert not ready_file.exists()

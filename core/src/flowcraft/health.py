@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -38,17 +41,23 @@ class HealthState:
     handled: int = 0
     failed: int = 0
     refreshed: float = field(default_factory=time.monotonic)
+    #: for a supervisor (``--processes``): (worker processes ready, processes wanted)
+    processes: tuple[int, int] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def update(self, state: str, in_flight: int, handled: int, failed: int) -> None:
+    def update(self, state: str, in_flight: int, handled: int, failed: int,
+               processes: tuple[int, int] | None = None) -> None:
         with self.lock:
             self.state, self.in_flight, self.handled, self.failed = state, in_flight, handled, failed
+            self.processes = processes
             self.refreshed = time.monotonic()
 
     def answer(self, path: str) -> tuple[int, dict[str, Any]]:
         with self.lock:
             body: dict[str, Any] = {"worker_id": self.worker_id, "state": self.state, "in_flight": self.in_flight,
                                     "handled": self.handled, "failed": self.failed}
+            if self.processes is not None:
+                body["processes_ready"], body["processes"] = self.processes
             stale = time.monotonic() - self.refreshed > STALE_SECONDS
         if path == "/healthz":
             ok = not stale
@@ -121,3 +130,50 @@ def write_ready_file(path: Path, data: dict[str, Any]) -> None:
 
 def remove_ready_file(path: Path) -> None:
     path.unlink(missing_ok=True)
+
+
+class FleetHealth:
+    """``--health-port``/``--ready-file`` of ``flowcraft worker --processes N``, served by the supervisor: each
+    worker process writes ``<dir>/<pid>`` when it is ready (hidden option ``--ready-dir``) and removes it when
+    it stops; the fleet is ready while all N processes run and each has its file (a process that died and is
+    being restarted makes it not ready until its successor is). ``tick`` is called every supervisor poll."""
+
+    def __init__(self, count: int, host: str, port: int | None, ready_file: Path | None) -> None:
+        self.count = count
+        self.ready_file = ready_file
+        self.state = HealthState(f"supervisor-{os.getpid()}")
+        self.server = HealthServer(self.state, host, port) if port is not None else None
+        self.dir = Path(tempfile.mkdtemp(prefix="flowcraft-ready-"))
+        self.ready = False
+        self.was_ready = False  # ready at least once
+
+    def child_args(self) -> list[str]:
+        return [f"--ready-dir={self.dir}"]
+
+    def start(self) -> None:
+        if self.server is not None:
+            self.server.start()
+
+    def tick(self, pids: Sequence[int], stopping: bool) -> bool:
+        """Refresh the state from the live pids; True when the fleet just became ready for the first time."""
+        ready_children = sum(1 for pid in pids if (self.dir / str(pid)).exists())
+        ready = not stopping and len(pids) == self.count and ready_children == self.count
+        state = "stopping" if stopping else "ready" if ready else "starting"
+        self.state.update(state, 0, 0, 0, processes=(ready_children, self.count))
+        if self.ready_file is not None and ready != self.ready:
+            if ready:
+                write_ready_file(self.ready_file, {"worker_id": self.state.worker_id, "pid": os.getpid(),
+                                                   "processes": list(pids), "ready_at": time.time()})
+            else:
+                remove_ready_file(self.ready_file)
+        first = ready and not self.was_ready
+        self.ready = ready
+        self.was_ready = self.was_ready or ready
+        return first
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+        if self.ready_file is not None:
+            remove_ready_file(self.ready_file)
+        shutil.rmtree(self.dir, ignore_errors=True)

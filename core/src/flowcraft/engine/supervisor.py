@@ -62,7 +62,9 @@ class Supervisor:
         backoff: float = BACKOFF,
         max_backoff: float = MAX_BACKOFF,
         stop_timeout: float = 60.0,
+        tick: Callable[[], None] | None = None,
     ) -> None:
+        """``tick``: called every poll while supervising (e.g. to report the fleet's readiness)."""
         self.command = list(command)
         self.log = log
         self.env = env
@@ -72,6 +74,7 @@ class Supervisor:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.stop_timeout = stop_timeout
+        self.tick = tick
         self.restarts = 0
         self._slots = [_Slot() for _ in range(count)]
         self._stopping = False
@@ -79,6 +82,10 @@ class Supervisor:
     @property
     def pids(self) -> list[int]:
         return [slot.process.pid for slot in self._slots if slot.process is not None and slot.process.poll() is None]
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     def stop(self) -> None:
         """Ask every child to stop (safe from a signal handler: it only sends signals)."""
@@ -95,6 +102,8 @@ class Supervisor:
                      "Ctrl+C to stop")
             while not self._stopping:
                 self._check(time.monotonic())
+                if self.tick is not None:
+                    self.tick()
                 time.sleep(poll)
         finally:
             self._stopping = True
