@@ -39,6 +39,9 @@ from flowcraft.plugins import registry
 from flowcraft.spi import Backend, Job
 
 SCRIPT = str(Path(__file__).resolve())
+#: single-item DynamoDB requests by what they bill: a write request unit, a read request unit (per KB / 4 KB)
+WRITES = frozenset({"UpdateItem", "PutItem", "DeleteItem"})
+READS = frozenset({"GetItem", "Query"})
 
 
 async def noop(ctx: NodeContext) -> int:
@@ -171,13 +174,26 @@ async def worker_process(options: dict[str, Any], concurrency: int) -> None:
     """Runs in the child: one worker; counts the AWS requests it sends; prints them when stopped."""
     backend = registry().build("sqs", options)
     requests: Counter[str] = Counter()
+    items: Counter[str] = Counter()  # DynamoDB bills a batched request per item: written, read
 
     def count(event_name: str, **kwargs: Any) -> None:
         requests[event_name.rsplit(".", 1)[-1]] += 1
 
+    def count_items(event_name: str, params: dict[str, Any], **kwargs: Any) -> None:
+        operation = event_name.rsplit(".", 1)[-1]
+        if operation == "BatchWriteItem":
+            items["written"] += sum(len(entries) for entries in params.get("RequestItems", {}).values())
+        elif operation == "BatchGetItem":
+            items["read"] += sum(len(table["Keys"]) for table in params.get("RequestItems", {}).values())
+        elif operation in WRITES:
+            items["written"] += 1
+        elif operation in READS:
+            items["read"] += 1
+
     for component in (backend.queue, backend.coordination):
         client = await component._source.get()  # type: ignore[attr-defined]
         client.meta.events.register("before-call.*.*", count)
+        client.meta.events.register("before-parameter-build.*.*", count_items)  # the API's own parameters
     worker = Worker(Engine(app, backend), concurrency=concurrency, poll_wait=1.0)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, worker.stop)
@@ -186,7 +202,7 @@ async def worker_process(options: dict[str, Any], concurrency: int) -> None:
         await worker.run()
     finally:
         await backend.close()
-    print(json.dumps({"requests": dict(requests), "handled": worker.handled}), flush=True)
+    print(json.dumps({"requests": dict(requests), "items": dict(items), "handled": worker.handled}), flush=True)
 
 
 async def measure(options: dict[str, Any], flow: str, runs: int, concurrency: int) -> dict[str, Any]:
@@ -212,8 +228,11 @@ async def measure(options: dict[str, Any], flow: str, runs: int, concurrency: in
         nodes = runs * NODES[flow]
         per_node = {op: n / nodes for op, n in sorted(report["requests"].items(), key=lambda kv: -kv[1])}
         items = await count_items(ddb, backend.coordination.table_name)  # type: ignore[attr-defined]
-        return {"nodes_per_s": nodes / elapsed, "seconds": elapsed, "requests_per_node": per_node,
-                "coordination_items": items}
+        largest = await largest_item_kb(ddb, backend.coordination.table_name)  # type: ignore[attr-defined]
+        return {"largest_coordination_item_kb": largest, "nodes_per_s": nodes / elapsed, "seconds": elapsed,
+                "requests_per_node": per_node,
+                "coordination_items": items,
+                "dynamodb_items_per_node": {kind: n / nodes for kind, n in report["items"].items()}}
     finally:
         await backend.close()
 
@@ -229,6 +248,13 @@ async def completed(ddb: Any, backend: Backend, status: str) -> int:
 async def count_items(ddb: Any, table: str) -> int:
     response = await ddb.scan(TableName=table, Select="COUNT")
     return int(response["Count"])
+
+
+async def largest_item_kb(ddb: Any, table: str) -> float:
+    """The largest item's size, roughly as DynamoDB counts it (names + values): a write to an item bills one
+    write request unit per started KB of the larger of its sizes before and after."""
+    response = await ddb.scan(TableName=table)
+    return max((len(json.dumps(item, separators=(",", ":"))) / 1024 for item in response["Items"]), default=0.0)
 
 
 async def main(args: argparse.Namespace, endpoint: str) -> None:
@@ -253,9 +279,11 @@ async def main(args: argparse.Namespace, endpoint: str) -> None:
             total = sum(figures["requests_per_node"].values())
             rows[flow].append((figures["nodes_per_s"], raw, total))
             requests = ", ".join(f"{op} {n:.2f}" for op, n in figures["requests_per_node"].items())
+            billed = ", ".join(f"{n:.2f} {kind}" for kind, n in figures["dynamodb_items_per_node"].items())
             print(f"  {flow}: {figures['nodes_per_s']:.1f} nodes/s ({figures['seconds']:.1f} s for {args.runs} "
                   f"runs), {figures['nodes_per_s'] / raw:.1%} of the raw floor; {total:.2f} AWS requests/node: "
-                  f"{requests}; {figures['coordination_items']} coordination items at the end", flush=True)
+                  f"{requests}; DynamoDB items/node: {billed}; {figures['coordination_items']} coordination "
+                  f"items at the end, the largest {figures['largest_coordination_item_kb']:.1f} KB", flush=True)
     print()
     print(f"medians of {args.trials} trials, {args.runs} runs in flight, one worker process "
           f"(concurrency {args.concurrency}); SqsQueue alone reaches {statistics.median(layers):.0%} of the raw floor")
