@@ -15,13 +15,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flowcraft import App, Client, Engine, EngineOptions, Worker
-from flowcraft.reconciler import Reconciler
+from flowcraft import App, EngineOptions
+from flowcraft.adapters import SeedReconciler, SeedStats, WorkerAdapter
 from flowcraft.spi import Backend, CoordinationStore
 from flowcraft_azure._clients import FixedHome
 from flowcraft_azure.context import CosmosDbContext
@@ -33,7 +32,7 @@ if TYPE_CHECKING:
     from azure.storage.queue.aio import QueueClient
 
 
-class AzureQueueAdapter:
+class AzureQueueAdapter(WorkerAdapter):
     """A worker (engine + worker loop) and a client over Azure Storage Queue + Cosmos DB, built from explicit
     clients, with the coordination store you pass (``flowcraft_redis.RedisCoordinationStore``)."""
 
@@ -56,76 +55,34 @@ class AzureQueueAdapter:
         engine_options: EngineOptions | None = None,
         worker_id: str | None = None,
     ) -> None:
-        self.app = runtime_options if isinstance(runtime_options, App) else App(**dict(runtime_options))
-        self.queue = AzureQueue(queue_client, dead_letter_queue_client, visibility_timeout=visibility_timeout,
-                                max_dequeue_count=max_dequeue_count, message_encoding=message_encoding)
+        queue = AzureQueue(queue_client, dead_letter_queue_client, visibility_timeout=visibility_timeout,
+                           max_dequeue_count=max_dequeue_count, message_encoding=message_encoding)
         database = cosmos_client.get_database_client(cosmos_database_name)
         home = FixedHome(cosmos_client, cosmos_database_name)
-        self.context = CosmosDbContext(database.get_container_client(context_container_name), home=home)
-        self.status = CosmosDbStatusStore(database.get_container_client(status_container_name), home=home)
-        self.coordination = coordination_store
-        self.backend = Backend(self.queue, self.context, self.status, coordination_store, name="azure")
-        self.engine = Engine(self.app, self.backend, worker_id=worker_id, options=engine_options)
-        self.worker = Worker(self.engine, concurrency=concurrency, poll_wait=poll_wait)
-        self.client = Client(self.backend, self.app)
-        self._task: asyncio.Task[None] | None = None
-
-    async def setup(self) -> None:
-        """Create the queue, its dead-letter queue, the database and the containers unless they exist."""
-        await self.backend.setup()
-
-    async def start(self) -> None:
-        """Start consuming the queue (a background task of the running event loop)."""
-        if self._task is None or self._task.done():
-            self.worker = Worker(self.engine, concurrency=self.worker.concurrency, poll_wait=self.worker.poll_wait,
-                                 grace=self.worker.grace)
-            self._task = asyncio.create_task(self.worker.run())
-
-    async def stop(self) -> None:
-        """Stop dequeuing, let in-flight jobs finish (within the worker's grace period) and return."""
-        if self._task is not None:
-            self.worker.stop()
-            await self._task
-            self._task = None
-
-    async def __aenter__(self) -> AzureQueueAdapter:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+        backend = Backend(queue, CosmosDbContext(database.get_container_client(context_container_name), home=home),
+                          CosmosDbStatusStore(database.get_container_client(status_container_name), home=home),
+                          coordination_store, name="azure")
+        super().__init__(backend, runtime_options=runtime_options, concurrency=concurrency, poll_wait=poll_wait,
+                         engine_options=engine_options, worker_id=worker_id)
 
 
 @dataclass(frozen=True, slots=True)
-class AzureReconcileStats:
-    """One reconciler pass (the Azure seed's fields, plus the items scanned and the jobs re-enqueued)."""
+class AzureReconcileStats(SeedStats):
+    """One reconciler pass: the Azure seed's ``stalled_runs``, ``reconciled_runs``, ``failed_runs``, plus the
+    status items scanned and the jobs re-enqueued."""
 
+    scanned_items: int = 0
     stalled_runs: int = 0
     reconciled_runs: int = 0
     failed_runs: int = 0
-    scanned_items: int = 0
     requeued_jobs: int = 0
 
-    def to_dict(self) -> dict[str, int]:
-        return {"stalled_runs": self.stalled_runs, "reconciled_runs": self.reconciled_runs,
-                "failed_runs": self.failed_runs, "scanned_items": self.scanned_items,
-                "requeued_jobs": self.requeued_jobs}
 
-
-class AzureReconciler:
+class AzureReconciler(SeedReconciler[AzureReconcileStats]):
     """:class:`flowcraft.reconciler.Reconciler` over the adapter's backend; stalled runs come from the status
     container's query on ``(status, lastUpdated)`` (a composite index, paged; no scans)."""
 
-    def __init__(self, backend: Backend, stalled_threshold_seconds: float = 300.0, batch_size: int = 100) -> None:
-        self.backend = backend
-        self.reconciler = Reconciler(backend, stalled_threshold_seconds=stalled_threshold_seconds,
-                                     batch_size=batch_size)
-
-    async def run(self) -> AzureReconcileStats:
-        stats = await self.reconciler.run()
-        return AzureReconcileStats(stalled_runs=stats.stalled_runs, reconciled_runs=stats.reconciled_runs,
-                                   failed_runs=stats.failed_runs, scanned_items=stats.scanned,
-                                   requeued_jobs=stats.requeued_jobs)
+    stats_type = AzureReconcileStats
 
 
 def create_azure_reconciler(
