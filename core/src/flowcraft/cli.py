@@ -1108,6 +1108,5 @@ def new_backend(state: State, name: str, parent: Path) -> None:
 # the maintenance commands (retry, dead-letters, purge) register themselves on `cli`
 from flowcraft import cli_maintain as cli_maintain  # noqa: E402
 
-
 if __name__ == "__main__":
     main()

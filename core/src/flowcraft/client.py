@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flowcraft.app import App
+from flowcraft.config import RETENTION_STATUSES
 from flowcraft.engine.control import RunControl, RunResult
 from flowcraft.engine.core import Engine
-from flowcraft.engine.timeline import NodeVisit
+from flowcraft.engine.retry import RetryRecord, retry_records
+from flowcraft.engine.timeline import DEAD_LETTER_PREFIX, NodeVisit
 from flowcraft.errors import ConfigError, WaitTimeoutError
 from flowcraft.model import Blueprint
 from flowcraft.presence import Presence, PublishedBlueprint, not_published
 from flowcraft.reconciler import Reconciler
-from flowcraft.spi import FINAL_STATUSES, Backend, ReconcileStats, RunRecord, WorkerInfo
+from flowcraft.retention import PurgeStats, check_statuses, purge
+from flowcraft.spi import FINAL_STATUSES, Backend, DeadLetter, ReconcileStats, RunRecord, WorkerInfo
 
 SETTLED_STATUSES = FINAL_STATUSES | {"awaiting"}
 #: seconds a client trusts what it read of the live workers' blueprints before reading it again
@@ -147,8 +150,58 @@ class Client:
     async def cancel(self, run_id: str) -> bool:
         return await self.engine.runs.cancel(run_id)
 
-    async def reconcile(self, stalled_threshold_seconds: float = 300.0) -> ReconcileStats:
-        return await Reconciler(self.backend, stalled_threshold_seconds=stalled_threshold_seconds).run()
+    async def retry(self, run_id: str, from_node: str | None = None) -> int:
+        """Resume a failed run after a fix: rerun ``from_node`` and everything downstream of it, or without it
+        the node(s) that failed the run; what finished upstream is kept and feeds the rerun nodes the inputs
+        they had. A new generation of visits: the timeline keeps the failed attempt and the rerun. Returns
+        the generation (1 for the first retry); refused (``InvalidStateError``) unless the run is failed."""
+        return await (await self._control_for(run_id)).retry(run_id, from_node)
+
+    async def retries(self, run_id: str) -> list[RetryRecord]:
+        """The run's retries, oldest first: generation, node rerun from, the errors each one replaced."""
+        return retry_records(await self.backend.context.get_all(run_id))
+
+    # ------------------------------------------------------------------ dead letters
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The queue's dead letters (oldest first where the queue keeps an order), without removing them."""
+        return await self.backend.queue.dead_letters(limit)
+
+    async def replay_dead_letters(self, ids: Sequence[str] | None = None) -> list[DeadLetter]:
+        """Put dead-lettered jobs back on the queue (``ids``: ``DeadLetter.id``; None: all) and remove their
+        dead letters; the runs they belong to stop showing them. Returns those replayed. A queue that cannot
+        remove its dead letters raises ``UnsupportedError`` (``Queue.manages_dead_letters``)."""
+        replayed = await self.backend.queue.replay_dead_letters(ids)
+        for letter in replayed:
+            if letter.job is not None:
+                await self.backend.context.apply(letter.job.run_id, {}, [DEAD_LETTER_PREFIX + letter.job.key])
+        return replayed
+
+    async def purge_dead_letters(self, ids: Sequence[str] | None = None) -> int:
+        """Remove dead letters without replaying them (``ids``; None: all); returns how many."""
+        return await self.backend.queue.purge_dead_letters(ids)
+
+    async def _control_for(self, run_id: str) -> RunControl:
+        """The run control of the run's blueprint: the app's, else the one live workers published."""
+        record = await self.backend.status.get(run_id)
+        if record is not None and self.app.blueprint(record.blueprint_id) is None:
+            return await self._published_control(record.blueprint_id)
+        return self.engine.runs
+
+    async def reconcile(self, stalled_threshold_seconds: float = 300.0, *,
+                        retention: Mapping[str, float] | None = None) -> ReconcileStats:
+        """One reconciler pass; with ``retention`` (status -> seconds, the config's ``retention``) it also
+        purges the finished runs older than that (``purge``)."""
+        stats = await Reconciler(self.backend, stalled_threshold_seconds=stalled_threshold_seconds).run()
+        if retention:
+            stats.purged_runs = len((await purge(self.backend, retention)).purged)
+        return stats
+
+    async def purge(self, older_than: float, statuses: Sequence[str] = RETENTION_STATUSES, *,
+                    dry_run: bool = False) -> PurgeStats:
+        """Delete finished runs (``statuses``: completed, failed and/or cancelled) last updated more than
+        ``older_than`` seconds ago: coordination data, context and status record (``flowcraft.retention``).
+        ``dry_run``: list them only. Raises ``UnsupportedError`` when the status store cannot delete."""
+        return await purge(self.backend, dict.fromkeys(check_statuses(statuses), older_than), dry_run=dry_run)
 
     async def close(self) -> None:
         await self.backend.close()

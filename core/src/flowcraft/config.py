@@ -56,7 +56,9 @@ CONFIG_FILE = "flowcraft.toml"
 CONFIG_ENV = "FLOWCRAFT_CONFIG"
 ENV_PREFIX = "FLOWCRAFT_"
 OPTION_ENV_PREFIX = "FLOWCRAFT_OPT_"
-KEYS = ("backend", "app", "lease_seconds", "components", "options", "plugins")
+KEYS = ("backend", "app", "lease_seconds", "components", "options", "plugins", "retention")
+#: The run statuses ``retention`` may name (only finished runs are ever purged).
+RETENTION_STATUSES = ("completed", "failed", "cancelled")
 PLUGIN_KEYS = ("disable",)
 DEFAULT_LEASE_SECONDS = 30.0
 MASK = "***"
@@ -81,6 +83,8 @@ class Config:
     options: dict[str, Any] = field(default_factory=dict)
     #: plugins not to load, by distribution or entry-point name -> where that was said
     plugins_disable: dict[str, str] = field(default_factory=dict)
+    #: retention: finished runs older than this many seconds (per status) are purged by ``flowcraft reconcile``
+    retention: dict[str, float] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
 
@@ -96,6 +100,7 @@ class Config:
             "components": dict(self.components),
             "options": {key: mask_option(key, value) for key, value in self.options.items()},
             "plugins": {"disable": sorted(self.plugins_disable)},
+            "retention": dict(self.retention),
         }
 
     def entries(self, options: Mapping[str, Any] | None = None) -> list[tuple[str, Any, str]]:
@@ -111,6 +116,8 @@ class Config:
         rows += [(f"options.{key}", mask_option(key, value), self._option_source(key))
                  for key, value in sorted(shown.items())]
         rows += [("plugins.disable", name, where) for name, where in sorted(self.plugins_disable.items())]
+        rows += [(f"retention.{status}", seconds, self.source("retention")) for status, seconds in
+                 sorted(self.retention.items())]
         return rows
 
     def _option_source(self, key: str) -> str:
@@ -255,6 +262,8 @@ def _validate(data: Mapping[str, Any], where: str) -> dict[str, Any]:
                           hint=f"known keys: {', '.join(KEYS)}; backend options go under [options]")
     if data.get("lease_seconds") is not None:
         _positive_seconds(data["lease_seconds"], f"{where}: lease_seconds")
+    if data.get("retention") is not None:
+        parse_retention(data["retention"], f"{where}: retention")
     for key in ("backend", "app"):
         value = data.get(key)
         if value is not None and (not isinstance(value, str) or not value):
@@ -304,7 +313,7 @@ def _from_env(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
         rest = name[len(ENV_PREFIX):].lower()
         if name.startswith(OPTION_ENV_PREFIX):
             table, key = "options", name[len(OPTION_ENV_PREFIX):].lower()
-        elif rest in ("backend", "app", "lease_seconds"):
+        elif rest in ("backend", "app", "lease_seconds", "retention"):
             layer[rest] = value
             variables[rest] = name
             continue
@@ -353,6 +362,28 @@ def _merge(config: Config, layer: Mapping[str, Any], source: str) -> None:
         config.sources[f"options.{key}"] = source
     for name in (layer.get("plugins") or {}).get("disable", []):
         config.plugins_disable[name.strip()] = _disable_source(source)  # layers add up; the highest is reported
+    if "retention" in layer:
+        config.retention = parse_retention(layer["retention"], f"{source}: retention")
+        config.sources["retention"] = source
+
+
+def parse_retention(value: Any, where: str = "retention") -> dict[str, float]:
+    """``retention = "7d"`` (every finished status) or a table ``{completed = "7d", failed = "30d"}`` -> seconds
+    per status. A status left out of a table is kept for ever."""
+    from flowcraft.errors import BlueprintError
+    from flowcraft.model import parse_duration
+
+    table = {status: value for status in RETENTION_STATUSES} if not isinstance(value, Mapping) else value
+    retention: dict[str, float] = {}
+    for status, age in table.items():
+        if status not in RETENTION_STATUSES:
+            raise ConfigError(f"{where}: unknown status {status!r}",
+                              hint=f"use {', '.join(RETENTION_STATUSES)}: only finished runs are purged")
+        try:
+            retention[status] = parse_duration(age, f"{where}.{status}" if isinstance(value, Mapping) else where)
+        except BlueprintError as exc:
+            raise ConfigError(str(exc)) from None
+    return retention
 
 
 def _disable_source(source: str) -> str:

@@ -83,3 +83,8 @@ class StoreLimitError(FlowcraftError):
 class InvalidValueError(StoreLimitError):
     """A run input, resume output, node output or context value that no store can keep (not JSON, or a
     context key that is not a string); raised before anything is written."""
+
+
+class UnsupportedError(FlowcraftError):
+    """The backend cannot do what was asked (e.g. a queue that cannot remove its dead letters, a status store
+    without ``delete``); the message names the component and the hint what to do instead."""

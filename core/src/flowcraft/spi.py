@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import Any, ClassVar, Literal, Protocol, Self, TypeVar
 
-from flowcraft.errors import FlowcraftError
+from flowcraft.errors import FlowcraftError, UnsupportedError
 
 # what a component declares its options with (``Component.Options``), re-exported for backend authors
 from flowcraft.options import NoOptions as NoOptions
@@ -148,6 +148,10 @@ class Delivery:
 class DeadLetter:
     """A message the queue could not deliver as a job (``job`` is None when it did not parse), and why.
 
+    ``id``: the queue's handle on the dead letter, what ``Queue.replay_dead_letters`` and
+    ``Queue.delete_dead_letters`` take (a row id, a message id, a topic offset); "" when the queue cannot
+    address its dead letters one by one. ``dead_at``: when it was dead-lettered (epoch seconds), if known.
+
     ``job`` may be passed positionally; every other field is keyword-only.
     """
 
@@ -155,6 +159,15 @@ class DeadLetter:
     _: KW_ONLY
     reason: str
     raw: Any = None
+    id: str = ""
+    dead_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (``raw`` as it is when it is JSON, else its repr)."""
+        raw = self.raw if self.raw is None or isinstance(self.raw, str | int | float | bool | dict | list) \
+            else repr(self.raw)
+        return {"id": self.id, "job": None if self.job is None else self.job.to_dict(), "reason": self.reason,
+                "dead_at": self.dead_at, "raw": raw}
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,6 +484,53 @@ class Queue(Component):
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """Read (without removing) dead-lettered jobs."""
 
+    # -- dead letters: one optional primitive, the rest derived ---------------------------------------------
+    #: How many dead letters the derived methods read to find those asked for by id.
+    DEAD_LETTER_SCAN: ClassVar[int] = 10_000
+
+    async def delete_dead_letters(self, ids: Sequence[str]) -> int:
+        """Remove the dead letters with these ids (``DeadLetter.id``) for good; return how many were removed
+        (ids no longer there are ignored). Optional: the default raises ``UnsupportedError``
+        (``manages_dead_letters`` is then False and the CLI says the queue cannot do it); a queue overrides it
+        to make its dead letters replayable and purgeable."""
+        raise UnsupportedError(f"the {self.name or type(self).__name__} queue cannot remove dead letters",
+                               hint="use the queue server's own tools to inspect and move them")
+
+    @property
+    def manages_dead_letters(self) -> bool:
+        """Whether this queue removes dead letters (overrides ``delete_dead_letters``), so that
+        ``replay_dead_letters`` and ``purge_dead_letters`` work."""
+        return type(self).delete_dead_letters is not Queue.delete_dead_letters
+
+    async def replay_dead_letters(self, ids: Sequence[str] | None = None) -> list[DeadLetter]:
+        """Put dead-lettered jobs back on the queue (all of them when ``ids`` is None) and remove their dead
+        letters; return those replayed. Derived: ``enqueue`` (with a fresh delivery count, the job unchanged)
+        first, then ``delete_dead_letters``, so a crash in between replays a job twice at worst, never loses it
+        (the engine handles a job's duplicates once). Letters whose job did not parse are left in place."""
+        letters = await self._dead_letters_by_id(ids)
+        replayable = [letter for letter in letters if letter.job is not None and letter.id]
+        if not self.manages_dead_letters and replayable:
+            await self.delete_dead_letters([])  # raises UnsupportedError before anything is enqueued
+        if replayable:
+            await self.enqueue([letter.job.evolve(due_at=None, bounces=0) for letter in replayable
+                                if letter.job is not None])
+            await self.delete_dead_letters([letter.id for letter in replayable])
+        return replayable
+
+    async def purge_dead_letters(self, ids: Sequence[str] | None = None) -> int:
+        """Remove dead letters without replaying them (all of them when ``ids`` is None); return how many.
+        Derived from ``dead_letters`` and ``delete_dead_letters``."""
+        letters = await self._dead_letters_by_id(ids)
+        chosen = [letter.id for letter in letters if letter.id]
+        return await self.delete_dead_letters(chosen) if chosen or not self.manages_dead_letters else 0
+
+    async def _dead_letters_by_id(self, ids: Sequence[str] | None) -> list[DeadLetter]:
+        letters = await self.dead_letters(self.DEAD_LETTER_SCAN)
+        if ids is None:
+            return letters
+        wanted = {str(i) for i in ids}
+        return [letter for letter in letters if letter.id in wanted]
+
     # -- optional, with a default that does nothing ------------------------------------------------------
     async def register_worker(self, worker: WorkerInfo) -> None:  # optional hook
         """Show a live worker in the queue server's own tooling (rq's worker registry, so ``rq info`` lists it).
@@ -554,6 +614,19 @@ class StatusStore(Component):
                     break
         found.sort(key=lambda record: (record.updated_at, record.run_id))
         return found[:limit]
+
+    async def delete(self, run_id: str) -> bool:
+        """Remove the run's record for good (retention: ``flowcraft purge``); False if there was none. Only
+        finished runs are deleted, after their context and coordination data. Optional: no sound default
+        exists over the methods above, so the default raises ``UnsupportedError``; every bundled backend
+        implements it (``deletes`` says whether a store does)."""
+        raise UnsupportedError(f"the {self.name or type(self).__name__} status store cannot delete runs",
+                               hint="upgrade the backend package, or delete old runs with the server's tools")
+
+    @property
+    def deletes(self) -> bool:
+        """Whether this store implements ``delete``."""
+        return type(self).delete is not StatusStore.delete
 
     async def wait_for_change(self, run_id: str, timeout: float) -> None:
         """Return when the run's record may have changed, or after ``timeout``; stores that can be
@@ -651,9 +724,12 @@ class ReconcileStats:
     reconciled_runs: int = 0
     failed_runs: int = 0
     requeued_jobs: int = 0
+    #: finished runs deleted by the ``retention`` setting in this pass
+    purged_runs: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return {
+            "purged_runs": self.purged_runs,
             "scanned": self.scanned,
             "stalled_runs": self.stalled_runs,
             "reconciled_runs": self.reconciled_runs,

@@ -58,6 +58,7 @@ class MemoryQueue(Queue):
         self._delayed: list[tuple[float, int, _Message]] = []
         self._inflight: dict[int, tuple[float, _Message]] = {}
         self._dead: list[DeadLetter] = []
+        self._dead_ids = 0
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -134,10 +135,17 @@ class MemoryQueue(Queue):
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         self._inflight.pop(delivery.receipt, None)
-        self._dead.append(DeadLetter(delivery.job, reason=reason))
+        self._dead_ids += 1
+        self._dead.append(DeadLetter(delivery.job, reason=reason, id=str(self._dead_ids), dead_at=time.time()))
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         return self._dead[:limit]
+
+    async def delete_dead_letters(self, ids: Sequence[str]) -> int:
+        wanted = set(ids)
+        kept = [letter for letter in self._dead if letter.id not in wanted]
+        removed, self._dead = len(self._dead) - len(kept), kept
+        return removed
 
     def size(self) -> int:
         """Messages not yet acknowledged (ready, delayed or in flight)."""
@@ -195,6 +203,11 @@ class MemoryStatusStore(StatusStore):
     async def get(self, run_id: str) -> RunRecord | None:
         record = self._records.get(run_id)
         return None if record is None else record.copy()
+
+    async def delete(self, run_id: str) -> bool:
+        removed = self._records.pop(run_id, None) is not None
+        self._notify(run_id)
+        return removed
 
     async def transition(
         self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any]

@@ -653,18 +653,30 @@ class SqliteQueue(_SqliteComponent, Queue):
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         rows = await self.db.call(lambda conn: conn.execute(
-            "SELECT message_id, job, reason, deliveries, dead_at FROM fc_dead_letters ORDER BY id LIMIT ?",
+            "SELECT id, message_id, job, reason, deliveries, dead_at FROM fc_dead_letters ORDER BY id LIMIT ?",
             (limit,),
         ).fetchall())
         out = []
-        for message_id, document, reason, deliveries, dead_at in rows:
+        for row_id, message_id, document, reason, deliveries, dead_at in rows:
             raw: dict[str, Any] = {"id": message_id, "deliveries": deliveries, "dead_at": dead_at}
             try:
                 job: Job | None = Job.from_dict(json.loads(document))
             except (ValueError, KeyError, TypeError):
                 job, raw["job"] = None, document
-            out.append(DeadLetter(job, reason=reason, raw=raw))
+            out.append(DeadLetter(job, reason=reason, raw=raw, id=str(row_id), dead_at=dead_at))
         return out
+
+    async def delete_dead_letters(self, ids: Sequence[str]) -> int:
+        numbers = [int(i) for i in ids if str(i).isdigit()]
+        if not numbers:
+            return 0
+
+        def delete(conn: sqlite3.Connection) -> int:
+            marks = ",".join("?" * len(numbers))
+            return int(conn.execute(f"DELETE FROM fc_dead_letters WHERE id IN ({marks})", numbers).rowcount)
+
+        removed: int = await self.db.write(delete)
+        return removed
 
     async def size(self) -> int:
         """Messages not yet acknowledged (ready, delayed or in flight)."""
@@ -787,6 +799,13 @@ class SqliteStatusStore(_SqliteComponent, StatusStore):
         record = RunRecord.from_dict(json.loads(row[0]))
         self._remember(run_id, (record.status, record.updated_at))
         return record
+
+    async def delete(self, run_id: str) -> bool:
+        removed: bool = await self.db.write(
+            lambda conn: conn.execute("DELETE FROM fc_status WHERE run_id = ?", (run_id,)).rowcount == 1)
+        if removed:
+            self._notify(run_id)
+        return removed
 
     async def transition(
         self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any]

@@ -14,7 +14,7 @@ from flowcraft.engine.events import Event, EventBus
 from flowcraft.engine.graph import Graph
 from flowcraft.engine.guards import context_problem, json_problem
 from flowcraft.engine.kinds import OUTPUTS_PREFIX
-from flowcraft.engine.timeline import NodeVisit, public_context, read_timeline
+from flowcraft.engine.timeline import NodeVisit, dead_letter_flags, public_context, read_timeline
 from flowcraft.errors import FlowcraftError, InvalidStateError, InvalidValueError, RunNotFoundError
 from flowcraft.spi import ACTIVE_STATUSES, FINAL_STATUSES, Backend, Job, RunRecord
 
@@ -26,7 +26,11 @@ class RunResult:
     ``output``: the output of the run's last terminal node(s), one value or a dict when several finished
     (None until the run completes). ``outputs``: every node's output by node id. ``context``: the run's
     context without the engine's own keys (``_outputs.*``, ``_result``, ``_timeline.*``). ``timeline``: per
-    node and visit, its state and attempts (``flowcraft.engine.timeline.NodeVisit``).
+    node and visit, its state and attempts (``flowcraft.engine.timeline.NodeVisit``). ``dead_letters``: jobs of
+    the run the queue dead-lettered and that did not finish since (``node_id``, ``visit``, ``reason``, ``at``).
+    A run whose job was dead-lettered because no worker loads its blueprint stays ``running`` with this flag:
+    deploy a worker that has it and replay the job (``flowcraft dead-letters --replay``); a job that failed
+    its run is dead-lettered with the run ``failed`` and the same reason in ``errors``.
     """
 
     run_id: str
@@ -40,13 +44,14 @@ class RunResult:
     timeline: list[NodeVisit] = field(default_factory=list)
     created_at: float = 0.0
     updated_at: float = 0.0
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: every field, the timeline as a list of ``NodeVisit.to_dict()``."""
         return {"run_id": self.run_id, "blueprint_id": self.blueprint_id, "status": self.status,
                 "output": self.output, "outputs": self.outputs, "context": self.context, "errors": self.errors,
                 "awaiting": self.awaiting, "timeline": [visit.to_dict() for visit in self.timeline],
-                "created_at": self.created_at, "updated_at": self.updated_at}
+                "created_at": self.created_at, "updated_at": self.updated_at, "dead_letters": self.dead_letters}
 
 
 class RunControl:
@@ -135,6 +140,15 @@ class RunControl:
         await self.backend.queue.enqueue([resumed])
         await self._emit("run:resume", run_id, job.blueprint_id, job.node_id, {"action": action})
 
+    async def retry(self, run_id: str, from_node: str | None = None) -> int:
+        """Resume a failed run after a fix: rerun ``from_node`` and everything downstream of it (without it:
+        the node(s) that failed the run), keeping what finished upstream; a new generation of visits, so the
+        timeline keeps the failed attempt too (``flowcraft.engine.retry``). Returns the generation (from 1)."""
+        record = await self._record_or_raise(run_id)
+        from flowcraft.engine.retry import retry_run
+
+        return await retry_run(self, record, graph_or_raise(self.app, record.blueprint_id), from_node)
+
     async def cancel(self, run_id: str) -> bool:
         record = await self._record_or_raise(run_id)
         status = self.backend.status
@@ -155,7 +169,7 @@ class RunControl:
         timeline = await read_timeline(self.backend, run_id, record.status, context)
         return RunResult(run_id, record.blueprint_id, record.status, outputs, public_context(context),
                          record.errors, record.awaiting, context.get("_result"), timeline, record.created_at,
-                         record.updated_at)
+                         record.updated_at, dead_letter_flags(context, timeline))
 
     # ------------------------------------------------------------------ shared with the engine
     async def fail(self, record: RunRecord, node_id: str | None, message: str, hint: str = "") -> None:

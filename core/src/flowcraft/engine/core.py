@@ -23,11 +23,18 @@ from flowcraft.engine import routing
 from flowcraft.engine.control import RunControl, graph_or_raise
 from flowcraft.engine.control import RunResult as RunResult  # where callers import it from
 from flowcraft.engine.events import Event, EventBus, Middleware, run_with_middleware
-from flowcraft.engine.graph import Graph
+from flowcraft.engine.graph import VISITS_PER_GENERATION, Graph, loop_visit
 from flowcraft.engine.guards import DETERMINISTIC_ERRORS, context_problem, definition_problem, json_problem
 from flowcraft.engine.kinds import OUTPUTS_PREFIX, InlineKind, JobKind, KindContext, describe, node_kind
 from flowcraft.engine.outcome import NodeOutcome
-from flowcraft.engine.timeline import ATTEMPTS_PAYLOAD, TimelineMark, entry_key, prior_attempts, timeline_entry
+from flowcraft.engine.timeline import (
+    ATTEMPTS_PAYLOAD,
+    DEAD_LETTER_PREFIX,
+    TimelineMark,
+    entry_key,
+    prior_attempts,
+    timeline_entry,
+)
 from flowcraft.errors import (
     ExpressionError,
     FlowcraftError,
@@ -156,6 +163,8 @@ class Engine:
         if checked is None:
             return
         record, graph = checked
+        if job.visit >= VISITS_PER_GENERATION:  # a retried run (active again): forget its earlier stop signal
+            self._cancelled_runs.discard(job.run_id)
         if finishing:  # from the reconciler: no node to run, only the run's status to publish
             await self._finish(record)
             await self.queue.ack(delivery)
@@ -220,7 +229,7 @@ class Engine:
             return None
         record = delivery.record if delivery.prefetched else await self.status.get(job.run_id)
         if record is None:
-            await self._dead_letter(delivery, f"run {job.run_id!r} does not exist")
+            await self._dead_letter(delivery, f"run {job.run_id!r} does not exist", flag=False)
             return None
         if record.status in FINAL_STATUSES:
             await self.queue.ack(delivery)
@@ -607,7 +616,7 @@ class Engine:
     def _node_context(self, job: Job, node: NodeDefinition, context: RunContext, input_value: Any) -> NodeContext:
         return NodeContext(
             input=input_value, params=node.params, context=context, run_id=job.run_id,
-            blueprint_id=job.blueprint_id, node_id=job.node_id, visit=job.visit, attempt=job.attempt,
+            blueprint_id=job.blueprint_id, node_id=job.node_id, visit=loop_visit(job.visit), attempt=job.attempt,
             item=job.item, dependencies=self.app.dependencies, cancel_event=asyncio.Event(),
         )
 
@@ -644,10 +653,21 @@ class Engine:
     def _max_iterations(self, graph: Graph) -> int:
         return int(graph.blueprint.metadata.get("maxIterations", self.app.max_iterations))
 
-    async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
+    async def _dead_letter(self, delivery: Delivery, reason: str, *, flag: bool = True) -> None:
+        """Move the job to the queue's dead letter; unless the run does not exist (``flag``), the run shows it
+        (``RunResult.dead_letters``, from the context key ``DEAD_LETTER_PREFIX + job key``) until the job is
+        replayed or its node finishes."""
+        job = delivery.job
         self.counts["dead_letters"] += 1
-        log.warning("dead-lettering job %s of run %s: %s", delivery.job.key, delivery.job.run_id, reason,
-                    extra=_ids(delivery.job, event="job:dead_letter"))
+        log.warning("dead-lettering job %s of run %s: %s", job.key, job.run_id, reason,
+                    extra=_ids(job, event="job:dead_letter"))
+        if flag:  # first, so a crash after the move still leaves the run pointing at its dead letter
+            try:
+                await self.context.apply(job.run_id, {DEAD_LETTER_PREFIX + job.key: {
+                    "node_id": job.node_id, "visit": job.visit, "item": job.item, "reason": reason,
+                    "at": time.time()}})
+            except Exception:
+                log.warning("could not flag the dead letter on run %s", job.run_id, exc_info=True)
         await self.queue.dead_letter(delivery, reason)
         await self._emit("job:dead_letter", delivery.job.run_id, delivery.job.blueprint_id, delivery.job.node_id,
                          {"reason": reason})

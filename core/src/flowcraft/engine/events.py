@@ -13,6 +13,7 @@ Every ``Event`` has ``name``, ``run_id``, ``blueprint_id``, ``node_id`` (None fo
 ``run:finish``       ``status`` (completed, failed, cancelled), ``error`` when failed; ``node_id`` of
                      the failing node, if any
 ``run:resume``       ``action`` -- a waiting node was resumed (``node_id``)
+``run:retry``        ``generation``, ``nodes`` -- a failed run was retried (``node_id``: ``--from``)
 ``node:start``       ``visit``, ``attempt`` (from 1), ``worker`` -- an attempt begins
 ``node:finish``      ``visit``, ``output``, ``action`` -- the node produced its output
 ``node:error``       ``visit``, ``attempt``, ``error`` (``"Type: message"``), ``worker`` -- an attempt failed
@@ -36,7 +37,7 @@ from flowcraft.nodes.base import NodeContext
 log = logging.getLogger("flowcraft.events")
 
 EVENT_NAMES = (
-    "run:start", "run:finish", "run:resume",
+    "run:start", "run:finish", "run:resume", "run:retry",
     "node:start", "node:finish", "node:error", "node:retry", "node:fallback", "node:skipped",
     "job:dead_letter",
 )

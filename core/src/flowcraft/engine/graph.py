@@ -13,6 +13,21 @@ from dataclasses import dataclass, field
 from flowcraft.expressions import Expression, compile_expression
 from flowcraft.model import Blueprint, EdgeDefinition, NodeDefinition, unique
 
+#: Visits of one *generation*: a run retried from a node (``RunControl.retry``) runs its nodes again at visits
+#: ``generation * VISITS_PER_GENERATION + v``, so no job key, completion record or timeline entry of an earlier
+#: attempt is ever overwritten. Nodes outside loops run at their generation's base visit.
+VISITS_PER_GENERATION = 1_000_000
+
+
+def generation_base(visit: int) -> int:
+    """The first visit of ``visit``'s generation (0 for a run never retried)."""
+    return visit - visit % VISITS_PER_GENERATION
+
+
+def loop_visit(visit: int) -> int:
+    """The visit within its generation: the loop iteration a node sees (``NodeContext.visit``)."""
+    return visit % VISITS_PER_GENERATION
+
 
 @dataclass(frozen=True, slots=True)
 class CompiledEdge:
@@ -53,7 +68,7 @@ class Graph:
         target = self.nodes[edge.edge.target]
         if target.in_cycle and target.component == self.nodes[source].component:
             return source_visit
-        return 0
+        return generation_base(source_visit)
 
     def terminal_nodes(self) -> list[str]:
         return [nid for nid, info in self.nodes.items() if not info.out_edges and nid not in self.fallback_nodes]

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from flowcraft.engine.graph import CompiledEdge, Graph
+from flowcraft.engine.graph import CompiledEdge, Graph, loop_visit
 from flowcraft.errors import FlowcraftError
 from flowcraft.spi import Arrival, Completion, Job
 
@@ -93,7 +93,7 @@ def completion_arrivals(graph: Graph, job: Job, completion: Completion, names: M
             contribution = choice.edge.transform.evaluate({**names, "input": completion.output})
         reached = arrival(graph, job, job.node_id, job.visit, choice.edge, arrived=choice.taken,
                           contribution=contribution, due_at=completion.due_at)
-        if reached.job.visit > max_iterations:
+        if loop_visit(reached.job.visit) > max_iterations:
             raise FlowcraftError(
                 f"loop at node {reached.job.node_id!r} exceeded {max_iterations} iterations",
                 hint="check the loop condition or raise metadata.maxIterations",

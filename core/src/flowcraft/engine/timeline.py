@@ -29,7 +29,9 @@ from flowcraft.spi import Backend, PendingJob, job_key
 
 TIMELINE_PREFIX = "_timeline."
 #: Context keys the engine keeps for itself; ``RunResult.context`` leaves them out.
-INTERNAL_PREFIXES = ("_outputs.", TIMELINE_PREFIX)
+#: Context keys ``_dead_letter.<job key>``: a job of the run that was dead-lettered (``RunResult.dead_letters``).
+DEAD_LETTER_PREFIX = "_dead_letter."
+INTERNAL_PREFIXES = ("_outputs.", TIMELINE_PREFIX, "_retry.", DEAD_LETTER_PREFIX)
 INTERNAL_KEYS = frozenset({"_result"})
 #: Where a retry job carries the failed attempts of its node (``Job.payload``).
 ATTEMPTS_PAYLOAD = "_attempts"
@@ -112,6 +114,15 @@ class NodeVisit:
         return cls(str(data["node_id"]), int(data.get("visit", 0)), str(data.get("state", "pending")), attempts,
                    _number(data.get("started_at")), _number(data.get("finished_at")), data.get("action"),
                    data.get("fallback"), data.get("error"))
+
+
+def dead_letter_flags(context: Mapping[str, Any], timeline: Sequence[NodeVisit]) -> list[dict[str, Any]]:
+    """The run's dead-lettered jobs whose node visit has not finished since (a replayed job that finished
+    drops out), oldest first: ``{"node_id", "visit", "item", "reason", "at"}``."""
+    finished = {v.key for v in timeline if v.state in ("done", "skipped")}
+    flags = [dict(v) for k, v in context.items() if k.startswith(DEAD_LETTER_PREFIX) and isinstance(v, Mapping)
+             and job_key(str(v.get("node_id")), int(v.get("visit") or 0)) not in finished]
+    return sorted(flags, key=lambda f: float(f.get("at") or 0.0))
 
 
 def timeline_entry(node_id: str, visit: int, state: str, attempts: list[dict[str, Any]], finished_at: float | None,

@@ -1,0 +1,109 @@
+"""Rerun a failed run from a node (issue 18, item 4): ``client.retry(run_id, from_node=...)`` through the public
+API on the memory and sqlite backends; the timeline keeps the failed attempt and the rerun."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from flowcraft import Flow, FlowRuntime, NodeContext
+from flowcraft.errors import InvalidStateError
+from flowcraft.spi import Backend
+
+calls: dict[str, int] = {}
+broken: set[str] = set()
+
+
+def node(name: str) -> Any:
+    async def run(ctx: NodeContext) -> Any:
+        calls[name] = calls.get(name, 0) + 1
+        if name in broken:
+            raise ValueError(f"{name} is broken")
+        return {"node": name, "input": ctx.input}
+
+    run.__name__ = name
+    return run
+
+
+def diamond() -> Flow:
+    """a -> b, a -> c; (b, c) -> d -> e. d joins b and c."""
+    flow = Flow("diamond")
+    for name in "abcde":
+        flow.node(name, node(name))
+    return flow.edge("a", "b").edge("a", "c").edge("b", "d").edge("c", "d").edge("d", "e")
+
+
+@pytest.fixture(autouse=True)
+def reset() -> None:
+    calls.clear()
+    broken.clear()
+
+
+@pytest.mark.parametrize("backend_name", ["memory", "sqlite"])
+async def test_retry_from_a_node_keeps_upstream_and_history(backend_name: str, sqlite: Backend) -> None:
+    broken.add("d")
+    async with FlowRuntime(flows=[diamond()], backend=sqlite if backend_name == "sqlite" else None) as rt:
+        failed = await rt.run("diamond", {"x": 1}, timeout=10)
+        assert failed.status == "failed" and failed.errors[0]["node_id"] == "d"
+        d_input = {"b": {"node": "b", "input": {"node": "a", "input": {"x": 1}}},
+                   "c": {"node": "c", "input": {"node": "a", "input": {"x": 1}}}}
+        broken.clear()  # the fix
+        with pytest.raises(InvalidStateError, match="has no node 'zz'"):
+            await rt.client.retry(failed.run_id, from_node="zz")
+        assert await rt.client.retry(failed.run_id, from_node="d") == 1
+        result = await rt.wait(failed.run_id, timeout=10)
+        with pytest.raises(InvalidStateError, match="only failed runs can be retried"):
+            await rt.client.retry(failed.run_id)
+        (record,) = await rt.client.retries(failed.run_id)
+    assert result.status == "completed" and result.errors == []
+    assert result.outputs["d"] == {"node": "d", "input": d_input}  # re-fired with the inputs it had
+    assert result.output == {"node": "e", "input": result.outputs["d"]}
+    assert calls == {"a": 1, "b": 1, "c": 1, "d": 2, "e": 1}  # upstream kept, d and downstream rerun
+    states = [(v.node_id, v.state) for v in result.timeline]
+    assert ("d", "failed") in states and states.count(("d", "done")) == 1 and ("e", "done") in states
+    old_d, new_d = sorted((v for v in result.timeline if v.node_id == "d"), key=lambda v: v.visit)
+    assert old_d.visit == 0 and new_d.visit > old_d.visit and old_d.error == "ValueError: d is broken"
+    assert record.generation == 1 and record.from_node == "d" and record.errors[0]["node_id"] == "d"
+    assert not any(k.startswith("_retry.") for k in result.context)
+
+
+@pytest.mark.parametrize("backend_name", ["memory", "sqlite"])
+async def test_retry_without_from_reruns_the_failed_node_and_cut_branches(backend_name: str,
+                                                                         sqlite: Backend) -> None:
+    broken.add("b")
+    async with FlowRuntime(flows=[diamond()], backend=sqlite if backend_name == "sqlite" else None) as rt:
+        failed = await rt.run("diamond", 7, timeout=10)
+        assert failed.status == "failed"
+        broken.clear()
+        await rt.client.retry(failed.run_id)
+        result = await rt.wait(failed.run_id, timeout=10)
+    assert result.status == "completed"
+    assert calls["a"] == 1 and calls["b"] == 2 and calls["d"] == 1 and calls["e"] == 1
+    assert result.outputs["d"]["input"]["b"]["input"] == {"node": "a", "input": 7}
+
+
+async def test_retry_from_an_upstream_node_and_a_second_retry(sqlite: Backend) -> None:
+    broken.add("e")
+    async with FlowRuntime(flows=[diamond()], backend=sqlite) as rt:
+        failed = await rt.run("diamond", 1, timeout=10)
+        assert await rt.client.retry(failed.run_id, from_node="b") == 1
+        again = await rt.wait(failed.run_id, timeout=10)
+        assert again.status == "failed"  # e still broken: fails again, in generation 1
+        broken.clear()
+        assert await rt.client.retry(failed.run_id, from_node="b") == 2
+        result = await rt.wait(failed.run_id, timeout=10)
+        assert [r.generation for r in await rt.client.retries(failed.run_id)] == [1, 2]
+    assert result.status == "completed"
+    assert calls == {"a": 1, "c": 1, "b": 3, "d": 3, "e": 3}
+    assert [v.state for v in result.timeline if v.node_id == "e"] == ["failed", "failed", "done"]
+
+
+async def test_retry_from_a_start_node_uses_the_run_input() -> None:
+    broken.add("a")
+    async with FlowRuntime(flows=[diamond()]) as rt:
+        failed = await rt.run("diamond", "in", timeout=10)
+        broken.clear()
+        await rt.client.retry(failed.run_id, from_node="a")
+        result = await rt.wait(failed.run_id, timeout=10)
+    assert result.status == "completed" and result.outputs["a"] == {"node": "a", "input": "in"}
