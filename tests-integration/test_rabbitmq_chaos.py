@@ -20,7 +20,9 @@ pytestmark = pytest.mark.asyncio
 async def test_chaos_rabbitmq_with_a_broker_restart(tmp_path: Path, rabbitmq_options: dict[str, Any],
                                                     start_server: Any) -> None:
     broker: RabbitMqServer = start_server(RabbitMqServer)
-    options = {**rabbitmq_options, "amqp_url": broker.url, "visibility_timeout": 5}
+    # a process that has not reached the broker yet (the reconciler enqueues only when it finds a stalled run)
+    # keeps trying for connect_timeout: a loaded machine restarts RabbitMQ in 5-30 s
+    options = {**rabbitmq_options, "amqp_url": broker.url, "visibility_timeout": 5, "connect_timeout": 60}
     report = await run_chaos(short_form("rabbitmq", tmp_path, options, restart_server=broker.restart))
     assert report.server_restarts == 1
     assert_all_right(report)
