@@ -20,6 +20,8 @@ import pytest
 
 from flowcraft import connect
 from flowcraft.errors import ConfigError
+from servers.base import free_port
+from servers.redis import RedisServer
 
 APP_SOURCE = '''
 from flowcraft import App, Flow
@@ -34,10 +36,10 @@ RQ = str(Path(sys.executable).with_name("rq"))
 
 
 class WorkerProcess:
-    def __init__(self, cwd: Path, redis_url: str, prefix: str) -> None:
+    def __init__(self, cwd: Path, redis_url: str, prefix: str, *args: str) -> None:
         command = [sys.executable, "-m", "flowcraft.cli", "worker", "--app", "rq_presence_app:app", "--backend", "rq",
                    "-o", f"redis_url={redis_url}", "-o", f"key_prefix={prefix}", "--lease-seconds", "3",
-                   "--concurrency", "4"]
+                   "--concurrency", "4", *args]
         self.process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=lambda: self.lines.extend(self.process.stderr or ()), daemon=True)
@@ -91,6 +93,7 @@ async def test_rq_workers_in_rq_info_flowcraft_workers_and_runs_without_the_app(
     monkeypatch.chdir(tmp_path)
     for name in ("FLOWCRAFT_APP", "FLOWCRAFT_BACKEND", "FLOWCRAFT_CONFIG"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("flowcraft.client.PRESENCE_CACHE_SECONDS", 0.2)
     queue = f"{redis_prefix}queue"
     first, second = WorkerProcess(tmp_path, redis_url, redis_prefix), WorkerProcess(tmp_path, redis_url, redis_prefix)
     client = connect("rq", redis_url=redis_url, key_prefix=redis_prefix)  # no app
@@ -115,10 +118,33 @@ async def test_rq_workers_in_rq_info_flowcraft_workers_and_runs_without_the_app(
         assert second.stop() == 0, "".join(second.lines)
         assert rq_info(redis_url, queue).count("w-") == 0
         assert await client.workers() == []
-        await asyncio.sleep(5.1)  # past the client's cache of the published blueprints
+        await asyncio.sleep(0.3)  # past the client's cache of the published blueprints
         with pytest.raises(ConfigError, match="no live worker has published blueprint 'quick'"):
             await client.start("quick")
     finally:
         first.stop(signal.SIGKILL)
         second.stop(signal.SIGKILL)
         await client.close()
+
+
+def test_rq_worker_is_ready_only_once_redis_answers(tmp_path: Path, redis_prefix: str, start_server: Any,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Started before its Redis (a pod starting beside its server), the worker waits, says nothing about being
+    ready and writes no ready file until the server answers; then it is ready and consuming."""
+    (tmp_path / "rq_presence_app.py").write_text(APP_SOURCE, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    port = free_port()
+    ready_file = tmp_path / "ready"
+    worker = WorkerProcess(tmp_path, f"redis://127.0.0.1:{port}/0", redis_prefix, "--ready-file", str(ready_file))
+    try:
+        wait_until(lambda: any("trying again for up to" in line for line in worker.lines), "the worker trying Redis",
+                   timeout=30)
+        time.sleep(1.0)
+        assert worker.process.poll() is None, "".join(worker.lines)
+        assert not any(" ready on backend" in line for line in worker.lines) and not ready_file.exists()
+        start_server(RedisServer, port=port)
+        worker_id = worker.ready_id()
+        assert json.loads(ready_file.read_text())["worker_id"] == worker_id
+    finally:
+        assert worker.stop() == 0, "".join(worker.lines)
+    assert not ready_file.exists()
