@@ -129,6 +129,11 @@ def test_worker_logs_failures_and_retries_counts_them_and_calls_listeners(projec
         failed = invoke("run", "broken", "--wait", "--timeout", "30")
         assert failed.exit_code == 1
         run_id = json.loads(failed.stdout)["run_id"]
+        # as the quickstart and the demo's closing hint say: no --app, the blueprint the worker published
+        (project / "no-app.toml").write_text('backend = "sqlite"\n[options]\npath = "runs.db"\n', encoding="utf-8")
+        published = invoke("--config", "no-app.toml", "run", "ops", "--wait", "--timeout", "30")
+        assert published.exit_code == 0, published.output
+        assert json.loads(published.stdout)["output"] == 2 and "attempt 1 failed" in published.stderr
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=30)
@@ -148,7 +153,7 @@ def test_worker_logs_failures_and_retries_counts_them_and_calls_listeners(projec
         assert "INFO flowcraft.engine: node flaky of run" in stderr and "retry 2 of 3" in stderr
         assert f"node explode of run {run_id} failed the run: ValueError: boom" in stderr
     summary = next(line for line in output if " stopped: " in line)
-    assert "3 node attempts failed (2 retried), 1 runs failed, 0 dead-lettered" in summary
+    assert "4 node attempts failed (3 retried), 1 runs failed, 0 dead-lettered" in summary
     names = [json.loads(line)["name"] for line in events.read_text().splitlines()]
     assert {"node:start", "node:error", "node:retry", "node:finish", "node:skipped", "run:finish"} <= set(names)
 
