@@ -10,6 +10,9 @@ probe never touches the stores and never waits on the event loop.
   stopping; 503 before and after.
 
 Both answer a small JSON document: ``{"status", "worker_id", "state", "in_flight", "handled", "failed"}``.
+
+With ``flowcraft worker --processes N`` the supervisor serves them for the fleet (``FleetHealth``): ready while
+all N worker processes run and each has said it is ready; the answer adds ``processes_ready`` and ``processes``.
 """
 
 from __future__ import annotations
