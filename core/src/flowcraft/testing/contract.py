@@ -49,7 +49,7 @@ from flowcraft.app import App
 from flowcraft.client import Client
 from flowcraft.engine.core import Engine, EngineOptions, RunResult
 from flowcraft.engine.worker import Worker
-from flowcraft.errors import ConfigError
+from flowcraft.errors import ConfigError, UnsupportedError
 from flowcraft.flow import Flow
 from flowcraft.plugins import registry
 from flowcraft.presence import WorkerPresence
@@ -185,6 +185,34 @@ class QueueContract(_Base):
         assert letters[0].reason == "cannot be processed: test"
         assert letters[0].job is not None and letters[0].job.payload == {"x": [1, 2]}
 
+    async def test_queue_dead_letters_replay_and_purge(self, backend: Backend, run_prefix: str) -> None:
+        """Dead letters have ids; a replayed one's job is delivered again (unchanged) and its dead letter is
+        gone; a purged one is gone without a delivery. Skipped for a queue that cannot remove its dead letters
+        (``manages_dead_letters`` False), which must then refuse a replay with ``UnsupportedError``."""
+        queue = backend.queue
+        jobs = [_job(run_prefix, node=f"n{i}", payload={"i": i}) for i in range(3)]
+        await queue.enqueue(jobs)
+        for delivery in await receive(backend, 3):
+            await queue.dead_letter(delivery, f"test {delivery.job.node_id}")
+        letters = {d.job.node_id: d for d in await queue.dead_letters(1000) if d.job and d.job.run_id == run_prefix}
+        assert sorted(letters) == ["n0", "n1", "n2"]
+        if not queue.manages_dead_letters:
+            with pytest.raises(UnsupportedError):
+                await queue.replay_dead_letters([letters["n0"].id])
+            pytest.skip(f"the {queue.name} queue cannot remove its dead letters (manages_dead_letters)")
+        assert all(letter.id for letter in letters.values()) and len({d.id for d in letters.values()}) == 3
+        replayed = await queue.replay_dead_letters([letters["n0"].id])
+        assert [d.job.node_id for d in replayed if d.job] == ["n0"]
+        (again,) = await receive(backend, 1)
+        assert again.job.node_id == "n0" and again.job.payload == {"i": 0} and again.job.run_id == run_prefix
+        await queue.ack(again)
+        assert await queue.purge_dead_letters([letters["n1"].id]) == 1
+        left = [d for d in await queue.dead_letters(1000) if d.job and d.job.run_id == run_prefix]
+        assert [d.job.node_id for d in left if d.job] == ["n2"]
+        assert await queue.purge_dead_letters([letters["n1"].id]) == 0  # already gone: ignored
+        await queue.purge_dead_letters([left[0].id])
+        assert await queue.dequeue(1, 0.3) == []
+
 
 class ContextContract(_Base):
     """ContextStore: JSON values stored per key, null included, concurrent writers."""
@@ -265,6 +293,27 @@ class StatusContract(_Base):
         found = {r.run_id for r in await backend.status.stalled(time.time(), 1000)}
         assert run_prefix in found and run_prefix + "-done" not in found
         assert run_prefix not in {r.run_id for r in await backend.status.stalled(time.time() - 3600, 1000)}
+
+
+    async def test_status_delete_removes_a_record(self, backend: Backend, run_prefix: str) -> None:
+        """delete removes the record (get None, not listed, the id can be created again); deleting a missing
+        run is False. Every bundled backend implements it (``deletes``); retention relies on it."""
+        if not backend.status.deletes:
+            with pytest.raises(UnsupportedError):
+                await backend.status.delete(run_prefix)
+            pytest.skip(f"the {backend.status.name} status store cannot delete runs")
+        blueprint = f"bp-{run_prefix}"
+        await backend.status.create(RunRecord(run_prefix, blueprint))
+        await backend.status.create(RunRecord(run_prefix + "-kept", blueprint))
+        await backend.status.transition(run_prefix, ["running"], "completed", {})
+        assert await backend.status.delete(run_prefix)
+        assert await backend.status.get(run_prefix) is None
+        assert not await backend.status.delete(run_prefix)
+        listed, _ = await backend.status.list(blueprint_id=blueprint)
+        assert [r.run_id for r in listed] == [run_prefix + "-kept"]
+        completed, _ = await backend.status.list(status="completed", blueprint_id=blueprint)
+        assert completed == []
+        assert await backend.status.create(RunRecord(run_prefix, blueprint))
 
 
 class CoordinationContract(_Base):

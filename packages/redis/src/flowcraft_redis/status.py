@@ -58,6 +58,17 @@ class RedisStatusStore(RedisStateStore, StatusStore):
         raw = await self.batcher.call("HGETALL", self.keys.status(run_id))
         return record_from_hash(raw) if raw else None
 
+    async def delete(self, run_id: str) -> bool:
+        """The record's hash first, then its index entries (an entry left behind by a crash in between is
+        dropped by the next ``list``, as for an expired record)."""
+        removed = bool(await self.redis.delete(self.keys.status(run_id)))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(self.keys.idx_created, run_id)
+            for status in ("running", "awaiting", "completed", "failed", "cancelled"):
+                pipe.zrem(self.keys.idx_status(status), run_id)
+            await pipe.execute()
+        return removed
+
     async def transition(
         self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any]
     ) -> RunRecord | None:
