@@ -160,6 +160,42 @@ async def _scheduled_run(backend: Backend, run_id: str, node: str = "n") -> Job:
     return job
 
 
+async def test_one_push_wakes_one_waiting_worker(options: dict[str, Any], backend: Backend) -> None:
+    """Idle workers block on the queue; a pushed job wakes one of them, which takes it (the others sleep on)."""
+    others = [registry().build("rq", options) for _ in range(2)]
+    try:
+        waiting = {asyncio.create_task(rq_queue(b).receive(1, 2.0, f"w{n}", 30)): b for n, b in enumerate(others)}
+        await asyncio.sleep(0.3)  # both are blocked
+        scripts_run = {task: rq_queue(b).batcher.commands for task, b in waiting.items()}
+        await rq_queue(backend).enqueue([_job("woken")])
+        done, pending = await asyncio.wait(waiting, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+        assert len(done) == 1
+        woken = done.pop()
+        (delivery,) = woken.result()
+        assert delivery.job.run_id == "woken"
+        await rq_queue(waiting[woken]).ack(delivery)
+        await asyncio.sleep(0.3)
+        (asleep,) = pending  # the other one was not woken: it ran no dequeue script since
+        assert not asleep.done() and rq_queue(waiting[asleep]).batcher.commands == scripts_run[asleep]
+        assert await asleep == []
+    finally:
+        for other in others:
+            await other.close()
+
+
+async def test_a_job_claimed_by_a_worker_that_died_before_taking_it_comes_back(
+        backend: Backend, sync_redis: redis.Redis) -> None:
+    """A worker that moved a pushed id into its claim list and died before its dequeue script: the id goes back
+    to the queue once the claim's registration lapses."""
+    queue = rq_queue(backend)
+    assert await queue.receive(1, 0.0, "w1", 30) == []  # registers the claim list (until now + visibility 1 s)
+    await queue.enqueue([_job("claimed")])
+    assert sync_redis.lmove(queue.queue_key, queue.claim_key, "LEFT", "RIGHT") is not None  # its BLMOVE, then death
+    await asyncio.sleep(1.2)
+    other = RqQueue(queue.redis, queue_name=queue.queue_name, key_prefix=queue.key_prefix)
+    assert [d.job.run_id for d in await other.dequeue(5, 1.0)] == ["claimed"]
+
+
 async def test_receive_prefetches_the_record_and_lease_dequeue_does_not(backend: Backend) -> None:
     queue = rq_queue(backend)
     assert queue.prefetching

@@ -236,6 +236,13 @@ class Batcher:
         return await self.call("EVALSHA", sha, 0, *args)
 
     async def call(self, *command: Any) -> Any:
+        return await self._submit(command)
+
+    async def call_many(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Several commands in one pipeline, in order (not atomic: no script for what needs no atomicity)."""
+        return list(await asyncio.gather(*(self._submit(command) for command in commands)))
+
+    def _submit(self, command: tuple[Any, ...]) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             self._loop, self._queue, self._in_flight, self._tasks = loop, [], 0, set()
@@ -248,7 +255,7 @@ class Batcher:
             task = loop.create_task(self._drain())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return await future
+        return future
 
     async def _drain(self) -> None:
         try:

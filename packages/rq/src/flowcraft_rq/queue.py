@@ -136,11 +136,12 @@ class RqQueue(Colocated, Queue):
         self.failed_key = f"{r}:failed:{queue_name}"
         self.queues_key = f"{r}:queues"
         self.job_prefix = f"{r}:job:"
+        #: where this worker's blocking wait moves the next pushed job id (see ``_take``)
+        self.claim_key = f"{r}:claim:{queue_name}:{self.worker_name}"
         self._dispatcher = RqDispatcher(self) if dispatch else None
         self.batcher = batcher_for(redis)
         batcher = self.batcher
         self._dequeue = batcher.script(scripts.DEQUEUE)
-        self._ack = batcher.script(scripts.ACK)
         self._release = batcher.script(scripts.RELEASE)
         self._extend = batcher.script(scripts.EXTEND)
         self._enqueue = batcher.script(scripts.ENQUEUE)
@@ -204,14 +205,19 @@ class RqQueue(Colocated, Queue):
 
     async def _take(self, max_jobs: int, wait: float, owner: str | None, lease_seconds: float) -> list[Delivery]:
         end = time.monotonic() + wait
+        claimed = False
         while True:
             now = time.time()
+            # the claim list stays registered past the longest block, so only a dead worker's is taken back
+            claim_until = now + max(0.0, end - time.monotonic()) + self.visibility_timeout
             next_due, items = await self.batcher.call_script(
                 self._dequeue, self.rq_prefix, self.queue_name, repr(now), iso(now),
                 repr(now + self.visibility_timeout), max(1, max_jobs), f"{uuid.uuid4().hex[:12]}-",
                 self.worker_name, self.key_prefix, "0" if owner is None else "1", owner or "",
-                repr(now + lease_seconds), self.state_ttl_seconds,
+                repr(now + lease_seconds), self.state_ttl_seconds, self.claim_key, "1" if claimed else "0",
+                repr(claim_until),
             )
+            claimed = False
             if items:
                 return [self._delivery(item, owner) for item in items]
             remaining = end - time.monotonic()
@@ -223,9 +229,11 @@ class RqQueue(Colocated, Queue):
             if timeout < 0.01:
                 await asyncio.sleep(0.005)
                 continue
-            # wake up as soon as something is pushed; the item stays in the list (moved head to tail);
-            # redis-py annotates the timeout as int, BLMOVE takes fractional seconds
-            await self.redis.blmove(self.queue_key, self.queue_key, timeout, "LEFT", "RIGHT")  # type: ignore[arg-type]
+            # wake up as soon as something is pushed, taking it into this worker's claim list: one push wakes
+            # one worker (see lua/dequeue.lua); redis-py annotates the timeout as int, BLMOVE takes fractions
+            moved = await self.redis.blmove(self.queue_key, self.claim_key, timeout,  # type: ignore[arg-type]
+                                            "LEFT", "RIGHT")
+            claimed = moved is not None
 
     @staticmethod
     def _delivery(item: list[Any], owner: str | None) -> Delivery:
@@ -253,7 +261,7 @@ class RqQueue(Colocated, Queue):
         receipt = delivery.receipt
         if isinstance(receipt, _RqManaged):
             return  # run by a plain rq worker: rq finishes the job
-        await self.batcher.call_script(self._ack, self.rq_prefix, self.queue_name, receipt.job_id, receipt.entry)
+        await self.batcher.call_many(("ZREM", self.wip_key, receipt.entry), ("DEL", self._job_key(receipt.job_id)))
 
     async def release(self, delivery: Delivery, delay: float = 0.0) -> None:
         receipt = delivery.receipt
@@ -326,20 +334,8 @@ class RqQueue(Colocated, Queue):
                     why = text(exc_info)
             else:
                 why = "unknown (the job expired)"
-            out.append(DeadLetter(job, reason=why, raw=text(job_id), id=text(job_id)))
+            out.append(DeadLetter(job, reason=why, raw=text(job_id)))
         return out
-
-    async def delete_dead_letters(self, ids: Sequence[str]) -> int:
-        """Remove failed jobs from rq's FailedJobRegistry with their job hash and result stream (as
-        ``rq``'s ``FailedJobRegistry.remove(delete_job=True)``); ids are rq job ids (``DeadLetter.id``)."""
-        if not ids:
-            return 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in ids:
-                pipe.zrem(self.failed_key, job_id)
-                pipe.delete(self._job_key(job_id), f"{self.rq_prefix}:results:{job_id}")
-            replies = await pipe.execute()
-        return sum(1 for reply in replies[::2] if reply)
 
     # ------------------------------------------------------------------ rq's worker registry
     async def register_worker(self, worker: WorkerInfo) -> None:

@@ -14,7 +14,6 @@ def _lua(name: str) -> str:
 
 
 DEQUEUE = with_leases(_lua("dequeue"))
-ACK = _lua("ack")
 DROP_LEASE = DROP_LEASE_LUA
 RELEASE = with_leases(_lua("release"))
 EXTEND = _lua("extend")

@@ -1,13 +1,20 @@
 -- ARGV: R, name, now, now_iso, deadline, max, exec prefix, worker name, P, prefetch ('1'/'0'), owner, lease
--- expiry, ttl. Returns {next_due, {id, entry, data, deliveries, record, lease, state, completion}...}.
+-- expiry, ttl, claim list, claimed ('1': the caller's BLMOVE moved an id into it), claim deadline.
+-- Returns {next_due, {id, entry, data, deliveries, record, lease, state, completion}...}.
 -- With prefetch (RqQueue.receive): record is the flat P status:{<run>} hash (empty: no such run) and, for an
 -- active run, the job's lease is taken for owner as RedisCoordinationStore.begin does (take_lease):
 -- lease 1 (taken; state and completion read) or 0 (another owner's live lease; state read).
 -- Otherwise record is false and lease -1.
+-- A worker with nothing to do blocks by moving the next pushed id from the queue into its own claim list
+-- (BLMOVE), so one push wakes one worker; before it blocks, this script registers the list in R:claims:<name>
+-- until the claim deadline, and the lists of workers that died between their BLMOVE and their next dequeue
+-- go back to the front of the queue.
 local R, name, now, now_iso, deadline = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local max, exec, worker = tonumber(ARGV[6]), ARGV[7], ARGV[8]
 local P, prefetch, owner, expiry, ttl = ARGV[9], ARGV[10] == '1', ARGV[11], ARGV[12], tonumber(ARGV[13])
+local claim, claimed, claim_until = ARGV[14], ARGV[15] == '1', ARGV[16]
 local q, wip, sched, jp = R .. ':queue:' .. name, R .. ':wip:' .. name, R .. ':scheduled:' .. name, R .. ':job:'
+local claims = R .. ':claims:' .. name
 
 -- due scheduled jobs to the queue (what rq's scheduler does)
 local due = redis.call('ZRANGEBYSCORE', sched, '-inf', now, 'LIMIT', 0, 1000)
@@ -29,9 +36,18 @@ for _, entry in ipairs(expired) do
   end
 end
 
+for _, list in ipairs(redis.call('ZRANGEBYSCORE', claims, '-inf', now, 'LIMIT', 0, 100)) do
+  while redis.call('LMOVE', list, q, 'RIGHT', 'LEFT') do end
+  redis.call('ZREM', claims, list)
+end
+
 local out = {}
-local ids = redis.call('LPOP', q, max)
-if ids then
+local ids = {}
+if claimed then ids = redis.call('LPOP', claim, max) or {} end
+if #ids < max then
+  for _, id in ipairs(redis.call('LPOP', q, max - #ids) or {}) do ids[#ids + 1] = id end
+end
+if #ids > 0 then
   local records = {}
   for n, id in ipairs(ids) do
     local hk = jp .. id
@@ -72,9 +88,10 @@ if ids then
     end
   end
 end
--- when nothing was ready: the next time something falls due (the caller blocks until then at most)
+-- when nothing was ready: the caller blocks on its claim list until the next time something falls due
 local next_due = ''
 if #out == 0 then
+  redis.call('ZADD', claims, claim_until, claim)
   local first = redis.call('ZRANGE', sched, 0, 0, 'WITHSCORES')
   if first[2] then next_due = first[2] end
   first = redis.call('ZRANGE', wip, 0, 0, 'WITHSCORES')
