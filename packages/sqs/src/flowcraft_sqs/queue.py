@@ -246,6 +246,31 @@ class SqsQueue(Queue):
             quiet = 0 if fresh else quiet + 1
         return list(seen.values())[:limit]
 
+    async def delete_dead_letters(self, ids: Sequence[str]) -> int:
+        """Remove dead letters by SQS message id. SQS deletes only by receipt handle, so the dead-letter queue
+        is received (hidden for a moment) until every id was found or a receive brings nothing; the others are
+        made visible again at once."""
+        wanted = {str(i) for i in ids}
+        if not wanted:
+            return 0
+        client, url = await self._dead()
+        removed, quiet, others = 0, 0, []
+        while wanted and quiet < 3:
+            response = await client.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
+                                                    VisibilityTimeout=30)
+            messages = response.get("Messages", [])
+            quiet = 0 if messages else quiet + 1
+            for message in messages:
+                if message.get("MessageId") in wanted:
+                    await client.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+                    wanted.discard(message["MessageId"])
+                    removed += 1
+                else:
+                    others.append(message["ReceiptHandle"])
+        for handle in others:
+            await client.change_message_visibility(QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=0)
+        return removed
+
     # ------------------------------------------------------------------------------------------ internals
     def _entry(self, body: str, job: Job, delay: float, carried: int = 0) -> tuple[dict[str, Any], int]:
         request: dict[str, Any] = {"MessageBody": body}
@@ -367,4 +392,4 @@ def _dead_letter(message: Mapping[str, Any]) -> DeadLetter:
         job: Job | None = Job.from_dict(json.loads(message.get("Body", "")))
     except (ValueError, KeyError, TypeError):
         job = None
-    return DeadLetter(job, reason=str(reason), raw=message)
+    return DeadLetter(job, reason=str(reason), raw=message, id=str(message.get("MessageId", "")))

@@ -114,6 +114,16 @@ class DynamoDbStatusStore(StatusStore):
         (item,) = await self._gets.submit([({"runId": S(run_id)}, 0)])
         return None if not item else _from_item(item)
 
+    async def delete(self, run_id: str) -> bool:
+        try:
+            check_key(run_id, "run id", MAX_PARTITION_KEY_BYTES)
+        except KeyTooLongError:
+            return False
+        client = await self._source.get()
+        response = await client.delete_item(TableName=self.table_name, Key={"runId": S(run_id)},
+                                            ReturnValues="ALL_OLD")
+        return bool(response.get("Attributes"))
+
     async def _get_batch(self, entries: list[Entry]) -> list[dict[str, Any] | None]:
         """One consistent BatchGetItem for the reads of concurrent callers."""
         ids = list(dict.fromkeys(entry.request["runId"]["S"] for entry in entries))
