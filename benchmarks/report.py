@@ -68,10 +68,11 @@ def markdown(reports: Sequence[dict[str, Any]]) -> str:
             for _, metric, digits, _ in COLUMNS:
                 entry = comparison.get(metric) or {}
                 ratio = entry.get("ratio")
-                cells.append(f"{_number(entry.get('flowcraft'), digits)} / {_number(entry.get('peer'), digits)}"
+                peer = entry.get("peer", entry.get("celery"))  # results written before peers were general
+                cells.append(f"{_number(entry.get('flowcraft'), digits)} / {_number(peer, digits)}"
                              f" = **{'—' if ratio is None else f'{ratio:.2f}{TIMES}'}**")
-            lines.append(f"| {comparison['workload']} | {comparison['workers']} | {comparison['flowcraft']} / "
-                         f"{comparison['peer']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {comparison['workload']} | {comparison.get('workers', '')} | {comparison['flowcraft']} / "
+                         f"{comparison.get('peer', 'celery')} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
