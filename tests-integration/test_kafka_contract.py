@@ -19,7 +19,7 @@ def kafka_options(kafka_bootstrap: str, cassandra_contact_point: str, redis_url:
     tag = uuid.uuid4().hex[:10]
     return {
         "bootstrap_servers": kafka_bootstrap, "topic_name": f"jobs-{tag}", "group_id": f"workers-{tag}",
-        "partitions": 3, "session_timeout_ms": 2000,
+        "partitions": 3, "session_timeout_ms": 3000,
         "cassandra_hosts": cassandra_contact_point, "keyspace": f"ks_{tag}",
         "protocol_version": 1, "consistency": "ONE", "status_buckets": 4,
         "redis_url": redis_url, "key_prefix": f"fck:{tag}:",

@@ -74,7 +74,7 @@ def servers() -> Iterator[tuple[str, str, str]]:
 
 
 # ---------------------------------------------------------------------------------------------- raw floor
-def raw_floor(bootstrap: str, window: int, session_timeout_ms: int, hops: int = 10) -> float:
+def raw_floor(bootstrap: str, window: int, session_timeout_ms: int, fetch_wait_max_ms: int, hops: int = 10) -> float:
     """Kafka alone for a chain workload: ``window`` records in flight, each consumed record produces its
     successor until ``hops``; one consumer (its group joined before the clock starts), commits of the
     consumed offsets every 100 ms, a producer with acks=all. Records/s."""
@@ -90,7 +90,7 @@ def raw_floor(bootstrap: str, window: int, session_timeout_ms: int, hops: int = 
                          "linger.ms": 2})
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": topic, "enable.auto.commit": False,
                          "auto.offset.reset": "earliest", "session.timeout.ms": session_timeout_ms,
-                         "fetch.wait.max.ms": 100})  # as KafkaQueue (option fetch_wait_max_ms)
+                         "fetch.wait.max.ms": fetch_wait_max_ms})  # as KafkaQueue (option fetch_wait_max_ms)
     consumer.subscribe([topic])
     while not consumer.assignment():
         consumer.poll(0.1)
@@ -187,11 +187,11 @@ async def measure(options: dict[str, Any], flow: str, runs: int, concurrency: in
         if (await child.stdout.readline()).decode().strip() != "ready":
             raise SystemExit("the worker process did not start")
         started = time.perf_counter()
-        pending = set(run_ids)
-        while pending:
-            records = await asyncio.gather(*(backend.status.get(r) for r in pending))
-            pending = {r.run_id for r in records if r is None or r.status != "completed"}
-            if pending:
+        for run_id in run_ids:  # one read at a time: the measuring process must not load the servers
+            while True:
+                record = await backend.status.get(run_id)
+                if record is not None and record.status == "completed":
+                    break
                 await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - started
         child.send_signal(signal.SIGTERM)
@@ -208,12 +208,14 @@ async def main(args: argparse.Namespace, bootstrap: str, cassandra: str, redis: 
         return {"bootstrap_servers": bootstrap, "topic_name": f"bench-{tag}", "group_id": f"bench-{tag}",
                 "partitions": 3, "session_timeout_ms": args.session_timeout_ms, "cassandra_hosts": cassandra,
                 "keyspace": f"bench_{tag}", "protocol_version": args.protocol_version,
-                "consistency": args.consistency, "redis_url": redis, "key_prefix": f"bench:{tag}:"}
+                "consistency": args.consistency, "redis_url": redis, "key_prefix": f"bench:{tag}:",
+                "fetch_wait_max_ms": args.fetch_wait_max_ms}
 
     rows: dict[str, list[tuple[float, float, float]]] = {"chain10": [], "diamond8": []}
     layers: list[float] = []
     for trial in range(1, args.trials + 1):
-        raw = await asyncio.to_thread(raw_floor, bootstrap, args.runs, args.session_timeout_ms)
+        raw = await asyncio.to_thread(raw_floor, bootstrap, args.runs, args.session_timeout_ms,
+                                      args.fetch_wait_max_ms)
         layer = await queue_floor(options(uuid.uuid4().hex[:8]), args.runs, args.concurrency)
         layers.append(layer / raw)
         print(f"trial {trial}: raw Kafka floor ({args.runs} chains in flight; consume + produce successor + "
@@ -247,6 +249,8 @@ if __name__ == "__main__":
     parser.add_argument("--protocol-version", type=int, default=1)
     parser.add_argument("--consistency", default="ONE")
     parser.add_argument("--session-timeout-ms", type=int, default=3000)
+    parser.add_argument("--fetch-wait-max-ms", type=int, default=20,
+                        help="for the raw floor and the backend alike (Tansu answers a fetch at its max wait only)")
     parser.add_argument("--worker", metavar="OPTIONS", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.worker:

@@ -240,7 +240,8 @@ class KafkaQueue(Queue):
                                        "message.max.bytes": max(self.options.max_message_bytes + 4096, 1000000)})
         if consuming:
             self._consuming = True
-        if self._thread is None:
+        if self._thread is None or not self._thread.is_alive():  # first use, or the thread died (reported)
+            self._stop.clear()
             self._thread = threading.Thread(target=self._run, name=f"flowcraft-kafka-{self.topic}", daemon=True)
             self._thread.start()
 
@@ -268,7 +269,10 @@ class KafkaQueue(Queue):
                     future.set_exception(FlowcraftError(f"Kafka refused a record: {err}"))
                 else:
                     future.set_result(None)
-            loop.call_soon_threadsafe(settle)
+            try:
+                loop.call_soon_threadsafe(settle)
+            except RuntimeError:  # the event loop that waited for it is closed: nobody waits any more
+                pass
         return done
 
     def _send(self, topic: str, value: bytes, key: bytes | None, headers: Mapping[str, str], callback: Any) -> None:
