@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import json
 import time
 import uuid
@@ -58,6 +59,8 @@ DELIVERIES_HEADER = "flowcraft-deliveries"
 DUE_HEADER = "flowcraft-due"
 REASON_HEADER = "flowcraft-reason"
 SOURCE_HEADER = "flowcraft-source-queue"
+#: a dead letter's id (``DeadLetter.id``), set when Flowcraft dead-letters a message
+DEAD_LETTER_ID_HEADER = "flowcraft-dead-letter-id"
 #: the delay ladder, in milliseconds: 10 ms * 2^k
 DELAY_LADDER_MS: tuple[int, ...] = tuple(10 * 2 ** k for k in range(24))
 #: a job due within this many seconds is delivered at once (the engine gives back one due later than 10 ms)
@@ -472,7 +475,7 @@ class RabbitMqQueue(Queue):
 
     async def _to_dead_letter(self, receipt: RabbitMqReceipt, reason: str) -> None:
         headers = {REASON_HEADER: reason[:16000] or "unknown", SOURCE_HEADER: self.queue_name,
-                   DELIVERIES_HEADER: max(1, receipt.deliveries)}
+                   DELIVERIES_HEADER: max(1, receipt.deliveries), DEAD_LETTER_ID_HEADER: uuid.uuid4().hex}
         await self._publish("", receipt.body, headers, exchange=self.dead_letter_exchange)
         await self._settle(receipt)
 
@@ -496,6 +499,33 @@ class RabbitMqQueue(Queue):
                 await channel.close()
         return letters
 
+    async def delete_dead_letters(self, ids: Sequence[str]) -> int:
+        """Remove dead letters by id: the dead-letter queue is read on a channel of its own, the messages asked
+        for are acknowledged (removed), the others go back, in order, when the channel closes."""
+        wanted = collections.Counter(str(i) for i in ids)
+        if not wanted:
+            return 0
+        channel = await self.link.channel()
+        removed = 0
+        try:
+            queue = await channel.get_queue(self.dead_letter_queue, ensure=False)
+            while sum(wanted.values()) > 0:
+                message = await queue.get(no_ack=False, fail=False)
+                if message is None:
+                    break
+                letter_id = _dead_letter(message).id
+                if wanted[letter_id] > 0:
+                    await message.ack()
+                    wanted[letter_id] -= 1
+                    removed += 1
+        except ChannelNotFoundEntity:
+            raise ConfigError(f"RabbitMQ queue {self.dead_letter_queue!r} does not exist on {self.link.where}",
+                              hint="run `flowcraft setup --backend rabbitmq`") from None
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        return removed
+
 
 def _receipt(delivery: Delivery) -> RabbitMqReceipt:
     receipt = delivery.receipt
@@ -518,4 +548,10 @@ def _dead_letter(message: AbstractIncomingMessage) -> DeadLetter:
         job: Job | None = decode_job(message.body)
     except ValueError:
         job = None
-    return DeadLetter(job, reason=str(reason), raw={"body": message.body, "headers": headers})
+    letter_id = headers.get(DEAD_LETTER_ID_HEADER) or message.message_id
+    if isinstance(letter_id, bytes):
+        letter_id = letter_id.decode("utf-8", "replace")
+    if not letter_id:  # dead-lettered by the broker: the body and its first death identify it
+        death = repr(headers.get("x-first-death-queue")) + repr(headers.get("x-death"))
+        letter_id = hashlib.sha256(message.body + death.encode()).hexdigest()[:32]
+    return DeadLetter(job, reason=str(reason), raw={"body": message.body, "headers": headers}, id=str(letter_id))

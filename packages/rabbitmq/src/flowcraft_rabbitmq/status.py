@@ -94,6 +94,7 @@ class PostgresStatusStore(StatusStore):
             "INSERT INTO {} (run_id, status, blueprint_id, status_data, created_at, updated_at) "
             "VALUES (%s, %s, %s, %s::jsonb, %s, %s) ON CONFLICT (run_id) DO NOTHING").format(t)
         self._get = sql.SQL("SELECT {} FROM {} WHERE run_id = %s").format(cols, t)
+        self._delete = sql.SQL("DELETE FROM {} WHERE run_id = %s").format(t)
         self._transition = sql.SQL(
             "UPDATE {} SET status = %s, updated_at = %s, blueprint_id = COALESCE(%s, blueprint_id), "
             "status_data = status_data || %s::jsonb WHERE run_id = %s AND status = ANY(%s) RETURNING {}"
@@ -174,6 +175,15 @@ class PostgresStatusStore(StatusStore):
 
         row = await self.client.run(read)
         return None if row is None else row_record(row)
+
+    async def delete(self, run_id: str) -> bool:
+        if "\x00" in run_id:
+            return False
+
+        async def delete(conn: psycopg.AsyncConnection[Any]) -> int:
+            return (await conn.execute(self._delete, [run_id])).rowcount
+
+        return bool(await self.client.run(delete))
 
     async def transition(
         self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any]
