@@ -217,6 +217,32 @@ class AzureQueue(Queue):
         messages = await client.peek_messages(max_messages=max(1, min(MAX_MESSAGES_PER_RECEIVE, limit)))
         return [_dead_letter(message) for message in messages][:limit]
 
+    async def delete_dead_letters(self, ids: Sequence[str]) -> int:
+        """Remove dead letters by Azure message id. Azure deletes only with a pop receipt, so the dead-letter
+        queue is received (hidden for a moment) until every id was found or a receive brings nothing; the
+        others are made visible again at once. (Peeks see at most 32 messages: ``--all`` replays 32 a time.)"""
+        wanted = {str(i) for i in ids}
+        if not wanted:
+            return 0
+        client = await self._dead_source.get()
+        removed, others = 0, []
+        while wanted:
+            batch = [message async for message in client.receive_messages(
+                messages_per_page=MAX_MESSAGES_PER_RECEIVE, max_messages=MAX_MESSAGES_PER_RECEIVE,
+                visibility_timeout=30)]
+            if not batch:
+                break
+            for message in batch:
+                if message.id in wanted:
+                    await client.delete_message(message)
+                    wanted.discard(message.id)
+                    removed += 1
+                else:
+                    others.append(message)
+        for message in others:
+            await client.update_message(message, visibility_timeout=0)
+        return removed
+
     # ------------------------------------------------------------------------------------------ internals
     def _encode(self, data: Mapping[str, Any], job: Job | None) -> str:
         text = dumps(data)
@@ -327,15 +353,16 @@ def _dead_letter(message: Any) -> DeadLetter:
         envelope = decode(content)
     except ValueError:
         return DeadLetter(None, reason="moved to the dead-letter queue by another tool (not a Flowcraft "
-                                       "envelope)", raw=content)
+                                       "envelope)", raw=content, id=str(message.id or ""))
     if "reason" not in envelope:
         try:
             job: Job | None = Job.from_dict(envelope)
         except (KeyError, TypeError, ValueError):
             job = None
-        return DeadLetter(job, reason="moved to the dead-letter queue by another tool", raw=envelope)
+        return DeadLetter(job, reason="moved to the dead-letter queue by another tool", raw=envelope,
+                          id=str(message.id or ""))
     try:
         job = Job.from_dict(envelope["job"]) if envelope.get("job") else None
     except (KeyError, TypeError, ValueError):
         job = None
-    return DeadLetter(job, reason=str(envelope["reason"]), raw=envelope)
+    return DeadLetter(job, reason=str(envelope["reason"]), raw=envelope, id=str(message.id or ""))

@@ -89,6 +89,20 @@ class CosmosDbStatusStore(CosmosContainerStore, StatusStore):
         item = await self._read(run_id)
         return None if item is None else _from_item(item)
 
+    async def delete(self, run_id: str) -> bool:
+        try:
+            id_ = item_id(run_id, "run id")
+        except InvalidKeyError:
+            return False
+        container = await self._source.get()
+        try:
+            await self._throttle(lambda: container.delete_item(id_, partition_key=run_id))
+        except Exception as exc:
+            if status_code(exc) == 404:
+                return False
+            raise
+        return True
+
     async def _read(self, run_id: str) -> dict[str, Any] | None:
         try:
             id_ = item_id(run_id, "run id")
