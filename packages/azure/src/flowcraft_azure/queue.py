@@ -8,6 +8,8 @@ a poison (dead-letter) queue with the reason.
   how many dequeues it had then, so the poison check counts only receives since the last release (a worker
   died each time), never durable sleeps or backoff waits.
 * ``extend`` = ``update_message`` with a new visibility timeout (its new pop receipt is kept in the receipt).
+* Azure queues have no long polling: an empty receive pauses ``poll_interval``, doubling up to
+  ``max_poll_interval``; a job this process enqueues ends the pause at once.
 * Delays are visibility timeouts, at most 7 days; the engine releases a job that is still early again, so
   longer sleeps are chained.
 * ``dead_letter`` sends an envelope ``{"reason", "queue", "message_id", "deliveries", "job"}`` to
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import math
 import time
@@ -103,6 +106,8 @@ class AzureQueue(Queue):
         self.max_poll_interval = max_poll_interval
         self.max_message_bytes = max_message_bytes
         self._pause = poll_interval
+        self._wake: asyncio.Event | None = None  # set when this process enqueues: no poll pause to wait out
+        self._wake_loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
@@ -144,13 +149,23 @@ class AzureQueue(Queue):
         texts = [self._encode(job.to_dict(), job) for job in jobs]
         await asyncio.gather(*(client.send_message(text, visibility_timeout=visibility,
                                                    time_to_live=self.message_ttl_seconds) for text in texts))
+        if visibility is None:
+            self._event().set()
+
+    def _event(self) -> asyncio.Event:
+        loop = asyncio.get_running_loop()
+        if self._wake is None or self._wake_loop is not loop:
+            self._wake, self._wake_loop = asyncio.Event(), loop
+        return self._wake
 
     async def dequeue(self, max_jobs: int, wait: float) -> list[Delivery]:
         if max_jobs <= 0:
             return []
         client = await self._source.get()
         deadline = time.monotonic() + max(0.0, wait)
+        wake = self._event()
         while True:
+            wake.clear()  # what is enqueued from here on wakes the pause below
             count = min(MAX_MESSAGES_PER_RECEIVE, max_jobs)
             pager = client.receive_messages(messages_per_page=count, max_messages=count,
                                             visibility_timeout=max(1, _seconds(self.visibility_timeout)))
@@ -168,8 +183,10 @@ class AzureQueue(Queue):
             if remaining <= 0:
                 return []
             if not messages:
-                await asyncio.sleep(min(self._pause, remaining))
-                self._pause = min(self.max_poll_interval, self._pause * 2)
+                # Azure queues have no long polling: pause (doubling), unless this process enqueues meanwhile
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), min(self._pause, remaining))
+                self._pause = self.poll_interval if wake.is_set() else min(self.max_poll_interval, self._pause * 2)
 
     async def _delivery(self, message: Any) -> Delivery | None:
         content = str(message.content or "")
