@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 from test_azure_support import azure_names, azure_options  # noqa: F401  # fixtures
 
-from flowcraft import Flow, NodeContext
+from flowcraft import App, Flow, NodeContext
 from flowcraft.errors import ConfigError, StoreLimitError
 from flowcraft.plugins import registry
 from flowcraft.spi import Backend, Job, RunRecord
@@ -161,6 +161,40 @@ async def test_a_job_over_64_kb_is_refused(backend: Backend) -> None:
     with pytest.raises(MessageTooLargeError, match="at most 64 KB"):
         await backend.queue.enqueue([big])
     assert issubclass(MessageTooLargeError, StoreLimitError)
+
+
+async def test_a_sleep_longer_than_one_delay_hop_is_chained(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A visibility delay lasts at most 7 days; longer sleeps hop (the engine releases an early job again).
+    Here one hop is capped at 1 s, so a 3 s sleep takes several hops and still wakes on time."""
+    import flowcraft_azure.queue as azure_queue
+
+    monkeypatch.setattr(azure_queue, "MAX_DELAY_SECONDS", 1)
+    flow = Flow("sleepy", version="1")
+    flow.node("s", _value).sleep("nap", 3.0).node("woke", _value).edge("s", "nap").edge("nap", "woke")
+    async with InProcessWorkers(backend, count=1, app=App(flows=[flow])) as w:
+        started = time.monotonic()
+        result = await w.run("sleepy", timeout=30)
+    assert result.status == "completed", result.errors
+    assert 2.9 <= time.monotonic() - started < 20
+
+
+async def test_an_output_too_large_for_a_cosmos_item_fails_the_run_with_the_reason(backend: Backend) -> None:
+    async def huge(ctx: NodeContext) -> str:
+        return "x" * (2 * 1024 * 1024 + 10)
+
+    flow = Flow("oversized", version="1")
+    flow.node("s", _value).node("huge", huge).node("never", _value).edge("s", "huge").edge("huge", "never")
+    async with InProcessWorkers(backend, count=1, app=App(flows=[flow])) as w:
+        result = await w.run("oversized", timeout=30)
+    assert result.status == "failed"
+    assert "a Cosmos DB item holds at most 2048 KB" in result.errors[0]["message"]
+    assert result.errors[0]["node_id"] == "huge"
+    letters = [d for d in await backend.queue.dead_letters() if d.job is not None and d.job.run_id == result.run_id]
+    assert [d.job.node_id for d in letters if d.job] == ["huge"] and "2048 KB" in letters[0].reason
+
+
+async def _value(ctx: NodeContext) -> Any:
+    return ctx.node_id
 
 
 # ============================================================================================== Cosmos

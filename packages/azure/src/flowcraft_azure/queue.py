@@ -47,6 +47,8 @@ from flowcraft_azure.options import MAX_MESSAGE_BYTES, MAX_MESSAGES_PER_RECEIVE,
 if TYPE_CHECKING:
     from azure.storage.queue.aio import QueueClient
 
+#: The longest delay of one hop (a visibility timeout); longer sleeps are chained by the engine.
+MAX_DELAY_SECONDS = MAX_VISIBILITY_SECONDS
 #: The field of a released message's JSON holding its dequeue count at the release.
 BASE_FIELD = "_flowcraft_base"
 #: Error codes of a message that is gone, or was received again elsewhere (its pop receipt no longer matches).
@@ -145,7 +147,7 @@ class AzureQueue(Queue):
         if not jobs:
             return
         client = await self._source.get()
-        visibility = _seconds(delay) or None
+        visibility = _delay(delay) or None
         texts = [self._encode(job.to_dict(), job) for job in jobs]
         await asyncio.gather(*(client.send_message(text, visibility_timeout=visibility,
                                                    time_to_live=self.message_ttl_seconds) for text in texts))
@@ -220,7 +222,7 @@ class AzureQueue(Queue):
         data = delivery.job.to_dict()
         data[BASE_FIELD] = delivery.deliveries
         content = self._encode(data, delivery.job)
-        await self._update(receipt, _seconds(delay), content)
+        await self._update(receipt, _delay(delay), content)
 
     async def extend(self, delivery: Delivery, seconds: float) -> None:
         await self._update(_receipt(delivery), max(1, _seconds(seconds)), None)
@@ -353,6 +355,11 @@ def _receipt(delivery: Delivery) -> AzureReceipt:
 def _seconds(value: float) -> int:
     """Whole seconds for Azure, rounded up (never early), within [0, 7 days]."""
     return max(0, min(MAX_VISIBILITY_SECONDS, math.ceil(value - 1e-6)))
+
+
+def _delay(value: float) -> int:
+    """A delay in whole seconds, rounded up, capped at one hop (``MAX_DELAY_SECONDS``)."""
+    return min(MAX_DELAY_SECONDS, _seconds(value))
 
 
 def _sibling(client: QueueClient, name: str | None) -> QueueClient:
