@@ -179,6 +179,9 @@ def test_secrets_are_masked_in_the_option_schema() -> None:
 
     secret = {f.name for f in fields(AzureOptions) if f.metadata.get("flowcraft.secret")}
     assert secret == {"azure_storage_connection_string", "cosmos_key"}
+    options = AzureOptions.parse({"azure_storage_connection_string": CONNECTION, "cosmos_key": "a2V5a2V5"})
+    assert "c2VjcmV0" not in repr(options) and "a2V5a2V5" not in repr(options)
+    assert "azure_storage_connection_string=***" in repr(options) and "cosmos_key=***" in repr(options)
 
 
 def test_the_plugin_registers_lazily_without_importing_the_sdks() -> None:

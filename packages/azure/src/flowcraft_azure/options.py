@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ MAX_MESSAGES_PER_RECEIVE = 32
 MAX_ITEM_BYTES = 2 * 1024 * 1024
 
 ENCODINGS = ("base64", "json")
+#: the options holding secrets (masked wherever options are shown, and in ``repr``)
+SECRET_OPTIONS = frozenset({"azure_storage_connection_string", "cosmos_key"})
 _QUEUE_NAME = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]$")
 
 
@@ -79,6 +81,14 @@ class AzureOptions(QueueOptions):
                               f"max_poll_interval, got {self.poll_interval:g} and {self.max_poll_interval:g}")
         if self.cosmos_throttle_retries < 0 or self.cosmos_throttle_max_wait < 0:
             raise ConfigError("options cosmos_throttle_retries and cosmos_throttle_max_wait must not be negative")
+
+    def __repr__(self) -> str:
+        """The options with the secrets masked (a repr may end up in a log)."""
+        def show(name: str) -> str:
+            value = getattr(self, name)
+            return "***" if name in SECRET_OPTIONS and value else repr(value)
+
+        return f"AzureOptions({', '.join(f'{f.name}={show(f.name)}' for f in fields(self))})"
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> AzureOptions:
