@@ -28,6 +28,7 @@ from flowcraft.client import Client
 from flowcraft.engine.core import Engine, EngineOptions
 from flowcraft.engine.worker import Worker
 from flowcraft.errors import ConfigError
+from flowcraft.health import HealthState
 from flowcraft.presence import Presence, WorkerPresence
 from flowcraft.spi import WorkerInfo
 
@@ -152,6 +153,37 @@ async def test_a_dead_worker_drops_out_after_its_heartbeat_expires(tmp_path: Pat
     assert {info.worker_id for info in await bare_client.workers(include_dead=True)} == {"w-alive", "w-killed"}
     with pytest.raises(ConfigError, match="no live worker has published blueprint 'gone'"):
         await bare_client.start("gone")
+
+
+async def test_a_worker_starting_forgets_workers_dead_for_an_hour_and_their_blueprints(
+        tmp_path: Path, bare_client: Client) -> None:
+    presence = Presence(bare_client.backend.context)
+    long_ago = time.time() - 2 * 3600
+    await presence.heartbeat(WorkerInfo(worker_id="w-long-dead", heartbeat_at=long_ago, interval=1.0,
+                                        blueprints=({"id": "old", "version": "1", "hash": "h-old"},)))
+    await bare_client.backend.context.apply("_flowcraft.blueprints", {"old@h-old": {
+        "id": "old", "version": "1", "hash": "h-old", "blueprint": {"id": "old", "nodes": [], "edges": []},
+        "published_at": long_ago}})
+    await presence.heartbeat(WorkerInfo(worker_id="w-just-dead", heartbeat_at=time.time() - 10, interval=1.0))
+    async with RunningWorker(tmp_path / "runs.db", make_app()) as running:
+        entries = {info.worker_id for info in await bare_client.workers(include_dead=True)}
+        assert entries == {"w-just-dead", running.worker.engine.worker_id}  # the recently dead one is kept a while
+        stored = await bare_client.backend.context.get_all("_flowcraft.blueprints")
+        assert {data["id"] for data in stored.values()} == {"quick", "review"}
+
+
+def test_health_answers_from_the_snapshot() -> None:
+    state = HealthState("w-1")
+    assert state.answer("/healthz")[0] == 200 and state.answer("/readyz")[0] == 503  # starting
+    state.update("ready", 2, 5, 1)
+    code, body = state.answer("/readyz")
+    assert (code, body) == (200, {"worker_id": "w-1", "state": "ready", "in_flight": 2, "handled": 5, "failed": 1,
+                                  "status": "ready"})
+    state.refreshed -= 31  # the event loop stopped refreshing it: stuck
+    assert state.answer("/healthz") == (503, {**body, "status": "event loop not responding"})
+    assert state.answer("/readyz")[0] == 503
+    state.update("stopping", 0, 5, 1)
+    assert state.answer("/readyz")[0] == 503 and state.answer("/healthz")[0] == 200
 
 
 async def test_worker_is_ready_only_after_reaching_its_stores(tmp_path: Path) -> None:
