@@ -33,7 +33,6 @@ import json
 import logging
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +48,8 @@ DUE_HEADER = "flowcraft-due"
 DELIVERIES_HEADER = "flowcraft-deliveries"
 REASON_HEADER = "flowcraft-reason"
 SOURCE_HEADER = "flowcraft-source"
+#: a record of the dead-letter topic that marks the dead letter ``<partition>:<offset>`` handled
+HANDLED_HEADER = "flowcraft-handled"
 
 TP = tuple[str, int]
 
@@ -408,39 +409,107 @@ class KafkaQueue(Queue):
             DELIVERIES_HEADER: str(max(1, deliveries))}
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        """Read the dead-letter topic from its beginning (a private consumer; nothing is committed)."""
+        """Read the dead-letter topic from where the dead letters are all handled (the committed offsets of the
+        consumer group ``<group_id>-dead-letters``), leaving out those marked handled (a private consumer;
+        nothing is committed). ``DeadLetter.id`` is ``<partition>:<offset>``."""
         await self._ensure_reachable()
         return await asyncio.get_running_loop().run_in_executor(None, self._read_dead_letters, limit)
 
-    def _read_dead_letters(self, limit: int) -> list[DeadLetter]:
+    async def delete_dead_letters(self, ids: Sequence[str]) -> int:
+        """Mark dead letters handled (Kafka never deletes a record): a marker record naming each one is produced
+        to its partition of the dead-letter topic (header ``flowcraft-handled``), then the group
+        ``<group_id>-dead-letters`` commits, per partition, the offset of its first letter still unhandled, so
+        reads start past what is handled. Replay (derived) produces the job to the jobs topic first."""
+        wanted = {str(i) for i in ids}
+        if not wanted:
+            return 0
+        await self._ensure_reachable()
+        return await asyncio.get_running_loop().run_in_executor(None, self._handle_dead_letters, wanted)
+
+    def _dead_letter_group(self) -> str:
+        return f"{self.group_id}-dead-letters"
+
+    def _scan_dead_letters(self, limit: int | None) -> tuple[list[DeadLetter], dict[int, int], set[str]]:
+        """The unhandled letters from the committed offsets on (up to ``limit``), the end offset of each
+        partition, and the ids marked handled."""
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-        consumer = Consumer({**self._consumer_config(f"flowcraft-peek-{uuid.uuid4().hex}"),
-                             "enable.auto.offset.store": False})
+        consumer = Consumer({**self._consumer_config(self._dead_letter_group()), "enable.auto.offset.store": False})
         try:
             metadata = consumer.list_topics(self.dead_letter_topic, timeout=10)
             topic = metadata.topics.get(self.dead_letter_topic)
             if topic is None or topic.error is not None:
-                return []
-            consumer.assign([TopicPartition(self.dead_letter_topic, p, OFFSET_BEGINNING) for p in topic.partitions])
-            out: list[DeadLetter] = []
-            quiet_until = time.monotonic() + 2.0
-            while len(out) < limit and time.monotonic() < quiet_until:
+                return [], {}, set()
+            partitions = [TopicPartition(self.dead_letter_topic, p) for p in topic.partitions]
+            committed = consumer.committed(partitions, timeout=10)
+            ends: dict[int, int] = {}
+            starts: list[Any] = []
+            for tp in committed:
+                high = consumer.get_watermark_offsets(TopicPartition(self.dead_letter_topic, tp.partition),
+                                                      timeout=10)[1]
+                start = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                ends[tp.partition] = high
+                if tp.offset < 0 or tp.offset < high:
+                    starts.append(TopicPartition(self.dead_letter_topic, tp.partition, start))
+            letters: list[DeadLetter] = []
+            handled: set[str] = set()
+            if starts:
+                consumer.assign(starts)
+            left = {tp.partition for tp in starts}
+            deadline = time.monotonic() + 15.0
+            while left and time.monotonic() < deadline:
                 msg = consumer.poll(0.2)
                 if msg is None or msg.error() is not None:
                     continue
-                quiet_until = time.monotonic() + 0.7
+                if (msg.offset() or 0) + 1 >= ends.get(msg.partition() or 0, 0):
+                    left.discard(msg.partition())
                 headers = _headers(msg)
+                if HANDLED_HEADER in headers:
+                    handled.add(headers[HANDLED_HEADER])
+                    continue
                 try:
                     job: Job | None = Job.from_dict(json.loads(msg.value() or b""))
                 except (ValueError, KeyError, TypeError):
                     job = None
-                out.append(DeadLetter(job, reason=headers.get(REASON_HEADER, "unknown"),
-                                      raw={"headers": headers, "value": msg.value(),
-                                           "partition": msg.partition(), "offset": msg.offset()}))
-            return out
+                letters.append(DeadLetter(job, reason=headers.get(REASON_HEADER, "unknown"),
+                                          raw={"headers": headers, "value": msg.value(),
+                                               "partition": msg.partition(), "offset": msg.offset()},
+                                          id=f"{msg.partition()}:{msg.offset()}"))
+            unhandled = [letter for letter in letters if letter.id not in handled]
+            return (unhandled if limit is None else unhandled[:limit]), ends, handled
         finally:
             consumer.close()
+
+    def _read_dead_letters(self, limit: int) -> list[DeadLetter]:
+        return self._scan_dead_letters(limit)[0]
+
+    def _handle_dead_letters(self, wanted: set[str]) -> int:
+        from confluent_kafka import Consumer, Producer, TopicPartition
+
+        letters, ends, _ = self._scan_dead_letters(None)
+        chosen = [letter for letter in letters if letter.id in wanted]
+        if chosen:
+            producer = Producer({**self._config(), "enable.idempotence": True, "acks": "all"})
+            for letter in chosen:
+                partition = int(letter.id.split(":", 1)[0])
+                producer.produce(self.dead_letter_topic, value=b"", partition=partition,
+                                 headers=[(HANDLED_HEADER, letter.id)])
+            if producer.flush(30) > 0:
+                raise FlowcraftError("Kafka did not take the dead letters' handled markers in 30s",
+                                     hint="are the brokers reachable? nothing was marked; try again")
+        remaining: dict[int, int] = {}
+        for letter in letters:
+            if letter.id not in wanted:
+                partition, offset = (int(part) for part in letter.id.split(":", 1))
+                remaining[partition] = min(offset, remaining.get(partition, offset))
+        offsets = [TopicPartition(self.dead_letter_topic, p, remaining.get(p, end)) for p, end in ends.items()]
+        if offsets:
+            consumer = Consumer(self._consumer_config(self._dead_letter_group()))
+            try:
+                consumer.commit(offsets=offsets, asynchronous=False)
+            finally:
+                consumer.close()
+        return len(chosen)
 
     async def setup(self) -> None:
         """Create the jobs, delay and dead-letter topics (idempotent: "already exists" is fine)."""

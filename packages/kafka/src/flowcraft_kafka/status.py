@@ -97,6 +97,7 @@ class CassandraStatusStore(StatusStore):
         self._q_put = (f"INSERT INTO {t} (run_id, status, status_data, blueprint_id, created_at, updated_at) "
                        "VALUES (?, ?, ?, ?, ?, ?)")
         self._q_get = f"SELECT status_data FROM {t} WHERE run_id = ?"
+        self._q_delete = f"DELETE FROM {t} WHERE run_id = ?"
         self._q_lookup_put = f"INSERT INTO {s} (status, bucket, updated_at, run_id) VALUES (?, ?, ?, ?)"
         self._q_lookup_del = f"DELETE FROM {s} WHERE status = ? AND bucket = ? AND updated_at = ? AND run_id = ?"
         self._q_stalled = (f"SELECT run_id, updated_at FROM {s} WHERE status = ? AND bucket = ? AND updated_at >= ? "
@@ -201,6 +202,20 @@ class CassandraStatusStore(StatusStore):
         if raw is not None:
             return RunRecord.from_dict(json.loads(raw))
         return await self._durable(run_id)
+
+    async def delete(self, run_id: str) -> bool:
+        """The Cassandra rows (record, lookup row of an active run, ``_by_created`` row), then the Redis hash."""
+        current = await self._current(run_id)
+        if current is None:
+            return False
+        record, bucket = current[0], self.bucket(run_id)
+        writes = [self.client.execute(self._q_delete, (run_id,)),
+                  self.client.execute(self._q_created_del, (bucket, record.created_at, run_id))]
+        if record.status in ACTIVE_STATUSES:
+            writes.append(self.client.execute(self._q_lookup_del, (record.status, bucket, record.updated_at, run_id)))
+        await asyncio.gather(*writes)
+        await self.redis.delete(self._key(run_id))
+        return True
 
     async def transition(
         self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any]
