@@ -511,6 +511,26 @@ class WorkflowContract(_Base):
         assert result.status == "completed" and result.outputs["f"] == "ok on attempt 3"
         assert [e["attempt"] for e in read_log(tmp_path / "log") if e["node"] == "f"] == [1, 2, 3]
 
+    async def test_timeline_records_attempts_skips_and_failures(self, backend: Backend, tmp_path: Path) -> None:
+        """The run's timeline (written with the completions, through the SPI only): each attempt of a retried
+        node with its worker, times and error; skipped nodes; a failing node with its error; no engine keys
+        in ``RunResult.context``."""
+        async with InProcessWorkers(backend) as w:
+            retried = await w.run("contract-retry", {"log": str(tmp_path / "log")})
+            branched = await w.run("contract-branches", {"value": "left"})
+            failed = await w.run("contract-fail", {})
+        visits = {v.node_id: v for v in retried.timeline}
+        assert [(a.attempt, a.error is None) for a in visits["f"].attempts] == [(1, False), (2, False), (3, True)]
+        assert visits["f"].state == "done" and all(a.worker and a.started_at and a.finished_at
+                                                   for a in visits["f"].attempts)
+        assert [v.node_id for v in retried.timeline] == ["s", "f"]
+        states = {v.node_id: v.state for v in branched.timeline}
+        assert states["right"] == states["only-right"] == "skipped" and states["j"] == "done"
+        bad = next(v for v in failed.timeline if v.node_id == "bad")
+        assert bad.state == "failed" and bad.error and bad.attempts[-1].error
+        for result in (retried, branched, failed):
+            assert not [k for k in result.context if k == "_result" or k.startswith(("_outputs.", "_timeline."))]
+
     async def test_fallback_only_when_primary_fails(self, backend: Backend, tmp_path: Path) -> None:
         """A fallback runs only when its primary fails for good, and its output flows on."""
         async with InProcessWorkers(backend) as w:
