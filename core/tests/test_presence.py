@@ -317,6 +317,14 @@ def test_cli_worker_health_ready_file_workers_and_run_without_the_app(project: P
             assert time.monotonic() < deadline, shown
             time.sleep(0.1)
         assert shown["output"] == "approved: ok"
+        (project / "other_app.py").write_text('from flowcraft import App, Flow\nsolo = Flow("solo")\n'
+                                              'solo.node("one", lambda ctx: "solo ran")\napp = App(flows=[solo])\n',
+                                              encoding="utf-8")
+        unserved = invoke("run", "solo", "--app", "other_app:app")  # live workers, none loads it: refused
+        assert unserved.exit_code == 1
+        assert error_lines(unserved)[0] == "error: no live worker has published blueprint 'solo'"
+        inline = invoke("run", "solo", "--app", "other_app:app", "--inline", "--timeout", "30")  # runs it here
+        assert inline.exit_code == 0 and json.loads(inline.stdout)["output"] == "solo ran", inline.output
         refused = invoke("run", "nope", "--input", "{}")
         assert refused.exit_code == 1
         assert error_lines(refused) == ["error: no live worker has published blueprint 'nope'",

@@ -53,7 +53,6 @@ from flowcraft.operate import (
     history,
     tag_worker,
     timeline_table,
-    within_age,
     worker_summary,
 )
 from flowcraft.options import describe_options, schema_of, secret_names
@@ -561,7 +560,9 @@ def run(state: State, blueprint: str, input_json: str | None, wait: bool, timeou
             runner = Worker(client.engine, poll_wait=0.2, grace=2.0) if in_process else None
             task = asyncio.create_task(runner.run()) if runner is not None else None
             try:
-                started = await client.start(blueprint, run_input, run_id=run_id)
+                # the worker in this process runs it: other live workers need not load this blueprint
+                starting = client.engine.runs.start if runner is not None else client.start
+                started = await starting(blueprint, run_input, run_id=run_id)
                 if not (wait or in_process):
                     return started
                 definition = await client.blueprint(blueprint)
@@ -721,16 +722,10 @@ def runs(state: State, status_filter: str | None, blueprint: str | None, since_t
 
     async def main() -> tuple[list[RunRecord], str | None]:
         async with _client(config, read_only=True) as client:
-            if since is None and older_than is None:
-                return await client.runs(status_filter, blueprint, limit, cursor)
-            now, page_cursor = time.time(), cursor
-            found: list[RunRecord] = []
-            while len(found) < limit:  # newest first: a page older than --since ends the listing
-                page, page_cursor = await client.runs(status_filter, blueprint, max(limit, 100), page_cursor)
-                found += [r for r in page if within_age(r, since, older_than, now)]
-                if page_cursor is None or (since is not None and page and page[-1].created_at < now - since):
-                    return found[:limit], None
-            return found[:limit], page_cursor
+            now = time.time()
+            return await client.runs(status_filter, blueprint, limit, cursor,
+                                     created_after=None if since is None else now - since,
+                                     created_before=None if older_than is None else now - older_than)
 
     records, next_cursor = _run(main())
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
