@@ -269,7 +269,8 @@ def test_run_without_wait_prints_the_run_id(sqlite_project: Path) -> None:
 def test_reconcile_once_prints_stats(sqlite_project: Path) -> None:
     result = invoke("reconcile", "--threshold", "0")
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip() == "scanned=0 stalled_runs=0 reconciled_runs=0 failed_runs=0 requeued_jobs=0"
+    assert result.stdout.strip() == ("scanned=0 stalled_runs=0 reconciled_runs=0 failed_runs=0 requeued_jobs=0 "
+                                     "purged_runs=0")
 
 
 def test_worker_on_memory_is_refused(project: Path) -> None:

@@ -167,3 +167,30 @@ def test_purge_and_retention(tmp_path: Path) -> None:
     stats, (left, _), context = asyncio.run(purge_one_by_retention())
     assert stats.purged_runs == 3 and left == [] and context == []
     assert invoke(tmp_path, "purge", "--older-than", "1s").output.startswith("deleted 0 of 0")
+
+
+def test_retention_setting_applied_by_flowcraft_reconcile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    FLAG["broken"] = True
+
+    async def fail_one() -> str:
+        async with FlowRuntime(flows=[chain()], backend=backend_at(tmp_path)) as rt:
+            return (await rt.run("chain", 0, timeout=10)).run_id
+
+    run_id = asyncio.run(fail_one())
+    monkeypatch.setenv("FLOWCRAFT_RETENTION", "1h")
+    assert invoke(tmp_path, "reconcile").output.strip().endswith("purged_runs=0")
+    monkeypatch.setenv("FLOWCRAFT_RETENTION", "not an age")
+    bad = invoke(tmp_path, "reconcile")
+    assert bad.exit_code != 0 and "retention" in bad.output and "cannot read" in bad.output
+    time.sleep(0.05)
+    (tmp_path / "flowcraft.toml").write_text('[retention]\nfailed = "10ms"\n', encoding="utf-8")
+    monkeypatch.delenv("FLOWCRAFT_RETENTION")
+    monkeypatch.chdir(tmp_path)
+    assert invoke(tmp_path, "reconcile").output.strip().endswith("purged_runs=1")
+
+    async def gone() -> Any:
+        backend = backend_at(tmp_path)
+        async with Client(backend, APP):
+            return await backend.status.get(run_id)
+
+    assert asyncio.run(gone()) is None

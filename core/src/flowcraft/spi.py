@@ -729,12 +729,12 @@ class ReconcileStats:
 
     def to_dict(self) -> dict[str, int]:
         return {
-            "purged_runs": self.purged_runs,
             "scanned": self.scanned,
             "stalled_runs": self.stalled_runs,
             "reconciled_runs": self.reconciled_runs,
             "failed_runs": self.failed_runs,
             "requeued_jobs": self.requeued_jobs,
+            "purged_runs": self.purged_runs,
         }
 
 
