@@ -135,8 +135,24 @@ class Client:
         return (await self.engine.runs.result(run_id)).timeline
 
     async def runs(self, status: str | None = None, blueprint_id: str | None = None, limit: int = 50,
-                   cursor: str | None = None) -> tuple[list[RunRecord], str | None]:
-        return await self.backend.status.list(status, blueprint_id, limit, cursor)
+                   cursor: str | None = None, *, created_after: float | None = None,
+                   created_before: float | None = None) -> tuple[list[RunRecord], str | None]:
+        """Up to ``limit`` runs, newest first, filtered by status, blueprint and creation time (epoch seconds),
+        and the cursor of the next page (None at the end). The time filters page through the status store's
+        listing: it stops at the first run created before ``created_after``; runs created after
+        ``created_before`` are read and passed over."""
+        if created_after is None and created_before is None:
+            return await self.backend.status.list(status, blueprint_id, limit, cursor)
+        found: list[RunRecord] = []
+        while len(found) < limit:
+            # a page no longer than what is still wanted: every record of it is taken or passed over, so the
+            # returned cursor never skips a match
+            page, cursor = await self.backend.status.list(status, blueprint_id, limit - len(found), cursor)
+            found += [r for r in page if (created_after is None or r.created_at >= created_after)
+                      and (created_before is None or r.created_at <= created_before)]
+            if cursor is None or (created_after is not None and page and page[-1].created_at < created_after):
+                return found, None
+        return found, cursor
 
     async def resume(self, run_id: str, action: str | None = None, output: Any = None,
                      node_id: str | None = None) -> None:

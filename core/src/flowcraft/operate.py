@@ -21,7 +21,6 @@ from flowcraft.engine.control import RunResult
 from flowcraft.engine.timeline import NodeVisit
 from flowcraft.errors import ConfigError
 from flowcraft.model import parse_duration
-from flowcraft.spi import RunRecord
 
 LOG_FORMATS = ("text", "json")
 #: ``extra`` fields of the engine's and reconciler's log records that the JSON format prints as fields
@@ -147,10 +146,6 @@ def age_seconds(text: str | None, option: str) -> float | None:
                           hint="write a number with a unit s, m, h or d") from None
 
 
-def within_age(record: RunRecord, since: float | None, older_than: float | None, now: float) -> bool:
-    if since is not None and record.created_at < now - since:
-        return False
-    return not (older_than is not None and record.created_at > now - older_than)
 
 
 # ---------------------------------------------------------------------------------------------- worker logging
