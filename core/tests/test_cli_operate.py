@@ -168,3 +168,17 @@ def test_reconcile_logs_each_action_with_the_run_and_node_ids(project: Path) -> 
     (requeued,) = [r for r in records if r.get("event") == "reconciler:requeue"]
     assert requeued["run_id"] == run_id and requeued["node_id"] == "flaky" and requeued["level"] == "INFO"
     assert "requeued_jobs=1" in result.stdout
+
+
+def test_logs_follow_prints_until_the_run_ends(project: Path) -> None:
+    assert invoke("setup").exit_code == 0
+    run_id = invoke("run", "ops").stdout.strip()  # no worker: it stays pending until cancelled
+    canceller = threading.Timer(1.0, lambda: invoke("cancel", run_id))
+    canceller.start()
+    started = time.monotonic()
+    followed = invoke("logs", run_id, "--follow")
+    canceller.join()
+    assert followed.exit_code == 0, followed.output
+    assert time.monotonic() - started >= 0.9
+    lines = followed.stdout.splitlines()
+    assert "started" in lines[0] and "flaky: pending" in followed.stdout and lines[-1].endswith("run cancelled")

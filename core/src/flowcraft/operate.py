@@ -33,7 +33,7 @@ STATE_STYLES = {"done": "green", "skipped": "dim", "failed": "red", "cancelled":
 def timeline_table(timeline: Sequence[NodeVisit]) -> Table:
     """One row per node visit: state, attempts, worker, start, duration, the last error."""
     table = Table(title="timeline", title_justify="left", pad_edge=False, show_edge=False)
-    for name, options in (("node", {"overflow": "fold"}), ("visit", {"justify": "right"}),
+    for name, options in (("node", {"overflow": "fold"}), ("visit", {"justify": "right", "no_wrap": True}),
                           ("state", {"no_wrap": True}), ("attempts", {"justify": "right"}),
                           ("worker", {"overflow": "fold"}), ("started", {"no_wrap": True}),
                           ("duration", {"justify": "right", "no_wrap": True}), ("error", {"overflow": "fold"})):
@@ -44,7 +44,8 @@ def timeline_table(timeline: Sequence[NodeVisit]) -> Table:
         error = visit.error or (errors[-1] if errors else "")
         if error and visit.state == "done":
             error = f"(recovered) {error}"
-        table.add_row(escape(visit.node_id), str(visit.visit), f"[{style}]{visit.state}[/]",
+        shown = str(visit.iteration) + (f" (retry {visit.generation})" if visit.generation else "")
+        table.add_row(escape(visit.node_id), shown, f"[{style}]{visit.state}[/]",
                       str(len(visit.attempts)) if visit.attempts else "-", escape(visit.worker or "-"),
                       clock(visit.started_at), seconds(visit.duration), escape(error))
     return table
@@ -117,8 +118,8 @@ def history(result: RunResult) -> list[LogLine]:
             lines.append(LogLine(visit.finished_at or 0.0, "node:skipped", visit.node_id, f"{name}: skipped",
                                  visit.visit))
         elif visit.state in ("running", "pending", "awaiting", "cancelled") and not visit.attempts:
-            lines.append(LogLine(visit.started_at or time.time(), f"node:{visit.state}", visit.node_id,
-                                 f"{name}: {visit.state}", visit.visit))
+            at = visit.started_at or result.updated_at or result.created_at  # when the run last changed
+            lines.append(LogLine(at, f"node:{visit.state}", visit.node_id, f"{name}: {visit.state}", visit.visit))
     if result.status in ("completed", "failed", "cancelled") and result.updated_at:
         errors = "; ".join(str(e.get("message")) for e in result.errors)
         lines.append(LogLine(result.updated_at, "run:finish", None, f"run {result.status}"
