@@ -76,6 +76,9 @@ def test_dead_letters_listed_flagged_replayed_and_purged(tmp_path: Path) -> None
     assert flagged.status == "running" and flagged.dead_letters[0]["node_id"] == "first"
     assert "replay" in flagged.dead_letters[0]["reason"] and not any("_dead_letter" in k for k in flagged.context)
 
+    shown = json.loads(invoke(tmp_path, "status", run_id, "--json").output)
+    assert shown["status"] == "running" and shown["dead_letters"][0]["node_id"] == "first"
+    assert "dead letter" in invoke(tmp_path, "status", run_id).output
     missing = invoke(tmp_path, "dead-letters", "--replay", "999999")
     assert missing.exit_code != 0 and "no dead letter with id '999999'" in missing.output
     replayed = invoke(tmp_path, "dead-letters", "--replay", listed[0]["id"])
@@ -134,6 +137,8 @@ def test_retry_from_a_node_through_the_cli(tmp_path: Path) -> None:
     result = asyncio.run(finish())
     assert result.status == "completed" and result.output == {"got": {"n": 5}}
     assert [v.state for v in result.timeline if v.node_id == "second"] == ["failed", "done"]
+    assert [v.generation for v in result.timeline if v.node_id == "second"] == [0, 1]
+    assert "(retry 1)" in invoke(tmp_path, "status", run_id).output
     again = invoke(tmp_path, "retry", run_id, "--app", f"{__name__}:APP")
     assert again.exit_code != 0 and "only failed runs can be retried" in again.output
 

@@ -677,7 +677,8 @@ def status(state: State, run_id: str, as_json: bool, backend: str | None, option
     if as_json:
         click.echo(_dumps({**_result_data(result), "created_at": record.created_at,
                            "updated_at": record.updated_at, "version": record.version,
-                           "timeline": [visit.to_dict() for visit in result.timeline]}))
+                           "timeline": [visit.to_dict() for visit in result.timeline],
+                           "dead_letters": result.dead_letters}))
         return
     table = Table(box=None, show_header=False)
     table.add_column(style="bold")
@@ -691,6 +692,8 @@ def status(state: State, run_id: str, as_json: bool, backend: str | None, option
         table.add_row("waiting at", escape(str(entry.get("node_id"))))
     for error in result.errors:
         table.add_row("error", escape(f"{error.get('node_id') or 'run'}: {error.get('message')}"))
+    for letter in result.dead_letters:  # replay with `flowcraft dead-letters --replay ID`
+        table.add_row("dead letter", escape(f"{letter.get('node_id')}: {letter.get('reason')}"))
     for node_id, output in sorted(result.outputs.items()):
         table.add_row(f"  {escape(node_id)}", escape(json.dumps(output, default=str, ensure_ascii=False)))
     state.out.print(table)

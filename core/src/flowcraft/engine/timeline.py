@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from flowcraft.engine.graph import VISITS_PER_GENERATION
 from flowcraft.spi import Backend, PendingJob, job_key
 
 TIMELINE_PREFIX = "_timeline."
@@ -86,6 +87,17 @@ class NodeVisit:
     @property
     def key(self) -> str:
         return job_key(self.node_id, self.visit)
+
+    @property
+    def generation(self) -> int:
+        """The retry this visit belongs to: 0 for the run's first execution, then 1, 2 ... for each
+        ``client.retry`` (``flowcraft.engine.retry``)."""
+        return self.visit // VISITS_PER_GENERATION
+
+    @property
+    def iteration(self) -> int:
+        """The loop iteration of this visit within its generation (what the node saw as ``ctx.visit``)."""
+        return self.visit % VISITS_PER_GENERATION
 
     @property
     def worker(self) -> str | None:
