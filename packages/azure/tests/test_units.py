@@ -208,3 +208,18 @@ def test_only_a_gone_message_is_ignored() -> None:
     assert _gone(Error(400, "PopReceiptMismatch"))
     assert not _gone(Error(400, StorageErrorCode.INVALID_QUERY_PARAMETER_VALUE))
     assert not _gone(Error(500, None))
+
+
+async def test_a_server_that_cannot_be_reached_is_one_line() -> None:
+    from azure.core.exceptions import ServiceRequestError
+
+    from flowcraft.errors import ServerUnreachableError
+
+    async def refused() -> None:
+        raise ServiceRequestError("Cannot connect to host 127.0.0.1:1 ssl:True [Connect call failed]\nmore")
+
+    with pytest.raises(ServerUnreachableError) as caught:
+        await Throttle(server="Cosmos DB at https://127.0.0.1:1/")(refused)
+    assert str(caught.value).startswith("Cosmos DB at https://127.0.0.1:1/ cannot be reached: Cannot connect to "
+                                        "host 127.0.0.1:1 ssl:True [Connect call failed]")
+    assert "\n" not in str(caught.value)

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from flowcraft.config import redact_text
-from flowcraft.errors import ConfigError, StoreLimitError
+from flowcraft.errors import ConfigError, ServerUnreachableError, StoreLimitError
 from flowcraft_azure.options import AzureOptions
 
 if TYPE_CHECKING:
@@ -249,14 +249,28 @@ def retry_after(exc: BaseException) -> float | None:
     return None
 
 
+def unreachable(exc: BaseException, server: str) -> ServerUnreachableError | None:
+    """The one-line error for a request that never reached ``server`` (connection refused, DNS, TLS), else None:
+    a worker keeps trying such a server for a grace period, a command reports it at once."""
+    from azure.core.exceptions import ServiceRequestError
+
+    if not isinstance(exc, ServiceRequestError):
+        return None
+    detail = redact_text((str(exc).splitlines() or [""])[0])
+    return ServerUnreachableError(f"{server} cannot be reached: {detail}",
+                                  hint="check the endpoint in the options and that the server is up")
+
+
 class Throttle:
     """Retries a Cosmos DB call the server throttled (HTTP 429) after its retry-after, on top of the SDK's own
-    retries, up to ``retries`` times and ``max_wait`` seconds in all; anything else is raised at once."""
+    retries, up to ``retries`` times and ``max_wait`` seconds in all; a request that never reached the server
+    is a ``ServerUnreachableError`` naming ``server``; anything else is raised at once."""
 
     def __init__(self, retries: int = 9, max_wait: float = 30.0,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, server: str = "Cosmos DB") -> None:
         self.retries = retries
         self.max_wait = max_wait
+        self.server = server
         self._sleep = sleep
 
     async def __call__(self, call: Callable[[], Awaitable[T]]) -> T:
@@ -266,6 +280,9 @@ class Throttle:
             try:
                 return await call()
             except Exception as exc:
+                lost = unreachable(exc, self.server)
+                if lost is not None:
+                    raise lost from None
                 if status_code(exc) != 429 or attempt >= self.retries:
                     raise
                 pause = retry_after(exc)

@@ -49,7 +49,8 @@ class CosmosContainerStore:
         name = str(getattr(o, cls.container_option))
         return cls(source=Shared(clients, lambda: clients.container(name)), home=clients, container_name=name,
                    throughput=o.cosmos_throughput,
-                   throttle=Throttle(o.cosmos_throttle_retries, o.cosmos_throttle_max_wait))
+                   throttle=Throttle(o.cosmos_throttle_retries, o.cosmos_throttle_max_wait,
+                                     server=f"Cosmos DB at {o.cosmos_endpoint}"))
 
     async def setup(self) -> None:
         from flowcraft_azure.provisioning import ensure_container

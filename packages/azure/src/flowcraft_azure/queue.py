@@ -41,6 +41,7 @@ from flowcraft_azure._clients import (
     dumps,
     log,
     status_code,
+    unreachable,
 )
 from flowcraft_azure.options import MAX_MESSAGE_BYTES, MAX_MESSAGES_PER_RECEIVE, MAX_VISIBILITY_SECONDS, AzureOptions
 
@@ -149,10 +150,16 @@ class AzureQueue(Queue):
         client = await self._source.get()
         visibility = _delay(delay) or None
         texts = [self._encode(job.to_dict(), job) for job in jobs]
-        await asyncio.gather(*(client.send_message(text, visibility_timeout=visibility,
-                                                   time_to_live=self.message_ttl_seconds) for text in texts))
+        try:
+            await asyncio.gather(*(client.send_message(text, visibility_timeout=visibility,
+                                                       time_to_live=self.message_ttl_seconds) for text in texts))
+        except Exception as exc:
+            raise unreachable(exc, self._server()) or exc from None
         if visibility is None:
             self._event().set()
+
+    def _server(self) -> str:
+        return f"Azure Storage Queue {self.queue_name!r}"
 
     def _event(self) -> asyncio.Event:
         loop = asyncio.get_running_loop()
@@ -171,7 +178,10 @@ class AzureQueue(Queue):
             count = min(MAX_MESSAGES_PER_RECEIVE, max_jobs)
             pager = client.receive_messages(messages_per_page=count, max_messages=count,
                                             visibility_timeout=max(1, _seconds(self.visibility_timeout)))
-            messages = [message async for message in pager]
+            try:
+                messages = [message async for message in pager]
+            except Exception as exc:
+                raise unreachable(exc, self._server()) or exc from None
             out: list[Delivery] = []
             for message in messages:
                 delivery = await self._delivery(message)
