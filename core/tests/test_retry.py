@@ -107,3 +107,56 @@ async def test_retry_from_a_start_node_uses_the_run_input() -> None:
         await rt.client.retry(failed.run_id, from_node="a")
         result = await rt.wait(failed.run_id, timeout=10)
     assert result.status == "completed" and result.outputs["a"] == {"node": "a", "input": "in"}
+
+
+async def test_retry_of_a_map_a_loop_a_subflow_and_a_parked_wait() -> None:
+    """The failed node's kind does not matter: a map reruns all its items, a loop restarts from its first
+    node, a subflow starts a new child run, a wait parked when the run failed waits again."""
+    failing = {"item": True, "body": True, "child": True, "bad": True}
+
+    async def items(ctx: NodeContext) -> Any:
+        return [1, 2, 3]
+
+    async def item(ctx: NodeContext) -> Any:
+        if failing["item"] and ctx.input == 2:
+            raise ValueError("item 2")
+        return ctx.input * 10
+
+    async def body(ctx: NodeContext) -> Any:
+        if failing["body"] and ctx.visit == 2:
+            raise ValueError("body at iteration 2")
+        return ctx.visit
+
+    async def child(ctx: NodeContext) -> Any:
+        if failing["child"]:
+            raise ValueError("child broken")
+        return "child ok"
+
+    async def bad(ctx: NodeContext) -> Any:
+        if failing["bad"]:
+            raise ValueError("bad")
+        return "fine"
+
+    mapped = Flow("m").node("src", items).map("each", item).node("after", node("after"))
+    mapped.edge("src", "each").edge("each", "after")
+    looped = Flow("l").node("first", node("first")).node("body", body).node("end", node("end")).edge("first", "body")
+    looped.loop("ctl", start="body", end="body", condition="iteration < 4").edge("ctl", "end")
+    parent = Flow("p").subflow("s", "c").node("z", node("z")).edge("s", "z")
+    waits = Flow("w").node("a", node("a")).wait("gate").node("bad", bad).edge("a", "gate").edge("a", "bad")
+    async with FlowRuntime(flows=[mapped, looped, Flow("c").node("k", child), parent, waits]) as rt:
+        results = {}
+        for blueprint, key in (("m", "item"), ("l", "body"), ("p", "child"), ("w", "bad")):
+            failed = await rt.run(blueprint, 0, timeout=10)
+            assert failed.status == "failed", blueprint
+            failing[key] = False
+            await rt.client.retry(failed.run_id)
+            results[blueprint] = await rt.wait(failed.run_id, timeout=10)
+        await rt.resume(results["w"].run_id, output="go")
+        waited = await rt.wait(results["w"].run_id, timeout=10)
+    assert results["m"].outputs["each"] == [10, 20, 30] and results["m"].status == "completed"
+    body_visits = [v.visit for v in results["l"].timeline if v.node_id == "body"]
+    assert body_visits == [0, 1, 2, 1_000_000, 1_000_001, 1_000_002, 1_000_003]
+    assert results["l"].status == "completed"
+    assert results["p"].status == "completed" and results["p"].outputs["s"] == "child ok"
+    assert results["w"].status == "awaiting" and waited.status == "completed"
+    assert waited.outputs["bad"] == "fine" and waited.outputs["gate"] == "go"
