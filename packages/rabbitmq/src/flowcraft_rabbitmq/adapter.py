@@ -20,18 +20,15 @@ also be plain URLs, which the adapter then opens and ``close()`` closes. A robus
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from aio_pika.abc import AbstractConnection
 
+from flowcraft.adapters import SeedReconciler, SeedStats, WorkerAdapter
 from flowcraft.app import App
-from flowcraft.client import Client
-from flowcraft.engine.core import Engine, EngineOptions
-from flowcraft.engine.worker import Worker
-from flowcraft.reconciler import Reconciler
+from flowcraft.engine.core import EngineOptions
 from flowcraft.spi import Backend, CoordinationStore
 from flowcraft_rabbitmq._pg import PgClient
 from flowcraft_rabbitmq.context import PostgresContext
@@ -47,7 +44,7 @@ def _pg(client: PgClient | str | Any) -> PgClient:
     return PgClient(pool=client)
 
 
-class RabbitMqAdapter:
+class RabbitMqAdapter(WorkerAdapter):
     """A worker (engine + worker loop) and a client over RabbitMQ + PostgreSQL + a coordination store."""
 
     def __init__(
@@ -69,38 +66,21 @@ class RabbitMqAdapter:
         engine_options: EngineOptions | None = None,
         worker_id: str | None = None,
     ) -> None:
-        self.app = runtime_options if isinstance(runtime_options, App) else App(**dict(runtime_options))
         self.pg = _pg(pg_client)
-        self.queue = RabbitMqQueue(amqp_connection, queue_name=queue_name, visibility_timeout=visibility_timeout,
-                                   prefetch=prefetch or concurrency, delivery_limit=delivery_limit)
-        self.context = PostgresContext(self.pg, context_table_name, schema=schema)
-        self.status = PostgresStatusStore(self.pg, status_table_name, schema=schema)
-        self.coordination = coordination_store
-        self.backend = Backend(self.queue, self.context, self.status, coordination_store, name="rabbitmq")
-        self.engine = Engine(self.app, self.backend, worker_id=worker_id, options=engine_options)
-        self.worker = Worker(self.engine, concurrency=concurrency, poll_wait=poll_wait)
-        self.client = Client(self.backend, self.app)
-        self._task: asyncio.Task[None] | None = None
+        queue = RabbitMqQueue(amqp_connection, queue_name=queue_name, visibility_timeout=visibility_timeout,
+                              prefetch=prefetch or concurrency, delivery_limit=delivery_limit)
+        context = PostgresContext(self.pg, context_table_name, schema=schema)
+        status = PostgresStatusStore(self.pg, status_table_name, schema=schema)
+        super().__init__(Backend(queue, context, status, coordination_store, name="rabbitmq"),
+                         runtime_options=runtime_options, concurrency=concurrency, poll_wait=poll_wait,
+                         engine_options=engine_options, worker_id=worker_id)
 
     async def setup(self) -> None:
-        """Declare the queues and create the tables and index (idempotent)."""
+        """Declare the queues and create the tables and index (idempotent); the coordination store is the
+        caller's."""
         await self.queue.setup()
         await self.context.setup()
         await self.status.setup()
-
-    async def start(self) -> None:
-        """Start consuming the queue (a background task of the running event loop)."""
-        if self._task is None or self._task.done():
-            self.worker = Worker(self.engine, concurrency=self.worker.concurrency, poll_wait=self.worker.poll_wait,
-                                 grace=self.worker.grace)
-            self._task = asyncio.create_task(self.worker.run())
-
-    async def stop(self) -> None:
-        """Stop dequeuing, let in-flight jobs finish (within the worker's grace period) and return."""
-        if self._task is not None:
-            self.worker.stop()
-            await self._task
-            self._task = None
 
     async def close(self) -> None:
         """Stop, then close what the adapter opened itself (a given connection or pool stays open)."""
@@ -108,16 +88,9 @@ class RabbitMqAdapter:
         await self.queue.close()
         await self.pg.close()
 
-    async def __aenter__(self) -> RabbitMqAdapter:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
 
 @dataclass(frozen=True, slots=True)
-class RabbitMqReconcileStats:
+class RabbitMqReconcileStats(SeedStats):
     """One reconciler pass (the seeds' fields; ``scanned_rows``: status rows examined)."""
 
     scanned_rows: int = 0
@@ -126,25 +99,12 @@ class RabbitMqReconcileStats:
     failed_runs: int = 0
     requeued_jobs: int = 0
 
-    def to_dict(self) -> dict[str, int]:
-        return {"scanned_rows": self.scanned_rows, "stalled_runs": self.stalled_runs,
-                "reconciled_runs": self.reconciled_runs, "failed_runs": self.failed_runs,
-                "requeued_jobs": self.requeued_jobs}
 
-
-class RabbitMqReconciler:
+class RabbitMqReconciler(SeedReconciler[RabbitMqReconcileStats]):
     """:class:`flowcraft.reconciler.Reconciler` over the adapter's backend; stalled runs come from the status
     table's ``(status, updated_at, run_id)`` index."""
 
-    def __init__(self, backend: Backend, stalled_threshold_seconds: float = 300.0, batch_size: int = 100) -> None:
-        self.backend = backend
-        self.reconciler = Reconciler(backend, stalled_threshold_seconds=stalled_threshold_seconds,
-                                     batch_size=batch_size)
-
-    async def run(self) -> RabbitMqReconcileStats:
-        stats = await self.reconciler.run()
-        return RabbitMqReconcileStats(stats.scanned, stats.stalled_runs, stats.reconciled_runs, stats.failed_runs,
-                                      stats.requeued_jobs)
+    stats_type = RabbitMqReconcileStats
 
 
 def create_rabbitmq_reconciler(
