@@ -457,10 +457,12 @@ class KafkaQueue(Queue):
                 consumer.assign(starts)
             left = {tp.partition for tp in starts}
             deadline = time.monotonic() + 15.0
-            while left and time.monotonic() < deadline:
+            quiet_until = time.monotonic() + 3.0  # an end offset that no record reaches (e.g. a control record)
+            while left and time.monotonic() < min(deadline, quiet_until):
                 msg = consumer.poll(0.2)
                 if msg is None or msg.error() is not None:
                     continue
+                quiet_until = time.monotonic() + 3.0
                 if (msg.offset() or 0) + 1 >= ends.get(msg.partition() or 0, 0):
                     left.discard(msg.partition())
                 headers = _headers(msg)
