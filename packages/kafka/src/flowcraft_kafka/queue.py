@@ -172,6 +172,7 @@ class KafkaQueue(Queue):
         self._stop = threading.Event()
         self._consuming = False
         self._producer: Any = None
+        self._producer_thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._reached = False
@@ -239,9 +240,13 @@ class KafkaQueue(Queue):
             self._producer = Producer({**self._config(), "enable.idempotence": True, "acks": "all",
                                        "linger.ms": 2, "message.timeout.ms": 30000,
                                        "message.max.bytes": max(self.options.max_message_bytes + 4096, 1000000)})
+            # delivery reports are served by their own thread, as soon as they arrive
+            self._producer_thread = threading.Thread(target=self._serve_producer, args=(self._producer,),
+                                                     name=f"flowcraft-kafka-producer-{self.topic}", daemon=True)
+            self._producer_thread.start()
         if consuming:
             self._consuming = True
-        if self._thread is None or not self._thread.is_alive():  # first use, or the thread died (reported)
+        if self._consuming and (self._thread is None or not self._thread.is_alive()):  # first use, or it died
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name=f"flowcraft-kafka-{self.topic}", daemon=True)
             self._thread.start()
@@ -542,10 +547,17 @@ class KafkaQueue(Queue):
             self._stop.set()
             await asyncio.get_running_loop().run_in_executor(None, thread.join, 30)
         if self._producer is not None:
-            producer, self._producer = self._producer, None
+            producer, self._producer = self._producer, None  # its thread stops within 0.1 s
             await asyncio.get_running_loop().run_in_executor(None, producer.flush, 10)
 
-    # ------------------------------------------------------------------------------------------ the thread
+    # ------------------------------------------------------------------------------------------ the threads
+    def _serve_producer(self, producer: Any) -> None:
+        while self._producer is producer:
+            try:
+                producer.poll(0.1)
+            except Exception:
+                log.exception("serving Kafka delivery reports")
+
     def _notify(self) -> None:
         loop, wake = self._loop, self._wake
         if loop is not None and wake is not None and not loop.is_closed():
@@ -561,9 +573,6 @@ class KafkaQueue(Queue):
         paused = False
         try:
             while not self._stop.is_set():
-                producer = self._producer
-                if producer is not None:
-                    producer.poll(0)
                 if not self._consuming:
                     time.sleep(0.02)
                     continue
