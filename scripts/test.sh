@@ -6,7 +6,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 "$ROOT/scripts/setup-venv.sh" --test
-SERVERS="redis moto dynalite postgres rabbitmq azurite cosmos kafka cassandra"
+SERVERS="redis moto dynalite postgres rabbitmq azurite cosmos kafka cassandra chromium"
 # shellcheck disable=SC2086  # one word per server
 "$ROOT/scripts/install-servers.sh" $SERVERS
 export FLOWCRAFT_TEST_SERVERS=${FLOWCRAFT_TEST_SERVERS:-$SERVERS}

@@ -773,6 +773,31 @@ def logs(state: State, run_id: str, follow: bool, as_json: bool, backend: str | 
 
 
 @cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (localhost by default).")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8787, show_default=True)
+@click.option("--token", envvar="FLOWCRAFT_DASHBOARD_TOKEN", metavar="TOKEN",
+              help="Enable actions (start, resume, cancel, retry, replay) for whoever gives this token "
+                   "(env FLOWCRAFT_DASHBOARD_TOKEN); without it the dashboard is read-only.")
+@click.option("--refresh", type=click.FloatRange(min=0.2), default=2.0, show_default=True, metavar="S",
+              help="Seconds between refreshes of the runs list and a running run.")
+@app_option
+@backend_options
+@click.pass_obj
+def dashboard(state: State, host: str, port: int, token: str | None, refresh: float, app: str | None,
+              backend: str | None, options: Sequence[str]) -> None:
+    """Serve the web dashboard: runs (filters, live refresh), each run's graph, timeline, outputs and errors,
+    blueprints and dead letters; with --token also start, resume, cancel, retry from a node and replay
+    (needs `pip install "flowcraft-core[dashboard]"`)."""
+    config = state.config(backend=backend, app=app, options=options)
+    loaded = _load_app(config, required=False)
+    from flowcraft.dashboard import serve
+
+    mode = "actions need the token" if token else "read-only (pass --token to enable actions)"
+    state.err.print(f"dashboard on http://{host}:{port} ({config.backend} backend, {mode})", highlight=False)
+    serve(lambda: Client(config.build_backend(), loaded), host=host, port=port, token=token, refresh=refresh)
+
+
+@cli.command()
 @click.argument("run_id")
 @click.option("--action", help="The action the waiting node returns (selects its edges).")
 @click.option("--output", "output_json", metavar="JSON", help="The waiting node's output as JSON.")
