@@ -199,3 +199,15 @@ def test_retention_setting_applied_by_flowcraft_reconcile(tmp_path: Path, monkey
             return await backend.status.get(run_id)
 
     assert asyncio.run(gone()) is None
+
+
+def test_the_cli_says_when_a_queue_cannot_remove_dead_letters(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flowcraft.backends.memory import MemoryQueue
+    from flowcraft.spi import Queue
+
+    monkeypatch.setattr(MemoryQueue, "delete_dead_letters", Queue.delete_dead_letters)
+    for args in (["--all"], ["--purge"], ["--replay", "1"]):
+        result = CliRunner().invoke(cli, ["dead-letters", *args, "--backend", "memory"])
+        assert result.exit_code == 1 and "cannot remove dead letters" in result.output, result.output
+        assert len(result.output.strip().splitlines()) <= 2  # one line, and its hint
+    assert "no dead letters" in CliRunner().invoke(cli, ["dead-letters", "--backend", "memory"]).output

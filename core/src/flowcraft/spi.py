@@ -507,10 +507,10 @@ class Queue(Component):
         letters; return those replayed. Derived: ``enqueue`` (with a fresh delivery count, the job unchanged)
         first, then ``delete_dead_letters``, so a crash in between replays a job twice at worst, never loses it
         (the engine handles a job's duplicates once). Letters whose job did not parse are left in place."""
+        if not self.manages_dead_letters:
+            await self.delete_dead_letters([])  # raises UnsupportedError before anything is enqueued
         letters = await self._dead_letters_by_id(ids)
         replayable = [letter for letter in letters if letter.job is not None and letter.id]
-        if not self.manages_dead_letters and replayable:
-            await self.delete_dead_letters([])  # raises UnsupportedError before anything is enqueued
         if replayable:
             await self.enqueue([letter.job.evolve(due_at=None, bounces=0) for letter in replayable
                                 if letter.job is not None])
@@ -520,9 +520,11 @@ class Queue(Component):
     async def purge_dead_letters(self, ids: Sequence[str] | None = None) -> int:
         """Remove dead letters without replaying them (all of them when ``ids`` is None); return how many.
         Derived from ``dead_letters`` and ``delete_dead_letters``."""
+        if not self.manages_dead_letters:
+            await self.delete_dead_letters([])  # raises UnsupportedError
         letters = await self._dead_letters_by_id(ids)
         chosen = [letter.id for letter in letters if letter.id]
-        return await self.delete_dead_letters(chosen) if chosen or not self.manages_dead_letters else 0
+        return await self.delete_dead_letters(chosen) if chosen else 0
 
     async def _dead_letters_by_id(self, ids: Sequence[str] | None) -> list[DeadLetter]:
         letters = await self.dead_letters(self.DEAD_LETTER_SCAN)
