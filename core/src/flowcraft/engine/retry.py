@@ -8,8 +8,10 @@ What runs again (the *area*): the node retried from (``from_node``; without it, 
 run), every job the run still held as pending or parked when it failed (branches cut short by the failure),
 and everything reachable from those. Everything else keeps its completion record and is not run again: each
 finished node outside the area with an edge into it sends its arrival (or skip) into the new generation again,
-computed from its stored output and action as routing computed it the first time, so the nodes of the area are
-fired with the inputs they had (a join gets its arrivals from both sides). A start node in the area is fired
+computed from its stored output and action by the same routing as the first time, so the nodes of the area are
+fired with the inputs they had (a join gets its arrivals from both sides). Edge conditions and transforms on
+those edges are evaluated again over the stored outputs and the run's current context (``input`` is None
+there): an edge whose condition reads context that later nodes changed may decide differently. A start node in the area is fired
 with the run's input. A node inside a loop restarts its loop from the loop's first node.
 
 Steps, each safe to repeat: the new generation's jobs are inserted (first-writer-wins) and its dead paths
