@@ -43,12 +43,10 @@ from flowcraft_rq.jobs import DATA_HEAD, DATA_TAIL, _RqManaged, decode_data, enc
 from flowcraft_rq.options import RqQueueOptions
 
 DEFAULT_QUEUE = "flowcraft-queue"
-#: the fields rq writes for a fresh job that we do not set per job (see ``rq.job.Job.to_dict``)
-RQ_STATIC_FIELDS: tuple[str, ...] = (
-    "success_callback_name", "", "failure_callback_name", "", "stopped_callback_name", "",
-    "started_at", "", "ended_at", "", "last_heartbeat", "", "worker_name", "", "group_id", "",
-    "timeout", "-1", "retries_left", "10",
-)  # fmt: skip
+#: the fields rq would write for a fresh job that we do not set per job and whose absence rq does not read as
+#: the same thing (``rq.job.Job.restore`` reads a missing callback, timestamp, worker or group as the empty
+#: value rq writes for a fresh job, so those are left out: each costs every dispatch an argument and a field)
+RQ_STATIC_FIELDS: tuple[str, ...] = ("timeout", "-1", "retries_left", "10")
 
 
 def rq_prefix_default() -> str:
