@@ -3,6 +3,7 @@ API on the memory and sqlite backends; the timeline keeps the failed attempt and
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -160,3 +161,16 @@ async def test_retry_of_a_map_a_loop_a_subflow_and_a_parked_wait() -> None:
     assert results["p"].status == "completed" and results["p"].outputs["s"] == "child ok"
     assert results["w"].status == "awaiting" and waited.status == "completed"
     assert waited.outputs["bad"] == "fine" and waited.outputs["gate"] == "go"
+
+
+async def test_concurrent_retries_have_one_winner(sqlite: Backend) -> None:
+    broken.add("d")
+    async with FlowRuntime(flows=[diamond()], backend=sqlite) as rt:
+        failed = await rt.run("diamond", 3, timeout=10)
+        broken.clear()
+        outcomes = await asyncio.gather(*(rt.client.retry(failed.run_id, from_node="d") for _ in range(3)),
+                                        return_exceptions=True)
+        result = await rt.wait(failed.run_id, timeout=10)
+        await asyncio.sleep(0.2)  # a duplicate would run now
+    assert sorted(type(o).__name__ for o in outcomes) == ["InvalidStateError", "InvalidStateError", "int"]
+    assert result.status == "completed" and calls["d"] == 2 and calls["e"] == 1

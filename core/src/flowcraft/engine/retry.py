@@ -11,13 +11,20 @@ finished node outside the area with an edge into it sends its arrival (or skip) 
 computed from its stored output and action by the same routing as the first time, so the nodes of the area are
 fired with the inputs they had (a join gets its arrivals from both sides). Edge conditions and transforms on
 those edges are evaluated again over the stored outputs and the run's current context (``input`` is None
-there): an edge whose condition reads context that later nodes changed may decide differently. A start node in the area is fired
-with the run's input. A node inside a loop restarts its loop from the loop's first node.
+there): an edge whose condition reads context that later nodes changed may decide differently. A start node
+in the area is fired with the run's input. A node inside a loop restarts its loop from the loop's first node.
 
-Steps, each safe to repeat: the new generation's jobs are inserted (first-writer-wins) and its dead paths
-decided; the old generation's pending and parked jobs are finished (they never run again); the run moves from
-``failed`` to ``running`` (compare-and-set: of two concurrent retries one wins, the other is refused); then the
-new generation's pending jobs are enqueued. The failed run's errors move to the context key
+Steps: the run moves from ``failed`` to ``running`` first (compare-and-set: of concurrent retries exactly one
+wins and goes on, the others are refused before they write anything); the new generation's jobs are inserted
+(first-writer-wins) and its dead paths decided; the old generation's pending and parked jobs are finished
+(they never run again); then the new generation's pending jobs are enqueued. A retry that dies half-way leaves
+a running run with pending jobs and no lease, which the reconciler re-enqueues once it counts as stalled
+(the old failed job, should it die before the new generation was inserted). The old generation is finished
+only after the new one is inserted, so a run never looks all done without its rerun. A delayed copy of an
+old job (a retry backoff still in the queue when the run failed) delivered in the few milliseconds between
+the claim and the old jobs' finish may run once more at its old visit: at-least-once, like any redelivery.
+
+The failed run's errors move to the context key
 ``_retry.<generation>`` (``RetryRecord``), readable with ``Client.retries``. A retry is refused while a worker
 still holds the lease of one of the run's jobs.
 """
@@ -104,6 +111,11 @@ async def retry_run(control: RunControl, record: RunRecord, graph: Graph, from_n
     base = generation * VISITS_PER_GENERATION
     area = _reachable(graph, roots)
 
+    # the claim: of concurrent retries exactly one moves the run back to running and goes on
+    won = await backend.status.transition(run_id, ["failed"], "running", {"errors": [], "awaiting": []})
+    if won is None:
+        raise InvalidStateError(f"run {run_id!r} was retried or changed meanwhile",
+                                hint="check `flowcraft status`")
     history = RetryRecord(generation, from_node, tuple(sorted(roots)), tuple(record.errors), time.time())
     await backend.context.apply(run_id, {f"{RETRY_PREFIX}{generation}": history.to_dict()})
 
@@ -134,10 +146,6 @@ async def retry_run(control: RunControl, record: RunRecord, graph: Graph, from_n
     for held in (*pending, *parked):
         await coordination.commit(Transition(run_id, held.job.key, finish=True))
 
-    won = await backend.status.transition(run_id, ["failed"], "running", {"errors": [], "awaiting": []})
-    if won is None:
-        raise InvalidStateError(f"run {run_id!r} was retried or changed meanwhile",
-                                hint="check `flowcraft status`")
     fresh = [held.job for held in await coordination.jobs(run_id, "pending") if held.job.visit >= base]
     await _enqueue(control, fresh)
     await control._emit("run:retry", run_id, record.blueprint_id, from_node,
