@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowcraft.app import App
-from flowcraft.engine.events import Event, EventBus
+from flowcraft.engine.events import Event, EventBus, carried
 from flowcraft.engine.graph import Graph
 from flowcraft.engine.guards import context_problem, json_problem
 from flowcraft.engine.kinds import OUTPUTS_PREFIX
@@ -95,7 +95,8 @@ class RunControl:
             # below is idempotent)
         if context:
             await self.backend.context.apply(run_id, dict(context))
-        jobs = [Job(run_id, blueprint_id, node_id, version=version, input=input, has_input=True)
+        payload = self.events.carry(run_id, blueprint_id) if self.events.carriers else None
+        jobs = [Job(run_id, blueprint_id, node_id, version=version, input=input, has_input=True, payload=payload)
                 for node_id in graph.start_nodes]
         if not jobs:
             await self.fail(record, None, "blueprint has no start node", hint="add a node without incoming edges")
@@ -132,7 +133,8 @@ class RunControl:
         job = parked[0]
         graph = graph_or_raise(self.app, job.blueprint_id)
         _check_resume_action(graph, job.node_id, action)
-        resumed = job.evolve(payload={"resume": {"action": action, "output": output}}, due_at=None)
+        resumed = job.evolve(payload={**(carried(job.payload) or {}),
+                                      "resume": {"action": action, "output": output}}, due_at=None)
         if not await self.backend.coordination.unpark(run_id, job.key, resumed):
             raise InvalidStateError(f"node {job.node_id!r} of run {run_id!r} was already resumed")
         await self.backend.status.transition(run_id, ["awaiting"], "running", {"awaiting": []})

@@ -22,7 +22,7 @@ from flowcraft.app import App
 from flowcraft.engine import routing
 from flowcraft.engine.control import RunControl, graph_or_raise
 from flowcraft.engine.control import RunResult as RunResult  # where callers import it from
-from flowcraft.engine.events import Event, EventBus, Middleware, run_with_middleware
+from flowcraft.engine.events import TRACE_PAYLOAD, Event, EventBus, Middleware, run_with_middleware
 from flowcraft.engine.graph import VISITS_PER_GENERATION, Graph, loop_visit
 from flowcraft.engine.guards import DETERMINISTIC_ERRORS, context_problem, definition_problem, json_problem
 from flowcraft.engine.kinds import OUTPUTS_PREFIX, InlineKind, JobKind, KindContext, describe, node_kind
@@ -313,7 +313,7 @@ class Engine:
         """Run the node, or its fallback after the last attempt: completed, retry_scheduled or failed."""
         self._marks[(job.run_id, job.key)] = TimelineMark(time.time())
         await self._emit("node:start", job.run_id, job.blueprint_id, job.node_id,
-                         {"visit": job.visit, "attempt": job.attempt, "worker": self.worker_id})
+                         _traced(job, {"visit": job.visit, "attempt": job.attempt, "worker": self.worker_id}))
         inflight = _InFlight(delivery, ctx._cancel_event, asyncio.current_task())
         self._inflight[(job.run_id, job.key)] = inflight
         try:
@@ -328,7 +328,7 @@ class Engine:
             self._inflight.pop((job.run_id, job.key), None)
         _refuse_unstorable(job.node_id, outcome.output, ctx)
         await self._emit("node:finish", job.run_id, job.blueprint_id, job.node_id,
-                         {"visit": job.visit, "output": outcome.output, "action": outcome.action})
+                         _traced(job, {"visit": job.visit, "output": outcome.output, "action": outcome.action}))
         return outcome
 
     async def _after_error(
@@ -344,7 +344,8 @@ class Engine:
         log.info("node %s of run %s failed (attempt %d of %d): %s", job.node_id, job.run_id, job.attempt,
                  config.max_attempts, error, extra=_ids(job, event="node:error", attempt=job.attempt))
         await self._emit("node:error", job.run_id, job.blueprint_id, job.node_id,
-                         {"error": error, "attempt": job.attempt, "visit": job.visit, "worker": self.worker_id})
+                         _traced(job, {"error": error, "attempt": job.attempt, "visit": job.visit,
+                                       "worker": self.worker_id}))
         if job.attempt < config.max_attempts and not isinstance(exc, ExpressionError):
             delay = config.retry_delay_for(job.attempt)
             delay *= 1 + random.uniform(0, self.options.retry_jitter)
@@ -688,6 +689,13 @@ class Engine:
                     data: dict[str, Any] | None = None) -> None:
         if self.events.active:
             await self.events.emit(Event(name, run_id, blueprint_id, node_id, data or {}))
+
+
+def _traced(job: Job, data: dict[str, Any]) -> dict[str, Any]:
+    """A node event's data, with the trace the job carries (``flowcraft.engine.events.TRACE_PAYLOAD``)."""
+    if job.payload and TRACE_PAYLOAD in job.payload:
+        data[TRACE_PAYLOAD] = job.payload[TRACE_PAYLOAD]
+    return data
 
 
 def _ids(job: Job, **fields: Any) -> dict[str, Any]:

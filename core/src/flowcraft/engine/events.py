@@ -22,13 +22,19 @@ Every ``Event`` has ``name``, ``run_id``, ``blueprint_id``, ``node_id`` (None fo
 ``node:skipped``     ``visit`` -- dead-path elimination skipped the node
 ``job:dead_letter``  ``reason`` -- a job was moved to the dead-letter store
 ===================  ==========================================================================
+
+Node events of a run started with a *job carrier* also have ``trace``: a listener with a method
+``job_carrier(run_id, blueprint_id) -> dict[str, str] | None`` is asked once per run start (by the client
+starting it); what it returns travels in ``Job.payload["trace"]`` of the run's start jobs and every job routed
+from them (retries, successors, a resumed wait), so a worker in any process sees it (``flowcraft.otel`` puts
+the W3C trace context there). Without a carrier nothing is added to any job.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +60,16 @@ class Event:
 
 Listener = Callable[[Event], Any]
 
+#: the key of ``Job.payload`` carrying what a listener's ``job_carrier`` returned at the run's start
+TRACE_PAYLOAD = "trace"
+
+
+def carried(payload: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The part of a job's payload its successors carry on (the trace), or None."""
+    if not payload or TRACE_PAYLOAD not in payload:
+        return None
+    return {TRACE_PAYLOAD: payload[TRACE_PAYLOAD]}
+
 
 class EventBus:
     """Listeners by event name ('*' for all), then the ``flowcraft_event`` plugin hook (``hook``, set by the
@@ -62,12 +78,29 @@ class EventBus:
     def __init__(self) -> None:
         self._listeners: dict[str, list[Listener]] = {}
         self.hook: Callable[..., Any] | None = None
+        self.carriers: list[Callable[[str, str], Mapping[str, str] | None]] = []
 
     def on(self, name: str, listener: Listener) -> Listener:
         if name != "*" and name not in EVENT_NAMES:
             raise ValueError(f"unknown event {name!r}; known events: {', '.join(EVENT_NAMES)}")
         self._listeners.setdefault(name, []).append(listener)
+        carrier = getattr(listener, "job_carrier", None)
+        if callable(carrier) and carrier not in self.carriers:
+            self.carriers.append(carrier)
         return listener
+
+    def carry(self, run_id: str, blueprint_id: str) -> dict[str, Any] | None:
+        """The payload of a new run's start jobs: ``{"trace": ...}`` from the first job carrier that returns
+        something, else None (a carrier that raises is logged and passed over)."""
+        for carrier in self.carriers:
+            try:
+                found = carrier(run_id, blueprint_id)
+            except Exception:
+                log.exception("job carrier %r failed", carrier)
+                continue
+            if found:
+                return {TRACE_PAYLOAD: dict(found)}
+        return None
 
     def has(self, name: str, listener: Listener) -> bool:
         return listener in self._listeners.get(name, ())

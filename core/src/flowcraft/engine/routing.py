@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from flowcraft.engine.events import carried
 from flowcraft.engine.graph import CompiledEdge, Graph, loop_visit
 from flowcraft.errors import FlowcraftError
 from flowcraft.spi import Arrival, Completion, Job
@@ -70,6 +71,7 @@ def arrival(graph: Graph, job: Job, source: str, visit: int, edge: CompiledEdge,
     target_job = Job(
         job.run_id, job.blueprint_id, target.node.id, visit=graph.target_visit(source, visit, edge),
         version=job.version, input=contribution if single else None, has_input=single, due_at=due_at,
+        payload=carried(job.payload),
     )
     return Arrival(target_job, source, arrived=arrived, contribution=contribution, expected=expected,
                    strategy=target.node.config.join_strategy)
