@@ -184,6 +184,7 @@ class KafkaQueue(Queue):
         self._delay = _Tracker()
         self._delayed: list[tuple[float, int, TP, int, int, bytes, dict[str, str]]] = []
         self._seq = itertools.count()
+        self._delay_paused = False
         self._error: BaseException | None = None
 
     def __repr__(self) -> str:
@@ -592,8 +593,10 @@ class KafkaQueue(Queue):
                     if batch and room > 1:
                         batch += main.consume(room - 1, 0)
                     self._accept(batch)
-                else:
-                    main.poll(0.05)
+                else:  # paused; a record fetched before the pause took effect is kept, never dropped
+                    late = main.poll(0.05)
+                    if late is not None:
+                        self._accept([late])
                 self._forward(delay)
                 now = time.monotonic()
                 if now - last_commit >= self.options.commit_interval_ms / 1000:
@@ -684,26 +687,29 @@ class KafkaQueue(Queue):
         """Move due records of the delay topic to the jobs topic."""
         with self._lock:
             room = self.options.max_delayed_in_memory - len(self._delayed)
+        if (room <= 0) != self._delay_paused:  # the memory bound: pause the delay topic while it is reached
+            (consumer.pause if room <= 0 else consumer.resume)(consumer.assignment())
+            self._delay_paused = room <= 0
         if room > 0:
             messages = consumer.consume(min(room, 500), 0)
-            with self._lock:
-                for msg in messages:
-                    if msg.error() is not None:
-                        continue
-                    tp = (msg.topic(), msg.partition())
-                    epoch = self._delay.seen(tp, msg.offset())
-                    if epoch is None:
-                        continue
-                    headers = _headers(msg)
-                    try:
-                        due = float(headers.get(DUE_HEADER, "0"))
-                    except ValueError:
-                        due = 0.0
-                    headers.pop(DUE_HEADER, None)
-                    heapq.heappush(self._delayed, (due, next(self._seq), tp, msg.offset(), epoch,
-                                                   msg.value() or b"", headers))
-        else:
-            consumer.poll(0)
+        else:  # a record fetched before the pause took effect is kept, never dropped
+            messages = [m for m in [consumer.poll(0)] if m is not None]
+        with self._lock:
+            for msg in messages:
+                if msg.error() is not None:
+                    continue
+                tp = (msg.topic(), msg.partition())
+                epoch = self._delay.seen(tp, msg.offset())
+                if epoch is None:
+                    continue
+                headers = _headers(msg)
+                try:
+                    due = float(headers.get(DUE_HEADER, "0"))
+                except ValueError:
+                    due = 0.0
+                headers.pop(DUE_HEADER, None)
+                heapq.heappush(self._delayed, (due, next(self._seq), tp, msg.offset(), epoch,
+                                               msg.value() or b"", headers))
         now = time.time()
         due_now = []
         with self._lock:

@@ -21,9 +21,12 @@ winner) needs compare-and-set. So each record has two homes:
   bucketed by a hash of the run id: the reconciler's ``stalled`` reads ``status_buckets`` partitions per
   active status by clustering range (no ``ALLOW FILTERING``, no scan). ``_by_created`` serves ``list``.
 
-``get`` reads Redis (one HGET) and falls back to Cassandra when the hash has expired. A process that dies
-between the Redis decision and the Cassandra write leaves the Cassandra copy behind: ``stalled`` checks every
-lookup row against the authoritative record and repairs stale rows, and the next transition rewrites the row.
+``get`` reads Redis (one HGET) and falls back to Cassandra when the hash has expired. An active run's lookup
+row is written *before* the decision and the previous one dropped after it, so whatever moment a process
+dies at, every active run has a lookup row the reconciler finds. A process that dies between the Redis
+decision and the Cassandra writes leaves the Cassandra copy behind: ``stalled`` checks every lookup row
+against the authoritative record, drops stale rows and rewrites the record's, and the next transition
+rewrites the row.
 """
 
 from __future__ import annotations
@@ -151,18 +154,26 @@ class CassandraStatusStore(StatusStore):
         rows = await self.client.execute(self._q_get, (run_id,))
         return RunRecord.from_dict(json.loads(rows[0].status_data)) if rows and rows[0].status_data else None
 
-    async def _mirror(self, record: RunRecord, data: str, old: RunRecord | None) -> None:
-        """Write the decided record to Cassandra: the row, and the lookup row of an active run."""
+    async def _mirror(self, record: RunRecord, data: str, old: RunRecord | None, *, row_written: bool = False) -> None:
+        """Write the decided record to Cassandra: the row, and the lookup row of an active run (unless
+        ``row_written``: put before the decision), then drop the previous lookup row."""
         bucket = self.bucket(record.run_id)
         writes = [self.client.execute(self._q_put, (record.run_id, record.status, data, record.blueprint_id,
                                                     record.created_at, record.updated_at))]
+        if record.status in ACTIVE_STATUSES and not row_written:
+            writes.append(self._lookup_put(record))
+        await asyncio.gather(*writes)
         if old is not None and old.status in ACTIVE_STATUSES and (
                 old.status != record.status or old.updated_at != record.updated_at):
-            writes.append(self.client.execute(self._q_lookup_del, (old.status, bucket, old.updated_at, record.run_id)))
-        if record.status in ACTIVE_STATUSES:
-            writes.append(self.client.execute(self._q_lookup_put, (record.status, bucket, record.updated_at,
-                                                                   record.run_id)))
-        await asyncio.gather(*writes)
+            await self.client.execute(self._q_lookup_del, (old.status, bucket, old.updated_at, record.run_id))
+
+    def _lookup_put(self, record: RunRecord) -> Any:
+        return self.client.execute(self._q_lookup_put, (record.status, self.bucket(record.run_id), record.updated_at,
+                                                        record.run_id))
+
+    async def _lookup_drop(self, record: RunRecord) -> None:
+        await self.client.execute(self._q_lookup_del, (record.status, self.bucket(record.run_id), record.updated_at,
+                                                       record.run_id))
 
     async def _current(self, run_id: str) -> tuple[RunRecord, str] | None:
         """The authoritative record and its version (from Redis; seeded from Cassandra when it expired)."""
@@ -187,12 +198,19 @@ class CassandraStatusStore(StatusStore):
         stored.created_at = record.created_at or now
         stored.updated_at = now
         data = self._encode(stored)
+        # the lookup row goes first: an active run always has one, whatever moment a process dies at (a row
+        # without a decision behind it is found stale and dropped by ``stalled``)
+        active = stored.status in ACTIVE_STATUSES
+        if active:
+            await self._lookup_put(stored)
         created = await self._create_script(keys=[self._key(record.run_id)],
                                             args=[stored.status, data, self.state_ttl_seconds])
         if not created:
+            if active:
+                await self._lookup_drop(stored)
             return False
         await asyncio.gather(
-            self._mirror(stored, data, None),
+            self._mirror(stored, data, None, row_written=active),
             self.client.execute(self._q_created_put, (self.bucket(record.run_id), stored.created_at, record.run_id)))
         record.created_at, record.updated_at = stored.created_at, stored.updated_at
         return True
@@ -233,12 +251,18 @@ class CassandraStatusStore(StatusStore):
             new = RunRecord.from_dict({**old.to_dict(), **changes, "status": to_status,
                                        "updated_at": max(time.time(), old.updated_at)})
             data = self._encode(new)
+            # an active run's new lookup row goes in before the decision (see ``create``)
+            early = new.status in ACTIVE_STATUSES and (new.status, new.updated_at) != (old.status, old.updated_at)
+            if early:
+                await self._lookup_put(new)
             outcome = await self._transition_script(
                 keys=[self._key(run_id)],
                 args=[version, self.state_ttl_seconds, to_status, data, len(from_statuses), *from_statuses])
             if outcome == 1:
-                await self._mirror(new, data, old)
+                await self._mirror(new, data, old, row_written=early)
                 return new
+            if early:
+                await self._lookup_drop(new)
             if outcome == 0:
                 return None
             # -1 (expired meanwhile) or -2 (another change won the version): read again
