@@ -4,6 +4,7 @@ behind the token, pages of a run that ran on sqlite, bad input answered with a m
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,15 +13,16 @@ from click.testing import CliRunner
 
 pytest.importorskip("starlette")
 pytest.importorskip("multipart")
-pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx`")
 
-from starlette.testclient import TestClient  # noqa: E402
+with warnings.catch_warnings():  # starlette's TestClient warns about httpx, which it still uses
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
 
-from flowcraft import App, Flow, FlowRuntime  # noqa: E402
-from flowcraft.cli import cli  # noqa: E402
-from flowcraft.client import Client  # noqa: E402
-from flowcraft.dashboard import create_app  # noqa: E402
-from flowcraft.plugins import registry  # noqa: E402
+from flowcraft import App, Flow, FlowRuntime
+from flowcraft.cli import cli
+from flowcraft.client import Client
+from flowcraft.dashboard import create_app
+from flowcraft.plugins import registry
 
 TOKEN = "t0ken"
 
@@ -98,3 +100,34 @@ def test_cli_dashboard_bad_options(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert result.exit_code == 2 and "--port" in result.output
     result = runner.invoke(cli, ["dashboard", "--token", " ", "-b", "sqlite", "-o", f"path={tmp_path / 'x.db'}"])
     assert result.exit_code == 1 and "token is empty" in result.output and "hint" in result.output.lower()
+
+
+def test_dead_letters_replayed_and_a_waiting_run_cancelled_from_the_dashboard(db: str) -> None:
+    import asyncio
+
+    from flowcraft.spi import Job
+
+    async def dead_letter() -> None:
+        backend = registry().build("sqlite", {"path": db})
+        await backend.setup()
+        await backend.queue.enqueue([Job("lost-run", "ok", "a")])
+        (delivery,) = await backend.queue.dequeue(1, 1.0)
+        await backend.queue.dead_letter(delivery, "no worker loads blueprint 'ok'")
+        await backend.close()
+
+    asyncio.run(dead_letter())
+    waiting = Flow("hold").wait("gate")
+    app = App(flows=[*flows(), waiting])
+    http = TestClient(create_app(lambda: Client(registry().build("sqlite", {"path": db}), app), token=TOKEN))
+    with http:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        listing = http.get("/dead-letters", headers=auth).text
+        assert "no worker loads blueprint" in listing and "lost-run" in listing and "Replay all" in listing
+        replayed = http.post("/dead-letters/replay", headers=auth)
+        assert "replayed 1 dead letter(s)" in replayed.text and "No dead letters" in replayed.text
+
+        started = http.post("/runs", data={"blueprint_id": "hold"}, headers=auth, follow_redirects=False)
+        run_page = started.headers["location"]
+        assert 'id="cancel"' in http.get(run_page, headers=auth).text
+        cancelled = http.post(run_page + "/cancel", headers=auth)
+        assert "cancelled" in cancelled.text and 'data-status="cancelled"' in cancelled.text
