@@ -309,8 +309,9 @@ class KafkaQueue(Queue):
 
     # ------------------------------------------------------------------------------------------ Queue
     async def enqueue(self, jobs: Sequence[Job], delay: float = 0.0) -> None:
-        items = [self._routed(self._record(job), job.run_id.encode("utf-8", "surrogatepass"), delay, {})
-                 for job in jobs]
+        # no key: the partitioner spreads the jobs, so a copy the reconciler re-enqueues never depends on the
+        # partition its first copy went to (nothing here needs a run's jobs in order)
+        items = [self._routed(self._record(job), None, delay, {}) for job in jobs]
         await self._produce(items)
 
     async def dequeue(self, max_jobs: int, wait: float) -> list[Delivery]:
@@ -391,8 +392,7 @@ class KafkaQueue(Queue):
             return  # an earlier delivery's receipt: the record was handed out again
         receipt = _receipt(delivery)
         headers = {DELIVERIES_HEADER: str(delivery.deliveries)}
-        await self._produce([self._routed(receipt.value, delivery.job.run_id.encode("utf-8", "surrogatepass"),
-                                          delay, headers)])
+        await self._produce([self._routed(receipt.value, None, delay, headers)])
         self._finish(delivery)
 
     async def extend(self, delivery: Delivery, seconds: float) -> None:
