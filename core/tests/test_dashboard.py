@@ -69,6 +69,7 @@ def test_pages_of_runs_read_only_by_default(db: str, ran: tuple[str, str]) -> No
         assert 'id="actions"' not in page  # no buttons without the token
         assert 'data-node="b" data-state="done"' in http.get(f"/runs/{ok}").text
         assert http.get("/runs/nope").status_code == 404
+        assert http.get("/fragments/runs/nope").status_code == 404
         assert 'id="ok"' in http.get("/blueprints").text
         assert "No dead letters" in http.get("/dead-letters").text
         refused = http.post(f"/runs/{bad}/retry")

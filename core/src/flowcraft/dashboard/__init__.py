@@ -26,6 +26,7 @@ from datetime import datetime
 from html import escape
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from flowcraft.client import Client
 from flowcraft.engine.graph import analyze
@@ -121,7 +122,6 @@ def create_app(client_factory: ClientFactory, *, token: str | None = None, refre
         return None
 
     def back(path: str, flash: str) -> RedirectResponse:
-        from urllib.parse import quote
         return RedirectResponse(f"{path}?flash={quote(flash)}", status_code=303)
 
     # ------------------------------------------------------------------ runs
@@ -137,7 +137,7 @@ def create_app(client_factory: ClientFactory, *, token: str | None = None, refre
             start = (f'<section><h2>Start a run</h2><form method="post" action="/runs" id="start">'
                      f'<select name="blueprint_id">{choices}</select> input (JSON) '
                      f'<input name="input" size="40" placeholder="null"> <button>Start</button></form></section>')
-        query = f"status={escape(status)}&blueprint={escape(blueprint)}"
+        query = escape(urlencode({"status": status, "blueprint": blueprint}))
         body = (f'{start}<form method="get" action="/" id="filters">status <select name="status">{options}</select>'
                 f' blueprint <input name="blueprint" value="{escape(blueprint)}"> <button>Filter</button></form>'
                 f'<div id="runs" hx-get="/fragments/runs?{query}" hx-trigger="every {refresh}s" '
@@ -186,7 +186,10 @@ def create_app(client_factory: ClientFactory, *, token: str | None = None, refre
         return page(request, f"Run {run_id}", await run_fragment_html(request, run_id))
 
     async def run_fragment(request: Request) -> Response:
-        return HTMLResponse(await run_fragment_html(request, request.path_params["run_id"]))
+        try:
+            return HTMLResponse(await run_fragment_html(request, request.path_params["run_id"]))
+        except FlowcraftError as exc:  # e.g. the run was purged while its page was open
+            return HTMLResponse(f'<div id="run"><p class="error">{escape(str(exc))}</p></div>', status_code=404)
 
     async def run_fragment_html(request: Request, run_id: str) -> str:
         result = await client().status(run_id)
