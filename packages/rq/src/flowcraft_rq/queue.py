@@ -332,8 +332,20 @@ class RqQueue(Colocated, Queue):
                     why = text(exc_info)
             else:
                 why = "unknown (the job expired)"
-            out.append(DeadLetter(job, reason=why, raw=text(job_id)))
+            out.append(DeadLetter(job, reason=why, raw=text(job_id), id=text(job_id)))
         return out
+
+    async def delete_dead_letters(self, ids: Sequence[str]) -> int:
+        """Remove failed jobs from rq's FailedJobRegistry with their job hash and result stream (as
+        ``rq``'s ``FailedJobRegistry.remove(delete_job=True)``); ids are rq job ids (``DeadLetter.id``)."""
+        if not ids:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.zrem(self.failed_key, job_id)
+                pipe.delete(self._job_key(job_id), f"{self.rq_prefix}:results:{job_id}")
+            replies = await pipe.execute()
+        return sum(1 for reply in replies[::2] if reply)
 
     # ------------------------------------------------------------------ rq's worker registry
     async def register_worker(self, worker: WorkerInfo) -> None:
