@@ -64,6 +64,9 @@ def test_pages_of_runs_read_only_by_default(db: str, ran: tuple[str, str]) -> No
         failed = http.get("/fragments/runs", params={"status": "failed"}).text
         assert bad in failed and ok not in failed
         assert "unknown status" in http.get("/fragments/runs", params={"status": "nope"}).text
+        recent = http.get("/fragments/runs", params={"since": "15m", "status": "completed"}).text
+        assert ok in recent and bad not in recent
+        assert "unknown age" in http.get("/fragments/runs", params={"since": "2y"}).text
         page = http.get(f"/runs/{bad}").text
         assert 'data-node="explode" data-state="failed"' in page and "ValueError: boom" in page
         assert 'id="actions"' not in page  # no buttons without the token

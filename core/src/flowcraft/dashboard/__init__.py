@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import datetime
 from html import escape
@@ -48,6 +49,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 STATIC = Path(__file__).parent / "static"
 COOKIE = "flowcraft_dashboard_token"
 STATUSES = ("running", "awaiting", "completed", "failed", "cancelled")
+#: the runs list's "created within" filter: label -> seconds
+SINCE = {"15m": 900.0, "1h": 3600.0, "24h": 86400.0, "7d": 604800.0}
 #: node states and their fill colours in the graph
 STATE_COLOURS = {"pending": "#ffffff", "running": "#9ecbff", "done": "#8fd19e", "skipped": "#d6d6d6",
                  "failed": "#f5a3a3", "awaiting": "#ffd37a", "cancelled": "#a0a0a0"}
@@ -137,21 +140,30 @@ def create_app(client_factory: ClientFactory, *, token: str | None = None, refre
             start = (f'<section><h2>Start a run</h2><form method="post" action="/runs" id="start">'
                      f'<select name="blueprint_id">{choices}</select> input (JSON) '
                      f'<input name="input" size="40" placeholder="null"> <button>Start</button></form></section>')
-        query = escape(urlencode({"status": status, "blueprint": blueprint}))
+        since = request.query_params.get("since") or ""
+        ages = "".join(f'<option value="{a}"{" selected" if a == since else ""}>{a or "any time"}</option>'
+                       for a in ("", *SINCE))
+        query = escape(urlencode({"status": status, "blueprint": blueprint, "since": since}))
         body = (f'{start}<form method="get" action="/" id="filters">status <select name="status">{options}</select>'
-                f' blueprint <input name="blueprint" value="{escape(blueprint)}"> <button>Filter</button></form>'
+                f' blueprint <input name="blueprint" value="{escape(blueprint)}"> created within <select '
+                f'name="since">{ages}</select> <button>Filter</button></form>'
                 f'<div id="runs" hx-get="/fragments/runs?{query}" hx-trigger="every {refresh}s" '
-                f'hx-swap="innerHTML">{await runs_table(status or None, blueprint or None)}</div>')
+                f'hx-swap="innerHTML">{await runs_table(status or None, blueprint or None, since)}</div>')
         return page(request, "Runs", body)
 
     async def runs_fragment(request: Request) -> Response:
         return HTMLResponse(await runs_table(request.query_params.get("status") or None,
-                                             request.query_params.get("blueprint") or None))
+                                             request.query_params.get("blueprint") or None,
+                                             request.query_params.get("since") or ""))
 
-    async def runs_table(status: str | None, blueprint: str | None) -> str:
+    async def runs_table(status: str | None, blueprint: str | None, since: str = "") -> str:
+        """Up to 50 runs, newest first; ``since``: one of ``SINCE`` (created within), "" for any time."""
         if status is not None and status not in STATUSES:
             return f'<p class="error">unknown status {escape(status)!s}; one of {", ".join(STATUSES)}</p>'
-        records, _ = await client().runs(status, blueprint, 50)
+        if since and since not in SINCE:
+            return f'<p class="error">unknown age {escape(since)!s}; one of {", ".join(SINCE)}</p>'
+        after = time.time() - SINCE[since] if since else None
+        records, _ = await client().runs(status, blueprint, 50, created_after=after)
         if not records:
             return "<p>No runs.</p>"
         rows = "".join(
