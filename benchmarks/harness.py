@@ -248,6 +248,8 @@ class Trial:
     # Redis's own account of its CPU (INFO cpu: used_cpu_user + used_cpu_sys), also for a Redis the harness
     # did not start; Redis runs commands on one thread, so 1e6 / this is the node rate that saturates it
     redis_cpu_us_per_node: float | None = None
+    # rabbitmq: the raw broker floor measured right after the trial (benchmarks/rabbitmq_servers.py)
+    floor_msgs_per_s: float | None = None
 
 
 @dataclass(slots=True)
@@ -614,6 +616,7 @@ class Infrastructure:
         self.celery_used = False
         self._ts_flowcraft: Path | None = None
         self.server_pids: list[int] = []  # servers this harness started (their CPU is reported apart)
+        self.rabbitmq: Any = None  # benchmarks.rabbitmq_servers.RabbitMqServers for --backend rabbitmq
 
     def __enter__(self) -> Infrastructure:
         config = self.config
@@ -628,6 +631,12 @@ class Infrastructure:
                 console.print(f"[dim]started redis-server pid {server.pid} on {server.url}[/dim]")
             self.counter = RedisCommandCounter(self.redis_url)
             self.stack.callback(self.counter.close)
+        if config.backend == "rabbitmq":
+            from benchmarks.rabbitmq_servers import RabbitMqServers
+
+            self.rabbitmq = RabbitMqServers.start(config.backend_options, self.stack, self.server_pids,
+                                                  _server_class, _start_server,
+                                                  lambda text: console.print(f"[dim]{text}[/dim]"))
         if config.backend == "sqs":
             for key, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
                                ("AWS_DEFAULT_REGION", AWS_REGION)):
@@ -666,6 +675,8 @@ class Infrastructure:
                 self.moto.reset()
             options.update(endpoint_url=self.aws_endpoint, region=AWS_REGION, queue_name=f"fcbench-{tag}",
                            table_prefix=f"fcbench-{tag}-")
+        elif backend == "rabbitmq":
+            options.update(self.rabbitmq.fresh_options(tag))
         for key, value in self.config.backend_options.items():
             options[key] = value.replace("{trial}", tag) if isinstance(value, str) else value
         return options
@@ -821,7 +832,11 @@ async def distributed_trial(config: Config, infra: Infrastructure, workload: Wor
         await asyncio.to_thread(workers.start)
         try:
             counter = infra.flowcraft_counter()
-            return await measure_flowcraft(config, client, workload, counter, None, workers.pids, infra.server_pids)
+            trial = await measure_flowcraft(config, client, workload, counter, None, workers.pids, infra.server_pids)
+            if infra.rabbitmq is not None:
+                trial.floor_msgs_per_s = await infra.rabbitmq.floor(config.runs_for(workload),
+                                                                    config.worker_concurrency * processes)
+            return trial
         except BenchmarkError as exc:
             raise BenchmarkError(f"{exc} (worker logs: {workers.keep_logs(config, tag)})") from None
         finally:
@@ -1155,6 +1170,9 @@ def _print_trial(cell: Cell, trial: Trial) -> None:
         parts.append(f"idle {trial.idle_round_trips_per_s:.0f}/s")
     if trial.commands_per_node is not None:
         parts.append(f"{trial.commands_per_node:.1f} redis cmds/node")
+    if trial.floor_msgs_per_s:
+        parts.append(f"raw broker floor {trial.floor_msgs_per_s:.0f} msgs/s "
+                     f"({trial.nodes_per_s / trial.floor_msgs_per_s:.0%})")
     console.print(f"[dim]{cell.system:12} {cell.backend:14} {cell.workload:10} {cell.processes}w {trial.runs:5} runs: "
                   f"{', '.join(parts)}[/dim]")
 

@@ -71,6 +71,7 @@ class RabbitMqAdapter(WorkerAdapter):
                               prefetch=prefetch or concurrency, delivery_limit=delivery_limit)
         context = PostgresContext(self.pg, context_table_name, schema=schema)
         status = PostgresStatusStore(self.pg, status_table_name, schema=schema)
+        queue.prefetch_with(status, coordination_store)
         super().__init__(Backend(queue, context, status, coordination_store, name="rabbitmq"),
                          runtime_options=runtime_options, concurrency=concurrency, poll_wait=poll_wait,
                          engine_options=engine_options, worker_id=worker_id)

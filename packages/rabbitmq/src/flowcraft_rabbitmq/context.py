@@ -7,10 +7,18 @@ Table ``flowcraft_contexts`` (option ``context_table``)::
 A key set to ``None`` is a row holding JSON ``null`` (it exists). Writes are one statement each
 (``INSERT ... ON CONFLICT DO UPDATE`` of the updated keys, ``DELETE`` of the deleted ones, in one statement):
 no read-modify-write of a whole document, so concurrent writers of different keys never lose an update.
+
+Writes of updates only (the engine's per-node write) made during one event-loop iteration are coalesced into
+one statement for all their runs (``unnest`` of run ids, keys and values), as the Redis stores pipeline: a worker
+running many jobs sends one statement where it sent one per job. A write that shares a (run, key) with an
+earlier one in the batch goes in the next statement, so each statement touches a row at most once and a
+caller's writes keep their order. If PostgreSQL refuses a value, the batch is retried write by write, so only
+the write holding it fails.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
@@ -19,7 +27,7 @@ from psycopg import sql
 
 from flowcraft.errors import ConfigError
 from flowcraft.spi import ContextStore
-from flowcraft_rabbitmq._pg import PgClient, check_text, columns, dumps, table
+from flowcraft_rabbitmq._pg import PgClient, ValueRefusedError, check_text, columns, dumps, table
 from flowcraft_rabbitmq.options import PostgresOptions
 
 
@@ -46,6 +54,12 @@ class PostgresContext(ContextStore):
             "AS u(k, v) ON CONFLICT (run_id, key) DO UPDATE SET value = EXCLUDED.value").format(t=t)
         self._delete = sql.SQL("DELETE FROM {} WHERE run_id = %s AND key = ANY(%s)").format(t)
         self._delete_run = sql.SQL("DELETE FROM {} WHERE run_id = %s").format(t)
+        self._upsert_runs = sql.SQL(
+            "INSERT INTO {} (run_id, key, value) SELECT r, k, v::jsonb FROM unnest(%s::text[], %s::text[], "
+            "%s::text[]) AS u(r, k, v) ON CONFLICT (run_id, key) DO UPDATE SET value = EXCLUDED.value").format(t)
+        #: updates-only writes waiting for the next coalesced statement (see the module docstring)
+        self._waiting: list[_Write] = []
+        self._flushes: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
@@ -111,7 +125,8 @@ class PostgresContext(ContextStore):
         if keys and removed:
             query, params = self._upsert_delete, [run_id, removed, run_id, keys, values]
         elif keys:
-            query, params = self._upsert, [run_id, keys, values]
+            await self._coalesced(_Write(run_id, keys, values))
+            return
         elif removed:
             query, params = self._delete, [run_id, removed]
         else:
@@ -129,3 +144,86 @@ class PostgresContext(ContextStore):
             await conn.execute(self._delete_run, [run_id])
 
         await self.client.run(delete)
+
+    # ------------------------------------------------------------------------------------------ coalescing
+    def _coalesced(self, write: _Write) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        write.done = loop.create_future()
+        if not self._waiting:  # the first write of this iteration: flush on the next one, with all that joined
+            task = loop.create_task(self._flush())
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+        self._waiting.append(write)
+        return write.done
+
+    async def _flush(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        try:
+            while waiting:
+                batch: list[_Write] = []
+                later: list[_Write] = []
+                rows: set[tuple[str, str]] = set()
+                for write in waiting:
+                    mine = {(write.run_id, key) for key in write.keys}
+                    if later or rows & mine:  # a row twice in one statement is an error: this write waits
+                        later.append(write)
+                        continue
+                    rows |= mine
+                    batch.append(write)
+                await self._write(batch)
+                waiting = later
+        finally:  # interrupted (the loop closing): no caller waits for ever
+            for write in waiting:
+                _settle(write, asyncio.CancelledError())
+
+    async def _write(self, batch: Sequence[_Write]) -> None:
+        if len(batch) == 1:
+            write = batch[0]
+            query, params = self._upsert, [write.run_id, write.keys, write.values]
+        else:
+            run_ids = [write.run_id for write in batch for _ in write.keys]
+            query = self._upsert_runs
+            params = [run_ids, [k for write in batch for k in write.keys], [v for write in batch for v in write.values]]
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> None:
+            await conn.execute(query, params)
+
+        try:
+            await self.client.run(run)
+        except ValueRefusedError as exc:
+            if len(batch) == 1:
+                _settle(batch[0], exc)
+                return
+            for write in batch:  # find the write PostgreSQL refuses: only it fails
+                await self._write([write])
+            return
+        except BaseException as exc:
+            for write in batch:
+                _settle(write, exc if isinstance(exc, Exception) else asyncio.CancelledError())
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for write in batch:
+            _settle(write, None)
+
+
+class _Write:
+    """One coalesced ``apply`` of updates only."""
+
+    __slots__ = ("done", "keys", "run_id", "values")
+
+    def __init__(self, run_id: str, keys: list[str], values: list[str]) -> None:
+        self.run_id = run_id
+        self.keys = keys
+        self.values = values
+        self.done: asyncio.Future[None] | None = None
+
+
+def _settle(write: _Write, error: BaseException | None) -> None:
+    done = write.done
+    if done is None or done.done():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
