@@ -189,3 +189,24 @@ async def test_a_resumed_wait_and_its_successors_stay_in_the_run_trace() -> None
     assert {"node draft", "node ship"} <= set(nodes)
     assert {s.context.trace_id for s in nodes.values()} == {root.context.trace_id}
     assert {s.parent.span_id for s in nodes.values() if s.parent} == {root.context.span_id}
+
+
+async def test_map_chunks_stay_in_the_run_trace() -> None:
+    from flowcraft import Flow, FlowRuntime
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry = Telemetry(tracer_provider=provider, meter_provider=MeterProvider())
+    flow = Flow("fan").node("items", lambda ctx: [1, 2, 3, 4]).map("double", lambda ctx: ctx.input * 2,
+                                                                    max_concurrency=2)
+    flow.node("total", lambda ctx: sum(ctx.input)).edge("items", "double").edge("double", "total")
+    async with FlowRuntime(app=App(flows=[flow], listeners=[telemetry])) as runtime:
+        done = await runtime.run("fan", None)
+        assert done.status == "completed" and done.output == 20
+    spans = exporter.get_finished_spans()
+    (root,) = [s for s in spans if s.name == "run fan"]
+    assert {s.context.trace_id for s in spans} == {root.context.trace_id}
+    assert {"node items", "node double", "node total"} <= {s.name for s in spans}
+    assert len([s for s in spans if s.name == "node double"]) >= 4  # each chunk's attempt, all ended
+    assert not telemetry._attempts

@@ -27,6 +27,7 @@ and ``outcome``/``status``):
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Iterable, Mapping
@@ -72,7 +73,9 @@ class Telemetry:
                                       description="active runs not updated for the stalled threshold (last sample)")
         self._propagator = TraceContextTextMapPropagator()
         self._starting: dict[str, Span] = {}
-        self._attempts: dict[tuple[str, str, int], tuple[Span, float]] = {}
+        # open attempt spans by run, node, visit and the asyncio task running the attempt (a node's start and
+        # finish events come from one task; a map node's chunks of one visit run in several at once)
+        self._attempts: dict[tuple[str, str, int, int], tuple[Span, float]] = {}
 
     # ------------------------------------------------------------------ traces
     def job_carrier(self, run_id: str, blueprint_id: str) -> dict[str, str]:
@@ -108,9 +111,10 @@ class Telemetry:
                 attributes={"flowcraft.run_id": event.run_id, **blueprint, "flowcraft.node_id": event.node_id,
                             "flowcraft.visit": visit, "flowcraft.attempt": int(event.data.get("attempt", 1)),
                             "flowcraft.worker": str(event.data.get("worker") or "")})
-            self._keep(self._attempts, (event.run_id, event.node_id, visit), (span, time.monotonic()))
+            self._keep(self._attempts, (event.run_id, event.node_id, visit, _task()), (span, time.monotonic()))
         elif name in ("node:finish", "node:error") and event.node_id is not None:
-            opened = self._attempts.pop((event.run_id, event.node_id, int(event.data.get("visit", 0))), None)
+            opened = self._attempts.pop((event.run_id, event.node_id, int(event.data.get("visit", 0)), _task()),
+                                        None)
             attributes = {**blueprint, "flowcraft.node_id": event.node_id,
                           "outcome": "done" if name == "node:finish" else "error"}
             self.jobs.add(1, attributes)
@@ -150,6 +154,13 @@ class Telemetry:
 
     def _observe_stalled(self, options: CallbackOptions) -> Iterable[Observation]:
         return [] if self._stalled is None else [Observation(self._stalled)]
+
+
+def _task() -> int:
+    try:
+        return id(asyncio.current_task())
+    except RuntimeError:  # called outside an event loop
+        return 0
 
 
 __all__ = ["Telemetry"]

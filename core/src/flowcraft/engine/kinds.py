@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from flowcraft.engine.events import carried
 from flowcraft.engine.outcome import NodeOutcome
 from flowcraft.errors import ConfigError, FlowcraftError
 from flowcraft.model import NodeDefinition, parse_duration
@@ -328,7 +329,7 @@ class MapKind(JobKind):
             rest = [[index, chunks[index]] for index in range(lane + lanes, len(chunks), lanes)]
             chunk_job = Job(job.run_id, job.blueprint_id, job.node_id, visit=job.visit, item=lane,
                             version=job.version, input=chunks[lane], has_input=True,
-                            payload={"lane": rest, "chunks": len(chunks)})
+                            payload={**(carried(job.payload) or {}), "lane": rest, "chunks": len(chunks)})
             arrivals.append(Arrival(chunk_job, job.node_id, arrived=True, contribution=chunks[lane],
                                     expected=(job.node_id,)))
         recovery = completion is not None
@@ -346,7 +347,7 @@ class MapKind(JobKind):
         payload = dict(job.payload or {})
         count = int(payload.get("chunks", 1))
         gather = Job(job.run_id, job.blueprint_id, job.node_id, visit=job.visit, item=GATHER_ITEM,
-                     version=job.version)
+                     version=job.version, payload=carried(job.payload))
         arrivals = [Arrival(gather, str(job.item), arrived=True, contribution=outputs,
                             expected=tuple(str(i) for i in range(count)))]
         rest = payload.get("lane") or []
@@ -354,7 +355,7 @@ class MapKind(JobKind):
             index, chunk = rest[0]
             follow = Job(job.run_id, job.blueprint_id, job.node_id, visit=job.visit, item=int(index),
                          version=job.version, input=chunk, has_input=True,
-                         payload={"lane": rest[1:], "chunks": count})
+                         payload={**(carried(job.payload) or {}), "lane": rest[1:], "chunks": count})
             arrivals.append(Arrival(follow, f"lane:{job.item}", arrived=True, contribution=chunk, expected=("lane",)))
         recovery = completion is not None
         completion = completion or Completion(job.node_id, output=outputs, token=ctx.token())
