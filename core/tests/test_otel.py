@@ -19,6 +19,7 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk")
 
+from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -27,13 +28,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from flowcraft import App, Event
 from flowcraft.client import Client
-from flowcraft.otel import Telemetry
+from flowcraft.otel import Telemetry, run_context
 from flowcraft.plugins import registry
 
 APP_SOURCE = '''
 import asyncio, atexit, json, os
 from flowcraft import App, Flow
-from flowcraft.otel import Telemetry
+from flowcraft.otel import Telemetry, run_context
 
 def build(telemetry):
     async def left(ctx):
@@ -150,7 +151,9 @@ async def test_metrics_and_spans_in_one_process(tmp_path: Path) -> None:
         telemetry(event)
     spans = exporter.get_finished_spans()
     assert [s.name for s in spans] == ["node a", "node b"]
-    assert len({s.context.trace_id for s in spans}) == 1  # derived from the run id without a carried context
+    # without a carried context: the trace derived from the run id, the same the run's root span has
+    derived = trace.get_current_span(run_context("r1")).get_span_context().trace_id
+    assert {s.context.trace_id for s in spans} == {derived}
     values: dict[str, Any] = {}
     for rm in reader.get_metrics_data().resource_metrics:  # type: ignore[union-attr]
         for sm in rm.scope_metrics:
@@ -210,3 +213,30 @@ async def test_map_chunks_stay_in_the_run_trace() -> None:
     assert {"node items", "node double", "node total"} <= {s.name for s in spans}
     assert len([s for s in spans if s.name == "node double"]) >= 4  # each chunk's attempt, all ended
     assert not telemetry._attempts
+
+
+async def test_a_run_retried_from_a_node_stays_in_its_trace() -> None:
+    from flowcraft import Flow, FlowRuntime
+
+    broken = {"yes"}
+
+    def check(ctx: Any) -> str:
+        if broken:
+            raise ValueError("broken")
+        return "fixed"
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry = Telemetry(tracer_provider=provider, meter_provider=MeterProvider())
+    flow = Flow("again").node("first", lambda ctx: 1).node("check", check).edge("first", "check")
+    async with FlowRuntime(app=App(flows=[flow], listeners=[telemetry])) as runtime:
+        failed = await runtime.run("again", None)
+        assert failed.status == "failed"
+        broken.clear()
+        await runtime.client.retry(failed.run_id, "check")
+        assert (await runtime.client.wait(failed.run_id, 30)).status == "completed"
+    spans = exporter.get_finished_spans()
+    (root,) = [s for s in spans if s.name == "run again"]
+    checks = [s for s in spans if s.name == "node check"]
+    assert len(checks) == 2 and {s.context.trace_id for s in spans} == {root.context.trace_id}

@@ -9,9 +9,10 @@ start jobs are enqueued) and, as the events' *job carrier*, puts the root's W3C 
 (``traceparent``) into the start jobs' payload; the engine carries it into every job routed from them
 (successors, retries, a resumed wait). Each worker, in whatever process, opens one span ``node <id>`` per
 node attempt, a child of the run's root: attributes ``flowcraft.run_id``, ``.blueprint_id``, ``.node_id``,
-``.visit``, ``.attempt``, ``.worker``; a failed attempt has status ERROR and its error. A run started by a
-client without ``Telemetry`` has no carried context: its node spans join a trace whose id is derived from the
-run id (so they still form one trace, without a root span).
+``.visit``, ``.attempt``, ``.worker``; a failed attempt has status ERROR and its error. The trace id is
+derived from the run id (``run_context``; the root span's parent is a placeholder derived from it too), so
+the jobs no carried context reached (a run started by a client without ``Telemetry``, a ``retry`` from a
+node, a subflow's parent delivered again) still put their spans in the run's trace, under that placeholder.
 
 Metrics (instrument names; attributes ``flowcraft.blueprint_id`` and, where it applies, ``flowcraft.node_id``
 and ``outcome``/``status``):
@@ -80,7 +81,7 @@ class Telemetry:
     # ------------------------------------------------------------------ traces
     def job_carrier(self, run_id: str, blueprint_id: str) -> dict[str, str]:
         """Open the run's root span and return its trace context, what the run's jobs carry."""
-        span = self.tracer.start_span(f"run {blueprint_id}", kind=SpanKind.PRODUCER,
+        span = self.tracer.start_span(f"run {blueprint_id}", context=run_context(run_id), kind=SpanKind.PRODUCER,
                                       attributes={"flowcraft.run_id": run_id, "flowcraft.blueprint_id": blueprint_id})
         self._keep(self._starting, run_id, span)
         carrier: dict[str, str] = {}
@@ -88,14 +89,11 @@ class Telemetry:
         return carrier
 
     def parent(self, event: Event) -> Context:
-        """The context a node span of ``event`` starts in: the carried trace, else one derived from the run id."""
+        """The context a node span of ``event`` starts in: the carried trace, else the run's (``run_context``)."""
         carried = event.data.get(TRACE_PAYLOAD)
         if isinstance(carried, Mapping) and carried.get("traceparent"):
             return self._propagator.extract({str(k): str(v) for k, v in carried.items()})
-        digest = hashlib.sha256(event.run_id.encode()).digest()
-        derived = SpanContext(int.from_bytes(digest[:16], "big") or 1, int.from_bytes(digest[16:24], "big") or 1,
-                              is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
-        return trace.set_span_in_context(NonRecordingSpan(derived))
+        return run_context(event.run_id)
 
     def __call__(self, event: Event) -> None:
         name = event.name
@@ -156,6 +154,16 @@ class Telemetry:
         return [] if self._stalled is None else [Observation(self._stalled)]
 
 
+def run_context(run_id: str) -> Context:
+    """The run's trace: its id (and a placeholder parent span id) derived from the run id, so every span of
+    a run is in one trace whatever started its jobs (a client without ``Telemetry``, ``retry`` from a node, a
+    subflow's parent delivered again)."""
+    digest = hashlib.sha256(run_id.encode()).digest()
+    derived = SpanContext(int.from_bytes(digest[:16], "big") or 1, int.from_bytes(digest[16:24], "big") or 1,
+                          is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    return trace.set_span_in_context(NonRecordingSpan(derived))
+
+
 def _task() -> int:
     try:
         return id(asyncio.current_task())
@@ -163,4 +171,4 @@ def _task() -> int:
         return 0
 
 
-__all__ = ["Telemetry"]
+__all__ = ["Telemetry", "run_context"]
