@@ -163,9 +163,13 @@ def drive(browser: Any, tmp_path: Path, backend_args: list[str], screenshot: Pat
         if screenshot is not None:
             page.screenshot(path=str(screenshot), full_page=True)
 
+        run_url = page.url.split("?")[0]
+        page.goto(base + "/workers")
+        assert page.locator("tr[data-worker]").count() == 1
+
         # read-only without the token: the same action is refused
         anonymous = browser.new_page()
-        response = anonymous.request.post(page.url.split("?")[0] + "/cancel")
+        response = anonymous.request.post(run_url + "/cancel")
         assert response.status == 403
         anonymous.close()
         page.close()

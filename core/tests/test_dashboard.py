@@ -75,6 +75,7 @@ def test_pages_of_runs_read_only_by_default(db: str, ran: tuple[str, str]) -> No
         assert http.get("/fragments/runs/nope").status_code == 404
         assert 'id="ok"' in http.get("/blueprints").text
         assert "No dead letters" in http.get("/dead-letters").text
+        assert "No live worker" in http.get("/workers").text
         refused = http.post(f"/runs/{bad}/retry")
         assert refused.status_code == 403 and "--token" in refused.text
 

@@ -9,7 +9,8 @@ An ASGI app (Starlette; ``pip install "flowcraft-core[dashboard]"``) rendering H
   timeline (visits, attempts with worker, duration and error), outputs, errors and dead letters, with
   buttons to resume a waiting node (with an action and an output), cancel, and retry from a node;
 * ``/blueprints``: the blueprints of the app and those live workers published, each with its graph;
-* ``/dead-letters``: the queue's dead letters with replay buttons.
+* ``/dead-letters``: the queue's dead letters with replay buttons;
+* ``/workers``: live workers from their heartbeats (``Client.workers``).
 
 Read-only unless started with a token: every action (POST) then needs it, given once on ``/login`` (kept in
 an HTTP-only, same-site cookie) or as ``Authorization: Bearer <token>``. Without a token every action is
@@ -113,7 +114,8 @@ def create_app(client_factory: ClientFactory, *, token: str | None = None, refre
             f'<!doctype html><html><head><meta charset="utf-8"><title>{escape(title)} · Flowcraft</title>'
             f'<script src="/static/htmx.min.js"></script><style>{CSS}</style></head><body>'
             f'<header><strong>Flowcraft</strong><a href="/">Runs</a><a href="/blueprints">Blueprints</a>'
-            f'<a href="/dead-letters">Dead letters</a><span class="mode">{mode}</span></header>'
+            f'<a href="/dead-letters">Dead letters</a><a href="/workers">Workers</a>'
+            f'<span class="mode">{mode}</span></header>'
             f'<main>{notice}<h1>{escape(title)}</h1>{body}</main></body></html>', status_code=status_code)
 
     def refuse(request: Request) -> Response | None:
@@ -307,6 +309,19 @@ def create_app(client_factory: ClientFactory, *, token: str | None = None, refre
             return back("/dead-letters", f"replay refused: {exc}")
         return back("/dead-letters", f"replayed {len(replayed)} dead letter(s)")
 
+    async def workers_page(request: Request) -> Response:
+        live = await client().workers()
+        if not live:
+            return page(request, "Workers", "<p>No live worker.</p>")
+        rows = "".join(
+            f'<tr data-worker="{escape(w.worker_id)}"><td>{escape(w.worker_id)}</td><td>{escape(w.host)}</td>'
+            f'<td>{w.pid}</td><td>{escape(w.backend)}</td><td>{escape(w.state)}</td><td>{w.concurrency}</td>'
+            f'<td>{w.in_flight}</td><td>{w.handled}</td><td>{w.failed}</td><td>{_when(w.heartbeat_at)}</td>'
+            f'<td>{escape(", ".join(str(b.get("id")) for b in w.blueprints))}</td></tr>' for w in live)
+        return page(request, "Workers", "<table><tr><th>worker</th><th>host</th><th>pid</th><th>backend</th>"
+                                         "<th>state</th><th>concurrency</th><th>in flight</th><th>handled</th>"
+                                         f"<th>failed</th><th>heartbeat</th><th>blueprints</th></tr>{rows}</table>")
+
     # ------------------------------------------------------------------ login
     async def login(request: Request) -> Response:
         if token is None:
@@ -332,6 +347,7 @@ def create_app(client_factory: ClientFactory, *, token: str | None = None, refre
         Route("/runs/{run_id}/retry", retry_run, methods=["POST"]),
         Route("/blueprints", blueprints_page),
         Route("/dead-letters", dead_letters_page),
+        Route("/workers", workers_page),
         Route("/dead-letters/replay", replay, methods=["POST"]),
         Route("/login", login, methods=["GET", "POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
