@@ -19,9 +19,10 @@ ROOT = Path(__file__).parent
 PACKAGES = sorted(p.name for p in (ROOT / "packages").iterdir() if (p / "pyproject.toml").exists())
 INTEGRATION = {"rq": ("redis", "rq"), "sqs": ("sqs",), "azure": ("redis", "azure"), "kafka": ("redis", "kafka"),
                "rabbitmq": ("redis", "rabbitmq")}
-#: the servers scripts/install-servers.sh installs for a backend's integration tests (default: moto, dynalite)
-SERVERS = {"rq": ("redis",), "azure": ("azurite", "cosmos", "redis"), "kafka": ("kafka", "cassandra", "redis"),
-           "rabbitmq": ("rabbitmq", "postgres", "redis")}
+#: the servers scripts/install-servers.sh installs for a backend's integration tests (default: moto, dynalite); rq's
+#: include chromium for the dashboard's browser test (test_dashboard_on_rq)
+SERVERS = {"rq": ("redis", "chromium"), "azure": ("azurite", "cosmos", "redis"),
+           "kafka": ("kafka", "cassandra", "redis"), "rabbitmq": ("rabbitmq", "postgres", "redis")}
 nox.options.sessions = ["lint", "core"]
 nox.options.reuse_existing_virtualenvs = True
 
