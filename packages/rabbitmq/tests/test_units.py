@@ -144,3 +144,71 @@ def test_listing_plugins_imports_no_client_library() -> None:
             "print(sorted(m for m in ('aio_pika', 'psycopg', 'psycopg_pool') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+class _FakeConnection:
+    def __init__(self, log: list[tuple[str, list[Any]]], refuse: str | None) -> None:
+        self.log, self.refuse = log, refuse
+
+    async def execute(self, query: Any, params: list[Any]) -> None:
+        text = str(query)
+        self.log.append((text, params))
+        if self.refuse is not None and any(self.refuse in str(p) for p in params):
+            import psycopg
+
+            raise psycopg.DataError("refused")
+
+
+class _FakeClient(PgClient):
+    """A PgClient whose statements are recorded instead of sent."""
+
+    def __init__(self, refuse: str | None = None) -> None:
+        super().__init__("postgresql://fake@127.0.0.1/x")
+        self.log: list[tuple[str, list[Any]]] = []
+        self.refuse = refuse
+
+    async def run(self, fn: Any) -> Any:
+        import psycopg
+
+        try:
+            return await fn(_FakeConnection(self.log, self.refuse))
+        except psycopg.DataError as exc:
+            from flowcraft_rabbitmq._pg import ValueRefusedError
+
+            raise ValueRefusedError(str(exc)) from None
+
+
+def test_context_writes_of_one_iteration_are_one_statement_and_a_repeated_row_waits() -> None:
+    import asyncio
+
+    from flowcraft_rabbitmq.context import PostgresContext
+
+    client = _FakeClient()
+    store = PostgresContext(client)
+
+    async def main() -> None:
+        await asyncio.gather(store.apply("r1", {"a": 1}), store.apply("r2", {"a": 2, "b": 3}),
+                             store.apply("r1", {"a": 4}), store.apply("r3", {"c": None}))
+
+    asyncio.run(main())
+    assert len(client.log) == 2  # r1/a twice: the second write goes in the next statement, after the first
+    (first, first_params), (_, second_params) = client.log
+    assert "unnest" in first and first_params == [["r1", "r2", "r2"], ["a", "a", "b"], ["1", "2", "3"]]
+    assert second_params == [["r1", "r3"], ["a", "c"], ["4", "null"]]  # order kept: r3's write waited too
+
+
+def test_a_refused_value_fails_only_its_own_coalesced_write() -> None:
+    import asyncio
+
+    from flowcraft_rabbitmq.context import PostgresContext
+
+    client = _FakeClient(refuse="bad")
+    store = PostgresContext(client)
+
+    async def main() -> list[Any]:
+        return list(await asyncio.gather(store.apply("r1", {"a": 1}), store.apply("r2", {"a": "bad"}),
+                                         store.apply("r3", {"a": 3}), return_exceptions=True))
+
+    results = asyncio.run(main())
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], StoreLimitError)
