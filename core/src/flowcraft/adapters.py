@@ -107,10 +107,12 @@ class SeedStats:
 
 class SeedReconciler(Generic[S]):
     """``flowcraft.reconciler.Reconciler`` over a backend, its stats returned as the seed's ``stats_type``, built
-    with the pass's ``scanned``, ``stalled_runs``, ``reconciled_runs``, ``failed_runs``, ``requeued_jobs`` in
-    that order (the first named as the seed names it)."""
+    with the keywords ``stalled_runs``, ``reconciled_runs``, ``failed_runs``, ``requeued_jobs`` and the records
+    examined under the seed's name for them (``scanned_field``)."""
 
     stats_type: ClassVar[Callable[..., Any]]
+    #: what the seed calls the number of records a pass examined (``scanned_keys``, ``scanned_items`` ...)
+    scanned_field: ClassVar[str] = "scanned"
 
     def __init__(self, backend: Backend, stalled_threshold_seconds: float = 300.0, batch_size: int = 100) -> None:
         self.backend = backend
@@ -119,6 +121,7 @@ class SeedReconciler(Generic[S]):
 
     async def run(self) -> S:
         stats = await self.reconciler.run()
-        result: S = self.stats_type(stats.scanned, stats.stalled_runs, stats.reconciled_runs, stats.failed_runs,
-                                    stats.requeued_jobs)
+        result: S = self.stats_type(**{self.scanned_field: stats.scanned}, stalled_runs=stats.stalled_runs,
+                                    reconciled_runs=stats.reconciled_runs, failed_runs=stats.failed_runs,
+                                    requeued_jobs=stats.requeued_jobs)
         return result

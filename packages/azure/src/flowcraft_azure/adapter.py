@@ -83,6 +83,7 @@ class AzureReconciler(SeedReconciler[AzureReconcileStats]):
     container's query on ``(status, lastUpdated)`` (a composite index, paged; no scans)."""
 
     stats_type = AzureReconcileStats
+    scanned_field = "scanned_items"
 
 
 def create_azure_reconciler(

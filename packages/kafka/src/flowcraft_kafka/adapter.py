@@ -14,16 +14,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from flowcraft.adapters import SeedReconciler, SeedStats, WorkerAdapter
 from flowcraft.app import App
-from flowcraft.client import Client
-from flowcraft.engine.core import Engine, EngineOptions
-from flowcraft.engine.worker import Worker
-from flowcraft.reconciler import Reconciler
+from flowcraft.engine.core import EngineOptions
 from flowcraft.spi import Backend, CoordinationStore, parse_options
 from flowcraft_kafka._cassandra import CassandraClient
 from flowcraft_kafka.context import CassandraContext
@@ -33,7 +30,7 @@ from flowcraft_kafka.status import CassandraStatusStore
 from flowcraft_redis import make_client
 
 
-class KafkaAdapter:
+class KafkaAdapter(WorkerAdapter):
     """A worker (engine + worker loop) and a client over Kafka + Cassandra + a coordination store."""
 
     def __init__(
@@ -54,7 +51,6 @@ class KafkaAdapter:
         engine_options: EngineOptions | None = None,
         worker_id: str | None = None,
     ) -> None:
-        self.app = runtime_options if isinstance(runtime_options, App) else App(**dict(runtime_options))
         if isinstance(kafka, KafkaOptions):
             kafka_options = replace(kafka, topic_name=topic_name, group_id=group_id)
         else:
@@ -71,49 +67,16 @@ class KafkaAdapter:
         redis = getattr(coordination_store, "redis", None) or make_client(state.redis_url)
         client.acquire()
         client.acquire()
-        self.queue = KafkaQueue(kafka_options)
-        self.context = CassandraContext.build(state, client)
-        self.status = CassandraStatusStore.build(state, client, redis,
-                                                 owns_redis=getattr(coordination_store, "redis", None) is None)
-        self.coordination = coordination_store
-        self.backend = Backend(self.queue, self.context, self.status, coordination_store, name="kafka")
-        self.engine = Engine(self.app, self.backend, worker_id=worker_id, options=engine_options)
-        self.worker = Worker(self.engine, concurrency=concurrency, poll_wait=poll_wait)
-        self.client = Client(self.backend, self.app)
-        self._task: asyncio.Task[None] | None = None
-
-    async def setup(self) -> None:
-        """Create the topics, the keyspace and the tables (idempotent)."""
-        await self.backend.setup()
-
-    async def start(self) -> None:
-        """Start consuming the topic (a background task of the running event loop)."""
-        if self._task is None or self._task.done():
-            self.worker = Worker(self.engine, concurrency=self.worker.concurrency, poll_wait=self.worker.poll_wait,
-                                 grace=self.worker.grace)
-            self._task = asyncio.create_task(self.worker.run())
-
-    async def stop(self) -> None:
-        """Stop consuming, let in-flight jobs finish (within the worker's grace period) and return."""
-        if self._task is not None:
-            self.worker.stop()
-            await self._task
-            self._task = None
-
-    async def close(self) -> None:
-        await self.stop()
-        await self.backend.close()
-
-    async def __aenter__(self) -> KafkaAdapter:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+        status = CassandraStatusStore.build(state, client, redis,
+                                            owns_redis=getattr(coordination_store, "redis", None) is None)
+        backend = Backend(KafkaQueue(kafka_options), CassandraContext.build(state, client), status,
+                          coordination_store, name="kafka")
+        super().__init__(backend, runtime_options=runtime_options, concurrency=concurrency, poll_wait=poll_wait,
+                         engine_options=engine_options, worker_id=worker_id)
 
 
 @dataclass(frozen=True, slots=True)
-class KafkaReconcileStats:
+class KafkaReconcileStats(SeedStats):
     """One reconciler pass (the Kafka seed's fields, plus how many jobs were re-enqueued)."""
 
     stalled_runs: int = 0
@@ -122,24 +85,12 @@ class KafkaReconcileStats:
     requeued_jobs: int = 0
     scanned: int = 0
 
-    def to_dict(self) -> dict[str, int]:
-        return {"stalled_runs": self.stalled_runs, "reconciled_runs": self.reconciled_runs,
-                "failed_runs": self.failed_runs, "requeued_jobs": self.requeued_jobs, "scanned": self.scanned}
 
-
-class KafkaReconciler:
+class KafkaReconciler(SeedReconciler[KafkaReconcileStats]):
     """:class:`flowcraft.reconciler.Reconciler` over the adapter's backend; stalled runs come from the
     ``<status table>_by_status`` lookup partitions (no ``ALLOW FILTERING``, no scan)."""
 
-    def __init__(self, backend: Backend, stalled_threshold_seconds: float = 300.0, batch_size: int = 100) -> None:
-        self.backend = backend
-        self.reconciler = Reconciler(backend, stalled_threshold_seconds=stalled_threshold_seconds,
-                                     batch_size=batch_size)
-
-    async def run(self) -> KafkaReconcileStats:
-        stats = await self.reconciler.run()
-        return KafkaReconcileStats(stats.stalled_runs, stats.reconciled_runs, stats.failed_runs,
-                                   stats.requeued_jobs, stats.scanned)
+    stats_type = KafkaReconcileStats
 
 
 def create_kafka_reconciler(

@@ -106,6 +106,7 @@ class RabbitMqReconciler(SeedReconciler[RabbitMqReconcileStats]):
     table's ``(status, updated_at, run_id)`` index."""
 
     stats_type = RabbitMqReconcileStats
+    scanned_field = "scanned_rows"
 
 
 def create_rabbitmq_reconciler(

@@ -24,6 +24,7 @@ class RedisReconciler(SeedReconciler[RedisReconcileStats]):
     KEYS, no SCAN) and re-enqueues their pending jobs (see ``flowcraft.reconciler``)."""
 
     stats_type = RedisReconcileStats
+    scanned_field = "scanned_keys"
 
     def __init__(self, backend: Backend, *, stalled_threshold_seconds: float = 300.0, scan_count: int = 100) -> None:
         super().__init__(backend, stalled_threshold_seconds, scan_count)

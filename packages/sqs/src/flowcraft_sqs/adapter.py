@@ -77,6 +77,7 @@ class SqsReconciler(SeedReconciler[SqsReconcileStats]):
     table's ``status-lastUpdated`` index (no table scans)."""
 
     stats_type = SqsReconcileStats
+    scanned_field = "scanned_items"
 
 
 def create_sqs_reconciler(
