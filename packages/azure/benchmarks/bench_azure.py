@@ -30,7 +30,10 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from flowcraft import App, Engine, Flow, NodeContext, Worker
+# the repository root on the path: the benchmarks package the per-package scripts share
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+from benchmarks.package_bench import NODES, app
+from flowcraft import Engine, Worker
 from flowcraft.client import Client
 from flowcraft.plugins import registry
 from flowcraft.spi import Job
@@ -39,29 +42,6 @@ SCRIPT = str(Path(__file__).resolve())
 SERVERS = Path(__file__).resolve().parents[3] / "tests-integration"
 
 
-async def noop(ctx: NodeContext) -> int:
-    return 1
-
-
-def chain10() -> Flow:
-    flow = Flow("chain10", version="1")
-    for i in range(10):
-        flow.node(f"n{i}", noop, uses="noop")
-        if i:
-            flow.edge(f"n{i - 1}", f"n{i}")
-    return flow
-
-
-def diamond8() -> Flow:
-    flow = Flow("diamond8", version="1")
-    flow.node("a", noop, uses="noop").node("z", noop, uses="noop")
-    for i in range(8):
-        flow.node(f"m{i}", noop, uses="noop").edge("a", f"m{i}").edge(f"m{i}", "z")
-    return flow
-
-
-app = App(flows=[chain10(), diamond8()])
-NODES = {"chain10": 10, "diamond8": 10}
 
 
 # ---------------------------------------------------------------------------------------------- raw floor

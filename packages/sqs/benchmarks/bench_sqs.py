@@ -33,7 +33,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from flowcraft import App, Engine, Flow, NodeContext, Worker
+# the repository root on the path: the benchmarks package the per-package scripts share
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+from benchmarks.package_bench import NODES, app, chain_through_queue
+from flowcraft import Engine, Worker
 from flowcraft.client import Client
 from flowcraft.plugins import registry
 from flowcraft.spi import Backend, Job
@@ -44,29 +47,6 @@ WRITES = frozenset({"UpdateItem", "PutItem", "DeleteItem"})
 READS = frozenset({"GetItem", "Query"})
 
 
-async def noop(ctx: NodeContext) -> int:
-    return 1
-
-
-def chain10() -> Flow:
-    flow = Flow("chain10", version="1")
-    for i in range(10):
-        flow.node(f"n{i}", noop, uses="noop")
-        if i:
-            flow.edge(f"n{i - 1}", f"n{i}")
-    return flow
-
-
-def diamond8() -> Flow:
-    flow = Flow("diamond8", version="1")
-    flow.node("a", noop, uses="noop").node("z", noop, uses="noop")
-    for i in range(8):
-        flow.node(f"m{i}", noop, uses="noop").edge("a", f"m{i}").edge(f"m{i}", "z")
-    return flow
-
-
-app = App(flows=[chain10(), diamond8()])  # what the worker process loads: bench_sqs:app
-NODES = {"chain10": 10, "diamond8": 10}
 
 
 # ---------------------------------------------------------------------------------------------- moto
@@ -150,21 +130,7 @@ async def queue_floor(options: dict[str, Any], window: int, concurrency: int, ho
     await backend.queue.setup()
     queue = backend.queue
     try:
-        started = time.perf_counter()
-        await queue.enqueue([Job(f"r{i}", "bench", "node", payload={"hop": 0}) for i in range(window)])
-        done, total = 0, window * hops
-
-        async def handle(delivery: Any) -> None:
-            hop = int((delivery.job.payload or {})["hop"]) + 1
-            if hop < hops:
-                await queue.enqueue([delivery.job.evolve(payload={"hop": hop})])
-            await queue.ack(delivery)
-
-        while done < total:
-            deliveries = await queue.dequeue(concurrency, 1.0)
-            await asyncio.gather(*(handle(d) for d in deliveries))
-            done += len(deliveries)
-        return total / (time.perf_counter() - started)
+        return await chain_through_queue(queue, window, concurrency, hops)
     finally:
         await backend.close()
 
