@@ -376,7 +376,7 @@ async def test_finishing_a_job_drops_its_lease(backend: Backend, aws: dict[str, 
     committed = await coordination.commit(Transition("drop", first.key,
                                                      completion=Completion("a", output=1, token="t"), finish=True,
                                                      owner="w1"))
-    assert committed.lease_released
+    assert coordination.releases_lease and committed.conflict is None
     (item,) = (await aws["dynamodb"].query(
         TableName=aws["prefix"] + "coordination", KeyConditionExpression="runId = :r AND sk = :k",
         ExpressionAttributeValues={":r": {"S": "drop"}, ":k": {"S": "run"}}, ConsistentRead=True))["Items"]
@@ -391,7 +391,7 @@ async def test_finishing_a_job_drops_its_lease(backend: Backend, aws: dict[str, 
     stolen = await coordination.commit(Transition("drop", second.key, completion=Completion("b", output=1, token="u"),
                                                   finish=True,
                                                   owner="w9"))
-    assert not stolen.lease_released and not (await coordination.begin(second, "w2", 30)).lease
+    assert stolen.conflict is None and not (await coordination.begin(second, "w2", 30)).lease
     await coordination.release("drop", second.key, "w1")
     # a lease on a job that was never scheduled leaves nothing behind once released
     ghost = job("drop", "never")
