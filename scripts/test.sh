@@ -15,5 +15,5 @@ export FLOWCRAFT_TEST_SERVERS=${FLOWCRAFT_TEST_SERVERS:-$SERVERS}
 suites=(core/tests)
 for tests in packages/*/tests; do [ -d "$tests" ] && suites+=("$tests"); done
 # in parallel: each xdist worker starts its own servers; every test has its own key prefix, queue or table
-"$ROOT/.venv/bin/pytest" -q -p no:cacheprovider --timeout 300 -n "${FLOWCRAFT_TEST_WORKERS:-4}" \
+"$ROOT/.venv/bin/pytest" -q -p no:cacheprovider --timeout 300 --durations 15 -n "${FLOWCRAFT_TEST_WORKERS:-4}" \
   "${suites[@]}" benchmarks tests-integration "$@"
