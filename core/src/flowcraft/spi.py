@@ -415,6 +415,31 @@ class WorkerInfo:
         return replace(self, **changes)
 
 
+#: The record fields ``StatusStore.transition`` may change (``changes``); ``run_id`` never changes and
+#: ``updated_at`` is the store's to set.
+CHANGEABLE_RECORD_FIELDS: frozenset[str] = frozenset(RunRecord("x", "x").to_dict()) - {"run_id", "updated_at"}
+
+#: How the TypeScript seeds' status documents name the record's fields (a DynamoDB item, a Cosmos item): field ->
+#: (attribute name, encoding: "s" plain string, "n" number, "j" JSON text).
+SEED_RECORD_ATTRIBUTES: dict[str, tuple[str, str]] = {
+    "blueprint_id": ("blueprintId", "s"),
+    "version": ("version", "s"),
+    "blueprint_hash": ("blueprintHash", "s"),
+    "input": ("input", "j"),
+    "created_at": ("createdAt", "n"),
+    "errors": ("errors", "j"),
+    "awaiting": ("awaiting", "j"),
+    "parent": ("parent", "j"),
+}
+
+
+def check_record_changes(changes: Mapping[str, Any]) -> None:
+    """Raise ValueError naming the fields of ``changes`` that ``StatusStore.transition`` must not change."""
+    unknown = set(changes) - CHANGEABLE_RECORD_FIELDS
+    if unknown:
+        raise ValueError(f"cannot change run record field(s) {sorted(unknown)}")
+
+
 class Component(ABC):  # noqa: B024  # a marker base: every component carries a registry name
     """Base of every component; ``name`` is what config selects it by."""
 

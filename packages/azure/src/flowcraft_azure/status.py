@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from flowcraft.errors import ConfigError
-from flowcraft.spi import ACTIVE_STATUSES, RunRecord, StatusStore
+from flowcraft.spi import ACTIVE_STATUSES, SEED_RECORD_ATTRIBUTES, RunRecord, StatusStore
 from flowcraft_azure._clients import (
     InvalidKeyError,
     ItemTooLargeError,
@@ -32,17 +32,7 @@ from flowcraft_azure.options import MAX_ITEM_BYTES
 if TYPE_CHECKING:
     from azure.cosmos.aio import ContainerProxy
 
-#: RunRecord field -> (item field, encoding): "s" plain string, "n" number, "j" JSON text.
-_FIELDS: dict[str, tuple[str, str]] = {
-    "blueprint_id": ("blueprintId", "s"),
-    "version": ("version", "s"),
-    "blueprint_hash": ("blueprintHash", "s"),
-    "input": ("input", "j"),
-    "created_at": ("createdAt", "n"),
-    "errors": ("errors", "j"),
-    "awaiting": ("awaiting", "j"),
-    "parent": ("parent", "j"),
-}
+_FIELDS = SEED_RECORD_ATTRIBUTES  # the seed's status item layout
 
 INDEXING_POLICY: dict[str, Any] = {
     "indexingMode": "consistent",

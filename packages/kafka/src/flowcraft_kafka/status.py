@@ -42,7 +42,7 @@ from typing import Any, Self
 
 from redis.asyncio import Redis
 
-from flowcraft.spi import ACTIVE_STATUSES, RunRecord, StatusStore, parse_options
+from flowcraft.spi import ACTIVE_STATUSES, RunRecord, StatusStore, check_record_changes, parse_options
 from flowcraft_kafka._cassandra import CassandraClient, ensure_keyspace, shared_cassandra, table
 from flowcraft_kafka.context import check_text, encode
 from flowcraft_kafka.options import StatusOptions
@@ -70,7 +70,6 @@ if tonumber(ARGV[2]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 return 1
 """
 
-_CHANGEABLE = frozenset(RunRecord("x", "x").to_dict()) - {"run_id", "updated_at"}
 
 
 class CassandraStatusStore(StatusStore):
@@ -238,9 +237,7 @@ class CassandraStatusStore(StatusStore):
     async def transition(
         self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any]
     ) -> RunRecord | None:
-        unknown = set(changes) - _CHANGEABLE
-        if unknown:
-            raise ValueError(f"cannot change run record field(s) {sorted(unknown)}")
+        check_record_changes(changes)
         while True:
             current = await self._current(run_id)
             if current is None:

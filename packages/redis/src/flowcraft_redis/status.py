@@ -11,13 +11,11 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from flowcraft.spi import ACTIVE_STATUSES, RunRecord, StatusStore
+from flowcraft.spi import ACTIVE_STATUSES, RunRecord, StatusStore, check_record_changes
 from flowcraft_redis import scripts
 from flowcraft_redis._changes import ChangeFeed
 from flowcraft_redis._store import RedisStateStore
 from flowcraft_redis.layout import DEFAULT_PREFIX, DEFAULT_TTL, RECORD_FIELDS, dumps, record_from_hash, text
-
-_CHANGEABLE = frozenset(RECORD_FIELDS) - {"run_id", "updated_at"}
 
 
 def _flat(items: list[Any]) -> dict[bytes, bytes]:
@@ -72,9 +70,7 @@ class RedisStatusStore(RedisStateStore, StatusStore):
     async def transition(
         self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any]
     ) -> RunRecord | None:
-        unknown = set(changes) - _CHANGEABLE
-        if unknown:
-            raise ValueError(f"cannot change run record field(s) {sorted(unknown)}")
+        check_record_changes(changes)
         args: list[Any] = [self.key_prefix, run_id, self.state_ttl_seconds, to_status, repr(time.time()),
                            len(from_statuses), *from_statuses]
         for name, value in changes.items():

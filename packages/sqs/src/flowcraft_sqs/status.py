@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
 from flowcraft.errors import ConfigError
-from flowcraft.spi import ACTIVE_STATUSES, RunRecord, StatusStore
+from flowcraft.spi import ACTIVE_STATUSES, SEED_RECORD_ATTRIBUTES, RunRecord, StatusStore
 from flowcraft_sqs._aws import (
     BATCH_GET,
     MAX_PARTITION_KEY_BYTES,
@@ -42,17 +42,7 @@ if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
 
 ALL_STATUSES = ("running", "awaiting", "completed", "failed", "cancelled")
-#: RunRecord field -> (attribute name, encoding): "s" plain string, "n" number, "j" JSON text.
-_FIELDS: dict[str, tuple[str, str]] = {
-    "blueprint_id": ("blueprintId", "s"),
-    "version": ("version", "s"),
-    "blueprint_hash": ("blueprintHash", "s"),
-    "input": ("input", "j"),
-    "created_at": ("createdAt", "n"),
-    "errors": ("errors", "j"),
-    "awaiting": ("awaiting", "j"),
-    "parent": ("parent", "j"),
-}
+_FIELDS = SEED_RECORD_ATTRIBUTES  # the seed's status item layout
 
 
 class DynamoDbStatusStore(StatusStore):
