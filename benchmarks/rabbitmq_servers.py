@@ -54,42 +54,49 @@ class RabbitMqServers:
 
     async def floor(self, chains: int, prefetch: int, hops: int = 10) -> float:
         """Messages per second of the raw chain workload (see the module docstring)."""
-        import aio_pika
+        return await raw_floor(self.urls["amqp_url"], chains, prefetch, hops)
 
-        from flowcraft.spi import Job
 
-        connection = await aio_pika.connect(self.urls["amqp_url"])
-        try:
-            publisher = await connection.channel(publisher_confirms=True)
-            consumer = await connection.channel()
-            await consumer.set_qos(prefetch_count=max(1, prefetch))
-            name = f"fcbench-raw-{uuid.uuid4().hex[:8]}"
-            queue = await consumer.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
-            done = asyncio.Event()
-            total, handled = chains * hops, 0
+async def raw_floor(amqp_url: str, chains: int, prefetch: int, hops: int = 10) -> float:
+    """What RabbitMQ alone does for a chain workload: ``chains`` messages in flight on a quorum queue, each
+    handled message publishes its successor (publisher confirms, persistent) until ``hops``, then is acked.
+    Messages/s."""
+    import aio_pika
 
-            def message(hop: int) -> aio_pika.Message:
-                body = json.dumps({**Job("run", "bench", "node").to_dict(), "payload": {"hop": hop}}).encode()
-                return aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+    from flowcraft.spi import Job
 
-            async def handle(incoming: Any) -> None:
-                nonlocal handled
-                hop = json.loads(incoming.body)["payload"]["hop"] + 1
-                if hop < hops:
-                    await publisher.default_exchange.publish(message(hop), name, mandatory=True)
-                await incoming.ack()
-                handled += 1
-                if handled >= total:
-                    done.set()
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        publisher = await connection.channel(publisher_confirms=True)
+        consumer = await connection.channel()
+        await consumer.set_qos(prefetch_count=max(1, prefetch))
+        name = f"fcbench-raw-{uuid.uuid4().hex[:8]}"
+        queue = await consumer.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
+        done = asyncio.Event()
+        total, handled = chains * hops, 0
 
-            started = time.perf_counter()
-            await asyncio.gather(*(publisher.default_exchange.publish(message(0), name, mandatory=True)
-                                   for _ in range(chains)))
-            consumer_tag = await queue.consume(handle)
-            await done.wait()
-            await queue.cancel(consumer_tag)
-            elapsed = time.perf_counter() - started
-            await queue.delete(if_unused=False, if_empty=False)
-            return total / elapsed
-        finally:
-            await connection.close()
+        def message(hop: int) -> aio_pika.Message:
+            body = json.dumps({**Job("run", "bench", "node").to_dict(), "payload": {"hop": hop}}).encode()
+            return aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+
+        async def handle(incoming: Any) -> None:
+            nonlocal handled
+            hop = json.loads(incoming.body)["payload"]["hop"] + 1
+            if hop < hops:
+                await publisher.default_exchange.publish(message(hop), name, mandatory=True)
+            await incoming.ack()
+            handled += 1
+            if handled >= total:
+                done.set()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(publisher.default_exchange.publish(message(0), name, mandatory=True)
+                               for _ in range(chains)))
+        consumer_tag = await queue.consume(handle)
+        await done.wait()
+        await queue.cancel(consumer_tag)
+        elapsed = time.perf_counter() - started
+        await queue.delete(if_unused=False, if_empty=False)
+        return total / elapsed
+    finally:
+        await connection.close()

@@ -34,10 +34,10 @@ from typing import Any
 # the repository root on the path: the benchmarks package the per-package scripts share
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from benchmarks.package_bench import NODES, app, chain_through_queue
+from benchmarks.rabbitmq_servers import raw_floor
 from flowcraft import Engine, Worker
 from flowcraft.client import Client
 from flowcraft.plugins import registry
-from flowcraft.spi import Job
 
 SCRIPT = str(Path(__file__).resolve())
 REPO = Path(__file__).resolve().parents[3]
@@ -55,48 +55,6 @@ def servers() -> Iterator[dict[str, str]]:
 
 
 # ---------------------------------------------------------------------------------------------- raw floor
-async def raw_floor(amqp_url: str, window: int, concurrency: int, hops: int = 10) -> float:
-    """What RabbitMQ alone does for a chain workload: messages/s (see the module docstring)."""
-    import aio_pika
-
-    connection = await aio_pika.connect(amqp_url)
-    try:
-        publisher = await connection.channel(publisher_confirms=True)
-        consumer = await connection.channel()
-        await consumer.set_qos(prefetch_count=concurrency)
-        name = f"bench-raw-{uuid.uuid4().hex[:8]}"
-        queue = await consumer.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
-        done = asyncio.Event()
-        handled = 0
-        total = window * hops
-
-        def message(hop: int) -> aio_pika.Message:
-            body = json.dumps({**Job("run", "bench", "node").to_dict(), "payload": {"hop": hop}}).encode()
-            return aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
-
-        async def handle(incoming: Any) -> None:
-            nonlocal handled
-            hop = json.loads(incoming.body)["payload"]["hop"] + 1
-            if hop < hops:
-                await publisher.default_exchange.publish(message(hop), name, mandatory=True)
-            await incoming.ack()
-            handled += 1
-            if handled >= total:
-                done.set()
-
-        started = time.perf_counter()
-        await asyncio.gather(*(publisher.default_exchange.publish(message(0), name, mandatory=True)
-                               for _ in range(window)))
-        consumer_tag = await queue.consume(handle)
-        await done.wait()
-        await queue.cancel(consumer_tag)
-        elapsed = time.perf_counter() - started
-        await queue.delete(if_unused=False, if_empty=False)
-        return total / elapsed
-    finally:
-        await connection.close()
-
-
 async def queue_floor(options: dict[str, Any], window: int, concurrency: int, hops: int = 10) -> float:
     """The same chain workload through RabbitMqQueue: dequeue up to ``concurrency``, enqueue each successor,
     ack each delivery (as the engine does)."""
