@@ -5,6 +5,9 @@ workload through a backend's ``Queue`` with the engine's calls and none of its s
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import sys
 import time
 from typing import Any
 
@@ -55,3 +58,21 @@ async def chain_through_queue(queue: Queue, window: int, concurrency: int, hops:
         await asyncio.gather(*(handle(d) for d in deliveries))
         done += len(deliveries)
     return total / (time.perf_counter() - started)
+
+
+async def start_worker_process(script: str, *args: str) -> asyncio.subprocess.Process:
+    """Run ``script --worker ARGS...`` (the script's own worker mode) and wait for its "ready" line."""
+    child = await asyncio.create_subprocess_exec(sys.executable, script, "--worker", *args,
+                                                 stdout=asyncio.subprocess.PIPE)
+    assert child.stdout is not None
+    if (await child.stdout.readline()).decode().strip() != "ready":
+        raise SystemExit("the worker process did not start")
+    return child
+
+
+async def stop_worker_process(child: asyncio.subprocess.Process) -> dict[str, Any]:
+    """SIGTERM the worker process and return the report it prints last (one JSON line)."""
+    child.send_signal(signal.SIGTERM)
+    out, _ = await child.communicate()
+    report: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return report

@@ -21,7 +21,6 @@ import asyncio
 import json
 import signal
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -32,7 +31,7 @@ from typing import Any
 
 # the repository root on the path: the benchmarks package the per-package scripts share
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-from benchmarks.package_bench import NODES, app
+from benchmarks.package_bench import NODES, app, start_worker_process, stop_worker_process
 from flowcraft import Engine, Worker
 from flowcraft.client import Client
 from flowcraft.plugins import registry
@@ -129,19 +128,13 @@ async def measure(options: dict[str, Any], ports: dict[int, str], flow: str, run
     try:
         client = Client(backend, app)
         ids = [await client.start(flow) for _ in range(runs)]
-        child = await asyncio.create_subprocess_exec(sys.executable, SCRIPT, "--worker", json.dumps(options),
-                                                     "--ports", json.dumps(ports), "--concurrency", str(concurrency),
-                                                     stdout=subprocess.PIPE)
-        assert child.stdout is not None
-        if (await child.stdout.readline()).decode().strip() != "ready":
-            raise SystemExit("the worker process did not start")
+        child = await start_worker_process(SCRIPT, json.dumps(options), "--ports", json.dumps(ports),
+                                           "--concurrency", str(concurrency))
         started = time.perf_counter()
         while await completed(backend) < runs:  # noqa: ASYNC110  # another process's progress
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - started
-        child.send_signal(signal.SIGTERM)
-        out, _ = await child.communicate()
-        report = json.loads(out.decode().strip().splitlines()[-1])
+        report = await stop_worker_process(child)
         nodes = runs * NODES[flow]
         per_node = {op: n / nodes for op, n in sorted(report["requests"].items(), key=lambda kv: -kv[1])}
         for run_id in ids[:3]:

@@ -22,7 +22,6 @@ import contextlib
 import json
 import signal
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -33,7 +32,7 @@ from typing import Any
 
 # the repository root on the path: the benchmarks package the per-package scripts share
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-from benchmarks.package_bench import NODES, app, chain_through_queue
+from benchmarks.package_bench import NODES, app, chain_through_queue, start_worker_process, stop_worker_process
 from benchmarks.rabbitmq_servers import raw_floor
 from flowcraft import Engine, Worker
 from flowcraft.client import Client
@@ -115,11 +114,7 @@ async def measure(options: dict[str, Any], flow: str, runs: int, concurrency: in
         client = Client(backend, app)
         for _ in range(runs):
             await client.start(flow)
-        child = await asyncio.create_subprocess_exec(sys.executable, SCRIPT, "--worker", json.dumps(options),
-                                                     "--concurrency", str(concurrency), stdout=subprocess.PIPE)
-        assert child.stdout is not None
-        if (await child.stdout.readline()).decode().strip() != "ready":
-            raise SystemExit("the worker process did not start")
+        child = await start_worker_process(SCRIPT, json.dumps(options), "--concurrency", str(concurrency))
         started = time.perf_counter()
         while True:
             page, _ = await backend.status.list(status="completed", blueprint_id=flow, limit=runs)
@@ -127,9 +122,7 @@ async def measure(options: dict[str, Any], flow: str, runs: int, concurrency: in
                 break
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - started
-        child.send_signal(signal.SIGTERM)
-        out, _ = await child.communicate()
-        report = json.loads(out.decode().strip().splitlines()[-1])
+        report = await stop_worker_process(child)
         nodes = runs * NODES[flow]
         per_node = {name: n / nodes for name, n in report["counts"].items()}
         return {"nodes_per_s": nodes / elapsed, "seconds": elapsed, "round_trips_per_node": per_node,
