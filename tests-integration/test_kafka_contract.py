@@ -4,6 +4,7 @@ group, keyspace and Redis key prefix."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import Any
 
@@ -42,3 +43,11 @@ class TestKafkaContract(BackendContract):
         assert isinstance(backend.queue, KafkaQueue)
         assert await backend.queue.ready()
         await super().test_reconciler_leaves_runs_with_a_live_worker_alone(backend)
+
+    async def test_queue_depth(self, backend: Backend, run_prefix: str) -> None:
+        """As the contract's, but only against a broker of one's own (``$FLOWCRAFT_TEST_KAFKA_BOOTSTRAP``, e.g.
+        Apache Kafka): Tansu's high watermarks are wrong (9 records in 3 produce calls read as 5), so the lag
+        ``depth()`` computes from them is too (README "Queue depth")."""
+        if not os.environ.get("FLOWCRAFT_TEST_KAFKA_BOOTSTRAP"):
+            pytest.skip("Tansu's high watermarks are wrong; set FLOWCRAFT_TEST_KAFKA_BOOTSTRAP to a real Kafka")
+        await super().test_queue_depth(backend, run_prefix)

@@ -509,6 +509,13 @@ class Queue(Component):
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """Read (without removing) dead-lettered jobs."""
 
+    async def depth(self) -> int | None:
+        """How many jobs are waiting to be delivered (ready or delayed; not those in flight where the server can
+        tell them apart), approximate where the server only estimates (SQS, Azure Storage queues, Kafka lag).
+        Optional, for the ``flowcraft.queue.depth`` gauge and operators: the default returns None, "this queue
+        cannot say"; each backend's README says what its depth counts."""
+        return None
+
     # -- dead letters: one optional primitive, the rest derived ---------------------------------------------
     #: How many dead letters the derived methods read to find those asked for by id.
     DEAD_LETTER_SCAN: ClassVar[int] = 10_000

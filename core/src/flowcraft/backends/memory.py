@@ -151,6 +151,12 @@ class MemoryQueue(Queue):
         """Messages not yet acknowledged (ready, delayed or in flight)."""
         return len(self._ready) + len(self._delayed) + len(self._inflight)
 
+    async def depth(self) -> int:
+        """Jobs waiting to be delivered: ready, delayed or with an expired lease (not those in flight)."""
+        now = time.monotonic()
+        expired = sum(1 for deadline, _ in self._inflight.values() if deadline <= now)
+        return len(self._ready) + len(self._delayed) + expired
+
 
 class MemoryContextStore(ContextStore):
     name = "memory"

@@ -683,6 +683,13 @@ class SqliteQueue(_SqliteComponent, Queue):
         count: int = (await self.db.call(lambda conn: conn.execute("SELECT COUNT(*) FROM fc_queue").fetchone()))[0]
         return count
 
+    async def depth(self) -> int:
+        """Jobs waiting to be delivered: ready, delayed or with an expired lease (not those in flight)."""
+        now = time.time()
+        count: int = (await self.db.call(lambda conn: conn.execute(
+            "SELECT COUNT(*) FROM fc_queue WHERE lease_token IS NULL OR leased_until <= ?", (now,)).fetchone()))[0]
+        return count
+
     def _notify(self) -> None:
         """Wake this process's waiting consumers (other processes poll)."""
         try:

@@ -135,6 +135,30 @@ class QueueContract(_Base):
             await backend.queue.ack(delivery)
         assert await backend.queue.dequeue(10, 0.5) == []
 
+    async def test_queue_depth(self, backend: Backend, run_prefix: str) -> None:
+        """``depth()`` (optional: None = cannot say) counts jobs waiting, at least the 3 just enqueued, and
+        drops to 0 once all are acked; servers that only estimate get ~5 s to catch up."""
+        if await backend.queue.depth() is None:
+            pytest.skip(f"the {backend.queue.name or type(backend.queue).__name__} queue cannot report its depth")
+
+        async def settle(ok: Callable[[int], bool]) -> int | None:
+            deadline = time.monotonic() + 5.0
+            while True:
+                depth = await backend.queue.depth()
+                if depth is None or ok(depth) or time.monotonic() > deadline:
+                    return depth
+                await asyncio.sleep(0.25)
+
+        await backend.queue.enqueue([_job(f"{run_prefix}:{i}") for i in range(3)])
+        waiting = await settle(lambda depth: depth >= 3)
+        assert waiting is None or waiting >= 3, f"depth {waiting} after enqueueing 3 jobs"
+        got = await receive(backend, 3)
+        assert len(got) == 3
+        for delivery in got:
+            await backend.queue.ack(delivery)
+        left = await settle(lambda depth: depth == 0)
+        assert left is None or left == 0, f"depth {left} after acking every job"
+
     async def test_queue_redelivers_after_visibility_timeout(self, backend: Backend, run_prefix: str) -> None:
         """A job nobody acks comes back after the visibility timeout: a dead worker's job is not lost."""
         await backend.queue.enqueue([_job(run_prefix)])

@@ -240,6 +240,13 @@ class AzureQueue(Queue):
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         await self._to_dead_letter(_receipt(delivery), delivery.job, reason, delivery.deliveries)
 
+    async def depth(self) -> int:
+        """Jobs not yet deleted, as Azure estimates them (``approximate_message_count``): Azure does not tell
+        visible messages from invisible ones, so delayed jobs and those in flight are counted too."""
+        client = await self._source.get()
+        properties = await client.get_queue_properties()
+        return int(properties.approximate_message_count or 0)
+
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """Peek at the dead-letter queue (nothing is removed; Azure peeks at most 32 messages)."""
         client = await self._dead_source.get()

@@ -432,6 +432,33 @@ class KafkaQueue(Queue):
         await self._ensure_reachable()
         return await asyncio.get_running_loop().run_in_executor(None, self._handle_dead_letters, wanted)
 
+    async def depth(self) -> int:
+        """The consumer lag of the jobs and delay topics: per partition, its end offset (high watermark) minus
+        the group's committed offset (the low watermark where nothing is committed yet). Offsets are committed
+        only below the lowest unfinished record, so jobs in flight count too; see README "Queue depth" for
+        brokers whose watermarks are wrong (Tansu)."""
+        return await asyncio.get_running_loop().run_in_executor(None, self._lag)
+
+    def _lag(self) -> int:
+        from confluent_kafka import Consumer, TopicPartition
+
+        total = 0
+        for group, topic in ((self.group_id, self.topic), (f"{self.group_id}-delay", self.delay_topic)):
+            consumer = Consumer(self._consumer_config(group))
+            try:
+                metadata = consumer.list_topics(topic, timeout=10)
+                found = metadata.topics.get(topic)
+                if found is None or found.error is not None:
+                    continue
+                partitions = [TopicPartition(topic, p) for p in found.partitions]
+                for tp in consumer.committed(partitions, timeout=10):
+                    low, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
+                    start = tp.offset if tp.offset >= 0 else low
+                    total += max(0, high - start)
+            finally:
+                consumer.close()
+        return total
+
     def _dead_letter_group(self) -> str:
         return f"{self.group_id}-dead-letters"
 

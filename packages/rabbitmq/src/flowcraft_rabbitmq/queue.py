@@ -541,6 +541,27 @@ class RabbitMqQueue(Queue):
         await self._publish("", receipt.body, headers, exchange=self.dead_letter_exchange)
         await self._settle(receipt)
 
+    async def depth(self) -> int:
+        """Jobs waiting to be delivered: the ready messages of the main queue (a passive declare's
+        message_count; unacknowledged ones, in flight, are left out) plus those waiting in the delay queues."""
+        channel = await self.link.channel()
+        total = 0
+        try:
+            for name in (self.queue_name, *(f"{self.queue_name}.delay.{ms}" for ms in DELAY_LADDER_MS)):
+                try:
+                    queue = await channel.declare_queue(name, passive=True)
+                except ChannelNotFoundEntity:
+                    if name == self.queue_name:
+                        raise ConfigError(f"RabbitMQ queue {name!r} does not exist on {self.link.where}",
+                                          hint="run `flowcraft setup --backend rabbitmq`") from None
+                    channel = await self.link.channel()  # a missing delay queue closed the channel
+                    continue
+                total += int(queue.declaration_result.message_count or 0)
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        return total
+
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """Read the dead-letter queue without removing anything: messages taken unacknowledged on a channel
         of their own go back, in order, when it closes."""

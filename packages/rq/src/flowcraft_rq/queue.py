@@ -364,3 +364,11 @@ class RqQueue(Colocated, Queue):
             pipe.zcard(self.wip_key)
             counts = await pipe.execute()
         return int(sum(counts))
+
+    async def depth(self) -> int:
+        """Jobs waiting to be delivered: rq's queue list plus the scheduled (delayed) set, not those in flight."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.llen(self.queue_key)
+            pipe.zcard(self.scheduled_key)
+            counts = await pipe.execute()
+        return int(sum(counts))

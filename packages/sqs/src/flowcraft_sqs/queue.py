@@ -222,6 +222,15 @@ class SqsQueue(Queue):
     async def extend(self, delivery: Delivery, seconds: float) -> None:
         await self._change_visibility(_receipt(delivery), _seconds(seconds, MAX_VISIBILITY_SECONDS))
 
+    async def depth(self) -> int:
+        """Jobs waiting to be delivered, as SQS estimates them: ApproximateNumberOfMessages (visible) plus
+        ApproximateNumberOfMessagesDelayed (delay and retry backoff); those in flight (NotVisible) are left out."""
+        client, url = await self._main()
+        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesDelayed"]
+        response = await client.get_queue_attributes(QueueUrl=url, AttributeNames=names)
+        attributes = response.get("Attributes", {})
+        return sum(int(attributes.get(name, 0)) for name in names)
+
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         await self._to_dead_letter(_receipt(delivery), delivery.job, reason, delivery.deliveries)
 
