@@ -240,3 +240,29 @@ async def test_a_run_retried_from_a_node_stays_in_its_trace() -> None:
     (root,) = [s for s in spans if s.name == "run again"]
     checks = [s for s in spans if s.name == "node check"]
     assert len(checks) == 2 and {s.context.trace_id for s in spans} == {root.context.trace_id}
+
+
+async def test_a_subflow_and_its_redelivered_parent_job_stay_under_the_run_root() -> None:
+    """The subflow node's job is delivered again when its child run ends (``notify_parent``): it and the
+    nodes routed from it stay under the run's root span, and the child run's root span hangs under the
+    parent's trace context, so the whole run, child included, is one trace."""
+    from flowcraft import Flow, FlowRuntime
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry = Telemetry(tracer_provider=provider, meter_provider=MeterProvider())
+    child = Flow("inner").node("c1", lambda ctx: 1).node("c2", lambda ctx: 2).edge("c1", "c2")
+    parent = Flow("outer").node("p1", lambda ctx: 0).subflow("sub", "inner").node("p2", lambda ctx: ctx.input)
+    parent.edge("p1", "sub").edge("sub", "p2")
+    async with FlowRuntime(app=App(flows=[child, parent], listeners=[telemetry])) as runtime:
+        done = await runtime.run("outer", None)
+        assert done.status == "completed" and done.output == 2
+    spans = exporter.get_finished_spans()
+    (root,) = [s for s in spans if s.name == "run outer"]
+    (inner,) = [s for s in spans if s.name == "run inner"]
+    assert {s.context.trace_id for s in spans} == {root.context.trace_id}  # one trace, the child run's too
+    assert inner.parent is not None and inner.parent.span_id == root.context.span_id
+    parents = {s.name: s.parent.span_id if s.parent else None for s in spans if s.name.startswith("node ")}
+    assert parents == {"node p1": root.context.span_id, "node p2": root.context.span_id,  # p2: routed from the
+                       "node c1": inner.context.span_id, "node c2": inner.context.span_id}  # redelivered sub job

@@ -7,12 +7,14 @@ as usual; by default it uses the global tracer and meter providers.
 Traces: a trace per run. The client starting a run opens its root span ``run <blueprint>`` (ended once the
 start jobs are enqueued) and, as the events' *job carrier*, puts the root's W3C trace context
 (``traceparent``) into the start jobs' payload; the engine carries it into every job routed from them
-(successors, retries, a resumed wait). Each worker, in whatever process, opens one span ``node <id>`` per
+(successors, retries, a resumed wait, a subflow node's job delivered again when its child run ends). A child
+run's root span ``run <child blueprint>`` is a child of the context its subflow node's job carried, so a run
+and its subflows form one trace. Each worker, in whatever process, opens one span ``node <id>`` per
 node attempt, a child of the run's root: attributes ``flowcraft.run_id``, ``.blueprint_id``, ``.node_id``,
 ``.visit``, ``.attempt``, ``.worker``; a failed attempt has status ERROR and its error. The trace id is
 derived from the run id (``run_context``; the root span's parent is a placeholder derived from it too), so
 the jobs no carried context reached (a run started by a client without ``Telemetry``, a ``retry`` from a
-node, a subflow's parent delivered again) still put their spans in the run's trace, under that placeholder.
+node) still put their spans in the run's trace, under that placeholder.
 
 Metrics (instrument names; attributes ``flowcraft.blueprint_id`` and, where it applies, ``flowcraft.node_id``
 and ``outcome``/``status``):
@@ -22,9 +24,8 @@ and ``outcome``/``status``):
 * ``flowcraft.runs`` (counter): runs finished, by ``status``;
 * ``flowcraft.dead_letters`` (counter): jobs dead-lettered;
 * ``flowcraft.queue.depth`` and ``flowcraft.runs.stalled`` (gauges): what ``await telemetry.sample(backend)``
-  last read (call it periodically, e.g. next to the reconciler): the queue's ``depth()`` where the queue can say
-  (``Queue.depth``; none is reported when it returns None), and the active runs not updated for
-  ``stalled_threshold`` seconds.
+  last read (call it periodically, e.g. next to the reconciler): the queue's size where the queue offers
+  one (sqlite, rq), and the active runs not updated for ``stalled_threshold`` seconds.
 """
 
 from __future__ import annotations
@@ -80,9 +81,12 @@ class Telemetry:
         self._attempts: dict[tuple[str, str, int, int], tuple[Span, float]] = {}
 
     # ------------------------------------------------------------------ traces
-    def job_carrier(self, run_id: str, blueprint_id: str) -> dict[str, str]:
-        """Open the run's root span and return its trace context, what the run's jobs carry."""
-        span = self.tracer.start_span(f"run {blueprint_id}", context=run_context(run_id), kind=SpanKind.PRODUCER,
+    def job_carrier(self, run_id: str, blueprint_id: str,
+                    parent: Mapping[str, Any] | None = None) -> dict[str, str]:
+        """Open the run's root span and return its trace context, what the run's jobs carry; a child run's
+        root is a child of ``parent``, the context its subflow node's job carried."""
+        span = self.tracer.start_span(f"run {blueprint_id}", context=self._extract(parent) or run_context(run_id),
+                                      kind=SpanKind.PRODUCER,
                                       attributes={"flowcraft.run_id": run_id, "flowcraft.blueprint_id": blueprint_id})
         self._keep(self._starting, run_id, span)
         carrier: dict[str, str] = {}
@@ -91,10 +95,13 @@ class Telemetry:
 
     def parent(self, event: Event) -> Context:
         """The context a node span of ``event`` starts in: the carried trace, else the run's (``run_context``)."""
-        carried = event.data.get(TRACE_PAYLOAD)
+        return self._extract(event.data.get(TRACE_PAYLOAD)) or run_context(event.run_id)
+
+    def _extract(self, carried: Any) -> Context | None:
+        """The context of a carried W3C trace context, None when nothing (usable) was carried."""
         if isinstance(carried, Mapping) and carried.get("traceparent"):
             return self._propagator.extract({str(k): str(v) for k, v in carried.items()})
-        return run_context(event.run_id)
+        return None
 
     def __call__(self, event: Event) -> None:
         name = event.name
@@ -140,9 +147,10 @@ class Telemetry:
 
     # ------------------------------------------------------------------ sampled gauges
     async def sample(self, backend: Backend, *, limit: int = 1000) -> tuple[int | None, int]:
-        """Read the queue depth (``Queue.depth``: None where the queue cannot say) and the number of stalled runs
-        (up to ``limit``) for the gauges; returns both."""
-        self._queue_depth = await backend.queue.depth()
+        """Read the queue depth (None where the queue has no ``size()``) and the number of stalled runs (up to
+        ``limit``) for the gauges; returns both."""
+        size = getattr(backend.queue, "size", None)
+        self._queue_depth = int(await size()) if callable(size) else None
         stalled = await backend.status.stalled(time.time() - self.stalled_threshold, limit)
         self._stalled = len(stalled)
         return self._queue_depth, self._stalled
@@ -156,8 +164,7 @@ class Telemetry:
 
 def run_context(run_id: str) -> Context:
     """The run's trace: its id (and a placeholder parent span id) derived from the run id, so every span of
-    a run is in one trace whatever started its jobs (a client without ``Telemetry``, ``retry`` from a node, a
-    subflow's parent delivered again)."""
+    a run is in one trace whatever started its jobs (a client without ``Telemetry``, ``retry`` from a node)."""
     digest = hashlib.sha256(run_id.encode()).digest()
     derived = SpanContext(int.from_bytes(digest[:16], "big") or 1, int.from_bytes(digest[16:24], "big") or 1,
                           is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))

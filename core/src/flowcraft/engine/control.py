@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowcraft.app import App
-from flowcraft.engine.events import Event, EventBus, carried
+from flowcraft.engine.events import TRACE_PAYLOAD, Event, EventBus, carried
 from flowcraft.engine.graph import Graph
 from flowcraft.engine.guards import context_problem, json_problem
 from flowcraft.engine.kinds import OUTPUTS_PREFIX
@@ -95,7 +95,8 @@ class RunControl:
             # below is idempotent)
         if context:
             await self.backend.context.apply(run_id, dict(context))
-        payload = self.events.carry(run_id, blueprint_id) if self.events.carriers else None
+        parent_trace = parent.get(TRACE_PAYLOAD) if parent else None  # what the subflow node's job carried
+        payload = self.events.carry(run_id, blueprint_id, parent_trace) if self.events.carriers else None
         jobs = [Job(run_id, blueprint_id, node_id, version=version, input=input, has_input=True, payload=payload)
                 for node_id in graph.start_nodes]
         if not jobs:
@@ -192,7 +193,8 @@ class RunControl:
         if not parent:
             return
         job = Job(parent["run_id"], parent["blueprint_id"], parent["node_id"], visit=int(parent["visit"]),
-                  attempt=int(parent["attempt"]), version=parent.get("version"), payload={"child": child.run_id})
+                  attempt=int(parent["attempt"]), version=parent.get("version"),
+                  payload={**(carried(parent) or {}), "child": child.run_id})  # the trace the first delivery had
         await self.backend.queue.enqueue([job])
 
     async def reflect_on_parent(self, child: RunRecord, status: str) -> None:

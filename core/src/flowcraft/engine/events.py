@@ -26,8 +26,11 @@ Every ``Event`` has ``name``, ``run_id``, ``blueprint_id``, ``node_id`` (None fo
 Node events of a run started with a *job carrier* also have ``trace``: a listener with a method
 ``job_carrier(run_id, blueprint_id) -> dict[str, str] | None`` is asked once per run start (by the client
 starting it); what it returns travels in ``Job.payload["trace"]`` of the run's start jobs and every job routed
-from them (retries, successors, a resumed wait), so a worker in any process sees it (``flowcraft.otel`` puts
-the W3C trace context there). Without a carrier nothing is added to any job.
+from them (retries, successors, a resumed wait, a subflow's job delivered again when its child run ends), so a
+worker in any process sees it (``flowcraft.otel`` puts the W3C trace context there). A child run's start asks
+``job_carrier(run_id, blueprint_id, parent)`` with ``parent`` what the subflow node's job carried (when it
+carried something), so the child's trace can hang under its parent's. Without a carrier nothing is added to any
+job.
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ class EventBus:
     def __init__(self) -> None:
         self._listeners: dict[str, list[Listener]] = {}
         self.hook: Callable[..., Any] | None = None
-        self.carriers: list[Callable[[str, str], Mapping[str, str] | None]] = []
+        self.carriers: list[Callable[..., Mapping[str, str] | None]] = []
 
     def on(self, name: str, listener: Listener) -> Listener:
         if name != "*" and name not in EVENT_NAMES:
@@ -89,12 +92,13 @@ class EventBus:
             self.carriers.append(carrier)
         return listener
 
-    def carry(self, run_id: str, blueprint_id: str) -> dict[str, Any] | None:
+    def carry(self, run_id: str, blueprint_id: str, parent: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
         """The payload of a new run's start jobs: ``{"trace": ...}`` from the first job carrier that returns
-        something, else None (a carrier that raises is logged and passed over)."""
+        something, else None (a carrier that raises is logged and passed over). ``parent``: for a child run,
+        the trace its subflow node's job carried."""
         for carrier in self.carriers:
             try:
-                found = carrier(run_id, blueprint_id)
+                found = carrier(run_id, blueprint_id, parent) if parent else carrier(run_id, blueprint_id)
             except Exception:
                 log.exception("job carrier %r failed", carrier)
                 continue

@@ -267,7 +267,8 @@ class SubflowKind(JobKind):
         input_value = await ctx.input()
         await ctx.backend.context.apply(job.run_id, {f"_subflow.{job.node_id}.{job.visit}": child_id})
         parent = {"run_id": job.run_id, "blueprint_id": job.blueprint_id, "node_id": job.node_id,
-                  "visit": job.visit, "attempt": job.attempt, "version": job.version, "depth": depth}
+                  "visit": job.visit, "attempt": job.attempt, "version": job.version, "depth": depth,
+                  **(carried(job.payload) or {})}  # its trace, for the child's start and this job's redelivery
         try:
             await ctx.engine.runs.start(child_blueprint, input_value, run_id=child_id, context=child_context,
                                    parent=parent)
