@@ -24,8 +24,9 @@ and ``outcome``/``status``):
 * ``flowcraft.runs`` (counter): runs finished, by ``status``;
 * ``flowcraft.dead_letters`` (counter): jobs dead-lettered;
 * ``flowcraft.queue.depth`` and ``flowcraft.runs.stalled`` (gauges): what ``await telemetry.sample(backend)``
-  last read (call it periodically, e.g. next to the reconciler): the queue's size where the queue offers
-  one (sqlite, rq), and the active runs not updated for ``stalled_threshold`` seconds.
+  last read (call it periodically, e.g. next to the reconciler): the queue's ``depth()`` where the queue can say
+  (``Queue.depth``; none is reported when it returns None), and the active runs not updated for
+  ``stalled_threshold`` seconds.
 """
 
 from __future__ import annotations
@@ -147,10 +148,9 @@ class Telemetry:
 
     # ------------------------------------------------------------------ sampled gauges
     async def sample(self, backend: Backend, *, limit: int = 1000) -> tuple[int | None, int]:
-        """Read the queue depth (None where the queue has no ``size()``) and the number of stalled runs (up to
-        ``limit``) for the gauges; returns both."""
-        size = getattr(backend.queue, "size", None)
-        self._queue_depth = int(await size()) if callable(size) else None
+        """Read the queue depth (``Queue.depth``: None where the queue cannot say) and the number of stalled runs
+        (up to ``limit``) for the gauges; returns both."""
+        self._queue_depth = await backend.queue.depth()
         stalled = await backend.status.stalled(time.time() - self.stalled_threshold, limit)
         self._stalled = len(stalled)
         return self._queue_depth, self._stalled
