@@ -299,3 +299,30 @@ async def test_a_retried_status_write_still_reports_its_own_win(postgres_url: st
     finally:
         await client.close()
         await other.close()
+
+
+@pytest.mark.asyncio
+async def test_keys_values_and_statuses_as_text_array_literals_round_trip(postgres_url: str) -> None:
+    """The stores pass lists as ``text[]`` literals (``_pg.text_array``): keys, values and run ids with quotes,
+    backslashes, commas, braces and the word NULL come back unchanged."""
+    from flowcraft_rabbitmq import PostgresContext
+
+    names = unique_names()
+    client = PgClient(postgres_url)
+    context = PostgresContext(client, names["context_table"])
+    status = PostgresStatusStore(client, names["status_table"])
+    odd = ['q"uote', "back\\slash", "x,y", "{b}", "NULL", " sp ", "é"]
+    try:
+        await context.setup()
+        await status.setup()
+        values = {key: {"v": key, "n": [1, None, key]} for key in odd}
+        await asyncio.gather(*(context.apply(run_id, values) for run_id in odd))
+        for run_id in odd:
+            assert await context.get_many(run_id, [*odd, "missing"]) == values
+            assert await status.create(RunRecord(run_id, "bp"))
+        assert set(await status.get_many([*odd, "missing"])) == set(odd)
+        for run_id in odd:
+            won = await status.transition(run_id, ['pen"ding', "running"], "completed", {})
+            assert won is not None and won.status == "completed"
+    finally:
+        await client.close()

@@ -12,7 +12,7 @@ import pytest
 
 from flowcraft.errors import ConfigError, StoreLimitError
 from flowcraft.spi import Job, RunRecord
-from flowcraft_rabbitmq._pg import PgClient, check_text, dumps
+from flowcraft_rabbitmq._pg import PgClient, check_text, dumps, text_array
 from flowcraft_rabbitmq.options import PostgresOptions, RabbitMqOptions
 from flowcraft_rabbitmq.queue import (
     DELAY_LADDER_MS,
@@ -193,8 +193,16 @@ def test_context_writes_of_one_iteration_are_one_statement_and_a_repeated_row_wa
     asyncio.run(main())
     assert len(client.log) == 2  # r1/a twice: the second write goes in the next statement, after the first
     (first, first_params), (_, second_params) = client.log
-    assert "unnest" in first and first_params == [["r1", "r2", "r2"], ["a", "a", "b"], ["1", "2", "3"]]
-    assert second_params == [["r1", "r3"], ["a", "c"], ["4", "null"]]  # order kept: r3's write waited too
+    arrays = [text_array(v) for v in (["r1", "r2", "r2"], ["a", "a", "b"], ["1", "2", "3"])]
+    assert "unnest" in first and first_params == arrays
+    # order kept: r3's write waited too
+    assert second_params == [text_array(v) for v in (["r1", "r3"], ["a", "c"], ["4", "null"])]
+
+
+def test_text_array_literals_quote_every_element() -> None:
+    assert text_array([]) == "{}"
+    assert text_array(["a", "NULL", "x,y", 'q"uote', "back\\slash", "{}", " "]) == (
+        '{"a","NULL","x,y","q\\"uote","back\\\\slash","{}"," "}')
 
 
 def test_a_refused_value_fails_only_its_own_coalesced_write() -> None:

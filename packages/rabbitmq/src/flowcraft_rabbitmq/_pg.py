@@ -8,7 +8,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import psycopg
@@ -50,6 +50,12 @@ def check_text(value: str, what: str) -> str:
     if "\x00" in value:
         raise ValueRefusedError(f"{what} {value!r} contains a NUL character, which PostgreSQL text cannot hold")
     return value
+
+
+def text_array(values: Iterable[str]) -> str:
+    """A ``text[]`` literal (``{"a","b"}``) for a ``%s::text[]`` parameter: psycopg's list dumper quotes each
+    element with a regular expression, which costs more than the statement's own work on the hot path."""
+    return "{" + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values) + "}"
 
 
 class PgClient:

@@ -27,7 +27,7 @@ from psycopg import sql
 
 from flowcraft.errors import ConfigError
 from flowcraft.spi import ContextStore
-from flowcraft_rabbitmq._pg import PgClient, ValueRefusedError, check_text, columns, dumps, table
+from flowcraft_rabbitmq._pg import PgClient, ValueRefusedError, check_text, columns, dumps, table, text_array
 from flowcraft_rabbitmq.options import PostgresOptions
 
 
@@ -44,7 +44,7 @@ class PostgresContext(ContextStore):
         self.schema = schema
         t = table(schema, table_name)
         self._get_all = sql.SQL("SELECT key, value FROM {} WHERE run_id = %s").format(t)
-        self._get_many = sql.SQL("SELECT key, value FROM {} WHERE run_id = %s AND key = ANY(%s)").format(t)
+        self._get_many = sql.SQL("SELECT key, value FROM {} WHERE run_id = %s AND key = ANY(%s::text[])").format(t)
         self._upsert = sql.SQL(
             "INSERT INTO {} (run_id, key, value) SELECT %s, k, v::jsonb FROM unnest(%s::text[], %s::text[]) AS u(k, v) "
             "ON CONFLICT (run_id, key) DO UPDATE SET value = EXCLUDED.value").format(t)
@@ -107,7 +107,7 @@ class PostgresContext(ContextStore):
         check_text(run_id, "run id")
 
         async def read(conn: psycopg.AsyncConnection[Any]) -> list[Any]:
-            return await (await conn.execute(self._get_many, [run_id, wanted])).fetchall()
+            return await (await conn.execute(self._get_many, [run_id, text_array(wanted)])).fetchall()
 
         found = {key: value for key, value in await self.client.run(read)}
         return {k: found[k] for k in keys if k in found}
@@ -179,11 +179,12 @@ class PostgresContext(ContextStore):
     async def _write(self, batch: Sequence[_Write]) -> None:
         if len(batch) == 1:
             write = batch[0]
-            query, params = self._upsert, [write.run_id, write.keys, write.values]
+            query, params = self._upsert, [write.run_id, text_array(write.keys), text_array(write.values)]
         else:
             run_ids = [write.run_id for write in batch for _ in write.keys]
             query = self._upsert_runs
-            params = [run_ids, [k for write in batch for k in write.keys], [v for write in batch for v in write.values]]
+            params = [text_array(run_ids), text_array(k for write in batch for k in write.keys),
+                      text_array(v for write in batch for v in write.values)]
 
         async def run(conn: psycopg.AsyncConnection[Any]) -> None:
             await conn.execute(query, params)

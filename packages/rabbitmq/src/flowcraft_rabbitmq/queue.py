@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, Self
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from aio_pika.exceptions import ChannelNotFoundEntity, ChannelPreconditionFailed
 
@@ -65,6 +66,7 @@ DEAD_LETTER_ID_HEADER = "flowcraft-dead-letter-id"
 DELAY_LADDER_MS: tuple[int, ...] = tuple(10 * 2 ** k for k in range(24))
 #: a job due within this many seconds is delivered at once (the engine gives back one due later than 10 ms)
 ON_TIME = 0.01
+_PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
 
 
 _RELEASE_FALLBACK: tuple[type[Exception], ...] = (ConfigError, *TRANSIENT)
@@ -134,9 +136,10 @@ def due_of(headers: Mapping[str, Any]) -> float | None:
     return value / 1000 if value else None
 
 
-def _message(body: bytes, headers: dict[str, Any]) -> aio_pika.Message:
-    return aio_pika.Message(body, headers=headers, content_type="application/json",
-                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=uuid.uuid4().hex)
+def _properties(headers: dict[str, Any]) -> aiormq.spec.Basic.Properties:
+    """A job message's properties: persistent, JSON, a fresh message id, the headers."""
+    return aiormq.spec.Basic.Properties(content_type="application/json", delivery_mode=_PERSISTENT,
+                                        headers=headers, message_id=uuid.uuid4().hex)
 
 
 @dataclass(eq=False)
@@ -183,7 +186,9 @@ class RabbitMqQueue(Queue):
         self.delivery_limit = delivery_limit
         self.max_message_bytes = max_message_bytes
         self._buffer: collections.deque[tuple[int, AbstractIncomingMessage]] = collections.deque()
-        self._arrived: asyncio.Event | None = None
+        #: futures ``dequeue`` waits on, resolved by the next arrival (cheaper than ``wait_for`` on an Event:
+        #: no task and no timeout context per wait)
+        self._waiters: list[asyncio.Future[None]] = []
         self._consumer: asyncio.Task[None] | None = None
         self._consumer_error: BaseException | None = None
         self._generation = 0  # of the consumer channel
@@ -243,7 +248,10 @@ class RabbitMqQueue(Queue):
 
         reading = asyncio.ensure_future(read_records())
         try:
-            begins = await asyncio.gather(*(take(d.job) for d in deliveries))
+            if len(deliveries) == 1:  # one delivery: its lease taken in this task, no second one to gather
+                begins: list[Begin | None] = [await take(deliveries[0].job)]
+            else:
+                begins = list(await asyncio.gather(*(take(d.job) for d in deliveries)))
         finally:
             records = await reading
         out: list[Delivery] = []
@@ -325,14 +333,14 @@ class RabbitMqQueue(Queue):
     # ------------------------------------------------------------------------------------------ publish
     async def _publish(self, routing_key: str, body: bytes, headers: dict[str, Any], *, exchange: str = "") -> None:
         try:
-            await self.link.publish(exchange, routing_key, _message(body, headers))
+            await self.link.publish(exchange, routing_key, body, _properties(headers))
         except NotRoutableError:
             if exchange or routing_key == self.queue_name or routing_key in self._declared:
                 raise ConfigError(f"RabbitMQ queue {self.queue_name!r} (or its dead-letter exchange) does not "
                                   f"exist on {self.link.where}",
                                   hint="run `flowcraft setup --backend rabbitmq` (or create it)") from None
             await self._declare_delay(routing_key)
-            await self.link.publish(exchange, routing_key, _message(body, headers))
+            await self.link.publish(exchange, routing_key, body, _properties(headers))
 
     async def _send(self, body: bytes, delay: float, carried: int) -> None:
         headers: dict[str, Any] = {}
@@ -345,6 +353,9 @@ class RabbitMqQueue(Queue):
 
     async def enqueue(self, jobs: Sequence[Job], delay: float = 0.0) -> None:
         bodies = [encode_job(job, self.max_message_bytes) for job in jobs]
+        if len(bodies) == 1:  # the common case (a chain's next node): no task to gather
+            await self._send(bodies[0], delay, 0)
+            return
         await asyncio.gather(*(self._send(body, delay, 0) for body in bodies))
 
     # ------------------------------------------------------------------------------------------ consume
@@ -409,16 +420,28 @@ class RabbitMqQueue(Queue):
             attempt += 1
 
     def _wake(self) -> None:
-        if self._arrived is None:
-            self._arrived = asyncio.Event()
-        self._arrived.set()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _wait_arrival(self, seconds: float) -> None:
+        """Until ``_wake`` (a message arrived, the consumer stopped) or ``seconds`` passed."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        timer = loop.call_later(seconds, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
 
     async def dequeue(self, max_jobs: int, wait: float) -> list[Delivery]:
         if max_jobs <= 0:
             return []
         self._start_consumer(max_jobs)
-        if self._arrived is None:
-            self._arrived = asyncio.Event()
         deadline = time.monotonic() + max(0.0, wait)
         out: list[Delivery] = []
         while len(out) < max_jobs:
@@ -429,11 +452,7 @@ class RabbitMqQueue(Queue):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                self._arrived.clear()
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), remaining)
-                except TimeoutError:
-                    break
+                await self._wait_arrival(remaining)
                 continue
             generation, message = self._buffer.popleft()
             if generation != self._generation:
@@ -608,6 +627,11 @@ class RabbitMqQueue(Queue):
             if not channel.is_closed:
                 await channel.close()
         return removed
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _receipt(delivery: Delivery) -> RabbitMqReceipt:

@@ -25,7 +25,7 @@ from psycopg import sql
 
 from flowcraft.errors import ConfigError
 from flowcraft.spi import ACTIVE_STATUSES, RunRecord, StatusStore
-from flowcraft_rabbitmq._pg import PgClient, check_text, columns, dumps, index_name, table
+from flowcraft_rabbitmq._pg import PgClient, check_text, columns, dumps, index_name, table, text_array
 from flowcraft_rabbitmq.options import PostgresOptions
 
 #: RunRecord fields kept in ``status_data`` (status, blueprint_id and the times have their own columns).
@@ -94,11 +94,11 @@ class PostgresStatusStore(StatusStore):
             "INSERT INTO {} (run_id, status, blueprint_id, status_data, created_at, updated_at) "
             "VALUES (%s, %s, %s, %s::jsonb, %s, %s) ON CONFLICT (run_id) DO NOTHING").format(t)
         self._get = sql.SQL("SELECT {} FROM {} WHERE run_id = %s").format(cols, t)
-        self._get_many = sql.SQL("SELECT {} FROM {} WHERE run_id = ANY(%s)").format(cols, t)
+        self._get_many = sql.SQL("SELECT {} FROM {} WHERE run_id = ANY(%s::text[])").format(cols, t)
         self._delete = sql.SQL("DELETE FROM {} WHERE run_id = %s").format(t)
         self._transition = sql.SQL(
             "UPDATE {} SET status = %s, updated_at = %s, blueprint_id = COALESCE(%s, blueprint_id), "
-            "status_data = status_data || %s::jsonb WHERE run_id = %s AND status = ANY(%s) RETURNING {}"
+            "status_data = status_data || %s::jsonb WHERE run_id = %s AND status = ANY(%s::text[]) RETURNING {}"
         ).format(t, cols)
         self._stalled = sql.SQL(
             "SELECT {} FROM {} WHERE status = ANY(%s) AND updated_at < %s ORDER BY updated_at, run_id LIMIT %s"
@@ -188,7 +188,7 @@ class PostgresStatusStore(StatusStore):
             return {} if record is None else {record.run_id: record}
 
         async def read(conn: psycopg.AsyncConnection[Any]) -> list[Any]:
-            return await (await conn.execute(self._get_many, [wanted])).fetchall()
+            return await (await conn.execute(self._get_many, [text_array(wanted)])).fetchall()
 
         return {row[0]: row_record(row) for row in await self.client.run(read)}
 
@@ -209,7 +209,7 @@ class PostgresStatusStore(StatusStore):
         blueprint_id, data = change_data(changes)
         now = time.time()
         params = [to_status, now, blueprint_id, dumps(data, f"run record of {run_id!r}"), run_id,
-                  list(dict.fromkeys(from_statuses))]
+                  text_array(dict.fromkeys(from_statuses))]
 
         attempts = 0
 
