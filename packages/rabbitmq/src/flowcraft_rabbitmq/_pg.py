@@ -9,7 +9,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -189,3 +189,33 @@ async def columns(conn: psycopg.AsyncConnection[Any], schema: str | None, name: 
         "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped",
         [f'"{schema}"."{name}"' if schema else f'"{name}"'])
     return {row[0]: row[1] for row in await cursor.fetchall()}
+
+
+class PgTableStore:
+    """What both PostgreSQL stores share: the client, their one table (in ``schema``, when given), how they are
+    built from options (``table_option`` names the option that holds the table name) and closing."""
+
+    table_option: ClassVar[str]
+
+    def __init__(self, client: PgClient | Any, table_name: str, *, schema: str | None = None) -> None:
+        self.client = client if isinstance(client, PgClient) else PgClient(pool=client)
+        self.table_name = table_name
+        self.schema = schema
+        self._table = table(schema, table_name)
+
+    @classmethod
+    def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
+        parsed = PostgresOptions.parse(options)
+        return cls.build(parsed, PgClient.shared(shared, parsed))
+
+    @classmethod
+    def build(cls, options: PostgresOptions, client: PgClient) -> Self:
+        return cls(client, getattr(options, cls.table_option), schema=options.postgres_schema)
+
+    async def create_schema(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """The schema the table lives in, if one is configured (idempotent)."""
+        if self.schema:
+            await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
+
+    async def close(self) -> None:
+        await self.client.close()

@@ -20,29 +20,28 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from typing import Any, Self
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from flowcraft.errors import ConfigError
 from flowcraft.spi import ContextStore
-from flowcraft_rabbitmq._pg import PgClient, ValueRefusedError, check_text, columns, dumps, table, text_array
+from flowcraft_rabbitmq._pg import PgClient, PgTableStore, ValueRefusedError, check_text, columns, dumps, text_array
 from flowcraft_rabbitmq.options import PostgresOptions
 
 
-class PostgresContext(ContextStore):
+class PostgresContext(PgTableStore, ContextStore):
     """A run's context in PostgreSQL (see the module docstring)."""
 
     name = "postgres"
     Options = PostgresOptions
+    table_option = "context_table"
 
     def __init__(self, client: PgClient | Any, table_name: str = "flowcraft_contexts", *,
                  schema: str | None = None) -> None:
-        self.client = client if isinstance(client, PgClient) else PgClient(pool=client)
-        self.table_name = table_name
-        self.schema = schema
-        t = table(schema, table_name)
+        super().__init__(client, table_name, schema=schema)
+        t = self._table
         self._get_all = sql.SQL("SELECT key, value FROM {} WHERE run_id = %s").format(t)
         self._get_many = sql.SQL("SELECT key, value FROM {} WHERE run_id = %s AND key = ANY(%s::text[])").format(t)
         self._upsert = sql.SQL(
@@ -61,21 +60,11 @@ class PostgresContext(ContextStore):
         self._waiting: list[_Write] = []
         self._flushes: set[asyncio.Task[None]] = set()
 
-    @classmethod
-    def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
-        parsed = PostgresOptions.parse(options)
-        return cls.build(parsed, PgClient.shared(shared, parsed))
-
-    @classmethod
-    def build(cls, options: PostgresOptions, client: PgClient) -> Self:
-        return cls(client, options.context_table, schema=options.postgres_schema)
-
     async def setup(self) -> None:
-        t = table(self.schema, self.table_name)
+        t = self._table
 
         async def create(conn: psycopg.AsyncConnection[Any]) -> None:
-            if self.schema:
-                await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
+            await self.create_schema(conn)
             await conn.execute(sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {} (run_id TEXT NOT NULL, key TEXT NOT NULL, value JSONB NOT NULL, "
                 "PRIMARY KEY (run_id, key))").format(t))
@@ -87,9 +76,6 @@ class PostgresContext(ContextStore):
                     hint="set the context_table option to a new table name, or migrate the rows to one per key")
 
         await self.client.run(create)
-
-    async def close(self) -> None:
-        await self.client.close()
 
     # ------------------------------------------------------------------------------------------
     async def get_all(self, run_id: str) -> dict[str, Any]:

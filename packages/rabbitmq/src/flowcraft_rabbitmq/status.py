@@ -18,14 +18,14 @@ import base64
 import json
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Self
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from flowcraft.errors import ConfigError
 from flowcraft.spi import ACTIVE_STATUSES, RunRecord, StatusStore
-from flowcraft_rabbitmq._pg import PgClient, check_text, columns, dumps, index_name, table, text_array
+from flowcraft_rabbitmq._pg import PgClient, PgTableStore, check_text, columns, dumps, index_name, text_array
 from flowcraft_rabbitmq.options import PostgresOptions
 
 #: RunRecord fields kept in ``status_data`` (status, blueprint_id and the times have their own columns).
@@ -77,18 +77,17 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
                           hint="pass the cursor the previous page returned") from None
 
 
-class PostgresStatusStore(StatusStore):
+class PostgresStatusStore(PgTableStore, StatusStore):
     """Run records in PostgreSQL (see the module docstring)."""
 
     name = "postgres"
     Options = PostgresOptions
+    table_option = "status_table"
 
     def __init__(self, client: PgClient | Any, table_name: str = "flowcraft_statuses", *,
                  schema: str | None = None) -> None:
-        self.client = client if isinstance(client, PgClient) else PgClient(pool=client)
-        self.table_name = table_name
-        self.schema = schema
-        t = self._table = table(schema, table_name)
+        super().__init__(client, table_name, schema=schema)
+        t = self._table
         cols = sql.SQL(_COLUMNS)
         self._create = sql.SQL(
             "INSERT INTO {} (run_id, status, blueprint_id, status_data, created_at, updated_at) "
@@ -107,21 +106,11 @@ class PostgresStatusStore(StatusStore):
             "SELECT {} FROM {} WHERE status = ANY(%s) AND updated_at < %s AND (updated_at, run_id) > (%s, %s) "
             "ORDER BY updated_at, run_id LIMIT %s").format(cols, t)
 
-    @classmethod
-    def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
-        parsed = PostgresOptions.parse(options)
-        return cls.build(parsed, PgClient.shared(shared, parsed))
-
-    @classmethod
-    def build(cls, options: PostgresOptions, client: PgClient) -> Self:
-        return cls(client, options.status_table, schema=options.postgres_schema)
-
     async def setup(self) -> None:
         t = self._table
 
         async def create(conn: psycopg.AsyncConnection[Any]) -> None:
-            if self.schema:
-                await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
+            await self.create_schema(conn)
             await conn.execute(sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {} (run_id TEXT PRIMARY KEY, status TEXT NOT NULL, "
                 "blueprint_id TEXT NOT NULL, status_data JSONB NOT NULL, created_at DOUBLE PRECISION NOT NULL, "
@@ -140,9 +129,6 @@ class PostgresStatusStore(StatusStore):
                 index_name(self.table_name, "blueprint_updated"), t))
 
         await self.client.run(create)
-
-    async def close(self) -> None:
-        await self.client.close()
 
     # ------------------------------------------------------------------------------------------
     async def create(self, record: RunRecord) -> bool:
