@@ -429,10 +429,10 @@ async def _work(state: State, config: Config, app: App, concurrency: int, shutdo
     async def announce() -> None:
         # "ready" only once the worker reached its stores and its first receive returned (Worker.ready)
         await runner.ready.wait()
-        health.update(runner.state, runner.in_flight, runner.handled, runner.failed)
-        if hooks.ready_file is not None:
+        if hooks.ready_file is not None:  # before the port says ready, so the two never disagree
             write_ready_file(hooks.ready_file, {"worker_id": engine.worker_id, "pid": os.getpid(),
                                                 "ready_at": time.time()})
+        health.update(runner.state, runner.in_flight, runner.handled, runner.failed)
         where = f", health on http://{hooks.host}:{server.port}" if server is not None else ""
         state.err.print(f"worker {engine.worker_id} (pid {os.getpid()}) ready on backend {escape(backend.name)}, "
                         f"concurrency {concurrency}, lease {config.lease_seconds:g}s, blueprints: "

@@ -162,13 +162,14 @@ class FleetHealth:
         ready_children = sum(1 for pid in pids if (self.dir / str(pid)).exists())
         ready = not stopping and len(pids) == self.count and ready_children == self.count
         state = "stopping" if stopping else "ready" if ready else "starting"
-        self.state.update(state, 0, 0, 0, processes=(ready_children, self.count))
+        # The file first, then the port: a probe that sees one answer never sees the other disagree.
         if self.ready_file is not None and ready != self.ready:
             if ready:
                 write_ready_file(self.ready_file, {"worker_id": self.state.worker_id, "pid": os.getpid(),
                                                    "processes": list(pids), "ready_at": time.time()})
             else:
                 remove_ready_file(self.ready_file)
+        self.state.update(state, 0, 0, 0, processes=(ready_children, self.count))
         first = ready and not self.was_ready
         self.ready = ready
         self.was_ready = self.was_ready or ready
