@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import signal
 from collections.abc import Sequence
@@ -22,6 +23,9 @@ READY_MARKER = "flowcraft worker ready"
 
 async def serve(args: argparse.Namespace) -> None:
     backend = registry().build(args.backend, json.loads(args.options))
+    if args.hook:  # e.g. the harness's per-node request counters (benchmarks/backend_servers.py)
+        module, _, function = args.hook.partition(":")
+        getattr(importlib.import_module(module), function)(backend)
     engine = Engine(load_app(args.app), backend, options=EngineOptions(lease_seconds=args.lease))
     worker = Worker(engine, concurrency=args.concurrency, poll_wait=args.poll_wait, grace=5.0)
     loop = asyncio.get_running_loop()
@@ -43,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--lease", type=float, default=30.0)
     parser.add_argument("--poll-wait", type=float, default=0.5)
+    parser.add_argument("--hook", default="", help="MODULE:FUNCTION called with the backend before the worker starts")
     asyncio.run(serve(parser.parse_args(argv)))
 
 
