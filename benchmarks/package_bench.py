@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from flowcraft import App, Flow, NodeContext
+from flowcraft.config import run_event_loop
 from flowcraft.spi import Job, Queue
 
 
@@ -58,6 +61,12 @@ async def chain_through_queue(queue: Queue, window: int, concurrency: int, hops:
         await asyncio.gather(*(handle(d) for d in deliveries))
         done += len(deliveries)
     return total / (time.perf_counter() - started)
+
+
+def run_worker_process(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run a bench script's worker mode on the worker's event loop: uvloop when installed, as ``flowcraft
+    worker`` (``FLOWCRAFT_EVENT_LOOP=asyncio`` for asyncio's own)."""
+    run_event_loop(coroutine, os.environ.get("FLOWCRAFT_EVENT_LOOP", "auto"))
 
 
 async def start_worker_process(script: str, *args: str) -> asyncio.subprocess.Process:

@@ -12,10 +12,12 @@ import argparse
 import asyncio
 import importlib
 import json
+import os
 import signal
 from collections.abc import Sequence
 
 from flowcraft import Engine, EngineOptions, Worker, load_app
+from flowcraft.config import run_event_loop
 from flowcraft.plugins import registry
 
 READY_MARKER = "flowcraft worker ready"
@@ -48,7 +50,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--lease", type=float, default=30.0)
     parser.add_argument("--poll-wait", type=float, default=0.5)
     parser.add_argument("--hook", default="", help="MODULE:FUNCTION called with the backend before the worker starts")
-    asyncio.run(serve(parser.parse_args(argv)))
+    parser.add_argument("--event-loop", default=os.environ.get("FLOWCRAFT_EVENT_LOOP", "auto"),
+                        help="auto (uvloop when installed), asyncio or uvloop; default: $FLOWCRAFT_EVENT_LOOP or auto")
+    args = parser.parse_args(argv)
+    run_event_loop(serve(args), args.event_loop)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv (Python >= 3.11) and install core and every backend package in editable mode.
 # usage: scripts/setup-venv.sh [--test|--core]
-#        --test adds the test and lint tools; --core installs flowcraft-core only (enough for the demo)
+#        --test adds the test and lint tools; --core installs flowcraft-core only (enough for the demo);
+#        without --core, core's uvloop extra too (the workers' event loop)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${VENV:-$ROOT/.venv}
@@ -19,6 +20,7 @@ fi
 pip_install() { "$VENV/bin/pip" install -q --disable-pip-version-check "$@"; }
 targets=(-e "$ROOT/core")
 if [ "${1:-}" != "--core" ]; then
+  targets=(-e "$ROOT/core[uvloop]")  # workers (tests, benchmarks) run on uvloop, as event_loop = "auto" does
   for package in "$ROOT"/packages/*/; do
     [ -f "$package/pyproject.toml" ] && targets+=(-e "$package")
   done

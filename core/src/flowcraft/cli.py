@@ -31,7 +31,7 @@ from rich.table import Table
 
 from flowcraft.app import App, load_app
 from flowcraft.client import SETTLED_STATUSES, Client
-from flowcraft.config import MASK, Config, load_config, mask_option, redact_text
+from flowcraft.config import MASK, Config, load_config, mask_option, redact_text, run_event_loop
 from flowcraft.engine.core import Engine, EngineOptions, RunResult
 from flowcraft.engine.supervisor import Supervisor
 from flowcraft.engine.worker import Worker
@@ -385,7 +385,8 @@ def worker(state: State, app: str | None, backend: str | None, options: Sequence
         state.err.print(f"all worker processes stopped ({supervisor.restarts} restarts)")
         return
     health = HealthHooks(health_port, health_host, ready_file)
-    _run(_work(state, config, loaded, concurrency, shutdown_timeout, health))
+    # uvloop when installed, unless the config says event_loop = "asyncio"
+    run_event_loop(_work(state, config, loaded, concurrency, shutdown_timeout, health), config.event_loop)
 
 
 def _fleet_tick(state: State, fleet: FleetHealth, supervisor: Supervisor, host: str) -> None:

@@ -17,6 +17,11 @@ follows it: left unset it is set to ``lease_seconds``; set alone (the older spel
 set shorter than ``lease_seconds`` it is refused, because the queue would deliver a job again while its
 node still runs. A longer one is allowed (a killed worker's job then comes back after it).
 
+Event loop: ``event_loop = "auto" | "asyncio" | "uvloop"`` (``FLOWCRAFT_EVENT_LOOP``) is the loop a worker
+process runs on (``flowcraft worker``, ``run_event_loop``). ``auto`` (the default) takes uvloop when it is
+installed (``pip install "flowcraft-core[uvloop]"``) and asyncio's own loop otherwise; ``uvloop`` without
+uvloop installed is a ``ConfigError``.
+
 Plugins: ``[plugins] disable = ["flowcraft-sqs", "toy"]`` (``[tool.flowcraft.plugins]`` in pyproject.toml) and
 ``FLOWCRAFT_PLUGINS_DISABLE=flowcraft-sqs,toy`` name plugins, by distribution or entry-point name, that are
 not loaded at all; every layer adds to the list (``Config.plugins_disable``: name -> where it was named).
@@ -32,15 +37,16 @@ connection strings are masked by ``Config.redacted()`` and by ``repr``; nothing 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flowcraft.errors import ConfigError
 from flowcraft.options import READ_ONLY_OPTION, VISIBILITY_OPTION, describe_options, resolve_options, validate_options
@@ -56,11 +62,14 @@ CONFIG_FILE = "flowcraft.toml"
 CONFIG_ENV = "FLOWCRAFT_CONFIG"
 ENV_PREFIX = "FLOWCRAFT_"
 OPTION_ENV_PREFIX = "FLOWCRAFT_OPT_"
-KEYS = ("backend", "app", "lease_seconds", "components", "options", "plugins", "retention")
+KEYS = ("backend", "app", "lease_seconds", "event_loop", "components", "options", "plugins", "retention")
+#: The event loops ``event_loop`` may name: ``auto`` is uvloop when installed, else asyncio's.
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 #: The run statuses ``retention`` may name (only finished runs are ever purged).
 RETENTION_STATUSES = ("completed", "failed", "cancelled")
 PLUGIN_KEYS = ("disable",)
 DEFAULT_LEASE_SECONDS = 30.0
+DEFAULT_EVENT_LOOP = "auto"
 MASK = "***"
 
 _SECRET_WORDS = ("password", "passwd", "secret", "token", "key", "credential")
@@ -79,6 +88,8 @@ class Config:
     backend: str = DEFAULT_BACKEND
     app: str | None = None
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    #: the worker's event loop (``EVENT_LOOPS``)
+    event_loop: str = DEFAULT_EVENT_LOOP
     components: dict[str, str] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     #: plugins not to load, by distribution or entry-point name -> where that was said
@@ -97,6 +108,7 @@ class Config:
             "backend": self.backend,
             "app": self.app,
             "lease_seconds": self.lease_seconds,
+            "event_loop": self.event_loop,
             "components": dict(self.components),
             "options": {key: mask_option(key, value) for key, value in self.options.items()},
             "plugins": {"disable": sorted(self.plugins_disable)},
@@ -110,6 +122,7 @@ class Config:
         if self.app is not None:
             rows.append(("app", self.app, self.source("app")))
         rows.append(("lease_seconds", self.lease_seconds, self.source("lease_seconds")))
+        rows.append(("event_loop", self.event_loop, self.source("event_loop")))
         rows += [(f"components.{kind}", name, self.source(f"components.{kind}"))
                  for kind, name in sorted(self.components.items())]
         shown = self.options if options is None else options
@@ -244,6 +257,45 @@ def _positive_seconds(value: Any, where: str) -> float:
     return seconds
 
 
+def check_event_loop(value: Any, where: str = "event_loop") -> str:
+    """One of ``EVENT_LOOPS`` (any case, surrounding blanks ignored), else a ConfigError naming ``where``."""
+    choice = value.strip().lower() if isinstance(value, str) else None
+    if choice not in EVENT_LOOPS:
+        raise ConfigError(f"{where} must be one of {', '.join(EVENT_LOOPS)}, got {value!r}",
+                          hint='"auto" takes uvloop when it is installed')
+    return choice
+
+
+def event_loop_factory(choice: str = DEFAULT_EVENT_LOOP) -> Callable[[], asyncio.AbstractEventLoop]:
+    """What makes the event loop ``choice`` names: uvloop's (``uvloop``, or ``auto`` when uvloop imports) or
+    asyncio's. ``uvloop`` without uvloop installed is a ConfigError."""
+    choice = check_event_loop(choice)
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise ConfigError("event_loop is \"uvloop\" but uvloop is not installed",
+                                  hint='pip install "flowcraft-core[uvloop]", or set event_loop = "auto"') from None
+        else:
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+_T = TypeVar("_T")
+
+
+def run_event_loop(coroutine: Coroutine[Any, Any, _T], choice: str = DEFAULT_EVENT_LOOP) -> _T:
+    """``asyncio.run(coroutine)`` on the event loop ``choice`` names (see ``event_loop_factory``)."""
+    try:
+        factory = event_loop_factory(choice)
+    except ConfigError:
+        coroutine.close()  # never awaited: no "coroutine was never awaited" warning
+        raise
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coroutine)
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
@@ -262,6 +314,8 @@ def _validate(data: Mapping[str, Any], where: str) -> dict[str, Any]:
                           hint=f"known keys: {', '.join(KEYS)}; backend options go under [options]")
     if data.get("lease_seconds") is not None:
         _positive_seconds(data["lease_seconds"], f"{where}: lease_seconds")
+    if data.get("event_loop") is not None:
+        check_event_loop(data["event_loop"], f"{where}: event_loop")
     if data.get("retention") is not None:
         parse_retention(data["retention"], f"{where}: retention")
     for key in ("backend", "app"):
@@ -313,7 +367,7 @@ def _from_env(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
         rest = name[len(ENV_PREFIX):].lower()
         if name.startswith(OPTION_ENV_PREFIX):
             table, key = "options", name[len(OPTION_ENV_PREFIX):].lower()
-        elif rest in ("backend", "app", "lease_seconds", "retention"):
+        elif rest in ("backend", "app", "lease_seconds", "event_loop", "retention"):
             layer[rest] = value
             variables[rest] = name
             continue
@@ -354,6 +408,9 @@ def _merge(config: Config, layer: Mapping[str, Any], source: str) -> None:
     if "lease_seconds" in layer:
         config.lease_seconds = _positive_seconds(layer["lease_seconds"], f"{source}: lease_seconds")
         config.sources["lease_seconds"] = source
+    if "event_loop" in layer:
+        config.event_loop = check_event_loop(layer["event_loop"], f"{source}: event_loop")
+        config.sources["event_loop"] = source
     for kind, name in (layer.get("components") or {}).items():
         config.components[kind] = name
         config.sources[f"components.{kind}"] = source
