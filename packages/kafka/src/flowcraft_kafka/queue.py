@@ -22,6 +22,12 @@ How at-least-once delivery works without per-message visibility (README "Deliver
   produces them to the jobs topic and only then commits them.
 * ``dead_letter`` produces the record to the dead-letter topic with the reason in header
   ``flowcraft-reason``; a record that is not a job goes there too, and its partition moves on.
+* Successors without waiting: in a task that committed a transition of a job this consumer holds
+  (``finishing``, called by the preset's ``KafkaCoordinationStore.commit``), ``enqueue`` hands the records to
+  the producer and returns; the job's ``ack`` then returns at once and its record is finished only when every
+  one of them is confirmed (acks=all), or handed out again if one is refused. Anywhere else ``enqueue`` waits.
+* ``receive`` (with ``prefetch_with``, as the preset wires it) reads the run records of a batch in one Redis
+  pipeline while the leases are taken (``prefetches_status``).
 """
 
 from __future__ import annotations
@@ -35,11 +41,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 from flowcraft.errors import FlowcraftError, ServerUnreachableError, StoreLimitError
-from flowcraft.spi import DeadLetter, Delivery, Job, Queue, parse_options
+from flowcraft.spi import Begin, CoordinationStore, DeadLetter, Delivery, Job, Queue, RunRecord, parse_options
 from flowcraft_kafka.options import KafkaOptions
 
 log = logging.getLogger("flowcraft.kafka")
@@ -92,6 +99,58 @@ class _Record:
     deliveries: int
     deadline: float = 0.0
     token: int = 0
+
+
+@dataclass(slots=True)
+class _Successors:
+    """What a task handling job ``(run_id, job_key)`` produced without waiting: ``unconfirmed`` records not yet
+    confirmed by the brokers, whether one was refused, and the job's own record once acked (finished when
+    nothing is unconfirmed)."""
+
+    run_id: str
+    job_key: str
+    unconfirmed: int = 0
+    refused: bool = False
+    record: _Record | None = None
+
+
+#: the task that committed transitions (``finishing``) and those jobs, the latest last; see the module docstring
+_FINISHING: ContextVar[tuple[object, dict[tuple[str, str], _Successors]] | None] = ContextVar(
+    "flowcraft_kafka_finishing", default=None)
+
+
+def _finishing_jobs(create: bool = False) -> dict[tuple[str, str], _Successors] | None:
+    """The current task's jobs (tasks it creates see their creator's context: theirs are their own)."""
+    task = asyncio.current_task()
+    held = _FINISHING.get()
+    if held is not None and held[0] is task:
+        return held[1]
+    if not create:
+        return None
+    jobs: dict[tuple[str, str], _Successors] = {}
+    _FINISHING.set((task, jobs))
+    return jobs
+
+
+def finishing(run_id: str, job_key: str) -> None:
+    """Say that the current task committed a transition of job ``(run_id, job_key)``: the successors it
+    enqueues next are produced without waiting, and the job's record is finished once they are confirmed."""
+    jobs = _finishing_jobs(create=True)
+    assert jobs is not None
+    key = (run_id, job_key)
+    jobs[key] = jobs.pop(key) if key in jobs else _Successors(run_id, job_key)
+
+
+def _finishing_now() -> _Successors | None:
+    """The job whose transition the current task committed last, if any."""
+    jobs = _finishing_jobs()
+    return next(reversed(jobs.values())) if jobs else None
+
+
+class _RecordReader(Protocol):
+    """What the prefetch needs of the status store (``CassandraStatusStore.get_many``)."""
+
+    async def get_many(self, run_ids: Sequence[str]) -> Mapping[str, RunRecord]: ...
 
 
 def _headers(msg: Any) -> dict[str, str]:
@@ -186,6 +245,7 @@ class KafkaQueue(Queue):
         self._seq = itertools.count()
         self._delay_paused = False
         self._error: BaseException | None = None
+        self._prefetch: tuple[_RecordReader, CoordinationStore] | None = None
 
     def __repr__(self) -> str:
         return f"KafkaQueue(bootstrap_servers={self.options.bootstrap_servers!r}, topic={self.topic!r})"
@@ -312,7 +372,55 @@ class KafkaQueue(Queue):
         # no key: the partitioner spreads the jobs, so a copy the reconciler re-enqueues never depends on the
         # partition its first copy went to (nothing here needs a run's jobs in order)
         items = [self._routed(self._record(job), None, delay, {}) for job in jobs]
+        successors = _finishing_now()
+        if successors is not None and items and self._producer is not None and self._holds(successors):
+            with self._lock:
+                successors.unconfirmed += len(items)
+            for topic, value, key, headers in items:
+                try:
+                    self._send(topic, value, key, headers, self._confirmer(successors))
+                except BaseException:
+                    with self._lock:
+                        successors.unconfirmed -= 1
+                        successors.refused = True
+                    raise
+            return
         await self._produce(items)
+
+    def _holds(self, successors: _Successors) -> bool:
+        """Whether a record of job ``(run_id, job_key)`` is in a worker's hands here (its ack will follow)."""
+        with self._lock:
+            return any(r.job.run_id == successors.run_id and r.job.key == successors.job_key
+                       for r in self._inflight.values())
+
+    def _confirmer(self, successors: _Successors) -> Any:
+        """The delivery report of a successor produced without waiting: the last one finishes the acked job's
+        record, or hands it out again when one was refused."""
+        def done(err: Any, _: Any) -> None:
+            if err is not None:
+                log.warning("Kafka refused a record (%s); the job that produced it is delivered again", err)
+            with self._lock:
+                successors.unconfirmed -= 1
+                successors.refused = successors.refused or err is not None
+                if successors.unconfirmed > 0 or successors.record is None:
+                    return
+                record, successors.record = successors.record, None
+                again = self._settle(record, successors.refused)
+            if again:
+                self._notify()
+        return done
+
+    def _settle(self, record: _Record, refused: bool) -> bool:
+        """Finish an acked record whose successors are all confirmed, or (one was refused) put it back to be
+        handed out again; True when it was put back. Under ``_lock``."""
+        if not refused:
+            self._main.finish(record.tp, record.offset, record.epoch)
+            return False
+        if not self._main.live(record.tp, record.epoch):
+            return False
+        record.deliveries += 1
+        self._ready.appendleft(record)
+        return True
 
     async def dequeue(self, max_jobs: int, wait: float) -> list[Delivery]:
         if max_jobs <= 0:
@@ -335,6 +443,53 @@ class KafkaQueue(Queue):
                 await asyncio.wait_for(self._wake.wait(), min(remaining, 0.25))
             except TimeoutError:
                 pass
+
+    def prefetch_with(self, status: _RecordReader, coordination: CoordinationStore) -> None:
+        """Make ``receive`` read the run records of each batch (one Redis pipeline) while it takes the jobs'
+        leases (``prefetches_status``). The preset's factory wires it when the backend is built; never changed
+        afterwards."""
+        self._prefetch = (status, coordination)
+
+    @property
+    def prefetches_status(self) -> bool:
+        return self._prefetch is not None
+
+    async def receive(self, max_jobs: int, wait: float, owner: str, lease_seconds: float) -> list[Delivery]:
+        """``dequeue``; when prefetching, the batch's run records are read (one pipeline) while the leases are
+        taken (the coordination store pipelines concurrent calls), so a job starts without those two round trips.
+        A delivery whose record or lease could not be read is returned without them (the engine reads both)."""
+        deliveries = await self.dequeue(max_jobs, wait)
+        if self._prefetch is None or not deliveries:
+            return deliveries
+        status, coordination = self._prefetch
+
+        async def take(job: Job) -> Begin | None:
+            try:
+                return await coordination.begin(job, owner, lease_seconds)
+            except Exception as exc:  # the engine takes the lease itself
+                log.debug("prefetching a lease failed: %s", exc)
+                return None
+
+        reading = asyncio.ensure_future(status.get_many([d.job.run_id for d in deliveries]))
+        begins = await asyncio.gather(*(take(d.job) for d in deliveries))
+        try:
+            records: Mapping[str, RunRecord] = await reading
+        except Exception as exc:  # the engine reads each record itself (and reports what is wrong)
+            log.debug("prefetching run records failed: %s", exc)
+            records = {}
+        out: list[Delivery] = []
+        for delivery, begin in zip(deliveries, begins, strict=True):
+            record = records.get(delivery.job.run_id)
+            if begin is not None and record is not None:
+                delivery = Delivery(delivery.job, delivery.receipt, deliveries=delivery.deliveries, record=record,
+                                    begin=begin)
+            elif begin is not None and begin.lease:
+                try:  # no record to go with it: the engine reads both itself, so hand the lease back
+                    await coordination.release(delivery.job.run_id, delivery.job.key, owner)
+                except Exception as exc:  # it expires by itself; the engine's own begin takes it again
+                    log.debug("releasing a prefetched lease failed: %s", exc)
+            out.append(delivery)
+        return out
 
     async def ready(self, timeout: float = 30.0) -> bool:
         """Start consuming and wait until this consumer has joined its group and holds partitions (a join
@@ -385,7 +540,22 @@ class KafkaQueue(Queue):
             return _receipt(delivery).token in self._inflight
 
     async def ack(self, delivery: Delivery) -> None:
-        self._finish(delivery)
+        jobs = _finishing_jobs()
+        successors = jobs.pop((delivery.job.run_id, delivery.job.key), None) if jobs else None
+        if successors is None:
+            self._finish(delivery)
+            return
+        receipt = _receipt(delivery)
+        with self._lock:
+            record = self._inflight.pop(receipt.token, None)
+            if record is None:
+                return
+            if successors.unconfirmed > 0:  # finished by the last successor's delivery report
+                successors.record = record
+                return
+            again = self._settle(record, successors.refused)
+        if again:
+            self._notify()
 
     async def release(self, delivery: Delivery, delay: float = 0.0) -> None:
         if not self._current(delivery):
@@ -570,13 +740,16 @@ class KafkaQueue(Queue):
                 raise FlowcraftError(f"cannot create Kafka topic {name!r}: {exc}") from None
 
     async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._producer is not None:  # first: acked jobs whose successors are confirmed now are committed below
+            await loop.run_in_executor(None, self._producer.flush, 10)
         thread, self._thread = self._thread, None
         if thread is not None:
             self._stop.set()
-            await asyncio.get_running_loop().run_in_executor(None, thread.join, 30)
+            await loop.run_in_executor(None, thread.join, 30)
         if self._producer is not None:
             producer, self._producer = self._producer, None  # its thread stops within 0.1 s
-            await asyncio.get_running_loop().run_in_executor(None, producer.flush, 10)
+            await loop.run_in_executor(None, producer.flush, 10)
 
     # ------------------------------------------------------------------------------------------ the threads
     def _serve_producer(self, producer: Any) -> None:

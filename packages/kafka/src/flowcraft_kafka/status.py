@@ -220,6 +220,12 @@ class CassandraStatusStore(StatusStore):
             return RunRecord.from_dict(json.loads(raw))
         return await self._durable(run_id)
 
+    async def get_many(self, run_ids: Sequence[str]) -> dict[str, RunRecord]:
+        """The records of ``run_ids`` that exist (one Redis pipeline; Cassandra for those expired there)."""
+        unique = list(dict.fromkeys(run_ids))
+        return {run_id: record for run_id, record in zip(unique, await self._records(unique), strict=True)
+                if record is not None}
+
     async def delete(self, run_id: str) -> bool:
         """The Cassandra rows (record, lookup row of an active run, ``_by_created`` row), then the Redis hash."""
         current = await self._current(run_id)
