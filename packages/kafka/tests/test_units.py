@@ -1,16 +1,19 @@
-"""Unit tests of flowcraft-kafka that need no server: options, offset tracking, identifiers, encoding,
-registration."""
+"""Unit tests of flowcraft-kafka that need no server: options, offset tracking, successors produced without
+waiting, identifiers, encoding, registration."""
 
 from __future__ import annotations
+
+import asyncio
+from typing import Any
 
 import pytest
 
 from flowcraft.errors import ConfigError, StoreLimitError
-from flowcraft.spi import Job, parse_options
+from flowcraft.spi import Delivery, Job, parse_options
 from flowcraft_kafka._cassandra import hosts_of, ident
 from flowcraft_kafka.context import encode
 from flowcraft_kafka.options import CassandraOptions, KafkaOptions, StatusOptions
-from flowcraft_kafka.queue import KafkaQueue, MessageTooLargeError, _Tracker
+from flowcraft_kafka.queue import TP, KafkaQueue, MessageTooLargeError, _Record, _Tracker, finishing
 
 
 def test_tracker_commits_only_below_the_lowest_unfinished_record() -> None:
@@ -91,3 +94,68 @@ def test_plugin_registers_the_preset_lazily() -> None:
     preset = reg.preset("kafka")
     assert preset.components() == {"queue": "kafka", "context": "cassandra", "status": "cassandra",
                                    "coordination": "redis"}
+
+
+class _Producer:
+    """Stands in for confluent_kafka.Producer: keeps each record's delivery callback for the test to call."""
+
+    def __init__(self) -> None:
+        self.reports: list[Any] = []
+
+    def produce(self, topic: str, *, value: bytes, key: bytes | None, headers: Any, on_delivery: Any) -> None:
+        self.reports.append(on_delivery)
+
+
+def _holding(job: Job) -> tuple[KafkaQueue, _Producer, Delivery, TP]:
+    """A queue whose consumer holds one record of ``job`` (offset 0 of partition 0), handed out."""
+    queue = KafkaQueue(parse_options(KafkaOptions, {}))
+    producer = _Producer()
+    queue._producer = producer
+    queue._reached = True  # no broker to reach
+    tp = ("flowcraft-jobs", 0)
+    queue._main.assign([tp])
+    epoch = queue._main.seen(tp, 0)
+    assert epoch is not None
+    queue._ready.append(_Record(tp, 0, epoch, job, b"{}", 1))
+    [delivery] = queue._take(1)
+    return queue, producer, delivery, tp
+
+
+async def test_an_acked_job_is_committed_only_once_its_successors_are_confirmed() -> None:
+    job = Job("r1", "flow", "a")
+    queue, producer, delivery, tp = _holding(job)
+    finishing(job.run_id, job.key)  # what KafkaCoordinationStore.commit does
+    await queue.enqueue([Job("r1", "flow", "b"), Job("r1", "flow", "c")])  # returns before any confirmation
+    await queue.ack(delivery)
+    assert len(producer.reports) == 2
+    assert queue._main.commits() == [(tp, 0)]  # the acked record is still unfinished
+    producer.reports[0](None, None)
+    assert queue._main.commits() == [(tp, 0)]
+    producer.reports[1](None, None)
+    assert queue._main.commits() == [(tp, 1)]
+
+
+async def test_an_acked_job_whose_successor_is_refused_is_handed_out_again() -> None:
+    job = Job("r1", "flow", "a")
+    queue, producer, delivery, tp = _holding(job)
+    finishing(job.run_id, job.key)
+    await queue.enqueue([Job("r1", "flow", "b")])
+    producer.reports[0]("broker down", None)  # refused before the ack
+    await queue.ack(delivery)
+    assert queue._main.commits() == [(tp, 0)]
+    [again] = queue._take(1)
+    assert again.job == job and again.deliveries == 2
+
+
+async def test_enqueue_waits_outside_a_finishing_task() -> None:
+    """A task that committed nothing (a client), or a job this consumer does not hold, gets no early return."""
+    job = Job("r1", "flow", "a")
+    queue, producer, delivery, tp = _holding(job)
+    finishing("another-run", job.key)
+    enqueued = asyncio.ensure_future(queue.enqueue([Job("r1", "flow", "b")]))
+    await asyncio.sleep(0.01)
+    assert not enqueued.done()
+    producer.reports[0](None, None)  # the delivery report settles the wait
+    await asyncio.wait_for(enqueued, 5)
+    await queue.ack(delivery)
+    assert queue._main.commits() == [(tp, 1)]
