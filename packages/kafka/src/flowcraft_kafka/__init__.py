@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from flowcraft_kafka._cassandra import CassandraClient
     from flowcraft_kafka.adapter import KafkaAdapter, KafkaReconciler, KafkaReconcileStats, create_kafka_reconciler
     from flowcraft_kafka.context import CassandraContext, ValueTooLargeError
+    from flowcraft_kafka.coordination import KafkaCoordinationStore
     from flowcraft_kafka.options import CassandraOptions, KafkaOptions, StatusOptions
     from flowcraft_kafka.queue import KafkaQueue, MessageTooLargeError
     from flowcraft_kafka.status import CassandraStatusStore
@@ -28,12 +29,13 @@ _EXPORTS = {
     "MessageTooLargeError": "flowcraft_kafka.queue", "CassandraClient": "flowcraft_kafka._cassandra",
     "KafkaOptions": "flowcraft_kafka.options", "CassandraOptions": "flowcraft_kafka.options",
     "StatusOptions": "flowcraft_kafka.options", "RedisCoordinationStore": "flowcraft_redis",
+    "KafkaCoordinationStore": "flowcraft_kafka.coordination",
 }
 
 __all__ = [
-    "CassandraClient", "CassandraContext", "CassandraOptions", "CassandraStatusStore", "KafkaAdapter", "KafkaOptions",
-    "KafkaQueue", "KafkaReconcileStats", "KafkaReconciler", "MessageTooLargeError", "RedisCoordinationStore",
-    "StatusOptions", "ValueTooLargeError", "create_kafka_reconciler",
+    "CassandraClient", "CassandraContext", "CassandraOptions", "CassandraStatusStore", "KafkaAdapter",
+    "KafkaCoordinationStore", "KafkaOptions", "KafkaQueue", "KafkaReconcileStats", "KafkaReconciler",
+    "MessageTooLargeError", "RedisCoordinationStore", "StatusOptions", "ValueTooLargeError", "create_kafka_reconciler",
 ]
 
 
