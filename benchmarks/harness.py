@@ -50,6 +50,7 @@ from urllib.parse import urlsplit, urlunsplit
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.backend_servers import REQUEST_PREFIX, BackendServers, WorkerCounters, registered
 from benchmarks.workloads import WORKLOADS, Workload, expected_output
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +69,8 @@ console = Console(width=None if sys.stdout.isatty() else 240)
 
 METRICS = ("runs_per_s", "nodes_per_s", "p50_ms", "p95_ms", "cpu_us_per_node", "client_cpu_us_per_node",
            "server_cpu_us_per_node", "redis_cpu_us_per_node",
-           "round_trips_per_node", "sequential_round_trips_per_node", "commands_per_node")
+           "round_trips_per_node", "sequential_round_trips_per_node", "commands_per_node",
+           "worker_requests_per_node", "floor_msgs_per_s", "floor_fraction")
 
 
 class BenchmarkError(RuntimeError):
@@ -248,8 +250,13 @@ class Trial:
     # Redis's own account of its CPU (INFO cpu: used_cpu_user + used_cpu_sys), also for a Redis the harness
     # did not start; Redis runs commands on one thread, so 1e6 / this is the node rate that saturates it
     redis_cpu_us_per_node: float | None = None
-    # rabbitmq: the raw broker floor measured right after the trial (benchmarks/rabbitmq_servers.py)
+    # rabbitmq, azure, kafka (benchmarks/backend_servers.py): the requests the worker processes sent during
+    # the throughput phase per node, by service and operation (their own count, SIGUSR1 before and after),
+    # and the raw queue floor measured right after the trial on the same servers (nodes/s over it)
+    worker_requests: dict[str, float] = field(default_factory=dict)
+    worker_requests_per_node: float | None = None
     floor_msgs_per_s: float | None = None
+    floor_fraction: float | None = None
 
 
 @dataclass(slots=True)
@@ -310,6 +317,11 @@ def make_trial(runs: int, nodes: int, submitted: float, completed: float, observ
     )
     if commands is not None:
         commands = dict(commands)
+        requests = {k.removeprefix(REQUEST_PREFIX): commands.pop(k) for k in list(commands)
+                    if k.startswith(REQUEST_PREFIX)}
+        if requests:
+            trial.worker_requests = {k: n / (runs * nodes) for k, n in sorted(requests.items())}
+            trial.worker_requests_per_node = sum(requests.values()) / (runs * nodes)
         reads = commands.pop(READS, 0)
         trial.round_trips = reads
         trial.round_trips_per_node = reads / (runs * nodes)
@@ -411,6 +423,22 @@ class MotoRequestCounter:
     @staticmethod
     def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
         return {READS: after.get(READS, 0) - before.get(READS, 0)}
+
+
+class CombinedCounter:
+    """A Redis server's counts and the worker processes' own (:class:`benchmarks.backend_servers.WorkerCounters`)
+    in one snapshot."""
+
+    def __init__(self, redis: RedisCommandCounter, workers: WorkerCounters) -> None:
+        self.redis = redis
+        self.workers = workers
+
+    def snapshot(self) -> dict[str, int]:
+        return {**self.redis.snapshot(), **self.workers.snapshot()}
+
+    @staticmethod
+    def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+        return RedisCommandCounter.delta(before, after)
 
 
 class Counter(Protocol):
@@ -630,7 +658,9 @@ class Infrastructure:
         self.celery_used = False
         self._ts_flowcraft: Path | None = None
         self.server_pids: list[int] = []  # servers this harness started (their CPU is reported apart)
-        self.rabbitmq: Any = None  # benchmarks.rabbitmq_servers.RabbitMqServers for --backend rabbitmq
+        # --backend rabbitmq, azure, kafka: their servers and the server-side counter of their Redis
+        self.servers: BackendServers | None = None
+        self.servers_redis: RedisCommandCounter | None = None
 
     def __enter__(self) -> Infrastructure:
         config = self.config
@@ -645,12 +675,12 @@ class Infrastructure:
                 console.print(f"[dim]started redis-server pid {server.pid} on {server.url}[/dim]")
             self.counter = RedisCommandCounter(self.redis_url)
             self.stack.callback(self.counter.close)
-        if config.backend == "rabbitmq":
-            from benchmarks.rabbitmq_servers import RabbitMqServers
-
-            self.rabbitmq = RabbitMqServers.start(config.backend_options, self.stack, self.server_pids,
-                                                  _server_class, _start_server,
-                                                  lambda text: console.print(f"[dim]{text}[/dim]"))
+        servers = registered(config.backend)
+        if servers is not None:
+            self.servers = servers.start(config.backend_options, self.stack, self.server_pids, _server_class,
+                                         _start_server, lambda text: console.print(f"[dim]{text}[/dim]"))
+            self.servers_redis = RedisCommandCounter(self.servers.redis_url)
+            self.stack.callback(self.servers_redis.close)
         if config.backend == "sqs":
             for key, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
                                ("AWS_DEFAULT_REGION", AWS_REGION)):
@@ -689,14 +719,16 @@ class Infrastructure:
                 self.moto.reset()
             options.update(endpoint_url=self.aws_endpoint, region=AWS_REGION, queue_name=f"fcbench-{tag}",
                            table_prefix=f"fcbench-{tag}-")
-        elif backend == "rabbitmq":
-            options.update(self.rabbitmq.fresh_options(tag))
+        elif self.servers is not None:
+            options.update(self.servers.fresh_options(tag))
         for key, value in self.config.backend_options.items():
             options[key] = value.replace("{trial}", tag) if isinstance(value, str) else value
         return options
 
-    def flowcraft_counter(self) -> Counter | None:
+    def flowcraft_counter(self, workers: ProcessGroup) -> Counter | None:
         """Round trips (and commands) of the flowcraft backend, where the harness can see them."""
+        if self.servers_redis is not None:
+            return CombinedCounter(self.servers_redis, WorkerCounters(workers.processes))
         if self.config.backend in REDIS_BACKENDS:
             return self.counter
         if self.config.backend == "sqs" and self.moto is not None:
@@ -811,6 +843,7 @@ async def measure_flowcraft(config: Config, target: Target, workload: Workload,
         delta = counter.delta(before, counter.snapshot())
         reads = delta.pop(READS, 0) - polls[0]
         delta.pop(REDIS_CPU, None)
+        delta = {k: n for k, n in delta.items() if not k.startswith(REQUEST_PREFIX)}
         set_sequential(trial, reads, time.monotonic() - began, idle_rate, config.latency_runs * workload.nodes)
         trial.sequential_top_commands = dict(sorted(delta.items(), key=lambda kv: -kv[1])[:12])
     return trial
@@ -841,15 +874,17 @@ async def distributed_trial(config: Config, infra: Infrastructure, workload: Wor
         await backend.setup()
         command = [sys.executable, "-m", "benchmarks.worker", "--backend", config.backend,
                    "--options", json.dumps(options), "--concurrency", str(config.worker_concurrency)]
+        if infra.servers is not None:
+            command += ["--hook", infra.servers.hook]
         workers = ProcessGroup(f"flowcraft-{config.backend}", [command] * processes, child_env(),
                                infra.tmp / "logs", READY_MARKER)
         await asyncio.to_thread(workers.start)
         try:
-            counter = infra.flowcraft_counter()
+            counter = infra.flowcraft_counter(workers)
             trial = await measure_flowcraft(config, client, workload, counter, None, workers.pids, infra.server_pids)
-            if infra.rabbitmq is not None:
-                trial.floor_msgs_per_s = await infra.rabbitmq.floor(config.runs_for(workload),
-                                                                    config.worker_concurrency * processes)
+            if infra.servers is not None:
+                floor = await infra.servers.floor(config.runs_for(workload), config.worker_concurrency * processes)
+                trial.floor_msgs_per_s, trial.floor_fraction = floor, trial.nodes_per_s / floor
             return trial
         except BenchmarkError as exc:
             raise BenchmarkError(f"{exc} (worker logs: {workers.keep_logs(config, tag)})") from None
@@ -1184,9 +1219,11 @@ def _print_trial(cell: Cell, trial: Trial) -> None:
         parts.append(f"idle {trial.idle_round_trips_per_s:.0f}/s")
     if trial.commands_per_node is not None:
         parts.append(f"{trial.commands_per_node:.1f} redis cmds/node")
-    if trial.floor_msgs_per_s:
-        parts.append(f"raw broker floor {trial.floor_msgs_per_s:.0f} msgs/s "
-                     f"({trial.nodes_per_s / trial.floor_msgs_per_s:.0%})")
+    if trial.worker_requests_per_node is not None:
+        detail = ", ".join(f"{name} {n:.2f}" for name, n in trial.worker_requests.items())
+        parts.append(f"worker requests/node {trial.worker_requests_per_node:.2f} ({detail})")
+    if trial.floor_msgs_per_s and trial.floor_fraction is not None:
+        parts.append(f"raw queue floor {trial.floor_msgs_per_s:.0f} msgs/s ({trial.floor_fraction:.0%})")
     console.print(f"[dim]{cell.system:12} {cell.backend:14} {cell.workload:10} {cell.processes}w {trial.runs:5} runs: "
                   f"{', '.join(parts)}[/dim]")
 
@@ -1237,6 +1274,9 @@ COLUMNS = (
     ("round trips/node", "round_trips_per_node", 2, False),
     ("seq. round trips/node", "sequential_round_trips_per_node", 2, False),
     ("redis cmds/node", "commands_per_node", 1, False),
+    ("worker requests/node", "worker_requests_per_node", 2, False),
+    ("raw floor msgs/s", "floor_msgs_per_s", 0, True),
+    ("of floor", "floor_fraction", 2, False),
 )
 
 
@@ -1248,6 +1288,8 @@ COST_COLUMNS = (
     ("Redis CPU us/node", "redis_cpu_us_per_node", 0),
     ("Redis-bound nodes/s", None, 0),
     ("round trips/node", "round_trips_per_node", 2),
+    ("worker requests/node", "worker_requests_per_node", 2),
+    ("nodes/s / raw floor", "floor_fraction", 2),
 )
 
 

@@ -13,54 +13,67 @@ The raw floor is what the broker alone does for the same shape of work: no-op JS
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
-URL_OPTIONS = ("amqp_url", "postgres_dsn", "redis_url")
+from benchmarks.backend_servers import COUNTS, BackendServers, ServerSpec, counted, report_on_signal, safe_name
 
 
-class RabbitMqServers:
-    """The servers of one harness run and the per-trial options."""
+class RabbitMqServers(BackendServers):
+    """RabbitMQ + PostgreSQL + Redis; the floor is :func:`raw_floor` with prefetch = the workers' window."""
 
-    def __init__(self, urls: dict[str, str]) -> None:
-        self.urls = urls
-
-    @classmethod
-    def start(cls, given: dict[str, Any], stack: contextlib.ExitStack, server_pids: list[int],
-              server_class: Callable[[str, str], Any], start: Callable[[Any], Any],
-              say: Callable[[str], None]) -> RabbitMqServers:
-        """Start the servers whose URL is not in ``given`` (the user's ``--backend-options``)."""
-        urls = {name: str(given[name]) for name in URL_OPTIONS if given.get(name)}
-        wanted = (("amqp_url", "rabbitmq", "RabbitMqServer"), ("postgres_dsn", "postgres", "PostgresServer"),
-                  ("redis_url", "redis", "RedisServer"))
-        for option, module, name in wanted:
-            if option in urls:
-                continue
-            server = start(server_class(module, name)())
-            stack.callback(server.close)
-            urls[option] = server.url
-            server_pids.append(server.pid)
-            say(f"started {server.name} pid {server.pid} on {server.url}")
-        return cls(urls)
+    backend = "rabbitmq"
+    specs = (ServerSpec("rabbitmq", "RabbitMqServer", ("amqp_url",), lambda s: {"amqp_url": s.url}),
+             ServerSpec("postgres", "PostgresServer", ("postgres_dsn",), lambda s: {"postgres_dsn": s.url}),
+             ServerSpec("redis", "RedisServer", ("redis_url",), lambda s: {"redis_url": s.url}))
+    hook = "benchmarks.rabbitmq_servers:count_requests"
 
     def fresh_options(self, tag: str) -> dict[str, Any]:
-        safe = "".join(c if c.isalnum() else "_" for c in tag).lower()
+        safe = safe_name(tag)
         return {**self.urls, "queue_name": f"fcbench-{tag}", "context_table": f"fcbench_{safe}_contexts"[:63],
                 "status_table": f"fcbench_{safe}_statuses"[:63], "key_prefix": f"fcbench:{tag}:"}
 
-    async def floor(self, chains: int, prefetch: int, hops: int = 10) -> float:
-        """Messages per second of the raw chain workload (see the module docstring)."""
-        return await raw_floor(self.urls["amqp_url"], chains, prefetch, hops)
+    async def floor(self, chains: int, in_flight: int, hops: int = 10) -> float:
+        return await raw_floor(self.urls["amqp_url"], chains, in_flight, hops)
+
+
+_patched = False
+
+
+def count_requests(backend: Any) -> None:
+    """``benchmarks.worker --hook``: count the process's PostgreSQL statements (psycopg cursor executes; the
+    stores' connections are in autocommit mode, so each one outside a ``transaction()`` block is a transaction
+    and one round trip) and ``transaction()`` blocks, and the queue's AMQP publishes and acks/nacks."""
+    global _patched
+    if not _patched:
+        import psycopg
+
+        execute = psycopg.AsyncCursor.execute
+        transaction = psycopg.AsyncConnection.transaction
+
+        async def counted_execute(self: Any, *args: Any, **kwargs: Any) -> Any:
+            COUNTS["postgres statements"] += 1
+            return await execute(self, *args, **kwargs)
+
+        def counted_transaction(self: Any, *args: Any, **kwargs: Any) -> Any:
+            COUNTS["postgres transaction blocks"] += 1
+            return transaction(self, *args, **kwargs)
+
+        psycopg.AsyncCursor.execute = counted_execute  # type: ignore[method-assign]
+        psycopg.AsyncConnection.transaction = counted_transaction  # type: ignore[method-assign]
+        _patched = True
+    queue: Any = backend.queue
+    queue.link.publish = counted("amqp publish", queue.link.publish)
+    queue._settle = counted("amqp ack/nack", queue._settle)
+    report_on_signal()
 
 
 async def raw_floor(amqp_url: str, chains: int, prefetch: int, hops: int = 10) -> float:
-    """What RabbitMQ alone does for a chain workload: ``chains`` messages in flight on a quorum queue, each
-    handled message publishes its successor (publisher confirms, persistent) until ``hops``, then is acked.
-    Messages/s."""
+    """What RabbitMQ alone does for a chain workload: ``chains`` messages on a quorum queue, at most ``prefetch``
+    delivered and not yet acked, each handled message publishes its successor (publisher confirms, persistent)
+    until ``hops``, then is acked. Messages/s."""
     import aio_pika
 
     from flowcraft.spi import Job

@@ -9,9 +9,11 @@ The servers are started on free loopback ports with the project's test servers (
 
 Prints, per workload: nodes/s, the backend's nodes/s as a fraction of the raw queue floor, the HTTP requests
 the worker process sent per node (Azure bills Storage Queue and Cosmos DB per operation) by service and
-method, the Redis coordination calls per node, and the worker's CPU seconds per node. The raw floor is
-no-op messages through Azurite with the SDK alone: receive up to 32, then for each message send its successor
-and delete it (Azure queues have no batch send or delete). Figures only; nothing is asserted.
+method, the Redis coordination calls per node, and the worker's CPU seconds per node. The raw floor
+(``benchmarks.azure_servers.raw_floor``, also measured by ``python -m benchmarks --backend azure``) is no-op
+messages through Azurite with the SDK alone, at most ``--concurrency`` received and not yet deleted: for each
+message send its successor and delete it (Azure queues have no batch send or delete). Figures only; nothing is
+asserted.
 """
 
 from __future__ import annotations
@@ -24,18 +26,18 @@ import statistics
 import sys
 import time
 import uuid
-from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 # the repository root on the path: the benchmarks package the per-package scripts share
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+from benchmarks.azure_servers import count_requests, raw_floor
+from benchmarks.backend_servers import COUNTS
 from benchmarks.package_bench import NODES, app, start_worker_process, stop_worker_process
 from flowcraft import Engine, Worker
 from flowcraft.client import Client
 from flowcraft.plugins import registry
-from flowcraft.spi import Job
 
 SCRIPT = str(Path(__file__).resolve())
 SERVERS = Path(__file__).resolve().parents[3] / "tests-integration"
@@ -43,63 +45,13 @@ SERVERS = Path(__file__).resolve().parents[3] / "tests-integration"
 
 
 
-# ---------------------------------------------------------------------------------------------- raw floor
-async def raw_floor(connection_string: str, window: int, hops: int = 10) -> float:
-    """Azure Storage Queue alone for a chain workload: ``window`` messages in flight, each handled message
-    sends its successor until ``hops``; receive 32 at a time, then send + delete per message. Messages/s."""
-    from azure.storage.queue.aio import QueueClient
-
-    queue = QueueClient.from_connection_string(connection_string, f"bench-raw-{uuid.uuid4().hex[:8]}")
-    async with queue:
-        await queue.create_queue()
-
-        def body(hop: int) -> str:
-            return json.dumps({**Job("run", "bench", "node").to_dict(), "payload": {"hop": hop}})
-
-        started = time.perf_counter()
-        await asyncio.gather(*(queue.send_message(body(0)) for _ in range(window)))
-        done, total = 0, window * hops
-
-        async def handle(message: Any) -> None:
-            hop = json.loads(message.content)["payload"]["hop"] + 1
-            work = [queue.delete_message(message.id, message.pop_receipt)]
-            if hop < hops:
-                work.append(queue.send_message(body(hop)))
-            await asyncio.gather(*work)
-
-        while done < total:
-            batch = [m async for m in queue.receive_messages(messages_per_page=32, max_messages=32,
-                                                             visibility_timeout=30)]
-            if not batch:
-                await asyncio.sleep(0.01)
-                continue
-            await asyncio.gather(*(handle(m) for m in batch))
-            done += len(batch)
-        elapsed = time.perf_counter() - started
-        await queue.delete_queue()
-    return total / elapsed
-
-
 # ---------------------------------------------------------------------------------------------- the worker process
-def count_requests(requests: Counter[str], ports: dict[int, str]) -> None:
-    """Count every HTTP request this process sends (aiohttp: the transport of both Azure SDKs)."""
-    import aiohttp
-
-    original = aiohttp.ClientSession._request
-
-    async def counted(self: Any, method: str, url: Any, *args: Any, **kwargs: Any) -> Any:
-        port = aiohttp.client.URL(str(url)).port or 0
-        requests[f"{ports.get(port, 'other')} {method}"] += 1
-        return await original(self, method, url, *args, **kwargs)
-
-    aiohttp.ClientSession._request = counted  # type: ignore[method-assign]
-
-
-async def worker_process(options: dict[str, Any], ports: dict[int, str], concurrency: int) -> None:
-    """Runs in the child: one worker; counts its requests and CPU; prints them when stopped."""
-    requests: Counter[str] = Counter()
-    count_requests(requests, ports)
+async def worker_process(options: dict[str, Any], concurrency: int) -> None:
+    """Runs in the child: one worker; counts its requests (HTTP by service and method, as the harness's hook
+    does, and Redis coordination calls) and CPU; prints them when stopped."""
     backend = registry().build("azure", options)
+    count_requests(backend)
+    requests = COUNTS
     coordination = backend.coordination
     for name in ("schedule", "begin", "renew", "release", "commit", "jobs", "activity"):
         method = getattr(coordination, name)
@@ -121,15 +73,13 @@ async def worker_process(options: dict[str, Any], ports: dict[int, str], concurr
           flush=True)
 
 
-async def measure(options: dict[str, Any], ports: dict[int, str], flow: str, runs: int,
-                  concurrency: int) -> dict[str, Any]:
+async def measure(options: dict[str, Any], flow: str, runs: int, concurrency: int) -> dict[str, Any]:
     backend = registry().build("azure", options)
     await backend.setup()
     try:
         client = Client(backend, app)
         ids = [await client.start(flow) for _ in range(runs)]
-        child = await start_worker_process(SCRIPT, json.dumps(options), "--ports", json.dumps(ports),
-                                           "--concurrency", str(concurrency))
+        child = await start_worker_process(SCRIPT, json.dumps(options), "--concurrency", str(concurrency))
         started = time.perf_counter()
         while await completed(backend) < runs:  # noqa: ASYNC110  # another process's progress
             await asyncio.sleep(0.05)
@@ -152,18 +102,18 @@ async def completed(backend: Any) -> int:
     return int(sum([row async for row in rows]))
 
 
-async def main(args: argparse.Namespace, base: dict[str, Any], ports: dict[int, str]) -> None:
+async def main(args: argparse.Namespace, base: dict[str, Any]) -> None:
     """``--trials`` rounds of: raw floor, chain10, diamond8 — side by side, so each ratio compares figures taken
     moments apart on the same servers."""
     rows: dict[str, list[tuple[float, float, float, float]]] = {"chain10": [], "diamond8": []}
     for trial in range(1, args.trials + 1):
-        raw = await raw_floor(base["azure_storage_connection_string"], args.runs)
-        print(f"trial {trial}: raw Azure queue floor ({args.runs} chains in flight; receive 32 + send + delete) "
+        raw = await raw_floor(base["azure_storage_connection_string"], args.runs, args.concurrency)
+        print(f"trial {trial}: raw Azure queue floor ({args.runs} chains, {args.concurrency} in flight; send + delete) "
               f"{raw:.0f} messages/s", flush=True)
         for flow in rows:
             tag = f"b{uuid.uuid4().hex[:10]}"
             figures = await measure({**base, "queue_name": f"{tag}-{flow}", "cosmos_database": tag,
-                                     "key_prefix": f"bench:{tag}:"}, ports, flow, args.runs, args.concurrency)
+                                     "key_prefix": f"bench:{tag}:"}, flow, args.runs, args.concurrency)
             http = sum(n for op, n in figures["requests_per_node"].items() if not op.startswith("redis"))
             rows[flow].append((figures["nodes_per_s"], raw, http, figures["cpu_ms_per_node"]))
             detail = ", ".join(f"{op} {n:.2f}" for op, n in figures["requests_per_node"].items())
@@ -192,8 +142,7 @@ def run_with_servers(args: argparse.Namespace) -> None:
         base = {"azure_storage_connection_string": azurite.connection_string, "cosmos_endpoint": cosmos.endpoint,
                 "cosmos_key": cosmos.key, "cosmos_ca_cert": str(cosmos.ca_cert_path), "redis_url": redis.url,
                 "visibility_timeout": 30}
-        ports = {azurite.port: "queue", cosmos.port: "cosmos"}
-        asyncio.run(main(args, base, ports))
+        asyncio.run(main(args, base))
 
 
 if __name__ == "__main__":
@@ -202,10 +151,8 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--worker", metavar="OPTIONS", help=argparse.SUPPRESS)
-    parser.add_argument("--ports", default="{}", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.worker:
-        port_names = {int(k): v for k, v in json.loads(arguments.ports).items()}
-        asyncio.run(worker_process(json.loads(arguments.worker), port_names, arguments.concurrency))
+        asyncio.run(worker_process(json.loads(arguments.worker), arguments.concurrency))
     else:
         run_with_servers(arguments)

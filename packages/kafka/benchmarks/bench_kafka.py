@@ -11,7 +11,9 @@ through ``tests-integration/servers`` (as the tests do) and stopped by PID at th
 Prints, per workload: nodes/s, the ratio to the raw floor, and the worker process's CPU seconds per node.
 The raw floor is no-op records through Kafka with the same pattern the backend uses (one record per job:
 consume, produce the successor, commit the consumed offset), once with a bare confluent-kafka consumer and
-producer, and once through ``KafkaQueue`` (enqueue / dequeue / ack). Figures only; nothing is asserted.
+producer taking at most ``--concurrency`` records at a time (``benchmarks.kafka_servers.raw_floor``, also
+measured by ``python -m benchmarks --backend kafka``), and once through ``KafkaQueue`` (enqueue / dequeue /
+ack). Figures only; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -31,11 +33,11 @@ from typing import Any
 
 # the repository root on the path: the benchmarks package the per-package scripts share
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+from benchmarks.kafka_servers import raw_floor
 from benchmarks.package_bench import NODES, app, chain_through_queue, start_worker_process, stop_worker_process
 from flowcraft import Engine, Worker
 from flowcraft.client import Client
 from flowcraft.plugins import registry
-from flowcraft.spi import Job
 
 SCRIPT = str(Path(__file__).resolve())
 ROOT = Path(__file__).resolve().parents[3]
@@ -53,58 +55,6 @@ def servers() -> Iterator[tuple[str, str, str]]:
 
 
 # ---------------------------------------------------------------------------------------------- raw floor
-def raw_floor(bootstrap: str, window: int, session_timeout_ms: int, fetch_wait_max_ms: int, hops: int = 10) -> float:
-    """Kafka alone for a chain workload: ``window`` records in flight, each consumed record produces its
-    successor until ``hops``; one consumer (its group joined before the clock starts), commits of the
-    consumed offsets every 100 ms, a producer with acks=all. Records/s."""
-    from confluent_kafka import Consumer, Producer, TopicPartition
-    from confluent_kafka.admin import AdminClient
-    from confluent_kafka.cimpl import NewTopic
-
-    topic = f"bench-raw-{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for future in admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)]).values():
-        future.result(30)
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
-                         "linger.ms": 2})
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": topic, "enable.auto.commit": False,
-                         "auto.offset.reset": "earliest", "session.timeout.ms": session_timeout_ms,
-                         "fetch.wait.max.ms": fetch_wait_max_ms})  # as KafkaQueue (option fetch_wait_max_ms)
-    consumer.subscribe([topic])
-    while not consumer.assignment():
-        consumer.poll(0.1)
-    body = json.dumps(Job("run", "bench", "node").to_dict()).encode()
-    started = time.perf_counter()
-    for _ in range(window):
-        producer.produce(topic, value=body, headers=[("hop", b"0")])
-    producer.flush()
-    done, total = 0, window * hops
-    offsets: dict[tuple[str, int], int] = {}
-    last_commit = time.monotonic()
-    while done < total:
-        msg = consumer.poll(0.5)
-        if msg is None or msg.error() is not None:
-            continue
-        batch = [msg, *consumer.consume(100, 0)]
-        for m in batch:
-            if m.error() is not None:
-                continue
-            hop = int(dict(m.headers() or [])["hop"]) + 1
-            if hop < hops:
-                producer.produce(topic, value=m.value(), headers=[("hop", str(hop).encode())])
-            offsets[(m.topic(), m.partition())] = m.offset() + 1
-            done += 1
-        producer.poll(0)
-        if time.monotonic() - last_commit > 0.1:
-            producer.flush()
-            consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
-            last_commit = time.monotonic()
-    producer.flush()
-    elapsed = time.perf_counter() - started
-    consumer.close()
-    return total / elapsed
-
-
 async def queue_floor(options: dict[str, Any], window: int, concurrency: int, hops: int = 10) -> float:
     """The same chain through KafkaQueue: dequeue up to ``concurrency``, enqueue each successor and ack each
     delivery on its own, as the engine does."""
@@ -173,7 +123,7 @@ async def main(args: argparse.Namespace, bootstrap: str, cassandra: str, redis: 
     rows: dict[str, list[tuple[float, float, float]]] = {"chain10": [], "diamond8": []}
     layers: list[float] = []
     for trial in range(1, args.trials + 1):
-        raw = await asyncio.to_thread(raw_floor, bootstrap, args.runs, args.session_timeout_ms,
+        raw = await asyncio.to_thread(raw_floor, bootstrap, args.runs, args.concurrency, args.session_timeout_ms,
                                       args.fetch_wait_max_ms)
         layer = await queue_floor(options(uuid.uuid4().hex[:8]), args.runs, args.concurrency)
         layers.append(layer / raw)

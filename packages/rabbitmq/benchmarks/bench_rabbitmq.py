@@ -25,15 +25,15 @@ import statistics
 import sys
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 # the repository root on the path: the benchmarks package the per-package scripts share
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+from benchmarks.backend_servers import COUNTS
 from benchmarks.package_bench import NODES, app, chain_through_queue, start_worker_process, stop_worker_process
-from benchmarks.rabbitmq_servers import raw_floor
+from benchmarks.rabbitmq_servers import count_requests, raw_floor
 from flowcraft import Engine, Worker
 from flowcraft.client import Client
 from flowcraft.plugins import registry
@@ -72,24 +72,8 @@ async def worker_process(options: dict[str, Any], concurrency: int) -> None:
     coordination store's batcher may pipeline several into one round trip) and AMQP publishes/acks; prints them
     and its CPU seconds when stopped."""
     backend = registry().build("rabbitmq", options)
-    counts: Counter[str] = Counter()
-    queue: Any = backend.queue
-    pg: Any = backend.status.client  # type: ignore[attr-defined]  # the PgClient both stores share
-    run, publish, settle = pg.run, queue.link.publish, queue._settle
-
-    async def counted_run(fn: Any) -> Any:
-        counts["postgres"] += 1
-        return await run(fn)
-
-    async def counted_publish(*args: Any) -> Any:
-        counts["amqp publish"] += 1
-        return await publish(*args)
-
-    async def counted_settle(*args: Any, **kwargs: Any) -> Any:
-        counts["amqp ack/nack"] += 1
-        return await settle(*args, **kwargs)
-
-    pg.run, queue.link.publish, queue._settle = counted_run, counted_publish, counted_settle
+    count_requests(backend)  # the harness's hook: PostgreSQL statements, AMQP publishes and acks/nacks
+    counts = COUNTS
     batcher: Any = backend.coordination.batcher  # type: ignore[attr-defined]  # flowcraft_redis's Batcher
     # the batcher counts itself: pipelines sent (round trips) and the commands and scripts in them
     redis_trips, redis_commands = batcher.round_trips, batcher.commands
