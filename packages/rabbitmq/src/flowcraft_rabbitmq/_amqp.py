@@ -86,7 +86,7 @@ class AmqpLink:
         self._conn: AbstractConnection | None = connection
         self._publisher: AbstractChannel | None = None
         #: the publisher channel's aiormq channel, published on directly (see ``publish``)
-        self._raw: aiormq.abc.AbstractChannel | None = None
+        self._raw: aiormq.Channel | None = None
         self.connect_timeout = connect_timeout
         self.reconnect_seconds = reconnect_seconds
         self.generation = 0
@@ -180,12 +180,14 @@ class AmqpLink:
         conn = await self.connection()
         return await conn.channel(publisher_confirms=confirms, on_return_raises=confirms)
 
-    async def _raw_publisher(self) -> aiormq.abc.AbstractChannel:
+    async def _raw_publisher(self) -> aiormq.Channel:
         channel = self._publisher
         raw = self._raw
         if channel is None or channel.is_closed or raw is None:
             channel = self._publisher = await self.channel(confirms=True)
-            raw = self._raw = await channel.get_underlay_channel()
+            underlay = await channel.get_underlay_channel()
+            assert isinstance(underlay, aiormq.Channel)  # what aio-pika runs on (publish's wait=False is its own)
+            raw = self._raw = underlay
         return raw
 
     async def publish(self, exchange: str, routing_key: str, body: bytes,
@@ -202,8 +204,10 @@ class AmqpLink:
         while True:
             try:
                 raw = await self._raw_publisher()
+                # wait=False: the channel's lock is not held until the writer drained the frame (the confirm,
+                # awaited, comes after it anyway), so concurrent publishes do not queue behind each other
                 await raw.basic_publish(body, exchange=exchange, routing_key=routing_key, properties=properties,
-                                        mandatory=True, timeout=self.connect_timeout + 20)
+                                        mandatory=True, timeout=self.connect_timeout + 20, wait=False)
                 return
             except PublishError as exc:
                 raise NotRoutableError(f"RabbitMQ could not route a message to {routing_key!r}: "

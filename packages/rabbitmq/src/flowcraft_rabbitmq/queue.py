@@ -41,6 +41,7 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from aio_pika.exceptions import ChannelNotFoundEntity, ChannelPreconditionFailed
+from aiormq.abc import DeliveredMessage
 
 from flowcraft.errors import ConfigError, StoreLimitError
 from flowcraft.spi import Begin, CoordinationStore, DeadLetter, Delivery, Job, Queue, RunRecord
@@ -144,13 +145,14 @@ def _properties(headers: dict[str, Any]) -> aiormq.spec.Basic.Properties:
 
 @dataclass(eq=False)
 class RabbitMqReceipt:
-    """What ``Delivery.receipt`` holds: the incoming message, the consumer channel it came on, and the local
-    visibility timer."""
+    """What ``Delivery.receipt`` holds: the delivered message (aiormq's: its channel acks it by delivery tag),
+    the consumer channel it came on, and the local visibility timer."""
 
-    message: AbstractIncomingMessage
+    message: DeliveredMessage
     generation: int
     body: bytes
     deliveries: int
+    tag: int
     settled: bool = False
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
@@ -185,7 +187,7 @@ class RabbitMqQueue(Queue):
         self.prefetch = prefetch
         self.delivery_limit = delivery_limit
         self.max_message_bytes = max_message_bytes
-        self._buffer: collections.deque[tuple[int, AbstractIncomingMessage]] = collections.deque()
+        self._buffer: collections.deque[tuple[int, DeliveredMessage]] = collections.deque()
         #: futures ``dequeue`` waits on, resolved by the next arrival (cheaper than ``wait_for`` on an Event:
         #: no task and no timeout context per wait)
         self._waiters: list[asyncio.Future[None]] = []
@@ -384,14 +386,16 @@ class RabbitMqQueue(Queue):
                 self._generation += 1
                 generation = self._generation
                 channel.close_callbacks.add(lambda *_, lost=lost: lost.set())
-                await channel.set_qos(prefetch_count=self.prefetch)
-                queue = await channel.get_queue(self.queue_name, ensure=False)
+                # consumed on the aiormq channel under aio-pika's: aio-pika would wrap each delivery in an
+                # IncomingMessage (~30 locked attribute sets) and run the callback in a task of its own
+                raw = await channel.get_underlay_channel()
+                await raw.basic_qos(prefetch_count=self.prefetch)
 
-                async def arrived(message: AbstractIncomingMessage, generation: int = generation) -> None:
+                async def arrived(message: DeliveredMessage, generation: int = generation) -> None:
                     self._buffer.append((generation, message))
                     self._wake()
 
-                await queue.consume(arrived, no_ack=False)
+                await raw.basic_consume(self.queue_name, arrived, no_ack=False)
                 attempt = 0
                 await lost.wait()
             except asyncio.CancelledError:
@@ -462,11 +466,12 @@ class RabbitMqQueue(Queue):
                 out.append(delivery)
         return out
 
-    async def _accept(self, generation: int, message: AbstractIncomingMessage) -> Delivery | None:
-        headers = dict(message.headers or {})
+    async def _accept(self, generation: int, message: DeliveredMessage) -> Delivery | None:
+        properties = message.header.properties
+        headers = dict(properties.headers or {})
         deliveries = deliveries_of(headers, bool(message.redelivered))
         due = due_of(headers)
-        receipt = RabbitMqReceipt(message, generation, message.body, deliveries)
+        receipt = RabbitMqReceipt(message, generation, message.body, deliveries, message.delivery_tag or 0)
         if due is not None and due - time.time() > ON_TIME:
             try:  # early: on to the next ladder queue, keeping the deliveries so far
                 await self._send(message.body, due - time.time(), deliveries - 1)
@@ -479,7 +484,7 @@ class RabbitMqQueue(Queue):
         try:
             job = decode_job(message.body)
         except ValueError as exc:
-            reason = f"unreadable message {message.message_id or message.delivery_tag}: {exc}"
+            reason = f"unreadable message {properties.message_id or receipt.tag}: {exc}"
             log.warning("dead-lettering %s", reason)
             try:
                 await self._to_dead_letter(receipt, reason)
@@ -515,11 +520,12 @@ class RabbitMqQueue(Queue):
             receipt.timer = None
         if receipt.generation != self._generation:
             return False
-        try:
+        message = receipt.message
+        try:  # written to the socket by the connection's writer in order; nothing to wait for
             if requeue is None:
-                await receipt.message.ack()
+                await message.channel.basic_ack(receipt.tag, wait=False)
             else:
-                await receipt.message.nack(requeue=requeue)
+                await message.channel.basic_nack(receipt.tag, requeue=requeue, wait=False)
         except Exception as exc:  # the channel closed meanwhile: the broker redelivers the message
             log.debug("could not settle a delivery: %s", one_line(exc))
             return False
