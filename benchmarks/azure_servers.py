@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import uuid
 from collections.abc import Awaitable
@@ -42,7 +43,7 @@ class AzureServers(BackendServers):
     hook = "benchmarks.azure_servers:count_requests"
 
     def fresh_options(self, tag: str) -> dict[str, Any]:
-        name = "".join(c if c.isalnum() else "-" for c in tag).lower()
+        name = re.sub(r"[^a-z0-9]+", "-", tag.lower())  # queue names: lower case, digits, single hyphens
         return {**self.urls, "queue_name": f"fcbench-{name}"[:63].rstrip("-"), "cosmos_database": f"fcbench-{name}",
                 "key_prefix": f"fcbench:{tag}:", "visibility_timeout": 30}
 

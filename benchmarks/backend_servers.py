@@ -15,8 +15,8 @@ A :class:`BackendServers` subclass (one module per backend: ``rabbitmq_servers``
 * how the worker processes count their requests to each service (:attr:`BackendServers.hook`, a
   ``benchmarks.worker --hook``): the hook adds to :data:`COUNTS` and prints the counts whenever the worker gets
   SIGUSR1, so the harness reads them right before and right after the throughput phase
-  (:class:`WorkerCounters`). The Redis every one of these backends uses for coordination is counted on the
-  server (``INFO``, workers and client together) by the harness itself.
+  (:class:`WorkerCounters`). Every hook also counts the worker's Redis round trips (all three backends
+  coordinate in Redis); the harness reads that Redis's ``INFO`` as well (workers and client together).
 """
 
 from __future__ import annotations
@@ -117,7 +117,9 @@ def registered(backend: str) -> type[BackendServers] | None:
 
 
 def report_on_signal() -> None:
-    """In the worker (inside its event loop): print :data:`COUNTS` and the gauges on every SIGUSR1."""
+    """In the worker (inside its event loop): count its Redis requests too (:func:`count_redis_requests`) and
+    print :data:`COUNTS` and the gauges on every SIGUSR1."""
+    count_redis_requests()
 
     def report() -> None:
         counts = dict(COUNTS)
@@ -126,6 +128,27 @@ def report_on_signal() -> None:
         print(COUNTS_MARKER + json.dumps(counts), flush=True)
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, report)
+
+
+_redis_counted = False
+
+
+def count_redis_requests() -> None:
+    """Count every request this process writes to a Redis server as "redis round trips": redis-py's asyncio
+    connections send one packed write per command, per pipeline and per script call."""
+    global _redis_counted
+    if _redis_counted:
+        return
+    from redis.asyncio.connection import AbstractConnection
+
+    send = AbstractConnection.send_packed_command
+
+    async def counted_send(self: Any, *args: Any, **kwargs: Any) -> None:
+        COUNTS["redis round trips"] += 1
+        await send(self, *args, **kwargs)
+
+    AbstractConnection.send_packed_command = counted_send  # type: ignore[method-assign]
+    _redis_counted = True
 
 
 def counted(name: str, method: Callable[..., Any]) -> Callable[..., Any]:

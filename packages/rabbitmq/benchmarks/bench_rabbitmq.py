@@ -75,8 +75,8 @@ async def worker_process(options: dict[str, Any], concurrency: int) -> None:
     count_requests(backend)  # the harness's hook: PostgreSQL statements, AMQP publishes and acks/nacks
     counts = COUNTS
     batcher: Any = backend.coordination.batcher  # type: ignore[attr-defined]  # flowcraft_redis's Batcher
-    # the batcher counts itself: pipelines sent (round trips) and the commands and scripts in them
-    redis_trips, redis_commands = batcher.round_trips, batcher.commands
+    # the batcher counts the commands and scripts in its pipelines (the hook counts the round trips)
+    redis_commands = batcher.commands
     worker = Worker(Engine(app, backend), concurrency=concurrency, poll_wait=1.0)
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, worker.stop)
     print("ready", flush=True)
@@ -86,7 +86,6 @@ async def worker_process(options: dict[str, Any], concurrency: int) -> None:
     finally:
         await backend.close()
     cpu = time.process_time() - cpu
-    counts["redis"] = batcher.round_trips - redis_trips
     counts["(redis commands)"] = batcher.commands - redis_commands
     print(json.dumps({"counts": dict(counts), "handled": worker.handled, "cpu": cpu}), flush=True)
 
