@@ -434,7 +434,11 @@ class CombinedCounter:
         self.workers = workers
 
     def snapshot(self) -> dict[str, int]:
-        return {**self.redis.snapshot(), **self.workers.snapshot()}
+        try:
+            workers = self.workers.snapshot()
+        except RuntimeError as exc:  # a worker died or did not answer
+            raise BenchmarkError(str(exc)) from None
+        return {**self.redis.snapshot(), **workers}
 
     @staticmethod
     def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
