@@ -171,6 +171,8 @@ class WorkerCounters:
     def snapshot(self) -> dict[str, int]:
         seen = [self._reports(path) for _, path in self.processes]
         for process, _ in self.processes:
+            if process.poll() is not None:
+                raise RuntimeError(f"worker pid {process.pid} exited with code {process.returncode}")
             os.kill(process.pid, signal.SIGUSR1)
         total: collections.Counter[str] = collections.Counter()
         deadline = time.monotonic() + self.timeout
