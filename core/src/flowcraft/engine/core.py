@@ -9,12 +9,13 @@ when nothing is pending -> ack. Every step is safe to repeat after a crash at an
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import logging
 import random
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
@@ -71,6 +72,7 @@ from flowcraft.spi import (
 log = logging.getLogger("flowcraft.engine")
 
 FINISH_KEY = job_key(FINISH_NODE)
+_AsyncNode = Callable[[NodeContext], Awaitable[Any]]
 
 
 @dataclass(slots=True)
@@ -133,6 +135,7 @@ class Engine:
         self._token_prefix = uuid.uuid4().hex[:16]  # not worker_id: users may reuse names across processes
         self._tokens = itertools.count()  # leases a finishing commit already released
         self._marks: dict[tuple[str, str], TimelineMark] = {}  # (run, job key) -> this attempt's start, error
+        self._async_functions: dict[Any, bool] = {}  # implementation -> is a coroutine function
         #: what this engine saw: node attempts that failed, retries scheduled, runs it failed, jobs dead-lettered
         self.counts: dict[str, int] = {"failed_attempts": 0, "retries": 0, "failed_runs": 0, "dead_letters": 0}
         self.runs = RunControl(app, backend, self.events, on_cancel=self._signal_cancel)  # subflows start runs
@@ -311,11 +314,12 @@ class Engine:
         self, delivery: Delivery, job: Job, node: NodeDefinition, uses: str, ctx: NodeContext, graph: Graph
     ) -> NodeOutcome:
         """Run the node, or its fallback after the last attempt: completed, retry_scheduled or failed."""
-        self._marks[(job.run_id, job.key)] = TimelineMark(time.time())
-        await self._emit("node:start", job.run_id, job.blueprint_id, job.node_id,
-                         _traced(job, {"visit": job.visit, "attempt": job.attempt, "worker": self.worker_id}))
-        inflight = _InFlight(delivery, ctx._cancel_event, asyncio.current_task())
-        self._inflight[(job.run_id, job.key)] = inflight
+        handling = (job.run_id, job.key)
+        self._marks[handling] = TimelineMark(time.time())
+        if self.events.active:  # the payload is built only when someone listens
+            await self._emit("node:start", job.run_id, job.blueprint_id, job.node_id,
+                             _traced(job, {"visit": job.visit, "attempt": job.attempt, "worker": self.worker_id}))
+        self._inflight[handling] = _InFlight(delivery, ctx._cancel_event, asyncio.current_task())
         try:
             outcome = await self._invoke(job, node, uses, ctx, graph)
         except BaseException as exc:  # a node's SystemExit or CancelledError fails the node, not the worker
@@ -325,10 +329,11 @@ class Engine:
                 raise asyncio.CancelledError from exc
             return await self._after_error(job, node, ctx, exc)
         finally:
-            self._inflight.pop((job.run_id, job.key), None)
+            self._inflight.pop(handling, None)
         _refuse_unstorable(job.node_id, outcome.output, ctx)
-        await self._emit("node:finish", job.run_id, job.blueprint_id, job.node_id,
-                         _traced(job, {"visit": job.visit, "output": outcome.output, "action": outcome.action}))
+        if self.events.active:
+            await self._emit("node:finish", job.run_id, job.blueprint_id, job.node_id,
+                             _traced(job, {"visit": job.visit, "output": outcome.output, "action": outcome.action}))
         return outcome
 
     async def _after_error(
@@ -410,6 +415,11 @@ class Engine:
             raise FlowcraftError(f"no implementation registered for uses {uses!r} (node {node.id!r})",
                                  hint="register it in the App/FlowRuntime registry")
 
+        timeout = node.config.timeout
+        if timeout is None and not self.middleware and self._is_async_function(implementation):
+            # the common case, without the wrappers below: an async function node, no timeout, no middleware
+            return NodeOutcome.completed(*_split(await cast(_AsyncNode, implementation)(ctx)))
+
         async def call() -> Any:
             if is_class_node(implementation):
                 instance = cast(type[BaseNode], implementation)(node.params)
@@ -418,7 +428,6 @@ class Engine:
                 return await call_maybe_async(instance.post, executed, ctx)
             return await call_maybe_async(implementation, ctx)
 
-        timeout = node.config.timeout
         try:
             if timeout is not None:
                 async with asyncio.timeout(timeout):  # in this task: a node's SystemExit reaches _run_node
@@ -431,6 +440,17 @@ class Engine:
             ctx._cancel_event.set()
             raise NodeTimeoutError(f"node {node.id!r} timed out after {timeout:g}s") from None
         return NodeOutcome.completed(*_split(result))
+
+    def _is_async_function(self, implementation: Any) -> bool:
+        """Whether ``implementation`` is a coroutine function (not a class node), remembered per implementation."""
+        try:
+            known = self._async_functions.get(implementation)
+        except TypeError:  # an unhashable callable: asked each time
+            return not is_class_node(implementation) and inspect.iscoroutinefunction(implementation)
+        if known is None:
+            known = self._async_functions[implementation] = (
+                not is_class_node(implementation) and inspect.iscoroutinefunction(implementation))
+        return known
 
     # ------------------------------------------------------------------ routing and commit
     async def _route(self, job: Job, graph: Graph, record: RunRecord, completion: Completion, *, recovery: bool
@@ -445,13 +465,14 @@ class Engine:
             # a store that keeps the context apart (docs/architecture.md §3.5): the completion record first
             # (first writer wins, so an attempt that lost its lease never writes), then the winner's context,
             # then the arrivals that let successors fire
-            claimed = await self._commit(job, Transition(job.run_id, job.key, completion=completion))
+            claimed = await self._commit(job, Transition(job.run_id, job.key, completion=completion,
+                                                         owner=self.worker_id))
             completion = claimed.conflict or completion
             await self._apply_context_apart(job, completion)
             recovery = claimed.conflict is not None
         committed = await self._commit(
             job, Transition(job.run_id, job.key, completion=completion, arrivals=tuple(arrivals),
-                            finish=not needs_cascade, recovery=recovery)
+                            finish=not needs_cascade, recovery=recovery, owner=self.worker_id)
         )
         if committed.conflict is not None:
             # another attempt's completion record won (this one ran after losing its lease): route as it did
@@ -544,7 +565,9 @@ class Engine:
             await self.runs.notify_parent(won)
 
     async def _commit(self, job: Job, transition: Transition) -> Committed:
-        committed = await self.coordination.commit(replace(transition, owner=self.worker_id))
+        if transition.owner != self.worker_id:
+            transition = replace(transition, owner=self.worker_id)
+        committed = await self.coordination.commit(transition)
         if transition.finish and committed.conflict is None and self.backend.capabilities.releases_lease:
             self._released.add((job.run_id, job.key))
         return committed
