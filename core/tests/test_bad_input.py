@@ -21,7 +21,7 @@ from flowcraft import App, EngineOptions, Flow, FlowRuntime, connect
 from flowcraft.backends.memory import MemoryCoordinationStore, memory_backend
 from flowcraft.client import Client
 from flowcraft.errors import ConfigError, InvalidValueError
-from flowcraft.spi import Committed, Transition
+from flowcraft.spi import Backend, Committed, Transition
 
 HINT_JSON = "(return and store JSON values: dicts with string keys, lists, strings, numbers, booleans, None)"
 
@@ -192,8 +192,8 @@ class BrokenCommits(MemoryCoordinationStore):
 
 
 def runtime_with(store: BrokenCommits, *flows: Flow) -> FlowRuntime:
-    backend = memory_backend()
-    backend.coordination = store
+    memory = memory_backend()  # its queue, context and status with the broken store (which keeps no context)
+    backend = Backend(memory.queue, memory.context, memory.status, store, name="memory")
     return FlowRuntime([*flows, healthy()], backend=backend, options=EngineOptions(max_bounces=3))
 
 

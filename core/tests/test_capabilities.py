@@ -7,15 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from flowcraft.backends.memory import memory_backend
+from flowcraft.backends.memory import MemoryCoordinationStore, memory_backend
 from flowcraft.backends.sqlite import SqliteCoordinationStore, SqliteDatabase
 from flowcraft.errors import PluginError
 from flowcraft.plugins import Preset, _load_factory, registry
 from flowcraft.spi import Backend, Capabilities
 
 
-def test_memory_backend_declares_only_notifies() -> None:
-    assert memory_backend().capabilities == Capabilities(notifies=True)
+def test_memory_backend_declares_its_fast_paths() -> None:
+    assert memory_backend().capabilities == Capabilities(applies_context=True, releases_lease=True, notifies=True)
+    assert registry().build("memory").capabilities == memory_backend().capabilities
+    assert not MemoryCoordinationStore().applies_context  # built without the context store: the engine writes it
 
 
 async def test_sqlite_factory_wires_applies_context_and_an_override_turns_it_off(tmp_path: Path) -> None:
@@ -23,9 +25,12 @@ async def test_sqlite_factory_wires_applies_context_and_an_override_turns_it_off
     wired = registry().build("sqlite", options)
     mixed = registry().build("sqlite", options, overrides={"queue": "memory"})
     try:
-        assert wired.capabilities.applies_context and wired.name == "sqlite"
+        assert wired.capabilities == Capabilities(applies_context=True, prefetches_status=True, dispatches=True,
+                                                  releases_lease=True, notifies=True)
+        assert wired.name == "sqlite"
         assert wired.options["path"] == tmp_path / "f.db"
         assert not mixed.capabilities.applies_context and not mixed.coordination.applies_context
+        assert not mixed.capabilities.dispatches and not mixed.capabilities.prefetches_status
     finally:
         await wired.close()
         await mixed.close()
@@ -35,7 +40,7 @@ def test_capabilities_follow_the_components_they_are_read_from() -> None:
     database = SqliteDatabase(":memory:")
     built = memory_backend()
     paired = Backend(built.queue, built.context, built.status, SqliteCoordinationStore(database, applies_context=True))
-    assert paired.capabilities == Capabilities(applies_context=True, notifies=True)
+    assert paired.capabilities == Capabilities(applies_context=True, releases_lease=True, notifies=True)
     with pytest.raises(AttributeError):
         paired.capabilities.applies_context = False  # type: ignore[misc]  # frozen: checked at run time too
 

@@ -14,6 +14,7 @@ from flowcraft.backends.memory import memory_backend
 from flowcraft.client import Client
 from flowcraft.engine.core import Engine
 from flowcraft.errors import BlueprintError
+from flowcraft.spi import Backend
 
 
 async def value(ctx: NodeContext) -> Any:
@@ -415,7 +416,7 @@ def test_run_sync_for_scripts() -> None:
 async def test_a_value_a_store_refuses_for_good_fails_the_run_and_dead_letters_the_job() -> None:
     """Redelivering cannot help when the store refuses the value itself: the run fails at once with the
     store's one-line reason, and the job goes to the dead letter with it (nothing silently dropped)."""
-    from flowcraft.backends.memory import MemoryContextStore
+    from flowcraft.backends.memory import MemoryContextStore, MemoryCoordinationStore, MemoryQueue, MemoryStatusStore
     from flowcraft.engine.worker import Worker
     from flowcraft.errors import StoreLimitError
 
@@ -429,8 +430,8 @@ async def test_a_value_a_store_refuses_for_good_fails_the_run_and_dead_letters_t
         return "x" * 1000
 
     flow = Flow("too-big").node("a", value).node("b", big).edge("a", "b")
-    backend = memory_backend()
-    backend.context = SmallContext()
+    # the context apart from the coordination store, which therefore leaves the engine to write it
+    backend = Backend(MemoryQueue(), SmallContext(), MemoryStatusStore(), MemoryCoordinationStore())
     app = App(flows=[flow])
     worker = Worker(Engine(app, backend), concurrency=2, poll_wait=0.05)
     task = asyncio.create_task(worker.run())

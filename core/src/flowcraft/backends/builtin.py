@@ -40,7 +40,8 @@ def flowcraft_coordination_stores() -> list[Any]:
 @hookimpl
 def flowcraft_presets() -> list[Preset]:
     return [
-        Preset("memory", "memory", "memory", "memory", "memory", "in-process only (FlowRuntime, tests)"),
+        Preset("memory", "memory", "memory", "memory", "memory", "in-process only (FlowRuntime, tests)",
+               factory="flowcraft.backends.memory:build_backend"),
         Preset("sqlite", "sqlite", "sqlite", "sqlite", "sqlite",
                "embedded, durable: worker processes on one machine share one database file (default)",
                factory=f"{_SQLITE}:build_backend"),

@@ -19,6 +19,7 @@ from flowcraft.options import NoOptions, QueueOptions, parse_options
 from flowcraft.spi import (
     ACTIVE_STATUSES,
     Backend,
+    Committed,
     Completion,
     ContextStore,
     DeadLetter,
@@ -30,6 +31,8 @@ from flowcraft.spi import (
     RunRecord,
     StatusStore,
     TablesCoordinationStore,
+    Transition,
+    apply_transition,
 )
 
 T = TypeVar("T")
@@ -173,6 +176,10 @@ class MemoryContextStore(ContextStore):
         return dict(self._data.get(run_id, {}))
 
     async def apply(self, run_id: str, updates: Mapping[str, Any], deletes: Sequence[str] = ()) -> None:
+        self.write(run_id, updates, deletes)
+
+    def write(self, run_id: str, updates: Mapping[str, Any], deletes: Sequence[str] = ()) -> None:
+        """``apply`` without awaiting: what ``MemoryCoordinationStore`` calls inside its atomic section."""
         data = self._data.setdefault(run_id, {})
         data.update(updates)
         for key in deletes:
@@ -208,7 +215,7 @@ class MemoryStatusStore(StatusStore):
 
     async def get(self, run_id: str) -> RunRecord | None:
         record = self._records.get(run_id)
-        return None if record is None else record.copy()
+        return None if record is None else _copy(record)
 
     async def delete(self, run_id: str) -> bool:
         removed = self._records.pop(run_id, None) is not None
@@ -257,6 +264,15 @@ class MemoryStatusStore(StatusStore):
         return [r.copy() for r in page], next_cursor
 
 
+def _copy(record: RunRecord) -> RunRecord:
+    """``RunRecord.copy`` without ``dataclasses.replace`` (which inspects the fields on every call): the status
+    read every handled job makes."""
+    return RunRecord(record.run_id, record.blueprint_id, status=record.status, version=record.version,
+                     blueprint_hash=record.blueprint_hash, input=record.input, created_at=record.created_at,
+                     updated_at=record.updated_at, errors=list(record.errors), awaiting=list(record.awaiting),
+                     parent=dict(record.parent) if record.parent is not None else None)
+
+
 @dataclass(slots=True)
 class _RunCoordination:
     jobs: dict[str, tuple[JobState, Job | None]] = field(default_factory=dict)
@@ -271,13 +287,18 @@ class _RunCoordination:
 
 class MemoryCoordinationStore(TablesCoordinationStore):
     """The tables themselves (``LeaseTables``): every method body runs without awaiting, so under one event loop
-    ``atomically`` is just calling the function, and every ``CoordinationStore`` method is the derived one."""
+    ``atomically`` is just calling the function, and every ``CoordinationStore`` method is the derived one.
+
+    Given the backend's ``MemoryContextStore`` (``memory_backend`` and the ``memory`` preset pass it), a commit
+    writes the completion's context updates with its record (``applies_context``): one atomic step instead of
+    the engine's record, context, arrivals sequence (docs/architecture.md §3.5)."""
 
     name = "memory"
     Options = NoOptions
 
-    def __init__(self) -> None:
-        super().__init__(applies_context=False)  # contexts live in MemoryContextStore
+    def __init__(self, context: MemoryContextStore | None = None) -> None:
+        super().__init__(applies_context=context is not None)
+        self._context = context
         self._runs: dict[str, _RunCoordination] = {}
 
     def _run(self, run_id: str) -> _RunCoordination:
@@ -288,6 +309,20 @@ class MemoryCoordinationStore(TablesCoordinationStore):
 
     async def atomically(self, run_id: str, fn: Callable[[LeaseTables], T]) -> T:
         return fn(self)
+
+    @property
+    def releases_lease(self) -> bool:
+        return True
+
+    async def commit(self, transition: Transition) -> Committed:
+        """The derived commit; one that finishes the job also drops its owner's lease (``releases_lease``)."""
+        committed = apply_transition(self, transition, applies_context=self._applies_context)
+        if transition.finish and committed.conflict is None and transition.owner is not None:
+            run = self._run(transition.run_id)
+            holder = run.leases.get(transition.job_key)
+            if holder is not None and holder[0] == transition.owner:
+                del run.leases[transition.job_key]
+        return committed
 
     # -- LeaseTables -------------------------------------------------------------------------------
     @property
@@ -351,7 +386,9 @@ class MemoryCoordinationStore(TablesCoordinationStore):
         self._run(run_id).activity = time.time()
 
     def apply_context(self, run_id: str, completion: Completion) -> None:
-        raise NotImplementedError("the memory coordination store does not hold contexts")
+        if self._context is None:
+            raise NotImplementedError("this memory coordination store was built without the context store")
+        self._context.write(run_id, completion.context_updates, completion.context_deletes)
 
     def lease(self, run_id: str, key: str) -> tuple[str, float] | None:
         return self._run(run_id).leases.get(key)
@@ -376,10 +413,16 @@ class MemoryCoordinationStore(TablesCoordinationStore):
 
 
 def memory_backend(visibility_timeout: float = 30.0) -> Backend:
+    context = MemoryContextStore()
     return Backend(
         queue=MemoryQueue(visibility_timeout),
-        context=MemoryContextStore(),
+        context=context,
         status=MemoryStatusStore(),
-        coordination=MemoryCoordinationStore(),
+        coordination=MemoryCoordinationStore(context),
         name="memory",
     )
+
+
+def build_backend(options: Mapping[str, Any]) -> Backend:
+    """The ``memory`` preset: ``memory_backend`` with the queue's options (already validated)."""
+    return memory_backend(parse_options(QueueOptions, options).visibility_timeout)
