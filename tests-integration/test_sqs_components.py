@@ -488,3 +488,89 @@ async def test_store_built_by_hand_with_explicit_client(backend: Backend, aws: d
     assert await store.activity("hand") is None and await store.jobs("hand", "parked") == []
     await store.close()  # a user's client is not closed by the store
     assert await aws["dynamodb"].list_tables()
+
+
+# ============================================================================================== context in the run item
+async def run_item(aws: dict[str, Any], run: str) -> dict[str, Any]:
+    (item,) = (await aws["dynamodb"].query(
+        TableName=aws["prefix"] + "coordination", KeyConditionExpression="runId = :r AND sk = :k",
+        ExpressionAttributeValues={":r": {"S": run}, ":k": {"S": "run"}}, ConsistentRead=True))["Items"]
+    return item
+
+
+async def test_a_commit_writes_its_context_in_the_run_item(backend: Backend, aws: dict[str, Any],
+                                                           sqs_options: dict[str, Any]) -> None:
+    """applies_context: the record, the context (a large value in a blob item, a delete) and the lease drop
+    are one write; another process reads the context; a replay writes none of it again."""
+    assert backend.capabilities.applies_context
+    run, first = "ctx-commit", job("ctx-commit", "a")
+    await backend.context.apply(run, {"input": 1, "old": 0})  # a run's start writes its context first
+    await backend.coordination.schedule(run, [first])
+    assert (await backend.coordination.begin(first, "w1", 30)).lease
+    completion = Completion("a", output=1, token="t", context_updates={"_outputs.a": 1, "big": "x" * 5000},
+                            context_deletes=("old",))
+    committed = await backend.coordination.commit(Transition(run, first.key, completion=completion, finish=True,
+                                                             owner="w1"))
+    assert committed.conflict is None and committed.pending == 0
+    item = await run_item(aws, run)
+    assert set(item["ctx"]["M"]) == {"input", "_outputs.a", "big"} and item["ctx"]["M"]["big"]["S"].startswith("@")
+    assert item["jobs"]["M"][first.key] == {"S": "done"} and first.key not in item["leases"]["M"]
+    other = registry().build("sqs", sqs_options)
+    try:
+        assert await other.context.get_all(run) == {"input": 1, "_outputs.a": 1, "big": "x" * 5000}
+    finally:
+        await other.close()
+    await backend.context.apply(run, {"big": "later"})
+    await backend.coordination.commit(Transition(run, first.key, completion=completion, finish=True, recovery=True))
+    assert await backend.context.get_many(run, ["big", "old"]) == {"big": "later"}
+    await backend.context.delete_run(run)
+    assert await backend.context.get_all(run) == {}
+    assert (await backend.coordination.begin(first, "w2", 30)).state == "done"  # the coordination state stays
+
+
+async def test_a_completion_with_more_context_writes_than_one_update_holds(backend: Backend,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past CONTEXT_ENTRIES_PER_WRITE context writes the record goes first, marked, then the context, then the
+    commit; a worker that dies between them leaves the job pending, and the replay writes the context (before
+    the successors fire); once the job is done a replay writes nothing."""
+    coordination = backend.coordination
+    run, first = "ctx-wide", job("ctx-wide", "a")
+    await coordination.schedule(run, [first])
+    updates = {f"k{i}": i for i in range(150)}
+    completion = Completion("a", output=None, token="t", context_updates=updates)
+    successor = Arrival(job(run, "b"), "a", arrived=True, contribution=None, expected=("a",))
+
+    async def dies(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the worker died here")
+
+    monkeypatch.setattr(coordination, "context_apply", dies)
+    with pytest.raises(RuntimeError):
+        await coordination.commit(Transition(run, first.key, completion=completion, arrivals=(successor,),
+                                             finish=True))
+    monkeypatch.undo()
+    begin = await coordination.begin(first, "w1", 30)
+    assert begin.state == "pending" and begin.completion == completion
+    assert await backend.context.get_all(run) == {}
+    replay = await coordination.commit(Transition(run, first.key, completion=completion, arrivals=(successor,),
+                                                  finish=True, recovery=True))
+    assert [j.node_id for j in replay.fired] == ["b"]
+    assert await backend.context.get_all(run) == updates
+    await backend.context.apply(run, {"k0": "later"})
+    await coordination.commit(Transition(run, first.key, completion=completion, arrivals=(successor,), finish=True,
+                                         recovery=True))
+    assert (await backend.context.get_many(run, ["k0"])) == {"k0": "later"}
+    # and without a failure: all of it, in steps
+    second = job("ctx-wide-2", "a")
+    await coordination.schedule("ctx-wide-2", [second])
+    done = await coordination.commit(Transition("ctx-wide-2", second.key, completion=completion, finish=True))
+    assert done.pending == 0 and await backend.context.get_all("ctx-wide-2") == updates
+
+
+async def test_context_of_an_expired_run_item_is_absent(backend: Backend, aws: dict[str, Any]) -> None:
+    past = str(int(time.time()) - 10)
+    await put_raw(aws, {"runId": {"S": "ctx-ttl"}, "sk": {"S": "run"}, "v": {"N": "2"}, "ttl": {"N": past},
+                        "ctx": {"M": {"stale": {"S": "1"}}}, "jobs": {"M": {"0:a": {"S": "pending"}}}})
+    assert await backend.context.get_all("ctx-ttl") == {}
+    await backend.context.apply("ctx-ttl", {"fresh": 2})
+    assert await backend.context.get_all("ctx-ttl") == {"fresh": 2}
+    assert (await backend.coordination.begin(job("ctx-ttl", "a"), "w", 30)).state is None  # started afresh

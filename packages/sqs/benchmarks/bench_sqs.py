@@ -6,8 +6,9 @@ worker process drains them), next to the raw SQS floor measured on the same serv
 Without ``--endpoint`` a moto server is started on a free loopback port and stopped (by PID) at the end.
 Credentials come from the AWS environment variables (``test``/``test`` is used when they are unset).
 
-Prints, per workload: nodes/s, the backend's nodes/s as a fraction of the raw SQS floor, and the AWS
-requests the worker process sent per node (by operation). The raw floor is no-op messages through SQS with
+Prints, per workload: nodes/s, the backend's nodes/s as a fraction of the raw SQS floor, the AWS
+requests the worker process sent per node (by operation), and CPU per node: the worker process's, and the
+moto server's (when this script started it). The raw floor is no-op messages through SQS with
 the same batching the backend uses (SendMessageBatch / ReceiveMessage of up to 10 / DeleteMessageBatch),
 once with the plain client and once through ``SqsQueue`` (enqueue / dequeue / ack).
 Figures only; nothing is asserted.
@@ -50,6 +51,21 @@ READS = frozenset({"GetItem", "Query"})
 
 
 # ---------------------------------------------------------------------------------------------- moto
+#: the moto server this script started (its CPU time is read from /proc), else None
+SERVER_PID: int | None = None
+
+
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of process ``pid`` (Linux /proc), None when unknown."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -65,6 +81,8 @@ def moto_server() -> Any:
     process = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
+    global SERVER_PID
+    SERVER_PID = process.pid
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         deadline = time.monotonic() + 30
@@ -164,11 +182,13 @@ async def worker_process(options: dict[str, Any], concurrency: int) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, worker.stop)
     print("ready", flush=True)
+    cpu = time.process_time()
     try:
         await worker.run()
     finally:
         await backend.close()
-    print(json.dumps({"requests": dict(requests), "items": dict(items), "handled": worker.handled}), flush=True)
+    print(json.dumps({"requests": dict(requests), "items": dict(items), "handled": worker.handled,
+                      "cpu_s": time.process_time() - cpu}), flush=True)
 
 
 async def measure(options: dict[str, Any], flow: str, runs: int, concurrency: int) -> dict[str, Any]:
@@ -179,17 +199,21 @@ async def measure(options: dict[str, Any], flow: str, runs: int, concurrency: in
         for _ in range(runs):
             await client.start(flow)
         child = await start_worker_process(SCRIPT, json.dumps(options), "--concurrency", str(concurrency))
+        server_cpu = process_cpu_seconds(SERVER_PID)
         started = time.perf_counter()
         ddb = await backend.status._source.get()  # type: ignore[attr-defined]
         while await completed(ddb, backend, "completed") < runs:  # noqa: ASYNC110  # another process's progress
             await asyncio.sleep(0.05)
         elapsed = time.perf_counter() - started
+        server_after = process_cpu_seconds(SERVER_PID)
         report = await stop_worker_process(child)
         nodes = runs * NODES[flow]
         per_node = {op: n / nodes for op, n in sorted(report["requests"].items(), key=lambda kv: -kv[1])}
         items = await count_items(ddb, backend.coordination.table_name)  # type: ignore[attr-defined]
         largest = await largest_item_kb(ddb, backend.coordination.table_name)  # type: ignore[attr-defined]
+        server_us = None if server_cpu is None or server_after is None else (server_after - server_cpu) / nodes * 1e6
         return {"largest_coordination_item_kb": largest, "nodes_per_s": nodes / elapsed, "seconds": elapsed,
+                "worker_cpu_us_per_node": report["cpu_s"] / nodes * 1e6, "server_cpu_us_per_node": server_us,
                 "requests_per_node": per_node,
                 "coordination_items": items,
                 "dynamodb_items_per_node": {kind: n / nodes for kind, n in report["items"].items()}}
@@ -242,7 +266,9 @@ async def main(args: argparse.Namespace, endpoint: str) -> None:
             billed = ", ".join(f"{n:.2f} {kind}" for kind, n in figures["dynamodb_items_per_node"].items())
             print(f"  {flow}: {figures['nodes_per_s']:.1f} nodes/s ({figures['seconds']:.1f} s for {args.runs} "
                   f"runs), {figures['nodes_per_s'] / raw:.1%} of the raw floor; {total:.2f} AWS requests/node: "
-                  f"{requests}; DynamoDB items/node: {billed}; {figures['coordination_items']} coordination "
+                  f"{requests}; CPU/node: worker {figures['worker_cpu_us_per_node']:.0f} µs, server "
+                  f"{figures['server_cpu_us_per_node'] or 0:.0f} µs; DynamoDB items/node: {billed}; "
+                  f"{figures['coordination_items']} coordination "
                   f"items at the end, the largest {figures['largest_coordination_item_kb']:.1f} KB", flush=True)
     print()
     print(f"medians of {args.trials} trials, {args.runs} runs in flight, one worker process "

@@ -14,7 +14,7 @@ import pytest
 from flowcraft.backends.memory import MemoryCoordinationStore
 from flowcraft.errors import ConfigError
 from flowcraft.spi import Arrival, Completion, Job, Transition, apply_transition
-from flowcraft_sqs._aws import AwsClients, ItemTooLargeError, SqsOptions, check_item_size
+from flowcraft_sqs._aws import AwsClients, ItemTooLargeError, KeyTooLongError, SqsOptions, check_item_size
 from flowcraft_sqs._batch import Coalescer, Entry
 from flowcraft_sqs.coordination import (
     INLINE_BYTES,
@@ -22,6 +22,7 @@ from flowcraft_sqs.coordination import (
     _arrival_key,
     _completion_from,
     _completion_text,
+    _context_changes,
     _Plan,
     _RunState,
     _split_arrival_key,
@@ -234,6 +235,40 @@ async def test_a_run_state_past_the_item_limit_is_a_clear_error() -> None:
     plan.insert_job("r", "one-more", "pending", _job("x"))
     with pytest.raises(ItemTooLargeError, match="coordination state of run 'r'"):
         await store._write(object(), "r", plan, 0.0, None)
+
+
+def test_the_plan_writes_a_new_records_context_with_it() -> None:
+    """applies_context: a new record's context goes into ``ctx`` (large values in blob items, the delete of a
+    key also set wins); a replay of the same record writes none; a marked record (context written apart)
+    reads back as the same completion."""
+    store = DynamoDbCoordinationStore(client=object(), table_name="t", applies_context=True)
+    assert store.applies_context and not DynamoDbCoordinationStore(client=object()).applies_context
+    big = "x" * (INLINE_BYTES + 1)
+    completion = Completion("a", output=1, token="t", context_updates={"k": 1, "big": big, "both": 2},
+                            context_deletes=("both", "old"))
+    plan = _Plan(_RunState(1, {"0:a": "pending"}, ctx={"old": "0", "keep": "3"}, has_ctx=True))
+    apply_transition(plan, Transition("r", "0:a", completion=completion, finish=True), applies_context=True)
+    assert plan.ctx_set == {"k": 1, "big": big} and plan.ctx_del == {"both", "old"}
+    encoded, blobs = store._encode("r", plan, None)
+    assert encoded["ctx"]["k"] == "1" and encoded["ctx"]["big"].startswith("@blob#") and len(blobs) == 2
+    assert set(encoded["ctx"]) == {"keep", "k", "big"}
+    written = _RunState(2, plan.jobs, done=encoded["done"], ctx=encoded["ctx"], has_ctx=True)
+    replay = _Plan(written, blobs={item["sk"]["S"]: item["body"]["S"] for item in blobs})
+    apply_transition(replay, Transition("r", "0:a", completion=completion, finish=True, recovery=True),
+                     applies_context=True)
+    assert not replay.ctx_set and not replay.ctx_del and not replay.changed
+    marked = _Plan(_RunState(2, plan.jobs, done={"0:a": "!" + _completion_text(completion, "a")}))
+    assert marked.completion("r", "0:a") == completion
+
+
+def test_context_state_of_the_run_item() -> None:
+    item = {"runId": {"S": "r"}, "sk": {"S": "run"}, "ctx": {"M": {"k": {"S": "1"}}}}
+    assert _RunState.parse(item, 0.0) == _RunState(ctx={"k": "1"}, has_ctx=True)  # context only, not scheduled
+    assert _RunState.parse({**item, "v": {"N": "1"}}, 0.0).version == 1
+    assert _RunState.parse({**item, "ttl": {"N": "5"}}, 10.0) == _RunState(stale=True)
+    assert _context_changes({"a": 1, "b": 2}, ["b", "", "b"]) == ({"a": 1}, ["b"])
+    with pytest.raises(KeyTooLongError):
+        _context_changes({"": 1}, [])
 
 
 def test_job_documents_are_json() -> None:

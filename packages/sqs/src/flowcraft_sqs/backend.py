@@ -7,16 +7,18 @@ from typing import Any
 
 from flowcraft.spi import Backend
 from flowcraft_sqs._aws import AwsClients, SqsOptions
-from flowcraft_sqs.context import DynamoDbContext
+from flowcraft_sqs.context import DynamoDbContext, RunItemContext
 from flowcraft_sqs.coordination import DynamoDbCoordinationStore
 from flowcraft_sqs.queue import SqsQueue
 from flowcraft_sqs.status import DynamoDbStatusStore
 
 
 def build_backend(options: Mapping[str, Any]) -> Backend:
-    """The ``sqs`` backend from its validated options. Its components take no fast path together (contexts
-    live in their own table, the queue is another service): ``Backend.capabilities`` is all off."""
+    """The ``sqs`` backend from its validated options. The context lives in each run's coordination item
+    (``RunItemContext``), so a commit writes a completion's context with its record (``applies_context``);
+    a finishing commit drops the lease (``releases_lease``)."""
     parsed = SqsOptions.parse(options)
     clients = AwsClients.for_options(parsed)
-    return Backend(SqsQueue.build(parsed, clients), DynamoDbContext.build(parsed, clients),
-                   DynamoDbStatusStore.build(parsed, clients), DynamoDbCoordinationStore.build(parsed, clients))
+    coordination = DynamoDbCoordinationStore.build(parsed, clients, applies_context=True)
+    context = RunItemContext(coordination, provision=DynamoDbContext.build(parsed, clients))
+    return Backend(SqsQueue.build(parsed, clients), context, DynamoDbStatusStore.build(parsed, clients), coordination)

@@ -1,7 +1,12 @@
-"""DynamoDB context store: one item per (run, key), so concurrent writers of different keys never collide.
+"""DynamoDB context stores.
 
-Table ``<prefix>contexts``: partition key ``runId`` (S), sort key ``key`` (S), attribute ``value`` (S, the
-JSON text of the value). Reads are strongly consistent.
+* :class:`DynamoDbContext` (component ``dynamodb``, and the seed-style adapter's): one item per (run, key) in
+  table ``<prefix>contexts`` — partition key ``runId`` (S), sort key ``key`` (S), attribute ``value`` (S, the
+  JSON text of the value) — so concurrent writers of different keys never collide.
+* :class:`RunItemContext` (the ``sqs`` preset's): the context in the run's coordination item (map ``ctx``),
+  so a commit writes a completion's context with its record in one UpdateItem (``applies_context``).
+
+Reads are strongly consistent.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ from flowcraft_sqs._aws import (
     MAX_SORT_KEY_BYTES,
     AwsClients,
     ClientSource,
-    KeyTooLongError,
     S,
     SqsOptions,
     batch_get,
@@ -28,9 +32,12 @@ from flowcraft_sqs._aws import (
     source_of,
 )
 from flowcraft_sqs._batch import Coalescer, Entry
+from flowcraft_sqs.coordination import valid_context_key
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
+
+    from flowcraft_sqs.coordination import DynamoDbCoordinationStore
 
 _NAMES = {"#r": "runId", "#k": "key", "#v": "value"}
 
@@ -67,7 +74,7 @@ class DynamoDbContext(ContextStore):
     # ------------------------------------------------------------------------------------------
     async def get_many(self, run_id: str, keys: Sequence[str]) -> dict[str, Any]:
         check_key(run_id, "run id", MAX_PARTITION_KEY_BYTES)
-        wanted = [k for k in dict.fromkeys(keys) if _valid_key(k)]
+        wanted = [k for k in dict.fromkeys(keys) if valid_context_key(k)]
         if not wanted:
             return {}
         items = await batch_get(await self._source.get(), self.table_name,
@@ -109,7 +116,7 @@ class DynamoDbContext(ContextStore):
             check_item_size(item, f"context value {key!r} of run {run_id!r}")
             requests.append({"PutRequest": {"Item": item}})
         for key in dict.fromkeys(deletes):
-            if _valid_key(key):
+            if valid_context_key(key):
                 requests.append({"DeleteRequest": {"Key": {"runId": S(run_id), "key": S(key)}}})
         await self._write(requests)
 
@@ -134,9 +141,42 @@ class DynamoDbContext(ContextStore):
         return [None] * len(entries)
 
 
-def _valid_key(key: str) -> bool:
-    try:
-        check_key(key, "context key", MAX_SORT_KEY_BYTES)
-    except KeyTooLongError:
-        return False
-    return True
+class RunItemContext(ContextStore):
+    """The context of each run in its coordination item (``ctx``: key -> value JSON, values over 2 KB in blob
+    items), read and written through ``coordination``, which is built with ``applies_context`` and so writes
+    a completion's context with its record. Entries are set one by one (concurrent writers of different keys
+    never collide); writes outside commits do not change the item's version (no commit retries for them)."""
+
+    name = "dynamodb-run-item"
+
+    def __init__(self, coordination: DynamoDbCoordinationStore, *, provision: DynamoDbContext | None = None
+                 ) -> None:
+        """``provision``: a context table that ``setup`` creates too, unused here (the ``sqs`` preset's
+        ``setup`` keeps creating ``<prefix>contexts`` for the seed-style ``SqsAdapter`` and the ``dynamodb``
+        context component, which keep their contexts in it)."""
+        if not coordination.applies_context:
+            raise ValueError("RunItemContext needs a coordination store built with applies_context=True")
+        self.coordination = coordination
+        self._provision = provision
+
+    async def setup(self) -> None:
+        await self.coordination.setup()
+        if self._provision is not None:
+            await self._provision.setup()
+
+    async def close(self) -> None:
+        if self._provision is not None:  # its share of the backend's clients; the coordination store closes its own
+            await self._provision.close()
+
+    async def get_many(self, run_id: str, keys: Sequence[str]) -> dict[str, Any]:
+        return await self.coordination.context_get_many(run_id, keys)
+
+    async def get_all(self, run_id: str) -> dict[str, Any]:
+        return await self.coordination.context_get_all(run_id)
+
+    async def apply(self, run_id: str, updates: Mapping[str, Any], deletes: Sequence[str] = ()) -> None:
+        await self.coordination.context_apply(run_id, updates, deletes)
+
+    async def delete_run(self, run_id: str) -> None:
+        await self.coordination.context_delete_run(run_id)
+

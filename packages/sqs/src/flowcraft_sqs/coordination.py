@@ -6,16 +6,18 @@ Table ``<prefix>coordination``: partition key ``runId`` (S), sort key ``sk`` (S)
   ``docs`` (M: job key -> job document JSON, kept while the job is pending or parked), ``done`` (M: job key
   -> completion record JSON, first writer wins), ``arrivals`` (M: JSON(target) + JSON(member) -> JSON
   ``[arrived, contribution]``; JSON string literals are prefix-free, so ids may hold any character),
-  ``leases`` (M: job key -> M ``{o: owner, e: expires}``), ``v`` (N, version), ``activity`` (N, epoch
-  seconds), ``ttl`` (N). The pending and parked counts are counted from ``jobs``, never stored apart.
+  ``leases`` (M: job key -> M ``{o: owner, e: expires}``), ``ctx`` (M: context key -> value JSON; with
+  ``applies_context``, the run's context), ``v`` (N, version), ``activity`` (N, epoch seconds), ``ttl`` (N).
+  The pending and parked counts are counted from ``jobs``, never stored apart.
 * ``blob#<uuid>``: ``body`` (S), a document, completion or contribution too large to inline (> 2 KB, or any
   new value once the run item passes 64 KB); the map holds ``@`` + its sort key instead (arrivals:
   ``@`` + arrived flag + sort key).
 
 ``begin`` is one conditional UpdateItem (take the lease; the item comes back, so state and completion
 record come with it). ``commit`` runs the rules of :func:`flowcraft.spi.apply_transition` —
-the very function — over the run item and writes what they changed (completion record, states, arrivals,
-and dropping the finishing worker's lease) in one UpdateItem conditioned on the version it read
+the very function — over the run item and writes what they changed (completion record and, with
+``applies_context``, its context writes; states, arrivals, and dropping the finishing worker's lease) in one
+UpdateItem conditioned on the version it read
 (optimistic concurrency: a failed condition returns the current item and the rules run again). A replay
 after a crash converges: the rules see what was applied. Leases do not change the version, so taking or
 renewing one never makes a commit retry.
@@ -56,6 +58,7 @@ from flowcraft_sqs._aws import (
     AwsClients,
     ClientSource,
     ItemTooLargeError,
+    KeyTooLongError,
     N,
     S,
     SqsOptions,
@@ -78,6 +81,11 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 RUN = "run"
+CTX = "ctx"
+#: a completion whose context writes are more entries than this is committed in steps (see ``commit``)
+CONTEXT_ENTRIES_PER_WRITE = 100
+#: a ``done`` value starting with it: the record's context was written apart from it (``commit``)
+_APART = "!"
 OUTPUTS_PREFIX = "_outputs."
 MAX_ATTEMPTS = 100
 #: values longer than this live in their own item; so does every new value once the run item is this big
@@ -111,19 +119,30 @@ class _RunState:
     done: dict[str, str] = field(default_factory=dict)
     arrivals: dict[tuple[str, str], str] = field(default_factory=dict)
     leases: dict[str, tuple[str, float]] = field(default_factory=dict)
+    #: the run's context (key -> value JSON, or ``@`` + a blob's sort key) when the store holds it
+    #: (``applies_context``); ``has_ctx``: the item has the ``ctx`` map; ``stale``: the item exists, ttl passed
+    ctx: dict[str, str] = field(default_factory=dict)
+    has_ctx: bool = False
+    stale: bool = False
 
     @classmethod
     def parse(cls, item: Mapping[str, Any] | None, now: float) -> _RunState:
-        if not item or expired(item, now) or "v" not in item:
+        if not item:
             return cls()
+        if expired(item, now):
+            return cls(stale=True)
 
         def strings(name: str) -> dict[str, str]:
             return {k: v["S"] for k, v in (item.get(name) or {}).get("M", {}).items()}
 
+        ctx = strings(CTX)
+        if "v" not in item:  # only context written so far (a run's start writes it before scheduling)
+            return cls(ctx=ctx, has_ctx=CTX in item)
         leases = {k: (v["M"]["o"]["S"], num(v["M"].get("e")))
                   for k, v in (item.get("leases") or {}).get("M", {}).items()}
         arrivals = {_split_arrival_key(k): v for k, v in strings("arrivals").items()}
-        return cls(int(num(item["v"])), strings("jobs"), strings("docs"), strings("done"), arrivals, leases)
+        return cls(int(num(item["v"])), strings("jobs"), strings("docs"), strings("done"), arrivals, leases,
+                   ctx, CTX in item)
 
     def counts(self) -> tuple[int, int]:
         states = list(self.jobs.values())
@@ -133,6 +152,7 @@ class _RunState:
         """Roughly the item's size in bytes (what DynamoDB's 400 KB limit counts)."""
         total = sum(len(k) + len(v) for m in (self.jobs, self.docs, self.done) for k, v in m.items())
         total += sum(len(t) + len(m) + len(v) + 4 for (t, m), v in self.arrivals.items())
+        total += sum(len(k) + len(v) for k, v in self.ctx.items())
         return total + sum(len(k) + len(o) + 20 for k, (o, _) in self.leases.items())
 
 
@@ -155,10 +175,14 @@ class _Plan:
         self.new_docs: dict[str, Job] = {}
         self.new_done: dict[str, Completion] = {}
         self.new_arrivals: dict[tuple[str, str], tuple[bool, Any]] = {}
+        self.ctx_set: dict[str, Any] = {}
+        self.ctx_del: set[str] = set()
+        self.apart: set[str] = set()  # new completion records whose context is written apart
         self.blobs = blobs or {}
 
     def text(self, value: str) -> str:
         """The JSON text a map value holds or names."""
+        value = value.removeprefix(_APART)
         if value.startswith(_BLOB):
             sk = value[1:]
             if sk not in self.blobs:
@@ -231,12 +255,19 @@ class _Plan:
         return None  # every write refreshes the run's activity
 
     def apply_context(self, run_id: str, completion: Completion) -> None:
-        raise NotImplementedError("the DynamoDB coordination store does not hold contexts")
+        """The completion's context writes go into the run item's ``ctx`` map with the record."""
+        updates, deletes = _context_changes(completion.context_updates, completion.context_deletes)
+        for key in deletes:
+            self.ctx_set.pop(key, None)
+            self.ctx_del.add(key)
+        for key, value in updates.items():
+            self.ctx_set[key] = value
+            self.ctx_del.discard(key)
 
     @property
     def changed(self) -> bool:
         return bool(self.jobs != self.before.jobs or self.new_docs or self.new_done or self.new_arrivals
-                    or self.docs != self.before.docs)
+                    or self.docs != self.before.docs or self.ctx_set or self.ctx_del)
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,14 +282,18 @@ class _Drop:
 class DynamoDbCoordinationStore(CoordinationStore):
     name = "dynamodb"
     Options = SqsOptions
-    applies_context = False  # contexts live in their own table; the engine applies them
     releases_lease = True  # a finishing commit removes the owner's lease in its write (``_Drop``)
 
     def __init__(self, client: DynamoDBClient | None = None, table_name: str = "flowcraft-coordination", *,
-                 ttl_seconds: int = 30 * 24 * 3600, source: ClientSource[DynamoDBClient] | None = None) -> None:
+                 ttl_seconds: int = 30 * 24 * 3600, source: ClientSource[DynamoDBClient] | None = None,
+                 applies_context: bool = False) -> None:
+        """``applies_context``: the run's context lives in the run item too (``ctx``; read and written by
+        :class:`flowcraft_sqs.context.RunItemContext`), so a commit writes a completion's context with its
+        record in one UpdateItem; without it contexts live elsewhere and the engine applies them."""
         self._source = source_of(client, source)
         self.table_name = table_name
         self.ttl_seconds = int(ttl_seconds)
+        self._applies_context = applies_context
         # one writer per run at a time in this process: concurrent ones would only fail each other's condition
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._runs: OrderedDict[str, _RunState] = OrderedDict()  # the newest run items this process saw
@@ -269,10 +304,14 @@ class DynamoDbCoordinationStore(CoordinationStore):
         return cls.build(parsed, AwsClients.shared(shared, parsed))
 
     @classmethod
-    def build(cls, options: SqsOptions, clients: AwsClients) -> Self:
+    def build(cls, options: SqsOptions, clients: AwsClients, *, applies_context: bool = False) -> Self:
         """The store its options describe, on the backend's ``clients``."""
         return cls(table_name=options.table("coordination"), ttl_seconds=options.ttl_seconds,
-                   source=clients.source("dynamodb"))
+                   source=clients.source("dynamodb"), applies_context=applies_context)
+
+    @property
+    def applies_context(self) -> bool:
+        return self._applies_context
 
     async def setup(self) -> None:
         from flowcraft_sqs.provisioning import ensure_table
@@ -420,13 +459,15 @@ class DynamoDbCoordinationStore(CoordinationStore):
                     "item holds at most 400 KB",
                     hint="split the work into subflows (each child run has its own state item) or run fewer "
                          "loop iterations per run")
+            after.ctx, after.has_ctx = encoded[CTX], True
             values[":v1"] = N(after.version)
             sets.append("#v = :v1")
             before = {"jobs": plan.before.jobs, "docs": plan.before.docs, "done": plan.before.done,
                       "arrivals": {_arrival_key(*k): v for k, v in plan.before.arrivals.items()}}
             paths = _MapPaths(names, values)
+            ctx_cost = self._ctx_clauses(plan, encoded[CTX], paths, sets, removes, conditions)
             if plan.before.version == 0:
-                conditions.append("(attribute_not_exists(#v) OR #ttl < :now)")
+                conditions.append("#ttl < :now" if plan.before.stale else "(attribute_not_exists(#v) OR #ttl < :now)")
                 sets += [paths.whole(name, encoded[name]) for name in MAPS]
                 sets.append(paths.whole("leases", {}))
             else:
@@ -436,7 +477,7 @@ class DynamoDbCoordinationStore(CoordinationStore):
                                   [k for k in before[name] if k not in encoded[name]]) for name in MAPS}
                 # entry by entry while the expression stays small (concurrent writers of other entries then
                 # merge even on emulators whose conditions are not atomic), else whole maps (4 KB limit)
-                whole = sum(paths.cost(*change) for change in changes.values()) > MAX_EXPRESSION_CHARS
+                whole = sum(paths.cost(*change) for change in changes.values()) + ctx_cost > MAX_EXPRESSION_CHARS
                 for name, (changed, removed) in changes.items():
                     if whole and (changed or removed):
                         sets.append(paths.whole(name, encoded[name]))
@@ -471,11 +512,31 @@ class DynamoDbCoordinationStore(CoordinationStore):
         # the item as stored (an emulator that merged a concurrent write shows it here)
         return self._remember(run_id, _RunState.parse(response.get("Attributes"), now))
 
-    def _encode(self, run_id: str, plan: _Plan, ttl: int | None
-                ) -> tuple[dict[str, dict[str, str]], list[dict[str, Any]]]:
-        """The run item's maps after the plan (arrivals flat), with large values moved to blob items."""
-        blob_items: list[dict[str, Any]] = []
-        spill_all = plan.before.size() > SPILL_ALL_ABOVE
+    def _ctx_clauses(self, plan: _Plan, ctx: Mapping[str, str], paths: _MapPaths, sets: list[str],
+                     removes: list[str], conditions: list[str]) -> int:
+        """The clauses that write the plan's context changes (``applies_context``): entry by entry into the
+        ``ctx`` map the item has, else the whole map where the item has none (or only an expired one).
+        Returns their expression cost."""
+        if not self._applies_context:
+            return 0
+        changed = {key: ctx[key] for key in plan.ctx_set}
+        removed = [key for key in plan.ctx_del if key not in changed]
+        if plan.before.stale or not plan.before.has_ctx:
+            if plan.before.version == 0 or changed or removed:
+                sets.append(paths.whole(CTX, ctx))
+                if not plan.before.stale:  # unless another writer created it meanwhile
+                    conditions.append(f"attribute_not_exists(#{CTX})")
+            return 0
+        if changed or removed:
+            sets.extend(paths.set(CTX, key, value) for key, value in changed.items())
+            removes.extend(paths.path(CTX, key) for key in removed)
+            conditions.append(f"attribute_exists(#{CTX})")
+        return paths.cost(changed, removed)
+
+    def _inliner(self, run_id: str, ttl: int | None, spill_all: bool, blob_items: list[dict[str, Any]]
+                 ) -> Callable[[str, str], str]:
+        """A function that returns a map value for a JSON text: the text, or (too large to inline, or
+        ``spill_all``) ``@`` + the sort key of a new blob item holding it, appended to ``blob_items``."""
 
         def inline(body: str, what: str) -> str:
             if len(body) <= INLINE_BYTES and not spill_all:
@@ -488,6 +549,15 @@ class DynamoDbCoordinationStore(CoordinationStore):
             blob_items.append(item)
             return _BLOB + sk
 
+        return inline
+
+    def _encode(self, run_id: str, plan: _Plan, ttl: int | None
+                ) -> tuple[dict[str, dict[str, str]], list[dict[str, Any]]]:
+        """The run item's maps after the plan (arrivals flat; and ``ctx``), with large values moved to blob
+        items."""
+        blob_items: list[dict[str, Any]] = []
+        inline = self._inliner(run_id, ttl, plan.before.size() > SPILL_ALL_ABOVE, blob_items)
+
         docs = {k: v for k, v in plan.docs.items() if plan.jobs.get(k) in ("pending", "parked")}
         for key, job in plan.new_docs.items():
             what = f"job {key!r} of run {run_id!r}"
@@ -495,7 +565,13 @@ class DynamoDbCoordinationStore(CoordinationStore):
         done = dict(plan.before.done)
         for key, completion in plan.new_done.items():
             what = f"completion of job {key!r} of run {run_id!r}"
-            done[key] = inline(_completion_text(completion, what), what)
+            done[key] = (_APART if key in plan.apart else "") + inline(_completion_text(completion, what), what)
+        ctx = dict(plan.before.ctx)
+        for key in plan.ctx_del:
+            ctx.pop(key, None)
+        for key, value in plan.ctx_set.items():
+            what = f"context value {key!r} of run {run_id!r}"
+            ctx[key] = inline(dumps(value, what), what)
         arrivals = {_arrival_key(*k): v for k, v in plan.before.arrivals.items()}
         for (target, member), (arrived, contribution) in plan.new_arrivals.items():
             what = f"join arrival of {member!r} at {target!r} in run {run_id!r}"
@@ -505,7 +581,7 @@ class DynamoDbCoordinationStore(CoordinationStore):
                 blob_items[-1]["body"] = S(dumps(contribution, what))
                 value = _BLOB + ("1" if arrived else "0") + value[1:]
             arrivals[_arrival_key(target, member)] = value
-        return {"jobs": plan.jobs, "docs": docs, "done": done, "arrivals": arrivals}, blob_items
+        return {"jobs": plan.jobs, "docs": docs, "done": done, "arrivals": arrivals, CTX: ctx}, blob_items
 
     # ------------------------------------------------------------------------------------------ CoordinationStore
     async def schedule(self, run_id: str, jobs: Sequence[Job]) -> list[Job]:
@@ -585,12 +661,188 @@ class DynamoDbCoordinationStore(CoordinationStore):
         self._check(tx.run_id, tx.job_key)
         for arrival in tx.arrivals:
             self._check(tx.run_id, arrival.target_key)
+        if self._applies_context and tx.completion is not None:
+            conflict = await self._context_apart(tx, tx.completion)
+            if conflict is not None:
+                return conflict
         drop = _Drop(tx.job_key, tx.owner) if tx.finish and tx.owner is not None else None
-        committed, after = await self._run(tx.run_id, lambda plan: apply_transition(plan, tx), drop)
+        committed, after = await self._run(
+            tx.run_id, lambda plan: apply_transition(plan, tx, applies_context=self._applies_context), drop)
         if committed.conflict is not None:
             return committed
         pending, parked = after.counts()
         return replace(committed, pending=pending, parked=parked)
+
+    async def _context_apart(self, tx: Transition, completion: Completion) -> Committed | None:
+        """The steps of a commit whose context does not go into the record's UpdateItem (``applies_context``).
+
+        A completion with more than ``CONTEXT_ENTRIES_PER_WRITE`` context writes does not fit one update
+        expression (4 KB): its record is written first, marked (``!``), then its context in as many writes as
+        it takes, then the commit proper (docs/architecture.md §3.5, done by the store). A replay of a marked
+        record whose job is still pending writes its context again (its worker may have died between the
+        steps; no later node can have changed those keys, as none was fired yet). Returns the conflict when
+        another attempt's record won."""
+        run_id, key = tx.run_id, tx.job_key
+        client = await self._source.get()
+        state = self._runs.get(run_id) or await self._read_run(client, run_id, time.time())
+        stored = state.done.get(key)
+        if stored is None and not tx.recovery and (
+                len(completion.context_updates) + len(completion.context_deletes) > CONTEXT_ENTRIES_PER_WRITE):
+            def record(plan: _Plan) -> Completion | None:
+                existing = plan.completion(run_id, key)
+                if existing is None:
+                    plan.put_completion(run_id, key, completion)
+                    plan.apart.add(key)
+                return existing
+
+            existing, state = await self._run(run_id, record)
+            if existing is not None and existing.token != completion.token:
+                return Committed(conflict=existing)
+            stored = state.done.get(key)
+            if existing is None:
+                await self.context_apply(run_id, completion.context_updates, completion.context_deletes)
+                return None
+        if stored is not None and stored.startswith(_APART) and state.jobs.get(key) == "pending":
+            state = await self._read_run(client, run_id, time.time())  # not a cached copy: is it still pending?
+            if state.jobs.get(key) == "pending" and state.done.get(key, "").startswith(_APART):
+                mine = await self._decoded(client, run_id, state, lambda plan: plan.completion(run_id, key))
+                if mine is not None:
+                    await self.context_apply(run_id, mine.context_updates, mine.context_deletes)
+        return None
+
+    # ------------------------------------------------------------------------------------------ the run's context
+    # (``applies_context``: read and written through flowcraft_sqs.context.RunItemContext)
+    async def context_get_many(self, run_id: str, keys: Sequence[str]) -> dict[str, Any]:
+        self._check(run_id)
+        wanted = [k for k in dict.fromkeys(keys) if valid_context_key(k)]
+        client = await self._source.get()
+        found: dict[str, str] = {}
+        for start in range(0, len(wanted), CONTEXT_ENTRIES_PER_WRITE):
+            part = wanted[start:start + CONTEXT_ENTRIES_PER_WRITE]
+            names = {"#c": CTX, "#ttl": "ttl"} | {f"#k{i}": k for i, k in enumerate(part)}
+            found |= await self._read_ctx(client, run_id, ", ".join(f"#c.#k{i}" for i in range(len(part))) + ", #ttl",
+                                          names)
+        values = await self._context_values(client, run_id, found)
+        return {k: values[k] for k in keys if k in values}
+
+    async def context_get_all(self, run_id: str) -> dict[str, Any]:
+        self._check(run_id)
+        client = await self._source.get()
+        return await self._context_values(client, run_id,
+                                          await self._read_ctx(client, run_id, "#c, #ttl", {"#c": CTX, "#ttl": "ttl"}))
+
+    async def _read_ctx(self, client: DynamoDBClient, run_id: str, projection: str, names: dict[str, str]
+                        ) -> dict[str, str]:
+        response = await client.get_item(TableName=self.table_name, Key=self._key(run_id), ConsistentRead=True,
+                                         ProjectionExpression=projection, ExpressionAttributeNames=names)
+        item = response.get("Item")
+        if not item or expired(item, time.time()):
+            return {}
+        return {k: v["S"] for k, v in (item.get(CTX) or {}).get("M", {}).items()}
+
+    async def _context_values(self, client: DynamoDBClient, run_id: str, stored: Mapping[str, str]) -> dict[str, Any]:
+        blobs = [v[1:] for v in stored.values() if v.startswith(_BLOB)]
+        bodies = await self._read_blobs(client, run_id, blobs) if blobs else {}
+        return {k: json.loads(bodies[v[1:]] if v.startswith(_BLOB) else v) for k, v in stored.items()}
+
+    async def context_apply(self, run_id: str, updates: Mapping[str, Any], deletes: Sequence[str] = ()) -> None:
+        """Write context entries outside a commit: up to ``CONTEXT_ENTRIES_PER_WRITE`` per UpdateItem (the
+        version is not changed, so no commit retries for them); the ``ctx`` map is created first where the run
+        item has none (or only an expired one, whose state is then dropped)."""
+        self._check(run_id)
+        changed, removed = _context_changes(updates, deletes)
+        entries: list[tuple[str, Any, bool]] = [(k, v, True) for k, v in changed.items()]
+        entries += [(k, None, False) for k in removed]
+        client = await self._source.get()
+        for start in range(0, len(entries), CONTEXT_ENTRIES_PER_WRITE):
+            await self._ctx_write(client, run_id, entries[start:start + CONTEXT_ENTRIES_PER_WRITE])
+
+    async def _ctx_write(self, client: DynamoDBClient, run_id: str, entries: Sequence[tuple[str, Any, bool]]
+                         ) -> None:
+        now = time.time()
+        ttl = self._ttl(now)
+        blob_items: list[dict[str, Any]] = []
+        cached = self._runs.get(run_id)
+        inline = self._inliner(run_id, ttl, cached is not None and cached.size() > SPILL_ALL_ABOVE, blob_items)
+        names: dict[str, str] = {"#c": CTX, "#ttl": "ttl"}
+        values: dict[str, Any] = {":now": N(now)}
+        sets: list[str] = []
+        removes: list[str] = []
+        for i, (key, value, present) in enumerate(entries):
+            names[f"#k{i}"] = key
+            if present:
+                what = f"context value {key!r} of run {run_id!r}"
+                values[f":x{i}"] = S(inline(dumps(value, what), what))
+                sets.append(f"#c.#k{i} = :x{i}")
+            else:
+                removes.append(f"#c.#k{i}")
+        if ttl is not None:
+            values[":ttl"] = N(ttl)
+            sets.append("#ttl = :ttl")
+        if blob_items:
+            await asyncio.gather(*(client.put_item(TableName=self.table_name, Item=item) for item in blob_items))
+        request = prune({
+            "TableName": self.table_name, "Key": self._key(run_id),
+            "UpdateExpression": ("SET " + ", ".join(sets) if sets else "") + (" REMOVE " + ", ".join(removes)
+                                                                               if removes else ""),
+            "ConditionExpression": "attribute_exists(#c) AND (attribute_not_exists(#ttl) OR #ttl >= :now)",
+            "ExpressionAttributeNames": names, "ExpressionAttributeValues": values})
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                await client.update_item(**request)
+                return
+            except Exception as exc:
+                if is_client_error(exc, "ValidationException") and "size" in str(exc).lower():
+                    raise ItemTooLargeError(
+                        f"the context of run {run_id!r} does not fit its DynamoDB item (400 KB)",
+                        hint="keep large payloads in S3 (or another blob store) and put a reference in the "
+                             "context") from None
+                if not is_client_error(exc, *_NO_PATH):
+                    raise
+            await self._create_ctx(client, run_id, time.time())
+            if attempt >= 3:
+                await asyncio.sleep(backoff(attempt))
+        raise FlowcraftError(f"context writes of run {run_id!r} kept conflicting; giving up after {MAX_ATTEMPTS} "
+                             "attempts")
+
+    async def _create_ctx(self, client: DynamoDBClient, run_id: str, now: float) -> None:
+        """An empty ``ctx`` map on a run item that has none; an expired run item is started afresh (its
+        coordination state goes: the item counts as absent anyway)."""
+        ttl = self._ttl(now)
+        names = {"#c": CTX, "#ttl": "ttl", "#v": "v"}
+        values: dict[str, Any] = {":empty": {"M": {}}, ":now": N(now)}
+        refresh = ""
+        if ttl is not None:
+            values[":ttl"] = N(ttl)
+            refresh = ", #ttl = :ttl"
+        live = "(attribute_not_exists(#ttl) OR #ttl >= :now)"
+        for update, condition in (("SET #c = :empty" + refresh, "attribute_not_exists(#c) AND " + live),
+                                  ("SET #c = :empty" + refresh + " REMOVE #v", "#ttl < :now")):
+            try:
+                await client.update_item(**prune({
+                    "TableName": self.table_name, "Key": self._key(run_id), "UpdateExpression": update,
+                    "ConditionExpression": condition, "ExpressionAttributeNames": names,
+                    "ExpressionAttributeValues": values}))
+                self._runs.pop(run_id, None)  # the cached copy may say the item has no ctx map
+                return
+            except Exception as exc:
+                if not is_client_error(exc, "ConditionalCheckFailedException"):
+                    raise
+
+    async def context_delete_run(self, run_id: str) -> None:
+        """Drop the run's context (and the blob items it names)."""
+        self._check(run_id)
+        client = await self._source.get()
+        stored = await self._read_ctx(client, run_id, "#c, #ttl", {"#c": CTX, "#ttl": "ttl"})
+        try:
+            await client.update_item(TableName=self.table_name, Key=self._key(run_id), UpdateExpression="REMOVE #c",
+                                     ConditionExpression="attribute_exists(#c)", ExpressionAttributeNames={"#c": CTX})
+        except Exception as exc:
+            if not is_client_error(exc, "ConditionalCheckFailedException"):
+                raise
+        self._runs.pop(run_id, None)
+        blobs = [{"DeleteRequest": {"Key": self._key(run_id, v[1:])}} for v in stored.values() if v.startswith(_BLOB)]
+        await batch_write(client, self.table_name, blobs)
 
     async def park(self, run_id: str, job_key: str) -> Committed:
         self._check(run_id, job_key)
@@ -685,6 +937,28 @@ class _MapPaths:
 
 
 # ============================================================================================== completions
+def valid_context_key(key: str) -> bool:
+    """Whether DynamoDB can hold ``key`` as a context key (1 to 1024 bytes of UTF-8)."""
+    try:
+        check_key(key, "context key", MAX_SORT_KEY_BYTES)
+    except KeyTooLongError:
+        return False
+    return True
+
+
+def _context_changes(updates: Mapping[str, Any], deletes: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """What a context write sets and removes: a key deleted in the same step is removed (the delete wins, as
+    in the reference store); a key DynamoDB cannot hold is refused when set, ignored when deleted."""
+    removed = [k for k in dict.fromkeys(deletes) if valid_context_key(k)]
+    gone = set(deletes)
+    changed: dict[str, Any] = {}
+    for key, value in updates.items():
+        if key not in gone:
+            check_key(key, "context key", MAX_SORT_KEY_BYTES)
+            changed[key] = value
+    return changed, removed
+
+
 def _completion_text(completion: Completion, what: str) -> str:
     """The completion record's JSON; the node's output is stored once even though the context update
     ``_outputs.<node>`` repeats it."""
