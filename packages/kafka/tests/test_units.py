@@ -1,16 +1,17 @@
 """Unit tests of flowcraft-kafka that need no server: options, offset tracking, successors produced without
-waiting, identifiers, encoding, registration."""
+waiting, batched context writes, identifiers, encoding, registration."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
 from flowcraft.errors import ConfigError, StoreLimitError
 from flowcraft.spi import Delivery, Job, parse_options
-from flowcraft_kafka._cassandra import hosts_of, ident
+from flowcraft_kafka._cassandra import BATCH_CHARS, BATCH_ROWS, CassandraClient, hosts_of, ident
 from flowcraft_kafka.context import encode
 from flowcraft_kafka.options import CassandraOptions, KafkaOptions, StatusOptions
 from flowcraft_kafka.queue import TP, KafkaQueue, MessageTooLargeError, _Record, _Tracker, finishing
@@ -159,3 +160,26 @@ async def test_enqueue_waits_outside_a_finishing_task() -> None:
     await asyncio.wait_for(enqueued, 5)
     await queue.ack(delivery)
     assert queue._main.commits() == [(tp, 1)]
+
+
+async def test_execute_batch_groups_small_rows_and_sends_big_ones_alone() -> None:
+    calls: list[tuple[str, list[Any]]] = []
+
+    class Recording(CassandraClient):
+        async def execute(self, cql: str, values: Sequence[Any] = ()) -> list[Any]:
+            calls.append((cql, list(values)))
+            return []
+
+    client = Recording(CassandraOptions())
+    insert = 'INSERT INTO "ks"."t" (run_id, key, value) VALUES (?, ?, ?)'
+    small = [("r", f"k{i}", "1") for i in range(BATCH_ROWS + 2)]
+    big = ("r", "big", "x" * BATCH_CHARS)
+    await client.execute_batch(insert, [*small, big])
+    batches = sorted(calls, key=lambda call: -len(call[1]))
+    assert [len(values) for _, values in batches] == [3 * BATCH_ROWS, 6, 3]
+    assert batches[0][0] == "BEGIN UNLOGGED BATCH " + "; ".join([insert] * BATCH_ROWS) + "; APPLY BATCH"
+    assert batches[1][1] == [v for row in small[BATCH_ROWS:] for v in row]
+    assert batches[2] == (insert, list(big))
+    calls.clear()
+    await client.execute_batch(insert, [small[0]])
+    assert calls == [(insert, list(small[0]))]

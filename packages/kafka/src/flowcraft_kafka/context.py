@@ -5,7 +5,8 @@ Table ``<keyspace>.<context_table_name>``::
     CREATE TABLE flowcraft_contexts (run_id text, key text, value text, PRIMARY KEY (run_id, key))
 
 ``value`` is the key's JSON (``null`` is a value, not a missing key). ``apply`` writes each key with its own
-INSERT or DELETE (idempotent; concurrent writers of different keys never touch each other's rows).
+INSERT or DELETE (idempotent; concurrent writers of different keys never touch each other's rows); the
+INSERTs of small values go together as unlogged batches of the run's partition (one request).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class CassandraContext(ContextStore):
         for key, value in updates.items():
             check_text(key, "context key")
             writes.append((run_id, key, encode(value, self.max_value_bytes, f"context value {key!r}")))
-        await self.client.execute_many(self._insert, writes)
+        await self.client.execute_batch(self._insert, writes)  # one row per key, one partition per run
         await self.client.execute_many(self._delete, [(run_id, key) for key in deletes])
 
     async def delete_run(self, run_id: str) -> None:
