@@ -505,7 +505,10 @@ async def test_a_commit_writes_its_context_in_the_run_item(backend: Backend, aws
     assert backend.capabilities.applies_context
     run, first = "ctx-commit", job("ctx-commit", "a")
     await backend.context.apply(run, {"input": 1, "old": 0})  # a run's start writes its context first
+    assert await backend.coordination.activity(run) is None  # nothing scheduled yet: a start that died here
+    assert await backend.coordination.jobs(run) == []
     await backend.coordination.schedule(run, [first])
+    assert await backend.coordination.activity(run) is not None
     assert (await backend.coordination.begin(first, "w1", 30)).lease
     completion = Completion("a", output=1, token="t", context_updates={"_outputs.a": 1, "big": "x" * 5000},
                             context_deletes=("old",))

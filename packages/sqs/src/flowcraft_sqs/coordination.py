@@ -882,10 +882,11 @@ class DynamoDbCoordinationStore(CoordinationStore):
         self._check(run_id)
         client = await self._source.get()
         response = await client.get_item(TableName=self.table_name, Key=self._key(run_id), ConsistentRead=True,
-                                         ProjectionExpression="#act, #ttl",
-                                         ExpressionAttributeNames={"#act": "activity", "#ttl": "ttl"})
+                                         ProjectionExpression="#act, #ttl, #v",
+                                         ExpressionAttributeNames={"#act": "activity", "#ttl": "ttl", "#v": "v"})
         item = response.get("Item")
-        return None if not item or expired(item, time.time()) else num(item.get("activity"))
+        # an item without a version holds only context (a start that died before scheduling): no activity
+        return None if not item or "v" not in item or expired(item, time.time()) else num(item.get("activity"))
 
     async def delete_run(self, run_id: str) -> None:
         self._check(run_id)
