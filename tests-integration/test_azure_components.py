@@ -247,6 +247,33 @@ async def test_status_compare_and_set_has_one_winner(backend: Backend, options: 
     assert final is not None and final.status == winners[0].status and final.errors == winners[0].errors
 
 
+async def test_a_transition_from_a_remembered_record_that_went_stale(backend: Backend,
+                                                                      options: dict[str, Any]) -> None:
+    """A store starts a transition from the record it last read (no read first); another writer's change since
+    makes it fail the etag check or read again, never win on the old status or lose on it."""
+    await backend.status.create(RunRecord("stale", "bp"))
+    assert (await backend.status.get("stale")) is not None  # remembered: status running
+    other = registry().build("azure", options)
+    try:
+        assert await other.status.transition("stale", ["running"], "awaiting", {"awaiting": [{"node_id": "n"}]})
+        # remembered "running" is stale: the replace fails (412), the record is read again, awaiting does not allow it
+        assert await backend.status.transition("stale", ["running"], "completed", {}) is None
+        assert await other.status.transition("stale", ["awaiting"], "running", {"awaiting": []})
+        # remembered "awaiting" (read above) forbids the transition: read again before refusing, then win
+        won = await backend.status.transition("stale", ["running"], "completed", {})
+        assert won is not None and won.status == "completed"
+    finally:
+        await other.close()
+    final = await backend.status.get("stale")
+    assert final is not None and final.status == "completed" and final.awaiting == []
+
+
+async def test_context_writes_of_one_step_with_deletes_of_missing_keys(backend: Backend) -> None:
+    await backend.context.apply("steps", {"a": 1, "b": {"x": [1, 2]}, "c": "three"})
+    await backend.context.apply("steps", {"a": 2, "d": None}, deletes=["c", "never-written"])
+    assert await backend.context.get_all("steps") == {"a": 2, "b": {"x": [1, 2]}, "d": None}
+
+
 # ============================================================================================== config
 def test_a_bad_connection_string_is_one_clear_line(options: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match="azure_storage_connection_string") as caught:

@@ -223,3 +223,72 @@ async def test_a_server_that_cannot_be_reached_is_one_line() -> None:
     assert str(caught.value).startswith("Cosmos DB at https://127.0.0.1:1/ cannot be reached: Cannot connect to "
                                         "host 127.0.0.1:1 ssl:True [Connect call failed]")
     assert "\n" not in str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------------- context batches
+class _Container:
+    """A Cosmos container that records the requests the context store sends; ``refuse``: what a batch raises."""
+
+    id = "contexts"
+
+    def __init__(self, refuse: Exception | None = None) -> None:
+        self.refuse = refuse
+        self.requests: list[tuple[str, Any]] = []
+
+    async def execute_item_batch(self, operations: list[tuple[str, tuple[Any, ...]]], partition_key: str) -> list[Any]:
+        self.requests.append(("batch", [(kind, args[0]["key"] if kind == "upsert" else args[0])
+                                        for kind, args in operations]))
+        if self.refuse is not None:
+            raise self.refuse
+        return []
+
+    async def upsert_item(self, item: dict[str, Any]) -> dict[str, Any]:
+        self.requests.append(("upsert", item["key"]))
+        return item
+
+    async def delete_item(self, id_: str, partition_key: str) -> None:
+        from azure.cosmos.exceptions import CosmosHttpResponseError
+
+        self.requests.append(("delete", id_))
+        raise CosmosHttpResponseError(status_code=404, message="not found")
+
+
+async def test_the_context_writes_of_one_step_are_one_batch() -> None:
+    from flowcraft_azure.context import CosmosDbContext
+
+    container = _Container()
+    store = CosmosDbContext(container)  # type: ignore[arg-type]
+    await store.apply("run", {"a": 1, "b": 2}, deletes=["c"])
+    await store.apply("run", {"only": 1})
+    assert container.requests == [("batch", [("upsert", "a"), ("upsert", "b"), ("delete", item_id("c", "key"))]),
+                                  ("upsert", "only")]
+
+
+async def test_a_batch_failing_on_a_missing_key_is_written_key_by_key_and_batching_goes_on() -> None:
+    from azure.cosmos.exceptions import CosmosBatchOperationError
+
+    from flowcraft_azure.context import CosmosDbContext
+
+    container = _Container(CosmosBatchOperationError(error_index=1, headers={}, status_code=404, message="gone",
+                                                     operation_responses=[]))
+    store = CosmosDbContext(container)  # type: ignore[arg-type]
+    await store.apply("run", {"a": 1}, deletes=["gone"])
+    assert sorted(kind for kind, _ in container.requests) == ["batch", "delete", "upsert"] and store.batches
+    with pytest.raises(CosmosBatchOperationError):  # any other failed operation is the caller's error
+        container.refuse = CosmosBatchOperationError(error_index=0, headers={}, status_code=409, message="conflict",
+                                                     operation_responses=[])
+        await store.apply("run", {"a": 1, "b": 2})
+
+
+async def test_a_server_refusing_batches_gets_one_request_per_key_from_then_on() -> None:
+    from azure.cosmos.exceptions import CosmosHttpResponseError
+
+    from flowcraft_azure.context import CosmosDbContext
+
+    container = _Container(CosmosHttpResponseError(status_code=500, message="Failed to parse partition key"))
+    store = CosmosDbContext(container)  # type: ignore[arg-type]
+    await store.apply("run", {"a": 1, "b": 2})
+    await store.apply("run", {"c": 3, "d": 4})
+    assert container.requests == [("batch", [("upsert", "a"), ("upsert", "b")]), ("upsert", "a"), ("upsert", "b"),
+                                  ("upsert", "c"), ("upsert", "d")]
+    assert not store.batches

@@ -14,6 +14,7 @@ import base64
 import builtins
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -54,11 +55,33 @@ _AFTER = "AND (c.lastUpdated > @a OR (c.lastUpdated = @a AND c.runId > @r)) "
 _BEFORE = "(c.lastUpdated < @u OR (c.lastUpdated = @u AND c.runId < @r))"
 
 
+#: How many run records a store remembers as the starting point of its next transition of the run.
+RECENT_RECORDS = 1024
+#: Records with more JSON text than this (input, errors) are not remembered.
+_RECENT_MAX_CHARS = 16 * 1024
+
+
 class CosmosDbStatusStore(CosmosContainerStore, StatusStore):
     name = "cosmos"
 
     container_option = "status_container"
     indexing_policy = INDEXING_POLICY
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # the item (with its etag) this store last read or wrote, per run: a transition tries its conditional
+        # replace on it first instead of reading the item again (a stale one costs a 412 and a read)
+        self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def _remember(self, item: Mapping[str, Any]) -> None:
+        run_id = str(item.get("runId"))
+        if "_etag" not in item or sum(len(v) for v in item.values() if isinstance(v, str)) > _RECENT_MAX_CHARS:
+            self._recent.pop(run_id, None)
+            return
+        self._recent[run_id] = dict(item)
+        self._recent.move_to_end(run_id)
+        while len(self._recent) > RECENT_RECORDS:
+            self._recent.popitem(last=False)
 
     # ------------------------------------------------------------------------------------------
     async def create(self, record: RunRecord) -> bool:
@@ -68,11 +91,12 @@ class CosmosDbStatusStore(CosmosContainerStore, StatusStore):
         item = _to_item(record)
         container = await self._source.get()
         try:
-            await self._throttle(lambda: container.create_item(item))
+            created = await self._throttle(lambda: container.create_item(item))
         except Exception as exc:
             if status_code(exc) == 409:
                 return False
             raise
+        self._remember(created)
         return True
 
     async def get(self, run_id: str) -> RunRecord | None:
@@ -84,6 +108,7 @@ class CosmosDbStatusStore(CosmosContainerStore, StatusStore):
             id_ = item_id(run_id, "run id")
         except InvalidKeyError:
             return False
+        self._recent.pop(run_id, None)
         container = await self._source.get()
         try:
             await self._throttle(lambda: container.delete_item(id_, partition_key=run_id))
@@ -103,15 +128,20 @@ class CosmosDbStatusStore(CosmosContainerStore, StatusStore):
             item: dict[str, Any] = await self._throttle(lambda: container.read_item(id_, partition_key=run_id))
         except Exception as exc:
             if status_code(exc) == 404:
+                self._recent.pop(run_id, None)
                 return None
             raise
+        self._remember(item)
         return item
 
     async def transition(
         self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any]
     ) -> RunRecord | None:
         """Read the item, check its status, replace it if its etag still matches; a 412 (another writer came
-        first) reads it again, so of concurrent callers exactly one wins each transition."""
+        first) reads it again, so of concurrent callers exactly one wins each transition. The item this store
+        read or wrote last for the run, if any, stands in for the first read: the etag condition makes a stale
+        one fail (412) like any lost race, and a status it shows that forbids the transition is read again
+        before the transition is refused."""
         if not from_statuses:
             return None
         for field in changes:
@@ -120,9 +150,15 @@ class CosmosDbStatusStore(CosmosContainerStore, StatusStore):
         from azure.core import MatchConditions
 
         container = await self._source.get()
+        hint = self._recent.pop(run_id, None)
         while True:
-            item = await self._read(run_id)
-            if item is None or item.get("status") not in from_statuses:
+            item = hint if hint is not None else await self._read(run_id)
+            from_hint, hint = hint is not None, None
+            if item is None:
+                return None
+            if item.get("status") not in from_statuses:
+                if from_hint:
+                    continue  # the remembered item may be stale: read it
                 return None
             etag = item["_etag"]
             body = {k: v for k, v in item.items() if not k.startswith("_")}
@@ -140,6 +176,7 @@ class CosmosDbStatusStore(CosmosContainerStore, StatusStore):
                 if status_code(exc) == 404:
                     return None
                 raise
+            self._remember(replaced)
             return _from_item(replaced)
 
     async def _replace(self, container: ContainerProxy, body: dict[str, Any], etag: str,
