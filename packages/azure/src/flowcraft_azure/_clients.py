@@ -126,9 +126,11 @@ class AzureClients:
             try:
                 # the SDK's default backoff (15 s, then 18 s, 24 s) would stall a worker for a minute on one
                 # refused request; the engine retries a failed job itself
-                self._service = QueueServiceClient.from_connection_string(
+                service = QueueServiceClient.from_connection_string(
                     self.options.require_storage(), retry_total=3, initial_backoff=1, increment_base=2,
                     connection_timeout=10, **transport_settings())
+                slim_pipeline(service)  # its queue clients share its policies
+                self._service = service
             except ValueError as exc:
                 raise ConfigError(f"option azure_storage_connection_string: {redact_text(str(exc))}",
                                   hint="copy it from the storage account's Access keys page (or use Azurite's "
@@ -158,6 +160,7 @@ class AzureClients:
                 raise ConfigError(f"options cosmos_endpoint/cosmos_key: {redact_text(str(exc))}",
                                   hint="the endpoint is https://<account>.documents.azure.com:443/ and the key "
                                        "the account's base64 key") from None
+            slim_pipeline(getattr(self._cosmos.client_connection, "pipeline_client", None))
             self._database = self._cosmos.get_database_client(self.options.cosmos_database)
         return self._database
 
@@ -227,6 +230,49 @@ def transport_settings() -> dict[str, Any]:
     if urllib.request.getproxies_environment() or os.path.exists(netrc):
         return {}
     return {"use_env_settings": False}
+
+
+def idle_policy(policy: Any) -> bool:
+    """Whether an SDK pipeline policy would do nothing for any request the components send: no proxy, hook,
+    HTTP logging or distributed tracing configured (when the client is made; the components never pass the
+    per-call options that turn them on)."""
+    from azure.core.settings import settings
+
+    name = type(policy).__name__
+    if name == "ProxyPolicy":
+        return not getattr(policy, "proxies", None)
+    if name in ("CustomHookPolicy", "StorageRequestHook"):
+        return getattr(policy, "_request_callback", None) is None \
+            and getattr(policy, "_response_callback", None) is None
+    if name in ("NetworkTraceLoggingPolicy", "StorageLoggingPolicy"):
+        return getattr(policy, "enable_http_logger", None) is False
+    if name == "HttpLoggingPolicy":
+        return not logging.getLogger("azure.core.pipeline.policies.http_logging_policy").isEnabledFor(logging.INFO)
+    if name == "CosmosHttpLoggingPolicy":
+        return getattr(policy, "_enable_diagnostics_logging", None) is False
+    if name == "DistributedTracingPolicy":
+        return not settings.tracing_enabled() and settings.tracing_implementation() is None
+    return False
+
+
+def slim_pipeline(owner: Any) -> bool:
+    """Drop the idle policies (``idle_policy``) from the pipeline of an SDK client (``owner._pipeline``): each
+    is an async frame and a few lookups on every request — about a third of the Cosmos client's CPU per
+    request here. The SDKs have no option for it, so this reads their pipeline's private attributes; where
+    they are not as expected (another SDK version) the pipeline is left as it is. True when slimmed."""
+    from azure.core.pipeline import AsyncPipeline
+
+    pipeline = getattr(owner, "_pipeline", None)
+    runners = getattr(pipeline, "_impl_policies", None)
+    transport = getattr(pipeline, "_transport", None)
+    if not isinstance(runners, list) or transport is None:
+        return False
+    policies: list[Any] = [getattr(runner, "_policy", runner) for runner in runners]
+    kept: list[Any] = [policy for policy in policies if not idle_policy(policy)]
+    if len(kept) == len(policies):
+        return False
+    owner._pipeline = AsyncPipeline(transport, kept)
+    return True
 
 
 def cached_ssl_transport(**kwargs: Any) -> Any:
