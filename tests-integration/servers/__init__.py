@@ -26,6 +26,7 @@ from .moto import MotoServer
 from .postgres import PostgresServer
 from .rabbitmq import RabbitMqServer
 from .redis import RedisServer
+from .redis_cluster import RedisClusterServer
 
 __all__ = [
     "HOST",
@@ -37,6 +38,7 @@ __all__ = [
     "MotoServer",
     "PostgresServer",
     "RabbitMqServer",
+    "RedisClusterServer",
     "RedisServer",
     "Server",
     "ServerError",

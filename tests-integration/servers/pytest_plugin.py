@@ -39,6 +39,7 @@ from .moto import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, MotoServer
 from .postgres import PostgresServer
 from .rabbitmq import RabbitMqServer
 from .redis import RedisServer
+from .redis_cluster import RedisClusterServer
 
 S = TypeVar("S", bound=Server)
 
@@ -153,6 +154,13 @@ def redis_url(request: pytest.FixtureRequest) -> str:
         return url
     server: RedisServer = request.getfixturevalue("redis_server")
     return server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_server() -> Iterator[RedisClusterServer]:
+    """A 3-shard Redis Cluster (no replicas) started for this session; its ``url`` is
+    ``redis+cluster://127.0.0.1:<port>``."""
+    yield from _managed(RedisClusterServer())
 
 
 @pytest.fixture

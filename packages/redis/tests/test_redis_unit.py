@@ -104,3 +104,31 @@ def test_plugin_registers_lazily() -> None:
     assert reg.component("status", "redis") is RedisStatusStore
     store = RedisStatusStore.from_config({"redis_url": "redis://127.0.0.1:1/0", "state_ttl_seconds": "60"}, {})
     assert store.state_ttl_seconds == 60 and store.key_prefix == "flowcraft:"
+
+
+def test_cluster_clients_from_url_or_option() -> None:
+    from redis.asyncio import RedisCluster
+
+    from flowcraft.errors import ConfigError
+    from flowcraft_redis import make_any_client, shared_any_client, shared_client
+    from flowcraft_redis._client import is_cluster
+
+    assert is_cluster(make_any_client("redis+cluster://127.0.0.1:1"))
+    assert is_cluster(make_any_client("rediss+cluster://127.0.0.1:1/0"))
+    assert is_cluster(make_any_client("redis://127.0.0.1:1", cluster=True))
+    assert not is_cluster(make_any_client("redis://127.0.0.1:1/0"))
+    assert not fast_packing(make_any_client("redis+cluster://127.0.0.1:1"))
+    with pytest.raises(ConfigError, match="only database 0"):
+        make_any_client("redis+cluster://127.0.0.1:1/3")
+    with pytest.raises(ConfigError, match="redis_cluster needs"):
+        make_any_client("unix:///tmp/redis.sock", cluster=True)
+    with pytest.raises(ConfigError, match="does not support"):  # components that need one server say so
+        make_client("redis+cluster://127.0.0.1:1")
+    shared: dict[str, Any] = {}
+    client = shared_any_client({"redis_url": "redis://127.0.0.1:1/0", "redis_cluster": "true"}, shared)
+    assert isinstance(client, RedisCluster)
+    assert shared_any_client({"redis_url": "redis+cluster://127.0.0.1:1/0"}, shared) is client
+    with pytest.raises(ConfigError, match="does not support"):
+        shared_client({"redis_url": "redis+cluster://127.0.0.1:1/0"}, shared)
+    single = shared_client({"redis_url": "redis://127.0.0.1:1/0"}, shared)
+    assert shared_any_client({"redis_url": "redis://127.0.0.1:1/0"}, shared) is single

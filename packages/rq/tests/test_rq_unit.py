@@ -9,7 +9,7 @@ from typing import Any
 from flowcraft.app import App
 from flowcraft.plugins import registry
 from flowcraft.spi import Begin, Capabilities, Job
-from flowcraft_redis import RedisCoordinationStore, RedisStatusStore, colocate, make_client
+from flowcraft_redis import RedisCoordinationStore, RedisStatusStore, colocate, make_any_client, make_client
 from flowcraft_rq import FUNC_NAME, RqAdapter, RqQueue, RqReceipt
 from flowcraft_rq.jobs import decode_data, encode_data, run_job
 from flowcraft_rq.queue import iso
@@ -118,3 +118,23 @@ def test_deliveries_from_dequeue_replies() -> None:
     missing = RqQueue._delivery([b"id", b"id:e1", data, 1, [], -1, None, None], "w1")
     # no run record, so no lease either: the engine reads the status itself (and dead-letters the job)
     assert not missing.prefetched and missing.record is None and missing.begin is None
+
+
+def test_on_a_cluster_the_queue_lives_in_one_slot_and_takes_no_cross_slot_fast_path() -> None:
+    import pytest
+    from redis.cluster import key_slot
+
+    from flowcraft.errors import ConfigError
+
+    backend = registry().build("rq", {"redis_url": "redis+cluster://127.0.0.1:1", "queue_name": "jobs:a"})
+    queue = backend.queue
+    assert isinstance(queue, RqQueue) and queue.clustered
+    assert not backend.capabilities.dispatches and not backend.capabilities.prefetches_status
+    assert backend.capabilities.applies_context  # context and run hash share the run's slot
+    job_key = queue._job_key(queue.new_job_id())
+    slots = {key_slot(key.encode()) for key in (queue.queue_key, queue.wip_key, queue.scheduled_key, queue.claims_key,
+                                                 queue.claim_key, queue.failed_key, job_key)}
+    assert len(slots) == 1
+    assert ":" not in queue.new_job_id()  # started-registry entries are <job id>:<execution id>
+    with pytest.raises(ConfigError, match="braces"):
+        RqQueue(make_any_client("redis+cluster://127.0.0.1:1"), queue_name="a{b}")

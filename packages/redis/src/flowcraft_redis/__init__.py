@@ -13,7 +13,9 @@ from flowcraft_redis._client import (
     Packed,
     batcher_for,
     fast_packing,
+    make_any_client,
     make_client,
+    shared_any_client,
     shared_client,
 )
 from flowcraft_redis.colocation import Colocated, Colocation, Dispatcher, colocate
@@ -42,6 +44,8 @@ __all__ = [
     "colocate",
     "create_redis_reconciler",
     "fast_packing",
+    "make_any_client",
     "make_client",
+    "shared_any_client",
     "shared_client",
 ]

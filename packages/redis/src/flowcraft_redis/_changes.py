@@ -15,9 +15,10 @@ import contextlib
 import logging
 import time
 
-from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
+
+from flowcraft_redis._client import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class _Watch:
 class ChangeFeed:
     """The subscriptions of one status store: channel -> who waits on it (see the module docstring)."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None

@@ -13,7 +13,7 @@ import json
 import weakref
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -22,7 +22,10 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from flowcraft.config import redact_text
-from flowcraft.errors import ServerUnreachableError
+from flowcraft.errors import ConfigError, ServerUnreachableError
+
+#: a client of one Redis (or a primary) or of a Redis Cluster
+RedisClient = Redis | RedisCluster
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PREFIX = "flowcraft:"
@@ -61,8 +64,10 @@ class Packed(bytes):
         return packed
 
 
-def fast_packing(client: Redis) -> bool:
+def fast_packing(client: RedisClient) -> bool:
     """Whether ``client`` packs commands with ``_FastPack`` (and so understands ``Packed`` arguments)."""
+    if isinstance(client, RedisCluster):
+        return False
     connection_class = client.connection_pool.connection_class
     return isinstance(connection_class, type) and issubclass(connection_class, _FastPack)
 
@@ -151,9 +156,51 @@ class _RestartTolerantRetry(Retry):
         return result
 
 
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+def is_cluster(client: RedisClient) -> bool:
+    """Whether ``client`` talks to a Redis Cluster (scripts may touch one slot per call; see the README)."""
+    return isinstance(client, RedisCluster)
+
+
+def cluster_url(url: str, cluster: bool = False) -> tuple[str, bool]:
+    """``url`` as redis-py reads it and whether it names a Redis Cluster: a ``redis+cluster://`` or
+    ``rediss+cluster://`` URL, or ``cluster`` (the ``redis_cluster`` option) with ``redis://``/``rediss://``."""
+    scheme, sep, rest = url.partition("://")
+    plain = CLUSTER_SCHEMES.get(scheme.lower())
+    if plain is not None:
+        return f"{plain}{sep}{rest}", True
+    if cluster and scheme.lower() not in ("redis", "rediss"):
+        raise ConfigError(f"redis_cluster needs a redis:// or rediss:// URL, not {redact_text(url)}",
+                          hint="a Redis Cluster is reached over TCP: redis+cluster://host:port (any node)")
+    return url, cluster
+
+
+def make_any_client(url: str, cluster: bool = False) -> RedisClient:
+    """``make_client``, or for a ``redis+cluster://host:port`` URL (``rediss+cluster://`` with TLS) or
+    ``cluster=True`` (the ``redis_cluster`` option) a ``redis.asyncio.RedisCluster`` that starts from that
+    node. For components that work on a Redis Cluster (the Redis stores, the rq queue)."""
+    url, cluster = cluster_url(url, cluster)
+    if cluster:
+        path = url.partition("://")[2].partition("/")[2].partition("?")[0]
+        if path not in ("", "0"):
+            raise ConfigError(f"a Redis Cluster has only database 0, not {path!r} ({redact_text(url)})")
+        try:
+            return RedisCluster.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT)
+        except ValueError as error:
+            raise ConfigError(f"invalid Redis Cluster URL {redact_text(url)}: {error}") from None
+    return make_client(url)
+
+
 def make_client(url: str) -> Redis:
-    """A redis.asyncio client for ``url`` that rides out a restart (reconnects with backoff for ~30 s) and
-    reports a server it never reached at once (``_RestartTolerantRetry``)."""
+    """A redis.asyncio client of one Redis server for ``url`` that rides out a restart (reconnects with
+    backoff for ~30 s) and reports a server it never reached at once (``_RestartTolerantRetry``). A Redis
+    Cluster URL is refused here (``make_any_client`` takes it)."""
+    if cluster_url(url)[1]:
+        raise ConfigError(f"{redact_text(url)} names a Redis Cluster, which this component does not support",
+                          hint="use a redis:// URL of one server, or components that support a cluster "
+                               "(flowcraft-redis stores, the rq preset)")
     retry = _RestartTolerantRetry(url)
     scheme = url.split("://", 1)[0].lower()
     connection_class = {"redis": _FastConnection, "rediss": _FastSSLConnection, "unix": _FastUnixConnection}.get(
@@ -172,12 +219,30 @@ def option_url(options: Any) -> str:
     return str(options.get("redis_url") or DEFAULT_URL)
 
 
-def shared_client(options: Any, shared: dict[str, Any]) -> Redis:
-    """One client per URL among the components built from one config (``shared`` from ``from_config``)."""
-    key = f"redis:{option_url(options)}"
-    client = shared.get(key)
+def option_cluster(options: Any) -> bool:
+    value = options.get("redis_cluster")
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def shared_any_client(options: Any, shared: dict[str, Any]) -> RedisClient:
+    """One client per URL among the components built from one config (``shared`` from ``from_config``); a
+    Redis Cluster client for a cluster URL or ``redis_cluster`` (``make_any_client``)."""
+    url, cluster = cluster_url(option_url(options), option_cluster(options))
+    key = f"redis:{'cluster:' if cluster else ''}{url}"
+    client: RedisClient | None = shared.get(key)
     if client is None:
-        client = shared[key] = make_client(option_url(options))
+        client = shared[key] = make_any_client(url, cluster)
+    return client
+
+
+def shared_client(options: Any, shared: dict[str, Any]) -> Redis:
+    """``shared_any_client`` for a component that needs one Redis server (a cluster URL is refused)."""
+    client = shared_any_client(options, shared)
+    if not isinstance(client, Redis):
+        raise ConfigError(f"{redact_text(option_url(options))} names a Redis Cluster, which this component "
+                          "does not support", hint="use a redis:// URL of one server")
     return client
 
 
@@ -214,7 +279,7 @@ class Batcher:
     At most one pipeline is in flight; calls made meanwhile form the next one. Scripts are sent as EVALSHA
     and loaded on NOSCRIPT (e.g. after a server restart)."""
 
-    def __init__(self, client: Redis, max_in_flight: int = 2) -> None:
+    def __init__(self, client: RedisClient, max_in_flight: int = 2) -> None:
         self.client = client
         self.max_in_flight = max_in_flight
         self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
@@ -232,8 +297,10 @@ class Batcher:
         self._scripts[sha] = source
         return sha
 
-    async def call_script(self, sha: str, *args: Any) -> Any:
-        return await self.call("EVALSHA", sha, 0, *args)
+    async def call_script(self, sha: str, keys: tuple[str, ...] | list[str], *args: Any) -> Any:
+        """EVALSHA with ``keys`` as KEYS (every key the script touches: a cluster client routes by them) and
+        ``args`` as ARGV."""
+        return await self.call("EVALSHA", sha, len(keys), *keys, *args)
 
     async def call(self, *command: Any) -> Any:
         return await self._submit(command)
@@ -271,7 +338,7 @@ class Batcher:
             missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
             if missing:
                 for source in self._scripts.values():
-                    await self.client.script_load(source)
+                    await self.client.script_load(source)  # on a cluster: on every primary
                 again = await self._execute([batch[i][0] for i in missing])
                 for i, result in zip(missing, again, strict=True):
                     results[i] = result
@@ -295,7 +362,7 @@ class Batcher:
         self.commands += len(commands)
         if len(commands) == 1:
             try:  # redis-py leaves Redis.execute_command unannotated
-                return [await self.client.execute_command(*commands[0])]  # type: ignore[no-untyped-call]
+                return [await self.client.execute_command(*commands[0])]
             except NoScriptError as exc:
                 return [exc]
         pipe = self.client.pipeline(transaction=False)
@@ -304,10 +371,10 @@ class Batcher:
         return list(await pipe.execute(raise_on_error=False))
 
 
-_batchers: weakref.WeakKeyDictionary[Redis, Batcher] = weakref.WeakKeyDictionary()
+_batchers: weakref.WeakKeyDictionary[RedisClient, Batcher] = weakref.WeakKeyDictionary()
 
 
-def batcher_for(client: Redis) -> Batcher:
+def batcher_for(client: RedisClient) -> Batcher:
     """The auto-pipeline of ``client`` (created on first use): every component on one client shares it, so the
     calls of all of them made in one event-loop iteration go out as one pipeline."""
     batcher = _batchers.get(client)

@@ -5,15 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
-from redis.asyncio import Redis
-
 from flowcraft.spi import parse_options
 from flowcraft_redis._client import (
     DEFAULT_PREFIX,
     DEFAULT_TTL,
     Keys,
+    RedisClient,
     batcher_for,
-    shared_client,
+    shared_any_client,
 )
 from flowcraft_redis.colocation import Colocated
 from flowcraft_redis.options import RedisOptions
@@ -22,7 +21,7 @@ from flowcraft_redis.options import RedisOptions
 class RedisStateStore(Colocated):
     """Base of the Redis stores: keys under ``key_prefix``, each write refreshing ``state_ttl_seconds``."""
 
-    def __init__(self, redis: Redis, *, key_prefix: str = DEFAULT_PREFIX,
+    def __init__(self, redis: RedisClient, *, key_prefix: str = DEFAULT_PREFIX,
                  state_ttl_seconds: float = DEFAULT_TTL) -> None:
         self.redis = redis
         self.key_prefix = key_prefix
@@ -37,5 +36,5 @@ class RedisStateStore(Colocated):
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
         parsed = parse_options(RedisOptions, options)
         # built alone: it takes no fast path with other components (a preset's factory wires those: colocate)
-        return cls(shared_client(options, shared), key_prefix=parsed.key_prefix,
+        return cls(shared_any_client(options, shared), key_prefix=parsed.key_prefix,
                    state_ttl_seconds=parsed.state_ttl_seconds)

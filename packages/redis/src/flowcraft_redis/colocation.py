@@ -17,9 +17,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
-from redis.asyncio import Redis
-
 from flowcraft.spi import ContextStore, CoordinationStore, Queue, StatusStore
+from flowcraft_redis._client import RedisClient
 
 _KINDS: tuple[tuple[str, type[Any]], ...] = (
     ("queue", Queue), ("context", ContextStore), ("status", StatusStore), ("coordination", CoordinationStore))
@@ -37,6 +36,9 @@ class Dispatcher(ABC):
 
     #: the Lua source defining ``dispatch`` (see the class docstring)
     lua: str
+    #: the queue keys ``dispatch`` writes, passed to the commit script after the run's own KEYS (so
+    #: ``KEYS[3]`` on); only on one Redis: a cluster has them in other slots than the run, so no queue dispatches
+    keys: tuple[str, ...] = ()
 
     @abstractmethod
     def args(self, count: int, now: float) -> list[Any]:
@@ -46,7 +48,7 @@ class Dispatcher(ABC):
 class Colocated:
     """A component that can join a ``Colocation``: it has a ``redis`` client and a ``key_prefix``."""
 
-    redis: Redis
+    redis: RedisClient
     key_prefix: str
 
     def colocated(self, colocation: Colocation) -> None:
@@ -61,7 +63,7 @@ class Colocated:
 class Colocation:
     """The components of one backend on one Redis client and key prefix (at most one of each kind)."""
 
-    def __init__(self, client: Redis, prefix: str) -> None:
+    def __init__(self, client: RedisClient, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
         self.queue: Colocated | None = None

@@ -5,13 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from redis.asyncio import Redis
-
 from flowcraft.spi import ContextStore
 from flowcraft_redis import scripts
 from flowcraft_redis._client import (
     DEFAULT_PREFIX,
     DEFAULT_TTL,
+    RedisClient,
     dumps,
     loads,
     text,
@@ -25,7 +24,7 @@ class RedisContext(RedisStateStore, ContextStore):
 
     name = "redis"
 
-    def __init__(self, redis: Redis, *, key_prefix: str = DEFAULT_PREFIX,
+    def __init__(self, redis: RedisClient, *, key_prefix: str = DEFAULT_PREFIX,
                  state_ttl_seconds: float = DEFAULT_TTL) -> None:
         super().__init__(redis, key_prefix=key_prefix, state_ttl_seconds=state_ttl_seconds)
         self._apply = self.batcher.script(scripts.CONTEXT_APPLY)
@@ -44,11 +43,11 @@ class RedisContext(RedisStateStore, ContextStore):
     async def apply(self, run_id: str, updates: Mapping[str, Any], deletes: Sequence[str] = ()) -> None:
         if not updates and not deletes:
             return
-        args: list[Any] = [self.keys.ctx(run_id), self.state_ttl_seconds, len(updates)]
+        args: list[Any] = [self.state_ttl_seconds, len(updates)]
         for key, value in updates.items():
             args += (key, dumps(value))
         args += list(deletes)  # deletes win over updates of the same key, as in the memory store
-        await self.batcher.call_script(self._apply, *args)
+        await self.batcher.call_script(self._apply, (self.keys.ctx(run_id),), *args)
 
     async def delete_run(self, run_id: str) -> None:
         await self.batcher.call("DEL", self.keys.ctx(run_id))

@@ -6,8 +6,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
-
 from flowcraft.spi import (
     Begin,
     Committed,
@@ -19,6 +17,7 @@ from flowcraft.spi import (
     Transition,
 )
 from flowcraft_redis import scripts
+from flowcraft_redis._client import RedisClient
 from flowcraft_redis._store import RedisStateStore
 from flowcraft_redis.colocation import Colocation, Dispatcher
 from flowcraft_redis.layout import (
@@ -50,7 +49,7 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
 
     name = "redis"
 
-    def __init__(self, redis: Redis, *, key_prefix: str = DEFAULT_PREFIX, state_ttl_seconds: float = DEFAULT_TTL,
+    def __init__(self, redis: RedisClient, *, key_prefix: str = DEFAULT_PREFIX, state_ttl_seconds: float = DEFAULT_TTL,
                  applies_context: bool | None = None, dispatcher: Dispatcher | None = None) -> None:
         super().__init__(redis, key_prefix=key_prefix, state_ttl_seconds=state_ttl_seconds)
         self._forced_context = applies_context
@@ -88,23 +87,24 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
         """Always: the commit script drops the finishing owner's lease (``lua/commit.lua``)."""
         return True
 
-    async def _call(self, sha: str, *args: Any) -> Any:
-        return await self.batcher.call_script(sha, self.key_prefix, *args)
+    async def _call(self, sha: str, run_id: str, *args: Any) -> Any:
+        """A script whose one key is the run's coordination hash."""
+        return await self.batcher.call_script(sha, (self.keys.run(run_id),), *args)
 
     # ------------------------------------------------------------------ scheduling and leases
     async def schedule(self, run_id: str, jobs: Sequence[Job]) -> list[Job]:
         if not jobs:
             return []
-        args: list[Any] = [run_id, repr(time.time()), self.state_ttl_seconds, len(jobs)]
+        args: list[Any] = [repr(time.time()), self.state_ttl_seconds, len(jobs)]
         for job in jobs:
             args += (job.key, dumps(job.to_dict()))
-        inserted = await self._call(self._schedule, *args)
+        inserted = await self._call(self._schedule, run_id, *args)
         return [jobs[int(i) - 1] for i in inserted]
 
     async def begin(self, job: Job, owner: str, lease_seconds: float) -> Begin:
         now = time.time()
         lease, state, completion = await self._call(
-            self._begin, repr(now), self.state_ttl_seconds, job.run_id, job.key, owner, repr(now + lease_seconds)
+            self._begin, job.run_id, repr(now), self.state_ttl_seconds, job.key, owner, repr(now + lease_seconds)
         )
         return Begin(lease=bool(lease), state=parse_state(state),
                      completion=parse_completion(completion) if lease else None)
@@ -126,6 +126,7 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
         apply_context = completion is not None and self.applies_context
         flags = f"{int(tx.recovery)}{int(tx.finish)}{int(completion is not None)}{int(apply_context)}"
         owner = tx.owner or ""
+        keys: list[str] = [self.keys.run(tx.run_id), self.keys.ctx(tx.run_id)]
         args: list[Any] = [tx.run_id, tx.job_key, repr(now), self.state_ttl_seconds, flags,
                            completion.token if completion is not None else "",
                            dumps(completion.to_dict()) if completion is not None else "", owner]
@@ -147,11 +148,12 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
                      arrival.strategy, dumps(job.to_dict()), "" if job.due_at is None else repr(job.due_at))
         dispatcher = self.dispatcher
         if dispatcher is not None and arrivals:
+            keys += dispatcher.keys
             args.append(1)
             args += dispatcher.args(len(arrivals), now)
         else:
             args.append(0)
-        result = await self._call(self._commit_sha(dispatcher), *args)
+        result = await self.batcher.call_script(self._commit_sha(dispatcher), keys, *args)
         if result[0] == b"conflict":
             return Committed(conflict=Completion.from_dict(loads(result[1])))
         pending, parked, _released, count = (int(v) for v in result[1:5])

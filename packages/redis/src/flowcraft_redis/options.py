@@ -18,3 +18,5 @@ class RedisOptions:
     key_prefix: str = option(DEFAULT_PREFIX, "prefix of every key this backend writes; several apps can share "
                                              "one server with different prefixes")
     state_ttl_seconds: float = option(float(DEFAULT_TTL), "seconds a run's data is kept after its last write")
+    redis_cluster: bool = option(False, "redis_url names a node of a Redis Cluster (as a redis+cluster:// URL "
+                                        "does); the client follows the cluster's slots")

@@ -8,14 +8,18 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from flowcraft.spi import ACTIVE_STATUSES, RunRecord, StatusStore, check_record_changes
 from flowcraft_redis import scripts
 from flowcraft_redis._changes import ChangeFeed
+from flowcraft_redis._client import RedisClient, is_cluster
 from flowcraft_redis._store import RedisStateStore
 from flowcraft_redis.layout import DEFAULT_PREFIX, DEFAULT_TTL, RECORD_FIELDS, dumps, record_from_hash, text
+
+#: on a Redis Cluster an index entry whose record is missing or has another status is dropped only when it is
+#: older than this (seconds): the entry is written just before its record's script runs on another shard
+INDEX_GRACE_SECONDS = 60.0
 
 
 def _flat(items: list[Any]) -> dict[bytes, bytes]:
@@ -26,16 +30,24 @@ class RedisStatusStore(RedisStateStore, StatusStore):
     """``P status:{<run_id>}`` hash (one field per record field, JSON; ``status`` plain); ``P idx:created``
     sorted set (score created_at) for ``list``; ``P idx:status:<status>`` sorted sets (score updated_at)
     for ``stalled``. ``transition`` is a compare-and-set in one Lua call that returns the new record and
-    publishes the new status on ``P changed:{<run_id>}``, which ``wait_for_change`` listens to."""
+    publishes the new status on ``P changed:{<run_id>}``, which ``wait_for_change`` listens to.
+
+    On one Redis the scripts update the indexes too (atomic). On a Redis Cluster the indexes are in other slots
+    than the record: ``create``/``transition`` first add the run to the index of its new status (and
+    ``idx:created``), then run the script on the record; ``list`` and ``stalled`` check each entry against its
+    record and drop the entries (older than ``INDEX_GRACE_SECONDS``) of records that are gone or have left
+    that status. An index entry is so never missing for a record that has the status."""
 
     name = "redis"
     notifies = True
 
-    def __init__(self, redis: Redis, *, key_prefix: str = DEFAULT_PREFIX,
+    def __init__(self, redis: RedisClient, *, key_prefix: str = DEFAULT_PREFIX,
                  state_ttl_seconds: float = DEFAULT_TTL) -> None:
         super().__init__(redis, key_prefix=key_prefix, state_ttl_seconds=state_ttl_seconds)
+        self.clustered = is_cluster(redis)
         self._create = self.batcher.script(scripts.STATUS_CREATE)
         self._transition = self.batcher.script(scripts.STATUS_TRANSITION)
+        self._index_drop = self.batcher.script(scripts.INDEX_DROP)
         self._changes = ChangeFeed(redis)
 
     async def create(self, record: RunRecord) -> bool:
@@ -43,11 +55,19 @@ class RedisStatusStore(RedisStateStore, StatusStore):
         created = record.created_at or now
         data = record.to_dict()
         data["created_at"], data["updated_at"] = created, now
-        args: list[Any] = [self.key_prefix, record.run_id, self.state_ttl_seconds, record.status, repr(created),
-                           repr(now)]
+        args: list[Any] = [record.run_id, self.state_ttl_seconds, record.status, repr(created), repr(now)]
         for name in RECORD_FIELDS:
             args += (name, dumps(data[name]))
-        done = await self.batcher.call_script(self._create, *args)
+        keys = [self.keys.status(record.run_id)]
+        if self.clustered:  # the index entries first (see the class docstring)
+            created_idx = self.keys.idx_created
+            await self.batcher.call_many(
+                ("ZADD", created_idx, "NX", repr(created), record.run_id),
+                ("ZREMRANGEBYSCORE", created_idx, "-inf", f"({now - self.state_ttl_seconds!r}"),
+                ("ZADD", self.keys.idx_status(record.status), "NX", repr(now), record.run_id))
+        else:
+            keys += (self.keys.idx_created, self.keys.idx_status(record.status))
+        done = await self.batcher.call_script(self._create, keys, *args)
         if done:
             record.created_at, record.updated_at = created, now
         return bool(done)
@@ -71,11 +91,21 @@ class RedisStatusStore(RedisStateStore, StatusStore):
         self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any]
     ) -> RunRecord | None:
         check_record_changes(changes)
-        args: list[Any] = [self.key_prefix, run_id, self.state_ttl_seconds, to_status, repr(time.time()),
+        now = time.time()
+        args: list[Any] = [run_id, self.state_ttl_seconds, to_status, repr(now), self.keys.changes(run_id),
                            len(from_statuses), *from_statuses]
         for name, value in changes.items():
             args += (name, dumps(value))
-        raw = await self.batcher.call_script(self._transition, *args)
+        keys = [self.keys.status(run_id)]
+        if self.clustered:  # the new status's index entry first (see the class docstring)
+            index = self.keys.idx_status(to_status)
+            commands: list[tuple[Any, ...]] = [("ZADD", index, repr(now), run_id)]
+            if to_status not in ACTIVE_STATUSES:
+                commands.append(("ZREMRANGEBYSCORE", index, "-inf", f"({now - self.state_ttl_seconds!r}"))
+            await self.batcher.call_many(*commands)
+        else:
+            keys += [self.keys.idx_status(status) for status in (*from_statuses, to_status)]
+        raw = await self.batcher.call_script(self._transition, keys, *args)
         return None if not raw else record_from_hash(_flat(raw))
 
     async def _records(self, run_ids: Sequence[bytes]) -> builtins.list[RunRecord | None]:
@@ -109,9 +139,7 @@ class RedisStatusStore(RedisStateStore, StatusStore):
             rows = [(member, score) for member, score in rows
                     if after is None or score < after[0] or (score == after[0] and text(member) < after[1])]
             records = await self._records([member for member, _ in rows])
-            stale = [member for (member, _), record in zip(rows, records, strict=True) if record is None]
-            if stale:
-                await self.redis.zrem(index, *stale)
+            await self._drop_stale(index, None, rows, records)
             for (member, score), record in zip(rows, records, strict=True):
                 if record is None:
                     continue
@@ -120,6 +148,23 @@ class RedisStatusStore(RedisStateStore, StatusStore):
                     page.append(record)
                     if len(page) == limit:
                         return page, f"{score!r} {text(member)}"
+
+    async def _drop_stale(self, index: str, status: str | None, rows: builtins.list[tuple[bytes, float]],
+                          records: builtins.list[RunRecord | None]) -> None:
+        """Drop the entries of ``index`` (read as ``rows``) whose record is gone and, on a cluster, whose record
+        has left ``status`` (see the class docstring)."""
+        if not self.clustered:
+            stale = [member for (member, _), record in zip(rows, records, strict=True) if record is None]
+            if stale:
+                await self.redis.zrem(index, *stale)
+            return
+        before = time.time() - INDEX_GRACE_SECONDS
+        args: builtins.list[Any] = []
+        for (member, score), record in zip(rows, records, strict=True):
+            if score < before and (record is None or (status is not None and record.status != status)):
+                args += (member, repr(score))
+        if args:
+            await self.batcher.call_script(self._index_drop, (index,), *args)
 
     async def stalled(
         self, older_than: float, limit: int = 100, *, after: tuple[float, str] | None = None
@@ -137,9 +182,7 @@ class RedisStatusStore(RedisStateStore, StatusStore):
                 rows = [(member, score) for member, score in rows
                         if after is None or (score, text(member)) > after]
                 records = await self._records([member for member, _ in rows])
-                stale = [member for (member, _), record in zip(rows, records, strict=True) if record is None]
-                if stale:
-                    await self.redis.zrem(index, *stale)
+                await self._drop_stale(index, status, rows, records)
                 fresh = [r for r in records if r is not None and r.status == status and r.updated_at < older_than]
                 found += fresh
                 taken += len(fresh)

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from redis.asyncio import Redis
-
 from flowcraft.adapters import WorkerAdapter
 from flowcraft.app import App
 from flowcraft.engine.core import EngineOptions
@@ -21,8 +19,10 @@ from flowcraft_redis import (
     RedisReconciler,
     RedisStatusStore,
     colocate,
+    make_any_client,
     make_client,
 )
+from flowcraft_redis._client import RedisClient
 from flowcraft_rq.queue import DEFAULT_QUEUE, RqQueue
 
 
@@ -45,7 +45,7 @@ class RqAdapter(WorkerAdapter):
         *,
         runtime_options: App | Mapping[str, Any],
         coordination_store: RedisCoordinationStore | None = None,
-        connection: Redis | str | None = None,
+        connection: RedisClient | str | None = None,
         queue_name: str = DEFAULT_QUEUE,
         state_ttl_seconds: float = DEFAULT_TTL,
         key_prefix: str | None = None,
@@ -57,7 +57,7 @@ class RqAdapter(WorkerAdapter):
         if connection is None:
             redis = coordination_store.redis if coordination_store is not None else make_client(DEFAULT_URL)
         elif isinstance(connection, str):
-            redis = make_client(connection)
+            redis = make_any_client(connection)
         else:
             redis = connection
         prefix = key_prefix or (coordination_store.key_prefix if coordination_store is not None else DEFAULT_PREFIX)
@@ -90,7 +90,7 @@ class RqAdapter(WorkerAdapter):
 def create_rq_reconciler(
     *,
     adapter: RqAdapter,
-    redis: Redis | None = None,
+    redis: RedisClient | None = None,
     stalled_threshold_seconds: float = 300.0,
     key_prefix: str | None = None,
     scan_count: int = 100,

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flowcraft.spi import Backend, parse_options
-from flowcraft_redis import RedisContext, RedisCoordinationStore, RedisStatusStore, colocate, make_client
+from flowcraft_redis import RedisContext, RedisCoordinationStore, RedisStatusStore, colocate, make_any_client
 from flowcraft_rq.options import RqQueueOptions
 from flowcraft_rq.queue import RqQueue
 
@@ -20,7 +20,7 @@ from flowcraft_rq.queue import RqQueue
 def build_backend(options: Mapping[str, Any]) -> Backend:
     """The ``rq`` backend from its validated options (``RqQueueOptions``)."""
     parsed = parse_options(RqQueueOptions, options)
-    client = make_client(parsed.redis_url)
+    client = make_any_client(parsed.redis_url, parsed.redis_cluster)
     prefix, ttl = parsed.key_prefix, parsed.state_ttl_seconds
     queue = RqQueue.build(client, parsed)
     context = RedisContext(client, key_prefix=prefix, state_ttl_seconds=ttl)

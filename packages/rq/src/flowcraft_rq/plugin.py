@@ -19,5 +19,5 @@ def flowcraft_queues() -> list[Any]:
 @hookimpl
 def flowcraft_presets() -> list[Preset]:
     return [Preset("rq", "rq", "redis", "redis", "redis",
-                   "rq queue + Redis context, status and coordination (one Redis server)",
+                   "rq queue + Redis context, status and coordination (one Redis server or a Redis Cluster)",
                    factory="flowcraft_rq.backend:build_backend")]

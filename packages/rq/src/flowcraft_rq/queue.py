@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import time
 import uuid
 import zlib
@@ -25,13 +26,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Self, cast
 
-from redis.asyncio import Redis
-
+from flowcraft.errors import ConfigError
 from flowcraft.spi import Begin, DeadLetter, Delivery, Job, Queue, WorkerInfo, parse_options
-from flowcraft_redis import Colocated, Colocation, Dispatcher, Packed, batcher_for, fast_packing, shared_client
+from flowcraft_redis import Colocated, Colocation, Dispatcher, Packed, batcher_for, fast_packing
+from flowcraft_redis._client import RedisClient, is_cluster, shared_any_client
 from flowcraft_redis.layout import (
     DEFAULT_PREFIX,
     DEFAULT_TTL,
+    Keys,
     dumps,
     parse_completion,
     parse_state,
@@ -85,7 +87,8 @@ class RqDispatcher(Dispatcher):
     def __init__(self, queue: RqQueue) -> None:
         self.queue = queue
         q = queue
-        constant: list[Any] = [q.queue_key, q.scheduled_key, q.job_prefix, q.queue_name,
+        self.keys = (q.queue_key, q.scheduled_key)
+        constant: list[Any] = [q.job_prefix, q.queue_name,
                                q.state_ttl_seconds, DATA_HEAD, DATA_TAIL, len(RQ_STATIC_FIELDS) // 2,
                                *RQ_STATIC_FIELDS]
         self._constant: list[Any] = [Packed.of(*constant)] if fast_packing(q.redis) else constant
@@ -112,14 +115,24 @@ class RqQueue(Colocated, Queue):
     name = "rq"
     Options = RqQueueOptions
 
-    def __init__(self, redis: Redis, *, queue_name: str = DEFAULT_QUEUE, key_prefix: str = DEFAULT_PREFIX,
+    def __init__(self, redis: RedisClient, *, queue_name: str = DEFAULT_QUEUE, key_prefix: str = DEFAULT_PREFIX,
                  rq_prefix: str | None = None, visibility_timeout: float = 30.0,
                  state_ttl_seconds: float = DEFAULT_TTL, worker_name: str | None = None, dispatch: bool = True,
                  prefetch: bool = True) -> None:
         self.redis = redis
-        self.queue_name = queue_name
         self.key_prefix = key_prefix
         self.rq_prefix = rq_prefix or rq_prefix_default()
+        #: on a Redis Cluster: the queue's keys, its job hashes and its workers' claim lists share the hash tag
+        #: ``slot_tag`` (one slot per queue, so its scripts run there); rq sees the queue as ``<name><tag>``
+        self.clustered = is_cluster(redis)
+        self.slot_tag = ""
+        if self.clustered:
+            if any(c in text for text in (queue_name, self.rq_prefix) for c in "{}"):
+                raise ConfigError(f"on a Redis Cluster the queue name ({queue_name!r}) and rq_key_prefix "
+                                  f"({self.rq_prefix!r}) cannot contain braces: the queue's keys get a hash tag")
+            self.slot_tag = "{" + hashlib.sha1(queue_name.encode()).hexdigest()[:16] + "}"
+            queue_name += self.slot_tag
+        self.queue_name = queue_name
         self.visibility_timeout = float(visibility_timeout)
         self.state_ttl_seconds = int(state_ttl_seconds)
         self.worker_name = worker_name or f"flowcraft-{uuid.uuid4().hex[:12]}"
@@ -136,7 +149,10 @@ class RqQueue(Colocated, Queue):
         self.job_prefix = f"{r}:job:"
         #: where this worker's blocking wait moves the next pushed job id (see ``_take``)
         self.claim_key = f"{r}:claim:{queue_name}:{self.worker_name}"
-        self._dispatcher = RqDispatcher(self) if dispatch else None
+        self.claims_key = f"{r}:claims:{queue_name}"
+        # a commit on a cluster runs in its run's slot, not the queue's: no dispatch there (nor prefetch)
+        self._dispatcher = RqDispatcher(self) if dispatch and not self.clustered else None
+        self._registered = False  # on a cluster: the queue is in rq's set of queues (written once per process)
         self.batcher = batcher_for(redis)
         batcher = self.batcher
         self._dequeue = batcher.script(scripts.DEQUEUE)
@@ -148,10 +164,10 @@ class RqQueue(Colocated, Queue):
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
         """Built alone (a backend overriding a component): it takes no fast path with the other components."""
-        return cls.build(shared_client(options, shared), parse_options(RqQueueOptions, options))
+        return cls.build(shared_any_client(options, shared), parse_options(RqQueueOptions, options))
 
     @classmethod
-    def build(cls, redis: Redis, options: RqQueueOptions) -> Self:
+    def build(cls, redis: RedisClient, options: RqQueueOptions) -> Self:
         """The queue its options describe, on ``redis``."""
         prefix = options.key_prefix
         default_queue = DEFAULT_QUEUE if prefix == DEFAULT_PREFIX else f"{prefix}queue"
@@ -160,7 +176,8 @@ class RqQueue(Colocated, Queue):
                    state_ttl_seconds=options.state_ttl_seconds)
 
     def colocated(self, colocation: Colocation) -> None:
-        self.prefetching = self.prefetch and colocation.status is not None and colocation.coordination is not None
+        self.prefetching = (self.prefetch and not self.clustered and colocation.status is not None
+                            and colocation.coordination is not None)
 
     def commit_dispatcher(self) -> Dispatcher | None:
         return self._dispatcher
@@ -184,11 +201,21 @@ class RqQueue(Colocated, Queue):
         if not jobs:
             return
         now = time.time()
-        args: list[Any] = [self.rq_prefix, self.queue_name, iso(now), repr(now + delay) if delay > 0 else "",
+        args: list[Any] = [self.job_prefix, self.queue_name, iso(now), repr(now + delay) if delay > 0 else "",
                            self.state_ttl_seconds, len(RQ_STATIC_FIELDS) // 2, *RQ_STATIC_FIELDS]
         for job in jobs:
-            args += (uuid.uuid4().hex, job.run_id, job.key, encode_data(dumps(job.to_dict())))
-        await self.batcher.call_script(self._enqueue, *args)
+            args += (self.new_job_id(), job.run_id, job.key, encode_data(dumps(job.to_dict())))
+        keys = [self.queue_key, self.scheduled_key]
+        if not self.clustered:
+            keys.append(self.queues_key)
+        elif not self._registered:  # rq's set of queues is in another slot than the queue
+            await self.batcher.call("SADD", self.queues_key, self.queue_key)
+            self._registered = True
+        await self.batcher.call_script(self._enqueue, keys, *args)
+
+    def new_job_id(self) -> str:
+        """A new rq job id (on a cluster it starts with the queue's hash tag: its hash is in the queue's slot)."""
+        return self.slot_tag + uuid.uuid4().hex
 
     # ------------------------------------------------------------------ consuming
     async def dequeue(self, max_jobs: int, wait: float) -> list[Delivery]:
@@ -209,10 +236,11 @@ class RqQueue(Colocated, Queue):
             # the claim list stays registered past the longest block, so only a dead worker's is taken back
             claim_until = now + max(0.0, end - time.monotonic()) + self.visibility_timeout
             next_due, items = await self.batcher.call_script(
-                self._dequeue, self.rq_prefix, self.queue_name, repr(now), iso(now),
+                self._dequeue, (self.queue_key, self.wip_key, self.scheduled_key, self.claims_key, self.claim_key),
+                self.job_prefix, repr(now), iso(now),
                 repr(now + self.visibility_timeout), max(1, max_jobs), f"{uuid.uuid4().hex[:12]}-",
                 self.worker_name, self.key_prefix, "0" if owner is None else "1", owner or "",
-                repr(now + lease_seconds), self.state_ttl_seconds, self.claim_key, "1" if claimed else "0",
+                repr(now + lease_seconds), self.state_ttl_seconds, "1" if claimed else "0",
                 repr(claim_until),
             )
             claimed = False
@@ -249,11 +277,13 @@ class RqQueue(Colocated, Queue):
                         deliveries=int(deliveries),
                         record=record_from_hash(flat) if flat else None, begin=begin)
 
-    @staticmethod
-    def _lease_of(delivery: Delivery) -> list[Any]:
-        """ARGV tail of the release scripts that drops the lease ``receive`` took (nothing if it took none)."""
+    def _lease_of(self, delivery: Delivery) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV tails of the release scripts that drop the lease ``receive`` took (nothing if it took
+        none): the run's coordination hash; the job key and owner."""
         owner = delivery.receipt.lease_owner
-        return [] if owner is None else [delivery.job.run_id, delivery.job.key, owner]
+        if owner is None:
+            return [], []
+        return [Keys(self.key_prefix).run(delivery.job.run_id)], [delivery.job.key, owner]
 
     async def ack(self, delivery: Delivery) -> None:
         receipt = delivery.receipt
@@ -267,10 +297,11 @@ class RqQueue(Colocated, Queue):
             await self.enqueue([delivery.job], delay)
             return
         now = time.time()
-        lease = self._lease_of(delivery)
+        lease_keys, lease_args = self._lease_of(delivery)
         await self.batcher.call_script(
-            self._release, self.rq_prefix, self.queue_name, receipt.job_id, receipt.entry,
-            repr(now + delay) if delay > 0 else "", iso(now), *([self.key_prefix, *lease] if lease else []),
+            self._release, (self.wip_key, self._job_key(receipt.job_id), self.queue_key, self.scheduled_key,
+                            *lease_keys),
+            receipt.job_id, receipt.entry, repr(now + delay) if delay > 0 else "", iso(now), *lease_args,
         )
 
     async def extend(self, delivery: Delivery, seconds: float) -> None:
@@ -278,8 +309,8 @@ class RqQueue(Colocated, Queue):
         if isinstance(receipt, _RqManaged):
             return
         now = time.time()
-        await self.batcher.call_script(self._extend, self.rq_prefix, self.queue_name, receipt.entry,
-                                               repr(now + seconds), receipt.job_id, iso(now))
+        await self.batcher.call_script(self._extend, (self.wip_key, self._job_key(receipt.job_id)), receipt.entry,
+                                       repr(now + seconds), iso(now))
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Fail the rq job into rq's FailedJobRegistry (``<R>:failed:<name>``) with ``reason``, as rq does:
@@ -288,9 +319,9 @@ class RqQueue(Colocated, Queue):
         if isinstance(receipt, _RqManaged):
             receipt.dead_reason = reason
             return
-        lease = self._lease_of(delivery)
-        if lease:
-            await self.batcher.call_script(self._drop, self.key_prefix, *lease)
+        lease_keys, lease_args = self._lease_of(delivery)
+        if lease_keys:
+            await self.batcher.call_script(self._drop, lease_keys, *lease_args)
         now = time.time()
         ttl = self.state_ttl_seconds
         packed = zlib.compress(reason.encode())

@@ -37,7 +37,7 @@ async def register(queue: RqQueue, info: WorkerInfo) -> None:
               "version": f"flowcraft ({info.backend})",
               "python_version": sys.version.split()[0]}
     ttl = max(1, int(info.expires_at - info.heartbeat_at) + 1)
-    async with queue.redis.pipeline(transaction=True) as pipe:
+    async with queue.redis.pipeline(transaction=not queue.clustered) as pipe:  # cluster: keys in 3 slots
         pipe.hset(key, mapping=fields)  # type: ignore[arg-type]  # redis-py's mapping type is invariant
         pipe.expire(key, ttl)
         pipe.sadd(f"{queue.rq_prefix}:workers", key)
@@ -48,7 +48,7 @@ async def register(queue: RqQueue, info: WorkerInfo) -> None:
 async def unregister(queue: RqQueue, info: WorkerInfo) -> None:
     """Remove the worker's hash and set memberships (it stopped)."""
     key = worker_key(queue, info.worker_id)
-    async with queue.redis.pipeline(transaction=True) as pipe:
+    async with queue.redis.pipeline(transaction=not queue.clustered) as pipe:  # cluster: keys in 3 slots
         pipe.srem(f"{queue.rq_prefix}:workers", key)
         pipe.srem(f"{queue.rq_prefix}:workers:{queue.queue_name}", key)
         pipe.delete(key)

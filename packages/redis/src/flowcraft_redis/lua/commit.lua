@@ -1,19 +1,20 @@
--- ARGV: P, run, job key, now, ttl, flags (recovery, finish, has completion, apply context: '0'/'1' each),
+-- KEYS: the run hash, the run's context hash, then the queue's Dispatcher.keys (when it dispatches).
+-- ARGV: run, job key, now, ttl, flags (recovery, finish, has completion, apply context: '0'/'1' each),
 -- token, completion JSON, owner; context updates (n, key, value...), context deletes (n, key...); arrivals
 -- (n, then per arrival: target, member, arrived '1'/'0', contribution JSON, expected members (n, id...),
 -- strategy, job JSON, due); then dispatch (0, or 1 and the queue's Dispatcher.args).
 -- The run's coordination hash is read once (HMGET of every field this commit may look at), changed in a
 -- local overlay that later steps read through, and written once (HSET), so the rules below read like
 -- flowcraft.spi.apply_transition over tables.
-local P, run, jkey, now, ttl, flags = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local run, jkey, now, ttl, flags = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local recovery = string.sub(flags, 1, 1) == '1'
 local finish = string.sub(flags, 2, 2) == '1'
 local has_completion = string.sub(flags, 3, 3) == '1'
 local apply_ctx = string.sub(flags, 4, 4) == '1'
-local token, completion, owner = ARGV[7], ARGV[8], ARGV[9]
-local R, ctx = run_key(P, run), P .. 'ctx:{' .. run .. '}'
+local token, completion, owner = ARGV[6], ARGV[7], ARGV[8]
+local R, ctx = KEYS[1], KEYS[2]
 
-local i = 10
+local i = 9
 local nupdates = tonumber(ARGV[i]); local updates_at = i + 1; i = i + 1 + 2 * nupdates
 local ndeletes = tonumber(ARGV[i]); local deletes_at = i + 1; i = i + 1 + ndeletes
 local fields = {'c' .. jkey, 'j' .. jkey, 'l' .. jkey, '#pending', '#parked'}
@@ -139,7 +140,7 @@ if finish then
 end
 local pending = tonumber(stored['#pending'] or '0') + pending_delta
 if pending_delta ~= 0 then put('#pending', pending) end
-put('#activity', ARGV[4])
+put('#activity', ARGV[3])
 local pairs_ = {}
 for _, field in ipairs(order) do
   pairs_[#pairs_ + 1] = field
@@ -149,7 +150,7 @@ for j = 1, #pairs_, 400 do redis.call('HSET', R, unpack(pairs_, j, math.min(j + 
 redis.call('EXPIRE', R, ttl)
 
 -- dispatch (dispatches): with a queue on this Redis, the queue's own Lua (Dispatcher.lua, prepended
--- to this script) pushes the fired jobs; its ARGV follow
+-- to this script) pushes the fired jobs; its KEYS follow the run's two, its ARGV follow
 if ARGV[dispatch_at - 1] == '1' and #fired > 0 then dispatch(fired, run, now, dispatch_at) end
 
 local out = {'ok', pending, tonumber(stored['#parked'] or '0'), released, #fired}

@@ -1,6 +1,6 @@
 -- Leases, shared by every script that reads or writes one (flowcraft-redis and flowcraft-rq, prepended by
 -- flowcraft_redis.layout.with_leases). They live in the run's coordination hash P .. 'run:{' .. run .. '}'
--- (run_key): field 'l' .. job key = expiry .. ' ' .. owner ('' once dropped), and '#activity' the run's last
+-- (run_key; scripts get it in KEYS): field 'l' .. job key = expiry .. ' ' .. owner ('' once dropped), and '#activity' the run's last
 -- commit/lease time (what the reconciler reads).
 
 local function run_key(P, run)
@@ -24,9 +24,9 @@ local function take_lease(R, key, current, owner, now, expiry)
   return true
 end
 
--- Push `owner`'s lease of job `key` to `expiry`; false when the lease is not (or no longer) theirs.
-local function renew_lease(P, run, key, owner, now, expiry, ttl)
-  local R = run_key(P, run)
+-- Push `owner`'s lease of job `key` in the run hash `R` to `expiry`; false when the lease is not (or no longer)
+-- theirs.
+local function renew_lease(R, key, owner, now, expiry, ttl)
   local _, holder = lease_parts(redis.call('HGET', R, 'l' .. key))
   if holder ~= owner then return false end
   redis.call('HSET', R, 'l' .. key, expiry .. ' ' .. owner, '#activity', now)
@@ -34,9 +34,8 @@ local function renew_lease(P, run, key, owner, now, expiry, ttl)
   return true
 end
 
--- Drop the lease of job `key` if `owner` holds it; whether it did.
-local function drop_lease(P, run, key, owner)
-  local R = run_key(P, run)
+-- Drop the lease of job `key` in the run hash `R` if `owner` holds it; whether it did.
+local function drop_lease(R, key, owner)
   local _, holder = lease_parts(redis.call('HGET', R, 'l' .. key))
   if holder ~= owner then return false end
   redis.call('HDEL', R, 'l' .. key)

@@ -1,5 +1,5 @@
-local P, run, key, now, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-local R = P .. 'run:{' .. run .. '}'
+-- KEYS: the run hash. ARGV: key, now, ttl
+local R, key, now, ttl = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
 local state = redis.call('HGET', R, 'j' .. key)
 if state and string.sub(state, 1, 1) == 'p' then
   redis.call('HSET', R, 'j' .. key, 'k' .. string.sub(state, 2))

@@ -1,3 +1,3 @@
-local P, run, key, owner, now, expiry, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7])
-if renew_lease(P, run, key, owner, now, expiry, ttl) then return 1 end
+-- KEYS: the run hash. ARGV: key, owner, now, expiry, ttl
+if renew_lease(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])) then return 1 end
 return 0

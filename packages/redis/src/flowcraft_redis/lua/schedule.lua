@@ -1,8 +1,8 @@
-local P, run, now, ttl, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
-local R = P .. 'run:{' .. run .. '}'
+-- KEYS: the run hash. ARGV: now, ttl, n, then n times job key, job JSON
+local R, now, ttl, n = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local inserted = {}
 for j = 1, n do
-  if redis.call('HSETNX', R, 'j' .. ARGV[4 + 2 * j], 'p' .. ARGV[5 + 2 * j]) == 1 then
+  if redis.call('HSETNX', R, 'j' .. ARGV[2 + 2 * j], 'p' .. ARGV[3 + 2 * j]) == 1 then
     inserted[#inserted + 1] = j
   end
 end

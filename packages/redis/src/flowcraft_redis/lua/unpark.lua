@@ -1,5 +1,5 @@
-local P, run, key, doc, now, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
-local R = P .. 'run:{' .. run .. '}'
+-- KEYS: the run hash. ARGV: key, job JSON, now, ttl
+local R, key, doc, now, ttl = KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local state = redis.call('HGET', R, 'j' .. key)
 if not state or string.sub(state, 1, 1) ~= 'k' then return 0 end
 redis.call('HSET', R, 'j' .. key, 'p' .. doc, '#activity', now)

@@ -1,7 +1,10 @@
--- ARGV: R, name, now, now_iso, deadline, max, exec prefix, worker name, P, prefetch ('1'/'0'), owner, lease
--- expiry, ttl, claim list, claimed ('1': the caller's BLMOVE moved an id into it), claim deadline.
+-- KEYS: the queue list, its started registry (wip), its scheduled registry, its claims set, this worker's claim
+-- list. ARGV: job key prefix, now, now_iso, deadline, max, exec prefix, worker name, P, prefetch ('1'/'0'), owner,
+-- lease expiry, ttl, claimed ('1': the caller's BLMOVE moved an id into it), claim deadline.
+-- Job hashes (job key prefix .. id) and the claim lists of other workers are named by the ids and lists read
+-- here, so they cannot be in KEYS; on a Redis Cluster the queue's hash tag is in every one of them (one slot).
 -- Returns {next_due, {id, entry, data, deliveries, record, lease, state, completion}...}.
--- With prefetch (RqQueue.receive): record is the flat P status:{<run>} hash (empty: no such run) and, for an
+-- With prefetch (RqQueue.receive; only on one Redis: the run's keys are in other slots than the queue's): record is the flat P status:{<run>} hash (empty: no such run) and, for an
 -- active run, the job's lease is taken for owner as RedisCoordinationStore.begin does (take_lease):
 -- lease 1 (taken; state and completion read) or 0 (another owner's live lease; state read).
 -- Otherwise record is false and lease -1.
@@ -9,12 +12,11 @@
 -- (BLMOVE), so one push wakes one worker; before it blocks, this script registers the list in R:claims:<name>
 -- until the claim deadline, and the lists of workers that died between their BLMOVE and their next dequeue
 -- go back to the front of the queue.
-local R, name, now, now_iso, deadline = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local max, exec, worker = tonumber(ARGV[6]), ARGV[7], ARGV[8]
-local P, prefetch, owner, expiry, ttl = ARGV[9], ARGV[10] == '1', ARGV[11], ARGV[12], tonumber(ARGV[13])
-local claim, claimed, claim_until = ARGV[14], ARGV[15] == '1', ARGV[16]
-local q, wip, sched, jp = R .. ':queue:' .. name, R .. ':wip:' .. name, R .. ':scheduled:' .. name, R .. ':job:'
-local claims = R .. ':claims:' .. name
+local q, wip, sched, claims, claim = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local jp, now, now_iso, deadline = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local max, exec, worker = tonumber(ARGV[5]), ARGV[6], ARGV[7]
+local P, prefetch, owner, expiry, ttl = ARGV[8], ARGV[9] == '1', ARGV[10], ARGV[11], tonumber(ARGV[12])
+local claimed, claim_until = ARGV[13] == '1', ARGV[14]
 
 -- due scheduled jobs to the queue (what rq's scheduler does)
 local due = redis.call('ZRANGEBYSCORE', sched, '-inf', now, 'LIMIT', 0, 1000)
@@ -75,7 +77,7 @@ if #ids > 0 then
           local R = run_key(P, run)
           local got = redis.call('HMGET', R, 'j' .. key, 'l' .. key, 'c' .. key)
           item[7] = got[1]
-          if take_lease(R, key, got[2], owner, ARGV[3], expiry) then
+          if take_lease(R, key, got[2], owner, ARGV[2], expiry) then
             item[6] = 1
             item[8] = got[3]
             if not got[1] then redis.call('EXPIRE', R, ttl) end  -- R may have been created just now

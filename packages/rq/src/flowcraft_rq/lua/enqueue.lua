@@ -1,8 +1,11 @@
--- ARGV: R, name, now_iso, due ('' = now), ttl, nstatic, static pairs..., then per job: id, run, key, data
-local R, name, now_iso, due, ttl, nstatic = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+-- KEYS: the queue list, its scheduled registry, then (on one Redis) rq's set of queues.
+-- ARGV: job key prefix, name, now_iso, due ('' = now), ttl, nstatic, static pairs..., then per job: id, run,
+-- key, data. The job hashes (job key prefix .. id) are new keys named by the ids; on a Redis Cluster the ids
+-- carry the queue's hash tag (one slot).
+local q, sched = KEYS[1], KEYS[2]
+local jp, name, now_iso, due, ttl, nstatic = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 local static = {}
 for j = 7, 6 + 2 * nstatic do static[#static + 1] = ARGV[j] end
-local q, jp, sched = R .. ':queue:' .. name, R .. ':job:', R .. ':scheduled:' .. name
 if due == '' then due = nil end
 local ready = {}
 for j = 7 + 2 * nstatic, #ARGV, 4 do
@@ -12,5 +15,5 @@ for j = 7 + 2 * nstatic, #ARGV, 4 do
   end
 end
 if #ready > 0 then redis.call('RPUSH', q, unpack(ready)) end
-redis.call('SADD', R .. ':queues', q)
+if KEYS[3] then redis.call('SADD', KEYS[3], q) end
 return #ready

@@ -1,6 +1,5 @@
--- ARGV: R, name, entry, deadline, id, now_iso
-local R, name, entry, deadline, id, now_iso = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-if redis.call('ZADD', R .. ':wip:' .. name, 'XX', 'CH', deadline, entry) == 1 then
-  redis.call('HSET', R .. ':job:' .. id, 'last_heartbeat', now_iso)
+-- KEYS: the started registry (wip), the job hash. ARGV: entry, deadline, now_iso
+if redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[2], ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[2], 'last_heartbeat', ARGV[3])
 end
 return 1
