@@ -886,14 +886,14 @@ async def distributed_trial(config: Config, infra: Infrastructure, workload: Wor
         try:
             counter = infra.flowcraft_counter(workers)
             trial = await measure_flowcraft(config, client, workload, counter, None, workers.pids, infra.server_pids)
-            if infra.servers is not None:
-                floor = await infra.servers.floor(config.runs_for(workload), config.worker_concurrency * processes)
-                trial.floor_msgs_per_s, trial.floor_fraction = floor, trial.nodes_per_s / floor
-            return trial
         except BenchmarkError as exc:
             raise BenchmarkError(f"{exc} (worker logs: {workers.keep_logs(config, tag)})") from None
         finally:
             await asyncio.to_thread(workers.stop)
+        if infra.servers is not None:  # once the workers are gone: their idle polling is not the floor's load
+            floor = await infra.servers.floor(config.runs_for(workload), config.worker_concurrency * processes)
+            trial.floor_msgs_per_s, trial.floor_fraction = floor, trial.nodes_per_s / floor
+        return trial
     finally:
         await client.close()
 
