@@ -10,8 +10,8 @@ A :class:`BackendServers` subclass (one module per backend: ``rabbitmq_servers``
 * the raw floor (:meth:`BackendServers.floor`): the chain workload (``runs`` chains of 10 no-op messages, each
   handled message sends its successor) through the queue service with its own client library alone, with at
   most as many messages in flight as the flowcraft workers of the trial may hold (processes x concurrency).
-  The harness measures it right after each trial, on the same servers, so the ratio compares figures taken
-  seconds apart;
+  The harness measures it right after each trial (its workers stopped), on the same servers, so the ratio
+  compares figures taken seconds apart;
 * how the worker processes count their requests to each service (:attr:`BackendServers.hook`, a
   ``benchmarks.worker --hook``): the hook adds to :data:`COUNTS` and prints the counts whenever the worker gets
   SIGUSR1, so the harness reads them right before and right after the throughput phase
