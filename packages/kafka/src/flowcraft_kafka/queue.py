@@ -844,25 +844,29 @@ class KafkaQueue(Queue):
         return consumer
 
     def _accept(self, messages: Sequence[Any]) -> None:
+        # decoded before taking the lock, which the event loop's dequeue and ack wait for (revocations run in
+        # this thread's polls, so no partition changes hands meanwhile)
+        decoded: list[tuple[Any, TP, Job | str, int]] = []
+        for msg in messages:
+            if msg.error() is not None:
+                log.debug("kafka consumer: %s", msg.error())
+                continue
+            tp = (msg.topic(), msg.partition())
+            try:
+                job: Job | str = Job.from_dict(json.loads(msg.value() or b""))
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+                job = f"unreadable record {tp[0]}/{tp[1]}/{msg.offset()}: {type(exc).__name__}: {exc}"
+            decoded.append((msg, tp, job, _deliveries(_headers(msg)) + 1 if isinstance(job, Job) else 1))
         unreadable: list[tuple[Any, str]] = []
         with self._lock:
-            for msg in messages:
-                if msg.error() is not None:
-                    log.debug("kafka consumer: %s", msg.error())
-                    continue
-                tp = (msg.topic(), msg.partition())
+            for msg, tp, job, deliveries in decoded:
                 epoch = self._main.seen(tp, msg.offset())
                 if epoch is None:
                     continue
-                value = msg.value() or b""
-                headers = _headers(msg)
-                try:
-                    job = Job.from_dict(json.loads(value))
-                except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-                    unreadable.append((msg, f"unreadable record {tp[0]}/{tp[1]}/{msg.offset()}: "
-                                            f"{type(exc).__name__}: {exc}"))
+                if isinstance(job, str):
+                    unreadable.append((msg, job))
                     continue
-                self._ready.append(_Record(tp, msg.offset(), epoch, job, value, _deliveries(headers) + 1))
+                self._ready.append(_Record(tp, msg.offset(), epoch, job, msg.value() or b"", deliveries))
         for msg, reason in unreadable:
             log.warning("dead-lettering %s", reason)
             tp = (msg.topic(), msg.partition())

@@ -46,7 +46,7 @@ from flowcraft.spi import ACTIVE_STATUSES, RunRecord, StatusStore, check_record_
 from flowcraft_kafka._cassandra import CassandraClient, ensure_keyspace, shared_cassandra, table
 from flowcraft_kafka.context import check_text, encode
 from flowcraft_kafka.options import StatusOptions
-from flowcraft_redis import make_client, shared_client
+from flowcraft_redis import batcher_for, make_client, shared_client
 
 #: rows read per lookup partition per query (a constant in the statement: Cassandra 1.2 cannot bind LIMIT)
 PAGE = 500
@@ -93,8 +93,11 @@ class CassandraStatusStore(StatusStore):
         self.table = table(ks, status_table_name)
         self.by_status = table(ks, status_table_name + "_by_status")
         self.by_created = table(ks, status_table_name + "_by_created")
-        self._create_script = redis.register_script(_CREATE)
-        self._transition_script = redis.register_script(_TRANSITION)
+        # every Redis call goes through the client's auto-pipeline (shared with the coordination store): the
+        # calls of one event-loop iteration are one round trip, on a bounded number of connections
+        self.batcher = batcher_for(redis)
+        self._create_sha = self.batcher.script(_CREATE)
+        self._transition_sha = self.batcher.script(_TRANSITION)
         t, s, c = self.table, self.by_status, self.by_created
         self._q_put = (f"INSERT INTO {t} (run_id, status, status_data, blueprint_id, created_at, updated_at) "
                        "VALUES (?, ?, ?, ?, ?, ?)")
@@ -143,6 +146,11 @@ class CassandraStatusStore(StatusStore):
     def _key(self, run_id: str) -> str:
         return f"{self.key_prefix}cstatus:{run_id}"
 
+    async def _create(self, run_id: str, status: str, data: str) -> Any:
+        """The insert-if-absent of the Redis hash (1 when inserted)."""
+        return await self.batcher.call("EVALSHA", self._create_sha, 1, self._key(run_id), status, data,
+                                       self.state_ttl_seconds)
+
     def bucket(self, run_id: str) -> int:
         return zlib.crc32(run_id.encode("utf-8", "surrogatepass")) % self.buckets
 
@@ -177,14 +185,13 @@ class CassandraStatusStore(StatusStore):
     async def _current(self, run_id: str) -> tuple[RunRecord, str] | None:
         """The authoritative record and its version (from Redis; seeded from Cassandra when it expired)."""
         for _ in range(2):
-            raw = await self.redis.hmget(self._key(run_id), ["record", "version"])
+            raw = await self.batcher.call("HMGET", self._key(run_id), "record", "version")
             if raw[0] is not None:
                 return RunRecord.from_dict(json.loads(raw[0])), _text(raw[1])
             durable = await self._durable(run_id)
             if durable is None:
                 return None
-            await self._create_script(keys=[self._key(run_id)],
-                                      args=[durable.status, self._encode(durable), self.state_ttl_seconds])
+            await self._create(run_id, durable.status, self._encode(durable))
         return None
 
     # ------------------------------------------------------------------------------------------ StatusStore
@@ -202,8 +209,7 @@ class CassandraStatusStore(StatusStore):
         active = stored.status in ACTIVE_STATUSES
         if active:
             await self._lookup_put(stored)
-        created = await self._create_script(keys=[self._key(record.run_id)],
-                                            args=[stored.status, data, self.state_ttl_seconds])
+        created = await self._create(record.run_id, stored.status, data)
         if not created:
             if active:
                 await self._lookup_drop(stored)
@@ -215,7 +221,7 @@ class CassandraStatusStore(StatusStore):
         return True
 
     async def get(self, run_id: str) -> RunRecord | None:
-        raw = await self.redis.hget(self._key(run_id), "record")
+        raw = await self.batcher.call("HGET", self._key(run_id), "record")
         if raw is not None:
             return RunRecord.from_dict(json.loads(raw))
         return await self._durable(run_id)
@@ -237,7 +243,7 @@ class CassandraStatusStore(StatusStore):
         if record.status in ACTIVE_STATUSES:
             writes.append(self.client.execute(self._q_lookup_del, (record.status, bucket, record.updated_at, run_id)))
         await asyncio.gather(*writes)
-        await self.redis.delete(self._key(run_id))
+        await self.batcher.call("DEL", self._key(run_id))
         return True
 
     async def transition(
@@ -258,9 +264,9 @@ class CassandraStatusStore(StatusStore):
             early = new.status in ACTIVE_STATUSES and (new.status, new.updated_at) != (old.status, old.updated_at)
             if early:
                 await self._lookup_put(new)
-            outcome = await self._transition_script(
-                keys=[self._key(run_id)],
-                args=[version, self.state_ttl_seconds, to_status, data, len(from_statuses), *from_statuses])
+            outcome = await self.batcher.call("EVALSHA", self._transition_sha, 1, self._key(run_id), version,
+                                              self.state_ttl_seconds, to_status, data, len(from_statuses),
+                                              *from_statuses)
             if outcome == 1:
                 await self._mirror(new, data, old, row_written=early)
                 return new
@@ -273,10 +279,7 @@ class CassandraStatusStore(StatusStore):
     async def _records(self, run_ids: Sequence[str]) -> builtins.list[RunRecord | None]:
         if not run_ids:
             return []
-        pipe = self.redis.pipeline(transaction=False)
-        for run_id in run_ids:
-            pipe.hget(self._key(run_id), "record")
-        raws = await pipe.execute()
+        raws = await self.batcher.call_many(*(("HGET", self._key(run_id), "record") for run_id in run_ids))
         out: builtins.list[RunRecord | None] = [RunRecord.from_dict(json.loads(raw)) if raw is not None else None
                                                 for raw in raws]
         missing = [i for i, r in enumerate(out) if r is None]
