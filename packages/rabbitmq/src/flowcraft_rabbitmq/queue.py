@@ -521,7 +521,9 @@ class RabbitMqQueue(Queue):
         if receipt.generation != self._generation:
             return False
         message = receipt.message
-        try:  # written to the socket by the connection's writer in order; nothing to wait for
+        # not waiting for the connection's writer to put the frame on the socket: frames go out in order, and
+        # closing the consumer channel (an RPC behind them in the same queue) flushes them before the connection
+        try:
             if requeue is None:
                 await message.channel.basic_ack(receipt.tag, wait=False)
             else:
