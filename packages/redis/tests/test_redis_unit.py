@@ -117,7 +117,7 @@ def test_cluster_clients_from_url_or_option() -> None:
     assert is_cluster(make_any_client("rediss+cluster://127.0.0.1:1/0"))
     assert is_cluster(make_any_client("redis://127.0.0.1:1", cluster=True))
     assert not is_cluster(make_any_client("redis://127.0.0.1:1/0"))
-    assert not fast_packing(make_any_client("redis+cluster://127.0.0.1:1"))
+    assert fast_packing(make_any_client("redis+cluster://127.0.0.1:1"))
     with pytest.raises(ConfigError, match="only database 0"):
         make_any_client("redis+cluster://127.0.0.1:1/3")
     with pytest.raises(ConfigError, match="redis_cluster needs"):

@@ -67,8 +67,9 @@ class Packed(bytes):
 def fast_packing(client: RedisClient) -> bool:
     """Whether ``client`` packs commands with ``_FastPack`` (and so understands ``Packed`` arguments)."""
     if isinstance(client, RedisCluster):
-        return False
-    connection_class = client.connection_pool.connection_class
+        connection_class = client.nodes_manager.connection_kwargs.get("connection_class")
+    else:
+        connection_class = client.connection_pool.connection_class
     return isinstance(connection_class, type) and issubclass(connection_class, _FastPack)
 
 
@@ -187,10 +188,25 @@ def make_any_client(url: str, cluster: bool = False) -> RedisClient:
         if path not in ("", "0"):
             raise ConfigError(f"a Redis Cluster has only database 0, not {path!r} ({redact_text(url)})")
         try:
-            return RedisCluster.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT)
+            cluster_client = RedisCluster.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT)
         except ValueError as error:
             raise ConfigError(f"invalid Redis Cluster URL {redact_text(url)}: {error}") from None
+        _fast_cluster_packing(cluster_client)
+        return cluster_client
     return make_client(url)
+
+
+def _fast_cluster_packing(client: RedisCluster) -> None:
+    """Let the cluster's node connections pack commands with ``_FastPack`` too: redis-py's RedisCluster takes no
+    connection class, but its nodes (the startup ones, and those it discovers from ``connection_kwargs``) do."""
+    manager = client.nodes_manager
+    base = manager.connection_kwargs.get("connection_class", Connection)
+    fast = {Connection: _FastConnection, SSLConnection: _FastSSLConnection}.get(base)
+    if fast is None:
+        return
+    manager.connection_kwargs["connection_class"] = fast
+    for node in manager.startup_nodes.values():
+        node.connection_class = fast
 
 
 def make_client(url: str) -> Redis:
