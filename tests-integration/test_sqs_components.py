@@ -569,6 +569,16 @@ async def test_a_completion_with_more_context_writes_than_one_update_holds(backe
     assert done.pending == 0 and await backend.context.get_all("ctx-wide-2") == updates
 
 
+async def test_context_past_the_run_items_size_goes_to_blob_items(backend: Backend) -> None:
+    """Values small enough to inline, written outside commits until the run item would pass 400 KB: the
+    write that would pass it puts its values in their own items instead."""
+    run = "ctx-grows"
+    for part in range(3):
+        await backend.context.apply(run, {f"k{part}.{i}": "x" * 1900 for i in range(100)})
+    values = await backend.context.get_all(run)
+    assert len(values) == 300 and all(v == "x" * 1900 for v in values.values())
+
+
 async def test_context_of_an_expired_run_item_is_absent(backend: Backend, aws: dict[str, Any]) -> None:
     past = str(int(time.time()) - 10)
     await put_raw(aws, {"runId": {"S": "ctx-ttl"}, "sk": {"S": "run"}, "v": {"N": "2"}, "ttl": {"N": past},

@@ -501,6 +501,7 @@ class DynamoDbCoordinationStore(CoordinationStore):
             response = await client.update_item(**prune(request), ReturnValues="ALL_NEW",
                                                 ReturnValuesOnConditionCheckFailure="ALL_OLD")
         except Exception as exc:
+            _raise_if_too_large(exc, run_id)  # context written outside commits made the item grow unseen
             if not is_client_error(exc, "ConditionalCheckFailedException"):
                 raise
             current = await self._item_of_failed_condition(client, run_id, exc, now)
@@ -755,15 +756,20 @@ class DynamoDbCoordinationStore(CoordinationStore):
         entries += [(k, None, False) for k in removed]
         client = await self._source.get()
         for start in range(0, len(entries), CONTEXT_ENTRIES_PER_WRITE):
-            await self._ctx_write(client, run_id, entries[start:start + CONTEXT_ENTRIES_PER_WRITE])
+            part = entries[start:start + CONTEXT_ENTRIES_PER_WRITE]
+            cached = self._runs.get(run_id)
+            try:
+                await self._ctx_write(client, run_id, part, cached is not None and cached.size() > SPILL_ALL_ABOVE)
+            except ItemTooLargeError:
+                # the item grew by writes this process did not see: every value of these in its own item
+                await self._ctx_write(client, run_id, part, True)
 
-    async def _ctx_write(self, client: DynamoDBClient, run_id: str, entries: Sequence[tuple[str, Any, bool]]
-                         ) -> None:
+    async def _ctx_write(self, client: DynamoDBClient, run_id: str, entries: Sequence[tuple[str, Any, bool]],
+                         spill_all: bool) -> None:
         now = time.time()
         ttl = self._ttl(now)
         blob_items: list[dict[str, Any]] = []
-        cached = self._runs.get(run_id)
-        inline = self._inliner(run_id, ttl, cached is not None and cached.size() > SPILL_ALL_ABOVE, blob_items)
+        inline = self._inliner(run_id, ttl, spill_all, blob_items)
         names: dict[str, str] = {"#c": CTX, "#ttl": "ttl"}
         values: dict[str, Any] = {":now": N(now)}
         sets: list[str] = []
@@ -792,11 +798,7 @@ class DynamoDbCoordinationStore(CoordinationStore):
                 await client.update_item(**request)
                 return
             except Exception as exc:
-                if is_client_error(exc, "ValidationException") and "size" in str(exc).lower():
-                    raise ItemTooLargeError(
-                        f"the context of run {run_id!r} does not fit its DynamoDB item (400 KB)",
-                        hint="keep large payloads in S3 (or another blob store) and put a reference in the "
-                             "context") from None
+                _raise_if_too_large(exc, run_id)
                 if not is_client_error(exc, *_NO_PATH):
                     raise
             await self._create_ctx(client, run_id, time.time())
@@ -945,6 +947,15 @@ def valid_context_key(key: str) -> bool:
     except KeyTooLongError:
         return False
     return True
+
+
+def _raise_if_too_large(exc: BaseException, run_id: str) -> None:
+    """A one-line ``ItemTooLargeError`` for DynamoDB's refusal of a write that would pass 400 KB."""
+    if is_client_error(exc, "ValidationException") and "item size" in str(exc).lower():
+        raise ItemTooLargeError(f"the run item of run {run_id!r} (coordination state and context) would pass "
+                                "DynamoDB's 400 KB item limit",
+                                hint="keep large payloads in S3 (or another blob store) and put a reference in the "
+                                     "context; split the work into subflows") from None
 
 
 def _context_changes(updates: Mapping[str, Any], deletes: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
