@@ -302,17 +302,22 @@ def _policy_names(pipeline: Any) -> list[str]:
 async def test_the_clients_pipelines_leave_out_policies_that_would_do_nothing() -> None:
     """Checked against the installed SDKs: a new version that moves their pipelines' private attributes shows
     up here (the clients still work then, unslimmed)."""
-    from flowcraft_azure._clients import AzureClients
+    from flowcraft_azure._clients import AzureClients, transport_settings
 
     clients = AzureClients(AzureOptions.parse({"azure_storage_connection_string": CONNECTION,
                                                "cosmos_endpoint": "https://127.0.0.1:8081/",
                                                "cosmos_key": base64.b64encode(b"k" * 64).decode()}))
     clients.use()
     try:
-        queue = _policy_names(clients.queue("q")._pipeline)
-        cosmos = _policy_names((await clients.cosmos_client()).client_connection.pipeline_client._pipeline)
+        queue_pipeline = clients.queue("q")._pipeline
+        cosmos_pipeline = (await clients.cosmos_client()).client_connection.pipeline_client._pipeline
+        queue, cosmos = _policy_names(queue_pipeline), _policy_names(cosmos_pipeline)
     finally:
         await clients.release()
+    # both transports trust the environment exactly when it has a proxy variable or a netrc file
+    trusted = "use_env_settings" not in transport_settings()
+    assert queue_pipeline._transport._transport._use_env_settings is trusted  # under the queue client's wrapper
+    assert cosmos_pipeline._transport._use_env_settings is trusted
     idle = {"ProxyPolicy", "CustomHookPolicy", "StorageRequestHook", "NetworkTraceLoggingPolicy",
             "StorageLoggingPolicy", "HttpLoggingPolicy", "CosmosHttpLoggingPolicy", "DistributedTracingPolicy"}
     assert not idle & set(queue) and not idle & set(cosmos)

@@ -149,11 +149,11 @@ class AzureClients:
             kwargs: dict[str, Any] = {
                 "retry_throttle_total": self.options.cosmos_throttle_retries,
                 "retry_throttle_backoff_max": int(self.options.cosmos_throttle_max_wait),
-                **transport_settings(),
+                # the Cosmos client hands none of its keyword arguments to the transport it makes itself
+                "transport": cached_ssl_transport(**transport_settings()),
             }
             if self.options.cosmos_ca_cert is not None:
                 kwargs["connection_verify"] = str(self.options.cosmos_ca_cert)
-                kwargs["transport"] = cached_ssl_transport(**transport_settings())
             try:
                 self._cosmos = CosmosClient(endpoint, credential=key, **kwargs)
             except (ValueError, TypeError) as exc:
