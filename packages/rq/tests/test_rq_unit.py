@@ -120,7 +120,7 @@ def test_deliveries_from_dequeue_replies() -> None:
     assert not missing.prefetched and missing.record is None and missing.begin is None
 
 
-def test_on_a_cluster_the_queue_lives_in_one_slot_and_takes_no_cross_slot_fast_path() -> None:
+def test_on_a_cluster_the_queue_lives_in_one_slot_and_does_not_dispatch() -> None:
     import pytest
     from redis.cluster import key_slot
 
@@ -129,7 +129,8 @@ def test_on_a_cluster_the_queue_lives_in_one_slot_and_takes_no_cross_slot_fast_p
     backend = registry().build("rq", {"redis_url": "redis+cluster://127.0.0.1:1", "queue_name": "jobs:a"})
     queue = backend.queue
     assert isinstance(queue, RqQueue) and queue.clustered
-    assert not backend.capabilities.dispatches and not backend.capabilities.prefetches_status
+    assert not backend.capabilities.dispatches  # a commit runs in its run's slot, not the queue's
+    assert backend.capabilities.prefetches_status  # after the dequeue, one script per job on its run's slot
     assert backend.capabilities.applies_context  # context and run hash share the run's slot
     job_key = queue._job_key(queue.new_job_id())
     slots = {key_slot(key.encode()) for key in (queue.queue_key, queue.wip_key, queue.scheduled_key, queue.claims_key,

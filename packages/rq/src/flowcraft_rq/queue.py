@@ -160,6 +160,8 @@ class RqQueue(Colocated, Queue):
         self._extend = batcher.script(scripts.EXTEND)
         self._enqueue = batcher.script(scripts.ENQUEUE)
         self._drop = batcher.script(scripts.DROP_LEASE)
+        self._prefetch = batcher.script(scripts.PREFETCH)
+        self._keys = Keys(key_prefix)
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
@@ -176,8 +178,7 @@ class RqQueue(Colocated, Queue):
                    state_ttl_seconds=options.state_ttl_seconds)
 
     def colocated(self, colocation: Colocation) -> None:
-        self.prefetching = (self.prefetch and not self.clustered and colocation.status is not None
-                            and colocation.coordination is not None)
+        self.prefetching = self.prefetch and colocation.status is not None and colocation.coordination is not None
 
     def commit_dispatcher(self) -> Dispatcher | None:
         return self._dispatcher
@@ -235,16 +236,19 @@ class RqQueue(Colocated, Queue):
             now = time.time()
             # the claim list stays registered past the longest block, so only a dead worker's is taken back
             claim_until = now + max(0.0, end - time.monotonic()) + self.visibility_timeout
+            in_script = owner is not None and not self.clustered
             next_due, items = await self.batcher.call_script(
                 self._dequeue, (self.queue_key, self.wip_key, self.scheduled_key, self.claims_key, self.claim_key),
                 self.job_prefix, repr(now), iso(now),
                 repr(now + self.visibility_timeout), max(1, max_jobs), f"{uuid.uuid4().hex[:12]}-",
-                self.worker_name, self.key_prefix, "0" if owner is None else "1", owner or "",
+                self.worker_name, self.key_prefix, "1" if in_script else "0", owner or "",
                 repr(now + lease_seconds), self.state_ttl_seconds, "1" if claimed else "0",
                 repr(claim_until),
             )
             claimed = False
             if items:
+                if owner is not None and not in_script:
+                    await self._prefetch_each(items, owner, now + lease_seconds)
                 return [self._delivery(item, owner) for item in items]
             remaining = end - time.monotonic()
             if remaining <= 0:
@@ -260,6 +264,19 @@ class RqQueue(Colocated, Queue):
             moved = await self.redis.blmove(self.queue_key, self.claim_key, timeout,  # type: ignore[arg-type]
                                             "LEFT", "RIGHT")
             claimed = moved is not None
+
+    async def _prefetch_each(self, items: list[list[Any]], owner: str, expiry: float) -> None:
+        """On a cluster: what the dequeue script prefetches on one Redis, one script per job on its run's slot
+        (``lua/prefetch.lua``), all in one pipeline; fills each item's record, lease, state and completion."""
+        now = repr(time.time())
+        calls = []
+        for item in items:
+            job = Job.from_dict(decode_data(item[2]))
+            calls.append(self.batcher.call_script(
+                self._prefetch, (self._keys.status(job.run_id), self._keys.run(job.run_id)), job.key, owner, now,
+                repr(expiry), self.state_ttl_seconds))
+        for item, got in zip(items, await asyncio.gather(*calls), strict=True):
+            item[4:8] = got
 
     @staticmethod
     def _delivery(item: list[Any], owner: str | None) -> Delivery:
@@ -283,7 +300,7 @@ class RqQueue(Colocated, Queue):
         owner = delivery.receipt.lease_owner
         if owner is None:
             return [], []
-        return [Keys(self.key_prefix).run(delivery.job.run_id)], [delivery.job.key, owner]
+        return [self._keys.run(delivery.job.run_id)], [delivery.job.key, owner]
 
     async def ack(self, delivery: Delivery) -> None:
         receipt = delivery.receipt
@@ -298,6 +315,9 @@ class RqQueue(Colocated, Queue):
             return
         now = time.time()
         lease_keys, lease_args = self._lease_of(delivery)
+        if lease_keys and self.clustered:  # the run's slot is not the queue's: the lease is dropped on its own
+            await self.batcher.call_script(self._drop, lease_keys, *lease_args)
+            lease_keys, lease_args = [], []
         await self.batcher.call_script(
             self._release, (self.wip_key, self._job_key(receipt.job_id), self.queue_key, self.scheduled_key,
                             *lease_keys),

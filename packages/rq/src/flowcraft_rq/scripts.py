@@ -13,7 +13,9 @@ def _lua(name: str) -> str:
     return read_lua("flowcraft_rq", name)
 
 
-DEQUEUE = with_leases(_lua("dequeue"))
+_PREFETCH = _lua("prefetch_fn")  # what receive prefetches per job: in the dequeue, or (cluster) after it
+DEQUEUE = with_leases(_PREFETCH + _lua("dequeue"))
+PREFETCH = with_leases(_PREFETCH + _lua("prefetch"))
 DROP_LEASE = DROP_LEASE_LUA
 RELEASE = with_leases(_lua("release"))
 EXTEND = _lua("extend")

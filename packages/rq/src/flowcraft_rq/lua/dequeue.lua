@@ -4,8 +4,9 @@
 -- Job hashes (job key prefix .. id) and the claim lists of other workers are named by the ids and lists read
 -- here, so they cannot be in KEYS; on a Redis Cluster the queue's hash tag is in every one of them (one slot).
 -- Returns {next_due, {id, entry, data, deliveries, record, lease, state, completion}...}.
--- With prefetch (RqQueue.receive; only on one Redis: the run's keys are in other slots than the queue's): record is the flat P status:{<run>} hash (empty: no such run) and, for an
--- active run, the job's lease is taken for owner as RedisCoordinationStore.begin does (take_lease):
+-- With prefetch (RqQueue.receive on one Redis; on a cluster the run's keys are in another slot, so
+-- prefetch.lua does it after this script): record is the flat P status:{<run>} hash (empty: no such run) and,
+-- for an active run, the job's lease is taken for owner as RedisCoordinationStore.begin does (take_lease):
 -- lease 1 (taken; state and completion read) or 0 (another owner's live lease; state read).
 -- Otherwise record is false and lease -1.
 -- A worker with nothing to do blocks by moving the next pushed id from the queue into its own claim list
@@ -69,22 +70,7 @@ if #ids > 0 then
           records[run] = rec
         end
         item[5] = rec
-        local active = false
-        for j = 1, #rec, 2 do
-          if rec[j] == 'status' then active = rec[j + 1] == 'running' or rec[j + 1] == 'awaiting' end
-        end
-        if active then
-          local R = run_key(P, run)
-          local got = redis.call('HMGET', R, 'j' .. key, 'l' .. key, 'c' .. key)
-          item[7] = got[1]
-          if take_lease(R, key, got[2], owner, ARGV[2], expiry) then
-            item[6] = 1
-            item[8] = got[3]
-            if not got[1] then redis.call('EXPIRE', R, ttl) end  -- R may have been created just now
-          else
-            item[6] = 0
-          end
-        end
+        item[6], item[7], item[8] = prefetch_lease(rec, run_key(P, run), key, owner, ARGV[2], expiry, ttl)
       end
       out[#out + 1] = item
     end

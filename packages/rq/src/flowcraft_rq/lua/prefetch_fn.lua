@@ -1,0 +1,19 @@
+-- What RqQueue.receive prefetches for one job (Delivery.record/begin), shared by dequeue.lua (one Redis: in
+-- the dequeue script) and prefetch.lua (a Redis Cluster: one script per job on the run's slot, after the
+-- dequeue). `rec` is the run's status hash (HGETALL, flat); for an active run the job's lease in the run hash
+-- `R` is taken for `owner` as RedisCoordinationStore.begin does (take_lease). Returns lease (1 taken, 0 another
+-- owner's live lease, -1 the run is not active: nothing taken), the job's state and (taken) its completion.
+local function prefetch_lease(rec, R, key, owner, now, expiry, ttl)
+  local active = false
+  for j = 1, #rec, 2 do
+    if rec[j] == 'status' then active = rec[j + 1] == 'running' or rec[j + 1] == 'awaiting' end
+  end
+  if not active then return -1, false, false end
+  local got = redis.call('HMGET', R, 'j' .. key, 'l' .. key, 'c' .. key)
+  if take_lease(R, key, got[2], owner, now, expiry) then
+    if not got[1] then redis.call('EXPIRE', R, ttl) end  -- R may have been created just now
+    return 1, got[1], got[3]
+  end
+  return 0, got[1], false
+end
+
