@@ -1023,10 +1023,19 @@ class SqliteTables:
         self.now = time.time() if now is None else now
         self._deltas: dict[str, list[int]] = {}
         self._touched: set[str] = set()
+        # job states this section read or wrote (nothing else writes them while it runs): a transition's
+        # "is it still pending" check and the state change after it read the row once
+        self._states: dict[tuple[str, str], JobState] = {}
 
     def job_state(self, run_id: str, key: str) -> JobState | None:
+        known = self._states.get((run_id, key))
+        if known is not None:
+            return known
         row = self.conn.execute("SELECT state FROM fc_jobs WHERE run_id = ? AND key = ?", (run_id, key)).fetchone()
-        return None if row is None else row[0]
+        if row is None:
+            return None
+        self._states[(run_id, key)] = row[0]
+        return cast(JobState, row[0])
 
     def insert_job(self, run_id: str, key: str, state: JobState, job: Job | None) -> bool:
         document = None if job is None else _dumps(job.to_dict())
@@ -1035,6 +1044,7 @@ class SqliteTables:
             (run_id, key, state, document),
         ).rowcount == 1
         if inserted:
+            self._states[(run_id, key)] = state
             self._count(run_id, state, +1)
         return inserted
 
@@ -1047,6 +1057,7 @@ class SqliteTables:
         else:
             self.conn.execute("UPDATE fc_jobs SET state = ?, job = ? WHERE run_id = ? AND key = ?",
                               (state, _dumps(job.to_dict()), run_id, key))
+        self._states[(run_id, key)] = state
         self._count(run_id, old, -1)
         self._count(run_id, state, +1)
 
@@ -1125,6 +1136,7 @@ class SqliteTables:
             self.conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))  # fixed names
         self._deltas.pop(run_id, None)
         self._touched.discard(run_id)
+        self._states.clear()
 
     def _count(self, run_id: str, state: JobState, delta: int) -> None:
         if state == "pending":
