@@ -1,7 +1,7 @@
 """The ``rq`` preset on a 3-shard Redis Cluster (``redis+cluster://``): the whole backend contract against one
 cluster shared by the session (``redis_cluster_server``). The crash tests run at one fault depth (a worker
 killed at its 5th job, past the fan-out), not also at the first job as ``test_rq_contract.py`` does: what a
-cluster changes (keys per slot, no dispatch or prefetch) is the same at both, and each costs ~17 s."""
+cluster changes (keys per slot, no dispatch, prefetch after the dequeue) is the same at both, and each costs ~17 s."""
 
 from __future__ import annotations
 
