@@ -339,6 +339,24 @@ async def test_expired_items_are_absent(backend: Backend, aws: dict[str, Any]) -
     assert committed.pending == 0
 
 
+async def test_run_items_expire_only_when_ttl_seconds_is_set(backend: Backend, aws: dict[str, Any],
+                                                             sqs_options: dict[str, Any]) -> None:
+    async def ttl_of(run_id: str) -> str | None:
+        item = (await aws["dynamodb"].get_item(TableName=aws["prefix"] + "coordination",
+                                               Key={"runId": {"S": run_id}, "sk": {"S": "run"}}))["Item"]
+        return item.get("ttl", {}).get("N")
+
+    expiring = registry().build("sqs", {**sqs_options, "ttl_seconds": 3600})
+    try:
+        await expiring.coordination.schedule("ttl-on", [job("ttl-on", "a")])
+        assert int(await ttl_of("ttl-on") or 0) > time.time() + 3000
+    finally:
+        await expiring.close()
+    # the default keeps items (finished runs go by `retention`): a ttl an earlier setting left is removed
+    await backend.coordination.schedule("ttl-on", [job("ttl-on", "b")])
+    assert await ttl_of("ttl-on") is None
+
+
 async def test_a_live_completion_record_conflicts(backend: Backend) -> None:
     coordination = backend.coordination
     first = job("done-ttl", "a")

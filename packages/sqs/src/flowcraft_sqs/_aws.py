@@ -73,8 +73,10 @@ class SqsOptions(QueueOptions):
     status_index: str = option("status-lastUpdated", "the status table's global secondary index")
     wait_time_seconds: int = option(20, "upper bound of one long poll, 0 to 20 (the worker's poll wait is "
                                         "used when shorter)")
-    ttl_seconds: int = option(30 * 24 * 3600, "lifetime of coordination items, refreshed when written; "
-                                              "0 = never expire")
+    # Never expire by default: the sqs preset keeps a run's context (its outputs and result) in the run item,
+    # and finished runs are deleted by the ``retention`` setting as on every other backend.
+    ttl_seconds: int = option(0, "lifetime of coordination items (and of the sqs preset's contexts), refreshed "
+                                 "when written; 0 = never expire (finished runs are deleted by `retention`)")
     max_message_bytes: int = option(256 * 1024, "largest job message (1048576 where SQS allows 1 MiB)")
     message_retention_seconds: int = option(14 * 24 * 3600, "retention of both queues (setup)")
     max_pool_connections: int = option(64, "HTTP connections per client")

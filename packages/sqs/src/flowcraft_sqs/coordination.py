@@ -285,7 +285,7 @@ class DynamoDbCoordinationStore(CoordinationStore):
     releases_lease = True  # a finishing commit removes the owner's lease in its write (``_Drop``)
 
     def __init__(self, client: DynamoDBClient | None = None, table_name: str = "flowcraft-coordination", *,
-                 ttl_seconds: int = 30 * 24 * 3600, source: ClientSource[DynamoDBClient] | None = None,
+                 ttl_seconds: int = 0, source: ClientSource[DynamoDBClient] | None = None,
                  applies_context: bool = False) -> None:
         """``applies_context``: the run's context lives in the run item too (``ctx``; read and written by
         :class:`flowcraft_sqs.context.RunItemContext`), so a commit writes a completion's context with its
@@ -442,10 +442,12 @@ class DynamoDbCoordinationStore(CoordinationStore):
         names: dict[str, str] = {"#act": "activity", "#ttl": "ttl", "#v": "v", "#l": "leases"}
         values: dict[str, Any] = {":now": N(now)}
         sets = ["#act = :now"]
+        removes: list[str] = []
         if ttl is not None:
             values[":ttl"] = N(ttl)
             sets.append("#ttl = :ttl")
-        removes: list[str] = []
+        else:  # a ttl left by an earlier setting (or on a recreated expired item) must not expire it later
+            removes.append("#ttl")
         conditions: list[str] = []
         blob_items: list[dict[str, Any]] = []
         after = plan.before
@@ -785,6 +787,8 @@ class DynamoDbCoordinationStore(CoordinationStore):
         if ttl is not None:
             values[":ttl"] = N(ttl)
             sets.append("#ttl = :ttl")
+        else:
+            removes.append("#ttl")
         if blob_items:
             await asyncio.gather(*(client.put_item(TableName=self.table_name, Item=item) for item in blob_items))
         request = prune({
@@ -813,13 +817,16 @@ class DynamoDbCoordinationStore(CoordinationStore):
         ttl = self._ttl(now)
         names = {"#c": CTX, "#ttl": "ttl", "#v": "v"}
         values: dict[str, Any] = {":empty": {"M": {}}, ":now": N(now)}
-        refresh = ""
+        refresh, forget = "", ""
         if ttl is not None:
             values[":ttl"] = N(ttl)
             refresh = ", #ttl = :ttl"
+        else:
+            forget = ", #ttl"
         live = "(attribute_not_exists(#ttl) OR #ttl >= :now)"
-        for update, condition in (("SET #c = :empty" + refresh, "attribute_not_exists(#c) AND " + live),
-                                  ("SET #c = :empty" + refresh + " REMOVE #v", "#ttl < :now")):
+        for update, condition in (("SET #c = :empty" + refresh + (" REMOVE #ttl" if forget else ""),
+                                   "attribute_not_exists(#c) AND " + live),
+                                  ("SET #c = :empty" + refresh + " REMOVE #v" + forget, "#ttl < :now")):
             try:
                 await client.update_item(**prune({
                     "TableName": self.table_name, "Key": self._key(run_id), "UpdateExpression": update,
