@@ -221,7 +221,8 @@ def test_backends_options_rq_lists_the_redis_options_once(folder: Path) -> None:
     assert table["queue_name"][:3] == ["string (optional)", "-", "queue"]
     assert table["rq_key_prefix"][:3] == ["string (optional)", "-", "queue"]
     assert table["visibility_timeout"][:3] == ["number", "30.0", "queue"]
-    assert result.stdout.count("redis_url") == 1
+    # one row although every component takes it (other options' help may name it)
+    assert [line.split()[0] for line in result.stdout.splitlines() if line.strip()].count("redis_url") == 1
 
 
 def test_backends_options_of_an_uninstalled_backend_is_one_error(folder: Path) -> None:
