@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 import random
 import time
 from abc import ABC, abstractmethod
@@ -41,6 +42,16 @@ SPI_VERSION = 2
 one: an abstract method added, a signature or a meaning changed, a field removed (additions with defaults
 do not bump it). A plugin module may declare ``SPI_VERSION`` (the version it was written for); the plugin
 registry leaves out a plugin that declares another version, with a message saying which."""
+
+_log = logging.getLogger("flowcraft.queue")
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error for a log line: one line, secrets (URLs' passwords, keys) masked."""
+    from flowcraft.config import redact_text  # config imports this module
+
+    return redact_text(" ".join(str(exc).split()) or type(exc).__name__)
+
 
 RunStatus = Literal["running", "awaiting", "completed", "failed", "cancelled"]
 FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
@@ -574,6 +585,74 @@ class Queue(Component):
 
     async def unregister_worker(self, worker: WorkerInfo) -> None:  # optional hook
         """Remove what ``register_worker`` showed (a worker stopping); the default does nothing."""
+
+
+
+class RecordReader(Protocol):
+    """What ``PrefetchingQueue`` needs of a status store: the records of several runs in one request (runs
+    without a record left out)."""
+
+    async def get_many(self, run_ids: Sequence[str]) -> Mapping[str, RunRecord]: ...
+
+
+class PrefetchingQueue(Queue):
+    """A queue whose status and coordination stores live in other servers but can be read per batch: once
+    ``prefetch_with`` wired them (the preset's factory does, when the backend is built), ``receive`` reads the
+    batch's run records in one request while it takes the jobs' leases (concurrent calls, which a pipelining
+    coordination store sends together), so a job starts without those two round trips
+    (``prefetches_status``). A delivery whose record or lease could not be had comes without them: the engine
+    reads both itself, and a lease taken without its record is handed back."""
+
+    _prefetch: tuple[RecordReader, CoordinationStore] | None = None
+
+    def prefetch_with(self, status: RecordReader, coordination: CoordinationStore) -> None:
+        self._prefetch = (status, coordination)
+
+    @property
+    def prefetches_status(self) -> bool:
+        return self._prefetch is not None
+
+    async def receive(self, max_jobs: int, wait: float, owner: str, lease_seconds: float) -> list[Delivery]:
+        deliveries = await self.dequeue(max_jobs, wait)
+        if self._prefetch is None or not deliveries:
+            return deliveries
+        status, coordination = self._prefetch
+
+        async def read_records() -> Mapping[str, RunRecord]:
+            try:
+                return await status.get_many([d.job.run_id for d in deliveries])
+            except Exception as exc:  # the engine reads each record itself (and reports what is wrong)
+                _log.debug("prefetching run records failed: %s", _one_line(exc))
+                return {}
+
+        async def take(job: Job) -> Begin | None:
+            try:
+                return await coordination.begin(job, owner, lease_seconds)
+            except Exception as exc:  # the engine takes the lease itself
+                _log.debug("prefetching a lease failed: %s", _one_line(exc))
+                return None
+
+        reading = asyncio.ensure_future(read_records())
+        try:
+            if len(deliveries) == 1:  # one delivery: its lease taken in this task, no second one to gather
+                begins: list[Begin | None] = [await take(deliveries[0].job)]
+            else:
+                begins = list(await asyncio.gather(*(take(d.job) for d in deliveries)))
+        finally:
+            records = await reading
+        out: list[Delivery] = []
+        for delivery, begin in zip(deliveries, begins, strict=True):
+            record = records.get(delivery.job.run_id)
+            if begin is not None and record is not None:
+                delivery = Delivery(delivery.job, delivery.receipt, deliveries=delivery.deliveries, record=record,
+                                    begin=begin)
+            elif begin is not None and begin.lease:
+                try:  # no record to go with it: the engine reads both itself, so hand the lease back
+                    await coordination.release(delivery.job.run_id, delivery.job.key, owner)
+                except Exception as exc:  # it expires by itself; the engine's own begin takes it again
+                    _log.debug("releasing a prefetched lease failed: %s", _one_line(exc))
+            out.append(delivery)
+        return out
 
 
 class ContextStore(Component):

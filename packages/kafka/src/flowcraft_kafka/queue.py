@@ -43,10 +43,10 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Self
+from typing import Any, Self
 
 from flowcraft.errors import FlowcraftError, ServerUnreachableError, StoreLimitError
-from flowcraft.spi import Begin, CoordinationStore, DeadLetter, Delivery, Job, Queue, RunRecord, parse_options
+from flowcraft.spi import DeadLetter, Delivery, Job, PrefetchingQueue, parse_options
 from flowcraft_kafka.options import KafkaOptions
 
 log = logging.getLogger("flowcraft.kafka")
@@ -147,11 +147,6 @@ def _finishing_now() -> _Successors | None:
     return next(reversed(jobs.values())) if jobs else None
 
 
-class _RecordReader(Protocol):
-    """What the prefetch needs of the status store (``CassandraStatusStore.get_many``)."""
-
-    async def get_many(self, run_ids: Sequence[str]) -> Mapping[str, RunRecord]: ...
-
 
 def _headers(msg: Any) -> dict[str, str]:
     out: dict[str, str] = {}
@@ -215,7 +210,7 @@ class _Tracker:
                 part.committed = position
 
 
-class KafkaQueue(Queue):
+class KafkaQueue(PrefetchingQueue):
     name = "kafka"
     Options = KafkaOptions
 
@@ -245,7 +240,6 @@ class KafkaQueue(Queue):
         self._seq = itertools.count()
         self._delay_paused = False
         self._error: BaseException | None = None
-        self._prefetch: tuple[_RecordReader, CoordinationStore] | None = None
 
     def __repr__(self) -> str:
         return f"KafkaQueue(bootstrap_servers={self.options.bootstrap_servers!r}, topic={self.topic!r})"
@@ -443,53 +437,6 @@ class KafkaQueue(Queue):
                 await asyncio.wait_for(self._wake.wait(), min(remaining, 0.25))
             except TimeoutError:
                 pass
-
-    def prefetch_with(self, status: _RecordReader, coordination: CoordinationStore) -> None:
-        """Make ``receive`` read the run records of each batch (one Redis pipeline) while it takes the jobs'
-        leases (``prefetches_status``). The preset's factory wires it when the backend is built; never changed
-        afterwards."""
-        self._prefetch = (status, coordination)
-
-    @property
-    def prefetches_status(self) -> bool:
-        return self._prefetch is not None
-
-    async def receive(self, max_jobs: int, wait: float, owner: str, lease_seconds: float) -> list[Delivery]:
-        """``dequeue``; when prefetching, the batch's run records are read (one pipeline) while the leases are
-        taken (the coordination store pipelines concurrent calls), so a job starts without those two round trips.
-        A delivery whose record or lease could not be read is returned without them (the engine reads both)."""
-        deliveries = await self.dequeue(max_jobs, wait)
-        if self._prefetch is None or not deliveries:
-            return deliveries
-        status, coordination = self._prefetch
-
-        async def take(job: Job) -> Begin | None:
-            try:
-                return await coordination.begin(job, owner, lease_seconds)
-            except Exception as exc:  # the engine takes the lease itself
-                log.debug("prefetching a lease failed: %s", exc)
-                return None
-
-        reading = asyncio.ensure_future(status.get_many([d.job.run_id for d in deliveries]))
-        begins = await asyncio.gather(*(take(d.job) for d in deliveries))
-        try:
-            records: Mapping[str, RunRecord] = await reading
-        except Exception as exc:  # the engine reads each record itself (and reports what is wrong)
-            log.debug("prefetching run records failed: %s", exc)
-            records = {}
-        out: list[Delivery] = []
-        for delivery, begin in zip(deliveries, begins, strict=True):
-            record = records.get(delivery.job.run_id)
-            if begin is not None and record is not None:
-                delivery = Delivery(delivery.job, delivery.receipt, deliveries=delivery.deliveries, record=record,
-                                    begin=begin)
-            elif begin is not None and begin.lease:
-                try:  # no record to go with it: the engine reads both itself, so hand the lease back
-                    await coordination.release(delivery.job.run_id, delivery.job.key, owner)
-                except Exception as exc:  # it expires by itself; the engine's own begin takes it again
-                    log.debug("releasing a prefetched lease failed: %s", exc)
-            out.append(delivery)
-        return out
 
     async def ready(self, timeout: float = 30.0) -> bool:
         """Start consuming and wait until this consumer has joined its group and holds partitions (a join

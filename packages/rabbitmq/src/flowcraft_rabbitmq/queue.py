@@ -35,7 +35,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Self
+from typing import Any, Self
 
 import aio_pika
 import aiormq
@@ -44,7 +44,7 @@ from aio_pika.exceptions import ChannelNotFoundEntity, ChannelPreconditionFailed
 from aiormq.abc import DeliveredMessage
 
 from flowcraft.errors import ConfigError, StoreLimitError
-from flowcraft.spi import Begin, CoordinationStore, DeadLetter, Delivery, Job, Queue, RunRecord
+from flowcraft.spi import DeadLetter, Delivery, Job, PrefetchingQueue
 from flowcraft_rabbitmq._amqp import (
     TRANSIENT,
     AmqpLink,
@@ -157,13 +157,8 @@ class RabbitMqReceipt:
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
-class _RecordReader(Protocol):
-    """What the prefetch needs of the status store (``PostgresStatusStore.get_many``)."""
 
-    async def get_many(self, run_ids: Sequence[str]) -> dict[str, RunRecord]: ...
-
-
-class RabbitMqQueue(Queue):
+class RabbitMqQueue(PrefetchingQueue):
     """Jobs in a RabbitMQ quorum queue (see the module docstring)."""
 
     name = "rabbitmq"
@@ -197,8 +192,6 @@ class RabbitMqQueue(Queue):
         self._outstanding: set[RabbitMqReceipt] = set()
         self._declared: set[str] = set()
         self._closed = False
-        #: the backend's status and coordination stores, when ``receive`` prefetches (see ``prefetch_with``)
-        self._prefetch: tuple[_RecordReader, CoordinationStore] | None = None
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
@@ -212,63 +205,6 @@ class RabbitMqQueue(Queue):
 
     def __repr__(self) -> str:
         return f"RabbitMqQueue({self.link!r}, queue_name={self.queue_name!r})"
-
-    # ------------------------------------------------------------------------------------------ prefetch
-    def prefetch_with(self, status: _RecordReader, coordination: CoordinationStore) -> None:
-        """Make ``receive`` read each delivery's run record (one statement for the whole batch) and take its
-        lease, the two concurrently (``prefetches_status``). The preset's factory wires it when the backend is
-        built; never changed afterwards."""
-        self._prefetch = (status, coordination)
-
-    @property
-    def prefetches_status(self) -> bool:
-        return self._prefetch is not None
-
-    async def receive(self, max_jobs: int, wait: float, owner: str, lease_seconds: float) -> list[Delivery]:
-        """``dequeue``; when prefetching, the run records of the batch are read in one PostgreSQL statement
-        while the leases are taken in Redis (pipelined), so a job starts one round trip sooner and the status
-        store sees one read per batch instead of one per job. A delivery whose record or lease could not be
-        read is returned without them (the engine reads them itself)."""
-        deliveries = await self.dequeue(max_jobs, wait)
-        if self._prefetch is None or not deliveries:
-            return deliveries
-        status, coordination = self._prefetch
-
-        async def read_records() -> Mapping[str, RunRecord]:
-            try:
-                return await status.get_many([d.job.run_id for d in deliveries])
-            except Exception as exc:  # the engine reads each record itself (and reports what is wrong)
-                log.debug("prefetching run records failed: %s", one_line(exc))
-                return {}
-
-        async def take(job: Job) -> Begin | None:
-            try:
-                return await coordination.begin(job, owner, lease_seconds)
-            except Exception as exc:  # the engine takes the lease itself
-                log.debug("prefetching a lease failed: %s", one_line(exc))
-                return None
-
-        reading = asyncio.ensure_future(read_records())
-        try:
-            if len(deliveries) == 1:  # one delivery: its lease taken in this task, no second one to gather
-                begins: list[Begin | None] = [await take(deliveries[0].job)]
-            else:
-                begins = list(await asyncio.gather(*(take(d.job) for d in deliveries)))
-        finally:
-            records = await reading
-        out: list[Delivery] = []
-        for delivery, begin in zip(deliveries, begins, strict=True):
-            record = records.get(delivery.job.run_id)
-            if begin is not None and record is not None:
-                delivery = Delivery(delivery.job, delivery.receipt, deliveries=delivery.deliveries, record=record,
-                                    begin=begin)
-            elif begin is not None and begin.lease:
-                try:  # no record to go with it: the engine reads both itself, so hand the lease back
-                    await coordination.release(delivery.job.run_id, delivery.job.key, owner)
-                except Exception as exc:  # it expires by itself; the engine's own begin takes it again
-                    log.debug("releasing a prefetched lease failed: %s", one_line(exc))
-            out.append(delivery)
-        return out
 
     # ------------------------------------------------------------------------------------------ setup
     def main_arguments(self) -> dict[str, Any]:
