@@ -7,9 +7,10 @@ A :class:`BackendServers` subclass (one module per backend: ``rabbitmq_servers``
 * which servers the backend needs (:class:`ServerSpec`: a ``tests-integration/servers`` class and the backend
   options a started one provides); a server whose first option is in ``--backend-options`` is not started;
 * the backend options of a trial that starts from empty state (:meth:`BackendServers.fresh_options`);
-* the raw floor (:meth:`BackendServers.floor`): the chain workload (``runs`` chains of 10 no-op messages, each
-  handled message sends its successor) through the queue service with its own client library alone, with at
-  most as many messages in flight as the flowcraft workers of the trial may hold (processes x concurrency).
+* the raw floor (:meth:`BackendServers.floor`): the chain workload (``runs`` chains, at least the in-flight
+  window, of 10 no-op messages, each handled message sends its successor) through the queue service with its
+  own client library alone, with at most as many messages in flight as the flowcraft workers of the trial may
+  hold (processes x concurrency).
   The harness measures it right after each trial (its workers stopped), on the same servers, so the ratio
   compares figures taken seconds apart;
 * how the worker processes count their requests to each service (:attr:`BackendServers.hook`, a

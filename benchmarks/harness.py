@@ -891,7 +891,8 @@ async def distributed_trial(config: Config, infra: Infrastructure, workload: Wor
         finally:
             await asyncio.to_thread(workers.stop)
         if infra.servers is not None:  # once the workers are gone: their idle polling is not the floor's load
-            floor = await infra.servers.floor(config.runs_for(workload), config.worker_concurrency * processes)
+            window = config.worker_concurrency * processes  # at least a full window of chains (fan-outs)
+            floor = await infra.servers.floor(max(config.runs_for(workload), window), window)
             trial.floor_msgs_per_s, trial.floor_fraction = floor, trial.nodes_per_s / floor
         return trial
     finally:
