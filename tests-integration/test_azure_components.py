@@ -272,6 +272,7 @@ async def test_context_writes_of_one_step_with_deletes_of_missing_keys(backend: 
     await backend.context.apply("steps", {"a": 1, "b": {"x": [1, 2]}, "c": "three"})
     await backend.context.apply("steps", {"a": 2, "d": None}, deletes=["c", "never-written"])
     assert await backend.context.get_all("steps") == {"a": 2, "b": {"x": [1, 2]}, "d": None}
+    assert getattr(backend.context, "batches", None) is True  # the emulator took the batches, no fallback
 
 
 # ============================================================================================== config

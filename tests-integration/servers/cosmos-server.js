@@ -4,6 +4,9 @@
 //  * keep-alive on (the stock CLI closes every connection);
 //  * reading a missing document in a partitioned container crashes the stock handler
 //    ("Cannot read properties of undefined" -> HTTP 500); answer 404 NotFound like Cosmos DB does.
+//  * a transactional batch from the Python SDK names its partition key once, in a header, while the stock
+//    handler reads it from each operation (answering 500): fill it in from the header. (The emulator then
+//    applies a batch's operations one by one, not all-or-nothing as Cosmos DB does.)
 //    Set COSMOS_NO_FIX=1 to get the stock behaviour.
 // usage: NODE_PATH=<.servers/node_modules> node cosmos-server.js <port> <cert.pem> <key.pem> [--no-ssl]
 "use strict";
@@ -23,6 +26,19 @@ if (!process.env.COSMOS_NO_FIX) {
       }
       throw e;
     }
+  };
+  const json = require("@vercel/cosmosdb-server/lib/json");
+  const readJson = json.default;
+  json.default = async (req) => {
+    const body = await readJson(req);
+    const pk = req.headers["x-ms-documentdb-partitionkey"];
+    const batch = String(req.headers["x-ms-cosmos-is-batch-request"]).toLowerCase() === "true";
+    if (batch && Array.isArray(body) && pk !== undefined) {
+      for (const op of body) {
+        if (op && op.partitionKey === undefined) op.partitionKey = pk;
+      }
+    }
+    return body;
   };
 }
 
