@@ -145,6 +145,24 @@ async def test_extend_keeps_a_message_invisible_and_ack_after_extend_deletes_it(
     assert await raw["queue"].peek_messages() == []
 
 
+async def test_a_late_delivery_cannot_delete_or_move_its_message_once_received_again(backend: Backend) -> None:
+    """What a queue server stalled past the visibility timeout leads to (Azurite in memory, README): the
+    message is received again with a new pop receipt; the first delivery's late extend, release and ack are
+    no-ops (PopReceiptMismatch), so the message stays with its second receiver, whose ack deletes it."""
+    await backend.queue.enqueue([Job("twice", "bp", "n")])
+    (first,) = await receive(backend, 1)
+    await asyncio.sleep(2.2)  # past the 2 s visibility timeout
+    (second,) = await receive(backend, 1, timeout=5)
+    assert second.job == first.job and (first.deliveries, second.deliveries) == (1, 2)
+    await backend.queue.extend(first, 30)
+    await backend.queue.release(first, 0)
+    await backend.queue.ack(first)
+    assert await backend.queue.dequeue(1, 0) == []  # still hidden for the second receiver
+    assert await backend.queue.depth() == 1
+    await backend.queue.ack(second)
+    assert await backend.queue.depth() == 0
+
+
 async def test_release_with_delay_and_enqueue_with_delay(backend: Backend) -> None:
     await backend.queue.enqueue([Job("later", "bp", "n")], delay=1.5)
     assert await backend.queue.dequeue(1, 0.5) == []
