@@ -260,7 +260,7 @@ class Server:
 
     @property
     def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.process is not None and self.process.returncode is None and not _exited(self.process.pid)
 
     def start(self) -> Self:
         """Start the server and wait until it is ready. Returns self."""
@@ -327,20 +327,22 @@ class Server:
         if proc is None:
             return
         try:
-            if proc.poll() is None:
+            if proc.returncode is None and not _exited(proc.pid):
                 with contextlib.suppress(Exception):
                     self.before_stop()
-            if proc.poll() is None:
+            if proc.returncode is None and not _exited(proc.pid):
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(self.stop_signal)
-                try:
-                    proc.wait(self.stop_timeout)
-                except subprocess.TimeoutExpired:
+                if not _exited(proc.pid, self.stop_timeout):
                     with contextlib.suppress(ProcessLookupError):
                         proc.kill()
-                    proc.wait(10)
-            # Children left behind in the server's own process group (its pgid is its pid).
-            self._kill_group(proc.pid)
+                    _exited(proc.pid, 10)
+            if proc.returncode is None:
+                # Children left behind in the server's own process group (its pgid is its pid), killed while
+                # the leader is an unreaped zombie: until it is reaped its pid cannot be handed to a new
+                # process, so the signal cannot reach another server that got the number (pid_max wraps).
+                self._kill_group(proc.pid)
+            proc.wait(10)
         finally:
             self.process = None
             with _live_lock:
@@ -351,7 +353,8 @@ class Server:
             os.killpg(pgid, signal.SIGTERM)
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline:
-                os.killpg(pgid, 0)  # raises ProcessLookupError once the group is empty
+                if _group_is_only(pgid):
+                    return
                 time.sleep(0.05)
             os.killpg(pgid, signal.SIGKILL)
 
@@ -360,9 +363,10 @@ class Server:
 
         ``crash=True`` kills the server with SIGKILL instead of asking it to shut down.
         """
-        if crash and self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
+        if crash and self.process is not None and not _exited(self.process.pid):
+            with contextlib.suppress(ProcessLookupError):  # the server and its children, as a crash takes them
+                os.killpg(self.process.pid, signal.SIGKILL)
+            _exited(self.process.pid, 10)
         self.stop()
         return self.start()
 
@@ -386,3 +390,32 @@ class Server:
     def __repr__(self) -> str:
         state = f"pid {self.pid}" if self.running else "stopped"
         return f"<{type(self).__name__} {self.host}:{self.port} {state}>"
+
+
+def _exited(pid: int, timeout: float = 0.0) -> bool:
+    """Whether child ``pid`` has exited, waiting up to ``timeout`` seconds, without reaping it (``WNOWAIT``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+        except ChildProcessError:  # already reaped
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def _group_is_only(pgid: int) -> bool:
+    """Whether nothing but the (zombie) leader is left in process group ``pgid``."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == pgid:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            return False
+    return True
