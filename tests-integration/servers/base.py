@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -323,9 +324,15 @@ class Server:
 
     def stop(self) -> None:
         """Stop the server by PID (stop signal, wait, SIGKILL). Safe to call twice."""
+        self._stop(report_death=True)
+
+    def _stop(self, report_death: bool) -> None:
         proc = self.process
         if proc is None:
             return
+        if report_death and proc.returncode is None and _exited(proc.pid):  # died unasked (not at startup): say how
+            warnings.warn(f"{self.name} (pid {proc.pid}, port {self.port}) had exited before it was stopped; the "
+                          f"end of its log:\n{log_tail(self.log_path)}", RuntimeWarning, stacklevel=2)
         try:
             if proc.returncode is None and not _exited(proc.pid):
                 with contextlib.suppress(Exception):
@@ -367,7 +374,7 @@ class Server:
             with contextlib.suppress(ProcessLookupError):  # the server and its children, as a crash takes them
                 os.killpg(self.process.pid, signal.SIGKILL)
             _exited(self.process.pid, 10)
-        self.stop()
+        self._stop(report_death=not crash)
         return self.start()
 
     def close(self) -> None:
