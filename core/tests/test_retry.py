@@ -69,6 +69,20 @@ async def test_retry_from_a_node_keeps_upstream_and_history(backend_name: str, s
     assert not any(k.startswith("_retry.") for k in result.context)
 
 
+async def test_a_retry_queues_each_fresh_job_once_on_a_dispatching_store(sqlite: Backend) -> None:
+    from flowcraft.client import Client
+
+    broken.add("d")
+    async with FlowRuntime(flows=[diamond()], backend=sqlite) as rt:
+        failed = await rt.run("diamond", {"x": 1}, timeout=10)
+        app = rt.app
+    assert sqlite.capabilities.dispatches and await sqlite.queue.depth() == 0
+    # no worker now: the retry's commit fires d (b and c arrive from outside the rerun), which sqlite queues
+    # in the same transaction; the retry must not queue it a second time
+    await Client(sqlite, app).retry(failed.run_id, from_node="d")
+    assert await sqlite.queue.depth() == 1
+
+
 @pytest.mark.parametrize("backend_name", ["memory", "sqlite"])
 async def test_retry_without_from_reruns_the_failed_node_and_cut_branches(backend_name: str,
                                                                          sqlite: Backend) -> None:

@@ -577,15 +577,7 @@ class Engine:
             await self._enqueue(committed.fired)
 
     async def _enqueue(self, jobs: Sequence[Job]) -> None:
-        if not jobs:
-            return
-        now = time.time()
-        immediate = [j for j in jobs if j.due_at is None or j.due_at <= now]
-        if immediate:
-            await self.queue.enqueue(immediate)
-        for job in jobs:
-            if job.due_at is not None and job.due_at > now:
-                await self.queue.enqueue([job], job.due_at - now)
+        await routing.enqueue_due(self.queue, jobs)
 
     # ------------------------------------------------------------------ helpers
     def _completion(self, job: Job, output: Any, action: str | None, context: RunContext | None, *,

@@ -127,8 +127,11 @@ async def retry_run(control: RunControl, record: RunRecord, graph: Graph, from_n
     max_iterations = int(graph.blueprint.metadata.get("maxIterations", control.app.max_iterations))
     arrivals = _arrivals_into(graph, record, area, entries, context, base, max_iterations)
     marker = job_key("", base)  # never a node's job key (node ids are not empty)
+    queued: set[str] = set()  # fired jobs a dispatching store has put on the queue itself
     while arrivals:
         committed = await coordination.commit(Transition(run_id, marker, arrivals=tuple(routing.dedupe(arrivals))))
+        if backend.capabilities.dispatches:
+            queued.update(job.key for job in committed.fired)
         arrivals = []
         skips: dict[str, Any] = {}
         for key in committed.skipped:  # dead paths in the new generation, as the engine's cascade decides them
@@ -146,21 +149,12 @@ async def retry_run(control: RunControl, record: RunRecord, graph: Graph, from_n
     for held in (*pending, *parked):
         await coordination.commit(Transition(run_id, held.job.key, finish=True))
 
-    fresh = [held.job for held in await coordination.jobs(run_id, "pending") if held.job.visit >= base]
-    await _enqueue(control, fresh)
+    fresh = [held.job for held in await coordination.jobs(run_id, "pending")
+             if held.job.visit >= base and held.job.key not in queued]
+    await routing.enqueue_due(backend.queue, fresh)
     await control._emit("run:retry", run_id, record.blueprint_id, from_node,
                         {"generation": generation, "nodes": sorted(roots)})
     return generation
-
-
-async def _enqueue(control: RunControl, jobs: list[Job]) -> None:
-    now = time.time()
-    ready = [job for job in jobs if job.due_at is None or job.due_at <= now]
-    if ready:
-        await control.backend.queue.enqueue(ready)
-    for job in jobs:
-        if job.due_at is not None and job.due_at > now:
-            await control.backend.queue.enqueue([job], job.due_at - now)
 
 
 def _latest_entries(context: Mapping[str, Any]) -> dict[str, tuple[int, Mapping[str, Any]]]:

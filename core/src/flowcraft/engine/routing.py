@@ -7,6 +7,7 @@ them in, then commits the arrivals these functions return.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 from flowcraft.engine.events import carried
 from flowcraft.engine.graph import CompiledEdge, Graph, loop_visit
 from flowcraft.errors import FlowcraftError
-from flowcraft.spi import Arrival, Completion, Job
+from flowcraft.spi import Arrival, Completion, Job, Queue
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -120,3 +121,14 @@ def dedupe(arrivals: Sequence[Arrival]) -> list[Arrival]:
             seen.add(key)
             out.append(candidate)
     return out
+
+
+async def enqueue_due(queue: Queue, jobs: Sequence[Job]) -> None:
+    """Put jobs on the queue: those due now in one call, a job due later with its delay."""
+    now = time.time()
+    immediate = [job for job in jobs if job.due_at is None or job.due_at <= now]
+    if immediate:
+        await queue.enqueue(immediate)
+    for job in jobs:
+        if job.due_at is not None and job.due_at > now:
+            await queue.enqueue([job], job.due_at - now)
