@@ -964,6 +964,18 @@ class LeaseTables(CoordinationTables, Protocol):
 T = TypeVar("T")
 
 
+def take_lease(tables: LeaseTables, job: Job, owner: str, lease_seconds: float) -> Begin:
+    """``CoordinationStore.begin`` over tables already open (inside the caller's atomic section): take the job's
+    lease unless another owner holds a live one, and read its state and completion."""
+    run_id, key = job.run_id, job.key
+    holder = tables.lease(run_id, key)
+    if holder is not None and holder[0] != owner and holder[1] > tables.now:
+        return Begin(lease=False, state=tables.job_state(run_id, key), completion=None)
+    tables.put_lease(run_id, key, owner, tables.now + lease_seconds)
+    tables.touch(run_id)
+    return Begin(lease=True, state=tables.job_state(run_id, key), completion=tables.completion(run_id, key))
+
+
 class TablesCoordinationStore(CoordinationStore):
     """A ``CoordinationStore`` derived from ONE primitive: ``atomically(run_id, fn)``, which runs ``fn`` over
     the run's ``LeaseTables`` as one atomic section (a transaction, a lock, the event loop) and returns what
@@ -995,17 +1007,7 @@ class TablesCoordinationStore(CoordinationStore):
         return await self.atomically(run_id, insert)
 
     async def begin(self, job: Job, owner: str, lease_seconds: float) -> Begin:
-        run_id, key = job.run_id, job.key
-
-        def take(tables: LeaseTables) -> Begin:
-            holder = tables.lease(run_id, key)
-            if holder is not None and holder[0] != owner and holder[1] > tables.now:
-                return Begin(lease=False, state=tables.job_state(run_id, key), completion=None)
-            tables.put_lease(run_id, key, owner, tables.now + lease_seconds)
-            tables.touch(run_id)
-            return Begin(lease=True, state=tables.job_state(run_id, key), completion=tables.completion(run_id, key))
-
-        return await self.atomically(run_id, take)
+        return await self.atomically(job.run_id, lambda tables: take_lease(tables, job, owner, lease_seconds))
 
     async def renew(self, run_id: str, job_key: str, owner: str, lease_seconds: float) -> bool:
         def extend(tables: LeaseTables) -> bool:

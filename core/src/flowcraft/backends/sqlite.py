@@ -47,7 +47,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +73,7 @@ from flowcraft.spi import (
     TablesCoordinationStore,
     Transition,
     apply_transition,
+    take_lease,
 )
 
 T = TypeVar("T")
@@ -737,37 +738,14 @@ def _prefetch(conn: sqlite3.Connection, deliveries: list[Delivery], owner: str, 
     """Fill each delivery's run record and take its job lease for ``owner`` (``CoordinationStore.begin``), in the
     transaction that claims them; a delivery whose run has no record is left for the engine to read."""
     tables = SqliteTables(conn)
-    coordination = _InTransaction(tables)
     for delivery in deliveries:
         job = delivery.job
         row = conn.execute("SELECT record FROM fc_status WHERE run_id = ?", (job.run_id,)).fetchone()
         if row is None:
             continue
         delivery.record = RunRecord.from_dict(json.loads(row[0]))
-        delivery.begin = _run_now(coordination.begin(job, owner, lease_seconds))
+        delivery.begin = take_lease(tables, job, owner, lease_seconds)
     tables.flush()
-
-
-class _InTransaction(TablesCoordinationStore):
-    """The derived ``CoordinationStore`` methods over the tables of a transaction already open: ``atomically``
-    calls the section at once, so each method's coroutine finishes without suspending (``_run_now``)."""
-
-    def __init__(self, tables: SqliteTables) -> None:
-        super().__init__()
-        self._tables = tables
-
-    async def atomically(self, run_id: str, fn: Callable[[LeaseTables], T]) -> T:
-        return fn(self._tables)
-
-
-def _run_now(coroutine: Coroutine[Any, Any, T]) -> T:
-    """The result of a coroutine that never suspends, run in this thread (no event loop)."""
-    try:
-        coroutine.send(None)
-    except StopIteration as finished:
-        return cast(T, finished.value)
-    coroutine.close()
-    raise RuntimeError("a section over open tables suspended")
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
