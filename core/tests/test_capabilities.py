@@ -50,3 +50,12 @@ def test_a_factory_that_cannot_be_imported_is_one_line() -> None:
     with pytest.raises(PluginError, match=r"backend 'broken': its factory 'no_such_module_x:build' cannot be "
                                           r"imported: ModuleNotFoundError"):
         _load_factory(preset)
+
+
+def test_acks_or_continues_without_dispatches_is_refused_in_one_line() -> None:
+    class Acking(MemoryCoordinationStore):
+        acks = True
+
+    built = memory_backend()
+    with pytest.raises(PluginError, match=r"coordination store Acking declares acks or continues without dispatches"):
+        Backend(built.queue, built.context, built.status, Acking())

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field, replace
 from typing import Any, ClassVar, Literal, Protocol, Self, TypeVar
 
-from flowcraft.errors import FlowcraftError, UnsupportedError
+from flowcraft.errors import FlowcraftError, PluginError, UnsupportedError
 
 # what a component declares its options with (``Component.Options``), re-exported for backend authors
 from flowcraft.options import NoOptions as NoOptions
@@ -265,6 +265,12 @@ class Transition:
     ``owner``: the worker holding the job's lease; a store that declares ``releases_lease`` drops that lease
     in a finishing commit, which saves the engine a ``release`` round trip.
 
+    ``receipt``: the ``Delivery.receipt`` of the job being committed, given only to a store that declares
+    ``acks`` (with ``finish``): it acks that delivery in the same atomic step when jobs remain pending after it.
+    ``continue_up_to``: how many of the jobs this commit fires the committing worker can take at once, given
+    only to a store that declares ``continues`` (never in recovery), with ``lease_seconds``, the lease the
+    owner takes on each: see ``Committed.continued``.
+
     ``run_id`` and ``job_key`` may be passed positionally; every other field is keyword-only.
     """
 
@@ -276,6 +282,9 @@ class Transition:
     finish: bool = False
     recovery: bool = False
     owner: str | None = None
+    receipt: Any = None
+    continue_up_to: int = 0
+    lease_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -286,12 +295,15 @@ class Committed:
     ``fired``: jobs to enqueue (newly inserted; in recovery also those already pending).
     ``skipped``: target job keys newly decided as skipped (in recovery also those already skipped); the
     engine propagates the dead path from them. ``pending``/``parked``: counts after the commit.
-    What a store does besides (puts ``fired`` on the queue, drops the lease) is declared once, by the store
-    (``Capabilities``), never per result. All fields are keyword-only.
+    ``continued``: deliveries of fired jobs (also in ``fired``) that a store declaring ``continues`` handed
+    straight to ``Transition.owner`` instead of the queue's ready list, at most ``Transition.continue_up_to``.
+    What a store does besides (puts ``fired`` on the queue, drops the lease, acks) is declared once, by the
+    store (``Capabilities``), never per result. All fields are keyword-only.
     """
 
     conflict: Completion | None = None
     fired: tuple[Job, ...] = ()
+    continued: tuple[Delivery, ...] = ()
     skipped: tuple[str, ...] = ()
     pending: int = 1
     parked: int = 0
@@ -785,6 +797,26 @@ class CoordinationStore(Component):
         ``Transition.owner`` holding no lease on the job, so the engine need not call ``release``."""
         return False
 
+    @property
+    def acks(self) -> bool:
+        """True when a finishing commit given ``Transition.receipt`` that is not a conflict and leaves jobs
+        pending (``Committed.pending > 0``) also acks that delivery, in the same atomic step as the transition,
+        so the engine does not call ``Queue.ack``. Only a store that ``dispatches`` may declare it: once the
+        delivery is gone, nothing but the queue holds the jobs it fired. A commit that leaves nothing pending
+        never acks (the engine still publishes the run's end, then acks)."""
+        return False
+
+    @property
+    def continues(self) -> bool:
+        """True when a dispatching commit hands up to ``Transition.continue_up_to`` of the jobs it fires, due
+        now, straight to ``Transition.owner`` (``Committed.continued``): each is put in the queue's in-flight
+        set as a ``receive`` by that owner would leave it — invisible for the queue's visibility timeout, its
+        run record read and its lease taken for the owner (``Delivery.record``/``begin``) — so the worker runs
+        it without a queue hop, and if the worker dies the job comes back when its visibility lapses, as any
+        delivery would. The job is still recorded as pending, so a crash loses nothing. The other fired jobs go
+        on the queue as ``dispatches`` says. Only a store that ``dispatches`` may declare it."""
+        return False
+
     @abstractmethod
     async def schedule(self, run_id: str, jobs: Sequence[Job]) -> list[Job]:
         """Insert jobs as pending where absent (first-writer-wins); return those inserted."""
@@ -866,6 +898,9 @@ class Capabilities:
       round trip (``Delivery.prefetched``, ``record``, ``begin``);
     * ``dispatches``: ``commit`` puts the jobs it fires on the queue itself;
     * ``releases_lease``: a finishing ``commit`` drops the finishing worker's lease (no ``release`` call);
+    * ``acks``: a finishing ``commit`` that leaves jobs pending acks the committed job's delivery (no ``ack``);
+    * ``continues``: ``commit`` hands fired jobs straight to the committing worker, already received
+      (``Committed.continued``), so they skip the queue hop;
     * ``notifies``: ``StatusStore.wait_for_change`` returns soon after a record changes, so clients need not
       poll (``StatusStore.notifies``).
 
@@ -876,16 +911,23 @@ class Capabilities:
     prefetches_status: bool = False
     dispatches: bool = False
     releases_lease: bool = False
+    acks: bool = False
+    continues: bool = False
     notifies: bool = False
 
     @classmethod
     def of(cls, queue: Queue, context: ContextStore, status: StatusStore,
            coordination: CoordinationStore) -> Capabilities:
         """What the components, as they were built, declare: the one place a backend's fast paths are decided."""
+        if (coordination.acks or coordination.continues) and not coordination.dispatches:
+            raise PluginError(f"coordination store {type(coordination).__name__} declares acks or continues without "
+                              "dispatches: a store that acks or hands jobs over must also queue what it fires")
         return cls(applies_context=coordination.applies_context,
                    prefetches_status=queue.prefetches_status,
                    dispatches=coordination.dispatches,
                    releases_lease=coordination.releases_lease,
+                   acks=coordination.acks,
+                   continues=coordination.continues,
                    notifies=status.notifies)
 
 

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from flowcraft.app import App
 from flowcraft.engine import routing
@@ -87,6 +87,19 @@ class EngineOptions:
     retry_jitter: float = 0.1
 
 
+class JobTaker(Protocol):
+    """What an engine needs of the worker running it to take the jobs a commit hands over
+    (``Capabilities.continues``): ``Worker`` is one."""
+
+    def room(self) -> int:
+        """How many more jobs the worker can start now, counting the slot of the job that is committing."""
+        ...
+
+    def take(self, delivery: Delivery) -> None:
+        """Start handling a delivery handed over by a commit, as if ``Queue.receive`` had returned it."""
+        ...
+
+
 @dataclass(slots=True)
 class _InFlight:
     delivery: Delivery
@@ -131,7 +144,10 @@ class Engine:
         self._inflight: dict[tuple[str, str], _InFlight] = {}
         self._cancelled_runs: set[str] = set()
         self._released: set[tuple[str, str]] = set()
-        self._handling: set[tuple[str, str]] = set()  # (run, job key) of deliveries being handled now
+        self._handling: dict[tuple[str, str], Delivery] = {}  # (run, job key) -> the delivery being handled now
+        self._acked: set[tuple[str, str]] = set()  # deliveries a commit acked (``Capabilities.acks``)
+        #: the worker that takes the jobs a commit hands over (``Capabilities.continues``); None: none are
+        self.taker: JobTaker | None = None
         self._token_prefix = uuid.uuid4().hex[:16]  # not worker_id: users may reuse names across processes
         self._tokens = itertools.count()  # leases a finishing commit already released
         self._marks: dict[tuple[str, str], TimelineMark] = {}  # (run, job key) -> this attempt's start, error
@@ -150,11 +166,17 @@ class Engine:
             # pending): the lease is that handling's, so hand this one back until it has finished
             await self.queue.release(delivery, min(1.0, self.options.lease_seconds))
             return
-        self._handling.add(handling)
+        self._handling[handling] = delivery
         try:
             await self._handle(delivery)
+        except BaseException:
+            if handling not in self._acked:
+                raise  # the worker gives the delivery back
+            # a commit already acked it with the job's transition: nothing is left to give back or redo
+            log.exception("job %s of run %s failed after its transition was committed", job.key, job.run_id)
         finally:
-            self._handling.discard(handling)
+            del self._handling[handling]
+            self._acked.discard(handling)
             self._marks.pop(handling, None)
 
     async def _handle(self, delivery: Delivery) -> None:
@@ -202,7 +224,8 @@ class Engine:
                 await self._dead_letter(delivery, reason)
                 return
             self._fault("before_ack")
-            await self.queue.ack(delivery)
+            if (job.run_id, job.key) not in self._acked:
+                await self.queue.ack(delivery)
         finally:
             if (job.run_id, job.key) in self._released:
                 self._released.discard((job.run_id, job.key))
@@ -472,8 +495,8 @@ class Engine:
             recovery = claimed.conflict is not None
         committed = await self._commit(
             job, Transition(job.run_id, job.key, completion=completion, arrivals=tuple(arrivals),
-                            finish=not needs_cascade, recovery=recovery, owner=self.worker_id)
-        )
+                            finish=not needs_cascade, recovery=recovery, owner=self.worker_id),
+            hand_over=True)
         if committed.conflict is not None:
             # another attempt's completion record won (this one ran after losing its lease): route as it did
             await self._route(job, graph, record, committed.conflict, recovery=True)
@@ -512,7 +535,7 @@ class Engine:
             last = not arrivals
             transition = Transition(job.run_id, job.key, arrivals=tuple(routing.dedupe(arrivals)), finish=last,
                                     recovery=recovery)
-            committed = await self._commit(job, transition)
+            committed = await self._commit(job, transition, hand_over=True)
             await self._dispatch(committed)
             if last:
                 return committed
@@ -564,12 +587,32 @@ class Engine:
             await self._emit("run:finish", run_id, record.blueprint_id, data={"status": "completed"})
             await self.runs.notify_parent(won)
 
-    async def _commit(self, job: Job, transition: Transition) -> Committed:
+    async def _commit(self, job: Job, transition: Transition, *, hand_over: bool = False) -> Committed:
+        """Commit as this worker. ``hand_over``: the commit is the last step of handling the job (the engine
+        routes it and returns), so a store may ack its delivery with it and hand fired jobs to this worker."""
+        capabilities = self.backend.capabilities
+        handling = (job.run_id, job.key)
+        changes: dict[str, Any] = {}
         if transition.owner != self.worker_id:
-            transition = replace(transition, owner=self.worker_id)
+            changes["owner"] = self.worker_id
+        delivery = self._handling.get(handling) if hand_over and transition.finish else None
+        if delivery is not None and capabilities.acks:
+            changes["receipt"] = delivery.receipt
+        if delivery is not None and capabilities.continues and not transition.recovery and self.taker is not None:
+            changes["continue_up_to"] = max(0, self.taker.room())
+            changes["lease_seconds"] = self.options.lease_seconds
+        if changes:
+            transition = replace(transition, **changes)
         committed = await self.coordination.commit(transition)
-        if transition.finish and committed.conflict is None and self.backend.capabilities.releases_lease:
-            self._released.add((job.run_id, job.key))
+        if transition.finish and committed.conflict is None:
+            if capabilities.releases_lease:
+                self._released.add(handling)
+            if transition.receipt is not None and committed.pending > 0:
+                self._acked.add(handling)
+            if committed.continued:
+                taker = cast(JobTaker, self.taker)
+                for continued in committed.continued:
+                    taker.take(continued)
         return committed
 
     async def _dispatch(self, committed: Committed) -> None:

@@ -48,6 +48,7 @@ class Worker:
         self._tasks: dict[asyncio.Task[None], Delivery] = {}
         self._room = asyncio.Event()
         self._room.set()
+        engine.taker = self  # takes the jobs a commit hands over (Capabilities.continues)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -89,10 +90,7 @@ class Worker:
                     deliveries = []
                     await asyncio.sleep(0.5)
                 for delivery in deliveries:
-                    task = asyncio.create_task(self._handle(delivery))
-                    self._tasks[task] = delivery
-                if len(self._tasks) >= self.concurrency:
-                    self._room.clear()
+                    self.take(delivery)
         finally:
             await self._drain()
             helpers: tuple[asyncio.Task[None] | None, ...] = (heartbeat, presence)
@@ -103,6 +101,18 @@ class Worker:
                         await helper
             if self.presence is not None and self.presence.started:
                 await self.presence.retire()
+
+    def room(self) -> int:
+        """How many more jobs can start now, counting the slot of a job that is committing (it ends right after
+        its commit hands over its successors); none while stopping."""
+        return 0 if self._stopping.is_set() else self.concurrency - len(self._tasks) + 1
+
+    def take(self, delivery: Delivery) -> None:
+        """Start handling a delivery: one received, or one a commit handed over."""
+        task = asyncio.create_task(self._handle(delivery))
+        self._tasks[task] = delivery
+        if len(self._tasks) >= self.concurrency:
+            self._room.clear()
 
     async def _connect(self) -> None:
         """Reach the status and coordination stores (a read each) and, with presence, publish the blueprints

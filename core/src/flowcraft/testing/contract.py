@@ -1088,6 +1088,62 @@ class CapabilitiesContract(_Base):
         assert (await backend.coordination.begin(job, "w2", 30)).lease
         assert not (await backend.coordination.begin(other, "w2", 30)).lease
 
+    async def test_acks_acks_with_a_commit_that_leaves_jobs_pending(self, backend: Backend, run_prefix: str) -> None:
+        """acks: a finishing commit given its delivery's receipt acks it when jobs remain pending (it never comes
+        back); one that leaves nothing pending does not (its job comes back once its visibility lapses)."""
+        self._declared(backend, "acks")
+        first, last = _job(run_prefix, "a"), _job(run_prefix, "b")
+        await backend.coordination.schedule(run_prefix, [first])
+        await backend.queue.enqueue([first])
+        [delivery] = await receive(backend, 1)
+        committed = await backend.coordination.commit(Transition(
+            run_prefix, first.key, completion=Completion("a", output=1, token="t1"),
+            arrivals=(Arrival(last, "a", arrived=True, contribution=1, expected=("a",)),), finish=True, owner="w1",
+            receipt=delivery.receipt))
+        assert committed.conflict is None and committed.pending == 1
+        [fired] = await receive(backend, 1)
+        assert fired.job.node_id == "b"
+        committed = await backend.coordination.commit(Transition(
+            run_prefix, last.key, completion=Completion("b", output=2, token="t2"), finish=True, owner="w1",
+            receipt=fired.receipt))
+        assert committed.pending == 0
+        await asyncio.sleep(self.visibility_timeout + 0.5)
+        back = await receive(backend, 2, timeout=3.0)
+        assert [d.job.node_id for d in back] == ["b"]
+        await backend.queue.ack(back[0])
+
+    async def test_continues_hands_fired_jobs_to_the_committing_worker(self, backend: Backend,
+                                                                      run_prefix: str) -> None:
+        """continues: a commit hands at most ``continue_up_to`` fired jobs to its owner, already received (run
+        record read, lease taken, invisible on the queue), and queues the rest; a handed job whose worker
+        never acks it comes back once its visibility lapses, and its receipt acks it."""
+        self._declared(backend, "continues")
+        await backend.status.create(RunRecord(run_prefix, "bp", input={"x": 1}))
+        job, left, right = _job(run_prefix, "a"), _job(run_prefix, "b"), _job(run_prefix, "c")
+        await backend.coordination.schedule(run_prefix, [job])
+        assert (await backend.coordination.begin(job, "w1", 30)).lease
+        committed = await backend.coordination.commit(Transition(
+            run_prefix, job.key, completion=Completion("a", output=1, token="t1"),
+            arrivals=tuple(Arrival(s, "a", arrived=True, contribution=1, expected=("a",)) for s in (left, right)),
+            finish=True, owner="w1", continue_up_to=1, lease_seconds=30))
+        assert sorted(j.node_id for j in committed.fired) == ["b", "c"]
+        assert len(committed.continued) == 1
+        handed = committed.continued[0]
+        queued = "c" if handed.job.node_id == "b" else "b"
+        assert handed.job.run_id == run_prefix and handed.deliveries == 1
+        assert handed.begin is not None and handed.begin.lease and handed.begin.state == "pending"
+        assert handed.record is not None and handed.record.input == {"x": 1}
+        assert not (await backend.coordination.begin(handed.job, "w2", 30)).lease  # the lease is w1's
+        got = await receive(backend, 2, timeout=1.0)  # within the handed job's visibility
+        assert [d.job.node_id for d in got] == [queued]
+        await backend.queue.ack(got[0])
+        await asyncio.sleep(self.visibility_timeout + 0.5)
+        back = await receive(backend, 1)
+        assert [d.job.node_id for d in back] == [handed.job.node_id]
+        await backend.queue.ack(back[0])
+        assert await backend.queue.dequeue(1, 0.2) == []
+        await backend.queue.ack(handed)  # a late ack of a delivery received again since is harmless
+
     async def test_notifies_wakes_a_waiter_soon_after_a_transition(self, backend: Backend, run_prefix: str) -> None:
         """notifies: a client waiting as ``Client.wait`` does (re-read, then wait_for_change with a long timeout)
         sees a status transition within a second; a wait may return early ("may have changed"), but a store that
