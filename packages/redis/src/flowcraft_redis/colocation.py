@@ -17,7 +17,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
-from flowcraft.spi import ContextStore, CoordinationStore, Queue, StatusStore
+from flowcraft.spi import Begin, ContextStore, CoordinationStore, Delivery, Job, Queue, RunRecord, StatusStore
 from flowcraft_redis._client import RedisClient
 
 _KINDS: tuple[tuple[str, type[Any]], ...] = (
@@ -29,20 +29,36 @@ class Dispatcher(ABC):
     fires into that queue itself. The queue keeps its own storage layout: the commit script only calls the
     queue's Lua.
 
-    ``lua`` defines ``local function dispatch(fired, run, now, at)``, prepended to the commit script
-    (``lua/commit.lua``) and called with the fired jobs (``{index, job JSON, due ('' or seconds), job key,
-    spliced}`` each), the run id, the time, and where ``args(count, now)`` (what that function reads) begins
-    in ARGV."""
+    ``lua`` is prepended to the commit script (``lua/commit.lua``) and defines
+    ``local function dispatch(fired, run, now, at, k, handed)``, called with the fired jobs (``{index, job JSON,
+    due ('' or seconds), job key, spliced}`` each), the run id, the time, where ``args(count, now)`` (what that
+    function reads) begins in ARGV and where ``keys`` begin in KEYS. ``handed`` maps the positions in ``fired``
+    of the jobs the commit hands straight to its owner (``continues``; empty otherwise) to true: the queue
+    puts those in its in-flight set as its ``receive`` would and returns, for each such position, the reply
+    list ``delivery`` turns into a ``Delivery``. With ``acks`` it also defines ``local function
+    ack_delivery(at, k)``, which acks the delivery whose ``ack_args`` begin at ARGV ``at``."""
 
-    #: the Lua source defining ``dispatch`` (see the class docstring)
+    #: the Lua source defining ``dispatch`` (and ``ack_delivery`` with ``acks``; see the class docstring)
     lua: str
-    #: the queue keys ``dispatch`` writes, passed to the commit script after the run's own KEYS (so
-    #: ``KEYS[3]`` on); only on one Redis: a cluster has them in other slots than the run, so no queue dispatches
+    #: the queue keys ``dispatch`` and ``ack_delivery`` use, passed to the commit script after the run's own
+    #: KEYS; only on one Redis: a cluster has them in other slots than the run, so no queue dispatches
     keys: tuple[str, ...] = ()
+    #: ``ack_delivery`` acks a delivery in the commit (the store's ``acks``)
+    acks: bool = False
+    #: ``dispatch`` can hand fired jobs to the committing owner (the store's ``continues``)
+    continues: bool = False
 
     @abstractmethod
     def args(self, count: int, now: float) -> list[Any]:
         """The dispatch ARGV for ``count`` fired jobs at time ``now``."""
+
+    def ack_args(self, receipt: Any) -> list[Any] | None:
+        """The ARGV of ``ack_delivery`` for a delivery's receipt; None when the commit cannot ack it."""
+        return None
+
+    def delivery(self, job: Job, reply: list[Any], owner: str, record: RunRecord | None, begin: Begin) -> Delivery:
+        """The delivery of a job handed to ``owner`` (``continues``) from what ``dispatch`` returned for it."""
+        raise NotImplementedError
 
 
 class Colocated:

@@ -11,6 +11,7 @@ from flowcraft.spi import (
     Committed,
     Completion,
     CoordinationStore,
+    Delivery,
     Job,
     JobState,
     PendingJob,
@@ -29,6 +30,7 @@ from flowcraft_redis.layout import (
     loads,
     parse_completion,
     parse_state,
+    record_from_hash,
     text,
 )
 
@@ -40,9 +42,10 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
     construction (``flowcraft_redis.colocation``): with a ``RedisContext`` on the same client and key prefix
     it also writes the completion's context updates (``applies_context``); with a queue there that offers a
     dispatcher (``flowcraft_rq.RqQueue``) it also pushes the fired jobs into that queue
-    (``dispatches``). A finishing commit with ``Transition.owner`` also drops that owner's lease
-    (``releases_lease``). Every key it writes gets the TTL ``state_ttl_seconds``, refreshed on each
-    write.
+    (``dispatches``), acks the committed delivery when jobs remain pending (``acks``) and hands fired jobs
+    straight to the committing worker (``continues``), as that dispatcher offers. A finishing commit with
+    ``Transition.owner`` also drops that owner's lease (``releases_lease``). Every key it writes gets the TTL
+    ``state_ttl_seconds``, refreshed on each write.
 
     ``applies_context`` / ``dispatcher`` given to the constructor override what colocation decides.
     """
@@ -81,6 +84,16 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
     def dispatches(self) -> bool:
         """True when commits push the jobs they fire into the backend's queue (a ``Dispatcher``)."""
         return self.dispatcher is not None
+
+    @property
+    def acks(self) -> bool:
+        """True when the queue's dispatcher acks the committed delivery in the commit script (``Dispatcher.acks``)."""
+        return self.dispatcher is not None and self.dispatcher.acks
+
+    @property
+    def continues(self) -> bool:
+        """True when the queue's dispatcher hands fired jobs to the committing owner (``Dispatcher.continues``)."""
+        return self.dispatcher is not None and self.dispatcher.continues
 
     @property
     def releases_lease(self) -> bool:
@@ -126,7 +139,7 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
         apply_context = completion is not None and self.applies_context
         flags = f"{int(tx.recovery)}{int(tx.finish)}{int(completion is not None)}{int(apply_context)}"
         owner = tx.owner or ""
-        keys: list[str] = [self.keys.run(tx.run_id), self.keys.ctx(tx.run_id)]
+        keys: list[str] = [self.keys.run(tx.run_id), self.keys.ctx(tx.run_id), self.keys.status(tx.run_id)]
         args: list[Any] = [tx.run_id, tx.job_key, repr(now), self.state_ttl_seconds, flags,
                            completion.token if completion is not None else "",
                            dumps(completion.to_dict()) if completion is not None else "", owner]
@@ -147,12 +160,19 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
                      dumps(arrival.contribution) if multi else "", len(arrival.expected), *arrival.expected,
                      arrival.strategy, dumps(job.to_dict()), "" if job.due_at is None else repr(job.due_at))
         dispatcher = self.dispatcher
-        if dispatcher is not None and arrivals:
+        ack = dispatcher.ack_args(tx.receipt) if dispatcher is not None and tx.receipt is not None and tx.finish \
+            else None
+        hand_up_to = tx.continue_up_to if dispatcher is not None and dispatcher.continues and arrivals else 0
+        if dispatcher is not None and (arrivals or ack):
             keys += dispatcher.keys
-            args.append(1)
-            args += dispatcher.args(len(arrivals), now)
+        args += ("1" if dispatcher is not None and arrivals else "0", hand_up_to, repr(now + tx.lease_seconds))
+        if ack:
+            args.append(len(ack))
+            args += ack
         else:
             args.append(0)
+        if dispatcher is not None and arrivals:
+            args += dispatcher.args(len(arrivals), now)
         result = await self.batcher.call_script(self._commit_sha(dispatcher), keys, *args)
         if result[0] == b"conflict":
             return Committed(conflict=Completion.from_dict(loads(result[1])))
@@ -163,8 +183,30 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
             index, body = int(result[at]), result[at + 1]
             at += 2
             fired.append(arrivals[index - 1].job if not body else Job.from_dict(loads(body)))
-        skipped = tuple(text(key) for key in result[at + 1 : at + 1 + int(result[at])])
-        return Committed(fired=tuple(fired), skipped=skipped, pending=pending, parked=parked)
+        nskipped = int(result[at])
+        skipped = tuple(text(key) for key in result[at + 1 : at + 1 + nskipped])
+        at += 1 + nskipped
+        continued: tuple[Delivery, ...] = ()
+        if int(result[at]) and dispatcher is not None:
+            continued = self._handed(dispatcher, fired, result, at, owner)
+        return Committed(fired=tuple(fired), continued=continued, skipped=skipped, pending=pending, parked=parked)
+
+    @staticmethod
+    def _handed(dispatcher: Dispatcher, fired: list[Job], result: list[Any], at: int, owner: str
+                ) -> tuple[Delivery, ...]:
+        """The deliveries of the fired jobs the commit handed to ``owner`` (``continues``): the reply from ``at``
+        is their count, the run record (flat) and per job its position in ``fired``, the queue's reply and the
+        job's completion record; the lease was taken for ``owner``."""
+        count, flat = int(result[at]), result[at + 1]
+        record = record_from_hash({flat[i]: flat[i + 1] for i in range(0, len(flat), 2)})
+        out: list[Delivery] = []
+        at += 2
+        for _ in range(count):
+            position, reply, completion = result[at : at + 3]
+            at += 3
+            begin = Begin(lease=True, state="pending", completion=parse_completion(completion))
+            out.append(dispatcher.delivery(fired[int(position) - 1], reply, owner, record, begin))
+        return tuple(out)
 
     def _commit_sha(self, dispatcher: Dispatcher | None) -> str:
         """The SHA of the commit script for ``dispatcher`` (its Lua prepended), registered on first use."""

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any, Self, cast
 
 from flowcraft.errors import ConfigError
-from flowcraft.spi import Begin, DeadLetter, Delivery, Job, Queue, WorkerInfo, parse_options
+from flowcraft.spi import Begin, DeadLetter, Delivery, Job, Queue, RunRecord, WorkerInfo, parse_options
 from flowcraft_redis import Colocated, Colocation, Dispatcher, Packed, batcher_for, fast_packing
 from flowcraft_redis._client import RedisClient, is_cluster, shared_any_client
 from flowcraft_redis.layout import (
@@ -80,21 +80,37 @@ class RqReceipt:
 
 
 class RqDispatcher(Dispatcher):
-    """Lets ``RedisCoordinationStore.commit`` push fired jobs into this queue in the same script."""
+    """Lets ``RedisCoordinationStore.commit`` push fired jobs into this queue in the same script, ack the
+    committed delivery there (``acks``: the started-registry entry removed and the rq job hash deleted, as
+    ``RqQueue.ack`` does) and hand fired jobs to the committing worker (``continues``: their rq job written as
+    started by this queue's worker and put in the started registry with the visibility deadline, as the
+    dequeue script would leave them)."""
 
     lua = scripts.DISPATCH
+    acks = True
+    continues = True
 
     def __init__(self, queue: RqQueue) -> None:
         self.queue = queue
         q = queue
-        self.keys = (q.queue_key, q.scheduled_key)
-        constant: list[Any] = [q.job_prefix, q.queue_name,
+        self.keys = (q.queue_key, q.scheduled_key, q.wip_key)
+        constant: list[Any] = [q.job_prefix, q.queue_name, q.worker_name,
                                q.state_ttl_seconds, DATA_HEAD, DATA_TAIL, len(RQ_STATIC_FIELDS) // 2,
                                *RQ_STATIC_FIELDS]
         self._constant: list[Any] = [Packed.of(*constant)] if fast_packing(q.redis) else constant
 
     def args(self, count: int, now: float) -> list[Any]:
-        return [*self._constant, iso(now), *(uuid.uuid4().hex for _ in range(count))]
+        return [*self._constant, iso(now), repr(now + self.queue.visibility_timeout),
+                *(uuid.uuid4().hex for _ in range(count))]
+
+    def ack_args(self, receipt: Any) -> list[Any] | None:
+        if not isinstance(receipt, RqReceipt):
+            return None  # run by a plain rq worker (rq finishes the job)
+        return [self.queue.job_prefix + receipt.job_id, receipt.entry]
+
+    def delivery(self, job: Job, reply: list[Any], owner: str, record: RunRecord | None, begin: Begin) -> Delivery:
+        job_id, entry = reply
+        return Delivery(job, RqReceipt(text(job_id), text(entry), owner), deliveries=1, record=record, begin=begin)
 
 
 class RqQueue(Colocated, Queue):

@@ -1,8 +1,11 @@
--- KEYS: the run hash, the run's context hash, then the queue's Dispatcher.keys (when it dispatches).
+-- KEYS: the run hash, the run's context hash, its status hash, then the queue's Dispatcher.keys (when it
+-- dispatches or acks).
 -- ARGV: run, job key, now, ttl, flags (recovery, finish, has completion, apply context: '0'/'1' each),
 -- token, completion JSON, owner; context updates (n, key, value...), context deletes (n, key...); arrivals
 -- (n, then per arrival: target, member, arrived '1'/'0', contribution JSON, expected members (n, id...),
--- strategy, job JSON, due); then dispatch (0, or 1 and the queue's Dispatcher.args).
+-- strategy, job JSON, due); then dispatch ('0'/'1'), how many fired jobs to hand to the owner (continues) and
+-- the expiry of the lease it takes on each, the ack (n, then the queue's Dispatcher.ack_args), and (dispatching)
+-- the queue's Dispatcher.args.
 -- The run's coordination hash is read once (HMGET of every field this commit may look at), changed in a
 -- local overlay that later steps read through, and written once (HSET), so the rules below read like
 -- flowcraft.spi.apply_transition over tables.
@@ -33,7 +36,19 @@ for a = 1, tonumber(ARGV[i]) do
     for _, member in ipairs(arrival.expected) do fields[#fields + 1] = arrival.base .. member end
   end
 end
-local dispatch_at = i + 2
+local dispatching = ARGV[i + 1] == '1'
+local hand_up_to, hand_expiry = tonumber(ARGV[i + 2]), ARGV[i + 3]
+local nack = tonumber(ARGV[i + 4])
+local ack_at = i + 5
+local dispatch_at = ack_at + nack
+-- continues: a job handed to the owner has its lease taken in this hash, so its lease (and completion) is read
+local handing = dispatching and hand_up_to > 0 and owner ~= '' and not recovery
+if handing then
+  for _, arrival in ipairs(arrivals) do
+    fields[#fields + 1] = 'l' .. arrival.target
+    fields[#fields + 1] = 'c' .. arrival.target
+  end
+end
 
 local values = redis.call('HMGET', R, unpack(fields))
 local stored = {}
@@ -138,6 +153,26 @@ if finish then
     released = 1
   end
 end
+-- continues: up to hand_up_to fired jobs due now go to the owner, with their lease taken for it (unless another
+-- owner's live lease is there), as the queue's receive with prefetch would; only for an active run's jobs
+local handed, nhanded, rec = {}, 0, nil
+if handing and #fired > 0 then
+  rec = redis.call('HGETALL', KEYS[3])
+  if run_active(rec) then
+    for f, entry in ipairs(fired) do
+      if nhanded >= hand_up_to then break end
+      local due = tonumber(entry[3])
+      if not (due and due > now) then
+        local expires, holder = lease_parts(stored['l' .. entry[4]])
+        if not (holder and holder ~= owner and expires > now) then
+          put('l' .. entry[4], hand_expiry .. ' ' .. owner)
+          handed[f] = true
+          nhanded = nhanded + 1
+        end
+      end
+    end
+  end
+end
 local pending = tonumber(stored['#pending'] or '0') + pending_delta
 if pending_delta ~= 0 then put('#pending', pending) end
 put('#activity', ARGV[3])
@@ -150,8 +185,13 @@ for j = 1, #pairs_, 400 do redis.call('HSET', R, unpack(pairs_, j, math.min(j + 
 redis.call('EXPIRE', R, ttl)
 
 -- dispatch (dispatches): with a queue on this Redis, the queue's own Lua (Dispatcher.lua, prepended
--- to this script) pushes the fired jobs; its KEYS follow the run's two, its ARGV follow
-if ARGV[dispatch_at - 1] == '1' and #fired > 0 then dispatch(fired, run, now, dispatch_at) end
+-- to this script) pushes the fired jobs and puts the handed ones in its in-flight set; its KEYS follow the
+-- run's three, its ARGV come last
+local replies = {}
+if dispatching and #fired > 0 then replies = dispatch(fired, run, now, dispatch_at, 4, handed) end
+-- acks: the committed job's delivery is acked with the transition when jobs remain pending (the jobs it fired are
+-- on the queue, or handed over, by now); a commit that leaves nothing pending never acks
+if nack > 0 and pending > 0 then ack_delivery(ack_at, 4) end
 
 local out = {'ok', pending, tonumber(stored['#parked'] or '0'), released, #fired}
 for _, entry in ipairs(fired) do
@@ -160,4 +200,16 @@ for _, entry in ipairs(fired) do
 end
 out[#out + 1] = #skipped
 for _, key in ipairs(skipped) do out[#out + 1] = key end
+-- the handed jobs: the run record once, then per job its position in fired, the queue's reply and its completion
+out[#out + 1] = nhanded
+if nhanded > 0 then
+  out[#out + 1] = rec
+  for f, entry in ipairs(fired) do
+    if handed[f] then
+      out[#out + 1] = f
+      out[#out + 1] = replies[f]
+      out[#out + 1] = stored['c' .. entry[4]]
+    end
+  end
+end
 return out

@@ -14,6 +14,15 @@ local function lease_parts(current)
   return tonumber(string.sub(current, 1, sp - 1)), string.sub(current, sp + 1)
 end
 
+-- Whether a run record (its status hash as HGETALL returns it, flat) is active: only an active run's jobs get a
+-- lease from a prefetch or a hand-over
+local function run_active(rec)
+  for j = 1, #rec, 2 do
+    if rec[j] == 'status' then return rec[j + 1] == 'running' or rec[j + 1] == 'awaiting' end
+  end
+  return false
+end
+
 -- Take the lease of job `key` in the run hash `R` for `owner` until `expiry`, unless another owner's lease
 -- is live at `now`. `current` is the lease field as the caller read it (false: none). The caller refreshes
 -- R's TTL when R may be new.

@@ -4,11 +4,7 @@
 -- `R` is taken for `owner` as RedisCoordinationStore.begin does (take_lease). Returns lease (1 taken, 0 another
 -- owner's live lease, -1 the run is not active: nothing taken), the job's state and (taken) its completion.
 local function prefetch_lease(rec, R, key, owner, now, expiry, ttl)
-  local active = false
-  for j = 1, #rec, 2 do
-    if rec[j] == 'status' then active = rec[j + 1] == 'running' or rec[j + 1] == 'awaiting' end
-  end
-  if not active then return -1, false, false end
+  if not run_active(rec) then return -1, false, false end
   local got = redis.call('HMGET', R, 'j' .. key, 'l' .. key, 'c' .. key)
   if take_lease(R, key, got[2], owner, now, expiry) then
     if not got[1] then redis.call('EXPIRE', R, ttl) end  -- R may have been created just now

@@ -1,13 +1,19 @@
 -- rq's job hash <R>:job:<id> for a Flowcraft job (the fields rq reads, see flowcraft_rq.queue): queued, or with
--- `due` scheduled in the registry `skey`. Returns whether the job is ready; the caller pushes the ready ids to
--- the queue list in one RPUSH. The one place that writes our rq job hashes: ENQUEUE and the commit dispatch.
-local function write_rq_job(hkey, id, static, data, now_iso, origin, run, key, due, skey, ttl)
+-- `due` scheduled in the registry `skey`, or with `started` ({worker name, deadline, registry entry, started
+-- registry}) already started by that worker, as a dequeue leaves it (a job a commit hands to its worker).
+-- Returns whether the job is ready; the caller pushes the ready ids to the queue list in one RPUSH. The one place
+-- that writes our rq job hashes: ENQUEUE and the commit's dispatch.
+local function write_rq_job(hkey, id, static, data, now_iso, origin, run, key, due, skey, ttl, started)
   local fields = {'data', data, 'created_at', now_iso, 'origin', origin, 'description', 'flowcraft ' .. run .. ' ' .. key,
     'flowcraft_run', run, 'flowcraft_key', key}
   for _, v in ipairs(static) do fields[#fields + 1] = v end
-  local ready = not due
+  local ready = not due and not started
   fields[#fields + 1] = 'status'
-  if ready then
+  if started then
+    for _, v in ipairs({'started', 'enqueued_at', now_iso, 'started_at', now_iso, 'worker_name', started[1],
+        'last_heartbeat', now_iso, 'flowcraft_deliveries', 1}) do fields[#fields + 1] = v end
+    redis.call('ZADD', started[4], started[2], started[3])
+  elseif ready then
     fields[#fields + 1] = 'queued'
     fields[#fields + 1] = 'enqueued_at'
     fields[#fields + 1] = now_iso
