@@ -159,6 +159,7 @@ async def worker_process(options: dict[str, Any], concurrency: int) -> None:
     backend = registry().build("sqs", options)
     requests: Counter[str] = Counter()
     items: Counter[str] = Counter()  # DynamoDB bills a batched request per item: written, read
+    messages: Counter[str] = Counter()  # SQS messages sent, deleted and received in batch calls
 
     def count(event_name: str, **kwargs: Any) -> None:
         requests[event_name.rsplit(".", 1)[-1]] += 1
@@ -173,11 +174,17 @@ async def worker_process(options: dict[str, Any], concurrency: int) -> None:
             items["written"] += 1
         elif operation in READS:
             items["read"] += 1
+        elif operation in ("SendMessageBatch", "DeleteMessageBatch"):
+            messages[operation] += len(params.get("Entries", []))
+
+    def count_received(event_name: str, parsed: dict[str, Any], **kwargs: Any) -> None:
+        messages["ReceiveMessage"] += len(parsed.get("Messages", []))
 
     for component in (backend.queue, backend.coordination):
         client = await component._source.get()  # type: ignore[attr-defined]
         client.meta.events.register("before-call.*.*", count)
         client.meta.events.register("before-parameter-build.*.*", count_items)  # the API's own parameters
+        client.meta.events.register("after-call.sqs.ReceiveMessage", count_received)
     worker = Worker(Engine(app, backend), concurrency=concurrency, poll_wait=1.0)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, worker.stop)
@@ -187,7 +194,8 @@ async def worker_process(options: dict[str, Any], concurrency: int) -> None:
         await worker.run()
     finally:
         await backend.close()
-    print(json.dumps({"requests": dict(requests), "items": dict(items), "handled": worker.handled,
+    print(json.dumps({"requests": dict(requests), "items": dict(items), "messages": dict(messages),
+                      "handled": worker.handled,
                       "cpu_s": time.process_time() - cpu}), flush=True)
 
 
@@ -215,6 +223,8 @@ async def measure(options: dict[str, Any], flow: str, runs: int, concurrency: in
         return {"largest_coordination_item_kb": largest, "nodes_per_s": nodes / elapsed, "seconds": elapsed,
                 "worker_cpu_us_per_node": report["cpu_s"] / nodes * 1e6, "server_cpu_us_per_node": server_us,
                 "requests_per_node": per_node,
+                "messages_per_call": {op: n / report["requests"][op] for op, n in sorted(report["messages"].items())
+                                      if report["requests"].get(op)},
                 "coordination_items": items,
                 "dynamodb_items_per_node": {kind: n / nodes for kind, n in report["items"].items()}}
     finally:
@@ -264,9 +274,11 @@ async def main(args: argparse.Namespace, endpoint: str) -> None:
             rows[flow].append((figures["nodes_per_s"], raw, total))
             requests = ", ".join(f"{op} {n:.2f}" for op, n in figures["requests_per_node"].items())
             billed = ", ".join(f"{n:.2f} {kind}" for kind, n in figures["dynamodb_items_per_node"].items())
+            batches = ", ".join(f"{op} {n:.1f}" for op, n in figures["messages_per_call"].items())
             print(f"  {flow}: {figures['nodes_per_s']:.1f} nodes/s ({figures['seconds']:.1f} s for {args.runs} "
                   f"runs), {figures['nodes_per_s'] / raw:.1%} of the raw floor; {total:.2f} AWS requests/node: "
-                  f"{requests}; CPU/node: worker {figures['worker_cpu_us_per_node']:.0f} µs, server "
+                  f"{requests} (messages per call: {batches}); "
+                  f"CPU/node: worker {figures['worker_cpu_us_per_node']:.0f} µs, server "
                   f"{figures['server_cpu_us_per_node'] or 0:.0f} µs; DynamoDB items/node: {billed}; "
                   f"{figures['coordination_items']} coordination "
                   f"items at the end, the largest {figures['largest_coordination_item_kb']:.1f} KB", flush=True)

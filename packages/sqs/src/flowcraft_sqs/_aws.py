@@ -289,6 +289,15 @@ def item_size(item: Mapping[str, Mapping[str, Any]]) -> int:
     return size
 
 
+def is_key(value: str, limit: int) -> bool:
+    """Whether DynamoDB can hold ``value`` as a key of at most ``limit`` bytes (see ``check_key``)."""
+    try:
+        check_key(value, "key", limit)
+    except KeyTooLongError:
+        return False
+    return True
+
+
 def check_key(value: str, what: str, limit: int) -> None:
     try:
         size = len(value.encode("utf-8"))

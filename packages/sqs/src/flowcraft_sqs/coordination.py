@@ -58,7 +58,6 @@ from flowcraft_sqs._aws import (
     AwsClients,
     ClientSource,
     ItemTooLargeError,
-    KeyTooLongError,
     N,
     S,
     SqsOptions,
@@ -70,6 +69,8 @@ from flowcraft_sqs._aws import (
     dumps,
     expired,
     is_client_error,
+    is_key,
+    item_size,
     num,
     prune,
     source_of,
@@ -82,6 +83,13 @@ T = TypeVar("T")
 
 RUN = "run"
 CTX = "ctx"
+#: the run's status record as created (a map of the status item's attributes), mirrored for ``begin_prefetch``
+REC = "rec"
+#: present once a status transition was (or is being) made, or a write left no job pending; never removed
+MARK = "chk"
+#: a record larger than this (its input, mostly) is not mirrored: its jobs read it from the status table
+MAX_MIRRORED_RECORD_BYTES = 2048
+CACHED_RECORDS = 1024
 #: a completion whose context writes are more entries than this is committed in steps (see ``commit``)
 CONTEXT_ENTRIES_PER_WRITE = 100
 #: a ``done`` value starting with it: the record's context was written apart from it (``commit``)
@@ -124,6 +132,9 @@ class _RunState:
     ctx: dict[str, str] = field(default_factory=dict)
     has_ctx: bool = False
     stale: bool = False
+    #: the mirrored status record (``rec``) and whether the item carries the mark (``chk``)
+    record: dict[str, Any] | None = None
+    marked: bool = False
 
     @classmethod
     def parse(cls, item: Mapping[str, Any] | None, now: float) -> _RunState:
@@ -142,7 +153,7 @@ class _RunState:
                   for k, v in (item.get("leases") or {}).get("M", {}).items()}
         arrivals = {_split_arrival_key(k): v for k, v in strings("arrivals").items()}
         return cls(int(num(item["v"])), strings("jobs"), strings("docs"), strings("done"), arrivals, leases,
-                   ctx, CTX in item)
+                   ctx, CTX in item, record=(item.get(REC) or {}).get("M"), marked=MARK in item)
 
     def counts(self) -> tuple[int, int]:
         states = list(self.jobs.values())
@@ -297,6 +308,10 @@ class DynamoDbCoordinationStore(CoordinationStore):
         # one writer per run at a time in this process: concurrent ones would only fail each other's condition
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._runs: OrderedDict[str, _RunState] = OrderedDict()  # the newest run items this process saw
+        # status records this process created, written into the run item by its first write (``offer_record``)
+        self._records: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        # the run item a commit that left no pending or parked job returned: the run's end reads it (one shot)
+        self._settled: OrderedDict[str, _RunState] = OrderedDict()
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
@@ -343,6 +358,54 @@ class DynamoDbCoordinationStore(CoordinationStore):
         while len(self._runs) > CACHED_RUNS:
             self._runs.popitem(last=False)
         return state
+
+    @staticmethod
+    def _keep(cache: OrderedDict[str, T], run_id: str, value: T, limit: int = CACHED_RECORDS) -> None:
+        cache[run_id] = value
+        cache.move_to_end(run_id)
+        while len(cache) > limit:
+            cache.popitem(last=False)
+
+    # ------------------------------------------------------------------------------------------ the record mirror
+    def offer_record(self, run_id: str, item: Mapping[str, Any]) -> None:
+        """The status item of a run this process just created: the run item's first write (``schedule`` at
+        the run's start) mirrors it (``rec``), unless it is larger than ``MAX_MIRRORED_RECORD_BYTES``."""
+        if item_size(item) <= MAX_MIRRORED_RECORD_BYTES:
+            self._keep(self._records, run_id, dict(item))
+
+    async def mark(self, run_id: str) -> None:
+        """Write the mark (``chk``) on the run item, creating the item if there is none: from now on
+        ``begin_prefetch`` returns no record for the run. The status store writes it before a transition."""
+        self._check(run_id)
+        client = await self._source.get()
+        names = {"#m": MARK}
+        values: dict[str, Any] = {":t": {"BOOL": True}}
+        update = "SET #m = :t"
+        ttl = self._ttl(time.time())
+        if ttl is not None:  # an item the mark creates expires like the others; an existing one keeps its ttl
+            names["#ttl"] = "ttl"
+            values[":ttl"] = N(ttl)
+            update += ", #ttl = if_not_exists(#ttl, :ttl)"
+        await client.update_item(TableName=self.table_name, Key=self._key(run_id), UpdateExpression=update,
+                                 ExpressionAttributeNames=names, ExpressionAttributeValues=values)
+        self._records.pop(run_id, None)
+        state = self._runs.get(run_id)
+        if state is not None:
+            state.marked = True
+
+    def marked(self, run_id: str) -> bool:
+        """Whether this process saw the run item with the mark (which stays until the item is deleted)."""
+        state = self._runs.get(run_id)
+        return state is not None and state.marked
+
+    def _settled_ctx(self, run_id: str) -> dict[str, str] | None:
+        """The context the commit that settled the run (no pending or parked job) returned, once, while it is
+        still the newest copy of the run item this process has and no context write of this process came
+        after it: as of that commit, what the run's end reads (the outputs of its terminal nodes)."""
+        state = self._settled.pop(run_id, None)
+        if state is None or self._runs.get(run_id) is not state or not state.has_ctx:
+            return None
+        return state.ctx
 
     async def _read_run(self, client: DynamoDBClient, run_id: str, now: float) -> _RunState:
         response = await client.get_item(TableName=self.table_name, Key=self._key(run_id), ConsistentRead=True)
@@ -464,6 +527,10 @@ class DynamoDbCoordinationStore(CoordinationStore):
             after.ctx, after.has_ctx = encoded[CTX], True
             values[":v1"] = N(after.version)
             sets.append("#v = :v1")
+            if "pending" not in plan.jobs.values():  # the run's end (or a wait) comes next: its transition
+                names["#m"] = MARK                    # needs no mark of its own
+                values[":t"] = {"BOOL": True}
+                sets.append("#m = :t")
             before = {"jobs": plan.before.jobs, "docs": plan.before.docs, "done": plan.before.done,
                       "arrivals": {_arrival_key(*k): v for k, v in plan.before.arrivals.items()}}
             paths = _MapPaths(names, values)
@@ -472,6 +539,14 @@ class DynamoDbCoordinationStore(CoordinationStore):
                 conditions.append("#ttl < :now" if plan.before.stale else "(attribute_not_exists(#v) OR #ttl < :now)")
                 sets += [paths.whole(name, encoded[name]) for name in MAPS]
                 sets.append(paths.whole("leases", {}))
+                # the run's status record as this process created it, else none (an expired item's goes)
+                names["#rec"] = REC
+                record = self._records.get(run_id)
+                if record is None:
+                    removes.append("#rec")
+                else:
+                    values[":rec"] = {"M": record}
+                    sets.append("#rec = :rec")
             else:
                 conditions.append("#v = :v0")
                 values[":v0"] = N(plan.before.version)
@@ -512,6 +587,8 @@ class DynamoDbCoordinationStore(CoordinationStore):
                 if lease is not None and lease[0] != drop.owner:
                     return "lease"
             return "version"
+        if plan.changed and plan.before.version == 0:
+            self._records.pop(run_id, None)
         # the item as stored (an emulator that merged a concurrent write shows it here)
         return self._remember(run_id, _RunState.parse(response.get("Attributes"), now))
 
@@ -602,6 +679,16 @@ class DynamoDbCoordinationStore(CoordinationStore):
         """One conditional UpdateItem: take the lease (absent, expired, or already ours) on the run item,
         which comes back with the job's state and completion record. A job of no run gets a lease on nothing
         (the engine dead-letters it)."""
+        begin, _ = await self.begin_prefetch(job, owner, lease_seconds)
+        return begin
+
+    async def begin_prefetch(self, job: Job, owner: str, lease_seconds: float
+                             ) -> tuple[Begin, dict[str, Any] | None]:
+        """``begin``, and the run's status record as the status table held it when the lease was taken (its
+        item's attributes), when the run item can tell: it mirrors the record as created (``rec``) and has no
+        mark (``chk``), which every status transition writes first unless its store saw it already, and a
+        write that leaves no job pending writes too (so a run's end needs no write of its own) — then no
+        transition has happened yet and the record is the one created. Else None: read the status table."""
         self._check(job.run_id, job.key)
         client = await self._source.get()
         now = time.time()
@@ -622,11 +709,12 @@ class DynamoDbCoordinationStore(CoordinationStore):
                 raise
             held = await self._item_of_failed_condition(client, job.run_id, exc, now)
             if held.version == 0:
-                return Begin(lease=True, state=None, completion=None)
-            return Begin(lease=False, state=held.jobs.get(job.key), completion=None)  # type: ignore[arg-type]
+                return Begin(lease=True, state=None, completion=None), None
+            return Begin(lease=False, state=held.jobs.get(job.key), completion=None), None  # type: ignore[arg-type]
         state = self._remember(job.run_id, _RunState.parse(response.get("Attributes"), now))
         completion = await self._decoded(client, job.run_id, state, lambda plan: plan.completion(job.run_id, job.key))
-        return Begin(lease=True, state=state.jobs.get(job.key), completion=completion)  # type: ignore[arg-type]
+        record = None if state.marked else state.record
+        return Begin(lease=True, state=state.jobs.get(job.key), completion=completion), record  # type: ignore[arg-type]
 
     async def renew(self, run_id: str, job_key: str, owner: str, lease_seconds: float) -> bool:
         self._check(run_id, job_key)
@@ -674,6 +762,8 @@ class DynamoDbCoordinationStore(CoordinationStore):
         if committed.conflict is not None:
             return committed
         pending, parked = after.counts()
+        if pending == parked == 0:
+            self._keep(self._settled, tx.run_id, after)
         return replace(committed, pending=pending, parked=parked)
 
     async def _context_apart(self, tx: Transition, completion: Completion) -> Committed | None:
@@ -719,6 +809,10 @@ class DynamoDbCoordinationStore(CoordinationStore):
         self._check(run_id)
         wanted = [k for k in dict.fromkeys(keys) if valid_context_key(k)]
         client = await self._source.get()
+        settled = self._settled_ctx(run_id)
+        if settled is not None:
+            values = await self._context_values(client, run_id, {k: settled[k] for k in wanted if k in settled})
+            return {k: values[k] for k in keys if k in values}
         found: dict[str, str] = {}
         for start in range(0, len(wanted), CONTEXT_ENTRIES_PER_WRITE):
             part = wanted[start:start + CONTEXT_ENTRIES_PER_WRITE]
@@ -731,6 +825,9 @@ class DynamoDbCoordinationStore(CoordinationStore):
     async def context_get_all(self, run_id: str) -> dict[str, Any]:
         self._check(run_id)
         client = await self._source.get()
+        settled = self._settled_ctx(run_id)
+        if settled is not None:
+            return await self._context_values(client, run_id, settled)
         return await self._context_values(client, run_id,
                                           await self._read_ctx(client, run_id, "#c, #ttl", {"#c": CTX, "#ttl": "ttl"}))
 
@@ -753,6 +850,7 @@ class DynamoDbCoordinationStore(CoordinationStore):
         version is not changed, so no commit retries for them); the ``ctx`` map is created first where the run
         item has none (or only an expired one, whose state is then dropped)."""
         self._check(run_id)
+        self._settled.pop(run_id, None)
         changed, removed = _context_changes(updates, deletes)
         entries: list[tuple[str, Any, bool]] = [(k, v, True) for k, v in changed.items()]
         entries += [(k, None, False) for k in removed]
@@ -841,6 +939,7 @@ class DynamoDbCoordinationStore(CoordinationStore):
     async def context_delete_run(self, run_id: str) -> None:
         """Drop the run's context (and the blob items it names)."""
         self._check(run_id)
+        self._settled.pop(run_id, None)
         client = await self._source.get()
         stored = await self._read_ctx(client, run_id, "#c, #ttl", {"#c": CTX, "#ttl": "ttl"})
         try:
@@ -914,6 +1013,8 @@ class DynamoDbCoordinationStore(CoordinationStore):
             kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
         await batch_write(client, self.table_name, requests)
         self._runs.pop(run_id, None)
+        self._settled.pop(run_id, None)
+        self._records.pop(run_id, None)
 
 
 class _MapPaths:
@@ -949,11 +1050,7 @@ class _MapPaths:
 # ============================================================================================== completions
 def valid_context_key(key: str) -> bool:
     """Whether DynamoDB can hold ``key`` as a context key (1 to 1024 bytes of UTF-8)."""
-    try:
-        check_key(key, "context key", MAX_SORT_KEY_BYTES)
-    except KeyTooLongError:
-        return False
-    return True
+    return is_key(key, MAX_SORT_KEY_BYTES)
 
 
 def _raise_if_too_large(exc: BaseException, run_id: str) -> None:

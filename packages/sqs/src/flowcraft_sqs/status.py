@@ -31,6 +31,7 @@ from flowcraft_sqs._aws import (
     check_key,
     dumps,
     is_client_error,
+    is_key,
     loads,
     num,
     source_of,
@@ -40,6 +41,8 @@ from flowcraft_sqs._batch import Coalescer, Entry
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb import DynamoDBClient
+
+    from flowcraft_sqs.coordination import DynamoDbCoordinationStore
 
 ALL_STATUSES = ("running", "awaiting", "completed", "failed", "cancelled")
 _FIELDS = SEED_RECORD_ATTRIBUTES  # the seed's status item layout
@@ -55,6 +58,13 @@ class DynamoDbStatusStore(StatusStore):
         self.table_name = table_name
         self._gets = Coalescer(self._get_batch, max_entries=BATCH_GET)  # reads of concurrent nodes
         self.index_name = index_name
+        self.mirror: DynamoDbCoordinationStore | None = None
+
+    def mirror_into(self, coordination: DynamoDbCoordinationStore) -> None:
+        """Keep the run items of ``coordination`` able to tell a job's record (``begin_prefetch``): a record
+        this store creates is handed to the run item's first write, and every transition and delete first
+        writes the run item's mark unless this process saw it there already (the ``sqs`` preset wires this)."""
+        self.mirror = coordination
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
@@ -94,6 +104,8 @@ class DynamoDbStatusStore(StatusStore):
             if is_client_error(exc, "ConditionalCheckFailedException"):
                 return False
             raise
+        if self.mirror is not None:
+            self.mirror.offer_record(record.run_id, item)
         return True
 
     async def get(self, run_id: str) -> RunRecord | None:
@@ -104,11 +116,24 @@ class DynamoDbStatusStore(StatusStore):
         (item,) = await self._gets.submit([({"runId": S(run_id)}, 0)])
         return None if not item else _from_item(item)
 
+    async def get_many(self, run_ids: Sequence[str]) -> dict[str, RunRecord]:
+        """The records of several runs (one BatchGetItem per 100; runs without a record left out)."""
+        wanted = [run_id for run_id in dict.fromkeys(run_ids) if is_key(run_id, MAX_PARTITION_KEY_BYTES)]
+        items = await self._gets.submit([({"runId": S(i)}, 0) for i in wanted])
+        return {run_id: _from_item(item) for run_id, item in zip(wanted, items, strict=True) if item}
+
+    @staticmethod
+    def record_of(item: Mapping[str, Any]) -> RunRecord:
+        """The record a status item (or its mirror in a run item) holds."""
+        return _from_item(item)
+
     async def delete(self, run_id: str) -> bool:
         try:
             check_key(run_id, "run id", MAX_PARTITION_KEY_BYTES)
         except KeyTooLongError:
             return False
+        if self.mirror is not None:
+            await self.mirror.mark(run_id)
         client = await self._source.get()
         response = await client.delete_item(TableName=self.table_name, Key={"runId": S(run_id)},
                                             ReturnValues="ALL_OLD")
@@ -145,6 +170,8 @@ class DynamoDbStatusStore(StatusStore):
             values[f":s{index}"] = S(status)
             allowed.append(f":s{index}")
         expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
+        if self.mirror is not None and is_key(run_id, MAX_PARTITION_KEY_BYTES) and not self.mirror.marked(run_id):
+            await self.mirror.mark(run_id)  # first: a run item without it tells that nothing changed yet
         client = await self._source.get()
         try:
             response = await client.update_item(
