@@ -18,7 +18,15 @@ import time
 import uuid
 from typing import Any
 
-from benchmarks.backend_servers import COUNTS, BackendServers, ServerSpec, counted, report_on_signal, safe_name
+from benchmarks.backend_servers import (
+    COUNTS,
+    GAUGES,
+    BackendServers,
+    ServerSpec,
+    counted,
+    report_on_signal,
+    safe_name,
+)
 
 
 class RabbitMqServers(BackendServers):
@@ -45,7 +53,8 @@ _patched = False
 def count_requests(backend: Any) -> None:
     """``benchmarks.worker --hook``: count the process's PostgreSQL statements (psycopg cursor executes; the
     stores' connections are in autocommit mode, so each one outside a ``transaction()`` block is a transaction
-    and one round trip) and ``transaction()`` blocks, and the queue's AMQP publishes and acks/nacks."""
+    and one round trip) and ``transaction()`` blocks, the queue's AMQP publishes and the ack/nack frames it
+    sent (one ``multiple`` ack may settle several deliveries)."""
     global _patched
     if not _patched:
         import psycopg
@@ -66,7 +75,7 @@ def count_requests(backend: Any) -> None:
         _patched = True
     queue: Any = backend.queue
     queue.link.publish = counted("amqp publish", queue.link.publish)
-    queue._settle = counted("amqp ack/nack", queue._settle)
+    GAUGES.append(lambda: {"amqp ack/nack": queue.settle_frames})
     report_on_signal()
 
 

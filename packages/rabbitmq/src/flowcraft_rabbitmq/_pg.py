@@ -58,6 +58,12 @@ def text_array(values: Iterable[str]) -> str:
     return "{" + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values) + "}"
 
 
+def float_array(values: Iterable[float]) -> str:
+    """A ``float8[]`` literal (``{1.5,2.25}``); ``repr`` is the shortest text that reads back as the same
+    double, so a timestamp compared later (a create's retry) matches exactly."""
+    return "{" + ",".join(repr(float(v)) for v in values) + "}"
+
+
 class PgClient:
     """A psycopg ``AsyncConnectionPool`` (autocommit connections) opened on first use, with retries.
 

@@ -33,7 +33,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -190,6 +190,14 @@ class RabbitMqQueue(PrefetchingQueue):
         self._consumer_error: BaseException | None = None
         self._generation = 0  # of the consumer channel
         self._outstanding: set[RabbitMqReceipt] = set()
+        #: delivery tags of the consumer channel whose ack or nack is not sent yet, ascending (the broker counts
+        #: them against the prefetch, so there are at most ``prefetch`` of them)
+        self._unsettled: dict[int, None] = {}
+        #: acks and nacks waiting for the settler task, in the order they were asked for
+        self._settling: list[tuple[RabbitMqReceipt, bool | None]] = []
+        self._settler: asyncio.Task[None] | None = None
+        #: ack and nack frames sent (one ``multiple`` ack may settle several deliveries)
+        self.settle_frames = 0
         self._declared: set[str] = set()
         self._closed = False
 
@@ -254,6 +262,11 @@ class RabbitMqQueue(PrefetchingQueue):
 
     async def close(self) -> None:
         self._closed = True
+        if self._settler is not None:  # the acks asked for go out before the connection closes
+            try:
+                await self._settler
+            except Exception as exc:
+                log.debug("settling deliveries: %s", one_line(exc))
         if self._consumer is not None:
             self._consumer.cancel()
             try:
@@ -321,6 +334,7 @@ class RabbitMqQueue(PrefetchingQueue):
                 channel = await self.link.channel()
                 self._generation += 1
                 generation = self._generation
+                self._unsettled.clear()
                 channel.close_callbacks.add(lambda *_, lost=lost: lost.set())
                 # consumed on the aiormq channel under aio-pika's: aio-pika would wrap each delivery in an
                 # IncomingMessage (~30 locked attribute sets) and run the callback in a task of its own
@@ -328,6 +342,8 @@ class RabbitMqQueue(PrefetchingQueue):
                 await raw.basic_qos(prefetch_count=self.prefetch)
 
                 async def arrived(message: DeliveredMessage, generation: int = generation) -> None:
+                    if generation == self._generation:
+                        self._unsettled[message.delivery_tag or 0] = None
                     self._buffer.append((generation, message))
                     self._wake()
 
@@ -446,7 +462,14 @@ class RabbitMqQueue(PrefetchingQueue):
 
     async def _settle(self, receipt: RabbitMqReceipt, *, requeue: bool | None = None) -> bool:
         """Ack (``requeue`` None) or nack the message once; False when it was settled before or its channel
-        is gone (the broker then delivers it again by itself)."""
+        is gone (the broker then delivers it again by itself).
+
+        The frame is sent by the settler task, right after the callbacks of this event-loop iteration, with
+        the other acks and nacks asked for meanwhile, in order: acks whose every lower delivery tag of the
+        channel is settled become one ``basic.ack(multiple=True)`` (see ``_send_acks``). Like the single acks
+        before, the frame is not awaited onto the socket: frames go out in order, and closing the consumer
+        channel (an RPC behind them in the same queue) flushes them before the connection; ``close`` waits
+        for the settler."""
         if receipt.settled:
             return False
         receipt.settled = True
@@ -456,18 +479,56 @@ class RabbitMqQueue(PrefetchingQueue):
             receipt.timer = None
         if receipt.generation != self._generation:
             return False
-        message = receipt.message
-        # not waiting for the connection's writer to put the frame on the socket: frames go out in order, and
-        # closing the consumer channel (an RPC behind them in the same queue) flushes them before the connection
+        self._settling.append((receipt, requeue))
+        if self._settler is None:
+            self._settler = asyncio.get_running_loop().create_task(self._settle_all())
+        return True
+
+    async def _settle_all(self) -> None:
         try:
-            if requeue is None:
-                await message.channel.basic_ack(receipt.tag, wait=False)
-            else:
-                await message.channel.basic_nack(receipt.tag, requeue=requeue, wait=False)
+            while self._settling:
+                batch, self._settling = self._settling, []
+                acks: list[RabbitMqReceipt] = []
+                for receipt, requeue in batch:
+                    if receipt.generation != self._generation:
+                        continue  # its channel closed: the broker delivers it again
+                    if requeue is None:
+                        acks.append(receipt)
+                        continue
+                    await self._send_acks(acks)  # the acks asked for before it go first
+                    acks = []
+                    self._unsettled.pop(receipt.tag, None)
+                    await self._send_frame(receipt.message.channel.basic_nack(receipt.tag, requeue=requeue,
+                                                                                wait=False))
+                await self._send_acks(acks)
+        finally:
+            self._settler = None
+
+    async def _send_acks(self, acks: Sequence[RabbitMqReceipt]) -> None:
+        """Ack these deliveries of the current channel: one ``multiple`` ack for those below the lowest delivery
+        tag still unsettled (every tag under it is settled already or acked by this frame; nacks are sent
+        before, in order), one ack each for the others."""
+        if not acks:
+            return
+        channel = acks[0].message.channel
+        tags = sorted(receipt.tag for receipt in acks)
+        mine = set(tags)
+        lowest = next((tag for tag in self._unsettled if tag not in mine), None)
+        below = tags if lowest is None else [tag for tag in tags if tag < lowest]
+        for tag in tags:
+            self._unsettled.pop(tag, None)
+        if len(below) > 1:
+            await self._send_frame(channel.basic_ack(below[-1], multiple=True, wait=False))
+            tags = tags[len(below):]
+        for tag in tags:
+            await self._send_frame(channel.basic_ack(tag, wait=False))
+
+    async def _send_frame(self, frame: Awaitable[None]) -> None:
+        self.settle_frames += 1
+        try:
+            await frame
         except Exception as exc:  # the channel closed meanwhile: the broker redelivers the message
             log.debug("could not settle a delivery: %s", one_line(exc))
-            return False
-        return True
 
     async def ack(self, delivery: Delivery) -> None:
         await self._settle(_receipt(delivery))

@@ -14,6 +14,7 @@ WHERE run_id = %s AND status = ANY(%s) RETURNING ...``: of concurrent callers ex
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -25,7 +26,17 @@ from psycopg import sql
 
 from flowcraft.errors import ConfigError
 from flowcraft.spi import ACTIVE_STATUSES, RunRecord, StatusStore
-from flowcraft_rabbitmq._pg import PgClient, PgTableStore, check_text, columns, dumps, index_name, text_array
+from flowcraft_rabbitmq._pg import (
+    PgClient,
+    PgTableStore,
+    ValueRefusedError,
+    check_text,
+    columns,
+    dumps,
+    float_array,
+    index_name,
+    text_array,
+)
 from flowcraft_rabbitmq.options import PostgresOptions
 
 #: RunRecord fields kept in ``status_data`` (status, blueprint_id and the times have their own columns).
@@ -33,7 +44,11 @@ DATA_FIELDS = ("version", "blueprint_hash", "input", "errors", "awaiting", "pare
 _COLUMNS = "run_id, status, blueprint_id, status_data, created_at, updated_at"
 
 
-def record_row(record: RunRecord) -> tuple[str, str, str, str, float, float]:
+#: a status row: (run_id, status, blueprint_id, status_data JSON, created_at, updated_at)
+_Row = tuple[str, str, str, str, float, float]
+
+
+def record_row(record: RunRecord) -> _Row:
     """The row of a record: (run_id, status, blueprint_id, status_data JSON, created_at, updated_at)."""
     data = {name: getattr(record, name) for name in DATA_FIELDS}
     return (check_text(record.run_id, "run id"), record.status, check_text(record.blueprint_id, "blueprint id"),
@@ -46,6 +61,15 @@ def row_record(row: Sequence[Any]) -> RunRecord:
     data = data if isinstance(data, dict) else {}
     return RunRecord.from_dict({**data, "run_id": run_id, "status": status, "blueprint_id": blueprint_id,
                                 "created_at": created_at, "updated_at": updated_at})
+
+
+def _resolve(future: asyncio.Future[bool], outcome: bool | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 def change_data(changes: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
@@ -92,6 +116,14 @@ class PostgresStatusStore(PgTableStore, StatusStore):
         self._create = sql.SQL(
             "INSERT INTO {} (run_id, status, blueprint_id, status_data, created_at, updated_at) "
             "VALUES (%s, %s, %s, %s::jsonb, %s, %s) ON CONFLICT (run_id) DO NOTHING").format(t)
+        self._create_many = sql.SQL(
+            "INSERT INTO {} (run_id, status, blueprint_id, status_data, created_at, updated_at) "
+            "SELECT r, s, b, d::jsonb, c, u FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], "
+            "%s::float8[], %s::float8[]) AS x(r, s, b, d, c, u) ON CONFLICT (run_id) DO NOTHING RETURNING run_id"
+        ).format(t)
+        #: creates made in one event-loop iteration, inserted by one statement (see ``create``)
+        self._creating: list[tuple[_Row, asyncio.Future[bool]]] = []
+        self._create_flushes: set[asyncio.Task[None]] = set()
         self._get = sql.SQL("SELECT {} FROM {} WHERE run_id = %s").format(cols, t)
         self._get_many = sql.SQL("SELECT {} FROM {} WHERE run_id = ANY(%s::text[])").format(cols, t)
         self._delete = sql.SQL("DELETE FROM {} WHERE run_id = %s").format(t)
@@ -132,10 +164,60 @@ class PostgresStatusStore(PgTableStore, StatusStore):
 
     # ------------------------------------------------------------------------------------------
     async def create(self, record: RunRecord) -> bool:
+        """Insert the record unless the run exists. Creates made in the same event-loop iteration (a client
+        starting many runs at once) go in one ``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING
+        RETURNING run_id`` — each caller learns from the returned ids whether its row went in; a run id twice
+        in the batch waits for the next statement, so exactly one of them wins."""
         now = time.time()
         record.created_at = record.created_at or now
         record.updated_at = now
         row = record_row(record)
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if not self._creating:  # the first create of this iteration: flush on the next one, with all that joined
+            task = asyncio.get_running_loop().create_task(self._flush_creates())
+            self._create_flushes.add(task)
+            task.add_done_callback(self._create_flushes.discard)
+        self._creating.append((row, future))
+        return await future
+
+    async def _flush_creates(self) -> None:
+        waiting, self._creating = self._creating, []
+        try:
+            while waiting:
+                batch: dict[str, tuple[_Row, asyncio.Future[bool]]] = {}
+                later: list[tuple[_Row, asyncio.Future[bool]]] = []
+                for item in waiting:
+                    if item[0][0] in batch:
+                        later.append(item)
+                    else:
+                        batch[item[0][0]] = item
+                try:
+                    won = await (self._insert_one(next(iter(batch.values()))[0]) if len(batch) == 1
+                                 else self._insert_many([row for row, _ in batch.values()]))
+                except ValueRefusedError as exc:
+                    if len(batch) == 1:
+                        _resolve(next(iter(batch.values()))[1], exc)
+                    else:  # find the row PostgreSQL refuses: only its create fails
+                        for row, future in batch.values():
+                            try:
+                                _resolve(future, await self._insert_one(row))
+                            except Exception as error:
+                                _resolve(future, error)
+                    waiting = later
+                    continue
+                except Exception as exc:
+                    for _, future in batch.values():
+                        _resolve(future, exc)
+                    waiting = later
+                    continue
+                for run_id, (_, future) in batch.items():
+                    _resolve(future, run_id in won if isinstance(won, set) else won)
+                waiting = later
+        finally:  # interrupted (the loop closing): no caller waits for ever
+            for _, future in waiting:
+                _resolve(future, asyncio.CancelledError())
+
+    async def _insert_one(self, row: _Row) -> bool:
         attempts = 0
 
         async def insert(conn: psycopg.AsyncConnection[Any]) -> bool:
@@ -144,7 +226,27 @@ class PostgresStatusStore(PgTableStore, StatusStore):
             if (await conn.execute(self._create, row)).rowcount == 1:
                 return True
             # a retry after a lost reply (the server restarted) finds the row its first attempt inserted
-            return attempts > 1 and await self._is_ours(conn, record.run_id, record.updated_at, record.status)
+            return attempts > 1 and await self._is_ours(conn, row[0], row[5], row[1])
+
+        return await self.client.run(insert)
+
+    async def _insert_many(self, rows: Sequence[_Row]) -> set[str]:
+        """The run ids of ``rows`` (distinct) that this call inserted."""
+        params = [text_array(row[0] for row in rows), text_array(row[1] for row in rows),
+                  text_array(row[2] for row in rows), text_array(row[3] for row in rows),
+                  float_array(row[4] for row in rows), float_array(row[5] for row in rows)]
+        attempts = 0
+
+        async def insert(conn: psycopg.AsyncConnection[Any]) -> set[str]:
+            nonlocal attempts
+            attempts += 1
+            won = {row[0] for row in await (await conn.execute(self._create_many, params)).fetchall()}
+            missing = [row for row in rows if row[0] not in won]
+            if attempts > 1 and missing:  # a retry after a lost reply: the rows the first attempt inserted
+                found = await (await conn.execute(self._get_many, [text_array(row[0] for row in missing)])).fetchall()
+                mine = {(row[0], row[1], row[5]) for row in missing}
+                won |= {row[0] for row in found if (row[0], row[1], row[5]) in mine}
+            return won
 
         return await self.client.run(insert)
 
