@@ -30,9 +30,12 @@ Coordination ``commit`` runs ``flowcraft.spi.apply_transition`` over the tables 
 transaction and writes the completion's context updates in that same transaction (``applies_context``).
 Built by the ``sqlite`` preset (the four components on one database), the backend also takes the other fast
 paths (``Backend.capabilities``): the queue's claiming transaction reads each job's run record and takes its
-job lease (``prefetches_status``), and a commit puts the jobs it fires on the queue (``dispatches``) and drops
-the finishing owner's lease (``releases_lease``, also when built alone). A node then costs a worker three
-calls into the database thread (claim, commit, ack) instead of seven, each a part of a group commit.
+job lease (``prefetches_status``), and a commit puts the jobs it fires on the queue (``dispatches``), drops
+the finishing owner's lease (``releases_lease``, also when built alone), deletes the committed delivery's queue
+row when jobs remain pending (``acks``) and inserts up to ``Transition.continue_up_to`` of the due-now jobs it
+fires as rows already claimed by the committing worker, with their run record read and lease taken
+(``continues``). A node of a chain then costs a worker one call into the database thread (the commit, part of
+a group commit) instead of three (claim, commit, ack); a run's first job is claimed and its last acked.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar, cast
 
@@ -633,6 +636,24 @@ class SqliteQueue(_SqliteComponent, Queue):
                 _prefetch(conn, out, *prefetch)
         return out, None
 
+    def _hand_over(self, conn: sqlite3.Connection, tables: SqliteTables, jobs: Sequence[Job], owner: str,
+                   lease_seconds: float) -> list[Delivery]:
+        """Insert ``jobs`` as messages already claimed by ``owner``, as ``_claim`` with ``prefetch`` leaves them
+        (first delivery, invisible for the visibility timeout, run record read, job lease taken), inside the
+        caller's transaction over ``tables``; the caller flushes ``tables``."""
+        token = uuid.uuid4().hex
+        leased_until = tables.now + self.visibility_timeout
+        out: list[Delivery] = []
+        for job in jobs:
+            message_id = conn.execute(
+                "INSERT INTO fc_queue (job, available_at, deliveries, lease_token, leased_until) "
+                "VALUES (?, ?, 1, ?, ?)",
+                (_dumps(job.to_dict()), leased_until, token, leased_until),
+            ).lastrowid
+            out.append(Delivery(job, (message_id, token), deliveries=1))
+        _prefetch_into(conn, tables, out, owner, lease_seconds)
+        return out
+
     async def ack(self, delivery: Delivery) -> None:
         message_id, token = delivery.receipt
         await self.db.write(
@@ -738,14 +759,25 @@ def _prefetch(conn: sqlite3.Connection, deliveries: list[Delivery], owner: str, 
     """Fill each delivery's run record and take its job lease for ``owner`` (``CoordinationStore.begin``), in the
     transaction that claims them; a delivery whose run has no record is left for the engine to read."""
     tables = SqliteTables(conn)
+    _prefetch_into(conn, tables, deliveries, owner, lease_seconds)
+    tables.flush()
+
+
+def _prefetch_into(conn: sqlite3.Connection, tables: SqliteTables, deliveries: list[Delivery], owner: str,
+                   lease_seconds: float) -> None:
+    """``_prefetch`` over tables the caller flushes; a run's record is read once for all its deliveries (each
+    gets a record of its own)."""
+    documents: dict[str, str | None] = {}
     for delivery in deliveries:
         job = delivery.job
-        row = conn.execute("SELECT record FROM fc_status WHERE run_id = ?", (job.run_id,)).fetchone()
-        if row is None:
+        if job.run_id not in documents:
+            row = conn.execute("SELECT record FROM fc_status WHERE run_id = ?", (job.run_id,)).fetchone()
+            documents[job.run_id] = None if row is None else row[0]
+        document = documents[job.run_id]
+        if document is None:
             continue
-        delivery.record = RunRecord.from_dict(json.loads(row[0]))
+        delivery.record = RunRecord.from_dict(json.loads(document))
         delivery.begin = take_lease(tables, job, owner, lease_seconds)
-    tables.flush()
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -1164,28 +1196,59 @@ class SqliteCoordinationStore(_SqliteComponent, TablesCoordinationStore):
     def releases_lease(self) -> bool:
         return True
 
+    @property
+    def acks(self) -> bool:
+        """With ``dispatches``: a finishing commit that leaves jobs pending deletes its delivery's queue row (if
+        that delivery still holds it) in the commit's transaction, so the engine does not call ``ack``."""
+        return self._queue is not None
+
+    @property
+    def continues(self) -> bool:
+        """With ``dispatches``: the commit inserts up to ``continue_up_to`` of the due-now jobs it fires as queue
+        rows already claimed by ``Transition.owner`` (as ``receive`` leaves them: invisible for the queue's
+        visibility timeout), reads their run record and takes their lease in its transaction, and returns them
+        as ``Committed.continued``; if that worker dies, a row comes back once its visibility lapses."""
+        return self._queue is not None
+
     async def commit(self, transition: Transition) -> Committed:
         """``apply_transition`` in one transaction, which also drops the owner's lease when it finishes the job
-        (``releases_lease``) and, with ``dispatches``, puts the fired jobs on the queue."""
-        applies_context, dispatches = self.applies_context, self._queue is not None
+        (``releases_lease``) and, with ``dispatches``, puts the fired jobs on the queue, hands some to the owner
+        (``continues``) and acks the committed delivery (``acks``)."""
+        applies_context, queue = self.applies_context, self._queue
 
         def run(conn: sqlite3.Connection) -> Committed:
             with immediate(conn):
                 tables = SqliteTables(conn)
                 committed = apply_transition(tables, transition, applies_context=applies_context)
-                tables.flush()
-                if transition.finish and committed.conflict is None and transition.owner is not None:
+                finished = transition.finish and committed.conflict is None
+                if finished and transition.owner is not None:
                     conn.execute("DELETE FROM fc_leases WHERE run_id = ? AND key = ? AND owner = ?",
                                  (transition.run_id, transition.job_key, transition.owner))
-                if dispatches and committed.fired:
+                if queue is None:
+                    tables.flush()
+                    return committed
+                if finished and transition.receipt is not None and committed.pending > 0:
+                    message_id, token = transition.receipt
+                    conn.execute("DELETE FROM fc_queue WHERE id = ? AND lease_token = ?", (message_id, token))
+                handed: list[Job] = []
+                queued: list[Job] = []
+                room = transition.continue_up_to if transition.owner is not None and not transition.recovery else 0
+                for job in committed.fired:
+                    if len(handed) < room and (job.due_at or 0.0) <= tables.now:
+                        handed.append(job)
+                    else:
+                        queued.append(job)
+                continued = queue._hand_over(conn, tables, handed, cast(str, transition.owner),
+                                             transition.lease_seconds) if handed else []
+                tables.flush()
+                if queued:
                     conn.executemany("INSERT INTO fc_queue (job, available_at) VALUES (?, ?)",
-                                     [(_dumps(job.to_dict()), max(tables.now, job.due_at or 0.0))
-                                      for job in committed.fired])
-                return committed
+                                     [(_dumps(job.to_dict()), max(tables.now, job.due_at or 0.0)) for job in queued])
+                return replace(committed, continued=tuple(continued)) if continued else committed
 
         committed = await self.db.call(run)
-        if dispatches and committed.fired and self._queue is not None:
-            self._queue._notify()
+        if queue is not None and len(committed.fired) > len(committed.continued):
+            queue._notify()
         return committed
 
     async def atomically(self, run_id: str, fn: Callable[[LeaseTables], T]) -> T:
