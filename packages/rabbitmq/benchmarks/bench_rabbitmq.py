@@ -87,6 +87,7 @@ async def worker_process(options: dict[str, Any], concurrency: int) -> None:
         await backend.close()
     cpu = time.process_time() - cpu
     counts["(redis commands)"] = batcher.commands - redis_commands
+    counts["amqp ack/nack"] = backend.queue.settle_frames  # type: ignore[attr-defined]  # frames (multiple acks)
     print(json.dumps({"counts": dict(counts), "handled": worker.handled, "cpu": cpu}), flush=True)
 
 
