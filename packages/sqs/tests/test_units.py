@@ -271,6 +271,16 @@ def test_context_state_of_the_run_item() -> None:
         _context_changes({"": 1}, [])
 
 
+def test_the_run_item_carries_the_record_mirror_and_the_mark() -> None:
+    record = {"runId": {"S": "r"}, "status": {"S": "running"}, "lastUpdated": {"N": "1"}}
+    item = {"runId": {"S": "r"}, "sk": {"S": "run"}, "v": {"N": "1"}, "rec": {"M": record}}
+    state = _RunState.parse(item, 0.0)
+    assert state.record == record and not state.marked
+    marked = _RunState.parse({**item, "chk": {"BOOL": True}}, 0.0)
+    assert marked.record == record and marked.marked
+    assert _RunState.parse({**item, "ttl": {"N": "5"}}, 10.0).record is None  # expired: nothing of it counts
+
+
 def test_job_documents_are_json() -> None:
     job = _job("n", input={"a": [1, "ü"]}, has_input=True, payload={"p": None}, due_at=1.5)
     assert Job.from_dict(json.loads(json.dumps(job.to_dict()))) == job
