@@ -18,7 +18,13 @@ from typing import Any
 import pytest
 
 from flowcraft import App, EngineOptions, Flow, FlowRuntime, connect
-from flowcraft.backends.memory import MemoryCoordinationStore, memory_backend
+from flowcraft.backends.memory import (
+    MemoryContextStore,
+    MemoryCoordinationStore,
+    MemoryQueue,
+    MemoryStatusStore,
+    memory_backend,
+)
 from flowcraft.client import Client
 from flowcraft.errors import ConfigError, InvalidValueError
 from flowcraft.spi import Backend, Committed, Transition
@@ -192,8 +198,9 @@ class BrokenCommits(MemoryCoordinationStore):
 
 
 def runtime_with(store: BrokenCommits, *flows: Flow) -> FlowRuntime:
-    memory = memory_backend()  # its queue, context and status with the broken store (which keeps no context)
-    backend = Backend(memory.queue, memory.context, memory.status, store, name="memory")
+    # memory components built alone (memory_backend's are wired to its own coordination store), with the broken
+    # store (which keeps no context)
+    backend = Backend(MemoryQueue(), MemoryContextStore(), MemoryStatusStore(), store, name="memory")
     return FlowRuntime([*flows, healthy()], backend=backend, options=EngineOptions(max_bounces=3))
 
 

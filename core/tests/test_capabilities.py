@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from flowcraft.backends.memory import MemoryCoordinationStore, memory_backend
+from flowcraft.backends.memory import (
+    MemoryContextStore,
+    MemoryCoordinationStore,
+    MemoryQueue,
+    MemoryStatusStore,
+    memory_backend,
+)
 from flowcraft.backends.sqlite import SqliteCoordinationStore, SqliteDatabase
 from flowcraft.errors import PluginError
 from flowcraft.plugins import Preset, _load_factory, registry
@@ -15,9 +21,13 @@ from flowcraft.spi import Backend, Capabilities
 
 
 def test_memory_backend_declares_its_fast_paths() -> None:
-    assert memory_backend().capabilities == Capabilities(applies_context=True, releases_lease=True, notifies=True)
+    assert memory_backend().capabilities == Capabilities(applies_context=True, prefetches_status=True, dispatches=True,
+                                                         releases_lease=True, acks=True, continues=True, notifies=True)
     assert registry().build("memory").capabilities == memory_backend().capabilities
-    assert not MemoryCoordinationStore().applies_context  # built without the context store: the engine writes it
+    alone = MemoryCoordinationStore()  # built without the other components: the engine does each step itself
+    assert not (alone.applies_context or alone.dispatches or alone.acks or alone.continues)
+    assert not MemoryQueue().prefetches_status
+    assert not MemoryCoordinationStore(MemoryContextStore(), queue=MemoryQueue()).continues  # no status store
 
 
 async def test_sqlite_factory_wires_applies_context_and_an_override_turns_it_off(tmp_path: Path) -> None:
@@ -38,8 +48,8 @@ async def test_sqlite_factory_wires_applies_context_and_an_override_turns_it_off
 
 def test_capabilities_follow_the_components_they_are_read_from() -> None:
     database = SqliteDatabase(":memory:")
-    built = memory_backend()
-    paired = Backend(built.queue, built.context, built.status, SqliteCoordinationStore(database, applies_context=True))
+    paired = Backend(MemoryQueue(), MemoryContextStore(), MemoryStatusStore(),
+                     SqliteCoordinationStore(database, applies_context=True))
     assert paired.capabilities == Capabilities(applies_context=True, releases_lease=True, notifies=True)
     with pytest.raises(AttributeError):
         paired.capabilities.applies_context = False  # type: ignore[misc]  # frozen: checked at run time too

@@ -2,6 +2,12 @@
 
 Every method body runs without awaiting in its critical section, so under one event loop each call is
 atomic, like a Lua script or a SQL transaction on the real backends.
+
+The four components live in one process, so ``memory_backend`` (the ``memory`` preset's factory) wires them
+together and they take every fast path (``Capabilities``): a commit writes the context with the completion
+record, drops the lease, puts the jobs it fires on the queue, acks the committed delivery and hands fired jobs
+straight to the committing worker; a receive reads the run record and takes the lease. A component built alone
+takes none of them (the engine then does each step itself).
 """
 
 from __future__ import annotations
@@ -12,8 +18,8 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar, cast
 
 from flowcraft.options import NoOptions, QueueOptions, parse_options
 from flowcraft.spi import (
@@ -33,6 +39,7 @@ from flowcraft.spi import (
     TablesCoordinationStore,
     Transition,
     apply_transition,
+    take_lease,
 )
 
 T = TypeVar("T")
@@ -46,7 +53,10 @@ class _Message:
 
 
 class MemoryQueue(Queue):
-    """Ready deque + delayed heap + in-flight map with visibility deadlines."""
+    """Ready deque + delayed heap + in-flight map with visibility deadlines.
+
+    Once ``prefetch_with`` wired the backend's status and coordination stores (``memory_backend`` does),
+    ``receive`` reads each delivery's run record and takes its lease in the same call (``prefetches_status``)."""
 
     name = "memory"
     Options = QueueOptions
@@ -65,8 +75,22 @@ class MemoryQueue(Queue):
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._prefetch: tuple[MemoryStatusStore, MemoryCoordinationStore] | None = None
+
+    def prefetch_with(self, status: MemoryStatusStore, coordination: MemoryCoordinationStore) -> None:
+        """Read run records from ``status`` and take leases in ``coordination`` on ``receive``: stores of the same
+        process (``memory_backend`` wires them)."""
+        self._prefetch = (status, coordination)
+
+    @property
+    def prefetches_status(self) -> bool:
+        return self._prefetch is not None
 
     async def enqueue(self, jobs: Sequence[Job], delay: float = 0.0) -> None:
+        self.put(jobs, delay)
+
+    def put(self, jobs: Sequence[Job], delay: float = 0.0) -> None:
+        """``enqueue`` without awaiting: what ``MemoryCoordinationStore`` calls inside its atomic section."""
         if delay > 0:
             due = time.monotonic() + delay
             for job in jobs:
@@ -74,6 +98,33 @@ class MemoryQueue(Queue):
         else:
             self._ready.extend(_Message(job) for job in jobs)
         self._wakeup.set()
+
+    def _deliver(self, message: _Message, now: float) -> Delivery:
+        """Put a message in flight (invisible until its visibility deadline) as a new delivery."""
+        message.deliveries += 1
+        message.token = next(self._seq)
+        self._inflight[message.token] = (now + self.visibility_timeout, message)
+        return Delivery(message.job, message.token, deliveries=message.deliveries)
+
+    def hand(self, job: Job) -> Delivery:
+        """A job delivered at once, without passing the ready list: in flight as ``dequeue`` leaves a message
+        (``MemoryCoordinationStore`` hands fired jobs to the committing worker so)."""
+        return self._deliver(_Message(job), time.monotonic())
+
+    def remove(self, receipt: Any) -> None:
+        """``ack`` without awaiting."""
+        self._inflight.pop(receipt, None)
+
+    async def receive(self, max_jobs: int, wait: float, owner: str, lease_seconds: float) -> list[Delivery]:
+        deliveries = await self.dequeue(max_jobs, wait)
+        if self._prefetch is None:
+            return deliveries
+        status, coordination = self._prefetch
+        out: list[Delivery] = []
+        for delivery in deliveries:  # no await from the dequeue on: one atomic step, as one round trip would be
+            prefetched = coordination.received(delivery, status, owner, lease_seconds)
+            out.append(delivery if prefetched is None else prefetched)
+        return out
 
     def _promote(self, now: float) -> None:
         while self._delayed and self._delayed[0][0] <= now:
@@ -100,11 +151,7 @@ class MemoryQueue(Queue):
             if self._ready:
                 out: list[Delivery] = []
                 while self._ready and len(out) < max_jobs:
-                    message = self._ready.popleft()
-                    message.deliveries += 1
-                    message.token = next(self._seq)
-                    self._inflight[message.token] = (now + self.visibility_timeout, message)
-                    out.append(Delivery(message.job, message.token, deliveries=message.deliveries))
+                    out.append(self._deliver(self._ready.popleft(), now))
                 return out
             remaining = end - now
             if remaining <= 0:
@@ -118,7 +165,7 @@ class MemoryQueue(Queue):
                 pass
 
     async def ack(self, delivery: Delivery) -> None:
-        self._inflight.pop(delivery.receipt, None)
+        self.remove(delivery.receipt)
 
     async def release(self, delivery: Delivery, delay: float = 0.0) -> None:
         entry = self._inflight.pop(delivery.receipt, None)
@@ -214,6 +261,10 @@ class MemoryStatusStore(StatusStore):
         return True
 
     async def get(self, run_id: str) -> RunRecord | None:
+        return self.read(run_id)
+
+    def read(self, run_id: str) -> RunRecord | None:
+        """``get`` without awaiting: what the queue and coordination store call inside their atomic sections."""
         record = self._records.get(run_id)
         return None if record is None else _copy(record)
 
@@ -291,14 +342,22 @@ class MemoryCoordinationStore(TablesCoordinationStore):
 
     Given the backend's ``MemoryContextStore`` (``memory_backend`` and the ``memory`` preset pass it), a commit
     writes the completion's context updates with its record (``applies_context``): one atomic step instead of
-    the engine's record, context, arrivals sequence (docs/architecture.md §3.5)."""
+    the engine's record, context, arrivals sequence (docs/architecture.md §3.5).
+
+    Given the backend's ``MemoryQueue`` too, a commit puts the jobs it fires on it (``dispatches``) and acks the
+    committed delivery when jobs remain pending (``acks``); given its ``MemoryStatusStore`` as well, it hands
+    fired jobs due now straight to the committing worker, in flight on the queue with their run record read and
+    lease taken (``continues``)."""
 
     name = "memory"
     Options = NoOptions
 
-    def __init__(self, context: MemoryContextStore | None = None) -> None:
+    def __init__(self, context: MemoryContextStore | None = None, *, queue: MemoryQueue | None = None,
+                 status: MemoryStatusStore | None = None) -> None:
         super().__init__(applies_context=context is not None)
         self._context = context
+        self._queue = queue
+        self._status = status if queue is not None else None
         self._runs: dict[str, _RunCoordination] = {}
 
     def _run(self, run_id: str) -> _RunCoordination:
@@ -314,15 +373,70 @@ class MemoryCoordinationStore(TablesCoordinationStore):
     def releases_lease(self) -> bool:
         return True
 
+    @property
+    def dispatches(self) -> bool:
+        return self._queue is not None
+
+    @property
+    def acks(self) -> bool:
+        return self._queue is not None
+
+    @property
+    def continues(self) -> bool:
+        return self._status is not None
+
     async def commit(self, transition: Transition) -> Committed:
-        """The derived commit; one that finishes the job also drops its owner's lease (``releases_lease``)."""
+        """The derived commit; one that finishes the job also drops its owner's lease (``releases_lease``), and
+        with the queue wired: acks, dispatches and hands over (see the class)."""
         committed = apply_transition(self, transition, applies_context=self._applies_context)
-        if transition.finish and committed.conflict is None and transition.owner is not None:
+        if committed.conflict is not None:
+            return committed
+        if transition.finish and transition.owner is not None:
             run = self._run(transition.run_id)
             holder = run.leases.get(transition.job_key)
             if holder is not None and holder[0] == transition.owner:
                 del run.leases[transition.job_key]
+        queue = self._queue
+        if queue is None:
+            return committed
+        if transition.finish and transition.receipt is not None and committed.pending > 0:
+            queue.remove(transition.receipt)
+        if committed.fired:
+            continued = self._dispatch(queue, transition, committed.fired)
+            if continued:
+                return replace(committed, continued=continued)
         return committed
+
+    def _dispatch(self, queue: MemoryQueue, transition: Transition, fired: Sequence[Job]) -> tuple[Delivery, ...]:
+        """Put fired jobs on the queue (a job due later with its delay), up to ``continue_up_to`` of those due now
+        handed to the owner instead; return the handed deliveries."""
+        now = time.time()
+        room = transition.continue_up_to if self._status is not None and transition.owner is not None else 0
+        handed: list[Delivery] = []
+        ready: list[Job] = []
+        for job in fired:
+            if job.due_at is not None and job.due_at > now:
+                queue.put([job], job.due_at - now)
+            elif len(handed) < room:
+                delivery = queue.hand(job)
+                prefetched = self.received(delivery, cast(MemoryStatusStore, self._status),
+                                           cast(str, transition.owner), transition.lease_seconds)
+                handed.append(delivery if prefetched is None else prefetched)
+            else:
+                ready.append(job)
+        if ready:
+            queue.put(ready)
+        return tuple(handed)
+
+    def received(self, delivery: Delivery, status: MemoryStatusStore, owner: str,
+                 lease_seconds: float) -> Delivery | None:
+        """``delivery`` with its run record read and its lease taken for ``owner`` (what a prefetching receive and
+        a hand-over return); None when the run has no record (the engine reads it itself and dead-letters)."""
+        record = status.read(delivery.job.run_id)
+        if record is None:
+            return None
+        return Delivery(delivery.job, delivery.receipt, deliveries=delivery.deliveries, record=record,
+                        begin=take_lease(self, delivery.job, owner, lease_seconds))
 
     # -- LeaseTables -------------------------------------------------------------------------------
     @property
@@ -413,14 +527,11 @@ class MemoryCoordinationStore(TablesCoordinationStore):
 
 
 def memory_backend(visibility_timeout: float = 30.0) -> Backend:
-    context = MemoryContextStore()
-    return Backend(
-        queue=MemoryQueue(visibility_timeout),
-        context=context,
-        status=MemoryStatusStore(),
-        coordination=MemoryCoordinationStore(context),
-        name="memory",
-    )
+    """The four memory components wired together, taking every fast path (see the module docstring)."""
+    context, queue, status = MemoryContextStore(), MemoryQueue(visibility_timeout), MemoryStatusStore()
+    coordination = MemoryCoordinationStore(context, queue=queue, status=status)
+    queue.prefetch_with(status, coordination)
+    return Backend(queue=queue, context=context, status=status, coordination=coordination, name="memory")
 
 
 def build_backend(options: Mapping[str, Any]) -> Backend:

@@ -141,6 +141,8 @@ class Engine:
                 self.events.hook = hook
         self.middleware = [*app.middleware, *middleware]
         self.fault = fault
+        self._fault_raised: BaseException | None = None  # what the fault hook last raised
+        self._ends: set[tuple[str, str]] | None = None  # handlings ended during a receive (``watch_ends``)
         self._inflight: dict[tuple[str, str], _InFlight] = {}
         self._cancelled_runs: set[str] = set()
         self._released: set[tuple[str, str]] = set()
@@ -161,23 +163,52 @@ class Engine:
         """Handle one delivered job; acks, releases or dead-letters it before returning."""
         job = delivery.job
         handling = (job.run_id, job.key)
-        if handling in self._handling:
+        if not self.claim(delivery):
             # another delivery of a job this engine is handling now (a recovery re-fired it while it was
             # pending): the lease is that handling's, so hand this one back until it has finished
             await self.queue.release(delivery, min(1.0, self.options.lease_seconds))
             return
-        self._handling[handling] = delivery
         try:
             await self._handle(delivery)
-        except BaseException:
-            if handling not in self._acked:
-                raise  # the worker gives the delivery back
+        except BaseException as error:
+            if handling not in self._acked or error is self._fault_raised:
+                raise  # the worker gives the delivery back (a fault hook's "crash" goes up as it is)
             # a commit already acked it with the job's transition: nothing is left to give back or redo
             log.exception("job %s of run %s failed after its transition was committed", job.key, job.run_id)
         finally:
-            del self._handling[handling]
+            self.unclaim(delivery)
+            if self._ends is not None:
+                self._ends.add(handling)
             self._acked.discard(handling)
             self._marks.pop(handling, None)
+            delivery.record = delivery.begin = None  # what was prefetched is stale now: a re-handling reads again
+
+    def claim(self, delivery: Delivery) -> bool:
+        """Count ``delivery``'s job as handled by this engine from now on; False while another delivery of the same
+        job is. ``handle`` claims; a worker claims as it takes a delivery, before its task starts, so that what was
+        prefetched with it (``Delivery.begin``) cannot go stale under another handling of that job here."""
+        job = delivery.job
+        return self._handling.setdefault((job.run_id, job.key), delivery) is delivery
+
+    def watch_ends(self) -> None:
+        """Note the jobs whose handling ends from now until ``fresh`` (a worker calls it as a receive starts)."""
+        self._ends = set()
+
+    def fresh(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """``deliveries`` as received since ``watch_ends``, without what was prefetched for a job whose handling
+        here ended meanwhile (it may predate that handling's commit): the engine reads those itself."""
+        ended, self._ends = self._ends, None
+        if ended:
+            for delivery in deliveries:
+                if (delivery.job.run_id, delivery.job.key) in ended:
+                    delivery.record = delivery.begin = None
+        return deliveries
+
+    def unclaim(self, delivery: Delivery) -> None:
+        """Drop a claim of ``delivery`` that no handling will end (its task never started)."""
+        handling = (delivery.job.run_id, delivery.job.key)
+        if self._handling.get(handling) is delivery:
+            del self._handling[handling]
 
     async def _handle(self, delivery: Delivery) -> None:
         job = delivery.job
@@ -741,7 +772,11 @@ class Engine:
 
     def _fault(self, point: str) -> None:
         if self.fault is not None:
-            self.fault(point)
+            try:
+                self.fault(point)
+            except BaseException as error:  # a simulated crash: ``handle`` lets it through even after an ack
+                self._fault_raised = error
+                raise
 
     async def _emit(self, name: str, run_id: str, blueprint_id: str, node_id: str | None = None,
                     data: dict[str, Any] | None = None) -> None:

@@ -93,6 +93,8 @@ class Worker:
                     self.take(delivery)
         finally:
             await self._drain()
+            for delivery in self._tasks.values():  # tasks cancelled before they started: nothing ended their claim
+                self.engine.unclaim(delivery)
             helpers: tuple[asyncio.Task[None] | None, ...] = (heartbeat, presence)
             for helper in helpers:
                 if helper is not None:
@@ -109,6 +111,7 @@ class Worker:
 
     def take(self, delivery: Delivery) -> None:
         """Start handling a delivery: one received, or one a commit handed over."""
+        self.engine.claim(delivery)  # at once: a delivery of the same job taken before this one starts waits
         task = asyncio.create_task(self._handle(delivery))
         self._tasks[task] = delivery
         if len(self._tasks) >= self.concurrency:
@@ -145,12 +148,13 @@ class Worker:
     async def _dequeue(self, count: int) -> list[Delivery]:
         stop = asyncio.create_task(self._stopping.wait())
         engine = self.engine
+        engine.watch_ends()  # what a receive prefetched is stale for jobs whose handling ends meanwhile
         receive = asyncio.create_task(
             engine.queue.receive(count, self.poll_wait, engine.worker_id, engine.options.lease_seconds))
         done, _ = await asyncio.wait({stop, receive}, return_when=asyncio.FIRST_COMPLETED)
         if receive in done:
             stop.cancel()
-            return receive.result()
+            return self.engine.fresh(receive.result())
         # stopping: let an in-progress receive finish so no message is left invisible, then hand it back
         deliveries = await receive
         for delivery in deliveries:
