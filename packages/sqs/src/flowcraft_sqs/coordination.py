@@ -351,6 +351,8 @@ class DynamoDbCoordinationStore(CoordinationStore):
             check_key(job_key, "job key", MAX_SORT_KEY_BYTES)
 
     def _remember(self, run_id: str, state: _RunState) -> _RunState:
+        if state.version > 0:  # the run item was written: the record it may mirror is no longer on offer
+            self._records.pop(run_id, None)
         cached = self._runs.get(run_id)
         if cached is None or state.version >= cached.version or state.version == 0:
             self._runs[run_id] = state
@@ -587,8 +589,6 @@ class DynamoDbCoordinationStore(CoordinationStore):
                 if lease is not None and lease[0] != drop.owner:
                     return "lease"
             return "version"
-        if plan.changed and plan.before.version == 0:
-            self._records.pop(run_id, None)
         # the item as stored (an emulator that merged a concurrent write shows it here)
         return self._remember(run_id, _RunState.parse(response.get("Attributes"), now))
 
