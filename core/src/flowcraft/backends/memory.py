@@ -18,13 +18,14 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from flowcraft.options import NoOptions, QueueOptions, parse_options
 from flowcraft.spi import (
     ACTIVE_STATUSES,
     Backend,
+    Begin,
     Committed,
     Completion,
     ContextStore,
@@ -39,7 +40,6 @@ from flowcraft.spi import (
     TablesCoordinationStore,
     Transition,
     apply_transition,
-    take_lease,
 )
 
 T = TypeVar("T")
@@ -403,8 +403,9 @@ class MemoryCoordinationStore(TablesCoordinationStore):
             queue.remove(transition.receipt)
         if committed.fired:
             continued = self._dispatch(queue, transition, committed.fired)
-            if continued:
-                return replace(committed, continued=continued)
+            if continued:  # built anew, not ``dataclasses.replace``: this is most nodes' commit
+                return Committed(fired=committed.fired, continued=continued, skipped=committed.skipped,
+                                 pending=committed.pending, parked=committed.parked)
         return committed
 
     def _dispatch(self, queue: MemoryQueue, transition: Transition, fired: Sequence[Job]) -> tuple[Delivery, ...]:
@@ -432,11 +433,28 @@ class MemoryCoordinationStore(TablesCoordinationStore):
                  lease_seconds: float) -> Delivery | None:
         """``delivery`` with its run record read and its lease taken for ``owner`` (what a prefetching receive and
         a hand-over return); None when the run has no record (the engine reads it itself and dead-letters)."""
-        record = status.read(delivery.job.run_id)
+        job = delivery.job
+        record = status.read(job.run_id)
         if record is None:
             return None
-        return Delivery(delivery.job, delivery.receipt, deliveries=delivery.deliveries, record=record,
-                        begin=take_lease(self, delivery.job, owner, lease_seconds))
+        return Delivery(job, delivery.receipt, deliveries=delivery.deliveries, record=record,
+                        begin=self._take_lease(job, owner, lease_seconds))
+
+    async def begin(self, job: Job, owner: str, lease_seconds: float) -> Begin:
+        return self._take_lease(job, owner, lease_seconds)
+
+    def _take_lease(self, job: Job, owner: str, lease_seconds: float) -> Begin:
+        """``spi.take_lease`` over this store's own tables, with one run lookup and one clock read: what ``begin``,
+        a prefetching receive and a hand-over do for every job."""
+        run, key, now = self._run(job.run_id), job.key, time.time()
+        entry = run.jobs.get(key)
+        state = None if entry is None else entry[0]
+        holder = run.leases.get(key)
+        if holder is not None and holder[0] != owner and holder[1] > now:
+            return Begin(lease=False, state=state, completion=None)
+        run.leases[key] = (owner, now + lease_seconds)
+        run.activity = now
+        return Begin(lease=True, state=state, completion=run.completions.get(key))
 
     # -- LeaseTables -------------------------------------------------------------------------------
     @property

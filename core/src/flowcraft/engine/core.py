@@ -25,7 +25,13 @@ from flowcraft.engine.control import RunControl, graph_or_raise
 from flowcraft.engine.control import RunResult as RunResult  # where callers import it from
 from flowcraft.engine.events import TRACE_PAYLOAD, Event, EventBus, Middleware, run_with_middleware
 from flowcraft.engine.graph import VISITS_PER_GENERATION, Graph, loop_visit
-from flowcraft.engine.guards import DETERMINISTIC_ERRORS, context_problem, definition_problem, json_problem
+from flowcraft.engine.guards import (
+    DETERMINISTIC_ERRORS,
+    JSON_SCALARS,
+    context_problem,
+    definition_problem,
+    json_problem,
+)
 from flowcraft.engine.kinds import OUTPUTS_PREFIX, InlineKind, JobKind, KindContext, describe, node_kind
 from flowcraft.engine.outcome import NodeOutcome
 from flowcraft.engine.timeline import (
@@ -163,20 +169,21 @@ class Engine:
         """Handle one delivered job; acks, releases or dead-letters it before returning."""
         job = delivery.job
         handling = (job.run_id, job.key)
-        if not self.claim(delivery):
+        if self._handling.setdefault(handling, delivery) is not delivery:  # ``claim``
             # another delivery of a job this engine is handling now (a recovery re-fired it while it was
             # pending): the lease is that handling's, so hand this one back until it has finished
             await self.queue.release(delivery, min(1.0, self.options.lease_seconds))
             return
         try:
-            await self._handle(delivery)
+            await self._handle(delivery, handling)
         except BaseException as error:
             if handling not in self._acked or error is self._fault_raised:
                 raise  # the worker gives the delivery back (a fault hook's "crash" goes up as it is)
             # a commit already acked it with the job's transition: nothing is left to give back or redo
             log.exception("job %s of run %s failed after its transition was committed", job.key, job.run_id)
         finally:
-            self.unclaim(delivery)
+            if self._handling.get(handling) is delivery:  # ``unclaim``
+                del self._handling[handling]
             if self._ends is not None:
                 self._ends.add(handling)
             self._acked.discard(handling)
@@ -210,10 +217,10 @@ class Engine:
         if self._handling.get(handling) is delivery:
             del self._handling[handling]
 
-    async def _handle(self, delivery: Delivery) -> None:
+    async def _handle(self, delivery: Delivery, handling: tuple[str, str]) -> None:
         job = delivery.job
         checked = await self._preflight(delivery)
-        finishing = is_finish_job(job)
+        finishing = job.node_id == FINISH_NODE and is_finish_job(job)
         if (checked is None or finishing) and delivery.begin is not None and delivery.begin.lease:
             await self.coordination.release(job.run_id, job.key, self.worker_id)  # a lease prefetched for us
         if checked is None:
@@ -230,7 +237,8 @@ class Engine:
         if not begin.lease:
             await self.queue.release(delivery, min(1.0, self.options.lease_seconds))
             return
-        self._fault("after_dequeue")
+        if self.fault is not None:
+            self._fault("after_dequeue")
         try:
             if begin.state is None:
                 await self._dead_letter(delivery, f"job {job.key!r} of run {job.run_id!r} was never scheduled")
@@ -254,12 +262,13 @@ class Engine:
                 await self.runs.fail(record, job.node_id, reason)
                 await self._dead_letter(delivery, reason)
                 return
-            self._fault("before_ack")
-            if (job.run_id, job.key) not in self._acked:
+            if self.fault is not None:
+                self._fault("before_ack")
+            if handling not in self._acked:
                 await self.queue.ack(delivery)
         finally:
-            if (job.run_id, job.key) in self._released:
-                self._released.discard((job.run_id, job.key))
+            if handling in self._released:
+                self._released.discard(handling)
             else:
                 await self.coordination.release(job.run_id, job.key, self.worker_id)
 
@@ -280,9 +289,8 @@ class Engine:
     async def _preflight(self, delivery: Delivery) -> tuple[RunRecord, Graph] | None:
         """Checks before taking the lease; None when the delivery was already acked, released or dead-lettered."""
         job = delivery.job
-        now = time.time()
-        if job.due_at is not None and job.due_at - now > 0.01:
-            await self.queue.release(delivery, job.due_at - now)  # early (a capped queue delay or a requeue)
+        if job.due_at is not None and job.due_at - time.time() > 0.01:
+            await self.queue.release(delivery, job.due_at - time.time())  # early (a capped delay or a requeue)
             return None
         record = delivery.record if delivery.prefetched else await self.status.get(job.run_id)
         if record is None:
@@ -333,7 +341,7 @@ class Engine:
 
     # ------------------------------------------------------------------ execution
     async def _execute(self, delivery: Delivery, job: Job, graph: Graph, record: RunRecord) -> None:
-        node = graph.info(job.node_id).node
+        node = graph.nodes[job.node_id].node
         context = RunContext(self.context, job.run_id)
         kind = node_kind(node.uses)
         if isinstance(kind, JobKind):
@@ -341,8 +349,8 @@ class Engine:
             outcome = await kind.run(KindContext(delivery=delivery, job=job, node=node, graph=graph, record=record,
                                                  context=context, engine=self))
         else:
-            outcome = await self._attempt(delivery, job, node, graph, context, node.uses)
-            if outcome.state == "completed":
+            outcome = await self._attempt(delivery, job, node, graph, context, node.uses, plain=kind is None)
+            if outcome.state == "completed" and self.fault is not None:
                 self._fault("after_execute")
         if outcome.state == "completed":
             completion = self._completion(job, outcome.output, outcome.action, context, due_at=outcome.due_at,
@@ -353,20 +361,20 @@ class Engine:
             await self.runs.fail(record, job.node_id, describe(outcome.error))
 
     async def _attempt(self, delivery: Delivery, job: Job, node: NodeDefinition, graph: Graph, context: RunContext,
-                       uses: str) -> NodeOutcome:
-        """One attempt of the job's node with implementation ``uses``; settled when the run was cancelled
-        while the node ran (nothing to record)."""
-        ctx = self._node_context(job, node, context, await self._node_input(job, node))
+                       uses: str, *, plain: bool = False) -> NodeOutcome:
+        """One attempt of the job's node with implementation ``uses`` (``plain``: the caller found that ``uses``
+        is no node kind); settled when the run was cancelled while the node ran (nothing to record)."""
+        ctx = self._node_context(job, node, context,
+                                 job.input if node.inputs is None else await self._node_input(job, node))
         try:
-            return await self._run_node(delivery, job, node, uses, ctx, graph)
+            return await self._run_node(delivery, job, node, uses, ctx, graph, plain)
         except asyncio.CancelledError:
             if job.run_id in self._cancelled_runs:
                 return NodeOutcome.settled()
             raise
 
-    async def _run_node(
-        self, delivery: Delivery, job: Job, node: NodeDefinition, uses: str, ctx: NodeContext, graph: Graph
-    ) -> NodeOutcome:
+    async def _run_node(self, delivery: Delivery, job: Job, node: NodeDefinition, uses: str, ctx: NodeContext,
+                        graph: Graph, plain: bool = False) -> NodeOutcome:
         """Run the node, or its fallback after the last attempt: completed, retry_scheduled or failed."""
         handling = (job.run_id, job.key)
         self._marks[handling] = TimelineMark(time.time())
@@ -375,7 +383,7 @@ class Engine:
                              _traced(job, {"visit": job.visit, "attempt": job.attempt, "worker": self.worker_id}))
         self._inflight[handling] = _InFlight(delivery, ctx._cancel_event, asyncio.current_task())
         try:
-            outcome = await self._invoke(job, node, uses, ctx, graph)
+            outcome = await self._invoke(job, node, uses, ctx, graph, plain=plain)
         except BaseException as exc:  # a node's SystemExit or CancelledError fails the node, not the worker
             if _worker_cancelled(exc):
                 raise
@@ -450,18 +458,20 @@ class Engine:
         return NodeOutcome.failed(exc)
 
     async def _invoke(
-        self, job: Job, node: NodeDefinition, uses: str, ctx: NodeContext, graph: Graph
+        self, job: Job, node: NodeDefinition, uses: str, ctx: NodeContext, graph: Graph, *, plain: bool = False
     ) -> NodeOutcome:
-        """Call the implementation once (with timeout and middleware); inline node kinds compute instead."""
-        kind = node_kind(uses)
-        if isinstance(kind, InlineKind):
-            return await kind.compute(node, ctx)
+        """Call the implementation once (with timeout and middleware); inline node kinds compute instead
+        (``plain``: the caller found that ``uses`` is none)."""
+        if not plain:
+            kind = node_kind(uses)
+            if isinstance(kind, InlineKind):
+                return await kind.compute(node, ctx)
         if job.item is not None:
             chunk = ctx.input if isinstance(ctx.input, list) else [ctx.input]
             outputs = []
             for value in chunk:
                 ctx.input = value
-                outputs.append((await self._invoke(job.evolve(item=None), node, uses, ctx, graph)).output)
+                outputs.append((await self._invoke(job.evolve(item=None), node, uses, ctx, graph, plain=True)).output)
             ctx.input = chunk
             return NodeOutcome.completed(outputs)
         implementation = self.app.implementation(job.blueprint_id, uses)
@@ -472,7 +482,10 @@ class Engine:
         timeout = node.config.timeout
         if timeout is None and not self.middleware and self._is_async_function(implementation):
             # the common case, without the wrappers below: an async function node, no timeout, no middleware
-            return NodeOutcome.completed(*_split(await cast(_AsyncNode, implementation)(ctx)))
+            result = await cast(_AsyncNode, implementation)(ctx)
+            if isinstance(result, NodeResult):
+                return NodeOutcome(state="completed", output=result.output, action=result.action)
+            return NodeOutcome(state="completed", output=result)
 
         async def call() -> Any:
             if is_class_node(implementation):
@@ -514,7 +527,11 @@ class Engine:
         except FlowcraftError as exc:
             await self.runs.fail(record, job.node_id, str(exc))
             return
-        needs_cascade = any(not a.arrived for a in arrivals)
+        needs_cascade = False
+        for reached in arrivals:
+            if not reached.arrived:
+                needs_cascade = True
+                break
         if not recovery and self._context_apart(completion):
             # a store that keeps the context apart (docs/architecture.md §3.5): the completion record first
             # (first writer wins, so an attempt that lost its lease never writes), then the winner's context,
@@ -524,17 +541,17 @@ class Engine:
             completion = claimed.conflict or completion
             await self._apply_context_apart(job, completion)
             recovery = claimed.conflict is not None
-        committed = await self._commit(
-            job, Transition(job.run_id, job.key, completion=completion, arrivals=tuple(arrivals),
-                            finish=not needs_cascade, recovery=recovery, owner=self.worker_id),
-            hand_over=True)
+        committed = await self._commit(job, self._finishing(job, completion=completion, arrivals=arrivals,
+                                                            finish=not needs_cascade, recovery=recovery))
         if committed.conflict is not None:
             # another attempt's completion record won (this one ran after losing its lease): route as it did
             await self._route(job, graph, record, committed.conflict, recovery=True)
             return
-        self._fault("after_commit")
+        if self.fault is not None:
+            self._fault("after_commit")
         await self._dispatch(committed)
-        self._fault("after_enqueue")
+        if self.fault is not None:
+            self._fault("after_enqueue")
         if needs_cascade:
             committed = await self._cascade(job, graph, committed.skipped, recovery)
         await self._after_finish(record, committed)
@@ -564,9 +581,8 @@ class Engine:
             if entries:  # skips only: one context write per cascade step
                 await self.context.apply(job.run_id, entries)
             last = not arrivals
-            transition = Transition(job.run_id, job.key, arrivals=tuple(routing.dedupe(arrivals)), finish=last,
-                                    recovery=recovery)
-            committed = await self._commit(job, transition, hand_over=True)
+            committed = await self._commit(job, self._finishing(job, arrivals=routing.dedupe(arrivals), finish=last,
+                                                                recovery=recovery))
             await self._dispatch(committed)
             if last:
                 return committed
@@ -618,22 +634,36 @@ class Engine:
             await self._emit("run:finish", run_id, record.blueprint_id, data={"status": "completed"})
             await self.runs.notify_parent(won)
 
-    async def _commit(self, job: Job, transition: Transition, *, hand_over: bool = False) -> Committed:
-        """Commit as this worker. ``hand_over``: the commit is the last step of handling the job (the engine
-        routes it and returns), so a store may ack its delivery with it and hand fired jobs to this worker."""
+    def _handing_over(self, run_id: str, key: str, *, finish: bool, recovery: bool) -> tuple[Any, int, float]:
+        """``Transition.receipt``, ``continue_up_to`` and ``lease_seconds`` of a commit that is the last step of
+        handling the job (the engine routes it and returns): a store may ack its delivery with it and hand fired
+        jobs to this worker (``Capabilities.acks``/``continues``)."""
+        delivery = self._handling.get((run_id, key)) if finish else None
+        if delivery is None:
+            return None, 0, 0.0
         capabilities = self.backend.capabilities
-        handling = (job.run_id, job.key)
-        changes: dict[str, Any] = {}
+        receipt = delivery.receipt if capabilities.acks else None
+        if capabilities.continues and not recovery and self.taker is not None:
+            return receipt, max(0, self.taker.room()), self.options.lease_seconds
+        return receipt, 0, 0.0
+
+    def _finishing(self, job: Job, *, completion: Completion | None = None, arrivals: Sequence[Arrival] = (),
+                   finish: bool, recovery: bool) -> Transition:
+        """The transition of the last commit of handling ``job`` (or of a step before it, when not ``finish``), as
+        this worker, with what it hands over (``_handing_over``)."""
+        key = job.key
+        receipt, up_to, lease = self._handing_over(job.run_id, key, finish=finish, recovery=recovery)
+        return Transition(job.run_id, key, completion=completion, arrivals=tuple(arrivals), finish=finish,
+                          recovery=recovery, owner=self.worker_id, receipt=receipt, continue_up_to=up_to,
+                          lease_seconds=lease)
+
+    async def _commit(self, job: Job, transition: Transition) -> Committed:
+        """Commit as this worker (``_finishing`` builds a commit that hands over; a store acks or hands jobs over
+        only when the transition says so)."""
+        capabilities = self.backend.capabilities
+        handling = (transition.run_id, transition.job_key)
         if transition.owner != self.worker_id:
-            changes["owner"] = self.worker_id
-        delivery = self._handling.get(handling) if hand_over and transition.finish else None
-        if delivery is not None and capabilities.acks:
-            changes["receipt"] = delivery.receipt
-        if delivery is not None and capabilities.continues and not transition.recovery and self.taker is not None:
-            changes["continue_up_to"] = max(0, self.taker.room())
-            changes["lease_seconds"] = self.options.lease_seconds
-        if changes:
-            transition = replace(transition, **changes)
+            transition = replace(transition, owner=self.worker_id)
         committed = await self.coordination.commit(transition)
         if transition.finish and committed.conflict is None:
             if capabilities.releases_lease:
@@ -656,22 +686,25 @@ class Engine:
     # ------------------------------------------------------------------ helpers
     def _completion(self, job: Job, output: Any, action: str | None, context: RunContext | None, *,
                     due_at: float | None = None, fallback: str | None = None) -> Completion:
-        updates = dict(context.pending_updates) if context is not None else {}
+        updates = context.pending_updates if context is not None else {}  # a copy
         updates[OUTPUTS_PREFIX + job.node_id] = output
         # the timeline entry rides in the completion's context writes: no round trip of its own
+        now = time.time()
+        attempt = self._attempt_record(job, finished_at=now)
         updates[entry_key(job.node_id, job.visit)] = timeline_entry(
-            job.node_id, job.visit, "done", [*prior_attempts(job.payload), self._attempt_record(job)], time.time(),
-            action, fallback)
+            job.node_id, job.visit, "done", [*prior_attempts(job.payload), attempt] if job.payload else [attempt],
+            now, action, fallback)
         return Completion(job.node_id, output=output, action=action, token=self._token(), context_updates=updates,
                           context_deletes=context.pending_deletes if context is not None else (), fallback=fallback,
                           due_at=due_at)
 
-    def _attempt_record(self, job: Job, error: str | None = None) -> dict[str, Any]:
+    def _attempt_record(self, job: Job, error: str | None = None, *, finished_at: float | None = None
+                        ) -> dict[str, Any]:
         """This engine's attempt of ``job`` for the timeline (error: the attempt's own, else what it noted)."""
         mark = self._marks.get((job.run_id, job.key))
         record: dict[str, Any] = {"attempt": job.attempt, "worker": self.worker_id,
                                   "started_at": mark.started_at if mark is not None else None,
-                                  "finished_at": time.time()}
+                                  "finished_at": time.time() if finished_at is None else finished_at}
         error = error or (mark.error if mark is not None else None)
         if error is not None:
             record["error"] = error
@@ -813,8 +846,11 @@ def _worker_cancelled(error: BaseException) -> bool:
 def _refuse_unstorable(node_id: str, output: Any, ctx: NodeContext) -> None:
     """Check a node's output and context writes once, before the commit: a value no store can keep fails
     the run (every attempt would produce it again) instead of failing each commit."""
+    updates = ctx.context.pending_view
+    if isinstance(output, JSON_SCALARS) and not updates:  # the common case, without building the messages
+        return
     problem = json_problem(output, f"node {node_id!r} output") or context_problem(
-        ctx.context.pending_updates, f"node {node_id!r} context")
+        updates, f"node {node_id!r} context")
     if problem is not None:
         raise InvalidValueError(problem, hint="return and store JSON values: dicts with string keys, lists, "
                                               "strings, numbers, booleans, None")

@@ -48,6 +48,9 @@ class NodeInfo:
     component: int = -1
     in_cycle: bool = False
     needs_context: bool = False
+    #: every completion takes every out-edge: none has a condition, a transform or an action label, and no two
+    #: lead to the same target (routing skips choosing)
+    plain_edges: bool = False
 
 
 @dataclass(slots=True)
@@ -114,6 +117,8 @@ def analyze(blueprint: Blueprint) -> Graph:
             if condition is not None and _mentions_context(edge.condition or ""):
                 info.needs_context = True
         info.out_edges = compiled
+        info.plain_edges = len({e.edge.target for e in compiled}) == len(compiled) and all(
+            e.condition is None and e.transform is None and e.edge.action is None for e in compiled)
     forward_preds: dict[str, list[str]] = {nid: [] for nid in nodes}
     back_preds: dict[str, list[str]] = {nid: [] for nid in nodes}
     for edge in edges:

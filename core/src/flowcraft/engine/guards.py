@@ -21,12 +21,13 @@ DETERMINISTIC_ERRORS: tuple[type[Exception], ...] = (
     RecursionError, NotImplementedError,
 )
 
-_SCALARS = (str, int, float, bool, type(None))
+#: values that are JSON as they are
+JSON_SCALARS = (str, int, float, bool, type(None))
 
 
 def json_problem(value: Any, what: str) -> str | None:
     """Why ``value`` cannot be stored as JSON (``what`` names it, e.g. "node 'a' output"), or None."""
-    if isinstance(value, _SCALARS):
+    if isinstance(value, JSON_SCALARS):
         return None
     try:
         json.dumps(value, ensure_ascii=False, separators=(",", ":"))
@@ -50,14 +51,14 @@ def context_problem(context: Mapping[Any, Any], what: str) -> str | None:
 
 def _where_not_json(value: Any, path: str, seen: set[int]) -> str:
     """The path inside ``value`` to the first part JSON cannot hold, as " at [...]: problem"."""
-    if isinstance(value, _SCALARS):
+    if isinstance(value, JSON_SCALARS):
         return ""
     if id(value) in seen:
         return f"{_at(path)} refers back to itself (a circular reference)"
     if isinstance(value, Mapping):
         seen.add(id(value))
         for key, item in value.items():
-            if not isinstance(key, _SCALARS):
+            if not isinstance(key, JSON_SCALARS):
                 return f"{_at(path)} has a key of type {type(key).__name__}; JSON keys must be strings"
             found = _where_not_json(item, f"{path}[{key!r}]", seen)
             if found:

@@ -8,7 +8,7 @@ them in, then commits the arrivals these functions return.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,14 +88,20 @@ def completion_arrivals(graph: Graph, job: Job, completion: Completion, names: M
     def holds(edge: CompiledEdge) -> bool:
         return edge.condition is None or bool(edge.condition.evaluate(names))
 
-    out_edges = graph.info(job.node_id).out_edges
+    info = graph.info(job.node_id)
+    out_edges = info.out_edges
+    if info.plain_edges:  # every edge taken, nothing to evaluate
+        choices: Iterable[tuple[CompiledEdge, bool]] = ((edge, True) for edge in out_edges)
+    else:
+        choices = ((choice.edge, choice.taken)
+                   for choice in edge_choices(out_edges, taken_edges(out_edges, completion.action, holds)))
     arrivals = []
-    for choice in edge_choices(out_edges, taken_edges(out_edges, completion.action, holds)):
+    for edge, taken in choices:
         contribution = completion.output
-        if choice.taken and choice.edge.transform is not None:
-            contribution = choice.edge.transform.evaluate({**names, "input": completion.output})
-        reached = arrival(graph, job, job.node_id, job.visit, choice.edge, arrived=choice.taken,
-                          contribution=contribution, due_at=completion.due_at)
+        if taken and edge.transform is not None:
+            contribution = edge.transform.evaluate({**names, "input": completion.output})
+        reached = arrival(graph, job, job.node_id, job.visit, edge, arrived=taken, contribution=contribution,
+                          due_at=completion.due_at)
         if loop_visit(reached.job.visit) > max_iterations:
             raise FlowcraftError(
                 f"loop at node {reached.job.node_id!r} exceeded {max_iterations} iterations",

@@ -46,6 +46,7 @@ class Worker:
         self.failed = 0
         self._stopping = asyncio.Event()
         self._tasks: dict[asyncio.Task[None], Delivery] = {}
+        self._next: dict[asyncio.Task[None], Delivery] = {}  # task -> the handed-over delivery it runs next
         self._room = asyncio.Event()
         self._room.set()
         engine.taker = self  # takes the jobs a commit hands over (Capabilities.continues)
@@ -59,8 +60,8 @@ class Worker:
 
     @property
     def in_flight(self) -> int:
-        """Jobs being handled now."""
-        return len(self._tasks)
+        """Jobs being handled now (with those handed over to run next in a handling's task)."""
+        return len(self._tasks) + len(self._next)
 
     @property
     def state(self) -> str:
@@ -93,8 +94,8 @@ class Worker:
                     self.take(delivery)
         finally:
             await self._drain()
-            for delivery in self._tasks.values():  # tasks cancelled before they started: nothing ended their claim
-                self.engine.unclaim(delivery)
+            for delivery in (*self._tasks.values(), *self._next.values()):  # tasks cancelled before they started:
+                self.engine.unclaim(delivery)  # nothing ended their claims
             helpers: tuple[asyncio.Task[None] | None, ...] = (heartbeat, presence)
             for helper in helpers:
                 if helper is not None:
@@ -110,8 +111,14 @@ class Worker:
         return 0 if self._stopping.is_set() else self.concurrency - len(self._tasks) + 1
 
     def take(self, delivery: Delivery) -> None:
-        """Start handling a delivery: one received, or one a commit handed over."""
+        """Start handling a delivery: one received, or one a commit handed over. The first job a handling's
+        commit hands over runs next in that handling's task, in the slot it leaves (``room`` counts it), without
+        a task of its own; the others get one each."""
         self.engine.claim(delivery)  # at once: a delivery of the same job taken before this one starts waits
+        current = asyncio.current_task()
+        if current is not None and current in self._tasks and current not in self._next:
+            self._next[current] = delivery
+            return
         task = asyncio.create_task(self._handle(delivery))
         self._tasks[task] = delivery
         if len(self._tasks) >= self.concurrency:
@@ -162,6 +169,26 @@ class Worker:
         return []
 
     async def _handle(self, delivery: Delivery) -> None:
+        """Handle a delivery, then the one its commit handed over to run in this task (``take``), and so on."""
+        task = asyncio.current_task()
+        try:
+            while True:
+                stopped = not await self._handle_one(delivery)
+                handed = self._next.pop(task, None)  # type: ignore[arg-type]
+                if handed is None:
+                    return
+                if stopped:  # its task is cancelled: the handed job goes back too
+                    self.engine.unclaim(handed)
+                    with contextlib.suppress(Exception):
+                        await self.engine.queue.release(handed)
+                    return
+                self._tasks[task] = delivery = handed  # type: ignore[index]
+        finally:
+            self._tasks.pop(task, None)  # type: ignore[arg-type]
+            self._room.set()
+
+    async def _handle_one(self, delivery: Delivery) -> bool:
+        """Handle one delivery; False when the worker cancelled it (stopping: it went back to the queue)."""
         try:
             await self.engine.handle(delivery)
             self.handled += 1
@@ -170,7 +197,7 @@ class Worker:
             if isinstance(error, asyncio.CancelledError) and task is not None and task.cancelling() > 0:
                 with contextlib.suppress(Exception):  # this worker is stopping: the job goes back at once
                     await self.engine.queue.release(delivery)
-                return
+                return False
             # anything else, even a SystemExit or a stray CancelledError from code the engine called, is
             # this job's problem: the worker lives on; the engine bounds how often a job comes back
             self.failed += 1
@@ -178,9 +205,7 @@ class Worker:
                           delivery.job.key, delivery.job.run_id)
             with contextlib.suppress(Exception):
                 await self.engine.queue.release(delivery, 1.0)
-        finally:
-            self._tasks.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
-            self._room.set()
+        return True
 
     async def _heartbeat_loop(self) -> None:
         interval = max(0.05, self.engine.options.lease_seconds / 3)

@@ -70,8 +70,13 @@ class RunContext:
         return dict(self._updates)
 
     @property
+    def pending_view(self) -> Mapping[str, Any]:
+        """The buffered writes themselves, not a copy (for reading only)."""
+        return self._updates
+
+    @property
     def pending_deletes(self) -> tuple[str, ...]:
-        return tuple(sorted(self._deletes))
+        return tuple(sorted(self._deletes)) if self._deletes else ()
 
 
 class NodeContext:
