@@ -12,7 +12,7 @@ from test_rabbitmq_components import _LostReply, backend  # noqa: F401  # fixtur
 from test_rabbitmq_support import rabbitmq_options_fixture, unique_names  # noqa: F401  # fixture rabbitmq_options
 
 from flowcraft.spi import Backend, Job, RunRecord
-from flowcraft_rabbitmq import PgClient, PostgresStatusStore, RabbitMqQueue
+from flowcraft_rabbitmq import PgClient, PostgresContext, PostgresStatusStore, RabbitMqQueue
 
 
 @pytest.mark.asyncio
@@ -90,3 +90,22 @@ async def test_creates_of_one_iteration_are_one_statement_and_each_learns_its_ow
     finally:
         await client.close()
         await lost.close()
+
+
+@pytest.mark.asyncio
+async def test_reads_of_one_iteration_are_one_statement_and_each_gets_its_own_keys(postgres_url: str) -> None:
+    names = unique_names()
+    client = _CountingClient(postgres_url)
+    context = PostgresContext(client, names["context_table"])
+    try:
+        await context.setup()
+        for run_id in ("a", "b", 'c"'):
+            await context.apply(run_id, {"k1": f"{run_id}1", "k2": f"{run_id}2", "k3": None})
+        client.statements = 0
+        got = await asyncio.gather(context.get_many("a", ["k1"]), context.get_many("b", ["k2", "k3", "none"]),
+                                   context.get_many('c"', ["k1", "k2"]), context.get_many("missing", ["k1"]))
+        assert got == [{"k1": "a1"}, {"k2": "b2", "k3": None}, {"k1": 'c"1', "k2": 'c"2'}, {}]
+        assert client.statements == 1
+        assert await context.get_many("a", ["k2", "k1"]) == {"k2": "a2", "k1": "a1"}  # alone: the one-run statement
+    finally:
+        await client.close()

@@ -13,7 +13,8 @@ one statement for all their runs (``unnest`` of run ids, keys and values), as th
 running many jobs sends one statement where it sent one per job. A write that shares a (run, key) with an
 earlier one in the batch goes in the next statement, so each statement touches a row at most once and a
 caller's writes keep their order. If PostgreSQL refuses a value, the batch is retried write by write, so only
-the write holding it fails.
+the write holding it fails. ``get_many`` reads made during one event-loop iteration (runs ending together read
+their outputs) are one statement likewise.
 """
 
 from __future__ import annotations
@@ -56,8 +57,12 @@ class PostgresContext(PgTableStore, ContextStore):
         self._upsert_runs = sql.SQL(
             "INSERT INTO {} (run_id, key, value) SELECT r, k, v::jsonb FROM unnest(%s::text[], %s::text[], "
             "%s::text[]) AS u(r, k, v) ON CONFLICT (run_id, key) DO UPDATE SET value = EXCLUDED.value").format(t)
+        self._get_runs = sql.SQL(
+            "SELECT run_id, key, value FROM {} WHERE run_id = ANY(%s::text[]) AND key = ANY(%s::text[])").format(t)
         #: updates-only writes waiting for the next coalesced statement (see the module docstring)
         self._waiting: list[_Write] = []
+        #: ``get_many`` reads waiting for the next coalesced statement
+        self._reading: list[_Read] = []
         self._flushes: set[asyncio.Task[None]] = set()
 
     async def setup(self) -> None:
@@ -87,16 +92,52 @@ class PostgresContext(PgTableStore, ContextStore):
         return {key: value for key, value in await self.client.run(read)}
 
     async def get_many(self, run_id: str, keys: Sequence[str]) -> dict[str, Any]:
+        """The keys asked for that exist. Reads made in one event-loop iteration (runs ending together read
+        their outputs) are one statement: ``run_id = ANY(...) AND key = ANY(...)``, each caller taking its own
+        pairs from the rows."""
         wanted = [k for k in dict.fromkeys(keys) if "\x00" not in k]
         if not wanted:
             return {}
         check_text(run_id, "run id")
-
-        async def read(conn: psycopg.AsyncConnection[Any]) -> list[Any]:
-            return await (await conn.execute(self._get_many, [run_id, text_array(wanted)])).fetchall()
-
-        found = {key: value for key, value in await self.client.run(read)}
+        loop = asyncio.get_running_loop()
+        read = _Read(run_id, wanted, loop.create_future())
+        if not self._reading:  # the first read of this iteration: flush on the next one, with all that joined
+            task = loop.create_task(self._flush_reads())
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+        self._reading.append(read)
+        found = await read.done
         return {k: found[k] for k in keys if k in found}
+
+    async def _flush_reads(self) -> None:
+        reads, self._reading = self._reading, []
+        try:
+            if len(reads) == 1:
+                query, params = self._get_many, [reads[0].run_id, text_array(reads[0].keys)]
+            else:
+                query = self._get_runs
+                params = [text_array(dict.fromkeys(read.run_id for read in reads)),
+                          text_array(dict.fromkeys(key for read in reads for key in read.keys))]
+
+            async def run(conn: psycopg.AsyncConnection[Any]) -> list[Any]:
+                return await (await conn.execute(query, params)).fetchall()
+
+            rows = await self.client.run(run)
+        except BaseException as exc:
+            for read in reads:
+                _settle(read, exc if isinstance(exc, Exception) else asyncio.CancelledError())
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if len(reads) == 1:
+            _settle(reads[0], None, {key: value for key, value in rows})
+            return
+        by_run: dict[str, dict[str, Any]] = {}
+        for row_run, key, value in rows:
+            by_run.setdefault(row_run, {})[key] = value
+        for read in reads:
+            mine = by_run.get(read.run_id, {})
+            _settle(read, None, {key: mine[key] for key in read.keys if key in mine})
 
     async def apply(self, run_id: str, updates: Mapping[str, Any], deletes: Sequence[str] = ()) -> None:
         check_text(run_id, "run id")
@@ -206,11 +247,22 @@ class _Write:
         self.done: asyncio.Future[None] | None = None
 
 
-def _settle(write: _Write, error: BaseException | None) -> None:
-    done = write.done
+class _Read:
+    """One coalesced ``get_many``."""
+
+    __slots__ = ("done", "keys", "run_id")
+
+    def __init__(self, run_id: str, keys: list[str], done: asyncio.Future[dict[str, Any]]) -> None:
+        self.run_id = run_id
+        self.keys = keys
+        self.done = done
+
+
+def _settle(item: _Write | _Read, error: BaseException | None, result: Any = None) -> None:
+    done: asyncio.Future[Any] | None = item.done
     if done is None or done.done():
         return
     if error is None:
-        done.set_result(None)
+        done.set_result(result)
     else:
         done.set_exception(error)
