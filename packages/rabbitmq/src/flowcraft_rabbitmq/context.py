@@ -124,10 +124,7 @@ class PostgresContext(PgTableStore, ContextStore):
 
             rows = await self.client.run(run)
         except BaseException as exc:
-            for read in reads:
-                _settle(read, exc if isinstance(exc, Exception) else asyncio.CancelledError())
-            if not isinstance(exc, Exception):
-                raise
+            _fail(reads, exc)
             return
         if len(reads) == 1:
             _settle(reads[0], None, {key: value for key, value in rows})
@@ -226,10 +223,7 @@ class PostgresContext(PgTableStore, ContextStore):
                 await self._write([write])
             return
         except BaseException as exc:
-            for write in batch:
-                _settle(write, exc if isinstance(exc, Exception) else asyncio.CancelledError())
-            if not isinstance(exc, Exception):
-                raise
+            _fail(batch, exc)
             return
         for write in batch:
             _settle(write, None)
@@ -256,6 +250,14 @@ class _Read:
         self.run_id = run_id
         self.keys = keys
         self.done = done
+
+
+def _fail(items: Sequence[_Write | _Read], exc: BaseException) -> None:
+    """Hand a statement's failure to every caller waiting on it; re-raise a cancellation (the loop closing)."""
+    for item in items:
+        _settle(item, exc if isinstance(exc, Exception) else asyncio.CancelledError())
+    if not isinstance(exc, Exception):
+        raise exc
 
 
 def _settle(item: _Write | _Read, error: BaseException | None, result: Any = None) -> None:
