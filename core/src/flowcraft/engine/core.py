@@ -219,7 +219,9 @@ class Engine:
 
     async def _handle(self, delivery: Delivery, handling: tuple[str, str]) -> None:
         job = delivery.job
-        checked = await self._preflight(delivery)
+        checked = self._ready(delivery)
+        if checked is None:  # not the common case: the checks that may release, ack or dead-letter it
+            checked = await self._preflight(delivery)
         finishing = job.node_id == FINISH_NODE and is_finish_job(job)
         if (checked is None or finishing) and delivery.begin is not None and delivery.begin.lease:
             await self.coordination.release(job.run_id, job.key, self.worker_id)  # a lease prefetched for us
@@ -285,6 +287,17 @@ class Engine:
                   delivery.deliveries, exc_info=error)
         return (f"handling job {delivery.job.key!r} failed on each of {delivery.deliveries} deliveries: "
                 f"{describe(error)} (this is a Flowcraft bug: report it with the worker log)")
+
+    def _ready(self, delivery: Delivery) -> tuple[RunRecord, Graph] | None:
+        """``_preflight``'s answer without awaiting, when all its checks pass on what was prefetched (the common
+        case); None: let ``_preflight`` check."""
+        job, record = delivery.job, delivery.record
+        if record is None or delivery.begin is None or job.due_at is not None or record.status in FINAL_STATUSES:
+            return None
+        graph = self.app.graph(job.blueprint_id)
+        if graph is None or self.app.version(job.blueprint_id) != (job.version or record.version):
+            return None
+        return record, graph
 
     async def _preflight(self, delivery: Delivery) -> tuple[RunRecord, Graph] | None:
         """Checks before taking the lease; None when the delivery was already acked, released or dead-lettered."""
@@ -383,7 +396,11 @@ class Engine:
                              _traced(job, {"visit": job.visit, "attempt": job.attempt, "worker": self.worker_id}))
         self._inflight[handling] = _InFlight(delivery, ctx._cancel_event, asyncio.current_task())
         try:
-            outcome = await self._invoke(job, node, uses, ctx, graph, plain=plain)
+            direct = self._direct(job, node, uses) if plain else None
+            if direct is not None:  # ``_invoke``'s common case, without its frame
+                outcome = _completed(await direct(ctx))
+            else:
+                outcome = await self._invoke(job, node, uses, ctx, graph, plain=plain)
         except BaseException as exc:  # a node's SystemExit or CancelledError fails the node, not the worker
             if _worker_cancelled(exc):
                 raise
@@ -474,18 +491,14 @@ class Engine:
                 outputs.append((await self._invoke(job.evolve(item=None), node, uses, ctx, graph, plain=True)).output)
             ctx.input = chunk
             return NodeOutcome.completed(outputs)
+        direct = self._direct(job, node, uses)
+        if direct is not None:
+            return _completed(await direct(ctx))
         implementation = self.app.implementation(job.blueprint_id, uses)
         if implementation is None:
             raise FlowcraftError(f"no implementation registered for uses {uses!r} (node {node.id!r})",
                                  hint="register it in the App/FlowRuntime registry")
-
         timeout = node.config.timeout
-        if timeout is None and not self.middleware and self._is_async_function(implementation):
-            # the common case, without the wrappers below: an async function node, no timeout, no middleware
-            result = await cast(_AsyncNode, implementation)(ctx)
-            if isinstance(result, NodeResult):
-                return NodeOutcome(state="completed", output=result.output, action=result.action)
-            return NodeOutcome(state="completed", output=result)
 
         async def call() -> Any:
             if is_class_node(implementation):
@@ -508,6 +521,16 @@ class Engine:
             raise NodeTimeoutError(f"node {node.id!r} timed out after {timeout:g}s") from None
         return NodeOutcome.completed(*_split(result))
 
+    def _direct(self, job: Job, node: NodeDefinition, uses: str) -> _AsyncNode | None:
+        """The implementation to await as it is, for the common case without ``_invoke``'s wrappers: an async
+        function node (not a map item, not a node kind: the caller checked), no timeout, no middleware."""
+        if job.item is not None or node.config.timeout is not None or self.middleware:
+            return None
+        implementation = self.app.implementation(job.blueprint_id, uses)
+        if implementation is None or not self._is_async_function(implementation):
+            return None
+        return cast(_AsyncNode, implementation)
+
     def _is_async_function(self, implementation: Any) -> bool:
         """Whether ``implementation`` is a coroutine function (not a class node), remembered per implementation."""
         try:
@@ -523,7 +546,9 @@ class Engine:
     async def _route(self, job: Job, graph: Graph, record: RunRecord, completion: Completion, *, recovery: bool
                      ) -> None:
         try:
-            arrivals = await self._arrivals(job, graph, completion)
+            info = graph.nodes[job.node_id]
+            arrivals = (routing.completion_arrivals(graph, job, completion, {}, self._max_iterations(graph))
+                        if info.plain_edges else await self._arrivals(job, graph, completion))
         except FlowcraftError as exc:
             await self.runs.fail(record, job.node_id, str(exc))
             return
@@ -549,12 +574,14 @@ class Engine:
             return
         if self.fault is not None:
             self._fault("after_commit")
-        await self._dispatch(committed)
+        if not self.backend.capabilities.dispatches:
+            await self._dispatch(committed)
         if self.fault is not None:
             self._fault("after_enqueue")
         if needs_cascade:
             committed = await self._cascade(job, graph, committed.skipped, recovery)
-        await self._after_finish(record, committed)
+        if committed.pending == 0:  # (``_after_finish`` checks it too: this saves most nodes the call)
+            await self._after_finish(record, committed)
 
     def _context_apart(self, completion: Completion) -> bool:
         """The completion has context writes that the coordination store does not write with it."""
@@ -828,6 +855,13 @@ def _ids(job: Job, **fields: Any) -> dict[str, Any]:
     """``extra`` of a log record about ``job``: its ids as fields a structured log formatter prints."""
     return {"run_id": job.run_id, "node_id": job.node_id, "visit": job.visit, "blueprint_id": job.blueprint_id,
             **fields}
+
+
+def _completed(result: Any) -> NodeOutcome:
+    """A node's return value as a completed outcome."""
+    if isinstance(result, NodeResult):
+        return NodeOutcome(state="completed", output=result.output, action=result.action)
+    return NodeOutcome(state="completed", output=result)
 
 
 def _split(result: Any) -> tuple[Any, str | None]:

@@ -173,39 +173,33 @@ class Worker:
         task = asyncio.current_task()
         try:
             while True:
-                stopped = not await self._handle_one(delivery)
+                try:
+                    await self.engine.handle(delivery)
+                    self.handled += 1
+                except BaseException as error:
+                    if isinstance(error, asyncio.CancelledError) and task is not None and task.cancelling() > 0:
+                        with contextlib.suppress(Exception):  # this worker is stopping: the job goes back at once
+                            await self.engine.queue.release(delivery)
+                        handed = self._next.pop(task, None)
+                        if handed is not None:  # and the job handed over to run next
+                            self.engine.unclaim(handed)
+                            with contextlib.suppress(Exception):
+                                await self.engine.queue.release(handed)
+                        return
+                    # anything else, even a SystemExit or a stray CancelledError from code the engine called, is
+                    # this job's problem: the worker lives on; the engine bounds how often a job comes back
+                    self.failed += 1
+                    log.exception("job %s of run %s failed unexpectedly; it will be redelivered",
+                                  delivery.job.key, delivery.job.run_id)
+                    with contextlib.suppress(Exception):
+                        await self.engine.queue.release(delivery, 1.0)
                 handed = self._next.pop(task, None)  # type: ignore[arg-type]
                 if handed is None:
-                    return
-                if stopped:  # its task is cancelled: the handed job goes back too
-                    self.engine.unclaim(handed)
-                    with contextlib.suppress(Exception):
-                        await self.engine.queue.release(handed)
                     return
                 self._tasks[task] = delivery = handed  # type: ignore[index]
         finally:
             self._tasks.pop(task, None)  # type: ignore[arg-type]
             self._room.set()
-
-    async def _handle_one(self, delivery: Delivery) -> bool:
-        """Handle one delivery; False when the worker cancelled it (stopping: it went back to the queue)."""
-        try:
-            await self.engine.handle(delivery)
-            self.handled += 1
-        except BaseException as error:
-            task = asyncio.current_task()
-            if isinstance(error, asyncio.CancelledError) and task is not None and task.cancelling() > 0:
-                with contextlib.suppress(Exception):  # this worker is stopping: the job goes back at once
-                    await self.engine.queue.release(delivery)
-                return False
-            # anything else, even a SystemExit or a stray CancelledError from code the engine called, is
-            # this job's problem: the worker lives on; the engine bounds how often a job comes back
-            self.failed += 1
-            log.exception("job %s of run %s failed unexpectedly; it will be redelivered",
-                          delivery.job.key, delivery.job.run_id)
-            with contextlib.suppress(Exception):
-                await self.engine.queue.release(delivery, 1.0)
-        return True
 
     async def _heartbeat_loop(self) -> None:
         interval = max(0.05, self.engine.options.lease_seconds / 3)
