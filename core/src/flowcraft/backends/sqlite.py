@@ -10,7 +10,9 @@ Options (``SqliteOptions``, ``SqliteQueueOptions``; one flat dict, shared by the
   commands (``flowcraft status``, ``flowcraft runs``) set it, so a missing file is an error, not a new database.
 
 The database runs in WAL mode with ``synchronous=NORMAL``: a committed transaction survives a crash of any
-process; an OS crash or power loss may roll back the last few transactions, never corrupt the file.
+process; an OS crash or power loss may roll back the last few transactions, never corrupt the file. Each
+process's database thread checkpoints the WAL itself, after handing results back, at most every 50 ms (not in
+the ``COMMIT`` of whichever transaction crossed SQLite's 1,000-frame mark), and restarts it past 16 MiB.
 If the file is deleted or replaced while a process uses it, every later call of that process raises a
 ``ConfigError`` (checked by device and inode before each transaction batch), so a worker stops instead of
 writing runs to a file no new process sees.
@@ -93,6 +95,11 @@ _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
 _CHUNK = 500  # bound parameters per statement (old SQLite builds allow 999)
 _BATCH = 64  # calls committed together at most
+#: WAL checkpoints (``_DatabaseThread._checkpoint``): at most this often per process, in seconds; past this many
+#: WAL frames (4 KiB pages) also a RESTART checkpoint, waiting at most this long (ms) for readers and writers
+_CHECKPOINT_EVERY = 0.05
+_RESTART_FRAMES = 4096
+_RESTART_WAIT_MS = 100
 
 _SCHEMA = f"""
 BEGIN IMMEDIATE;
@@ -330,6 +337,8 @@ def _connect(path: str, busy_timeout: float, read_only: bool = False) -> sqlite3
         if not memory:
             _retry(conn, lambda c: c.execute("PRAGMA journal_mode = WAL").fetchone(), busy_timeout)
         conn.execute("PRAGMA synchronous = NORMAL")
+        if not memory:
+            conn.execute("PRAGMA wal_autocheckpoint = 0")  # _DatabaseThread._checkpoint does it, off the commit
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version < SCHEMA_VERSION:
             _retry(conn, lambda c: c.executescript(_SCHEMA), busy_timeout)
@@ -374,6 +383,8 @@ class _DatabaseThread:
         self._file_path = path if path == ":memory:" or path.startswith("file:") else os.path.abspath(path)
         self._calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
         self._lock = threading.Lock()
+        self._checkpoints = not read_only and not _in_memory(path)  # _connect turned the automatic ones off
+        self._last_checkpoint = 0.0  # time.monotonic() of this thread's last checkpoint
         self.closed = False
         threading.Thread(target=self._main, name="flowcraft-sqlite", daemon=True).start()
 
@@ -436,6 +447,32 @@ class _DatabaseThread:
                         loop.call_soon_threadsafe(_settle, results)
                     except RuntimeError:  # the loop closed meanwhile; nobody waits for these results
                         pass
+            if running and conn is not None and calls and self._checkpoints:
+                self._checkpoint(conn)
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        """Copy the WAL into the database file, after the results were handed back and outside any transaction,
+        at most every ``_CHECKPOINT_EVERY`` seconds; once the WAL holds ``_RESTART_FRAMES`` frames, also wait
+        briefly (``_RESTART_WAIT_MS``) for readers so that the next writer starts the WAL over.
+
+        SQLite's automatic checkpoint (off on these connections) runs in the ``COMMIT`` of the transaction that
+        takes the WAL past 1,000 frames, with two fsyncs; under steady load from several processes the WAL
+        rarely gets back to its start (a reader is nearly always on it), so it ran in nearly every ``COMMIT``.
+        A checkpoint that cannot run now (another process's, a reader) is tried again on a later batch."""
+        now = time.monotonic()
+        if now - self._last_checkpoint < _CHECKPOINT_EVERY:
+            return
+        self._last_checkpoint = now
+        try:
+            row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if row is not None and row[1] >= _RESTART_FRAMES:
+                conn.execute(f"PRAGMA busy_timeout = {_RESTART_WAIT_MS}")
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout = {max(0, int(self._busy_timeout * 1000))}")
+        except sqlite3.OperationalError:
+            pass  # busy: the next batch tries again
 
     def _check_same_file(self) -> None:
         """Refuse to go on when the database file was deleted or replaced under this process: its
