@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from flowcraft.options import NoOptions, QueueOptions, parse_options
 from flowcraft.spi import (
@@ -120,11 +120,9 @@ class MemoryQueue(Queue):
         if self._prefetch is None:
             return deliveries
         status, coordination = self._prefetch
-        out: list[Delivery] = []
         for delivery in deliveries:  # no await from the dequeue on: one atomic step, as one round trip would be
-            prefetched = coordination.received(delivery, status, owner, lease_seconds)
-            out.append(delivery if prefetched is None else prefetched)
-        return out
+            coordination.prefetch(delivery, status, owner, lease_seconds)
+        return deliveries
 
     def _promote(self, now: float) -> None:
         while self._delayed and self._delayed[0][0] <= now:
@@ -227,7 +225,9 @@ class MemoryContextStore(ContextStore):
 
     def write(self, run_id: str, updates: Mapping[str, Any], deletes: Sequence[str] = ()) -> None:
         """``apply`` without awaiting: what ``MemoryCoordinationStore`` calls inside its atomic section."""
-        data = self._data.setdefault(run_id, {})
+        data = self._data.get(run_id)
+        if data is None:
+            data = self._data[run_id] = {}
         data.update(updates)
         for key in deletes:
             data.pop(key, None)
@@ -244,8 +244,10 @@ class MemoryStatusStore(StatusStore):
     def __init__(self) -> None:
         self._records: dict[str, RunRecord] = {}
         self._changed: dict[str, asyncio.Event] = {}
+        self._snapshots: dict[str, RunRecord] = {}  # run id -> a copy of its record as it is now (``snapshot``)
 
     def _notify(self, run_id: str) -> None:
+        self._snapshots.pop(run_id, None)
         event = self._changed.pop(run_id, None)
         if event is not None:
             event.set()
@@ -261,12 +263,20 @@ class MemoryStatusStore(StatusStore):
         return True
 
     async def get(self, run_id: str) -> RunRecord | None:
-        return self.read(run_id)
-
-    def read(self, run_id: str) -> RunRecord | None:
-        """``get`` without awaiting: what the queue and coordination store call inside their atomic sections."""
         record = self._records.get(run_id)
         return None if record is None else _copy(record)
+
+    def snapshot(self, run_id: str) -> RunRecord | None:
+        """The run's record as ``get`` returns it, one copy shared by every caller until the record changes: what
+        the queue's prefetch and the coordination store's hand-over give the engine with each job (which only
+        reads it), instead of a copy per job."""
+        snapshot = self._snapshots.get(run_id)
+        if snapshot is None:
+            record = self._records.get(run_id)
+            if record is None:
+                return None
+            snapshot = self._snapshots[run_id] = _copy(record)
+        return snapshot
 
     async def delete(self, run_id: str) -> bool:
         removed = self._records.pop(run_id, None) is not None
@@ -411,34 +421,34 @@ class MemoryCoordinationStore(TablesCoordinationStore):
     def _dispatch(self, queue: MemoryQueue, transition: Transition, fired: Sequence[Job]) -> tuple[Delivery, ...]:
         """Put fired jobs on the queue (a job due later with its delay), up to ``continue_up_to`` of those due now
         handed to the owner instead; return the handed deliveries."""
-        now = time.time()
-        room = transition.continue_up_to if self._status is not None and transition.owner is not None else 0
+        status, owner, room = self._status, transition.owner, transition.continue_up_to
         handed: list[Delivery] = []
         ready: list[Job] = []
+        now: float | None = None
         for job in fired:
-            if job.due_at is not None and job.due_at > now:
-                queue.put([job], job.due_at - now)
-            elif len(handed) < room:
+            if job.due_at is not None:
+                now = time.time() if now is None else now
+                if job.due_at > now:
+                    queue.put([job], job.due_at - now)
+                    continue
+            if len(handed) < room and status is not None and owner is not None:
                 delivery = queue.hand(job)
-                prefetched = self.received(delivery, cast(MemoryStatusStore, self._status),
-                                           cast(str, transition.owner), transition.lease_seconds)
-                handed.append(delivery if prefetched is None else prefetched)
+                self.prefetch(delivery, status, owner, transition.lease_seconds)
+                handed.append(delivery)
             else:
                 ready.append(job)
         if ready:
             queue.put(ready)
         return tuple(handed)
 
-    def received(self, delivery: Delivery, status: MemoryStatusStore, owner: str,
-                 lease_seconds: float) -> Delivery | None:
-        """``delivery`` with its run record read and its lease taken for ``owner`` (what a prefetching receive and
-        a hand-over return); None when the run has no record (the engine reads it itself and dead-letters)."""
+    def prefetch(self, delivery: Delivery, status: MemoryStatusStore, owner: str, lease_seconds: float) -> None:
+        """Fill in ``delivery``'s run record and take its lease for ``owner`` (what a prefetching receive and a
+        hand-over do); neither when the run has no record (the engine reads it itself and dead-letters)."""
         job = delivery.job
-        record = status.read(job.run_id)
-        if record is None:
-            return None
-        return Delivery(job, delivery.receipt, deliveries=delivery.deliveries, record=record,
-                        begin=self._take_lease(job, owner, lease_seconds))
+        record = status.snapshot(job.run_id)
+        if record is not None:
+            delivery.record = record
+            delivery.begin = self._take_lease(job, owner, lease_seconds)
 
     async def begin(self, job: Job, owner: str, lease_seconds: float) -> Begin:
         return self._take_lease(job, owner, lease_seconds)
@@ -474,14 +484,19 @@ class MemoryCoordinationStore(TablesCoordinationStore):
         if key in run.jobs:
             return False
         run.jobs[key] = (state, job)
-        self._count(run, state, +1)
+        if state == "pending":
+            run.pending += 1
+        elif state == "parked":
+            run.parked += 1
         return True
 
     def set_job_state(self, run_id: str, key: str, state: JobState, job: Job | None = None) -> None:
         run = self._run(run_id)
         old_state, old_job = run.jobs[key]
         self._count(run, old_state, -1)
-        run.jobs[key] = (state, old_job if job is None else job)
+        # a done job's document is never read again (``jobs`` lists pending and parked ones; a recovery reads only
+        # pending ones): drop it rather than keep a Job per executed node alive
+        run.jobs[key] = (state, None if state == "done" else old_job if job is None else job)
         self._count(run, state, +1)
 
     @staticmethod

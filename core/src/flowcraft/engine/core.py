@@ -529,7 +529,7 @@ class Engine:
         implementation = self.app.implementation(job.blueprint_id, uses)
         if implementation is None or not self._is_async_function(implementation):
             return None
-        return cast(_AsyncNode, implementation)
+        return implementation  # type: ignore[return-value]  # a coroutine function, checked just above
 
     def _is_async_function(self, implementation: Any) -> bool:
         """Whether ``implementation`` is a coroutine function (not a class node), remembered per implementation."""
@@ -697,8 +697,8 @@ class Engine:
                 self._released.add(handling)
             if transition.receipt is not None and committed.pending > 0:
                 self._acked.add(handling)
-            if committed.continued:
-                taker = cast(JobTaker, self.taker)
+            taker = self.taker
+            if committed.continued and taker is not None:  # (none are handed without a taker)
                 for continued in committed.continued:
                     taker.take(continued)
         return committed

@@ -66,7 +66,7 @@ def arrival(graph: Graph, job: Job, source: str, visit: int, edge: CompiledEdge,
             contribution: Any, due_at: float | None = None) -> Arrival:
     """``source`` at ``visit`` reaching ``edge``'s target: its join waits for the target's back or forward
     predecessors (by the edge's kind); a target with one predecessor gets the contribution as its input."""
-    target = graph.info(edge.edge.target)
+    target = graph.nodes[edge.edge.target]
     expected = target.back_preds if edge.is_back else target.forward_preds
     single = len(expected) <= 1
     target_job = Job(
@@ -88,7 +88,7 @@ def completion_arrivals(graph: Graph, job: Job, completion: Completion, names: M
     def holds(edge: CompiledEdge) -> bool:
         return edge.condition is None or bool(edge.condition.evaluate(names))
 
-    info = graph.info(job.node_id)
+    info = graph.nodes[job.node_id]
     out_edges = info.out_edges
     if info.plain_edges:  # every edge taken, nothing to evaluate
         choices: Iterable[tuple[CompiledEdge, bool]] = ((edge, True) for edge in out_edges)

@@ -143,9 +143,11 @@ def timeline_entry(node_id: str, visit: int, state: str, attempts: list[dict[str
     """A stored entry (what ``NodeVisit.from_dict`` reads), built directly on the hot path: fields that are
     None are left out."""
     entry: dict[str, Any] = {"node_id": node_id, "visit": visit, "state": state, "attempts": attempts}
-    started = next((a["started_at"] for a in attempts if a.get("started_at") is not None), None)
-    if started is not None:
-        entry["started_at"] = started
+    for attempt in attempts:  # the first attempt's start that is known
+        started = attempt.get("started_at")
+        if started is not None:
+            entry["started_at"] = started
+            break
     if finished_at is not None:
         entry["finished_at"] = finished_at
     if action is not None:
