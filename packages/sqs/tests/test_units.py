@@ -7,6 +7,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -127,6 +128,34 @@ async def test_coalescer_hands_errors_to_the_callers() -> None:
     with pytest.raises(ValueError, match="no"):
         await coalescer.submit([({"i": 1}, 0)])
     assert await first == ["ok"]
+
+
+async def test_coalescer_lingers_only_while_more_entries_are_expected() -> None:
+    calls: list[list[int]] = []
+
+    async def call(entries: list[Entry]) -> list[Any]:
+        calls.append([e.request["i"] for e in entries])
+        return [None] * len(entries)
+
+    expected = {1, 2}
+    coalescer = Coalescer(call, max_entries=3, linger=5.0, expect=lambda: bool(expected))
+
+    async def later(i: int, delay: float) -> None:
+        await asyncio.sleep(delay)
+        expected.discard(i)
+        await coalescer.submit([({"i": i}, 0)])
+
+    started = time.monotonic()
+    await asyncio.gather(coalescer.submit([({"i": 0}, 0)]), later(1, 0.02), later(2, 0.04))
+    assert calls == [[0, 1, 2]] and time.monotonic() - started < 1  # left once nothing more was expected
+    calls.clear()
+    expected.update({7, 8, 9})
+    await asyncio.gather(*(coalescer.submit([({"i": i}, 0)]) for i in range(3)))
+    assert calls == [[0, 1, 2]]  # full: no wait for the expected ones
+    calls.clear()
+    started = time.monotonic()
+    await Coalescer(call, linger=0.05, expect=lambda: True).submit([({"i": 5}, 0)])
+    assert calls == [[5]] and 0.04 <= time.monotonic() - started < 1  # never more than the linger
 
 
 # ---------------------------------------------------------------------------------------------- the plan

@@ -7,20 +7,22 @@ Table ``<prefix>coordination``: partition key ``runId`` (S), sort key ``sk`` (S)
   -> completion record JSON, first writer wins), ``arrivals`` (M: JSON(target) + JSON(member) -> JSON
   ``[arrived, contribution]``; JSON string literals are prefix-free, so ids may hold any character),
   ``leases`` (M: job key -> M ``{o: owner, e: expires}``), ``ctx`` (M: context key -> value JSON; with
-  ``applies_context``, the run's context), ``v`` (N, version), ``activity`` (N, epoch seconds), ``ttl`` (N).
-  The pending and parked counts are counted from ``jobs``, never stored apart.
+  ``applies_context``, the run's context), ``v`` (N, version), ``activity`` (N, epoch seconds), ``ttl`` (N);
+  ``rec`` (M: the run's status item as created, when the status store mirrors into this store) and ``chk``
+  (BOOL, the mark: written before any status transition, and by a write that leaves no job pending; never
+  removed), see ``begin_prefetch``. The pending and parked counts are counted from ``jobs``, never stored apart.
 * ``blob#<uuid>``: ``body`` (S), a document, completion or contribution too large to inline (> 2 KB, or any
   new value once the run item passes 64 KB); the map holds ``@`` + its sort key instead (arrivals:
   ``@`` + arrived flag + sort key).
 
-``begin`` is one conditional UpdateItem (take the lease; the item comes back, so state and completion
-record come with it). ``commit`` runs the rules of :func:`flowcraft.spi.apply_transition` —
-the very function — over the run item and writes what they changed (completion record and, with
-``applies_context``, its context writes; states, arrivals, and dropping the finishing worker's lease) in one
-UpdateItem conditioned on the version it read
-(optimistic concurrency: a failed condition returns the current item and the rules run again). A replay
-after a crash converges: the rules see what was applied. Leases do not change the version, so taking or
-renewing one never makes a commit retry.
+``begin`` is one conditional UpdateItem (take the lease; the item comes back, so state and completion record
+come with it, and the run's status record while ``rec`` is there without ``chk``). ``commit`` runs the rules
+of :func:`flowcraft.spi.apply_transition` — the very function — over the run item and writes what they changed
+(completion record and, with ``applies_context``, its context writes; states, arrivals, and dropping the
+finishing worker's lease) in one UpdateItem conditioned on the version it read (optimistic concurrency: a
+failed condition returns the current item and the rules run again). A replay after a crash converges: the
+rules see what was applied. Leases do not change the version, so taking or renewing one never makes a commit
+retry.
 
 The last run item each process saw is cached (the version condition catches a stale copy), so a worker
 usually writes without reading first. Every item carries ``ttl``; an item whose ``ttl`` has passed is treated

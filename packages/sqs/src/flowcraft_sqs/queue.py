@@ -2,6 +2,8 @@
 
 * A message body is the job's JSON (``Job.to_dict``); ``Delivery.deliveries`` is ``ApproximateReceiveCount``
   plus the deliveries carried over from earlier copies (attribute ``flowcraft-deliveries``).
+* ``ack`` = DeleteMessageBatch of the deletes of concurrent jobs: a batch that is not full waits up to
+  ``DELETE_LINGER`` (10 ms) while other received messages are still unsettled (their acks come soon).
 * ``extend`` = ChangeMessageVisibility. ``release`` of a standard queue sends a fresh copy (DelaySeconds,
   at most 900 s) carrying the delivery count, then deletes the received one: SQS's receive count restarts,
   so the redrive policy only catches messages whose consumers died (crash loops), never long sleeps
@@ -55,6 +57,9 @@ REASON_ATTRIBUTE = "flowcraft-reason"
 SOURCE_ATTRIBUTE = "flowcraft-source-queue"
 _GONE = ("ReceiptHandleIsInvalid", "AWS.SimpleQueueService.MessageNotInflight", "MessageNotInflight",
          "InvalidParameterValue", "AWS.SimpleQueueService.NonExistentQueue")
+#: how long a batch of deletes that is not full waits while other received messages are unsettled (seconds)
+DELETE_LINGER = 0.01
+MAX_UNSETTLED = 4096  # receipt handles remembered as unsettled (beyond: forgotten, the wait is only a heuristic)
 _MISSING_QUEUE = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
 
 
@@ -102,7 +107,11 @@ class SqsQueue(Queue):
         self._url: str | None = queue_url
         self._dlq_url: str | None = dead_letter_queue_url
         self._sender = Coalescer(self._send_batch, max_bytes=max_message_bytes)
-        self._deleter = Coalescer(self._delete_batch)
+        # receipt handles of received messages not yet acked, released or dead-lettered: while there are
+        # some, a delete waits up to DELETE_LINGER for theirs (an ack is off the run's path: its successors
+        # were sent already)
+        self._unsettled: set[str] = set()
+        self._deleter = Coalescer(self._delete_batch, linger=DELETE_LINGER, expect=lambda: bool(self._unsettled))
         self._prefetch: tuple[DynamoDbStatusStore, DynamoDbCoordinationStore] | None = None
 
     @classmethod
@@ -268,18 +277,22 @@ class SqsQueue(Queue):
             log.warning("dead-lettering %s", reason)
             await self._to_dead_letter(receipt, None, reason, carried + received)
             return None
+        if len(self._unsettled) >= MAX_UNSETTLED:  # deliveries a consumer never settled: forget them
+            self._unsettled.clear()
+        self._unsettled.add(receipt.handle)
         return Delivery(job, receipt, deliveries=carried + received)
 
     async def ack(self, delivery: Delivery) -> None:
-        await self._deleter.submit([({"ReceiptHandle": _receipt(delivery).handle}, 0)])
+        await self._delete(_receipt(delivery))
 
     async def release(self, delivery: Delivery, delay: float = 0.0) -> None:
         receipt = _receipt(delivery)
         if self.fifo:
+            self._unsettled.discard(receipt.handle)
             await self._change_visibility(receipt, _seconds(delay, MAX_DELAY_SECONDS))
             return
         await self._sender.submit([self._entry(receipt.body, delivery.job, delay, carried=delivery.deliveries)])
-        await self._deleter.submit([({"ReceiptHandle": receipt.handle}, 0)])
+        await self._delete(receipt)
 
     async def extend(self, delivery: Delivery, seconds: float) -> None:
         await self._change_visibility(_receipt(delivery), _seconds(seconds, MAX_VISIBILITY_SECONDS))
@@ -434,6 +447,10 @@ class SqsQueue(Queue):
             request["MessageGroupId"] = _group(job) if job else "unreadable"
             request["MessageDeduplicationId"] = uuid.uuid4().hex
         await client.send_message(**request)
+        await self._delete(receipt)
+
+    async def _delete(self, receipt: SqsReceipt) -> None:
+        self._unsettled.discard(receipt.handle)
         await self._deleter.submit([({"ReceiptHandle": receipt.handle}, 0)])
 
 
