@@ -101,8 +101,9 @@ class JobTaker(Protocol):
         """How many more jobs the worker can start now, counting the slot of the job that is committing."""
         ...
 
-    def take(self, delivery: Delivery) -> None:
-        """Start handling a delivery handed over by a commit, as if ``Queue.receive`` had returned it."""
+    def take(self, delivery: Delivery, after: Delivery | None = None) -> None:
+        """Start handling a delivery handed over by a commit, as if ``Queue.receive`` had returned it; ``after``:
+        the delivery whose handling made that commit (it ends right after)."""
         ...
 
 
@@ -376,44 +377,40 @@ class Engine:
     async def _attempt(self, delivery: Delivery, job: Job, node: NodeDefinition, graph: Graph, context: RunContext,
                        uses: str, *, plain: bool = False) -> NodeOutcome:
         """One attempt of the job's node with implementation ``uses`` (``plain``: the caller found that ``uses``
-        is no node kind); settled when the run was cancelled while the node ran (nothing to record)."""
+        is no node kind), or its fallback after the last attempt: completed, retry_scheduled or failed; settled
+        when the run was cancelled while the node ran (nothing to record)."""
         ctx = self._node_context(job, node, context,
                                  job.input if node.inputs is None else await self._node_input(job, node))
         try:
-            return await self._run_node(delivery, job, node, uses, ctx, graph, plain)
+            handling = (job.run_id, job.key)
+            self._marks[handling] = TimelineMark(time.time())
+            if self.events.active:  # the payload is built only when someone listens
+                await self._emit("node:start", job.run_id, job.blueprint_id, job.node_id,
+                                 _traced(job, {"visit": job.visit, "attempt": job.attempt, "worker": self.worker_id}))
+            self._inflight[handling] = _InFlight(delivery, ctx._cancel_event, asyncio.current_task())
+            try:
+                direct = self._direct(job, node, uses) if plain else None
+                if direct is not None:  # ``_invoke``'s common case, without its frame
+                    outcome = _completed(await direct(ctx))
+                else:
+                    outcome = await self._invoke(job, node, uses, ctx, graph, plain=plain)
+            except BaseException as exc:  # a node's SystemExit or CancelledError fails the node, not the worker
+                if _worker_cancelled(exc):
+                    raise
+                if job.run_id in self._cancelled_runs:
+                    raise asyncio.CancelledError from exc
+                return await self._after_error(job, node, ctx, exc)
+            finally:
+                self._inflight.pop(handling, None)
+            _refuse_unstorable(job.node_id, outcome.output, ctx)
+            if self.events.active:
+                await self._emit("node:finish", job.run_id, job.blueprint_id, job.node_id,
+                                 _traced(job, {"visit": job.visit, "output": outcome.output, "action": outcome.action}))
+            return outcome
         except asyncio.CancelledError:
             if job.run_id in self._cancelled_runs:
                 return NodeOutcome.settled()
             raise
-
-    async def _run_node(self, delivery: Delivery, job: Job, node: NodeDefinition, uses: str, ctx: NodeContext,
-                        graph: Graph, plain: bool = False) -> NodeOutcome:
-        """Run the node, or its fallback after the last attempt: completed, retry_scheduled or failed."""
-        handling = (job.run_id, job.key)
-        self._marks[handling] = TimelineMark(time.time())
-        if self.events.active:  # the payload is built only when someone listens
-            await self._emit("node:start", job.run_id, job.blueprint_id, job.node_id,
-                             _traced(job, {"visit": job.visit, "attempt": job.attempt, "worker": self.worker_id}))
-        self._inflight[handling] = _InFlight(delivery, ctx._cancel_event, asyncio.current_task())
-        try:
-            direct = self._direct(job, node, uses) if plain else None
-            if direct is not None:  # ``_invoke``'s common case, without its frame
-                outcome = _completed(await direct(ctx))
-            else:
-                outcome = await self._invoke(job, node, uses, ctx, graph, plain=plain)
-        except BaseException as exc:  # a node's SystemExit or CancelledError fails the node, not the worker
-            if _worker_cancelled(exc):
-                raise
-            if job.run_id in self._cancelled_runs:
-                raise asyncio.CancelledError from exc
-            return await self._after_error(job, node, ctx, exc)
-        finally:
-            self._inflight.pop(handling, None)
-        _refuse_unstorable(job.node_id, outcome.output, ctx)
-        if self.events.active:
-            await self._emit("node:finish", job.run_id, job.blueprint_id, job.node_id,
-                             _traced(job, {"visit": job.visit, "output": outcome.output, "action": outcome.action}))
-        return outcome
 
     async def _after_error(
         self, job: Job, node: NodeDefinition, ctx: NodeContext, exc: BaseException
@@ -510,7 +507,7 @@ class Engine:
 
         try:
             if timeout is not None:
-                async with asyncio.timeout(timeout):  # in this task: a node's SystemExit reaches _run_node
+                async with asyncio.timeout(timeout):  # in this task: a node's SystemExit reaches _attempt
                     result = await run_with_middleware(self.middleware, ctx, call)
             elif self.middleware:
                 result = await run_with_middleware(self.middleware, ctx, call)
@@ -699,8 +696,9 @@ class Engine:
                 self._acked.add(handling)
             taker = self.taker
             if committed.continued and taker is not None:  # (none are handed without a taker)
+                committing = self._handling.get(handling)
                 for continued in committed.continued:
-                    taker.take(continued)
+                    taker.take(continued, committing)
         return committed
 
     async def _dispatch(self, committed: Committed) -> None:

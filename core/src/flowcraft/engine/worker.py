@@ -46,7 +46,8 @@ class Worker:
         self.failed = 0
         self._stopping = asyncio.Event()
         self._tasks: dict[asyncio.Task[None], Delivery] = {}
-        self._next: dict[asyncio.Task[None], Delivery] = {}  # task -> the handed-over delivery it runs next
+        self._running: set[int] = set()  # ids of the deliveries this worker's tasks are handling now
+        self._next: dict[int, Delivery] = {}  # id of a delivery being handled -> the handed-over one to run next
         self._room = asyncio.Event()
         self._room.set()
         engine.taker = self  # takes the jobs a commit hands over (Capabilities.continues)
@@ -110,14 +111,13 @@ class Worker:
         its commit hands over its successors); none while stopping."""
         return 0 if self._stopping.is_set() else self.concurrency - len(self._tasks) + 1
 
-    def take(self, delivery: Delivery) -> None:
-        """Start handling a delivery: one received, or one a commit handed over. The first job a handling's
-        commit hands over runs next in that handling's task, in the slot it leaves (``room`` counts it), without
-        a task of its own; the others get one each."""
+    def take(self, delivery: Delivery, after: Delivery | None = None) -> None:
+        """Start handling a delivery: one received, or one a commit handed over (``after``: the delivery whose
+        handling committed). The first job a handling's commit hands over runs next in that handling's task, in
+        the slot it leaves (``room`` counts it), without a task of its own; the others get one each."""
         self.engine.claim(delivery)  # at once: a delivery of the same job taken before this one starts waits
-        current = asyncio.current_task()
-        if current is not None and current in self._tasks and current not in self._next:
-            self._next[current] = delivery
+        if after is not None and id(after) in self._running and id(after) not in self._next:
+            self._next[id(after)] = delivery
             return
         task = asyncio.create_task(self._handle(delivery))
         self._tasks[task] = delivery
@@ -173,6 +173,7 @@ class Worker:
         task = asyncio.current_task()
         try:
             while True:
+                self._running.add(id(delivery))
                 try:
                     await self.engine.handle(delivery)
                     self.handled += 1
@@ -180,7 +181,7 @@ class Worker:
                     if isinstance(error, asyncio.CancelledError) and task is not None and task.cancelling() > 0:
                         with contextlib.suppress(Exception):  # this worker is stopping: the job goes back at once
                             await self.engine.queue.release(delivery)
-                        handed = self._next.pop(task, None)
+                        handed = self._next.pop(id(delivery), None)
                         if handed is not None:  # and the job handed over to run next
                             self.engine.unclaim(handed)
                             with contextlib.suppress(Exception):
@@ -193,7 +194,9 @@ class Worker:
                                   delivery.job.key, delivery.job.run_id)
                     with contextlib.suppress(Exception):
                         await self.engine.queue.release(delivery, 1.0)
-                handed = self._next.pop(task, None)  # type: ignore[arg-type]
+                finally:
+                    self._running.discard(id(delivery))
+                handed = self._next.pop(id(delivery), None)
                 if handed is None:
                     return
                 self._tasks[task] = delivery = handed  # type: ignore[index]
