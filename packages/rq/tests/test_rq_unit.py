@@ -74,6 +74,8 @@ def test_the_preset_factory_wires_every_fast_path_and_an_override_none() -> None
     assert full.capabilities == Capabilities(applies_context=True, prefetches_status=True, dispatches=True,
                                              releases_lease=True, acks=True, continues=True, notifies=True)
     assert full.name == "rq" and full.options["key_prefix"] == "w:"
+    without = reg.build("rq", {**options, "continues": False}).capabilities
+    assert without.acks and without.dispatches and not without.continues
     same_names = reg.build("rq", options, overrides={"queue": "rq"})  # naming the preset's own is no override
     assert same_names.capabilities == full.capabilities
     for kind in ("queue", "context", "status"):
@@ -130,6 +132,7 @@ def test_on_a_cluster_the_queue_lives_in_one_slot_and_does_not_dispatch() -> Non
     queue = backend.queue
     assert isinstance(queue, RqQueue) and queue.clustered
     assert not backend.capabilities.dispatches  # a commit runs in its run's slot, not the queue's
+    assert not backend.capabilities.acks and not backend.capabilities.continues  # both need dispatches
     assert backend.capabilities.prefetches_status  # after the dequeue, one script per job on its run's slot
     assert backend.capabilities.applies_context  # context and run hash share the run's slot
     job_key = queue._job_key(queue.new_job_id())

@@ -16,3 +16,5 @@ class RqQueueOptions(RedisOptions, QueueOptions):
     queue_name: str | None = option(None, "the rq queue (default flowcraft-queue; with another key_prefix, "
                                           "<key_prefix>queue)")
     rq_key_prefix: str | None = option(None, "prefix of rq's own keys (default rq's: rq, or $RQ_KEY_PREFIX)")
+    continues: bool = option(True, "a commit hands the jobs it fires straight to its worker, up to the worker's "
+                                   "room (Capabilities.continues; one Redis only)")

@@ -88,11 +88,11 @@ class RqDispatcher(Dispatcher):
 
     lua = scripts.DISPATCH
     acks = True
-    continues = True
 
     def __init__(self, queue: RqQueue) -> None:
         self.queue = queue
         q = queue
+        self.continues = q.continues
         self.keys = (q.queue_key, q.scheduled_key, q.wip_key)
         constant: list[Any] = [q.job_prefix, q.queue_name, q.worker_name,
                                q.state_ttl_seconds, DATA_HEAD, DATA_TAIL, len(RQ_STATIC_FIELDS) // 2,
@@ -123,9 +123,10 @@ class RqQueue(Colocated, Queue):
       prefix, ``receive`` also reads each job's run record and takes its lease in the dequeue script
       (``Delivery.record``/``begin``). ``dequeue`` never does.
     * ``dispatch``: the colocated coordination store's commits push the jobs they fire into this queue
-      (``CoordinationStore.dispatches``).
+      (``CoordinationStore.dispatches``), ack the committed delivery (``acks``) and, with ``continues``, hand
+      fired jobs straight to the committing worker (``continues``).
 
-    Either can be turned off with the constructor flag of the same name.
+    Each can be turned off with the constructor flag of the same name (``continues`` also as an option).
     """
 
     name = "rq"
@@ -134,7 +135,7 @@ class RqQueue(Colocated, Queue):
     def __init__(self, redis: RedisClient, *, queue_name: str = DEFAULT_QUEUE, key_prefix: str = DEFAULT_PREFIX,
                  rq_prefix: str | None = None, visibility_timeout: float = 30.0,
                  state_ttl_seconds: float = DEFAULT_TTL, worker_name: str | None = None, dispatch: bool = True,
-                 prefetch: bool = True) -> None:
+                 prefetch: bool = True, continues: bool = True) -> None:
         self.redis = redis
         self.key_prefix = key_prefix
         self.rq_prefix = rq_prefix or rq_prefix_default()
@@ -154,6 +155,8 @@ class RqQueue(Colocated, Queue):
         self.worker_name = worker_name or f"flowcraft-{uuid.uuid4().hex[:12]}"
         self.dispatch = dispatch
         self.prefetch = prefetch
+        #: with dispatch: commits hand fired jobs straight to the committing worker (``Capabilities.continues``)
+        self.continues = continues
         #: decided by colocation: ``receive`` prefetches records and leases
         self.prefetching = False
         r = self.rq_prefix
@@ -191,7 +194,7 @@ class RqQueue(Colocated, Queue):
         default_queue = DEFAULT_QUEUE if prefix == DEFAULT_PREFIX else f"{prefix}queue"
         return cls(redis, queue_name=options.queue_name or default_queue, key_prefix=prefix,
                    rq_prefix=options.rq_key_prefix, visibility_timeout=options.visibility_timeout,
-                   state_ttl_seconds=options.state_ttl_seconds)
+                   state_ttl_seconds=options.state_ttl_seconds, continues=options.continues)
 
     def colocated(self, colocation: Colocation) -> None:
         self.prefetching = self.prefetch and colocation.status is not None and colocation.coordination is not None
