@@ -68,6 +68,8 @@ DELAY_LADDER_MS: tuple[int, ...] = tuple(10 * 2 ** k for k in range(24))
 #: a job due within this many seconds is delivered at once (the engine gives back one due later than 10 ms)
 ON_TIME = 0.01
 _PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
+#: seconds ``close`` waits for the acks asked for to be handed to the connection
+SETTLE_ON_CLOSE = 5.0
 
 
 _RELEASE_FALLBACK: tuple[type[Exception], ...] = (ConfigError, *TRANSIENT)
@@ -262,11 +264,13 @@ class RabbitMqQueue(PrefetchingQueue):
 
     async def close(self) -> None:
         self._closed = True
-        if self._settler is not None:  # the acks asked for go out before the connection closes
-            try:
-                await self._settler
-            except Exception as exc:
-                log.debug("settling deliveries: %s", one_line(exc))
+        settler = self._settler
+        if settler is not None:  # the acks asked for go out before the connection closes
+            done, _ = await asyncio.wait({settler}, timeout=SETTLE_ON_CLOSE)
+            if not done:  # a connection whose writer is gone: the broker redelivers what was not acked
+                settler.cancel()
+            elif not settler.cancelled() and (error := settler.exception()) is not None:
+                log.debug("settling deliveries: %s", one_line(error))
         if self._consumer is not None:
             self._consumer.cancel()
             try:
