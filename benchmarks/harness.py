@@ -575,11 +575,12 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 def session_cpu_seconds(leaders: Sequence[int]) -> float:
     """User + system CPU seconds of every live process in the process groups led by ``leaders`` (Linux /proc;
     the harness starts workers and servers in their own sessions, so a group is one worker or server with
-    its children, e.g. Celery's prefork pool)."""
+    its children, e.g. Celery's prefork pool), and of their direct children that left the group (PostgreSQL's
+    backends call ``setsid``)."""
     groups = set(leaders)
     if not groups:
         return 0.0
-    ticks = 0
+    processes: list[tuple[int, int, int, int]] = []  # pid, parent pid, process group, ticks
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -589,8 +590,9 @@ def session_cpu_seconds(leaders: Sequence[int]) -> float:
         except OSError:
             continue
         fields = data[data.rindex(")") + 2 :].split()
-        if int(fields[2]) in groups:  # pgrp
-            ticks += int(fields[11]) + int(fields[12])  # utime + stime
+        processes.append((int(entry.name), int(fields[1]), int(fields[2]), int(fields[11]) + int(fields[12])))
+    members = {pid for pid, _, group, _ in processes if group in groups}
+    ticks = sum(used for pid, parent, group, used in processes if group in groups or parent in members)
     return ticks / _CLOCK_TICKS
 
 
