@@ -176,7 +176,60 @@ class Engine:
             await self.queue.release(delivery, min(1.0, self.options.lease_seconds))
             return
         try:
-            await self._handle(delivery, handling)
+            checked = self._ready(delivery)
+            if checked is None:  # not the common case: the checks that may release, ack or dead-letter it
+                checked = await self._preflight(delivery)
+            finishing = job.node_id == FINISH_NODE and is_finish_job(job)
+            if (checked is None or finishing) and delivery.begin is not None and delivery.begin.lease:
+                await self.coordination.release(job.run_id, job.key, self.worker_id)  # a lease prefetched for us
+            if checked is None:
+                return
+            record, graph = checked
+            if job.visit >= VISITS_PER_GENERATION:  # a retried run (active again): forget its earlier stop signal
+                self._cancelled_runs.discard(job.run_id)
+            if finishing:  # from the reconciler: no node to run, only the run's status to publish
+                await self._finish(record)
+                await self.queue.ack(delivery)
+                return
+            begin = delivery.begin if delivery.begin is not None else await self.coordination.begin(
+                job, self.worker_id, self.options.lease_seconds)
+            if not begin.lease:
+                await self.queue.release(delivery, min(1.0, self.options.lease_seconds))
+                return
+            if self.fault is not None:
+                self._fault("after_dequeue")
+            try:
+                if begin.state is None:
+                    await self._dead_letter(delivery, f"job {job.key!r} of run {job.run_id!r} was never scheduled")
+                    return
+                try:
+                    if begin.state in ("pending", "done") and begin.completion is not None:
+                        await self._recover(delivery, job, graph, record, begin.completion,
+                                            finished=begin.state == "done")
+                    elif begin.state == "pending":
+                        await self._execute(delivery, job, graph, record)
+                except StoreLimitError as refused:  # every redelivery would be refused alike: fail the run now
+                    await self._record_failure(job, str(refused))
+                    await self.runs.fail(record, job.node_id, str(refused))
+                    await self._dead_letter(delivery, str(refused))
+                    return
+                except DETERMINISTIC_ERRORS as error:
+                    reason = self._poison_reason(delivery, graph, error)
+                    if reason is None:
+                        raise  # the worker gives the job back for another try
+                    await self._record_failure(job, reason)
+                    await self.runs.fail(record, job.node_id, reason)
+                    await self._dead_letter(delivery, reason)
+                    return
+                if self.fault is not None:
+                    self._fault("before_ack")
+                if handling not in self._acked:
+                    await self.queue.ack(delivery)
+            finally:
+                if handling in self._released:
+                    self._released.discard(handling)
+                else:
+                    await self.coordination.release(job.run_id, job.key, self.worker_id)
         except BaseException as error:
             if handling not in self._acked or error is self._fault_raised:
                 raise  # the worker gives the delivery back (a fault hook's "crash" goes up as it is)
@@ -217,63 +270,6 @@ class Engine:
         handling = (delivery.job.run_id, delivery.job.key)
         if self._handling.get(handling) is delivery:
             del self._handling[handling]
-
-    async def _handle(self, delivery: Delivery, handling: tuple[str, str]) -> None:
-        job = delivery.job
-        checked = self._ready(delivery)
-        if checked is None:  # not the common case: the checks that may release, ack or dead-letter it
-            checked = await self._preflight(delivery)
-        finishing = job.node_id == FINISH_NODE and is_finish_job(job)
-        if (checked is None or finishing) and delivery.begin is not None and delivery.begin.lease:
-            await self.coordination.release(job.run_id, job.key, self.worker_id)  # a lease prefetched for us
-        if checked is None:
-            return
-        record, graph = checked
-        if job.visit >= VISITS_PER_GENERATION:  # a retried run (active again): forget its earlier stop signal
-            self._cancelled_runs.discard(job.run_id)
-        if finishing:  # from the reconciler: no node to run, only the run's status to publish
-            await self._finish(record)
-            await self.queue.ack(delivery)
-            return
-        begin = delivery.begin if delivery.begin is not None else await self.coordination.begin(
-            job, self.worker_id, self.options.lease_seconds)
-        if not begin.lease:
-            await self.queue.release(delivery, min(1.0, self.options.lease_seconds))
-            return
-        if self.fault is not None:
-            self._fault("after_dequeue")
-        try:
-            if begin.state is None:
-                await self._dead_letter(delivery, f"job {job.key!r} of run {job.run_id!r} was never scheduled")
-                return
-            try:
-                if begin.state in ("pending", "done") and begin.completion is not None:
-                    await self._recover(delivery, job, graph, record, begin.completion,
-                                        finished=begin.state == "done")
-                elif begin.state == "pending":
-                    await self._execute(delivery, job, graph, record)
-            except StoreLimitError as refused:  # every redelivery would be refused alike: fail the run now
-                await self._record_failure(job, str(refused))
-                await self.runs.fail(record, job.node_id, str(refused))
-                await self._dead_letter(delivery, str(refused))
-                return
-            except DETERMINISTIC_ERRORS as error:
-                reason = self._poison_reason(delivery, graph, error)
-                if reason is None:
-                    raise  # the worker gives the job back for another try
-                await self._record_failure(job, reason)
-                await self.runs.fail(record, job.node_id, reason)
-                await self._dead_letter(delivery, reason)
-                return
-            if self.fault is not None:
-                self._fault("before_ack")
-            if handling not in self._acked:
-                await self.queue.ack(delivery)
-        finally:
-            if handling in self._released:
-                self._released.discard(handling)
-            else:
-                await self.coordination.release(job.run_id, job.key, self.worker_id)
 
     def _poison_reason(self, delivery: Delivery, graph: Graph, error: Exception) -> str | None:
         """Why a job whose handling raised ``error`` fails its run now, or None to give it another try: a
