@@ -204,3 +204,25 @@ async def test_the_mirror_holds_the_status_items_attributes(backend: Backend, sq
         status_item = (await ddb.get_item(TableName=sqs_options["table_prefix"] + "statuses",
                                           Key={"runId": {"S": "same"}}, ConsistentRead=True))["Item"]
     assert item["rec"]["M"] == status_item and json.loads(status_item["input"]["S"]) == {"k": "v"}
+
+
+async def test_a_run_id_used_again_after_a_purge_elsewhere_is_marked_anew(backend: Backend, other: Backend) -> None:
+    """What this process saw of an earlier run with the same id (its mark) does not spare the new run's mark."""
+    await start(backend, "again")
+    delivery = await receive_one(backend)
+    await backend.coordination.commit(Transition("again", delivery.job.key, finish=True, owner="w1",
+                                                 completion=Completion("a", output=1, token="t")))
+    await backend.queue.ack(delivery)
+    assert backend.coordination.marked("again")  # type: ignore[attr-defined]
+    await other.coordination.delete_run("again")  # purged by another process
+    assert await other.status.delete("again")
+    assert await backend.status.create(RunRecord("again", "bp", version="1"))
+    sent = await dynamodb_requests(backend)
+    assert await backend.status.transition("again", ["running"], "cancelled", {}) is not None
+    assert sent == Counter({"UpdateItem": 2})  # the new run's mark, then the status
+    first = Job("again", "bp", "a")
+    await backend.coordination.schedule("again", [first])
+    await backend.queue.enqueue([first])
+    delivery = await receive_one(backend)
+    assert delivery.record is not None and delivery.record.status == "cancelled"
+    await backend.queue.ack(delivery)

@@ -373,7 +373,10 @@ class DynamoDbCoordinationStore(CoordinationStore):
     # ------------------------------------------------------------------------------------------ the record mirror
     def offer_record(self, run_id: str, item: Mapping[str, Any]) -> None:
         """The status item of a run this process just created: the run item's first write (``schedule`` at
-        the run's start) mirrors it (``rec``), unless it is larger than ``MAX_MIRRORED_RECORD_BYTES``."""
+        the run's start) mirrors it (``rec``), unless it is larger than ``MAX_MIRRORED_RECORD_BYTES``. A copy
+        of the run item cached before is of an earlier run with that id (purged since): forgotten."""
+        self._runs.pop(run_id, None)
+        self._settled.pop(run_id, None)
         if item_size(item) <= MAX_MIRRORED_RECORD_BYTES:
             self._keep(self._records, run_id, dict(item))
 
