@@ -206,7 +206,8 @@ async def test_the_mirror_holds_the_status_items_attributes(backend: Backend, sq
     assert item["rec"]["M"] == status_item and json.loads(status_item["input"]["S"]) == {"k": "v"}
 
 
-async def test_a_run_id_used_again_after_a_purge_elsewhere_is_marked_anew(backend: Backend, other: Backend) -> None:
+async def test_a_run_id_used_again_after_a_purge_elsewhere_is_marked_anew(backend: Backend, other: Backend,
+                                                                         sqs_options: dict[str, Any]) -> None:
     """What this process saw of an earlier run with the same id (its mark) does not spare the new run's mark."""
     await start(backend, "again")
     delivery = await receive_one(backend)
@@ -214,8 +215,9 @@ async def test_a_run_id_used_again_after_a_purge_elsewhere_is_marked_anew(backen
                                                  completion=Completion("a", output=1, token="t")))
     await backend.queue.ack(delivery)
     assert backend.coordination.marked("again")  # type: ignore[attr-defined]
-    await other.coordination.delete_run("again")  # purged by another process
+    await other.coordination.delete_run("again")  # purged by another process (run items first)
     assert await other.status.delete("again")
+    assert await run_item(sqs_options, "again") == {}  # the delete's mark created no item
     assert await backend.status.create(RunRecord("again", "bp", version="1"))
     sent = await dynamodb_requests(backend)
     assert await backend.status.transition("again", ["running"], "cancelled", {}) is not None
@@ -225,4 +227,15 @@ async def test_a_run_id_used_again_after_a_purge_elsewhere_is_marked_anew(backen
     await backend.queue.enqueue([first])
     delivery = await receive_one(backend)
     assert delivery.record is not None and delivery.record.status == "cancelled"
+    await backend.queue.ack(delivery)
+
+
+async def test_a_deleted_record_is_not_told_by_the_run_item(backend: Backend, other: Backend,
+                                                           sqs_options: dict[str, Any]) -> None:
+    await start(backend, "gone")
+    assert await other.status.delete("gone")
+    assert (await run_item(sqs_options, "gone"))["chk"] == {"BOOL": True}
+    delivery = await receive_one(backend)
+    assert not delivery.prefetched and delivery.record is None  # no record: the engine reads both itself
+    assert (await backend.coordination.begin(delivery.job, "w2", 30)).lease  # the prefetched lease was handed back
     await backend.queue.ack(delivery)

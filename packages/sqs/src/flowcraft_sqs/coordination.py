@@ -380,21 +380,31 @@ class DynamoDbCoordinationStore(CoordinationStore):
         if item_size(item) <= MAX_MIRRORED_RECORD_BYTES:
             self._keep(self._records, run_id, dict(item))
 
-    async def mark(self, run_id: str) -> None:
-        """Write the mark (``chk``) on the run item, creating the item if there is none: from now on
-        ``begin_prefetch`` returns no record for the run. The status store writes it before a transition."""
+    async def mark(self, run_id: str, *, create: bool = True) -> None:
+        """Write the mark (``chk``) on the run item — creating the item if there is none, unless not
+        ``create`` — so ``begin_prefetch`` returns no record for the run from now on. The status store writes
+        it before a transition (``create``: the run's first jobs may not be scheduled yet) and before a
+        delete (a purge deletes the run items first: none is left to correct, and none is created)."""
         self._check(run_id)
         client = await self._source.get()
         names = {"#m": MARK}
         values: dict[str, Any] = {":t": {"BOOL": True}}
         update = "SET #m = :t"
         ttl = self._ttl(time.time())
-        if ttl is not None:  # an item the mark creates expires like the others; an existing one keeps its ttl
+        if ttl is not None and create:  # an item the mark creates expires like the others; one there keeps its ttl
             names["#ttl"] = "ttl"
             values[":ttl"] = N(ttl)
             update += ", #ttl = if_not_exists(#ttl, :ttl)"
-        await client.update_item(TableName=self.table_name, Key=self._key(run_id), UpdateExpression=update,
-                                 ExpressionAttributeNames=names, ExpressionAttributeValues=values)
+        request: dict[str, Any] = {"TableName": self.table_name, "Key": self._key(run_id), "UpdateExpression": update,
+                                   "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}
+        if not create:
+            names["#r"] = "runId"
+            request["ConditionExpression"] = "attribute_exists(#r)"
+        try:
+            await client.update_item(**request)
+        except Exception as exc:
+            if create or not is_client_error(exc, "ConditionalCheckFailedException"):
+                raise
         self._records.pop(run_id, None)
         state = self._runs.get(run_id)
         if state is not None:

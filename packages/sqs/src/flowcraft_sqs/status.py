@@ -133,7 +133,7 @@ class DynamoDbStatusStore(StatusStore):
         except KeyTooLongError:
             return False
         if self.mirror is not None:
-            await self.mirror.mark(run_id)
+            await self.mirror.mark(run_id, create=False)
         client = await self._source.get()
         response = await client.delete_item(TableName=self.table_name, Key={"runId": S(run_id)},
                                             ReturnValues="ALL_OLD")
