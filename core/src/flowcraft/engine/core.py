@@ -654,31 +654,26 @@ class Engine:
             await self._emit("run:finish", run_id, record.blueprint_id, data={"status": "completed"})
             await self.runs.notify_parent(won)
 
-    def _handing_over(self, run_id: str, key: str, *, finish: bool, recovery: bool) -> tuple[Any, int, float]:
-        """``Transition.receipt``, ``continue_up_to`` and ``lease_seconds`` of a commit that is the last step of
-        handling the job (the engine routes it and returns): a store may ack its delivery with it and hand fired
-        jobs to this worker (``Capabilities.acks``/``continues``)."""
-        delivery = self._handling.get((run_id, key)) if finish else None
-        if delivery is None:
-            return None, 0, 0.0
-        capabilities = self.backend.capabilities
-        receipt = delivery.receipt if capabilities.acks else None
-        if capabilities.continues and not recovery and self.taker is not None:
-            return receipt, max(0, self.taker.room()), self.options.lease_seconds
-        return receipt, 0, 0.0
-
     def _finishing(self, job: Job, *, completion: Completion | None = None, arrivals: Sequence[Arrival] = (),
                    finish: bool, recovery: bool) -> Transition:
         """The transition of the last commit of handling ``job`` (or of a step before it, when not ``finish``), as
-        this worker, with what it hands over (``_handing_over``)."""
+        this worker. Being the last step (the engine routes it and returns), a finishing one may let the store ack
+        the job's delivery with it and hand fired jobs to this worker (``Capabilities.acks``/``continues``)."""
         key = job.key
-        receipt, up_to, lease = self._handing_over(job.run_id, key, finish=finish, recovery=recovery)
+        delivery = self._handling.get((job.run_id, key)) if finish else None
+        receipt, up_to, lease = None, 0, 0.0
+        if delivery is not None:
+            capabilities = self.backend.capabilities
+            if capabilities.acks:
+                receipt = delivery.receipt
+            if capabilities.continues and not recovery and self.taker is not None:
+                up_to, lease = max(0, self.taker.room()), self.options.lease_seconds
         return Transition(job.run_id, key, completion=completion, arrivals=tuple(arrivals), finish=finish,
                           recovery=recovery, owner=self.worker_id, receipt=receipt, continue_up_to=up_to,
                           lease_seconds=lease)
 
     async def _commit(self, job: Job, transition: Transition) -> Committed:
-        """Commit as this worker (``_finishing`` builds a commit that hands over; a store acks or hands jobs over
+        """Commit as this worker (``_finishing`` builds one that hands over; a store acks or hands jobs over
         only when the transition says so)."""
         capabilities = self.backend.capabilities
         handling = (transition.run_id, transition.job_key)

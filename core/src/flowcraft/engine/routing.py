@@ -72,7 +72,7 @@ def arrival(graph: Graph, job: Job, source: str, visit: int, edge: CompiledEdge,
     target_job = Job(
         job.run_id, job.blueprint_id, target.node.id, visit=graph.target_visit(source, visit, edge),
         version=job.version, input=contribution if single else None, has_input=single, due_at=due_at,
-        payload=carried(job.payload),
+        payload=carried(job.payload) if job.payload else None,
     )
     return Arrival(target_job, source, arrived=arrived, contribution=contribution, expected=expected,
                    strategy=target.node.config.join_strategy)

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from flowcraft.engine.core import Engine
 from flowcraft.errors import ConfigError, ServerUnreachableError
@@ -119,7 +119,9 @@ class Worker:
         if after is not None and id(after) in self._running and id(after) not in self._next:
             self._next[id(after)] = delivery
             return
-        task = asyncio.create_task(self._handle(delivery))
+        handling: list[asyncio.Task[None]] = []  # the task, for its coroutine (no asyncio.current_task call)
+        task = asyncio.create_task(self._handle(delivery, handling))
+        handling.append(task)
         self._tasks[task] = delivery
         if len(self._tasks) >= self.concurrency:
             self._room.clear()
@@ -168,9 +170,10 @@ class Worker:
             await self.engine.queue.release(delivery)
         return []
 
-    async def _handle(self, delivery: Delivery) -> None:
-        """Handle a delivery, then the one its commit handed over to run in this task (``take``), and so on."""
-        task = asyncio.current_task()
+    async def _handle(self, delivery: Delivery, handling: list[asyncio.Task[None]]) -> None:
+        """Handle a delivery, then the one its commit handed over to run in this task (``take``), and so on;
+        ``handling`` holds the task this runs in (still empty if a task factory started it eagerly)."""
+        task = handling[0] if handling else cast("asyncio.Task[None]", asyncio.current_task())
         try:
             while True:
                 self._running.add(id(delivery))
@@ -178,7 +181,7 @@ class Worker:
                     await self.engine.handle(delivery)
                     self.handled += 1
                 except BaseException as error:
-                    if isinstance(error, asyncio.CancelledError) and task is not None and task.cancelling() > 0:
+                    if isinstance(error, asyncio.CancelledError) and task.cancelling() > 0:
                         with contextlib.suppress(Exception):  # this worker is stopping: the job goes back at once
                             await self.engine.queue.release(delivery)
                         handed = self._next.pop(id(delivery), None)
@@ -199,9 +202,9 @@ class Worker:
                 handed = self._next.pop(id(delivery), None)
                 if handed is None:
                     return
-                self._tasks[task] = delivery = handed  # type: ignore[index]
+                self._tasks[task] = delivery = handed
         finally:
-            self._tasks.pop(task, None)  # type: ignore[arg-type]
+            self._tasks.pop(task, None)
             self._room.set()
 
     async def _heartbeat_loop(self) -> None:
