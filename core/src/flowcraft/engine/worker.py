@@ -77,6 +77,9 @@ class Worker:
             while not self._stopping.is_set():
                 await self._room.wait()
                 free = self.concurrency - len(self._tasks)
+                if free <= 0:  # a handed-over job took the slot a finished task freed: wait for the next
+                    self._room.clear()
+                    continue
                 try:
                     deliveries = await self._dequeue(free)
                     unreachable_since = None
