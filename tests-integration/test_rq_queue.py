@@ -269,6 +269,38 @@ async def test_commit_dispatches_fired_jobs_into_the_queue(backend: Backend, syn
     await queue.ack(later_delivery)
 
 
+async def test_a_handed_job_is_an_rq_job_started_by_the_worker_and_the_commit_acks_in_rq(
+        backend: Backend, sync_redis: redis.Redis) -> None:
+    """continues: the handed job is an rq job started by this queue's worker, in rq's started registry (a
+    delayed one goes to rq's scheduled registry, not to the worker); acks: the commit that leaves jobs pending
+    removes the committed delivery from the started registry and deletes its rq job, as ack does."""
+    queue = rq_queue(backend)
+    run = "handed-run"
+    await backend.status.create(RunRecord(run, "bp"))
+    await backend.coordination.schedule(run, [_job(run, "a")])
+    await queue.enqueue([_job(run, "a")])
+    (first,) = await queue.receive(1, 1.0, "w1", 30)
+    now_job = Job(run, "bp", "b", input=1, has_input=True)
+    later_job = Job(run, "bp", "c", input=2, has_input=True, due_at=time.time() + 60)
+    committed = await backend.coordination.commit(Transition(
+        run, "0:a", completion=Completion("a", output=1, token="t"),
+        arrivals=(Arrival(now_job, "a", arrived=True, contribution=1, expected=("a",)),
+                  Arrival(later_job, "a", arrived=True, contribution=2, expected=("a",))), finish=True, owner="w1",
+        receipt=first.receipt, continue_up_to=2, lease_seconds=30))
+    assert committed.pending == 2
+    (handed,) = committed.continued  # the delayed job is not handed over
+    assert handed.job.node_id == "b" and handed.receipt.lease_owner == "w1"
+    started = StartedJobRegistry(queue.queue_name, connection=sync_redis)
+    assert started.get_job_ids(cleanup=False) == [handed.receipt.job_id]  # the committed delivery is gone
+    assert not sync_redis.exists(queue.job_prefix + first.receipt.job_id)
+    job = rq.job.Job.fetch(handed.receipt.job_id, connection=sync_redis, serializer=JSONSerializer)
+    assert job.get_status() == "started" and job.worker_name == queue.worker_name
+    assert len(ScheduledJobRegistry(queue.queue_name, connection=sync_redis).get_job_ids()) == 1
+    assert sync_redis.llen(queue.queue_key) == 0
+    await queue.ack(handed)
+    assert started.get_job_ids(cleanup=False) == []
+
+
 async def test_enqueue_never_filters(backend: Backend, sync_redis: redis.Redis) -> None:
     queue = rq_queue(backend)
     job = _job("twice")

@@ -36,7 +36,8 @@ class Dispatcher(ABC):
     of the jobs the commit hands straight to its owner (``continues``; empty otherwise) to true: the queue
     puts those in its in-flight set as its ``receive`` would and returns, for each such position, the reply
     list ``delivery`` turns into a ``Delivery``. With ``acks`` it also defines ``local function
-    ack_delivery(at, k)``, which acks the delivery whose ``ack_args`` begin at ARGV ``at``."""
+    ack_delivery(at, k)``, which acks the delivery whose ``ack_args`` begin at ARGV ``at`` (its keys follow
+    ``keys`` in KEYS)."""
 
     #: the Lua source defining ``dispatch`` (and ``ack_delivery`` with ``acks``; see the class docstring)
     lua: str
@@ -52,8 +53,9 @@ class Dispatcher(ABC):
     def args(self, count: int, now: float) -> list[Any]:
         """The dispatch ARGV for ``count`` fired jobs at time ``now``."""
 
-    def ack_args(self, receipt: Any) -> list[Any] | None:
-        """The ARGV of ``ack_delivery`` for a delivery's receipt; None when the commit cannot ack it."""
+    def ack_args(self, receipt: Any) -> tuple[list[str], list[Any]] | None:
+        """The KEYS (after ``keys``) and ARGV of ``ack_delivery`` for a delivery's receipt; None when the commit
+        cannot ack it."""
         return None
 
     def delivery(self, job: Job, reply: list[Any], owner: str, record: RunRecord | None, begin: Begin) -> Delivery:

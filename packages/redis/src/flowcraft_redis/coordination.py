@@ -167,8 +167,9 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
             keys += dispatcher.keys
         args += ("1" if dispatcher is not None and arrivals else "0", hand_up_to, repr(now + tx.lease_seconds))
         if ack:
-            args.append(len(ack))
-            args += ack
+            keys += ack[0]
+            args.append(len(ack[1]))
+            args += ack[1]
         else:
             args.append(0)
         if dispatcher is not None and arrivals:

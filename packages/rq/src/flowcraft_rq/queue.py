@@ -103,10 +103,10 @@ class RqDispatcher(Dispatcher):
         return [*self._constant, iso(now), repr(now + self.queue.visibility_timeout),
                 *(uuid.uuid4().hex for _ in range(count))]
 
-    def ack_args(self, receipt: Any) -> list[Any] | None:
+    def ack_args(self, receipt: Any) -> tuple[list[str], list[Any]] | None:
         if not isinstance(receipt, RqReceipt):
             return None  # run by a plain rq worker (rq finishes the job)
-        return [self.queue.job_prefix + receipt.job_id, receipt.entry]
+        return [self.queue.job_prefix + receipt.job_id], [receipt.entry]
 
     def delivery(self, job: Job, reply: list[Any], owner: str, record: RunRecord | None, begin: Begin) -> Delivery:
         job_id, entry = reply

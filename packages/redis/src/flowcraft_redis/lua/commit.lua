@@ -1,5 +1,5 @@
 -- KEYS: the run hash, the run's context hash, its status hash, then the queue's Dispatcher.keys (when it
--- dispatches or acks).
+-- dispatches or acks) and the keys of the ack (Dispatcher.ack_args).
 -- ARGV: run, job key, now, ttl, flags (recovery, finish, has completion, apply context: '0'/'1' each),
 -- token, completion JSON, owner; context updates (n, key, value...), context deletes (n, key...); arrivals
 -- (n, then per arrival: target, member, arrived '1'/'0', contribution JSON, expected members (n, id...),

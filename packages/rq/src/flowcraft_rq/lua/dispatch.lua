@@ -32,9 +32,9 @@ local function dispatch(fired, run, now, at, k, handed)
   return replies
 end
 
--- Capabilities.acks: the commit acks the committed job's delivery (ARGV from `at`: its job hash, its started
--- registry entry) as RqQueue.ack does: the registry entry removed, the job deleted
+-- Capabilities.acks: the commit acks the committed job's delivery (KEYS[k + 3]: its job hash, after
+-- RqDispatcher.keys; ARGV[at]: its started-registry entry) as RqQueue.ack does: the entry removed, the job deleted
 local function ack_delivery(at, k)
-  redis.call('ZREM', KEYS[k + 2], ARGV[at + 1])
-  redis.call('DEL', ARGV[at])
+  redis.call('ZREM', KEYS[k + 2], ARGV[at])
+  redis.call('DEL', KEYS[k + 3])
 end
