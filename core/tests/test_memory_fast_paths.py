@@ -1,0 +1,44 @@
+"""The memory preset's fast paths beyond the contract suite: the run record a prefetch or a hand-over gives the
+engine is the record as it is now (one shared copy per record version), and a done job keeps no document."""
+
+from __future__ import annotations
+
+from flowcraft.backends.memory import MemoryCoordinationStore, MemoryStatusStore, memory_backend
+from flowcraft.spi import Arrival, Completion, Job, RunRecord, Transition
+
+
+async def test_a_prefetched_record_follows_every_change_of_the_record() -> None:
+    backend = memory_backend()
+    status, queue = backend.status, backend.queue
+    assert isinstance(status, MemoryStatusStore)
+    await status.create(RunRecord("r1", "bp", input=1))
+    job = Job("r1", "bp", "a")
+    await backend.coordination.schedule("r1", [job])
+    await queue.enqueue([job, job.evolve(node_id="b")])
+    first, second = await queue.receive(2, 0.1, "w1", 30)
+    assert first.record is not None and first.record is second.record  # one copy for the run's deliveries
+    assert first.record is not await status.get("r1")  # get still copies
+    await status.transition("r1", ["running"], "cancelled", {})
+    await queue.release(first)
+    (again,) = await queue.receive(1, 0.1, "w1", 30)
+    assert again.record is not None and again.record.status == "cancelled"
+    assert first.record.status == "running"  # a copy handed out earlier is never changed under its holder
+
+
+async def test_a_handed_over_job_carries_the_record_as_it_is_and_a_done_job_keeps_no_document() -> None:
+    backend = memory_backend()
+    coordination = backend.coordination
+    assert isinstance(coordination, MemoryCoordinationStore)
+    await backend.status.create(RunRecord("r2", "bp"))
+    job, successor = Job("r2", "bp", "a"), Job("r2", "bp", "b")
+    await coordination.schedule("r2", [job])
+    await backend.status.transition("r2", ["running"], "running", {"input": {"x": 2}})
+    committed = await coordination.commit(Transition(
+        "r2", job.key, completion=Completion("a", output=1, token="t"),
+        arrivals=(Arrival(successor, "a", arrived=True, contribution=1, expected=("a",)),), finish=True,
+        owner="w1", continue_up_to=1, lease_seconds=30))
+    (handed,) = committed.continued
+    assert handed.record is not None and handed.record.input == {"x": 2}
+    assert handed.begin is not None and handed.begin.lease and handed.begin.state == "pending"
+    assert coordination.job_state("r2", job.key) == "done" and coordination.job("r2", job.key) is None
+    assert [p.job.key for p in await coordination.jobs("r2", "pending")] == [successor.key]
