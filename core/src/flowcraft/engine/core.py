@@ -540,8 +540,12 @@ class Engine:
                      ) -> None:
         try:
             info = graph.nodes[job.node_id]
-            arrivals = (routing.completion_arrivals(graph, job, completion, {}, self._max_iterations(graph))
-                        if info.plain_edges else await self._arrivals(job, graph, completion))
+            if not info.out_edges:  # a terminal node: no arrivals (and no loop limit to read)
+                arrivals = []
+            elif info.plain_edges:
+                arrivals = routing.completion_arrivals(graph, job, completion, {}, self._max_iterations(graph))
+            else:
+                arrivals = await self._arrivals(job, graph, completion)
         except FlowcraftError as exc:
             await self.runs.fail(record, job.node_id, str(exc))
             return
