@@ -613,9 +613,14 @@ class PrefetchingQueue(Queue):
     batch's run records in one request while it takes the jobs' leases (concurrent calls, which a pipelining
     coordination store sends together), so a job starts without those two round trips
     (``prefetches_status``). A delivery whose record or lease could not be had comes without them: the engine
-    reads both itself, and a lease taken without its record is handed back."""
+    reads both itself, and a lease taken without its record is handed back.
+
+    A queue whose coordination store can bring a job's run record with its lease overrides ``_take_lease`` and
+    sets ``records_after_leases``: then only the records the leases did not bring are read, after them."""
 
     _prefetch: tuple[RecordReader, CoordinationStore] | None = None
+    #: read the batch's records after its leases, only those the leases did not bring (see ``_take_lease``)
+    records_after_leases: ClassVar[bool] = False
 
     def prefetch_with(self, status: RecordReader, coordination: CoordinationStore) -> None:
         self._prefetch = (status, coordination)
@@ -624,45 +629,58 @@ class PrefetchingQueue(Queue):
     def prefetches_status(self) -> bool:
         return self._prefetch is not None
 
+    async def _take_lease(self, job: Job, owner: str, lease_seconds: float) -> tuple[Begin, RunRecord | None]:
+        """Take the job's lease for ``owner`` (``CoordinationStore.begin``) and return the job's run record if it
+        came with it (None: ``receive`` reads it)."""
+        assert self._prefetch is not None
+        return await self._prefetch[1].begin(job, owner, lease_seconds), None
+
     async def receive(self, max_jobs: int, wait: float, owner: str, lease_seconds: float) -> list[Delivery]:
         deliveries = await self.dequeue(max_jobs, wait)
         if self._prefetch is None or not deliveries:
             return deliveries
         status, coordination = self._prefetch
 
-        async def read_records() -> Mapping[str, RunRecord]:
+        async def read_records(run_ids: list[str]) -> Mapping[str, RunRecord]:
             try:
-                return await status.get_many([d.job.run_id for d in deliveries])
+                return await status.get_many(run_ids)
             except Exception as exc:  # the engine reads each record itself (and reports what is wrong)
                 _log.debug("prefetching run records failed: %s", _one_line(exc))
                 return {}
 
-        async def take(job: Job) -> Begin | None:
+        async def take(job: Job) -> tuple[Begin, RunRecord | None] | None:
             try:
-                return await coordination.begin(job, owner, lease_seconds)
+                return await self._take_lease(job, owner, lease_seconds)
             except Exception as exc:  # the engine takes the lease itself
                 _log.debug("prefetching a lease failed: %s", _one_line(exc))
                 return None
 
-        reading = asyncio.ensure_future(read_records())
+        reading = None if self.records_after_leases else asyncio.ensure_future(
+            read_records([d.job.run_id for d in deliveries]))
         try:
             if len(deliveries) == 1:  # one delivery: its lease taken in this task, no second one to gather
-                begins: list[Begin | None] = [await take(deliveries[0].job)]
+                taken = [await take(deliveries[0].job)]
             else:
-                begins = list(await asyncio.gather(*(take(d.job) for d in deliveries)))
+                taken = list(await asyncio.gather(*(take(d.job) for d in deliveries)))
         finally:
-            records = await reading
+            records = {} if reading is None else await reading
+        if reading is None:
+            unknown = [d.job.run_id for d, got in zip(deliveries, taken, strict=True) if got and got[1] is None]
+            if unknown:
+                records = await read_records(unknown)
         out: list[Delivery] = []
-        for delivery, begin in zip(deliveries, begins, strict=True):
-            record = records.get(delivery.job.run_id)
-            if begin is not None and record is not None:
-                delivery = Delivery(delivery.job, delivery.receipt, deliveries=delivery.deliveries, record=record,
-                                    begin=begin)
-            elif begin is not None and begin.lease:
-                try:  # no record to go with it: the engine reads both itself, so hand the lease back
-                    await coordination.release(delivery.job.run_id, delivery.job.key, owner)
-                except Exception as exc:  # it expires by itself; the engine's own begin takes it again
-                    _log.debug("releasing a prefetched lease failed: %s", _one_line(exc))
+        for delivery, got in zip(deliveries, taken, strict=True):
+            if got is not None:
+                begin, record = got
+                record = record or records.get(delivery.job.run_id)
+                if record is not None:
+                    delivery = Delivery(delivery.job, delivery.receipt, deliveries=delivery.deliveries,
+                                        record=record, begin=begin)
+                elif begin.lease:
+                    try:  # no record to go with it: the engine reads both itself, so hand the lease back
+                        await coordination.release(delivery.job.run_id, delivery.job.key, owner)
+                    except Exception as exc:  # it expires by itself; the engine's own begin takes it again
+                        _log.debug("releasing a prefetched lease failed: %s", _one_line(exc))
             out.append(delivery)
         return out
 

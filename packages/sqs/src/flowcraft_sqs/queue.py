@@ -26,10 +26,10 @@ import math
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self, cast
 
 from flowcraft.errors import FlowcraftError
-from flowcraft.spi import Begin, DeadLetter, Delivery, Job, Queue, RunRecord
+from flowcraft.spi import Begin, DeadLetter, Delivery, Job, PrefetchingQueue, RunRecord
 from flowcraft_sqs._aws import (
     MAX_DELAY_SECONDS,
     MAX_VISIBILITY_SECONDS,
@@ -72,9 +72,10 @@ class SqsReceipt:
     body: str
 
 
-class SqsQueue(Queue):
+class SqsQueue(PrefetchingQueue):
     name = "sqs"
     Options = SqsOptions
+    records_after_leases: ClassVar[bool] = True  # a lease brings its record while the run item can tell it
 
     def __init__(
         self,
@@ -112,7 +113,6 @@ class SqsQueue(Queue):
         # were sent already)
         self._unsettled: set[str] = set()
         self._deleter = Coalescer(self._delete_batch, linger=DELETE_LINGER, expect=lambda: bool(self._unsettled))
-        self._prefetch: tuple[DynamoDbStatusStore, DynamoDbCoordinationStore] | None = None
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
@@ -181,58 +181,12 @@ class SqsQueue(Queue):
             raise
 
     # ------------------------------------------------------------------------------------------ prefetch
-    def prefetch_with(self, status: DynamoDbStatusStore, coordination: DynamoDbCoordinationStore) -> None:
-        """Fill ``Delivery.record`` and ``begin`` in ``receive`` from these stores (``prefetches_status``)."""
-        self._prefetch = (status, coordination)
-
-    @property
-    def prefetches_status(self) -> bool:
-        return self._prefetch is not None
-
-    async def receive(self, max_jobs: int, wait: float, owner: str, lease_seconds: float) -> list[Delivery]:
-        """``dequeue``, then each job's lease, which brings its record where the run item can tell it; the
-        records it did not bring are read in one BatchGetItem. A delivery whose lease or record could not be
-        had comes without them (the engine reads both itself; a lease taken without its record is handed
-        back)."""
-        deliveries = await self.dequeue(max_jobs, wait)
-        if self._prefetch is None or not deliveries:
-            return deliveries
-        status, coordination = self._prefetch
-
-        async def take(job: Job) -> tuple[Begin, RunRecord | None] | None:
-            try:
-                begin, item = await coordination.begin_prefetch(job, owner, lease_seconds)
-            except Exception as exc:  # the engine takes the lease itself
-                log.debug("prefetching a lease failed: %s", exc)
-                return None
-            return begin, None if item is None else status.record_of(item)
-
-        if len(deliveries) == 1:
-            taken = [await take(deliveries[0].job)]
-        else:
-            taken = list(await asyncio.gather(*(take(d.job) for d in deliveries)))
-        unknown = [d.job.run_id for d, t in zip(deliveries, taken, strict=True) if t is not None and t[1] is None]
-        records: Mapping[str, RunRecord] = {}
-        if unknown:
-            try:
-                records = await status.get_many(unknown)
-            except Exception as exc:  # the engine reads each record itself (and reports what is wrong)
-                log.debug("prefetching run records failed: %s", exc)
-        out: list[Delivery] = []
-        for delivery, got in zip(deliveries, taken, strict=True):
-            if got is not None:
-                begin, record = got
-                record = record or records.get(delivery.job.run_id)
-                if record is not None:
-                    delivery = Delivery(delivery.job, delivery.receipt, deliveries=delivery.deliveries,
-                                        record=record, begin=begin)
-                elif begin.lease:
-                    try:  # no record to go with it: the engine reads both itself, so hand the lease back
-                        await coordination.release(delivery.job.run_id, delivery.job.key, owner)
-                    except Exception as exc:  # it expires by itself; the engine's own begin takes it again
-                        log.debug("releasing a prefetched lease failed: %s", exc)
-            out.append(delivery)
-        return out
+    async def _take_lease(self, job: Job, owner: str, lease_seconds: float) -> tuple[Begin, RunRecord | None]:
+        """The job's lease, which brings its record where the run item can tell it
+        (``DynamoDbCoordinationStore.begin_prefetch``, ``DynamoDbStatusStore.record_of``)."""
+        status, coordination = cast("tuple[DynamoDbStatusStore, DynamoDbCoordinationStore]", self._prefetch)
+        begin, item = await coordination.begin_prefetch(job, owner, lease_seconds)
+        return begin, None if item is None else status.record_of(item)
 
     # ------------------------------------------------------------------------------------------ Queue
     async def enqueue(self, jobs: Sequence[Job], delay: float = 0.0) -> None:
