@@ -69,3 +69,16 @@ def test_acks_or_continues_without_dispatches_is_refused_in_one_line() -> None:
     built = memory_backend()
     with pytest.raises(PluginError, match=r"coordination store Acking declares acks or continues without dispatches"):
         Backend(built.queue, built.context, built.status, Acking())
+
+
+def test_split_hand_over_hands_due_jobs_up_to_the_room_and_never_in_recovery() -> None:
+    from flowcraft.spi import Job, Transition, split_hand_over
+
+    now_job, later, other = Job("r", "bp", "a"), Job("r", "bp", "b", due_at=200.0), Job("r", "bp", "c")
+    fired = [later, now_job, other]
+    asked = Transition("r", "n", finish=True, owner="w1", continue_up_to=1)
+    assert split_hand_over(asked, fired, 100.0) == ([now_job], [later, other])
+    assert split_hand_over(asked, fired, 300.0) == ([later], [now_job, other])  # due by then
+    assert split_hand_over(Transition("r", "n", finish=True, owner="w1", continue_up_to=5, recovery=True),
+                           fired, 100.0) == ([], fired)
+    assert split_hand_over(Transition("r", "n", finish=True, continue_up_to=5), fired, 100.0) == ([], fired)

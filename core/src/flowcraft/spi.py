@@ -1024,6 +1024,23 @@ class LeaseTables(CoordinationTables, Protocol):
 T = TypeVar("T")
 
 
+def split_hand_over(transition: Transition, fired: Sequence[Job], now: float) -> tuple[list[Job], list[Job]]:
+    """Which of a commit's ``fired`` jobs a store that ``continues`` hands to ``transition.owner`` and which it
+    queues: up to ``continue_up_to`` of those due at ``now`` (none in recovery, none without an owner); the
+    rest, in order, go on the queue (each honouring its ``due_at``). The rule every such store follows."""
+    room = transition.continue_up_to if transition.owner is not None and not transition.recovery else 0
+    if room <= 0:
+        return [], list(fired)
+    handed: list[Job] = []
+    queued: list[Job] = []
+    for job in fired:
+        if len(handed) < room and (job.due_at is None or job.due_at <= now):
+            handed.append(job)
+        else:
+            queued.append(job)
+    return handed, queued
+
+
 def take_lease(tables: LeaseTables, job: Job, owner: str, lease_seconds: float) -> Begin:
     """``CoordinationStore.begin`` over tables already open (inside the caller's atomic section): take the job's
     lease unless another owner holds a live one, and read its state and completion."""

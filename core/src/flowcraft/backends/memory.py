@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from flowcraft.options import NoOptions, QueueOptions, parse_options
 from flowcraft.spi import (
@@ -40,6 +40,7 @@ from flowcraft.spi import (
     TablesCoordinationStore,
     Transition,
     apply_transition,
+    split_hand_over,
 )
 
 T = TypeVar("T")
@@ -419,27 +420,23 @@ class MemoryCoordinationStore(TablesCoordinationStore):
         return committed
 
     def _dispatch(self, queue: MemoryQueue, transition: Transition, fired: Sequence[Job]) -> tuple[Delivery, ...]:
-        """Put fired jobs on the queue (a job due later with its delay), up to ``continue_up_to`` of those due now
-        handed to the owner instead; return the handed deliveries."""
-        status, owner, room = self._status, transition.owner, transition.continue_up_to
-        handed: list[Delivery] = []
-        ready: list[Job] = []
-        now: float | None = None
-        for job in fired:
-            if job.due_at is not None:
-                now = time.time() if now is None else now
-                if job.due_at > now:
-                    queue.put([job], job.due_at - now)
-                    continue
-            if len(handed) < room and status is not None and owner is not None:
-                delivery = queue.hand(job)
-                self.prefetch(delivery, status, owner, transition.lease_seconds)
-                handed.append(delivery)
-            else:
-                ready.append(job)
+        """Put fired jobs on the queue (a job due later with its delay), those ``split_hand_over`` picks handed to
+        the owner instead; return the handed deliveries."""
+        now = time.time()
+        handed, queued = split_hand_over(transition, fired, now) if self._status is not None else ([], list(fired))
+        deliveries: list[Delivery] = []
+        for job in handed:
+            delivery = queue.hand(job)
+            self.prefetch(delivery, cast(MemoryStatusStore, self._status), cast(str, transition.owner),
+                          transition.lease_seconds)
+            deliveries.append(delivery)
+        ready = [job for job in queued if job.due_at is None or job.due_at <= now]
         if ready:
             queue.put(ready)
-        return tuple(handed)
+        for job in queued:
+            if job.due_at is not None and job.due_at > now:
+                queue.put([job], job.due_at - now)
+        return tuple(deliveries)
 
     def prefetch(self, delivery: Delivery, status: MemoryStatusStore, owner: str, lease_seconds: float) -> None:
         """Fill in ``delivery``'s run record and take its lease for ``owner`` (what a prefetching receive and a

@@ -78,6 +78,7 @@ from flowcraft.spi import (
     TablesCoordinationStore,
     Transition,
     apply_transition,
+    split_hand_over,
     take_lease,
 )
 
@@ -1267,14 +1268,7 @@ class SqliteCoordinationStore(_SqliteComponent, TablesCoordinationStore):
                 if finished and transition.receipt is not None and committed.pending > 0:
                     message_id, token = transition.receipt
                     conn.execute("DELETE FROM fc_queue WHERE id = ? AND lease_token = ?", (message_id, token))
-                handed: list[Job] = []
-                queued: list[Job] = []
-                room = transition.continue_up_to if transition.owner is not None and not transition.recovery else 0
-                for job in committed.fired:
-                    if len(handed) < room and (job.due_at or 0.0) <= tables.now:
-                        handed.append(job)
-                    else:
-                        queued.append(job)
+                handed, queued = split_hand_over(transition, committed.fired, tables.now)
                 continued = queue._hand_over(conn, tables, handed, cast(str, transition.owner),
                                              transition.lease_seconds) if handed else []
                 tables.flush()

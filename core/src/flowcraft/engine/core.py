@@ -387,7 +387,7 @@ class Engine:
             try:
                 direct = self._direct(job, node, uses) if plain else None
                 if direct is not None:  # ``_invoke``'s common case, without its frame
-                    outcome = _completed(await direct(ctx))
+                    outcome = NodeOutcome.completed(*_split(await direct(ctx)))
                 else:
                     outcome = await self._invoke(job, node, uses, ctx, graph, plain=plain)
             except BaseException as exc:  # a node's SystemExit or CancelledError fails the node, not the worker
@@ -486,7 +486,7 @@ class Engine:
             return NodeOutcome.completed(outputs)
         direct = self._direct(job, node, uses)
         if direct is not None:
-            return _completed(await direct(ctx))
+            return NodeOutcome.completed(*_split(await direct(ctx)))
         implementation = self.app.implementation(job.blueprint_id, uses)
         if implementation is None:
             raise FlowcraftError(f"no implementation registered for uses {uses!r} (node {node.id!r})",
@@ -549,11 +549,7 @@ class Engine:
         except FlowcraftError as exc:
             await self.runs.fail(record, job.node_id, str(exc))
             return
-        needs_cascade = False
-        for reached in arrivals:
-            if not reached.arrived:
-                needs_cascade = True
-                break
+        needs_cascade = any(not a.arrived for a in arrivals)
         if not recovery and self._context_apart(completion):
             # a store that keeps the context apart (docs/architecture.md §3.5): the completion record first
             # (first writer wins, so an attempt that lost its lease never writes), then the winner's context,
@@ -848,13 +844,6 @@ def _ids(job: Job, **fields: Any) -> dict[str, Any]:
     """``extra`` of a log record about ``job``: its ids as fields a structured log formatter prints."""
     return {"run_id": job.run_id, "node_id": job.node_id, "visit": job.visit, "blueprint_id": job.blueprint_id,
             **fields}
-
-
-def _completed(result: Any) -> NodeOutcome:
-    """A node's return value as a completed outcome."""
-    if isinstance(result, NodeResult):
-        return NodeOutcome(state="completed", output=result.output, action=result.action)
-    return NodeOutcome(state="completed", output=result)
 
 
 def _split(result: Any) -> tuple[Any, str | None]:
