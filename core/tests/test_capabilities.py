@@ -62,13 +62,24 @@ def test_a_factory_that_cannot_be_imported_is_one_line() -> None:
         _load_factory(preset)
 
 
-def test_acks_or_continues_without_dispatches_is_refused_in_one_line() -> None:
+def test_acks_without_dispatches_is_refused_in_one_line() -> None:
     class Acking(MemoryCoordinationStore):
         acks = True
 
     built = memory_backend()
-    with pytest.raises(PluginError, match=r"coordination store Acking declares acks or continues without dispatches"):
+    with pytest.raises(PluginError, match=r"coordination store Acking declares acks without dispatches: a store "
+                                          r"that acks deliveries must also queue what they fired"):
         Backend(built.queue, built.context, built.status, Acking())
+
+
+def test_continues_without_dispatches_is_a_capability_of_its_own() -> None:
+    """A store that hands jobs into the queue's in-flight set need not queue the rest: the engine does."""
+    class Continuing(MemoryCoordinationStore):
+        continues = True
+
+    built = memory_backend()
+    capabilities = Backend(built.queue, built.context, built.status, Continuing()).capabilities
+    assert capabilities.continues and not capabilities.dispatches and not capabilities.acks
 
 
 def test_split_hand_over_hands_due_jobs_up_to_the_room_and_never_in_recovery() -> None:

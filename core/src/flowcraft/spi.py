@@ -137,7 +137,9 @@ class Delivery:
     ``record`` and ``begin`` are filled only by ``Queue.receive`` of a queue that shares one store with the
     status and coordination stores (``Capabilities.prefetches_status``): the run record and
     ``CoordinationStore.begin`` for the receiving owner, read in the same round trip as the dequeue.
-    ``begin`` is set exactly when both were (``prefetched``); otherwise (e.g. no such run) the engine reads them.
+    ``begin`` is set when the lease was taken with the dequeue (``prefetched``); ``record`` is set with it unless the
+    store that took the lease cannot read run records (a job handed over by a commit whose coordination store does
+    not hold the status: ``CoordinationStore.continues``). What is not set (e.g. no such run) the engine reads.
 
     ``job`` and ``receipt`` may be passed positionally; every other field is keyword-only.
     """
@@ -826,13 +828,16 @@ class CoordinationStore(Component):
 
     @property
     def continues(self) -> bool:
-        """True when a dispatching commit hands up to ``Transition.continue_up_to`` of the jobs it fires, due
-        now, straight to ``Transition.owner`` (``Committed.continued``): each is put in the queue's in-flight
-        set as a ``receive`` by that owner would leave it — invisible for the queue's visibility timeout, its
-        run record read and its lease taken for the owner (``Delivery.record``/``begin``) — so the worker runs
-        it without a queue hop, and if the worker dies the job comes back when its visibility lapses, as any
-        delivery would. The job is still recorded as pending, so a crash loses nothing. The other fired jobs go
-        on the queue as ``dispatches`` says. Only a store that ``dispatches`` may declare it."""
+        """True when a commit hands up to ``Transition.continue_up_to`` of the jobs it fires, due now, straight
+        to ``Transition.owner`` (``Committed.continued``): each is put in the queue's in-flight set as a
+        ``receive`` by that owner would leave it — invisible for the queue's visibility timeout, its lease taken
+        for the owner (``Delivery.begin``) and its run record read (``Delivery.record``; left unset by a store
+        that does not hold the status, and then the engine reads it) — so the worker runs it without a queue
+        hop, and if the worker dies the job comes back when its visibility lapses, as any delivery would. The
+        job is still recorded as pending, so a crash loses nothing. The other fired jobs go on the queue as
+        ``dispatches`` says: a store that does not dispatch hands jobs into the in-flight set the queue gives it
+        (e.g. ``flowcraft_redis.colocation.Dispatcher``), and the engine enqueues the fired jobs it did not hand
+        over."""
         return False
 
     @abstractmethod
@@ -937,9 +942,9 @@ class Capabilities:
     def of(cls, queue: Queue, context: ContextStore, status: StatusStore,
            coordination: CoordinationStore) -> Capabilities:
         """What the components, as they were built, declare: the one place a backend's fast paths are decided."""
-        if (coordination.acks or coordination.continues) and not coordination.dispatches:
-            raise PluginError(f"coordination store {type(coordination).__name__} declares acks or continues without "
-                              "dispatches: a store that acks or hands jobs over must also queue what it fires")
+        if coordination.acks and not coordination.dispatches:
+            raise PluginError(f"coordination store {type(coordination).__name__} declares acks without dispatches: "
+                              "a store that acks deliveries must also queue what they fired")
         return cls(applies_context=coordination.applies_context,
                    prefetches_status=queue.prefetches_status,
                    dispatches=coordination.dispatches,

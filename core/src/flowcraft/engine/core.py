@@ -302,7 +302,7 @@ class Engine:
         if job.due_at is not None and job.due_at - time.time() > 0.01:
             await self.queue.release(delivery, job.due_at - time.time())  # early (a capped delay or a requeue)
             return None
-        record = delivery.record if delivery.prefetched else await self.status.get(job.run_id)
+        record = delivery.record if delivery.record is not None else await self.status.get(job.run_id)
         if record is None:
             await self._dead_letter(delivery, f"run {job.run_id!r} does not exist", flag=False)
             return None
@@ -694,7 +694,11 @@ class Engine:
 
     async def _dispatch(self, committed: Committed) -> None:
         if not self.backend.capabilities.dispatches:  # a store sharing the queue's storage enqueued them itself
-            await self._enqueue(committed.fired)
+            if committed.continued:  # those handed to this worker are in the queue's in-flight set already
+                handed = {delivery.job.key for delivery in committed.continued}
+                await self._enqueue([job for job in committed.fired if job.key not in handed])
+            else:
+                await self._enqueue(committed.fired)
 
     async def _enqueue(self, jobs: Sequence[Job]) -> None:
         await routing.enqueue_due(self.queue, jobs)

@@ -1132,8 +1132,10 @@ class CapabilitiesContract(_Base):
         queued = "c" if handed.job.node_id == "b" else "b"
         assert handed.job.run_id == run_prefix and handed.deliveries == 1
         assert handed.begin is not None and handed.begin.lease and handed.begin.state == "pending"
-        assert handed.record is not None and handed.record.input == {"x": 1}
+        assert handed.record is None or handed.record.input == {"x": 1}  # (None: the engine reads it)
         assert not (await backend.coordination.begin(handed.job, "w2", 30)).lease  # the lease is w1's
+        if not backend.capabilities.dispatches:  # the engine queues what was not handed over
+            await backend.queue.enqueue([j for j in committed.fired if j.key != handed.job.key])
         got = await receive(backend, 2, timeout=1.0)  # within the handed job's visibility
         assert [d.job.node_id for d in got] == [queued]
         await backend.queue.ack(got[0])

@@ -35,7 +35,8 @@ class Dispatcher(ABC):
     function reads) begins in ARGV and where ``keys`` begin in KEYS. ``handed`` maps the positions in ``fired``
     of the jobs the commit hands straight to its owner (``continues``; empty otherwise) to true: the queue
     puts those in its in-flight set as its ``receive`` would and returns, for each such position, the reply
-    list ``delivery`` turns into a ``Delivery``. With ``acks`` it also defines ``local function
+    list ``delivery`` turns into a ``Delivery`` (its ``record`` is None when the run's status is not on this
+    Redis and client: the commit then cannot read it). With ``acks`` it also defines ``local function
     ack_delivery(at, k)``, which acks the delivery whose ``ack_args`` begin at ARGV ``at`` (its keys follow
     ``keys`` in KEYS)."""
 
@@ -48,6 +49,10 @@ class Dispatcher(ABC):
     acks: bool = False
     #: ``dispatch`` can hand fired jobs to the committing owner (the store's ``continues``)
     continues: bool = False
+    #: ``dispatch`` pushes every fired job onto the queue (the store's ``dispatches``); False for the in-flight
+    #: set of a queue that is not on this Redis (e.g. RabbitMQ): ``dispatch`` then only takes the handed jobs
+    #: and the engine enqueues the others; such a dispatcher cannot ack (``acks`` needs ``dispatches``)
+    queues: bool = True
 
     @abstractmethod
     def args(self, count: int, now: float) -> list[Any]:

@@ -58,6 +58,7 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
         self._forced_context = applies_context
         self._forced_dispatcher = dispatcher
         self._applies_context = bool(applies_context)
+        self._status_here = False  # a RedisStatusStore on this client and key prefix: the commit reads run records
         #: pushes fired jobs into a queue on the same Redis (None: the engine enqueues them)
         self.dispatcher = dispatcher
         batcher = self.batcher
@@ -72,6 +73,7 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
     def colocated(self, colocation: Colocation) -> None:
         if self._forced_context is None:
             self._applies_context = colocation.context is not None
+        self._status_here = colocation.status is not None
         if self._forced_dispatcher is None:
             self.dispatcher = colocation.queue.commit_dispatcher() if colocation.queue is not None else None
 
@@ -82,8 +84,8 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
 
     @property
     def dispatches(self) -> bool:
-        """True when commits push the jobs they fire into the backend's queue (a ``Dispatcher``)."""
-        return self.dispatcher is not None
+        """True when commits push the jobs they fire into the backend's queue (a ``Dispatcher`` that queues)."""
+        return self.dispatcher is not None and self.dispatcher.queues
 
     @property
     def acks(self) -> bool:
@@ -137,7 +139,8 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
         now = time.time()
         completion = tx.completion
         apply_context = completion is not None and self.applies_context
-        flags = f"{int(tx.recovery)}{int(tx.finish)}{int(completion is not None)}{int(apply_context)}"
+        flags = (f"{int(tx.recovery)}{int(tx.finish)}{int(completion is not None)}{int(apply_context)}"
+                 f"{int(self._status_here)}")
         owner = tx.owner or ""
         keys: list[str] = [self.keys.run(tx.run_id), self.keys.ctx(tx.run_id), self.keys.status(tx.run_id)]
         args: list[Any] = [tx.run_id, tx.job_key, repr(now), self.state_ttl_seconds, flags,
@@ -196,10 +199,11 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
     def _handed(dispatcher: Dispatcher, fired: list[Job], result: list[Any], at: int, owner: str
                 ) -> tuple[Delivery, ...]:
         """The deliveries of the fired jobs the commit handed to ``owner`` (``continues``): the reply from ``at``
-        is their count, the run record (flat) and per job its position in ``fired``, the queue's reply and the
-        job's completion record; the lease was taken for ``owner``."""
+        is their count, the run record (flat; empty when the status is not on this Redis) and per job its
+        position in ``fired``, the queue's reply and the job's completion record; the lease was taken for
+        ``owner``."""
         count, flat = int(result[at]), result[at + 1]
-        record = record_from_hash({flat[i]: flat[i + 1] for i in range(0, len(flat), 2)})
+        record = record_from_hash({flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}) if flat else None
         out: list[Delivery] = []
         at += 2
         for _ in range(count):

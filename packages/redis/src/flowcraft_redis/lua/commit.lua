@@ -1,6 +1,7 @@
 -- KEYS: the run hash, the run's context hash, its status hash, then the queue's Dispatcher.keys (when it
 -- dispatches or acks) and the keys of the ack (Dispatcher.ack_args).
--- ARGV: run, job key, now, ttl, flags (recovery, finish, has completion, apply context: '0'/'1' each),
+-- ARGV: run, job key, now, ttl, flags (recovery, finish, has completion, apply context, status hash here:
+-- '0'/'1' each),
 -- token, completion JSON, owner; context updates (n, key, value...), context deletes (n, key...); arrivals
 -- (n, then per arrival: target, member, arrived '1'/'0', contribution JSON, expected members (n, id...),
 -- strategy, job JSON, due); then dispatch ('0'/'1'), how many fired jobs to hand to the owner (continues) and
@@ -14,6 +15,7 @@ local recovery = string.sub(flags, 1, 1) == '1'
 local finish = string.sub(flags, 2, 2) == '1'
 local has_completion = string.sub(flags, 3, 3) == '1'
 local apply_ctx = string.sub(flags, 4, 4) == '1'
+local status_here = string.sub(flags, 5, 5) == '1'
 local token, completion, owner = ARGV[6], ARGV[7], ARGV[8]
 local R, ctx = KEYS[1], KEYS[2]
 
@@ -154,11 +156,12 @@ if finish then
   end
 end
 -- continues: up to hand_up_to fired jobs due now go to the owner, with their lease taken for it (unless another
--- owner's live lease is there), as the queue's receive with prefetch would; only for an active run's jobs
-local handed, nhanded, rec = {}, 0, nil
+-- owner's live lease is there), as the queue's receive with prefetch would; only for an active run's jobs (a
+-- run whose status is not on this Redis is checked by the engine, which reads the record)
+local handed, nhanded, rec = {}, 0, {}
 if handing and #fired > 0 then
-  rec = redis.call('HGETALL', KEYS[3])
-  if run_active(rec) then
+  if status_here then rec = redis.call('HGETALL', KEYS[3]) end
+  if not status_here or run_active(rec) then
     for f, entry in ipairs(fired) do
       if nhanded >= hand_up_to then break end
       local due = tonumber(entry[3])
