@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import itertools
 import json
 import os
 import queue
@@ -54,7 +55,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar, cast
 
@@ -96,6 +97,7 @@ _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
 _CHUNK = 500  # bound parameters per statement (old SQLite builds allow 999)
 _BATCH = 64  # calls committed together at most
+_RECORDS = 256  # parsed run records a queue keeps (SqliteQueue._parsed)
 #: WAL checkpoints (``_DatabaseThread._checkpoint``): at most this often per process, in seconds; past this many
 #: WAL frames (4 KiB pages) also a RESTART checkpoint, waiting at most this long (ms) for readers and writers
 _CHECKPOINT_EVERY = 0.05
@@ -180,6 +182,54 @@ COMMIT;
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class _Encoded:
+    """The JSON documents of one commit's objects, each encoded once: a fired job's document goes to ``fc_jobs`` and
+    to ``fc_queue``, a completion's to ``fc_completions`` and its context values to ``fc_context``. A commit
+    encodes what it can before its transaction (``of``), so the write lock is not held while encoding. Keyed by
+    object identity; each entry holds its object, so an id is never reused while the entry lives."""
+
+    __slots__ = ("_completions", "_contexts", "_jobs")
+
+    def __init__(self) -> None:
+        self._jobs: dict[int, tuple[Job, str]] = {}
+        self._completions: dict[int, tuple[Completion, str]] = {}
+        self._contexts: dict[int, tuple[Completion, list[tuple[str, str]]]] = {}
+
+    @classmethod
+    def of(cls, transition: Transition, applies_context: bool) -> _Encoded:
+        """A transition's completion (and its context values, with ``applies_context``) and the jobs its plain
+        arrivals fire, encoded (in the caller's thread, outside any transaction)."""
+        encoded = cls()
+        if transition.completion is not None:
+            encoded.completion(transition.completion)
+            if applies_context:
+                encoded.context(transition.completion)
+        for arrival in transition.arrivals:
+            if arrival.arrived and len(arrival.expected) <= 1:  # a join's job gets its input when it fires
+                encoded.job(arrival.job)
+        return encoded
+
+    def job(self, job: Job) -> str:
+        entry = self._jobs.get(id(job))
+        if entry is None:
+            entry = self._jobs[id(job)] = (job, _dumps(job.to_dict()))
+        return entry[1]
+
+    def completion(self, completion: Completion) -> str:
+        entry = self._completions.get(id(completion))
+        if entry is None:
+            entry = self._completions[id(completion)] = (completion, _dumps(completion.to_dict()))
+        return entry[1]
+
+    def context(self, completion: Completion) -> list[tuple[str, str]]:
+        """``(key, document)`` of each of the completion's context updates."""
+        entry = self._contexts.get(id(completion))
+        if entry is None:
+            rows = [(key, _dumps(value)) for key, value in completion.context_updates.items()]
+            entry = self._contexts[id(completion)] = (completion, rows)
+        return entry[1]
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -578,6 +628,11 @@ class SqliteQueue(_SqliteComponent, Queue):
         self.visibility_timeout = visibility_timeout
         self._waiters: set[asyncio.Future[None]] = set()
         self._prefetches_status = prefetches_status
+        self._token_prefix = uuid.uuid4().hex[:16]
+        self._tokens = itertools.count()
+        # run id -> (its record's document, that document parsed) as a prefetch last read it, used by the
+        # database thread only: a delivery whose run's document is unchanged gets the same (read-only) record
+        self._records: dict[str, tuple[str, RunRecord]] = {}
 
     @property
     def prefetches_status(self) -> bool:
@@ -643,7 +698,7 @@ class SqliteQueue(_SqliteComponent, Queue):
         next_due = conn.execute("SELECT MIN(available_at) FROM fc_queue").fetchone()[0]
         if next_due is None or next_due > now:
             return [], next_due
-        token = uuid.uuid4().hex
+        token = self._token()
         leased_until = now + self.visibility_timeout
         out: list[Delivery] = []
         with immediate(conn):
@@ -671,7 +726,9 @@ class SqliteQueue(_SqliteComponent, Queue):
                 leased,
             )
             if prefetch is not None and out:
-                _prefetch(conn, out, *prefetch)
+                tables = SqliteTables(conn, now)
+                self._prefetch(conn, tables, out, *prefetch)
+                tables.flush()
         return out, None
 
     def _hand_over(self, conn: sqlite3.Connection, tables: SqliteTables, jobs: Sequence[Job], owner: str,
@@ -679,18 +736,53 @@ class SqliteQueue(_SqliteComponent, Queue):
         """Insert ``jobs`` as messages already claimed by ``owner``, as ``_claim`` with ``prefetch`` leaves them
         (first delivery, invisible for the visibility timeout, run record read, job lease taken), inside the
         caller's transaction over ``tables``; the caller flushes ``tables``."""
-        token = uuid.uuid4().hex
+        token = self._token()
         leased_until = tables.now + self.visibility_timeout
         out: list[Delivery] = []
         for job in jobs:
             message_id = conn.execute(
                 "INSERT INTO fc_queue (job, available_at, deliveries, lease_token, leased_until) "
                 "VALUES (?, ?, 1, ?, ?)",
-                (_dumps(job.to_dict()), leased_until, token, leased_until),
+                (tables.encoded.job(job), leased_until, token, leased_until),
             ).lastrowid
             out.append(Delivery(job, (message_id, token), deliveries=1))
-        _prefetch_into(conn, tables, out, owner, lease_seconds)
+        self._prefetch(conn, tables, out, owner, lease_seconds)
         return out
+
+    def _token(self) -> str:
+        """A lease token no other claim uses: this queue's random prefix and a counter."""
+        return f"{self._token_prefix}{next(self._tokens):x}"
+
+    def _prefetch(self, conn: sqlite3.Connection, tables: SqliteTables, deliveries: list[Delivery], owner: str,
+                  lease_seconds: float) -> None:
+        """Fill each delivery's run record and take its job lease for ``owner`` (``CoordinationStore.begin``), over
+        the tables of the transaction that claims or hands them over (the caller flushes them); a delivery whose
+        run has no record is left for the engine to read. The engine only reads ``Delivery.record``, so the
+        deliveries of a run whose record document did not change since the last prefetch share one parsed
+        record (as the memory preset's snapshot), instead of parsing it again for each."""
+        documents: dict[str, RunRecord | None] = {}
+        for delivery in deliveries:
+            job = delivery.job
+            if job.run_id in documents:
+                record = documents[job.run_id]
+            else:
+                row = conn.execute("SELECT record FROM fc_status WHERE run_id = ?", (job.run_id,)).fetchone()
+                record = documents[job.run_id] = None if row is None else self._parsed(job.run_id, row[0])
+            if record is None:
+                continue
+            delivery.record = record
+            delivery.begin = take_lease(tables, job, owner, lease_seconds)
+
+    def _parsed(self, run_id: str, document: str) -> RunRecord:
+        cached = self._records.pop(run_id, None)
+        if cached is not None and cached[0] == document:
+            record = cached[1]
+        else:
+            record = RunRecord.from_dict(json.loads(document))
+        self._records[run_id] = (document, record)  # most recent last
+        if len(self._records) > _RECORDS:
+            del self._records[next(iter(self._records))]
+        return record
 
     async def ack(self, delivery: Delivery) -> None:
         message_id, token = delivery.receipt
@@ -793,44 +885,20 @@ class SqliteQueue(_SqliteComponent, Queue):
                 loop.call_soon_threadsafe(_wake, waiter)
 
 
-def _prefetch(conn: sqlite3.Connection, deliveries: list[Delivery], owner: str, lease_seconds: float) -> None:
-    """Fill each delivery's run record and take its job lease for ``owner`` (``CoordinationStore.begin``), in the
-    transaction that claims them; a delivery whose run has no record is left for the engine to read."""
-    tables = SqliteTables(conn)
-    _prefetch_into(conn, tables, deliveries, owner, lease_seconds)
-    tables.flush()
-
-
-def _prefetch_into(conn: sqlite3.Connection, tables: SqliteTables, deliveries: list[Delivery], owner: str,
-                   lease_seconds: float) -> None:
-    """``_prefetch`` over tables the caller flushes; a run's record is read once for all its deliveries (each
-    gets a record of its own)."""
-    documents: dict[str, str | None] = {}
-    for delivery in deliveries:
-        job = delivery.job
-        if job.run_id not in documents:
-            row = conn.execute("SELECT record FROM fc_status WHERE run_id = ?", (job.run_id,)).fetchone()
-            documents[job.run_id] = None if row is None else row[0]
-        document = documents[job.run_id]
-        if document is None:
-            continue
-        delivery.record = RunRecord.from_dict(json.loads(document))
-        delivery.begin = take_lease(tables, job, owner, lease_seconds)
-
-
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
 
 
 # ---------------------------------------------------------------------------------------------- context
-def _upsert_context(conn: sqlite3.Connection, run_id: str, updates: Mapping[str, Any], deletes: Sequence[str]
-                    ) -> None:
+def _write_context(conn: sqlite3.Connection, run_id: str, updates: Sequence[tuple[str, str]], deletes: Sequence[str]
+                   ) -> None:
+    """Upsert the ``(key, document)`` updates and delete the ``deletes`` keys of a run's context."""
     if updates:
         conn.executemany(
             "INSERT INTO fc_context (run_id, key, value) VALUES (?, ?, ?) "
             "ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value",
-            [(run_id, key, _dumps(value)) for key, value in updates.items()],
+            [(run_id, key, document) for key, document in updates],
         )
     if deletes:
         conn.executemany("DELETE FROM fc_context WHERE run_id = ? AND key = ?", [(run_id, key) for key in deletes])
@@ -868,8 +936,8 @@ class SqliteContextStore(_SqliteComponent, ContextStore):
     async def apply(self, run_id: str, updates: Mapping[str, Any], deletes: Sequence[str] = ()) -> None:
         if not updates and not deletes:
             return
-        updates, deletes = dict(updates), list(deletes)
-        await self.db.write(lambda conn: _upsert_context(conn, run_id, updates, deletes))
+        rows, removed = [(key, _dumps(value)) for key, value in updates.items()], list(deletes)
+        await self.db.write(lambda conn: _write_context(conn, run_id, rows, removed))
 
     async def delete_run(self, run_id: str) -> None:
         await self.db.write(lambda conn: conn.execute("DELETE FROM fc_context WHERE run_id = ?", (run_id,)))
@@ -1066,9 +1134,10 @@ class SqliteTables:
     ``flush``, which the caller runs before committing.
     """
 
-    def __init__(self, conn: sqlite3.Connection, now: float | None = None) -> None:
+    def __init__(self, conn: sqlite3.Connection, now: float | None = None, encoded: _Encoded | None = None) -> None:
         self.conn = conn
         self.now = time.time() if now is None else now
+        self.encoded = _Encoded() if encoded is None else encoded
         self._deltas: dict[str, list[int]] = {}
         self._touched: set[str] = set()
         # job states this section read or wrote (nothing else writes them while it runs): a transition's
@@ -1086,7 +1155,7 @@ class SqliteTables:
         return cast(JobState, row[0])
 
     def insert_job(self, run_id: str, key: str, state: JobState, job: Job | None) -> bool:
-        document = None if job is None else _dumps(job.to_dict())
+        document = None if job is None else self.encoded.job(job)
         inserted = self.conn.execute(
             "INSERT OR IGNORE INTO fc_jobs (run_id, key, state, job) VALUES (?, ?, ?, ?)",
             (run_id, key, state, document),
@@ -1104,7 +1173,7 @@ class SqliteTables:
             self.conn.execute("UPDATE fc_jobs SET state = ? WHERE run_id = ? AND key = ?", (state, run_id, key))
         else:
             self.conn.execute("UPDATE fc_jobs SET state = ?, job = ? WHERE run_id = ? AND key = ?",
-                              (state, _dumps(job.to_dict()), run_id, key))
+                              (state, self.encoded.job(job), run_id, key))
         self._states[(run_id, key)] = state
         self._count(run_id, old, -1)
         self._count(run_id, state, +1)
@@ -1122,7 +1191,7 @@ class SqliteTables:
     def put_completion(self, run_id: str, key: str, completion: Completion) -> None:
         self.conn.execute(
             "INSERT OR REPLACE INTO fc_completions (run_id, key, record) VALUES (?, ?, ?)",
-            (run_id, key, _dumps(completion.to_dict())),
+            (run_id, key, self.encoded.completion(completion)),
         )
 
     def add_arrival(self, run_id: str, target: str, member: str, arrived: bool, contribution: Any) -> tuple[int, int]:
@@ -1152,7 +1221,7 @@ class SqliteTables:
         self._touched.add(run_id)
 
     def apply_context(self, run_id: str, completion: Completion) -> None:
-        _upsert_context(self.conn, run_id, completion.context_updates, completion.context_deletes)
+        _write_context(self.conn, run_id, self.encoded.context(completion), completion.context_deletes)
 
     def lease(self, run_id: str, key: str) -> tuple[str, float] | None:
         row = self.conn.execute(
@@ -1253,10 +1322,11 @@ class SqliteCoordinationStore(_SqliteComponent, TablesCoordinationStore):
         (``releases_lease``) and, with ``dispatches``, puts the fired jobs on the queue, hands some to the owner
         (``continues``) and acks the committed delivery (``acks``)."""
         applies_context, queue = self.applies_context, self._queue
+        encoded = _Encoded.of(transition, applies_context)  # before the transaction takes the write lock
 
         def run(conn: sqlite3.Connection) -> Committed:
             with immediate(conn):
-                tables = SqliteTables(conn)
+                tables = SqliteTables(conn, encoded=encoded)
                 committed = apply_transition(tables, transition, applies_context=applies_context)
                 finished = transition.finish and committed.conflict is None
                 if finished and transition.owner is not None:
@@ -1274,8 +1344,11 @@ class SqliteCoordinationStore(_SqliteComponent, TablesCoordinationStore):
                 tables.flush()
                 if queued:
                     conn.executemany("INSERT INTO fc_queue (job, available_at) VALUES (?, ?)",
-                                     [(_dumps(job.to_dict()), max(tables.now, job.due_at or 0.0)) for job in queued])
-                return replace(committed, continued=tuple(continued)) if continued else committed
+                                     [(encoded.job(job), max(tables.now, job.due_at or 0.0)) for job in queued])
+                if not continued:
+                    return committed
+                return Committed(fired=committed.fired, continued=tuple(continued), skipped=committed.skipped,
+                                 pending=committed.pending, parked=committed.parked)
 
         committed = await self.db.call(run)
         if queue is not None and len(committed.fired) > len(committed.continued):
