@@ -220,3 +220,32 @@ def test_a_refused_value_fails_only_its_own_coalesced_write() -> None:
     results = asyncio.run(main())
     assert results[0] is None and results[2] is None
     assert isinstance(results[1], StoreLimitError)
+
+
+def test_handover_options_wire_the_hand_over_unless_turned_off() -> None:
+    """continues (default on) gives the queue and the Redis coordination store one hand-over set, whose
+    visibility is handover_visibility_timeout or else visibility_timeout; a bad value is one line."""
+    from flowcraft_rabbitmq.backend import build_backend
+
+    q = RabbitMqOptions.parse({"visibility_timeout": 7})
+    assert q.continues and q.handover_visibility_timeout is None and q.handed_visibility == 7
+    assert RabbitMqOptions.parse({"handover_visibility_timeout": "2.5"}).handed_visibility == 2.5
+    for bad in (0, -1, 1e9):
+        with pytest.raises(ConfigError, match=r"^option handover_visibility_timeout: must be between") as info:
+            RabbitMqOptions.parse({"handover_visibility_timeout": bad})
+        assert "\n" not in str(info.value)
+    options = {"redis_url": "redis://127.0.0.1:1/0", "key_prefix": "k:", "queue_name": "jobs",
+               "visibility_timeout": 9}
+    backend = build_backend(options)
+    queue = backend.queue
+    assert isinstance(queue, RabbitMqQueue) and queue.handover is not None
+    assert backend.coordination.dispatcher is queue.handover  # type: ignore[attr-defined]
+    assert queue.handover.key == "k:handover:jobs" and queue.handover.visibility_timeout == 9
+    capabilities = backend.capabilities
+    assert capabilities.continues and not capabilities.dispatches and not capabilities.acks
+    off = build_backend({**options, "continues": "false"})
+    assert isinstance(off.queue, RabbitMqQueue) and off.queue.handover is None
+    assert not off.capabilities.continues
+    clustered = build_backend({**options, "redis_url": "redis+cluster://127.0.0.1:1"})  # the set is in no run's slot
+    assert isinstance(clustered.queue, RabbitMqQueue) and clustered.queue.handover is None
+    assert not clustered.capabilities.continues

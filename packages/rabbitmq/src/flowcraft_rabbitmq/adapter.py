@@ -34,6 +34,8 @@ from flowcraft_rabbitmq._pg import PgClient
 from flowcraft_rabbitmq.context import PostgresContext
 from flowcraft_rabbitmq.queue import RabbitMqQueue
 from flowcraft_rabbitmq.status import PostgresStatusStore
+from flowcraft_redis import RedisCoordinationStore
+from flowcraft_redis.handover import Handover
 
 
 def _pg(client: PgClient | str | Any) -> PgClient:
@@ -45,7 +47,12 @@ def _pg(client: PgClient | str | Any) -> PgClient:
 
 
 class RabbitMqAdapter(WorkerAdapter):
-    """A worker (engine + worker loop) and a client over RabbitMQ + PostgreSQL + a coordination store."""
+    """A worker (engine + worker loop) and a client over RabbitMQ + PostgreSQL + a coordination store.
+
+    With a ``RedisCoordinationStore`` on one Redis that has no dispatcher yet, the adapter gives it this queue's
+    hand-over (``continues``, on by default: finishing commits hand fired jobs to this worker through a Redis
+    set, see ``flowcraft_redis.handover``; ``handover_visibility_timeout`` defaults to ``visibility_timeout``):
+    such a store then serves this adapter only."""
 
     def __init__(
         self,
@@ -65,6 +72,8 @@ class RabbitMqAdapter(WorkerAdapter):
         poll_wait: float = 1.0,
         engine_options: EngineOptions | None = None,
         worker_id: str | None = None,
+        continues: bool = True,
+        handover_visibility_timeout: float | None = None,
     ) -> None:
         self.pg = _pg(pg_client)
         queue = RabbitMqQueue(amqp_connection, queue_name=queue_name, visibility_timeout=visibility_timeout,
@@ -72,6 +81,14 @@ class RabbitMqAdapter(WorkerAdapter):
         context = PostgresContext(self.pg, context_table_name, schema=schema)
         status = PostgresStatusStore(self.pg, status_table_name, schema=schema)
         queue.prefetch_with(status, coordination_store)
+        if (continues and isinstance(coordination_store, RedisCoordinationStore)
+                and coordination_store.dispatcher is None and Handover.supported(coordination_store.redis)):
+            # hand-over (see flowcraft_redis.handover): this adapter's commits hand fired jobs to its worker
+            handover = Handover(coordination_store.redis, queue_name=queue_name,
+                                key_prefix=coordination_store.key_prefix,
+                                visibility_timeout=handover_visibility_timeout or visibility_timeout)
+            coordination_store.dispatcher = handover
+            queue.hand_over_with(handover)
         super().__init__(Backend(queue, context, status, coordination_store, name="rabbitmq"),
                          runtime_options=runtime_options, concurrency=concurrency, poll_wait=poll_wait,
                          engine_options=engine_options, worker_id=worker_id)

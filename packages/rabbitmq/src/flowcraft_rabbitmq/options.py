@@ -45,9 +45,19 @@ class RabbitMqOptions(QueueOptions):
                                                                 "must be at least this")
     connect_timeout: float = option(10.0, CONNECT_HELP)
     reconnect_seconds: float = option(60.0, RECONNECT_HELP)
+    continues: bool = option(True, "a finishing commit hands up to the worker's room of the jobs it fires straight "
+                                   "to that worker, through a Redis set beside the coordination state instead of "
+                                   "the broker (Capabilities.continues; one Redis only, not a Redis Cluster)")
+    handover_visibility_timeout: float | None = option(
+        None, "seconds a job handed over (continues) may go without a heartbeat before any worker's sweep puts it "
+              "back on the queue (a dead worker's handed jobs come back after about this); default: "
+              "visibility_timeout")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.handover_visibility_timeout is not None and not 0.1 <= self.handover_visibility_timeout <= 86400:
+            raise ConfigError(f"option handover_visibility_timeout: must be between 0.1 and 86400 seconds (or unset: "
+                              f"visibility_timeout), got {self.handover_visibility_timeout!r}")
         if not self.queue_name or len(self.queue_name.encode("utf-8")) > MAX_QUEUE_NAME_BYTES:
             raise ConfigError(f"option queue_name: must be 1 to {MAX_QUEUE_NAME_BYTES} bytes, got "
                               f"{self.queue_name!r}")
@@ -67,6 +77,11 @@ class RabbitMqOptions(QueueOptions):
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> RabbitMqOptions:
         return parse_options(cls, options)
+
+    @property
+    def handed_visibility(self) -> float:
+        """The visibility timeout of handed jobs (``handover_visibility_timeout``, else ``visibility_timeout``)."""
+        return self.visibility_timeout if self.handover_visibility_timeout is None else self.handover_visibility_timeout
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,22 @@ from running the job meanwhile, and the reconciler re-enqueues a run whose lease
 
 ``Delivery.deliveries`` = deliveries carried by an earlier copy (header ``flowcraft-deliveries``, set when
 a job is released through a delay queue) + the quorum queue's ``x-delivery-count`` + 1.
+
+Hand-over (``hand_over_with``, wired by the preset's factory): a finishing commit may hand fired jobs straight to
+the worker that committed (``CoordinationStore.continues``). They never reach the broker: they wait in a Redis
+sorted set beside the coordination state (``flowcraft_redis.handover.Handover``), scored by a visibility
+deadline, and their deliveries carry a ``HandedReceipt``. ``ack`` removes such a job from the set, ``extend``
+moves its deadline, ``release`` and ``dead_letter`` publish it (to the queue, a delay queue or the dead-letter
+exchange, confirmed) and then remove it. Every consuming queue sweeps the set every ``Handover.sweep_interval``
+(min(1 s, visibility / 4)): the jobs whose deadline passed (a dead or stalled worker's) are claimed, published to
+the queue with confirms, then removed, so they come back without the reconciler.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import json
 import time
@@ -56,6 +66,7 @@ from flowcraft_rabbitmq._amqp import (
     precondition,
 )
 from flowcraft_rabbitmq.options import RabbitMqOptions
+from flowcraft_redis.handover import SWEEP_BATCH, HandedReceipt, Handover, decode_member
 
 DELIVERIES_HEADER = "flowcraft-deliveries"
 DUE_HEADER = "flowcraft-due"
@@ -202,6 +213,9 @@ class RabbitMqQueue(PrefetchingQueue):
         self.settle_frames = 0
         self._declared: set[str] = set()
         self._closed = False
+        #: the in-flight set of the jobs commits hand to this process's worker (None: no hand-over)
+        self.handover: Handover | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
@@ -215,6 +229,11 @@ class RabbitMqQueue(PrefetchingQueue):
 
     def __repr__(self) -> str:
         return f"RabbitMqQueue({self.link!r}, queue_name={self.queue_name!r})"
+
+    def hand_over_with(self, handover: Handover) -> None:
+        """Serve the deliveries of jobs handed over into ``handover``'s set (and sweep it while consuming); the
+        coordination store's commits write that set (``RedisCoordinationStore(dispatcher=handover)``)."""
+        self.handover = handover
 
     # ------------------------------------------------------------------------------------------ setup
     def main_arguments(self) -> dict[str, Any]:
@@ -264,6 +283,14 @@ class RabbitMqQueue(PrefetchingQueue):
 
     async def close(self) -> None:
         self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # stopping: its error no longer matters
+                await self._sweeper
+            self._sweeper = None
+        if self.handover is not None:  # the removals asked for go out (a lost one only brings a job back)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.handover.flush(), SETTLE_ON_CLOSE)
         settler = self._settler
         if settler is not None:  # the acks asked for go out before the connection closes
             done, _ = await asyncio.wait({settler}, timeout=SETTLE_ON_CLOSE)
@@ -327,6 +354,55 @@ class RabbitMqQueue(PrefetchingQueue):
             if self.prefetch <= 0:
                 self.prefetch = max(1, min(max_jobs, 65535))
             self._consumer = asyncio.create_task(self._consume(), name=f"flowcraft-rabbitmq-consumer-{self.queue_name}")
+        if self.handover is not None and (self._sweeper is None or self._sweeper.done()) and not self._closed:
+            self._sweeper = asyncio.create_task(self._sweep_loop(self.handover),
+                                                name=f"flowcraft-rabbitmq-sweeper-{self.queue_name}")
+
+    async def _sweep_loop(self, handover: Handover) -> None:
+        """While consuming: every ``handover.sweep_interval``, put the handed jobs whose visibility lapsed back on
+        the queue (``sweep_handed``)."""
+        failures = 0
+        while not self._closed:
+            await asyncio.sleep(handover.sweep_interval if not failures else backoff(failures))
+            try:
+                while await self.sweep_handed(handover) >= SWEEP_BATCH:
+                    pass
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis or the broker away: the jobs stay in the set for the next sweep
+                if failures == 0:
+                    log.warning("sweeping the handed jobs of %s failed (%s); retrying", self.queue_name,
+                                one_line(exc))
+                failures += 1
+
+    async def sweep_handed(self, handover: Handover) -> int:
+        """One sweep: claim the handed jobs whose visibility deadline passed, publish each to the queue (its one
+        delivery carried in ``flowcraft-deliveries``) with confirms, then remove them from the set; returns how
+        many were claimed. A job that could not be published stays claimed until the claim lapses."""
+        members = await handover.sweep(SWEEP_BATCH)
+        if not members:
+            return 0
+        log.info("%d handed jobs of %s passed their visibility timeout: back to the queue", len(members),
+                 self.queue_name)
+
+        async def publish(member: bytes) -> bytes:
+            try:
+                body = decode_member(member)[1]
+            except ValueError as exc:  # not written by a commit: keep it where it can be read
+                await self._publish("", member, self._dead_headers(f"unreadable handed job: {exc}", 1),
+                                    exchange=self.dead_letter_exchange)
+                return member
+            await self._send(body, 0.0, 1)
+            return member
+
+        published = await asyncio.gather(*(publish(member) for member in members), return_exceptions=True)
+        done = [m for m in published if isinstance(m, bytes)]
+        await handover.remove(done)
+        failed = [m for m in published if isinstance(m, BaseException)]
+        if failed:
+            raise failed[0]
+        return len(members)
 
     async def _consume(self) -> None:
         """Keep one consumer channel open on the queue, reopening it (with backoff) when it closes."""
@@ -535,9 +611,37 @@ class RabbitMqQueue(PrefetchingQueue):
             log.debug("could not settle a delivery: %s", one_line(exc))
 
     async def ack(self, delivery: Delivery) -> None:
+        receipt = delivery.receipt
+        if isinstance(receipt, HandedReceipt):
+            if not receipt.settled:
+                receipt.settled = True
+                self._handover().ack(receipt)
+            return
         await self._settle(_receipt(delivery))
 
+    def _handover(self) -> Handover:
+        if self.handover is None:
+            raise TypeError("a handed delivery, but this RabbitMqQueue has no hand-over (hand_over_with)")
+        return self.handover
+
+    async def _release_handed(self, delivery: Delivery, receipt: HandedReceipt, delay: float) -> None:
+        """Publish a handed job to the queue (a delay queue), confirmed, then remove it from the set; if the
+        publish fails it stays there and comes back through a sweep when its visibility lapses."""
+        if receipt.settled:
+            return
+        receipt.settled = True
+        try:
+            await self._send(receipt.body, max(0.0, delay), delivery.deliveries)
+        except _RELEASE_FALLBACK as exc:
+            log.warning("could not release handed job %s (%s); it comes back after its visibility timeout",
+                        delivery.job.key, one_line(exc))
+            return
+        await self._handover().remove([receipt.member])
+
     async def release(self, delivery: Delivery, delay: float = 0.0) -> None:
+        if isinstance(delivery.receipt, HandedReceipt):
+            await self._release_handed(delivery, delivery.receipt, delay)
+            return
         receipt = _receipt(delivery)
         if receipt.settled or receipt.generation != self._generation:
             return  # already handed back (visibility timer, closed channel)
@@ -553,20 +657,36 @@ class RabbitMqQueue(PrefetchingQueue):
         await self._settle(receipt)
 
     async def extend(self, delivery: Delivery, seconds: float) -> None:
+        if isinstance(delivery.receipt, HandedReceipt):
+            if not delivery.receipt.settled:
+                await self._handover().extend(delivery.receipt, seconds)
+            return
         receipt = _receipt(delivery)
         if not receipt.settled:
             self._arm(receipt, seconds)
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        handed = delivery.receipt
+        if isinstance(handed, HandedReceipt):  # to the dead-letter exchange, confirmed, then out of the set
+            if handed.settled:
+                return
+            await self._publish("", handed.body, self._dead_headers(reason, delivery.deliveries),
+                                exchange=self.dead_letter_exchange)
+            handed.settled = True
+            await self._handover().remove([handed.member])
+            return
         receipt = _receipt(delivery)
         if receipt.settled:
             return  # handed back already: its next delivery is dead-lettered again
         await self._to_dead_letter(receipt, reason)
 
+    def _dead_headers(self, reason: str, deliveries: int) -> dict[str, Any]:
+        return {REASON_HEADER: reason[:16000] or "unknown", SOURCE_HEADER: self.queue_name,
+                DELIVERIES_HEADER: max(1, deliveries), DEAD_LETTER_ID_HEADER: uuid.uuid4().hex}
+
     async def _to_dead_letter(self, receipt: RabbitMqReceipt, reason: str) -> None:
-        headers = {REASON_HEADER: reason[:16000] or "unknown", SOURCE_HEADER: self.queue_name,
-                   DELIVERIES_HEADER: max(1, receipt.deliveries), DEAD_LETTER_ID_HEADER: uuid.uuid4().hex}
-        await self._publish("", receipt.body, headers, exchange=self.dead_letter_exchange)
+        await self._publish("", receipt.body, self._dead_headers(reason, receipt.deliveries),
+                            exchange=self.dead_letter_exchange)
         await self._settle(receipt)
 
     async def depth(self) -> int:
