@@ -348,3 +348,94 @@ def test_a_plain_rq_worker_can_run_the_jobs(options: dict[str, Any], redis_url: 
             await built.close()
 
     assert asyncio.run(status()) == "completed"
+
+
+async def _handed_lean(redis_url: str, redis_prefix: str, run: str) -> tuple[Backend, Any]:
+    """A backend with ``lean_handover`` and one job ("b") a commit of "a" handed to "w1" (visibility 1 s)."""
+    built = registry().build("rq", {"redis_url": redis_url, "key_prefix": redis_prefix, "visibility_timeout": 1.0,
+                                    "queue_name": f"q-{uuid.uuid4().hex[:10]}", "lean_handover": True})
+    queue = rq_queue(built)
+    await built.status.create(RunRecord(run, "bp"))
+    await built.coordination.schedule(run, [_job(run, "a")])
+    await queue.enqueue([_job(run, "a")])
+    (first,) = await queue.receive(1, 1.0, "w1", 30)
+    committed = await built.coordination.commit(Transition(
+        run, "0:a", completion=Completion("a", output=1, token="t"),
+        arrivals=(Arrival(Job(run, "bp", "b", input=1, has_input=True), "a", arrived=True, contribution=1,
+                          expected=("a",)),), finish=True, owner="w1", receipt=first.receipt, continue_up_to=1,
+        lease_seconds=30))
+    (handed,) = committed.continued
+    return built, handed
+
+
+async def test_a_lean_handed_job_has_no_rq_job_and_the_commit_acks_it(
+        redis_url: str, redis_prefix: str, sync_redis: redis.Redis) -> None:
+    """lean_handover: the handed job is only an entry of the lean in-flight set (no rq job hash, not in rq's
+    started registry); the commit that acks it removes that entry; extend pushes its deadline."""
+    built, handed = await _handed_lean(redis_url, redis_prefix, "lean-run")
+    queue = rq_queue(built)
+    try:
+        assert handed.receipt.lean and handed.job.node_id == "b" and handed.receipt.lease_owner == "w1"
+        assert not sync_redis.exists(queue.job_prefix + handed.receipt.job_id)
+        assert StartedJobRegistry(queue.queue_name, connection=sync_redis).get_job_ids(cleanup=False) == []
+        before = sync_redis.zscore(queue.inflight_key, handed.receipt.entry)
+        await queue.extend(handed, 60)
+        assert sync_redis.zscore(queue.inflight_key, handed.receipt.entry) > before + 30
+        nxt = Job("lean-run", "bp", "c", input=2, has_input=True)
+        committed = await built.coordination.commit(Transition(
+            "lean-run", "0:b", completion=Completion("b", output=2, token="t2"),
+            arrivals=(Arrival(nxt, "b", arrived=True, contribution=2, expected=("b",)),), finish=True, owner="w1",
+            receipt=handed.receipt, continue_up_to=0, lease_seconds=30))
+        assert committed.pending == 1 and not committed.continued
+        assert sync_redis.zcard(queue.inflight_key) == 0  # acked in the commit
+        (delivery,) = await queue.receive(1, 1.0, "w1", 30)  # "c" was pushed as an rq job
+        assert delivery.job.node_id == "c" and not delivery.receipt.lean
+    finally:
+        await built.close()
+
+
+async def test_a_lapsed_lean_handed_job_comes_back_as_an_rq_job(
+        redis_url: str, redis_prefix: str, sync_redis: redis.Redis) -> None:
+    """A lean handed job whose worker died (its entry's deadline passed) is re-queued by the next dequeue as an rq
+    job, from the run's pending job, delivered for the second time; a done job's lapsed entry is dropped."""
+    built, handed = await _handed_lean(redis_url, redis_prefix, "lapsed-run")
+    queue = rq_queue(built)
+    try:
+        sync_redis.zadd(queue.inflight_key, {handed.receipt.entry: time.time() - 1})
+        sync_redis.zadd(queue.inflight_key, {f"{uuid.uuid4().hex}:10:lapsed-run0:a": time.time() - 1})  # done
+        (again,) = await queue.receive(5, 1.0, "w2", 30)
+        assert again.job == handed.job and again.deliveries == 2 and not again.receipt.lean
+        assert again.receipt.job_id == handed.receipt.job_id
+        job = rq.job.Job.fetch(again.receipt.job_id, connection=sync_redis, serializer=JSONSerializer)
+        assert job.get_status() == "started" and job.origin == queue.queue_name
+        assert sync_redis.zcard(queue.inflight_key) == 0 and sync_redis.llen(queue.queue_key) == 0
+    finally:
+        await built.close()
+
+
+async def test_release_and_dead_letter_of_a_lean_handed_job_write_its_rq_job(
+        redis_url: str, redis_prefix: str, sync_redis: redis.Redis) -> None:
+    """Giving a lean handed delivery back re-queues it as an rq job (its lease dropped); failing one puts a whole
+    rq job into rq's FailedJobRegistry."""
+    built, handed = await _handed_lean(redis_url, redis_prefix, "given-back")
+    queue = rq_queue(built)
+    try:
+        await queue.release(handed)
+        assert sync_redis.zcard(queue.inflight_key) == 0
+        assert sync_redis.hget(built.coordination.keys.run("given-back"), "l0:b") in (None, b"")
+        (again,) = await queue.receive(1, 1.0, "w2", 30)
+        assert again.job == handed.job and again.deliveries == 2 and again.begin is not None and again.begin.lease
+        await queue.release(handed)  # a second release of the same delivery changes nothing
+        assert sync_redis.llen(queue.queue_key) == 0
+    finally:
+        await built.close()
+    built, handed = await _handed_lean(redis_url, redis_prefix, "failed-lean")
+    queue = rq_queue(built)
+    try:
+        await queue.dead_letter(handed, "boom")
+        assert sync_redis.zcard(queue.inflight_key) == 0
+        (letter,) = await queue.dead_letters()
+        assert letter.job == handed.job and letter.reason == "boom"
+        assert FailedJobRegistry(queue.queue_name, connection=sync_redis).get_job_ids() == [handed.receipt.job_id]
+    finally:
+        await built.close()

@@ -18,3 +18,6 @@ class RqQueueOptions(RedisOptions, QueueOptions):
     rq_key_prefix: str | None = option(None, "prefix of rq's own keys (default rq's: rq, or $RQ_KEY_PREFIX)")
     continues: bool = option(True, "a commit hands the jobs it fires straight to its worker, up to the worker's "
                                    "room (Capabilities.continues; one Redis only)")
+    lean_handover: bool = option(False, "a job a commit hands to its worker (continues) gets no rq job hash, only "
+                                        "an entry in the queue's lean in-flight set: less Redis work per node, "
+                                        "but rq's tools do not see handed jobs while they run")

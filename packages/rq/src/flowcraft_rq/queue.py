@@ -41,14 +41,11 @@ from flowcraft_redis.layout import (
     text,
 )
 from flowcraft_rq import scripts, workers
-from flowcraft_rq.jobs import DATA_HEAD, DATA_TAIL, _RqManaged, decode_data, encode_data
+from flowcraft_rq.jobs import _RqManaged, decode_data, encode_data
 from flowcraft_rq.options import RqQueueOptions
+from flowcraft_rq.scripts import RQ_STATIC_FIELDS
 
 DEFAULT_QUEUE = "flowcraft-queue"
-#: the fields rq would write for a fresh job that we do not set per job and whose absence rq does not read as
-#: the same thing (``rq.job.Job.restore`` reads a missing callback, timestamp, worker or group as the empty
-#: value rq writes for a fresh job, so those are left out: each costs every dispatch an argument and a field)
-RQ_STATIC_FIELDS: tuple[str, ...] = ("timeout", "-1", "retries_left", "10")
 
 
 def rq_prefix_default() -> str:
@@ -72,11 +69,15 @@ class RqReceipt:
 
     ``lease_owner``: the owner ``receive`` took the job's coordination lease for (None: it took none). The
     engine may give a delivery back before it uses ``Delivery.begin`` (an early or unknown-version job, a
-    stopping worker), so ``release`` and ``dead_letter`` drop that owner's lease in the same script."""
+    stopping worker), so ``release`` and ``dead_letter`` drop that owner's lease in the same script.
+
+    ``lean``: a job a commit handed over in the lean layout (``lean_handover``): it has no rq job hash, and
+    ``entry`` is in the queue's lean in-flight set instead of rq's started registry."""
 
     job_id: str
     entry: str
     lease_owner: str | None = None
+    lean: bool = False
 
 
 class RqDispatcher(Dispatcher):
@@ -84,7 +85,8 @@ class RqDispatcher(Dispatcher):
     committed delivery there (``acks``: the started-registry entry removed and the rq job hash deleted, as
     ``RqQueue.ack`` does) and hand fired jobs to the committing worker (``continues``: their rq job written as
     started by this queue's worker and put in the started registry with the visibility deadline, as the
-    dequeue script would leave them)."""
+    dequeue script would leave them; with ``lean_handover`` no rq job, only an entry in the lean in-flight
+    set)."""
 
     lua = scripts.DISPATCH
     acks = True
@@ -93,10 +95,10 @@ class RqDispatcher(Dispatcher):
         self.queue = queue
         q = queue
         self.continues = q.continues
-        self.keys = (q.queue_key, q.scheduled_key, q.wip_key)
-        constant: list[Any] = [q.job_prefix, q.queue_name, q.worker_name,
-                               q.state_ttl_seconds, DATA_HEAD, DATA_TAIL, len(RQ_STATIC_FIELDS) // 2,
-                               *RQ_STATIC_FIELDS]
+        self.keys = (q.queue_key, q.scheduled_key, q.wip_key, q.inflight_key)
+        self.lean = q.lean_handover
+        constant: list[Any] = [q.job_prefix, q.queue_name, q.worker_name, q.state_ttl_seconds,
+                               "1" if q.lean_handover else "0"]
         self._constant: list[Any] = [Packed.of(*constant)] if fast_packing(q.redis) else constant
 
     def args(self, count: int, now: float) -> list[Any]:
@@ -106,11 +108,14 @@ class RqDispatcher(Dispatcher):
     def ack_args(self, receipt: Any) -> tuple[list[str], list[Any]] | None:
         if not isinstance(receipt, RqReceipt):
             return None  # run by a plain rq worker (rq finishes the job)
-        return [self.queue.job_prefix + receipt.job_id], [receipt.entry]
+        if receipt.lean:
+            return [self.queue.inflight_key], [receipt.entry]
+        return [self.queue.wip_key, self.queue.job_prefix + receipt.job_id], [receipt.entry]
 
     def delivery(self, job: Job, reply: list[Any], owner: str, record: RunRecord | None, begin: Begin) -> Delivery:
         job_id, entry = reply
-        return Delivery(job, RqReceipt(text(job_id), text(entry), owner), deliveries=1, record=record, begin=begin)
+        return Delivery(job, RqReceipt(text(job_id), text(entry), owner, self.lean), deliveries=1, record=record,
+                        begin=begin)
 
 
 class RqQueue(Colocated, Queue):
@@ -127,6 +132,10 @@ class RqQueue(Colocated, Queue):
       fired jobs straight to the committing worker (``continues``).
 
     Each can be turned off with the constructor flag of the same name (``continues`` also as an option).
+
+    ``lean_handover``: a job a commit hands to its worker gets no rq job hash, only an entry in the queue's lean
+    in-flight set ``<R>:fc-inflight:<name>`` (rq's tools do not see it while it runs); if its worker dies, the
+    next dequeue makes it an rq job again from the run's pending job.
     """
 
     name = "rq"
@@ -135,7 +144,7 @@ class RqQueue(Colocated, Queue):
     def __init__(self, redis: RedisClient, *, queue_name: str = DEFAULT_QUEUE, key_prefix: str = DEFAULT_PREFIX,
                  rq_prefix: str | None = None, visibility_timeout: float = 30.0,
                  state_ttl_seconds: float = DEFAULT_TTL, worker_name: str | None = None, dispatch: bool = True,
-                 prefetch: bool = True, continues: bool = True) -> None:
+                 prefetch: bool = True, continues: bool = True, lean_handover: bool = False) -> None:
         self.redis = redis
         self.key_prefix = key_prefix
         self.rq_prefix = rq_prefix or rq_prefix_default()
@@ -157,6 +166,8 @@ class RqQueue(Colocated, Queue):
         self.prefetch = prefetch
         #: with dispatch: commits hand fired jobs straight to the committing worker (``Capabilities.continues``)
         self.continues = continues
+        #: handed jobs get no rq job hash (see the class docstring)
+        self.lean_handover = lean_handover
         #: decided by colocation: ``receive`` prefetches records and leases
         self.prefetching = False
         r = self.rq_prefix
@@ -165,6 +176,8 @@ class RqQueue(Colocated, Queue):
         self.scheduled_key = f"{r}:scheduled:{queue_name}"
         self.failed_key = f"{r}:failed:{queue_name}"
         self.queues_key = f"{r}:queues"
+        #: entries of jobs handed over in the lean layout (``lean_handover``), scored by their deadline
+        self.inflight_key = f"{r}:fc-inflight:{queue_name}"
         self.job_prefix = f"{r}:job:"
         #: where this worker's blocking wait moves the next pushed job id (see ``_take``)
         self.claim_key = f"{r}:claim:{queue_name}:{self.worker_name}"
@@ -194,7 +207,8 @@ class RqQueue(Colocated, Queue):
         default_queue = DEFAULT_QUEUE if prefix == DEFAULT_PREFIX else f"{prefix}queue"
         return cls(redis, queue_name=options.queue_name or default_queue, key_prefix=prefix,
                    rq_prefix=options.rq_key_prefix, visibility_timeout=options.visibility_timeout,
-                   state_ttl_seconds=options.state_ttl_seconds, continues=options.continues)
+                   state_ttl_seconds=options.state_ttl_seconds, continues=options.continues,
+                   lean_handover=options.lean_handover)
 
     def colocated(self, colocation: Colocation) -> None:
         self.prefetching = self.prefetch and colocation.status is not None and colocation.coordination is not None
@@ -222,9 +236,9 @@ class RqQueue(Colocated, Queue):
             return
         now = time.time()
         args: list[Any] = [self.job_prefix, self.queue_name, iso(now), repr(now + delay) if delay > 0 else "",
-                           self.state_ttl_seconds, len(RQ_STATIC_FIELDS) // 2, *RQ_STATIC_FIELDS]
+                           self.state_ttl_seconds]
         for job in jobs:
-            args += (self.new_job_id(), job.run_id, job.key, encode_data(dumps(job.to_dict())))
+            args += (self.new_job_id(), job.run_id, job.key, dumps(job.to_dict()))
         keys = [self.queue_key, self.scheduled_key]
         if not self.clustered:
             keys.append(self.queues_key)
@@ -257,12 +271,13 @@ class RqQueue(Colocated, Queue):
             claim_until = now + max(0.0, end - time.monotonic()) + self.visibility_timeout
             in_script = owner is not None and not self.clustered
             next_due, items = await self.batcher.call_script(
-                self._dequeue, (self.queue_key, self.wip_key, self.scheduled_key, self.claims_key, self.claim_key),
+                self._dequeue, (self.queue_key, self.wip_key, self.scheduled_key, self.claims_key, self.claim_key,
+                                self.inflight_key),
                 self.job_prefix, repr(now), iso(now),
                 repr(now + self.visibility_timeout), max(1, max_jobs), f"{uuid.uuid4().hex[:12]}-",
                 self.worker_name, self.key_prefix, "1" if in_script else "0", owner or "",
                 repr(now + lease_seconds), self.state_ttl_seconds, "1" if claimed else "0",
-                repr(claim_until),
+                repr(claim_until), self.queue_name,
             )
             claimed = False
             if items:
@@ -325,6 +340,9 @@ class RqQueue(Colocated, Queue):
         receipt = delivery.receipt
         if isinstance(receipt, _RqManaged):
             return  # run by a plain rq worker: rq finishes the job
+        if receipt.lean:
+            await self.batcher.call("ZREM", self.inflight_key, receipt.entry)
+            return
         await self.batcher.call_many(("ZREM", self.wip_key, receipt.entry), ("DEL", self._job_key(receipt.job_id)))
 
     async def release(self, delivery: Delivery, delay: float = 0.0) -> None:
@@ -337,10 +355,13 @@ class RqQueue(Colocated, Queue):
         if lease_keys and self.clustered:  # the run's slot is not the queue's: the lease is dropped on its own
             await self.batcher.call_script(self._drop, lease_keys, *lease_args)
             lease_keys, lease_args = [], []
+        job = delivery.job
         await self.batcher.call_script(
-            self._release, (self.wip_key, self._job_key(receipt.job_id), self.queue_key, self.scheduled_key,
-                            *lease_keys),
-            receipt.job_id, receipt.entry, repr(now + delay) if delay > 0 else "", iso(now), *lease_args,
+            self._release, (self.inflight_key if receipt.lean else self.wip_key, self._job_key(receipt.job_id),
+                            self.queue_key, self.scheduled_key, *lease_keys),
+            receipt.job_id, receipt.entry, repr(now + delay) if delay > 0 else "", iso(now),
+            dumps(job.to_dict()) if receipt.lean else "", self.queue_name, job.run_id, job.key,
+            self.state_ttl_seconds, *lease_args[1:],
         )
 
     async def extend(self, delivery: Delivery, seconds: float) -> None:
@@ -348,8 +369,8 @@ class RqQueue(Colocated, Queue):
         if isinstance(receipt, _RqManaged):
             return
         now = time.time()
-        await self.batcher.call_script(self._extend, (self.wip_key, self._job_key(receipt.job_id)), receipt.entry,
-                                       repr(now + seconds), iso(now))
+        keys = (self.inflight_key,) if receipt.lean else (self.wip_key, self._job_key(receipt.job_id))
+        await self.batcher.call_script(self._extend, keys, receipt.entry, repr(now + seconds), iso(now))
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Fail the rq job into rq's FailedJobRegistry (``<R>:failed:<name>``) with ``reason``, as rq does:
@@ -366,10 +387,17 @@ class RqQueue(Colocated, Queue):
         packed = zlib.compress(reason.encode())
         key = self._job_key(receipt.job_id)
         results = f"{self.rq_prefix}:results:{receipt.job_id}"
+        fields: dict[str, Any] = {"status": "failed", "ended_at": iso(now), "exc_info": packed,
+                                  "flowcraft_reason": reason, "failure_ttl": ttl}
+        if receipt.lean:  # handed over in the lean layout: no job hash yet, so the whole rq job is written
+            job = delivery.job
+            fields.update({"data": encode_data(dumps(job.to_dict())), "created_at": iso(now),
+                           "origin": self.queue_name, "description": f"flowcraft {job.run_id} {job.key}",
+                           "flowcraft_run": job.run_id, "flowcraft_key": job.key, "flowcraft_deliveries": 1,
+                           **dict(zip(RQ_STATIC_FIELDS[::2], RQ_STATIC_FIELDS[1::2], strict=True))})
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(self.wip_key, receipt.entry)
-            pipe.hset(key, mapping={"status": "failed", "ended_at": iso(now), "exc_info": packed,
-                                    "flowcraft_reason": reason, "failure_ttl": ttl})
+            pipe.zrem(self.inflight_key if receipt.lean else self.wip_key, receipt.entry)
+            pipe.hset(key, mapping=cast(Any, fields))
             pipe.expire(key, ttl)
             pipe.zadd(self.failed_key, {receipt.job_id: now + ttl})
             pipe.xadd(results, {"type": 2, "worker_name": self.worker_name,
@@ -432,6 +460,7 @@ class RqQueue(Colocated, Queue):
             pipe.llen(self.queue_key)
             pipe.zcard(self.scheduled_key)
             pipe.zcard(self.wip_key)
+            pipe.zcard(self.inflight_key)
             counts = await pipe.execute()
         return int(sum(counts))
 

@@ -7,19 +7,35 @@ goes through ``flowcraft_redis.layout``."""
 from __future__ import annotations
 
 from flowcraft_redis.layout import DROP_LEASE_LUA, read_lua, with_leases
+from flowcraft_rq.jobs import DATA_HEAD, DATA_TAIL
+
+#: the fields rq would write for a fresh job that we do not set per job and whose absence rq does not read as
+#: the same thing (``rq.job.Job.restore`` reads a missing callback, timestamp, worker or group as the empty
+#: value rq writes for a fresh job, so those are left out: each costs every job hash a field)
+RQ_STATIC_FIELDS: tuple[str, ...] = ("timeout", "-1", "retries_left", "10")
 
 
 def _lua(name: str) -> str:
     return read_lua("flowcraft_rq", name)
 
 
+def lua_string(value: str) -> str:
+    """``value`` as a Lua string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+#: constants of our rq job hashes, in the Lua text rather than in every call's ARGV
+_RQ_CONSTANTS = (f"local RQ_STATIC = {{{', '.join(map(lua_string, RQ_STATIC_FIELDS))}}}\n"
+                 f"local RQ_DATA_HEAD, RQ_DATA_TAIL = {lua_string(DATA_HEAD)}, {lua_string(DATA_TAIL)}\n")
+
+
+_RQ_JOB = _RQ_CONSTANTS + _lua("rq_job")  # writes our rq job hashes: ENQUEUE, RELEASE, DEQUEUE, the dispatch
 _PREFETCH = _lua("prefetch_fn")  # what receive prefetches per job: in the dequeue, or (cluster) after it
-DEQUEUE = with_leases(_PREFETCH + _lua("dequeue"))
+DEQUEUE = with_leases(_RQ_JOB + _PREFETCH + _lua("dequeue"))
 PREFETCH = with_leases(_PREFETCH + _lua("prefetch"))
 DROP_LEASE = DROP_LEASE_LUA
-RELEASE = with_leases(_lua("release"))
+RELEASE = with_leases(_RQ_JOB + _lua("release"))
 EXTEND = _lua("extend")
-_RQ_JOB = _lua("rq_job")  # writes our rq job hashes: shared by ENQUEUE and the commit's dispatch
 ENQUEUE = _RQ_JOB + _lua("enqueue")
 #: ``Dispatcher.lua`` of the rq queue: prepended to flowcraft_redis's commit script
 DISPATCH = _RQ_JOB + _lua("dispatch")

@@ -1,6 +1,7 @@
 -- KEYS: the queue list, its started registry (wip), its scheduled registry, its claims set, this worker's claim
--- list. ARGV: job key prefix, now, now_iso, deadline, max, exec prefix, worker name, P, prefetch ('1'/'0'), owner,
--- lease expiry, ttl, claimed ('1': the caller's BLMOVE moved an id into it), claim deadline.
+-- list, the lean in-flight set. ARGV: job key prefix, now, now_iso, deadline, max, exec prefix, worker name, P,
+-- prefetch ('1'/'0'), owner, lease expiry, ttl, claimed ('1': the caller's BLMOVE moved an id into it), claim
+-- deadline, the queue's name (rq's origin).
 -- Job hashes (job key prefix .. id) and the claim lists of other workers are named by the ids and lists read
 -- here, so they cannot be in KEYS; on a Redis Cluster the queue's hash tag is in every one of them (one slot).
 -- Returns {next_due, {id, entry, data, deliveries, record, lease, state, completion}...}.
@@ -18,6 +19,7 @@ local jp, now, now_iso, deadline = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local max, exec, worker = tonumber(ARGV[5]), ARGV[6], ARGV[7]
 local P, prefetch, owner, expiry, ttl = ARGV[8], ARGV[9] == '1', ARGV[10], ARGV[11], tonumber(ARGV[12])
 local claimed, claim_until = ARGV[13] == '1', ARGV[14]
+local inflight = KEYS[6]
 
 -- due scheduled jobs to the queue (what rq's scheduler does)
 local due = redis.call('ZRANGEBYSCORE', sched, '-inf', now, 'LIMIT', 0, 1000)
@@ -35,6 +37,21 @@ for _, entry in ipairs(expired) do
   local id = string.sub(entry, 1, (string.find(entry, ':', 1, true) or (#entry + 1)) - 1)
   if redis.call('HGET', jp .. id, 'status') == 'started' then
     redis.call('HSET', jp .. id, 'status', 'queued', 'enqueued_at', now_iso)
+    redis.call('LPUSH', q, id)
+  end
+end
+-- jobs handed over in the lean layout whose deadline passed: still pending in their run hash, they become rq jobs
+-- (delivered once already) at the front of the queue; entries are '<id>:<#run>:<run><job key>' (only on one Redis)
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', inflight, '-inf', now, 'LIMIT', 0, 1000)) do
+  redis.call('ZREM', inflight, member)
+  local c1 = string.find(member, ':', 1, true)
+  local c2 = string.find(member, ':', c1 + 1, true)
+  local id, n = string.sub(member, 1, c1 - 1), tonumber(string.sub(member, c1 + 1, c2 - 1))
+  local run, key = string.sub(member, c2 + 1, c2 + n), string.sub(member, c2 + n + 1)
+  local state = redis.call('HGET', run_key(P, run), 'j' .. key)
+  if state and string.sub(state, 1, 1) == 'p' then
+    write_rq_job(jp .. id, id, string.sub(state, 2), now_iso, ARGV[15], run, key, nil, sched, ttl)
+    redis.call('HSET', jp .. id, 'flowcraft_deliveries', 1)
     redis.call('LPUSH', q, id)
   end
 end

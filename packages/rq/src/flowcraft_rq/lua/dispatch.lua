@@ -1,40 +1,45 @@
 -- CoordinationStore.dispatches: the commit script of flowcraft_redis calls dispatch(fired, run, now, at, k, handed)
 -- with its fired jobs ({index, job JSON, due ('' or seconds), job key, spliced} each), where RqDispatcher.args
--- begin in ARGV and RqDispatcher.keys (the queue list, its scheduled registry, its started registry) in KEYS,
--- and the positions in fired of the jobs handed to the committing worker (continues): due jobs go to the queue
--- list, later ones to its scheduled registry, handed ones straight into the started registry with the visibility
--- deadline, started by this worker as its dequeue would leave them; returns {id, registry entry} per handed
+-- begin in ARGV and RqDispatcher.keys (the queue list, its scheduled registry, its started registry, the lean
+-- in-flight set) in KEYS, and the positions in fired of the jobs handed to the committing worker (continues): due
+-- jobs go to the queue list, later ones to its scheduled registry, handed ones straight into the started registry
+-- with the visibility deadline, started by this worker as its dequeue would leave them; in the lean layout a
+-- handed job gets no rq job hash, only an entry '<id>:<#run>:<run><job key>' in the lean in-flight set (its JSON
+-- is the run hash's pending job, which a dequeue re-queues if the entry lapses). Returns {id, entry} per handed
 -- position. (The queue is in rq's set of queues since the run's first job was enqueued.)
 local function dispatch(fired, run, now, at, k, handed)
-  local qkey, skey, wip = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+  local qkey, skey, wip, inflight = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
   local jprefix, origin, worker = ARGV[at], ARGV[at + 1], ARGV[at + 2]
-  local jttl, head, tail, nstatic = tonumber(ARGV[at + 3]), ARGV[at + 4], ARGV[at + 5], tonumber(ARGV[at + 6])
-  local static = {}
-  for j = at + 7, at + 6 + 2 * nstatic do static[#static + 1] = ARGV[j] end
-  local now_iso, deadline = ARGV[at + 7 + 2 * nstatic], ARGV[at + 8 + 2 * nstatic]
-  local ids_at = at + 9 + 2 * nstatic
+  local jttl, lean, now_iso, deadline = tonumber(ARGV[at + 3]), ARGV[at + 4] == '1', ARGV[at + 5], ARGV[at + 6]
+  local ids_at = at + 7
   local ready, replies = {}, {}
   for f, entry in ipairs(fired) do
     local id = ARGV[ids_at + f - 1]
     local due = tonumber(entry[3])
     if not (due and due > now) then due = nil end
-    local started = nil
-    if handed[f] then
-      started = {worker, deadline, id .. ':c', wip}
-      replies[f] = {id, started[3]}
-    end
-    if write_rq_job(jprefix .. id, id, static, head .. entry[2] .. tail, now_iso, origin, run, entry[4], due, skey,
-        jttl, started) then
-      ready[#ready + 1] = id
+    if handed[f] and lean then
+      local member = id .. ':' .. #run .. ':' .. run .. entry[4]
+      redis.call('ZADD', inflight, deadline, member)
+      replies[f] = {id, member}
+    else
+      local started = nil
+      if handed[f] then
+        started = {worker, deadline, id .. ':c', wip}
+        replies[f] = {id, started[3]}
+      end
+      if write_rq_job(jprefix .. id, id, entry[2], now_iso, origin, run, entry[4], due, skey, jttl, started) then
+        ready[#ready + 1] = id
+      end
     end
   end
   if #ready > 0 then redis.call('RPUSH', qkey, unpack(ready)) end
   return replies
 end
 
--- Capabilities.acks: the commit acks the committed job's delivery (KEYS[k + 3]: its job hash, after
--- RqDispatcher.keys; ARGV[at]: its started-registry entry) as RqQueue.ack does: the entry removed, the job deleted
+-- Capabilities.acks: the commit acks the committed job's delivery as RqQueue.ack does: its entry (ARGV[at]) removed
+-- from its set (KEYS[k + 4], after RqDispatcher.keys: the started registry, or the lean in-flight set) and its rq
+-- job hash (KEYS[k + 5], none in the lean layout) deleted
 local function ack_delivery(at, k)
-  redis.call('ZREM', KEYS[k + 2], ARGV[at])
-  redis.call('DEL', KEYS[k + 3])
+  redis.call('ZREM', KEYS[k + 4], ARGV[at])
+  if KEYS[k + 5] then redis.call('DEL', KEYS[k + 5]) end
 end

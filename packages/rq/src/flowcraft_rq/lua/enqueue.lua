@@ -1,16 +1,14 @@
 -- KEYS: the queue list, its scheduled registry, then (on one Redis) rq's set of queues.
--- ARGV: job key prefix, name, now_iso, due ('' = now), ttl, nstatic, static pairs..., then per job: id, run,
--- key, data. The job hashes (job key prefix .. id) are new keys named by the ids; on a Redis Cluster the ids
--- carry the queue's hash tag (one slot).
+-- ARGV: job key prefix, name, now_iso, due ('' = now), ttl, then per job: id, run, key, job JSON. The job hashes
+-- (job key prefix .. id) are new keys named by the ids; on a Redis Cluster the ids carry the queue's hash tag
+-- (one slot).
 local q, sched = KEYS[1], KEYS[2]
-local jp, name, now_iso, due, ttl, nstatic = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
-local static = {}
-for j = 7, 6 + 2 * nstatic do static[#static + 1] = ARGV[j] end
+local jp, name, now_iso, due, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 if due == '' then due = nil end
 local ready = {}
-for j = 7 + 2 * nstatic, #ARGV, 4 do
+for j = 6, #ARGV, 4 do
   local id = ARGV[j]
-  if write_rq_job(jp .. id, id, static, ARGV[j + 3], now_iso, name, ARGV[j + 1], ARGV[j + 2], due, sched, ttl) then
+  if write_rq_job(jp .. id, id, ARGV[j + 3], now_iso, name, ARGV[j + 1], ARGV[j + 2], due, sched, ttl) then
     ready[#ready + 1] = id
   end
 end

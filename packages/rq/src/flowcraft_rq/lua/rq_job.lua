@@ -1,12 +1,14 @@
--- rq's job hash <R>:job:<id> for a Flowcraft job (the fields rq reads, see flowcraft_rq.queue): queued, or with
--- `due` scheduled in the registry `skey`, or with `started` ({worker name, deadline, registry entry, started
--- registry}) already started by that worker, as a dequeue leaves it (a job a commit hands to its worker).
+-- rq's job hash <R>:job:<id> for a Flowcraft job (the fields rq reads, see flowcraft_rq.queue; RQ_STATIC and the
+-- data's head and tail are constants prepended by flowcraft_rq.scripts): queued, or with `due` scheduled in the
+-- registry `skey`, or with `started` ({worker name, deadline, registry entry, started registry}) already started
+-- by that worker, as a dequeue leaves it (a job a commit hands to its worker). `data` is the job JSON.
 -- Returns whether the job is ready; the caller pushes the ready ids to the queue list in one RPUSH. The one place
--- that writes our rq job hashes: ENQUEUE and the commit's dispatch.
-local function write_rq_job(hkey, id, static, data, now_iso, origin, run, key, due, skey, ttl, started)
-  local fields = {'data', data, 'created_at', now_iso, 'origin', origin, 'description', 'flowcraft ' .. run .. ' ' .. key,
-    'flowcraft_run', run, 'flowcraft_key', key}
-  for _, v in ipairs(static) do fields[#fields + 1] = v end
+-- that writes our rq job hashes: ENQUEUE, the commit's dispatch, RELEASE and DEQUEUE (the last two for jobs
+-- handed over in the lean layout, which had no job hash).
+local function write_rq_job(hkey, id, data, now_iso, origin, run, key, due, skey, ttl, started)
+  local fields = {'data', RQ_DATA_HEAD .. data .. RQ_DATA_TAIL, 'created_at', now_iso, 'origin', origin,
+    'description', 'flowcraft ' .. run .. ' ' .. key, 'flowcraft_run', run, 'flowcraft_key', key}
+  for _, v in ipairs(RQ_STATIC) do fields[#fields + 1] = v end
   local ready = not due and not started
   fields[#fields + 1] = 'status'
   if started then
