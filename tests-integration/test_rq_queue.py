@@ -439,3 +439,31 @@ async def test_release_and_dead_letter_of_a_lean_handed_job_write_its_rq_job(
         assert FailedJobRegistry(queue.queue_name, connection=sync_redis).get_job_ids() == [handed.receipt.job_id]
     finally:
         await built.close()
+
+
+async def test_a_hand_over_sends_the_run_record_only_when_it_changed(backend: Backend) -> None:
+    """continues: the commit's reply carries the run record only when it changed since the record the store last
+    handed over for the run (same status and updated_at): deliveries then share that record; after a
+    transition the new record comes back."""
+    queue = rq_queue(backend)
+    run = "record-run"
+    await backend.status.create(RunRecord(run, "bp"))
+    await backend.coordination.schedule(run, [_job(run, "a")])
+    await queue.enqueue([_job(run, "a")])
+    (delivery,) = await queue.receive(1, 1.0, "w1", 30)
+    records = []
+    for node, nxt in (("a", "b"), ("b", "c"), ("c", "d"), ("d", "e")):
+        if node == "c":
+            await backend.status.transition(run, ["running"], "awaiting", {"awaiting": [{"node_id": "x"}]})
+        committed = await backend.coordination.commit(Transition(
+            run, f"0:{node}", completion=Completion(node, output=1, token=node),
+            arrivals=(Arrival(Job(run, "bp", nxt, input=1, has_input=True), node, arrived=True, contribution=1,
+                              expected=(node,)),), finish=True, owner="w1", receipt=delivery.receipt,
+            continue_up_to=1, lease_seconds=30))
+        (delivery,) = committed.continued
+        assert delivery.record is not None and delivery.job.node_id == nxt
+        records.append(delivery.record)
+    assert records[1] is records[0] and records[0].status == "running"
+    assert records[2] is not records[0] and records[2].status == "awaiting"
+    assert records[2].awaiting == [{"node_id": "x"}] and records[3] is records[2]
+    assert records[3] == await backend.status.get(run)

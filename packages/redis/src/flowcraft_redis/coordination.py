@@ -15,6 +15,7 @@ from flowcraft.spi import (
     Job,
     JobState,
     PendingJob,
+    RunRecord,
     Transition,
 )
 from flowcraft_redis import scripts
@@ -33,6 +34,9 @@ from flowcraft_redis.layout import (
     record_from_hash,
     text,
 )
+
+#: run records a coordination store keeps for its hand-overs (``RedisCoordinationStore._records``)
+_RECORDS = 1024
 
 
 class RedisCoordinationStore(RedisStateStore, CoordinationStore):
@@ -59,6 +63,9 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
         self._forced_dispatcher = dispatcher
         self._applies_context = bool(applies_context)
         self._status_here = False  # a RedisStatusStore on this client and key prefix: the commit reads run records
+        #: run id -> (status, updated_at as stored, record): the run records hand-overs returned (bounded, oldest
+        #: first out); a commit that hands jobs over gets its run's record back only when it changed since
+        self._records: dict[str, tuple[bytes, bytes, RunRecord]] = {}
         #: pushes fired jobs into a queue on the same Redis (None: the engine enqueues them)
         self.dispatcher = dispatcher
         batcher = self.batcher
@@ -168,7 +175,9 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
         hand_up_to = tx.continue_up_to if dispatcher is not None and dispatcher.continues and arrivals else 0
         if dispatcher is not None and (arrivals or ack):
             keys += dispatcher.keys
-        args += ("1" if dispatcher is not None and arrivals else "0", hand_up_to, repr(now + tx.lease_seconds))
+        known = self._records.get(tx.run_id) if hand_up_to else None
+        args += ("1" if dispatcher is not None and arrivals else "0", hand_up_to, repr(now + tx.lease_seconds),
+                 *(known[:2] if known is not None else ("", "")))
         if ack:
             keys += ack[0]
             args.append(len(ack[1]))
@@ -192,18 +201,28 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
         at += 1 + nskipped
         continued: tuple[Delivery, ...] = ()
         if int(result[at]) and dispatcher is not None:
-            continued = self._handed(dispatcher, fired, result, at, owner)
+            continued = self._handed(dispatcher, fired, result, at, owner, tx.run_id, known)
         return Committed(fired=tuple(fired), continued=continued, skipped=skipped, pending=pending, parked=parked)
 
-    @staticmethod
-    def _handed(dispatcher: Dispatcher, fired: list[Job], result: list[Any], at: int, owner: str
-                ) -> tuple[Delivery, ...]:
+    def _handed(self, dispatcher: Dispatcher, fired: list[Job], result: list[Any], at: int, owner: str, run_id: str,
+                known: tuple[bytes, bytes, RunRecord] | None) -> tuple[Delivery, ...]:
         """The deliveries of the fired jobs the commit handed to ``owner`` (``continues``): the reply from ``at``
-        is their count, the run record (flat; empty when the status is not on this Redis) and per job its
-        position in ``fired``, the queue's reply and the job's completion record; the lease was taken for
-        ``owner``."""
+        is their count, the run record (flat; empty when the status is not on this Redis; 1: unchanged since
+        ``known``, which the commit sent) and per job its position in ``fired``, the queue's reply and the job's
+        completion record; the lease was taken for ``owner``. The engine only reads ``Delivery.record``, so
+        deliveries share the record object."""
         count, flat = int(result[at]), result[at + 1]
-        record = record_from_hash({flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}) if flat else None
+        record: RunRecord | None = None
+        if isinstance(flat, int):
+            assert known is not None
+            record = known[2]
+        elif flat:
+            raw = {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+            record = record_from_hash(raw)
+            records = self._records
+            if len(records) >= _RECORDS:
+                del records[next(iter(records))]
+            records[run_id] = (raw[b"status"], raw.get(b"updated_at", b""), record)
         out: list[Delivery] = []
         at += 2
         for _ in range(count):

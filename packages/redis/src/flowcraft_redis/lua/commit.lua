@@ -4,9 +4,10 @@
 -- '0'/'1' each),
 -- token, completion JSON, owner; context updates (n, key, value...), context deletes (n, key...); arrivals
 -- (n, then per arrival: target, member, arrived '1'/'0', contribution JSON, expected members (n, id...),
--- strategy, job JSON, due); then dispatch ('0'/'1'), how many fired jobs to hand to the owner (continues) and
--- the expiry of the lease it takes on each, the ack (n, then the queue's Dispatcher.ack_args), and (dispatching)
--- the queue's Dispatcher.args.
+-- strategy, job JSON, due); then dispatch ('0'/'1'), how many fired jobs to hand to the owner (continues), the
+-- expiry of the lease it takes on each, the status and updated_at of the run record the caller already holds
+-- ('' and '': none), the ack (n, then the queue's Dispatcher.ack_args), and (dispatching) the queue's
+-- Dispatcher.args.
 -- The run's coordination hash is read once (HMGET of every field this commit may look at), changed in a
 -- local overlay that later steps read through, and written once (HSET), so the rules below read like
 -- flowcraft.spi.apply_transition over tables.
@@ -40,8 +41,9 @@ for a = 1, tonumber(ARGV[i]) do
 end
 local dispatching = ARGV[i + 1] == '1'
 local hand_up_to, hand_expiry = tonumber(ARGV[i + 2]), ARGV[i + 3]
-local nack = tonumber(ARGV[i + 4])
-local ack_at = i + 5
+local known_status, known_updated = ARGV[i + 4], ARGV[i + 5]
+local nack = tonumber(ARGV[i + 6])
+local ack_at = i + 7
 local dispatch_at = ack_at + nack
 -- continues: a job handed to the owner has its lease taken in this hash, so its lease (and completion) is read
 local handing = dispatching and hand_up_to > 0 and owner ~= '' and not recovery
@@ -159,8 +161,16 @@ end
 -- owner's live lease is there), as the queue's receive with prefetch would; only for an active run's jobs (a
 -- run whose status is not on this Redis is checked by the engine, which reads the record)
 local handed, nhanded, rec = {}, 0, {}
+local same = false  -- the run record is the one the caller holds (same status and updated_at): not sent back
 if handing and #fired > 0 then
-  if status_here then rec = redis.call('HGETALL', KEYS[3]) end
+  if status_here and known_updated ~= '' then
+    local got = redis.call('HMGET', KEYS[3], 'status', 'updated_at')
+    if got[1] == known_status and got[2] == known_updated then
+      same = true
+      rec = {'status', got[1]}
+    end
+  end
+  if status_here and not same then rec = redis.call('HGETALL', KEYS[3]) end
   if not status_here or run_active(rec) then
     for f, entry in ipairs(fired) do
       if nhanded >= hand_up_to then break end
@@ -203,10 +213,11 @@ for _, entry in ipairs(fired) do
 end
 out[#out + 1] = #skipped
 for _, key in ipairs(skipped) do out[#out + 1] = key end
--- the handed jobs: the run record once, then per job its position in fired, the queue's reply and its completion
+-- the handed jobs: the run record once (1: the one the caller holds), then per job its position in fired, the
+-- queue's reply and its completion
 out[#out + 1] = nhanded
 if nhanded > 0 then
-  out[#out + 1] = rec
+  if same then out[#out + 1] = 1 else out[#out + 1] = rec end
   for f, entry in ipairs(fired) do
     if handed[f] then
       out[#out + 1] = f
