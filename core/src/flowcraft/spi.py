@@ -84,10 +84,12 @@ class Job:
     due_at: float | None = None
     payload: Mapping[str, Any] | None = None
     bounces: int = 0
+    #: ``job_key(node_id, visit, item)``, computed once with the job (the engine and the stores ask for it several
+    #: times per job); not a constructor argument, nor compared
+    key: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def key(self) -> str:
-        return job_key(self.node_id, self.visit, self.item)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", job_key(self.node_id, self.visit, self.item))
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"run_id": self.run_id, "blueprint_id": self.blueprint_id, "node_id": self.node_id}

@@ -16,6 +16,7 @@ import asyncio
 import heapq
 import itertools
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,13 +49,17 @@ T = TypeVar("T")
 
 @dataclass(slots=True)
 class _Message:
+    """A job delivered at least once: what the in-flight map keeps (by token, with its visibility deadline)."""
+
     job: Job
     deliveries: int = 0
     token: int = 0
+    deadline: float = 0.0
 
 
 class MemoryQueue(Queue):
-    """Ready deque + delayed heap + in-flight map with visibility deadlines.
+    """Ready deque + delayed heap + in-flight map with visibility deadlines. A job never delivered waits as it
+    is (no message object of its own until its first delivery).
 
     Once ``prefetch_with`` wired the backend's status and coordination stores (``memory_backend`` does),
     ``receive`` reads each delivery's run record and takes its lease in the same call (``prefetches_status``)."""
@@ -68,20 +73,22 @@ class MemoryQueue(Queue):
 
     def __init__(self, visibility_timeout: float = 30.0) -> None:
         self.visibility_timeout = visibility_timeout
-        self._ready: deque[_Message] = deque()
-        self._delayed: list[tuple[float, int, _Message]] = []
-        self._inflight: dict[int, tuple[float, _Message]] = {}
+        self._ready: deque[Job | _Message] = deque()
+        self._delayed: list[tuple[float, int, Job | _Message]] = []
+        self._inflight: dict[int, _Message] = {}
         self._dead: list[DeadLetter] = []
         self._dead_ids = 0
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._prefetch: tuple[MemoryStatusStore, MemoryCoordinationStore] | None = None
+        # the coordination store weakly: it holds this queue, and a reference cycle would keep a dropped backend
+        # (every run it kept) alive until the cyclic garbage collector's next full pass
+        self._prefetch: tuple[MemoryStatusStore, weakref.ref[MemoryCoordinationStore]] | None = None
 
     def prefetch_with(self, status: MemoryStatusStore, coordination: MemoryCoordinationStore) -> None:
         """Read run records from ``status`` and take leases in ``coordination`` on ``receive``: stores of the same
         process (``memory_backend`` wires them)."""
-        self._prefetch = (status, coordination)
+        self._prefetch = (status, weakref.ref(coordination))
 
     @property
     def prefetches_status(self) -> bool:
@@ -95,22 +102,24 @@ class MemoryQueue(Queue):
         if delay > 0:
             due = time.monotonic() + delay
             for job in jobs:
-                heapq.heappush(self._delayed, (due, next(self._seq), _Message(job)))
+                heapq.heappush(self._delayed, (due, next(self._seq), job))
         else:
-            self._ready.extend(_Message(job) for job in jobs)
+            self._ready.extend(jobs)
         self._wakeup.set()
 
-    def _deliver(self, message: _Message, now: float) -> Delivery:
-        """Put a message in flight (invisible until its visibility deadline) as a new delivery."""
+    def _deliver(self, waiting: Job | _Message, now: float) -> Delivery:
+        """Put a job or a message in flight (invisible until its visibility deadline) as a new delivery."""
+        message = waiting if type(waiting) is _Message else _Message(cast(Job, waiting))
         message.deliveries += 1
-        message.token = next(self._seq)
-        self._inflight[message.token] = (now + self.visibility_timeout, message)
-        return Delivery(message.job, message.token, deliveries=message.deliveries)
+        message.token = token = next(self._seq)
+        message.deadline = now + self.visibility_timeout
+        self._inflight[token] = message
+        return Delivery(message.job, token, deliveries=message.deliveries)
 
     def hand(self, job: Job) -> Delivery:
         """A job delivered at once, without passing the ready list: in flight as ``dequeue`` leaves a message
         (``MemoryCoordinationStore`` hands fired jobs to the committing worker so)."""
-        return self._deliver(_Message(job), time.monotonic())
+        return self._deliver(job, time.monotonic())
 
     def remove(self, receipt: Any) -> None:
         """``ack`` without awaiting."""
@@ -120,7 +129,10 @@ class MemoryQueue(Queue):
         deliveries = await self.dequeue(max_jobs, wait)
         if self._prefetch is None:
             return deliveries
-        status, coordination = self._prefetch
+        status, coordination_ref = self._prefetch
+        coordination = coordination_ref()
+        if coordination is None:  # the backend was dropped
+            return deliveries
         for delivery in deliveries:  # no await from the dequeue on: one atomic step, as one round trip would be
             coordination.prefetch(delivery, status, owner, lease_seconds)
         return deliveries
@@ -129,12 +141,12 @@ class MemoryQueue(Queue):
         while self._delayed and self._delayed[0][0] <= now:
             self._ready.append(heapq.heappop(self._delayed)[2])
         if self._inflight:
-            expired = [token for token, (deadline, _) in self._inflight.items() if deadline <= now]
+            expired = [token for token, message in self._inflight.items() if message.deadline <= now]
             for token in expired:
-                self._ready.append(self._inflight.pop(token)[1])
+                self._ready.append(self._inflight.pop(token))
 
     def _next_deadline(self) -> float | None:
-        deadlines = [d for d, _ in self._inflight.values()]
+        deadlines = [message.deadline for message in self._inflight.values()]
         if self._delayed:
             deadlines.append(self._delayed[0][0])
         return min(deadlines) if deadlines else None
@@ -167,10 +179,9 @@ class MemoryQueue(Queue):
         self.remove(delivery.receipt)
 
     async def release(self, delivery: Delivery, delay: float = 0.0) -> None:
-        entry = self._inflight.pop(delivery.receipt, None)
-        if entry is None:
+        message = self._inflight.pop(delivery.receipt, None)
+        if message is None:
             return
-        message = entry[1]
         if delay > 0:
             heapq.heappush(self._delayed, (time.monotonic() + delay, next(self._seq), message))
         else:
@@ -178,9 +189,9 @@ class MemoryQueue(Queue):
         self._wakeup.set()
 
     async def extend(self, delivery: Delivery, seconds: float) -> None:
-        entry = self._inflight.get(delivery.receipt)
-        if entry is not None:
-            self._inflight[delivery.receipt] = (time.monotonic() + seconds, entry[1])
+        message = self._inflight.get(delivery.receipt)
+        if message is not None:
+            message.deadline = time.monotonic() + seconds
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         self._inflight.pop(delivery.receipt, None)
@@ -203,7 +214,7 @@ class MemoryQueue(Queue):
     async def depth(self) -> int:
         """Jobs waiting to be delivered: ready, delayed or with an expired lease (not those in flight)."""
         now = time.monotonic()
-        expired = sum(1 for deadline, _ in self._inflight.values() if deadline <= now)
+        expired = sum(1 for message in self._inflight.values() if message.deadline <= now)
         return len(self._ready) + len(self._delayed) + expired
 
 

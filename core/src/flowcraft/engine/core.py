@@ -15,6 +15,7 @@ import logging
 import random
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, cast
@@ -163,7 +164,7 @@ class Engine:
         self._async_functions: dict[Any, bool] = {}  # implementation -> is a coroutine function
         #: what this engine saw: node attempts that failed, retries scheduled, runs it failed, jobs dead-lettered
         self.counts: dict[str, int] = {"failed_attempts": 0, "retries": 0, "failed_runs": 0, "dead_letters": 0}
-        self.runs = RunControl(app, backend, self.events, on_cancel=self._signal_cancel)  # subflows start runs
+        self.runs = RunControl(app, backend, self.events, on_cancel=_cancel_signal(self))  # subflows start runs
 
     # ------------------------------------------------------------------ worker side
     async def handle(self, delivery: Delivery) -> None:
@@ -835,6 +836,20 @@ class Engine:
                     data: dict[str, Any] | None = None) -> None:
         if self.events.active:
             await self.events.emit(Event(name, run_id, blueprint_id, node_id, data or {}))
+
+
+def _cancel_signal(engine: Engine) -> Callable[[str], None]:
+    """``engine._signal_cancel`` without a strong reference to ``engine``: the ``RunControl`` the engine holds does
+    not keep it alive in a reference cycle, so a dropped engine (a closed ``FlowRuntime``) frees its backend, with a
+    memory store's every run, at once instead of leaving them to the cyclic garbage collector."""
+    ref = weakref.ref(engine)
+
+    def signal(run_id: str) -> None:
+        alive = ref()
+        if alive is not None:
+            alive._signal_cancel(run_id)
+
+    return signal
 
 
 def _traced(job: Job, data: dict[str, Any]) -> dict[str, Any]:

@@ -108,6 +108,8 @@ class Worker:
                         await helper
             if self.presence is not None and self.presence.started:
                 await self.presence.retire()
+            if self.engine.taker is self:  # stopped: it takes nothing more (and the engine does not keep it alive)
+                self.engine.taker = None
 
     def room(self) -> int:
         """How many more jobs can start now, counting the slot of a job that is committing (it ends right after
