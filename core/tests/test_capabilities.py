@@ -22,11 +22,13 @@ from flowcraft.spi import Backend, Capabilities
 
 def test_memory_backend_declares_its_fast_paths() -> None:
     assert memory_backend().capabilities == Capabilities(applies_context=True, prefetches_status=True, dispatches=True,
-                                                         releases_lease=True, acks=True, continues=True, notifies=True)
+                                                         releases_lease=True, acks=True, continues=True, notifies=True,
+                                                         writes_context=True)
     assert registry().build("memory").capabilities == memory_backend().capabilities
     alone = MemoryCoordinationStore()  # built without the other components: the engine does each step itself
     assert not (alone.applies_context or alone.dispatches or alone.acks or alone.continues)
     assert not MemoryQueue().prefetches_status
+    assert not MemoryStatusStore().writes_context  # no context store to write to
     assert not MemoryCoordinationStore(MemoryContextStore(), queue=MemoryQueue()).continues  # no status store
 
 

@@ -741,6 +741,24 @@ class StatusStore(Component):
         """Atomically: if status is in ``from_statuses``, set ``to_status`` plus ``changes`` (record fields)
         and ``updated_at``; return the new record. Otherwise None. Exactly one caller wins a transition."""
 
+    @property
+    def writes_context(self) -> bool:
+        """Whether ``transition_with_context`` writes the context in the transition's atomic step (a store sharing
+        its storage with the backend's context store, wired so by its preset). Default False: the engine then
+        writes a run's ``_result`` with ``ContextStore.apply`` before the transition publishes the end."""
+        return False
+
+    async def transition_with_context(
+        self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any], *,
+        context: Mapping[str, Any],
+    ) -> RunRecord | None:
+        """``transition``, and in the same atomic step, only if it wins, the ``context`` writes (as
+        ``ContextStore.apply(run_id, context)`` makes them) to the run's context: a run's end (``_result`` and
+        the final status) in one round trip, and no client sees the final status without the result. Only for
+        a store that declares ``writes_context``; the default raises ``UnsupportedError``."""
+        raise UnsupportedError(f"the {self.name or type(self).__name__} status store cannot write the context",
+                               hint="declare writes_context only with an implementation of transition_with_context")
+
     async def stalled(
         self, older_than: float, limit: int = 100, *, after: tuple[float, str] | None = None
     ) -> list[RunRecord]:
@@ -927,7 +945,10 @@ class Capabilities:
     * ``continues``: ``commit`` hands fired jobs straight to the committing worker, already received
       (``Committed.continued``), so they skip the queue hop;
     * ``notifies``: ``StatusStore.wait_for_change`` returns soon after a record changes, so clients need not
-      poll (``StatusStore.notifies``).
+      poll (``StatusStore.notifies``);
+    * ``writes_context``: ``StatusStore.transition_with_context`` writes context values in the same atomic
+      step as a status transition (``StatusStore.writes_context``): a run's ``_result`` goes with its final
+      status, one step instead of a context write and then the transition.
 
     All fields are keyword-only.
     """
@@ -939,6 +960,7 @@ class Capabilities:
     acks: bool = False
     continues: bool = False
     notifies: bool = False
+    writes_context: bool = False
 
     @classmethod
     def of(cls, queue: Queue, context: ContextStore, status: StatusStore,
@@ -953,7 +975,8 @@ class Capabilities:
                    releases_lease=coordination.releases_lease,
                    acks=coordination.acks,
                    continues=coordination.continues,
-                   notifies=status.notifies)
+                   notifies=status.notifies,
+                   writes_context=status.writes_context)
 
 
 @dataclass(slots=True)

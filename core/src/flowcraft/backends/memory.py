@@ -6,7 +6,8 @@ atomic, like a Lua script or a SQL transaction on the real backends.
 The four components live in one process, so ``memory_backend`` (the ``memory`` preset's factory) wires them
 together and they take every fast path (``Capabilities``): a commit writes the context with the completion
 record, drops the lease, puts the jobs it fires on the queue, acks the committed delivery and hands fired jobs
-straight to the committing worker; a receive reads the run record and takes the lease. A component built alone
+straight to the committing worker; a receive reads the run record and takes the lease; a run's result is
+written with its final status. A component built alone
 takes none of them (the engine then does each step itself).
 """
 
@@ -249,11 +250,15 @@ class MemoryContextStore(ContextStore):
 
 
 class MemoryStatusStore(StatusStore):
+    """Given the backend's ``MemoryContextStore`` (``memory_backend`` passes it), ``transition_with_context``
+    writes context values with a transition (``writes_context``)."""
+
     name = "memory"
     Options = NoOptions
     notifies = True
 
-    def __init__(self) -> None:
+    def __init__(self, context: MemoryContextStore | None = None) -> None:
+        self._context = context
         self._records: dict[str, RunRecord] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._snapshots: dict[str, RunRecord] = {}  # run id -> a copy of its record as it is now (``snapshot``)
@@ -298,15 +303,35 @@ class MemoryStatusStore(StatusStore):
     async def transition(
         self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any]
     ) -> RunRecord | None:
+        return self._transition(run_id, from_statuses, to_status, changes)
+
+    def _transition(
+        self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any],
+        context: Mapping[str, Any] | None = None,
+    ) -> RunRecord | None:
         record = self._records.get(run_id)
         if record is None or record.status not in from_statuses:
             return None
+        if context is not None and self._context is not None:
+            self._context.write(run_id, context)
         for key, value in changes.items():
             setattr(record, key, value)
         record.status = to_status  # type: ignore[assignment]  # validated by the engine
         record.updated_at = time.time()
         self._notify(run_id)
         return record.copy()
+
+    @property
+    def writes_context(self) -> bool:
+        return self._context is not None
+
+    async def transition_with_context(
+        self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any], *,
+        context: Mapping[str, Any],
+    ) -> RunRecord | None:
+        if self._context is None:
+            return await super().transition_with_context(run_id, from_statuses, to_status, changes, context=context)
+        return self._transition(run_id, from_statuses, to_status, changes, context)
 
     async def stalled(
         self, older_than: float, limit: int = 100, *, after: tuple[float, str] | None = None
@@ -569,7 +594,8 @@ class MemoryCoordinationStore(TablesCoordinationStore):
 
 def memory_backend(visibility_timeout: float = 30.0) -> Backend:
     """The four memory components wired together, taking every fast path (see the module docstring)."""
-    context, queue, status = MemoryContextStore(), MemoryQueue(visibility_timeout), MemoryStatusStore()
+    context, queue = MemoryContextStore(), MemoryQueue(visibility_timeout)
+    status = MemoryStatusStore(context)
     coordination = MemoryCoordinationStore(context, queue=queue, status=status)
     queue.prefetch_with(status, coordination)
     return Backend(queue=queue, context=context, status=status, coordination=coordination, name="memory")

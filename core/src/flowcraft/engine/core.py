@@ -575,7 +575,9 @@ class Engine:
         if needs_cascade:
             committed = await self._cascade(job, graph, committed.skipped, recovery)
         if committed.pending == 0:  # (``_after_finish`` checks it too: this saves most nodes the call)
-            await self._after_finish(record, committed)
+            # a fresh completion's own output is the result (``_own_result``); a replayed one's context was
+            # written by an earlier delivery, so the context is read as it is
+            await self._after_finish(record, committed, job, None if recovery else completion)
 
     def _context_apart(self, completion: Completion) -> bool:
         """The completion has context writes that the coordination store does not write with it."""
@@ -634,7 +636,11 @@ class Engine:
         counts = await self.coordination.commit(Transition(record.run_id, FINISH_KEY, finish=False))
         await self._after_finish(record, counts)
 
-    async def _after_finish(self, record: RunRecord, committed: Committed) -> None:
+    async def _after_finish(self, record: RunRecord, committed: Committed, job: Job | None = None,
+                            completion: Completion | None = None) -> None:
+        """Publish the run's end when ``committed`` left nothing pending: ``awaiting`` with parked jobs, else
+        ``_result`` and ``completed``. ``job`` and ``completion``: the handled job whose commit this was, when its
+        completion may hold the result (it is the graph's only terminal node)."""
         if committed.pending > 0:
             return
         run_id = record.run_id
@@ -646,11 +652,19 @@ class Engine:
             return
         graph = graph_or_raise(self.app, record.blueprint_id)
         terminal = graph.terminal_nodes()
-        context = await self.context.get_many(run_id, [OUTPUTS_PREFIX + n for n in terminal])  # not the timeline
-        final = {n: context[OUTPUTS_PREFIX + n] for n in terminal if OUTPUTS_PREFIX + n in context}
-        result = next(iter(final.values())) if len(final) == 1 else final
-        await self.context.apply(run_id, {"_result": result})
-        won = await self.status.transition(run_id, list(ACTIVE_STATUSES), "completed", {"awaiting": []})
+        result = _own_result(terminal, job, completion)
+        if result is _UNKNOWN:
+            context = await self.context.get_many(run_id, [OUTPUTS_PREFIX + n for n in terminal])  # not the timeline
+            final = {n: context[OUTPUTS_PREFIX + n] for n in terminal if OUTPUTS_PREFIX + n in context}
+            result = next(iter(final.values())) if len(final) == 1 else final
+        # the result before (or with) the status: a client that sees ``completed`` reads it; a crash in between
+        # redelivers the job, whose recovery computes the same result and publishes the end once
+        if self.backend.capabilities.writes_context:
+            won = await self.status.transition_with_context(run_id, list(ACTIVE_STATUSES), "completed",
+                                                            {"awaiting": []}, context={"_result": result})
+        else:
+            await self.context.apply(run_id, {"_result": result})
+            won = await self.status.transition(run_id, list(ACTIVE_STATUSES), "completed", {"awaiting": []})
         if won is not None:
             await self._emit("run:finish", run_id, record.blueprint_id, data={"status": "completed"})
             await self.runs.notify_parent(won)
@@ -836,6 +850,21 @@ class Engine:
                     data: dict[str, Any] | None = None) -> None:
         if self.events.active:
             await self.events.emit(Event(name, run_id, blueprint_id, node_id, data or {}))
+
+
+_UNKNOWN: Any = object()
+
+
+def _own_result(terminal: Sequence[str], job: Job | None, completion: Completion | None) -> Any:
+    """The run's result as the last commit's own (fresh) completion tells it, without a read: when the graph's
+    only terminal node is ``job``'s (not a map item) and the completion wrote its output (nothing runs after the
+    commit that left nothing pending, so the context holds that value); else ``_UNKNOWN``."""
+    if job is None or completion is None or job.item is not None or len(terminal) != 1 or terminal[0] != job.node_id:
+        return _UNKNOWN
+    key = OUTPUTS_PREFIX + job.node_id
+    if key not in completion.context_updates or key in completion.context_deletes:
+        return _UNKNOWN
+    return completion.context_updates[key]
 
 
 def _cancel_signal(engine: Engine) -> Callable[[str], None]:

@@ -1170,6 +1170,36 @@ class CapabilitiesContract(_Base):
         await asyncio.wait_for(waiter, 5.0)
         assert seen_at[0] - changed_at < 1.0
 
+    async def test_writes_context_writes_with_a_winning_transition_only(self, backend: Backend,
+                                                                       run_prefix: str) -> None:
+        """writes_context: ``transition_with_context`` writes its context values with a transition that wins
+        (readable as soon as the new status is) and none with one that loses; of concurrent ones exactly one
+        wins, and the context holds the winner's values."""
+        self._declared(backend, "writes_context")
+        status, context = backend.status, backend.context
+        await status.create(RunRecord(run_prefix, "bp"))
+        result = {"x": [1, 2], "none": None}
+        won = await status.transition_with_context(run_prefix, ["running"], "completed", {"awaiting": []},
+                                                   context={"_result": result, "k": None})
+        assert won is not None and won.status == "completed"
+        assert await context.get_many(run_prefix, ["_result", "k"]) == {"_result": result, "k": None}
+        assert await status.transition_with_context(run_prefix, ["running", "awaiting"], "failed", {},
+                                                    context={"_result": "late", "other": 1}) is None
+        assert await context.get_many(run_prefix, ["_result", "other"]) == {"_result": result}
+        final = await status.get(run_prefix)
+        assert final is not None and final.status == "completed"
+
+        racing = run_prefix + "-race"
+        await status.create(RunRecord(racing, "bp"))
+        results = await asyncio.gather(*(
+            status.transition_with_context(racing, ["running"], "awaiting",
+                                           {"awaiting": [{"node_id": f"n{i}", "visit": 0}]},
+                                           context={"_result": f"n{i}"})
+            for i in range(6)))
+        winners = [r for r in results if r is not None]
+        assert len(winners) == 1
+        assert await context.get_many(racing, ["_result"]) == {"_result": winners[0].awaiting[0]["node_id"]}
+
 
 class PresenceContract(_Base):
     """Worker presence (``flowcraft.presence``): built on the context store alone, plus the queue's optional
