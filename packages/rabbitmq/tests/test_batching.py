@@ -109,3 +109,38 @@ async def test_reads_of_one_iteration_are_one_statement_and_each_gets_its_own_ke
         assert await context.get_many("a", ["k2", "k1"]) == {"k2": "a2", "k1": "a1"}  # alone: the one-run statement
     finally:
         await client.close()
+
+
+@pytest.mark.asyncio
+async def test_status_gets_of_one_iteration_are_one_statement_and_each_gets_its_own_record(
+        postgres_url: str) -> None:
+    """The engine reads the record of each job a commit handed over (``get``): the reads of one event-loop
+    iteration are one statement, each caller gets a record of its own (the same run twice: two objects), a
+    missing run is None, and a failed statement fails every read that joined it."""
+    names = unique_names()
+    client = _CountingClient(postgres_url)
+    status = PostgresStatusStore(client, names["status_table"])
+    try:
+        await status.setup()
+        for run_id in ("a", 'b"', "c,"):
+            assert await status.create(RunRecord(run_id, "bp", input={"q": run_id}))
+        client.statements = 0
+        got = await asyncio.gather(status.get("a"), status.get('b"'), status.get("missing"), status.get("a"),
+                                   status.get("c,"))
+        assert [None if r is None else (r.run_id, r.input) for r in got] == [
+            ("a", {"q": "a"}), ('b"', {"q": 'b"'}), None, ("a", {"q": "a"}), ("c,", {"q": "c,"})]
+        assert got[0] is not got[3] and client.statements == 1
+        alone = await status.get("c,")  # alone: the one-run statement
+        assert alone is not None and alone.input == {"q": "c,"} and client.statements == 2
+        run = client.run
+
+        async def refuse(fn: Any) -> Any:
+            raise ConnectionError("server gone")
+
+        client.run = refuse  # type: ignore[method-assign]
+        failed = await asyncio.gather(status.get("a"), status.get('b"'), return_exceptions=True)
+        assert [type(error) for error in failed] == [ConnectionError, ConnectionError]
+        client.run = run  # type: ignore[method-assign]
+        assert await status.get("a") is not None
+    finally:
+        await client.close()

@@ -124,6 +124,10 @@ class PostgresStatusStore(PgTableStore, StatusStore):
         #: creates made in one event-loop iteration, inserted by one statement (see ``create``)
         self._creating: list[tuple[_Row, asyncio.Future[bool]]] = []
         self._create_flushes: set[asyncio.Task[None]] = set()
+        #: reads made in one event-loop iteration, answered by one statement (see ``get``)
+        self._reading: list[tuple[str, asyncio.Future[RunRecord | None]]] = []
+        self._reading_loop: asyncio.AbstractEventLoop | None = None
+        self._read_flushes: set[asyncio.Task[None]] = set()
         self._get = sql.SQL("SELECT {} FROM {} WHERE run_id = %s").format(cols, t)
         self._get_many = sql.SQL("SELECT {} FROM {} WHERE run_id = ANY(%s::text[])").format(cols, t)
         self._delete = sql.SQL("DELETE FROM {} WHERE run_id = %s").format(t)
@@ -256,14 +260,48 @@ class PostgresStatusStore(PgTableStore, StatusStore):
         return found is not None and found[5] == updated_at and found[1] == status
 
     async def get(self, run_id: str) -> RunRecord | None:
+        """The run's record. Reads made in one event-loop iteration (the jobs a commit handed over starting
+        together, heartbeats) are one statement, ``run_id = ANY(...)``; each caller gets a record of its own."""
         if "\x00" in run_id:
             return None
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[RunRecord | None] = loop.create_future()
+        if not self._reading or self._reading_loop is not loop:  # the first read of this iteration: flush on
+            self._reading, self._reading_loop = [], loop          # the next one, with all that joined
+            task = loop.create_task(self._flush_reads())
+            self._read_flushes.add(task)
+            task.add_done_callback(self._read_flushes.discard)
+        self._reading.append((run_id, future))
+        return await future
 
-        async def read(conn: psycopg.AsyncConnection[Any]) -> Any:
-            return await (await conn.execute(self._get, [run_id])).fetchone()
+    async def _flush_reads(self) -> None:
+        reads, self._reading = self._reading, []
+        wanted = list(dict.fromkeys(run_id for run_id, _ in reads))
+        try:
+            if len(wanted) == 1:
+                async def read_one(conn: psycopg.AsyncConnection[Any]) -> list[Any]:
+                    row = await (await conn.execute(self._get, wanted)).fetchone()
+                    return [] if row is None else [row]
 
-        row = await self.client.run(read)
-        return None if row is None else row_record(row)
+                rows = await self.client.run(read_one)
+            else:
+                async def read_many(conn: psycopg.AsyncConnection[Any]) -> list[Any]:
+                    return await (await conn.execute(self._get_many, [text_array(wanted)])).fetchall()
+
+                rows = await self.client.run(read_many)
+        except BaseException as exc:  # every caller gets the failure; a cancellation (the loop closing) goes on
+            error = exc if isinstance(exc, Exception) else asyncio.CancelledError()
+            for _, future in reads:
+                if not future.done():
+                    future.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        found = {row[0]: row for row in rows}
+        for run_id, future in reads:
+            if not future.done():
+                row = found.get(run_id)
+                future.set_result(None if row is None else row_record(row))
 
     async def get_many(self, run_ids: Sequence[str]) -> dict[str, RunRecord]:
         """The records of several runs in one statement (missing runs are left out): the queue's prefetch
