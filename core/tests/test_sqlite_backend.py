@@ -531,6 +531,40 @@ async def test_end_to_end_diamond_and_conditional_branches(db_path: Path) -> Non
     assert odd.outputs == {"n": 3, "small": 2, "done": {"small": 2}}
 
 
+#: fc_context and fc_completions as databases created before they became rowid tables have them
+FIRST_LAYOUT = """
+CREATE TABLE fc_context (run_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (run_id, key))
+    WITHOUT ROWID;
+CREATE TABLE fc_completions (run_id TEXT NOT NULL, key TEXT NOT NULL, record TEXT NOT NULL,
+    PRIMARY KEY (run_id, key)) WITHOUT ROWID;
+"""
+
+
+async def test_a_database_with_the_first_layout_is_used_as_it_is(db_path: Path) -> None:
+    db_path.parent.mkdir(parents=True)
+    with sqlite3.connect(db_path) as conn:
+        conn.executescript(FIRST_LAYOUT)
+    backend = registry().build("sqlite", {"path": str(db_path)})
+    try:
+        async with worker(e2e_app(), backend) as client:
+            diamond = await client.run("diamond", 5, timeout=30)
+        coordination, context = backend.coordination, backend.context
+        job = _job("run", "a")
+        await coordination.schedule("run", [job])
+        mine = Completion("a", output=1, token="t1", context_updates={"x": 1})
+        assert (await coordination.commit(Transition("run", job.key, completion=mine, finish=True))).conflict is None
+        theirs = Completion("a", output=2, token="t2", context_updates={"x": 2})
+        assert (await coordination.commit(Transition("run", job.key, completion=theirs, finish=True))).conflict == mine
+        assert await context.get_all("run") == {"x": 1}
+    finally:
+        await backend.close()
+    assert diamond.status == "completed" and diamond.output == {"b": 6, "c": 7}, diamond.errors
+    with sqlite3.connect(db_path) as conn:
+        layouts = dict(conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE name IN ('fc_context', 'fc_completions')").fetchall())
+    assert all("WITHOUT ROWID" in sql for sql in layouts.values()) and len(layouts) == 2
+
+
 async def test_run_ids_survive_a_worker_restart(db_path: Path) -> None:
     """Runs started while no worker runs are finished by a worker of another backend instance."""
     app = e2e_app()
@@ -614,4 +648,8 @@ def test_database_file_is_plain_sqlite(tmp_path: Path) -> None:
         assert {"fc_queue", "fc_dead_letters", "fc_context", "fc_status", "fc_jobs", "fc_completions",
                 "fc_arrivals", "fc_leases", "fc_runs"} <= tables
         assert conn.execute("SELECT status FROM fc_status WHERE run_id = 'r'").fetchone() == ("running",)
+        # rowid tables: their rows are appended, only their (run_id, key) index entries land at random
+        layouts = dict(conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE name IN ('fc_context', 'fc_completions')").fetchall())
+        assert len(layouts) == 2 and not any("WITHOUT ROWID" in sql for sql in layouts.values())
     assert os.path.getsize(path) > 0

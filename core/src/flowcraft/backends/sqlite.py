@@ -104,6 +104,10 @@ _CHECKPOINT_EVERY = 0.05
 _RESTART_FRAMES = 4096
 _RESTART_WAIT_MS = 100
 
+# fc_context and fc_completions are rowid tables with a (run_id, key) index, not WITHOUT ROWID tables keyed by it:
+# their rows (a completion record is ~0.5 KB) are then appended at the table's end and only the small index entries
+# land at random (run ids are random), instead of whole rows splitting random leaves: a chain node's commit writes
+# ~6 WAL pages instead of ~8. Databases created before keep their WITHOUT ROWID tables; every statement works on both.
 _SCHEMA = f"""
 BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS fc_queue (
@@ -127,8 +131,8 @@ CREATE TABLE IF NOT EXISTS fc_context (
     run_id TEXT NOT NULL,
     key TEXT NOT NULL,
     value TEXT NOT NULL,
-    PRIMARY KEY (run_id, key)
-) WITHOUT ROWID;
+    UNIQUE (run_id, key)
+);
 CREATE TABLE IF NOT EXISTS fc_status (
     run_id TEXT PRIMARY KEY,
     blueprint_id TEXT NOT NULL,
@@ -152,8 +156,8 @@ CREATE TABLE IF NOT EXISTS fc_completions (
     run_id TEXT NOT NULL,
     key TEXT NOT NULL,
     record TEXT NOT NULL,
-    PRIMARY KEY (run_id, key)
-) WITHOUT ROWID;
+    UNIQUE (run_id, key)
+);
 CREATE TABLE IF NOT EXISTS fc_arrivals (
     run_id TEXT NOT NULL,
     target TEXT NOT NULL,
