@@ -351,9 +351,9 @@ def test_a_plain_rq_worker_can_run_the_jobs(options: dict[str, Any], redis_url: 
 
 
 async def _handed_lean(redis_url: str, redis_prefix: str, run: str) -> tuple[Backend, Any]:
-    """A backend with ``lean_handover`` and one job ("b") a commit of "a" handed to "w1" (visibility 1 s)."""
+    """A backend with ``queue_layout = "lean"`` and one job ("b") a commit of "a" handed to "w1" (visibility 1 s)."""
     built = registry().build("rq", {"redis_url": redis_url, "key_prefix": redis_prefix, "visibility_timeout": 1.0,
-                                    "queue_name": f"q-{uuid.uuid4().hex[:10]}", "lean_handover": True})
+                                    "queue_name": f"q-{uuid.uuid4().hex[:10]}", "queue_layout": "lean"})
     queue = rq_queue(built)
     await built.status.create(RunRecord(run, "bp"))
     await built.coordination.schedule(run, [_job(run, "a")])
@@ -370,8 +370,10 @@ async def _handed_lean(redis_url: str, redis_prefix: str, run: str) -> tuple[Bac
 
 async def test_a_lean_handed_job_has_no_rq_job_and_the_commit_acks_it(
         redis_url: str, redis_prefix: str, sync_redis: redis.Redis) -> None:
-    """lean_handover: the handed job is only an entry of the lean in-flight set (no rq job hash, not in rq's
-    started registry); the commit that acks it removes that entry; extend pushes its deadline."""
+    """The lean layout: the handed job is only an entry of the lean in-flight set (no rq job hash, not in rq's
+    started registry); the commit that acks it removes that entry; extend pushes its deadline. A job the commit
+    pushes is an entry on the queue list naming the run's pending job, delivered from it into the in-flight set,
+    and a delayed one an rq job in rq's scheduled registry."""
     built, handed = await _handed_lean(redis_url, redis_prefix, "lean-run")
     queue = rq_queue(built)
     try:
@@ -382,14 +384,37 @@ async def test_a_lean_handed_job_has_no_rq_job_and_the_commit_acks_it(
         await queue.extend(handed, 60)
         assert sync_redis.zscore(queue.inflight_key, handed.receipt.entry) > before + 30
         nxt = Job("lean-run", "bp", "c", input=2, has_input=True)
+        later = Job("lean-run", "bp", "d", input=3, has_input=True, due_at=time.time() + 60)
         committed = await built.coordination.commit(Transition(
             "lean-run", "0:b", completion=Completion("b", output=2, token="t2"),
-            arrivals=(Arrival(nxt, "b", arrived=True, contribution=2, expected=("b",)),), finish=True, owner="w1",
+            arrivals=(Arrival(nxt, "b", arrived=True, contribution=2, expected=("b",)),
+                      Arrival(later, "b", arrived=True, contribution=3, expected=("b",))), finish=True, owner="w1",
             receipt=handed.receipt, continue_up_to=0, lease_seconds=30))
-        assert committed.pending == 1 and not committed.continued
+        assert committed.pending == 2 and not committed.continued
         assert sync_redis.zcard(queue.inflight_key) == 0  # acked in the commit
-        (delivery,) = await queue.receive(1, 1.0, "w1", 30)  # "c" was pushed as an rq job
-        assert delivery.job.node_id == "c" and not delivery.receipt.lean
+        (pushed,) = sync_redis.lrange(queue.queue_key, 0, -1)
+        assert pushed.endswith(b":8:lean-run0:c")
+        assert not sync_redis.exists(queue.job_prefix + pushed.split(b":")[0].decode())
+        assert len(ScheduledJobRegistry(queue.queue_name, connection=sync_redis).get_job_ids()) == 1
+        (delivery,) = await queue.receive(1, 1.0, "w2", 30)
+        assert delivery.job == nxt and delivery.receipt.lean and delivery.deliveries == 1
+        assert delivery.record is not None and delivery.begin is not None and delivery.begin.lease
+        assert sync_redis.zscore(queue.inflight_key, delivery.receipt.entry) is not None
+        await queue.ack(delivery)
+        assert sync_redis.zcard(queue.inflight_key) == 0
+    finally:
+        await built.close()
+
+
+async def test_a_lean_entry_whose_job_is_no_longer_pending_is_dropped(
+        redis_url: str, redis_prefix: str, sync_redis: redis.Redis) -> None:
+    """A lean entry on the queue list whose job is done (or whose run is gone) delivers nothing."""
+    built, _ = await _handed_lean(redis_url, redis_prefix, "gone-run")
+    queue = rq_queue(built)
+    try:
+        sync_redis.rpush(queue.queue_key, f"{uuid.uuid4().hex}:8:gone-run0:a", f"{uuid.uuid4().hex}:3:nop0:x")
+        assert await queue.receive(5, 0.2, "w2", 30) == []
+        assert sync_redis.llen(queue.queue_key) == 0 and sync_redis.zcard(queue.inflight_key) == 1  # the handed b
     finally:
         await built.close()
 

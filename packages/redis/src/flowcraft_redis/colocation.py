@@ -37,8 +37,11 @@ class Dispatcher(ABC):
     puts those in its in-flight set as its ``receive`` would and returns, for each such position, the reply
     list ``delivery`` turns into a ``Delivery`` (its ``record`` is None when the run's status is not on this
     Redis and client: the commit then cannot read it). With ``acks`` it also defines ``local function
-    ack_delivery(at, k)``, which acks the delivery whose ``ack_args`` begin at ARGV ``at`` (its keys follow
-    ``keys`` in KEYS)."""
+    ack_delivery(at, k, acking, finished)``, called by every commit given a receipt: with ``acking`` it acks the
+    delivery whose ``ack_args`` begin at ARGV ``at`` (its keys follow ``keys`` in KEYS); without (the commit
+    left nothing pending: the delivery stays, to come back if its worker dies before the engine acks it) it
+    may keep what it needs for that, ``finished`` being the JSON of the job the commit marked done (nil: it
+    marked none)."""
 
     #: the Lua source defining ``dispatch`` (and ``ack_delivery`` with ``acks``; see the class docstring)
     lua: str

@@ -35,6 +35,7 @@ from flowcraft_redis.layout import (
     DEFAULT_TTL,
     Keys,
     dumps,
+    loads,
     parse_completion,
     parse_state,
     record_from_hash,
@@ -71,8 +72,9 @@ class RqReceipt:
     engine may give a delivery back before it uses ``Delivery.begin`` (an early or unknown-version job, a
     stopping worker), so ``release`` and ``dead_letter`` drop that owner's lease in the same script.
 
-    ``lean``: a job a commit handed over in the lean layout (``lean_handover``): it has no rq job hash, and
-    ``entry`` is in the queue's lean in-flight set instead of rq's started registry."""
+    ``lean``: a job of the lean layout (``queue_layout = "lean"``: pushed or handed over by a commit): it has no
+    rq job hash, and ``entry`` (``<job id>:<len(run id)>:<run id><job key>``) is in the queue's lean in-flight
+    set instead of rq's started registry."""
 
     job_id: str
     entry: str
@@ -85,8 +87,8 @@ class RqDispatcher(Dispatcher):
     committed delivery there (``acks``: the started-registry entry removed and the rq job hash deleted, as
     ``RqQueue.ack`` does) and hand fired jobs to the committing worker (``continues``: their rq job written as
     started by this queue's worker and put in the started registry with the visibility deadline, as the
-    dequeue script would leave them; with ``lean_handover`` no rq job, only an entry in the lean in-flight
-    set)."""
+    dequeue script would leave them; in the lean layout no rq jobs: entries naming the run's pending jobs, on
+    the queue list or, handed over, in the lean in-flight set)."""
 
     lua = scripts.DISPATCH
     acks = True
@@ -95,10 +97,10 @@ class RqDispatcher(Dispatcher):
         self.queue = queue
         q = queue
         self.continues = q.continues
-        self.keys = (q.queue_key, q.scheduled_key, q.wip_key, q.inflight_key)
-        self.lean = q.lean_handover
+        self.keys = (q.queue_key, q.scheduled_key, q.wip_key, q.inflight_key, q.held_key)
+        self.lean = q.lean
         constant: list[Any] = [q.job_prefix, q.queue_name, q.worker_name, q.state_ttl_seconds,
-                               "1" if q.lean_handover else "0"]
+                               "1" if q.lean else "0"]
         self._constant: list[Any] = [Packed.of(*constant)] if fast_packing(q.redis) else constant
 
     def args(self, count: int, now: float) -> list[Any]:
@@ -133,9 +135,14 @@ class RqQueue(Colocated, Queue):
 
     Each can be turned off with the constructor flag of the same name (``continues`` also as an option).
 
-    ``lean_handover``: a job a commit hands to its worker gets no rq job hash, only an entry in the queue's lean
-    in-flight set ``<R>:fc-inflight:<name>`` (rq's tools do not see it while it runs); if its worker dies, the
-    next dequeue makes it an rq job again from the run's pending job.
+    ``lean`` (``queue_layout = "lean"``): a job a commit fires that is due now gets no rq job hash. Pushed, the
+    queue list gets an entry ``<job id>:<len(run id)>:<run id><job key>`` naming the run's pending job, which
+    the dequeue reads from the run's coordination hash; handed over or delivered, the entry is in the queue's
+    lean in-flight set ``<R>:fc-inflight:<name>`` (not rq's started registry); if its worker dies, the next
+    dequeue makes it an rq job again from the run's pending job (or, for the job a run's last commit marked
+    done without acking it, from ``<R>:fc-held:<name>``, where that commit kept it). Jobs enqueued by
+    ``enqueue`` (a run's start jobs, retries, releases) and delayed ones stay rq jobs. rq's tools do not see
+    lean jobs, and a plain rq worker must not serve the queue.
     """
 
     name = "rq"
@@ -144,7 +151,7 @@ class RqQueue(Colocated, Queue):
     def __init__(self, redis: RedisClient, *, queue_name: str = DEFAULT_QUEUE, key_prefix: str = DEFAULT_PREFIX,
                  rq_prefix: str | None = None, visibility_timeout: float = 30.0,
                  state_ttl_seconds: float = DEFAULT_TTL, worker_name: str | None = None, dispatch: bool = True,
-                 prefetch: bool = True, continues: bool = True, lean_handover: bool = False) -> None:
+                 prefetch: bool = True, continues: bool = True, lean: bool = False) -> None:
         self.redis = redis
         self.key_prefix = key_prefix
         self.rq_prefix = rq_prefix or rq_prefix_default()
@@ -166,8 +173,8 @@ class RqQueue(Colocated, Queue):
         self.prefetch = prefetch
         #: with dispatch: commits hand fired jobs straight to the committing worker (``Capabilities.continues``)
         self.continues = continues
-        #: handed jobs get no rq job hash (see the class docstring)
-        self.lean_handover = lean_handover
+        #: the lean layout (see the class docstring)
+        self.lean = lean
         #: decided by colocation: ``receive`` prefetches records and leases
         self.prefetching = False
         r = self.rq_prefix
@@ -176,8 +183,11 @@ class RqQueue(Colocated, Queue):
         self.scheduled_key = f"{r}:scheduled:{queue_name}"
         self.failed_key = f"{r}:failed:{queue_name}"
         self.queues_key = f"{r}:queues"
-        #: entries of jobs handed over in the lean layout (``lean_handover``), scored by their deadline
+        #: in-flight entries of the lean layout's jobs, scored by their deadline
         self.inflight_key = f"{r}:fc-inflight:{queue_name}"
+        #: lean in-flight entry -> the JSON of its job, kept by a run's last commit, which marks the job done
+        #: without acking its delivery (the engine acks it after the run's end): what a lapsed entry comes back as
+        self.held_key = f"{r}:fc-held:{queue_name}"
         self.job_prefix = f"{r}:job:"
         #: where this worker's blocking wait moves the next pushed job id (see ``_take``)
         self.claim_key = f"{r}:claim:{queue_name}:{self.worker_name}"
@@ -204,11 +214,13 @@ class RqQueue(Colocated, Queue):
     def build(cls, redis: RedisClient, options: RqQueueOptions) -> Self:
         """The queue its options describe, on ``redis``."""
         prefix = options.key_prefix
+        if options.queue_layout not in ("rq", "lean"):
+            raise ConfigError(f"queue_layout must be 'rq' or 'lean', not {options.queue_layout!r}")
         default_queue = DEFAULT_QUEUE if prefix == DEFAULT_PREFIX else f"{prefix}queue"
         return cls(redis, queue_name=options.queue_name or default_queue, key_prefix=prefix,
                    rq_prefix=options.rq_key_prefix, visibility_timeout=options.visibility_timeout,
                    state_ttl_seconds=options.state_ttl_seconds, continues=options.continues,
-                   lean_handover=options.lean_handover)
+                   lean=options.queue_layout == "lean")
 
     def colocated(self, colocation: Colocation) -> None:
         self.prefetching = self.prefetch and colocation.status is not None and colocation.coordination is not None
@@ -272,7 +284,7 @@ class RqQueue(Colocated, Queue):
             in_script = owner is not None and not self.clustered
             next_due, items = await self.batcher.call_script(
                 self._dequeue, (self.queue_key, self.wip_key, self.scheduled_key, self.claims_key, self.claim_key,
-                                self.inflight_key),
+                                self.inflight_key, self.held_key),
                 self.job_prefix, repr(now), iso(now),
                 repr(now + self.visibility_timeout), max(1, max_jobs), f"{uuid.uuid4().hex[:12]}-",
                 self.worker_name, self.key_prefix, "1" if in_script else "0", owner or "",
@@ -314,17 +326,18 @@ class RqQueue(Colocated, Queue):
 
     @staticmethod
     def _delivery(item: list[Any], owner: str | None) -> Delivery:
-        job_id, entry, data, deliveries, record, lease, state, completion = item
-        job = Job.from_dict(decode_data(data))
+        job_id, entry, data, deliveries, record, lease, state, completion = item[:8]
+        lean = len(item) > 8  # a lean entry: data is the job's JSON, not rq's call tuple
+        job = Job.from_dict(loads(data) if lean else decode_data(data))
         if record is None:  # not prefetched (plain dequeue, or a job hash without flowcraft_run/_key)
-            return Delivery(job, RqReceipt(text(job_id), text(entry)), deliveries=int(deliveries))
+            return Delivery(job, RqReceipt(text(job_id), text(entry), lean=lean), deliveries=int(deliveries))
         begin: Begin | None = None
         lease = int(lease)
         if lease >= 0:  # an active run: the lease was taken (1) or is another owner's (0)
             begin = Begin(lease=lease == 1, state=parse_state(state),
                           completion=parse_completion(completion) if lease == 1 else None)
         flat = {record[i]: record[i + 1] for i in range(0, len(record), 2)}
-        return Delivery(job, RqReceipt(text(job_id), text(entry), owner if lease == 1 else None),
+        return Delivery(job, RqReceipt(text(job_id), text(entry), owner if lease == 1 else None, lean),
                         deliveries=int(deliveries),
                         record=record_from_hash(flat) if flat else None, begin=begin)
 
@@ -341,7 +354,8 @@ class RqQueue(Colocated, Queue):
         if isinstance(receipt, _RqManaged):
             return  # run by a plain rq worker: rq finishes the job
         if receipt.lean:
-            await self.batcher.call("ZREM", self.inflight_key, receipt.entry)
+            await self.batcher.call_many(("ZREM", self.inflight_key, receipt.entry),
+                                         ("HDEL", self.held_key, receipt.entry))
             return
         await self.batcher.call_many(("ZREM", self.wip_key, receipt.entry), ("DEL", self._job_key(receipt.job_id)))
 
@@ -358,7 +372,7 @@ class RqQueue(Colocated, Queue):
         job = delivery.job
         await self.batcher.call_script(
             self._release, (self.inflight_key if receipt.lean else self.wip_key, self._job_key(receipt.job_id),
-                            self.queue_key, self.scheduled_key, *lease_keys),
+                            self.queue_key, self.scheduled_key, self.held_key, *lease_keys),
             receipt.job_id, receipt.entry, repr(now + delay) if delay > 0 else "", iso(now),
             dumps(job.to_dict()) if receipt.lean else "", self.queue_name, job.run_id, job.key,
             self.state_ttl_seconds, *lease_args[1:],
@@ -389,7 +403,7 @@ class RqQueue(Colocated, Queue):
         results = f"{self.rq_prefix}:results:{receipt.job_id}"
         fields: dict[str, Any] = {"status": "failed", "ended_at": iso(now), "exc_info": packed,
                                   "flowcraft_reason": reason, "failure_ttl": ttl}
-        if receipt.lean:  # handed over in the lean layout: no job hash yet, so the whole rq job is written
+        if receipt.lean:  # a lean job: no job hash yet, so the whole rq job is written
             job = delivery.job
             fields.update({"data": encode_data(dumps(job.to_dict())), "created_at": iso(now),
                            "origin": self.queue_name, "description": f"flowcraft {job.run_id} {job.key}",
@@ -397,6 +411,8 @@ class RqQueue(Colocated, Queue):
                            **dict(zip(RQ_STATIC_FIELDS[::2], RQ_STATIC_FIELDS[1::2], strict=True))})
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zrem(self.inflight_key if receipt.lean else self.wip_key, receipt.entry)
+            if receipt.lean:
+                pipe.hdel(self.held_key, receipt.entry)
             pipe.hset(key, mapping=cast(Any, fields))
             pipe.expire(key, ttl)
             pipe.zadd(self.failed_key, {receipt.job_id: now + ttl})

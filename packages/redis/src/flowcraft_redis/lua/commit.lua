@@ -145,9 +145,11 @@ end
 -- finishing: the job is done and (Transition.owner) that owner's lease is dropped; afterwards the owner holds
 -- no lease on the job either way, so the reply says released (releases_lease)
 local released = 0
+local finished = nil  -- the JSON of the job this commit marks done
 if finish then
   local state = stored['j' .. jkey]
   if state and string.sub(state, 1, 1) == 'p' then
+    finished = string.sub(state, 2)
     put('j' .. jkey, 'd')
     pending_delta = pending_delta - 1
   end
@@ -203,8 +205,9 @@ redis.call('EXPIRE', R, ttl)
 local replies = {}
 if dispatching and #fired > 0 then replies = dispatch(fired, run, now, dispatch_at, 4, handed) end
 -- acks: the committed job's delivery is acked with the transition when jobs remain pending (the jobs it fired are
--- on the queue, or handed over, by now); a commit that leaves nothing pending never acks
-if nack > 0 and pending > 0 then ack_delivery(ack_at, 4) end
+-- on the queue, or handed over, by now); a commit that leaves nothing pending never acks (the queue's Lua is still
+-- told, with the JSON of the job it marked done: the delivery must be able to come back)
+if nack > 0 then ack_delivery(ack_at, 4, pending > 0, finished) end
 
 local out = {'ok', pending, tonumber(stored['#parked'] or '0'), released, #fired}
 for _, entry in ipairs(fired) do

@@ -1,10 +1,11 @@
 -- KEYS: the queue list, its started registry (wip), its scheduled registry, its claims set, this worker's claim
--- list, the lean in-flight set. ARGV: job key prefix, now, now_iso, deadline, max, exec prefix, worker name, P,
+-- list, the lean in-flight set, the lean held-jobs hash. ARGV: job key prefix, now, now_iso, deadline, max, exec prefix, worker name, P,
 -- prefetch ('1'/'0'), owner, lease expiry, ttl, claimed ('1': the caller's BLMOVE moved an id into it), claim
 -- deadline, the queue's name (rq's origin).
 -- Job hashes (job key prefix .. id) and the claim lists of other workers are named by the ids and lists read
 -- here, so they cannot be in KEYS; on a Redis Cluster the queue's hash tag is in every one of them (one slot).
--- Returns {next_due, {id, entry, data, deliveries, record, lease, state, completion}...}.
+-- Returns {next_due, {id, entry, data, deliveries, record, lease, state, completion[, 1]}...} (the 1: a lean entry,
+-- whose data is the job's JSON rather than rq's call tuple).
 -- With prefetch (RqQueue.receive on one Redis; on a cluster the run's keys are in another slot, so
 -- prefetch.lua does it after this script): record is the flat P status:{<run>} hash (empty: no such run) and,
 -- for an active run, the job's lease is taken for owner as RedisCoordinationStore.begin does (take_lease):
@@ -19,7 +20,7 @@ local jp, now, now_iso, deadline = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local max, exec, worker = tonumber(ARGV[5]), ARGV[6], ARGV[7]
 local P, prefetch, owner, expiry, ttl = ARGV[8], ARGV[9] == '1', ARGV[10], ARGV[11], tonumber(ARGV[12])
 local claimed, claim_until = ARGV[13] == '1', ARGV[14]
-local inflight = KEYS[6]
+local inflight, held = KEYS[6], KEYS[7]
 
 -- due scheduled jobs to the queue (what rq's scheduler does)
 local due = redis.call('ZRANGEBYSCORE', sched, '-inf', now, 'LIMIT', 0, 1000)
@@ -40,17 +41,24 @@ for _, entry in ipairs(expired) do
     redis.call('LPUSH', q, id)
   end
 end
--- jobs handed over in the lean layout whose deadline passed: still pending in their run hash, they become rq jobs
--- (delivered once already) at the front of the queue; entries are '<id>:<#run>:<run><job key>' (only on one Redis)
+-- lean deliveries whose deadline passed (their worker died) become rq jobs (delivered once already) at the front of
+-- the queue: their job is the run's pending job, or the job their run's last commit marked done and kept in the
+-- held-jobs hash (the engine acks it after the run's end); entries are '<id>:<#run>:<run><job key>' (one Redis only)
 for _, member in ipairs(redis.call('ZRANGEBYSCORE', inflight, '-inf', now, 'LIMIT', 0, 1000)) do
   redis.call('ZREM', inflight, member)
   local c1 = string.find(member, ':', 1, true)
   local c2 = string.find(member, ':', c1 + 1, true)
   local id, n = string.sub(member, 1, c1 - 1), tonumber(string.sub(member, c1 + 1, c2 - 1))
   local run, key = string.sub(member, c2 + 1, c2 + n), string.sub(member, c2 + n + 1)
-  local state = redis.call('HGET', run_key(P, run), 'j' .. key)
-  if state and string.sub(state, 1, 1) == 'p' then
-    write_rq_job(jp .. id, id, string.sub(state, 2), now_iso, ARGV[15], run, key, nil, sched, ttl)
+  local doc = redis.call('HGET', held, member)
+  if doc then
+    redis.call('HDEL', held, member)
+  else
+    local state = redis.call('HGET', run_key(P, run), 'j' .. key)
+    if state and string.sub(state, 1, 1) == 'p' then doc = string.sub(state, 2) end
+  end
+  if doc then
+    write_rq_job(jp .. id, id, doc, now_iso, ARGV[15], run, key, nil, sched, ttl)
     redis.call('HSET', jp .. id, 'flowcraft_deliveries', 1)
     redis.call('LPUSH', q, id)
   end
@@ -70,16 +78,33 @@ end
 if #ids > 0 then
   local records = {}
   for n, id in ipairs(ids) do
-    local hk = jp .. id
-    local fields = redis.call('HMGET', hk, 'data', 'flowcraft_run', 'flowcraft_key', 'flowcraft_deliveries')
-    if fields[1] then
-      local deliveries = (tonumber(fields[4]) or 0) + 1
-      local entry = id .. ':' .. exec .. n
-      redis.call('ZADD', wip, deadline, entry)
-      redis.call('HSET', hk, 'status', 'started', 'started_at', now_iso, 'worker_name', worker,
-        'last_heartbeat', now_iso, 'flowcraft_deliveries', deliveries)
-      local item = {id, entry, fields[1], deliveries, false, -1, false, false}
-      local run, key = fields[2], fields[3]
+    local item, run, key = nil, nil, nil
+    local c1 = string.find(id, ':', 1, true)
+    if c1 then
+      -- a lean entry '<id>:<#run>:<run><job key>': the job is the run's pending job (none: nothing to deliver); it
+      -- goes to the lean in-flight set under the same entry, delivered for the first time
+      local c2 = string.find(id, ':', c1 + 1, true)
+      local len = tonumber(string.sub(id, c1 + 1, c2 - 1))
+      run, key = string.sub(id, c2 + 1, c2 + len), string.sub(id, c2 + len + 1)
+      local state = redis.call('HGET', run_key(P, run), 'j' .. key)
+      if state and string.sub(state, 1, 1) == 'p' then
+        redis.call('ZADD', inflight, deadline, id)
+        item = {string.sub(id, 1, c1 - 1), id, string.sub(state, 2), 1, false, -1, false, false, 1}
+      end
+    else
+      local hk = jp .. id
+      local fields = redis.call('HMGET', hk, 'data', 'flowcraft_run', 'flowcraft_key', 'flowcraft_deliveries')
+      if fields[1] then
+        local deliveries = (tonumber(fields[4]) or 0) + 1
+        local entry = id .. ':' .. exec .. n
+        redis.call('ZADD', wip, deadline, entry)
+        redis.call('HSET', hk, 'status', 'started', 'started_at', now_iso, 'worker_name', worker,
+          'last_heartbeat', now_iso, 'flowcraft_deliveries', deliveries)
+        item = {id, entry, fields[1], deliveries, false, -1, false, false}
+        run, key = fields[2], fields[3]
+      end
+    end
+    if item then
       if prefetch and run and key then
         local rec = records[run]
         if rec == nil then

@@ -1,12 +1,13 @@
 -- CoordinationStore.dispatches: the commit script of flowcraft_redis calls dispatch(fired, run, now, at, k, handed)
 -- with its fired jobs ({index, job JSON, due ('' or seconds), job key, spliced} each), where RqDispatcher.args
 -- begin in ARGV and RqDispatcher.keys (the queue list, its scheduled registry, its started registry, the lean
--- in-flight set) in KEYS, and the positions in fired of the jobs handed to the committing worker (continues): due
+-- in-flight set, the lean held-jobs hash) in KEYS, and the positions in fired of the jobs handed to the committing worker (continues): due
 -- jobs go to the queue list, later ones to its scheduled registry, handed ones straight into the started registry
--- with the visibility deadline, started by this worker as its dequeue would leave them; in the lean layout a
--- handed job gets no rq job hash, only an entry '<id>:<#run>:<run><job key>' in the lean in-flight set (its JSON
--- is the run hash's pending job, which a dequeue re-queues if the entry lapses). Returns {id, entry} per handed
--- position. (The queue is in rq's set of queues since the run's first job was enqueued.)
+-- with the visibility deadline, started by this worker as its dequeue would leave them. In the lean layout a job
+-- due now gets no rq job hash: it is an entry '<id>:<#run>:<run><job key>' naming the run's pending job (its JSON
+-- is there), pushed to the queue list or, handed over, put in the lean in-flight set (a dequeue re-queues it as an
+-- rq job if the entry lapses). Returns {id, entry} per handed position. (The queue is in rq's set of queues since
+-- the run's first job was enqueued.)
 local function dispatch(fired, run, now, at, k, handed)
   local qkey, skey, wip, inflight = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
   local jprefix, origin, worker = ARGV[at], ARGV[at + 1], ARGV[at + 2]
@@ -17,10 +18,14 @@ local function dispatch(fired, run, now, at, k, handed)
     local id = ARGV[ids_at + f - 1]
     local due = tonumber(entry[3])
     if not (due and due > now) then due = nil end
-    if handed[f] and lean then
+    if lean and not due then
       local member = id .. ':' .. #run .. ':' .. run .. entry[4]
-      redis.call('ZADD', inflight, deadline, member)
-      replies[f] = {id, member}
+      if handed[f] then
+        redis.call('ZADD', inflight, deadline, member)
+        replies[f] = {id, member}
+      else
+        ready[#ready + 1] = member
+      end
     else
       local started = nil
       if handed[f] then
@@ -36,10 +41,16 @@ local function dispatch(fired, run, now, at, k, handed)
   return replies
 end
 
--- Capabilities.acks: the commit acks the committed job's delivery as RqQueue.ack does: its entry (ARGV[at]) removed
--- from its set (KEYS[k + 4], after RqDispatcher.keys: the started registry, or the lean in-flight set) and its rq
--- job hash (KEYS[k + 5], none in the lean layout) deleted
-local function ack_delivery(at, k)
-  redis.call('ZREM', KEYS[k + 4], ARGV[at])
-  if KEYS[k + 5] then redis.call('DEL', KEYS[k + 5]) end
+-- Capabilities.acks: with `acking` the commit acks the committed job's delivery as RqQueue.ack does: its entry
+-- (ARGV[at]) removed from its set (KEYS[k + 5], after RqDispatcher.keys: the started registry, or the lean in-flight
+-- set) and its rq job hash (KEYS[k + 6], none for a lean entry) deleted. Without (the commit left nothing pending),
+-- a lean delivery keeps the JSON of the job the commit marked done (`finished`) in the held-jobs hash (KEYS[k + 4]),
+-- so that it can come back, as an rq job does, if its worker dies before the engine acks it.
+local function ack_delivery(at, k, acking, finished)
+  if not acking then
+    if finished and not KEYS[k + 6] then redis.call('HSET', KEYS[k + 4], ARGV[at], finished) end
+    return
+  end
+  redis.call('ZREM', KEYS[k + 5], ARGV[at])
+  if KEYS[k + 6] then redis.call('DEL', KEYS[k + 6]) end
 end
