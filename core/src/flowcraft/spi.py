@@ -26,7 +26,7 @@ import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import KW_ONLY, dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal, Protocol, Self, TypeVar
 
 from flowcraft.errors import FlowcraftError, PluginError, UnsupportedError
@@ -129,7 +129,15 @@ class Job:
         )
 
     def evolve(self, **changes: Any) -> Job:
-        return replace(self, **changes)
+        """A copy with ``changes`` (``dataclasses.replace`` without its per-call inspection of the fields: a join's
+        fired job and every retry are made so)."""
+        values = {name: getattr(self, name) for name in _JOB_FIELDS}
+        values.update(changes)
+        return Job(**values)
+
+
+#: the fields ``Job`` takes (all but ``key``), for ``Job.evolve``
+_JOB_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Job) if f.init)
 
 
 @dataclass(slots=True)
