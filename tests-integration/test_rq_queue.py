@@ -492,3 +492,42 @@ async def test_a_hand_over_sends_the_run_record_only_when_it_changed(backend: Ba
     assert records[2] is not records[0] and records[2].status == "awaiting"
     assert records[2].awaiting == [{"node_id": "x"}] and records[3] is records[2]
     assert records[3] == await backend.status.get(run)
+
+
+async def test_a_dequeue_sends_each_run_record_once(backend: Backend) -> None:
+    """The jobs of one run taken by one receive share one run record, sent and parsed once."""
+    queue = rq_queue(backend)
+    await backend.status.create(RunRecord("shared-run", "bp", input={"x": 1}))
+    await backend.status.create(RunRecord("other-run", "bp"))
+    jobs = [_job("shared-run", "a"), _job("other-run", "a"), _job("shared-run", "b")]
+    await backend.coordination.schedule("shared-run", [jobs[0], jobs[2]])
+    await backend.coordination.schedule("other-run", [jobs[1]])
+    await queue.enqueue(jobs)
+    first, other, second = await queue.receive(3, 1.0, "w1", 30)
+    assert first.record is not None and first.record.input == {"x": 1} and second.record is first.record
+    assert other.record is not None and other.record.run_id == "other-run"
+    assert second.begin is not None and second.begin.lease
+
+
+async def test_lean_enqueue_pushes_a_runs_pending_job_as_a_lean_entry(
+        redis_url: str, redis_prefix: str, sync_redis: redis.Redis) -> None:
+    """The lean layout's enqueue: a job due now that is its run's pending job as it stands becomes a lean entry; a
+    job that differs from it (a retry), a job of no run, and a delayed one become rq jobs."""
+    built = registry().build("rq", {"redis_url": redis_url, "key_prefix": redis_prefix, "queue_layout": "lean",
+                                    "queue_name": f"q-{uuid.uuid4().hex[:10]}"})
+    queue = rq_queue(built)
+    try:
+        start = _job("lean-start", "a")
+        await built.status.create(RunRecord("lean-start", "bp"))
+        await built.coordination.schedule("lean-start", [start])
+        retry = Job("lean-start", "bp", "a", attempt=2, input={"x": [1.5, [], {}]}, has_input=True)
+        await queue.enqueue([start, retry, _job("no-run", "a")])
+        await queue.enqueue([start], delay=60)
+        first, *rest = sync_redis.lrange(queue.queue_key, 0, -1)
+        assert first.endswith(b":10:lean-start0:a") and len(rest) == 2 and all(b":" not in i for i in rest)
+        assert len(ScheduledJobRegistry(queue.queue_name, connection=sync_redis).get_job_ids()) == 1
+        got = await queue.receive(3, 1.0, "w1", 30)
+        assert [d.job for d in got] == [start, retry, _job("no-run", "a")]
+        assert [d.receipt.lean for d in got] == [True, False, False]
+    finally:
+        await built.close()

@@ -8,7 +8,7 @@ from typing import Any
 
 from flowcraft.app import App
 from flowcraft.plugins import registry
-from flowcraft.spi import Begin, Capabilities, Job
+from flowcraft.spi import Begin, Capabilities, Job, RunRecord
 from flowcraft_redis import RedisCoordinationStore, RedisStatusStore, colocate, make_any_client, make_client
 from flowcraft_rq import FUNC_NAME, RqAdapter, RqQueue, RqReceipt
 from flowcraft_rq.jobs import decode_data, encode_data, run_job
@@ -107,17 +107,22 @@ def test_deliveries_from_dequeue_replies() -> None:
     data = encode_data(json.dumps(job.to_dict())).encode()
     record = [b"status", b"running", b"run_id", b'"r"', b"blueprint_id", b'"bp"']
     done = b'tok {"node_id":"n","output":7,"token":"tok"}'
-    plain = RqQueue._delivery([b"id", b"id:e1", data, 2, None, -1, None, None], None)
+    plain = RqQueue._delivery([b"id", b"id:e1", data, 2, None, -1, None, None], None, {})
     assert plain.job == job and plain.deliveries == 2 and not plain.prefetched
     assert plain.receipt == RqReceipt("id", "id:e1") and plain.record is None and plain.begin is None
-    taken = RqQueue._delivery([b"id", b"id:e1", data, 1, record, 1, b"p{}", done], "w1")
+    records: dict[str, RunRecord | None] = {}
+    taken = RqQueue._delivery([b"id", b"id:e1", data, 1, record, 1, b"p{}", done], "w1", records)
     assert taken.prefetched and taken.record is not None and taken.record.status == "running"
     assert taken.begin is not None and taken.begin.lease and taken.begin.state == "pending"
     assert taken.begin.completion is not None and taken.begin.completion.output == 7
     assert taken.receipt.lease_owner == "w1"
-    held = RqQueue._delivery([b"id", b"id:e1", data, 1, record, 0, b"p{}", None], "w1")
+    held = RqQueue._delivery([b"id", b"id:e1", data, 1, 1, 0, b"p{}", None], "w1", records)  # the record again
     assert held.begin == Begin(lease=False, state="pending", completion=None) and held.receipt.lease_owner is None
-    missing = RqQueue._delivery([b"id", b"id:e1", data, 1, [], -1, None, None], "w1")
+    assert held.record is taken.record
+    lean = RqQueue._delivery([b"id", b"id:3:r0:n", json.dumps(job.to_dict()).encode(), 1, 1, 1, b"p{}", None, 1],
+                             "w1", records)
+    assert lean.job == job and lean.receipt == RqReceipt("id", "id:3:r0:n", "w1", lean=True)
+    missing = RqQueue._delivery([b"id", b"id:e1", data, 1, [], -1, None, None], "w1", {})
     # no run record, so no lease either: the engine reads the status itself (and dead-letters the job)
     assert not missing.prefetched and missing.record is None and missing.begin is None
 

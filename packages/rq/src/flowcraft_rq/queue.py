@@ -136,13 +136,14 @@ class RqQueue(Colocated, Queue):
     Each can be turned off with the constructor flag of the same name (``continues`` also as an option).
 
     ``lean`` (``queue_layout = "lean"``): a job a commit fires that is due now gets no rq job hash. Pushed, the
-    queue list gets an entry ``<job id>:<len(run id)>:<run id><job key>`` naming the run's pending job, which
-    the dequeue reads from the run's coordination hash; handed over or delivered, the entry is in the queue's
-    lean in-flight set ``<R>:fc-inflight:<name>`` (not rq's started registry); if its worker dies, the next
-    dequeue makes it an rq job again from the run's pending job (or, for the job a run's last commit marked
-    done without acking it, from ``<R>:fc-held:<name>``, where that commit kept it). Jobs enqueued by
-    ``enqueue`` (a run's start jobs, retries, releases) and delayed ones stay rq jobs. rq's tools do not see
-    lean jobs, and a plain rq worker must not serve the queue.
+    queue list gets an entry ``<job id>:<len(run id)>:<run id><job key>`` naming the run's pending job, which the
+    dequeue reads from the run's coordination hash (``enqueue`` pushes such an entry too for a job due now that is
+    its run's pending job as it stands, e.g. a run's start jobs); handed over or delivered, the entry is in the
+    queue's lean in-flight set ``<R>:fc-inflight:<name>`` (not rq's started registry); if its worker dies, the next
+    dequeue makes it an rq job again from the run's pending job (or, for the job a run's last commit marked done
+    without acking it, from ``<R>:fc-held:<name>``, where that commit kept it). Delayed jobs, and jobs that differ
+    from their run's pending job (a retry, a bounce), stay rq jobs. rq's tools do not see lean jobs, and a plain rq
+    worker must not serve the queue.
     """
 
     name = "rq"
@@ -248,7 +249,7 @@ class RqQueue(Colocated, Queue):
             return
         now = time.time()
         args: list[Any] = [self.job_prefix, self.queue_name, iso(now), repr(now + delay) if delay > 0 else "",
-                           self.state_ttl_seconds]
+                           self.state_ttl_seconds, self.key_prefix, "1" if self.lean and not self.clustered else "0"]
         for job in jobs:
             args += (self.new_job_id(), job.run_id, job.key, dumps(job.to_dict()))
         keys = [self.queue_key, self.scheduled_key]
@@ -295,7 +296,8 @@ class RqQueue(Colocated, Queue):
             if items:
                 if owner is not None and not in_script:
                     await self._prefetch_each(items, owner, now + lease_seconds)
-                return [self._delivery(item, owner) for item in items]
+                records: dict[str, RunRecord | None] = {}  # run id -> its record, parsed once per reply
+                return [self._delivery(item, owner, records) for item in items]
             remaining = end - time.monotonic()
             if remaining <= 0:
                 return []
@@ -325,7 +327,10 @@ class RqQueue(Colocated, Queue):
             item[4:8] = got
 
     @staticmethod
-    def _delivery(item: list[Any], owner: str | None) -> Delivery:
+    def _delivery(item: list[Any], owner: str | None, records: dict[str, RunRecord | None]) -> Delivery:
+        """The delivery of one item of the dequeue script's reply; ``records`` are the run records its earlier
+        items brought (a record comes once per run and reply; the engine only reads ``Delivery.record``, so the
+        deliveries of one run share it)."""
         job_id, entry, data, deliveries, record, lease, state, completion = item[:8]
         lean = len(item) > 8  # a lean entry: data is the job's JSON, not rq's call tuple
         job = Job.from_dict(loads(data) if lean else decode_data(data))
@@ -336,10 +341,13 @@ class RqQueue(Colocated, Queue):
         if lease >= 0:  # an active run: the lease was taken (1) or is another owner's (0)
             begin = Begin(lease=lease == 1, state=parse_state(state),
                           completion=parse_completion(completion) if lease == 1 else None)
-        flat = {record[i]: record[i + 1] for i in range(0, len(record), 2)}
+        if isinstance(record, int):
+            parsed = records[job.run_id]
+        else:
+            flat = {record[i]: record[i + 1] for i in range(0, len(record), 2)}
+            parsed = records[job.run_id] = record_from_hash(flat) if flat else None
         return Delivery(job, RqReceipt(text(job_id), text(entry), owner if lease == 1 else None, lean),
-                        deliveries=int(deliveries),
-                        record=record_from_hash(flat) if flat else None, begin=begin)
+                        deliveries=int(deliveries), record=parsed, begin=begin)
 
     def _lease_of(self, delivery: Delivery) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV tails of the release scripts that drop the lease ``receive`` took (nothing if it took

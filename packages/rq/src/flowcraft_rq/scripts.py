@@ -36,6 +36,6 @@ PREFETCH = with_leases(_PREFETCH + _lua("prefetch"))
 DROP_LEASE = DROP_LEASE_LUA
 RELEASE = with_leases(_RQ_JOB + _lua("release"))
 EXTEND = _lua("extend")
-ENQUEUE = _RQ_JOB + _lua("enqueue")
+ENQUEUE = with_leases(_RQ_JOB + _lua("enqueue"))
 #: ``Dispatcher.lua`` of the rq queue: prepended to flowcraft_redis's commit script
 DISPATCH = _RQ_JOB + _lua("dispatch")

@@ -5,7 +5,7 @@
 -- Job hashes (job key prefix .. id) and the claim lists of other workers are named by the ids and lists read
 -- here, so they cannot be in KEYS; on a Redis Cluster the queue's hash tag is in every one of them (one slot).
 -- Returns {next_due, {id, entry, data, deliveries, record, lease, state, completion[, 1]}...} (the 1: a lean entry,
--- whose data is the job's JSON rather than rq's call tuple).
+-- whose data is the job's JSON rather than rq's call tuple; record 1: the record of an earlier item of the same run).
 -- With prefetch (RqQueue.receive on one Redis; on a cluster the run's keys are in another slot, so
 -- prefetch.lua does it after this script): record is the flat P status:{<run>} hash (empty: no such run) and,
 -- for an active run, the job's lease is taken for owner as RedisCoordinationStore.begin does (take_lease):
@@ -110,8 +110,10 @@ if #ids > 0 then
         if rec == nil then
           rec = redis.call('HGETALL', P .. 'status:{' .. run .. '}')
           records[run] = rec
+          item[5] = rec
+        else
+          item[5] = 1  -- the record of this reply's earlier item of the same run, not sent twice
         end
-        item[5] = rec
         item[6], item[7], item[8] = prefetch_lease(rec, run_key(P, run), key, owner, ARGV[2], expiry, ttl)
       end
       out[#out + 1] = item
