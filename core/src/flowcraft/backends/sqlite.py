@@ -184,8 +184,13 @@ COMMIT;
 """
 
 
+#: what json.dumps(value, ensure_ascii=False, separators=(",", ":")) builds on every call, built once (encode keeps
+#: no state between calls, so every thread shares it)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(value)
 
 
 class _Encoded:
