@@ -954,7 +954,9 @@ class SqliteContextStore(_SqliteComponent, ContextStore):
 
 # ----------------------------------------------------------------------------------------------- status
 class SqliteStatusStore(_SqliteComponent, StatusStore):
-    """Run records; ``transition`` is a compare-and-set inside one write transaction."""
+    """Run records; ``transition`` is a compare-and-set inside one write transaction. Built with
+    ``writes_context`` (the sqlite preset: its context store uses the same database), ``transition_with_context``
+    writes context values in that transaction."""
 
     name = "sqlite"
     #: ``wait_for_change`` returns at once on a change made through this store and within ``change_poll``
@@ -962,8 +964,9 @@ class SqliteStatusStore(_SqliteComponent, StatusStore):
     notifies = True
     change_poll: float = 0.05
 
-    def __init__(self, database: SqliteDatabase | None = None) -> None:
+    def __init__(self, database: SqliteDatabase | None = None, *, writes_context: bool = False) -> None:
         super().__init__(database)
+        self._writes_context = writes_context
         self._changed: dict[str, set[asyncio.Future[None]]] = {}
         # per run: (status, updated_at) as the last get read it, or _CHANGED after a change made here
         self._seen: dict[str, Any] = {}
@@ -1003,9 +1006,29 @@ class SqliteStatusStore(_SqliteComponent, StatusStore):
             self._notify(run_id)
         return removed
 
+    @property
+    def writes_context(self) -> bool:
+        return self._writes_context
+
     async def transition(
         self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any]
     ) -> RunRecord | None:
+        return await self._transition(run_id, from_statuses, to_status, changes, ())
+
+    async def transition_with_context(
+        self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any], *,
+        context: Mapping[str, Any],
+    ) -> RunRecord | None:
+        if not self._writes_context:
+            return await super().transition_with_context(run_id, from_statuses, to_status, changes, context=context)
+        return await self._transition(run_id, from_statuses, to_status, changes,
+                                      [(key, _dumps(value)) for key, value in context.items()])
+
+    async def _transition(
+        self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any],
+        context_rows: Sequence[tuple[str, str]],
+    ) -> RunRecord | None:
+        """The compare-and-set, writing ``context_rows`` (key, document) in its transaction when it wins."""
         allowed = frozenset(from_statuses)
         changes = dict(changes)
 
@@ -1026,6 +1049,8 @@ class SqliteStatusStore(_SqliteComponent, StatusStore):
                 "WHERE run_id = ?",
                 (record.blueprint_id, record.status, record.created_at, record.updated_at, document, run_id),
             )
+            if context_rows:
+                _write_context(conn, run_id, context_rows, ())
             return RunRecord.from_dict(json.loads(document))  # a copy that shares nothing with ``changes``
 
         won = await self.db.write(compare_and_set)
@@ -1394,9 +1419,10 @@ class SqliteCoordinationStore(_SqliteComponent, TablesCoordinationStore):
 
 def build_backend(options: Mapping[str, Any]) -> Backend:
     """The ``sqlite`` preset: four components on one database, the coordination store writing contexts in
-    its commit transaction (``Capabilities.applies_context``). Options are already validated."""
+    its commit transaction (``Capabilities.applies_context``) and the status store a run's result with its final
+    status (``Capabilities.writes_context``). Options are already validated."""
     parsed = parse_options(SqliteQueueOptions, options)
     database = SqliteDatabase(os.fspath(parsed.path), busy_timeout=parsed.busy_timeout, read_only=parsed.read_only)
     queue = SqliteQueue(database, parsed.visibility_timeout, prefetches_status=True)
-    return Backend(queue, SqliteContextStore(database), SqliteStatusStore(database),
+    return Backend(queue, SqliteContextStore(database), SqliteStatusStore(database, writes_context=True),
                    SqliteCoordinationStore(database, applies_context=True, queue=queue))
