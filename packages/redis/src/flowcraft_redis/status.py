@@ -15,6 +15,8 @@ from flowcraft_redis import scripts
 from flowcraft_redis._changes import ChangeFeed
 from flowcraft_redis._client import RedisClient, is_cluster
 from flowcraft_redis._store import RedisStateStore
+from flowcraft_redis.colocation import Colocation
+from flowcraft_redis.context import RedisContext
 from flowcraft_redis.layout import DEFAULT_PREFIX, DEFAULT_TTL, RECORD_FIELDS, dumps, record_from_hash, text
 
 #: on a Redis Cluster an index entry whose record is missing or has another status is dropped only when it is
@@ -36,7 +38,11 @@ class RedisStatusStore(RedisStateStore, StatusStore):
     than the record: ``create``/``transition`` first add the run to the index of its new status (and
     ``idx:created``), then run the script on the record; ``list`` and ``stalled`` check each entry against its
     record and drop the entries (older than ``INDEX_GRACE_SECONDS``) of records that are gone or have left
-    that status. An index entry is so never missing for a record that has the status."""
+    that status. An index entry is so never missing for a record that has the status.
+
+    Colocated with a ``RedisContext`` (same client and key prefix: ``flowcraft_redis.colocate``), it
+    ``writes_context``: ``transition_with_context`` writes the context values into the run's ``ctx`` hash in the
+    transition's script, only if it wins. The two hashes share the run's hash tag, so this holds on a cluster."""
 
     name = "redis"
     notifies = True
@@ -49,6 +55,16 @@ class RedisStatusStore(RedisStateStore, StatusStore):
         self._transition = self.batcher.script(scripts.STATUS_TRANSITION)
         self._index_drop = self.batcher.script(scripts.INDEX_DROP)
         self._changes = ChangeFeed(redis)
+        self._context_ttl: int | None = None
+
+    def colocated(self, colocation: Colocation) -> None:
+        context = colocation.context
+        self._context_ttl = context.state_ttl_seconds if isinstance(context, RedisContext) else None
+
+    @property
+    def writes_context(self) -> bool:
+        """True when a ``RedisContext`` on the same client and key prefix is the backend's context store."""
+        return self._context_ttl is not None
 
     async def create(self, record: RunRecord) -> bool:
         now = time.time()
@@ -90,13 +106,28 @@ class RedisStatusStore(RedisStateStore, StatusStore):
     async def transition(
         self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any]
     ) -> RunRecord | None:
+        return await self._transit(run_id, from_statuses, to_status, changes, {})
+
+    async def transition_with_context(
+        self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any], *,
+        context: Mapping[str, Any],
+    ) -> RunRecord | None:
+        if self._context_ttl is None:
+            return await super().transition_with_context(run_id, from_statuses, to_status, changes, context=context)
+        return await self._transit(run_id, from_statuses, to_status, changes, context)
+
+    async def _transit(self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any],
+                       context: Mapping[str, Any]) -> RunRecord | None:
+        """The transition script; ``context`` (only with ``writes_context``) written with it if it wins."""
         check_record_changes(changes)
         now = time.time()
         args: list[Any] = [run_id, self.state_ttl_seconds, to_status, repr(now), self.keys.changes(run_id),
-                           len(from_statuses), *from_statuses]
+                           len(from_statuses), *from_statuses, len(context), self._context_ttl or 0]
+        for key, value in context.items():
+            args += (key, dumps(value))  # encoded as RedisContext.apply encodes them
         for name, value in changes.items():
             args += (name, dumps(value))
-        keys = [self.keys.status(run_id)]
+        keys = [self.keys.status(run_id), self.keys.ctx(run_id)]
         if self.clustered:  # the new status's index entry first (see the class docstring)
             index = self.keys.idx_status(to_status)
             commands: list[tuple[Any, ...]] = [("ZADD", index, repr(now), run_id)]

@@ -1,7 +1,9 @@
--- KEYS: the status hash, then (indexed here: one Redis) idx:status:<s> of each allowed from-status and of the
--- new status; on a Redis Cluster only the hash (RedisStatusStore writes the new status's index entry before
--- this script, and list/stalled drop the entries a record has left).
--- ARGV: run, ttl, to, now, the run's change channel, nfrom, from-statuses..., then field/value pairs
+-- KEYS: the status hash, the run's context hash (written only with context pairs: writes_context), then
+-- (indexed here: one Redis) idx:status:<s> of each allowed from-status and of the new status; on a Redis
+-- Cluster only the two hashes, which share the run's slot (RedisStatusStore writes the new status's index entry
+-- before this script, and list/stalled drop the entries a record has left).
+-- ARGV: run, ttl, to, now, the run's change channel, nfrom, from-statuses..., nctx, the context's ttl, nctx
+-- context key/value pairs (JSON, as RedisContext.apply writes them), then the record's field/value pairs
 local key, run, ttl, to, now = KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local channel, nfrom = ARGV[5], tonumber(ARGV[6])
 local current = redis.call('HGET', key, 'status')
@@ -11,11 +13,18 @@ for j = 1, nfrom do
   if ARGV[6 + j] == current then allowed = j; break end
 end
 if not allowed then return false end
-redis.call('HSET', key, 'status', to, 'updated_at', now, unpack(ARGV, 7 + nfrom))
+local nctx = tonumber(ARGV[7 + nfrom])
+local fields = 9 + nfrom + 2 * nctx
+redis.call('HSET', key, 'status', to, 'updated_at', now, unpack(ARGV, fields))
 redis.call('EXPIRE', key, ttl)
-if #KEYS > 1 then
-  redis.call('ZREM', KEYS[1 + allowed], run)
-  local idx = KEYS[2 + nfrom]
+if nctx > 0 then
+  -- the transition won: its context values go in the same step (a run's _result with its final status)
+  redis.call('HSET', KEYS[2], unpack(ARGV, 9 + nfrom, fields - 1))
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[8 + nfrom]))
+end
+if #KEYS > 2 then
+  redis.call('ZREM', KEYS[2 + allowed], run)
+  local idx = KEYS[3 + nfrom]
   redis.call('ZADD', idx, now, run)
   if to ~= 'running' and to ~= 'awaiting' then
     redis.call('ZREMRANGEBYSCORE', idx, '-inf', '(' .. (tonumber(now) - ttl))
