@@ -209,6 +209,11 @@ class PgTableStore:
         self.schema = schema
         self._table = table(schema, table_name)
 
+    @property
+    def table(self) -> sql.Composable:
+        """The store's table, quoted (with its schema, when given), for statements of another store."""
+        return self._table
+
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
         parsed = PostgresOptions.parse(options)

@@ -80,6 +80,7 @@ class RabbitMqAdapter(WorkerAdapter):
                               prefetch=prefetch or concurrency, delivery_limit=delivery_limit)
         context = PostgresContext(self.pg, context_table_name, schema=schema)
         status = PostgresStatusStore(self.pg, status_table_name, schema=schema)
+        status.write_context_with(context)
         queue.prefetch_with(status, coordination_store)
         if (continues and isinstance(coordination_store, RedisCoordinationStore)
                 and coordination_store.dispatcher is None and Handover.supported(coordination_store.redis)):

@@ -23,7 +23,8 @@ def build_backend(options: Mapping[str, Any]) -> Backend:
     the fast paths they take together: ``prefetches_status`` (the queue's ``receive`` reads the batch's run
     records, one PostgreSQL statement, while it takes the leases in Redis, the two at once) and, unless the
     option ``continues`` is off or Redis is a cluster, ``continues``: a finishing commit hands fired jobs to its
-    worker through a Redis set beside the coordination state (``hand_over``)."""
+    worker through a Redis set beside the coordination state (``hand_over``); ``writes_context``: a run's
+    ``_result`` is written by its final status transition's statement."""
     postgres = PostgresOptions.parse(options)
     pg = PgClient.for_options(postgres)
     queue_options = RabbitMqOptions.parse(options)
@@ -35,7 +36,9 @@ def build_backend(options: Mapping[str, Any]) -> Backend:
     coordination = RedisCoordinationStore(redis, key_prefix=parsed.key_prefix,
                                           state_ttl_seconds=parsed.state_ttl_seconds, dispatcher=handover)
     queue.prefetch_with(status, coordination)
-    return Backend(queue, PostgresContext.build(postgres, pg), status, coordination, name="rabbitmq")
+    context = PostgresContext.build(postgres, pg)
+    status.write_context_with(context)
+    return Backend(queue, context, status, coordination, name="rabbitmq")
 
 
 def hand_over(queue: RabbitMqQueue, redis: RedisClient, key_prefix: str, options: RabbitMqOptions) -> Handover | None:

@@ -19,7 +19,7 @@ import base64
 import json
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
@@ -38,6 +38,9 @@ from flowcraft_rabbitmq._pg import (
     text_array,
 )
 from flowcraft_rabbitmq.options import PostgresOptions
+
+if TYPE_CHECKING:
+    from flowcraft_rabbitmq.context import PostgresContext
 
 #: RunRecord fields kept in ``status_data`` (status, blueprint_id and the times have their own columns).
 DATA_FIELDS = ("version", "blueprint_hash", "input", "errors", "awaiting", "parent")
@@ -141,6 +144,26 @@ class PostgresStatusStore(PgTableStore, StatusStore):
         self._stalled_after = sql.SQL(
             "SELECT {} FROM {} WHERE status = ANY(%s) AND updated_at < %s AND (updated_at, run_id) > (%s, %s) "
             "ORDER BY updated_at, run_id LIMIT %s").format(cols, t)
+        #: the transition that also upserts context values, when ``write_context_with`` named a context table
+        self._transition_with_context: sql.Composed | None = None
+
+    def write_context_with(self, context: PostgresContext) -> None:
+        """Let ``transition_with_context`` write into ``context``'s table, in the transition's statement
+        (``writes_context``); only for a context store on this store's client (the preset's factory wires it)."""
+        if context.client is not self.client:
+            raise ValueError("write_context_with needs a PostgresContext on this status store's client")
+        self._transition_with_context = sql.SQL(
+            "WITH won AS (UPDATE {t} SET status = %s, updated_at = %s, blueprint_id = COALESCE(%s, blueprint_id), "
+            "status_data = status_data || %s::jsonb WHERE run_id = %s AND status = ANY(%s::text[]) RETURNING {cols}), "
+            "written AS (INSERT INTO {c} (run_id, key, value) SELECT won.run_id, k, v::jsonb FROM won, "
+            "unnest(%s::text[], %s::text[]) AS u(k, v) ON CONFLICT (run_id, key) DO UPDATE SET value = EXCLUDED.value) "
+            "SELECT * FROM won").format(t=self._table, cols=sql.SQL(_COLUMNS), c=context.table)
+
+    @property
+    def writes_context(self) -> bool:
+        """True once ``write_context_with`` gave it the backend's context table."""
+        return self._transition_with_context is not None
+
 
     async def setup(self) -> None:
         t = self._table
@@ -330,19 +353,40 @@ class PostgresStatusStore(PgTableStore, StatusStore):
     async def transition(
         self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any]
     ) -> RunRecord | None:
+        return await self._compare_and_set(run_id, from_statuses, to_status, changes, None)
+
+    async def transition_with_context(
+        self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any], *,
+        context: Mapping[str, Any],
+    ) -> RunRecord | None:
+        if self._transition_with_context is None:
+            return await super().transition_with_context(run_id, from_statuses, to_status, changes, context=context)
+        return await self._compare_and_set(run_id, from_statuses, to_status, changes, context)
+
+    async def _compare_and_set(
+        self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any],
+        context: Mapping[str, Any] | None,
+    ) -> RunRecord | None:
+        """The transition; with ``context``, one statement that also upserts those context values if it wins."""
         if not from_statuses or "\x00" in run_id:
             return None
         blueprint_id, data = change_data(changes)
         now = time.time()
-        params = [to_status, now, blueprint_id, dumps(data, f"run record of {run_id!r}"), run_id,
-                  text_array(dict.fromkeys(from_statuses))]
+        params: list[Any] = [to_status, now, blueprint_id, dumps(data, f"run record of {run_id!r}"), run_id,
+                             text_array(dict.fromkeys(from_statuses))]
+        query = self._transition
+        if context is not None and self._transition_with_context is not None:
+            query = self._transition_with_context
+            params += [text_array(check_text(key, "context key") for key in context),
+                       text_array(dumps(value, f"context value {key!r} of run {run_id!r}")
+                                  for key, value in context.items())]
 
         attempts = 0
 
         async def update(conn: psycopg.AsyncConnection[Any]) -> Any:
             nonlocal attempts
             attempts += 1
-            row = await (await conn.execute(self._transition, params)).fetchone()
+            row = await (await conn.execute(query, params)).fetchone()
             if row is None and attempts > 1 and await self._is_ours(conn, run_id, now, to_status):
                 # the first attempt won but its reply was lost (the server restarted): it is still this call's win
                 row = await (await conn.execute(self._get, [run_id])).fetchone()
