@@ -12,8 +12,7 @@ from flowcraft_rabbitmq.context import PostgresContext
 from flowcraft_rabbitmq.options import PostgresOptions, RabbitMqOptions
 from flowcraft_rabbitmq.queue import RabbitMqQueue
 from flowcraft_rabbitmq.status import PostgresStatusStore
-from flowcraft_redis import RedisCoordinationStore, shared_any_client
-from flowcraft_redis._client import RedisClient
+from flowcraft_redis import RedisClient, RedisCoordinationStore, shared_any_client
 from flowcraft_redis.handover import Handover
 from flowcraft_redis.options import RedisOptions
 

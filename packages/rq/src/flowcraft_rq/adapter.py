@@ -14,6 +14,7 @@ from flowcraft_redis import (
     DEFAULT_TTL,
     DEFAULT_URL,
     Colocation,
+    RedisClient,
     RedisContext,
     RedisCoordinationStore,
     RedisReconciler,
@@ -22,7 +23,6 @@ from flowcraft_redis import (
     make_any_client,
     make_client,
 )
-from flowcraft_redis._client import RedisClient
 from flowcraft_rq.queue import DEFAULT_QUEUE, RqQueue
 
 

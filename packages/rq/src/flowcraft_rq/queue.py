@@ -28,8 +28,17 @@ from typing import Any, Self, cast
 
 from flowcraft.errors import ConfigError
 from flowcraft.spi import Begin, DeadLetter, Delivery, Job, Queue, RunRecord, WorkerInfo, parse_options
-from flowcraft_redis import Colocated, Colocation, Dispatcher, Packed, batcher_for, fast_packing
-from flowcraft_redis._client import RedisClient, is_cluster, shared_any_client
+from flowcraft_redis import (
+    Colocated,
+    Colocation,
+    Dispatcher,
+    Packed,
+    RedisClient,
+    batcher_for,
+    fast_packing,
+    is_cluster,
+    shared_any_client,
+)
 from flowcraft_redis.layout import (
     DEFAULT_PREFIX,
     DEFAULT_TTL,
