@@ -31,11 +31,11 @@ from flowcraft.app import App
 from flowcraft.engine.core import EngineOptions
 from flowcraft.spi import Backend, CoordinationStore
 from flowcraft_rabbitmq._pg import PgClient
+from flowcraft_rabbitmq.backend import hand_over
 from flowcraft_rabbitmq.context import PostgresContext
 from flowcraft_rabbitmq.queue import RabbitMqQueue
 from flowcraft_rabbitmq.status import PostgresStatusStore
 from flowcraft_redis import RedisCoordinationStore
-from flowcraft_redis.handover import Handover
 
 
 def _pg(client: PgClient | str | Any) -> PgClient:
@@ -82,14 +82,11 @@ class RabbitMqAdapter(WorkerAdapter):
         status = PostgresStatusStore(self.pg, status_table_name, schema=schema)
         status.write_context_with(context)
         queue.prefetch_with(status, coordination_store)
-        if (continues and isinstance(coordination_store, RedisCoordinationStore)
-                and coordination_store.dispatcher is None and Handover.supported(coordination_store.redis)):
+        if isinstance(coordination_store, RedisCoordinationStore) and coordination_store.dispatcher is None:
             # hand-over (see flowcraft_redis.handover): this adapter's commits hand fired jobs to its worker
-            handover = Handover(coordination_store.redis, queue_name=queue_name,
-                                key_prefix=coordination_store.key_prefix,
-                                visibility_timeout=handover_visibility_timeout or visibility_timeout)
-            coordination_store.dispatcher = handover
-            queue.hand_over_with(handover)
+            coordination_store.dispatcher = hand_over(
+                queue, coordination_store.redis, coordination_store.key_prefix, continues=continues,
+                visibility_timeout=handover_visibility_timeout or visibility_timeout)
         super().__init__(Backend(queue, context, status, coordination_store, name="rabbitmq"),
                          runtime_options=runtime_options, concurrency=concurrency, poll_wait=poll_wait,
                          engine_options=engine_options, worker_id=worker_id)

@@ -31,7 +31,8 @@ def build_backend(options: Mapping[str, Any]) -> Backend:
     status = PostgresStatusStore.build(postgres, pg)
     parsed = parse_options(RedisOptions, options)
     redis = shared_any_client(options, {})
-    handover = hand_over(queue, redis, parsed.key_prefix, queue_options)
+    handover = hand_over(queue, redis, parsed.key_prefix, continues=queue_options.continues,
+                         visibility_timeout=queue_options.handed_visibility)
     coordination = RedisCoordinationStore(redis, key_prefix=parsed.key_prefix,
                                           state_ttl_seconds=parsed.state_ttl_seconds, dispatcher=handover)
     queue.prefetch_with(status, coordination)
@@ -40,12 +41,13 @@ def build_backend(options: Mapping[str, Any]) -> Backend:
     return Backend(queue, context, status, coordination, name="rabbitmq")
 
 
-def hand_over(queue: RabbitMqQueue, redis: RedisClient, key_prefix: str, options: RabbitMqOptions) -> Handover | None:
+def hand_over(queue: RabbitMqQueue, redis: RedisClient, key_prefix: str, *, continues: bool,
+              visibility_timeout: float) -> Handover | None:
     """The in-flight set of the jobs commits hand over (``flowcraft_redis.handover``), given to ``queue``; None
-    (no hand-over) when the option ``continues`` is off or ``redis`` is a Redis Cluster."""
-    if not options.continues or not Handover.supported(redis):
+    (no hand-over) when ``continues`` is off or ``redis`` is a Redis Cluster."""
+    if not continues or not Handover.supported(redis):
         return None
     handover = Handover(redis, queue_name=queue.queue_name, key_prefix=key_prefix,
-                        visibility_timeout=options.handed_visibility)
+                        visibility_timeout=visibility_timeout)
     queue.hand_over_with(handover)
     return handover
