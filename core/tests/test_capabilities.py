@@ -15,9 +15,9 @@ from flowcraft.backends.memory import (
     memory_backend,
 )
 from flowcraft.backends.sqlite import SqliteCoordinationStore, SqliteDatabase
-from flowcraft.errors import PluginError
+from flowcraft.errors import PluginError, UnsupportedError
 from flowcraft.plugins import Preset, _load_factory, registry
-from flowcraft.spi import Backend, Capabilities
+from flowcraft.spi import Backend, Capabilities, RunRecord
 
 
 def test_memory_backend_declares_its_fast_paths() -> None:
@@ -30,6 +30,17 @@ def test_memory_backend_declares_its_fast_paths() -> None:
     assert not MemoryQueue().prefetches_status
     assert not MemoryStatusStore().writes_context  # no context store to write to
     assert not MemoryCoordinationStore(MemoryContextStore(), queue=MemoryQueue()).continues  # no status store
+
+
+async def test_transition_with_context_is_refused_by_a_store_that_does_not_declare_writes_context() -> None:
+    """The base method checks ``writes_context`` once for every store: one built alone neither writes the context
+    nor transitions."""
+    status = MemoryStatusStore()
+    await status.create(RunRecord("r", "bp"))
+    with pytest.raises(UnsupportedError, match="the memory status store cannot write the context"):
+        await status.transition_with_context("r", ["running"], "completed", {}, context={"_result": 1})
+    record = await status.get("r")
+    assert record is not None and record.status == "running"
 
 
 async def test_sqlite_factory_wires_applies_context_and_an_override_turns_it_off(tmp_path: Path) -> None:

@@ -763,9 +763,20 @@ class StatusStore(Component):
         """``transition``, and in the same atomic step, only if it wins, the ``context`` writes (as
         ``ContextStore.apply(run_id, context)`` makes them) to the run's context: a run's end (``_result`` and
         the final status) in one round trip, and no client sees the final status without the result. Only for
-        a store that declares ``writes_context``; the default raises ``UnsupportedError``."""
-        raise UnsupportedError(f"the {self.name or type(self).__name__} status store cannot write the context",
-                               hint="declare writes_context only with an implementation of transition_with_context")
+        a store that declares ``writes_context`` (else ``UnsupportedError``); such a store implements
+        ``_transition_writing_context``."""
+        if not self.writes_context:
+            raise UnsupportedError(f"the {self.name or type(self).__name__} status store cannot write the context",
+                                   hint="call transition_with_context only when the store declares writes_context")
+        return await self._transition_writing_context(run_id, from_statuses, to_status, changes, context)
+
+    async def _transition_writing_context(
+        self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any],
+        context: Mapping[str, Any],
+    ) -> RunRecord | None:
+        """The primitive behind ``transition_with_context``, written by a store that declares ``writes_context``
+        (called only while it does)."""
+        raise NotImplementedError(f"{type(self).__name__} declares writes_context without _transition_writing_context")
 
     async def stalled(
         self, older_than: float, limit: int = 100, *, after: tuple[float, str] | None = None

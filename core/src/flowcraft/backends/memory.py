@@ -325,12 +325,10 @@ class MemoryStatusStore(StatusStore):
     def writes_context(self) -> bool:
         return self._context is not None
 
-    async def transition_with_context(
-        self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any], *,
+    async def _transition_writing_context(
+        self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any],
         context: Mapping[str, Any],
     ) -> RunRecord | None:
-        if self._context is None:
-            return await super().transition_with_context(run_id, from_statuses, to_status, changes, context=context)
         return self._transition(run_id, from_statuses, to_status, changes, context)
 
     async def stalled(

@@ -1015,12 +1015,10 @@ class SqliteStatusStore(_SqliteComponent, StatusStore):
     ) -> RunRecord | None:
         return await self._transition(run_id, from_statuses, to_status, changes, ())
 
-    async def transition_with_context(
-        self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any], *,
+    async def _transition_writing_context(
+        self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any],
         context: Mapping[str, Any],
     ) -> RunRecord | None:
-        if not self._writes_context:
-            return await super().transition_with_context(run_id, from_statuses, to_status, changes, context=context)
         return await self._transition(run_id, from_statuses, to_status, changes,
                                       [(key, _dumps(value)) for key, value in context.items()])
 

@@ -145,14 +145,14 @@ class PostgresStatusStore(PgTableStore, StatusStore):
             "SELECT {} FROM {} WHERE status = ANY(%s) AND updated_at < %s AND (updated_at, run_id) > (%s, %s) "
             "ORDER BY updated_at, run_id LIMIT %s").format(cols, t)
         #: the transition that also upserts context values, when ``write_context_with`` named a context table
-        self._transition_with_context: sql.Composed | None = None
+        self._transition_with_context_sql: sql.Composed | None = None
 
     def write_context_with(self, context: PostgresContext) -> None:
         """Let ``transition_with_context`` write into ``context``'s table, in the transition's statement
         (``writes_context``); only for a context store on this store's client (the preset's factory wires it)."""
         if context.client is not self.client:
             raise ValueError("write_context_with needs a PostgresContext on this status store's client")
-        self._transition_with_context = sql.SQL(
+        self._transition_with_context_sql = sql.SQL(
             "WITH won AS (UPDATE {t} SET status = %s, updated_at = %s, blueprint_id = COALESCE(%s, blueprint_id), "
             "status_data = status_data || %s::jsonb WHERE run_id = %s AND status = ANY(%s::text[]) RETURNING {cols}), "
             "written AS (INSERT INTO {c} (run_id, key, value) SELECT won.run_id, k, v::jsonb FROM won, "
@@ -162,7 +162,7 @@ class PostgresStatusStore(PgTableStore, StatusStore):
     @property
     def writes_context(self) -> bool:
         """True once ``write_context_with`` gave it the backend's context table."""
-        return self._transition_with_context is not None
+        return self._transition_with_context_sql is not None
 
 
     async def setup(self) -> None:
@@ -355,12 +355,10 @@ class PostgresStatusStore(PgTableStore, StatusStore):
     ) -> RunRecord | None:
         return await self._compare_and_set(run_id, from_statuses, to_status, changes, None)
 
-    async def transition_with_context(
-        self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any], *,
+    async def _transition_writing_context(
+        self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any],
         context: Mapping[str, Any],
     ) -> RunRecord | None:
-        if self._transition_with_context is None:
-            return await super().transition_with_context(run_id, from_statuses, to_status, changes, context=context)
         return await self._compare_and_set(run_id, from_statuses, to_status, changes, context)
 
     async def _compare_and_set(
@@ -375,8 +373,8 @@ class PostgresStatusStore(PgTableStore, StatusStore):
         params: list[Any] = [to_status, now, blueprint_id, dumps(data, f"run record of {run_id!r}"), run_id,
                              text_array(dict.fromkeys(from_statuses))]
         query = self._transition
-        if context is not None and self._transition_with_context is not None:
-            query = self._transition_with_context
+        if context is not None and self._transition_with_context_sql is not None:
+            query = self._transition_with_context_sql
             params += [text_array(check_text(key, "context key") for key in context),
                        text_array(dumps(value, f"context value {key!r} of run {run_id!r}")
                                   for key, value in context.items())]

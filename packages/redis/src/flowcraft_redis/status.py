@@ -108,12 +108,10 @@ class RedisStatusStore(RedisStateStore, StatusStore):
     ) -> RunRecord | None:
         return await self._transit(run_id, from_statuses, to_status, changes, {})
 
-    async def transition_with_context(
-        self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any], *,
+    async def _transition_writing_context(
+        self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any],
         context: Mapping[str, Any],
     ) -> RunRecord | None:
-        if self._context_ttl is None:
-            return await super().transition_with_context(run_id, from_statuses, to_status, changes, context=context)
         return await self._transit(run_id, from_statuses, to_status, changes, context)
 
     async def _transit(self, run_id: str, from_statuses: Sequence[str], to_status: str, changes: Mapping[str, Any],
