@@ -20,7 +20,7 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegis
 from rq.serializers import JSONSerializer
 
 from flowcraft.plugins import registry
-from flowcraft.spi import Arrival, Backend, Completion, Job, RunRecord, Transition
+from flowcraft.spi import Arrival, Backend, Completion, Delivery, Job, RunRecord, Transition
 from flowcraft_rq import FUNC_NAME, RqQueue
 
 
@@ -160,6 +160,15 @@ async def _scheduled_run(backend: Backend, run_id: str, node: str = "n") -> Job:
     return job
 
 
+async def _received_start(backend: Backend, run_id: str) -> Delivery:
+    """A run whose start job "a" is scheduled, enqueued and received by "w1" (lease taken, record read)."""
+    job = await _scheduled_run(backend, run_id, "a")
+    queue = rq_queue(backend)
+    await queue.enqueue([job])
+    (delivery,) = await queue.receive(1, 1.0, "w1", 30)
+    return delivery
+
+
 async def test_one_push_wakes_one_waiting_worker(options: dict[str, Any], backend: Backend) -> None:
     """Idle workers block on the queue; a pushed job wakes one of them, which takes it (the others sleep on)."""
     others = [registry().build("rq", options) for _ in range(2)]
@@ -276,10 +285,7 @@ async def test_a_handed_job_is_an_rq_job_started_by_the_worker_and_the_commit_ac
     removes the committed delivery from the started registry and deletes its rq job, as ack does."""
     queue = rq_queue(backend)
     run = "handed-run"
-    await backend.status.create(RunRecord(run, "bp"))
-    await backend.coordination.schedule(run, [_job(run, "a")])
-    await queue.enqueue([_job(run, "a")])
-    (first,) = await queue.receive(1, 1.0, "w1", 30)
+    first = await _received_start(backend, run)
     now_job = Job(run, "bp", "b", input=1, has_input=True)
     later_job = Job(run, "bp", "c", input=2, has_input=True, due_at=time.time() + 60)
     committed = await backend.coordination.commit(Transition(
@@ -354,11 +360,7 @@ async def _handed_lean(redis_url: str, redis_prefix: str, run: str) -> tuple[Bac
     """A backend with ``queue_layout = "lean"`` and one job ("b") a commit of "a" handed to "w1" (visibility 1 s)."""
     built = registry().build("rq", {"redis_url": redis_url, "key_prefix": redis_prefix, "visibility_timeout": 1.0,
                                     "queue_name": f"q-{uuid.uuid4().hex[:10]}", "queue_layout": "lean"})
-    queue = rq_queue(built)
-    await built.status.create(RunRecord(run, "bp"))
-    await built.coordination.schedule(run, [_job(run, "a")])
-    await queue.enqueue([_job(run, "a")])
-    (first,) = await queue.receive(1, 1.0, "w1", 30)
+    first = await _received_start(built, run)
     committed = await built.coordination.commit(Transition(
         run, "0:a", completion=Completion("a", output=1, token="t"),
         arrivals=(Arrival(Job(run, "bp", "b", input=1, has_input=True), "a", arrived=True, contribution=1,
@@ -470,12 +472,8 @@ async def test_a_hand_over_sends_the_run_record_only_when_it_changed(backend: Ba
     """continues: the commit's reply carries the run record only when it changed since the record the store last
     handed over for the run (same status and updated_at): deliveries then share that record; after a
     transition the new record comes back."""
-    queue = rq_queue(backend)
     run = "record-run"
-    await backend.status.create(RunRecord(run, "bp"))
-    await backend.coordination.schedule(run, [_job(run, "a")])
-    await queue.enqueue([_job(run, "a")])
-    (delivery,) = await queue.receive(1, 1.0, "w1", 30)
+    delivery = await _received_start(backend, run)
     records = []
     for node, nxt in (("a", "b"), ("b", "c"), ("c", "d"), ("d", "e")):
         if node == "c":
