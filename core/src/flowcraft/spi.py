@@ -150,6 +150,8 @@ class Delivery:
     ``begin`` is set when the lease was taken with the dequeue (``prefetched``); ``record`` is set with it unless the
     store that took the lease cannot read run records (a job handed over by a commit whose coordination store does
     not hold the status: ``CoordinationStore.continues``). What is not set (e.g. no such run) the engine reads.
+    The engine never changes ``record``: a store may give deliveries of one run one shared record object while
+    the stored record is unchanged (the memory, sqlite and rq presets do).
 
     ``job`` and ``receipt`` may be passed positionally; every other field is keyword-only.
     """
