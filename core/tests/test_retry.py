@@ -10,7 +10,7 @@ import pytest
 
 from flowcraft import Flow, FlowRuntime, NodeContext
 from flowcraft.errors import InvalidStateError
-from flowcraft.spi import Backend
+from flowcraft.spi import Backend, Committed, Transition
 
 calls: dict[str, int] = {}
 broken: set[str] = set()
@@ -81,6 +81,62 @@ async def test_a_retry_queues_each_fresh_job_once_on_a_dispatching_store(sqlite:
     # in the same transaction; the retry must not queue it a second time
     await Client(sqlite, app).retry(failed.run_id, from_node="d")
     assert await sqlite.queue.depth() == 1
+
+
+@pytest.mark.parametrize("backend_name", ["memory", "sqlite"])
+async def test_a_run_is_retryable_as_soon_as_it_is_failed(backend_name: str, sqlite: Backend) -> None:
+    """The worker drops its lease on the failed job before the run's status says failed: a retry is refused while
+    a lease is held, so a user who retries the moment they see the failure must not be refused."""
+    broken.add("d")
+    leases_when_failed: list[list[str]] = []
+    async with FlowRuntime(flows=[diamond()], backend=sqlite if backend_name == "sqlite" else None) as rt:
+        status, coordination = rt.backend.status, rt.backend.coordination
+        transition = status.transition
+
+        async def watched(run_id: str, expected: Any, new_status: str, changes: Any = None) -> Any:
+            won = await transition(run_id, expected, new_status, changes)
+            if new_status == "failed":
+                held = await coordination.jobs(run_id, "pending")
+                leases_when_failed.append([h.job.key for h in held if h.leased])
+            return won
+
+        status.transition = watched  # type: ignore[method-assign]
+        failed = await rt.run("diamond", 2, timeout=10)
+        broken.clear()
+        assert await rt.client.retry(failed.run_id, from_node="d") == 1
+        result = await rt.wait(failed.run_id, timeout=10)
+    assert leases_when_failed == [[]] and result.status == "completed"
+
+
+@pytest.mark.parametrize("backend_name", ["memory", "sqlite"])
+async def test_a_rerun_that_ends_before_the_old_generation_is_finished_still_completes(backend_name: str,
+                                                                                      sqlite: Backend) -> None:
+    """A dispatching store queues the rerun as the retry inserts it, so a worker can run the whole new generation
+    before the retry finishes the failed one: the rerun's last commit still saw the old job pending and did not
+    end the run, and the retry's own finish must (a worker under load did this in CI, the run hung)."""
+    broken.add("d")
+    async with FlowRuntime(flows=[diamond()], backend=sqlite if backend_name == "sqlite" else None) as rt:
+        failed = await rt.run("diamond", 5, timeout=10)
+        broken.clear()
+        coordination = rt.backend.coordination
+        assert rt.backend.capabilities.dispatches
+        commit = coordination.commit
+        held_back: list[str] = []
+
+        async def rerun_first(transition: Transition) -> Committed:
+            if transition.finish and transition.owner is None and transition.job_key == "0:d":
+                held_back.append(transition.job_key)
+                for _ in range(500):  # the worker runs d and e of the new generation meanwhile
+                    if "_outputs.e" in await rt.backend.context.get_many(failed.run_id, ["_outputs.e"]):
+                        break
+                    await asyncio.sleep(0.01)
+            return await commit(transition)
+
+        coordination.commit = rerun_first  # type: ignore[method-assign]
+        await rt.client.retry(failed.run_id, from_node="d")
+        result = await rt.wait(failed.run_id, timeout=10)
+    assert held_back == ["0:d"] and calls["e"] == 1
+    assert result.status == "completed" and result.output == {"node": "e", "input": result.outputs["d"]}
 
 
 @pytest.mark.parametrize("backend_name", ["memory", "sqlite"])

@@ -210,16 +210,14 @@ class Engine:
                     elif begin.state == "pending":
                         await self._execute(delivery, job, graph, record)
                 except StoreLimitError as refused:  # every redelivery would be refused alike: fail the run now
-                    await self._record_failure(job, str(refused))
-                    await self.runs.fail(record, job.node_id, str(refused))
+                    await self._fail_run(job, record, str(refused))
                     await self._dead_letter(delivery, str(refused))
                     return
                 except DETERMINISTIC_ERRORS as error:
                     reason = self._poison_reason(delivery, graph, error)
                     if reason is None:
                         raise  # the worker gives the job back for another try
-                    await self._record_failure(job, reason)
-                    await self.runs.fail(record, job.node_id, reason)
+                    await self._fail_run(job, record, reason)
                     await self._dead_letter(delivery, reason)
                     return
                 if self.fault is not None:
@@ -368,8 +366,7 @@ class Engine:
                                           fallback=outcome.fallback)
             await self._route(job, graph, record, completion, recovery=False)
         elif outcome.error is not None:
-            await self._record_failure(job, describe(outcome.error))
-            await self.runs.fail(record, job.node_id, describe(outcome.error))
+            await self._fail_run(job, record, describe(outcome.error))
 
     async def _attempt(self, delivery: Delivery, job: Job, node: NodeDefinition, graph: Graph, context: RunContext,
                        uses: str, *, plain: bool = False) -> NodeOutcome:
@@ -756,6 +753,15 @@ class Engine:
         except Exception:
             log.warning("could not write the timeline entry of node %s of run %s", job.node_id, job.run_id,
                         exc_info=True)
+
+    async def _fail_run(self, job: Job, record: RunRecord, error: str) -> None:
+        """The job's node visit fails its run: its timeline entry, then this worker's lease on the job is dropped
+        (the run's handling of it is over: a retry, refused while a lease is held, may follow the status at once),
+        then the run's status."""
+        await self._record_failure(job, error)
+        await self.coordination.release(job.run_id, job.key, self.worker_id)
+        self._released.add((job.run_id, job.key))
+        await self.runs.fail(record, job.node_id, error)
 
     async def _record_failure(self, job: Job, error: str) -> None:
         """The node visit failed its run: its timeline entry says so, with every attempt."""

@@ -14,15 +14,17 @@ those edges are evaluated again over the stored outputs and the run's current co
 there): an edge whose condition reads context that later nodes changed may decide differently. A start node
 in the area is fired with the run's input. A node inside a loop restarts its loop from the loop's first node.
 
-Steps: the run moves from ``failed`` to ``running`` first (compare-and-set: of concurrent retries exactly one
-wins and goes on, the others are refused before they write anything); the new generation's jobs are inserted
-(first-writer-wins) and its dead paths decided; the old generation's pending and parked jobs are finished
-(they never run again); then the new generation's pending jobs are enqueued. A retry that dies half-way leaves
-a running run with pending jobs and no lease, which the reconciler re-enqueues once it counts as stalled
-(the old failed job, should it die before the new generation was inserted). The old generation is finished
-only after the new one is inserted, so a run never looks all done without its rerun. A delayed copy of an
-old job (a retry backoff still in the queue when the run failed) delivered in the few milliseconds between
-the claim and the old jobs' finish may run once more at its old visit: at-least-once, like any redelivery.
+Steps: the run moves from ``failed`` to ``running`` first (compare-and-set: of concurrent retries exactly one wins
+and goes on, the others are refused before they write anything); the new generation's jobs are inserted
+(first-writer-wins) and its dead paths decided; the old generation's pending and parked jobs are finished (they
+never run again); then the new generation's pending jobs are enqueued. When finishing the old jobs leaves nothing
+pending, a dispatching store's worker already ran the whole rerun (its last commit still counted the old jobs and
+did not end the run): the retry sends the run a finish job, as the reconciler would. A retry that dies half-way
+leaves a running run with pending jobs and no lease, which the reconciler re-enqueues once it counts as stalled
+(the old failed job, should it die before the new generation was inserted). The old generation is finished only
+after the new one is inserted, so a run never looks all done without its rerun. A delayed copy of an old job (a
+retry backoff still in the queue when the run failed) delivered in the few milliseconds between the claim and the
+old jobs' finish may run once more at its old visit: at-least-once, like any redelivery.
 
 The failed run's errors move to the context key
 ``_retry.<generation>`` (``RetryRecord``), readable with ``Client.retries``. A retry is refused while a worker
@@ -41,6 +43,7 @@ from flowcraft.engine.graph import VISITS_PER_GENERATION, Graph, generation_base
 from flowcraft.engine.kinds import OUTPUTS_PREFIX
 from flowcraft.engine.timeline import TIMELINE_PREFIX, entry_key, timeline_entry
 from flowcraft.errors import InvalidStateError
+from flowcraft.reconciler import finish_job
 from flowcraft.spi import Arrival, Completion, Job, RunRecord, Transition, job_key
 
 if TYPE_CHECKING:
@@ -146,8 +149,14 @@ async def retry_run(control: RunControl, record: RunRecord, graph: Graph, from_n
     # the old generation never runs again
     for held in parked:
         await coordination.unpark(run_id, held.job.key, held.job)
+    last = None
     for held in (*pending, *parked):
-        await coordination.commit(Transition(run_id, held.job.key, finish=True))
+        last = await coordination.commit(Transition(run_id, held.job.key, finish=True))
+    if last is not None and last.pending == 0:
+        # a dispatching store queued the rerun as it was inserted, and a worker ran all of it meanwhile: its last
+        # commit still counted the old jobs pending and did not end the run, so a worker must (the finish job
+        # the reconciler sends a run whose work is all done)
+        await backend.queue.enqueue([finish_job(record)])
 
     fresh = [held.job for held in await coordination.jobs(run_id, "pending")
              if held.job.visit >= base and held.job.key not in queued]
