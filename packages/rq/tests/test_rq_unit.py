@@ -128,23 +128,46 @@ def test_deliveries_from_dequeue_replies() -> None:
     assert not missing.prefetched and missing.record is None and missing.begin is None
 
 
-def test_on_a_cluster_the_queue_lives_in_one_slot_and_does_not_dispatch() -> None:
+def test_on_a_cluster_the_queue_is_split_into_groups_in_the_slots_of_their_runs() -> None:
     import pytest
     from redis.cluster import key_slot
 
     from flowcraft.errors import ConfigError
+    from flowcraft_redis import RedisCoordinationStore
 
     backend = registry().build("rq", {"redis_url": "redis+cluster://127.0.0.1:1", "queue_name": "jobs:a"})
     queue = backend.queue
-    assert isinstance(queue, RqQueue) and queue.clustered
-    assert not backend.capabilities.dispatches  # a commit runs in its run's slot, not the queue's
-    assert not backend.capabilities.acks and not backend.capabilities.continues  # both need dispatches
-    assert backend.capabilities.prefetches_status  # after the dequeue, one script per job on its run's slot
-    assert backend.capabilities.applies_context  # context and run hash share the run's slot
-    job_key = queue._job_key(queue.new_job_id())
-    slots = {key_slot(key.encode()) for key in (queue.queue_key, queue.wip_key, queue.scheduled_key, queue.claims_key,
-                                                 queue.claim_key, queue.failed_key, job_key)}
-    assert len(slots) == 1
-    assert ":" not in queue.new_job_id()  # started-registry entries are <job id>:<execution id>
+    assert isinstance(queue, RqQueue) and queue.clustered and len(queue.groups) == 12
+    capabilities = backend.capabilities
+    assert capabilities.dispatches and capabilities.acks and capabilities.continues  # the run's group's queue
+    assert capabilities.prefetches_status and capabilities.applies_context
+    coordination = backend.coordination
+    assert isinstance(coordination, RedisCoordinationStore)
+    starts = [g * 16384 // 12 for g in range(13)]
+    for group in queue.groups:  # every group's keys in one slot, of its twelfth of the slot range
+        job_key = queue._job_key(group.new_job_id())
+        slots = {key_slot(key.encode()) for key in (group.queue_key, group.wip_key, group.scheduled_key,
+                                                     group.claims_key, group.claim_key, group.failed_key,
+                                                     group.inflight_key, group.held_key, job_key)}
+        assert len(slots) == 1 and starts[group.index] <= slots.pop() < starts[group.index + 1]
+        assert ":" not in group.new_job_id()  # started-registry entries are <job id>:<execution id>
+    for run_id in ("r1", "run-2", "x" * 40):
+        group = queue.groups[queue.group_of(run_id)]
+        run_slots = {key_slot(key.encode()) for key in (
+            coordination.keys.run(run_id), coordination.keys.status(run_id), coordination.keys.ctx(run_id))}
+        assert run_slots == {key_slot(group.queue_key.encode())}
+        dispatcher = queue.commit_dispatcher()
+        assert dispatcher is not None and dispatcher.for_run(run_id).keys[0] == group.queue_key
+    assert {queue.group_of(f"run-{i}") for i in range(200)} == set(range(12))
     with pytest.raises(ConfigError, match="braces"):
         RqQueue(make_any_client("redis+cluster://127.0.0.1:1"), queue_name="a{b}")
+    small = registry().build("rq", {"redis_url": "redis+cluster://127.0.0.1:1", "cluster_queue_groups": 3})
+    assert isinstance(small.queue, RqQueue) and len(small.queue.groups) == 3
+
+
+def test_one_redis_keeps_run_id_hash_tags_and_one_queue() -> None:
+    backend = registry().build("rq", {"redis_url": "redis://127.0.0.1:1/0"})
+    queue = backend.queue
+    assert isinstance(queue, RqQueue) and len(queue.groups) == 1 and queue.groups[0].tag == ""
+    assert queue.queue_key == "rq:queue:flowcraft-queue" and ":" not in queue.new_job_id("r1")
+    assert backend.coordination.keys.run("r1") == "flowcraft:run:{r1}"  # type: ignore[attr-defined]

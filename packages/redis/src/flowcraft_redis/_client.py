@@ -11,12 +11,14 @@ import asyncio
 import hashlib
 import json
 import weakref
+import zlib
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -262,31 +264,70 @@ def shared_client(options: Any, shared: dict[str, Any]) -> Redis:
     return client
 
 
-class Keys:
-    """The key layout (documented in the README). Every key of one run ends in ``{<run id>}``, a Redis Cluster
-    hash tag, so a run's keys share one slot and its scripts stay atomic on a cluster. Run ids go into keys
-    as-is, always last, so two different ids never produce the same key; nothing is ever parsed out of a key."""
+#: queue groups of a Redis Cluster keyspace (``cluster_queue_groups``; see ``group_tags``)
+DEFAULT_GROUPS = 12
 
-    def __init__(self, prefix: str) -> None:
+
+def group_tags(groups: int) -> tuple[str, ...]:
+    """The hash tags of a Redis Cluster keyspace's ``groups`` queue groups: group ``g``'s is ``fcq<g>.<n>`` with
+    ``n`` the smallest integer whose CRC16 slot falls in ``[g*16384//groups, (g+1)*16384//groups)``, so the groups
+    spread evenly over the contiguous slot ranges of the primaries (deterministic: independent of the slot map)."""
+    if not 1 <= groups <= 1024:
+        raise ConfigError(f"cluster_queue_groups must be between 1 and 1024, not {groups}")
+    tags: list[str] = []
+    for g in range(groups):
+        low, high = g * 16384 // groups, (g + 1) * 16384 // groups
+        n = 0
+        while not low <= key_slot(f"fcq{g}.{n}".encode()) < high:
+            n += 1
+        tags.append(f"fcq{g}.{n}")
+    return tuple(tags)
+
+
+def run_group(run_id: str, groups: int) -> int:
+    """The queue group of a run on a Redis Cluster keyspace of ``groups`` groups: ``crc32(run id) mod groups``."""
+    return zlib.crc32(run_id.encode()) % groups
+
+
+class Keys:
+    """The key layout (documented in the README). Every key of one run carries one Redis Cluster hash tag, so a
+    run's keys share one slot and its scripts stay atomic on a cluster: on one Redis (``groups`` 0) the run's id,
+    ``{<run id>}``; on a cluster the tag of the run's queue group, ``{<group tag>}<run id>`` (``group_tags``,
+    ``run_group``), the slot of that group's queue too. Run ids go into keys as-is, always last, so two different
+    ids never produce the same key; nothing is ever parsed out of a key."""
+
+    def __init__(self, prefix: str, groups: int = 0) -> None:
         self.prefix = prefix
         self.idx_created = f"{prefix}idx:created"
+        self.groups = groups
+        self.tags = group_tags(groups) if groups else ()
+
+    def group(self, run_id: str) -> int:
+        """The run's queue group (0 on one Redis)."""
+        return run_group(run_id, self.groups) if self.groups else 0
+
+    def tagged(self, run_id: str) -> str:
+        """What follows a run key's kind: ``{<run id>}``, or on a cluster ``{<group tag>}<run id>``."""
+        if self.groups:
+            return f"{{{self.tags[run_group(run_id, self.groups)]}}}{run_id}"
+        return f"{{{run_id}}}"
 
     def ctx(self, run_id: str) -> str:
-        return f"{self.prefix}ctx:{{{run_id}}}"
+        return f"{self.prefix}ctx:{self.tagged(run_id)}"
 
     def status(self, run_id: str) -> str:
-        return f"{self.prefix}status:{{{run_id}}}"
+        return f"{self.prefix}status:{self.tagged(run_id)}"
 
     def idx_status(self, status: str) -> str:
         return f"{self.prefix}idx:status:{status}"
 
     def run(self, run_id: str) -> str:
         """The run's coordination hash: jobs, completions, leases, join arrivals and counters."""
-        return f"{self.prefix}run:{{{run_id}}}"
+        return f"{self.prefix}run:{self.tagged(run_id)}"
 
     def changes(self, run_id: str) -> str:
         """The pub/sub channel a status transition of the run is published on."""
-        return f"{self.prefix}changed:{{{run_id}}}"
+        return f"{self.prefix}changed:{self.tagged(run_id)}"
 
 
 class Batcher:

@@ -46,7 +46,7 @@ class Dispatcher(ABC):
     #: the Lua source defining ``dispatch`` (and ``ack_delivery`` with ``acks``; see the class docstring)
     lua: str
     #: the queue keys ``dispatch`` and ``ack_delivery`` use, passed to the commit script after the run's own
-    #: KEYS; only on one Redis: a cluster has them in other slots than the run, so no queue dispatches
+    #: KEYS; all in the run's slot (on a Redis Cluster: those of ``for_run``)
     keys: tuple[str, ...] = ()
     #: ``ack_delivery`` acks a delivery in the commit (the store's ``acks``)
     acks: bool = False
@@ -56,6 +56,11 @@ class Dispatcher(ABC):
     #: set of a queue that is not on this Redis (e.g. RabbitMQ): ``dispatch`` then only takes the handed jobs
     #: and the engine enqueues the others; such a dispatcher cannot ack (``acks`` needs ``dispatches``)
     queues: bool = True
+
+    def for_run(self, run_id: str) -> Dispatcher:
+        """The dispatcher of a commit of run ``run_id``: this one, or for a queue split into groups (a Redis
+        Cluster) the one of the run's group, whose ``keys`` share the run's slot."""
+        return self
 
     @abstractmethod
     def args(self, count: int, now: float) -> list[Any]:

@@ -8,6 +8,7 @@ from typing import Any
 from flowcraft.spi import ContextStore
 from flowcraft_redis import scripts
 from flowcraft_redis._client import (
+    DEFAULT_GROUPS,
     DEFAULT_PREFIX,
     DEFAULT_TTL,
     RedisClient,
@@ -25,8 +26,9 @@ class RedisContext(RedisStateStore, ContextStore):
     name = "redis"
 
     def __init__(self, redis: RedisClient, *, key_prefix: str = DEFAULT_PREFIX,
-                 state_ttl_seconds: float = DEFAULT_TTL) -> None:
-        super().__init__(redis, key_prefix=key_prefix, state_ttl_seconds=state_ttl_seconds)
+                 state_ttl_seconds: float = DEFAULT_TTL, cluster_queue_groups: int = DEFAULT_GROUPS) -> None:
+        super().__init__(redis, key_prefix=key_prefix, state_ttl_seconds=state_ttl_seconds,
+                         cluster_queue_groups=cluster_queue_groups)
         self._apply = self.batcher.script(scripts.CONTEXT_APPLY)
 
     async def get_many(self, run_id: str, keys: Sequence[str]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from flowcraft_redis._store import RedisStateStore
 from flowcraft_redis.colocation import Colocation, Dispatcher
 from flowcraft_redis.layout import (
     ACTIVITY,
+    DEFAULT_GROUPS,
     DEFAULT_PREFIX,
     DEFAULT_TTL,
     STATE_LETTERS,
@@ -57,8 +58,10 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
     name = "redis"
 
     def __init__(self, redis: RedisClient, *, key_prefix: str = DEFAULT_PREFIX, state_ttl_seconds: float = DEFAULT_TTL,
-                 applies_context: bool | None = None, dispatcher: Dispatcher | None = None) -> None:
-        super().__init__(redis, key_prefix=key_prefix, state_ttl_seconds=state_ttl_seconds)
+                 applies_context: bool | None = None, dispatcher: Dispatcher | None = None,
+                 cluster_queue_groups: int = DEFAULT_GROUPS) -> None:
+        super().__init__(redis, key_prefix=key_prefix, state_ttl_seconds=state_ttl_seconds,
+                         cluster_queue_groups=cluster_queue_groups)
         self._forced_context = applies_context
         self._forced_dispatcher = dispatcher
         self._applies_context = bool(applies_context)
@@ -169,7 +172,8 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
             args += (arrival.target_key, arrival.member, "1" if arrival.arrived else "0",
                      dumps(arrival.contribution) if multi else "", len(arrival.expected), *arrival.expected,
                      arrival.strategy, dumps(job.to_dict()), "" if job.due_at is None else repr(job.due_at))
-        dispatcher = self.dispatcher
+        base = self.dispatcher
+        dispatcher = base.for_run(tx.run_id) if base is not None else None
         ack = dispatcher.ack_args(tx.receipt) if dispatcher is not None and tx.receipt is not None and tx.finish \
             else None
         hand_up_to = tx.continue_up_to if dispatcher is not None and dispatcher.continues and arrivals else 0
@@ -186,7 +190,7 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
             args.append(0)
         if dispatcher is not None and arrivals:
             args += dispatcher.args(len(arrivals), now)
-        result = await self.batcher.call_script(self._commit_sha(dispatcher), keys, *args)
+        result = await self.batcher.call_script(self._commit_sha(base), keys, *args)
         if result[0] == b"conflict":
             return Committed(conflict=Completion.from_dict(loads(result[1])))
         pending, parked, _released, count = (int(v) for v in result[1:5])

@@ -26,11 +26,14 @@ from importlib.resources import files
 from typing import Any
 
 from flowcraft.spi import Completion, JobState, RunRecord
+from flowcraft_redis._client import DEFAULT_GROUPS as DEFAULT_GROUPS
 from flowcraft_redis._client import DEFAULT_PREFIX as DEFAULT_PREFIX
 from flowcraft_redis._client import DEFAULT_TTL as DEFAULT_TTL
 from flowcraft_redis._client import Keys as Keys
 from flowcraft_redis._client import dumps as dumps
+from flowcraft_redis._client import group_tags as group_tags
 from flowcraft_redis._client import loads as loads
+from flowcraft_redis._client import run_group as run_group
 from flowcraft_redis._client import text as text
 
 #: version of this layout (2: one coordination hash per run, hash-tagged keys; 1: a key per kind and run)

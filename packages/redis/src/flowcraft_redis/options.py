@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flowcraft.spi import option
-from flowcraft_redis._client import DEFAULT_PREFIX, DEFAULT_TTL, DEFAULT_URL
+from flowcraft_redis._client import DEFAULT_GROUPS, DEFAULT_PREFIX, DEFAULT_TTL, DEFAULT_URL
 
 
 @dataclass(frozen=True)
@@ -20,3 +20,6 @@ class RedisOptions:
     state_ttl_seconds: float = option(float(DEFAULT_TTL), "seconds a run's data is kept after its last write")
     redis_cluster: bool = option(False, "redis_url names a node of a Redis Cluster (as a redis+cluster:// URL "
                                         "does); the client follows the cluster's slots")
+    cluster_queue_groups: int = option(DEFAULT_GROUPS, "on a Redis Cluster: the queue groups runs and queues are "
+                                                       "spread over (each a hash tag); part of the keyspace's "
+                                                       "layout, so the same for every component and process")

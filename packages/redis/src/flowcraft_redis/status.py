@@ -17,7 +17,15 @@ from flowcraft_redis._client import RedisClient, is_cluster
 from flowcraft_redis._store import RedisStateStore
 from flowcraft_redis.colocation import Colocation
 from flowcraft_redis.context import RedisContext
-from flowcraft_redis.layout import DEFAULT_PREFIX, DEFAULT_TTL, RECORD_FIELDS, dumps, record_from_hash, text
+from flowcraft_redis.layout import (
+    DEFAULT_GROUPS,
+    DEFAULT_PREFIX,
+    DEFAULT_TTL,
+    RECORD_FIELDS,
+    dumps,
+    record_from_hash,
+    text,
+)
 
 #: on a Redis Cluster an index entry whose record is missing or has another status is dropped only when it is
 #: older than this (seconds): the entry is written just before its record's script runs on another shard
@@ -48,8 +56,9 @@ class RedisStatusStore(RedisStateStore, StatusStore):
     notifies = True
 
     def __init__(self, redis: RedisClient, *, key_prefix: str = DEFAULT_PREFIX,
-                 state_ttl_seconds: float = DEFAULT_TTL) -> None:
-        super().__init__(redis, key_prefix=key_prefix, state_ttl_seconds=state_ttl_seconds)
+                 state_ttl_seconds: float = DEFAULT_TTL, cluster_queue_groups: int = DEFAULT_GROUPS) -> None:
+        super().__init__(redis, key_prefix=key_prefix, state_ttl_seconds=state_ttl_seconds,
+                         cluster_queue_groups=cluster_queue_groups)
         self.clustered = is_cluster(redis)
         self._create = self.batcher.script(scripts.STATUS_CREATE)
         self._transition = self.batcher.script(scripts.STATUS_TRANSITION)

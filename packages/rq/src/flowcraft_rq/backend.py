@@ -21,10 +21,11 @@ def build_backend(options: Mapping[str, Any]) -> Backend:
     """The ``rq`` backend from its validated options (``RqQueueOptions``)."""
     parsed = parse_options(RqQueueOptions, options)
     client = make_any_client(parsed.redis_url, parsed.redis_cluster)
-    prefix, ttl = parsed.key_prefix, parsed.state_ttl_seconds
+    prefix, ttl, groups = parsed.key_prefix, parsed.state_ttl_seconds, parsed.cluster_queue_groups
     queue = RqQueue.build(client, parsed)
-    context = RedisContext(client, key_prefix=prefix, state_ttl_seconds=ttl)
-    status = RedisStatusStore(client, key_prefix=prefix, state_ttl_seconds=ttl)
-    coordination = RedisCoordinationStore(client, key_prefix=prefix, state_ttl_seconds=ttl)
+    context = RedisContext(client, key_prefix=prefix, state_ttl_seconds=ttl, cluster_queue_groups=groups)
+    status = RedisStatusStore(client, key_prefix=prefix, state_ttl_seconds=ttl, cluster_queue_groups=groups)
+    coordination = RedisCoordinationStore(client, key_prefix=prefix, state_ttl_seconds=ttl,
+                                          cluster_queue_groups=groups)
     colocate(queue, context, status, coordination)
     return Backend(queue, context, status, coordination)

@@ -17,9 +17,9 @@ class RqQueueOptions(RedisOptions, QueueOptions):
                                           "<key_prefix>queue)")
     rq_key_prefix: str | None = option(None, "prefix of rq's own keys (default rq's: rq, or $RQ_KEY_PREFIX)")
     continues: bool = option(True, "a commit hands the jobs it fires straight to its worker, up to the worker's "
-                                   "room (Capabilities.continues; one Redis only)")
+                                   "room (Capabilities.continues)")
     queue_layout: str = option("rq", "rq: every job is an rq job (rq info and rq's registries see it); lean: the "
                                      "jobs commits fire that are due now (pushed or handed to the worker) are "
                                      "entries naming their run's pending job, with no rq job hash: less Redis work "
                                      "per node, rq's tools do not see those jobs and no plain rq worker may serve "
-                                     "the queue (one Redis only)")
+                                     "the queue")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import time
 import uuid
 import zlib
@@ -40,6 +39,7 @@ from flowcraft_redis import (
     shared_any_client,
 )
 from flowcraft_redis.layout import (
+    DEFAULT_GROUPS,
     DEFAULT_PREFIX,
     DEFAULT_TTL,
     Keys,
@@ -83,12 +83,54 @@ class RqReceipt:
 
     ``lean``: a job of the lean layout (``queue_layout = "lean"``: pushed or handed over by a commit): it has no
     rq job hash, and ``entry`` (``<job id>:<len(run id)>:<run id><job key>``) is in the queue's lean in-flight
-    set instead of rq's started registry."""
+    set instead of rq's started registry.
+
+    ``group``: on a Redis Cluster, the queue group of the job's run, whose keys the delivery's are."""
 
     job_id: str
     entry: str
     lease_owner: str | None = None
     lean: bool = False
+    #: the queue group the delivery came from (always 0 on one Redis; see ``RqQueue.groups``)
+    group: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueGroup:
+    """The keys of one rq queue of an ``RqQueue``: the whole queue on one Redis; on a Redis Cluster one of its
+    ``cluster_queue_groups`` groups, the rq queue ``<name>{<group tag>}`` whose keys (and job ids, claim lists,
+    lean sets) carry the group's hash tag, the slot of the runs of that group (``flowcraft_redis.layout.Keys``)."""
+
+    index: int
+    #: the group's hash tag ('' on one Redis)
+    tag: str
+    #: rq's name of the queue (the jobs' ``origin``)
+    queue_name: str
+    queue_key: str
+    wip_key: str
+    scheduled_key: str
+    failed_key: str
+    #: in-flight entries of the lean layout's jobs, scored by their deadline
+    inflight_key: str
+    #: lean in-flight entry -> the JSON of its job, kept by a run's last commit, which marks the job done without
+    #: acking its delivery (the engine acks it after the run's end): what a lapsed entry comes back as
+    held_key: str
+    #: where this worker's blocking wait moves the next pushed job id (see ``RqQueue._take``)
+    claim_key: str
+    claims_key: str
+
+    @classmethod
+    def of(cls, index: int, tag: str, name: str, rq_prefix: str, worker_name: str) -> QueueGroup:
+        if tag:
+            name += "{" + tag + "}"
+        r = rq_prefix
+        return cls(index, tag, name, f"{r}:queue:{name}", f"{r}:wip:{name}", f"{r}:scheduled:{name}",
+                   f"{r}:failed:{name}", f"{r}:fc-inflight:{name}", f"{r}:fc-held:{name}",
+                   f"{r}:claim:{name}:{worker_name}", f"{r}:claims:{name}")
+
+    def new_job_id(self) -> str:
+        """A new rq job id (on a cluster it starts with the group's hash tag: its hash is in the group's slot)."""
+        return ("{" + self.tag + "}" if self.tag else "") + uuid.uuid4().hex
 
 
 class RqDispatcher(Dispatcher):
@@ -97,36 +139,45 @@ class RqDispatcher(Dispatcher):
     ``RqQueue.ack`` does) and hand fired jobs to the committing worker (``continues``: their rq job written as
     started by this queue's worker and put in the started registry with the visibility deadline, as the
     dequeue script would leave them; in the lean layout no rq jobs: entries naming the run's pending jobs, on
-    the queue list or, handed over, in the lean in-flight set)."""
+    the queue list or, handed over, in the lean in-flight set). One per queue group: on a Redis Cluster a commit
+    uses the one of its run's group (``for_run``), whose keys share the run's slot."""
 
     lua = scripts.DISPATCH
     acks = True
 
-    def __init__(self, queue: RqQueue) -> None:
+    def __init__(self, queue: RqQueue, group: QueueGroup) -> None:
         self.queue = queue
+        self.group = group
         q = queue
         self.continues = q.continues
-        self.keys = (q.queue_key, q.scheduled_key, q.wip_key, q.inflight_key, q.held_key)
+        self.keys = (group.queue_key, group.scheduled_key, group.wip_key, group.inflight_key, group.held_key)
         self.lean = q.lean
-        constant: list[Any] = [q.job_prefix, q.queue_name, q.worker_name, q.state_ttl_seconds,
+        self._id_head = "{" + group.tag + "}" if group.tag else ""
+        constant: list[Any] = [q.job_prefix, group.queue_name, q.worker_name, q.state_ttl_seconds,
                                "1" if q.lean else "0"]
         self._constant: list[Any] = [Packed.of(*constant)] if fast_packing(q.redis) else constant
 
+    def for_run(self, run_id: str) -> Dispatcher:
+        queue = self.queue
+        return queue.dispatchers[queue.group_of(run_id)] if len(queue.dispatchers) > 1 else self
+
     def args(self, count: int, now: float) -> list[Any]:
+        head = self._id_head
         return [*self._constant, iso(now), repr(now + self.queue.visibility_timeout),
-                *(uuid.uuid4().hex for _ in range(count))]
+                *(head + uuid.uuid4().hex for _ in range(count))]
 
     def ack_args(self, receipt: Any) -> tuple[list[str], list[Any]] | None:
         if not isinstance(receipt, RqReceipt):
             return None  # run by a plain rq worker (rq finishes the job)
+        group = self.queue.groups[receipt.group]
         if receipt.lean:
-            return [self.queue.inflight_key], [receipt.entry]
-        return [self.queue.wip_key, self.queue.job_prefix + receipt.job_id], [receipt.entry]
+            return [group.inflight_key], [receipt.entry]
+        return [group.wip_key, self.queue.job_prefix + receipt.job_id], [receipt.entry]
 
     def delivery(self, job: Job, reply: list[Any], owner: str, record: RunRecord | None, begin: Begin) -> Delivery:
         job_id, entry = reply
-        return Delivery(job, RqReceipt(text(job_id), text(entry), owner, self.lean), deliveries=1, record=record,
-                        begin=begin)
+        return Delivery(job, RqReceipt(text(job_id), text(entry), owner, self.lean, self.group.index), deliveries=1,
+                        record=record, begin=begin)
 
 
 class RqQueue(Colocated, Queue):
@@ -161,21 +212,18 @@ class RqQueue(Colocated, Queue):
     def __init__(self, redis: RedisClient, *, queue_name: str = DEFAULT_QUEUE, key_prefix: str = DEFAULT_PREFIX,
                  rq_prefix: str | None = None, visibility_timeout: float = 30.0,
                  state_ttl_seconds: float = DEFAULT_TTL, worker_name: str | None = None, dispatch: bool = True,
-                 prefetch: bool = True, continues: bool = True, lean: bool = False) -> None:
+                 prefetch: bool = True, continues: bool = True, lean: bool = False,
+                 cluster_queue_groups: int = DEFAULT_GROUPS) -> None:
         self.redis = redis
         self.key_prefix = key_prefix
         self.rq_prefix = rq_prefix or rq_prefix_default()
-        #: on a Redis Cluster: the queue's keys, its job hashes and its workers' claim lists share the hash tag
-        #: ``slot_tag`` (one slot per queue, so its scripts run there); rq sees the queue as ``<name><tag>``
+        #: on a Redis Cluster the queue is ``cluster_queue_groups`` rq queues (``groups``), one per hash tag of the
+        #: keyspace's queue groups: a run's jobs go to the group its keys are tagged with (``Keys``)
         self.clustered = is_cluster(redis)
-        self.slot_tag = ""
-        if self.clustered:
-            if any(c in text for text in (queue_name, self.rq_prefix) for c in "{}"):
-                raise ConfigError(f"on a Redis Cluster the queue name ({queue_name!r}) and rq_key_prefix "
-                                  f"({self.rq_prefix!r}) cannot contain braces: the queue's keys get a hash tag")
-            self.slot_tag = "{" + hashlib.sha1(queue_name.encode()).hexdigest()[:16] + "}"
-            queue_name += self.slot_tag
-        self.queue_name = queue_name
+        if self.clustered and any(c in text for text in (queue_name, self.rq_prefix) for c in "{}"):
+            raise ConfigError(f"on a Redis Cluster the queue name ({queue_name!r}) and rq_key_prefix "
+                              f"({self.rq_prefix!r}) cannot contain braces: the queue's keys get a hash tag")
+        self._keys = Keys(key_prefix, int(cluster_queue_groups) if self.clustered else 0)
         self.visibility_timeout = float(visibility_timeout)
         self.state_ttl_seconds = int(state_ttl_seconds)
         self.worker_name = worker_name or f"flowcraft-{uuid.uuid4().hex[:12]}"
@@ -188,23 +236,24 @@ class RqQueue(Colocated, Queue):
         #: decided by colocation: ``receive`` prefetches records and leases
         self.prefetching = False
         r = self.rq_prefix
-        self.queue_key = f"{r}:queue:{queue_name}"
-        self.wip_key = f"{r}:wip:{queue_name}"
-        self.scheduled_key = f"{r}:scheduled:{queue_name}"
-        self.failed_key = f"{r}:failed:{queue_name}"
+        #: the queue's rq queues: one on one Redis, one per queue group on a cluster (``QueueGroup``)
+        self.groups = tuple(QueueGroup.of(g, tag, queue_name, r, self.worker_name)
+                            for g, tag in enumerate(self._keys.tags or ("",)))
+        first = self.groups[0]
+        #: rq's name of the queue (on a cluster: of its first group; ``groups`` has them all)
+        self.queue_name = first.queue_name
+        self.queue_key, self.wip_key, self.scheduled_key = first.queue_key, first.wip_key, first.scheduled_key
+        self.failed_key, self.inflight_key, self.held_key = first.failed_key, first.inflight_key, first.held_key
+        self.claim_key, self.claims_key = first.claim_key, first.claims_key
         self.queues_key = f"{r}:queues"
-        #: in-flight entries of the lean layout's jobs, scored by their deadline
-        self.inflight_key = f"{r}:fc-inflight:{queue_name}"
-        #: lean in-flight entry -> the JSON of its job, kept by a run's last commit, which marks the job done
-        #: without acking its delivery (the engine acks it after the run's end): what a lapsed entry comes back as
-        self.held_key = f"{r}:fc-held:{queue_name}"
         self.job_prefix = f"{r}:job:"
-        #: where this worker's blocking wait moves the next pushed job id (see ``_take``)
-        self.claim_key = f"{r}:claim:{queue_name}:{self.worker_name}"
-        self.claims_key = f"{r}:claims:{queue_name}"
-        # a commit on a cluster runs in its run's slot, not the queue's: no dispatch there (nor prefetch)
-        self._dispatcher = RqDispatcher(self) if dispatch and not self.clustered else None
-        self._registered = False  # on a cluster: the queue is in rq's set of queues (written once per process)
+        #: one per group; a commit dispatches with its run's (``RqDispatcher.for_run``)
+        self.dispatchers = tuple(RqDispatcher(self, group) for group in self.groups)
+        self._dispatcher = self.dispatchers[0] if dispatch else None
+        self._registered = False  # on a cluster: the groups are in rq's set of queues (written once per process)
+        self._rotation = 0  # on a cluster: the group a receive starts at
+        #: on a cluster: per group, this worker's outstanding blocking wait (``_wait_groups``)
+        self._waits: dict[int, asyncio.Task[Any]] = {}
         self.batcher = batcher_for(redis)
         batcher = self.batcher
         self._dequeue = batcher.script(scripts.DEQUEUE)
@@ -212,8 +261,6 @@ class RqQueue(Colocated, Queue):
         self._extend = batcher.script(scripts.EXTEND)
         self._enqueue = batcher.script(scripts.ENQUEUE)
         self._drop = batcher.script(scripts.DROP_LEASE)
-        self._prefetch = batcher.script(scripts.PREFETCH)
-        self._keys = Keys(key_prefix)
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any], shared: dict[str, Any]) -> Self:
@@ -230,7 +277,7 @@ class RqQueue(Colocated, Queue):
         return cls(redis, queue_name=options.queue_name or default_queue, key_prefix=prefix,
                    rq_prefix=options.rq_key_prefix, visibility_timeout=options.visibility_timeout,
                    state_ttl_seconds=options.state_ttl_seconds, continues=options.continues,
-                   lean=options.queue_layout == "lean")
+                   lean=options.queue_layout == "lean", cluster_queue_groups=options.cluster_queue_groups)
 
     def colocated(self, colocation: Colocation) -> None:
         self.prefetching = self.prefetch and colocation.status is not None and colocation.coordination is not None
@@ -242,11 +289,20 @@ class RqQueue(Colocated, Queue):
     def prefetches_status(self) -> bool:
         return self.prefetching
 
+    def group_of(self, run_id: str) -> int:
+        """The queue group of a run's jobs (0 on one Redis)."""
+        return self._keys.group(run_id)
+
     async def setup(self) -> None:
         """Only checks connectivity: rq queues need no provisioning."""
         await self.redis.ping()
 
     async def close(self) -> None:
+        waits, self._waits = list(self._waits.values()), {}
+        for task in waits:
+            task.cancel()
+        if waits:
+            await asyncio.gather(*waits, return_exceptions=True)
         await self.redis.aclose()
 
     def _job_key(self, job_id: str) -> str:
@@ -257,21 +313,31 @@ class RqQueue(Colocated, Queue):
         if not jobs:
             return
         now = time.time()
-        args: list[Any] = [self.job_prefix, self.queue_name, iso(now), repr(now + delay) if delay > 0 else "",
-                           self.state_ttl_seconds, self.key_prefix, "1" if self.lean and not self.clustered else "0"]
+        due = repr(now + delay) if delay > 0 else ""
+        lean = "1" if self.lean else "0"
+        by_group: dict[int, list[Any]] = {}
         for job in jobs:
-            args += (self.new_job_id(), job.run_id, job.key, dumps(job.to_dict()))
-        keys = [self.queue_key, self.scheduled_key]
-        if not self.clustered:
-            keys.append(self.queues_key)
-        elif not self._registered:  # rq's set of queues is in another slot than the queue
-            await self.batcher.call("SADD", self.queues_key, self.queue_key)
+            group = self.groups[self.group_of(job.run_id)]
+            by_group.setdefault(group.index, []).extend(
+                (group.new_job_id(), job.run_id, job.key, dumps(job.to_dict())))
+        if self.clustered and not self._registered:  # rq's set of queues is in another slot than the groups
+            await self.batcher.call("SADD", self.queues_key, *(group.queue_key for group in self.groups))
             self._registered = True
-        await self.batcher.call_script(self._enqueue, keys, *args)
+        calls = []
+        for index, tail in by_group.items():
+            group = self.groups[index]
+            keys = [group.queue_key, group.scheduled_key]
+            if not self.clustered:
+                keys.append(self.queues_key)
+            calls.append(self.batcher.call_script(
+                self._enqueue, keys, self.job_prefix, group.queue_name, iso(now), due, self.state_ttl_seconds,
+                self.key_prefix, lean, group.tag, *tail))
+        await asyncio.gather(*calls)
 
-    def new_job_id(self) -> str:
-        """A new rq job id (on a cluster it starts with the queue's hash tag: its hash is in the queue's slot)."""
-        return self.slot_tag + uuid.uuid4().hex
+    def new_job_id(self, run_id: str = "") -> str:
+        """A new rq job id for a job of ``run_id`` (on a cluster it starts with the hash tag of the run's group:
+        its hash is in the group's slot)."""
+        return self.groups[self.group_of(run_id)].new_job_id()
 
     # ------------------------------------------------------------------ consuming
     async def dequeue(self, max_jobs: int, wait: float) -> list[Delivery]:
@@ -287,56 +353,110 @@ class RqQueue(Colocated, Queue):
     async def _take(self, max_jobs: int, wait: float, owner: str | None, lease_seconds: float) -> list[Delivery]:
         end = time.monotonic() + wait
         claimed = False
+        grouped = len(self.groups) > 1
+        max_jobs = max(1, max_jobs)
         while True:
             now = time.time()
             # the claim list stays registered past the longest block, so only a dead worker's is taken back
             claim_until = now + max(0.0, end - time.monotonic()) + self.visibility_timeout
-            in_script = owner is not None and not self.clustered
-            next_due, items = await self.batcher.call_script(
-                self._dequeue, (self.queue_key, self.wip_key, self.scheduled_key, self.claims_key, self.claim_key,
-                                self.inflight_key, self.held_key),
-                self.job_prefix, repr(now), iso(now),
-                repr(now + self.visibility_timeout), max(1, max_jobs), f"{uuid.uuid4().hex[:12]}-",
-                self.worker_name, self.key_prefix, "1" if in_script else "0", owner or "",
-                repr(now + lease_seconds), self.state_ttl_seconds, "1" if claimed else "0",
-                repr(claim_until), self.queue_name,
-            )
+            if grouped:
+                next_due, items = await self._dequeue_groups(max_jobs, now, claim_until, owner, lease_seconds)
+            else:
+                next_due, items, _ = await self._dequeue_group(self.groups[0], max_jobs, claimed, now, claim_until,
+                                                               owner, lease_seconds)
             claimed = False
             if items:
-                if owner is not None and not in_script:
-                    await self._prefetch_each(items, owner, now + lease_seconds)
                 records: dict[str, RunRecord | None] = {}  # run id -> its record, parsed once per reply
-                return [self._delivery(item, owner, records) for item in items]
+                return [self._delivery(item, owner, records, group) for group, item in items]
             remaining = end - time.monotonic()
             if remaining <= 0:
                 return []
             timeout = remaining
-            if next_due:
-                timeout = min(timeout, max(0.0, float(next_due) - time.time()))
+            if next_due is not None:
+                timeout = min(timeout, max(0.0, next_due - time.time()))
             if timeout < 0.01:
                 await asyncio.sleep(0.005)
                 continue
             # wake up as soon as something is pushed, taking it into this worker's claim list: one push wakes
-            # one worker (see lua/dequeue.lua); redis-py annotates the timeout as int, BLMOVE takes fractions
+            # one worker (see lua/dequeue.lua)
+            if grouped:
+                await self._wait_groups(timeout)
+                continue
+            # redis-py annotates the timeout as int, BLMOVE takes fractions
             moved = await self.redis.blmove(self.queue_key, self.claim_key, timeout,  # type: ignore[arg-type]
                                             "LEFT", "RIGHT")
             claimed = moved is not None
 
-    async def _prefetch_each(self, items: list[list[Any]], owner: str, expiry: float) -> None:
-        """On a cluster: what the dequeue script prefetches on one Redis, one script per job on its run's slot
-        (``lua/prefetch.lua``), all in one pipeline; fills each item's record, lease, state and completion."""
-        now = repr(time.time())
-        calls = []
-        for item in items:
-            job = Job.from_dict(decode_data(item[2]))
-            calls.append(self.batcher.call_script(
-                self._prefetch, (self._keys.status(job.run_id), self._keys.run(job.run_id)), job.key, owner, now,
-                repr(expiry), self.state_ttl_seconds))
-        for item, got in zip(items, await asyncio.gather(*calls), strict=True):
-            item[4:8] = got
+    async def _dequeue_group(self, group: QueueGroup, count: int, claimed: bool, now: float, claim_until: float,
+                             owner: str | None, lease_seconds: float
+                             ) -> tuple[float | None, list[tuple[int, list[Any]]], int]:
+        """The dequeue script on one group for up to ``count`` jobs (0: only its recoveries): when something
+        falls due next (None: nothing), the items (with the group) and how many ids the group has left ready."""
+        next_due, items, left = await self.batcher.call_script(
+            self._dequeue, (group.queue_key, group.wip_key, group.scheduled_key, group.claims_key, group.claim_key,
+                            group.inflight_key, group.held_key),
+            self.job_prefix, repr(now), iso(now),
+            repr(now + self.visibility_timeout), count, f"{uuid.uuid4().hex[:12]}-",
+            self.worker_name, self.key_prefix, "1" if owner is not None else "0", owner or "",
+            repr(now + lease_seconds), self.state_ttl_seconds, "1" if claimed else "0",
+            repr(claim_until), group.queue_name, group.tag,
+        )
+        return float(next_due) if next_due else None, [(group.index, item) for item in items], int(left)
+
+    async def _dequeue_groups(self, max_jobs: int, now: float, claim_until: float, owner: str | None,
+                              lease_seconds: float) -> tuple[float | None, list[tuple[int, list[Any]]]]:
+        """On a cluster: the dequeue scripts of every group in one pipeline (the cluster client sends one batch
+        per primary, in parallel), ``max_jobs`` shared out from a rotating group (groups past the share run only
+        their recoveries, with count 0); then, while short and some groups have ids left, again on those (at most
+        three rounds). Claim lists are always read (a wait of an earlier receive may have moved an id since)."""
+        groups = self.groups
+        start = self._rotation
+        self._rotation = (start + 1) % len(groups)
+        order = [groups[(start + i) % len(groups)] for i in range(len(groups))]
+        wanted = max_jobs
+        items: list[tuple[int, list[Any]]] = []
+        next_due: float | None = None
+        for _ in range(3):
+            share, extra = divmod(wanted, len(order))
+            replies = await asyncio.gather(*(
+                self._dequeue_group(group, share + (1 if i < extra else 0), True, now, claim_until, owner,
+                                    lease_seconds)
+                for i, group in enumerate(order)))
+            ready: list[QueueGroup] = []
+            for group, (due, got, left) in zip(order, replies, strict=True):
+                items += got
+                if due is not None and (next_due is None or due < next_due):
+                    next_due = due
+                if left:
+                    ready.append(group)
+            wanted = max_jobs - len(items)
+            if wanted <= 0 or not ready:
+                break
+            order = ready
+        return next_due, items
+
+    async def _wait_groups(self, timeout: float) -> None:
+        """On a cluster, with nothing found: one blocking ``BLMOVE <group queue> <this worker's claim list of that
+        group>`` per group outstanding (each on a connection of its own), until one moves an id or ``timeout``.
+        The waits still outstanding are kept for the next receive; an id one moves later sits in this worker's
+        claim list of that group, taken by its next dequeue there or, if it dies, put back once the claim lapses
+        (lua/dequeue.lua)."""
+        waits = self._waits
+        for group in self.groups:
+            task = waits.get(group.index)
+            if task is None or task.done():
+                waits[group.index] = asyncio.ensure_future(self.redis.blmove(
+                    group.queue_key, group.claim_key, timeout, "LEFT", "RIGHT"))  # type: ignore[arg-type]
+        done, _ = await asyncio.wait(list(waits.values()), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for index, task in list(waits.items()):
+            if task in done:
+                del waits[index]
+        for task in done:
+            task.result()  # a failed wait is the receive's error
 
     @staticmethod
-    def _delivery(item: list[Any], owner: str | None, records: dict[str, RunRecord | None]) -> Delivery:
+    def _delivery(item: list[Any], owner: str | None, records: dict[str, RunRecord | None], group: int = 0
+                  ) -> Delivery:
         """The delivery of one item of the dequeue script's reply; ``records`` are the run records its earlier
         items brought (a record comes once per run and reply; the engine only reads ``Delivery.record``, so the
         deliveries of one run share it)."""
@@ -344,7 +464,8 @@ class RqQueue(Colocated, Queue):
         lean = len(item) > 8  # a lean entry: data is the job's JSON, not rq's call tuple
         job = Job.from_dict(loads(data) if lean else decode_data(data))
         if record is None:  # not prefetched (plain dequeue, or a job hash without flowcraft_run/_key)
-            return Delivery(job, RqReceipt(text(job_id), text(entry), lean=lean), deliveries=int(deliveries))
+            return Delivery(job, RqReceipt(text(job_id), text(entry), lean=lean, group=group),
+                            deliveries=int(deliveries))
         begin: Begin | None = None
         lease = int(lease)
         if lease >= 0:  # an active run: the lease was taken (1) or is another owner's (0)
@@ -355,7 +476,7 @@ class RqQueue(Colocated, Queue):
         else:
             flat = {record[i]: record[i + 1] for i in range(0, len(record), 2)}
             parsed = records[job.run_id] = record_from_hash(flat) if flat else None
-        return Delivery(job, RqReceipt(text(job_id), text(entry), owner if lease == 1 else None, lean),
+        return Delivery(job, RqReceipt(text(job_id), text(entry), owner if lease == 1 else None, lean, group),
                         deliveries=int(deliveries), record=parsed, begin=begin)
 
     def _lease_of(self, delivery: Delivery) -> tuple[list[str], list[Any]]:
@@ -370,11 +491,12 @@ class RqQueue(Colocated, Queue):
         receipt = delivery.receipt
         if isinstance(receipt, _RqManaged):
             return  # run by a plain rq worker: rq finishes the job
+        group = self.groups[receipt.group]
         if receipt.lean:
-            await self.batcher.call_many(("ZREM", self.inflight_key, receipt.entry),
-                                         ("HDEL", self.held_key, receipt.entry))
+            await self.batcher.call_many(("ZREM", group.inflight_key, receipt.entry),
+                                         ("HDEL", group.held_key, receipt.entry))
             return
-        await self.batcher.call_many(("ZREM", self.wip_key, receipt.entry), ("DEL", self._job_key(receipt.job_id)))
+        await self.batcher.call_many(("ZREM", group.wip_key, receipt.entry), ("DEL", self._job_key(receipt.job_id)))
 
     async def release(self, delivery: Delivery, delay: float = 0.0) -> None:
         receipt = delivery.receipt
@@ -382,16 +504,14 @@ class RqQueue(Colocated, Queue):
             await self.enqueue([delivery.job], delay)
             return
         now = time.time()
-        lease_keys, lease_args = self._lease_of(delivery)
-        if lease_keys and self.clustered:  # the run's slot is not the queue's: the lease is dropped on its own
-            await self.batcher.call_script(self._drop, lease_keys, *lease_args)
-            lease_keys, lease_args = [], []
+        lease_keys, lease_args = self._lease_of(delivery)  # the run's keys share the group's slot
         job = delivery.job
+        group = self.groups[receipt.group]
         await self.batcher.call_script(
-            self._release, (self.inflight_key if receipt.lean else self.wip_key, self._job_key(receipt.job_id),
-                            self.queue_key, self.scheduled_key, self.held_key, *lease_keys),
+            self._release, (group.inflight_key if receipt.lean else group.wip_key, self._job_key(receipt.job_id),
+                            group.queue_key, group.scheduled_key, group.held_key, *lease_keys),
             receipt.job_id, receipt.entry, repr(now + delay) if delay > 0 else "", iso(now),
-            dumps(job.to_dict()) if receipt.lean else "", self.queue_name, job.run_id, job.key,
+            dumps(job.to_dict()) if receipt.lean else "", group.queue_name, job.run_id, job.key,
             self.state_ttl_seconds, *lease_args[1:],
         )
 
@@ -400,7 +520,8 @@ class RqQueue(Colocated, Queue):
         if isinstance(receipt, _RqManaged):
             return
         now = time.time()
-        keys = (self.inflight_key,) if receipt.lean else (self.wip_key, self._job_key(receipt.job_id))
+        group = self.groups[receipt.group]
+        keys = (group.inflight_key,) if receipt.lean else (group.wip_key, self._job_key(receipt.job_id))
         await self.batcher.call_script(self._extend, keys, receipt.entry, repr(now + seconds), iso(now))
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
@@ -418,28 +539,37 @@ class RqQueue(Colocated, Queue):
         packed = zlib.compress(reason.encode())
         key = self._job_key(receipt.job_id)
         results = f"{self.rq_prefix}:results:{receipt.job_id}"
+        group = self.groups[receipt.group]
         fields: dict[str, Any] = {"status": "failed", "ended_at": iso(now), "exc_info": packed,
                                   "flowcraft_reason": reason, "failure_ttl": ttl}
         if receipt.lean:  # a lean job: no job hash yet, so the whole rq job is written
             job = delivery.job
             fields.update({"data": encode_data(dumps(job.to_dict())), "created_at": iso(now),
-                           "origin": self.queue_name, "description": f"flowcraft {job.run_id} {job.key}",
+                           "origin": group.queue_name, "description": f"flowcraft {job.run_id} {job.key}",
                            "flowcraft_run": job.run_id, "flowcraft_key": job.key, "flowcraft_deliveries": 1,
                            **dict(zip(RQ_STATIC_FIELDS[::2], RQ_STATIC_FIELDS[1::2], strict=True))})
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(self.inflight_key if receipt.lean else self.wip_key, receipt.entry)
+            pipe.zrem(group.inflight_key if receipt.lean else group.wip_key, receipt.entry)
             if receipt.lean:
-                pipe.hdel(self.held_key, receipt.entry)
+                pipe.hdel(group.held_key, receipt.entry)
             pipe.hset(key, mapping=cast(Any, fields))
             pipe.expire(key, ttl)
-            pipe.zadd(self.failed_key, {receipt.job_id: now + ttl})
+            pipe.zadd(group.failed_key, {receipt.job_id: now + ttl})
             pipe.xadd(results, {"type": 2, "worker_name": self.worker_name,
                                 "exc_string": base64.b64encode(packed).decode()}, maxlen=10)
             pipe.expire(results, ttl)
             await pipe.execute()
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        ids = cast(list[bytes], await self.redis.zrange(self.failed_key, 0, max(0, limit - 1)))
+        last = max(0, limit - 1)
+        if len(self.groups) == 1:
+            ids = cast(list[bytes], await self.redis.zrange(self.failed_key, 0, last))
+        else:  # the groups' registries merged, by expiry as in each
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for group in self.groups:
+                    pipe.zrange(group.failed_key, 0, last, withscores=True)
+                scored = [row for rows in await pipe.execute() for row in rows]
+            ids = [job_id for job_id, _ in sorted(scored, key=lambda row: (row[1], row[0]))[:limit]]
         if not ids:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -471,12 +601,16 @@ class RqQueue(Colocated, Queue):
         ``rq``'s ``FailedJobRegistry.remove(delete_job=True)``); ids are rq job ids (``DeadLetter.id``)."""
         if not ids:
             return 0
+        groups = self.groups
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.zrem(self.failed_key, job_id)
-                pipe.delete(self._job_key(job_id), f"{self.rq_prefix}:results:{job_id}")
+                for group in groups:  # the id's group is in its hash tag, never parsed: each group is asked
+                    pipe.zrem(group.failed_key, job_id)
+                pipe.delete(self._job_key(job_id))
+                pipe.delete(f"{self.rq_prefix}:results:{job_id}")
             replies = await pipe.execute()
-        return sum(1 for reply in replies[::2] if reply)
+        step = len(groups) + 2
+        return sum(1 for at in range(0, len(replies), step) if any(replies[at : at + len(groups)]))
 
     # ------------------------------------------------------------------ rq's worker registry
     async def register_worker(self, worker: WorkerInfo) -> None:
@@ -490,17 +624,19 @@ class RqQueue(Colocated, Queue):
     async def size(self) -> int:
         """Jobs queued, scheduled or in flight."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.llen(self.queue_key)
-            pipe.zcard(self.scheduled_key)
-            pipe.zcard(self.wip_key)
-            pipe.zcard(self.inflight_key)
+            for group in self.groups:
+                pipe.llen(group.queue_key)
+                pipe.zcard(group.scheduled_key)
+                pipe.zcard(group.wip_key)
+                pipe.zcard(group.inflight_key)
             counts = await pipe.execute()
         return int(sum(counts))
 
     async def depth(self) -> int:
         """Jobs waiting to be delivered: rq's queue list plus the scheduled (delayed) set, not those in flight."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.llen(self.queue_key)
-            pipe.zcard(self.scheduled_key)
+            for group in self.groups:
+                pipe.llen(group.queue_key)
+                pipe.zcard(group.scheduled_key)
             counts = await pipe.execute()
         return int(sum(counts))

@@ -30,9 +30,8 @@ _RQ_CONSTANTS = (f"local RQ_STATIC = {{{', '.join(map(lua_string, RQ_STATIC_FIEL
 
 
 _RQ_JOB = _RQ_CONSTANTS + _lua("rq_job")  # writes our rq job hashes: ENQUEUE, RELEASE, DEQUEUE, the dispatch
-_PREFETCH = _lua("prefetch_fn")  # what receive prefetches per job: in the dequeue, or (cluster) after it
+_PREFETCH = _lua("prefetch_fn")  # what receive prefetches per job, in the dequeue
 DEQUEUE = with_leases(_RQ_JOB + _PREFETCH + _lua("dequeue"))
-PREFETCH = with_leases(_PREFETCH + _lua("prefetch"))
 DROP_LEASE = DROP_LEASE_LUA
 RELEASE = with_leases(_RQ_JOB + _lua("release"))
 EXTEND = _lua("extend")

@@ -31,25 +31,28 @@ def worker_key(queue: RqQueue, worker_id: str) -> str:
 async def register(queue: RqQueue, info: WorkerInfo) -> None:
     """Write (or refresh) the worker's rq hash and its membership of rq's worker sets."""
     key = worker_key(queue, info.worker_id)
-    fields = {"birth": _iso(info.started_at), "last_heartbeat": _iso(info.heartbeat_at), "queues": queue.queue_name,
+    queues = ",".join(group.queue_name for group in queue.groups)
+    fields = {"birth": _iso(info.started_at), "last_heartbeat": _iso(info.heartbeat_at), "queues": queues,
               "pid": info.pid, "hostname": info.host, "ip_address": "", "state": "busy" if info.in_flight else "idle",
               "successful_job_count": info.handled, "failed_job_count": info.failed,
               "version": f"flowcraft ({info.backend})",
               "python_version": sys.version.split()[0]}
     ttl = max(1, int(info.expires_at - info.heartbeat_at) + 1)
-    async with queue.redis.pipeline(transaction=not queue.clustered) as pipe:  # cluster: keys in 3 slots
+    async with queue.redis.pipeline(transaction=not queue.clustered) as pipe:  # cluster: keys in several slots
         pipe.hset(key, mapping=fields)  # type: ignore[arg-type]  # redis-py's mapping type is invariant
         pipe.expire(key, ttl)
         pipe.sadd(f"{queue.rq_prefix}:workers", key)
-        pipe.sadd(f"{queue.rq_prefix}:workers:{queue.queue_name}", key)
+        for group in queue.groups:
+            pipe.sadd(f"{queue.rq_prefix}:workers:{group.queue_name}", key)
         await pipe.execute()
 
 
 async def unregister(queue: RqQueue, info: WorkerInfo) -> None:
     """Remove the worker's hash and set memberships (it stopped)."""
     key = worker_key(queue, info.worker_id)
-    async with queue.redis.pipeline(transaction=not queue.clustered) as pipe:  # cluster: keys in 3 slots
+    async with queue.redis.pipeline(transaction=not queue.clustered) as pipe:  # cluster: keys in several slots
         pipe.srem(f"{queue.rq_prefix}:workers", key)
-        pipe.srem(f"{queue.rq_prefix}:workers:{queue.queue_name}", key)
+        for group in queue.groups:
+            pipe.srem(f"{queue.rq_prefix}:workers:{group.queue_name}", key)
         pipe.delete(key)
         await pipe.execute()

@@ -1,10 +1,17 @@
 -- Leases, shared by every script that reads or writes one (flowcraft-redis and flowcraft-rq, prepended by
 -- flowcraft_redis.layout.with_leases). They live in the run's coordination hash P .. 'run:{' .. run .. '}'
--- (run_key; scripts get it in KEYS): field 'l' .. job key = expiry .. ' ' .. owner ('' once dropped), and '#activity' the run's last
+-- (run_key, tagged with the run's queue group on a cluster; scripts get it in KEYS): field 'l' .. job key = expiry .. ' ' .. owner ('' once dropped), and '#activity' the run's last
 -- commit/lease time (what the reconciler reads).
 
-local function run_key(P, run)
-  return P .. 'run:{' .. run .. '}'
+-- The key of kind `kind` of run `run`: P .. kind .. ':{' .. run .. '}', or, given its queue group's tag `T` (a Redis
+-- Cluster), P .. kind .. ':{' .. T .. '}' .. run (flowcraft_redis.layout.Keys)
+local function run_keyed(P, kind, run, T)
+  if T and T ~= '' then return P .. kind .. ':{' .. T .. '}' .. run end
+  return P .. kind .. ':{' .. run .. '}'
+end
+
+local function run_key(P, run, T)
+  return run_keyed(P, 'run', run, T)
 end
 
 -- expiry and owner of a lease field's value; nil when there is no lease

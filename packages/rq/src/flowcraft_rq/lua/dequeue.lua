@@ -1,13 +1,16 @@
 -- KEYS: the queue list, its started registry (wip), its scheduled registry, its claims set, this worker's claim
 -- list, the lean in-flight set, the lean held-jobs hash. ARGV: job key prefix, now, now_iso, deadline, max, exec prefix, worker name, P,
 -- prefetch ('1'/'0'), owner, lease expiry, ttl, claimed ('1': the caller's BLMOVE moved an id into it), claim
--- deadline, the queue's name (rq's origin).
+-- deadline, the queue's name (rq's origin), the queue group's hash tag ('' on one Redis; on a Redis Cluster the
+-- queue is one of its groups, and the runs whose keys carry that tag are the runs of its jobs: flowcraft_redis's
+-- Keys, run_keyed).
 -- Job hashes (job key prefix .. id) and the claim lists of other workers are named by the ids and lists read
 -- here, so they cannot be in KEYS; on a Redis Cluster the queue's hash tag is in every one of them (one slot).
--- Returns {next_due, {id, entry, data, deliveries, record, lease, state, completion[, 1]}...} (the 1: a lean entry,
--- whose data is the job's JSON rather than rq's call tuple; record 1: the record of an earlier item of the same run).
--- With prefetch (RqQueue.receive on one Redis; on a cluster the run's keys are in another slot, so
--- prefetch.lua does it after this script): record is the flat P status:{<run>} hash (empty: no such run) and,
+-- Returns {next_due, {id, entry, data, deliveries, record, lease, state, completion[, 1]}..., left} (the 1: a lean
+-- entry, whose data is the job's JSON rather than rq's call tuple; record 1: the record of an earlier item of the same
+-- run; left: the ids still ready in the queue and, claimed, the claim list). max 0: only the recoveries (a Redis
+-- Cluster's receive shares its max out over the queue groups).
+-- With prefetch (RqQueue.receive): record is the flat status hash of the job's run (empty: no such run) and,
 -- for an active run, the job's lease is taken for owner as RedisCoordinationStore.begin does (take_lease):
 -- lease 1 (taken; state and completion read) or 0 (another owner's live lease; state read).
 -- Otherwise record is false and lease -1.
@@ -21,6 +24,7 @@ local max, exec, worker = tonumber(ARGV[5]), ARGV[6], ARGV[7]
 local P, prefetch, owner, expiry, ttl = ARGV[8], ARGV[9] == '1', ARGV[10], ARGV[11], tonumber(ARGV[12])
 local claimed, claim_until = ARGV[13] == '1', ARGV[14]
 local inflight, held = KEYS[6], KEYS[7]
+local T = ARGV[16]
 
 -- due scheduled jobs to the queue (what rq's scheduler does)
 local due = redis.call('ZRANGEBYSCORE', sched, '-inf', now, 'LIMIT', 0, 1000)
@@ -43,7 +47,7 @@ for _, entry in ipairs(expired) do
 end
 -- lean deliveries whose deadline passed (their worker died) become rq jobs (delivered once already) at the front of
 -- the queue: their job is the run's pending job, or the job their run's last commit marked done and kept in the
--- held-jobs hash (the engine acks it after the run's end); entries are '<id>:<#run>:<run><job key>' (one Redis only)
+-- held-jobs hash (the engine acks it after the run's end); entries are '<id>:<#run>:<run><job key>'
 for _, member in ipairs(redis.call('ZRANGEBYSCORE', inflight, '-inf', now, 'LIMIT', 0, 1000)) do
   redis.call('ZREM', inflight, member)
   local c1 = string.find(member, ':', 1, true)
@@ -54,7 +58,7 @@ for _, member in ipairs(redis.call('ZRANGEBYSCORE', inflight, '-inf', now, 'LIMI
   if doc then
     redis.call('HDEL', held, member)
   else
-    local state = redis.call('HGET', run_key(P, run), 'j' .. key)
+    local state = redis.call('HGET', run_key(P, run, T), 'j' .. key)
     if state and string.sub(state, 1, 1) == 'p' then doc = string.sub(state, 2) end
   end
   if doc then
@@ -71,7 +75,7 @@ end
 
 local out = {}
 local ids = {}
-if claimed then ids = redis.call('LPOP', claim, max) or {} end
+if claimed and max > 0 then ids = redis.call('LPOP', claim, max) or {} end
 if #ids < max then
   for _, id in ipairs(redis.call('LPOP', q, max - #ids) or {}) do ids[#ids + 1] = id end
 end
@@ -86,7 +90,7 @@ if #ids > 0 then
       local c2 = string.find(id, ':', c1 + 1, true)
       local len = tonumber(string.sub(id, c1 + 1, c2 - 1))
       run, key = string.sub(id, c2 + 1, c2 + len), string.sub(id, c2 + len + 1)
-      local state = redis.call('HGET', run_key(P, run), 'j' .. key)
+      local state = redis.call('HGET', run_key(P, run, T), 'j' .. key)
       if state and string.sub(state, 1, 1) == 'p' then
         redis.call('ZADD', inflight, deadline, id)
         item = {string.sub(id, 1, c1 - 1), id, string.sub(state, 2), 1, false, -1, false, false, 1}
@@ -108,13 +112,13 @@ if #ids > 0 then
       if prefetch and run and key then
         local rec = records[run]
         if rec == nil then
-          rec = redis.call('HGETALL', P .. 'status:{' .. run .. '}')
+          rec = redis.call('HGETALL', run_keyed(P, 'status', run, T))
           records[run] = rec
           item[5] = rec
         else
           item[5] = 1  -- the record of this reply's earlier item of the same run, not sent twice
         end
-        item[6], item[7], item[8] = prefetch_lease(rec, run_key(P, run), key, owner, ARGV[2], expiry, ttl)
+        item[6], item[7], item[8] = prefetch_lease(rec, run_key(P, run, T), key, owner, ARGV[2], expiry, ttl)
       end
       out[#out + 1] = item
     end
@@ -129,4 +133,6 @@ if #out == 0 then
   first = redis.call('ZRANGE', wip, 0, 0, 'WITHSCORES')
   if first[2] and (next_due == '' or tonumber(first[2]) < tonumber(next_due)) then next_due = first[2] end
 end
-return {next_due, out}
+local left = redis.call('LLEN', q)
+if claimed then left = left + redis.call('LLEN', claim) end
+return {next_due, out, left}

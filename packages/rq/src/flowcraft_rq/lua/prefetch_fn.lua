@@ -1,6 +1,4 @@
--- What RqQueue.receive prefetches for one job (Delivery.record/begin), shared by dequeue.lua (one Redis: in
--- the dequeue script) and prefetch.lua (a Redis Cluster: one script per job on the run's slot, after the
--- dequeue). `rec` is the run's status hash (HGETALL, flat); for an active run the job's lease in the run hash
+-- What RqQueue.receive prefetches for one job (Delivery.record/begin) in the dequeue script (dequeue.lua). `rec` is the run's status hash (HGETALL, flat); for an active run the job's lease in the run hash
 -- `R` is taken for `owner` as RedisCoordinationStore.begin does (take_lease). Returns lease (1 taken, 0 another
 -- owner's live lease, -1 the run is not active: nothing taken), the job's state and (taken) its completion.
 local function prefetch_lease(rec, R, key, owner, now, expiry, ttl)

@@ -2,7 +2,7 @@
 -- scheduled registry, the lean held-jobs hash, [the run's coordination hash]. ARGV: id, entry, due ('' = now),
 -- now_iso, job JSON (only for a lean delivery, which has no job hash yet: it is written here), origin, run, job
 -- key, ttl, [owner]: the lease receive took, which the engine may never have used (it gave the delivery back before
--- Delivery.begin); only that owner's is dropped (only on one Redis, where receive prefetches)
+-- Delivery.begin); only that owner's is dropped
 local set, hk, q, sched, held = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id, entry, due, now_iso, data = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if KEYS[6] then drop_lease(KEYS[6], ARGV[8], ARGV[10]) end
