@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from typing import TYPE_CHECKING, cast
 
 from flowcraft.engine.core import Engine
@@ -19,6 +20,7 @@ log = logging.getLogger("flowcraft.worker")
 
 UNREACHABLE_GRACE = 30.0  # seconds a worker keeps trying a server it has not reached before it gives up
 RELEASE_TIMEOUT = 10.0  # seconds cancelled jobs get to hand their deliveries back at shutdown
+BACKLOG_WAIT = 1.0  # seconds a job may wait in a backlog for a slot (at most a quarter lease) before it goes back
 
 
 class Worker:
@@ -32,10 +34,18 @@ class Worker:
     is consuming); ``flowcraft worker`` says "ready" then, writes ``--ready-file`` and answers ``/readyz``.
     With ``presence`` (``flowcraft.presence.WorkerPresence``) it also publishes its blueprints and heartbeats
     its entry in the list of live workers (``flowcraft workers``) until it stops.
+
+    Jobs a commit hands over (``Capabilities.continues``) when every slot is taken wait in a **backlog** of at
+    most ``backlog`` jobs (default: ``concurrency``) and start, oldest first, as slots free up, before anything
+    new is received: a fan-out stays with the worker that fired it instead of going through the queue. A job
+    that waited ``BACKLOG_WAIT`` seconds (at most a quarter of the lease) goes back to the queue with its lease
+    released, for any worker; a stopping worker gives its backlog back at once. A worker that dies holding a
+    backlog loses nothing: those jobs are in the queue's in-flight set, as any received job, and come back when
+    their visibility lapses.
     """
 
     def __init__(self, engine: Engine, concurrency: int = 16, poll_wait: float = 1.0, grace: float = 10.0,
-                 *, presence: WorkerPresence | None = None) -> None:
+                 *, presence: WorkerPresence | None = None, backlog: int | None = None) -> None:
         self.engine = engine
         self.presence = presence
         self.ready = asyncio.Event()
@@ -48,6 +58,10 @@ class Worker:
         self._tasks: dict[asyncio.Task[None], Delivery] = {}
         self._running: set[int] = set()  # ids of the deliveries this worker's tasks are handling now
         self._next: dict[int, Delivery] = {}  # id of a delivery being handled -> the handed-over one to run next
+        self.backlog = self.concurrency if backlog is None else max(0, backlog)
+        self._waiting: deque[tuple[float, Delivery]] = deque()  # (since, delivery): taken, waiting for a slot
+        self._expiry: asyncio.TimerHandle | None = None  # gives back the backlog's oldest when it waited too long
+        self._giving_back: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
         self._room.set()
         engine.taker = self  # takes the jobs a commit hands over (Capabilities.continues)
@@ -62,7 +76,7 @@ class Worker:
     @property
     def in_flight(self) -> int:
         """Jobs being handled now (with those handed over to run next in a handling's task)."""
-        return len(self._tasks) + len(self._next)
+        return len(self._tasks) + len(self._next) + len(self._waiting)
 
     @property
     def state(self) -> str:
@@ -77,6 +91,9 @@ class Worker:
             while not self._stopping.is_set():
                 await self._room.wait()
                 free = self.concurrency - len(self._tasks)
+                if free > 0 and self._waiting:  # the backlog goes first
+                    self._start(self._waiting.popleft()[1])
+                    continue
                 if free <= 0:  # a handed-over job took the slot a finished task freed: wait for the next
                     self._room.clear()
                     continue
@@ -97,6 +114,8 @@ class Worker:
                 for delivery in deliveries:
                     self.take(delivery)
         finally:
+            self._stopping.set()  # (also when a ConfigError ends it): nothing more is taken or started from the backlog
+            await self._give_back_backlog()
             await self._drain()
             for delivery in (*self._tasks.values(), *self._next.values()):  # tasks cancelled before they started:
                 self.engine.unclaim(delivery)  # nothing ended their claims
@@ -112,18 +131,31 @@ class Worker:
                 self.engine.taker = None
 
     def room(self) -> int:
-        """How many more jobs can start now, counting the slot of a job that is committing (it ends right after
-        its commit hands over its successors); none while stopping."""
-        return 0 if self._stopping.is_set() else self.concurrency - len(self._tasks) + 1
+        """How many more handed-over jobs this worker takes now: free slots, counting the slot of a job that is
+        committing (it ends right after its commit hands over its successors), and free places in the backlog;
+        none while stopping."""
+        if self._stopping.is_set():
+            return 0
+        return self.concurrency - len(self._tasks) + 1 + self.backlog - len(self._waiting)
 
     def take(self, delivery: Delivery, after: Delivery | None = None) -> None:
         """Start handling a delivery: one received, or one a commit handed over (``after``: the delivery whose
         handling committed). The first job a handling's commit hands over runs next in that handling's task, in
-        the slot it leaves (``room`` counts it), without a task of its own; the others get one each."""
-        self.engine.claim(delivery)  # at once: a delivery of the same job taken before this one starts waits
+        the slot it leaves (``room`` counts it), without a task of its own; the others get one each while slots are
+        free, and wait in the backlog for one after that."""
+        # claim at once: a delivery of the same job taken before this one starts waits
+        claimed = self.engine.claim(delivery)
         if after is not None and id(after) in self._running and id(after) not in self._next:
             self._next[id(after)] = delivery
             return
+        if claimed and len(self._tasks) >= self.concurrency:  # (not claimed: its handling bounces it at once)
+            self._waiting.append((time.monotonic(), delivery))
+            if self._expiry is None:
+                self._expiry = asyncio.get_running_loop().call_later(self._max_wait(), self._expire)
+            return
+        self._start(delivery)
+
+    def _start(self, delivery: Delivery) -> None:
         handling: list[asyncio.Task[None]] = []  # the task, for its coroutine (no asyncio.current_task call)
         task = asyncio.create_task(self._handle(delivery, handling))
         handling.append(task)
@@ -206,11 +238,53 @@ class Worker:
                     self._running.discard(id(delivery))
                 handed = self._next.pop(id(delivery), None)
                 if handed is None:
-                    return
+                    if not self._waiting or self._stopping.is_set():
+                        return
+                    handed = self._waiting.popleft()[1]  # the backlog's oldest, in the slot this one leaves
                 self._tasks[task] = delivery = handed
         finally:
             self._tasks.pop(task, None)
             self._room.set()
+
+    def _max_wait(self) -> float:
+        return min(BACKLOG_WAIT, self.engine.options.lease_seconds / 4)
+
+    def _expire(self) -> None:
+        """Give back the backlog's jobs that waited too long (another worker may be idle); then wait for the next."""
+        self._expiry = None
+        now, limit = time.monotonic(), self._max_wait()
+        while self._waiting and now - self._waiting[0][0] >= limit:
+            self._start_giving_back(self._waiting.popleft()[1])
+        if self._waiting:
+            self._expiry = asyncio.get_running_loop().call_later(self._waiting[0][0] + limit - now, self._expire)
+
+    def _start_giving_back(self, delivery: Delivery) -> None:
+        task = asyncio.create_task(self._give_back(delivery))
+        self._giving_back.add(task)
+        task.add_done_callback(self._giving_back.discard)
+
+    async def _give_back(self, delivery: Delivery) -> None:
+        """Hand a backlog job back to the queue, unstarted: its lease (taken for this worker by the commit or the
+        receive) released first, so the worker that gets it next need not wait for it to expire."""
+        engine, job = self.engine, delivery.job
+        try:
+            if delivery.begin is not None and delivery.begin.lease:  # claimed by this delivery: no handling here has it
+                await engine.coordination.release(job.run_id, job.key, engine.worker_id)
+            await engine.queue.release(delivery)
+        except Exception as error:  # still in the queue's in-flight set: it comes back when its visibility lapses
+            log.warning("could not give job %s of run %s back to the queue: %s", job.key, job.run_id, error)
+        finally:
+            engine.unclaim(delivery)
+
+    async def _give_back_backlog(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        for _, delivery in self._waiting:
+            self._start_giving_back(delivery)
+        self._waiting.clear()
+        if self._giving_back:
+            await asyncio.wait(set(self._giving_back), timeout=RELEASE_TIMEOUT)
 
     async def _heartbeat_loop(self) -> None:
         interval = max(0.05, self.engine.options.lease_seconds / 3)
