@@ -1,6 +1,7 @@
 """The ``rabbitmq`` backend's hand-over (``flowcraft_redis.handover``) against real servers: the member a commit
 writes, ack / extend / release / dead_letter of a handed delivery, a sweep that leaves a job a live worker holds
-alone, and a worker SIGKILLed while it runs a handed job, whose job comes back through another worker's sweep."""
+alone, and a worker SIGKILLed while it runs a handed job (or holds handed jobs of a fan-out in its backlog), whose
+jobs come back through another worker's sweep."""
 
 from __future__ import annotations
 
@@ -190,22 +191,52 @@ def app(folder: str) -> App:
     return App(flows=[flow])
 
 
+def _hung(folder: Path) -> set[str]:
+    """The b nodes of ``fan_app`` that hung."""
+    return {path.name.removeprefix("hang-") for path in folder.glob("hang-*")}
+
+
+def fan_app(folder: str) -> App:
+    """a -> b0..b7 -> z; the first two b nodes to start (anywhere) hang, so the worker running them, with a
+    concurrency of 2, holds the rest of what a's commit handed it in its backlog when it is killed."""
+
+    async def node(ctx: NodeContext) -> Any:
+        with (Path(folder) / "log").open("a") as log:
+            log.write(f"{ctx.node_id}\n")
+        if ctx.node_id.startswith("b") and len(_hung(Path(folder))) < 2:  # (no await between the check and the touch)
+            (Path(folder) / f"hang-{ctx.node_id}").touch()
+            await asyncio.sleep(3600)
+        return 1
+
+    flow = Flow("fan8", version="1")
+    flow.node("a", node).node("z", node)
+    for i in range(8):
+        flow.node(f"b{i}", node).edge("a", f"b{i}").edge(f"b{i}", "z")
+    return App(flows=[flow])
+
+
 CHILD = """
 import asyncio, json, sys
 sys.path.insert(0, sys.argv[1])
-from test_rabbitmq_handover import app
+import test_rabbitmq_handover
 from flowcraft.engine.core import Engine, EngineOptions
 from flowcraft.engine.worker import Worker
 from flowcraft.plugins import registry
 
 async def main():
     backend = registry().build("rabbitmq", json.loads(sys.argv[3]))
-    worker = Worker(Engine(app(sys.argv[2]), backend, options=EngineOptions(lease_seconds=2)), concurrency=2,
-                    poll_wait=0.2)
+    app = getattr(test_rabbitmq_handover, sys.argv[4])(sys.argv[2])
+    options = EngineOptions(lease_seconds=float(sys.argv[5]))
+    worker = Worker(Engine(app, backend, options=options), concurrency=2, poll_wait=0.2)
     await worker.run()
 
 asyncio.run(main())
 """
+
+
+async def _child(tmp_path: Path, options: dict[str, Any], app_name: str, lease_seconds: float) -> Any:
+    return await asyncio.create_subprocess_exec(sys.executable, "-c", CHILD, str(Path(__file__).parent),
+                                                str(tmp_path), json.dumps(options), app_name, str(lease_seconds))
 
 
 async def test_a_killed_workers_handed_job_comes_back_through_the_sweep(
@@ -214,8 +245,7 @@ async def test_a_killed_workers_handed_job_comes_back_through_the_sweep(
     client = Client(backend, app(str(tmp_path)))
     run_id = await client.start("hand3", None)
     options = {**rabbitmq_options, "handover_visibility_timeout": VISIBILITY}
-    child = await asyncio.create_subprocess_exec(sys.executable, "-c", CHILD, str(Path(__file__).parent),
-                                                 str(tmp_path), json.dumps(options))
+    child = await _child(tmp_path, options, "app", 2)
     try:
         deadline = time.monotonic() + 60
         while not (tmp_path / "b-started").exists():  # (another process creates it)
@@ -233,5 +263,39 @@ async def test_a_killed_workers_handed_job_comes_back_through_the_sweep(
     executions = Counter((tmp_path / "log").read_text().split())
     assert executions == {"a": 1, "b": 2, "c": 1}
     assert handover.swept >= 1
+    await handover.flush()
+    await _until_empty(handover)
+
+
+async def test_a_killed_workers_backlog_of_a_fan_out_comes_back_through_the_sweep(
+        backend: Backend, rabbitmq_options: dict[str, Any], tmp_path: Path) -> None:
+    """a's commit hands 4 of its 8 jobs to a worker of concurrency 2 (a slot it leaves, a free one, and 2 places
+    in its backlog); the two running hang, the worker is killed with two jobs waiting in its backlog: all four
+    come back through the sweep, the four published through the broker, and the run completes, each b run once
+    but the two that hung (twice)."""
+    handover = _handover(backend)
+    client = Client(backend, fan_app(str(tmp_path)))
+    run_id = await client.start("fan8", None)
+    options = {**rabbitmq_options, "handover_visibility_timeout": VISIBILITY}
+    child = await _child(tmp_path, options, "fan_app", 4)  # a backlog job waits 1 s (a quarter lease) at most
+    try:
+        deadline = time.monotonic() + 60
+        while len(_hung(tmp_path)) < 2:
+            assert child.returncode is None and time.monotonic() < deadline, "the worker never started two b nodes"
+            await asyncio.sleep(0.02)
+        held = await handover.deadlines()  # the two running and the two in the backlog
+    finally:
+        child.send_signal(signal.SIGKILL)
+        assert await asyncio.wait_for(child.wait(), 10) == -signal.SIGKILL
+    nodes = sorted(Job.from_dict(json.loads(decode_member(m)[1])).node_id for m in held)
+    assert len(nodes) == 4 and all(node.startswith("b") for node in nodes), nodes
+    async with InProcessWorkers(backend, count=1, concurrency=2, app=fan_app(str(tmp_path))):
+        result = await client.wait(run_id, 60)
+    assert result.status == "completed", result.errors
+    assert result.outputs == {"a": 1, "z": 1, **{f"b{i}": 1 for i in range(8)}}
+    hung = _hung(tmp_path)
+    executions = Counter((tmp_path / "log").read_text().split())
+    assert executions == {"a": 1, "z": 1, **{f"b{i}": 2 if f"b{i}" in hung else 1 for i in range(8)}}
+    assert handover.swept >= 4
     await handover.flush()
     await _until_empty(handover)
