@@ -101,6 +101,7 @@ class Config:
     profile: bool = False
     quick: bool = False
     idle_seconds: float = 1.0  # window measuring the workers' idle polling (Redis/moto round trips)
+    ordered_wait: bool = False  # settle a batch's runs one after another, in submission order (the old harness)
 
     @property
     def distributed(self) -> bool:
@@ -168,6 +169,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds before a phase is given up")
     parser.add_argument("--profile", action="store_true",
                         help="in-process only: cProfile the throughput phase, print the top functions")
+    parser.add_argument("--ordered-wait", action="store_true",
+                        help="await a batch's runs one after another in submission order instead of all at once")
     args = parser.parse_args(argv)
 
     sizes = QUICK if args.quick else DEFAULTS
@@ -188,7 +191,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         peers=peers, celery_pool=args.celery_pool,
         celery_acks_late=args.celery_acks_late, redis_url=args.redis_url, aws_endpoint=args.aws_endpoint,
         json_path=None if args.no_json else Path(args.json_path), timeout=args.timeout, profile=args.profile,
-        quick=args.quick,
+        quick=args.quick, ordered_wait=args.ordered_wait,
     )
     try:
         config.backend_options = dict(json.loads(args.backend_options))
@@ -768,11 +771,13 @@ class Target(Protocol):
 
 
 async def settle(target: Target, run_id: str, deadline: float, polls: list[int] | None = None,
-                 max_delay: float = 0.02) -> Any:
+                 max_delay: float = 0.02, *, notified: bool = False) -> Any:
     """Wait until the run settles (a short capped poll; the memory store wakes us at once). Every status
-    read is counted in ``polls[0]`` (the harness's own requests, left out of the sequential round trips)."""
+    read is counted in ``polls[0]`` (the harness's own requests, left out of the sequential round trips).
+    ``notified``: wait as ``Client.wait`` does on a store that notifies (a read, then a wait the store's
+    notification ends, re-read at most every second), not a poll: what a batch's concurrent waits use."""
     status = target.backend.status
-    delay = 0.001
+    delay = 1.0 if notified else 0.001
     while True:
         record = await status.get(run_id)
         if polls is not None:
@@ -783,7 +788,8 @@ async def settle(target: Target, run_id: str, deadline: float, polls: list[int] 
             raise BenchmarkError(f"run {run_id} did not finish in time (status "
                                  f"{record.status if record else 'missing'}); are the workers running?")
         await status.wait_for_change(run_id, delay)
-        delay = min(delay * 2, max_delay)
+        if not notified:
+            delay = min(delay * 2, max_delay)
 
 
 async def check_record(target: Target, record: Any) -> None:
@@ -792,15 +798,24 @@ async def check_record(target: Target, record: Any) -> None:
         raise BenchmarkError(f"run {record.run_id} ended {record.status}: {errors}")
 
 
-async def batch(target: Target, workload: Workload, count: int, timeout: float
+async def batch(target: Target, workload: Workload, count: int, timeout: float, *, ordered: bool = False
                 ) -> tuple[float, float, float, list[str]]:
-    """Submit ``count`` runs at once, await them all: (submitted, last completion, observed end, run ids)."""
+    """Submit ``count`` runs at once, await them all: (submitted, last completion, observed end, run ids).
+
+    The runs are awaited all at once, as a user waiting on many runs would (``asyncio.gather`` over one wait
+    per run, each woken by the store's notification where it has one), so runs that finish out of order cost
+    no more to see than runs that finish in order; ``ordered``: one after another in submission order, a
+    short capped poll each (the harness before 2026-11-26)."""
     deadline = time.monotonic() + timeout
     submitted = time.time()
     run_ids = await asyncio.gather(*(target.start(workload.name, 0) for _ in range(count)))
+    if ordered:
+        records = [await settle(target, run_id, deadline) for run_id in run_ids]
+    else:
+        notified = bool(target.backend.capabilities.notifies)
+        records = await asyncio.gather(*(settle(target, run_id, deadline, notified=notified) for run_id in run_ids))
     completed = 0.0
-    for run_id in run_ids:
-        record = await settle(target, run_id, deadline)
+    for record in records:
         await check_record(target, record)
         completed = max(completed, record.updated_at or time.time())
     observed = time.time()
@@ -820,13 +835,14 @@ async def measure_flowcraft(config: Config, target: Target, workload: Workload,
                             worker_pids: Sequence[int] = (), server_pids: Sequence[int] = ()) -> Trial:
     runs = config.runs_for(workload)
     if config.warmup_for(workload):
-        await batch(target, workload, config.warmup_for(workload), config.timeout)
+        await batch(target, workload, config.warmup_for(workload), config.timeout, ordered=config.ordered_wait)
     idle_rate = await asyncio.to_thread(idle_round_trips, counter, config.idle_seconds) if counter else None
     before = counter.snapshot() if counter else None
     meter = CpuMeter(worker_pids, server_pids)
     if profiler is not None:
         profiler.enable()
-    submitted, completed, observed, run_ids = await batch(target, workload, runs, config.timeout)
+    submitted, completed, observed, run_ids = await batch(target, workload, runs, config.timeout,
+                                                          ordered=config.ordered_wait)
     if profiler is not None:
         profiler.disable()
     cpu = meter.stop()
