@@ -3,6 +3,10 @@ engine is the record as it is now (one shared copy per record version), and a do
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
+
 from flowcraft.backends.memory import MemoryCoordinationStore, MemoryStatusStore, memory_backend
 from flowcraft.spi import Arrival, Completion, Job, RunRecord, Transition
 
@@ -42,3 +46,24 @@ async def test_a_handed_over_job_carries_the_record_as_it_is_and_a_done_job_keep
     assert handed.begin is not None and handed.begin.lease and handed.begin.state == "pending"
     assert coordination.job_state("r2", job.key) == "done" and coordination.job("r2", job.key) is None
     assert [p.job.key for p in await coordination.jobs("r2", "pending")] == [successor.key]
+
+
+async def test_many_waits_on_runs_wake_at_their_changes_and_a_timed_out_wait_leaves_nothing_behind() -> None:
+    """``wait_for_change`` of the memory store (a future and a timer per wait): every waiter of a run wakes at its
+    next change, a waiter of another run does not, and a wait that timed out is forgotten."""
+    status = MemoryStatusStore()
+    for run_id in ("a", "b"):
+        await status.create(RunRecord(run_id, "bp"))
+    waits = [asyncio.create_task(status.wait_for_change("a", 10.0)) for _ in range(3)]
+    other = asyncio.create_task(status.wait_for_change("b", 10.0))
+    await asyncio.sleep(0)
+    await status.transition("a", ["running"], "completed", {})
+    await asyncio.wait_for(asyncio.gather(*waits), 1.0)
+    assert not other.done()
+    other.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await other
+    started = time.monotonic()
+    await status.wait_for_change("b", 0.01)
+    assert time.monotonic() - started < 1.0
+    assert status._changed == {}  # nobody waits any more: no waiter kept for either run

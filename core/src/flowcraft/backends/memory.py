@@ -260,14 +260,15 @@ class MemoryStatusStore(StatusStore):
     def __init__(self, context: MemoryContextStore | None = None) -> None:
         self._context = context
         self._records: dict[str, RunRecord] = {}
-        self._changed: dict[str, asyncio.Event] = {}
+        self._changed: dict[str, list[asyncio.Future[None]]] = {}  # run id -> who waits for its next change
         self._snapshots: dict[str, RunRecord] = {}  # run id -> a copy of its record as it is now (``snapshot``)
 
     def _notify(self, run_id: str) -> None:
         self._snapshots.pop(run_id, None)
-        event = self._changed.pop(run_id, None)
-        if event is not None:
-            event.set()
+        waiters = self._changed.pop(run_id, None)
+        if waiters is not None:
+            for waiter in waiters:
+                _wake(waiter)
 
     async def create(self, record: RunRecord) -> bool:
         if record.run_id in self._records:
@@ -340,11 +341,25 @@ class MemoryStatusStore(StatusStore):
         return [r.copy() for r in found[:limit]]
 
     async def wait_for_change(self, run_id: str, timeout: float) -> None:
-        event = self._changed.setdefault(run_id, asyncio.Event())
+        """Returns at the run's next change, or after ``timeout``: a future and a timer per wait (no task, event
+        or ``wait_for`` of its own: a client may wait on hundreds of runs at once)."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        waiters = self._changed.get(run_id)
+        if waiters is None:
+            self._changed[run_id] = [waiter]
+        else:
+            waiters.append(waiter)
+        timer = loop.call_later(timeout, _wake, waiter)
         try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except TimeoutError:
-            pass
+            await waiter
+        finally:
+            timer.cancel()
+            waiters = self._changed.get(run_id)
+            if waiters is not None and waiter in waiters:  # timed out (or cancelled): no longer waiting
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._changed[run_id]
 
     async def list(
         self, status: str | None = None, blueprint_id: str | None = None, limit: int = 50, cursor: str | None = None
@@ -367,6 +382,9 @@ def _copy(record: RunRecord) -> RunRecord:
                      blueprint_hash=record.blueprint_hash, input=record.input, created_at=record.created_at,
                      updated_at=record.updated_at, errors=list(record.errors), awaiting=list(record.awaiting),
                      parent=dict(record.parent) if record.parent is not None else None)
+
+
+_DONE: tuple[JobState, Job | None] = ("done", None)  # every done job's entry: one tuple, not one per executed node
 
 
 @dataclass(slots=True)
@@ -527,7 +545,7 @@ class MemoryCoordinationStore(TablesCoordinationStore):
         self._count(run, old_state, -1)
         # a done job's document is never read again (``jobs`` lists pending and parked ones; a recovery reads only
         # pending ones): drop it rather than keep a Job per executed node alive
-        run.jobs[key] = (state, None if state == "done" else old_job if job is None else job)
+        run.jobs[key] = _DONE if state == "done" else (state, old_job if job is None else job)
         self._count(run, state, +1)
 
     @staticmethod
@@ -588,6 +606,11 @@ class MemoryCoordinationStore(TablesCoordinationStore):
 
     def forget_run(self, run_id: str) -> None:
         self._runs.pop(run_id, None)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def memory_backend(visibility_timeout: float = 30.0) -> Backend:

@@ -19,7 +19,7 @@ engine operations a transition needs (route, commit, dispatch, park, fail).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from flowcraft.app import App
     from flowcraft.engine.core import Engine
     from flowcraft.engine.graph import Graph
+    from flowcraft.plugins import PluginRegistry
 
 GATHER_ITEM = -1  # item index of a map node's gather job
 OUTPUTS_PREFIX = "_outputs."
@@ -89,9 +90,22 @@ def node_kind(uses: str) -> NodeKind | None:
     kind = _LOCAL_KINDS.get(uses)
     if kind is not None:
         return kind
-    from flowcraft.plugins import current_registry  # the registry imports the built-in kinds from here
+    current = _current_registry if _current_registry is not None else _import_current_registry()
+    return current().node_kinds().get(uses)
 
-    return current_registry().node_kinds().get(uses)
+
+#: ``flowcraft.plugins.current_registry`` once imported: the engine asks ``node_kind`` for every job, and an
+#: ``import`` statement in the function cost ~2 us a call (the registry imports the built-in kinds from here, so
+#: this module cannot import it at its top)
+_current_registry: Callable[[], PluginRegistry] | None = None
+
+
+def _import_current_registry() -> Callable[[], PluginRegistry]:
+    global _current_registry
+    from flowcraft.plugins import current_registry
+
+    _current_registry = current_registry
+    return current_registry
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
