@@ -417,15 +417,42 @@ class Batcher:
     async def _execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         self.round_trips += 1
         self.commands += len(commands)
+        if isinstance(self.client, RedisCluster):
+            return await self._execute_on_cluster(self.client, commands)
         if len(commands) == 1:
             try:  # redis-py leaves Redis.execute_command unannotated
-                return [await self.client.execute_command(*commands[0])]
+                return [await self.client.execute_command(*commands[0])]  # type: ignore[no-untyped-call]
             except NoScriptError as exc:
                 return [exc]
         pipe = self.client.pipeline(transaction=False)
         for command in commands:
             pipe.execute_command(*command)
         return list(await pipe.execute(raise_on_error=False))
+
+    @staticmethod
+    async def _execute_on_cluster(client: RedisCluster, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Each command sent to the node of its first key's slot (``target_nodes``), so redis-py does not compute
+        and compare the slot of every key (all keys of one call share a slot here); a redirection is still
+        followed (redis-py then routes the command itself). Keyless calls are routed by redis-py."""
+        slots = client.nodes_manager.slots_cache  # slot -> its nodes, the primary first (empty before the first call)
+        pipe = client.pipeline(transaction=False)
+        for command in commands:
+            name = command[0]
+            if name == "EVALSHA":
+                key = command[3] if command[2] else None
+            else:
+                key = command[1] if name in _KEYED and len(command) > 1 else None
+            owners = slots.get(key_slot(key.encode() if isinstance(key, str) else key)) if key is not None else None
+            if owners:
+                pipe.execute_command(*command, target_nodes=owners[0])
+            else:
+                pipe.execute_command(*command)
+        return list(await pipe.execute(raise_on_error=False))
+
+
+#: commands the batcher sends whose first argument is a key (on a cluster: where it is sent, ``Batcher._target``)
+_KEYED = frozenset(("HGETALL", "HGET", "HMGET", "HSET", "HDEL", "DEL", "ZADD", "ZREM", "ZRANGE", "ZREMRANGEBYSCORE",
+                    "SADD", "EXPIRE", "LLEN", "ZCARD", "LPUSH", "RPUSH"))
 
 
 _batchers: weakref.WeakKeyDictionary[RedisClient, Batcher] = weakref.WeakKeyDictionary()

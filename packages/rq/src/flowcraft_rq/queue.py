@@ -437,22 +437,26 @@ class RqQueue(Colocated, Queue):
 
     async def _wait_groups(self, timeout: float) -> None:
         """On a cluster, with nothing found: one blocking ``BLMOVE <group queue> <this worker's claim list of that
-        group>`` per group outstanding (each on a connection of its own), until one moves an id or ``timeout``.
-        The waits still outstanding are kept for the next receive; an id one moves later sits in this worker's
-        claim list of that group, taken by its next dequeue there or, if it dies, put back once the claim lapses
-        (lua/dequeue.lua)."""
+        group>`` per group outstanding (each on a connection of its own), until one moves an id or ``timeout``
+        (a wait that ends empty before is started again). The waits still outstanding are kept for the next
+        receive; an id one moves later sits in this worker's claim list of that group, taken by its next dequeue
+        there or, if it dies, put back once the claim lapses (lua/dequeue.lua)."""
         waits = self._waits
-        for group in self.groups:
-            task = waits.get(group.index)
-            if task is None or task.done():
-                waits[group.index] = asyncio.ensure_future(self.redis.blmove(
-                    group.queue_key, group.claim_key, timeout, "LEFT", "RIGHT"))  # type: ignore[arg-type]
-        done, _ = await asyncio.wait(list(waits.values()), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        for index, task in list(waits.items()):
-            if task in done:
-                del waits[index]
-        for task in done:
-            task.result()  # a failed wait is the receive's error
+        end = time.monotonic() + timeout
+        while (remaining := end - time.monotonic()) > 0.01:
+            for group in self.groups:
+                task = waits.get(group.index)
+                if task is None or task.done():
+                    waits[group.index] = asyncio.ensure_future(self.redis.blmove(
+                        group.queue_key, group.claim_key, remaining, "LEFT", "RIGHT"))  # type: ignore[arg-type]
+            done, _ = await asyncio.wait(list(waits.values()), timeout=remaining,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            for index, task in list(waits.items()):
+                if task in done:
+                    del waits[index]
+            # a failed wait is the receive's error; one that moved an id ends the wait
+            if [task for task in done if task.result() is not None]:
+                return
 
     @staticmethod
     def _delivery(item: list[Any], owner: str | None, records: dict[str, RunRecord | None], group: int = 0
