@@ -92,21 +92,33 @@ async def test_components_share_one_database_in_wal_mode(sqlite_backend: Backend
 
 
 async def test_the_database_thread_checkpoints_the_wal_after_its_calls(db_path: Path) -> None:
-    """Automatic checkpoints are off (they ran inside a COMMIT); the database thread copies the WAL into the
-    database file itself after its calls, at most every 50 ms: a reader of the file alone then sees the writes."""
+    """Automatic checkpoints are off (they ran inside a COMMIT); after its calls, at most every 50 ms, the database
+    thread has its checkpointer (a thread and connection of its own) copy the WAL into the database file: a reader
+    of the file alone then sees the writes. Closing the database ends that thread."""
+    def file_alone() -> int:
+        """Rows in the database file: immutable reads it, never the WAL (0 before the schema got there; -1 when
+        a checkpoint was writing it meanwhile, which an immutable reader does not expect)."""
+        with sqlite3.connect(f"{db_path.as_uri()}?immutable=1", uri=True) as reader:
+            try:
+                if reader.execute("SELECT 1 FROM sqlite_master WHERE name = 'fc_context'").fetchone() is None:
+                    return 0
+                return int(reader.execute("SELECT COUNT(*) FROM fc_context").fetchone()[0])
+            except sqlite3.DatabaseError:
+                return -1
+
     async with databases(db_path, 1) as (db,):
         assert await db.call(lambda conn: conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) == 0
         await db.write(lambda conn: conn.executemany(
             "INSERT INTO fc_context (run_id, key, value) VALUES ('r', ?, '1')", [(str(i),) for i in range(50)]))
-        await asyncio.sleep(0.06)
-        await db.call(lambda conn: None)  # its batch is followed by a checkpoint, which runs after it answered
-        await db.call(lambda conn: None)  # the thread runs this one once that checkpoint is done
-
-        def file_alone() -> int:  # immutable: reads the database file, never the WAL
-            with sqlite3.connect(f"{db_path.as_uri()}?immutable=1", uri=True) as reader:
-                return int(reader.execute("SELECT COUNT(*) FROM fc_context").fetchone()[0])
-
-        assert await asyncio.to_thread(file_alone) == 50
+        deadline = time.monotonic() + 10
+        while await asyncio.to_thread(file_alone) != 50:  # the checkpoint runs beside the calls, not in their thread
+            assert time.monotonic() < deadline, "no checkpoint copied the WAL into the database file"
+            await asyncio.sleep(0.06)
+            await db.call(lambda conn: None)  # a batch 50 ms after the last request asks for another checkpoint
+        checkpointer = db._thread._checkpointer  # type: ignore[union-attr]
+        assert checkpointer is not None and checkpointer._thread.is_alive()
+    assert not checkpointer._thread.is_alive()
+    assert await asyncio.to_thread(file_alone) == 50
 
 
 async def test_default_path_and_reopen_after_close(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
