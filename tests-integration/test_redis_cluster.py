@@ -6,6 +6,7 @@ queue group, a queue per group, receives over the groups) is the same at both, a
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -17,7 +18,7 @@ from redis.cluster import key_slot
 from test_rq_contract import _STORE_ONLY
 
 from flowcraft.plugins import registry
-from flowcraft.spi import Backend, Job
+from flowcraft.spi import Backend, Job, RunRecord
 from flowcraft.testing import BackendContract
 from flowcraft.testing.contract import CrashContract
 from flowcraft.testing.worker import FAULT_POINTS
@@ -73,5 +74,29 @@ async def test_queue_groups_spread_evenly_over_the_primaries(redis_cluster_serve
         for delivery in got:
             await queue.ack(delivery)
         assert await queue.size() == 0
+    finally:
+        await backend.close()
+
+
+async def test_status_indexes_per_group_list_and_stalled_merge_the_groups(redis_cluster_server: Any,
+                                                                          redis_prefix: str) -> None:
+    backend = registry().build("rq", {"redis_url": redis_cluster_server.url, "key_prefix": redis_prefix})
+    status = backend.status
+    await backend.setup()
+    try:
+        run_ids = [f"run-{i:02d}" for i in range(30)]
+        start = time.time() - 100
+        for n, run_id in enumerate(run_ids):  # distinct creation times, newest last
+            assert await status.create(RunRecord(run_id, "bp", status="running", created_at=start + n))
+        keys = status.keys  # type: ignore[attr-defined]
+        assert len({keys.created_index(run_id) for run_id in run_ids}) > 1  # the runs are spread over groups
+        first, cursor = await status.list(limit=13)
+        rest, end = await status.list(limit=30, cursor=cursor)
+        # newest first over every group, each once, the second page from the first's cursor
+        assert [r.run_id for r in first + rest] == run_ids[::-1] and cursor is not None and end is None
+        await status.transition("run-03", ["running"], "completed", {})
+        stalled = await status.stalled(time.time() + 60, limit=10)
+        assert [r.run_id for r in stalled] == [r for r in run_ids if r != "run-03"][:10]
+        assert [r.run_id for r in (await status.list(status="completed"))[0]] == ["run-03"]
     finally:
         await backend.close()

@@ -61,8 +61,8 @@ async def measure(backend: Backend, flow: Flow, runs: int, concurrency: int, red
     started = time.perf_counter()
     task = asyncio.create_task(worker.run())
     if redis is not None:
-        index = f"{backend.status.key_prefix}idx:status:completed"  # type: ignore[attr-defined]
-        while await redis.zcard(index) < runs:  # noqa: ASYNC110  # polling another process's progress
+        indexes = backend.status.keys.status_indexes("completed")  # type: ignore[attr-defined]  # one per group
+        while sum([await redis.zcard(index) for index in indexes]) < runs:  # noqa: ASYNC110  # another process
             await asyncio.sleep(0.01)
     else:
         for run_id in run_ids:
@@ -90,27 +90,27 @@ async def main(args: argparse.Namespace) -> None:
             figures = await measure(backend, make(node), args.runs, args.concurrency,
                                     redis=backend.queue.redis)  # type: ignore[attr-defined]
         finally:
-            await cleanup(backend, prefix)
+            await cleanup(backend)
             await backend.close()
         line = ", ".join(f"{k} {v:.2f}" for k, v in figures.items())
         print(f"{make.__name__}: rq {line}; memory {memory['nodes_per_s']:.0f} nodes/s "
               f"(rq/memory {figures['nodes_per_s'] / memory['nodes_per_s']:.2f})")
 
 
-async def cleanup(backend: Backend, prefix: str) -> None:
-    """Forget the benchmark's runs (records, contexts, coordination) and its rq queue."""
+async def cleanup(backend: Backend) -> None:
+    """Forget the benchmark's runs (records, contexts, coordination) and its rq queue (on a cluster: its groups)."""
     redis = backend.queue.redis  # type: ignore[attr-defined]
-    run_ids = await redis.zrange(f"{prefix}idx:created", 0, -1)
+    keys = backend.status.keys  # type: ignore[attr-defined]
+    run_ids = [raw for index in keys.created_indexes() for raw in await redis.zrange(index, 0, -1)]
     for raw in run_ids:
         run_id = raw.decode()
         await backend.context.delete_run(run_id)
         await backend.coordination.delete_run(run_id)
-        await redis.delete(f"{prefix}status:{run_id}")
-    queue = backend.queue
-    await redis.delete(f"{prefix}idx:created", *(f"{prefix}idx:status:{s}" for s in
-                                                 ("running", "awaiting", "completed", "failed", "cancelled")),
-                       queue.queue_key, queue.wip_key, queue.scheduled_key)  # type: ignore[attr-defined]
-    await redis.srem(queue.queues_key, queue.queue_key)  # type: ignore[attr-defined]
+        await backend.status.delete(run_id)
+    for group in backend.queue.groups:  # type: ignore[attr-defined]
+        for key in (group.queue_key, group.wip_key, group.scheduled_key):
+            await redis.delete(key)
+        await redis.srem(backend.queue.queues_key, group.queue_key)  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":

@@ -321,6 +321,28 @@ class Keys:
     def idx_status(self, status: str) -> str:
         return f"{self.prefix}idx:status:{status}"
 
+    def created_index(self, run_id: str) -> str:
+        """The index of creation times the run is in: ``idx_created``, or on a cluster its group's
+        (``P idx:created:{<group tag>}``, in the slot of the run's keys)."""
+        if self.groups:
+            return f"{self.idx_created}:{{{self.tags[run_group(run_id, self.groups)]}}}"
+        return self.idx_created
+
+    def status_index(self, status: str, run_id: str) -> str:
+        """The index of runs with ``status`` the run is in when it has it: ``idx_status(status)``, or on a
+        cluster its group's (``P idx:status:<status>:{<group tag>}``)."""
+        if self.groups:
+            return f"{self.idx_status(status)}:{{{self.tags[run_group(run_id, self.groups)]}}}"
+        return self.idx_status(status)
+
+    def created_indexes(self) -> list[str]:
+        """Every index of creation times (one, or one per group on a cluster)."""
+        return [f"{self.idx_created}:{{{tag}}}" for tag in self.tags] or [self.idx_created]
+
+    def status_indexes(self, status: str) -> list[str]:
+        """Every index of runs with ``status`` (one, or one per group on a cluster)."""
+        return [f"{self.idx_status(status)}:{{{tag}}}" for tag in self.tags] or [self.idx_status(status)]
+
     def run(self, run_id: str) -> str:
         """The run's coordination hash: jobs, completions, leases, join arrivals and counters."""
         return f"{self.prefix}run:{self.tagged(run_id)}"

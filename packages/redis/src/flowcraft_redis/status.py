@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 from flowcraft.spi import ACTIVE_STATUSES, RunRecord, StatusStore, check_record_changes
 from flowcraft_redis import scripts
 from flowcraft_redis._changes import ChangeFeed
-from flowcraft_redis._client import RedisClient, is_cluster
+from flowcraft_redis._client import RedisClient
 from flowcraft_redis._store import RedisStateStore
 from flowcraft_redis.colocation import Colocation
 from flowcraft_redis.context import RedisContext
@@ -27,10 +27,6 @@ from flowcraft_redis.layout import (
     text,
 )
 
-#: on a Redis Cluster an index entry whose record is missing or has another status is dropped only when it is
-#: older than this (seconds): the entry is written just before its record's script runs on another shard
-INDEX_GRACE_SECONDS = 60.0
-
 
 def _flat(items: list[Any]) -> dict[bytes, bytes]:
     return {items[i]: items[i + 1] for i in range(0, len(items), 2)}
@@ -42,11 +38,9 @@ class RedisStatusStore(RedisStateStore, StatusStore):
     for ``stalled``. ``transition`` is a compare-and-set in one Lua call that returns the new record and
     publishes the new status on ``P changed:{<run_id>}``, which ``wait_for_change`` listens to.
 
-    On one Redis the scripts update the indexes too (atomic). On a Redis Cluster the indexes are in other slots
-    than the record: ``create``/``transition`` first add the run to the index of its new status (and
-    ``idx:created``), then run the script on the record; ``list`` and ``stalled`` check each entry against its
-    record and drop the entries (older than ``INDEX_GRACE_SECONDS``) of records that are gone or have left
-    that status. An index entry is so never missing for a record that has the status.
+    The scripts update the indexes too (atomic). On a Redis Cluster each queue group has its own indexes, in the
+    slot of its runs' keys (``P idx:created:{<group tag>}``, ``P idx:status:<status>:{<group tag>}``: ``Keys``),
+    and ``list``/``stalled`` merge the groups'.
 
     Colocated with a ``RedisContext`` (same client and key prefix: ``flowcraft_redis.colocate``), it
     ``writes_context``: ``transition_with_context`` writes the context values into the run's ``ctx`` hash in the
@@ -59,10 +53,8 @@ class RedisStatusStore(RedisStateStore, StatusStore):
                  state_ttl_seconds: float = DEFAULT_TTL, cluster_queue_groups: int = DEFAULT_GROUPS) -> None:
         super().__init__(redis, key_prefix=key_prefix, state_ttl_seconds=state_ttl_seconds,
                          cluster_queue_groups=cluster_queue_groups)
-        self.clustered = is_cluster(redis)
         self._create = self.batcher.script(scripts.STATUS_CREATE)
         self._transition = self.batcher.script(scripts.STATUS_TRANSITION)
-        self._index_drop = self.batcher.script(scripts.INDEX_DROP)
         self._changes = ChangeFeed(redis)
         self._context_ttl: int | None = None
 
@@ -83,15 +75,9 @@ class RedisStatusStore(RedisStateStore, StatusStore):
         args: list[Any] = [record.run_id, self.state_ttl_seconds, record.status, repr(created), repr(now)]
         for name in RECORD_FIELDS:
             args += (name, dumps(data[name]))
-        keys = [self.keys.status(record.run_id)]
-        if self.clustered:  # the index entries first (see the class docstring)
-            created_idx = self.keys.idx_created
-            await self.batcher.call_many(
-                ("ZADD", created_idx, "NX", repr(created), record.run_id),
-                ("ZREMRANGEBYSCORE", created_idx, "-inf", f"({now - self.state_ttl_seconds!r}"),
-                ("ZADD", self.keys.idx_status(record.status), "NX", repr(now), record.run_id))
-        else:
-            keys += (self.keys.idx_created, self.keys.idx_status(record.status))
+        run_id = record.run_id
+        keys = (self.keys.status(run_id), self.keys.created_index(run_id),
+                self.keys.status_index(record.status, run_id))
         done = await self.batcher.call_script(self._create, keys, *args)
         if done:
             record.created_at, record.updated_at = created, now
@@ -106,9 +92,9 @@ class RedisStatusStore(RedisStateStore, StatusStore):
         dropped by the next ``list``, as for an expired record)."""
         removed = bool(await self.redis.delete(self.keys.status(run_id)))
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zrem(self.keys.idx_created, run_id)
+            pipe.zrem(self.keys.created_index(run_id), run_id)
             for status in ("running", "awaiting", "completed", "failed", "cancelled"):
-                pipe.zrem(self.keys.idx_status(status), run_id)
+                pipe.zrem(self.keys.status_index(status, run_id), run_id)
             await pipe.execute()
         return removed
 
@@ -134,15 +120,8 @@ class RedisStatusStore(RedisStateStore, StatusStore):
             args += (key, dumps(value))  # encoded as RedisContext.apply encodes them
         for name, value in changes.items():
             args += (name, dumps(value))
-        keys = [self.keys.status(run_id), self.keys.ctx(run_id)]
-        if self.clustered:  # the new status's index entry first (see the class docstring)
-            index = self.keys.idx_status(to_status)
-            commands: list[tuple[Any, ...]] = [("ZADD", index, repr(now), run_id)]
-            if to_status not in ACTIVE_STATUSES:
-                commands.append(("ZREMRANGEBYSCORE", index, "-inf", f"({now - self.state_ttl_seconds!r}"))
-            await self.batcher.call_many(*commands)
-        else:
-            keys += [self.keys.idx_status(status) for status in (*from_statuses, to_status)]
+        keys = [self.keys.status(run_id), self.keys.ctx(run_id),
+                *(self.keys.status_index(status, run_id) for status in (*from_statuses, to_status))]
         raw = await self.batcher.call_script(self._transition, keys, *args)
         return None if not raw else record_from_hash(_flat(raw))
 
@@ -157,77 +136,85 @@ class RedisStatusStore(RedisStateStore, StatusStore):
     async def list(
         self, status: str | None = None, blueprint_id: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> tuple[builtins.list[RunRecord], str | None]:
-        """Newest first by ``created_at``; the cursor is ``<score> <run_id>`` of the last record returned."""
-        index = self.keys.idx_created
-        max_score: str = "+inf"
+        """Newest first by ``created_at``; the cursor is ``<score> <run_id>`` of the last record returned (on a
+        cluster the groups' indexes are read alike and their pages merged)."""
         after: tuple[float, str] | None = None
         if cursor:
             score_text, _, last_id = cursor.partition(" ")
             after = (float(score_text), last_id)
-            max_score = score_text
-        page: builtins.list[RunRecord] = []
+        indexes = self.keys.created_indexes()
+        pages = await asyncio.gather(*(self._list_index(index, status, blueprint_id, limit, after)
+                                       for index in indexes))
+        page = pages[0] if len(pages) == 1 else sorted(
+            (row for rows in pages for row in rows), key=lambda row: (row[0], row[1]), reverse=True)[:limit]
+        if len(page) < limit:
+            return [record for _, _, record in page], None
+        score, member, _ = page[-1]
+        return [record for _, _, record in page], f"{score!r} {member}"
+
+    async def _list_index(self, index: str, status: str | None, blueprint_id: str | None, limit: int,
+                          after: tuple[float, str] | None) -> builtins.list[tuple[float, str, RunRecord]]:
+        """Up to ``limit`` records of one creation index that match, newest first, after the cursor ``after``,
+        with their scores and members."""
+        max_score = "+inf" if after is None else repr(after[0])
+        page: builtins.list[tuple[float, str, RunRecord]] = []
         offset = 0
         batch = max(limit * 2, 50)
         while True:
             rows: builtins.list[Any] = await self.redis.zrevrangebyscore(
                 index, max_score, "-inf", start=offset, num=batch, withscores=True)
             if not rows:
-                return page, None
+                return page
             offset += len(rows)
             rows = [(member, score) for member, score in rows
                     if after is None or score < after[0] or (score == after[0] and text(member) < after[1])]
             records = await self._records([member for member, _ in rows])
-            await self._drop_stale(index, None, rows, records)
+            await self._drop_gone(index, rows, records)
             for (member, score), record in zip(rows, records, strict=True):
                 if record is None:
                     continue
                 if (status is None or record.status == status) and (
                         blueprint_id is None or record.blueprint_id == blueprint_id):
-                    page.append(record)
+                    page.append((score, text(member), record))
                     if len(page) == limit:
-                        return page, f"{score!r} {text(member)}"
+                        return page
 
-    async def _drop_stale(self, index: str, status: str | None, rows: builtins.list[tuple[bytes, float]],
-                          records: builtins.list[RunRecord | None]) -> None:
-        """Drop the entries of ``index`` (read as ``rows``) whose record is gone and, on a cluster, whose record
-        has left ``status`` (see the class docstring)."""
-        if not self.clustered:
-            stale = [member for (member, _), record in zip(rows, records, strict=True) if record is None]
-            if stale:
-                await self.redis.zrem(index, *stale)
-            return
-        before = time.time() - INDEX_GRACE_SECONDS
-        args: builtins.list[Any] = []
-        for (member, score), record in zip(rows, records, strict=True):
-            if score < before and (record is None or (status is not None and record.status != status)):
-                args += (member, repr(score))
-        if args:
-            await self.batcher.call_script(self._index_drop, (index,), *args)
+    async def _drop_gone(self, index: str, rows: builtins.list[tuple[bytes, float]],
+                         records: builtins.list[RunRecord | None]) -> None:
+        """Drop the entries of ``index`` (read as ``rows``) whose record is gone (expired or deleted)."""
+        stale = [member for (member, _), record in zip(rows, records, strict=True) if record is None]
+        if stale:
+            await self.redis.zrem(index, *stale)
 
     async def stalled(
         self, older_than: float, limit: int = 100, *, after: tuple[float, str] | None = None
     ) -> builtins.list[RunRecord]:
         found: builtins.list[RunRecord] = []
-        low = "-inf" if after is None else repr(after[0])
         for status in sorted(ACTIVE_STATUSES):
-            index = self.keys.idx_status(status)
-            offset, taken = 0, 0
-            while taken < limit:
-                rows: builtins.list[Any] = await self.redis.zrangebyscore(
-                    index, low, f"({older_than!r}", start=offset, num=limit, withscores=True)
-                offset += len(rows)
-                exhausted = len(rows) < limit
-                rows = [(member, score) for member, score in rows
-                        if after is None or (score, text(member)) > after]
-                records = await self._records([member for member, _ in rows])
-                await self._drop_stale(index, status, rows, records)
-                fresh = [r for r in records if r is not None and r.status == status and r.updated_at < older_than]
-                found += fresh
-                taken += len(fresh)
-                if exhausted:
-                    break
+            for index in self.keys.status_indexes(status):  # one, or one per queue group on a cluster
+                found += await self._stalled_index(index, status, older_than, limit, after)
         found.sort(key=lambda r: (r.updated_at, r.run_id))
         return found[:limit]
+
+    async def _stalled_index(self, index: str, status: str, older_than: float, limit: int,
+                             after: tuple[float, str] | None) -> builtins.list[RunRecord]:
+        """Up to ``limit`` records of one status index that still have ``status`` and were last updated before
+        ``older_than``, after ``after``."""
+        found: builtins.list[RunRecord] = []
+        low = "-inf" if after is None else repr(after[0])
+        offset = 0
+        while len(found) < limit:
+            rows: builtins.list[Any] = await self.redis.zrangebyscore(
+                index, low, f"({older_than!r}", start=offset, num=limit, withscores=True)
+            offset += len(rows)
+            exhausted = len(rows) < limit
+            rows = [(member, score) for member, score in rows if after is None or (score, text(member)) > after]
+            records = await self._records([member for member, _ in rows])
+            await self._drop_gone(index, rows, records)
+            found += [r for r in records if r is not None and r.status == status and r.updated_at < older_than]
+            if exhausted:
+                break
+        return found
 
     async def wait_for_change(self, run_id: str, timeout: float) -> None:
         """Returns when a transition of the run is published (or one was since the last wait on it), right

@@ -1,7 +1,6 @@
--- KEYS: the status hash, the run's context hash (written only with context pairs: writes_context), then
--- (indexed here: one Redis) idx:status:<s> of each allowed from-status and of the new status; on a Redis
--- Cluster only the two hashes, which share the run's slot (RedisStatusStore writes the new status's index entry
--- before this script, and list/stalled drop the entries a record has left).
+-- KEYS: the status hash, the run's context hash (written only with context pairs: writes_context), then the
+-- run's idx:status:<s> of each allowed from-status and of the new status (on a Redis Cluster its queue group's:
+-- all in the run's slot).
 -- ARGV: run, ttl, to, now, the run's change channel, nfrom, from-statuses..., nctx, the context's ttl, nctx
 -- context key/value pairs (JSON, as RedisContext.apply writes them), then the record's field/value pairs
 local key, run, ttl, to, now = KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
@@ -22,13 +21,11 @@ if nctx > 0 then
   redis.call('HSET', KEYS[2], unpack(ARGV, 9 + nfrom, fields - 1))
   redis.call('EXPIRE', KEYS[2], tonumber(ARGV[8 + nfrom]))
 end
-if #KEYS > 2 then
-  redis.call('ZREM', KEYS[2 + allowed], run)
-  local idx = KEYS[3 + nfrom]
-  redis.call('ZADD', idx, now, run)
-  if to ~= 'running' and to ~= 'awaiting' then
-    redis.call('ZREMRANGEBYSCORE', idx, '-inf', '(' .. (tonumber(now) - ttl))
-  end
+redis.call('ZREM', KEYS[2 + allowed], run)
+local idx = KEYS[3 + nfrom]
+redis.call('ZADD', idx, now, run)
+if to ~= 'running' and to ~= 'awaiting' then
+  redis.call('ZREMRANGEBYSCORE', idx, '-inf', '(' .. (tonumber(now) - ttl))
 end
 -- wakes the clients waiting on this run (RedisStatusStore.wait_for_change); the channel is not a key (on a
 -- cluster PUBLISH reaches every node)
