@@ -121,6 +121,29 @@ async def test_the_database_thread_checkpoints_the_wal_after_its_calls(db_path: 
     assert await asyncio.to_thread(file_alone) == 50
 
 
+async def test_write_transactions_take_turns_on_the_writer_file(db_path: Path) -> None:
+    """A write transaction first takes an exclusive flock on ``<path>-writer`` (the kernel wakes the next writer as
+    it is given back, where SQLite's busy handler sleeps 1, 2, 5 ... ms) and gives it back after its COMMIT; reads
+    outside a transaction take no turn."""
+    fcntl = pytest.importorskip("fcntl")
+    async with databases(db_path, 1) as (db,):
+        await db.setup()
+        turn = os.open(f"{db_path}-writer", os.O_RDWR)
+        try:
+            fcntl.flock(turn, fcntl.LOCK_EX)  # another writer's turn
+            write = asyncio.ensure_future(db.write(lambda conn: conn.execute(
+                "INSERT INTO fc_context (run_id, key, value) VALUES ('r', 'k', '1')")))
+            await asyncio.sleep(0.2)
+            assert not write.done()  # waiting for the turn, not failing
+            fcntl.flock(turn, fcntl.LOCK_UN)
+            await asyncio.wait_for(write, 5)
+            assert await db.call(lambda conn: conn.execute("SELECT COUNT(*) FROM fc_context").fetchone()[0]) == 1
+            fcntl.flock(turn, fcntl.LOCK_EX | fcntl.LOCK_NB)  # given back after the COMMIT
+            assert await db.call(lambda conn: conn.execute("SELECT COUNT(*) FROM fc_context").fetchone()[0]) == 1
+        finally:
+            os.close(turn)
+
+
 async def test_default_path_and_reopen_after_close(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     backend = registry().build("sqlite")

@@ -5,7 +5,8 @@ Options (``SqliteOptions``, ``SqliteQueueOptions``; one flat dict, shared by the
 * ``path``: the database file (default ``.flowcraft/flowcraft.db``, relative to the working directory and made
   absolute when the options are read; its directory is created);
 * ``visibility_timeout``: seconds a dequeued job stays invisible before it is delivered again (default 30);
-* ``busy_timeout``: seconds to wait for another process's write lock before failing (default 10);
+* ``busy_timeout``: seconds to wait for the write lock of another program on the file before failing (default 10;
+  flowcraft processes wait for each other's turn, a transaction long, in the kernel);
 * ``read_only``: open an existing database for reading only (``mode=ro``), never creating one; the read-only
   commands (``flowcraft status``, ``flowcraft runs``) set it, so a missing file is an error, not a new database.
 
@@ -21,8 +22,12 @@ writing runs to a file no new process sees.
 Every process opens one connection per database, used by one dedicated thread, so the calls of a process
 are serialized and the event loop never blocks on SQLite. Every SPI method is one call into that thread and
 one transaction; every read-modify-write is a ``BEGIN IMMEDIATE`` transaction (it takes the database's
-write lock up front), so concurrent processes are safe. SQLite's busy handler waits up to ``busy_timeout``
-for another process's lock; a call that still reports busy is rolled back and run again until then.
+write lock up front), so concurrent processes are safe. Before it, the transaction takes the writer turn: an
+exclusive ``flock`` on ``<path>-writer`` (a file next to the database), given back after its ``COMMIT``, so the
+writers of this machine's processes wait for each other in the kernel, which wakes the next one as soon as the
+turn is given back (a turn lasts one transaction; waiting for it has no time limit). SQLite's busy handler then
+waits up to ``busy_timeout`` for writers that take no turn (another program on the file, a checkpoint's restart);
+a call that still reports busy is rolled back and run again until then.
 
 Group commit: the thread runs every call queued since it last woke (up to 64) in one transaction and hands
 the results back, after the commit, with one wake-up of the event loop. Under load this saves most of the
@@ -83,6 +88,13 @@ from flowcraft.spi import (
     split_hand_over,
     take_lease,
 )
+
+try:
+    import fcntl
+
+    _HAS_FLOCK = True
+except ImportError:  # Windows: no writer turns, SQLite's busy handler alone
+    _HAS_FLOCK = False
 
 T = TypeVar("T")
 
@@ -250,21 +262,47 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
+class _Connection(sqlite3.Connection):
+    """A database thread's connection. ``turn``: the descriptor of the database's writer-turn file (``<path>-writer``)
+    when it has one (a file database opened for writing, on a system with ``flock``), else None."""
+
+    turn: int | None = None
+
+    def close(self) -> None:
+        super().close()
+        turn, self.turn = self.turn, None
+        if turn is not None:
+            os.close(turn)
+
+
 @contextmanager
 def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """A write transaction that holds the database's write lock from its start; inside a transaction
-    already open (a batch of calls), it is part of that one."""
+    already open (a batch of calls), it is part of that one.
+
+    On a connection with a writer-turn file, the transaction first takes an exclusive ``flock`` on it and holds it
+    until after its ``COMMIT`` or ``ROLLBACK``: the writers of this machine's processes then wait for each other in
+    the kernel, which wakes the next one as the lock is given back, instead of in SQLite's busy handler, which
+    sleeps 1, 2, 5, 10 ... ms whatever the other holds it for (the write lock stood idle while its waiter slept).
+    SQLite's busy handler still covers writers that take no turn (another program on the file)."""
     if conn.in_transaction:
         yield conn
         return
-    conn.execute("BEGIN IMMEDIATE")
+    turn = conn.turn if isinstance(conn, _Connection) else None
+    if turn is not None:
+        fcntl.flock(turn, fcntl.LOCK_EX)
     try:
-        yield conn
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    finally:
+        if turn is not None:
+            fcntl.flock(turn, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)
@@ -273,7 +311,8 @@ class SqliteOptions:
 
     path: Path = option(  # noqa: RUF009  # option() is a dataclasses.field; __post_init__ makes it a Path
         DEFAULT_PATH, "the database file, shared by every worker process of this machine; its directory is created")
-    busy_timeout: float = option(10.0, "seconds to wait for another process's write lock before failing")
+    busy_timeout: float = option(10.0, "seconds to wait for the write lock of another program on the file "
+                                       "before failing (flowcraft processes take turns, each one transaction long)")
     read_only: bool = option(False, "open an existing database for reading only, never creating one "
                                     "(what flowcraft status and runs do)")
 
@@ -383,15 +422,21 @@ def _in_memory(path: str) -> bool:
     return path == ":memory:" or path.startswith("file::memory:")
 
 
-def _connect(path: str, busy_timeout: float, read_only: bool = False) -> sqlite3.Connection:
+def _connect(path: str, busy_timeout: float, read_only: bool = False, *, turns: bool = True) -> sqlite3.Connection:
+    """A connection for a database thread (``turns``: its write transactions take the writer turn, ``immediate``)."""
     memory = _in_memory(path)
     if read_only and not memory:
         return _connect_read_only(path)
     if not memory:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, timeout=0.0, isolation_level=None, check_same_thread=False,
-                           cached_statements=256)
+                           cached_statements=256, factory=_Connection)
     try:
+        if turns and not memory and not path.startswith("file:") and _HAS_FLOCK:
+            try:
+                conn.turn = os.open(f"{path}-writer", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError:  # e.g. a directory this process cannot create files in: SQLite's busy handler alone
+                pass
         # SQLite's busy handler waits for another process's write lock; _retry covers the few cases where
         # SQLite reports busy without calling it (e.g. while another process recovers the WAL index).
         conn.execute(f"PRAGMA busy_timeout = {max(0, int(busy_timeout * 1000))}")
@@ -607,7 +652,7 @@ class _Checkpointer:
                     return
                 try:
                     if conn is None:
-                        conn = _connect(self._path, self._busy_timeout)
+                        conn = _connect(self._path, self._busy_timeout, turns=False)
                     row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     if row is not None and row[1] >= _RESTART_FRAMES:
                         conn.execute(f"PRAGMA busy_timeout = {_RESTART_WAIT_MS}")
