@@ -21,6 +21,7 @@ log = logging.getLogger("flowcraft.worker")
 UNREACHABLE_GRACE = 30.0  # seconds a worker keeps trying a server it has not reached before it gives up
 RELEASE_TIMEOUT = 10.0  # seconds cancelled jobs get to hand their deliveries back at shutdown
 BACKLOG_WAIT = 1.0  # seconds a job may wait in a backlog for a slot (at most a quarter lease) before it goes back
+BACKLOG_SLOTS = 4  # the default backlog, in jobs per slot (concurrent commits each see the same free places)
 
 
 class Worker:
@@ -36,8 +37,8 @@ class Worker:
     its entry in the list of live workers (``flowcraft workers``) until it stops.
 
     Jobs a commit hands over (``Capabilities.continues``) when every slot is taken wait in a **backlog** of at
-    most ``backlog`` jobs (default: ``concurrency``) and start, oldest first, as slots free up, before anything
-    new is received: a fan-out stays with the worker that fired it instead of going through the queue. A job
+    most ``backlog`` jobs (default: ``BACKLOG_SLOTS`` per slot) and start, oldest first, as slots free up, before
+    anything new is received: a fan-out stays with the worker that fired it instead of going through the queue. A job
     that waited ``BACKLOG_WAIT`` seconds (at most a quarter of the lease) goes back to the queue with its lease
     released, for any worker; a stopping worker gives its backlog back at once. A worker that dies holding a
     backlog loses nothing: those jobs are in the queue's in-flight set, as any received job, and come back when
@@ -58,7 +59,7 @@ class Worker:
         self._tasks: dict[asyncio.Task[None], Delivery] = {}
         self._running: set[int] = set()  # ids of the deliveries this worker's tasks are handling now
         self._next: dict[int, Delivery] = {}  # id of a delivery being handled -> the handed-over one to run next
-        self.backlog = self.concurrency if backlog is None else max(0, backlog)
+        self.backlog = BACKLOG_SLOTS * self.concurrency if backlog is None else max(0, backlog)
         self._waiting: deque[tuple[float, Delivery]] = deque()  # (since, delivery): taken, waiting for a slot
         self._expiry: asyncio.TimerHandle | None = None  # gives back the backlog's oldest when it waited too long
         self._giving_back: set[asyncio.Task[None]] = set()
