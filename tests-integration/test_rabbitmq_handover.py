@@ -269,10 +269,9 @@ async def test_a_killed_workers_handed_job_comes_back_through_the_sweep(
 
 async def test_a_killed_workers_backlog_of_a_fan_out_comes_back_through_the_sweep(
         backend: Backend, rabbitmq_options: dict[str, Any], tmp_path: Path) -> None:
-    """a's commit hands 4 of its 8 jobs to a worker of concurrency 2 (a slot it leaves, a free one, and 2 places
-    in its backlog); the two running hang, the worker is killed with two jobs waiting in its backlog: all four
-    come back through the sweep, the four published through the broker, and the run completes, each b run once
-    but the two that hung (twice)."""
+    """a's commit hands all 8 of its jobs to a worker of concurrency 2 (the slot it leaves, a free one and 6 of
+    the 8 places in its backlog); the two running hang, the worker is killed with six jobs waiting in its backlog:
+    all eight come back through the sweep and the run completes, each b run once but the two that hung (twice)."""
     handover = _handover(backend)
     client = Client(backend, fan_app(str(tmp_path)))
     run_id = await client.start("fan8", None)
@@ -283,12 +282,12 @@ async def test_a_killed_workers_backlog_of_a_fan_out_comes_back_through_the_swee
         while len(_hung(tmp_path)) < 2:
             assert child.returncode is None and time.monotonic() < deadline, "the worker never started two b nodes"
             await asyncio.sleep(0.02)
-        held = await handover.deadlines()  # the two running and the two in the backlog
+        held = await handover.deadlines()  # the two running and the six in the backlog
     finally:
         child.send_signal(signal.SIGKILL)
         assert await asyncio.wait_for(child.wait(), 10) == -signal.SIGKILL
     nodes = sorted(Job.from_dict(json.loads(decode_member(m)[1])).node_id for m in held)
-    assert len(nodes) == 4 and all(node.startswith("b") for node in nodes), nodes
+    assert nodes == [f"b{i}" for i in range(8)], nodes
     async with InProcessWorkers(backend, count=1, concurrency=2, app=fan_app(str(tmp_path))):
         result = await client.wait(run_id, 60)
     assert result.status == "completed", result.errors
@@ -296,6 +295,6 @@ async def test_a_killed_workers_backlog_of_a_fan_out_comes_back_through_the_swee
     hung = _hung(tmp_path)
     executions = Counter((tmp_path / "log").read_text().split())
     assert executions == {"a": 1, "z": 1, **{f"b{i}": 2 if f"b{i}" in hung else 1 for i in range(8)}}
-    assert handover.swept >= 4
+    assert handover.swept >= 8
     await handover.flush()
     await _until_empty(handover)
