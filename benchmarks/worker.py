@@ -3,13 +3,16 @@
     python -m benchmarks.worker --backend sqlite --options '{"path": "/tmp/x.db"}' --concurrency 16
 
 It runs ``flowcraft.Engine`` + ``flowcraft.Worker`` over ``benchmarks.workloads:app``, prints a ready line once
-it is dequeuing, stops gracefully on SIGTERM/SIGINT and prints how many jobs it handled.
+it is dequeuing, stops gracefully on SIGTERM/SIGINT and prints how many jobs it handled. With
+``FLOWCRAFT_BENCH_PROFILE=DIR`` in its environment it runs under cProfile and writes ``DIR/worker-<pid>.prof``
+when it stops (``python -m pstats`` reads it): where a worker process's CPU per node goes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import importlib
 import json
 import os
@@ -53,7 +56,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--event-loop", default=os.environ.get("FLOWCRAFT_EVENT_LOOP", "auto"),
                         help="auto (uvloop when installed), asyncio or uvloop; default: $FLOWCRAFT_EVENT_LOOP or auto")
     args = parser.parse_args(argv)
-    run_event_loop(serve(args), args.event_loop)
+    profile_dir = os.environ.get("FLOWCRAFT_BENCH_PROFILE")
+    if not profile_dir:
+        run_event_loop(serve(args), args.event_loop)
+        return
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        run_event_loop(serve(args), args.event_loop)
+    finally:
+        profiler.disable()
+        profiler.dump_stats(os.path.join(profile_dir, f"worker-{os.getpid()}.prof"))
 
 
 if __name__ == "__main__":
