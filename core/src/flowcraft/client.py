@@ -109,7 +109,11 @@ class Client:
 
     async def wait(self, run_id: str, timeout: float | None = None) -> RunResult:
         """Wait until the run is completed, failed, cancelled or awaiting. Stores that can notify wake
-        this at once; others are polled with a bounded backoff (10 ms doubling to 500 ms)."""
+        this at once; others are polled with a bounded backoff (10 ms doubling to 500 ms).
+
+        To wait for many runs, await their waits together, ``await asyncio.gather(*(client.wait(r) for r in
+        run_ids))``: each is woken by its own run's change, so runs that finish out of order are seen as they
+        finish, with no polling, rather than each after the ones submitted before it."""
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 1.0 if self.backend.capabilities.notifies else 0.01
         while True:
