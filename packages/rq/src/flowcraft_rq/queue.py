@@ -57,6 +57,16 @@ from flowcraft_rq.scripts import RQ_STATIC_FIELDS
 
 DEFAULT_QUEUE = "flowcraft-queue"
 
+#: on a Redis Cluster, the longest a receive leaves a queue group's dequeue script (its recoveries: due scheduled
+#: jobs, lapsed deliveries, dead claim lists) unrun when the group gets no share of the jobs asked for (seconds)
+RECOVERY_INTERVAL = 0.1
+
+
+def _shares(groups: Sequence[QueueGroup], wanted: int) -> list[tuple[QueueGroup, int]]:
+    """``wanted`` jobs shared out over ``groups`` in their order (the first ones get one more; 0 past them)."""
+    share, extra = divmod(wanted, len(groups))
+    return [(group, share + (1 if i < extra else 0)) for i, group in enumerate(groups)]
+
 
 def rq_prefix_default() -> str:
     """rq's key prefix (``rq``, or ``$RQ_KEY_PREFIX`` as rq reads it)."""
@@ -254,6 +264,8 @@ class RqQueue(Colocated, Queue):
         self._rotation = 0  # on a cluster: the group a receive starts at
         #: on a cluster: per group, this worker's outstanding blocking wait (``_wait_groups``)
         self._waits: dict[int, asyncio.Task[Any]] = {}
+        #: on a cluster: per group, when (``time.monotonic``) this worker last ran its dequeue script there
+        self._scripted = [float("-inf")] * len(self.groups)
         self.batcher = batcher_for(redis)
         batcher = self.batcher
         self._dequeue = batcher.script(scripts.DEQUEUE)
@@ -405,34 +417,43 @@ class RqQueue(Colocated, Queue):
 
     async def _dequeue_groups(self, max_jobs: int, now: float, claim_until: float, owner: str | None,
                               lease_seconds: float) -> tuple[float | None, list[tuple[int, list[Any]]]]:
-        """On a cluster: the dequeue scripts of every group in one pipeline (the cluster client sends one batch
-        per primary, in parallel), ``max_jobs`` shared out from a rotating group (groups past the share run only
-        their recoveries, with count 0); then, while short and some groups have ids left, again on those (at most
-        three rounds). Claim lists are always read (a wait of an earlier receive may have moved an id since)."""
+        """On a cluster: the dequeue scripts of the groups in one pipeline (the cluster client sends one batch per
+        primary, in parallel). ``max_jobs`` is shared out over the groups from a rotating group; a group past the
+        share runs its script (with count 0: its recoveries, and how many ids it has) only if this worker last
+        ran one there ``RECOVERY_INTERVAL`` ago or more. If that comes short, the rest is shared out again over
+        the groups with ids left, then those not run yet (at most three rounds); with nothing found yet every
+        group not run yet runs its script too, so a worker never blocks before every group's recoveries ran and
+        its claim lists are registered."""
         groups = self.groups
         start = self._rotation
         self._rotation = (start + 1) % len(groups)
         order = [groups[(start + i) % len(groups)] for i in range(len(groups))]
-        wanted = max_jobs
+        last = self._scripted
+        clock = time.monotonic()
+        stale = clock - RECOVERY_INTERVAL
+        batch = [(group, count) for group, count in _shares(order, max_jobs) if count or last[group.index] <= stale]
         items: list[tuple[int, list[Any]]] = []
         next_due: float | None = None
+        ran: set[int] = set()
         for _ in range(3):
-            share, extra = divmod(wanted, len(order))
             replies = await asyncio.gather(*(
-                self._dequeue_group(group, share + (1 if i < extra else 0), True, now, claim_until, owner,
-                                    lease_seconds)
-                for i, group in enumerate(order)))
+                self._dequeue_group(group, count, True, now, claim_until, owner, lease_seconds)
+                for group, count in batch))
             ready: list[QueueGroup] = []
-            for group, (due, got, left) in zip(order, replies, strict=True):
+            for (group, _), (due, got, left) in zip(batch, replies, strict=True):
+                last[group.index] = clock
+                ran.add(group.index)
                 items += got
                 if due is not None and (next_due is None or due < next_due):
                     next_due = due
                 if left:
                     ready.append(group)
             wanted = max_jobs - len(items)
-            if wanted <= 0 or not ready:
+            candidates = ready + [group for group in order if group.index not in ran]
+            if wanted <= 0 or not candidates:
                 break
-            order = ready
+            # with some jobs found the worker will not block: only the groups given a share
+            batch = [(group, count) for group, count in _shares(candidates, wanted) if count or not items]
         return next_due, items
 
     async def _wait_groups(self, timeout: float) -> None:
