@@ -67,3 +67,12 @@ async def test_many_waits_on_runs_wake_at_their_changes_and_a_timed_out_wait_lea
     await status.wait_for_change("b", 0.01)
     assert time.monotonic() - started < 1.0
     assert status._changed == {}  # nobody waits any more: no waiter kept for either run
+
+
+def test_a_wait_left_behind_by_a_closed_event_loop_does_not_break_a_later_transition() -> None:
+    status = MemoryStatusStore()
+    first = asyncio.new_event_loop()
+    first.run_until_complete(status.create(RunRecord("c", "bp")))
+    first.run_until_complete(asyncio.wait([first.create_task(status.wait_for_change("c", 30.0))], timeout=0.01))
+    first.close()  # the wait never ended: its future stays registered
+    assert asyncio.run(status.transition("c", ["running"], "completed", {})) is not None

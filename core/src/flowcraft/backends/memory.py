@@ -609,7 +609,8 @@ class MemoryCoordinationStore(TablesCoordinationStore):
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
+    """End a ``wait_for_change``; not one left behind by an event loop that was closed while it waited."""
+    if not waiter.done() and not waiter.get_loop().is_closed():
         waiter.set_result(None)
 
 
