@@ -282,10 +282,10 @@ async def test_a_killed_workers_backlog_of_a_fan_out_comes_back_through_the_swee
         while len(_hung(tmp_path)) < 2:
             assert child.returncode is None and time.monotonic() < deadline, "the worker never started two b nodes"
             await asyncio.sleep(0.02)
-        held = await handover.deadlines()  # the two running and the six in the backlog
-    finally:
+    finally:  # at once: a backlog job waits 1 s at most before the worker gives it back to the broker
         child.send_signal(signal.SIGKILL)
         assert await asyncio.wait_for(child.wait(), 10) == -signal.SIGKILL
+    held = await handover.deadlines()  # the two running and the six in the backlog (nothing sweeps yet)
     nodes = sorted(Job.from_dict(json.loads(decode_member(m)[1])).node_id for m in held)
     assert nodes == [f"b{i}" for i in range(8)], nodes
     async with InProcessWorkers(backend, count=1, concurrency=2, app=fan_app(str(tmp_path))):
