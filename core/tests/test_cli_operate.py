@@ -173,7 +173,10 @@ def test_reconcile_logs_each_action_with_the_run_and_node_ids(project: Path) -> 
 def test_logs_follow_prints_until_the_run_ends(project: Path) -> None:
     assert invoke("setup").exit_code == 0
     run_id = invoke("run", "ops").stdout.strip()  # no worker: it stays pending until cancelled
-    canceller = threading.Timer(1.0, lambda: invoke("cancel", run_id))
+    # cancelled by another process: CliRunner swaps sys.stdout while it runs, so a second invoke in a thread could
+    # catch the follower's last lines
+    canceller = threading.Timer(1.0, lambda: subprocess.run([sys.executable, "-m", "flowcraft.cli", "cancel", run_id],
+                                                            cwd=project, check=True, capture_output=True))
     canceller.start()
     started = time.monotonic()
     followed = invoke("logs", run_id, "--follow")
