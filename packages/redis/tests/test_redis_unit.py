@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import pytest
@@ -19,6 +20,10 @@ from flowcraft_redis import (
 from flowcraft_redis._client import Keys, Packed, _FastConnection, dumps, fast_packing, loads
 
 
+class _Name(enum.StrEnum):
+    A = "name-a"
+
+
 def _reference(*args: object) -> bytes:
     return b"".join(Connection().pack_command(*args))  # type: ignore[arg-type]
 
@@ -26,6 +31,8 @@ def _reference(*args: object) -> bytes:
 @pytest.mark.parametrize("args", [
     ("EVALSHA", "abc", 0, "ü:/ x", b"\x00\xff", 12, 1.5, -3, ""),
     ("HSET", "k", "f", "x" * 10_000),
+    ("HSET", "k", "y" * 1023, "z" * 1024, "é" * 512, 2**70, -0.0, 1e300),
+    ("GET", _Name.A),
     ("SCRIPT LOAD", "return 1"),
 ])
 def test_fast_packing_matches_redis_py(args: tuple[object, ...]) -> None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import zlib
+from datetime import UTC, datetime
 from typing import Any
+
+import pytest
 
 from flowcraft.app import App
 from flowcraft.plugins import registry
@@ -33,6 +36,15 @@ def test_iso_matches_rq_format() -> None:
     from rq.utils import str_to_date
 
     assert str_to_date(iso(1700000000.25)).timestamp() == 1700000000.25
+
+
+@pytest.mark.parametrize("stamps", [
+    (1700000000.25, 1700000000.75, 1700000001.5, 1700000000.5),  # the same second, the next, back
+    (1700000005.9999996, 1700000005.0000004, 1700000006.0),  # rounded into the next second, as datetime does
+])
+def test_iso_is_datetimes_format_whatever_second_it_last_formatted(stamps: tuple[float, ...]) -> None:
+    for stamp in stamps:
+        assert iso(stamp) == datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def test_from_config_options_and_queue_name_defaults() -> None:

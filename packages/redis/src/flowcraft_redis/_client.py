@@ -75,6 +75,11 @@ def fast_packing(client: RedisClient) -> bool:
     return isinstance(connection_class, type) and issubclass(connection_class, _FastPack)
 
 
+#: RESP bulk-string headers ``$<n>\r\n`` of the short lengths most arguments have, made once
+_HEADS = 1024
+_BULK_HEADS = tuple(b"$%d\r\n" % size for size in range(_HEADS))
+
+
 class _FastPack:
     """redis-py's ``pack_command`` re-joins its buffer once per argument (quadratic in the argument count,
     ~80 us for a commit script's ~60 arguments); this packs str/bytes/int/float arguments in one join and
@@ -84,30 +89,38 @@ class _FastPack:
         first = args[0]
         if (isinstance(first, str) and " " in first) or (isinstance(first, bytes | memoryview) and b" " in first):
             return super().pack_command(*args)  # type: ignore[misc, no-any-return]  # 'SCRIPT LOAD' etc.
-        parts = [b""]
+        parts: list[bytes] = []
         append = parts.append
-        count = 0
+        count = len(args)
+        heads = _BULK_HEADS
         for arg in args:
-            if isinstance(arg, Packed):
-                append(arg)
-                count += arg.nargs
-                continue
-            count += 1
-            if isinstance(arg, str):
+            kind = type(arg)  # exact types first (a str/int subclass, e.g. an enum, takes the generic path)
+            if kind is str:
                 arg = arg.encode()
-            elif isinstance(arg, bytes):
-                pass
-            elif isinstance(arg, int) and not isinstance(arg, bool):
+            elif kind is int:
                 arg = b"%d" % arg
-            elif isinstance(arg, float):
+            elif kind is Packed:
+                append(arg)
+                count += arg.nargs - 1
+                continue
+            elif kind is float:
                 arg = repr(arg).encode()
-            else:
-                return super().pack_command(*args)  # type: ignore[misc, no-any-return]  # DataError etc.
-            append(b"$%d\r\n" % len(arg))
+            elif kind is not bytes:
+                if isinstance(arg, str):
+                    arg = arg.encode()
+                elif isinstance(arg, bytes):
+                    arg = bytes(arg)
+                elif isinstance(arg, int) and not isinstance(arg, bool):
+                    arg = b"%d" % arg
+                elif isinstance(arg, float):
+                    arg = repr(arg).encode()
+                else:
+                    return super().pack_command(*args)  # type: ignore[misc, no-any-return]  # DataError etc.
+            size = len(arg)
+            append(heads[size] if size < _HEADS else b"$%d\r\n" % size)
             append(arg)
             append(b"\r\n")
-        parts[0] = b"*%d\r\n" % count
-        return [b"".join(parts)]
+        return [b"*%d\r\n" % count + b"".join(parts)]
 
     def pack_commands(self, commands: Any) -> list[bytes]:
         return [b"".join(chunk for command in commands for chunk in self.pack_command(*command))]

@@ -23,6 +23,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from os import urandom
 from typing import Any, Self, cast
 
 from flowcraft.errors import ConfigError
@@ -78,9 +79,28 @@ def rq_prefix_default() -> str:
         return "rq"
 
 
+#: the last whole second ``iso`` formatted and its text up to the fraction's dot (one strftime per second)
+_iso_second: tuple[int, str] = (-1, "")
+
+
 def iso(timestamp: float) -> str:
-    """rq's timestamp format (``rq.utils.utcformat``)."""
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """rq's timestamp format (``rq.utils.utcformat``): ``datetime.fromtimestamp(timestamp, UTC)
+    .strftime("%Y-%m-%dT%H:%M:%S.%fZ")``, with the text of the seconds kept from the last call in the same second."""
+    global _iso_second
+    second = int(timestamp)  # the timestamps here are positive: int() is the floor
+    micros = round((timestamp - second) * 1e6)
+    if micros >= 1_000_000:  # rounded up into the next second, as datetime.fromtimestamp rounds
+        second, micros = second + 1, micros - 1_000_000
+    cached, head = _iso_second
+    if cached != second:
+        head = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        _iso_second = (second, head)
+    return f"{head}{micros:06d}Z"
+
+
+def new_id() -> str:
+    """A new rq job id: 32 random hex digits (as ``uuid.uuid4().hex``; 128 random bits, read in one call)."""
+    return urandom(16).hex()
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +160,7 @@ class QueueGroup:
 
     def new_job_id(self) -> str:
         """A new rq job id (on a cluster it starts with the group's hash tag: its hash is in the group's slot)."""
-        return ("{" + self.tag + "}" if self.tag else "") + uuid.uuid4().hex
+        return ("{" + self.tag + "}" if self.tag else "") + new_id()
 
 
 class RqDispatcher(Dispatcher):
@@ -174,7 +194,7 @@ class RqDispatcher(Dispatcher):
     def args(self, count: int, now: float) -> list[Any]:
         head = self._id_head
         return [*self._constant, iso(now), repr(now + self.queue.visibility_timeout),
-                *(head + uuid.uuid4().hex for _ in range(count))]
+                *[head + new_id() for _ in range(count)]]
 
     def ack_args(self, receipt: Any) -> tuple[list[str], list[Any]] | None:
         if not isinstance(receipt, RqReceipt):
