@@ -125,7 +125,8 @@ def test_failed_run_prints_result_and_exits_1(project: Path) -> None:
 
 
 @pytest.mark.parametrize("args", [["run"], ["run", "quick", "--input", "{not json"], ["nosuchcommand"],
-                                  ["worker", "--concurrency", "0"], ["run", "quick", "-o", "novalue"]])
+                                  ["worker", "--concurrency", "0"], ["worker", "--backlog", "-1"],
+                                  ["run", "quick", "-o", "novalue"]])
 def test_usage_errors_exit_2(project: Path, args: list[str]) -> None:
     assert invoke(*args).exit_code == 2
 

@@ -284,9 +284,10 @@ def test_cli_worker_health_ready_file_workers_and_run_without_the_app(project: P
     assert invoke("setup").exit_code == 0
     ready_file = project / "ready"
     worker = WorkerProcess(project, "--health-port", "0", "--health-host", "127.0.0.1", "--ready-file",
-                           str(ready_file), "--lease-seconds", "3")
+                           str(ready_file), "--lease-seconds", "3", "--backlog", "3")
     try:
         line = worker.wait_for(" ready on backend sqlite")
+        assert ", backlog 3, lease 3s," in line
         port = int(line.split("health on http://127.0.0.1:")[1].split(";")[0])
         assert json.loads(ready_file.read_text())["pid"] == worker.process.pid
         code, body = get(f"http://127.0.0.1:{port}/readyz")

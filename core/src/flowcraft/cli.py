@@ -319,6 +319,10 @@ def show_config(state: State, as_json: bool, app: str | None, backend: str | Non
 @backend_options
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), default=16, show_default=True,
               help="Jobs handled at once per process.")
+@click.option("--backlog", type=click.IntRange(min=0), metavar="N",
+              help="Jobs a commit may hand to this process beyond its free slots, waiting (at most a second) for "
+                   "a slot instead of going through the queue, so a fan-out stays with the worker that fired it "
+                   "(default: 4 per --concurrency slot; 0: only free slots).")
 @click.option("--processes", "-p", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes to start (each with --concurrency); a process that dies is restarted.")
 @click.option("--lease-seconds", type=click.FloatRange(min=0, min_open=True), metavar="S",
@@ -342,9 +346,9 @@ def show_config(state: State, as_json: bool, app: str | None, backend: str | Non
                    "and worker_id as fields. Failures, retries, dead letters are logged at INFO.")
 @click.pass_obj
 def worker(state: State, app: str | None, backend: str | None, options: Sequence[str], concurrency: int,
-           processes: int, lease_seconds: float | None, shutdown_timeout: float, health_port: int | None,
-           ready_dir: Path | None,
-           health_host: str, ready_file: Path | None, log_format: str) -> None:
+           backlog: int | None, processes: int, lease_seconds: float | None, shutdown_timeout: float,
+           health_port: int | None, ready_dir: Path | None, health_host: str, ready_file: Path | None,
+           log_format: str) -> None:
     """Run a worker: handle jobs of the app's blueprints until SIGTERM/Ctrl+C (in-flight jobs finish within
     --shutdown-timeout or are given back to the queue). With --processes, a supervisor restarts a worker
     process that dies (with backoff) and gives up only on a crash loop."""
@@ -365,6 +369,7 @@ def worker(state: State, app: str | None, backend: str | None, options: Sequence
         args = [*_global_args(state), "worker", "--concurrency", str(concurrency),
                 f"--shutdown-timeout={shutdown_timeout!r}"]
         args += [f"--lease-seconds={lease_seconds!r}"] if lease_seconds is not None else []
+        args += [f"--backlog={backlog}"] if backlog is not None else []
         args += [f"--app={app}"] if app else []
         args += [f"--backend={backend}"] if backend else []
         args += [f"--option={item}" for item in options]
@@ -386,7 +391,8 @@ def worker(state: State, app: str | None, backend: str | None, options: Sequence
         return
     health = HealthHooks(health_port, health_host, ready_file)
     # uvloop when installed, unless the config says event_loop = "asyncio"
-    run_event_loop(_work(state, config, loaded, concurrency, shutdown_timeout, health), config.event_loop)
+    run_event_loop(_work(state, config, loaded, concurrency, shutdown_timeout, health, backlog=backlog),
+                   config.event_loop)
 
 
 def _fleet_tick(state: State, fleet: FleetHealth, supervisor: Supervisor, host: str) -> None:
@@ -410,14 +416,14 @@ class HealthHooks:
 
 
 async def _work(state: State, config: Config, app: App, concurrency: int, shutdown_timeout: float,
-                hooks: HealthHooks | None = None) -> None:
+                hooks: HealthHooks | None = None, *, backlog: int | None = None) -> None:
     hooks = hooks or HealthHooks()
     backend = config.build_backend()
     engine = Engine(app, backend, options=EngineOptions(lease_seconds=config.lease_seconds))
     tag_worker(engine.worker_id)
     presence = WorkerPresence(backend, app, worker_id=engine.worker_id, concurrency=concurrency,
                               interval=presence_interval(config.lease_seconds), backend_name=config.backend)
-    runner = Worker(engine, concurrency=concurrency, grace=shutdown_timeout, presence=presence)
+    runner = Worker(engine, concurrency=concurrency, grace=shutdown_timeout, presence=presence, backlog=backlog)
     _on_stop_signals(runner.stop)
     health = HealthState(engine.worker_id)
     try:
@@ -436,8 +442,8 @@ async def _work(state: State, config: Config, app: App, concurrency: int, shutdo
         health.update(runner.state, runner.in_flight, runner.handled, runner.failed)
         where = f", health on http://{hooks.host}:{server.port}" if server is not None else ""
         state.err.print(f"worker {engine.worker_id} (pid {os.getpid()}) ready on backend {escape(backend.name)}, "
-                        f"concurrency {concurrency}, lease {config.lease_seconds:g}s, blueprints: "
-                        f"{escape(blueprints)}{escape(where)}; Ctrl+C to stop")
+                        f"concurrency {concurrency}, backlog {runner.backlog}, lease {config.lease_seconds:g}s, "
+                        f"blueprints: {escape(blueprints)}{escape(where)}; Ctrl+C to stop")
 
     async def refresh() -> None:
         while True:
