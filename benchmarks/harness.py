@@ -102,18 +102,22 @@ class Config:
     quick: bool = False
     idle_seconds: float = 1.0  # window measuring the workers' idle polling (Redis/moto round trips)
     #: how a batch's runs are awaited: "all" at once (notified waits, gathered) or "ordered" (one after another in
-    #: submission order, the harness before 347b806); None: all at once for worker processes, ordered in-process
+    #: submission order, the harness before 347b806); None: all at once for worker processes on a store that
+    #: notifies, else ordered (``ordered_wait``)
     wait: str | None = None
 
     @property
     def distributed(self) -> bool:
         return self.backend not in (IN_PROCESS, *PEERS)
 
-    @property
-    def ordered_wait(self) -> bool:
-        """In-process the waits share the engine's one thread (300 waiting runs cost it several µs per node),
-        and nothing is overstated by waiting in submission order, so it is the default there."""
-        return self.wait == "ordered" or (self.wait is None and self.backend == IN_PROCESS)
+    def ordered_wait(self, notifies: bool) -> bool:
+        """Whether a batch's runs are awaited in submission order by default: in-process (the waits share the
+        engine's one thread: 300 waiting runs cost it several µs per node, and nothing is overstated by waiting
+        in order) and on a store that does not notify (``Capabilities.notifies``: each of 300 concurrent waits
+        would poll the store on its own, which costs the client and the store more than in-order waits)."""
+        if self.wait is not None:
+            return self.wait == "ordered"
+        return self.backend == IN_PROCESS or not notifies
 
     @property
     def celery(self) -> bool:
@@ -178,8 +182,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     parser.add_argument("--profile", action="store_true",
                         help="in-process only: cProfile the throughput phase, print the top functions")
     parser.add_argument("--wait", choices=("all", "ordered"), default=None,
-                        help="await a batch's runs all at once (notified waits; default with worker processes) or "
-                             "one after another in submission order (default in-process)")
+                        help="await a batch's runs all at once (notified waits; default with worker processes on a "
+                             "store that notifies) or one after another in submission order (default in-process "
+                             "and on stores whose waits poll)")
     args = parser.parse_args(argv)
 
     sizes = QUICK if args.quick else DEFAULTS
@@ -843,15 +848,15 @@ async def measure_flowcraft(config: Config, target: Target, workload: Workload,
                             counter: Counter | None, profiler: cProfile.Profile | None,
                             worker_pids: Sequence[int] = (), server_pids: Sequence[int] = ()) -> Trial:
     runs = config.runs_for(workload)
+    ordered = config.ordered_wait(bool(target.backend.capabilities.notifies))
     if config.warmup_for(workload):
-        await batch(target, workload, config.warmup_for(workload), config.timeout, ordered=config.ordered_wait)
+        await batch(target, workload, config.warmup_for(workload), config.timeout, ordered=ordered)
     idle_rate = await asyncio.to_thread(idle_round_trips, counter, config.idle_seconds) if counter else None
     before = counter.snapshot() if counter else None
     meter = CpuMeter(worker_pids, server_pids)
     if profiler is not None:
         profiler.enable()
-    submitted, completed, observed, run_ids = await batch(target, workload, runs, config.timeout,
-                                                          ordered=config.ordered_wait)
+    submitted, completed, observed, run_ids = await batch(target, workload, runs, config.timeout, ordered=ordered)
     if profiler is not None:
         profiler.disable()
     cpu = meter.stop()
