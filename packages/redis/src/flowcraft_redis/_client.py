@@ -319,10 +319,14 @@ class Keys:
         """The run's queue group (0 on one Redis)."""
         return run_group(run_id, self.groups) if self.groups else 0
 
+    def group_tag(self, run_id: str) -> str:
+        """On a cluster, ``{<group tag>}`` of the run's queue group (only with ``groups``)."""
+        return f"{{{self.tags[run_group(run_id, self.groups)]}}}"
+
     def tagged(self, run_id: str) -> str:
         """What follows a run key's kind: ``{<run id>}``, or on a cluster ``{<group tag>}<run id>``."""
         if self.groups:
-            return f"{{{self.tags[run_group(run_id, self.groups)]}}}{run_id}"
+            return f"{self.group_tag(run_id)}{run_id}"
         return f"{{{run_id}}}"
 
     def ctx(self, run_id: str) -> str:
@@ -338,14 +342,14 @@ class Keys:
         """The index of creation times the run is in: ``idx_created``, or on a cluster its group's
         (``P idx:created:{<group tag>}``, in the slot of the run's keys)."""
         if self.groups:
-            return f"{self.idx_created}:{{{self.tags[run_group(run_id, self.groups)]}}}"
+            return f"{self.idx_created}:{self.group_tag(run_id)}"
         return self.idx_created
 
     def status_index(self, status: str, run_id: str) -> str:
         """The index of runs with ``status`` the run is in when it has it: ``idx_status(status)``, or on a
         cluster its group's (``P idx:status:<status>:{<group tag>}``)."""
         if self.groups:
-            return f"{self.idx_status(status)}:{{{self.tags[run_group(run_id, self.groups)]}}}"
+            return f"{self.idx_status(status)}:{self.group_tag(run_id)}"
         return self.idx_status(status)
 
     def created_indexes(self) -> list[str]:

@@ -158,9 +158,13 @@ class QueueGroup:
                    f"{r}:failed:{name}", f"{r}:fc-inflight:{name}", f"{r}:fc-held:{name}",
                    f"{r}:claim:{name}:{worker_name}", f"{r}:claims:{name}")
 
+    @property
+    def id_head(self) -> str:
+        """What its job ids start with: on a cluster the group's hash tag (their hashes are in the group's slot)."""
+        return "{" + self.tag + "}" if self.tag else ""
+
     def new_job_id(self) -> str:
-        """A new rq job id (on a cluster it starts with the group's hash tag: its hash is in the group's slot)."""
-        return ("{" + self.tag + "}" if self.tag else "") + new_id()
+        return self.id_head + new_id()
 
 
 class RqDispatcher(Dispatcher):
@@ -182,7 +186,7 @@ class RqDispatcher(Dispatcher):
         self.continues = q.continues
         self.keys = (group.queue_key, group.scheduled_key, group.wip_key, group.inflight_key, group.held_key)
         self.lean = q.lean
-        self._id_head = "{" + group.tag + "}" if group.tag else ""
+        self._id_head = group.id_head  # read once: args runs for every commit that fires jobs
         constant: list[Any] = [q.job_prefix, group.queue_name, q.worker_name, q.state_ttl_seconds,
                                "1" if q.lean else "0"]
         self._constant: list[Any] = [Packed.of(*constant)] if fast_packing(q.redis) else constant
