@@ -26,8 +26,8 @@ import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import KW_ONLY, dataclass, field, fields, replace
-from typing import Any, ClassVar, Literal, Protocol, Self, TypeVar
+from dataclasses import KW_ONLY, MISSING, dataclass, field, fields, replace
+from typing import Any, ClassVar, Literal, Protocol, Self, TypeVar, cast
 
 from flowcraft.errors import FlowcraftError, PluginError, UnsupportedError
 
@@ -59,11 +59,66 @@ ACTIVE_STATUSES: frozenset[str] = frozenset({"running", "awaiting"})
 JobState = Literal["pending", "done", "skipped", "parked"]
 
 
+_R = TypeVar("_R")
+
+
+class _Factory:
+    """The default of a field with a default factory in ``quick_init``'s signature: not passed, so built."""
+
+    def __repr__(self) -> str:
+        return "<factory>"  # as ``dataclass`` shows it
+
+
+_NO_VALUE: Any = _Factory()
+
+
+def quick_init(cls: type[_R]) -> type[_R]:
+    """Give a frozen, slotted dataclass an ``__init__`` with the same signature and effect as the one
+    ``dataclass`` wrote, but setting each slot through its descriptor instead of ``object.__setattr__`` (the
+    frozen class's way round its own ``__setattr__``): a Job is built in ~1.2 us instead of ~1.9. The engine
+    builds several of these records for every node it runs. Put it above ``@dataclass(frozen=True, slots=True)``."""
+    params: list[str] = []
+    keyword: list[str] = []
+    body: list[str] = []
+    env: dict[str, Any] = {"_NO_VALUE": _NO_VALUE}
+    for item in fields(cast(Any, cls)):
+        name = item.name
+        env[f"_set_{name}"] = cls.__dict__[name].__set__
+        value = name
+        if item.default is not MISSING:
+            env[f"_default_{name}"] = item.default
+            param = f"{name}=_default_{name}"
+            if not item.init:
+                value = f"_default_{name}"
+        elif item.default_factory is not MISSING:
+            env[f"_factory_{name}"] = item.default_factory
+            param = f"{name}=_NO_VALUE"
+            value = f"_factory_{name}()" if not item.init else f"_factory_{name}() if {name} is _NO_VALUE else {name}"
+        elif not item.init:  # set by __post_init__
+            continue
+        else:
+            param = name
+        if item.init:
+            (keyword if item.kw_only else params).append(param)
+        body.append(f"    _set_{name}(self, {value})")
+    if hasattr(cls, "__post_init__"):
+        body.append("    self.__post_init__()")
+    signature = ", ".join(["self", *params, *(["*", *keyword] if keyword else [])])
+    namespace: dict[str, Any] = {}
+    exec(f"def __init__({signature}) -> None:\n" + "\n".join(body or ["    pass"]), env, namespace)
+    init = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__doc__ = cls.__init__.__doc__
+    cls.__init__ = init  # type: ignore[method-assign]
+    return cls
+
+
 def job_key(node_id: str, visit: int = 0, item: int | None = None) -> str:
     """Key of a job within its run: visit first so any node id (':' '/' spaces unicode) stays unambiguous."""
     return f"{visit}:{node_id}" if item is None else f"{visit}:{item}:{node_id}"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Job:
     """One unit of queued work: run a node (or one item of a map node) at a visit.
@@ -195,6 +250,7 @@ class DeadLetter:
                 "dead_at": self.dead_at, "raw": raw}
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Completion:
     """A node's completion record for one visit: its output, its action, the context writes it made.
@@ -240,6 +296,7 @@ class Completion:
         )
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Arrival:
     """A predecessor reaching a target: ``arrived`` (edge taken, carrying ``contribution``) or skipped.
@@ -272,6 +329,7 @@ class Arrival:
         return self.job.key
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Transition:
     """Everything one handled job changes, applied by ``CoordinationStore.commit``.
@@ -301,6 +359,7 @@ class Transition:
     lease_seconds: float = 0.0
 
 
+@quick_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Committed:
     """What a commit decided.
@@ -323,6 +382,7 @@ class Committed:
     parked: int = 0
 
 
+@quick_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Begin:
     """State of a job when a worker picks it up. All fields are keyword-only."""

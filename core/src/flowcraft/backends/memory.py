@@ -21,6 +21,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar, cast
 
 from flowcraft.options import NoOptions, QueueOptions, parse_options
@@ -384,6 +385,7 @@ def _copy(record: RunRecord) -> RunRecord:
                      parent=dict(record.parent) if record.parent is not None else None)
 
 
+_BEGIN_PENDING = Begin(lease=True, state="pending", completion=None)
 _DONE: tuple[JobState, Job | None] = ("done", None)  # every done job's entry: one tuple, not one per executed node
 
 
@@ -451,7 +453,9 @@ class MemoryCoordinationStore(TablesCoordinationStore):
     async def commit(self, transition: Transition) -> Committed:
         """The derived commit; one that finishes the job also drops its owner's lease (``releases_lease``), and
         with the queue wired: acks, dispatches and hands over (see the class)."""
-        committed = apply_transition(self, transition, applies_context=self._applies_context)
+        queue = self._queue
+        committed = apply_transition(self, transition, applies_context=self._applies_context,
+                                     hand_over=None if queue is None else partial(self._dispatch, queue, transition))
         if committed.conflict is not None:
             return committed
         if transition.finish and transition.owner is not None:
@@ -459,23 +463,15 @@ class MemoryCoordinationStore(TablesCoordinationStore):
             holder = run.leases.get(transition.job_key)
             if holder is not None and holder[0] == transition.owner:
                 del run.leases[transition.job_key]
-        queue = self._queue
-        if queue is None:
-            return committed
-        if transition.finish and transition.receipt is not None and committed.pending > 0:
+        if queue is not None and transition.finish and transition.receipt is not None and committed.pending > 0:
             queue.remove(transition.receipt)
-        if committed.fired:
-            continued = self._dispatch(queue, transition, committed.fired)
-            if continued:  # built anew, not ``dataclasses.replace``: this is most nodes' commit
-                return Committed(fired=committed.fired, continued=continued, skipped=committed.skipped,
-                                 pending=committed.pending, parked=committed.parked)
         return committed
 
-    def _dispatch(self, queue: MemoryQueue, transition: Transition, fired: Sequence[Job]) -> tuple[Delivery, ...]:
+    def _dispatch(self, queue: MemoryQueue, transition: Transition, fired: list[Job]) -> tuple[Delivery, ...]:
         """Put fired jobs on the queue (a job due later with its delay), those ``split_hand_over`` picks handed to
         the owner instead; return the handed deliveries."""
         now = time.time()
-        handed, queued = split_hand_over(transition, fired, now) if self._status is not None else ([], list(fired))
+        handed, queued = split_hand_over(transition, fired, now) if self._status is not None else ([], fired)
         deliveries: list[Delivery] = []
         for job in handed:
             delivery = queue.hand(job)
@@ -513,7 +509,10 @@ class MemoryCoordinationStore(TablesCoordinationStore):
             return Begin(lease=False, state=state, completion=None)
         run.leases[key] = (owner, now + lease_seconds)
         run.activity = now
-        return Begin(lease=True, state=state, completion=run.completions.get(key))
+        completion = run.completions.get(key)
+        if state == "pending" and completion is None:
+            return _BEGIN_PENDING  # most jobs: one shared (frozen) answer
+        return Begin(lease=True, state=state, completion=completion)
 
     # -- LeaseTables -------------------------------------------------------------------------------
     @property

@@ -9,6 +9,7 @@ The implementation module: backends import both names from ``flowcraft.spi``, wh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 
@@ -40,10 +41,13 @@ class CoordinationTables(Protocol):
     def apply_context(self, run_id: str, completion: Completion) -> None: ...
 
 
-def apply_transition(tables: CoordinationTables, tx: Transition, *, applies_context: bool = False) -> Committed:
+def apply_transition(tables: CoordinationTables, tx: Transition, *, applies_context: bool = False,
+                     hand_over: Callable[[list[Job]], tuple[Delivery, ...]] | None = None) -> Committed:
     """Apply one job's transition to ``tables`` (call it inside one atomic section) and say what it did.
 
-    With ``applies_context`` a new completion record also writes its context updates (through the tables)."""
+    With ``applies_context`` a new completion record also writes its context updates (through the tables).
+    ``hand_over``: called with the jobs the transition fired, when it fired some, in the same atomic section; what
+    it returns is the result's ``continued`` (a store that ``continues`` hands jobs over so)."""
     run_id = tx.run_id
     if tx.completion is not None:
         existing = tables.completion(run_id, tx.job_key)
@@ -81,7 +85,8 @@ def apply_transition(tables: CoordinationTables, tx: Transition, *, applies_cont
         tables.set_job_state(run_id, tx.job_key, "done")
     tables.touch(run_id)
     pending, parked = tables.counts(run_id)
-    return Committed(fired=tuple(fired), skipped=tuple(skipped), pending=pending, parked=parked)
+    continued = hand_over(fired) if hand_over is not None and fired else ()
+    return Committed(fired=tuple(fired), continued=continued, skipped=tuple(skipped), pending=pending, parked=parked)
 
 
 def _decide(tables: CoordinationTables, run_id: str, arrival: Arrival) -> str | None:
@@ -103,4 +108,4 @@ def _decide(tables: CoordinationTables, run_id: str, arrival: Arrival) -> str | 
 
 # Imported last: flowcraft.spi re-exports this module's names from its own end, so whichever of the two is
 # imported first, the other finds every name it needs already defined.
-from flowcraft.spi import Arrival, Committed, Completion, Job, JobState, Transition  # noqa: E402
+from flowcraft.spi import Arrival, Committed, Completion, Delivery, Job, JobState, Transition  # noqa: E402

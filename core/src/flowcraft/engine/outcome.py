@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from flowcraft.spi import quick_init
+
 OutcomeState = Literal["completed", "retry_scheduled", "failed", "settled"]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeOutcome:
     """``completed``: the node (or its fallback) produced ``output`` and ``action``; the engine records and
