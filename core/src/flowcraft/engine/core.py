@@ -38,6 +38,7 @@ from flowcraft.engine.outcome import NodeOutcome
 from flowcraft.engine.timeline import (
     ATTEMPTS_PAYLOAD,
     DEAD_LETTER_PREFIX,
+    TIMELINE_PREFIX,
     TimelineMark,
     entry_key,
     prior_attempts,
@@ -111,7 +112,7 @@ class JobTaker(Protocol):
 @dataclass(slots=True)
 class _InFlight:
     delivery: Delivery
-    cancel: asyncio.Event
+    ctx: NodeContext  # its cancel event is set when the run is cancelled
     task: asyncio.Task[Any] | None
 
 
@@ -158,6 +159,9 @@ class Engine:
         self._acked: set[tuple[str, str]] = set()  # deliveries a commit acked (``Capabilities.acks``)
         #: the worker that takes the jobs a commit hands over (``Capabilities.continues``); None: none are
         self.taker: JobTaker | None = None
+        #: the task the next ``handle`` call runs in, set by a caller that knows it right before the call (the
+        #: worker does); that call takes it (``asyncio.current_task`` costs ~1.5 us a node on Python 3.11)
+        self.caller_task: asyncio.Task[Any] | None = None
         self._token_prefix = uuid.uuid4().hex[:16]  # not worker_id: users may reuse names across processes
         self._tokens = itertools.count()  # leases a finishing commit already released
         self._marks: dict[tuple[str, str], TimelineMark] = {}  # (run, job key) -> this attempt's start, error
@@ -169,6 +173,7 @@ class Engine:
     # ------------------------------------------------------------------ worker side
     async def handle(self, delivery: Delivery) -> None:
         """Handle one delivered job; acks, releases or dead-letters it before returning."""
+        task, self.caller_task = self.caller_task, None  # (before any await: it is this call's)
         job = delivery.job
         handling = (job.run_id, job.key)
         if self._handling.setdefault(handling, delivery) is not delivery:  # ``claim``
@@ -208,7 +213,7 @@ class Engine:
                         await self._recover(delivery, job, graph, record, begin.completion,
                                             finished=begin.state == "done")
                     elif begin.state == "pending":
-                        await self._execute(delivery, job, graph, record)
+                        await self._execute(delivery, job, graph, record, task)
                 except StoreLimitError as refused:  # every redelivery would be refused alike: fail the run now
                     await self._fail_run(job, record, str(refused))
                     await self._dead_letter(delivery, str(refused))
@@ -349,7 +354,8 @@ class Engine:
                 log.exception("heartbeat for %s %s failed", run_id, key)
 
     # ------------------------------------------------------------------ execution
-    async def _execute(self, delivery: Delivery, job: Job, graph: Graph, record: RunRecord) -> None:
+    async def _execute(self, delivery: Delivery, job: Job, graph: Graph, record: RunRecord,
+                       task: asyncio.Task[Any] | None = None) -> None:
         node = graph.nodes[job.node_id].node
         context = RunContext(self.context, job.run_id)
         kind = node_kind(node.uses)
@@ -358,7 +364,8 @@ class Engine:
             outcome = await kind.run(KindContext(delivery=delivery, job=job, node=node, graph=graph, record=record,
                                                  context=context, engine=self))
         else:
-            outcome = await self._attempt(delivery, job, node, graph, context, node.uses, plain=kind is None)
+            outcome = await self._attempt(delivery, job, node, graph, context, node.uses, plain=kind is None,
+                                          task=task)
             if outcome.state == "completed" and self.fault is not None:
                 self._fault("after_execute")
         if outcome.state == "completed":
@@ -369,10 +376,11 @@ class Engine:
             await self._fail_run(job, record, describe(outcome.error))
 
     async def _attempt(self, delivery: Delivery, job: Job, node: NodeDefinition, graph: Graph, context: RunContext,
-                       uses: str, *, plain: bool = False) -> NodeOutcome:
+                       uses: str, *, plain: bool = False, task: asyncio.Task[Any] | None = None) -> NodeOutcome:
         """One attempt of the job's node with implementation ``uses`` (``plain``: the caller found that ``uses``
         is no node kind), or its fallback after the last attempt: completed, retry_scheduled or failed; settled
-        when the run was cancelled while the node ran (nothing to record)."""
+        when the run was cancelled while the node ran (nothing to record). ``task``: the task this runs in, if
+        known."""
         ctx = self._node_context(job, node, context,
                                  job.input if node.inputs is None else await self._node_input(job, node))
         try:
@@ -381,11 +389,13 @@ class Engine:
             if self.events.active:  # the payload is built only when someone listens
                 await self._emit("node:start", job.run_id, job.blueprint_id, job.node_id,
                                  _traced(job, {"visit": job.visit, "attempt": job.attempt, "worker": self.worker_id}))
-            self._inflight[handling] = _InFlight(delivery, ctx._cancel_event, asyncio.current_task())
+            self._inflight[handling] = _InFlight(delivery, ctx, task or asyncio.current_task())
             try:
                 direct = self._direct(job, node, uses) if plain else None
                 if direct is not None:  # ``_invoke``'s common case, without its frame
-                    outcome = NodeOutcome.completed(*_split(await direct(ctx)))
+                    result = await direct(ctx)
+                    outcome = (NodeOutcome(state="completed", output=result) if not isinstance(result, NodeResult)
+                               else NodeOutcome(state="completed", output=result.output, action=result.action))
                 else:
                     outcome = await self._invoke(job, node, uses, ctx, graph, plain=plain)
             except BaseException as exc:  # a node's SystemExit or CancelledError fails the node, not the worker
@@ -547,7 +557,11 @@ class Engine:
         except FlowcraftError as exc:
             await self.runs.fail(record, job.node_id, str(exc))
             return
-        needs_cascade = any(not a.arrived for a in arrivals)
+        needs_cascade = False
+        for reached in arrivals:
+            if not reached.arrived:
+                needs_cascade = True
+                break
         if not recovery and self._context_apart(completion):
             # a store that keeps the context apart (docs/architecture.md §3.5): the completion record first
             # (first writer wins, so an attempt that lost its lease never writes), then the winner's context,
@@ -723,7 +737,8 @@ class Engine:
         # the timeline entry rides in the completion's context writes: no round trip of its own
         now = time.time()
         attempt = self._attempt_record(job, finished_at=now)
-        updates[entry_key(job.node_id, job.visit)] = timeline_entry(
+        # (a job's key is its entry's but for a map item's)
+        updates[TIMELINE_PREFIX + job.key if job.item is None else entry_key(job.node_id, job.visit)] = timeline_entry(
             job.node_id, job.visit, "done", [*prior_attempts(job.payload), attempt] if job.payload else [attempt],
             now, action, fallback)
         return Completion(job.node_id, output=output, action=action, token=self._token(), context_updates=updates,
@@ -781,7 +796,7 @@ class Engine:
         return NodeContext(
             input=input_value, params=node.params, context=context, run_id=job.run_id,
             blueprint_id=job.blueprint_id, node_id=job.node_id, visit=loop_visit(job.visit), attempt=job.attempt,
-            item=job.item, dependencies=self.app.dependencies, cancel_event=asyncio.Event(),
+            item=job.item, dependencies=self.app.dependencies,
         )
 
     async def _node_input(self, job: Job, node: NodeDefinition) -> Any:
@@ -840,7 +855,7 @@ class Engine:
         self._cancelled_runs.add(run_id)
         for (inflight_run, _), inflight in list(self._inflight.items()):
             if inflight_run == run_id:
-                inflight.cancel.set()
+                inflight.ctx._cancel_event.set()
                 if inflight.task is not None and inflight.task is not asyncio.current_task():
                     inflight.task.cancel()
 

@@ -216,6 +216,7 @@ class Worker:
             while True:
                 self._running.add(id(delivery))
                 try:
+                    self.engine.caller_task = task
                     await self.engine.handle(delivery)
                     self.handled += 1
                 except BaseException as error:

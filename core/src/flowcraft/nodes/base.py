@@ -83,7 +83,7 @@ class NodeContext:
     """Everything a node receives."""
 
     __slots__ = (
-        "_cancel_event", "attempt", "blueprint_id", "context", "dependencies", "idempotency_key", "input",
+        "_cancel", "attempt", "blueprint_id", "context", "dependencies", "idempotency_key", "input",
         "item", "node_id", "params", "run_id", "visit",
     )
 
@@ -114,13 +114,21 @@ class NodeContext:
         self.dependencies = dependencies
         suffix = "" if item is None else f":{item}"
         self.idempotency_key = f"{run_id}:{node_id}:{visit}{suffix}"
-        self._cancel_event = cancel_event or asyncio.Event()
+        self._cancel = cancel_event  # made when first asked for: most nodes never are
+
+    @property
+    def _cancel_event(self) -> asyncio.Event:
+        """Set when the node should stop (``cancelled``)."""
+        event = self._cancel
+        if event is None:
+            event = self._cancel = asyncio.Event()
+        return event
 
     @property
     def cancelled(self) -> bool:
         """True once the node should stop: its run was cancelled, it timed out, or its worker is shutting
         down. Sync code polls this (it cannot be interrupted); async code also gets CancelledError."""
-        return self._cancel_event.is_set()
+        return self._cancel is not None and self._cancel.is_set()
 
     def __repr__(self) -> str:
         return f"NodeContext(run_id={self.run_id!r}, node_id={self.node_id!r}, visit={self.visit})"
