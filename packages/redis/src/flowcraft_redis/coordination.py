@@ -50,7 +50,8 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
     (``dispatches``), acks the committed delivery when jobs remain pending (``acks``) and hands fired jobs
     straight to the committing worker (``continues``), as that dispatcher offers. A finishing commit with
     ``Transition.owner`` also drops that owner's lease (``releases_lease``). Every key it writes gets the TTL
-    ``state_ttl_seconds``, refreshed on each write.
+    ``state_ttl_seconds``, refreshed when less than 7/8 of it may be left (the run hash's fields ``#ttl`` and
+    ``#ctxttl`` hold the second of the last refresh of the run hash and of the context hash).
 
     ``applies_context`` / ``dispatcher`` given to the constructor override what colocation decides.
     """
@@ -155,7 +156,7 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
         keys: list[str] = [self.keys.run(tx.run_id), self.keys.ctx(tx.run_id), self.keys.status(tx.run_id)]
         args: list[Any] = [tx.run_id, tx.job_key, repr(now), self.state_ttl_seconds, flags,
                            completion.token if completion is not None else "",
-                           dumps(completion.to_dict()) if completion is not None else "", owner]
+                           f"{completion.token} {dumps(completion.to_dict())}" if completion is not None else "", owner]
         if apply_context and completion is not None:
             args.append(len(completion.context_updates))
             for key, value in completion.context_updates.items():

@@ -2,7 +2,7 @@
 -- dispatches or acks) and the keys of the ack (Dispatcher.ack_args).
 -- ARGV: run, job key, now, ttl, flags (recovery, finish, has completion, apply context, status hash here:
 -- '0'/'1' each),
--- token, completion JSON, owner; context updates (n, key, value...), context deletes (n, key...); arrivals
+-- token, completion record (token .. ' ' .. completion JSON, as stored), owner; context updates (n, key, value...), context deletes (n, key...); arrivals
 -- (n, then per arrival: target, member, arrived '1'/'0', contribution JSON, expected members (n, id...),
 -- strategy, job JSON, due); then dispatch ('0'/'1'), how many fired jobs to hand to the owner (continues), the
 -- expiry of the lease it takes on each, the status and updated_at of the run record the caller already holds
@@ -11,6 +11,12 @@
 -- The run's coordination hash is read once (HMGET of every field this commit may look at), changed in a
 -- local overlay that later steps read through, and written once (HSET), so the rules below read like
 -- flowcraft.spi.apply_transition over tables.
+-- The run hash's TTL is refreshed when the commit finds its field '#ttl' (the whole second of the last refresh)
+-- missing or older than an eighth of the TTL: after any commit the hash has at least 7/8 of the TTL left, and the
+-- field lives and dies with the hash (a hash created again has none), so most commits skip the EXPIRE. The context
+-- hash's TTL likewise, by the run hash's field '#ctxttl' (the second a commit last wrote the context and set its
+-- TTL), which a commit that deletes context keys clears: a context hash emptied by deletes is gone, and the next
+-- write creates it again.
 local run, jkey, now, ttl, flags = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local recovery = string.sub(flags, 1, 1) == '1'
 local finish = string.sub(flags, 2, 2) == '1'
@@ -23,7 +29,7 @@ local R, ctx = KEYS[1], KEYS[2]
 local i = 9
 local nupdates = tonumber(ARGV[i]); local updates_at = i + 1; i = i + 1 + 2 * nupdates
 local ndeletes = tonumber(ARGV[i]); local deletes_at = i + 1; i = i + 1 + ndeletes
-local fields = {'c' .. jkey, 'j' .. jkey, 'l' .. jkey, '#pending', '#parked'}
+local fields = {'c' .. jkey, 'j' .. jkey, 'l' .. jkey, '#pending', '#parked', '#ttl', '#ctxttl'}
 local arrivals = {}
 for a = 1, tonumber(ARGV[i]) do
   local target, nexpected = ARGV[i + 1], tonumber(ARGV[i + 5])
@@ -72,7 +78,7 @@ if has_completion then
       return {'conflict', string.sub(existing, sp + 1)}
     end
   else
-    put('c' .. jkey, token .. ' ' .. completion)
+    put('c' .. jkey, completion)
     fresh = true
   end
 end
@@ -83,7 +89,14 @@ if apply_ctx and fresh and nupdates + ndeletes > 0 then
   for j = deletes_at, deletes_at + ndeletes - 1, 400 do
     redis.call('HDEL', ctx, unpack(ARGV, j, math.min(j + 399, deletes_at + ndeletes - 1)))
   end
-  redis.call('EXPIRE', ctx, ttl)
+  local set = tonumber(stored['#ctxttl'] or '')
+  if ndeletes > 0 then
+    redis.call('EXPIRE', ctx, ttl)
+    if set then put('#ctxttl', '') end
+  elseif not set or now - set >= ttl / 8 then
+    redis.call('EXPIRE', ctx, ttl)
+    put('#ctxttl', math.floor(now))
+  end
 end
 
 local pending_delta = 0
@@ -145,11 +158,11 @@ end
 -- finishing: the job is done and (Transition.owner) that owner's lease is dropped; afterwards the owner holds
 -- no lease on the job either way, so the reply says released (releases_lease)
 local released = 0
-local finished = nil  -- the JSON of the job this commit marks done
+local finished = nil  -- the state of the job this commit marks done ('p' .. its JSON)
 if finish then
   local state = stored['j' .. jkey]
   if state and string.sub(state, 1, 1) == 'p' then
-    finished = string.sub(state, 2)
+    finished = state
     put('j' .. jkey, 'd')
     pending_delta = pending_delta - 1
   end
@@ -191,13 +204,16 @@ end
 local pending = tonumber(stored['#pending'] or '0') + pending_delta
 if pending_delta ~= 0 then put('#pending', pending) end
 put('#activity', ARGV[3])
+local refreshed = tonumber(stored['#ttl'] or '')
+local expire = not refreshed or now - refreshed >= ttl / 8
+if expire then put('#ttl', math.floor(now)) end
 local pairs_ = {}
 for _, field in ipairs(order) do
   pairs_[#pairs_ + 1] = field
   pairs_[#pairs_ + 1] = stored[field]
 end
 for j = 1, #pairs_, 400 do redis.call('HSET', R, unpack(pairs_, j, math.min(j + 399, #pairs_))) end
-redis.call('EXPIRE', R, ttl)
+if expire then redis.call('EXPIRE', R, ttl) end
 
 -- dispatch (dispatches): with a queue on this Redis, the queue's own Lua (Dispatcher.lua, prepended
 -- to this script) pushes the fired jobs and puts the handed ones in its in-flight set; its KEYS follow the
@@ -206,7 +222,7 @@ local replies = {}
 if dispatching and #fired > 0 then replies = dispatch(fired, run, now, dispatch_at, 4, handed) end
 -- acks: the committed job's delivery is acked with the transition when jobs remain pending (the jobs it fired are
 -- on the queue, or handed over, by now); a commit that leaves nothing pending never acks (the queue's Lua is still
--- told, with the JSON of the job it marked done: the delivery must be able to come back)
+-- told, with the state of the job it marked done, 'p' .. its JSON: the delivery must be able to come back)
 if nack > 0 then ack_delivery(ack_at, 4, pending > 0, finished) end
 
 local out = {'ok', pending, tonumber(stored['#parked'] or '0'), released, #fired}

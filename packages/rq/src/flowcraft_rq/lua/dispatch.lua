@@ -44,11 +44,12 @@ end
 -- Capabilities.acks: with `acking` the commit acks the committed job's delivery as RqQueue.ack does: its entry
 -- (ARGV[at]) removed from its set (KEYS[k + 5], after RqDispatcher.keys: the started registry, or the lean in-flight
 -- set) and its rq job hash (KEYS[k + 6], none for a lean entry) deleted. Without (the commit left nothing pending),
--- a lean delivery keeps the JSON of the job the commit marked done (`finished`) in the held-jobs hash (KEYS[k + 4]),
+-- a lean delivery keeps the JSON of the job the commit marked done (`finished`: its state, 'p' .. JSON) in the
+-- held-jobs hash (KEYS[k + 4]),
 -- so that it can come back, as an rq job does, if its worker dies before the engine acks it.
 local function ack_delivery(at, k, acking, finished)
   if not acking then
-    if finished and not KEYS[k + 6] then redis.call('HSET', KEYS[k + 4], ARGV[at], finished) end
+    if finished and not KEYS[k + 6] then redis.call('HSET', KEYS[k + 4], ARGV[at], string.sub(finished, 2)) end
     return
   end
   redis.call('ZREM', KEYS[k + 5], ARGV[at])
