@@ -277,7 +277,7 @@ class MemoryStatusStore(StatusStore):
         now = time.time()
         record.created_at = record.created_at or now
         record.updated_at = now
-        self._records[record.run_id] = record.copy()
+        self._records[record.run_id] = _copy(record)
         self._notify(record.run_id)
         return True
 
@@ -321,7 +321,7 @@ class MemoryStatusStore(StatusStore):
         record.status = to_status  # type: ignore[assignment]  # validated by the engine
         record.updated_at = time.time()
         self._notify(run_id)
-        return record.copy()
+        return _copy(record)
 
     @property
     def writes_context(self) -> bool:
@@ -339,7 +339,7 @@ class MemoryStatusStore(StatusStore):
         found = sorted((r for r in self._records.values() if r.status in ACTIVE_STATUSES
                         and r.updated_at < older_than and (after is None or (r.updated_at, r.run_id) > after)),
                        key=lambda r: (r.updated_at, r.run_id))
-        return [r.copy() for r in found[:limit]]
+        return [_copy(r) for r in found[:limit]]
 
     async def wait_for_change(self, run_id: str, timeout: float) -> None:
         """Returns at the run's next change, or after ``timeout``: a future and a timer per wait (no task, event
@@ -373,12 +373,12 @@ class MemoryStatusStore(StatusStore):
         start = int(cursor) if cursor else 0
         page = selected[start : start + limit]
         next_cursor = str(start + limit) if start + limit < len(selected) else None
-        return [r.copy() for r in page], next_cursor
+        return [_copy(r) for r in page], next_cursor
 
 
 def _copy(record: RunRecord) -> RunRecord:
-    """``RunRecord.copy`` without ``dataclasses.replace`` (which inspects the fields on every call): the status
-    read every handled job makes."""
+    """``RunRecord.copy`` without ``dataclasses.replace`` (which inspects the fields on every call): what the store
+    keeps and hands out (a run's start, each status read and transition)."""
     return RunRecord(record.run_id, record.blueprint_id, status=record.status, version=record.version,
                      blueprint_hash=record.blueprint_hash, input=record.input, created_at=record.created_at,
                      updated_at=record.updated_at, errors=list(record.errors), awaiting=list(record.awaiting),

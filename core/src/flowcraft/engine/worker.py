@@ -65,6 +65,7 @@ class Worker:
         self._giving_back: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
         self._room.set()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop ``run`` runs in (asking for it costs a syscall)
         engine.taker = self  # takes the jobs a commit hands over (Capabilities.continues)
 
     def stop(self) -> None:
@@ -84,6 +85,7 @@ class Worker:
         return "stopping" if self.stopping else "ready" if self.ready.is_set() else "starting"
 
     async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
         heartbeat = asyncio.create_task(self._heartbeat_loop())
         presence: asyncio.Task[None] | None = None
         unreachable_since: float | None = None
@@ -130,6 +132,7 @@ class Worker:
                 await self.presence.retire()
             if self.engine.taker is self:  # stopped: it takes nothing more (and the engine does not keep it alive)
                 self.engine.taker = None
+            self._loop = None
 
     def room(self) -> int:
         """How many more handed-over jobs this worker takes now: free slots, counting the slot of a job that is
@@ -158,7 +161,8 @@ class Worker:
 
     def _start(self, delivery: Delivery) -> None:
         handling: list[asyncio.Task[None]] = []  # the task, for its coroutine (no asyncio.current_task call)
-        task = asyncio.create_task(self._handle(delivery, handling))
+        loop = self._loop
+        task = (loop or asyncio.get_running_loop()).create_task(self._handle(delivery, handling))
         handling.append(task)
         self._tasks[task] = delivery
         if len(self._tasks) >= self.concurrency:
