@@ -32,7 +32,13 @@ a call that still reports busy is rolled back and run again until then.
 Group commit: the thread runs every call queued since it last woke (up to 64) in one transaction and hands
 the results back, after the commit, with one wake-up of the event loop. Under load this saves most of the
 locking, WAL writes and thread switches; if one call of a group fails, the group is rolled back and each
-call runs in a transaction of its own, so a failure never affects another call.
+call runs in a transaction of its own, so a failure never affects another call. The calls that only read
+(``SqliteDatabase.read``: a status poll, a run's record, its context) run beside that transaction, never in
+it, so they neither take nor wait for the write lock.
+
+A queue polls for jobs other processes enqueue (every 5 ms, backing off to 100 ms); while one waits, its idle
+database thread also reads ``PRAGMA data_version`` every 1 ms (backing off to 8 ms while nothing changes) and
+wakes it as soon as another process committed, so a worker sees new work within a few ms.
 
 Coordination ``commit`` runs ``flowcraft.spi.apply_transition`` over the tables of one open
 transaction and writes the completion's context updates in that same transaction (``applies_context``).
@@ -114,6 +120,10 @@ _RECORDS = 256  # parsed run records a queue keeps (SqliteQueue._parsed)
 #: WAL checkpoints (``_Checkpointer``): at most this often per process, in seconds; past this many WAL frames
 #: (4 KiB pages) also a RESTART checkpoint, waiting at most this long (ms) for readers and writers
 _CHECKPOINT_EVERY = 0.05
+#: while a queue of this process waits for work, how often its idle database thread looks for other processes'
+#: commits: at first, and the cap it doubles up to while it sees none
+_WATCH_MIN = 0.001
+_WATCH_MAX = 0.008
 _RESTART_FRAMES = 4096
 _RESTART_WAIT_MS = 100
 
@@ -334,14 +344,33 @@ class SqliteQueueOptions(SqliteOptions, QueueOptions):
         QueueOptions.__post_init__(self)
 
 
+class _Changes:
+    """Other processes' commits, for the queues of this process that wait for work: while ``waiting`` is above zero,
+    the database thread, when it has no call to run, reads ``PRAGMA data_version`` (a read of the shared WAL index,
+    no I/O) every ``_WATCH_MIN`` seconds, doubling up to ``_WATCH_MAX`` while nothing changes, and calls every
+    listener once another connection committed since it last looked (its own commits do not count). A worker then
+    sees a job another process enqueued within a few ms instead of at its next poll, which backs off to
+    ``POLL_MAX``; the polls stay, as the fallback."""
+
+    def __init__(self) -> None:
+        self.waiting = 0
+        self.listeners: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+
+    def wait(self, delta: int) -> None:
+        with self._lock:
+            self.waiting += delta
+
+
 class SqliteDatabase:
     """One database file as this process uses it: one connection, owned by one dedicated thread.
 
     ``call(fn)`` runs ``fn(connection)`` in that thread, so this process's calls are serialized. ``fn``
     makes its writes inside ``immediate(connection)`` (``write(fn)`` does that for it) and may be run again
     from its start, so it must not change anything but the database. The calls queued while the thread was
-    busy run in one transaction (group commit); each call is atomic either way. Closing is idempotent; a
-    call after ``close`` opens the database again.
+    busy run in one transaction (group commit); each call is atomic either way. ``read(fn)`` is a call that
+    only reads: it never joins that transaction, so it neither takes nor waits for the write lock. Closing is
+    idempotent; a call after ``close`` opens the database again.
     """
 
     def __init__(self, path: str | os.PathLike[str] = DEFAULT_PATH, *, busy_timeout: float = 10.0,
@@ -351,6 +380,7 @@ class SqliteDatabase:
         self.read_only = read_only
         self._thread: _DatabaseThread | None = None
         self._guard = threading.Lock()
+        self.changes = _Changes()
 
     @classmethod
     def shared(cls, options: SqliteOptions, shared: dict[str, Any]) -> SqliteDatabase:
@@ -363,10 +393,17 @@ class SqliteDatabase:
         return database
 
     async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._queue(fn, True)
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """``call`` for a function that only reads: it runs outside any write transaction of the thread."""
+        return await self._queue(fn, False)
+
+    def _queue(self, fn: Callable[[sqlite3.Connection], T], writes: bool) -> asyncio.Future[T]:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        while not self._current_thread().submit(fn, future):
+        while not self._current_thread().submit((fn, future, writes)):
             pass  # that thread was closed meanwhile: the next call of _current_thread starts another
-        return await future
+        return future
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def transaction(conn: sqlite3.Connection) -> T:
@@ -392,7 +429,7 @@ class SqliteDatabase:
         with self._guard:
             thread = self._thread
             if thread is None or thread.closed:
-                thread = self._thread = _DatabaseThread(self.path, self.busy_timeout, self.read_only)
+                thread = self._thread = _DatabaseThread(self.path, self.busy_timeout, self.read_only, self.changes)
                 weakref.finalize(self, thread.close, None)  # a database dropped without close()
             return thread
 
@@ -474,14 +511,17 @@ def _connect_read_only(path: str) -> sqlite3.Connection:
     return conn
 
 
-_Call = tuple[Callable[[sqlite3.Connection], Any] | None, "asyncio.Future[Any] | None"]
+#: a call for the database thread: its function (None: close the thread), its future, whether it may write
+_Call = tuple[Callable[[sqlite3.Connection], Any] | None, "asyncio.Future[Any] | None", bool]
+_Run = list[tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]]
 
 
 class _DatabaseThread:
     """The thread that owns a connection. It runs every call queued since it last woke, then hands the
     results back with one wake-up per event loop, which makes a call much cheaper under load."""
 
-    def __init__(self, path: str, busy_timeout: float, read_only: bool = False) -> None:
+    def __init__(self, path: str, busy_timeout: float, read_only: bool = False, changes: _Changes | None = None
+                 ) -> None:
         self._path = path
         self._busy_timeout = busy_timeout
         self._read_only = read_only
@@ -492,15 +532,17 @@ class _DatabaseThread:
         self._checkpoints = not read_only and not _in_memory(path)  # _connect turned the automatic ones off
         self._last_checkpoint = 0.0  # time.monotonic() of this thread's last checkpoint request
         self._checkpointer: _Checkpointer | None = None  # started by the first request
+        # looked for while a queue waits (another process cannot write an in-memory or read-only database)
+        self._changes = changes if changes is not None and self._checkpoints else None
         self.closed = False
         threading.Thread(target=self._main, name="flowcraft-sqlite", daemon=True).start()
 
-    def submit(self, fn: Callable[[sqlite3.Connection], Any], future: asyncio.Future[Any]) -> bool:
-        """Queue ``fn``; False if the thread is closing."""
+    def submit(self, call: _Call) -> bool:
+        """Queue ``call``; False if the thread is closing."""
         with self._lock:
             if self.closed:
                 return False
-            self._calls.put((fn, future))
+            self._calls.put(call)
             return True
 
     def close(self, future: asyncio.Future[None] | None) -> None:
@@ -511,28 +553,43 @@ class _DatabaseThread:
                     future.set_result(None)
                 return
             self.closed = True
-            self._calls.put((None, future))
+            self._calls.put((None, future, True))
 
     def _main(self) -> None:
         conn: sqlite3.Connection | None = None
         running = True
+        version: int | None = None  # PRAGMA data_version when the thread last looked, while a queue waits
+        watch = _WATCH_MIN
         while running:
-            batch = [self._calls.get()]
+            changes = self._changes
+            if conn is None or changes is None or not changes.waiting:
+                batch = [self._calls.get()]
+            else:
+                try:
+                    batch = [self._calls.get(timeout=watch)]
+                except queue.Empty:
+                    seen, version = version, self._look(conn, changes, version)
+                    watch = _WATCH_MIN if seen != version else min(watch * 2, _WATCH_MAX)
+                    continue
+                # read before the calls run: a claim among them sees what was committed before, and any commit
+                # made after this read changes the version the next look compares
+                version = self._look(conn, None, None)
             while len(batch) < _BATCH:
                 try:
                     batch.append(self._calls.get_nowait())
                 except queue.Empty:
                     break
-            calls: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+            calls: _Run = []  # those that may write: one transaction
+            reads: _Run = []  # the others: outside it
             outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
-            for fn, future in batch:
+            for fn, future, writes in batch:
                 if fn is None:  # close: always the last call this thread receives
                     running = False
                     if future is not None:
                         outcomes.append((future, True, None))
                 elif future is not None and not future.cancelled():  # else its caller gave up before it ran
-                    calls.append((fn, future))
-            if calls:
+                    (calls if writes else reads).append((fn, future))
+            if calls or reads:
                 try:
                     if conn is None:
                         conn = _connect(self._path, self._busy_timeout, self._read_only)
@@ -540,9 +597,9 @@ class _DatabaseThread:
                     else:
                         self._check_same_file()
                 except Exception as exc:
-                    outcomes[:0] = [(future, False, exc) for _, future in calls]
+                    outcomes[:0] = [(future, False, exc) for _, future in reads + calls]
                 else:
-                    outcomes[:0] = self._run(conn, calls)
+                    outcomes[:0] = self._each(conn, reads) + self._run(conn, calls)
             if not running:
                 if self._checkpointer is not None:
                     self._checkpointer.close()  # waits for a checkpoint in progress
@@ -557,8 +614,20 @@ class _DatabaseThread:
                         loop.call_soon_threadsafe(_settle, results)
                     except RuntimeError:  # the loop closed meanwhile; nobody waits for these results
                         pass
-            if running and conn is not None and calls and self._checkpoints:
+            if running and conn is not None and (calls or reads) and self._checkpoints:
                 self._checkpoint()
+
+    @staticmethod
+    def _look(conn: sqlite3.Connection, changes: _Changes | None, last: int | None) -> int | None:
+        """The database's ``data_version``; with ``changes``, tell its listeners when it differs from ``last``."""
+        try:
+            version: int = conn.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error:
+            return last
+        if changes is not None and last is not None and version != last:
+            for listener in list(changes.listeners):
+                listener()
+        return version
 
     def _checkpoint(self) -> None:
         """Ask this process's checkpointer to copy the WAL into the database file, after a batch's results were
@@ -585,9 +654,17 @@ class _DatabaseThread:
                               hint="stop every worker and client using it, then start them again on the "
                                    "current file")
 
-    def _run(self, conn: sqlite3.Connection, calls: list[tuple[Callable[[sqlite3.Connection], Any],
-                                                                  asyncio.Future[Any]]]
-             ) -> list[tuple[asyncio.Future[Any], bool, Any]]:
+    def _each(self, conn: sqlite3.Connection, calls: _Run) -> list[tuple[asyncio.Future[Any], bool, Any]]:
+        """Run each call on its own (a call that writes in a transaction of its own, a read outside any)."""
+        outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
+        for fn, future in calls:
+            try:
+                outcomes.append((future, True, _retry(conn, fn, self._busy_timeout)))
+            except Exception as exc:
+                outcomes.append((future, False, exc))
+        return outcomes
+
+    def _run(self, conn: sqlite3.Connection, calls: _Run) -> list[tuple[asyncio.Future[Any], bool, Any]]:
         """Run the calls in one transaction (group commit: one lock, one WAL write); if one of them fails,
         that transaction is rolled back and each call runs in its own, so only that one fails."""
         if len(calls) > 1:
@@ -604,13 +681,7 @@ class _DatabaseThread:
                 pass
             else:
                 return [(future, True, result) for (_, future), result in zip(calls, results, strict=True)]
-        outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
-        for fn, future in calls:
-            try:
-                outcomes.append((future, True, _retry(conn, fn, self._busy_timeout)))
-            except Exception as exc:
-                outcomes.append((future, False, exc))
-        return outcomes
+        return self._each(conn, calls)
 
 
 class _Checkpointer:
@@ -735,6 +806,7 @@ class SqliteQueue(_SqliteComponent, Queue):
         # run id -> (its record's document, that document parsed) as a prefetch last read it, used by the
         # database thread only: a delivery whose run's document is unchanged gets the same (read-only) record
         self._records: dict[str, tuple[str, RunRecord]] = {}
+        self.db.changes.listeners.append(self._notify)  # another process committed while a receive waits
 
     @property
     def prefetches_status(self) -> bool:
@@ -771,23 +843,28 @@ class SqliteQueue(_SqliteComponent, Queue):
         loop = asyncio.get_running_loop()
         end = time.monotonic() + wait
         pause = POLL_MIN
-        while True:
-            wakeup: asyncio.Future[None] = loop.create_future()
-            self._waiters.add(wakeup)  # before looking, so an enqueue of this process while we look wakes us
-            try:
-                found, next_due = await self.db.call(lambda conn: self._claim(conn, max_jobs, prefetch))
-                if found:
-                    return found
-                remaining = end - time.monotonic()
-                if remaining <= 0:
-                    return []
-                sleep = min(pause, remaining)
-                if next_due is not None:
-                    sleep = min(sleep, max(0.001, next_due - time.time()))
-                done, _ = await asyncio.wait({wakeup}, timeout=sleep)
-                pause = POLL_MIN if done else min(pause * 2, POLL_MAX)
-            finally:
-                self._waiters.discard(wakeup)
+        changes = self.db.changes
+        changes.wait(+1)  # while this waits, the database thread wakes it on another process's commit
+        try:
+            while True:
+                wakeup: asyncio.Future[None] = loop.create_future()
+                self._waiters.add(wakeup)  # before looking, so an enqueue of this process while we look wakes us
+                try:
+                    found, next_due = await self.db.call(lambda conn: self._claim(conn, max_jobs, prefetch))
+                    if found:
+                        return found
+                    remaining = end - time.monotonic()
+                    if remaining <= 0:
+                        return []
+                    sleep = min(pause, remaining)
+                    if next_due is not None:
+                        sleep = min(sleep, max(0.001, next_due - time.time()))
+                    done, _ = await asyncio.wait({wakeup}, timeout=sleep)
+                    pause = POLL_MIN if done else min(pause * 2, POLL_MAX)
+                finally:
+                    self._waiters.discard(wakeup)
+        finally:
+            changes.wait(-1)
 
     def _claim(self, conn: sqlite3.Connection, max_jobs: int, prefetch: tuple[str, float] | None = None
                ) -> tuple[list[Delivery], float | None]:
@@ -933,7 +1010,7 @@ class SqliteQueue(_SqliteComponent, Queue):
         await self.db.write(move)
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        rows = await self.db.call(lambda conn: conn.execute(
+        rows = await self.db.read(lambda conn: conn.execute(
             "SELECT id, message_id, job, reason, deliveries, dead_at FROM fc_dead_letters ORDER BY id LIMIT ?",
             (limit,),
         ).fetchall())
@@ -961,13 +1038,13 @@ class SqliteQueue(_SqliteComponent, Queue):
 
     async def size(self) -> int:
         """Messages not yet acknowledged (ready, delayed or in flight)."""
-        count: int = (await self.db.call(lambda conn: conn.execute("SELECT COUNT(*) FROM fc_queue").fetchone()))[0]
+        count: int = (await self.db.read(lambda conn: conn.execute("SELECT COUNT(*) FROM fc_queue").fetchone()))[0]
         return count
 
     async def depth(self) -> int:
         """Jobs waiting to be delivered: ready, delayed or with an expired lease (not those in flight)."""
         now = time.time()
-        count: int = (await self.db.call(lambda conn: conn.execute(
+        count: int = (await self.db.read(lambda conn: conn.execute(
             "SELECT COUNT(*) FROM fc_queue WHERE lease_token IS NULL OR leased_until <= ?", (now,)).fetchone()))[0]
         return count
 
@@ -1027,10 +1104,10 @@ class SqliteContextStore(_SqliteComponent, ContextStore):
                 ).fetchall()
             return rows
 
-        return {key: json.loads(value) for key, value in await self.db.call(read)}
+        return {key: json.loads(value) for key, value in await self.db.read(read)}
 
     async def get_all(self, run_id: str) -> dict[str, Any]:
-        rows: list[tuple[str, str]] = await self.db.call(
+        rows: list[tuple[str, str]] = await self.db.read(
             lambda conn: conn.execute("SELECT key, value FROM fc_context WHERE run_id = ?", (run_id,)).fetchall()
         )
         return {key: json.loads(value) for key, value in rows}
@@ -1083,7 +1160,7 @@ class SqliteStatusStore(_SqliteComponent, StatusStore):
         return inserted
 
     async def get(self, run_id: str) -> RunRecord | None:
-        row = await self.db.call(
+        row = await self.db.read(
             lambda conn: conn.execute("SELECT record FROM fc_status WHERE run_id = ?", (run_id,)).fetchone()
         )
         if row is None:
@@ -1167,7 +1244,7 @@ class SqliteStatusStore(_SqliteComponent, StatusStore):
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = f"SELECT record FROM fc_status{where} ORDER BY created_at DESC, run_id DESC LIMIT ?"
         params.append(max(0, limit) + 1)
-        rows = await self.db.call(lambda conn: conn.execute(sql, params).fetchall())
+        rows = await self.db.read(lambda conn: conn.execute(sql, params).fetchall())
         records = [RunRecord.from_dict(json.loads(row[0])) for row in rows[: max(0, limit)]]
         next_cursor = None
         if len(rows) > limit and records:
@@ -1178,7 +1255,7 @@ class SqliteStatusStore(_SqliteComponent, StatusStore):
         self, older_than: float, limit: int = 100, *, after: tuple[float, str] | None = None
     ) -> builtins.list[RunRecord]:
         since, since_id = after if after is not None else (float("-inf"), "")
-        rows = await self.db.call(lambda conn: conn.execute(
+        rows = await self.db.read(lambda conn: conn.execute(
             "SELECT record FROM fc_status WHERE status IN ('running', 'awaiting') AND updated_at < ? "
             "AND (updated_at > ? OR (updated_at = ? AND run_id > ?)) ORDER BY updated_at, run_id LIMIT ?",
             (older_than, since, since, since_id, limit),
@@ -1216,7 +1293,7 @@ class SqliteStatusStore(_SqliteComponent, StatusStore):
                     del self._changed[run_id]
 
     async def _stamp(self, run_id: str) -> tuple[str, float] | None:
-        row = await self.db.call(lambda conn: conn.execute(
+        row = await self.db.read(lambda conn: conn.execute(
             "SELECT status, updated_at FROM fc_status WHERE run_id = ?", (run_id,)
         ).fetchone())
         return None if row is None else (str(row[0]), float(row[1]))
@@ -1497,12 +1574,12 @@ class SqliteCoordinationStore(_SqliteComponent, TablesCoordinationStore):
 
     # reads and the delete outside an immediate transaction: they take no write lock
     async def jobs(self, run_id: str, state: JobState = "pending") -> list[PendingJob]:
-        rows = await self.db.call(lambda conn: SqliteTables(conn).jobs_in_state(run_id, state))
+        rows = await self.db.read(lambda conn: SqliteTables(conn).jobs_in_state(run_id, state))
         now = time.time()
         return [PendingJob(job, leased=expires is not None and expires > now) for job, expires in rows]
 
     async def activity(self, run_id: str) -> float | None:
-        return await self.db.call(lambda conn: SqliteTables(conn).last_activity(run_id))
+        return await self.db.read(lambda conn: SqliteTables(conn).last_activity(run_id))
 
     async def delete_run(self, run_id: str) -> None:
         await self.db.write(lambda conn: SqliteTables(conn).forget_run(run_id))
