@@ -26,8 +26,8 @@ import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import KW_ONLY, MISSING, dataclass, field, fields, replace
-from typing import Any, ClassVar, Literal, Protocol, Self, TypeVar, cast
+from dataclasses import KW_ONLY, dataclass, field, fields, replace
+from typing import Any, ClassVar, Literal, Protocol, Self, TypeVar
 
 from flowcraft.errors import FlowcraftError, PluginError, UnsupportedError
 
@@ -59,58 +59,17 @@ ACTIVE_STATUSES: frozenset[str] = frozenset({"running", "awaiting"})
 JobState = Literal["pending", "done", "skipped", "parked"]
 
 
-_R = TypeVar("_R")
+SlotSetter = Callable[[Any, Any], None]
 
 
-class _Factory:
-    """The default of a field with a default factory in ``quick_init``'s signature: not passed, so built."""
-
-    def __repr__(self) -> str:
-        return "<factory>"  # as ``dataclass`` shows it
-
-
-_NO_VALUE: Any = _Factory()
-
-
-def quick_init(cls: type[_R]) -> type[_R]:
-    """Give a frozen, slotted dataclass an ``__init__`` with the same signature and effect as the one
-    ``dataclass`` wrote, but setting each slot through its descriptor instead of ``object.__setattr__`` (the
-    frozen class's way round its own ``__setattr__``): a Job is built in ~1.2 us instead of ~1.9. The engine
-    builds several of these records for every node it runs. Put it above ``@dataclass(frozen=True, slots=True)``."""
-    params: list[str] = []
-    keyword: list[str] = []
-    body: list[str] = []
-    env: dict[str, Any] = {"_NO_VALUE": _NO_VALUE}
-    for item in fields(cast(Any, cls)):
-        name = item.name
-        env[f"_set_{name}"] = cls.__dict__[name].__set__
-        value = name
-        if item.default is not MISSING:
-            env[f"_default_{name}"] = item.default
-            param = f"{name}=_default_{name}"
-            if not item.init:
-                value = f"_default_{name}"
-        elif item.default_factory is not MISSING:
-            env[f"_factory_{name}"] = item.default_factory
-            param = f"{name}=_NO_VALUE"
-            value = f"_factory_{name}()" if not item.init else f"_factory_{name}() if {name} is _NO_VALUE else {name}"
-        elif not item.init:  # set by __post_init__
-            continue
-        else:
-            param = name
-        if item.init:
-            (keyword if item.kw_only else params).append(param)
-        body.append(f"    _set_{name}(self, {value})")
-    if hasattr(cls, "__post_init__"):
-        body.append("    self.__post_init__()")
-    signature = ", ".join(["self", *params, *(["*", *keyword] if keyword else [])])
-    namespace: dict[str, Any] = {}
-    exec(f"def __init__({signature}) -> None:\n" + "\n".join(body or ["    pass"]), env, namespace)
-    init = namespace["__init__"]
-    init.__qualname__ = f"{cls.__qualname__}.__init__"
-    init.__doc__ = cls.__init__.__doc__
-    cls.__init__ = init  # type: ignore[method-assign]
-    return cls
+def slot_setters(cls: type, names: str) -> tuple[SlotSetter, ...]:
+    """The ``__set__`` of each of ``names`` (space-separated slots of a frozen, slotted dataclass), in order: what
+    the hand-written ``__init__`` of the engine's hottest records sets their fields with. Setting a slot through
+    its descriptor costs about half of the ``object.__setattr__`` call the generated ``__init__`` makes per field
+    (the frozen class's way round its own ``__setattr__``): a Job is built in ~1.2 us instead of ~1.9, and the
+    engine builds several such records per node. ``flowcraft`` core's tests check that each hand-written
+    ``__init__`` has the signature and sets the values the generated one would."""
+    return tuple(cls.__dict__[name].__set__ for name in names.split())
 
 
 def job_key(node_id: str, visit: int = 0, item: int | None = None) -> str:
@@ -118,8 +77,7 @@ def job_key(node_id: str, visit: int = 0, item: int | None = None) -> str:
     return f"{visit}:{node_id}" if item is None else f"{visit}:{item}:{node_id}"
 
 
-@quick_init
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Job:
     """One unit of queued work: run a node (or one item of a map node) at a visit.
 
@@ -143,8 +101,24 @@ class Job:
     #: times per job); not a constructor argument, nor compared
     key: str = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "key", job_key(self.node_id, self.visit, self.item))
+    def __init__(self, run_id: str, blueprint_id: str, node_id: str, *, visit: int = 0, attempt: int = 1,
+                 item: int | None = None, version: str | None = None, input: Any = None, has_input: bool = False,
+                 due_at: float | None = None, payload: Mapping[str, Any] | None = None, bounces: int = 0) -> None:
+        (set_run_id, set_blueprint_id, set_node_id, set_visit, set_attempt, set_item, set_version, set_input,
+         set_has_input, set_due_at, set_payload, set_bounces, set_key) = _JOB_SLOTS  # (see ``slot_setters``)
+        set_run_id(self, run_id)
+        set_blueprint_id(self, blueprint_id)
+        set_node_id(self, node_id)
+        set_visit(self, visit)
+        set_attempt(self, attempt)
+        set_item(self, item)
+        set_version(self, version)
+        set_input(self, input)
+        set_has_input(self, has_input)
+        set_due_at(self, due_at)
+        set_payload(self, payload)
+        set_bounces(self, bounces)
+        set_key(self, job_key(node_id, visit, item))
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"run_id": self.run_id, "blueprint_id": self.blueprint_id, "node_id": self.node_id}
@@ -193,6 +167,8 @@ class Job:
 
 #: the fields ``Job`` takes (all but ``key``), for ``Job.evolve``
 _JOB_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Job) if f.init)
+_JOB_SLOTS = slot_setters(Job, "run_id blueprint_id node_id visit attempt item version input has_input due_at payload "
+                               "bounces key")
 
 
 @dataclass(slots=True)
@@ -250,8 +226,7 @@ class DeadLetter:
                 "dead_at": self.dead_at, "raw": raw}
 
 
-@quick_init
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Completion:
     """A node's completion record for one visit: its output, its action, the context writes it made.
 
@@ -267,6 +242,20 @@ class Completion:
     context_deletes: tuple[str, ...] = ()
     fallback: str | None = None
     due_at: float | None = None
+
+    def __init__(self, node_id: str, *, output: Any = None, action: str | None = None, token: str = "",
+                 context_updates: Mapping[str, Any] | None = None, context_deletes: tuple[str, ...] = (),
+                 fallback: str | None = None, due_at: float | None = None) -> None:
+        (set_node_id, set_output, set_action, set_token, set_context_updates, set_context_deletes, set_fallback,
+         set_due_at) = _COMPLETION_SLOTS  # (see ``slot_setters``)
+        set_node_id(self, node_id)
+        set_output(self, output)
+        set_action(self, action)
+        set_token(self, token)
+        set_context_updates(self, {} if context_updates is None else context_updates)
+        set_context_deletes(self, context_deletes)
+        set_fallback(self, fallback)
+        set_due_at(self, due_at)
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"node_id": self.node_id, "output": self.output, "token": self.token}
@@ -296,8 +285,7 @@ class Completion:
         )
 
 
-@quick_init
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Arrival:
     """A predecessor reaching a target: ``arrived`` (edge taken, carrying ``contribution``) or skipped.
 
@@ -324,13 +312,22 @@ class Arrival:
     expected: tuple[str, ...]
     strategy: Literal["all", "any"] = "all"
 
+    def __init__(self, job: Job, member: str, *, arrived: bool, contribution: Any, expected: tuple[str, ...],
+                 strategy: Literal["all", "any"] = "all") -> None:
+        set_job, set_member, set_arrived, set_contribution, set_expected, set_strategy = _ARRIVAL_SLOTS
+        set_job(self, job)
+        set_member(self, member)
+        set_arrived(self, arrived)
+        set_contribution(self, contribution)
+        set_expected(self, expected)
+        set_strategy(self, strategy)
+
     @property
     def target_key(self) -> str:
         return self.job.key
 
 
-@quick_init
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Transition:
     """Everything one handled job changes, applied by ``CoordinationStore.commit``.
 
@@ -358,9 +355,25 @@ class Transition:
     continue_up_to: int = 0
     lease_seconds: float = 0.0
 
+    def __init__(self, run_id: str, job_key: str, *, completion: Completion | None = None,
+                 arrivals: tuple[Arrival, ...] = (), finish: bool = False, recovery: bool = False,
+                 owner: str | None = None, receipt: Any = None, continue_up_to: int = 0,
+                 lease_seconds: float = 0.0) -> None:
+        (set_run_id, set_job_key, set_completion, set_arrivals, set_finish, set_recovery, set_owner, set_receipt,
+         set_continue_up_to, set_lease_seconds) = _TRANSITION_SLOTS
+        set_run_id(self, run_id)
+        set_job_key(self, job_key)
+        set_completion(self, completion)
+        set_arrivals(self, arrivals)
+        set_finish(self, finish)
+        set_recovery(self, recovery)
+        set_owner(self, owner)
+        set_receipt(self, receipt)
+        set_continue_up_to(self, continue_up_to)
+        set_lease_seconds(self, lease_seconds)
 
-@quick_init
-@dataclass(frozen=True, slots=True, kw_only=True)
+
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class Committed:
     """What a commit decided.
 
@@ -381,8 +394,18 @@ class Committed:
     pending: int = 1
     parked: int = 0
 
+    def __init__(self, *, conflict: Completion | None = None, fired: tuple[Job, ...] = (),
+                 continued: tuple[Delivery, ...] = (), skipped: tuple[str, ...] = (), pending: int = 1,
+                 parked: int = 0) -> None:
+        set_conflict, set_fired, set_continued, set_skipped, set_pending, set_parked = _COMMITTED_SLOTS
+        set_conflict(self, conflict)
+        set_fired(self, fired)
+        set_continued(self, continued)
+        set_skipped(self, skipped)
+        set_pending(self, pending)
+        set_parked(self, parked)
 
-@quick_init
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Begin:
     """State of a job when a worker picks it up. All fields are keyword-only."""
@@ -390,6 +413,14 @@ class Begin:
     lease: bool
     state: JobState | None
     completion: Completion | None
+
+
+_COMPLETION_SLOTS = slot_setters(Completion, "node_id output action token context_updates context_deletes fallback "
+                                             "due_at")
+_ARRIVAL_SLOTS = slot_setters(Arrival, "job member arrived contribution expected strategy")
+_TRANSITION_SLOTS = slot_setters(Transition, "run_id job_key completion arrivals finish recovery owner receipt "
+                                             "continue_up_to lease_seconds")
+_COMMITTED_SLOTS = slot_setters(Committed, "conflict fired continued skipped pending parked")
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from flowcraft.spi import quick_init
+from flowcraft.spi import slot_setters
 
 OutcomeState = Literal["completed", "retry_scheduled", "failed", "settled"]
 
 
-@quick_init
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True, kw_only=True, init=False)
 class NodeOutcome:
     """``completed``: the node (or its fallback) produced ``output`` and ``action``; the engine records and
     routes them (``due_at``: successors are due later, a sleep; ``fallback``: the node that produced them).
@@ -25,6 +24,17 @@ class NodeOutcome:
     due_at: float | None = None
     fallback: str | None = None
     error: BaseException | None = None
+
+    def __init__(self, *, state: OutcomeState, output: Any = None, action: str | None = None,
+                 due_at: float | None = None, fallback: str | None = None, error: BaseException | None = None
+                 ) -> None:
+        set_state, set_output, set_action, set_due_at, set_fallback, set_error = _SLOTS  # (see ``slot_setters``)
+        set_state(self, state)
+        set_output(self, output)
+        set_action(self, action)
+        set_due_at(self, due_at)
+        set_fallback(self, fallback)
+        set_error(self, error)
 
     @classmethod
     def completed(cls, output: Any, action: str | None = None, *, due_at: float | None = None,
@@ -42,3 +52,6 @@ class NodeOutcome:
     @classmethod
     def settled(cls) -> NodeOutcome:
         return cls(state="settled")
+
+
+_SLOTS = slot_setters(NodeOutcome, "state output action due_at fallback error")
