@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from flowcraft.options import NoOptions, QueueOptions, parse_options
 from flowcraft.spi import (
@@ -111,7 +111,7 @@ class MemoryQueue(Queue):
 
     def _deliver(self, waiting: Job | _Message, now: float) -> Delivery:
         """Put a job or a message in flight (invisible until its visibility deadline) as a new delivery."""
-        message = waiting if type(waiting) is _Message else _Message(cast(Job, waiting))
+        message = waiting if type(waiting) is _Message else _Message(waiting)  # type: ignore[arg-type]  # a Job
         message.deliveries += 1
         message.token = token = next(self._seq)
         message.deadline = now + self.visibility_timeout
@@ -471,12 +471,12 @@ class MemoryCoordinationStore(TablesCoordinationStore):
         """Put fired jobs on the queue (a job due later with its delay), those ``split_hand_over`` picks handed to
         the owner instead; return the handed deliveries."""
         now = time.time()
-        handed, queued = split_hand_over(transition, fired, now) if self._status is not None else ([], fired)
+        status = self._status
+        handed, queued = split_hand_over(transition, fired, now) if status is not None else ([], fired)
         deliveries: list[Delivery] = []
-        for job in handed:
+        for job in handed:  # (split_hand_over hands jobs only to an owner)
             delivery = queue.hand(job)
-            self.prefetch(delivery, cast(MemoryStatusStore, self._status), cast(str, transition.owner),
-                          transition.lease_seconds)
+            self.prefetch(delivery, status, transition.owner, transition.lease_seconds)  # type: ignore[arg-type]
             deliveries.append(delivery)
         ready = [job for job in queued if job.due_at is None or job.due_at <= now]
         if ready:
@@ -541,6 +541,10 @@ class MemoryCoordinationStore(TablesCoordinationStore):
     def set_job_state(self, run_id: str, key: str, state: JobState, job: Job | None = None) -> None:
         run = self._run(run_id)
         old_state, old_job = run.jobs[key]
+        if old_state == "pending" and state == "done":  # most calls: a job finishing
+            run.pending -= 1
+            run.jobs[key] = _DONE
+            return
         self._count(run, old_state, -1)
         # a done job's document is never read again (``jobs`` lists pending and parked ones; a recovery reads only
         # pending ones): drop it rather than keep a Job per executed node alive

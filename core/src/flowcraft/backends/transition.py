@@ -60,10 +60,13 @@ def apply_transition(tables: CoordinationTables, tx: Transition, *, applies_cont
     fired: list[Job] = []
     skipped: list[str] = []
     for arrival in tx.arrivals:
-        decision = _decide(tables, run_id, arrival)
-        if decision is None:
-            continue
-        key = arrival.target_key
+        if len(arrival.expected) <= 1:  # (``_decide``'s first case, without its call: most arrivals)
+            decision: str | None = "fire" if arrival.arrived else "skip"
+        else:
+            decision = _decide(tables, run_id, arrival)
+            if decision is None:
+                continue
+        key = arrival.job.key
         if decision == "skip":
             if tables.insert_job(run_id, key, "skipped", None) or (
                 tx.recovery and tables.job_state(run_id, key) == "skipped"

@@ -793,11 +793,8 @@ class Engine:
         return f"{self._token_prefix}:{next(self._tokens)}"
 
     def _node_context(self, job: Job, node: NodeDefinition, context: RunContext, input_value: Any) -> NodeContext:
-        return NodeContext(
-            input=input_value, params=node.params, context=context, run_id=job.run_id,
-            blueprint_id=job.blueprint_id, node_id=job.node_id, visit=loop_visit(job.visit), attempt=job.attempt,
-            item=job.item, dependencies=self.app.dependencies,
-        )
+        return NodeContext._of(input_value, node.params, context, job.run_id, job.blueprint_id, job.node_id,
+                               loop_visit(job.visit), job.attempt, job.item, self.app.dependencies)
 
     async def _node_input(self, job: Job, node: NodeDefinition) -> Any:
         if node.inputs is None or job.item is not None:

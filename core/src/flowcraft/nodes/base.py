@@ -102,6 +102,21 @@ class NodeContext:
         dependencies: Mapping[str, Any],
         cancel_event: asyncio.Event | None = None,
     ) -> None:
+        self._fill(input, params, context, run_id, blueprint_id, node_id, visit, attempt, item, dependencies,
+                   cancel_event)
+
+    @classmethod
+    def _of(cls, input: Any, params: Mapping[str, Any], context: RunContext, run_id: str, blueprint_id: str,
+           node_id: str, visit: int, attempt: int, item: int | None, dependencies: Mapping[str, Any]) -> NodeContext:
+        """The constructor with positional arguments, what the engine calls for every node (a class called with
+        keywords costs a dict of them)."""
+        ctx = cls.__new__(cls)
+        ctx._fill(input, params, context, run_id, blueprint_id, node_id, visit, attempt, item, dependencies, None)
+        return ctx
+
+    def _fill(self, input: Any, params: Mapping[str, Any], context: RunContext, run_id: str, blueprint_id: str,
+              node_id: str, visit: int, attempt: int, item: int | None, dependencies: Mapping[str, Any],
+              cancel_event: asyncio.Event | None) -> None:
         self.input = input
         self.params = params
         self.context = context
