@@ -66,6 +66,16 @@ def _build(cls: type, values: dict[str, Any]) -> Any:
                **{p.name: values[p.name] for p in parameters if p.kind is p.KEYWORD_ONLY and p.name in values})
 
 
+@pytest.mark.parametrize("cls", [Job, Completion, Arrival, Transition])
+def test_of_takes_the_init_arguments_positionally_in_field_order(cls: Any) -> None:
+    init = [f.name for f in dataclasses.fields(cls) if f.init]
+    assert list(inspect.signature(cls._of).parameters) == init
+    values = {name: object() for name in init}
+    built, made = cls._of(*values.values()), _build(cls, values)
+    assert type(built) is cls and built == made
+    assert all(getattr(built, f.name) == getattr(made, f.name) for f in dataclasses.fields(cls))
+
+
 def test_a_job_is_still_frozen_hashable_replaceable_and_picklable() -> None:
     job = Job("r", "bp", "n", visit=2, input=1, has_input=True)
     assert job.key == "2:n" and Job("r", "bp", "n", visit=2, item=3).key == "2:3:n"

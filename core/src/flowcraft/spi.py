@@ -62,6 +62,9 @@ JobState = Literal["pending", "done", "skipped", "parked"]
 SlotSetter = Callable[[Any, Any], None]
 
 
+_new = object.__new__  # what a record's ``_of`` makes the instance with
+
+
 def slot_setters(cls: type, names: str) -> tuple[SlotSetter, ...]:
     """The ``__set__`` of each of ``names`` (space-separated slots of a frozen, slotted dataclass), in order: what
     the hand-written ``__init__`` of the engine's hottest records sets their fields with. Setting a slot through
@@ -104,21 +107,19 @@ class Job:
     def __init__(self, run_id: str, blueprint_id: str, node_id: str, *, visit: int = 0, attempt: int = 1,
                  item: int | None = None, version: str | None = None, input: Any = None, has_input: bool = False,
                  due_at: float | None = None, payload: Mapping[str, Any] | None = None, bounces: int = 0) -> None:
-        (set_run_id, set_blueprint_id, set_node_id, set_visit, set_attempt, set_item, set_version, set_input,
-         set_has_input, set_due_at, set_payload, set_bounces, set_key) = _JOB_SLOTS  # (see ``slot_setters``)
-        set_run_id(self, run_id)
-        set_blueprint_id(self, blueprint_id)
-        set_node_id(self, node_id)
-        set_visit(self, visit)
-        set_attempt(self, attempt)
-        set_item(self, item)
-        set_version(self, version)
-        set_input(self, input)
-        set_has_input(self, has_input)
-        set_due_at(self, due_at)
-        set_payload(self, payload)
-        set_bounces(self, bounces)
-        set_key(self, job_key(node_id, visit, item))
+        _fill_job(self, run_id, blueprint_id, node_id, visit, attempt, item, version, input, has_input, due_at, payload,
+                  bounces)
+
+    @staticmethod
+    def _of(run_id: str, blueprint_id: str, node_id: str, visit: int, attempt: int, item: int | None,
+            version: str | None, input: Any, has_input: bool, due_at: float | None, payload: Mapping[str, Any] | None,
+            bounces: int) -> Job:
+        """``Job(...)`` with every argument positional, in field order: what routing builds each fired job with (a
+        class called with keywords costs a dict of them)."""
+        job: Job = _new(Job)
+        _fill_job(job, run_id, blueprint_id, node_id, visit, attempt, item, version, input, has_input, due_at, payload,
+                  bounces)
+        return job
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"run_id": self.run_id, "blueprint_id": self.blueprint_id, "node_id": self.node_id}
@@ -169,6 +170,26 @@ class Job:
 _JOB_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Job) if f.init)
 _JOB_SLOTS = slot_setters(Job, "run_id blueprint_id node_id visit attempt item version input has_input due_at payload "
                                "bounces key")
+
+
+def _fill_job(job: Job, run_id: str, blueprint_id: str, node_id: str, visit: int, attempt: int, item: int | None,
+              version: str | None, input: Any, has_input: bool, due_at: float | None,
+              payload: Mapping[str, Any] | None, bounces: int) -> None:
+    (set_run_id, set_blueprint_id, set_node_id, set_visit, set_attempt, set_item, set_version, set_input,
+     set_has_input, set_due_at, set_payload, set_bounces, set_key) = _JOB_SLOTS  # (see ``slot_setters``)
+    set_run_id(job, run_id)
+    set_blueprint_id(job, blueprint_id)
+    set_node_id(job, node_id)
+    set_visit(job, visit)
+    set_attempt(job, attempt)
+    set_item(job, item)
+    set_version(job, version)
+    set_input(job, input)
+    set_has_input(job, has_input)
+    set_due_at(job, due_at)
+    set_payload(job, payload)
+    set_bounces(job, bounces)
+    set_key(job, job_key(node_id, visit, item))
 
 
 @dataclass(slots=True)
@@ -246,16 +267,16 @@ class Completion:
     def __init__(self, node_id: str, *, output: Any = None, action: str | None = None, token: str = "",
                  context_updates: Mapping[str, Any] | None = None, context_deletes: tuple[str, ...] = (),
                  fallback: str | None = None, due_at: float | None = None) -> None:
-        (set_node_id, set_output, set_action, set_token, set_context_updates, set_context_deletes, set_fallback,
-         set_due_at) = _COMPLETION_SLOTS  # (see ``slot_setters``)
-        set_node_id(self, node_id)
-        set_output(self, output)
-        set_action(self, action)
-        set_token(self, token)
-        set_context_updates(self, {} if context_updates is None else context_updates)
-        set_context_deletes(self, context_deletes)
-        set_fallback(self, fallback)
-        set_due_at(self, due_at)
+        _fill_completion(self, node_id, output, action, token, {} if context_updates is None else context_updates,
+                         context_deletes, fallback, due_at)
+
+    @staticmethod
+    def _of(node_id: str, output: Any, action: str | None, token: str, context_updates: Mapping[str, Any],
+            context_deletes: tuple[str, ...], fallback: str | None, due_at: float | None) -> Completion:
+        """``Completion(...)`` with every argument positional, in field order (see ``Job._of``)."""
+        completion: Completion = _new(Completion)
+        _fill_completion(completion, node_id, output, action, token, context_updates, context_deletes, fallback, due_at)
+        return completion
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"node_id": self.node_id, "output": self.output, "token": self.token}
@@ -314,13 +335,15 @@ class Arrival:
 
     def __init__(self, job: Job, member: str, *, arrived: bool, contribution: Any, expected: tuple[str, ...],
                  strategy: Literal["all", "any"] = "all") -> None:
-        set_job, set_member, set_arrived, set_contribution, set_expected, set_strategy = _ARRIVAL_SLOTS
-        set_job(self, job)
-        set_member(self, member)
-        set_arrived(self, arrived)
-        set_contribution(self, contribution)
-        set_expected(self, expected)
-        set_strategy(self, strategy)
+        _fill_arrival(self, job, member, arrived, contribution, expected, strategy)
+
+    @staticmethod
+    def _of(job: Job, member: str, arrived: bool, contribution: Any, expected: tuple[str, ...],
+            strategy: Literal["all", "any"]) -> Arrival:
+        """``Arrival(...)`` with every argument positional, in field order (see ``Job._of``)."""
+        arrival: Arrival = _new(Arrival)
+        _fill_arrival(arrival, job, member, arrived, contribution, expected, strategy)
+        return arrival
 
     @property
     def target_key(self) -> str:
@@ -359,18 +382,17 @@ class Transition:
                  arrivals: tuple[Arrival, ...] = (), finish: bool = False, recovery: bool = False,
                  owner: str | None = None, receipt: Any = None, continue_up_to: int = 0,
                  lease_seconds: float = 0.0) -> None:
-        (set_run_id, set_job_key, set_completion, set_arrivals, set_finish, set_recovery, set_owner, set_receipt,
-         set_continue_up_to, set_lease_seconds) = _TRANSITION_SLOTS
-        set_run_id(self, run_id)
-        set_job_key(self, job_key)
-        set_completion(self, completion)
-        set_arrivals(self, arrivals)
-        set_finish(self, finish)
-        set_recovery(self, recovery)
-        set_owner(self, owner)
-        set_receipt(self, receipt)
-        set_continue_up_to(self, continue_up_to)
-        set_lease_seconds(self, lease_seconds)
+        _fill_transition(self, run_id, job_key, completion, arrivals, finish, recovery, owner, receipt, continue_up_to,
+                         lease_seconds)
+
+    @staticmethod
+    def _of(run_id: str, job_key: str, completion: Completion | None, arrivals: tuple[Arrival, ...], finish: bool,
+            recovery: bool, owner: str | None, receipt: Any, continue_up_to: int, lease_seconds: float) -> Transition:
+        """``Transition(...)`` with every argument positional, in field order (see ``Job._of``)."""
+        transition: Transition = _new(Transition)
+        _fill_transition(transition, run_id, job_key, completion, arrivals, finish, recovery, owner, receipt,
+                         continue_up_to, lease_seconds)
+        return transition
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, init=False)
@@ -420,6 +442,49 @@ _COMPLETION_SLOTS = slot_setters(Completion, "node_id output action token contex
 _ARRIVAL_SLOTS = slot_setters(Arrival, "job member arrived contribution expected strategy")
 _TRANSITION_SLOTS = slot_setters(Transition, "run_id job_key completion arrivals finish recovery owner receipt "
                                              "continue_up_to lease_seconds")
+
+
+def _fill_completion(completion: Completion, node_id: str, output: Any, action: str | None, token: str,
+                     context_updates: Mapping[str, Any], context_deletes: tuple[str, ...], fallback: str | None,
+                     due_at: float | None) -> None:
+    (set_node_id, set_output, set_action, set_token, set_context_updates, set_context_deletes, set_fallback,
+     set_due_at) = _COMPLETION_SLOTS  # (see ``slot_setters``)
+    set_node_id(completion, node_id)
+    set_output(completion, output)
+    set_action(completion, action)
+    set_token(completion, token)
+    set_context_updates(completion, context_updates)
+    set_context_deletes(completion, context_deletes)
+    set_fallback(completion, fallback)
+    set_due_at(completion, due_at)
+
+
+def _fill_arrival(arrival: Arrival, job: Job, member: str, arrived: bool, contribution: Any,
+                  expected: tuple[str, ...], strategy: Literal["all", "any"]) -> None:
+    set_job, set_member, set_arrived, set_contribution, set_expected, set_strategy = _ARRIVAL_SLOTS
+    set_job(arrival, job)
+    set_member(arrival, member)
+    set_arrived(arrival, arrived)
+    set_contribution(arrival, contribution)
+    set_expected(arrival, expected)
+    set_strategy(arrival, strategy)
+
+
+def _fill_transition(transition: Transition, run_id: str, job_key: str, completion: Completion | None,
+                     arrivals: tuple[Arrival, ...], finish: bool, recovery: bool, owner: str | None, receipt: Any,
+                     continue_up_to: int, lease_seconds: float) -> None:
+    (set_run_id, set_job_key, set_completion, set_arrivals, set_finish, set_recovery, set_owner, set_receipt,
+     set_continue_up_to, set_lease_seconds) = _TRANSITION_SLOTS
+    set_run_id(transition, run_id)
+    set_job_key(transition, job_key)
+    set_completion(transition, completion)
+    set_arrivals(transition, arrivals)
+    set_finish(transition, finish)
+    set_recovery(transition, recovery)
+    set_owner(transition, owner)
+    set_receipt(transition, receipt)
+    set_continue_up_to(transition, continue_up_to)
+    set_lease_seconds(transition, lease_seconds)
 _COMMITTED_SLOTS = slot_setters(Committed, "conflict fired continued skipped pending parked")
 
 

@@ -694,9 +694,8 @@ class Engine:
                 receipt = delivery.receipt
             if capabilities.continues and not recovery and self.taker is not None:
                 up_to, lease = max(0, self.taker.room()), self.options.lease_seconds
-        return Transition(job.run_id, key, completion=completion, arrivals=tuple(arrivals), finish=finish,
-                          recovery=recovery, owner=self.worker_id, receipt=receipt, continue_up_to=up_to,
-                          lease_seconds=lease)
+        return Transition._of(job.run_id, key, completion, tuple(arrivals), finish, recovery, self.worker_id, receipt,
+                              up_to, lease)
 
     async def _commit(self, job: Job, transition: Transition) -> Committed:
         """Commit as this worker (``_finishing`` builds one that hands over; a store acks or hands jobs over
@@ -741,9 +740,8 @@ class Engine:
         updates[TIMELINE_PREFIX + job.key if job.item is None else entry_key(job.node_id, job.visit)] = timeline_entry(
             job.node_id, job.visit, "done", [*prior_attempts(job.payload), attempt] if job.payload else [attempt],
             now, action, fallback)
-        return Completion(job.node_id, output=output, action=action, token=self._token(), context_updates=updates,
-                          context_deletes=context.pending_deletes if context is not None else (), fallback=fallback,
-                          due_at=due_at)
+        return Completion._of(job.node_id, output, action, self._token(), updates,
+                              context.pending_deletes if context is not None else (), fallback, due_at)
 
     def _attempt_record(self, job: Job, error: str | None = None, *, finished_at: float | None = None
                         ) -> dict[str, Any]:

@@ -69,13 +69,10 @@ def arrival(graph: Graph, job: Job, source: str, visit: int, edge: CompiledEdge,
     target = graph.nodes[edge.edge.target]
     expected = target.back_preds if edge.is_back else target.forward_preds
     single = len(expected) <= 1
-    target_job = Job(
-        job.run_id, job.blueprint_id, target.node.id, visit=graph.target_visit(source, visit, edge),
-        version=job.version, input=contribution if single else None, has_input=single, due_at=due_at,
-        payload=carried(job.payload) if job.payload else None,
-    )
-    return Arrival(target_job, source, arrived=arrived, contribution=contribution, expected=expected,
-                   strategy=target.node.config.join_strategy)
+    target_job = Job._of(job.run_id, job.blueprint_id, target.node.id, graph.target_visit(source, visit, edge), 1, None,
+                         job.version, contribution if single else None, single, due_at,
+                         carried(job.payload) if job.payload else None, 0)
+    return Arrival._of(target_job, source, arrived, contribution, expected, target.node.config.join_strategy)
 
 
 def completion_arrivals(graph: Graph, job: Job, completion: Completion, names: Mapping[str, Any],
@@ -85,14 +82,14 @@ def completion_arrivals(graph: Graph, job: Job, completion: Completion, names: M
     computes its contribution (``input`` = the output). Raises FlowcraftError when a back edge would
     start a visit beyond ``max_iterations``."""
 
-    def holds(edge: CompiledEdge) -> bool:
-        return edge.condition is None or bool(edge.condition.evaluate(names))
-
     info = graph.nodes[job.node_id]
     out_edges = info.out_edges
     if info.plain_edges:  # every edge taken, nothing to evaluate
-        choices: Iterable[tuple[CompiledEdge, bool]] = ((edge, True) for edge in out_edges)
+        choices: Iterable[tuple[CompiledEdge, bool]] = [(edge, True) for edge in out_edges]
     else:
+        def holds(edge: CompiledEdge) -> bool:
+            return edge.condition is None or bool(edge.condition.evaluate(names))
+
         choices = ((choice.edge, choice.taken)
                    for choice in edge_choices(out_edges, taken_edges(out_edges, completion.action, holds)))
     arrivals = []
