@@ -177,8 +177,7 @@ if finish then
     pending_delta = pending_delta - 1
   end
   if owner ~= '' then
-    local _, holder = lease_parts(stored['l' .. jkey])
-    if holder == owner then put('l' .. jkey, '') end
+    if lease_holder(stored['l' .. jkey]) == owner then put('l' .. jkey, '') end
     released = 1
   end
 end
@@ -235,7 +234,8 @@ if dispatching and #fired > 0 then replies = dispatch(fired, run, now, dispatch_
 -- told, with the state of the job it marked done, 'p' .. its JSON: the delivery must be able to come back)
 if nack > 0 then ack_delivery(ack_at, 4, pending > 0, finished) end
 
-local out = {'ok', pending, tonumber(stored['#parked'] or '0'), released, #fired}
+local out = {'ok', pending, tonumber(stored['#parked'] or '0'), released, #fired, nil, nil, nil, nil, nil, nil, nil, nil,
+             nil, nil, nil}  -- room for a handed job's reply, as HASH16 and ARRAY16 make
 for _, entry in ipairs(fired) do
   out[#out + 1] = entry[1]
   if entry[5] == 1 then out[#out + 1] = entry[2] else out[#out + 1] = '' end

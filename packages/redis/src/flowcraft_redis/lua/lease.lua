@@ -21,6 +21,12 @@ local function lease_parts(current)
   return tonumber(string.sub(current, 1, sp - 1)), string.sub(current, sp + 1)
 end
 
+-- the owner of a lease field's value, without reading its expiry (nil when there is no lease)
+local function lease_holder(current)
+  if not current or current == '' then return nil end
+  return string.sub(current, string.find(current, ' ', 1, true) + 1)
+end
+
 -- Whether a run record (its status hash as HGETALL returns it, flat) is active: only an active run's jobs get a
 -- lease from a prefetch or a hand-over
 local function run_active(rec)
@@ -43,8 +49,7 @@ end
 -- Push `owner`'s lease of job `key` in the run hash `R` to `expiry`; false when the lease is not (or no longer)
 -- theirs.
 local function renew_lease(R, key, owner, now, expiry, ttl)
-  local _, holder = lease_parts(redis.call('HGET', R, 'l' .. key))
-  if holder ~= owner then return false end
+  if lease_holder(redis.call('HGET', R, 'l' .. key)) ~= owner then return false end
   redis.call('HSET', R, 'l' .. key, expiry .. ' ' .. owner, '#activity', now)
   redis.call('EXPIRE', R, ttl)
   return true
@@ -52,8 +57,7 @@ end
 
 -- Drop the lease of job `key` in the run hash `R` if `owner` holds it; whether it did.
 local function drop_lease(R, key, owner)
-  local _, holder = lease_parts(redis.call('HGET', R, 'l' .. key))
-  if holder ~= owner then return false end
+  if lease_holder(redis.call('HGET', R, 'l' .. key)) ~= owner then return false end
   redis.call('HDEL', R, 'l' .. key)
   return true
 end
