@@ -218,30 +218,41 @@ def _dumps(value: Any) -> str:
 
 class _Encoded:
     """The JSON documents of one commit's objects, each encoded once: a fired job's document goes to ``fc_jobs`` and
-    to ``fc_queue``, a completion's to ``fc_completions`` and its context values to ``fc_context``. A commit
-    encodes what it can before its transaction (``of``), so the write lock is not held while encoding. Keyed by
-    object identity; each entry holds its object, so an id is never reused while the entry lives."""
+    to ``fc_queue``, a completion's to ``fc_completions``, its context values to ``fc_context`` and a join arrival's
+    contribution to ``fc_arrivals``. A commit encodes what it can before its transaction (``of``), so the write lock
+    is not held while encoding. Keyed by object identity; each entry holds its object, so an id is never reused
+    while the entry lives."""
 
-    __slots__ = ("_completions", "_contexts", "_jobs")
+    __slots__ = ("_completions", "_contexts", "_contributions", "_jobs")
 
     def __init__(self) -> None:
+        self._contributions: dict[int, tuple[Any, str]] = {}
         self._jobs: dict[int, tuple[Job, str]] = {}
         self._completions: dict[int, tuple[Completion, str]] = {}
         self._contexts: dict[int, tuple[Completion, list[tuple[str, str]]]] = {}
 
     @classmethod
     def of(cls, transition: Transition, applies_context: bool) -> _Encoded:
-        """A transition's completion (and its context values, with ``applies_context``) and the jobs its plain
-        arrivals fire, encoded (in the caller's thread, outside any transaction)."""
+        """A transition's completion (and its context values, with ``applies_context``), the jobs its plain
+        arrivals fire and its join arrivals' contributions, encoded (in the caller's thread, outside any
+        transaction)."""
         encoded = cls()
         if transition.completion is not None:
             encoded.completion(transition.completion)
             if applies_context:
                 encoded.context(transition.completion)
         for arrival in transition.arrivals:
-            if arrival.arrived and len(arrival.expected) <= 1:  # a join's job gets its input when it fires
+            if len(arrival.expected) > 1:  # a join's arrival records its contribution; its job gets its input
+                encoded.contribution(arrival.contribution)  # when it fires
+            elif arrival.arrived:
                 encoded.job(arrival.job)
         return encoded
+
+    def contribution(self, value: Any) -> str:
+        entry = self._contributions.get(id(value))
+        if entry is None:
+            entry = self._contributions[id(value)] = (value, _dumps(value))
+        return entry[1]
 
     def job(self, job: Job) -> str:
         entry = self._jobs.get(id(job))
@@ -906,12 +917,12 @@ class SqliteQueue(_SqliteComponent, Queue):
             )
             if prefetch is not None and out:
                 tables = SqliteTables(conn, now)
-                self._prefetch(conn, tables, out, *prefetch)
+                self._prefetch(tables, out, *prefetch)
                 tables.flush()
         return out, None
 
-    def _hand_over(self, conn: sqlite3.Connection, tables: SqliteTables, jobs: Sequence[Job], owner: str,
-                   lease_seconds: float) -> list[Delivery]:
+    def _hand_over(self, tables: SqliteTables, jobs: Sequence[Job], owner: str, lease_seconds: float
+                   ) -> list[Delivery]:
         """Insert ``jobs`` as messages already claimed by ``owner``, as ``_claim`` with ``prefetch`` leaves them
         (first delivery, invisible for the visibility timeout, run record read, job lease taken), inside the
         caller's transaction over ``tables``; the caller flushes ``tables``."""
@@ -919,21 +930,20 @@ class SqliteQueue(_SqliteComponent, Queue):
         leased_until = tables.now + self.visibility_timeout
         out: list[Delivery] = []
         for job in jobs:
-            message_id = conn.execute(
+            message_id = tables.sql.execute(
                 "INSERT INTO fc_queue (job, available_at, deliveries, lease_token, leased_until) "
                 "VALUES (?, ?, 1, ?, ?)",
                 (tables.encoded.job(job), leased_until, token, leased_until),
             ).lastrowid
             out.append(Delivery(job, (message_id, token), deliveries=1))
-        self._prefetch(conn, tables, out, owner, lease_seconds)
+        self._prefetch(tables, out, owner, lease_seconds)
         return out
 
     def _token(self) -> str:
         """A lease token no other claim uses: this queue's random prefix and a counter."""
         return f"{self._token_prefix}{next(self._tokens):x}"
 
-    def _prefetch(self, conn: sqlite3.Connection, tables: SqliteTables, deliveries: list[Delivery], owner: str,
-                  lease_seconds: float) -> None:
+    def _prefetch(self, tables: SqliteTables, deliveries: list[Delivery], owner: str, lease_seconds: float) -> None:
         """Fill each delivery's run record and take its job lease for ``owner`` (``CoordinationStore.begin``), over
         the tables of the transaction that claims or hands them over (the caller flushes them); a delivery whose
         run has no record is left for the engine to read. The engine only reads ``Delivery.record``, so the
@@ -945,7 +955,7 @@ class SqliteQueue(_SqliteComponent, Queue):
             if job.run_id in documents:
                 record = documents[job.run_id]
             else:
-                row = conn.execute("SELECT record FROM fc_status WHERE run_id = ?", (job.run_id,)).fetchone()
+                row = tables.sql.execute("SELECT record FROM fc_status WHERE run_id = ?", (job.run_id,)).fetchone()
                 record = documents[job.run_id] = None if row is None else self._parsed(job.run_id, row[0])
             if record is None:
                 continue
@@ -1070,8 +1080,8 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- context
-def _write_context(conn: sqlite3.Connection, run_id: str, updates: Sequence[tuple[str, str]], deletes: Sequence[str]
-                   ) -> None:
+def _write_context(conn: sqlite3.Connection | sqlite3.Cursor, run_id: str, updates: Sequence[tuple[str, str]],
+                   deletes: Sequence[str]) -> None:
     """Upsert the ``(key, document)`` updates and delete the ``deletes`` keys of a run's context."""
     if updates:
         conn.executemany(
@@ -1200,7 +1210,7 @@ class SqliteStatusStore(_SqliteComponent, StatusStore):
         allowed = frozenset(from_statuses)
         changes = dict(changes)
 
-        def compare_and_set(conn: sqlite3.Connection) -> RunRecord | None:
+        def compare_and_set(conn: sqlite3.Connection) -> str | None:
             row = conn.execute("SELECT record FROM fc_status WHERE run_id = ?", (run_id,)).fetchone()
             if row is None:
                 return None
@@ -1219,12 +1229,13 @@ class SqliteStatusStore(_SqliteComponent, StatusStore):
             )
             if context_rows:
                 _write_context(conn, run_id, context_rows, ())
-            return RunRecord.from_dict(json.loads(document))  # a copy that shares nothing with ``changes``
+            return document
 
-        won = await self.db.write(compare_and_set)
-        if won is not None:
-            self._notify(run_id)
-        return won
+        document = await self.db.write(compare_and_set)
+        if document is None:
+            return None
+        self._notify(run_id)
+        return RunRecord.from_dict(json.loads(document))  # parsed outside the write lock; shares nothing with changes
 
     async def list(
         self, status: str | None = None, blueprint_id: str | None = None, limit: int = 50, cursor: str | None = None
@@ -1338,6 +1349,7 @@ class SqliteTables:
 
     def __init__(self, conn: sqlite3.Connection, now: float | None = None, encoded: _Encoded | None = None) -> None:
         self.conn = conn
+        self.sql = conn.cursor()  # every statement of the section on one cursor (conn.execute makes one each)
         self.now = time.time() if now is None else now
         self.encoded = _Encoded() if encoded is None else encoded
         self._deltas: dict[str, list[int]] = {}
@@ -1350,7 +1362,7 @@ class SqliteTables:
         known = self._states.get((run_id, key))
         if known is not None:
             return known
-        row = self.conn.execute("SELECT state FROM fc_jobs WHERE run_id = ? AND key = ?", (run_id, key)).fetchone()
+        row = self.sql.execute("SELECT state FROM fc_jobs WHERE run_id = ? AND key = ?", (run_id, key)).fetchone()
         if row is None:
             return None
         self._states[(run_id, key)] = row[0]
@@ -1358,7 +1370,7 @@ class SqliteTables:
 
     def insert_job(self, run_id: str, key: str, state: JobState, job: Job | None) -> bool:
         document = None if job is None else self.encoded.job(job)
-        inserted = self.conn.execute(
+        inserted = self.sql.execute(
             "INSERT OR IGNORE INTO fc_jobs (run_id, key, state, job) VALUES (?, ?, ?, ?)",
             (run_id, key, state, document),
         ).rowcount == 1
@@ -1372,49 +1384,49 @@ class SqliteTables:
         if old is None:
             raise KeyError(key)
         if job is None:
-            self.conn.execute("UPDATE fc_jobs SET state = ? WHERE run_id = ? AND key = ?", (state, run_id, key))
+            self.sql.execute("UPDATE fc_jobs SET state = ? WHERE run_id = ? AND key = ?", (state, run_id, key))
         else:
-            self.conn.execute("UPDATE fc_jobs SET state = ?, job = ? WHERE run_id = ? AND key = ?",
-                              (state, self.encoded.job(job), run_id, key))
+            self.sql.execute("UPDATE fc_jobs SET state = ?, job = ? WHERE run_id = ? AND key = ?",
+                             (state, self.encoded.job(job), run_id, key))
         self._states[(run_id, key)] = state
         self._count(run_id, old, -1)
         self._count(run_id, state, +1)
 
     def job(self, run_id: str, key: str) -> Job | None:
-        row = self.conn.execute("SELECT job FROM fc_jobs WHERE run_id = ? AND key = ?", (run_id, key)).fetchone()
+        row = self.sql.execute("SELECT job FROM fc_jobs WHERE run_id = ? AND key = ?", (run_id, key)).fetchone()
         return None if row is None or row[0] is None else Job.from_dict(json.loads(row[0]))
 
     def completion(self, run_id: str, key: str) -> Completion | None:
-        row = self.conn.execute(
+        row = self.sql.execute(
             "SELECT record FROM fc_completions WHERE run_id = ? AND key = ?", (run_id, key)
         ).fetchone()
         return None if row is None else Completion.from_dict(json.loads(row[0]))
 
     def put_completion(self, run_id: str, key: str, completion: Completion) -> None:
-        self.conn.execute(
+        self.sql.execute(
             "INSERT OR REPLACE INTO fc_completions (run_id, key, record) VALUES (?, ?, ?)",
             (run_id, key, self.encoded.completion(completion)),
         )
 
     def add_arrival(self, run_id: str, target: str, member: str, arrived: bool, contribution: Any) -> tuple[int, int]:
-        self.conn.execute(
+        self.sql.execute(
             "INSERT OR IGNORE INTO fc_arrivals (run_id, target, member, arrived, contribution) VALUES (?, ?, ?, ?, ?)",
-            (run_id, target, member, int(arrived), _dumps(contribution)),
+            (run_id, target, member, int(arrived), self.encoded.contribution(contribution)),
         )
-        recorded, arrivals = self.conn.execute(
+        recorded, arrivals = self.sql.execute(
             "SELECT COUNT(*), TOTAL(arrived) FROM fc_arrivals WHERE run_id = ? AND target = ?", (run_id, target)
         ).fetchone()
         return int(recorded), int(arrivals)
 
     def arrivals(self, run_id: str, target: str) -> dict[str, tuple[bool, Any]]:
-        rows = self.conn.execute(
+        rows = self.sql.execute(
             "SELECT member, arrived, contribution FROM fc_arrivals WHERE run_id = ? AND target = ? ORDER BY rowid",
             (run_id, target),
         ).fetchall()
         return {member: (bool(arrived), json.loads(contribution)) for member, arrived, contribution in rows}
 
     def counts(self, run_id: str) -> tuple[int, int]:
-        row = self.conn.execute("SELECT pending, parked FROM fc_runs WHERE run_id = ?", (run_id,)).fetchone()
+        row = self.sql.execute("SELECT pending, parked FROM fc_runs WHERE run_id = ?", (run_id,)).fetchone()
         pending, parked = (0, 0) if row is None else (int(row[0]), int(row[1]))
         delta = self._deltas.get(run_id, [0, 0])
         return pending + delta[0], parked + delta[1]
@@ -1423,22 +1435,22 @@ class SqliteTables:
         self._touched.add(run_id)
 
     def apply_context(self, run_id: str, completion: Completion) -> None:
-        _write_context(self.conn, run_id, self.encoded.context(completion), completion.context_deletes)
+        _write_context(self.sql, run_id, self.encoded.context(completion), completion.context_deletes)
 
     def lease(self, run_id: str, key: str) -> tuple[str, float] | None:
-        row = self.conn.execute(
+        row = self.sql.execute(
             "SELECT owner, expires_at FROM fc_leases WHERE run_id = ? AND key = ?", (run_id, key)).fetchone()
         return None if row is None else (row[0], float(row[1]))
 
     def put_lease(self, run_id: str, key: str, owner: str, expires_at: float) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO fc_leases (run_id, key, owner, expires_at) VALUES (?, ?, ?, ?)",
-                          (run_id, key, owner, expires_at))
+        self.sql.execute("INSERT OR REPLACE INTO fc_leases (run_id, key, owner, expires_at) VALUES (?, ?, ?, ?)",
+                         (run_id, key, owner, expires_at))
 
     def drop_lease(self, run_id: str, key: str) -> None:
-        self.conn.execute("DELETE FROM fc_leases WHERE run_id = ? AND key = ?", (run_id, key))
+        self.sql.execute("DELETE FROM fc_leases WHERE run_id = ? AND key = ?", (run_id, key))
 
     def jobs_in_state(self, run_id: str, state: JobState) -> list[tuple[Job, float | None]]:
-        rows = self.conn.execute(
+        rows = self.sql.execute(
             "SELECT j.job, l.expires_at FROM fc_jobs AS j "
             "LEFT JOIN fc_leases AS l ON l.run_id = j.run_id AND l.key = j.key "
             "WHERE j.run_id = ? AND j.state = ? AND j.job IS NOT NULL ORDER BY j.rowid",
@@ -1447,12 +1459,12 @@ class SqliteTables:
         return [(Job.from_dict(json.loads(document)), expires) for document, expires in rows]
 
     def last_activity(self, run_id: str) -> float | None:
-        row = self.conn.execute("SELECT activity FROM fc_runs WHERE run_id = ?", (run_id,)).fetchone()
+        row = self.sql.execute("SELECT activity FROM fc_runs WHERE run_id = ?", (run_id,)).fetchone()
         return None if row is None else float(row[0])
 
     def forget_run(self, run_id: str) -> None:
         for table in ("fc_jobs", "fc_completions", "fc_arrivals", "fc_leases", "fc_runs"):
-            self.conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))  # fixed names
+            self.sql.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))  # fixed names
         self._deltas.pop(run_id, None)
         self._touched.discard(run_id)
         self._states.clear()
@@ -1468,7 +1480,7 @@ class SqliteTables:
         for run_id in self._deltas.keys() | self._touched:
             pending, parked = self._deltas.pop(run_id, [0, 0])
             touched = run_id in self._touched
-            self.conn.execute(
+            self.sql.execute(
                 "INSERT INTO fc_runs (run_id, pending, parked, activity) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (run_id) DO UPDATE SET pending = pending + excluded.pending, "
                 "parked = parked + excluded.parked, activity = CASE WHEN ? THEN excluded.activity ELSE activity END",
@@ -1532,20 +1544,20 @@ class SqliteCoordinationStore(_SqliteComponent, TablesCoordinationStore):
                 committed = apply_transition(tables, transition, applies_context=applies_context)
                 finished = transition.finish and committed.conflict is None
                 if finished and transition.owner is not None:
-                    conn.execute("DELETE FROM fc_leases WHERE run_id = ? AND key = ? AND owner = ?",
-                                 (transition.run_id, transition.job_key, transition.owner))
+                    tables.sql.execute("DELETE FROM fc_leases WHERE run_id = ? AND key = ? AND owner = ?",
+                                       (transition.run_id, transition.job_key, transition.owner))
                 if queue is None:
                     tables.flush()
                     return committed
                 if finished and transition.receipt is not None and committed.pending > 0:
                     message_id, token = transition.receipt
-                    conn.execute("DELETE FROM fc_queue WHERE id = ? AND lease_token = ?", (message_id, token))
+                    tables.sql.execute("DELETE FROM fc_queue WHERE id = ? AND lease_token = ?", (message_id, token))
                 handed, queued = split_hand_over(transition, committed.fired, tables.now)
-                continued = queue._hand_over(conn, tables, handed, cast(str, transition.owner),
+                continued = queue._hand_over(tables, handed, cast(str, transition.owner),
                                              transition.lease_seconds) if handed else []
                 tables.flush()
                 if queued:
-                    conn.executemany("INSERT INTO fc_queue (job, available_at) VALUES (?, ?)",
+                    tables.sql.executemany("INSERT INTO fc_queue (job, available_at) VALUES (?, ?)",
                                      [(encoded.job(job), max(tables.now, job.due_at or 0.0)) for job in queued])
                 if not continued:
                     return committed
