@@ -44,8 +44,10 @@ local arrivals = {}
 for a = 1, tonumber(ARGV[i]) do
   local target, nexpected = ARGV[i + 1], tonumber(ARGV[i + 5])
   local arrival = {target = target, member = ARGV[i + 2], arrived = ARGV[i + 3], contrib = ARGV[i + 4],
-                   expected = {}, base = 'a' .. #target .. ' ' .. target}
+                   expected = {}}
   for m = 1, nexpected do arrival.expected[m] = ARGV[i + 5 + m] end
+  -- a join's arrival fields (string.format's %d: a number concatenated is formatted as a float, ~5x the work)
+  if nexpected > 1 then arrival.base = 'a' .. string.format('%d', #target) .. ' ' .. target end
   local j = i + 6 + nexpected
   arrival.strategy, arrival.doc, arrival.due = ARGV[j], ARGV[j + 1], ARGV[j + 2]
   i = j + 2
@@ -101,10 +103,10 @@ if apply_ctx and fresh and nupdates + ndeletes > 0 then
   end
   local set = tonumber(stored['#ctxttl'] or '')
   if ndeletes > 0 then
-    redis.call('EXPIRE', ctx, ttl)
+    redis.call('EXPIRE', ctx, ARGV[4])
     if set then put('#ctxttl', '') end
   elseif not set or now - set >= ttl / 8 then
-    redis.call('EXPIRE', ctx, ttl)
+    redis.call('EXPIRE', ctx, ARGV[4])
     put('#ctxttl', math.floor(now))
   end
 end
@@ -211,7 +213,7 @@ if handing and #fired > 0 then
   end
 end
 local pending = tonumber(stored['#pending'] or '0') + pending_delta
-if pending_delta ~= 0 then put('#pending', pending) end
+if pending_delta ~= 0 then put('#pending', string.format('%d', pending)) end
 put('#activity', ARGV[3])
 local refreshed = tonumber(stored['#ttl'] or '')
 local expire = not refreshed or now - refreshed >= ttl / 8
@@ -222,7 +224,7 @@ for _, field in ipairs(order) do
   pairs_[#pairs_ + 1] = stored[field]
 end
 for j = 1, #pairs_, 400 do redis.call('HSET', R, unpack(pairs_, j, math.min(j + 399, #pairs_))) end
-if expire then redis.call('EXPIRE', R, ttl) end
+if expire then redis.call('EXPIRE', R, ARGV[4]) end
 
 -- dispatch (dispatches): with a queue on this Redis, the queue's own Lua (Dispatcher.lua, prepended
 -- to this script) pushes the fired jobs and puts the handed ones in its in-flight set; its KEYS follow the

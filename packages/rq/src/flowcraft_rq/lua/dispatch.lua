@@ -19,7 +19,7 @@ local function dispatch(fired, run, now, at, k, handed)
     local due = tonumber(entry[3])
     if not (due and due > now) then due = nil end
     if lean and not due then
-      local member = id .. ':' .. #run .. ':' .. run .. entry[4]
+      local member = id .. ':' .. string.format('%d', #run) .. ':' .. run .. entry[4]  -- %d: not as a float
       if handed[f] then
         redis.call('ZADD', inflight, deadline, member)
         replies[f] = {id, member}
