@@ -15,7 +15,10 @@ import contextlib
 import logging
 import time
 
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from flowcraft_redis._client import RedisClient
@@ -24,6 +27,7 @@ log = logging.getLogger(__name__)
 
 LINGER_SECONDS = 10.0  # a run nobody waited on this long is unsubscribed
 _RETRY_SECONDS = 0.2  # between attempts to read from a connection that failed
+_CLOSE_SECONDS = 1.0  # the longest ``close`` waits for the reader to end
 
 
 class _Watch:
@@ -42,6 +46,8 @@ class ChangeFeed:
     def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
         self._pubsub: PubSub | None = None
+        #: on one Redis, the pool of the subscription's own connection (see ``_new_pubsub``)
+        self._pool: ConnectionPool | None = None
         self._reader: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watches: dict[bytes, _Watch] = {}
@@ -52,7 +58,7 @@ class ChangeFeed:
         or after ``timeout``."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # a new event loop (tests): connections of the old one are unusable
-            self._loop, self._pubsub, self._reader, self._watches = loop, None, None, {}
+            self._loop, self._pubsub, self._pool, self._reader, self._watches = loop, None, None, None, {}
         key = channel.encode()
         watch = self._watches.get(key)
         if watch is None:
@@ -79,10 +85,24 @@ class ChangeFeed:
 
     async def _subscribe(self, key: bytes) -> None:
         if self._pubsub is None:
-            self._pubsub = self._redis.pubsub()
+            self._pubsub = self._new_pubsub()
         await self._pubsub.subscribe(key)
         if self._reader is None or self._reader.done():
             self._reader = asyncio.get_running_loop().create_task(self._read(self._pubsub))
+
+    def _new_pubsub(self) -> PubSub:
+        """On one Redis, a subscription on a connection of its own pool, without redis-py's retry: another
+        component's ``aclose`` of the shared client does not close it under the reader, and a read that fails
+        comes back to ``_read`` (which wakes every waiter and reads again, reconnecting) instead of being retried
+        on a reconnected connection inside redis-py, where a close's cancel could be lost (seen: a benchmark's
+        client close hung on the reader). A Redis Cluster client's subscription is its own."""
+        redis = self._redis
+        if not isinstance(redis, Redis):
+            return redis.pubsub()
+        shared = redis.connection_pool
+        kwargs = {**shared.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
+        self._pool = ConnectionPool(connection_class=shared.connection_class, **kwargs)
+        return Redis(connection_pool=self._pool).pubsub()
 
     async def _prune(self) -> None:
         now = time.monotonic()
@@ -124,13 +144,21 @@ class ChangeFeed:
             watch.changed.set()
 
     async def close(self) -> None:
-        pubsub, reader = self._pubsub, self._reader
-        self._pubsub = self._reader = None
+        """Stop reading and close the subscription's connection: the reader is cancelled and the subscription
+        closed before the reader is awaited, at most ``_CLOSE_SECONDS`` (a close never hangs on it), then the
+        subscription's own pool (``_new_pubsub``)."""
+        pubsub, reader, pool = self._pubsub, self._reader, self._pool
+        self._pubsub = self._reader = self._pool = None
         self._watches = {}
         if reader is not None:
             reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
-                await reader
         if pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+        if reader is not None:
+            await asyncio.wait({reader}, timeout=_CLOSE_SECONDS)
+            if reader.done() and not reader.cancelled():
+                reader.exception()  # retrieved: the reader's last error is of no interest once closed
+        if pool is not None:  # last: whatever the reader reconnected is closed too
+            with contextlib.suppress(RedisError, OSError):
+                await pool.disconnect()

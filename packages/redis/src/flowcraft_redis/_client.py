@@ -12,6 +12,7 @@ import hashlib
 import json
 import weakref
 import zlib
+from collections import deque
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
@@ -20,7 +21,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import InvalidResponse, NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from flowcraft.config import redact_text
@@ -369,11 +370,184 @@ class Keys:
         return f"{self.prefix}changed:{self.tagged(run_id)}"
 
 
+
+#: a ``_Wire`` waits for its transport's buffer to drain past this many bytes
+_WRITE_HIGH = 1 << 20
+
+
+class _Wire:
+    """The batcher's own connection to one Redis (a client made by ``make_client``): each batch is written as one
+    packed pipeline and its replies are parsed straight off the socket by one reader task (hiredis), each
+    caller's future resolved as its reply comes, with redis-py's response callbacks applied as its
+    ``execute_command`` does. Batches overlap on the connection (Redis answers in order); redis-py's own
+    pipeline costs a coroutine chain, a timeout context and its bookkeeping per command and pool round per batch.
+
+    The connection is redis-py's (from the client's pool: it connects, authenticates, selects the database and
+    is closed with the client); a broken one fails the batches in flight with a ``ConnectionError``, which the
+    client's retry policy retries on a reconnected one, as redis-py retries a pipeline."""
+
+    def __init__(self, client: Redis) -> None:
+        self.client = client
+        pool = client.connection_pool
+        self.retry: Retry | None = pool.connection_kwargs.get("retry")
+        self._callbacks: dict[Any, Any] = {}  # command name -> redis-py's response callback (None: none)
+        self._conn: Connection | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._connecting: asyncio.Future[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        #: batches written and not answered, oldest first: [future, callbacks, replies]
+        self._waiting: deque[tuple[asyncio.Future[list[Any]], list[Any], list[Any]]] = deque()
+
+    @staticmethod
+    def usable(client: RedisClient) -> bool:
+        """Whether ``client`` is a plain client of one Redis that ``make_client`` made (RESP2, bytes, no socket
+        timeout): the connections whose replies this parses as redis-py would."""
+        if not isinstance(client, Redis) or not fast_packing(client):
+            return False
+        if getattr(client, "single_connection_client", False):
+            return False
+        kwargs = client.connection_pool.connection_kwargs
+        if kwargs.get("decode_responses") or kwargs.get("socket_timeout") is not None:
+            return False
+        if kwargs.get("protocol") not in (None, 2, "2"):
+            return False
+        try:
+            import hiredis  # noqa: F401  # flowcraft-redis depends on redis[hiredis]
+        except ImportError:  # pragma: no cover
+            return False
+        return True
+
+    async def execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        if self.retry is None:
+            return await self._once(commands)
+        return list(await self.retry.call_with_retry(lambda: self._once(commands), self._failed))
+
+    @staticmethod
+    async def _failed(error: BaseException) -> None:
+        """Nothing to undo before a retry: the reader broke the connection the batch was on (or it never
+        connected), and the next attempt reconnects."""
+
+    async def _once(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        writer = self._writer
+        if writer is None:
+            writer = await self._connect()
+        callbacks = self._callbacks
+        names: list[Any] = []
+        for command in commands:
+            name = command[0]
+            try:
+                names.append(callbacks[name])
+            except KeyError:
+                callbacks[name] = self.client.response_callbacks.get(name)
+                names.append(callbacks[name])
+        conn = self._conn
+        assert conn is not None
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((future, names, []))
+        writer.write(conn.pack_commands(commands)[0])
+        if writer.transport.get_write_buffer_size() > _WRITE_HIGH:
+            try:
+                await writer.drain()
+            except OSError as error:  # the reader fails the batch too
+                raise RedisConnectionError(f"Error while writing to Redis: {error!r}") from None
+        return await future
+
+    async def _connect(self) -> asyncio.StreamWriter:
+        """The connection (redis-py connects and handshakes it) and its reader task; one connect at a time."""
+        while self._writer is None:
+            if self._connecting is not None:
+                await asyncio.shield(self._connecting)
+                continue
+            loop = asyncio.get_running_loop()
+            self._connecting = loop.create_future()
+            try:
+                conn = self._conn
+                if conn is None:
+                    pool = self.client.connection_pool
+                    try:
+                        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+                    except TypeError:  # pragma: no cover - redis-py 5.0-5.2 want a command name
+                        conn = await pool.get_connection("_")  # type: ignore[no-untyped-call]
+                    self._conn = conn
+                else:
+                    await conn.connect()  # type: ignore[no-untyped-call]
+                reader, writer = getattr(conn, "_reader", None), getattr(conn, "_writer", None)
+                if not isinstance(reader, asyncio.StreamReader) or not isinstance(writer, asyncio.StreamWriter):
+                    raise RedisConnectionError("the Redis connection has no stream")  # pragma: no cover
+                self._writer = writer
+                self._reader = loop.create_task(self._read(reader, writer))
+            finally:
+                connecting, self._connecting = self._connecting, None
+                connecting.set_result(None)
+        return self._writer
+
+    async def _read(self, stream: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Parse the connection's replies in order into the waiting batches until it breaks or is replaced."""
+        import hiredis
+
+        parser = hiredis.Reader(protocolError=InvalidResponse, replyError=_parse_error)
+        waiting = self._waiting
+        error: BaseException
+        try:
+            while self._writer is writer:
+                data = await stream.read(65536)
+                if not data:
+                    raise RedisConnectionError("Connection closed by server.")
+                parser.feed(data)
+                while waiting:
+                    reply = parser.gets()
+                    if reply is False:
+                        break
+                    future, callbacks, replies = waiting[0]
+                    callback = callbacks[len(replies)]
+                    if callback is not None and not isinstance(reply, Exception):
+                        reply = callback(reply)
+                    replies.append(reply)
+                    if len(replies) == len(callbacks):
+                        waiting.popleft()
+                        if not future.done():
+                            future.set_result(replies)
+            return
+        except asyncio.CancelledError:  # the loop is closing
+            if self._writer is writer:
+                self._broken(RedisConnectionError("the connection's reader was cancelled"))
+            raise
+        except RedisConnectionError as exc:
+            error = exc
+        except Exception as exc:  # an unreadable reply or a broken socket: the connection is lost
+            error = RedisConnectionError(f"Error while reading from Redis: {exc!r}")
+        if self._writer is writer:
+            self._broken(error)
+
+    def _broken(self, error: BaseException) -> None:
+        """The connection is lost: every batch written on it fails with ``error`` (the retry policy decides);
+        the next batch reconnects."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+            conn = self._conn
+            if conn is not None and getattr(conn, "_writer", None) is writer:
+                conn._writer = conn._reader = None  # connect() makes new ones
+        waiting, self._waiting = self._waiting, deque()
+        for future, _, _ in waiting:
+            if not future.done():
+                future.set_exception(error if isinstance(error, RedisConnectionError)
+                                     else RedisConnectionError(str(error)))
+
+
+def _parse_error(message: str) -> Exception:
+    """An error reply as redis-py makes it (``NoScriptError`` for NOSCRIPT, and so on)."""
+    from redis._parsers.base import BaseParser
+
+    return BaseParser.parse_error(message)  # type: ignore[no-any-return, no-untyped-call]
+
+
 class Batcher:
     """Auto-pipelining: commands queued during one event-loop iteration are sent as one pipeline.
 
-    At most one pipeline is in flight; calls made meanwhile form the next one. Scripts are sent as EVALSHA
-    and loaded on NOSCRIPT (e.g. after a server restart)."""
+    At most ``max_in_flight`` pipelines are in flight; calls made meanwhile form the next one. Scripts are sent
+    as EVALSHA and loaded on NOSCRIPT (e.g. after a server restart). On one Redis, with a client ``make_client``
+    made, the pipelines go over the batcher's own connection (``_Wire``); otherwise through redis-py's."""
 
     def __init__(self, client: RedisClient, max_in_flight: int = 2) -> None:
         self.client = client
@@ -383,6 +557,8 @@ class Batcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scripts: dict[str, str] = {}
+        self._lean = _Wire.usable(client)
+        self._wire: _Wire | None = None
         #: round trips (pipelines sent) and commands, for measurements
         self.round_trips = 0
         self.commands = 0
@@ -409,6 +585,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             self._loop, self._queue, self._in_flight, self._tasks = loop, [], 0, set()
+            self._wire = _Wire(self.client) if self._lean else None  # type: ignore[arg-type]  # usable: a Redis
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.append((command, future))
         if self._in_flight < self.max_in_flight:
@@ -456,6 +633,8 @@ class Batcher:
     async def _execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         self.round_trips += 1
         self.commands += len(commands)
+        if self._wire is not None:
+            return await self._wire.execute(commands)
         if isinstance(self.client, RedisCluster):
             return await self._execute_on_cluster(self.client, commands)
         if len(commands) == 1:
