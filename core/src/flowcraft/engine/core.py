@@ -394,8 +394,9 @@ class Engine:
                 direct = self._direct(job, node, uses) if plain else None
                 if direct is not None:  # ``_invoke``'s common case, without its frame
                     result = await direct(ctx)
-                    outcome = (NodeOutcome(state="completed", output=result) if not isinstance(result, NodeResult)
-                               else NodeOutcome(state="completed", output=result.output, action=result.action))
+                    outcome = (NodeOutcome._of("completed", result, None, None, None, None)
+                               if not isinstance(result, NodeResult)
+                               else NodeOutcome._of("completed", result.output, result.action, None, None, None))
                 else:
                     outcome = await self._invoke(job, node, uses, ctx, graph, plain=plain)
             except BaseException as exc:  # a node's SystemExit or CancelledError fails the node, not the worker

@@ -61,6 +61,7 @@ class Graph:
     fallback_nodes: frozenset[str]
     unreachable: tuple[str, ...]
     cycles_without_entry: tuple[tuple[str, ...], ...]
+    _terminal: tuple[str, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     def info(self, node_id: str) -> NodeInfo:
         return self.nodes[node_id]
@@ -74,7 +75,13 @@ class Graph:
         return generation_base(source_visit)
 
     def terminal_nodes(self) -> list[str]:
-        return [nid for nid, info in self.nodes.items() if not info.out_edges and nid not in self.fallback_nodes]
+        """The nodes with no way on (fallbacks aside): where a run's result comes from (found once per graph: every
+        run's end asks)."""
+        terminal = self._terminal
+        if terminal is None:
+            terminal = self._terminal = tuple(
+                nid for nid, info in self.nodes.items() if not info.out_edges and nid not in self.fallback_nodes)
+        return list(terminal)
 
 
 def analyze(blueprint: Blueprint) -> Graph:

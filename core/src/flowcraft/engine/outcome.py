@@ -28,13 +28,15 @@ class NodeOutcome:
     def __init__(self, *, state: OutcomeState, output: Any = None, action: str | None = None,
                  due_at: float | None = None, fallback: str | None = None, error: BaseException | None = None
                  ) -> None:
-        set_state, set_output, set_action, set_due_at, set_fallback, set_error = _SLOTS  # (see ``slot_setters``)
-        set_state(self, state)
-        set_output(self, output)
-        set_action(self, action)
-        set_due_at(self, due_at)
-        set_fallback(self, fallback)
-        set_error(self, error)
+        _fill(self, state, output, action, due_at, fallback, error)
+
+    @staticmethod
+    def _of(state: OutcomeState, output: Any, action: str | None, due_at: float | None, fallback: str | None,
+            error: BaseException | None) -> NodeOutcome:
+        """``NodeOutcome(...)`` with every argument positional, in field order (see ``flowcraft.spi.Job._of``)."""
+        outcome: NodeOutcome = _new(NodeOutcome)
+        _fill(outcome, state, output, action, due_at, fallback, error)
+        return outcome
 
     @classmethod
     def completed(cls, output: Any, action: str | None = None, *, due_at: float | None = None,
@@ -55,3 +57,15 @@ class NodeOutcome:
 
 
 _SLOTS = slot_setters(NodeOutcome, "state output action due_at fallback error")
+_new = object.__new__
+
+
+def _fill(outcome: NodeOutcome, state: OutcomeState, output: Any, action: str | None, due_at: float | None,
+          fallback: str | None, error: BaseException | None) -> None:
+    set_state, set_output, set_action, set_due_at, set_fallback, set_error = _SLOTS  # (see ``slot_setters``)
+    set_state(outcome, state)
+    set_output(outcome, output)
+    set_action(outcome, action)
+    set_due_at(outcome, due_at)
+    set_fallback(outcome, fallback)
+    set_error(outcome, error)
