@@ -66,7 +66,7 @@ def _build(cls: type, values: dict[str, Any]) -> Any:
                **{p.name: values[p.name] for p in parameters if p.kind is p.KEYWORD_ONLY and p.name in values})
 
 
-@pytest.mark.parametrize("cls", [Job, Completion, Arrival, Transition, NodeOutcome])
+@pytest.mark.parametrize("cls", RECORDS)
 def test_of_takes_the_init_arguments_positionally_in_field_order(cls: Any) -> None:
     init = [f.name for f in dataclasses.fields(cls) if f.init]
     assert list(inspect.signature(cls._of).parameters) == init

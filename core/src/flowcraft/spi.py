@@ -419,13 +419,15 @@ class Committed:
     def __init__(self, *, conflict: Completion | None = None, fired: tuple[Job, ...] = (),
                  continued: tuple[Delivery, ...] = (), skipped: tuple[str, ...] = (), pending: int = 1,
                  parked: int = 0) -> None:
-        set_conflict, set_fired, set_continued, set_skipped, set_pending, set_parked = _COMMITTED_SLOTS
-        set_conflict(self, conflict)
-        set_fired(self, fired)
-        set_continued(self, continued)
-        set_skipped(self, skipped)
-        set_pending(self, pending)
-        set_parked(self, parked)
+        _fill_committed(self, conflict, fired, continued, skipped, pending, parked)
+
+    @staticmethod
+    def _of(conflict: Completion | None, fired: tuple[Job, ...], continued: tuple[Delivery, ...],
+            skipped: tuple[str, ...], pending: int, parked: int) -> Committed:
+        """``Committed(...)`` with every argument positional, in field order (see ``Job._of``)."""
+        committed: Committed = _new(Committed)
+        _fill_committed(committed, conflict, fired, continued, skipped, pending, parked)
+        return committed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -486,6 +488,17 @@ def _fill_transition(transition: Transition, run_id: str, job_key: str, completi
     set_continue_up_to(transition, continue_up_to)
     set_lease_seconds(transition, lease_seconds)
 _COMMITTED_SLOTS = slot_setters(Committed, "conflict fired continued skipped pending parked")
+
+
+def _fill_committed(committed: Committed, conflict: Completion | None, fired: tuple[Job, ...],
+                    continued: tuple[Delivery, ...], skipped: tuple[str, ...], pending: int, parked: int) -> None:
+    set_conflict, set_fired, set_continued, set_skipped, set_pending, set_parked = _COMMITTED_SLOTS
+    set_conflict(committed, conflict)
+    set_fired(committed, fired)
+    set_continued(committed, continued)
+    set_skipped(committed, skipped)
+    set_pending(committed, pending)
+    set_parked(committed, parked)
 
 
 @dataclass(frozen=True, slots=True)

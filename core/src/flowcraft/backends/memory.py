@@ -116,7 +116,9 @@ class MemoryQueue(Queue):
         message.token = token = next(self._seq)
         message.deadline = now + self.visibility_timeout
         self._inflight[token] = message
-        return Delivery(message.job, token, deliveries=message.deliveries)
+        delivery = Delivery(message.job, token)  # (positionally: a class called with a keyword costs a dict)
+        delivery.deliveries = message.deliveries
+        return delivery
 
     def hand(self, job: Job) -> Delivery:
         """A job delivered at once, without passing the ready list: in flight as ``dequeue`` leaves a message

@@ -89,7 +89,7 @@ def apply_transition(tables: CoordinationTables, tx: Transition, *, applies_cont
     tables.touch(run_id)
     pending, parked = tables.counts(run_id)
     continued = hand_over(fired) if hand_over is not None and fired else ()
-    return Committed(fired=tuple(fired), continued=continued, skipped=tuple(skipped), pending=pending, parked=parked)
+    return Committed._of(None, tuple(fired), continued, tuple(skipped), pending, parked)
 
 
 def _decide(tables: CoordinationTables, run_id: str, arrival: Arrival) -> str | None:
