@@ -9,6 +9,7 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,6 +72,41 @@ async def test_a_waiting_receive_wakes_on_another_connections_enqueue(tmp_path: 
         got = await asyncio.wait_for(receive, 5)
         assert [delivery.job.run_id for delivery in got] == ["run"]
         assert mine.changes.waiting == 0  # no receive waits any more: the thread stops looking
+    finally:
+        await mine.close()
+        await theirs.close()
+
+
+async def test_the_waits_of_a_loop_share_one_poll(tmp_path: Path) -> None:
+    """Many runs waited on at once cost one read per poll, not one per run, and each wait still wakes when another
+    connection changes its run."""
+    path = tmp_path / "flowcraft.db"
+    mine, theirs = SqliteDatabase(path), SqliteDatabase(path)
+    try:
+        watcher, writer = SqliteStatusStore(mine), SqliteStatusStore(theirs)
+        run_ids = [f"run{i}" for i in range(20)]
+        for run_id in run_ids:
+            await writer.create(RunRecord(run_id, "bp"))
+        reads = 0
+        read = mine.read
+
+        async def counted(fn: Any) -> Any:
+            nonlocal reads
+            reads += 1
+            return await read(fn)
+
+        mine.read = counted  # type: ignore[method-assign]
+        waits = [asyncio.ensure_future(watcher.wait_for_change(run_id, 30)) for run_id in run_ids]
+        await asyncio.sleep(0.1)  # each wait read its run's stamp once
+        before = reads
+        await asyncio.sleep(watcher.change_poll * 6)
+        assert reads - before <= 8  # about one read per poll (20 runs polled one by one: about 120)
+        assert not any(wait.done() for wait in waits)
+        for run_id in run_ids:
+            assert await writer.transition(run_id, ["running"], "completed", {}) is not None
+        await asyncio.wait_for(asyncio.gather(*waits), 5)
+        await asyncio.sleep(watcher.change_poll * 3)
+        assert not watcher._polled and not watcher._pollers  # the poll ends at its first turn with no wait left
     finally:
         await mine.close()
         await theirs.close()

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import functools
 import itertools
 import json
 import os
@@ -1150,6 +1151,10 @@ class SqliteStatusStore(_SqliteComponent, StatusStore):
         self._changed: dict[str, set[asyncio.Future[None]]] = {}
         # per run: (status, updated_at) as the last get read it, or _CHANGED after a change made here
         self._seen: dict[str, Any] = {}
+        # per event loop, what its waits poll for other processes' changes: run id -> [(stamp seen, its future)];
+        # one task per loop polls them all (_poll)
+        self._polled: dict[asyncio.AbstractEventLoop, dict[str, list[tuple[Any, asyncio.Future[None]]]]] = {}
+        self._pollers: set[asyncio.Task[None]] = set()
 
     async def create(self, record: RunRecord) -> bool:
         now = time.time()
@@ -1276,7 +1281,8 @@ class SqliteStatusStore(_SqliteComponent, StatusStore):
     async def wait_for_change(self, run_id: str, timeout: float) -> None:
         """Wake at once on a change made through this store, else notice other processes' changes by
         polling the record's ``(status, updated_at)`` every ``change_poll`` seconds, compared with what the
-        last ``get`` of this run read (so a change between that ``get`` and this call is not missed)."""
+        last ``get`` of this run read (so a change between that ``get`` and this call is not missed). The waits
+        of one event loop share their polls: one read of all their runs' stamps per ``change_poll``."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
         changed: asyncio.Future[None] = loop.create_future()
@@ -1289,19 +1295,55 @@ class SqliteStatusStore(_SqliteComponent, StatusStore):
                 seen = await self._stamp(run_id)
             elif seen != await self._stamp(run_id):
                 return
-            while True:
-                remaining = end - loop.time()
-                if remaining <= 0:
-                    return
-                done, _ = await asyncio.wait({changed}, timeout=min(self.change_poll, remaining))
-                if done or await self._stamp(run_id) != seen:
-                    return
+            remaining = end - loop.time()
+            if remaining <= 0:
+                return
+            polled = self._polled.get(loop)
+            if polled is None:
+                polled = self._polled[loop] = {}
+                poller = loop.create_task(self._poll(loop, polled))
+                self._pollers.add(poller)
+                poller.add_done_callback(self._pollers.discard)
+            entry = (seen, changed)
+            polled.setdefault(run_id, []).append(entry)
+            try:
+                await asyncio.wait({changed}, timeout=remaining)
+            finally:
+                entries = polled.get(run_id)
+                if entries is not None:
+                    entries.remove(entry)
+                    if not entries:
+                        del polled[run_id]
         finally:
             waiters = self._changed.get(run_id)
             if waiters is not None:
                 waiters.discard(changed)
                 if not waiters:
                     del self._changed[run_id]
+
+    async def _poll(self, loop: asyncio.AbstractEventLoop,
+                    polled: dict[str, builtins.list[tuple[Any, asyncio.Future[None]]]]) -> None:
+        """Every ``change_poll`` seconds, read the stamps of every run this loop's waits poll and wake those whose
+        stamp changed; end once no wait is left (or when the read fails: every wait wakes and reads again)."""
+        try:
+            while True:
+                await asyncio.sleep(self.change_poll)
+                if not polled:
+                    return
+                run_ids = list(polled)
+                try:
+                    stamps = await self.db.read(functools.partial(_stamps, run_ids=run_ids))
+                except Exception:
+                    stamps = None
+                for run_id in run_ids:
+                    for seen, changed in polled.get(run_id, ()):
+                        if (stamps is None or stamps.get(run_id) != seen) and not changed.done():
+                            changed.set_result(None)
+                if stamps is None:
+                    return
+        finally:
+            if self._polled.get(loop) is polled:
+                del self._polled[loop]
 
     async def _stamp(self, run_id: str) -> tuple[str, float] | None:
         row = await self.db.read(lambda conn: conn.execute(
@@ -1325,6 +1367,18 @@ class SqliteStatusStore(_SqliteComponent, StatusStore):
                     waiter.set_result(None)
                 elif not loop.is_closed():
                     loop.call_soon_threadsafe(_wake, waiter)
+
+
+def _stamps(conn: sqlite3.Connection, run_ids: Sequence[str]) -> dict[str, tuple[str, float]]:
+    """``(status, updated_at)`` of each of the runs that has a record."""
+    stamps: dict[str, tuple[str, float]] = {}
+    for start in range(0, len(run_ids), _CHUNK):
+        chunk = run_ids[start : start + _CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        for run_id, status, updated_at in conn.execute(
+                f"SELECT run_id, status, updated_at FROM fc_status WHERE run_id IN ({marks})", chunk):
+            stamps[run_id] = (str(status), float(updated_at))
+    return stamps
 
 
 _UNSEEN: Any = object()
