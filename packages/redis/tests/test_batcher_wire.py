@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from redis.exceptions import ResponseError
+from redis.exceptions import DataError, ResponseError
 
 from flowcraft_redis import batcher_for, make_client
 from servers import RedisServer
@@ -95,5 +95,17 @@ async def test_a_closed_client_reconnects_on_its_next_call(redis_url: str, calls
         await batcher.call("PING")
         await client.aclose()  # closes every connection of the pool, the batcher's too
         assert await asyncio.gather(*(batcher.call("PING") for _ in range(calls))) == [True] * calls
+    finally:
+        await client.aclose()
+
+
+async def test_an_argument_that_cannot_be_sent_fails_its_batch_and_leaves_the_next_in_step(redis_url: str) -> None:
+    client = make_client(redis_url)
+    batcher = batcher_for(client)
+    try:
+        await batcher.call("SET", "wire:p", "ok")
+        with pytest.raises(DataError):
+            await batcher.call("SET", "wire:q", {"not": "encodable"})
+        assert await asyncio.gather(batcher.call("GET", "wire:p"), batcher.call("EXISTS", "wire:q")) == [b"ok", 0]
     finally:
         await client.aclose()

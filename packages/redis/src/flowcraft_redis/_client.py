@@ -442,14 +442,16 @@ class _Wire:
                 names.append(callbacks[name])
         conn = self._conn
         assert conn is not None
+        packed = conn.pack_commands(commands)[0]  # before the batch waits: a packing error must not shift replies
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self._waiting.append((future, names, []))
-        writer.write(conn.pack_commands(commands)[0])
+        writer.write(packed)
         if writer.transport.get_write_buffer_size() > _WRITE_HIGH:
             try:
                 await writer.drain()
-            except OSError as error:  # the reader fails the batch too
-                raise RedisConnectionError(f"Error while writing to Redis: {error!r}") from None
+            except OSError as error:  # what reached Redis is unknown: the connection is given up, as on a read error
+                if self._writer is writer:
+                    self._broken(RedisConnectionError(f"Error while writing to Redis: {error!r}"))
         return await future
 
     async def _connect(self) -> asyncio.StreamWriter:
@@ -501,7 +503,10 @@ class _Wire:
                     future, callbacks, replies = waiting[0]
                     callback = callbacks[len(replies)]
                     if callback is not None and not isinstance(reply, Exception):
-                        reply = callback(reply)
+                        try:
+                            reply = callback(reply)
+                        except Exception as exc:  # that call's error; the replies after it are still in step
+                            reply = exc
                     replies.append(reply)
                     if len(replies) == len(callbacks):
                         waiting.popleft()
