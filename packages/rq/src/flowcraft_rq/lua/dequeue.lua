@@ -26,23 +26,35 @@ local claimed, claim_until = ARGV[13] == '1', ARGV[14]
 local inflight, held = KEYS[6], KEYS[7]
 local T = ARGV[16]
 
+-- The first score of a sorted set (false: empty). The scheduled and started registries are read this way first:
+-- one whose first entry is not due is not scanned, and a dequeue that finds nothing takes its next_due from what
+-- was read (nil: read again, the scan changed the set).
+local function first_score(key)
+  return redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2] or false
+end
 -- due scheduled jobs to the queue (what rq's scheduler does)
-local due = redis.call('ZRANGEBYSCORE', sched, '-inf', now, 'LIMIT', 0, 1000)
-for _, id in ipairs(due) do
-  redis.call('ZREM', sched, id)
-  if redis.call('EXISTS', jp .. id) == 1 then
-    redis.call('HSET', jp .. id, 'status', 'queued', 'enqueued_at', now_iso)
-    redis.call('RPUSH', q, id)
+local sched_first = first_score(sched)
+if sched_first and tonumber(sched_first) <= now then
+  sched_first = nil
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', sched, '-inf', now, 'LIMIT', 0, 1000)) do
+    redis.call('ZREM', sched, id)
+    if redis.call('EXISTS', jp .. id) == 1 then
+      redis.call('HSET', jp .. id, 'status', 'queued', 'enqueued_at', now_iso)
+      redis.call('RPUSH', q, id)
+    end
   end
 end
 -- deliveries whose visibility deadline passed (their worker died) go back to the front
-local expired = redis.call('ZRANGEBYSCORE', wip, '-inf', now, 'LIMIT', 0, 1000)
-for _, entry in ipairs(expired) do
-  redis.call('ZREM', wip, entry)
-  local id = string.sub(entry, 1, (string.find(entry, ':', 1, true) or (#entry + 1)) - 1)
-  if redis.call('HGET', jp .. id, 'status') == 'started' then
-    redis.call('HSET', jp .. id, 'status', 'queued', 'enqueued_at', now_iso)
-    redis.call('LPUSH', q, id)
+local wip_first = first_score(wip)
+if wip_first and tonumber(wip_first) <= now then
+  wip_first = nil
+  for _, entry in ipairs(redis.call('ZRANGEBYSCORE', wip, '-inf', now, 'LIMIT', 0, 1000)) do
+    redis.call('ZREM', wip, entry)
+    local id = string.sub(entry, 1, (string.find(entry, ':', 1, true) or (#entry + 1)) - 1)
+    if redis.call('HGET', jp .. id, 'status') == 'started' then
+      redis.call('HSET', jp .. id, 'status', 'queued', 'enqueued_at', now_iso)
+      redis.call('LPUSH', q, id)
+    end
   end
 end
 -- lean deliveries whose deadline passed (their worker died) become rq jobs (delivered once already) at the front of
@@ -128,10 +140,10 @@ end
 local next_due = ''
 if #out == 0 then
   redis.call('ZADD', claims, claim_until, claim)
-  local first = redis.call('ZRANGE', sched, 0, 0, 'WITHSCORES')
-  if first[2] then next_due = first[2] end
-  first = redis.call('ZRANGE', wip, 0, 0, 'WITHSCORES')
-  if first[2] and (next_due == '' or tonumber(first[2]) < tonumber(next_due)) then next_due = first[2] end
+  if sched_first == nil then sched_first = first_score(sched) end
+  if wip_first == nil then wip_first = first_score(wip) end
+  if sched_first then next_due = sched_first end
+  if wip_first and (next_due == '' or tonumber(wip_first) < tonumber(next_due)) then next_due = wip_first end
 end
 local left = redis.call('LLEN', q)
 if claimed then left = left + redis.call('LLEN', claim) end
