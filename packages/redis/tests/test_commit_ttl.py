@@ -72,3 +72,21 @@ async def _emptied_context(redis_prefix: str, client: Redis, store: RedisCoordin
     await _commit(store, run, "c", {"y": 2})  # within an eighth of the TTL of the first write
     assert TTL - 5 < await client.ttl(keys.ctx(run)) <= TTL
     assert await RedisContext(client, key_prefix=redis_prefix).get_all(run) == {"y": 2}
+
+
+async def test_a_context_emptied_outside_commits_gets_a_ttl_when_written_again(redis_url: str,
+                                                                              redis_prefix: str) -> None:
+    await _with_store(redis_url, redis_prefix, partial(_emptied_outside_commits, redis_prefix))
+
+
+async def _emptied_outside_commits(redis_prefix: str, client: Redis, store: RedisCoordinationStore) -> None:
+    keys = Keys(redis_prefix)
+    context = RedisContext(client, key_prefix=redis_prefix, state_ttl_seconds=TTL)
+    for run, empty in (("ttl-apply", partial(context.apply, updates={}, deletes=("x",))),
+                       ("ttl-delete-run", context.delete_run)):
+        await store.schedule(run, [Job(run, "bp", n) for n in ("a", "b")])
+        await _commit(store, run, "a", {"x": 1})  # sets the context's TTL and '#ctxttl'
+        await empty(run)
+        assert not await client.exists(keys.ctx(run))
+        await _commit(store, run, "b", {"y": 2})  # within an eighth of the TTL of the first write
+        assert TTL - 5 < await client.ttl(keys.ctx(run)) <= TTL, run

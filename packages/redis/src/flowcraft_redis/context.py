@@ -30,6 +30,7 @@ class RedisContext(RedisStateStore, ContextStore):
         super().__init__(redis, key_prefix=key_prefix, state_ttl_seconds=state_ttl_seconds,
                          cluster_queue_groups=cluster_queue_groups)
         self._apply = self.batcher.script(scripts.CONTEXT_APPLY)
+        self._delete = self.batcher.script(scripts.CONTEXT_DELETE)
 
     async def get_many(self, run_id: str, keys: Sequence[str]) -> dict[str, Any]:
         if not keys:
@@ -49,10 +50,10 @@ class RedisContext(RedisStateStore, ContextStore):
         for key, value in updates.items():
             args += (key, dumps(value))
         args += list(deletes)  # deletes win over updates of the same key, as in the memory store
-        await self.batcher.call_script(self._apply, (self.keys.ctx(run_id),), *args)
+        await self.batcher.call_script(self._apply, (self.keys.ctx(run_id), self.keys.run(run_id)), *args)
 
     async def delete_run(self, run_id: str) -> None:
-        await self.batcher.call("DEL", self.keys.ctx(run_id))
+        await self.batcher.call_script(self._delete, (self.keys.ctx(run_id), self.keys.run(run_id)))
 
     async def close(self) -> None:
         await self.redis.aclose()
