@@ -1,16 +1,18 @@
-"""The batcher's own connection (``flowcraft_redis._client._Wire``) against a real Redis: replies reach their
+"""The batcher's own connections (``flowcraft_redis._client._Wire``) against a real Redis: replies reach their
 callers in order with redis-py's response callbacks, an error reply fails only its call, scripts come back after
-a flush, and a dropped connection or a restarted server is reconnected."""
+a flush, and a dropped connection or a restarted server is reconnected; on a Redis Cluster one per primary, and a
+stale slot map's redirection followed."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
+from redis.crc import key_slot
 from redis.exceptions import DataError, ResponseError
 
-from flowcraft_redis import batcher_for, make_client
-from servers import RedisServer
+from flowcraft_redis import batcher_for, make_any_client, make_client
+from servers import RedisClusterServer, RedisServer
 
 
 async def test_concurrent_calls_get_their_own_replies_in_few_round_trips(redis_url: str) -> None:
@@ -107,5 +109,25 @@ async def test_an_argument_that_cannot_be_sent_fails_its_batch_and_leaves_the_ne
         with pytest.raises(DataError):
             await batcher.call("SET", "wire:q", {"not": "encodable"})
         assert await asyncio.gather(batcher.call("GET", "wire:p"), batcher.call("EXISTS", "wire:q")) == [b"ok", 0]
+    finally:
+        await client.aclose()
+
+
+async def test_on_a_cluster_each_primary_gets_its_part_and_a_redirection_is_followed(
+        redis_cluster_server: RedisClusterServer) -> None:
+    client = make_any_client(redis_cluster_server.url)
+    batcher = batcher_for(client)
+    keys = [f"wire:c{i}" for i in range(60)]
+    try:
+        await asyncio.gather(*(batcher.call("HSET", key, "f", key) for key in keys))  # commands the batcher routes
+        assert await asyncio.gather(*(batcher.call("HGET", key, "f") for key in keys)) == [key.encode() for key in keys]
+        assert len(batcher._node_wires) == 3  # every primary's part on its own wire
+        manager = client.nodes_manager  # a stale slot map: the key's slot said to be on another primary
+        slot = key_slot(b"wire:c0")
+        right = manager.slots_cache[slot][0]
+        wrong = next(node for node in client.get_primaries() if node.name != right.name)
+        manager.slots_cache[slot] = [wrong]
+        assert await asyncio.gather(batcher.call("HGET", "wire:c0", "f"), batcher.call("HGET", "wire:c1", "f")) == [
+            b"wire:c0", b"wire:c1"]  # MOVED: sent again through redis-py's cluster pipeline
     finally:
         await client.aclose()

@@ -16,12 +16,13 @@ from collections import deque
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.crc import key_slot
+from redis.exceptions import AskError, ClusterDownError, InvalidResponse, MovedError, NoScriptError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from flowcraft.config import redact_text
@@ -376,7 +377,8 @@ _WRITE_HIGH = 1 << 20
 
 
 class _Wire:
-    """The batcher's own connection to one Redis (a client made by ``make_client``): each batch is written as one
+    """The batcher's own connection to one Redis (a client made by ``make_client``, or a primary of a cluster
+    client ``make_any_client`` made): each batch is written as one
     packed pipeline and its replies are parsed straight off the socket by one reader task (hiredis), each
     caller's future resolved as its reply comes, with redis-py's response callbacks applied as its
     ``execute_command`` does. Batches overlap on the connection (Redis answers in order); redis-py's own
@@ -386,10 +388,15 @@ class _Wire:
     is closed with the client); a broken one fails the batches in flight with a ``ConnectionError``, which the
     client's retry policy retries on a reconnected one, as redis-py retries a pipeline."""
 
-    def __init__(self, client: Redis) -> None:
+    def __init__(self, client: Redis | ClusterNode) -> None:
+        #: a plain client (its pool gives the connection, its retry policy retries) or a Redis Cluster primary
+        #: (``Batcher._execute_on_wires``: the connection is the node's, and a failed batch goes to redis-py's
+        #: cluster pipeline instead of being retried here)
         self.client = client
-        pool = client.connection_pool
-        self.retry: Retry | None = pool.connection_kwargs.get("retry")
+        kwargs = client.connection_pool.connection_kwargs if isinstance(client, Redis) else client.connection_kwargs
+        self.retry: Retry | None = kwargs.get("retry") if isinstance(client, Redis) else None
+        #: the connections' socket timeout (a cluster client's default): the longest a batch waits for its replies
+        self.timeout: float | None = kwargs.get("socket_timeout")
         self._callbacks: dict[Any, Any] = {}  # command name -> redis-py's response callback (None: none)
         self._conn: Connection | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -400,14 +407,17 @@ class _Wire:
 
     @staticmethod
     def usable(client: RedisClient) -> bool:
-        """Whether ``client`` is a plain client of one Redis that ``make_client`` made (RESP2, bytes, no socket
-        timeout): the connections whose replies this parses as redis-py would."""
-        if not isinstance(client, Redis) or not fast_packing(client):
+        """Whether ``client`` is a client that ``make_client`` or ``make_any_client`` made (RESP2, bytes): the
+        connections whose replies this parses as redis-py would."""
+        if not fast_packing(client):
             return False
-        if getattr(client, "single_connection_client", False):
+        if isinstance(client, RedisCluster):
+            kwargs = client.nodes_manager.connection_kwargs
+        elif getattr(client, "single_connection_client", False):
             return False
-        kwargs = client.connection_pool.connection_kwargs
-        if kwargs.get("decode_responses") or kwargs.get("socket_timeout") is not None:
+        else:
+            kwargs = client.connection_pool.connection_kwargs
+        if kwargs.get("decode_responses"):
             return False
         if kwargs.get("protocol") not in (None, 2, "2"):
             return False
@@ -452,7 +462,14 @@ class _Wire:
             except OSError as error:  # what reached Redis is unknown: the connection is given up, as on a read error
                 if self._writer is writer:
                     self._broken(RedisConnectionError(f"Error while writing to Redis: {error!r}"))
-        return await future
+        if self.timeout is None:
+            return await future
+        try:
+            return await asyncio.wait_for(future, self.timeout)
+        except TimeoutError:  # as redis-py's read timeout: the connection is given up
+            if self._writer is writer:
+                self._broken(RedisConnectionError("Timeout reading from Redis"))
+            raise RedisConnectionError(f"Timeout reading from Redis after {self.timeout} s") from None
 
     async def _connect(self) -> asyncio.StreamWriter:
         """The connection (redis-py connects and handshakes it) and its reader task; one connect at a time."""
@@ -464,14 +481,18 @@ class _Wire:
             self._connecting = loop.create_future()
             try:
                 conn = self._conn
-                if conn is None:
-                    pool = self.client.connection_pool
+                client = self.client
+                if conn is None and isinstance(client, Redis):
+                    pool = client.connection_pool
                     try:
                         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
                     except TypeError:  # pragma: no cover - redis-py 5.0-5.2 want a command name
                         conn = await pool.get_connection("_")  # type: ignore[no-untyped-call]
                     self._conn = conn
                 else:
+                    if conn is None:  # a cluster node's: closed with the node's connections (RedisCluster.aclose)
+                        assert isinstance(client, ClusterNode)
+                        conn = self._conn = client.acquire_connection()
                     await conn.connect()  # type: ignore[no-untyped-call]
                 reader, writer = getattr(conn, "_reader", None), getattr(conn, "_writer", None)
                 if not isinstance(reader, asyncio.StreamReader) or not isinstance(writer, asyncio.StreamWriter):
@@ -563,6 +584,7 @@ class Batcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scripts: dict[str, str] = {}
         self._lean = _Wire.usable(client)
+        self._node_wires: dict[str, _Wire] = {}  # on a cluster: per primary (``ClusterNode.name``)
         self._wire: _Wire | None = None
         #: round trips (pipelines sent) and commands, for measurements
         self.round_trips = 0
@@ -590,7 +612,8 @@ class Batcher:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             self._loop, self._queue, self._in_flight, self._tasks = loop, [], 0, set()
-            self._wire = _Wire(self.client) if self._lean else None  # type: ignore[arg-type]  # usable: a Redis
+            self._wire = _Wire(self.client) if self._lean and isinstance(self.client, Redis) else None
+            self._node_wires = {}
         future: asyncio.Future[Any] = loop.create_future()
         self._queue.append((command, future))
         if self._in_flight < self.max_in_flight:
@@ -641,6 +664,8 @@ class Batcher:
         if self._wire is not None:
             return await self._wire.execute(commands)
         if isinstance(self.client, RedisCluster):
+            if self._lean:
+                return await self._execute_on_wires(self.client, commands)
             return await self._execute_on_cluster(self.client, commands)
         if len(commands) == 1:
             try:  # redis-py leaves Redis.execute_command unannotated
@@ -652,6 +677,46 @@ class Batcher:
             pipe.execute_command(*command)
         return list(await pipe.execute(raise_on_error=False))
 
+    async def _execute_on_wires(self, client: RedisCluster, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """On a cluster, each command on the wire (``_Wire``) of the primary of its first key's slot, the primaries'
+        parts of the batch at once. What a wire cannot settle goes to ``_execute_on_cluster`` (redis-py's cluster
+        pipeline follows redirections, refreshes the slot map and retries): a keyless command or a slot not mapped
+        yet (the whole batch), a redirection or cluster-down reply (that command: it did not run), a broken
+        connection (that node's part, which may have run, as redis-py's retry would send it again)."""
+        slots = client.nodes_manager.slots_cache
+        parts: dict[str, tuple[ClusterNode, list[int]]] = {}
+        for index, command in enumerate(commands):
+            key = _first_key(command)
+            owners = slots.get(key_slot(key.encode() if isinstance(key, str) else key)) if key is not None else None
+            if not owners:
+                return await self._execute_on_cluster(client, commands)
+            node = owners[0]
+            parts.setdefault(node.name, (node, []))[1].append(index)
+        wires = self._node_wires
+        for name, (node, _) in parts.items():
+            if name not in wires:
+                wires[name] = _Wire(node)
+        replies = await asyncio.gather(*(wires[name].execute([commands[i] for i in part])
+                                         for name, (_, part) in parts.items()), return_exceptions=True)
+        results: list[Any] = [None] * len(commands)
+        again: list[int] = []
+        for (_, part), got in zip(parts.values(), replies, strict=True):
+            if isinstance(got, BaseException):
+                if not isinstance(got, RedisConnectionError):
+                    raise got
+                again += part
+                continue
+            for index, reply in zip(part, got, strict=True):
+                if isinstance(reply, _REDIRECTED):
+                    again.append(index)
+                else:
+                    results[index] = reply
+        if again:
+            for index, reply in zip(again, await self._execute_on_cluster(client, [commands[i] for i in again]),
+                                    strict=True):
+                results[index] = reply
+        return results
+
     @staticmethod
     async def _execute_on_cluster(client: RedisCluster, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Each command sent to the node of its first key's slot (``target_nodes``), so redis-py does not compute
@@ -660,11 +725,7 @@ class Batcher:
         slots = client.nodes_manager.slots_cache  # slot -> its nodes, the primary first (empty before the first call)
         pipe = client.pipeline(transaction=False)
         for command in commands:
-            name = command[0]
-            if name == "EVALSHA":
-                key = command[3] if command[2] else None
-            else:
-                key = command[1] if name in _KEYED and len(command) > 1 else None
+            key = _first_key(command)
             owners = slots.get(key_slot(key.encode() if isinstance(key, str) else key)) if key is not None else None
             if owners:
                 pipe.execute_command(*command, target_nodes=owners[0])
@@ -676,6 +737,18 @@ class Batcher:
 #: commands the batcher sends whose first argument is a key (on a cluster: where it is sent, ``Batcher._target``)
 _KEYED = frozenset(("HGETALL", "HGET", "HMGET", "HSET", "HDEL", "DEL", "ZADD", "ZREM", "ZRANGE", "ZREMRANGEBYSCORE",
                     "SADD", "EXPIRE", "LLEN", "ZCARD", "LPUSH", "RPUSH"))
+
+
+#: cluster replies that say the command did not run where it was sent (redis-py's cluster pipeline sends it again)
+_REDIRECTED = (MovedError, AskError, TryAgainError, ClusterDownError)
+
+
+def _first_key(command: tuple[Any, ...]) -> Any:
+    """The first key of a command the batcher sends (None: keyless, or not known here)."""
+    name = command[0]
+    if name == "EVALSHA":
+        return command[3] if command[2] else None
+    return command[1] if name in _KEYED and len(command) > 1 else None
 
 
 _batchers: weakref.WeakKeyDictionary[RedisClient, Batcher] = weakref.WeakKeyDictionary()
