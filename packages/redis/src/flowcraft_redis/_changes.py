@@ -69,12 +69,14 @@ class ChangeFeed:
                 del self._watches[key]
                 raise
         if not watch.subscribed.done():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(watch.subscribed), timeout)
+            with contextlib.suppress(TimeoutError):  # (asyncio.timeout: 3.11's wait_for can swallow a cancel)
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(watch.subscribed)
             return  # subscribed now: the caller reads again, covered from here on
         watch.waiters += 1
         try:
-            await asyncio.wait_for(watch.changed.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await watch.changed.wait()
         except TimeoutError:
             pass
         finally:

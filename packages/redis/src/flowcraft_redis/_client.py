@@ -465,7 +465,10 @@ class _Wire:
         if self.timeout is None:
             return await future
         try:
-            return await asyncio.wait_for(future, self.timeout)
+            # not asyncio.wait_for: on Python 3.11 it can swallow a cancel that comes as the reply does, and the
+            # caller (a stopping worker's heartbeat) then goes on as if never cancelled
+            async with asyncio.timeout(self.timeout):
+                return await future
         except TimeoutError:  # as redis-py's read timeout: the connection is given up
             if self._writer is writer:
                 self._broken(RedisConnectionError("Timeout reading from Redis"))
