@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import cProfile
 import ctypes
+import gc
 import json
 import math
 import os
@@ -889,6 +890,7 @@ async def in_process_trial(config: Config, workload: Workload, profiler: cProfil
     from benchmarks.workloads import app
     from flowcraft import FlowRuntime
 
+    gc.collect()  # the dropped runtime of the previous trial is collected before this trial's window, not in it
     runtime = FlowRuntime(app=app, concurrency=config.worker_concurrency)
     try:
         return await measure_flowcraft(config, runtime, workload, None, profiler)
@@ -1017,8 +1019,6 @@ def _celery_get(result: Any, timeout: float) -> Any:
 def _release_celery_results() -> None:
     """Drop the result subscriptions Celery's client keeps (a chord's header results are never awaited, so
     they stay pending) while Redis is still up; ``AsyncResult.__del__`` unsubscribes through Redis."""
-    import gc
-
     from benchmarks import celery_peer
 
     pending = getattr(celery_peer.app.backend, "_pending_results", None)
