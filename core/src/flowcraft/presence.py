@@ -204,6 +204,14 @@ def not_published(blueprint_id: str, live: list[WorkerInfo]) -> ConfigError:
                             "(`flowcraft workers` lists them)")
 
 
+def cancel_requested() -> bool:
+    """Whether the current task was asked to cancel, even if a callee swallowed the ``CancelledError`` (on Python
+    3.11 ``asyncio.wait_for`` does when the cancel comes as its awaitable finishes; a store plugin may use it): a
+    loop that runs until its task is cancelled checks this too, or a stopping worker would wait on it for ever."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class WorkerPresence:
     """A worker's side of presence: publish its blueprints, heartbeat its ``WorkerInfo`` (also to the queue's
     own worker registry, ``Queue.register_worker``) and retire it when it stops. Given to
@@ -255,7 +263,7 @@ class WorkerPresence:
 
     async def run(self, snapshot: Callable[[], tuple[str, int, int, int]]) -> None:
         """Heartbeat every ``interval`` with ``snapshot()`` = (state, in flight, handled, failed) until cancelled."""
-        while True:
+        while not cancel_requested():
             await asyncio.sleep(self.interval)
             state, in_flight, handled, failed = snapshot()
             try:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, cast
 
 from flowcraft.engine.core import Engine
 from flowcraft.errors import ConfigError, ServerUnreachableError
+from flowcraft.presence import cancel_requested
 from flowcraft.spi import Delivery
 
 if TYPE_CHECKING:
@@ -294,7 +295,7 @@ class Worker:
 
     async def _heartbeat_loop(self) -> None:
         interval = max(0.05, self.engine.options.lease_seconds / 3)
-        while True:
+        while not cancel_requested():
             await asyncio.sleep(interval)
             await self.engine.heartbeat()
 
