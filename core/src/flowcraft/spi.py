@@ -1050,6 +1050,22 @@ class CoordinationStore(Component):
         over."""
         return False
 
+    @property
+    def starts(self) -> bool:
+        """True when ``start`` creates a run's record, schedules its first jobs and queues them in one atomic
+        step: a store that holds the backend's status store and queue too (co-located in one Redis or database,
+        decided when the backend is built) and ``dispatches``."""
+        return False
+
+    async def start(self, record: RunRecord, jobs: Sequence[Job]) -> bool:
+        """Create ``record`` (as ``StatusStore.create``: its ``created_at``/``updated_at`` set when the run is
+        created), schedule ``jobs`` as pending (as ``schedule``, which also records the run's activity) and queue
+        them (as a dispatching ``commit`` queues what it fires, honouring each job's ``due_at``), as one atomic
+        step: all of it happens, or none does. False, and nothing written, when a run with ``record.run_id``
+        exists. Called only when ``starts`` is declared (the engine otherwise makes the three calls itself)."""
+        raise NotImplementedError(f"coordination store {type(self).__name__} does not start runs "
+                                  "(it does not declare starts)")
+
     @abstractmethod
     async def schedule(self, run_id: str, jobs: Sequence[Job]) -> list[Job]:
         """Insert jobs as pending where absent (first-writer-wins); return those inserted."""
@@ -1138,7 +1154,9 @@ class Capabilities:
       poll (``StatusStore.notifies``);
     * ``writes_context``: ``StatusStore.transition_with_context`` writes context values in the same atomic
       step as a status transition (``StatusStore.writes_context``): a run's ``_result`` goes with its final
-      status, one step instead of a context write and then the transition.
+      status, one step instead of a context write and then the transition;
+    * ``starts``: ``CoordinationStore.start`` creates a run's record, schedules its first jobs and queues them
+      in one atomic step (``CoordinationStore.starts``): a client's start is one step instead of three.
 
     All fields are keyword-only.
     """
@@ -1151,6 +1169,7 @@ class Capabilities:
     continues: bool = False
     notifies: bool = False
     writes_context: bool = False
+    starts: bool = False
 
     @classmethod
     def of(cls, queue: Queue, context: ContextStore, status: StatusStore,
@@ -1159,6 +1178,10 @@ class Capabilities:
         if coordination.acks and not coordination.dispatches:
             raise PluginError(f"coordination store {type(coordination).__name__} declares acks without dispatches: "
                               "a store that acks deliveries must also queue what they fired")
+        if coordination.starts and not coordination.dispatches:
+            raise PluginError(f"coordination store {type(coordination).__name__} declares starts without "
+                              "dispatches: a store that starts runs queues their first jobs, so it must also "
+                              "queue what its commits fire")
         return cls(applies_context=coordination.applies_context,
                    prefetches_status=queue.prefetches_status,
                    dispatches=coordination.dispatches,
@@ -1166,7 +1189,8 @@ class Capabilities:
                    acks=coordination.acks,
                    continues=coordination.continues,
                    notifies=status.notifies,
-                   writes_context=status.writes_context)
+                   writes_context=status.writes_context,
+                   starts=coordination.starts)
 
 
 @dataclass(slots=True)
