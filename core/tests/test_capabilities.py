@@ -23,13 +23,14 @@ from flowcraft.spi import Backend, Capabilities, RunRecord
 def test_memory_backend_declares_its_fast_paths() -> None:
     assert memory_backend().capabilities == Capabilities(applies_context=True, prefetches_status=True, dispatches=True,
                                                          releases_lease=True, acks=True, continues=True, notifies=True,
-                                                         writes_context=True)
+                                                         writes_context=True, starts=True)
     assert registry().build("memory").capabilities == memory_backend().capabilities
     alone = MemoryCoordinationStore()  # built without the other components: the engine does each step itself
-    assert not (alone.applies_context or alone.dispatches or alone.acks or alone.continues)
+    assert not (alone.applies_context or alone.dispatches or alone.acks or alone.continues or alone.starts)
     assert not MemoryQueue().prefetches_status
     assert not MemoryStatusStore().writes_context  # no context store to write to
-    assert not MemoryCoordinationStore(MemoryContextStore(), queue=MemoryQueue()).continues  # no status store
+    no_status = MemoryCoordinationStore(MemoryContextStore(), queue=MemoryQueue())
+    assert not (no_status.continues or no_status.starts)  # no status store
 
 
 async def test_transition_with_context_is_refused_by_a_store_that_does_not_declare_writes_context() -> None:
@@ -50,12 +51,13 @@ async def test_sqlite_factory_wires_applies_context_and_an_override_turns_it_off
     try:
         assert wired.capabilities == Capabilities(applies_context=True, prefetches_status=True, dispatches=True,
                                                   releases_lease=True, acks=True, continues=True, notifies=True,
-                                                  writes_context=True)
+                                                  writes_context=True, starts=True)
         assert wired.name == "sqlite"
         assert wired.options["path"] == tmp_path / "f.db"
         assert not mixed.capabilities.applies_context and not mixed.coordination.applies_context
         assert not mixed.capabilities.writes_context  # a status store built alone writes no context
         assert not mixed.capabilities.dispatches and not mixed.capabilities.prefetches_status
+        assert not mixed.capabilities.starts
     finally:
         await wired.close()
         await mixed.close()

@@ -7,8 +7,8 @@ The four components live in one process, so ``memory_backend`` (the ``memory`` p
 together and they take every fast path (``Capabilities``): a commit writes the context with the completion
 record, drops the lease, puts the jobs it fires on the queue, acks the committed delivery and hands fired jobs
 straight to the committing worker; a receive reads the run record and takes the lease; a run's result is
-written with its final status. A component built alone
-takes none of them (the engine then does each step itself).
+written with its final status; a run's record, first jobs and their queueing are one step (``starts``). A
+component built alone takes none of them (the engine then does each step itself).
 """
 
 from __future__ import annotations
@@ -274,6 +274,10 @@ class MemoryStatusStore(StatusStore):
                 _wake(waiter)
 
     async def create(self, record: RunRecord) -> bool:
+        return self.insert(record)
+
+    def insert(self, record: RunRecord) -> bool:
+        """``create`` without awaiting: what ``MemoryCoordinationStore.start`` calls inside its atomic section."""
         if record.run_id in self._records:
             return False
         now = time.time()
@@ -414,7 +418,7 @@ class MemoryCoordinationStore(TablesCoordinationStore):
     Given the backend's ``MemoryQueue`` too, a commit puts the jobs it fires on it (``dispatches``) and acks the
     committed delivery when jobs remain pending (``acks``); given its ``MemoryStatusStore`` as well, it hands
     fired jobs due now straight to the committing worker, in flight on the queue with their run record read and
-    lease taken (``continues``)."""
+    lease taken (``continues``), and it starts runs in one step (``starts``)."""
 
     name = "memory"
     Options = NoOptions
@@ -452,6 +456,23 @@ class MemoryCoordinationStore(TablesCoordinationStore):
     def continues(self) -> bool:
         return self._status is not None
 
+    @property
+    def starts(self) -> bool:
+        return self._status is not None
+
+    async def start(self, record: RunRecord, jobs: Sequence[Job]) -> bool:
+        """The record, the jobs and their queueing in one step (no await in between: atomic under the loop)."""
+        status, queue = self._status, self._queue
+        if status is None or queue is None:
+            raise NotImplementedError("this memory coordination store was built without the status store and queue")
+        if not status.insert(record):
+            return False
+        run_id = record.run_id
+        inserted = [job for job in jobs if self.insert_job(run_id, job.key, "pending", job)]
+        self.touch(run_id)
+        _put_due(queue, inserted, time.time())
+        return True
+
     async def commit(self, transition: Transition) -> Committed:
         """The derived commit; one that finishes the job also drops its owner's lease (``releases_lease``), and
         with the queue wired: acks, dispatches and hands over (see the class)."""
@@ -480,12 +501,7 @@ class MemoryCoordinationStore(TablesCoordinationStore):
             delivery = queue.hand(job)
             self.prefetch(delivery, status, transition.owner, transition.lease_seconds)  # type: ignore[arg-type]
             deliveries.append(delivery)
-        ready = [job for job in queued if job.due_at is None or job.due_at <= now]
-        if ready:
-            queue.put(ready)
-        for job in queued:
-            if job.due_at is not None and job.due_at > now:
-                queue.put([job], job.due_at - now)
+        _put_due(queue, queued, now)
         return tuple(deliveries)
 
     def prefetch(self, delivery: Delivery, status: MemoryStatusStore, owner: str, lease_seconds: float) -> None:
@@ -611,6 +627,16 @@ class MemoryCoordinationStore(TablesCoordinationStore):
 
     def forget_run(self, run_id: str) -> None:
         self._runs.pop(run_id, None)
+
+
+def _put_due(queue: MemoryQueue, jobs: Sequence[Job], now: float) -> None:
+    """Put jobs on the queue: those due now at once, a job due later with its delay."""
+    ready = [job for job in jobs if job.due_at is None or job.due_at <= now]
+    if ready:
+        queue.put(ready)
+    for job in jobs:
+        if job.due_at is not None and job.due_at > now:
+            queue.put([job], job.due_at - now)
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

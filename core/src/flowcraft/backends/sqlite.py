@@ -1157,22 +1157,16 @@ class SqliteStatusStore(_SqliteComponent, StatusStore):
         self._pollers: set[asyncio.Task[None]] = set()
 
     async def create(self, record: RunRecord) -> bool:
-        now = time.time()
-        created_at = record.created_at or now
-        document = RunRecord.from_dict({**record.to_dict(), "created_at": created_at, "updated_at": now})
-
-        def insert(conn: sqlite3.Connection) -> bool:
-            return conn.execute(
-                "INSERT OR IGNORE INTO fc_status (run_id, blueprint_id, status, created_at, updated_at, record) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (record.run_id, record.blueprint_id, record.status, created_at, now, _dumps(document.to_dict())),
-            ).rowcount == 1
-
-        inserted = await self.db.write(insert)
+        row = _record_row(record)
+        inserted = await self.db.write(lambda conn: _insert_record(conn, row))
         if inserted:
-            record.created_at, record.updated_at = created_at, now
-            self._notify(record.run_id)
+            self.created(record, row)
         return inserted
+
+    def created(self, record: RunRecord, row: tuple[Any, ...]) -> None:
+        """``record`` was inserted as ``row`` (``_record_row``): its times as stored, its waiters woken."""
+        record.created_at, record.updated_at = row[3], row[4]
+        self._notify(record.run_id)
 
     async def get(self, run_id: str) -> RunRecord | None:
         row = await self.db.read(
@@ -1369,6 +1363,22 @@ class SqliteStatusStore(_SqliteComponent, StatusStore):
                     loop.call_soon_threadsafe(_wake, waiter)
 
 
+def _record_row(record: RunRecord) -> tuple[Any, ...]:
+    """The ``fc_status`` row of a new run's record (``_insert_record``): created and updated now, unless the record
+    says when it was created."""
+    now = time.time()
+    created_at = record.created_at or now
+    document = RunRecord.from_dict({**record.to_dict(), "created_at": created_at, "updated_at": now})
+    return record.run_id, record.blueprint_id, record.status, created_at, now, _dumps(document.to_dict())
+
+
+def _insert_record(conn: sqlite3.Connection, row: tuple[Any, ...]) -> bool:
+    """Insert a new run's record unless one with its run id exists; whether it was inserted."""
+    return conn.execute(
+        "INSERT OR IGNORE INTO fc_status (run_id, blueprint_id, status, created_at, updated_at, record) "
+        "VALUES (?, ?, ?, ?, ?, ?)", row).rowcount == 1
+
+
 def _stamps(conn: sqlite3.Connection, run_ids: Sequence[str]) -> dict[str, tuple[str, float]]:
     """``(status, updated_at)`` of each of the runs that has a record."""
     stamps: dict[str, tuple[str, float]] = {}
@@ -1556,10 +1566,11 @@ class SqliteCoordinationStore(_SqliteComponent, TablesCoordinationStore):
     name = "sqlite"
 
     def __init__(self, database: SqliteDatabase | None = None, *, applies_context: bool = False,
-                 queue: SqliteQueue | None = None) -> None:
+                 queue: SqliteQueue | None = None, status: SqliteStatusStore | None = None) -> None:
         _SqliteComponent.__init__(self, database)
         TablesCoordinationStore.__init__(self, applies_context=applies_context)
         self._queue = queue
+        self._status = status if queue is not None else None
 
     @property
     def dispatches(self) -> bool:
@@ -1584,6 +1595,40 @@ class SqliteCoordinationStore(_SqliteComponent, TablesCoordinationStore):
         visibility timeout), reads their run record and takes their lease in its transaction, and returns them
         as ``Committed.continued``; if that worker dies, a row comes back once its visibility lapses."""
         return self._queue is not None
+
+    @property
+    def starts(self) -> bool:
+        """Given the backend's queue and status store as well (the ``sqlite`` preset passes them: same database),
+        ``start`` inserts a run's record, its first jobs and their queue rows in one write transaction."""
+        return self._status is not None
+
+    async def start(self, record: RunRecord, jobs: Sequence[Job]) -> bool:
+        """One write transaction instead of the status store's, ``schedule``'s and the queue's (the write lock,
+        what two processes wait for, taken once)."""
+        queue, status = self._queue, self._status
+        if queue is None or status is None:
+            raise NotImplementedError("this sqlite coordination store was built without the status store and queue")
+        row, run_id, encoded = _record_row(record), record.run_id, _Encoded()
+        for job in jobs:  # encoded before the transaction takes the write lock
+            encoded.job(job)
+
+        def run(conn: sqlite3.Connection) -> bool:
+            with immediate(conn):
+                if not _insert_record(conn, row):
+                    return False
+                tables = SqliteTables(conn, encoded=encoded)
+                inserted = [job for job in jobs if tables.insert_job(run_id, job.key, "pending", job)]
+                tables.touch(run_id)
+                tables.flush()
+                tables.sql.executemany("INSERT INTO fc_queue (job, available_at) VALUES (?, ?)",
+                                       [(encoded.job(job), max(tables.now, job.due_at or 0.0)) for job in inserted])
+                return True
+
+        created: bool = await self.db.call(run)
+        if created:
+            status.created(record, row)
+            queue._notify()
+        return created
 
     async def commit(self, transition: Transition) -> Committed:
         """``apply_transition`` in one transaction, which also drops the owner's lease when it finishes the job
@@ -1658,5 +1703,6 @@ def build_backend(options: Mapping[str, Any]) -> Backend:
     parsed = parse_options(SqliteQueueOptions, options)
     database = SqliteDatabase(os.fspath(parsed.path), busy_timeout=parsed.busy_timeout, read_only=parsed.read_only)
     queue = SqliteQueue(database, parsed.visibility_timeout, prefetches_status=True)
-    return Backend(queue, SqliteContextStore(database), SqliteStatusStore(database, writes_context=True),
-                   SqliteCoordinationStore(database, applies_context=True, queue=queue))
+    status = SqliteStatusStore(database, writes_context=True)
+    return Backend(queue, SqliteContextStore(database), status,
+                   SqliteCoordinationStore(database, applies_context=True, queue=queue, status=status))

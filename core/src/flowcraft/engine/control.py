@@ -84,28 +84,48 @@ class RunControl:
         record = RunRecord(run_id, blueprint_id, status="running", version=version,
                            blueprint_hash=self.app.content_hash(blueprint_id), input=input,
                            parent=dict(parent) if parent else None)
-        status = self.backend.status
-        if not await status.create(record):
+        status, coordination = self.backend.status, self.backend.coordination
+        jobs: list[Job] | None = None
+        # one store step when the backend can (``Capabilities.starts``); not with an initial context (written
+        # between the record and the jobs), nor for a child run whose start jobs carry a trace (a carrier opens a
+        # span, which a re-delivered subflow start must not: the 3 steps below open it only once the record is new)
+        if (self.backend.capabilities.starts and not context and graph.start_nodes
+                and (parent is None or not self.events.carriers)):
+            jobs = self._start_jobs(graph, run_id, blueprint_id, version, input, parent)
+            if await coordination.start(record, jobs):
+                await self._emit("run:start", run_id, blueprint_id, data={"input": input})
+                return run_id
+            created = False  # a run with this id exists: as when ``status.create`` refuses
+        else:
+            created = await status.create(record)
+        if not created:
             existing = await status.get(run_id)
             if parent is None or existing is None:
                 raise InvalidStateError(f"a run with id {run_id!r} already exists", hint="use another run id")
-            if existing.status != "running" or await self.backend.coordination.activity(run_id) is not None:
+            if existing.status != "running" or await coordination.activity(run_id) is not None:
                 return run_id  # a re-delivered subflow start: the child already started
             # the first start of this child died between its record and its first jobs: finish it (each step
             # below is idempotent)
         if context:
             await self.backend.context.apply(run_id, dict(context))
-        parent_trace = parent.get(TRACE_PAYLOAD) if parent else None  # what the subflow node's job carried
-        payload = self.events.carry(run_id, blueprint_id, parent_trace) if self.events.carriers else None
-        jobs = [Job(run_id, blueprint_id, node_id, version=version, input=input, has_input=True, payload=payload)
-                for node_id in graph.start_nodes]
+        if jobs is None:
+            jobs = self._start_jobs(graph, run_id, blueprint_id, version, input, parent)
         if not jobs:
             await self.fail(record, None, "blueprint has no start node", hint="add a node without incoming edges")
             return run_id
-        inserted = await self.backend.coordination.schedule(run_id, jobs)
+        inserted = await coordination.schedule(run_id, jobs)
         await self.backend.queue.enqueue(inserted)
         await self._emit("run:start", run_id, blueprint_id, data={"input": input})
         return run_id
+
+    def _start_jobs(self, graph: Graph, run_id: str, blueprint_id: str, version: str | None, input: Any,
+                    parent: Mapping[str, Any] | None) -> list[Job]:
+        """A new run's first jobs: one per start node, with the trace a job carrier gives (a child run's: under
+        the one its subflow node's job carried)."""
+        parent_trace = parent.get(TRACE_PAYLOAD) if parent else None  # what the subflow node's job carried
+        payload = self.events.carry(run_id, blueprint_id, parent_trace) if self.events.carriers else None
+        return [Job(run_id, blueprint_id, node_id, version=version, input=input, has_input=True, payload=payload)
+                for node_id in graph.start_nodes]
 
     async def resume(
         self, run_id: str, action: str | None = None, output: Any = None, node_id: str | None = None

@@ -658,14 +658,22 @@ class ReconcilerContract(_Base):
     async def test_reconciler_requeues_only_pending_jobs_of_stalled_runs(self, backend: Backend) -> None:
         """A run whose start was lost is re-enqueued: pending jobs only, no untaken branch."""
         client = Client(backend, contract_app)
-        lost = client.engine.queue.enqueue
+        lost, start = client.engine.queue.enqueue, backend.coordination.start
 
         async def drop(jobs: Any, delay: float = 0.0) -> None:
             return None
 
+        async def start_losing_the_message(record: RunRecord, jobs: Sequence[Job]) -> bool:
+            # a store that starts runs in one step (``starts``) queues the start message with the record
+            assert await backend.status.create(record)
+            await backend.coordination.schedule(record.run_id, jobs)
+            return True
+
         client.engine.queue.enqueue = drop  # type: ignore[method-assign]  # the start message is lost
+        backend.coordination.start = start_losing_the_message  # type: ignore[method-assign]
         run_id = await client.start("contract-branches", {"value": "right"})
         client.engine.queue.enqueue = lost  # type: ignore[method-assign]
+        backend.coordination.start = start  # type: ignore[method-assign]
         healthy = await client.start("contract-none", {"value": 1})
         async with InProcessWorkers(backend, count=1):
             assert (await client.wait(healthy, 30)).status == "completed"
@@ -873,7 +881,8 @@ class RecoveryContract(_Base):
         alone and the parent's redelivered subflow job finishes its start, so the run still completes."""
         engine, client = self._engine(backend), Client(backend, contract_app)
         run_id = await client.start("contract-parent", {"value": 40})
-        schedule, died = backend.coordination.schedule, list[str]()
+        coordination, died = backend.coordination, list[str]()
+        schedule, start = coordination.schedule, coordination.start
 
         async def dies_scheduling_the_child(run: str, jobs: Sequence[Job]) -> list[Job]:
             if not died and run != run_id:
@@ -881,7 +890,17 @@ class RecoveryContract(_Base):
                 raise _Interrupted("the worker died starting the child run")
             return await schedule(run, jobs)
 
-        backend.coordination.schedule = dies_scheduling_the_child  # type: ignore[method-assign,assignment]
+        async def dies_after_the_childs_record(record: RunRecord, jobs: Sequence[Job]) -> bool:
+            # a store that starts a run in one step never leaves a record without its jobs; a worker that makes
+            # the 3 steps (an older version, a start with an initial context) can: its record, then its death
+            if not died:
+                died.append(record.run_id)
+                await backend.status.create(record)
+                raise _Interrupted("the worker died starting the child run")
+            return await start(record, jobs)
+
+        coordination.schedule = dies_scheduling_the_child  # type: ignore[method-assign,assignment]
+        coordination.start = dies_after_the_childs_record  # type: ignore[method-assign]
         deadline = time.monotonic() + 30 + self.visibility_timeout
         reconciled = False
         while (await client.status(run_id)).status == "running" and time.monotonic() < deadline:
@@ -1199,6 +1218,115 @@ class CapabilitiesContract(_Base):
         winners = [r for r in results if r is not None]
         assert len(winners) == 1
         assert await context.get_many(racing, ["_result"]) == {"_result": winners[0].awaiting[0]["node_id"]}
+
+
+    async def test_starts_writes_what_the_three_steps_write(self, backend: Backend, run_prefix: str) -> None:
+        """starts: ``CoordinationStore.start`` leaves the record, the pending jobs and the queued deliveries the
+        3-step start (``StatusStore.create``, ``schedule``, ``Queue.enqueue``) leaves; the run has activity."""
+        self._declared(backend, "starts")
+        stepped, started = run_prefix + "-3", run_prefix + "-1"
+        records = {run_id: RunRecord(run_id, "bp", version="1", blueprint_hash="h", input={"x": [1, None]},
+                                     parent={"run_id": "p", "node_id": "sub", "visit": 0})
+                   for run_id in (stepped, started)}
+        jobs = {run_id: [_job(run_id, node, version="1", input={"x": [1, None]}, has_input=True,
+                              payload={"trace": {"traceparent": "00-t"}}) for node in ("a", "b")]
+                for run_id in (stepped, started)}
+        assert await backend.status.create(records[stepped])
+        await backend.queue.enqueue(await backend.coordination.schedule(stepped, jobs[stepped]))
+        before = time.time()
+        assert await backend.coordination.start(records[started], jobs[started])
+
+        def comparable(record: RunRecord | None) -> dict[str, Any]:
+            assert record is not None
+            return {k: v for k, v in vars_of(record).items() if k not in ("run_id", "created_at", "updated_at")}
+
+        made = {run_id: await backend.status.get(run_id) for run_id in (stepped, started)}
+        assert comparable(made[started]) == comparable(made[stepped])
+        record = made[started]
+        assert record is not None and record.status == "running"
+        assert before - 1 <= record.created_at <= time.time() + 1 and record.updated_at >= record.created_at
+        for run_id in (stepped, started):
+            pending = await backend.coordination.jobs(run_id)
+            assert sorted((p.job.node_id, p.job.input, p.job.payload, p.leased) for p in pending) == [
+                ("a", {"x": [1, None]}, {"trace": {"traceparent": "00-t"}}, False),
+                ("b", {"x": [1, None]}, {"trace": {"traceparent": "00-t"}}, False)]
+            assert await backend.coordination.activity(run_id) is not None
+        got = await receive(backend, 4)
+        assert sorted((d.job.run_id, d.job.node_id) for d in got) == sorted(
+            (run_id, node) for run_id in (stepped, started) for node in ("a", "b"))
+        assert all(d.job.payload == {"trace": {"traceparent": "00-t"}} and d.job.input == {"x": [1, None]}
+                   for d in got)
+        for delivery in got:
+            await backend.queue.ack(delivery)
+
+    async def test_starts_a_second_start_of_an_id_changes_nothing(self, backend: Backend, run_prefix: str) -> None:
+        """starts: a start of a run id that exists (started in one step or created by ``StatusStore.create``)
+        returns False and writes nothing: no record change, no job, no delivery, no activity."""
+        self._declared(backend, "starts")
+        first = RunRecord(run_prefix, "bp", version="1", input=1)
+        assert await backend.coordination.start(first, [_job(run_prefix, "a")])
+        [delivery] = await receive(backend, 1)
+        await backend.queue.ack(delivery)
+        before = await backend.status.get(run_prefix)
+        assert not await backend.coordination.start(RunRecord(run_prefix, "other", version="2", input=2),
+                                                    [_job(run_prefix, "a"), _job(run_prefix, "z")])
+        assert await backend.status.get(run_prefix) == before
+        assert [p.job.node_id for p in await backend.coordination.jobs(run_prefix)] == ["a"]
+
+        created = run_prefix + "-created"  # a record without jobs (a 3-step start that died after its record)
+        assert await backend.status.create(RunRecord(created, "bp", version="1"))
+        assert not await backend.coordination.start(RunRecord(created, "bp", version="1"), [_job(created, "a")])
+        assert await backend.coordination.jobs(created) == []
+        assert await backend.coordination.activity(created) is None  # the reconciler still sees the dead start
+        assert await backend.queue.dequeue(4, 0.3) == []
+
+    async def test_starts_of_one_id_at_once_have_one_winner(self, backend: Backend, run_prefix: str) -> None:
+        """starts: of concurrent starts of one run id exactly one writes, and its jobs are queued once; a crash
+        cannot leave a record without its jobs, since the record is written in the same step as they are."""
+        self._declared(backend, "starts")
+        results = await asyncio.gather(*(
+            backend.coordination.start(RunRecord(run_prefix, "bp", input=i), [_job(run_prefix, f"n{i}")])
+            for i in range(5)))
+        assert results.count(True) == 1
+        winner = results.index(True)
+        record = await backend.status.get(run_prefix)
+        assert record is not None and record.input == winner
+        assert [p.job.node_id for p in await backend.coordination.jobs(run_prefix)] == [f"n{winner}"]
+        got = await receive(backend, 1)
+        assert [d.job.node_id for d in got] == [f"n{winner}"]
+        await backend.queue.ack(got[0])
+        assert await backend.queue.dequeue(4, 0.3) == []
+
+    async def test_starts_runs_a_client_start_to_completion(self, backend: Backend) -> None:
+        """starts: a client's start takes the one step (no separate create, schedule or enqueue) and the run
+        completes; a start with an initial context takes the 3 steps and completes too."""
+        self._declared(backend, "starts")
+        client, calls = Client(backend, contract_app), Counter[str]()
+        for component, method in ((backend.status, "create"), (backend.coordination, "schedule"),
+                                  (backend.queue, "enqueue"), (backend.coordination, "start")):
+            setattr(component, method, _counting(getattr(component, method), calls, method))
+        run_id = await client.start("contract-none", {"value": 1})
+        assert calls == {"start": 1}
+        calls.clear()
+        with_context = await client.start("contract-none", {"value": 1}, context={"k": 1})
+        assert calls == {"create": 1, "schedule": 1, "enqueue": 1}
+        async with InProcessWorkers(backend, 1):
+            for started in (run_id, with_context):
+                result = await client.wait(started, timeout=30)
+                assert result.status == "completed", result.errors
+
+
+def vars_of(record: RunRecord) -> dict[str, Any]:
+    """A record's fields by name."""
+    return {name: getattr(record, name) for name in RunRecord.__dataclass_fields__}
+
+
+def _counting(method: Callable[..., Awaitable[Any]], calls: Counter[str], name: str) -> Callable[..., Awaitable[Any]]:
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[name] += 1
+        return await method(*args, **kwargs)
+
+    return counted
 
 
 class PresenceContract(_Base):
