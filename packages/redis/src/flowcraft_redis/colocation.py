@@ -29,7 +29,8 @@ class Dispatcher(ABC):
     fires into that queue itself. The queue keeps its own storage layout: the commit script only calls the
     queue's Lua.
 
-    ``lua`` is prepended to the commit script (``lua/commit.lua``) and defines
+    ``lua`` is prepended to the commit script (``lua/commit.lua``; and to the start script, ``lua/start.lua``,
+    whose ``dispatch`` call hands nothing over) and defines
     ``local function dispatch(fired, run, now, at, k, handed)``, called with the fired jobs (``{index, job JSON,
     due ('' or seconds), job key, spliced}`` each), the run id, the time, where ``args(count, now)`` (what that
     function reads) begins in ARGV and where ``keys`` begin in KEYS. ``handed`` maps the positions in ``fired``
@@ -56,6 +57,9 @@ class Dispatcher(ABC):
     #: set of a queue that is not on this Redis (e.g. RabbitMQ): ``dispatch`` then only takes the handed jobs
     #: and the engine enqueues the others; such a dispatcher cannot ack (``acks`` needs ``dispatches``)
     queues: bool = True
+    #: a set the queue's key (the first of ``keys``) is added to when a run starts (``CoordinationStore.start``:
+    #: rq's set of queues, which ``rq info`` lists); in the run's slot, so None on a Redis Cluster
+    registry: str | None = None
 
     def for_run(self, run_id: str) -> Dispatcher:
         """The dispatcher of a commit of run ``run_id``: this one, or for a queue split into groups (a Redis

@@ -27,6 +27,7 @@ from flowcraft_redis.layout import (
     DEFAULT_GROUPS,
     DEFAULT_PREFIX,
     DEFAULT_TTL,
+    RECORD_FIELDS,
     STATE_LETTERS,
     dumps,
     loads,
@@ -35,6 +36,7 @@ from flowcraft_redis.layout import (
     record_from_hash,
     text,
 )
+from flowcraft_redis.status import RedisStatusStore
 
 #: run records a coordination store keeps for its hand-overs (``RedisCoordinationStore._records``)
 _RECORDS = 1024
@@ -67,6 +69,8 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
         self._forced_dispatcher = dispatcher
         self._applies_context = bool(applies_context)
         self._status_here = False  # a RedisStatusStore on this client and key prefix: the commit reads run records
+        #: that status store (``starts``: ``start`` writes the run's record as it would)
+        self._status: RedisStatusStore | None = None
         #: run id -> (status, updated_at as stored, record): the run records hand-overs returned (bounded, oldest
         #: first out); a commit that hands jobs over gets its run's record back only when it changed since
         self._records: dict[str, tuple[bytes, bytes, RunRecord]] = {}
@@ -74,6 +78,7 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
         self.dispatcher = dispatcher
         batcher = self.batcher
         self._commit: tuple[Dispatcher | None, str] = (None, batcher.script(scripts.commit()))
+        self._start: tuple[Dispatcher | None, str] = (None, "")
         self._begin = batcher.script(scripts.BEGIN)
         self._renew = batcher.script(scripts.RENEW)
         self._release = batcher.script(scripts.RELEASE)
@@ -85,6 +90,7 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
         if self._forced_context is None:
             self._applies_context = colocation.context is not None
         self._status_here = colocation.status is not None
+        self._status = colocation.status if isinstance(colocation.status, RedisStatusStore) else None
         if self._forced_dispatcher is None:
             self.dispatcher = colocation.queue.commit_dispatcher() if colocation.queue is not None else None
 
@@ -109,6 +115,13 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
         return self.dispatcher is not None and self.dispatcher.continues
 
     @property
+    def starts(self) -> bool:
+        """True when ``start`` creates a run's record, schedules its first jobs and queues them in one script
+        (``lua/start.lua``): the status store is a Redis store on this client and key prefix and commits push
+        fired jobs into a queue there (``dispatches``)."""
+        return self._status is not None and self.dispatches
+
+    @property
     def releases_lease(self) -> bool:
         """Always: the commit script drops the finishing owner's lease (``lua/commit.lua``)."""
         return True
@@ -126,6 +139,36 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
             args += (job.key, dumps(job.to_dict()))
         inserted = await self._call(self._schedule, run_id, *args)
         return [jobs[int(i) - 1] for i in inserted]
+
+    async def start(self, record: RunRecord, jobs: Sequence[Job]) -> bool:
+        """The record created as the status store's ``create`` writes it, the jobs scheduled as ``schedule`` and
+        queued by the dispatcher as a commit queues what it fires, in one script (``lua/start.lua``)."""
+        status, base = self._status, self.dispatcher
+        if status is None or base is None or not base.queues:
+            raise NotImplementedError(f"{type(self).__name__} does not start runs here (it does not declare starts)")
+        run_id = record.run_id
+        dispatcher = base.for_run(run_id)
+        now = time.time()
+        created = record.created_at or now
+        data = record.to_dict()
+        data["created_at"], data["updated_at"] = created, now
+        items: list[Any] = []
+        for name in RECORD_FIELDS:
+            items += (name, dumps(data[name]))
+        keys = [status.keys.status(run_id), status.keys.created_index(run_id),
+                status.keys.status_index(record.status, run_id), self.keys.run(run_id), *dispatcher.keys]
+        registry = dispatcher.registry
+        if registry is not None:
+            keys.append(registry)
+        args: list[Any] = [len(items), run_id, status.state_ttl_seconds, record.status, repr(created), repr(now),
+                           *items, self.state_ttl_seconds, "1" if registry is not None else "0", len(jobs)]
+        for job in jobs:
+            args += (job.key, dumps(job.to_dict()), "" if job.due_at is None else repr(job.due_at))
+        args += dispatcher.args(len(jobs), now)
+        if not await self.batcher.call_script(self._start_sha(base), keys, *args):
+            return False
+        record.created_at, record.updated_at = created, now
+        return True
 
     async def begin(self, job: Job, owner: str, lease_seconds: float) -> Begin:
         now = time.time()
@@ -243,6 +286,12 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
             lua = dispatcher.lua if dispatcher is not None else ""
             self._commit = (dispatcher, self.batcher.script(scripts.commit(lua)))
         return self._commit[1]
+
+    def _start_sha(self, dispatcher: Dispatcher) -> str:
+        """The SHA of the start script for ``dispatcher`` (its Lua prepended), registered on first use."""
+        if self._start[0] is not dispatcher:
+            self._start = (dispatcher, self.batcher.script(scripts.start(dispatcher.lua)))
+        return self._start[1]
 
     # ------------------------------------------------------------------ waits
     async def park(self, run_id: str, job_key: str) -> Committed:

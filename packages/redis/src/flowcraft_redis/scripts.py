@@ -16,7 +16,14 @@ def commit(dispatch_lua: str = "") -> str:
     return with_leases(dispatch_lua + _COMMIT)
 
 
+def start(dispatch_lua: str) -> str:
+    """The start script (``CoordinationStore.start``) for a queue's ``Dispatcher.lua``."""
+    return with_leases(dispatch_lua + _RECORD + _START)
+
+
 _COMMIT = _lua("commit")
+_RECORD = _lua("status_record")  # create_record: StatusStore.create and a run's start
+_START = _lua("start")
 BEGIN = with_leases(_lua("begin"))
 RENEW = with_leases(_lua("renew"))
 RELEASE = DROP_LEASE_LUA
@@ -25,5 +32,5 @@ PARK = _lua("park")
 UNPARK = _lua("unpark")
 CONTEXT_APPLY = _lua("context_apply")
 CONTEXT_DELETE = _lua("context_delete")
-STATUS_CREATE = _lua("status_create")
+STATUS_CREATE = _RECORD + _lua("status_create")
 STATUS_TRANSITION = _lua("status_transition")
