@@ -115,11 +115,14 @@ class Client:
         run_ids))``: each is woken by its own run's change, so runs that finish out of order are seen as they
         finish, with no polling, rather than each after the ones submitted before it."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 1.0 if self.backend.capabilities.notifies else 0.01
+        notifies = self.backend.capabilities.notifies
+        delay = 1.0 if notifies else 0.01
+        if notifies:
+            await self.backend.status.watch(run_id)  # a change after the read below ends the wait at once
         while True:
             record = await self.backend.status.get(run_id)
             if record is not None and record.status in SETTLED_STATUSES:
-                return await self.engine.runs.result(run_id)
+                return await self.engine.runs.result_of(record)
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise WaitTimeoutError(f"run {run_id!r} did not settle within {timeout}s",

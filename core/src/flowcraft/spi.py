@@ -988,6 +988,14 @@ class StatusStore(Component):
         notified override this (the default sleeps, and clients poll with bounded backoff)."""
         await asyncio.sleep(timeout)
 
+    async def watch(self, run_id: str) -> None:
+        """Make every change of the run from now on end the next ``wait_for_change`` on it at once, so a caller
+        that watches, then reads the record, then waits misses no change made after its read. A store that must
+        set something up first overrides it (a Redis subscription: returns once it is confirmed); one whose
+        ``wait_for_change`` already covers the changes since the caller's last read keeps this, which does
+        nothing. ``Client.wait`` watches before its first read, which saves the read a store would otherwise need
+        after its first wait (``flowcraft_redis``: after the subscription)."""
+
     @abstractmethod
     async def list(
         self,

@@ -186,7 +186,11 @@ class RunControl:
         return won
 
     async def result(self, run_id: str) -> RunResult:
-        record = await self._record_or_raise(run_id)
+        return await self.result_of(await self._record_or_raise(run_id))
+
+    async def result_of(self, record: RunRecord) -> RunResult:
+        """The result of the run whose record the caller just read (``Client.wait`` has: no second read)."""
+        run_id = record.run_id
         context = await self.backend.context.get_all(run_id)
         outputs = {k[len(OUTPUTS_PREFIX):]: v for k, v in context.items() if k.startswith(OUTPUTS_PREFIX)}
         timeline = await read_timeline(self.backend, run_id, record.status, context)

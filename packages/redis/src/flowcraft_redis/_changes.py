@@ -4,8 +4,11 @@ pub/sub connection per status store wakes the processes waiting on that run (``S
 A change can come between a caller's read of a record and its wait; a subscription can miss what happened
 before it was confirmed, or while its connection was down. So the first wait on a run returns as soon as the
 run's channel is subscribed (the caller reads the record again, now covered), a message that arrives while
-nobody waits stays news until the next wait on that run takes it, and a reconnect wakes every waiter. A run
-nobody waited on for ``LINGER_SECONDS`` is unsubscribed.
+nobody waits stays news until the next wait on that run takes it, and a reconnect wakes every waiter. A caller
+that subscribes before its first read (``watch``, ``StatusStore.watch``) needs no second read: its first wait
+already waits for a message. The channels first watched or waited on in one loop iteration (a client waiting on
+many runs at once) are subscribed in one SUBSCRIBE. A run nobody waited on for ``LINGER_SECONDS`` is
+unsubscribed.
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ _CLOSE_SECONDS = 1.0  # the longest ``close`` waits for the reader to end
 
 
 class _Watch:
-    __slots__ = ("changed", "last_wait", "subscribed", "waiters")
+    __slots__ = ("changed", "covered", "last_wait", "subscribed", "waiters")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.changed = asyncio.Event()
         self.subscribed: asyncio.Future[None] = loop.create_future()
+        #: a wait or a watch returned once the subscription was confirmed (a wait from then on waits for a change)
+        self.covered = False
         self.last_wait = time.monotonic()
         self.waiters = 0
 
@@ -52,27 +57,35 @@ class ChangeFeed:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watches: dict[bytes, _Watch] = {}
         self._pruned = time.monotonic()
+        #: the channels the waits of this loop iteration subscribe to, in one SUBSCRIBE (``_subscribe``)
+        self._joining: tuple[set[bytes], asyncio.Future[None]] | None = None
+        self._senders: set[asyncio.Task[None]] = set()
+
+    async def watch(self, channel: str, timeout: float) -> None:
+        """Subscribe to ``channel`` (unless it is) and return once that is confirmed, or after ``timeout``: from
+        then on a message on it ends the next ``wait`` at once (until then, the next ``wait`` returns at the
+        confirmation, as a first one does)."""
+        watch = await self._watch(channel)
+        if not watch.subscribed.done():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(watch.subscribed)
+        watch.covered = watch.subscribed.done()
 
     async def wait(self, channel: str, timeout: float) -> None:
         """Return when ``channel`` got a message (now or since the last wait on it), on a first subscription,
         or after ``timeout``."""
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:  # a new event loop (tests): connections of the old one are unusable
-            self._loop, self._pubsub, self._pool, self._reader, self._watches = loop, None, None, None, {}
-        key = channel.encode()
-        watch = self._watches.get(key)
-        if watch is None:
-            watch = self._watches[key] = _Watch(loop)  # before subscribing: the reader may see the reply first
-            try:
-                await self._subscribe(key)
-            except BaseException:
-                del self._watches[key]
-                raise
-        if not watch.subscribed.done():
-            with contextlib.suppress(TimeoutError):  # (asyncio.timeout: 3.11's wait_for can swallow a cancel)
-                async with asyncio.timeout(timeout):
-                    await asyncio.shield(watch.subscribed)
-            return  # subscribed now: the caller reads again, covered from here on
+        watch = await self._watch(channel)
+        if not watch.covered:
+            # the first wait returns once subscribed, even when the confirmation came before this wait looked (a
+            # change between the caller's read and the confirmation has no message): the caller reads again,
+            # covered from here on
+            if not watch.subscribed.done():
+                with contextlib.suppress(TimeoutError):  # (asyncio.timeout: 3.11's wait_for can swallow a cancel)
+                    async with asyncio.timeout(timeout):
+                        await asyncio.shield(watch.subscribed)
+            watch.covered = watch.subscribed.done()
+            return
         watch.waiters += 1
         try:
             async with asyncio.timeout(timeout):
@@ -85,12 +98,54 @@ class ChangeFeed:
         watch.changed.clear()
         await self._prune()
 
+    async def _watch(self, channel: str) -> _Watch:
+        """The channel's watch, subscribing to it (the confirmation may still be on its way) when there is none."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # a new event loop (tests): connections of the old one are unusable
+            self._loop, self._pubsub, self._pool, self._reader, self._watches = loop, None, None, None, {}
+            self._joining, self._senders = None, set()
+        key = channel.encode()
+        watch = self._watches.get(key)
+        if watch is None:
+            watch = self._watches[key] = _Watch(loop)  # before subscribing: the reader may see the reply first
+            try:
+                await self._subscribe(key)
+            except BaseException:
+                del self._watches[key]
+                raise
+        return watch
+
     async def _subscribe(self, key: bytes) -> None:
-        if self._pubsub is None:
-            self._pubsub = self._new_pubsub()
-        await self._pubsub.subscribe(key)
-        if self._reader is None or self._reader.done():
-            self._reader = asyncio.get_running_loop().create_task(self._read(self._pubsub))
+        """Subscribe to ``key``'s channel together with the other channels first waited on in this loop
+        iteration: one SUBSCRIBE, sent by a task of its own once they all joined (a client waiting on many runs
+        at once sends one command, not one per run)."""
+        joining = self._joining
+        if joining is None:
+            joining = self._joining = (set(), asyncio.get_running_loop().create_future())
+            sender = asyncio.get_running_loop().create_task(self._send_subscribe(joining))
+            self._senders.add(sender)
+            sender.add_done_callback(self._senders.discard)
+        joining[0].add(key)
+        await asyncio.shield(joining[1])
+
+    async def _send_subscribe(self, joining: tuple[set[bytes], asyncio.Future[None]]) -> None:
+        """Runs after the waits that joined ``joining`` in the iteration that created it."""
+        if self._joining is joining:
+            self._joining = None  # a wait from now on starts the next SUBSCRIBE
+        keys, sent = joining
+        try:
+            if self._pubsub is None:
+                self._pubsub = self._new_pubsub()
+            await self._pubsub.subscribe(*keys)
+            if self._reader is None or self._reader.done():
+                self._reader = asyncio.get_running_loop().create_task(self._read(self._pubsub))
+        except BaseException as error:  # the joined waits raise it (a cancel: as a failed subscription)
+            sent.set_exception(error if isinstance(error, Exception) else RedisError("the subscription was cancelled"))
+            sent.exception()  # retrieved: no warning when no wait is left to raise it
+            if not isinstance(error, Exception):
+                raise
+            return
+        sent.set_result(None)
 
     def _new_pubsub(self) -> PubSub:
         """On one Redis, a subscription on a connection of its own pool, without redis-py's retry: another

@@ -27,6 +27,10 @@ from flowcraft_redis.layout import (
     text,
 )
 
+#: the longest ``watch`` waits for its subscription's confirmation (a wait after it then returns at the
+#: confirmation, and its caller reads again)
+WATCH_SECONDS = 1.0
+
 
 def _flat(items: list[Any]) -> dict[bytes, bytes]:
     return {items[i]: items[i + 1] for i in range(0, len(items), 2)}
@@ -224,6 +228,15 @@ class RedisStatusStore(RedisStateStore, StatusStore):
             await self._changes.wait(self.keys.changes(run_id), timeout)
         except (RedisError, OSError):
             await asyncio.sleep(timeout)
+
+    async def watch(self, run_id: str) -> None:
+        """Subscribe to the run's changes and return once the subscription is confirmed (a first wait on the
+        run then waits for a change, see ``flowcraft_redis._changes``); without a working subscription it
+        returns, and callers poll."""
+        try:
+            await self._changes.watch(self.keys.changes(run_id), WATCH_SECONDS)
+        except (RedisError, OSError):
+            return
 
     async def close(self) -> None:
         await self._changes.close()
