@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from flowcraft.engine.core import Engine
 from flowcraft.errors import ConfigError, ServerUnreachableError
@@ -67,6 +67,7 @@ class Worker:
         self._room = asyncio.Event()
         self._room.set()
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop ``run`` runs in (asking for it costs a syscall)
+        self._stop_waiter: asyncio.Task[Any] | None = None  # done once stopping: what each receive races against
         engine.taker = self  # takes the jobs a commit hands over (Capabilities.continues)
 
     def stop(self) -> None:
@@ -123,7 +124,8 @@ class Worker:
             await self._drain()
             for delivery in (*self._tasks.values(), *self._next.values()):  # tasks cancelled before they started:
                 self.engine.unclaim(delivery)  # nothing ended their claims
-            helpers: tuple[asyncio.Task[None] | None, ...] = (heartbeat, presence)
+            helpers: tuple[asyncio.Task[Any] | None, ...] = (heartbeat, presence, self._stop_waiter)
+            self._stop_waiter = None
             for helper in helpers:
                 if helper is not None:
                     helper.cancel()
@@ -198,14 +200,16 @@ class Worker:
         return asyncio.create_task(presence.run(lambda: (self.state, self.in_flight, self.handled, self.failed)))
 
     async def _dequeue(self, count: int) -> list[Delivery]:
-        stop = asyncio.create_task(self._stopping.wait())
+        loop = self._loop or asyncio.get_running_loop()
+        stop = self._stop_waiter
+        if stop is None or stop.done():  # one waiter for every receive of the run (``run`` cancels it)
+            stop = self._stop_waiter = loop.create_task(self._stopping.wait())
         engine = self.engine
         engine.watch_ends()  # what a receive prefetched is stale for jobs whose handling ends meanwhile
-        receive = asyncio.create_task(
+        receive = loop.create_task(
             engine.queue.receive(count, self.poll_wait, engine.worker_id, engine.options.lease_seconds))
-        done, _ = await asyncio.wait({stop, receive}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait((stop, receive), return_when=asyncio.FIRST_COMPLETED)
         if receive in done:
-            stop.cancel()
             return self.engine.fresh(receive.result())
         # stopping: let an in-progress receive finish so no message is left invisible, then hand it back
         deliveries = await receive
