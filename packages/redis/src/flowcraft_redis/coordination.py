@@ -77,7 +77,7 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
         #: pushes fired jobs into a queue on the same Redis (None: the engine enqueues them)
         self.dispatcher = dispatcher
         batcher = self.batcher
-        self._commit: tuple[Dispatcher | None, str] = (None, batcher.script(scripts.commit()))
+        self._commit: tuple[Dispatcher | None, str] = (None, batcher.script(scripts.commit("", self.state_ttl_seconds)))
         self._start: tuple[Dispatcher | None, str] = (None, "")
         self._begin = batcher.script(scripts.BEGIN)
         self._renew = batcher.script(scripts.RENEW)
@@ -197,25 +197,39 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
                  f"{int(self._status_here)}")
         owner = tx.owner or ""
         keys: list[str] = [self.keys.run(tx.run_id), self.keys.ctx(tx.run_id), self.keys.status(tx.run_id)]
-        args: list[Any] = [tx.run_id, tx.job_key, repr(now), self.state_ttl_seconds, flags,
-                           completion.token if completion is not None else "",
-                           f"{completion.token} {dumps(completion.to_dict())}" if completion is not None else "", owner]
+        if apply_context and completion is not None and completion.context_updates:
+            # each context value encoded once: the completion record holds the same texts
+            encoded = [(key, dumps(value)) for key, value in completion.context_updates.items()]
+            document = completion.to_dict()
+            del document["context_updates"]
+            head = dumps(document)
+            record = (f"{completion.token} {head[:-1]},\"context_updates\":{{"
+                      + ",".join([f"{dumps(key)}:{value}" for key, value in encoded]) + "}}")
+        else:
+            encoded = []
+            record = f"{completion.token} {dumps(completion.to_dict())}" if completion is not None else ""
+        args: list[Any] = [tx.run_id, tx.job_key, repr(now), flags, record, owner]
         if apply_context and completion is not None:
-            args.append(len(completion.context_updates))
-            for key, value in completion.context_updates.items():
-                args += (key, dumps(value))
+            args.append(len(encoded))
+            for pair in encoded:
+                args += pair
             args.append(len(completion.context_deletes))
             args += completion.context_deletes
         else:
             args += (0, 0)
         arrivals = tx.arrivals
         args.append(len(arrivals))
-        for arrival in arrivals:
-            multi = len(arrival.expected) > 1
+        for arrival in arrivals:  # the kinds of lua/commit.lua: what a one-member arrival needs only
             job = arrival.job
-            args += (arrival.target_key, arrival.member, "1" if arrival.arrived else "0",
-                     dumps(arrival.contribution) if multi else "", len(arrival.expected), *arrival.expected,
-                     arrival.strategy, dumps(job.to_dict()), "" if job.due_at is None else repr(job.due_at))
+            due = "" if job.due_at is None else f" {job.due_at!r}"
+            if len(arrival.expected) > 1:
+                args += (arrival.target_key, "j" + due, arrival.member, "1" if arrival.arrived else "0",
+                         dumps(arrival.contribution), len(arrival.expected), *arrival.expected, arrival.strategy,
+                         dumps(job.to_dict()))
+            elif arrival.arrived:
+                args += (arrival.target_key, "1" + due, dumps(job.to_dict()))
+            else:
+                args += (arrival.target_key, "0")
         base = self.dispatcher
         dispatcher = base.for_run(tx.run_id) if base is not None else None
         ack = dispatcher.ack_args(tx.receipt) if dispatcher is not None and tx.receipt is not None and tx.finish \
@@ -284,7 +298,7 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
         """The SHA of the commit script for ``dispatcher`` (its Lua prepended), registered on first use."""
         if self._commit[0] is not dispatcher:
             lua = dispatcher.lua if dispatcher is not None else ""
-            self._commit = (dispatcher, self.batcher.script(scripts.commit(lua)))
+            self._commit = (dispatcher, self.batcher.script(scripts.commit(lua, self.state_ttl_seconds)))
         return self._commit[1]
 
     def _start_sha(self, dispatcher: Dispatcher) -> str:

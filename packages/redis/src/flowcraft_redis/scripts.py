@@ -4,16 +4,17 @@ share with ``flowcraft_rq`` are described in ``flowcraft_redis.layout``."""
 
 from __future__ import annotations
 
-from flowcraft_redis.layout import DROP_LEASE_LUA, read_lua, with_leases
+from flowcraft_redis.layout import DEFAULT_TTL, DROP_LEASE_LUA, read_lua, with_leases
 
 
 def _lua(name: str) -> str:
     return read_lua("flowcraft_redis", name)
 
 
-def commit(dispatch_lua: str = "") -> str:
-    """The commit script; ``dispatch_lua`` is a queue's ``Dispatcher.lua`` when commits push fired jobs."""
-    return with_leases(dispatch_lua + _COMMIT)
+def commit(dispatch_lua: str = "", ttl: int = DEFAULT_TTL) -> str:
+    """The commit script for a store whose keys live ``ttl`` seconds (a constant of its text, not an argument of
+    every call); ``dispatch_lua`` is a queue's ``Dispatcher.lua`` when commits push fired jobs."""
+    return with_leases(f"local TTL, TTL_TEXT = {int(ttl)}, '{int(ttl)}'\n" + dispatch_lua + _COMMIT)
 
 
 def start(dispatch_lua: str) -> str:

@@ -1,13 +1,16 @@
 -- KEYS: the run hash, the run's context hash, its status hash, then the queue's Dispatcher.keys (when it
 -- dispatches or acks) and the keys of the ack (Dispatcher.ack_args).
--- ARGV: run, job key, now, ttl, flags (recovery, finish, has completion, apply context, status hash here:
--- '0'/'1' each),
--- token, completion record (token .. ' ' .. completion JSON, as stored), owner; context updates (n, key, value...), context deletes (n, key...); arrivals
--- (n, then per arrival: target, member, arrived '1'/'0', contribution JSON, expected members (n, id...),
--- strategy, job JSON, due); then dispatch ('0'/'1'), how many fired jobs to hand to the owner (continues), the
--- expiry of the lease it takes on each, the status and updated_at of the run record the caller already holds
--- ('' and '': none), the ack (n, then the queue's Dispatcher.ack_args), and (dispatching) the queue's
--- Dispatcher.args.
+-- ARGV: run, job key, now, flags (recovery, finish, has completion, apply context, status hash here: '0'/'1' each),
+-- completion record (token .. ' ' .. completion JSON, as stored), owner; context updates (n, key, value...), context
+-- deletes (n, key...); arrivals (n, then per arrival its target and kind: '1' one expected member, arrived, then the
+-- job JSON; '0' one expected member, skipped; 'j' a join: member, arrived '1'/'0', contribution JSON, expected
+-- members (n, id...), strategy, job JSON; a fired job's due time follows its kind after a space: '1 <due>'); then
+-- dispatch ('0'/'1'), how many fired jobs to hand to the owner (continues), the expiry of the lease it takes on
+-- each, the status and updated_at of the run record the caller already holds ('' and '': none), the ack (n, then
+-- the queue's Dispatcher.ack_args), and (dispatching) the queue's Dispatcher.args. TTL and TTL_TEXT (the state
+-- TTL in seconds) are constants prepended by flowcraft_redis.scripts.commit.
+-- Each argument costs the call ~800 instructions whatever its size (a Lua string made, hashed and collected), so
+-- what a one-member arrival does not need is not sent.
 -- The run's coordination hash is read once (HMGET of every field this commit may look at), changed in a
 -- local overlay that later steps read through, and written once (HSET), so the rules below read like
 -- flowcraft.spi.apply_transition over tables.
@@ -26,36 +29,153 @@ end
 local function ARRAY16()
   return {nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}
 end
-local run, jkey, now, ttl, flags = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local run, jkey, now, ttl, flags = ARGV[1], ARGV[2], tonumber(ARGV[3]), TTL, ARGV[4]
 local recovery = string.sub(flags, 1, 1) == '1'
 local finish = string.sub(flags, 2, 2) == '1'
 local has_completion = string.sub(flags, 3, 3) == '1'
 local apply_ctx = string.sub(flags, 4, 4) == '1'
 local status_here = string.sub(flags, 5, 5) == '1'
-local token, completion, owner = ARGV[6], ARGV[7], ARGV[8]
+local completion, owner = ARGV[5], ARGV[6]
 local R, ctx = KEYS[1], KEYS[2]
 
-local i = 9
+local i = 7
 local nupdates = tonumber(ARGV[i]); local updates_at = i + 1; i = i + 1 + 2 * nupdates
 local ndeletes = tonumber(ARGV[i]); local deletes_at = i + 1; i = i + 1 + ndeletes
+-- the context updates and deletes of a new completion record written, the context hash's TTL refreshed when due;
+-- returns the new value of the run hash's '#ctxttl' (nil: unchanged), given its current one
+local function write_context(current)
+  if nupdates + ndeletes == 0 then return nil end
+  for j = updates_at, updates_at + 2 * nupdates - 1, 400 do
+    redis.call('HSET', ctx, unpack(ARGV, j, math.min(j + 399, updates_at + 2 * nupdates - 1)))
+  end
+  for j = deletes_at, deletes_at + ndeletes - 1, 400 do
+    redis.call('HDEL', ctx, unpack(ARGV, j, math.min(j + 399, deletes_at + ndeletes - 1)))
+  end
+  local set = tonumber(current or '')
+  if ndeletes > 0 then
+    redis.call('EXPIRE', ctx, TTL_TEXT)
+    if set then return '' end
+  elseif not set or now - set >= ttl / 8 then
+    redis.call('EXPIRE', ctx, TTL_TEXT)
+    return math.floor(now)
+  end
+  return nil
+end
+
+-- A chain node, the common case: a new completion record, finishing, one arrival with one expected member that
+-- arrived (so it fires), not in recovery. The rules below, without their general tables; returns nil, having
+-- written nothing, when the run hash shows another case (a completion record there: a replay or a conflict; the
+-- target's job already there), and the general path below decides.
+local function chain_commit()
+  if recovery or not has_completion or not finish or ARGV[i] ~= '1' or ARGV[i + 2] ~= '1' then return nil end
+  local target, doc, due = ARGV[i + 1], ARGV[i + 3], ''
+  if target == jkey then return nil end  -- a job that fires itself: its fields are read again in between
+  local b = i + 3
+  local dispatching = ARGV[b + 1] == '1'
+  local hand_up_to, hand_expiry = tonumber(ARGV[b + 2]), ARGV[b + 3]
+  local nack = tonumber(ARGV[b + 6])
+  local handing = dispatching and hand_up_to > 0 and owner ~= ''
+  local cfield, jfield, lfield, tfield = 'c' .. jkey, 'j' .. jkey, 'l' .. jkey, 'j' .. target
+  local v
+  if handing then
+    v = redis.call('HMGET', R, cfield, jfield, lfield, '#pending', '#parked', '#ttl', '#ctxttl', tfield,
+                   'l' .. target, 'c' .. target)
+  else
+    v = redis.call('HMGET', R, cfield, jfield, lfield, '#pending', '#parked', '#ttl', '#ctxttl', tfield)
+  end
+  if v[1] or v[8] then return nil end
+  local w = {cfield, completion, tfield, 'p' .. doc, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}
+  if apply_ctx then
+    local set = write_context(v[7])
+    if set then w[#w + 1] = '#ctxttl'; w[#w + 1] = set end
+  end
+  local pending_delta, finished, released = 1, nil, 0
+  local state = v[2]
+  if state and string.sub(state, 1, 1) == 'p' then
+    finished = state
+    w[#w + 1] = jfield; w[#w + 1] = 'd'
+    pending_delta = 0
+  end
+  if owner ~= '' then
+    if lease_holder(v[3]) == owner then w[#w + 1] = lfield; w[#w + 1] = '' end
+    released = 1
+  end
+  local handed, nhanded, rec, same = {}, 0, {}, false
+  if handing then
+    local known_updated = ARGV[b + 5]
+    if status_here and known_updated ~= '' then
+      local got = redis.call('HMGET', KEYS[3], 'status', 'updated_at')
+      if got[1] == ARGV[b + 4] and got[2] == known_updated then
+        same = true
+        rec = {'status', got[1]}
+      end
+    end
+    if status_here and not same then rec = redis.call('HGETALL', KEYS[3]) end
+    if not status_here or run_active(rec) then
+      local at = tonumber(due)
+      if not (at and at > now) then
+        local expires, holder = lease_parts(v[9])
+        if not (holder and holder ~= owner and expires > now) then
+          w[#w + 1] = 'l' .. target; w[#w + 1] = hand_expiry .. ' ' .. owner
+          handed[1] = true
+          nhanded = 1
+        end
+      end
+    end
+  end
+  local pending = tonumber(v[4] or '0') + pending_delta
+  if pending_delta ~= 0 then w[#w + 1] = '#pending'; w[#w + 1] = string.format('%d', pending) end
+  w[#w + 1] = '#activity'; w[#w + 1] = ARGV[3]
+  local refreshed = tonumber(v[6] or '')
+  local expire = not refreshed or now - refreshed >= ttl / 8
+  if expire then w[#w + 1] = '#ttl'; w[#w + 1] = math.floor(now) end
+  redis.call('HSET', R, unpack(w))
+  if expire then redis.call('EXPIRE', R, TTL_TEXT) end
+  local replies = {}
+  if dispatching then replies = dispatch({{1, doc, due, target, 0}}, run, now, b + 7 + nack, 4, handed) end
+  if nack > 0 then ack_delivery(b + 7, 4, pending > 0, finished) end
+  local out = {'ok', pending, tonumber(v[5] or '0'), released, 1, 1, '', 0, nhanded, nil, nil, nil, nil}
+  if nhanded > 0 then
+    if same then out[10] = 1 else out[10] = rec end
+    out[11] = 1
+    out[12] = replies[1]
+    out[13] = v[10]
+  end
+  return out
+end
+local reply = chain_commit()
+if reply then return reply end
+
 local fields = {'c' .. jkey, 'j' .. jkey, 'l' .. jkey, '#pending', '#parked', '#ttl', '#ctxttl', nil, nil, nil, nil, nil,
                 nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}
 local arrivals = {}
 for a = 1, tonumber(ARGV[i]) do
-  local target, nexpected = ARGV[i + 1], tonumber(ARGV[i + 5])
-  local arrival = {target = target, member = ARGV[i + 2], arrived = ARGV[i + 3], contrib = ARGV[i + 4],
-                   expected = {}}
-  for m = 1, nexpected do arrival.expected[m] = ARGV[i + 5 + m] end
-  -- a join's arrival fields (string.format's %d: a number concatenated is formatted as a float, ~5x the work)
-  if nexpected > 1 then arrival.base = 'a' .. string.format('%d', #target) .. ' ' .. target end
-  local j = i + 6 + nexpected
-  arrival.strategy, arrival.doc, arrival.due = ARGV[j], ARGV[j + 1], ARGV[j + 2]
-  i = j + 2
-  arrivals[a] = arrival
-  fields[#fields + 1] = 'j' .. target
-  if nexpected > 1 then
+  local target, kind, due = ARGV[i + 1], ARGV[i + 2], ''
+  if #kind > 1 then due = string.sub(kind, 3); kind = string.sub(kind, 1, 1) end
+  local arrival
+  if kind == 'j' then
+    local nexpected = tonumber(ARGV[i + 6])
+    arrival = {target = target, member = ARGV[i + 3], arrived = ARGV[i + 4], contrib = ARGV[i + 5], expected = {},
+               joined = true}
+    for m = 1, nexpected do arrival.expected[m] = ARGV[i + 6 + m] end
+    -- a join's arrival fields (string.format's %d: a number concatenated is formatted as a float, ~5x the work)
+    arrival.base = 'a' .. string.format('%d', #target) .. ' ' .. target
+    local j = i + 7 + nexpected
+    arrival.strategy, arrival.doc = ARGV[j], ARGV[j + 1]
+    i = j + 1
+    fields[#fields + 1] = 'j' .. target
     for _, member in ipairs(arrival.expected) do fields[#fields + 1] = arrival.base .. member end
+  elseif kind == '1' then
+    arrival = {target = target, arrived = kind, doc = ARGV[i + 3], joined = false}
+    i = i + 3
+    fields[#fields + 1] = 'j' .. target
+  else
+    arrival = {target = target, arrived = kind, joined = false}
+    i = i + 2
+    fields[#fields + 1] = 'j' .. target
   end
+  arrival.due = due
+  arrivals[a] = arrival
 end
 local dispatching = ARGV[i + 1] == '1'
 local hand_up_to, hand_expiry = tonumber(ARGV[i + 2]), ARGV[i + 3]
@@ -86,7 +206,7 @@ if has_completion then
   local existing = stored['c' .. jkey]
   if existing then
     local sp = string.find(existing, ' ', 1, true)
-    if string.sub(existing, 1, sp - 1) ~= token then
+    if string.sub(existing, 1, sp - 1) ~= string.sub(completion, 1, string.find(completion, ' ', 1, true) - 1) then
       return {'conflict', string.sub(existing, sp + 1)}
     end
   else
@@ -94,28 +214,16 @@ if has_completion then
     fresh = true
   end
 end
-if apply_ctx and fresh and nupdates + ndeletes > 0 then
-  for j = updates_at, updates_at + 2 * nupdates - 1, 400 do
-    redis.call('HSET', ctx, unpack(ARGV, j, math.min(j + 399, updates_at + 2 * nupdates - 1)))
-  end
-  for j = deletes_at, deletes_at + ndeletes - 1, 400 do
-    redis.call('HDEL', ctx, unpack(ARGV, j, math.min(j + 399, deletes_at + ndeletes - 1)))
-  end
-  local set = tonumber(stored['#ctxttl'] or '')
-  if ndeletes > 0 then
-    redis.call('EXPIRE', ctx, ARGV[4])
-    if set then put('#ctxttl', '') end
-  elseif not set or now - set >= ttl / 8 then
-    redis.call('EXPIRE', ctx, ARGV[4])
-    put('#ctxttl', math.floor(now))
-  end
+if apply_ctx and fresh then
+  local set = write_context(stored['#ctxttl'])
+  if set then put('#ctxttl', set) end
 end
 
 local pending_delta = 0
 local fired, skipped = {}, {}
 for a, arrival in ipairs(arrivals) do
   local decision = nil
-  local joined = #arrival.expected > 1
+  local joined = arrival.joined
   if not joined then
     if arrival.arrived == '1' then decision = 'fire' else decision = 'skip' end
   else
@@ -224,7 +332,7 @@ for _, field in ipairs(order) do
   pairs_[#pairs_ + 1] = stored[field]
 end
 for j = 1, #pairs_, 400 do redis.call('HSET', R, unpack(pairs_, j, math.min(j + 399, #pairs_))) end
-if expire then redis.call('EXPIRE', R, ARGV[4]) end
+if expire then redis.call('EXPIRE', R, TTL_TEXT) end
 
 -- dispatch (dispatches): with a queue on this Redis, the queue's own Lua (Dispatcher.lua, prepended
 -- to this script) pushes the fired jobs and puts the handed ones in its in-flight set; its KEYS follow the
