@@ -21,6 +21,7 @@ private of ``flowcraft_redis``; changing any of them changes what is on the serv
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from importlib.resources import files
 from typing import Any
@@ -99,9 +100,29 @@ def read_lua(package: str, name: str) -> str:
 LEASE_LUA = read_lua("flowcraft_redis", "lease")
 
 
+def _lua_units(source: str) -> list[tuple[str | None, str]]:
+    """``source`` as its blocks (separated by blank lines), each with the name of the ``local function`` it
+    defines (None: a block that defines none)."""
+    units: list[tuple[str | None, str]] = []
+    for block in source.split("\n\n"):
+        found = re.search(r"^local function (\w+)\(", block, re.MULTILINE)
+        units.append((found.group(1) if found else None, block + "\n\n"))
+    return units
+
+
+_LEASE_UNITS = _lua_units(LEASE_LUA)
+
+
 def with_leases(source: str) -> str:
-    """A script whose body uses the lease functions: ``LEASE_LUA`` prepended."""
-    return LEASE_LUA + source
+    """A script whose body uses the lease functions: those of ``LEASE_LUA`` that ``source`` calls (and what they
+    call) prepended. Each ``local function`` a script defines is a closure made again on every call (~700
+    instructions), so the others are left out."""
+    used, text = source, ""
+    for name, block in reversed(_LEASE_UNITS):  # a function calls only those defined above it
+        if name is None or re.search(rf"\b{name}\(", used):
+            used += block
+            text = block + text
+    return text + source
 
 
 #: drop a lease if its owner holds it; ARGV: prefix, run id, job key, owner; returns 1 if dropped, else 0

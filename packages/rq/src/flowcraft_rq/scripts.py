@@ -24,12 +24,13 @@ def lua_string(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
 
 
-#: constants of our rq job hashes, in the Lua text rather than in every call's ARGV
-_RQ_CONSTANTS = (f"local RQ_STATIC = {{{', '.join(map(lua_string, RQ_STATIC_FIELDS))}}}\n"
-                 f"local RQ_DATA_HEAD, RQ_DATA_TAIL = {lua_string(DATA_HEAD)}, {lua_string(DATA_TAIL)}\n")
+#: constants of our rq job hashes, in the Lua text rather than in every call's ARGV (the static fields spliced
+#: into the table write_rq_job makes: a table of them would be made on every call of every script that has it)
+_RQ_CONSTANTS = f"local RQ_DATA_HEAD, RQ_DATA_TAIL = {lua_string(DATA_HEAD)}, {lua_string(DATA_TAIL)}\n"
 
 
-_RQ_JOB = _RQ_CONSTANTS + _lua("rq_job")  # writes our rq job hashes: ENQUEUE, RELEASE, DEQUEUE, the dispatch
+_RQ_JOB = _RQ_CONSTANTS + _lua("rq_job").replace(  # writes our rq job hashes: ENQUEUE, RELEASE, DEQUEUE, dispatch
+    "--[[RQ_STATIC]]", ", ".join(map(lua_string, RQ_STATIC_FIELDS)))
 _PREFETCH = _lua("prefetch_fn")  # what receive prefetches per job, in the dequeue
 DEQUEUE = with_leases(_RQ_JOB + _PREFETCH + _lua("dequeue"))
 DROP_LEASE = DROP_LEASE_LUA

@@ -1,5 +1,5 @@
--- rq's job hash <R>:job:<id> for a Flowcraft job (the fields rq reads, see flowcraft_rq.queue; RQ_STATIC and the
--- data's head and tail are constants prepended by flowcraft_rq.scripts): queued, or with `due` scheduled in the
+-- rq's job hash <R>:job:<id> for a Flowcraft job (the fields rq reads, see flowcraft_rq.queue; the static fields
+-- (--[[RQ_STATIC]], spliced in) and the data's head and tail are constants put in by flowcraft_rq.scripts): queued, or with `due` scheduled in the
 -- registry `skey`, or with `started` ({worker name, deadline, registry entry, started registry}) already started
 -- by that worker, as a dequeue leaves it (a job a commit hands to its worker). `data` is the job JSON.
 -- Returns whether the job is ready; the caller pushes the ready ids to the queue list in one RPUSH. The one place
@@ -7,8 +7,7 @@
 -- handed over in the lean layout, which had no job hash).
 local function write_rq_job(hkey, id, data, now_iso, origin, run, key, due, skey, ttl, started)
   local fields = {'data', RQ_DATA_HEAD .. data .. RQ_DATA_TAIL, 'created_at', now_iso, 'origin', origin,
-    'description', 'flowcraft ' .. run .. ' ' .. key, 'flowcraft_run', run, 'flowcraft_key', key}
-  for _, v in ipairs(RQ_STATIC) do fields[#fields + 1] = v end
+    'description', 'flowcraft ' .. run .. ' ' .. key, 'flowcraft_run', run, 'flowcraft_key', key, --[[RQ_STATIC]]}
   local ready = not due and not started
   fields[#fields + 1] = 'status'
   if started then
