@@ -26,6 +26,8 @@ from datetime import UTC, datetime
 from os import urandom
 from typing import Any, Self, cast
 
+from redis.crc import key_slot
+
 from flowcraft.errors import ConfigError
 from flowcraft.spi import Begin, DeadLetter, Delivery, Job, Queue, RunRecord, WorkerInfo, parse_options
 from flowcraft_redis import (
@@ -296,6 +298,15 @@ class RqQueue(Colocated, Queue):
         self._waits: dict[int, asyncio.Task[Any]] = {}
         #: on a cluster: per group, when (``time.monotonic``) this worker last ran its dequeue script there
         self._scripted = [float("-inf")] * len(self.groups)
+        #: on a cluster: per group, the ids this worker last learned are ready there (-1: unknown)
+        self._ready = [-1] * len(self.groups)
+        #: on a cluster: per group, when its earliest scheduled or lapsing entry falls due, as its last dequeue
+        #: script that found nothing reported (None: nothing, or not known)
+        self._due: list[float | None] = [None] * len(self.groups)
+        #: on a cluster: the groups of this worker's home primary (``_home_groups``; None: not known yet)
+        self._home: frozenset[int] | None = None
+        #: on a cluster: per group, until when its last dequeue script registered this worker's claim list
+        self._registered_until = [float("-inf")] * len(self.groups)
         self.batcher = batcher_for(redis)
         batcher = self.batcher
         self._dequeue = batcher.script(scripts.DEQUEUE)
@@ -447,67 +458,154 @@ class RqQueue(Colocated, Queue):
 
     async def _dequeue_groups(self, max_jobs: int, now: float, claim_until: float, owner: str | None,
                               lease_seconds: float) -> tuple[float | None, list[tuple[int, list[Any]]]]:
-        """On a cluster: the dequeue scripts of the groups in one pipeline (the cluster client sends one batch per
-        primary, in parallel). ``max_jobs`` is shared out over the groups from a rotating group; a group past the
-        share runs its script (with count 0: its recoveries, and how many ids it has) only if this worker last
-        ran one there ``RECOVERY_INTERVAL`` ago or more. If that comes short, the rest is shared out again over
-        the groups with ids left, then those not run yet (at most three rounds); with nothing found yet every
-        group not run yet runs its script too, so a worker never blocks before every group's recoveries ran and
-        its claim lists are registered."""
+        """On a cluster: the dequeue scripts of the groups that may have jobs, in one pipeline (the batcher sends
+        each primary its part, the parts at once), and a plain ``LLEN`` of the other groups' queues.
+
+        The worker keeps, per group, how many ids it last learned are ready there (``_ready``: the script's
+        ``left``, an ``LLEN``, an id one of its blocking waits moved, even one kept from an earlier receive;
+        unknown at first). ``max_jobs`` is shared out from a rotating group over the groups not known to be
+        empty, only those of the worker's home primary if it has any (``_home_groups``). A group known to be
+        empty gets its script only when its recoveries are due (this worker last ran its script there
+        ``RECOVERY_INTERVAL`` ago or more, or the earliest scheduled or lapsing entry it reported is due now);
+        otherwise an ``LLEN``, which costs the shard a fraction of an empty script, tells whether something was
+        pushed there since. If the scripts come short, the rest is shared out again over the groups with ids
+        ready, the home primary's first (at most three rounds). With nothing found, every group whose recoveries
+        are due or whose registration of this worker's claim list would lapse during the wait runs its script
+        before the worker blocks, so a worker never blocks on a group with an unregistered claim list, and its
+        wait ends when the earliest entry it knows of falls due."""
         groups = self.groups
         start = self._rotation
         self._rotation = (start + 1) % len(groups)
         order = [groups[(start + i) % len(groups)] for i in range(len(groups))]
-        last = self._scripted
+        ready, last, due, registered = self._ready, self._scripted, self._due, self._registered_until
+        waits = self._waits
+        for index, task in list(waits.items()):  # a wait kept from an earlier receive may have moved an id since
+            if task.done():
+                del waits[index]
+                self._moved(index, task)
         clock = time.monotonic()
         stale = clock - RECOVERY_INTERVAL
-        batch = [(group, count) for group, count in _shares(order, max_jobs) if count or last[group.index] <= stale]
+        likely = [group for group in order if ready[group.index] != 0]
+        home = self._home_groups()
+        preferred = [group for group in likely if group.index in home] or likely
+        shares = {group.index: count for group, count in _shares(preferred, max_jobs)} if preferred else {}
+        batch: list[tuple[QueueGroup, int]] = []
+        probes: list[QueueGroup] = []
+        for group in order:
+            g = group.index
+            count, when = shares.get(g, 0), due[g]
+            if count or last[g] <= stale or (when is not None and when <= now):
+                batch.append((group, count))
+            elif ready[g] == 0:
+                probes.append(group)
         items: list[tuple[int, list[Any]]] = []
-        next_due: float | None = None
         ran: set[int] = set()
+        before_blocking = True
         for _ in range(3):
-            replies = await asyncio.gather(*(
-                self._dequeue_group(group, count, True, now, claim_until, owner, lease_seconds)
-                for group, count in batch))
-            ready: list[QueueGroup] = []
-            for (group, _), (due, got, left) in zip(batch, replies, strict=True):
-                last[group.index] = clock
-                ran.add(group.index)
+            replies, lengths = await asyncio.gather(
+                asyncio.gather(*(self._dequeue_group(group, count, True, now, claim_until, owner, lease_seconds)
+                                 for group, count in batch)),
+                self.batcher.call_many(*(("LLEN", group.queue_key) for group in probes)) if probes
+                else asyncio.sleep(0, ()))
+            for group, length in zip(probes, lengths, strict=True):
+                ready[group.index] = int(length)
+            for (group, _), (next_due, got, left) in zip(batch, replies, strict=True):
+                g = group.index
+                last[g] = clock
+                ran.add(g)
                 items += got
-                if due is not None and (next_due is None or due < next_due):
-                    next_due = due
-                if left:
-                    ready.append(group)
+                ready[g] = left
+                due[g] = next_due
+                if not got:  # the script registered this worker's claim list of the group until claim_until
+                    registered[g] = claim_until
+            probes = []
             wanted = max_jobs - len(items)
-            candidates = ready + [group for group in order if group.index not in ran]
-            if wanted <= 0 or not candidates:
+            if wanted <= 0:
                 break
-            # with some jobs found the worker will not block: only the groups given a share
-            batch = [(group, count) for group, count in _shares(candidates, wanted) if count or not items]
-        return next_due, items
+            candidates = [group for group in order if ready[group.index] > 0]
+            if not candidates and not items and before_blocking:
+                # nothing found: the worker will block; first the groups whose recoveries are due or whose claim
+                # list's registration would lapse during the wait (claim_until is the wait's end + the
+                # visibility timeout)
+                before_blocking = False
+                until = claim_until - self.visibility_timeout
+                batch = [(group, 0) for group in order if group.index not in ran
+                         and (last[group.index] <= stale or registered[group.index] < until)]
+                if not batch:
+                    break
+                continue
+            if not candidates:
+                break
+            candidates = [group for group in candidates if group.index in home] or candidates
+            batch = [(group, count) for group, count in _shares(candidates, wanted) if count]
+        known = [when for when in due if when is not None]
+        return (min(known) if known else None), items
+
+    def _home_groups(self) -> frozenset[int]:
+        """On a cluster, the groups of this worker's home primary (empty while the client knows no slot map): a
+        receive shares its jobs out over those first, so the runs a worker takes (and the jobs their commits hand
+        it over) are mostly on one primary and each batch it sends goes to fewer primaries (fewer, larger requests
+        per shard). Which primary is the home one follows from the worker's name, so workers spread over them."""
+        home = self._home
+        if home is not None:
+            return home
+        slots = getattr(self.redis, "nodes_manager", None)
+        cache = getattr(slots, "slots_cache", None) if slots is not None else None
+        if not cache:
+            return frozenset()
+        owners: dict[int, str] = {}
+        for group in self.groups:
+            nodes = cache.get(key_slot(group.queue_key.encode()))
+            if not nodes:
+                return frozenset()
+            owners[group.index] = nodes[0].name
+        names = sorted(set(owners.values()))
+        name = names[zlib.crc32(self.worker_name.encode()) % len(names)]
+        self._home = home = frozenset(index for index, owner in owners.items() if owner == name)
+        return home
 
     async def _wait_groups(self, timeout: float) -> None:
         """On a cluster, with nothing found: one blocking ``BLMOVE <group queue> <this worker's claim list of that
         group>`` per group outstanding (each on a connection of its own), until one moves an id or ``timeout``
         (a wait that ends empty before is started again). The waits still outstanding are kept for the next
         receive; an id one moves later sits in this worker's claim list of that group, taken by its next dequeue
-        there or, if it dies, put back once the claim lapses (lua/dequeue.lua)."""
+        there or, if it dies, put back once the claim lapses (lua/dequeue.lua). A wait that moved an id marks
+        its group ready (``_ready``), so the next receive runs that group's script."""
         waits = self._waits
         end = time.monotonic() + timeout
         while (remaining := end - time.monotonic()) > 0.01:
             for group in self.groups:
                 task = waits.get(group.index)
                 if task is None or task.done():
+                    if task is not None:
+                        self._moved(group.index, task)
                     waits[group.index] = asyncio.ensure_future(self.redis.blmove(
                         group.queue_key, group.claim_key, remaining, "LEFT", "RIGHT"))  # type: ignore[arg-type]
             done, _ = await asyncio.wait(list(waits.values()), timeout=remaining,
                                          return_when=asyncio.FIRST_COMPLETED)
+            moved = False
             for index, task in list(waits.items()):
                 if task in done:
                     del waits[index]
-            # a failed wait is the receive's error; one that moved an id ends the wait
-            if [task for task in done if task.result() is not None]:
+                    # a failed wait is the receive's error; one that moved an id ends the wait
+                    moved = self._moved(index, task, raising=True) or moved
+            if moved:
                 return
+
+    def _moved(self, index: int, task: asyncio.Task[Any], raising: bool = False) -> bool:
+        """Whether a finished blocking wait of group ``index`` moved an id into this worker's claim list (then
+        the group is marked ready); its error is raised with ``raising``, otherwise only retrieved."""
+        if task.cancelled():
+            return False
+        error = task.exception()
+        if error is not None:
+            if raising:
+                raise error
+            return False
+        if task.result() is None:
+            return False
+        self._ready[index] = max(1, self._ready[index])
+        return True
 
     @staticmethod
     def _delivery(item: list[Any], owner: str | None, records: dict[str, RunRecord | None], group: int = 0
