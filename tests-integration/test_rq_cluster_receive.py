@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 from flowcraft.plugins import registry
-from flowcraft.spi import Job
+from flowcraft.spi import Job, RunRecord
 from flowcraft_rq import RqQueue
 
 
@@ -76,5 +76,34 @@ async def test_a_receive_takes_from_its_home_primary_first_then_the_others(redis
         for delivery in first + rest:
             await queue.ack(delivery)
         assert await queue.size() == 0
+    finally:
+        await backend.close()
+
+
+async def test_a_start_puts_the_queue_in_rqs_set_of_queues(redis_url: str, redis_prefix: str) -> None:
+    """On one Redis the start script adds the queue to ``rq:queues`` (``Dispatcher.registry``), as ``enqueue``
+    does: runs started in one step still show in ``rq info``."""
+    backend = registry().build("rq", {"redis_url": redis_url, "key_prefix": redis_prefix,
+                                      "queue_name": f"q-{uuid.uuid4().hex[:10]}"})
+    queue = backend.queue
+    assert isinstance(queue, RqQueue)
+    await backend.setup()
+    try:
+        await queue.redis.srem(queue.queues_key, queue.queue_key)
+        assert await backend.coordination.start(RunRecord("run-1", "bp", status="running"), [Job("run-1", "bp", "a")])
+        assert await queue.redis.sismember(queue.queues_key, queue.queue_key)
+    finally:
+        await backend.close()
+
+
+async def test_setup_puts_every_group_in_rqs_set_of_queues(redis_cluster_server: Any, redis_prefix: str) -> None:
+    """On a cluster ``rq:queues`` is in another slot than the groups: the queue registers them in ``setup``."""
+    backend = _backend(redis_cluster_server, redis_prefix)
+    queue = backend.queue
+    assert isinstance(queue, RqQueue)
+    await backend.setup()
+    try:
+        members = await queue.redis.smembers(queue.queues_key)
+        assert {group.queue_key.encode() for group in queue.groups} <= members
     finally:
         await backend.close()

@@ -197,6 +197,9 @@ class RqDispatcher(Dispatcher):
         self.keys = (group.queue_key, group.scheduled_key, group.wip_key, group.inflight_key, group.held_key)
         self.lean = q.lean
         self._id_head = group.id_head  # read once: args runs for every commit that fires jobs
+        #: a run's start (``CoordinationStore.start``) adds the queue to rq's set of queues, as ``enqueue`` does; on a
+        #: cluster the set is in another slot than the group: the queue registers its groups in ``setup``
+        self.registry = q.queues_key if not q.clustered else None
         constant: list[Any] = [q.job_prefix, group.queue_name, q.worker_name, q.state_ttl_seconds,
                                "1" if q.lean else "0"]
         self._constant: list[Any] = [Packed.of(*constant)] if fast_packing(q.redis) else constant
@@ -347,8 +350,16 @@ class RqQueue(Colocated, Queue):
         return self._keys.group(run_id)
 
     async def setup(self) -> None:
-        """Only checks connectivity: rq queues need no provisioning."""
+        """Checks connectivity (rq queues need no provisioning); on a cluster also puts the groups' queues in rq's
+        set of queues (``rq info`` lists them), which a run's start cannot do there (another slot)."""
         await self.redis.ping()
+        await self._register_groups()
+
+    async def _register_groups(self) -> None:
+        """On a cluster, once per process: the groups' queues in rq's set of queues (in another slot than theirs)."""
+        if self.clustered and not self._registered:
+            await self.batcher.call("SADD", self.queues_key, *(group.queue_key for group in self.groups))
+            self._registered = True
 
     async def close(self) -> None:
         waits, self._waits = list(self._waits.values()), {}
@@ -373,9 +384,7 @@ class RqQueue(Colocated, Queue):
             group = self.groups[self.group_of(job.run_id)]
             by_group.setdefault(group.index, []).extend(
                 (group.new_job_id(), job.run_id, job.key, dumps(job.to_dict())))
-        if self.clustered and not self._registered:  # rq's set of queues is in another slot than the groups
-            await self.batcher.call("SADD", self.queues_key, *(group.queue_key for group in self.groups))
-            self._registered = True
+        await self._register_groups()
         calls = []
         for index, tail in by_group.items():
             group = self.groups[index]
