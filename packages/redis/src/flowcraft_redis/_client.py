@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import json.encoder
 import weakref
 import zlib
 from collections import deque
@@ -38,8 +39,25 @@ DEFAULT_TTL = 7 * 24 * 3600
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
+def _unencodable(value: Any) -> Any:
+    raise TypeError(f"Object of type {value.__class__.__name__} is not JSON serializable")
+
+
+#: ``_encoder``'s C encoder, made once (``JSONEncoder.encode`` makes one per call), without the circular-reference
+#: check (a cycle ends in a RecursionError, and ``dumps`` then raises ``_encoder``'s error); None without the C
+#: extension
+_c_encode = (json.encoder.c_make_encoder(None, _unencodable, json.encoder.encode_basestring, None, ":", ",",  # type: ignore[attr-defined]
+                                         False, False, True)
+             if json.encoder.c_make_encoder is not None else None)  # type: ignore[attr-defined]
+
+
 def dumps(value: Any) -> str:
-    """Compact JSON (what every value in Redis is)."""
+    """Compact JSON (what every value in Redis is): ``_encoder.encode``'s text, from an encoder made once."""
+    if _c_encode is not None:
+        try:
+            return "".join(_c_encode(value, 0))
+        except (ValueError, TypeError, RecursionError):
+            pass  # _encoder raises the usual error (or encodes what the C encoder would not)
     return _encoder.encode(value)
 
 
