@@ -62,64 +62,113 @@ local function write_context(current)
   return nil
 end
 
--- A chain node, the common case: a new completion record, finishing, one arrival with one expected member that
--- arrived (so it fires), not in recovery. The rules below, without their general tables; returns nil, having
--- written nothing, when the run hash shows another case (a completion record there: a replay or a conflict; the
--- target's job already there), and the general path below decides.
-local function chain_commit()
-  if recovery or not has_completion or not finish or ARGV[i] ~= '1' or ARGV[i + 2] ~= '1' then return nil end
-  local target, doc, due = ARGV[i + 1], ARGV[i + 3], ''
+-- The run record for a hand-over, and whether it is the one the caller holds (same status and updated_at, sent as
+-- `known_status`, `known_updated`: then only its status is read, and the reply says 1 instead of the record); the
+-- record is empty when the status is not on this Redis
+local function run_record(known_status, known_updated)
+  if status_here and known_updated ~= '' then
+    local got = redis.call('HMGET', KEYS[3], 'status', 'updated_at')
+    if got[1] == known_status and got[2] == known_updated then return {'status', got[1]}, true end
+  end
+  if status_here then return redis.call('HGETALL', KEYS[3]), false end
+  return {}, false
+end
+
+-- The common cases, a chain node and a join's member: a new completion record, finishing, not in recovery, one
+-- arrival (one expected member that arrived, or a join's member, without a due time). The rules below without
+-- their general tables; returns nil, having written nothing, when the run hash shows another case (a completion
+-- record there: a replay or a conflict; the target's job already there; a join it skips) or the job fires
+-- itself, and the general path below decides.
+local function one_arrival_commit()
+  if recovery or not has_completion or not finish or ARGV[i] ~= '1' then return nil end
+  local target, kind = ARGV[i + 1], ARGV[i + 2]
   if target == jkey then return nil end  -- a job that fires itself: its fields are read again in between
-  local b = i + 3
+  local nexpected, doc, b = 0, nil, nil
+  if kind == '1' then
+    doc, b = ARGV[i + 3], i + 3
+  elseif kind == 'j' then
+    nexpected = tonumber(ARGV[i + 6])
+    doc, b = ARGV[i + 8 + nexpected], i + 8 + nexpected
+  else
+    return nil
+  end
   local dispatching = ARGV[b + 1] == '1'
   local hand_up_to, hand_expiry = tonumber(ARGV[b + 2]), ARGV[b + 3]
   local nack = tonumber(ARGV[b + 6])
   local handing = dispatching and hand_up_to > 0 and owner ~= ''
   local cfield, jfield, lfield, tfield = 'c' .. jkey, 'j' .. jkey, 'l' .. jkey, 'j' .. target
-  local v
-  if handing then
-    v = redis.call('HMGET', R, cfield, jfield, lfield, '#pending', '#parked', '#ttl', '#ctxttl', tfield,
-                   'l' .. target, 'c' .. target)
-  else
-    v = redis.call('HMGET', R, cfield, jfield, lfield, '#pending', '#parked', '#ttl', '#ctxttl', tfield)
+  local f = {cfield, jfield, lfield, '#pending', '#parked', '#ttl', '#ctxttl', tfield, 'l' .. target, 'c' .. target,
+             nil, nil, nil, nil, nil, nil, nil, nil}
+  local base = nil  -- a join's arrival fields: base .. member, read from position 11
+  if nexpected > 0 then
+    base = 'a' .. string.format('%d', #target) .. ' ' .. target  -- %d: not formatted as a float
+    for m = 1, nexpected do f[10 + m] = base .. ARGV[i + 6 + m] end
   end
+  local v = redis.call('HMGET', R, unpack(f))
   if v[1] or v[8] then return nil end
-  local w = {cfield, completion, tfield, 'p' .. doc, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}
+  local w = {cfield, completion, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}
+  local body = doc
+  if base then  -- the join's decision, with this member's arrival recorded if it is not yet
+    local member, arrived = ARGV[i + 3], ARGV[i + 4]
+    local recorded, any = 0, false
+    for m = 1, nexpected do
+      local value = v[10 + m]
+      if not value and ARGV[i + 6 + m] == member then
+        value = arrived .. ARGV[i + 5]
+        v[10 + m] = value
+        w[#w + 1] = f[10 + m]; w[#w + 1] = value
+      end
+      if value then
+        recorded = recorded + 1
+        if string.sub(value, 1, 1) == '1' then any = true end
+      end
+    end
+    local complete = recorded >= nexpected
+    if ARGV[i + 7 + nexpected] == 'any' then
+      if not any and complete then return nil end  -- skipped: the general path
+      if not any then body = nil end
+    elseif not complete then
+      body = nil
+    elseif not any then
+      return nil
+    end
+    -- fired: the input map {member: contribution} spliced from the stored JSON texts
+    if body then
+      local parts = {}
+      for m = 1, nexpected do
+        local value = v[10 + m]
+        if value and string.sub(value, 1, 1) == '1' then
+          parts[#parts + 1] = cjson.encode(ARGV[i + 6 + m]) .. ':' .. string.sub(value, 2)
+        end
+      end
+      body = string.sub(body, 1, -2) .. ',"input":{' .. table.concat(parts, ',') .. '}}'
+    end
+  end
+  if body then w[#w + 1] = tfield; w[#w + 1] = 'p' .. body end
   if apply_ctx then
     local set = write_context(v[7])
     if set then w[#w + 1] = '#ctxttl'; w[#w + 1] = set end
   end
-  local pending_delta, finished, released = 1, nil, 0
+  local pending_delta, finished, released = body and 1 or 0, nil, 0
   local state = v[2]
   if state and string.sub(state, 1, 1) == 'p' then
     finished = state
     w[#w + 1] = jfield; w[#w + 1] = 'd'
-    pending_delta = 0
+    pending_delta = pending_delta - 1
   end
   if owner ~= '' then
     if lease_holder(v[3]) == owner then w[#w + 1] = lfield; w[#w + 1] = '' end
     released = 1
   end
-  local handed, nhanded, rec, same = {}, 0, {}, false
-  if handing then
-    local known_updated = ARGV[b + 5]
-    if status_here and known_updated ~= '' then
-      local got = redis.call('HMGET', KEYS[3], 'status', 'updated_at')
-      if got[1] == ARGV[b + 4] and got[2] == known_updated then
-        same = true
-        rec = {'status', got[1]}
-      end
-    end
-    if status_here and not same then rec = redis.call('HGETALL', KEYS[3]) end
+  local handed, nhanded, rec, same = {}, 0, nil, false
+  if handing and body then
+    rec, same = run_record(ARGV[b + 4], ARGV[b + 5])
     if not status_here or run_active(rec) then
-      local at = tonumber(due)
-      if not (at and at > now) then
-        local expires, holder = lease_parts(v[9])
-        if not (holder and holder ~= owner and expires > now) then
-          w[#w + 1] = 'l' .. target; w[#w + 1] = hand_expiry .. ' ' .. owner
-          handed[1] = true
-          nhanded = 1
-        end
+      local expires, holder = lease_parts(v[9])
+      if not (holder and holder ~= owner and expires > now) then
+        w[#w + 1] = 'l' .. target; w[#w + 1] = hand_expiry .. ' ' .. owner
+        handed[1] = true
+        nhanded = 1
       end
     end
   end
@@ -132,9 +181,13 @@ local function chain_commit()
   redis.call('HSET', R, unpack(w))
   if expire then redis.call('EXPIRE', R, TTL_TEXT) end
   local replies = {}
-  if dispatching then replies = dispatch({{1, doc, due, target, 0}}, run, now, b + 7 + nack, 4, handed) end
+  if dispatching and body then
+    replies = dispatch({{1, body, '', target, base and 1 or 0}}, run, now, b + 7 + nack, 4, handed)
+  end
   if nack > 0 then ack_delivery(b + 7, 4, pending > 0, finished) end
-  local out = {'ok', pending, tonumber(v[5] or '0'), released, 1, 1, '', 0, nhanded, nil, nil, nil, nil}
+  if not body then return {'ok', pending, tonumber(v[5] or '0'), released, 0, 0, 0} end
+  local out = {'ok', pending, tonumber(v[5] or '0'), released, 1, 1, base and body or '', 0, nhanded, nil, nil, nil,
+               nil}
   if nhanded > 0 then
     if same then out[10] = 1 else out[10] = rec end
     out[11] = 1
@@ -143,7 +196,7 @@ local function chain_commit()
   end
   return out
 end
-local reply = chain_commit()
+local reply = one_arrival_commit()
 if reply then return reply end
 
 local fields = {'c' .. jkey, 'j' .. jkey, 'l' .. jkey, '#pending', '#parked', '#ttl', '#ctxttl', nil, nil, nil, nil, nil,
@@ -297,14 +350,7 @@ end
 local handed, nhanded, rec = {}, 0, {}
 local same = false  -- the run record is the one the caller holds (same status and updated_at): not sent back
 if handing and #fired > 0 then
-  if status_here and known_updated ~= '' then
-    local got = redis.call('HMGET', KEYS[3], 'status', 'updated_at')
-    if got[1] == known_status and got[2] == known_updated then
-      same = true
-      rec = {'status', got[1]}
-    end
-  end
-  if status_here and not same then rec = redis.call('HGETALL', KEYS[3]) end
+  rec, same = run_record(known_status, known_updated)
   if not status_here or run_active(rec) then
     for f, entry in ipairs(fired) do
       if nhanded >= hand_up_to then break end
