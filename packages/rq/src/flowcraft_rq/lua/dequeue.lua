@@ -94,15 +94,23 @@ end
 if #ids > 0 then
   local records = {}
   for n, id in ipairs(ids) do
-    local item, run, key = nil, nil, nil
+    local item, run, key, R, got = nil, nil, nil, nil, nil
     local c1 = string.find(id, ':', 1, true)
     if c1 then
       -- a lean entry '<id>:<#run>:<run><job key>': the job is the run's pending job (none: nothing to deliver); it
-      -- goes to the lean in-flight set under the same entry, delivered for the first time
+      -- goes to the lean in-flight set under the same entry, delivered for the first time (with prefetch, its
+      -- lease and completion are read with its state, for prefetch_lease)
       local c2 = string.find(id, ':', c1 + 1, true)
       local len = tonumber(string.sub(id, c1 + 1, c2 - 1))
       run, key = string.sub(id, c2 + 1, c2 + len), string.sub(id, c2 + len + 1)
-      local state = redis.call('HGET', run_key(P, run, T), 'j' .. key)
+      R = run_key(P, run, T)
+      local state
+      if prefetch then
+        got = redis.call('HMGET', R, 'j' .. key, 'l' .. key, 'c' .. key)
+        state = got[1]
+      else
+        state = redis.call('HGET', R, 'j' .. key)
+      end
       if state and string.sub(state, 1, 1) == 'p' then
         redis.call('ZADD', inflight, deadline, id)
         item = {string.sub(id, 1, c1 - 1), id, string.sub(state, 2), 1, false, -1, false, false, 1}
@@ -130,7 +138,7 @@ if #ids > 0 then
         else
           item[5] = 1  -- the record of this reply's earlier item of the same run, not sent twice
         end
-        item[6], item[7], item[8] = prefetch_lease(rec, run_key(P, run, T), key, owner, ARGV[2], expiry, ttl)
+        item[6], item[7], item[8] = prefetch_lease(rec, R or run_key(P, run, T), key, owner, ARGV[2], expiry, ttl, got)
       end
       out[#out + 1] = item
     end
