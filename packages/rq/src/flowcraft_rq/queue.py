@@ -65,6 +65,12 @@ DEFAULT_QUEUE = "flowcraft-queue"
 RECOVERY_INTERVAL = 0.1
 
 
+#: on a Redis Cluster, the least a worker's blocking wait on a queue group lasts (it is kept across receives, so an
+#: idle worker renews its waits about once per this many seconds rather than once per receive); at most 0.8 of the
+#: client's socket timeout, which would otherwise end the wait with an error (seconds)
+BLOCK_SECONDS = 2.0
+
+
 def _shares(groups: Sequence[QueueGroup], wanted: int) -> list[tuple[QueueGroup, int]]:
     """``wanted`` jobs shared out over ``groups`` in their order (the first ones get one more; 0 past them)."""
     share, extra = divmod(wanted, len(groups))
@@ -534,10 +540,10 @@ class RqQueue(Colocated, Queue):
             candidates = [group for group in order if ready[group.index] > 0]
             if not candidates and not items and before_blocking:
                 # nothing found: the worker will block; first the groups whose recoveries are due or whose claim
-                # list's registration would lapse during the wait (claim_until is the wait's end + the
-                # visibility timeout)
+                # list's registration would lapse during the wait or a blocking wait started now (claim_until is
+                # the wait's end + the visibility timeout)
                 before_blocking = False
-                until = claim_until - self.visibility_timeout
+                until = max(claim_until - self.visibility_timeout, time.time() + self._block_seconds(0.0))
                 batch = [(group, 0) for group in order if group.index not in ran
                          and (last[group.index] <= stale or registered[group.index] < until)]
                 if not batch:
@@ -575,11 +581,11 @@ class RqQueue(Colocated, Queue):
 
     async def _wait_groups(self, timeout: float) -> None:
         """On a cluster, with nothing found: one blocking ``BLMOVE <group queue> <this worker's claim list of that
-        group>`` per group outstanding (each on a connection of its own), until one moves an id or ``timeout``
-        (a wait that ends empty before is started again). The waits still outstanding are kept for the next
-        receive; an id one moves later sits in this worker's claim list of that group, taken by its next dequeue
-        there or, if it dies, put back once the claim lapses (lua/dequeue.lua). A wait that moved an id marks
-        its group ready (``_ready``), so the next receive runs that group's script."""
+        group>`` per group outstanding (each on a connection of its own, lasting ``_block_seconds``), until one
+        moves an id or ``timeout`` (a wait that ends empty before is started again). The waits still outstanding
+        are kept for the next receive; an id one moves later sits in this worker's claim list of that group, taken
+        by its next dequeue there or, if it dies, put back once the claim lapses (lua/dequeue.lua). A wait that
+        moved an id marks its group ready (``_ready``), so the next receive runs that group's script."""
         waits = self._waits
         end = time.monotonic() + timeout
         while (remaining := end - time.monotonic()) > 0.01:
@@ -589,7 +595,8 @@ class RqQueue(Colocated, Queue):
                     if task is not None:
                         self._moved(group.index, task)
                     waits[group.index] = asyncio.ensure_future(self.redis.blmove(
-                        group.queue_key, group.claim_key, remaining, "LEFT", "RIGHT"))  # type: ignore[arg-type]
+                        group.queue_key, group.claim_key, self._block_seconds(remaining),  # type: ignore[arg-type]
+                        "LEFT", "RIGHT"))
             done, _ = await asyncio.wait(list(waits.values()), timeout=remaining,
                                          return_when=asyncio.FIRST_COMPLETED)
             moved = False
@@ -600,6 +607,13 @@ class RqQueue(Colocated, Queue):
                     moved = self._moved(index, task, raising=True) or moved
             if moved:
                 return
+
+    def _block_seconds(self, remaining: float) -> float:
+        """How long a blocking wait started now lasts: ``remaining`` (the receive's wait), at least
+        ``BLOCK_SECONDS``, at most 0.8 of the client's socket timeout."""
+        block = max(remaining, BLOCK_SECONDS)
+        socket_timeout = getattr(self.redis, "connection_kwargs", {}).get("socket_timeout")
+        return min(block, 0.8 * float(socket_timeout)) if socket_timeout else block
 
     def _moved(self, index: int, task: asyncio.Task[Any], raising: bool = False) -> bool:
         """Whether a finished blocking wait of group ``index`` moved an id into this worker's claim list (then
