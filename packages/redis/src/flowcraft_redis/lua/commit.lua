@@ -20,21 +20,9 @@
 -- hash's TTL likewise, by the run hash's field '#ctxttl' (the second a commit last wrote the context and set its
 -- TTL), which a commit that deletes context keys clears: a context hash emptied by deletes is gone, and the next
 -- write creates it again.
--- Tables are made with room (HASH16, ARRAY16: constructors of nils size them) rather than grown one step at a time:
--- each step reallocates and rehashes, a measurable part of a commit (~2 % of its instructions).
-local function HASH16()
-  return {_0 = nil, _1 = nil, _2 = nil, _3 = nil, _4 = nil, _5 = nil, _6 = nil, _7 = nil, _8 = nil, _9 = nil,
-          _10 = nil, _11 = nil, _12 = nil, _13 = nil, _14 = nil, _15 = nil}
-end
-local function ARRAY16()
-  return {nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}
-end
 local run, jkey, now, ttl, flags = ARGV[1], ARGV[2], tonumber(ARGV[3]), TTL, ARGV[4]
-local recovery = string.sub(flags, 1, 1) == '1'
-local finish = string.sub(flags, 2, 2) == '1'
-local has_completion = string.sub(flags, 3, 3) == '1'
-local apply_ctx = string.sub(flags, 4, 4) == '1'
-local status_here = string.sub(flags, 5, 5) == '1'
+local f1, f2, f3, f4, f5 = string.byte(flags, 1, 5)  -- 49: '1' (one call, no strings made)
+local recovery, finish, has_completion, apply_ctx, status_here = f1 == 49, f2 == 49, f3 == 49, f4 == 49, f5 == 49
 local completion, owner = ARGV[5], ARGV[6]
 local R, ctx = KEYS[1], KEYS[2]
 
@@ -198,6 +186,16 @@ local function one_arrival_commit()
 end
 local reply = one_arrival_commit()
 if reply then return reply end
+
+-- Tables are made with room (HASH16, ARRAY16: constructors of nils size them) rather than grown one step at a time:
+-- each step reallocates and rehashes, a measurable part of a commit (~2 % of its instructions).
+local function HASH16()
+  return {_0 = nil, _1 = nil, _2 = nil, _3 = nil, _4 = nil, _5 = nil, _6 = nil, _7 = nil, _8 = nil, _9 = nil,
+          _10 = nil, _11 = nil, _12 = nil, _13 = nil, _14 = nil, _15 = nil}
+end
+local function ARRAY16()
+  return {nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}
+end
 
 local fields = {'c' .. jkey, 'j' .. jkey, 'l' .. jkey, '#pending', '#parked', '#ttl', '#ctxttl', nil, nil, nil, nil, nil,
                 nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil, nil}
