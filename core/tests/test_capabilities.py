@@ -51,13 +51,12 @@ async def test_sqlite_factory_wires_applies_context_and_an_override_turns_it_off
     try:
         assert wired.capabilities == Capabilities(applies_context=True, prefetches_status=True, dispatches=True,
                                                   releases_lease=True, acks=True, continues=True, notifies=True,
-                                                  writes_context=True, starts=True)
+                                                  writes_context=True)
         assert wired.name == "sqlite"
         assert wired.options["path"] == tmp_path / "f.db"
         assert not mixed.capabilities.applies_context and not mixed.coordination.applies_context
         assert not mixed.capabilities.writes_context  # a status store built alone writes no context
         assert not mixed.capabilities.dispatches and not mixed.capabilities.prefetches_status
-        assert not mixed.capabilities.starts
     finally:
         await wired.close()
         await mixed.close()
