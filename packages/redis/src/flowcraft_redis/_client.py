@@ -422,6 +422,10 @@ class _Wire:
         self._reader: asyncio.Task[None] | None = None
         #: batches written and not answered, oldest first: [future, callbacks, replies]
         self._waiting: deque[tuple[asyncio.Future[list[Any]], list[Any], list[Any]]] = deque()
+        #: batches answered on this wire (the watchdog's sign of progress)
+        self._answered = 0
+        #: with a timeout: the timer that checks that the connection still answers (``_watchdog``)
+        self._watch: asyncio.TimerHandle | None = None
 
     @staticmethod
     def usable(client: RedisClient) -> bool:
@@ -480,17 +484,23 @@ class _Wire:
             except OSError as error:  # what reached Redis is unknown: the connection is given up, as on a read error
                 if self._writer is writer:
                     self._broken(RedisConnectionError(f"Error while writing to Redis: {error!r}"))
-        if self.timeout is None:
-            return await future
-        try:
-            # not asyncio.wait_for: on Python 3.11 it can swallow a cancel that comes as the reply does, and the
-            # caller (a stopping worker's heartbeat) then goes on as if never cancelled
-            async with asyncio.timeout(self.timeout):
-                return await future
-        except TimeoutError:  # as redis-py's read timeout: the connection is given up
-            if self._writer is writer:
-                self._broken(RedisConnectionError("Timeout reading from Redis"))
-            raise RedisConnectionError(f"Timeout reading from Redis after {self.timeout} s") from None
+        if self.timeout is not None and self._watch is None:
+            self._watch = asyncio.get_running_loop().call_later(self.timeout, self._watchdog, self._answered)
+        return await future
+
+    def _watchdog(self, answered: int) -> None:
+        """With a timeout (a cluster client's socket timeout): batches waiting and none answered since the last
+        check, ``timeout`` ago, means the connection hangs: it is given up as on redis-py's read timeout, and the
+        batches on it fail with a ``ConnectionError`` (so a batch waits at most about twice ``timeout`` for its
+        first reply). One timer per wire and timeout, not a timeout context per batch."""
+        self._watch = None
+        if not self._waiting or self.timeout is None:
+            return
+        if self._answered == answered:
+            if self._writer is not None:
+                self._broken(RedisConnectionError(f"Timeout reading from Redis after {self.timeout} s"))
+            return
+        self._watch = asyncio.get_running_loop().call_later(self.timeout, self._watchdog, self._answered)
 
     async def _connect(self) -> asyncio.StreamWriter:
         """The connection (redis-py connects and handshakes it) and its reader task; one connect at a time."""
@@ -552,6 +562,7 @@ class _Wire:
                     replies.append(reply)
                     if len(replies) == len(callbacks):
                         waiting.popleft()
+                        self._answered += 1
                         if not future.done():
                             future.set_result(replies)
             return
@@ -570,6 +581,9 @@ class _Wire:
         """The connection is lost: every batch written on it fails with ``error`` (the retry policy decides);
         the next batch reconnects."""
         writer, self._writer = self._writer, None
+        if self._watch is not None:  # the batches it watched fail here; the next batch arms it again
+            self._watch.cancel()
+            self._watch = None
         if writer is not None:
             writer.close()
             conn = self._conn
@@ -617,20 +631,23 @@ class Batcher:
         self._scripts[sha] = source
         return sha
 
-    async def call_script(self, sha: str, keys: tuple[str, ...] | list[str], *args: Any) -> Any:
+    def call_script(self, sha: str, keys: tuple[str, ...] | list[str], *args: Any) -> asyncio.Future[Any]:
         """EVALSHA with ``keys`` as KEYS (every key the script touches: a cluster client routes by them) and
-        ``args`` as ARGV."""
-        return await self.call("EVALSHA", sha, len(keys), *keys, *args)
+        ``args`` as ARGV. Like ``call``, submitted when called (not when awaited): the future of its reply."""
+        return self._submit(("EVALSHA", sha, len(keys), *keys, *args))
 
-    async def call(self, *command: Any) -> Any:
-        return await self._submit(command)
+    def call(self, *command: Any) -> asyncio.Future[Any]:
+        """One command, submitted now to the next pipeline: the future of its reply."""
+        return self._submit(command)
 
     async def call_many(self, *commands: tuple[Any, ...]) -> list[Any]:
         """Several commands in one pipeline, in order (not atomic: no script for what needs no atomicity)."""
         return list(await asyncio.gather(*(self._submit(command) for command in commands)))
 
     def _submit(self, command: tuple[Any, ...]) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None or not loop.is_running():  # (asking for the running loop costs a getpid on 3.11)
+            loop = asyncio.get_running_loop()
         if self._loop is not loop:
             self._loop, self._queue, self._in_flight, self._tasks = loop, [], 0, set()
             self._wire = _Wire(self.client) if self._lean and isinstance(self.client, Redis) else None
@@ -717,8 +734,16 @@ class Batcher:
         for name, (node, _) in parts.items():
             if name not in wires:
                 wires[name] = _Wire(node)
-        replies = await asyncio.gather(*(wires[name].execute([commands[i] for i in part])
-                                         for name, (_, part) in parts.items()), return_exceptions=True)
+        replies: list[Any]
+        if len(parts) == 1:  # one primary's batch: awaited here, without gather's task
+            name, (_, part) = next(iter(parts.items()))
+            try:
+                replies = [await wires[name].execute(commands)]
+            except RedisConnectionError as error:
+                replies = [error]
+        else:
+            replies = await asyncio.gather(*(wires[name].execute([commands[i] for i in part])
+                                             for name, (_, part) in parts.items()), return_exceptions=True)
         results: list[Any] = [None] * len(commands)
         again: list[int] = []
         for (_, part), got in zip(parts.values(), replies, strict=True):
