@@ -793,6 +793,8 @@ async def settle(target: Target, run_id: str, deadline: float, polls: list[int] 
     notification ends, re-read at most every second), not a poll: what a batch's concurrent waits use."""
     status = target.backend.status
     delay = 1.0 if notified else 0.001
+    if notified:
+        await status.watch(run_id)  # as Client.wait: a change after the first read ends the first wait
     while True:
         record = await status.get(run_id)
         if polls is not None:
