@@ -12,6 +12,7 @@ from typing import Any
 from flowcraft.plugins import registry
 from flowcraft.spi import Job, RunRecord
 from flowcraft_rq import RqQueue
+from flowcraft_rq.queue import HOME_TURNS
 
 
 def _backend(server: Any, prefix: str) -> Any:
@@ -105,5 +106,31 @@ async def test_setup_puts_every_group_in_rqs_set_of_queues(redis_cluster_server:
     try:
         members = await queue.redis.smembers(queue.queues_key)
         assert {group.queue_key.encode() for group in queue.groups} <= members
+    finally:
+        await backend.close()
+
+
+async def test_a_group_no_one_calls_home_is_served_while_the_home_primary_has_jobs(redis_cluster_server: Any,
+                                                                                  redis_prefix: str) -> None:
+    """Every ``HOME_TURNS``-th receive shares over every group (a rotation of its own): a job of another primary's
+    group is delivered while the home groups still have jobs, within one pass of that rotation."""
+    backend = _backend(redis_cluster_server, redis_prefix)
+    queue = backend.queue
+    assert isinstance(queue, RqQueue)
+    await backend.setup()
+    try:
+        await queue.depth()
+        home = queue._home_groups()
+        others = set(range(len(queue.groups))) - home
+        home_runs = _runs_of(queue, set(home), 4 * len(queue.groups) * HOME_TURNS)
+        foreign = _runs_of(queue, others, 1)[0]
+        await queue.enqueue([Job(run_id, "bp", "a") for run_id in [*home_runs, foreign]])
+        taken: list[Any] = []
+        while not any(d.job.run_id == foreign for d in taken):
+            assert len(taken) < len(home_runs), "the foreign group's job waited for the home groups to run out"
+            taken += await queue.dequeue(1, 0.0)
+        assert len(taken) <= len(queue.groups) * HOME_TURNS
+        for delivery in taken:
+            await queue.ack(delivery)
     finally:
         await backend.close()

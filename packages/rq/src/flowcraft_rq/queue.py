@@ -65,6 +65,10 @@ DEFAULT_QUEUE = "flowcraft-queue"
 RECOVERY_INTERVAL = 0.1
 
 
+#: on a Redis Cluster, a receive shares its jobs over the groups of the worker's home primary first, except every
+#: this many receives, which share them over every group (``RqQueue._dequeue_groups``)
+HOME_TURNS = 4
+
 #: on a Redis Cluster, the least a worker's blocking wait on a queue group lasts (it is kept across receives, so an
 #: idle worker renews its waits about once per this many seconds rather than once per receive); at most 0.8 of the
 #: client's socket timeout, which would otherwise end the wait with an error (seconds)
@@ -303,6 +307,8 @@ class RqQueue(Colocated, Queue):
         self._dispatcher = self.dispatchers[0] if dispatch else None
         self._registered = False  # on a cluster: the groups are in rq's set of queues (written once per process)
         self._rotation = 0  # on a cluster: the group a receive starts at
+        self._turns = 0  # on a cluster: receives so far (every HOME_TURNS-th shares over every group)
+        self._shared_rotation = 0  # on a cluster: the group such a receive starts at
         #: on a cluster: per group, this worker's outstanding blocking wait (``_wait_groups``)
         self._waits: dict[int, asyncio.Task[Any]] = {}
         #: on a cluster: per group, when (``time.monotonic``) this worker last ran its dequeue script there
@@ -479,18 +485,26 @@ class RqQueue(Colocated, Queue):
         The worker keeps, per group, how many ids it last learned are ready there (``_ready``: the script's
         ``left``, an ``LLEN``, an id one of its blocking waits moved, even one kept from an earlier receive;
         unknown at first). ``max_jobs`` is shared out from a rotating group over the groups not known to be
-        empty, only those of the worker's home primary if it has any (``_home_groups``). A group known to be
-        empty gets its script only when its recoveries are due (this worker last ran its script there
-        ``RECOVERY_INTERVAL`` ago or more, or the earliest scheduled or lapsing entry it reported is due now);
-        otherwise an ``LLEN``, which costs the shard a fraction of an empty script, tells whether something was
-        pushed there since. If the scripts come short, the rest is shared out again over the groups with ids
-        ready, the home primary's first (at most three rounds). With nothing found, every group whose recoveries
-        are due or whose registration of this worker's claim list would lapse during the wait runs its script
-        before the worker blocks, so a worker never blocks on a group with an unregistered claim list, and its
-        wait ends when the earliest entry it knows of falls due."""
+        empty, only those of the worker's home primary if it has any (``_home_groups``), except at every
+        ``HOME_TURNS``-th receive (then over all of them, from a rotation of their own: no group waits for the
+        home primary's to run out). A group known to be empty gets its script only when its recoveries are due
+        (this worker last ran its script there ``RECOVERY_INTERVAL`` ago or more, or the earliest scheduled or
+        lapsing entry it reported is due now); otherwise an ``LLEN``, which costs the shard a fraction of an empty
+        script, tells whether something was pushed there since. If the scripts come short, the rest is shared out
+        again over the groups with ids ready, the home primary's first (at most three rounds). With nothing
+        found, every group whose recoveries are due or whose registration of this worker's claim list would lapse
+        during the wait runs its script before the worker blocks, so a worker never blocks on a group with an
+        unregistered claim list, and its wait ends when the earliest entry it knows of falls due."""
         groups = self.groups
-        start = self._rotation
-        self._rotation = (start + 1) % len(groups)
+        self._turns += 1
+        # every HOME_TURNS-th receive shares over every group, from a rotation of its own, so no group's jobs wait
+        # for a home primary's to run out (2 workers on 3 primaries leave one no one's home)
+        shared = self._turns % HOME_TURNS == 0
+        start = self._shared_rotation if shared else self._rotation
+        if shared:
+            self._shared_rotation = (start + 1) % len(groups)
+        else:
+            self._rotation = (start + 1) % len(groups)
         order = [groups[(start + i) % len(groups)] for i in range(len(groups))]
         ready, last, due, registered = self._ready, self._scripted, self._due, self._registered_until
         waits = self._waits
@@ -501,7 +515,7 @@ class RqQueue(Colocated, Queue):
         clock = time.monotonic()
         stale = clock - RECOVERY_INTERVAL
         likely = [group for group in order if ready[group.index] != 0]
-        home = self._home_groups()
+        home = frozenset() if shared else self._home_groups()
         preferred = [group for group in likely if group.index in home] or likely
         shares = {group.index: count for group, count in _shares(preferred, max_jobs)} if preferred else {}
         batch: list[tuple[QueueGroup, int]] = []
