@@ -249,7 +249,15 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
         if dispatcher is not None and arrivals:
             args += dispatcher.args(len(arrivals), now)
         result = await self.batcher.call_script(self._commit_sha(base), keys, *args)
-        if result[0] == b"conflict":
+        head = result[0]
+        if (head == b"ok1" or head == b"ok2") and dispatcher is not None:  # one fired job, handed over
+            job = arrivals[0].job if not result[3] else Job.from_dict(loads(result[3]))
+            begin = Begin(lease=True, state="pending", completion=parse_completion(result[5]))
+            reply = list(result[6:]) if head == b"ok1" else result[6]
+            delivery = dispatcher.delivery(job, reply, owner, self._record(result[4], known, tx.run_id), begin)
+            return Committed(fired=(job,), continued=(delivery,), skipped=(), pending=int(result[1]),
+                             parked=int(result[2]))
+        if head == b"conflict":
             return Committed(conflict=Completion.from_dict(loads(result[1])))
         pending, parked, _released, count = (int(v) for v in result[1:5])
         fired: list[Job] = []
@@ -273,18 +281,7 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
         ``known``, which the commit sent) and per job its position in ``fired``, the queue's reply and the job's
         completion record; the lease was taken for ``owner``. The engine only reads ``Delivery.record``, so
         deliveries share the record object."""
-        count, flat = int(result[at]), result[at + 1]
-        record: RunRecord | None = None
-        if isinstance(flat, int):
-            assert known is not None
-            record = known[2]
-        elif flat:
-            raw = {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
-            record = record_from_hash(raw)
-            records = self._records
-            if len(records) >= _RECORDS:
-                del records[next(iter(records))]
-            records[run_id] = (raw[b"status"], raw.get(b"updated_at", b""), record)
+        count, record = int(result[at]), self._record(result[at + 1], known, run_id)
         out: list[Delivery] = []
         at += 2
         for _ in range(count):
@@ -293,6 +290,22 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
             begin = Begin(lease=True, state="pending", completion=parse_completion(completion))
             out.append(dispatcher.delivery(fired[int(position) - 1], reply, owner, record, begin))
         return tuple(out)
+
+    def _record(self, flat: Any, known: tuple[bytes, bytes, RunRecord] | None, run_id: str) -> RunRecord | None:
+        """The run record of a commit's hand-over reply: ``flat`` is the status hash (empty when the status is not
+        on this Redis) or 1, unchanged since ``known`` (which the commit sent); a new one is kept for the run."""
+        if isinstance(flat, int):
+            assert known is not None
+            return known[2]
+        if not flat:
+            return None
+        raw = {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+        record = record_from_hash(raw)
+        records = self._records
+        if len(records) >= _RECORDS:
+            del records[next(iter(records))]
+        records[run_id] = (raw[b"status"], raw.get(b"updated_at", b""), record)
+        return record
 
     def _commit_sha(self, dispatcher: Dispatcher | None) -> str:
         """The SHA of the commit script for ``dispatcher`` (its Lua prepended), registered on first use."""

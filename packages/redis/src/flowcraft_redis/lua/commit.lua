@@ -173,13 +173,19 @@ if not recovery and has_completion and finish and ARGV[i] == '1' and target ~= j
     end
     if nack > 0 then ack_delivery(b + 7, 4, pending > 0, finished) end
     if not body then return {'ok', pending, tonumber(v[5] or '0'), released, 0, 0, 0} end
-    local out = {'ok', pending, tonumber(v[5] or '0'), released, 1, 1, base and body or '', 0, nhanded, nil, nil, nil,
-                 nil}
-    if nhanded > 0 then
-      if same then out[10] = 1 else out[10] = rec end
-      out[11] = 1
-      out[12] = replies[1]
-      out[13] = v[10]
+    if nhanded == 0 then return {'ok', pending, tonumber(v[5] or '0'), released, 1, 1, base and body or '', 0, 0} end
+    -- handed over: a reply of its own ('ok1': the queue's reply, a table, spliced in as the tail; 'ok2': the queue's
+    -- reply is one value, the last): pending, parked, the fired job's JSON when spliced (''), the run record (1: the
+    -- one the caller holds), the job's completion record, then the queue's reply. Each table a reply holds costs
+    -- its conversion ~5k instructions.
+    local out = {'ok1', pending, tonumber(v[5] or '0'), base and body or '', 1, v[10], nil, nil, nil, nil}
+    if not same then out[5] = rec end
+    local handed_reply = replies[1]
+    if type(handed_reply) == 'table' then
+      for n, part in ipairs(handed_reply) do out[6 + n] = part end
+    else
+      out[1] = 'ok2'
+      out[7] = handed_reply
     end
     return out
   end
