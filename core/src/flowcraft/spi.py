@@ -199,7 +199,9 @@ class Delivery:
     ``record`` and ``begin`` are filled only by ``Queue.receive`` of a queue that shares one store with the
     status and coordination stores (``Capabilities.prefetches_status``): the run record and
     ``CoordinationStore.begin`` for the receiving owner, read in the same round trip as the dequeue.
-    ``begin`` is set when the lease was taken with the dequeue (``prefetched``); ``record`` is set with it unless the
+    ``begin`` is set when the lease was taken with the dequeue (``prefetched``); a store that reads the record before
+    the lease takes none for a settled run's job (the engine only acks it, and a lease held meanwhile refuses a
+    retry of the run), as the memory, sqlite and Redis presets do; ``record`` is set with it unless the
     store that took the lease cannot read run records (a job handed over by a commit whose coordination store does
     not hold the status: ``CoordinationStore.continues``). What is not set (e.g. no such run) the engine reads.
     The engine never changes ``record``: a store may give deliveries of one run one shared record object while

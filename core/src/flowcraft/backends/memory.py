@@ -506,12 +506,14 @@ class MemoryCoordinationStore(TablesCoordinationStore):
 
     def prefetch(self, delivery: Delivery, status: MemoryStatusStore, owner: str, lease_seconds: float) -> None:
         """Fill in ``delivery``'s run record and take its lease for ``owner`` (what a prefetching receive and a
-        hand-over do); neither when the run has no record (the engine reads it itself and dead-letters)."""
+        hand-over do); neither when the run has no record (the engine reads it itself and dead-letters), no lease when
+        the run has settled (the engine acks its job)."""
         job = delivery.job
         record = status.snapshot(job.run_id)
         if record is not None:
             delivery.record = record
-            delivery.begin = self._take_lease(job, owner, lease_seconds)
+            if record.status in ACTIVE_STATUSES:  # a settled run's job is only acked: no lease for it to hold
+                delivery.begin = self._take_lease(job, owner, lease_seconds)
 
     async def begin(self, job: Job, owner: str, lease_seconds: float) -> Begin:
         return self._take_lease(job, owner, lease_seconds)

@@ -75,6 +75,7 @@ from typing import Any, ClassVar, Self, TypeVar, cast
 from flowcraft.errors import ConfigError
 from flowcraft.options import QueueOptions, option, parse_options
 from flowcraft.spi import (
+    ACTIVE_STATUSES,
     Backend,
     Committed,
     Completion,
@@ -947,9 +948,10 @@ class SqliteQueue(_SqliteComponent, Queue):
     def _prefetch(self, tables: SqliteTables, deliveries: list[Delivery], owner: str, lease_seconds: float) -> None:
         """Fill each delivery's run record and take its job lease for ``owner`` (``CoordinationStore.begin``), over
         the tables of the transaction that claims or hands them over (the caller flushes them); a delivery whose
-        run has no record is left for the engine to read. The engine only reads ``Delivery.record``, so the
-        deliveries of a run whose record document did not change since the last prefetch share one parsed
-        record (as the memory preset's snapshot), instead of parsing it again for each."""
+        run has no record is left for the engine to read, and a settled run's job gets its record but no lease (the
+        engine acks it; a lease would hold off a retry of the run until it expired). The engine only reads
+        ``Delivery.record``, so the deliveries of a run whose record document did not change since the last
+        prefetch share one parsed record (as the memory preset's snapshot), instead of parsing it again for each."""
         documents: dict[str, RunRecord | None] = {}
         for delivery in deliveries:
             job = delivery.job
@@ -961,7 +963,8 @@ class SqliteQueue(_SqliteComponent, Queue):
             if record is None:
                 continue
             delivery.record = record
-            delivery.begin = take_lease(tables, job, owner, lease_seconds)
+            if record.status in ACTIVE_STATUSES:  # a settled run's job is only acked: no lease for it to hold
+                delivery.begin = take_lease(tables, job, owner, lease_seconds)
 
     def _parsed(self, run_id: str, document: str) -> RunRecord:
         cached = self._records.pop(run_id, None)
