@@ -199,9 +199,9 @@ class Delivery:
     ``record`` and ``begin`` are filled only by ``Queue.receive`` of a queue that shares one store with the
     status and coordination stores (``Capabilities.prefetches_status``): the run record and
     ``CoordinationStore.begin`` for the receiving owner, read in the same round trip as the dequeue.
-    ``begin`` is set when the lease was taken with the dequeue (``prefetched``); a store that reads the record before
-    the lease takes none for a settled run's job (the engine only acks it, and a lease held meanwhile refuses a
-    retry of the run), as the memory, sqlite and Redis presets do; ``record`` is set with it unless the
+    ``begin`` is set when the lease was taken with the dequeue (``prefetched``), never for a settled run's job (the
+    engine only acks it, and a lease held meanwhile would refuse a retry of the run: a ``PrefetchingQueue`` hands
+    back one it took beside the record read); ``record`` is set with it unless the
     store that took the lease cannot read run records (a job handed over by a commit whose coordination store does
     not hold the status: ``CoordinationStore.continues``). What is not set (e.g. no such run) the engine reads.
     The engine never changes ``record``: a store may give deliveries of one run one shared record object while
@@ -798,7 +798,8 @@ class PrefetchingQueue(Queue):
     batch's run records in one request while it takes the jobs' leases (concurrent calls, which a pipelining
     coordination store sends together), so a job starts without those two round trips
     (``prefetches_status``). A delivery whose record or lease could not be had comes without them: the engine
-    reads both itself, and a lease taken without its record is handed back.
+    reads both itself, and a lease taken without its record is handed back, as is one taken on a settled run's
+    job (which comes with its record only).
 
     A queue whose coordination store can bring a job's run record with its lease overrides ``_take_lease`` and
     sets ``records_after_leases``: then only the records the leases did not bring are read, after them."""
@@ -858,11 +859,14 @@ class PrefetchingQueue(Queue):
             if got is not None:
                 begin, record = got
                 record = record or records.get(delivery.job.run_id)
+                # a settled run's job comes with its record and no lease (the engine only acks it; a lease held
+                # meanwhile would refuse a retry of the run)
+                settled = record is not None and record.status not in ACTIVE_STATUSES
                 if record is not None:
                     delivery = Delivery(delivery.job, delivery.receipt, deliveries=delivery.deliveries,
-                                        record=record, begin=begin)
-                elif begin.lease:
-                    try:  # no record to go with it: the engine reads both itself, so hand the lease back
+                                        record=record, begin=None if settled else begin)
+                if begin.lease and (record is None or settled):
+                    try:  # no record to go with it (the engine reads both itself) or settled: hand the lease back
                         await coordination.release(delivery.job.run_id, delivery.job.key, owner)
                     except Exception as exc:  # it expires by itself; the engine's own begin takes it again
                         _log.debug("releasing a prefetched lease failed: %s", _one_line(exc))

@@ -1079,6 +1079,28 @@ class CapabilitiesContract(_Base):
         assert not (await backend.coordination.begin(job, "w2", 30)).lease  # the lease is w1's
         await backend.queue.ack(delivery)
 
+    async def test_prefetches_status_takes_no_lease_on_a_settled_runs_job(self, backend: Backend,
+                                                                          run_prefix: str) -> None:
+        """prefetches_status: a job of a run that has settled is received with its record and no lease (the engine
+        only acks it), so nothing holds the job: a retry of the failed run is not refused meanwhile."""
+        self._declared(backend, "prefetches_status")
+        await backend.status.create(RunRecord(run_prefix, "bp"))
+        job = _job(run_prefix)
+        await backend.coordination.schedule(run_prefix, [job])
+        await backend.queue.enqueue([job])
+        assert await backend.status.transition(run_prefix, ("running",), "failed", {}) is not None
+        deadline = time.monotonic() + 10
+        got: list[Delivery] = []
+        while not got and time.monotonic() < deadline:
+            got = await backend.queue.receive(1, 1.0, "w1", 30)
+        assert len(got) == 1
+        delivery = got[0]
+        assert delivery.record is not None and delivery.record.status == "failed"
+        assert delivery.begin is None
+        assert [held.leased for held in await backend.coordination.jobs(run_prefix, "pending")] == [False]
+        assert (await backend.coordination.begin(job, "w2", 30)).lease
+        await backend.queue.ack(delivery)
+
     async def test_dispatches_puts_fired_jobs_on_the_queue(self, backend: Backend, run_prefix: str) -> None:
         """dispatches: the jobs a commit fires are delivered by the queue without the engine enqueueing them."""
         self._declared(backend, "dispatches")
