@@ -107,8 +107,12 @@ async def test_a_transition_made_in_another_process_is_seen_by_the_next_receive(
     assert won is not None and won.status == to_status
     sent = await dynamodb_requests(backend)
     delivery = await receive_one(backend)
-    assert delivery.prefetched and delivery.record is not None
+    assert delivery.record is not None
     assert delivery.record.to_dict() == won.to_dict()  # the status table's record, not the run item's copy
+    # an active run's job comes with its lease; a settled run's with its record only, the lease handed back
+    assert delivery.prefetched == (to_status in ("running", "awaiting"))
+    pending = await backend.coordination.jobs("moved", "pending")
+    assert [held.leased for held in pending if held.job.key == delivery.job.key] == [delivery.prefetched]
     assert sent["BatchGetItem"] == 1
     await backend.queue.ack(delivery)
 
