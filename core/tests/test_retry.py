@@ -83,6 +83,38 @@ async def test_a_retry_queues_each_fresh_job_once_on_a_dispatching_store(sqlite:
     assert await sqlite.queue.depth() == 1
 
 
+async def test_a_retry_queues_only_what_it_inserted_not_jobs_a_worker_fired_meanwhile(sqlite: Backend) -> None:
+    """A worker may run the rerun while the retry finishes the failed generation, and fire (and queue) more of its
+    jobs: the retry queues its own start and fired jobs, never the new generation's pending jobs read back, which
+    delivered such a job twice (the second delivery's prefetched lease then refused a retry of the run)."""
+    from flowcraft.client import Client
+    from flowcraft.spi import Job
+
+    broken.add("e")
+    async with FlowRuntime(flows=[diamond()], backend=sqlite) as rt:
+        failed = await rt.run("diamond", 3, timeout=10)
+        app = rt.app
+    assert sqlite.capabilities.dispatches and await sqlite.queue.depth() == 0
+    coordination, commit = sqlite.coordination, sqlite.coordination.commit
+    fired_elsewhere: list[str] = []
+
+    async def worker_fires_e_meanwhile(transition: Transition) -> Committed:
+        committed = await commit(transition)
+        if transition.finish and transition.owner is None and transition.job_key == "0:e":  # the old generation's
+            job = Job(failed.run_id, "diamond", "e", visit=1_000_000)  # the rerun's e, as a worker's commit fires it
+            fired_elsewhere.extend(j.key for j in await coordination.schedule(failed.run_id, [job]))
+        return committed
+
+    coordination.commit = worker_fires_e_meanwhile  # type: ignore[method-assign]
+    try:
+        await Client(sqlite, app).retry(failed.run_id, from_node="b")
+    finally:
+        coordination.commit = commit  # type: ignore[method-assign]
+    assert fired_elsewhere == ["1000000:e"]
+    # b, fired by the retry's own commit and queued by the store in it; not e, whose firing commit queues it
+    assert await sqlite.queue.depth() == 1
+
+
 @pytest.mark.parametrize("backend_name", ["memory", "sqlite"])
 async def test_a_run_is_retryable_as_soon_as_it_is_failed(backend_name: str, sqlite: Backend) -> None:
     """The worker drops its lease on the failed job before the run's status says failed: a retry is refused while

@@ -125,16 +125,17 @@ async def retry_run(control: RunControl, record: RunRecord, graph: Graph, from_n
     # the new generation: start nodes of the area, and what finished nodes outside it send into it
     starts = [Job(run_id, record.blueprint_id, node_id, visit=base, version=record.version, input=record.input,
                   has_input=True) for node_id in graph.start_nodes if node_id in area]
-    if starts:
-        await coordination.schedule(run_id, starts)
+    # what this retry inserted and must queue itself once the old generation is finished: its start jobs, and the
+    # jobs its commits fire unless the store queued them (``dispatches``). Never the rerun's pending jobs read back:
+    # a worker may already have fired (and queued) more of them, which would then be delivered twice.
+    fresh = await coordination.schedule(run_id, starts) if starts else []
     max_iterations = int(graph.blueprint.metadata.get("maxIterations", control.app.max_iterations))
     arrivals = _arrivals_into(graph, record, area, entries, context, base, max_iterations)
     marker = job_key("", base)  # never a node's job key (node ids are not empty)
-    queued: set[str] = set()  # fired jobs a dispatching store has put on the queue itself
     while arrivals:
         committed = await coordination.commit(Transition(run_id, marker, arrivals=tuple(routing.dedupe(arrivals))))
-        if backend.capabilities.dispatches:
-            queued.update(job.key for job in committed.fired)
+        if not backend.capabilities.dispatches:
+            fresh += committed.fired
         arrivals = []
         skips: dict[str, Any] = {}
         for key in committed.skipped:  # dead paths in the new generation, as the engine's cascade decides them
@@ -158,8 +159,6 @@ async def retry_run(control: RunControl, record: RunRecord, graph: Graph, from_n
         # the reconciler sends a run whose work is all done)
         await backend.queue.enqueue([finish_job(record)])
 
-    fresh = [held.job for held in await coordination.jobs(run_id, "pending")
-             if held.job.visit >= base and held.job.key not in queued]
     await routing.enqueue_due(backend.queue, fresh)
     await control._emit("run:retry", run_id, record.blueprint_id, from_node,
                         {"generation": generation, "nodes": sorted(roots)})
