@@ -1366,6 +1366,14 @@ class SqliteStatusStore(_SqliteComponent, StatusStore):
                     loop.call_soon_threadsafe(_wake, waiter)
 
 
+def _queue_rows(tables: SqliteTables, encoded: _Encoded, jobs: Sequence[Job]) -> None:
+    """Insert ``jobs`` into the queue table, inside the caller's transaction: each deliverable from its due time
+    (now at the earliest)."""
+    if jobs:
+        tables.sql.executemany("INSERT INTO fc_queue (job, available_at) VALUES (?, ?)",
+                               [(encoded.job(job), max(tables.now, job.due_at or 0.0)) for job in jobs])
+
+
 def _record_row(record: RunRecord) -> tuple[Any, ...]:
     """The ``fc_status`` row of a new run's record (``_insert_record``): created and updated now, unless the record
     says when it was created."""
@@ -1624,8 +1632,7 @@ class SqliteCoordinationStore(_SqliteComponent, TablesCoordinationStore):
                 inserted = [job for job in jobs if tables.insert_job(run_id, job.key, "pending", job)]
                 tables.touch(run_id)
                 tables.flush()
-                tables.sql.executemany("INSERT INTO fc_queue (job, available_at) VALUES (?, ?)",
-                                       [(encoded.job(job), max(tables.now, job.due_at or 0.0)) for job in inserted])
+                _queue_rows(tables, encoded, inserted)
                 return True
 
         created: bool = await self.db.call(run)
@@ -1659,9 +1666,7 @@ class SqliteCoordinationStore(_SqliteComponent, TablesCoordinationStore):
                 continued = queue._hand_over(tables, handed, cast(str, transition.owner),
                                              transition.lease_seconds) if handed else []
                 tables.flush()
-                if queued:
-                    tables.sql.executemany("INSERT INTO fc_queue (job, available_at) VALUES (?, ?)",
-                                     [(encoded.job(job), max(tables.now, job.due_at or 0.0)) for job in queued])
+                _queue_rows(tables, encoded, queued)
                 if not continued:
                     return committed
                 return Committed(fired=committed.fired, continued=tuple(continued), skipped=committed.skipped,
