@@ -4,13 +4,14 @@ API on the memory and sqlite backends; the timeline keeps the failed attempt and
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
 
 from flowcraft import Flow, FlowRuntime, NodeContext
 from flowcraft.errors import InvalidStateError
-from flowcraft.spi import Backend, Committed, Transition
+from flowcraft.spi import Backend, Committed, RunRecord, Transition
 
 calls: dict[str, int] = {}
 broken: set[str] = set()
@@ -125,9 +126,10 @@ async def test_a_run_is_retryable_as_soon_as_it_is_failed(backend_name: str, sql
         status, coordination = rt.backend.status, rt.backend.coordination
         transition = status.transition
 
-        async def watched(run_id: str, expected: Any, new_status: str, changes: Any = None) -> Any:
-            won = await transition(run_id, expected, new_status, changes)
-            if new_status == "failed":
+        async def watched(run_id: str, from_statuses: Sequence[str], to_status: str,
+                          changes: Mapping[str, Any]) -> RunRecord | None:
+            won = await transition(run_id, from_statuses, to_status, changes)
+            if to_status == "failed":
                 held = await coordination.jobs(run_id, "pending")
                 leases_when_failed.append([h.job.key for h in held if h.leased])
             return won
