@@ -352,6 +352,27 @@ class Arrival:
         return self.job.key
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunEnd:
+    """The run's end, given with a finishing commit to a store that declares ``ends`` (``Transition.end``): if the
+    commit leaves nothing pending or parked and the run's record is in an active status (``ACTIVE_STATUSES``),
+    the store moves it to ``completed`` in the same atomic step, as ``StatusStore.transition_with_context(run_id,
+    ACTIVE_STATUSES, "completed", fields, context={"_result": result})`` would (``Committed.ended``).
+
+    ``result``: the run's result, written as the context key ``_result``. ``fields``: the record fields set with
+    the status (the engine gives ``{"awaiting": []}``; only ``CHANGEABLE_RECORD_FIELDS``). All fields are
+    keyword-only."""
+
+    result: Any
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+    #: the statuses a run may end from, and the status it ends in
+    FROM_STATUSES: ClassVar[frozenset[str]] = ACTIVE_STATUSES
+    TO_STATUS: ClassVar[RunStatus] = "completed"
+    #: the context key the result is written to
+    RESULT_KEY: ClassVar[str] = "_result"
+
+
 @dataclass(frozen=True, slots=True, init=False)
 class Transition:
     """Everything one handled job changes, applied by ``CoordinationStore.commit``.
@@ -360,10 +381,14 @@ class Transition:
     in a finishing commit, which saves the engine a ``release`` round trip.
 
     ``receipt``: the ``Delivery.receipt`` of the job being committed, given only to a store that declares
-    ``acks`` (with ``finish``): it acks that delivery in the same atomic step when jobs remain pending after it.
+    ``acks`` (with ``finish``): it acks that delivery in the same atomic step when jobs remain pending after it,
+    or when the commit ends the run (``end``, a store declaring ``ends``).
     ``continue_up_to``: how many of the jobs this commit fires the committing worker can take at once, given
     only to a store that declares ``continues`` (never in recovery), with ``lease_seconds``, the lease the
     owner takes on each: see ``Committed.continued``.
+    ``end``: the run's end (``RunEnd``), given only to a store that declares ``ends``, with ``finish``, when the
+    engine knows the run's result before the commit (the job is the graph's only terminal node): a commit that
+    leaves nothing pending or parked then ends the run in the same atomic step (``Committed.ended``).
 
     ``run_id`` and ``job_key`` may be passed positionally; every other field is keyword-only.
     """
@@ -379,21 +404,23 @@ class Transition:
     receipt: Any = None
     continue_up_to: int = 0
     lease_seconds: float = 0.0
+    end: RunEnd | None = None
 
     def __init__(self, run_id: str, job_key: str, *, completion: Completion | None = None,
                  arrivals: tuple[Arrival, ...] = (), finish: bool = False, recovery: bool = False,
                  owner: str | None = None, receipt: Any = None, continue_up_to: int = 0,
-                 lease_seconds: float = 0.0) -> None:
+                 lease_seconds: float = 0.0, end: RunEnd | None = None) -> None:
         _fill_transition(self, run_id, job_key, completion, arrivals, finish, recovery, owner, receipt, continue_up_to,
-                         lease_seconds)
+                         lease_seconds, end)
 
     @staticmethod
     def _of(run_id: str, job_key: str, completion: Completion | None, arrivals: tuple[Arrival, ...], finish: bool,
-            recovery: bool, owner: str | None, receipt: Any, continue_up_to: int, lease_seconds: float) -> Transition:
+            recovery: bool, owner: str | None, receipt: Any, continue_up_to: int, lease_seconds: float,
+            end: RunEnd | None = None) -> Transition:
         """``Transition(...)`` with every argument positional, in field order (see ``Job._of``)."""
         transition: Transition = _new(Transition)
         _fill_transition(transition, run_id, job_key, completion, arrivals, finish, recovery, owner, receipt,
-                         continue_up_to, lease_seconds)
+                         continue_up_to, lease_seconds, end)
         return transition
 
 
@@ -407,6 +434,10 @@ class Committed:
     engine propagates the dead path from them. ``pending``/``parked``: counts after the commit.
     ``continued``: deliveries of fired jobs (also in ``fired``) that a store declaring ``continues`` handed
     straight to ``Transition.owner`` instead of the queue's ready list, at most ``Transition.continue_up_to``.
+    ``ended``: the run's record after the end this commit applied (``Transition.end``, a store declaring
+    ``ends``); None when it did not end the run: jobs left pending or parked, no ``end`` given, a conflict, the
+    record not in an active status (cancelled, failed, completed...), which also makes a replay of a commit that
+    ended the run already end it no second time (exactly-once).
     What a store does besides (puts ``fired`` on the queue, drops the lease, acks) is declared once, by the
     store (``Capabilities``), never per result. All fields are keyword-only.
     """
@@ -417,18 +448,19 @@ class Committed:
     skipped: tuple[str, ...] = ()
     pending: int = 1
     parked: int = 0
+    ended: RunRecord | None = None
 
     def __init__(self, *, conflict: Completion | None = None, fired: tuple[Job, ...] = (),
                  continued: tuple[Delivery, ...] = (), skipped: tuple[str, ...] = (), pending: int = 1,
-                 parked: int = 0) -> None:
-        _fill_committed(self, conflict, fired, continued, skipped, pending, parked)
+                 parked: int = 0, ended: RunRecord | None = None) -> None:
+        _fill_committed(self, conflict, fired, continued, skipped, pending, parked, ended)
 
     @staticmethod
     def _of(conflict: Completion | None, fired: tuple[Job, ...], continued: tuple[Delivery, ...],
-            skipped: tuple[str, ...], pending: int, parked: int) -> Committed:
+            skipped: tuple[str, ...], pending: int, parked: int, ended: RunRecord | None = None) -> Committed:
         """``Committed(...)`` with every argument positional, in field order (see ``Job._of``)."""
         committed: Committed = _new(Committed)
-        _fill_committed(committed, conflict, fired, continued, skipped, pending, parked)
+        _fill_committed(committed, conflict, fired, continued, skipped, pending, parked, ended)
         return committed
 
 
@@ -445,7 +477,7 @@ _COMPLETION_SLOTS = slot_setters(Completion, "node_id output action token contex
                                              "due_at")
 _ARRIVAL_SLOTS = slot_setters(Arrival, "job member arrived contribution expected strategy")
 _TRANSITION_SLOTS = slot_setters(Transition, "run_id job_key completion arrivals finish recovery owner receipt "
-                                             "continue_up_to lease_seconds")
+                                             "continue_up_to lease_seconds end")
 
 
 def _fill_completion(completion: Completion, node_id: str, output: Any, action: str | None, token: str,
@@ -476,9 +508,9 @@ def _fill_arrival(arrival: Arrival, job: Job, member: str, arrived: bool, contri
 
 def _fill_transition(transition: Transition, run_id: str, job_key: str, completion: Completion | None,
                      arrivals: tuple[Arrival, ...], finish: bool, recovery: bool, owner: str | None, receipt: Any,
-                     continue_up_to: int, lease_seconds: float) -> None:
+                     continue_up_to: int, lease_seconds: float, end: RunEnd | None) -> None:
     (set_run_id, set_job_key, set_completion, set_arrivals, set_finish, set_recovery, set_owner, set_receipt,
-     set_continue_up_to, set_lease_seconds) = _TRANSITION_SLOTS
+     set_continue_up_to, set_lease_seconds, set_end) = _TRANSITION_SLOTS
     set_run_id(transition, run_id)
     set_job_key(transition, job_key)
     set_completion(transition, completion)
@@ -489,18 +521,23 @@ def _fill_transition(transition: Transition, run_id: str, job_key: str, completi
     set_receipt(transition, receipt)
     set_continue_up_to(transition, continue_up_to)
     set_lease_seconds(transition, lease_seconds)
-_COMMITTED_SLOTS = slot_setters(Committed, "conflict fired continued skipped pending parked")
+    set_end(transition, end)
+
+
+_COMMITTED_SLOTS = slot_setters(Committed, "conflict fired continued skipped pending parked ended")
 
 
 def _fill_committed(committed: Committed, conflict: Completion | None, fired: tuple[Job, ...],
-                    continued: tuple[Delivery, ...], skipped: tuple[str, ...], pending: int, parked: int) -> None:
-    set_conflict, set_fired, set_continued, set_skipped, set_pending, set_parked = _COMMITTED_SLOTS
+                    continued: tuple[Delivery, ...], skipped: tuple[str, ...], pending: int, parked: int,
+                    ended: RunRecord | None) -> None:
+    set_conflict, set_fired, set_continued, set_skipped, set_pending, set_parked, set_ended = _COMMITTED_SLOTS
     set_conflict(committed, conflict)
     set_fired(committed, fired)
     set_continued(committed, continued)
     set_skipped(committed, skipped)
     set_pending(committed, pending)
     set_parked(committed, parked)
+    set_ended(committed, ended)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1047,7 +1084,21 @@ class CoordinationStore(Component):
         pending (``Committed.pending > 0``) also acks that delivery, in the same atomic step as the transition,
         so the engine does not call ``Queue.ack``. Only a store that ``dispatches`` may declare it: once the
         delivery is gone, nothing but the queue holds the jobs it fired. A commit that leaves nothing pending
-        never acks (the engine still publishes the run's end, then acks)."""
+        never acks (the engine still publishes the run's end, then acks) unless it ends the run (``ends``)."""
+        return False
+
+    @property
+    def ends(self) -> bool:
+        """True when a finishing commit given ``Transition.end`` that is not a conflict and leaves nothing pending
+        or parked also ends the run, in the same atomic step: the ``RunEnd.result`` written to the run's context
+        as ``_result`` and its record moved from an active status to ``completed`` with ``RunEnd.fields`` (as
+        ``StatusStore.transition_with_context`` would, ``updated_at`` set), the change notified as a status
+        transition's is (``StatusStore.wait_for_change`` and ``watch`` wake), and, with ``acks``, the committed
+        delivery acked; ``Committed.ended`` is then the new record. A store whose run record is not in an active
+        status ends nothing (exactly-once: a replay of a commit that ended the run finds it completed). Only a
+        store that ``dispatches`` and holds the backend's status and context (co-located in one Redis or
+        database, decided when the backend is built) may declare it; the engine otherwise publishes the end
+        itself after the commit (a status transition, then an ack)."""
         return False
 
     @property
@@ -1161,7 +1212,8 @@ class Capabilities:
       round trip (``Delivery.prefetched``, ``record``, ``begin``);
     * ``dispatches``: ``commit`` puts the jobs it fires on the queue itself;
     * ``releases_lease``: a finishing ``commit`` drops the finishing worker's lease (no ``release`` call);
-    * ``acks``: a finishing ``commit`` that leaves jobs pending acks the committed job's delivery (no ``ack``);
+    * ``acks``: a finishing ``commit`` that leaves jobs pending (or ends the run: ``ends``) acks the committed
+      job's delivery (no ``ack``);
     * ``continues``: ``commit`` hands fired jobs straight to the committing worker, already received
       (``Committed.continued``), so they skip the queue hop;
     * ``notifies``: ``StatusStore.wait_for_change`` returns soon after a record changes, so clients need not
@@ -1170,7 +1222,12 @@ class Capabilities:
       step as a status transition (``StatusStore.writes_context``): a run's ``_result`` goes with its final
       status, one step instead of a context write and then the transition;
     * ``starts``: ``CoordinationStore.start`` creates a run's record, schedules its first jobs and queues them
-      in one atomic step (``CoordinationStore.starts``): a client's start is one step instead of three.
+      in one atomic step (``CoordinationStore.starts``): a client's start is one step instead of three;
+    * ``ends``: a finishing ``CoordinationStore.commit`` given ``Transition.end`` that leaves nothing pending or
+      parked ends the run in the same atomic step: the run's ``_result`` written to its context and its record
+      moved from an active status to ``completed`` (as ``StatusStore.transition_with_context`` would), the
+      change notified as a transition's is, and (with ``acks``) the committed delivery acked
+      (``Committed.ended``, ``CoordinationStore.ends``): a run's end is one step instead of three.
 
     All fields are keyword-only.
     """
@@ -1184,6 +1241,7 @@ class Capabilities:
     notifies: bool = False
     writes_context: bool = False
     starts: bool = False
+    ends: bool = False
 
     @classmethod
     def of(cls, queue: Queue, context: ContextStore, status: StatusStore,
@@ -1196,6 +1254,9 @@ class Capabilities:
             raise PluginError(f"coordination store {type(coordination).__name__} declares starts without "
                               "dispatches: a store that starts runs queues their first jobs, so it must also "
                               "queue what its commits fire")
+        if coordination.ends and not coordination.dispatches:
+            raise PluginError(f"coordination store {type(coordination).__name__} declares ends without dispatches: "
+                              "a store that ends runs in a commit must also queue what its commits fire")
         return cls(applies_context=coordination.applies_context,
                    prefetches_status=queue.prefetches_status,
                    dispatches=coordination.dispatches,
@@ -1204,7 +1265,8 @@ class Capabilities:
                    continues=coordination.continues,
                    notifies=status.notifies,
                    writes_context=status.writes_context,
-                   starts=coordination.starts)
+                   starts=coordination.starts,
+                   ends=coordination.ends)
 
 
 @dataclass(slots=True)
