@@ -23,14 +23,15 @@ from flowcraft.spi import Backend, Capabilities, RunRecord
 def test_memory_backend_declares_its_fast_paths() -> None:
     assert memory_backend().capabilities == Capabilities(applies_context=True, prefetches_status=True, dispatches=True,
                                                          releases_lease=True, acks=True, continues=True, notifies=True,
-                                                         writes_context=True, starts=True)
+                                                         writes_context=True, starts=True, ends=True)
     assert registry().build("memory").capabilities == memory_backend().capabilities
     alone = MemoryCoordinationStore()  # built without the other components: the engine does each step itself
-    assert not (alone.applies_context or alone.dispatches or alone.acks or alone.continues or alone.starts)
+    assert not (alone.applies_context or alone.dispatches or alone.acks or alone.continues or alone.starts
+                or alone.ends)
     assert not MemoryQueue().prefetches_status
     assert not MemoryStatusStore().writes_context  # no context store to write to
     no_status = MemoryCoordinationStore(MemoryContextStore(), queue=MemoryQueue())
-    assert not (no_status.continues or no_status.starts)  # no status store
+    assert not (no_status.continues or no_status.starts or no_status.ends)  # no status store
 
 
 async def test_transition_with_context_is_refused_by_a_store_that_does_not_declare_writes_context() -> None:

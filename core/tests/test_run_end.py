@@ -55,13 +55,24 @@ def _chain() -> Flow:
 
 
 async def test_one_terminal_node_ends_the_run_in_one_step_without_a_read() -> None:
+    """With ``ends`` (the memory preset) the last commit ends the run: no status call at all; without it (a
+    coordination store built without the status store) the end is one ``transition_with_context``."""
     async with FlowRuntime(flows=[_chain()]) as rt:
-        assert rt.backend.capabilities.writes_context
+        assert rt.backend.capabilities.writes_context and rt.backend.capabilities.ends
         calls = _calls(rt.backend)
         result = await rt.run("chain", 0, timeout=10)
         assert result.status == "completed" and result.output == 3
-        assert calls == ["transition completed with _result"]
+        assert calls == []
         assert (await rt.backend.context.get_many(result.run_id, ["_result"])) == {"_result": 3}
+    context, queue = MemoryContextStore(), MemoryQueue()
+    backend = Backend(queue, context, MemoryStatusStore(context), MemoryCoordinationStore(context, queue=queue))
+    assert backend.capabilities.writes_context and not backend.capabilities.ends
+    async with FlowRuntime(flows=[_chain()], backend=backend) as rt:
+        calls = _calls(backend)
+        result = await rt.run("chain", 0, timeout=10)
+        assert result.status == "completed" and result.output == 3
+        assert calls == ["transition completed with _result"]
+        assert (await context.get_many(result.run_id, ["_result"])) == {"_result": 3}
 
 
 async def test_several_terminal_nodes_read_their_outputs() -> None:

@@ -367,7 +367,7 @@ class RunEnd:
     fields: Mapping[str, Any] = field(default_factory=dict)
 
     #: the statuses a run may end from, and the status it ends in
-    FROM_STATUSES: ClassVar[frozenset[str]] = ACTIVE_STATUSES
+    FROM_STATUSES: ClassVar[tuple[str, ...]] = tuple(sorted(ACTIVE_STATUSES))
     TO_STATUS: ClassVar[RunStatus] = "completed"
     #: the context key the result is written to
     RESULT_KEY: ClassVar[str] = "_result"

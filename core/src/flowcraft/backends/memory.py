@@ -7,8 +7,9 @@ The four components live in one process, so ``memory_backend`` (the ``memory`` p
 together and they take every fast path (``Capabilities``): a commit writes the context with the completion
 record, drops the lease, puts the jobs it fires on the queue, acks the committed delivery and hands fired jobs
 straight to the committing worker; a receive reads the run record and takes the lease; a run's result is
-written with its final status; a run's record, first jobs and their queueing are one step (``starts``). A
-component built alone takes none of them (the engine then does each step itself).
+written with its final status; a run's record, first jobs and their queueing are one step (``starts``); the
+commit that leaves nothing pending ends the run (``ends``). A component built alone takes none of them (the
+engine then does each step itself).
 """
 
 from __future__ import annotations
@@ -418,7 +419,9 @@ class MemoryCoordinationStore(TablesCoordinationStore):
     Given the backend's ``MemoryQueue`` too, a commit puts the jobs it fires on it (``dispatches``) and acks the
     committed delivery when jobs remain pending (``acks``); given its ``MemoryStatusStore`` as well, it hands
     fired jobs due now straight to the committing worker, in flight on the queue with their run record read and
-    lease taken (``continues``), and it starts runs in one step (``starts``)."""
+    lease taken (``continues``), it starts runs in one step (``starts``) and, when that status store writes the
+    context too, a commit given ``Transition.end`` that leaves nothing pending or parked ends the run with it,
+    acking the committed delivery (``ends``)."""
 
     name = "memory"
     Options = NoOptions
@@ -460,6 +463,10 @@ class MemoryCoordinationStore(TablesCoordinationStore):
     def starts(self) -> bool:
         return self._status is not None
 
+    @property
+    def ends(self) -> bool:
+        return self._status is not None and self._status.writes_context
+
     async def start(self, record: RunRecord, jobs: Sequence[Job]) -> bool:
         """The record, the jobs and their queueing in one step (no await in between: atomic under the loop)."""
         status, queue = self._status, self._queue
@@ -475,18 +482,29 @@ class MemoryCoordinationStore(TablesCoordinationStore):
 
     async def commit(self, transition: Transition) -> Committed:
         """The derived commit; one that finishes the job also drops its owner's lease (``releases_lease``), and
-        with the queue wired: acks, dispatches and hands over (see the class)."""
+        with the queue wired: acks, dispatches and hands over; with the status store too: ends the run (see the
+        class). No await from the rules to the end: one atomic step under the loop."""
         queue = self._queue
         committed = apply_transition(self, transition, applies_context=self._applies_context,
                                      hand_over=None if queue is None else partial(self._dispatch, queue, transition))
-        if committed.conflict is not None:
+        if committed.conflict is not None or not transition.finish:
             return committed
-        if transition.finish and transition.owner is not None:
+        if transition.owner is not None:
             run = self._run(transition.run_id)
             holder = run.leases.get(transition.job_key)
             if holder is not None and holder[0] == transition.owner:
                 del run.leases[transition.job_key]
-        if queue is not None and transition.finish and transition.receipt is not None and committed.pending > 0:
+        end, status = transition.end, self._status
+        if end is not None and status is not None and committed.pending == 0 and committed.parked == 0 \
+                and status.writes_context:
+            # the end as ``transition_with_context`` makes it: only from an active status, so once (a replay of
+            # this commit, or one of a cancelled or failed run, finds the record settled and ends nothing)
+            ended = status._transition(transition.run_id, end.FROM_STATUSES, end.TO_STATUS, end.fields,
+                                       {end.RESULT_KEY: end.result})
+            if ended is not None:
+                committed = Committed._of(None, committed.fired, committed.continued, committed.skipped, 0, 0, ended)
+        if queue is not None and transition.receipt is not None and (committed.pending > 0
+                                                                     or committed.ended is not None):
             queue.remove(transition.receipt)
         return committed
 

@@ -72,6 +72,7 @@ from flowcraft.spi import (
     Completion,
     Delivery,
     Job,
+    RunEnd,
     RunRecord,
     Transition,
     job_key,
@@ -572,8 +573,15 @@ class Engine:
             completion = claimed.conflict or completion
             await self._apply_context_apart(job, completion)
             recovery = claimed.conflict is not None
+        end = None
+        if not arrivals and not recovery and self.backend.capabilities.ends:
+            # the graph's only terminal node's fresh completion holds the run's result: the commit may end the run
+            # (a replayed one reads the context after its commit, in ``_after_finish``, as without ``ends``)
+            result = _own_result(graph.terminal_nodes(), job, completion)
+            if result is not _UNKNOWN:
+                end = RunEnd(result=result, fields={"awaiting": []})
         committed = await self._commit(job, self._finishing(job, completion=completion, arrivals=arrivals,
-                                                            finish=not needs_cascade, recovery=recovery))
+                                                            finish=not needs_cascade, recovery=recovery, end=end))
         if committed.conflict is not None:
             # another attempt's completion record won (this one ran after losing its lease): route as it did
             await self._route(job, graph, record, committed.conflict, recovery=True)
@@ -586,7 +594,9 @@ class Engine:
             self._fault("after_enqueue")
         if needs_cascade:
             committed = await self._cascade(job, graph, committed.skipped, recovery)
-        if committed.pending == 0:  # (``_after_finish`` checks it too: this saves most nodes the call)
+        if committed.ended is not None:  # the commit ended the run (``Capabilities.ends``): what a won end does
+            await self._ended(committed.ended)
+        elif committed.pending == 0:  # (``_after_finish`` checks it too: this saves most nodes the call)
             # a fresh completion's own output is the result (``_own_result``); a replayed one's context was
             # written by an earlier delivery, so the context is read as it is
             await self._after_finish(record, committed, job, None if recovery else completion)
@@ -678,14 +688,19 @@ class Engine:
             await self.context.apply(run_id, {"_result": result})
             won = await self.status.transition(run_id, list(ACTIVE_STATUSES), "completed", {"awaiting": []})
         if won is not None:
-            await self._emit("run:finish", run_id, record.blueprint_id, data={"status": "completed"})
-            await self.runs.notify_parent(won)
+            await self._ended(won)
+
+    async def _ended(self, won: RunRecord) -> None:
+        """This worker ended the run (``won``: its record as the end left it): say so, and wake its parent run."""
+        await self._emit("run:finish", won.run_id, won.blueprint_id, data={"status": "completed"})
+        await self.runs.notify_parent(won)
 
     def _finishing(self, job: Job, *, completion: Completion | None = None, arrivals: Sequence[Arrival] = (),
-                   finish: bool, recovery: bool) -> Transition:
+                   finish: bool, recovery: bool, end: RunEnd | None = None) -> Transition:
         """The transition of the last commit of handling ``job`` (or of a step before it, when not ``finish``), as
         this worker. Being the last step (the engine routes it and returns), a finishing one may let the store ack
-        the job's delivery with it and hand fired jobs to this worker (``Capabilities.acks``/``continues``)."""
+        the job's delivery with it, hand fired jobs to this worker and end the run with ``end``
+        (``Capabilities.acks``/``continues``/``ends``: the caller gives ``end`` only to a store that ends)."""
         key = job.key
         delivery = self._handling.get((job.run_id, key)) if finish else None
         receipt, up_to, lease = None, 0, 0.0
@@ -696,7 +711,7 @@ class Engine:
             if capabilities.continues and not recovery and self.taker is not None:
                 up_to, lease = max(0, self.taker.room()), self.options.lease_seconds
         return Transition._of(job.run_id, key, completion, tuple(arrivals), finish, recovery, self.worker_id, receipt,
-                              up_to, lease)
+                              up_to, lease, end if finish else None)
 
     async def _commit(self, job: Job, transition: Transition) -> Committed:
         """Commit as this worker (``_finishing`` builds one that hands over; a store acks or hands jobs over
@@ -709,7 +724,7 @@ class Engine:
         if transition.finish and committed.conflict is None:
             if capabilities.releases_lease:
                 self._released.add(handling)
-            if transition.receipt is not None and committed.pending > 0:
+            if transition.receipt is not None and (committed.pending > 0 or committed.ended is not None):
                 self._acked.add(handling)
             taker = self.taker
             if committed.continued and taker is not None:  # (none are handed without a taker)

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import dataclasses
 import json
 import os
 import signal
@@ -62,6 +64,7 @@ from flowcraft.spi import (
     Completion,
     Delivery,
     Job,
+    RunEnd,
     RunRecord,
     Transition,
 )
@@ -712,6 +715,14 @@ def _interrupt_at(point: str) -> Any:
 Handled = Callable[[Delivery], Awaitable[None]]
 
 
+def _without_ends(backend: Backend) -> Backend:
+    """``backend``'s components as an engine that does not end runs in their last commit sees them (its
+    capabilities without ``ends``: the run's end is its own step after the commit, as without the fast path)."""
+    view = copy.copy(backend)
+    view.capabilities = dataclasses.replace(backend.capabilities, ends=False)
+    return view
+
+
 async def _drive(engine: Engine, backend: Backend, run_id: str, *, after: Handled | None = None,
                  until: Callable[[RunRecord], bool] | None = None, timeout: float = 30.0) -> RunRecord:
     """Handle deliveries one at a time with ``engine`` until the run is final (or ``until`` holds)."""
@@ -818,10 +829,13 @@ class RecoveryContract(_Base):
         assert (await client.status(run_id)).outputs == {"s": 3, "n": None, "e": None}
 
     async def test_reconciler_finishes_a_run_whose_work_is_done(self, backend: Backend) -> None:
-        """A run whose last job committed but was never published is finished by the reconciler."""
+        """A run whose last job committed but was never published is finished by the reconciler. (A backend that
+        ``ends`` runs with their last commit never leaves that state, but for a commit not given the end: a
+        recovery's, or a worker's that does not use it; the worker that dies here is such a one.)"""
         client = Client(backend, contract_app)
         run_id = await client.start("contract-none", {"value": 3})
-        engine, interrupted = self._engine(backend), self._engine(backend, fault=_interrupt_at("after_enqueue"))
+        engine = self._engine(backend)
+        interrupted = self._engine(_without_ends(backend), fault=_interrupt_at("after_enqueue"))
         handled: list[str] = []
         while "e" not in handled:
             for delivery in await receive(backend, 1):
@@ -1336,6 +1350,192 @@ class CapabilitiesContract(_Base):
             for started in (run_id, with_context):
                 result = await client.wait(started, timeout=30)
                 assert result.status == "completed", result.errors
+
+    async def _ending_commit(self, backend: Backend, run_id: str, node: str, token: str, *, end: RunEnd,
+                             receipt: Any = None, recovery: bool = False) -> Committed:
+        """Commit ``node``'s job of ``run_id`` as the finishing commit of its worker "w1", given ``end``."""
+        return await backend.coordination.commit(Transition(
+            run_id, _job(run_id, node).key, completion=Completion(node, output=token, token=token), finish=True,
+            recovery=recovery, owner="w1", receipt=receipt, end=end))
+
+    async def test_ends_ends_the_run_with_the_commit_that_leaves_nothing_pending(self, backend: Backend,
+                                                                                run_prefix: str) -> None:
+        """ends: a finishing commit given ``end`` that leaves nothing pending or parked moves the record to
+        ``completed`` with the end's fields and writes ``_result`` in the same step (``Committed.ended``: the
+        new record), wakes a waiting client as a transition does and, with ``acks``, acks the delivery (it never
+        comes back); one that leaves a job pending ends nothing. A run awaiting ends too (an active status)."""
+        self._declared(backend, "ends")
+        status, context = backend.status, backend.context
+        await status.create(RunRecord(run_prefix, "bp", version="1", input={"x": 1}))
+        first, last = _job(run_prefix, "a"), _job(run_prefix, "b")
+        await backend.coordination.schedule(run_prefix, [first])
+        await backend.queue.enqueue([first])
+        [delivery] = await receive(backend, 1)
+        result = {"r": [1, None], "s": "ü"}
+        committed = await backend.coordination.commit(Transition(
+            run_prefix, first.key, completion=Completion("a", output=1, token="t1"),
+            arrivals=(Arrival(last, "a", arrived=True, contribution=1, expected=("a",)),), finish=True, owner="w1",
+            receipt=delivery.receipt, end=RunEnd(result="early", fields={"awaiting": []})))
+        assert committed.conflict is None and committed.pending == 1 and committed.ended is None
+        before = await status.get(run_prefix)
+        assert before is not None and before.status == "running"
+        assert await context.get_many(run_prefix, ["_result"]) == {}
+        if not backend.capabilities.acks:
+            await backend.queue.ack(delivery)
+        [fired] = await receive(backend, 1)
+        assert fired.job.node_id == "b"
+
+        seen_at: list[float] = []
+
+        async def wait_until_completed() -> None:  # as ``Client.wait`` does: watch, read, wait
+            await status.watch(run_prefix)
+            while True:
+                record = await status.get(run_prefix)
+                if record is not None and record.status == "completed":
+                    seen_at.append(time.monotonic())
+                    return
+                await status.wait_for_change(run_prefix, 10.0)
+
+        waiter = asyncio.create_task(wait_until_completed())
+        await asyncio.sleep(0.5)  # the waiter is listening
+        assert not waiter.done()
+        changed_at = time.monotonic()
+        committed = await self._ending_commit(backend, run_prefix, "b", "t2", receipt=fired.receipt,
+                                              end=RunEnd(result=result, fields={"awaiting": []}))
+        assert committed.conflict is None and committed.pending == 0 and committed.parked == 0
+        ended = committed.ended
+        assert ended is not None and ended.status == "completed" and ended.awaiting == []
+        stored = await status.get(run_prefix)
+        assert stored is not None and vars_of(stored) == vars_of(ended)
+        assert ended.updated_at >= before.updated_at
+        assert {k: v for k, v in vars_of(ended).items() if k not in ("status", "updated_at")} == {
+            k: v for k, v in vars_of(before).items() if k not in ("status", "updated_at")}
+        assert await context.get_many(run_prefix, ["_result"]) == {"_result": result}
+        if backend.capabilities.notifies:
+            await asyncio.wait_for(waiter, 5.0)
+            assert seen_at[0] - changed_at < 1.0
+        else:
+            waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter
+        if backend.capabilities.acks:  # acked with the commit: it never comes back
+            await asyncio.sleep(self.visibility_timeout + 0.5)
+            assert await receive(backend, 1, timeout=min(1.0, self.visibility_timeout / 2)) == []
+        else:
+            await backend.queue.ack(fired)
+
+        awaiting = run_prefix + "-aw"  # a run awaiting (a resumed wait's successor is its last job) ends too
+        await status.create(RunRecord(awaiting, "bp", status="awaiting",
+                                      awaiting=[{"node_id": "w", "visit": 0}]))
+        await backend.coordination.schedule(awaiting, [_job(awaiting, "a")])
+        committed = await self._ending_commit(backend, awaiting, "a", "t3",
+                                              end=RunEnd(result=None, fields={"awaiting": []}))
+        assert committed.ended is not None and committed.ended.status == "completed"
+        assert committed.ended.awaiting == []
+        assert await context.get_many(awaiting, ["_result"]) == {"_result": None}
+
+    async def test_ends_nothing_while_jobs_are_pending_or_parked(self, backend: Backend, run_prefix: str) -> None:
+        """ends: a commit that leaves a job pending, or one parked (a wait), ends nothing: ``ended`` is None, the
+        status and the context are unchanged."""
+        self._declared(backend, "ends")
+        pending, parked = run_prefix + "-p", run_prefix + "-w"
+        for run_id in (pending, parked):
+            await backend.status.create(RunRecord(run_id, "bp"))
+            await backend.coordination.schedule(run_id, [_job(run_id, "a"), _job(run_id, "w")])
+        await backend.coordination.park(parked, _job(parked, "w").key)
+        for run_id, counts in ((pending, (1, 0)), (parked, (0, 1))):
+            before = await backend.status.get(run_id)
+            committed = await self._ending_commit(backend, run_id, "a", "t1",
+                                                  end=RunEnd(result=1, fields={"awaiting": []}))
+            assert (committed.pending, committed.parked) == counts and committed.ended is None
+            assert await backend.status.get(run_id) == before
+            assert await backend.context.get_many(run_id, ["_result"]) == {}
+
+    async def test_ends_nothing_of_a_settled_run(self, backend: Backend, run_prefix: str) -> None:
+        """ends: the commit of a cancelled or failed run's last job ends nothing (only an active run ends): the
+        record and the context stay as they were."""
+        self._declared(backend, "ends")
+        for settled in ("cancelled", "failed"):
+            run_id = f"{run_prefix}-{settled}"
+            await backend.status.create(RunRecord(run_id, "bp"))
+            await backend.coordination.schedule(run_id, [_job(run_id, "a")])
+            assert await backend.status.transition(run_id, ["running"], settled, {}) is not None
+            before = await backend.status.get(run_id)
+            committed = await self._ending_commit(backend, run_id, "a", "t1",
+                                                  end=RunEnd(result=1, fields={"awaiting": []}))
+            assert committed.pending == 0 and committed.ended is None
+            assert await backend.status.get(run_id) == before
+            assert await backend.context.get_many(run_id, ["_result"]) == {}
+
+    async def test_ends_once_a_replay_or_a_conflict_ends_nothing(self, backend: Backend, run_prefix: str) -> None:
+        """ends: the same commit delivered again (the same completion, as after a redelivery, and as a recovery)
+        ends nothing a second time: ``ended`` is None and the record and ``_result`` are unchanged; a conflicting
+        completion (another attempt's) ends nothing either."""
+        self._declared(backend, "ends")
+        await backend.status.create(RunRecord(run_prefix, "bp"))
+        await backend.coordination.schedule(run_prefix, [_job(run_prefix, "a")])
+        committed = await self._ending_commit(backend, run_prefix, "a", "t1",
+                                              end=RunEnd(result="first", fields={"awaiting": []}))
+        assert committed.ended is not None
+        ended = await backend.status.get(run_prefix)
+        for recovery in (False, True):
+            again = await self._ending_commit(backend, run_prefix, "a", "t1", recovery=recovery,
+                                              end=RunEnd(result="again", fields={"awaiting": [{"x": 1}]}))
+            assert again.conflict is None and again.pending == 0 and again.ended is None
+            assert await backend.status.get(run_prefix) == ended
+            assert await backend.context.get_many(run_prefix, ["_result"]) == {"_result": "first"}
+
+        conflicting = run_prefix + "-c"  # the first attempt committed without the end (a worker not using it)
+        await backend.status.create(RunRecord(conflicting, "bp"))
+        await backend.coordination.schedule(conflicting, [_job(conflicting, "a")])
+        await backend.coordination.commit(Transition(conflicting, _job(conflicting, "a").key,
+                                                     completion=Completion("a", output="t1", token="t1"),
+                                                     finish=True, owner="w1"))
+        before = await backend.status.get(conflicting)
+        committed = await self._ending_commit(backend, conflicting, "a", "t2",
+                                              end=RunEnd(result="t2", fields={"awaiting": []}))
+        assert committed.conflict is not None and committed.conflict.token == "t1" and committed.ended is None
+        assert await backend.status.get(conflicting) == before
+        assert await backend.context.get_many(conflicting, ["_result"]) == {}
+
+    async def test_ends_a_worker_stopped_after_the_ending_commit_leaves_the_run_as_one_delivery_would(
+            self, backend: Backend, tmp_path: Path) -> None:
+        """ends: a worker that dies right after the commit of a run's last job (the graph's only terminal node)
+        leaves the run completed with its result, the end written once: the job's redelivery (if its delivery
+        was not acked with the commit) is only acked. The engine ends a run so without any status transition."""
+        self._declared(backend, "ends")
+        client = Client(backend, contract_app)
+        run_id = await client.start("contract-diamond", {"log": str(tmp_path / "log"), "value": 1})
+        engine = Engine(contract_app, backend, options=EngineOptions(lease_seconds=5))
+        dying = Engine(contract_app, backend, options=EngineOptions(lease_seconds=5),
+                       fault=_interrupt_at("after_commit"))
+        calls = Counter[str]()
+        for method in ("transition", "transition_with_context"):
+            setattr(backend.status, method, _counting(getattr(backend.status, method), calls, method))
+        handled: list[str] = []
+        while "e" not in handled:
+            for delivery in await receive(backend, 1):
+                handled.append(delivery.job.node_id)
+                if delivery.job.node_id == "e":
+                    with pytest.raises(_Interrupted):
+                        await dying.handle(delivery)
+                else:
+                    await engine.handle(delivery)
+        record = await backend.status.get(run_id)
+        assert record is not None and record.status == "completed" and record.awaiting == []
+        assert not calls  # the commit ended the run
+        if not backend.capabilities.acks:  # the redelivery of the last job is only acked
+            await asyncio.sleep(self.visibility_timeout + 0.5)
+            for delivery in await receive(backend, 1):
+                await engine.handle(delivery)
+        else:
+            await asyncio.sleep(self.visibility_timeout + 0.5)
+            assert await receive(backend, 1, timeout=min(1.0, self.visibility_timeout / 2)) == []
+        result = await client.wait(run_id, timeout=10)
+        assert result.status == "completed" and result.output == result.outputs["j"] == result.outputs["e"]
+        assert result.outputs["j"]["received"] == {p: result.outputs[p] for p in ("p1", "p2", "p3")}
+        assert await backend.status.get(run_id) == record
+        assert not calls
 
 
 def vars_of(record: RunRecord) -> dict[str, Any]:
