@@ -52,7 +52,7 @@ async def test_sqlite_factory_wires_applies_context_and_an_override_turns_it_off
     try:
         assert wired.capabilities == Capabilities(applies_context=True, prefetches_status=True, dispatches=True,
                                                   releases_lease=True, acks=True, continues=True, notifies=True,
-                                                  writes_context=True)
+                                                  writes_context=True, ends=True)
         assert wired.name == "sqlite"
         assert wired.options["path"] == tmp_path / "f.db"
         assert not mixed.capabilities.applies_context and not mixed.coordination.applies_context

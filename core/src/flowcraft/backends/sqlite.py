@@ -88,6 +88,7 @@ from flowcraft.spi import (
     LeaseTables,
     PendingJob,
     Queue,
+    RunEnd,
     RunRecord,
     StatusStore,
     TablesCoordinationStore,
@@ -1084,6 +1085,32 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- context
+def _compare_and_set(conn: sqlite3.Connection | sqlite3.Cursor, run_id: str, allowed: frozenset[str] | tuple[str, ...],
+                     to_status: str, changes: Mapping[str, Any], context_rows: Sequence[tuple[str, str]]) -> str | None:
+    """``StatusStore.transition`` inside the caller's write transaction: if the run's status is in ``allowed``, set
+    ``to_status``, ``changes`` and ``updated_at`` and write ``context_rows`` (key, document) to its context; return the
+    record's new document (None: no such run, or another status)."""
+    row = conn.execute("SELECT record FROM fc_status WHERE run_id = ?", (run_id,)).fetchone()
+    if row is None:
+        return None
+    record = RunRecord.from_dict(json.loads(row[0]))
+    if record.status not in allowed:
+        return None
+    for key, value in changes.items():
+        setattr(record, key, value)
+    record.status = to_status  # type: ignore[assignment]  # validated by the engine
+    record.updated_at = time.time()
+    document = _dumps(record.to_dict())
+    conn.execute(
+        "UPDATE fc_status SET blueprint_id = ?, status = ?, created_at = ?, updated_at = ?, record = ? "
+        "WHERE run_id = ?",
+        (record.blueprint_id, record.status, record.created_at, record.updated_at, document, run_id),
+    )
+    if context_rows:
+        _write_context(conn, run_id, context_rows, ())
+    return document
+
+
 def _write_context(conn: sqlite3.Connection | sqlite3.Cursor, run_id: str, updates: Sequence[tuple[str, str]],
                    deletes: Sequence[str]) -> None:
     """Upsert the ``(key, document)`` updates and delete the ``deletes`` keys of a run's context."""
@@ -1211,31 +1238,13 @@ class SqliteStatusStore(_SqliteComponent, StatusStore):
         """The compare-and-set, writing ``context_rows`` (key, document) in its transaction when it wins."""
         allowed = frozenset(from_statuses)
         changes = dict(changes)
+        document = await self.db.write(
+            lambda conn: _compare_and_set(conn, run_id, allowed, to_status, changes, context_rows))
+        return None if document is None else self.changed(run_id, document)
 
-        def compare_and_set(conn: sqlite3.Connection) -> str | None:
-            row = conn.execute("SELECT record FROM fc_status WHERE run_id = ?", (run_id,)).fetchone()
-            if row is None:
-                return None
-            record = RunRecord.from_dict(json.loads(row[0]))
-            if record.status not in allowed:
-                return None
-            for key, value in changes.items():
-                setattr(record, key, value)
-            record.status = to_status  # type: ignore[assignment]  # validated by the engine
-            record.updated_at = time.time()
-            document = _dumps(record.to_dict())
-            conn.execute(
-                "UPDATE fc_status SET blueprint_id = ?, status = ?, created_at = ?, updated_at = ?, record = ? "
-                "WHERE run_id = ?",
-                (record.blueprint_id, record.status, record.created_at, record.updated_at, document, run_id),
-            )
-            if context_rows:
-                _write_context(conn, run_id, context_rows, ())
-            return document
-
-        document = await self.db.write(compare_and_set)
-        if document is None:
-            return None
+    def changed(self, run_id: str, document: str) -> RunRecord:
+        """A transition of the run (its record's new ``document``, from ``_compare_and_set``) was committed: its
+        waiters woken; the record."""
         self._notify(run_id)
         return RunRecord.from_dict(json.loads(document))  # parsed outside the write lock; shares nothing with changes
 
@@ -1577,11 +1586,15 @@ class SqliteCoordinationStore(_SqliteComponent, TablesCoordinationStore):
     name = "sqlite"
 
     def __init__(self, database: SqliteDatabase | None = None, *, applies_context: bool = False,
-                 queue: SqliteQueue | None = None, status: SqliteStatusStore | None = None) -> None:
+                 queue: SqliteQueue | None = None, status: SqliteStatusStore | None = None,
+                 ends_runs_of: SqliteStatusStore | None = None) -> None:
         _SqliteComponent.__init__(self, database)
         TablesCoordinationStore.__init__(self, applies_context=applies_context)
         self._queue = queue
         self._status = status if queue is not None else None
+        # the status store whose records a commit ends (``ends``): the preset passes it apart from ``status``, which
+        # would also make ``starts`` (see ``build_backend``)
+        self._ender = (ends_runs_of or self._status) if queue is not None else None
 
     @property
     def dispatches(self) -> bool:
@@ -1614,6 +1627,14 @@ class SqliteCoordinationStore(_SqliteComponent, TablesCoordinationStore):
         rows in one write transaction."""
         return self._status is not None
 
+    @property
+    def ends(self) -> bool:
+        """Given the backend's queue and a status store writing the context (same database: the ``sqlite`` preset
+        passes it as ``ends_runs_of``), a commit given ``Transition.end`` that leaves nothing pending or parked
+        moves the run's record to ``completed`` and writes its ``_result`` in the commit's transaction, and deletes
+        the delivery's queue row (``acks``): the run's end is not a transaction of its own, nor is its ack."""
+        return self._ender is not None and self._ender.writes_context
+
     async def start(self, record: RunRecord, jobs: Sequence[Job]) -> bool:
         """One write transaction instead of the status store's, ``schedule``'s and the queue's (the write lock,
         what two processes wait for, taken once)."""
@@ -1644,11 +1665,19 @@ class SqliteCoordinationStore(_SqliteComponent, TablesCoordinationStore):
     async def commit(self, transition: Transition) -> Committed:
         """``apply_transition`` in one transaction, which also drops the owner's lease when it finishes the job
         (``releases_lease``) and, with ``dispatches``, puts the fired jobs on the queue, hands some to the owner
-        (``continues``) and acks the committed delivery (``acks``)."""
+        (``continues``), acks the committed delivery (``acks``) and ends the run (``ends``)."""
         applies_context, queue = self.applies_context, self._queue
         encoded = _Encoded.of(transition, applies_context)  # before the transaction takes the write lock
+        end, ender = transition.end, self._ender
+        if end is not None and ender is not None and ender.writes_context and transition.finish:
+            ending: tuple[dict[str, Any], list[tuple[str, str]]] | None = (
+                dict(end.fields), [(end.RESULT_KEY, _dumps(end.result))])
+        else:
+            ending = None
+        ended: list[str] = []  # the ended record's document, as the transaction that committed wrote it
 
         def run(conn: sqlite3.Connection) -> Committed:
+            ended.clear()  # (a transaction rolled back and run again, alone or in another batch, ended nothing)
             with immediate(conn):
                 tables = SqliteTables(conn, encoded=encoded)
                 committed = apply_transition(tables, transition, applies_context=applies_context)
@@ -1659,7 +1688,13 @@ class SqliteCoordinationStore(_SqliteComponent, TablesCoordinationStore):
                 if queue is None:
                     tables.flush()
                     return committed
-                if finished and transition.receipt is not None and committed.pending > 0:
+                if ending is not None and finished and committed.pending == 0 and committed.parked == 0:
+                    # the end as ``transition_with_context`` makes it, from an active status only: once
+                    document = _compare_and_set(tables.sql, transition.run_id, RunEnd.FROM_STATUSES, RunEnd.TO_STATUS,
+                                                ending[0], ending[1])
+                    if document is not None:
+                        ended.append(document)
+                if finished and transition.receipt is not None and (committed.pending > 0 or ended):
                     message_id, token = transition.receipt
                     tables.sql.execute("DELETE FROM fc_queue WHERE id = ? AND lease_token = ?", (message_id, token))
                 handed, queued = split_hand_over(transition, committed.fired, tables.now)
@@ -1675,6 +1710,9 @@ class SqliteCoordinationStore(_SqliteComponent, TablesCoordinationStore):
         committed = await self.db.call(run)
         if queue is not None and len(committed.fired) > len(committed.continued):
             queue._notify()
+        if ended and ender is not None:
+            committed = Committed._of(None, committed.fired, committed.continued, committed.skipped, 0, 0,
+                                      ender.changed(transition.run_id, ended[0]))
         return committed
 
     async def atomically(self, run_id: str, fn: Callable[[LeaseTables], T]) -> T:
@@ -1717,5 +1755,7 @@ def build_backend(options: Mapping[str, Any]) -> Backend:
     # worker, woken by the commit (``_Changes``), took it first; ``flowcraft run --inline`` beside live workers that
     # do not load the blueprint then saw its job bounced to the dead letters (5 bounces of 2 s), with no gain
     # measurable in nodes/s or CPU per node on a loaded 2-core machine (chain10, 1-2 workers)
-    return Backend(queue, SqliteContextStore(database), SqliteStatusStore(database, writes_context=True),
-                   SqliteCoordinationStore(database, applies_context=True, queue=queue))
+    # given the status store as ``ends_runs_of`` only: its commits end runs (``ends``), its starts stay three steps
+    status = SqliteStatusStore(database, writes_context=True)
+    return Backend(queue, SqliteContextStore(database), status,
+                   SqliteCoordinationStore(database, applies_context=True, queue=queue, ends_runs_of=status))
