@@ -48,8 +48,11 @@ job lease (``prefetches_status``), and a commit puts the jobs it fires on the qu
 the finishing owner's lease (``releases_lease``, also when built alone), deletes the committed delivery's queue
 row when jobs remain pending (``acks``) and inserts up to ``Transition.continue_up_to`` of the due-now jobs it
 fires as rows already claimed by the committing worker, with their run record read and lease taken
-(``continues``). A node of a chain then costs a worker one call into the database thread (the commit, part of
-a group commit) instead of three (claim, commit, ack); a run's first job is claimed and its last acked.
+(``continues``); the commit of a run's last job, given the run's end, moves its record to ``completed`` with its
+``_result`` and deletes its delivery's row in the same transaction (``ends``). A node of a chain then costs a worker
+one call into the database thread (the commit, part of a group commit) instead of three (claim, commit, ack); a
+run's first job is claimed, and its end is its last job's commit (where it was that commit, a transition and an
+ack).
 """
 
 from __future__ import annotations
