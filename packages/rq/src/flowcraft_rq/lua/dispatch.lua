@@ -43,7 +43,9 @@ end
 
 -- Capabilities.acks: with `acking` the commit acks the committed job's delivery as RqQueue.ack does: its entry
 -- (ARGV[at]) removed from its set (KEYS[k + 5], after RqDispatcher.keys: the started registry, or the lean in-flight
--- set) and its rq job hash (KEYS[k + 6], none for a lean entry) deleted. Without (the commit left nothing pending),
+-- set) and its rq job hash (KEYS[k + 6], none for a lean entry) deleted; a lean delivery whose job was done before
+-- this commit (`finished` nil: a replay or a recovery commit, e.g. the run's end after its worker died) also leaves
+-- the held-jobs hash, where an earlier commit of it may have kept its JSON. Without (the commit left nothing pending),
 -- a lean delivery keeps the JSON of the job the commit marked done (`finished`: its state, 'p' .. JSON) in the
 -- held-jobs hash (KEYS[k + 4]),
 -- so that it can come back, as an rq job does, if its worker dies before the engine acks it.
@@ -53,5 +55,9 @@ local function ack_delivery(at, k, acking, finished)
     return
   end
   redis.call('ZREM', KEYS[k + 5], ARGV[at])
-  if KEYS[k + 6] then redis.call('DEL', KEYS[k + 6]) end
+  if KEYS[k + 6] then
+    redis.call('DEL', KEYS[k + 6])
+  elseif not finished then
+    redis.call('HDEL', KEYS[k + 4], ARGV[at])
+  end
 end
