@@ -123,6 +123,18 @@ def new_ids(count: int, head: str = "") -> list[str]:
     return [head + digits[at : at + 32] for at in range(0, 32 * count, 32)]
 
 
+def execution_prefix() -> str:
+    """The head of the execution ids of one dequeue's entries in rq's started registry (``<job id>:<execution
+    id>``, scored by a float deadline): 32 random hex digits and a dash (the script appends the item's number).
+
+    Redis keeps a sorted set whose members are all at most 64 bytes (``zset-max-listpack-value``) as a listpack
+    until it has 128, and an insert there parses every score before its place with ``strtod`` (deadlines grow, so
+    all of them): ~42k instructions per ``ZADD`` + ``ZREM`` with 16 entries in flight, ~78k with 40, against ~14k
+    in a skiplist. Execution ids this long (and a hand-over's, ``c`` and the job id: lua/dispatch.lua) make every
+    entry longer than 64 bytes, so the registry is a skiplist from its first entry."""
+    return urandom(16).hex() + "-"
+
+
 @dataclass(frozen=True, slots=True)
 class RqReceipt:
     """A delivery's handle: the rq job id and its started-registry entry ``<job id>:<execution id>``.
@@ -196,7 +208,6 @@ class RqDispatcher(Dispatcher):
     the queue list or, handed over, in the lean in-flight set). One per queue group: on a Redis Cluster a commit
     uses the one of its run's group (``for_run``), whose keys share the run's slot."""
 
-    lua = scripts.DISPATCH
     acks = True
 
     def __init__(self, queue: RqQueue, group: QueueGroup) -> None:
@@ -210,8 +221,9 @@ class RqDispatcher(Dispatcher):
         #: a run's start (``CoordinationStore.start``) adds the queue to rq's set of queues, as ``enqueue`` does; on a
         #: cluster the set is in another slot than the group: the queue registers its groups in ``setup``
         self.registry = q.queues_key if not q.clustered else None
-        constant: list[Any] = [q.job_prefix, group.queue_name, q.worker_name, q.state_ttl_seconds,
-                               "1" if q.lean else "0"]
+        #: the same text for every group (the store builds its scripts from the queue's first dispatcher)
+        self.lua = scripts.dispatch(q.job_prefix, q.state_ttl_seconds, q.lean)
+        constant: list[Any] = [group.queue_name, q.worker_name]
         self._constant: list[Any] = [Packed.of(*constant)] if fast_packing(q.redis) else constant
 
     def for_run(self, run_id: str) -> Dispatcher:
@@ -470,7 +482,7 @@ class RqQueue(Colocated, Queue):
             self._dequeue, (group.queue_key, group.wip_key, group.scheduled_key, group.claims_key, group.claim_key,
                             group.inflight_key, group.held_key),
             self.job_prefix, repr(now), iso(now),
-            repr(now + self.visibility_timeout), count, f"{uuid.uuid4().hex[:12]}-",
+            repr(now + self.visibility_timeout), count, execution_prefix(),
             self.worker_name, self.key_prefix, "1" if owner is not None else "0", owner or "",
             repr(now + lease_seconds), self.state_ttl_seconds, "1" if claimed else "0",
             repr(claim_until), group.queue_name, group.tag,

@@ -20,8 +20,10 @@ def _lua(name: str) -> str:
 
 
 def lua_string(value: str) -> str:
-    """``value`` as a Lua string literal."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+    """``value`` as a Lua string literal (its UTF-8 bytes; any but printable ASCII, a quote or a backslash as
+    ``\\ddd``: a line break or a carriage return cannot stand in a Lua 5.1 literal)."""
+    return "'" + "".join(chr(b) if 32 <= b < 127 and b not in (39, 92) else f"\\{b:03d}"
+                         for b in value.encode()) + "'"
 
 
 #: constants of our rq job hashes, in the Lua text rather than in every call's ARGV (the static fields spliced
@@ -29,13 +31,27 @@ def lua_string(value: str) -> str:
 _RQ_CONSTANTS = f"local RQ_DATA_HEAD, RQ_DATA_TAIL = {lua_string(DATA_HEAD)}, {lua_string(DATA_TAIL)}\n"
 
 
+#: the fields every rq job hash gets, whatever its status: write_rq_job's HSET calls (one per status, each with all
+#: its arguments: a table of them would be made and grown on every call) begin with them
+_RQ_FIELDS = ("'data', data, 'created_at', now_iso, 'origin', origin, 'description', description, 'flowcraft_run', "
+              "run, 'flowcraft_key', key, " + ", ".join(map(lua_string, RQ_STATIC_FIELDS)))
 _RQ_JOB = _RQ_CONSTANTS + _lua("rq_job").replace(  # writes our rq job hashes: ENQUEUE, RELEASE, DEQUEUE, dispatch
-    "--[[RQ_STATIC]]", ", ".join(map(lua_string, RQ_STATIC_FIELDS)))
+    "--[[RQ_FIELDS]]", _RQ_FIELDS)
 _PREFETCH = _lua("prefetch_fn")  # what receive prefetches per job, in the dequeue
 DEQUEUE = with_leases(_RQ_JOB + _PREFETCH + _lua("dequeue"))
 DROP_LEASE = DROP_LEASE_LUA
 RELEASE = with_leases(_RQ_JOB + _lua("release"))
 EXTEND = _lua("extend")
 ENQUEUE = with_leases(_RQ_JOB + _lua("enqueue"))
-#: ``Dispatcher.lua`` of the rq queue: prepended to flowcraft_redis's commit script
-DISPATCH = _RQ_JOB + _lua("dispatch")
+_DISPATCH = _RQ_JOB + _lua("dispatch")
+
+
+def dispatch(job_prefix: str, ttl: int, lean: bool) -> str:
+    """``Dispatcher.lua`` of an rq queue, prepended to flowcraft_redis's commit and start scripts: the queue's
+    constants (rq's job key prefix, the job hashes' TTL, the layout) are in the text, not in every commit's ARGV
+    (each argument costs a script call ~800 instructions). The same for every queue group of a Redis Cluster (the
+    store builds one commit script from the queue's first dispatcher): the group's queue name (rq's ``origin``)
+    stays an argument, and so does the worker's name (one script per worker process would stay in the server's
+    script cache after the process is gone)."""
+    constants = f"{lua_string(job_prefix)}, {int(ttl)}, {'true' if lean else 'false'}"
+    return _DISPATCH.replace("--[[DISPATCH_CONSTANTS]]", constants)
