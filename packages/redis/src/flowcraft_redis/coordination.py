@@ -15,11 +15,13 @@ from flowcraft.spi import (
     Job,
     JobState,
     PendingJob,
+    RunEnd,
     RunRecord,
     Transition,
+    check_record_changes,
 )
 from flowcraft_redis import scripts
-from flowcraft_redis._client import RedisClient
+from flowcraft_redis._client import RedisClient, is_cluster
 from flowcraft_redis._store import RedisStateStore
 from flowcraft_redis.colocation import Colocation, Dispatcher
 from flowcraft_redis.layout import (
@@ -77,7 +79,9 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
         #: pushes fired jobs into a queue on the same Redis (None: the engine enqueues them)
         self.dispatcher = dispatcher
         batcher = self.batcher
-        self._commit: tuple[Dispatcher | None, str] = (None, batcher.script(scripts.commit("", self.state_ttl_seconds)))
+        self._cluster = is_cluster(redis)
+        self._commit: tuple[Dispatcher | None, str] = (
+            None, batcher.script(scripts.commit("", self.state_ttl_seconds, self._cluster)))
         self._start: tuple[Dispatcher | None, str] = (None, "")
         self._begin = batcher.script(scripts.BEGIN)
         self._renew = batcher.script(scripts.RENEW)
@@ -120,6 +124,14 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
         (``lua/start.lua``): the status store is a Redis store on this client and key prefix and commits push
         fired jobs into a queue there (``dispatches``)."""
         return self._status is not None and self.dispatches
+
+    @property
+    def ends(self) -> bool:
+        """True when a finishing commit given ``Transition.end`` that leaves nothing pending or parked also ends the
+        run (``lua/commit.lua`` with ``lua/status_change.lua``'s ``change_status``, the status transition's own Lua):
+        the status store is a Redis store on this client and key prefix, the commit writes the context
+        (``applies_context``) and pushes fired jobs into the queue (``dispatches``)."""
+        return self._status is not None and self.applies_context and self.dispatches
 
     @property
     def releases_lease(self) -> bool:
@@ -193,10 +205,14 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
         now = time.time()
         completion = tx.completion
         apply_context = completion is not None and self.applies_context
+        end = tx.end if tx.finish and tx.end is not None and self.ends else None
         flags = (f"{int(tx.recovery)}{int(tx.finish)}{int(completion is not None)}{int(apply_context)}"
-                 f"{int(self._status_here)}")
+                 f"{int(self._status_here)}{int(end is not None)}")
         owner = tx.owner or ""
         keys: list[str] = [self.keys.run(tx.run_id), self.keys.ctx(tx.run_id), self.keys.status(tx.run_id)]
+        args: list[Any] = [tx.run_id, tx.job_key, repr(now), flags, "", owner]
+        if end is not None:
+            self._end(tx.run_id, end, keys, args)
         if apply_context and completion is not None and completion.context_updates:
             # each context value encoded once: the completion record holds the same texts
             encoded = [(key, dumps(value)) for key, value in completion.context_updates.items()]
@@ -208,7 +224,7 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
         else:
             encoded = []
             record = f"{completion.token} {dumps(completion.to_dict())}" if completion is not None else ""
-        args: list[Any] = [tx.run_id, tx.job_key, repr(now), flags, record, owner]
+        args[4] = record
         if apply_context and completion is not None:
             args.append(len(encoded))
             for pair in encoded:
@@ -259,6 +275,11 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
                              parked=int(result[2]))
         if head == b"conflict":
             return Committed(conflict=Completion.from_dict(loads(result[1])))
+        ended = None
+        if end is not None:  # the record after the run's end, last (0: not ended)
+            flat = result[-1]
+            if flat:
+                ended = record_from_hash({flat[i]: flat[i + 1] for i in range(0, len(flat), 2)})
         pending, parked, _released, count = (int(v) for v in result[1:5])
         fired: list[Job] = []
         at = 5
@@ -272,7 +293,18 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
         continued: tuple[Delivery, ...] = ()
         if int(result[at]) and dispatcher is not None:
             continued = self._handed(dispatcher, fired, result, at, owner, tx.run_id, known)
-        return Committed(fired=tuple(fired), continued=continued, skipped=skipped, pending=pending, parked=parked)
+        return Committed(fired=tuple(fired), continued=continued, skipped=skipped, pending=pending, parked=parked,
+                         ended=ended)
+
+    def _end(self, run_id: str, end: RunEnd, keys: list[str], args: list[Any]) -> None:
+        """The KEYS (the run's status indexes) and ARGV of a commit's run end (``ends``; see ``lua/commit.lua``)."""
+        status = self._status
+        assert status is not None
+        check_record_changes(end.fields)
+        keys += [status.keys.status_index(name, run_id) for name in (*sorted(RunEnd.FROM_STATUSES), RunEnd.TO_STATUS)]
+        args += (status.state_ttl_seconds, status.keys.changes(run_id), dumps(end.result), len(end.fields))
+        for name, value in end.fields.items():
+            args += (name, dumps(value))
 
     def _handed(self, dispatcher: Dispatcher, fired: list[Job], result: list[Any], at: int, owner: str, run_id: str,
                 known: tuple[bytes, bytes, RunRecord] | None) -> tuple[Delivery, ...]:
@@ -311,7 +343,7 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
         """The SHA of the commit script for ``dispatcher`` (its Lua prepended), registered on first use."""
         if self._commit[0] is not dispatcher:
             lua = dispatcher.lua if dispatcher is not None else ""
-            self._commit = (dispatcher, self.batcher.script(scripts.commit(lua, self.state_ttl_seconds)))
+            self._commit = (dispatcher, self.batcher.script(scripts.commit(lua, self.state_ttl_seconds, self._cluster)))
         return self._commit[1]
 
     def _start_sha(self, dispatcher: Dispatcher) -> str:

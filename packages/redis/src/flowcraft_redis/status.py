@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 from flowcraft.spi import ACTIVE_STATUSES, RunRecord, StatusStore, check_record_changes
 from flowcraft_redis import scripts
 from flowcraft_redis._changes import ChangeFeed
-from flowcraft_redis._client import RedisClient
+from flowcraft_redis._client import RedisClient, is_cluster
 from flowcraft_redis._store import RedisStateStore
 from flowcraft_redis.colocation import Colocation
 from flowcraft_redis.context import RedisContext
@@ -58,7 +58,7 @@ class RedisStatusStore(RedisStateStore, StatusStore):
         super().__init__(redis, key_prefix=key_prefix, state_ttl_seconds=state_ttl_seconds,
                          cluster_queue_groups=cluster_queue_groups)
         self._create = self.batcher.script(scripts.STATUS_CREATE)
-        self._transition = self.batcher.script(scripts.STATUS_TRANSITION)
+        self._transition = self.batcher.script(scripts.status_transition(is_cluster(redis)))
         self._changes = ChangeFeed(redis)
         self._context_ttl: int | None = None
 

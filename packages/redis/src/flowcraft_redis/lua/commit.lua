@@ -1,14 +1,20 @@
--- KEYS: the run hash, the run's context hash, its status hash, then the queue's Dispatcher.keys (when it
--- dispatches or acks) and the keys of the ack (Dispatcher.ack_args).
--- ARGV: run, job key, now, flags (recovery, finish, has completion, apply context, status hash here: '0'/'1' each),
--- completion record (token .. ' ' .. completion JSON, as stored), owner; context updates (n, key, value...), context
+-- KEYS: the run hash, the run's context hash, its status hash, (ending) the run's idx:status:<s> of each active
+-- status (ACTIVE) and of 'completed', then the queue's Dispatcher.keys (when it dispatches or acks) and the keys of
+-- the ack (Dispatcher.ack_args).
+-- ARGV: run, job key, now, flags (recovery, finish, has completion, apply context, status hash here, ending:
+-- '0'/'1' each), completion record (token .. ' ' .. completion JSON, as stored), owner; (ending: Transition.end) the
+-- status TTL, the run's change channel, the result's JSON, the record fields (n, name, JSON...); context updates
+-- (n, key, value...), context
 -- deletes (n, key...); arrivals (n, then per arrival its target and kind: '1' one expected member, arrived, then the
 -- job JSON; '0' one expected member, skipped; 'j' a join: member, arrived '1'/'0', contribution JSON, expected
 -- members (n, id...), strategy, job JSON; a fired job's due time follows its kind after a space: '1 <due>'); then
 -- dispatch ('0'/'1'), how many fired jobs to hand to the owner (continues), the expiry of the lease it takes on
 -- each, the status and updated_at of the run record the caller already holds ('' and '': none), the ack (n, then
 -- the queue's Dispatcher.ack_args), and (dispatching) the queue's Dispatcher.args. TTL and TTL_TEXT (the state
--- TTL in seconds) are constants prepended by flowcraft_redis.scripts.commit.
+-- TTL in seconds), ACTIVE_COUNT (how many active statuses) and RESULT_KEY (the context key of a run's result) are
+-- constants prepended by flowcraft_redis.scripts.commit, which also puts status_change.lua's change_status and the
+-- list ACTIVE of the active statuses where the run's end uses them (a function or table a script defines is made on
+-- every call that reaches it: only the commits that end a run make them).
 -- Each argument costs the call ~800 instructions whatever its size (a Lua string made, hashed and collected), so
 -- what a one-member arrival does not need is not sent.
 -- The run's coordination hash is read once (HMGET of every field this commit may look at), changed in a
@@ -21,26 +27,41 @@
 -- TTL), which a commit that deletes context keys clears: a context hash emptied by deletes is gone, and the next
 -- write creates it again.
 local run, jkey, now, ttl, flags = ARGV[1], ARGV[2], tonumber(ARGV[3]), TTL, ARGV[4]
-local f1, f2, f3, f4, f5 = string.byte(flags, 1, 5)  -- 49: '1' (one call, no strings made)
+local f1, f2, f3, f4, f5, f6 = string.byte(flags, 1, 6)  -- 49: '1' (one call, no strings made)
 local recovery, finish, has_completion, apply_ctx, status_here = f1 == 49, f2 == 49, f3 == 49, f4 == 49, f5 == 49
+local ending = f6 == 49  -- Transition.end given (ends): the run's end arguments from ARGV[7]
 local completion, owner = ARGV[5], ARGV[6]
 local R, ctx = KEYS[1], KEYS[2]
+local qk = 4  -- where the queue's keys begin in KEYS (after the end's status indexes when ending)
 
 local i = 7
+if ending then
+  i = 11 + 2 * tonumber(ARGV[10])
+  qk = 4 + ACTIVE_COUNT + 1
+end
 local nupdates = tonumber(ARGV[i]); local updates_at = i + 1; i = i + 1 + 2 * nupdates
 local ndeletes = tonumber(ARGV[i]); local deletes_at = i + 1; i = i + 1 + ndeletes
--- the context updates and deletes of a new completion record written, the context hash's TTL refreshed when due;
--- returns the new value of the run hash's '#ctxttl' (nil: unchanged), given its current one
-local function write_context(current)
-  if nupdates + ndeletes == 0 then return nil end
-  for j = updates_at, updates_at + 2 * nupdates - 1, 400 do
-    redis.call('HSET', ctx, unpack(ARGV, j, math.min(j + 399, updates_at + 2 * nupdates - 1)))
+-- the context updates and deletes of a new completion record (`fresh`) written, and the run's result (`result`: its
+-- JSON, nil: none; after the deletes, as the run's end follows the commit), the context hash's TTL refreshed when
+-- due; returns the new value of the run hash's '#ctxttl' (nil: unchanged), given its current one
+local function write_context(current, fresh, result)
+  local nu, nd = 0, 0
+  if fresh then nu, nd = nupdates, ndeletes end
+  if nu + nd == 0 and not result then return nil end
+  local last, from = updates_at + 2 * nu - 1, updates_at
+  if result and nd == 0 and nu <= 199 then  -- one HSET
+    redis.call('HSET', ctx, RESULT_KEY, result, unpack(ARGV, updates_at, last))
+    from, result = last + 1, nil
   end
-  for j = deletes_at, deletes_at + ndeletes - 1, 400 do
-    redis.call('HDEL', ctx, unpack(ARGV, j, math.min(j + 399, deletes_at + ndeletes - 1)))
+  for j = from, last, 400 do
+    redis.call('HSET', ctx, unpack(ARGV, j, math.min(j + 399, last)))
   end
+  for j = deletes_at, deletes_at + nd - 1, 400 do
+    redis.call('HDEL', ctx, unpack(ARGV, j, math.min(j + 399, deletes_at + nd - 1)))
+  end
+  if result then redis.call('HSET', ctx, RESULT_KEY, result) end
   local set = tonumber(current or '')
-  if ndeletes > 0 then
+  if nd > 0 then
     redis.call('EXPIRE', ctx, TTL_TEXT)
     if set then return '' end
   elseif not set or now - set >= ttl / 8 then
@@ -62,17 +83,34 @@ local function run_record(known_status, known_updated)
   return {}, false
 end
 
--- The common cases, a chain node and a join's member: a new completion record, finishing, not in recovery, one
--- arrival (one expected member that arrived, or a join's member, without a due time). The rules below without
--- their general tables. It writes nothing and the general path below decides when the run hash shows another case
--- (a completion record there: a replay or a conflict; the target's job already there; a join it skips) or the job
--- fires itself. Inline rather than a function: a closure over the ~25 locals it
+-- ends: the run's end (Transition.end), as StatusStore.transition_with_context(run, ACTIVE, 'completed', fields,
+-- {_result = result}) would: the record moved when it is in an active status (so a replay of the commit that ended
+-- the run ends nothing); returns whether it moved it. The commit writes the result with its context updates and
+-- acks the delivery. Made only by the commits given an end.
+local end_run = nil
+if ending then
+  --[[status_change.lua]]
+  end_run = function()
+    return change_status(KEYS[3], 4, run, tonumber(ARGV[7]), 'completed', ARGV[3], ARGV[8], ACTIVE, 11,
+                         10 + 2 * tonumber(ARGV[10]))
+  end
+end
+
+-- The common cases, a chain node, a join's member and a terminal node: a new completion record, finishing, not in
+-- recovery, one arrival (one expected member that arrived, or a join's member, without a due time) or none. The
+-- rules below without their general tables. It writes nothing and the general path below decides when the run hash
+-- shows another case (a completion record there: a replay or a conflict; the target's job already there; a join it
+-- skips) or the job fires itself. Inline rather than a function: a closure over the ~25 locals it
 -- reads was ~12k instructions made on every call.
+local none = ARGV[i] == '0'  -- no arrival
 local target, kind = ARGV[i + 1], ARGV[i + 2]
 -- (not a job that fires itself: its fields are read again in between)
-if not recovery and has_completion and finish and ARGV[i] == '1' and target ~= jkey and (kind == '1' or kind == 'j') then
-  local nexpected, doc, b = 0, nil, nil
-  if kind == '1' then
+if not recovery and has_completion and finish and (none or (ARGV[i] == '1' and target ~= jkey
+   and (kind == '1' or kind == 'j'))) then
+  local nexpected, doc, b = 0, nil, i
+  if none then
+    target = nil
+  elseif kind == '1' then
     doc, b = ARGV[i + 3], i + 3
   else
     nexpected = tonumber(ARGV[i + 6])
@@ -82,9 +120,15 @@ if not recovery and has_completion and finish and ARGV[i] == '1' and target ~= j
   local hand_up_to, hand_expiry = tonumber(ARGV[b + 2]), ARGV[b + 3]
   local nack = tonumber(ARGV[b + 6])
   local handing = dispatching and hand_up_to > 0 and owner ~= ''
-  local cfield, jfield, lfield, tfield = 'c' .. jkey, 'j' .. jkey, 'l' .. jkey, 'j' .. target
-  local f = {cfield, jfield, lfield, '#pending', '#parked', '#ttl', '#ctxttl', tfield, 'l' .. target, 'c' .. target,
-             nil, nil, nil, nil, nil, nil, nil, nil}
+  local cfield, jfield, lfield, tfield = 'c' .. jkey, 'j' .. jkey, 'l' .. jkey, nil
+  local f
+  if none then
+    f = {cfield, jfield, lfield, '#pending', '#parked', '#ttl', '#ctxttl'}
+  else
+    tfield = 'j' .. target
+    f = {cfield, jfield, lfield, '#pending', '#parked', '#ttl', '#ctxttl', tfield, 'l' .. target, 'c' .. target,
+         nil, nil, nil, nil, nil, nil, nil, nil}
+  end
   local base = nil  -- a join's arrival fields: base .. member, read from position 11
   if nexpected > 0 then
     base = 'a' .. string.format('%d', #target) .. ' ' .. target  -- %d: not formatted as a float
@@ -132,10 +176,6 @@ if not recovery and has_completion and finish and ARGV[i] == '1' and target ~= j
   end
   if not skip then
     if body then w[#w + 1] = tfield; w[#w + 1] = 'p' .. body end
-    if apply_ctx then
-      local set = write_context(v[7])
-      if set then w[#w + 1] = '#ctxttl'; w[#w + 1] = set end
-    end
     local pending_delta, finished, released = body and 1 or 0, nil, 0
     local state = v[2]
     if state and string.sub(state, 1, 1) == 'p' then
@@ -160,6 +200,11 @@ if not recovery and has_completion and finish and ARGV[i] == '1' and target ~= j
       end
     end
     local pending = tonumber(v[4] or '0') + pending_delta
+    local ended = ending and pending == 0 and tonumber(v[5] or '0') == 0 and end_run()
+    if apply_ctx or ended then
+      local set = write_context(v[7], apply_ctx, ended and ARGV[9] or nil)
+      if set then w[#w + 1] = '#ctxttl'; w[#w + 1] = set end
+    end
     if pending_delta ~= 0 then w[#w + 1] = '#pending'; w[#w + 1] = string.format('%d', pending) end
     w[#w + 1] = '#activity'; w[#w + 1] = ARGV[3]
     local refreshed = tonumber(v[6] or '')
@@ -169,9 +214,17 @@ if not recovery and has_completion and finish and ARGV[i] == '1' and target ~= j
     if expire then redis.call('EXPIRE', R, TTL_TEXT) end
     local replies = {}
     if dispatching and body then
-      replies = dispatch({{1, body, '', target, base and 1 or 0}}, run, now, b + 7 + nack, 4, handed)
+      replies = dispatch({{1, body, '', target, base and 1 or 0}}, run, now, b + 7 + nack, qk, handed)
     end
-    if nack > 0 then ack_delivery(b + 7, 4, pending > 0, finished) end
+    if nack > 0 then ack_delivery(b + 7, qk, pending > 0 or ended, finished) end
+    if ending then  -- the record after the run's end last (0: not ended), as the general path's reply has it
+      local record = 0
+      if ended then record = redis.call('HGETALL', KEYS[3]) end
+      if not body then return {'ok', pending, tonumber(v[5] or '0'), released, 0, 0, 0, record} end
+      if nhanded == 0 then
+        return {'ok', pending, tonumber(v[5] or '0'), released, 1, 1, base and body or '', 0, 0, record}
+      end
+    end
     if not body then return {'ok', pending, tonumber(v[5] or '0'), released, 0, 0, 0} end
     if nhanded == 0 then return {'ok', pending, tonumber(v[5] or '0'), released, 1, 1, base and body or '', 0, 0} end
     -- handed over: a reply of its own ('ok1': the queue's reply, a table, spliced in as the tail; 'ok2': the queue's
@@ -269,11 +322,6 @@ if has_completion then
     fresh = true
   end
 end
-if apply_ctx and fresh then
-  local set = write_context(stored['#ctxttl'])
-  if set then put('#ctxttl', set) end
-end
-
 local pending_delta = 0
 local fired, skipped = {}, {}
 for a, arrival in ipairs(arrivals) do
@@ -369,6 +417,14 @@ if handing and #fired > 0 then
   end
 end
 local pending = tonumber(stored['#pending'] or '0') + pending_delta
+-- ends: a finishing commit that leaves nothing pending or parked ends the run (end_run), its result written to the
+-- context with the commit's updates, the delivery acked below
+local ended = ending and finish and pending == 0 and tonumber(stored['#parked'] or '0') == 0 and end_run()
+-- the context is written with a new completion record only (a replay changes nothing), and with the run's end
+if (apply_ctx and fresh) or ended then
+  local set = write_context(stored['#ctxttl'], apply_ctx and fresh, ended and ARGV[9] or nil)
+  if set then put('#ctxttl', set) end
+end
 if pending_delta ~= 0 then put('#pending', string.format('%d', pending)) end
 put('#activity', ARGV[3])
 local refreshed = tonumber(stored['#ttl'] or '')
@@ -386,11 +442,12 @@ if expire then redis.call('EXPIRE', R, TTL_TEXT) end
 -- to this script) pushes the fired jobs and puts the handed ones in its in-flight set; its KEYS follow the
 -- run's three, its ARGV come last
 local replies = {}
-if dispatching and #fired > 0 then replies = dispatch(fired, run, now, dispatch_at, 4, handed) end
+if dispatching and #fired > 0 then replies = dispatch(fired, run, now, dispatch_at, qk, handed) end
 -- acks: the committed job's delivery is acked with the transition when jobs remain pending (the jobs it fired are
--- on the queue, or handed over, by now); a commit that leaves nothing pending never acks (the queue's Lua is still
--- told, with the state of the job it marked done, 'p' .. its JSON: the delivery must be able to come back)
-if nack > 0 then ack_delivery(ack_at, 4, pending > 0, finished) end
+-- on the queue, or handed over, by now) or when it ended the run; a commit that leaves nothing pending otherwise
+-- never acks (the queue's Lua is still told, with the state of the job it marked done, 'p' .. its JSON: the
+-- delivery must be able to come back until the engine has published the run's end)
+if nack > 0 then ack_delivery(ack_at, qk, pending > 0 or ended, finished) end
 
 local out = {'ok', pending, tonumber(stored['#parked'] or '0'), released, #fired, nil, nil, nil, nil, nil, nil, nil, nil,
              nil, nil, nil}  -- room for a handed job's reply, as HASH16 and ARRAY16 make
@@ -412,5 +469,9 @@ if nhanded > 0 then
       out[#out + 1] = stored['c' .. entry[4]]
     end
   end
+end
+-- ending: the run's record after its end (HGETALL), 0 when the commit did not end the run
+if ending then
+  if ended then out[#out + 1] = redis.call('HGETALL', KEYS[3]) else out[#out + 1] = 0 end
 end
 return out
