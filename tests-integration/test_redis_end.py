@@ -60,8 +60,8 @@ def _state(sync_redis: redis.Redis, backend: Backend, run_id: str) -> dict[str, 
     raw_id = run_id.encode()
     record = {k: v for k, v in sync_redis.hgetall(status.keys.status(run_id)).items()
               if k not in (b"run_id", b"created_at", b"updated_at")}
-    run = {k: v.replace(raw_id, b"<run>") for k, v in sync_redis.hgetall(coordination.keys.run(run_id)).items()
-           if k not in (b"#activity", b"#ttl", b"#ctxttl")}
+    stored: dict[bytes, bytes] = sync_redis.hgetall(coordination.keys.run(run_id))  # type: ignore[assignment]
+    run = {k: v.replace(raw_id, b"<run>") for k, v in stored.items() if k not in (b"#activity", b"#ttl", b"#ctxttl")}
     indexed = {name: sync_redis.zscore(status.keys.status_index(name, run_id), run_id) is not None
                for name in (*ACTIVE_STATUSES, "completed")}
     in_flight = [entry for entry in (*sync_redis.zrange(queue.inflight_key, 0, -1),
@@ -78,7 +78,7 @@ async def test_a_commit_that_ends_the_run_leaves_what_the_three_steps_leave(
     coordination, status, queue = _parts(backend)
     assert coordination.ends and backend.capabilities.ends
     ended_id, stepped_id = f"e-{uuid.uuid4().hex}", f"s-{uuid.uuid4().hex}"
-    pubsub = sync_redis.pubsub()
+    pubsub = sync_redis.pubsub()  # type: ignore[no-untyped-call]
     pubsub.subscribe(status.keys.changes(ended_id))
     assert pubsub.get_message(timeout=1.0)["type"] == "subscribe"
     try:
