@@ -18,7 +18,7 @@ def _published(source: str, cluster: bool) -> str:
     return source.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',") if cluster and _SHARDED else source
 
 
-_SHARDED = False  # SPUBLISH on a cluster: on once RedisStatusStore's change feed subscribes with SSUBSCRIBE there
+_SHARDED = True  # SPUBLISH on a cluster: RedisStatusStore's change feed subscribes with SSUBSCRIBE there (_changes.py)
 
 
 def _lua_string(value: str) -> str:
