@@ -14,11 +14,11 @@ def _lua(name: str) -> str:
 
 def _published(source: str, cluster: bool) -> str:
     """``source`` publishing a run's change with ``SPUBLISH`` on a Redis Cluster (the channel is in the run's slot,
-    so the message stays in its shard instead of going to every node over the cluster bus), else ``PUBLISH``."""
-    return source.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',") if cluster and _SHARDED else source
-
-
-_SHARDED = True  # SPUBLISH on a cluster: RedisStatusStore's change feed subscribes with SSUBSCRIBE there (_changes.py)
+    so the message stays in its shard instead of going to every node over the cluster bus; the change feed,
+    ``flowcraft_redis._changes``, subscribes with ``SSUBSCRIBE`` there), else ``PUBLISH``."""
+    published = source.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',") if cluster else source
+    assert not cluster or published != source
+    return published
 
 
 def _lua_string(value: str) -> str:
