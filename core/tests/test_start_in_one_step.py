@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,13 +13,6 @@ import pytest
 from flowcraft import Flow, InvalidStateError, NodeContext
 from flowcraft.app import App
 from flowcraft.backends.memory import memory_backend
-from flowcraft.backends.sqlite import (
-    SqliteContextStore,
-    SqliteCoordinationStore,
-    SqliteDatabase,
-    SqliteQueue,
-    SqliteStatusStore,
-)
 from flowcraft.engine.core import Engine
 from flowcraft.engine.events import TRACE_PAYLOAD
 from flowcraft.engine.worker import Worker
@@ -36,18 +28,9 @@ PARENT = {"run_id": "parent", "blueprint_id": "p", "node_id": "sub", "visit": 0,
           "depth": 1}
 
 
-def sqlite_starting(path: Path) -> Backend:
-    """The sqlite preset's components with the coordination store given the status store too: it ``starts`` (the
-    preset does not wire it, see ``flowcraft.backends.sqlite.build_backend``)."""
-    database = SqliteDatabase(path)
-    queue, status = SqliteQueue(database, prefetches_status=True), SqliteStatusStore(database, writes_context=True)
-    return Backend(queue, SqliteContextStore(database), status,
-                   SqliteCoordinationStore(database, applies_context=True, queue=queue, status=status), name="sqlite")
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    built = memory_backend() if request.param == "memory" else sqlite_starting(tmp_path / "f.db")
+@pytest.fixture
+async def backend() -> AsyncIterator[Backend]:
+    built = memory_backend()
     await built.setup()
     assert built.capabilities.starts
     yield built

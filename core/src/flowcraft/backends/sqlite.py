@@ -1192,14 +1192,10 @@ class SqliteStatusStore(_SqliteComponent, StatusStore):
     async def create(self, record: RunRecord) -> bool:
         row = _record_row(record)
         inserted = await self.db.write(lambda conn: _insert_record(conn, row))
-        if inserted:
-            self.created(record, row)
+        if inserted:  # its times as stored, its waiters woken
+            record.created_at, record.updated_at = row[3], row[4]
+            self._notify(record.run_id)
         return inserted
-
-    def created(self, record: RunRecord, row: tuple[Any, ...]) -> None:
-        """``record`` was inserted as ``row`` (``_record_row``): its times as stored, its waiters woken."""
-        record.created_at, record.updated_at = row[3], row[4]
-        self._notify(record.run_id)
 
     async def get(self, run_id: str) -> RunRecord | None:
         row = await self.db.read(
@@ -1589,15 +1585,11 @@ class SqliteCoordinationStore(_SqliteComponent, TablesCoordinationStore):
     name = "sqlite"
 
     def __init__(self, database: SqliteDatabase | None = None, *, applies_context: bool = False,
-                 queue: SqliteQueue | None = None, status: SqliteStatusStore | None = None,
-                 ends_runs_of: SqliteStatusStore | None = None) -> None:
+                 queue: SqliteQueue | None = None, status: SqliteStatusStore | None = None) -> None:
         _SqliteComponent.__init__(self, database)
         TablesCoordinationStore.__init__(self, applies_context=applies_context)
         self._queue = queue
-        self._status = status if queue is not None else None
-        # the status store whose records a commit ends (``ends``): the preset passes it apart from ``status``, which
-        # would also make ``starts`` (see ``build_backend``)
-        self._ender = (ends_runs_of or self._status) if queue is not None else None
+        self._status = status if queue is not None else None  # the store whose runs a commit ends (``ends``)
 
     @property
     def dispatches(self) -> bool:
@@ -1624,46 +1616,12 @@ class SqliteCoordinationStore(_SqliteComponent, TablesCoordinationStore):
         return self._queue is not None
 
     @property
-    def starts(self) -> bool:
-        """Given the backend's queue and status store as well (same database; the ``sqlite`` preset does not pass
-        the status store, see ``build_backend``), ``start`` inserts a run's record, its first jobs and their queue
-        rows in one write transaction."""
-        return self._status is not None
-
-    @property
     def ends(self) -> bool:
-        """Given the backend's queue and a status store writing the context (same database: the ``sqlite`` preset
-        passes it as ``ends_runs_of``), a commit given ``Transition.end`` that leaves nothing pending or parked
+        """Given the backend's queue and its status store, writing the context (same database: the ``sqlite`` preset
+        passes both), a commit given ``Transition.end`` that leaves nothing pending or parked
         moves the run's record to ``completed`` and writes its ``_result`` in the commit's transaction, and deletes
         the delivery's queue row (``acks``): the run's end is not a transaction of its own, nor is its ack."""
-        return self._ender is not None and self._ender.writes_context
-
-    async def start(self, record: RunRecord, jobs: Sequence[Job]) -> bool:
-        """One write transaction instead of the status store's, ``schedule``'s and the queue's (the write lock,
-        what two processes wait for, taken once)."""
-        queue, status = self._queue, self._status
-        if queue is None or status is None:
-            raise NotImplementedError("this sqlite coordination store was built without the status store and queue")
-        row, run_id, encoded = _record_row(record), record.run_id, _Encoded()
-        for job in jobs:  # encoded before the transaction takes the write lock
-            encoded.job(job)
-
-        def run(conn: sqlite3.Connection) -> bool:
-            with immediate(conn):
-                if not _insert_record(conn, row):
-                    return False
-                tables = SqliteTables(conn, encoded=encoded)
-                inserted = [job for job in jobs if tables.insert_job(run_id, job.key, "pending", job)]
-                tables.touch(run_id)
-                tables.flush()
-                _queue_rows(tables, encoded, inserted)
-                return True
-
-        created: bool = await self.db.call(run)
-        if created:
-            status.created(record, row)
-            queue._notify()
-        return created
+        return self._status is not None and self._status.writes_context
 
     async def commit(self, transition: Transition) -> Committed:
         """``apply_transition`` in one transaction, which also drops the owner's lease when it finishes the job
@@ -1671,7 +1629,7 @@ class SqliteCoordinationStore(_SqliteComponent, TablesCoordinationStore):
         (``continues``), acks the committed delivery (``acks``) and ends the run (``ends``)."""
         applies_context, queue = self.applies_context, self._queue
         encoded = _Encoded.of(transition, applies_context)  # before the transaction takes the write lock
-        end, ender = transition.end, self._ender
+        end, ender = transition.end, self._status
         if end is not None and ender is not None and ender.writes_context and transition.finish:
             ending: tuple[dict[str, Any], list[tuple[str, str]]] | None = (
                 dict(end.fields), [(end.RESULT_KEY, _dumps(end.result))])
@@ -1753,12 +1711,12 @@ def build_backend(options: Mapping[str, Any]) -> Backend:
     parsed = parse_options(SqliteQueueOptions, options)
     database = SqliteDatabase(os.fspath(parsed.path), busy_timeout=parsed.busy_timeout, read_only=parsed.read_only)
     queue = SqliteQueue(database, parsed.visibility_timeout, prefetches_status=True)
-    # not given the status store: no one-transaction start (``starts``). With it, a run's job became claimable in
-    # the start's one commit, before the starting process's own waiting worker had been told, and another process's
-    # worker, woken by the commit (``_Changes``), took it first; ``flowcraft run --inline`` beside live workers that
-    # do not load the blueprint then saw its job bounced to the dead letters (5 bounces of 2 s), with no gain
-    # measurable in nodes/s or CPU per node on a loaded 2-core machine (chain10, 1-2 workers)
-    # given the status store as ``ends_runs_of`` only: its commits end runs (``ends``), its starts stay three steps
+    # no one-transaction start (``starts``): with it, a run's job became claimable in the start's one commit, before
+    # the starting process's own waiting worker had been told, and another process's worker, woken by the commit
+    # (``_Changes``), took it first; ``flowcraft run --inline`` beside live workers that do not load the blueprint
+    # then saw its job bounced to the dead letters (5 bounces of 2 s), with no gain measurable in nodes/s or CPU per
+    # node on a loaded 2-core machine (chain10, 1-2 workers). A run starts in three steps; its end is its last
+    # commit (``ends``: the coordination store is given the status store for that)
     status = SqliteStatusStore(database, writes_context=True)
     return Backend(queue, SqliteContextStore(database), status,
-                   SqliteCoordinationStore(database, applies_context=True, queue=queue, ends_runs_of=status))
+                   SqliteCoordinationStore(database, applies_context=True, queue=queue, status=status))
