@@ -33,6 +33,20 @@ async def client(redis_cluster_server: Any) -> AsyncIterator[RedisCluster]:
         await redis.aclose()
 
 
+@pytest_asyncio.fixture
+async def feed(redis_cluster_server: Any) -> AsyncIterator[ChangeFeed]:
+    """A change feed on a cluster client of its own (closed after the feed)."""
+    redis = make_any_client(redis_cluster_server.url)
+    assert isinstance(redis, RedisCluster)
+    await redis.initialize()
+    changes = ChangeFeed(redis)
+    try:
+        yield changes
+    finally:
+        await changes.close()
+        await redis.aclose()
+
+
 async def calls(client: RedisCluster, command: str) -> int:
     """``command``'s calls over every primary (``INFO commandstats``)."""
     total = 0
@@ -90,8 +104,7 @@ async def _assign(client: RedisCluster, slot: int, owner: ClusterNode) -> None:
     await client.nodes_manager.initialize()
 
 
-async def test_a_channel_whose_slot_moves_is_followed_to_its_new_primary(client: RedisCluster,
-                                                                         redis_cluster_server: Any,
+async def test_a_channel_whose_slot_moves_is_followed_to_its_new_primary(client: RedisCluster, feed: ChangeFeed,
                                                                          redis_prefix: str) -> None:
     """The primary that loses the slot drops the subscription (an unrequested ``sunsubscribe``): the waiter is woken
     (a change may be missed) and the channel subscribed on the slot's new primary, where the next message wakes it."""
@@ -100,7 +113,6 @@ async def test_a_channel_whose_slot_moves_is_followed_to_its_new_primary(client:
                                         target_nodes=client.get_node_from_key(channel)) == 0
     source = client.get_node_from_key(channel)
     target = next(node for node in client.get_primaries() if node.name != source.name)
-    feed = ChangeFeed(make_any_client(redis_cluster_server.url))
     try:
         await feed.watch(channel, 2.0)
         waiting = asyncio.create_task(feed.wait(channel, 5.0))
@@ -122,36 +134,58 @@ async def test_a_channel_whose_slot_moves_is_followed_to_its_new_primary(client:
         await client.spublish(channel, "completed")
         await asyncio.wait_for(waiting, 2.0)
     finally:
-        await feed.close()
+        await _assign(client, slot, source)
+
+
+async def test_a_refused_ssubscribe_is_sent_again_where_the_refreshed_slot_map_puts_the_channel(
+        client: RedisCluster, feed: ChangeFeed, redis_prefix: str) -> None:
+    """The feed's slot map is stale (the slot moved after the feed's client read it): its ``SSUBSCRIBE`` goes to the
+    old primary, which refuses it (``MOVED``); the feed refreshes the map and subscribes on the new primary."""
+    channel, slot = _free_channel(redis_prefix)
+    feed_client = feed._redis
+    assert isinstance(feed_client, RedisCluster)
+    source = client.get_node_from_key(channel)
+    target = next(node for node in client.get_primaries() if node.name != source.name)
+    await _assign(client, slot, target)
+    try:
+        assert feed_client.nodes_manager.slots_cache[slot][0].name == source.name  # stale
+        began = time.monotonic()
+        await feed.watch(channel, 3.0)
+        assert time.monotonic() - began < 2.0 and feed._watches[channel.encode()].covered
+        numsub = await client.execute_command("PUBSUB", "SHARDNUMSUB", channel, target_nodes=target)
+        assert numsub[1] == 1
+        await feed.wait(channel, 0.3)  # the refusal's wake, if it came after the confirmation
+        waiting = asyncio.create_task(feed.wait(channel, 5.0))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        await client.spublish(channel, "completed")
+        await asyncio.wait_for(waiting, 2.0)
+    finally:
         await _assign(client, slot, source)
 
 
 async def test_a_lost_connection_to_a_primary_wakes_its_waiters_and_subscribes_again(
-        client: RedisCluster, redis_cluster_server: Any, redis_prefix: str) -> None:
+        client: RedisCluster, feed: ChangeFeed, redis_prefix: str) -> None:
     channels = [f"{redis_prefix}changed:{{lost-{i}}}r" for i in range(12)]
-    feed = ChangeFeed(make_any_client(redis_cluster_server.url))
-    try:
-        await asyncio.gather(*(feed.watch(channel, 2.0) for channel in channels))
-        waits = [asyncio.create_task(feed.wait(channel, 5.0)) for channel in channels]
+    await asyncio.gather(*(feed.watch(channel, 2.0) for channel in channels))
+    waits = [asyncio.create_task(feed.wait(channel, 5.0)) for channel in channels]
+    await asyncio.sleep(0.05)
+    for node in client.get_primaries():
+        await client.execute_command("CLIENT", "KILL", "TYPE", "pubsub", target_nodes=node)
+    await asyncio.wait_for(asyncio.gather(*waits), 2.0)  # woken: what changed meanwhile is unknown
+    for _ in range(50):
+        subscribed = [(await client.execute_command("PUBSUB", "SHARDNUMSUB", channel,
+                                                    target_nodes=client.get_node_from_key(channel)))[1]
+                      for channel in channels]
+        if all(subscribed):
+            break
         await asyncio.sleep(0.05)
-        for node in client.get_primaries():
-            await client.execute_command("CLIENT", "KILL", "TYPE", "pubsub", target_nodes=node)
-        await asyncio.wait_for(asyncio.gather(*waits), 2.0)  # woken: what changed meanwhile is unknown
-        for _ in range(50):
-            subscribed = [(await client.execute_command("PUBSUB", "SHARDNUMSUB", channel,
-                                                        target_nodes=client.get_node_from_key(channel)))[1]
-                          for channel in channels]
-            if all(subscribed):
-                break
-            await asyncio.sleep(0.05)
-        assert all(count == 1 for count in subscribed)
-        for channel in channels:
-            await feed.wait(channel, 0.3)  # the confirmations' wakes
-        waits = [asyncio.create_task(feed.wait(channel, 5.0)) for channel in channels]
-        await asyncio.sleep(0.05)
-        assert not any(wait.done() for wait in waits)
-        for channel in channels:
-            await client.spublish(channel, "completed")
-        await asyncio.wait_for(asyncio.gather(*waits), 2.0)
-    finally:
-        await feed.close()
+    assert all(count == 1 for count in subscribed)
+    for channel in channels:
+        await feed.wait(channel, 0.3)  # the confirmations' wakes
+    waits = [asyncio.create_task(feed.wait(channel, 5.0)) for channel in channels]
+    await asyncio.sleep(0.05)
+    assert not any(wait.done() for wait in waits)
+    for channel in channels:
+        await client.spublish(channel, "completed")
+    await asyncio.wait_for(asyncio.gather(*waits), 2.0)

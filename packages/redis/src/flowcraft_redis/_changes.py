@@ -33,7 +33,7 @@ from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import RedisClusterException, RedisError, ResponseError, SlotNotCoveredError
+from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredError
 
 from flowcraft_redis._client import RedisClient
 
@@ -90,13 +90,15 @@ class _Shard:
     """On a cluster, the subscription to one primary: its connection's own pool (without redis-py's retry, as on
     one Redis: ``ChangeFeed._new_pubsub``) and the task reading it."""
 
-    __slots__ = ("name", "pool", "pubsub", "reader")
+    __slots__ = ("following", "name", "pool", "pubsub", "reader")
 
     def __init__(self, name: str, pool: ConnectionPool) -> None:
         self.name = name
         self.pool = pool
         self.pubsub = _ShardPubSub(connection_pool=pool)
         self.reader: asyncio.Task[None] | None = None
+        #: a ``ChangeFeed._follow`` of this shard's channels runs
+        self.following = False
 
 
 class ChangeFeed:
@@ -293,7 +295,8 @@ class ChangeFeed:
                           shard.name, error)
                 self._wake_all()  # what changed while it was down is unknown
                 await asyncio.sleep(_RETRY_SECONDS)
-                if isinstance(error, ResponseError):  # a refused SSUBSCRIBE (MOVED: the slot map is stale)
+                if not shard.following:  # a refused SSUBSCRIBE (MOVED: the slot map is stale) or a lost primary
+                    shard.following = True  # (a failover): its channels go where the slot map puts them now
                     self._start_follow(None, shard)
                 continue
             if message is None:
@@ -325,22 +328,29 @@ class ChangeFeed:
         ``_RETRY_SECONDS`` while any of them is still watched."""
         redis = self._redis
         assert isinstance(redis, RedisCluster)
-        while True:
-            try:
-                await redis.nodes_manager.initialize()
-                if shard is not None:
-                    keys = [key for key in list(shard.pubsub.shard_channels)
-                            if _primary(redis, key).name != shard.name]
-                    for key in keys:
-                        shard.pubsub.shard_channels.pop(key, None)
-                    shard = None
-                keys = [key for key in keys or () if key in self._watches]
-                if keys:
-                    await self._ssubscribe(redis, keys)
-                return
-            except (RedisError, RedisClusterException, OSError) as error:
-                log.debug("change feed: following moved channels: %s; retrying", error)
-                await asyncio.sleep(_RETRY_SECONDS)
+        try:
+            while True:
+                try:
+                    await redis.nodes_manager.initialize()
+                    if shard is not None:
+                        keys = [key for key in list(shard.pubsub.shard_channels)
+                                if _primary(redis, key).name != shard.name]
+                        for key in keys:
+                            shard.pubsub.shard_channels.pop(key, None)
+                        if not shard.pubsub.shard_channels and self._shards.get(shard.name) is shard:
+                            del self._shards[shard.name]  # nothing left there (a primary gone): stop reading it
+                            await self._close(shard.pubsub, shard.reader, shard.pool)
+                        shard.following, shard = False, None
+                    keys = [key for key in keys or () if key in self._watches]
+                    if keys:
+                        await self._ssubscribe(redis, keys)
+                    return
+                except (RedisError, RedisClusterException, OSError) as error:
+                    log.debug("change feed: following moved channels: %s; retrying", error)
+                    await asyncio.sleep(_RETRY_SECONDS)
+        finally:
+            if shard is not None:
+                shard.following = False
 
     def _wake_all(self) -> None:
         for watch in self._watches.values():
