@@ -85,7 +85,7 @@ def test_the_preset_factory_wires_every_fast_path_and_an_override_none() -> None
     assert coordination.dispatcher is not None and coordination.dispatcher is queue.commit_dispatcher()
     assert full.capabilities == Capabilities(applies_context=True, prefetches_status=True, dispatches=True,
                                              releases_lease=True, acks=True, continues=True, notifies=True,
-                                             writes_context=True, starts=True)
+                                             writes_context=True, starts=True, ends=True)
     assert full.name == "rq" and full.options["key_prefix"] == "w:"
     without = reg.build("rq", {**options, "continues": False}).capabilities
     assert without.acks and without.dispatches and not without.continues
