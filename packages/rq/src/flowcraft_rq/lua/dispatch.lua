@@ -39,7 +39,9 @@ local function dispatch(fired, run, now, at, k, handed)
       end
     end
   end
-  if #ready > 0 then redis.call('RPUSH', qkey, unpack(ready)) end
+  for j = 1, #ready, 1000 do  -- unpack fails past ~8000 values (Lua's C stack)
+    redis.call('RPUSH', qkey, unpack(ready, j, math.min(j + 999, #ready)))
+  end
   return replies
 end
 

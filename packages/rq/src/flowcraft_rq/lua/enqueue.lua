@@ -17,6 +17,8 @@ for j = 9, #ARGV, 4 do
     ready[#ready + 1] = id
   end
 end
-if #ready > 0 then redis.call('RPUSH', q, unpack(ready)) end
+for j = 1, #ready, 1000 do  -- unpack fails past ~8000 values (Lua's C stack)
+  redis.call('RPUSH', q, unpack(ready, j, math.min(j + 999, #ready)))
+end
 if KEYS[3] then redis.call('SADD', KEYS[3], q) end
 return #ready
