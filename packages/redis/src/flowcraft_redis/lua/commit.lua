@@ -104,9 +104,10 @@ end
 -- reads was ~12k instructions made on every call.
 local none = ARGV[i] == '0'  -- no arrival
 local target, kind = ARGV[i + 1], ARGV[i + 2]
--- (not a job that fires itself: its fields are read again in between)
+-- (not a job that fires itself: its fields are read again in between; not a join of 1000 members or more: its
+-- fields are read in slices there)
 if not recovery and has_completion and finish and (none or (ARGV[i] == '1' and target ~= jkey
-   and (kind == '1' or kind == 'j'))) then
+   and (kind == '1' or kind == 'j' and #ARGV[i + 6] <= 3))) then
   local nexpected, doc, b = 0, nil, i
   if none then
     target = nil
@@ -300,7 +301,16 @@ if handing then
   end
 end
 
-local values = redis.call('HMGET', R, unpack(fields))
+local values
+-- unpack fails past ~8000 values (Lua's C stack, LUAI_MAXCSTACK): a commit of many arrivals (a wide fan-out, a
+-- join of many members) reads the fields in slices, as its writes below are made
+if #fields <= 1000 then values = redis.call('HMGET', R, unpack(fields)) else
+  values = {}
+  for j = 1, #fields, 1000 do
+    local got = redis.call('HMGET', R, unpack(fields, j, math.min(j + 999, #fields)))
+    for k = 1, #got do values[j + k - 1] = got[k] end
+  end
+end
 local stored = HASH16()
 for n, field in ipairs(fields) do stored[field] = values[n] end
 local written, order = HASH16(), ARRAY16()

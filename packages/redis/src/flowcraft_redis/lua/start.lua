@@ -17,7 +17,15 @@ at = at + 3
 local fields = {}
 for j = 1, m do fields[j] = 'j' .. ARGV[at + 3 * (j - 1)] end
 fields[m + 1] = '#pending'
-local stored = redis.call('HMGET', R, unpack(fields))
+-- unpack fails past ~8000 values (Lua's C stack, LUAI_MAXCSTACK): a start of many jobs reads and writes in slices
+local stored
+if m < 1000 then stored = redis.call('HMGET', R, unpack(fields)) else
+  stored = {}
+  for j = 1, m + 1, 1000 do
+    local got = redis.call('HMGET', R, unpack(fields, j, math.min(j + 999, m + 1)))
+    for k = 1, #got do stored[j + k - 1] = got[k] end
+  end
+end
 local writes, fired = {}, {}
 for j = 1, m do
   if not stored[j] then
@@ -36,7 +44,7 @@ if #fired > 0 then
   writes[#writes + 1] = '#pending'
   writes[#writes + 1] = string.format('%d', tonumber(stored[m + 1] or '0') + #fired)
 end
-redis.call('HSET', R, unpack(writes))
+for j = 1, #writes, 1000 do redis.call('HSET', R, unpack(writes, j, math.min(j + 999, #writes))) end
 redis.call('EXPIRE', R, ttl)
 if #fired > 0 then
   dispatch(fired, run, tonumber(now), at + 3 * m, 5, {})
