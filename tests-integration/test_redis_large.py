@@ -13,7 +13,7 @@ import redis
 import test_rq_queue
 
 from flowcraft.spi import Arrival, Backend, Completion, Job, RunRecord, Transition
-from flowcraft_redis import RedisCoordinationStore
+from flowcraft_redis import RedisCoordinationStore, make_client
 from flowcraft_redis.layout import dumps
 from flowcraft_rq import RqQueue
 
@@ -146,3 +146,24 @@ async def test_a_join_of_more_members_than_lua_unpacks(backend: Backend, sync_re
     again = await coordination.commit(Transition(
         run_id, first.key, completion=Completion("a", output=1, token="t"), arrivals=arrivals, finish=True))
     assert again.conflict is None and again.fired == ()
+
+
+async def test_a_commit_without_a_queue_on_redis_fires_more_jobs_than_lua_unpacks(redis_url: str,
+                                                                                  redis_prefix: str) -> None:
+    """The store alone, as the rabbitmq, azure and kafka presets use it (the engine enqueues what it fires): the same
+    script, without the queue's Lua."""
+    client = make_client(redis_url)
+    try:
+        coordination = RedisCoordinationStore(client, key_prefix=redis_prefix)
+        run_id = f"big-{uuid.uuid4().hex}"
+        first = Job(run_id, "bp", "a", version="1", input=0, has_input=True)
+        await coordination.schedule(run_id, [first])
+        targets = _jobs(run_id)
+        arrivals = tuple(Arrival(job, "a", arrived=True, contribution=job.input, expected=("a",)) for job in targets)
+        committed = await coordination.commit(Transition(
+            run_id, first.key, completion=Completion("a", output=1, token="t"), arrivals=arrivals, finish=True))
+        assert committed.conflict is None and committed.pending == WIDE
+        assert [job.key for job in committed.fired] == [job.key for job in targets]
+        assert sorted(p.job.key for p in await coordination.jobs(run_id)) == sorted(job.key for job in targets)
+    finally:
+        await client.aclose()
