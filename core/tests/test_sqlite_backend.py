@@ -688,3 +688,18 @@ def test_database_file_is_plain_sqlite(tmp_path: Path) -> None:
             "SELECT name, sql FROM sqlite_master WHERE name IN ('fc_context', 'fc_completions')").fetchall())
         assert len(layouts) == 2 and not any("WITHOUT ROWID" in sql for sql in layouts.values())
     assert os.path.getsize(path) > 0
+
+
+async def test_delete_dead_letters_takes_more_ids_than_one_statement_may_bind(sqlite_backend: Backend) -> None:
+    """An operator deletes thousands of dead letters at once: the ids are bound in statements of a few hundred, so a
+    SQLite built with the old limit of 999 bound parameters takes them too (the connection is set to that limit)."""
+    queue = sqlite_backend.queue
+    assert isinstance(queue, SqliteQueue)
+    await queue.db.call(lambda conn: conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999))
+    await queue.enqueue([_job(f"r{i}") for i in range(1200)])
+    for delivery in await queue.dequeue(1200, 0):
+        await queue.dead_letter(delivery, "bad")
+    letters = await queue.dead_letters(limit=2000)
+    assert len(letters) == 1200
+    assert await queue.delete_dead_letters([letter.id for letter in letters]) == 1200
+    assert await queue.dead_letters() == []

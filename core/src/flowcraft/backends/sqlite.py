@@ -1048,8 +1048,12 @@ class SqliteQueue(_SqliteComponent, Queue):
             return 0
 
         def delete(conn: sqlite3.Connection) -> int:
-            marks = ",".join("?" * len(numbers))
-            return int(conn.execute(f"DELETE FROM fc_dead_letters WHERE id IN ({marks})", numbers).rowcount)
+            removed = 0
+            for start in range(0, len(numbers), _CHUNK):
+                chunk = numbers[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                removed += conn.execute(f"DELETE FROM fc_dead_letters WHERE id IN ({marks})", chunk).rowcount
+            return removed
 
         removed: int = await self.db.write(delete)
         return removed
