@@ -128,13 +128,18 @@ async def test_a_channel_whose_slot_moves_is_followed_to_its_new_primary(client:
             await asyncio.sleep(0.05)
         assert numsub[1] == 1
         await feed.wait(channel, 0.5)  # the confirmation's wake, if it came after the move's
-        waiting = asyncio.create_task(feed.wait(channel, 5.0))
-        await asyncio.sleep(0.05)
-        assert not waiting.done()
-        await client.spublish(channel, "completed")
-        await asyncio.wait_for(waiting, 2.0)
+        await _woken_by_the_next_publish(client, feed, channel)
     finally:
         await _assign(client, slot, source)
+
+
+async def _woken_by_the_next_publish(client: RedisCluster, feed: ChangeFeed, channel: str) -> None:
+    """A wait on ``channel`` sleeps until the next ``SPUBLISH`` there, and that wakes it."""
+    waiting = asyncio.create_task(feed.wait(channel, 5.0))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await client.spublish(channel, "completed")
+    await asyncio.wait_for(waiting, 2.0)
 
 
 async def test_a_refused_ssubscribe_is_sent_again_where_the_refreshed_slot_map_puts_the_channel(
@@ -155,11 +160,7 @@ async def test_a_refused_ssubscribe_is_sent_again_where_the_refreshed_slot_map_p
         numsub = await client.execute_command("PUBSUB", "SHARDNUMSUB", channel, target_nodes=target)
         assert numsub[1] == 1
         await feed.wait(channel, 0.3)  # the refusal's wake, if it came after the confirmation
-        waiting = asyncio.create_task(feed.wait(channel, 5.0))
-        await asyncio.sleep(0.05)
-        assert not waiting.done()
-        await client.spublish(channel, "completed")
-        await asyncio.wait_for(waiting, 2.0)
+        await _woken_by_the_next_publish(client, feed, channel)
     finally:
         await _assign(client, slot, source)
 
