@@ -1,7 +1,8 @@
 """The Redis coordination scripts take a commit, a start and a join of any size against a real redis-server, in both
 rq queue layouts: Lua's ``unpack`` fails past ~8000 values (its C stack), so lua/commit.lua and lua/start.lua read
 and write the run hash in slices once a call's fields run into the thousands (a blueprint's 9000-way fan-out, a run
-started with 9000 jobs, a join of 9000 members), as the memory and sqlite stores take them."""
+started with 9000 jobs, a join of 9000 members), as the memory and sqlite stores take them, and the rq queue's
+scripts push ids in slices."""
 
 from __future__ import annotations
 
@@ -167,3 +168,13 @@ async def test_a_commit_without_a_queue_on_redis_fires_more_jobs_than_lua_unpack
         assert sorted(p.job.key for p in await coordination.jobs(run_id)) == sorted(job.key for job in targets)
     finally:
         await client.aclose()
+
+
+async def test_one_enqueue_of_more_jobs_than_lua_can_unpack(backend: Backend) -> None:
+    """The queue list gets them in pushes of at most 1000 (lua/enqueue.lua, and the commit's dispatch)."""
+    _, queue = _parts(backend)
+    jobs = _jobs("big-run")
+    await queue.enqueue(jobs)
+    assert await queue.depth() == WIDE
+    got = await queue.dequeue(WIDE, 1.0)
+    assert sorted(delivery.job.node_id for delivery in got) == sorted(job.node_id for job in jobs)
