@@ -463,6 +463,10 @@ class Committed:
         _fill_committed(committed, conflict, fired, continued, skipped, pending, parked, ended)
         return committed
 
+    def with_end(self, record: RunRecord) -> Committed:
+        """This commit as one that ended the run, leaving it with ``record`` (``ends_the_run``)."""
+        return Committed._of(None, self.fired, self.continued, self.skipped, 0, 0, record)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Begin:
@@ -1359,6 +1363,15 @@ def split_hand_over(transition: Transition, fired: Sequence[Job], now: float) ->
         else:
             queued.append(job)
     return handed, queued
+
+
+def ends_the_run(transition: Transition, committed: Committed) -> bool:
+    """Whether a store that ``ends`` runs ends the run with this commit (``committed``: what it decided for
+    ``transition``): the transition finishes its job with an end given (``Transition.end``), no other attempt's
+    completion won, and nothing is left pending or parked. The store then moves the record, from an active status
+    only (so once), in the same atomic step (``Committed.with_end``). The rule every such store follows."""
+    return (transition.end is not None and transition.finish and committed.conflict is None
+            and committed.pending == 0 and committed.parked == 0)
 
 
 def take_lease(tables: LeaseTables, job: Job, owner: str, lease_seconds: float) -> Begin:

@@ -44,6 +44,7 @@ from flowcraft.spi import (
     TablesCoordinationStore,
     Transition,
     apply_transition,
+    ends_the_run,
     split_hand_over,
 )
 
@@ -495,14 +496,13 @@ class MemoryCoordinationStore(TablesCoordinationStore):
             if holder is not None and holder[0] == transition.owner:
                 del run.leases[transition.job_key]
         end, status = transition.end, self._status
-        if end is not None and status is not None and committed.pending == 0 and committed.parked == 0 \
-                and status.writes_context:
+        if end is not None and status is not None and status.writes_context and ends_the_run(transition, committed):
             # the end as ``transition_with_context`` makes it: only from an active status, so once (a replay of
             # this commit, or one of a cancelled or failed run, finds the record settled and ends nothing)
             ended = status._transition(transition.run_id, end.FROM_STATUSES, end.TO_STATUS, end.fields,
                                        {end.RESULT_KEY: end.result})
             if ended is not None:
-                committed = Committed._of(None, committed.fired, committed.continued, committed.skipped, 0, 0, ended)
+                committed = committed.with_end(ended)
         if queue is not None and transition.receipt is not None and (committed.pending > 0
                                                                      or committed.ended is not None):
             queue.remove(transition.receipt)

@@ -97,6 +97,7 @@ from flowcraft.spi import (
     TablesCoordinationStore,
     Transition,
     apply_transition,
+    ends_the_run,
     split_hand_over,
     take_lease,
 )
@@ -1653,7 +1654,7 @@ class SqliteCoordinationStore(_SqliteComponent, TablesCoordinationStore):
                 if queue is None:
                     tables.flush()
                     return committed
-                if ending is not None and finished and committed.pending == 0 and committed.parked == 0:
+                if ending is not None and ends_the_run(transition, committed):
                     # the end as ``transition_with_context`` makes it, from an active status only: once
                     document = _compare_and_set(tables.sql, transition.run_id, RunEnd.FROM_STATUSES, RunEnd.TO_STATUS,
                                                 ending[0], ending[1])
@@ -1676,8 +1677,7 @@ class SqliteCoordinationStore(_SqliteComponent, TablesCoordinationStore):
         if queue is not None and len(committed.fired) > len(committed.continued):
             queue._notify()
         if ended and ender is not None:
-            committed = Committed._of(None, committed.fired, committed.continued, committed.skipped, 0, 0,
-                                      ender.changed(transition.run_id, ended[0]))
+            committed = committed.with_end(ender.changed(transition.run_id, ended[0]))
         return committed
 
     async def atomically(self, run_id: str, fn: Callable[[LeaseTables], T]) -> T:
