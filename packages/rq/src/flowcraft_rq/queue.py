@@ -537,7 +537,9 @@ class RqQueue(Colocated, Queue):
             count, when = shares.get(g, 0), due[g]
             if count or last[g] <= stale or (when is not None and when <= now):
                 batch.append((group, count))
-            elif ready[g] == 0:
+            elif ready[g] == 0 and g not in waits:
+                # a group with this worker's blocking wait outstanding needs no LLEN: an id pushed there ends a
+                # wait (this worker's, which marks it ready at the next receive, or another worker's, who takes it)
                 probes.append(group)
         items: list[tuple[int, list[Any]]] = []
         ran: set[int] = set()

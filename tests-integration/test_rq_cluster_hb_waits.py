@@ -1,0 +1,44 @@
+"""On a 3-shard Redis Cluster, a receive sends no ``LLEN`` to a queue group on which this worker's blocking wait is
+still outstanding (``RqQueue._dequeue_groups``): a job pushed there ends the wait, which marks the group ready, so
+the next receive runs that group's script and delivers it. (Before, every receive probed each group learned empty,
+one request per primary: ~4 more requests per diamond8 run one at a time than on one Redis.)"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from test_rq_cluster_receive import queue  # noqa: F401  # the fixture: an rq queue on the 3-shard cluster
+
+import flowcraft_rq.queue as rq_queue
+from flowcraft.spi import Job
+from flowcraft_rq import RqQueue
+
+
+async def test_no_llen_where_a_wait_is_outstanding_and_the_job_it_moved_is_delivered(
+        queue: RqQueue, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    monkeypatch.setattr(rq_queue, "RECOVERY_INTERVAL", 60.0)  # no group's recoveries fall due during the test
+    assert await queue.dequeue(16, 0.05) == []  # every group's script ran (all learned empty); it then blocked
+    assert queue._ready == [0] * len(queue.groups)
+    assert sorted(queue._waits) == list(range(len(queue.groups)))  # a wait per group, still outstanding
+    sent: list[tuple[Any, ...]] = []
+    call_many = queue.batcher.call_many
+
+    async def recorded(*commands: tuple[Any, ...]) -> list[Any]:
+        sent.extend(commands)
+        return await call_many(*commands)
+
+    monkeypatch.setattr(queue.batcher, "call_many", recorded)
+    run_id = "run-0"
+    group = queue.group_of(run_id)
+    await queue.enqueue([Job(run_id, "bp", "a")])
+    await asyncio.wait_for(asyncio.shield(queue._waits[group]), 5.0)  # the group's wait moved the job
+    scripted = list(queue._scripted)
+    got = await queue.dequeue(16, 0.0)
+    assert [d.job.run_id for d in got] == [run_id]
+    assert [c for c in sent if c[0] == "LLEN"] == []  # every other group has this worker's wait outstanding
+    assert [g for g, (a, b) in enumerate(zip(scripted, queue._scripted, strict=True)) if a != b] == [group]
+    for delivery in got:
+        await queue.ack(delivery)
+    assert await queue.size() == 0
