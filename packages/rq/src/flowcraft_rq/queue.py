@@ -222,7 +222,7 @@ class RqDispatcher(Dispatcher):
         #: cluster the set is in another slot than the group: the queue registers its groups in ``setup``
         self.registry = q.queues_key if not q.clustered else None
         #: the same text for every group (the store builds its scripts from the queue's first dispatcher)
-        self.lua = scripts.dispatch(q.job_prefix, q.state_ttl_seconds, q.lean)
+        self.lua = scripts.dispatch(q.job_prefix, q.lean)
         constant: list[Any] = [group.queue_name, q.worker_name]
         self._constant: list[Any] = [Packed.of(*constant)] if fast_packing(q.redis) else constant
 
@@ -416,8 +416,8 @@ class RqQueue(Colocated, Queue):
             if not self.clustered:
                 keys.append(self.queues_key)
             calls.append(self.batcher.call_script(
-                self._enqueue, keys, self.job_prefix, group.queue_name, iso(now), due, self.state_ttl_seconds,
-                self.key_prefix, lean, group.tag, *tail))
+                self._enqueue, keys, self.job_prefix, group.queue_name, iso(now), due, self.key_prefix, lean,
+                group.tag, *tail))
         await asyncio.gather(*calls)
 
     def new_job_id(self, run_id: str = "") -> str:
@@ -715,8 +715,7 @@ class RqQueue(Colocated, Queue):
             self._release, (group.inflight_key if receipt.lean else group.wip_key, self._job_key(receipt.job_id),
                             group.queue_key, group.scheduled_key, group.held_key, *lease_keys),
             receipt.job_id, receipt.entry, repr(now + delay) if delay > 0 else "", iso(now),
-            dumps(job.to_dict()) if receipt.lean else "", group.queue_name, job.run_id, job.key,
-            self.state_ttl_seconds, *lease_args[1:],
+            dumps(job.to_dict()) if receipt.lean else "", group.queue_name, job.run_id, job.key, *lease_args[1:],
         )
 
     async def extend(self, delivery: Delivery, seconds: float) -> None:
@@ -749,8 +748,8 @@ class RqQueue(Colocated, Queue):
         if receipt.lean:  # a lean job: no job hash yet, so the whole rq job is written
             job = delivery.job
             fields.update({"data": encode_data(dumps(job.to_dict())), "created_at": iso(now),
-                           "origin": group.queue_name, "description": f"flowcraft {job.run_id} {job.key}",
-                           "flowcraft_run": job.run_id, "flowcraft_key": job.key, "flowcraft_deliveries": 1,
+                           "origin": group.queue_name, "flowcraft_run": job.run_id, "flowcraft_key": job.key,
+                           "flowcraft_deliveries": 1,
                            **dict(zip(RQ_STATIC_FIELDS[::2], RQ_STATIC_FIELDS[1::2], strict=True))})
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zrem(group.inflight_key if receipt.lean else group.wip_key, receipt.entry)

@@ -33,7 +33,7 @@ _RQ_CONSTANTS = f"local RQ_DATA_HEAD, RQ_DATA_TAIL = {lua_string(DATA_HEAD)}, {l
 
 #: the fields every rq job hash gets, whatever its status: write_rq_job's HSET calls (one per status, each with all
 #: its arguments: a table of them would be made and grown on every call) begin with them
-_RQ_FIELDS = ("'data', data, 'created_at', now_iso, 'origin', origin, 'description', description, 'flowcraft_run', "
+_RQ_FIELDS = ("'data', data, 'created_at', now_iso, 'origin', origin, 'flowcraft_run', "
               "run, 'flowcraft_key', key, " + ", ".join(map(lua_string, RQ_STATIC_FIELDS)))
 _RQ_JOB = _RQ_CONSTANTS + _lua("rq_job").replace(  # writes our rq job hashes: ENQUEUE, RELEASE, DEQUEUE, dispatch
     "--[[RQ_FIELDS]]", _RQ_FIELDS)
@@ -46,12 +46,12 @@ ENQUEUE = with_leases(_RQ_JOB + _lua("enqueue"))
 _DISPATCH = _RQ_JOB + _lua("dispatch")
 
 
-def dispatch(job_prefix: str, ttl: int, lean: bool) -> str:
+def dispatch(job_prefix: str, lean: bool) -> str:
     """``Dispatcher.lua`` of an rq queue, prepended to flowcraft_redis's commit and start scripts: the queue's
-    constants (rq's job key prefix, the job hashes' TTL, the layout) are in the text, not in every commit's ARGV
+    constants (rq's job key prefix, the layout) are in the text, not in every commit's ARGV
     (each argument costs a script call ~800 instructions). The same for every queue group of a Redis Cluster (the
     store builds one commit script from the queue's first dispatcher): the group's queue name (rq's ``origin``)
     stays an argument, and so does the worker's name (one script per worker process would stay in the server's
     script cache after the process is gone)."""
-    constants = f"{lua_string(job_prefix)}, {int(ttl)}, {'true' if lean else 'false'}"
+    constants = f"{lua_string(job_prefix)}, {'true' if lean else 'false'}"
     return _DISPATCH.replace("--[[DISPATCH_CONSTANTS]]", constants)

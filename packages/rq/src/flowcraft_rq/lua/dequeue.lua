@@ -21,7 +21,7 @@
 local q, wip, sched, claims, claim = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local jp, now, now_iso, deadline = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local max, exec, worker = tonumber(ARGV[5]), ARGV[6], ARGV[7]
-local P, prefetch, owner, expiry, ttl = ARGV[8], ARGV[9] == '1', ARGV[10], ARGV[11], tonumber(ARGV[12])
+local P, prefetch, owner, expiry, ttl = ARGV[8], ARGV[9] == '1', ARGV[10], ARGV[11], ARGV[12]
 local claimed, claim_until = ARGV[13] == '1', ARGV[14]
 local inflight, held = KEYS[6], KEYS[7]
 local T = ARGV[16]
@@ -30,13 +30,13 @@ local T = ARGV[16]
 -- one whose first entry is not due is not scanned, and a dequeue that finds nothing takes its next_due from what
 -- was read (nil: read again, the scan changed the set).
 local function first_score(key)
-  return redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2] or false
+  return redis.call('ZRANGE', key, '0', '0', 'WITHSCORES')[2] or false
 end
 -- due scheduled jobs to the queue (what rq's scheduler does)
 local sched_first = first_score(sched)
 if sched_first and tonumber(sched_first) <= now then
   sched_first = nil
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', sched, '-inf', now, 'LIMIT', 0, 1000)) do
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', sched, '-inf', now, 'LIMIT', '0', '1000')) do
     redis.call('ZREM', sched, id)
     if redis.call('EXISTS', jp .. id) == 1 then
       redis.call('HSET', jp .. id, 'status', 'queued', 'enqueued_at', now_iso)
@@ -48,7 +48,7 @@ end
 local wip_first = first_score(wip)
 if wip_first and tonumber(wip_first) <= now then
   wip_first = nil
-  for _, entry in ipairs(redis.call('ZRANGEBYSCORE', wip, '-inf', now, 'LIMIT', 0, 1000)) do
+  for _, entry in ipairs(redis.call('ZRANGEBYSCORE', wip, '-inf', now, 'LIMIT', '0', '1000')) do
     redis.call('ZREM', wip, entry)
     local id = string.sub(entry, 1, (string.find(entry, ':', 1, true) or (#entry + 1)) - 1)
     if redis.call('HGET', jp .. id, 'status') == 'started' then
@@ -60,7 +60,7 @@ end
 -- lean deliveries whose deadline passed (their worker died) become rq jobs (delivered once already) at the front of
 -- the queue: their job is the run's pending job, or the job their run's last commit marked done and kept in the
 -- held-jobs hash (the engine acks it after the run's end); entries are '<id>:<#run>:<run><job key>'
-for _, member in ipairs(redis.call('ZRANGEBYSCORE', inflight, '-inf', now, 'LIMIT', 0, 1000)) do
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', inflight, '-inf', now, 'LIMIT', '0', '1000')) do
   redis.call('ZREM', inflight, member)
   local c1 = string.find(member, ':', 1, true)
   local c2 = string.find(member, ':', c1 + 1, true)
@@ -74,22 +74,22 @@ for _, member in ipairs(redis.call('ZRANGEBYSCORE', inflight, '-inf', now, 'LIMI
     if state and string.sub(state, 1, 1) == 'p' then doc = string.sub(state, 2) end
   end
   if doc then
-    write_rq_job(jp .. id, id, doc, now_iso, ARGV[15], run, key, nil, sched, ttl)
-    redis.call('HSET', jp .. id, 'flowcraft_deliveries', 1)
+    write_rq_job(jp .. id, id, doc, now_iso, ARGV[15], run, key, nil, sched)
+    redis.call('HSET', jp .. id, 'flowcraft_deliveries', '1')
     redis.call('LPUSH', q, id)
   end
 end
 
-for _, list in ipairs(redis.call('ZRANGEBYSCORE', claims, '-inf', now, 'LIMIT', 0, 100)) do
+for _, list in ipairs(redis.call('ZRANGEBYSCORE', claims, '-inf', now, 'LIMIT', '0', '100')) do
   while redis.call('LMOVE', list, q, 'RIGHT', 'LEFT') do end
   redis.call('ZREM', claims, list)
 end
 
 local out = {}
 local ids = {}
-if claimed and max > 0 then ids = redis.call('LPOP', claim, max) or {} end
+if claimed and max > 0 then ids = redis.call('LPOP', claim, ARGV[5]) or {} end
 if #ids < max then
-  for _, id in ipairs(redis.call('LPOP', q, max - #ids) or {}) do ids[#ids + 1] = id end
+  for _, id in ipairs(redis.call('LPOP', q, string.format('%d', max - #ids)) or {}) do ids[#ids + 1] = id end
 end
 if #ids > 0 then
   local records = {}
@@ -122,8 +122,8 @@ if #ids > 0 then
         local deliveries = (tonumber(fields[4]) or 0) + 1
         local entry = id .. ':' .. exec .. n
         redis.call('ZADD', wip, deadline, entry)
-        redis.call('HSET', hk, 'status', 'started', 'started_at', now_iso, 'worker_name', worker,
-          'last_heartbeat', now_iso, 'flowcraft_deliveries', deliveries)
+        redis.call('HSET', hk, 'status', 'started', 'worker_name', worker, 'flowcraft_deliveries',
+          string.format('%d', deliveries))
         item = {id, entry, fields[1], deliveries, false, -1, false, false}
         run, key = fields[2], fields[3]
       end

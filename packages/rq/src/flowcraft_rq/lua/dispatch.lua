@@ -1,7 +1,7 @@
 -- CoordinationStore.dispatches: the commit script of flowcraft_redis calls dispatch(fired, run, now, at, k, handed)
 -- with its fired jobs ({index, job JSON, due ('' or seconds), job key, spliced} each), where RqDispatcher.args (the
 -- queue's name, the worker's name, now in rq's format, the visibility deadline, then the new job ids) begin in ARGV
--- (rq's job key prefix, the job TTL and the layout are constants of the text: flowcraft_rq.scripts.dispatch) and
+-- (rq's job key prefix and the layout are constants of the text: flowcraft_rq.scripts.dispatch) and
 -- RqDispatcher.keys (the queue list, its scheduled registry, its started registry, the lean in-flight set, the lean
 -- held-jobs hash) in KEYS, and the positions in fired of the jobs handed to the committing worker (continues): due
 -- jobs go to the queue list, later ones to its scheduled registry, handed ones straight into the started registry
@@ -12,7 +12,7 @@
 -- the run's first job was enqueued.)
 local function dispatch(fired, run, now, at, k, handed)
   local qkey, skey, wip, inflight = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
-  local jprefix, jttl, lean = --[[DISPATCH_CONSTANTS]]
+  local jprefix, lean = --[[DISPATCH_CONSTANTS]]
   local origin, worker, now_iso, deadline = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
   local ids_at = at + 4
   local ready, replies = {}, {}
@@ -29,12 +29,12 @@ local function dispatch(fired, run, now, at, k, handed)
         ready[#ready + 1] = member
       end
     else
-      local started = nil
       if handed[f] then
-        started = {worker, deadline, id .. ':c' .. id, wip}  -- > 64 bytes: flowcraft_rq.queue.execution_prefix
-        replies[f] = {id, started[3]}
-      end
-      if write_rq_job(jprefix .. id, id, entry[2], now_iso, origin, run, entry[4], due, skey, jttl, started) then
+        local started = id .. ':c' .. id  -- > 64 bytes: flowcraft_rq.queue.execution_prefix
+        replies[f] = {id, started}
+        write_rq_job(jprefix .. id, id, entry[2], now_iso, origin, run, entry[4], due, skey, worker, deadline,
+          started, wip)
+      elseif write_rq_job(jprefix .. id, id, entry[2], now_iso, origin, run, entry[4], due, skey) then
         ready[#ready + 1] = id
       end
     end
