@@ -42,3 +42,20 @@ async def test_no_llen_where_a_wait_is_outstanding_and_the_job_it_moved_is_deliv
     for delivery in got:
         await queue.ack(delivery)
     assert await queue.size() == 0
+
+
+async def test_a_receive_asks_a_group_for_as_many_jobs_as_it_is_known_to_have(
+        queue: RqQueue, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    monkeypatch.setattr(rq_queue, "RECOVERY_INTERVAL", 60.0)  # no group's recoveries fall due during the test
+    assert await queue.dequeue(16, 0.0) == []  # every group's script ran: all learned empty (no wait: none kept)
+    first, second = sorted(queue._home_groups())[:2]
+    runs = {group: [r for r in (f"run-{n}" for n in range(2000)) if queue.group_of(r) == group][:20]
+            for group in (first, second)}
+    await queue.enqueue([Job(run_id, "bp", "a") for group in (first, second) for run_id in runs[group]])
+    scripted = list(queue._scripted)
+    got = await queue.dequeue(16, 0.0)  # LLENs learn 20 ready in each; one group's script takes all 16
+    assert len(got) == 16
+    assert len({d.job.run_id for d in got} & set(runs[first] + runs[second])) == 16
+    assert len([g for g, (a, b) in enumerate(zip(scripted, queue._scripted, strict=True)) if a != b]) == 1
+    for delivery in got:
+        await queue.ack(delivery)

@@ -75,10 +75,22 @@ HOME_TURNS = 4
 BLOCK_SECONDS = 2.0
 
 
-def _shares(groups: Sequence[QueueGroup], wanted: int) -> list[tuple[QueueGroup, int]]:
-    """``wanted`` jobs shared out over ``groups`` in their order (the first ones get one more; 0 past them)."""
-    share, extra = divmod(wanted, len(groups))
-    return [(group, share + (1 if i < extra else 0)) for i, group in enumerate(groups)]
+def _shares(groups: Sequence[QueueGroup], wanted: int, ready: Sequence[int]) -> list[tuple[QueueGroup, int]]:
+    """``wanted`` jobs asked of ``groups`` in their order, each up to the ids it is known to have ready (``ready``
+    by group; one whose count is unknown, -1, is asked the rest), so a receive runs as few dequeue scripts as
+    the known counts allow; what those leave is asked of the first group as well (more may have come since)."""
+    out: list[tuple[QueueGroup, int]] = []
+    left = wanted
+    for group in groups:
+        if left <= 0:
+            break
+        known = ready[group.index]
+        take = left if known < 0 else min(known, left)
+        out.append((group, take))
+        left -= take
+    if left > 0 and out:
+        out[0] = (out[0][0], out[0][1] + left)
+    return out
 
 
 def rq_prefix_default() -> str:
@@ -496,13 +508,15 @@ class RqQueue(Colocated, Queue):
 
         The worker keeps, per group, how many ids it last learned are ready there (``_ready``: the script's
         ``left``, an ``LLEN``, an id one of its blocking waits moved, even one kept from an earlier receive;
-        unknown at first). ``max_jobs`` is shared out from a rotating group over the groups not known to be
-        empty, only those of the worker's home primary if it has any (``_home_groups``), except at every
+        unknown at first). ``max_jobs`` is asked of the groups not known to be empty from a rotating one, each
+        up to the ids it is known to have ready (``_shares``: as few scripts as those counts allow), only those
+        of the worker's home primary if it has any (``_home_groups``), except at every
         ``HOME_TURNS``-th receive (then over all of them, from a rotation of their own: no group waits for the
         home primary's to run out). A group known to be empty gets its script only when its recoveries are due
         (this worker last ran its script there ``RECOVERY_INTERVAL`` ago or more, or the earliest scheduled or
         lapsing entry it reported is due now); otherwise an ``LLEN``, which costs the shard a fraction of an empty
-        script, tells whether something was pushed there since. If the scripts come short, the rest is shared out
+        script, tells whether something was pushed there since (none while this worker's blocking wait there is
+        outstanding: a push ends the wait, which marks the group ready). If the scripts come short, the rest is asked
         again over the groups with ids ready, the home primary's first (at most three rounds). With nothing
         found, every group whose recoveries are due or whose registration of this worker's claim list would lapse
         during the wait runs its script before the worker blocks, so a worker never blocks on a group with an
@@ -529,7 +543,7 @@ class RqQueue(Colocated, Queue):
         likely = [group for group in order if ready[group.index] != 0]
         home = frozenset() if shared else self._home_groups()
         preferred = [group for group in likely if group.index in home] or likely
-        shares = {group.index: count for group, count in _shares(preferred, max_jobs)} if preferred else {}
+        shares = {group.index: count for group, count in _shares(preferred, max_jobs, ready)}
         batch: list[tuple[QueueGroup, int]] = []
         probes: list[QueueGroup] = []
         for group in order:
@@ -580,7 +594,7 @@ class RqQueue(Colocated, Queue):
             if not candidates:
                 break
             candidates = [group for group in candidates if group.index in home] or candidates
-            batch = [(group, count) for group, count in _shares(candidates, wanted) if count]
+            batch = [(group, count) for group, count in _shares(candidates, wanted, ready) if count]
         known = [when for when in due if when is not None]
         return (min(known) if known else None), items
 
