@@ -59,3 +59,19 @@ async def test_a_receive_asks_a_group_for_as_many_jobs_as_it_is_known_to_have(
     assert len([g for g, (a, b) in enumerate(zip(scripted, queue._scripted, strict=True)) if a != b]) == 1
     for delivery in got:
         await queue.ack(delivery)
+
+
+async def test_an_idle_workers_recoveries_wait_for_the_idle_interval_where_its_wait_is_outstanding(
+        queue: RqQueue, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    monkeypatch.setattr(rq_queue, "RECOVERY_INTERVAL", 0.0)  # a busy worker's recoveries: due at every receive
+    monkeypatch.setattr(rq_queue, "IDLE_RECOVERY_INTERVAL", 60.0)
+    assert await queue.dequeue(16, 0.05) == []  # every group's script ran; it then blocked on every group
+    assert sorted(queue._waits) == list(range(len(queue.groups)))
+    scripted = list(queue._scripted)
+    assert await queue.dequeue(16, 0.0) == []
+    assert queue._scripted == scripted  # no group's script: this worker's wait is outstanding on each
+    run_id = "run-0"
+    group = queue.group_of(run_id)
+    queue._waits.pop(group).cancel()  # that group's wait over (as when it ends empty): its recoveries are due again
+    assert await queue.dequeue(16, 0.0) == []
+    assert [g for g, (a, b) in enumerate(zip(scripted, queue._scripted, strict=True)) if a != b] == [group]

@@ -65,6 +65,12 @@ DEFAULT_QUEUE = "flowcraft-queue"
 RECOVERY_INTERVAL = 0.1
 
 
+#: on a Redis Cluster, the same for a group on which this worker's blocking wait is outstanding (it was idle there
+#: lately): its recoveries then go at about the pace of an idle worker's on one Redis, whose receives, ``poll_wait``
+#: apart (1 s by default), each run the dequeue script once (seconds)
+IDLE_RECOVERY_INTERVAL = 1.0
+
+
 #: on a Redis Cluster, a receive shares its jobs over the groups of the worker's home primary first, except every
 #: this many receives, which share them over every group (``RqQueue._dequeue_groups``)
 HOME_TURNS = 4
@@ -539,7 +545,7 @@ class RqQueue(Colocated, Queue):
                 del waits[index]
                 self._moved(index, task)
         clock = time.monotonic()
-        stale = clock - RECOVERY_INTERVAL
+        stale, idle = clock - RECOVERY_INTERVAL, clock - IDLE_RECOVERY_INTERVAL
         likely = [group for group in order if ready[group.index] != 0]
         home = frozenset() if shared else self._home_groups()
         preferred = [group for group in likely if group.index in home] or likely
@@ -549,7 +555,7 @@ class RqQueue(Colocated, Queue):
         for group in order:
             g = group.index
             count, when = shares.get(g, 0), due[g]
-            if count or last[g] <= stale or (when is not None and when <= now):
+            if count or last[g] <= (idle if g in waits else stale) or (when is not None and when <= now):
                 batch.append((group, count))
             elif ready[g] == 0 and g not in waits:
                 # a group with this worker's blocking wait outstanding needs no LLEN: an id pushed there ends a
@@ -587,7 +593,8 @@ class RqQueue(Colocated, Queue):
                 before_blocking = False
                 until = max(claim_until - self.visibility_timeout, time.time() + self._block_seconds(0.0))
                 batch = [(group, 0) for group in order if group.index not in ran
-                         and (last[group.index] <= stale or registered[group.index] < until)]
+                         and (last[group.index] <= (idle if group.index in waits else stale)
+                              or registered[group.index] < until)]
                 if not batch:
                     break
                 continue
