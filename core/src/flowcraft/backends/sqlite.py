@@ -112,7 +112,10 @@ except ImportError:  # Windows: no writer turns, SQLite's busy handler alone
 T = TypeVar("T")
 
 DEFAULT_PATH = ".flowcraft/flowcraft.db"
-SCHEMA_VERSION = 1
+#: the schema's version (2: ``fc_join_counts``, added to a version-1 database when a process opens it to write)
+SCHEMA_VERSION = 2
+#: the oldest schema a read-only connection reads (what it reads did not change since)
+_READ_SCHEMA_VERSION = 1
 #: Dequeue polling for work another process enqueues: first pause, and the cap it doubles up to.
 POLL_MIN = 0.005
 POLL_MAX = 0.1
@@ -196,6 +199,13 @@ CREATE TABLE IF NOT EXISTS fc_arrivals (
     contribution TEXT NOT NULL,
     UNIQUE (run_id, target, member)
 );
+CREATE TABLE IF NOT EXISTS fc_join_counts (
+    run_id TEXT NOT NULL,
+    target TEXT NOT NULL,
+    recorded INTEGER NOT NULL,
+    arrived INTEGER NOT NULL,
+    PRIMARY KEY (run_id, target)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS fc_leases (
     run_id TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -522,10 +532,10 @@ def _connect_read_only(path: str) -> sqlite3.Connection:
     except BaseException:
         conn.close()
         raise
-    if version < SCHEMA_VERSION:  # not written by flowcraft yet (or by an older one): nothing to read
+    if version < _READ_SCHEMA_VERSION:  # not written by flowcraft yet: nothing to read
         conn.close()
         raise ConfigError(f"{absolute} is not a flowcraft database (schema version {version}, expected "
-                          f"{SCHEMA_VERSION})", hint=setup)
+                          f"{_READ_SCHEMA_VERSION})", hint=setup)
     return conn
 
 
@@ -1497,14 +1507,29 @@ class SqliteTables:
         )
 
     def add_arrival(self, run_id: str, target: str, member: str, arrived: bool, contribution: Any) -> tuple[int, int]:
-        self.sql.execute(
+        """The member recorded in ``fc_arrivals`` and counted in ``fc_join_counts`` (a join's counts read and written
+        by key, not counted over its members on every arrival: a join of n members costs O(n), not O(n²)). A join
+        without counts (its first member; or members an older version recorded without them) is counted once from
+        its members."""
+        inserted = self.sql.execute(
             "INSERT OR IGNORE INTO fc_arrivals (run_id, target, member, arrived, contribution) VALUES (?, ?, ?, ?, ?)",
             (run_id, target, member, int(arrived), self.encoded.contribution(contribution)),
-        )
-        recorded, arrivals = self.sql.execute(
-            "SELECT COUNT(*), TOTAL(arrived) FROM fc_arrivals WHERE run_id = ? AND target = ?", (run_id, target)
-        ).fetchone()
-        return int(recorded), int(arrivals)
+        ).rowcount == 1
+        if inserted:
+            row = self.sql.execute(
+                "UPDATE fc_join_counts SET recorded = recorded + 1, arrived = arrived + ? "
+                "WHERE run_id = ? AND target = ? RETURNING recorded, arrived",
+                (int(arrived), run_id, target)).fetchone()
+        else:
+            row = self.sql.execute("SELECT recorded, arrived FROM fc_join_counts WHERE run_id = ? AND target = ?",
+                                   (run_id, target)).fetchone()
+        if row is None:
+            row = self.sql.execute(
+                "SELECT COUNT(*), TOTAL(arrived) FROM fc_arrivals WHERE run_id = ? AND target = ?", (run_id, target)
+            ).fetchone()
+            self.sql.execute("INSERT INTO fc_join_counts (run_id, target, recorded, arrived) VALUES (?, ?, ?, ?)",
+                             (run_id, target, int(row[0]), int(row[1])))
+        return int(row[0]), int(row[1])
 
     def arrivals(self, run_id: str, target: str) -> dict[str, tuple[bool, Any]]:
         rows = self.sql.execute(
@@ -1551,7 +1576,7 @@ class SqliteTables:
         return None if row is None else float(row[0])
 
     def forget_run(self, run_id: str) -> None:
-        for table in ("fc_jobs", "fc_completions", "fc_arrivals", "fc_leases", "fc_runs"):
+        for table in ("fc_jobs", "fc_completions", "fc_arrivals", "fc_join_counts", "fc_leases", "fc_runs"):
             self.sql.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))  # fixed names
         self._deltas.pop(run_id, None)
         self._touched.discard(run_id)
