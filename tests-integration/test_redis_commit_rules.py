@@ -8,6 +8,11 @@ prefix of its own per example) and on ``MemoryCoordinationStore``'s tables throu
 ``flowcraft.spi.apply_transition``; every answer (fired jobs with their join inputs, skipped keys, pending and
 parked counts, conflicts, leases) and the state left behind (job states, stored completions, pending and
 parked jobs) must be the same, and ``delete_run`` must leave no key of the run behind.
+
+Joins are counted (lua/commit.lua's kinds ``k`` and ``w``, ``coordination.COUNTED_JOIN``) from a drawn step of the
+sequence on: before it the store records a join's members as the version before counted joins did (kind ``j``,
+which keeps no count), so a sequence runs uncounted, counted, or upgraded in flight. A wide target, ``WIDE``, has
+more members than ``COUNTED_JOIN``.
 """
 
 from __future__ import annotations
@@ -16,21 +21,25 @@ import asyncio
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
+from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flowcraft.backends.memory import MemoryCoordinationStore
-from flowcraft.spi import Arrival, Committed, Completion, Job, Transition, apply_transition
-from flowcraft_redis import RedisCoordinationStore, make_client
+from flowcraft.spi import Arrival, Completion, Job, Transition, apply_transition
+from flowcraft.testing.joins import outcome
+from flowcraft_redis import RedisCoordinationStore, coordination, make_client
 from flowcraft_redis.layout import Keys, completion_field, job_field, parse_completion, parse_state
 
 RUN = "run:1/ü x"
 # ids with ':', '/', spaces and unicode, as every store must take
 SOURCES = ("s:1",)
-TARGETS = ("t 1", "t:2", "tü3")  # few nodes, so a sequence revisits them: replays, conflicts, joins completing
+TARGETS = ("t 1", "t:2", "tü3", "w:4")  # few nodes, so a sequence revisits them: replays, conflicts, joins completing
 NODES = SOURCES + TARGETS
 MEMBERS = ("a", "b:x", "c ü")
+WIDE = "w:4"  # a join of MEMBERS and more than COUNTED_JOIN others, which never arrive, so it decides by 'any'
+WIDE_MEMBERS = MEMBERS + tuple(f"x{i}" for i in range(coordination.COUNTED_JOIN))
 OWNERS = ("w1", "w2")
 LIVE, EXPIRED = 60.0, -5.0  # lease lengths far from "now", so both stores judge them alike
 
@@ -62,7 +71,8 @@ def arrivals(draw: st.DrawFn, graph: dict[str, Join]) -> Arrival:
     contribution = draw(json_values) if arrived else None
     single = len(join.expected) <= 1
     job = job_of(target, contribution if single else None, single)
-    return Arrival(job, draw(st.sampled_from(join.expected)), arrived=arrived, contribution=contribution,
+    members = MEMBERS if target == WIDE else join.expected
+    return Arrival(job, draw(st.sampled_from(members)), arrived=arrived, contribution=contribution,
                    expected=join.expected, strategy=join.strategy)
 
 
@@ -71,6 +81,7 @@ def operations(draw: st.DrawFn) -> list[tuple[Any, ...]]:
     graph = {target: Join(tuple(draw(st.lists(st.sampled_from(MEMBERS), min_size=1, max_size=3, unique=True))),
                           draw(st.sampled_from(("all", "any"))))
              for target in TARGETS}
+    graph[WIDE] = Join(tuple(draw(st.permutations(WIDE_MEMBERS))), "any")
     node = st.sampled_from(NODES)
     owner = st.sampled_from(OWNERS)
     completion = st.builds(
@@ -90,15 +101,9 @@ def operations(draw: st.DrawFn) -> list[tuple[Any, ...]]:
     return draw(st.lists(operation, min_size=10, max_size=40))
 
 
-def outcome(committed: Committed) -> dict[str, Any]:
-    """What a commit decided, comparable across stores (jobs as their documents)."""
-    if committed.conflict is not None:
-        return {"conflict": committed.conflict.to_dict()}
-    return {"fired": [job.to_dict() for job in committed.fired], "skipped": list(committed.skipped),
-            "pending": committed.pending, "parked": committed.parked}
-
-
-async def run_both(redis_url: str, ops: list[tuple[Any, ...]]) -> None:
+async def run_both(redis_url: str, ops: list[tuple[Any, ...]], counted_from: int = 0) -> None:
+    """``ops`` on both stores; joins are counted from step ``counted_from`` on (before it: as the version before
+    counted joins recorded them)."""
     client = make_client(redis_url)
     prefix = f"fctest:{uuid.uuid4().hex}:"
     redis = RedisCoordinationStore(client, key_prefix=prefix, state_ttl_seconds=600)
@@ -128,7 +133,8 @@ async def run_both(redis_url: str, ops: list[tuple[Any, ...]]) -> None:
                 _, node, completion, arrived, finish, recovery, owner = op
                 tx = Transition(RUN, job_of(node).key, completion=completion, arrivals=tuple(arrived), finish=finish,
                                 recovery=recovery, owner=owner)
-                got = await redis.commit(tx)
+                with mock.patch.object(coordination, "COUNTED_JOIN", 1 if step >= counted_from else 10**6):
+                    got = await redis.commit(tx)
                 want = apply_transition(memory, tx)
                 assert outcome(got) == outcome(want), where
                 finished_by_owner = want.conflict is None and finish and owner is not None
@@ -164,6 +170,7 @@ async def assert_same_state(client: Any, keys: Keys, redis: RedisCoordinationSto
 
 
 @settings(max_examples=300, deadline=None)  # ~5 s; found each of the Lua faults we planted
-@given(ops=operations())
-def test_redis_coordination_follows_apply_transition(redis_url: str, ops: list[tuple[Any, ...]]) -> None:
-    asyncio.run(run_both(redis_url, ops))
+@given(ops=operations(), counted_from=st.integers(min_value=0, max_value=45))
+def test_redis_coordination_follows_apply_transition(redis_url: str, ops: list[tuple[Any, ...]],
+                                                     counted_from: int) -> None:
+    asyncio.run(run_both(redis_url, ops, counted_from))

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from flowcraft.spi import (
+    Arrival,
     Begin,
     Committed,
     Completion,
@@ -42,6 +43,38 @@ from flowcraft_redis.status import RedisStatusStore
 
 #: run records a coordination store keeps for its hand-overs (``RedisCoordinationStore._records``)
 _RECORDS = 1024
+
+
+#: a join of more members than this is counted (``lua/commit.lua``'s kind ``k``): a member's commit sends its own
+#: arrival, and the script reads its field and the join's count (``layout.join_count_field``), not the join's every
+#: member; only a join's first member (no count yet, also a join whose members an older version recorded) and the
+#: member that fires it send the members (kind ``w``, which reads them all and writes the count), in a second call
+#: when the first one answers ``members``. A smaller join sends its members with each arrival (kind ``j``): one call,
+#: no count.
+COUNTED_JOIN = 32
+
+
+def _arrival_args(arrivals: Sequence[Arrival], members: bool) -> list[Any]:
+    """The ARGV of a commit's arrivals, the kinds of ``lua/commit.lua``: what a one-member arrival needs only, and a
+    counted join's members only with ``members``."""
+    args: list[Any] = [len(arrivals)]
+    for arrival in arrivals:
+        job = arrival.job
+        due = "" if job.due_at is None else f" {job.due_at!r}"
+        expected = arrival.expected
+        if len(expected) > 1:
+            kind = "j" if len(expected) <= COUNTED_JOIN else "w" if members else "k"
+            args += (arrival.target_key, kind + due, arrival.member, "1" if arrival.arrived else "0",
+                     dumps(arrival.contribution), len(expected))
+            if kind == "k":
+                args.append(arrival.strategy)
+            else:
+                args += (*expected, arrival.strategy, dumps(job.to_dict()))
+        elif arrival.arrived:
+            args += (arrival.target_key, "1" + due, dumps(job.to_dict()))
+        else:
+            args += (arrival.target_key, "0")
+    return args
 
 
 class RedisCoordinationStore(RedisStateStore, CoordinationStore):
@@ -234,18 +267,9 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
         else:
             args += (0, 0)
         arrivals = tx.arrivals
-        args.append(len(arrivals))
-        for arrival in arrivals:  # the kinds of lua/commit.lua: what a one-member arrival needs only
-            job = arrival.job
-            due = "" if job.due_at is None else f" {job.due_at!r}"
-            if len(arrival.expected) > 1:
-                args += (arrival.target_key, "j" + due, arrival.member, "1" if arrival.arrived else "0",
-                         dumps(arrival.contribution), len(arrival.expected), *arrival.expected, arrival.strategy,
-                         dumps(job.to_dict()))
-            elif arrival.arrived:
-                args += (arrival.target_key, "1" + due, dumps(job.to_dict()))
-            else:
-                args += (arrival.target_key, "0")
+        arrivals_at = len(args)
+        args += _arrival_args(arrivals, False)
+        arrivals_end = len(args)
         base = self.dispatcher
         dispatcher = base.for_run(tx.run_id) if base is not None else None
         ack = dispatcher.ack_args(tx.receipt) if dispatcher is not None and tx.receipt is not None and tx.finish \
@@ -264,8 +288,13 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
             args.append(0)
         if dispatcher is not None and arrivals:
             args += dispatcher.args(len(arrivals), now)
-        result = await self.batcher.call_script(self._commit_sha(base), keys, *args)
+        sha = self._commit_sha(base)
+        result = await self.batcher.call_script(sha, keys, *args)
         head = result[0]
+        if head == b"members":  # a counted join without a count yet, or firing: again with its members
+            args[arrivals_at:arrivals_end] = _arrival_args(arrivals, True)
+            result = await self.batcher.call_script(sha, keys, *args)
+            head = result[0]
         if (head == b"ok1" or head == b"ok2") and dispatcher is not None:  # one fired job, handed over
             job = arrivals[0].job if not result[3] else Job.from_dict(loads(result[3]))
             begin = Begin(lease=True, state="pending", completion=parse_completion(result[5]))

@@ -10,7 +10,11 @@ private of ``flowcraft_redis``; changing any of them changes what is on the serv
   (``STATE_LETTERS``) followed, for ``p`` pending and ``k`` parked, by the job document; ``c<job key>`` a
   completion as ``token .. ' ' .. json``; ``l<job key>`` a lease as ``expiry .. ' ' .. owner`` (empty once
   dropped; only through the functions of ``LEASE_LUA``); ``a<len(target)> <target><member>`` a join arrival
-  (``1``/``0`` arrived/skipped + contribution JSON); ``#pending``, ``#parked`` (counts) and ``#activity``.
+  (``1``/``0`` arrived/skipped + contribution JSON); ``n<target>`` a counted join's count (``join_count_field``:
+  a join of more than ``coordination.COUNTED_JOIN`` members), ``'<recorded> <arrived>'``, the members recorded
+  and how many of them arrived, kept by every commit that records one of its members (a join whose members were
+  recorded without it, by an older version, gets it from their fields when its next member's commit reads them);
+  ``#pending``, ``#parked`` (counts) and ``#activity``.
 * Every value is compact JSON (``dumps``) produced by Python; Lua never decodes user values (cjson would lose
   precision and turn ``[]`` into ``{}``): a join's input map is spliced together from the stored strings.
 * A run record is a hash of JSON fields (``RECORD_FIELDS``) plus ``status`` as plain text; every status
@@ -57,6 +61,11 @@ def completion_field(job_key: str) -> str:
 def lease_field(job_key: str) -> str:
     """The field of a job's lease in the run's coordination hash."""
     return "l" + job_key
+
+
+def join_count_field(target_key: str) -> str:
+    """The field of a counted join's count (``'<recorded> <arrived>'``) in the run's coordination hash."""
+    return "n" + target_key
 
 
 #: the letter that starts a job-state value, by job state

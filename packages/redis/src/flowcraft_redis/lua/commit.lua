@@ -7,7 +7,9 @@
 -- (n, key, value...), context
 -- deletes (n, key...); arrivals (n, then per arrival its target and kind: '1' one expected member, arrived, then the
 -- job JSON; '0' one expected member, skipped; 'j' a join: member, arrived '1'/'0', contribution JSON, expected
--- members (n, id...), strategy, job JSON; a fired job's due time follows its kind after a space: '1 <due>'); then
+-- members (n, id...), strategy, job JSON; 'k' a counted join (flowcraft_redis.coordination.COUNTED_JOIN): member,
+-- arrived, contribution, how many expected, strategy; 'w' a counted join with its members, as 'j'; a fired job's
+-- due time follows its kind after a space: '1 <due>'); then
 -- dispatch ('0'/'1'), how many fired jobs to hand to the owner (continues), the expiry of the lease it takes on
 -- each, the status and updated_at of the run record the caller already holds ('' and '': none), the ack (n, then
 -- the queue's Dispatcher.ack_args), and (dispatching) the queue's Dispatcher.args. TTL and TTL_TEXT (the state
@@ -17,6 +19,11 @@
 -- every call that reaches it: only the commits that end a run make them).
 -- Each argument costs the call ~800 instructions whatever its size (a Lua string made, hashed and collected), so
 -- what a one-member arrival does not need is not sent.
+-- A counted join's member ('k') reads and writes its own arrival field and the join's count ('n' .. target:
+-- 'recorded arrived'), so a join of n members costs O(n) over its run, not O(n^2); the script answers {'members'},
+-- having written nothing, when the join has no count yet (its first member; or members an older version recorded
+-- without one) or fires now (its input map needs every member), and the caller sends the commit again with the
+-- join's members ('w'), which reads them all, as 'j' does, and writes the count.
 -- The run's coordination hash is read once (HMGET of every field this commit may look at), changed in a
 -- local overlay that later steps read through, and written once (HSET), so the rules below read like
 -- flowcraft.spi.apply_transition over tables.
@@ -262,10 +269,10 @@ for a = 1, tonumber(ARGV[i]) do
   local target, kind, due = ARGV[i + 1], ARGV[i + 2], ''
   if #kind > 1 then due = string.sub(kind, 3); kind = string.sub(kind, 1, 1) end
   local arrival
-  if kind == 'j' then
+  if kind == 'j' or kind == 'w' then
     local nexpected = tonumber(ARGV[i + 6])
     arrival = {target = target, member = ARGV[i + 3], arrived = ARGV[i + 4], contrib = ARGV[i + 5], expected = {},
-               joined = true}
+               joined = true, counted = kind == 'w'}
     for m = 1, nexpected do arrival.expected[m] = ARGV[i + 6 + m] end
     -- a join's arrival fields (string.format's %d: a number concatenated is formatted as a float, ~5x the work)
     arrival.base = 'a' .. string.format('%d', #target) .. ' ' .. target
@@ -274,6 +281,14 @@ for a = 1, tonumber(ARGV[i]) do
     i = j + 1
     fields[#fields + 1] = 'j' .. target
     for _, member in ipairs(arrival.expected) do fields[#fields + 1] = arrival.base .. member end
+  elseif kind == 'k' then  -- a counted join's member: its own arrival field and the join's count 'n' .. target
+    arrival = {target = target, member = ARGV[i + 3], arrived = ARGV[i + 4], contrib = ARGV[i + 5],
+               nexpected = tonumber(ARGV[i + 6]), strategy = ARGV[i + 7], joined = true, counted = true}
+    arrival.base = 'a' .. string.format('%d', #target) .. ' ' .. target
+    i = i + 7
+    fields[#fields + 1] = 'j' .. target
+    fields[#fields + 1] = arrival.base .. arrival.member
+    fields[#fields + 1] = 'n' .. target
   elseif kind == '1' then
     arrival = {target = target, arrived = kind, doc = ARGV[i + 3], joined = false}
     i = i + 3
@@ -341,16 +356,35 @@ for a, arrival in ipairs(arrivals) do
     if arrival.arrived == '1' then decision = 'fire' else decision = 'skip' end
   else
     local own = arrival.base .. arrival.member
-    if not stored[own] then put(own, arrival.arrived .. arrival.contrib) end
-    local recorded, any = 0, false
-    for _, member in ipairs(arrival.expected) do
-      local v = stored[arrival.base .. member]
-      if v then
-        recorded = recorded + 1
-        if string.sub(v, 1, 1) == '1' then any = true end
+    local recorded, narrived, nexpected = 0, 0, nil
+    if arrival.expected then
+      if not stored[own] then put(own, arrival.arrived .. arrival.contrib) end
+      for _, member in ipairs(arrival.expected) do
+        local v = stored[arrival.base .. member]
+        if v then
+          recorded = recorded + 1
+          if string.sub(v, 1, 1) == '1' then narrived = narrived + 1 end
+        end
       end
+      nexpected = #arrival.expected
+      -- 'w': the count of a counted join written from its members' fields (which an old-format join lacks)
+      if arrival.counted then put('n' .. arrival.target, string.format('%d %d', recorded, narrived)) end
+    else  -- 'k': the join's count, 'recorded arrived'; without one (the join's first member, or members recorded
+      -- before counts were kept) the caller sends the members ('w')
+      local count = stored['n' .. arrival.target]
+      if not count then return {'members'} end
+      local sp = string.find(count, ' ', 1, true)
+      recorded, narrived = tonumber(string.sub(count, 1, sp - 1)), tonumber(string.sub(count, sp + 1))
+      if not stored[own] then
+        put(own, arrival.arrived .. arrival.contrib)
+        recorded = recorded + 1
+        if arrival.arrived == '1' then narrived = narrived + 1 end
+        put('n' .. arrival.target, string.format('%d %d', recorded, narrived))
+      end
+      nexpected = arrival.nexpected
     end
-    local complete = recorded >= #arrival.expected
+    local any = narrived > 0
+    local complete = recorded >= nexpected
     if arrival.strategy == 'any' then
       if any then decision = 'fire' elseif complete then decision = 'skip' end
     elseif complete then
@@ -367,8 +401,10 @@ for a, arrival in ipairs(arrivals) do
       skipped[#skipped + 1] = arrival.target
     end
   elseif decision == 'fire' then
+    -- a counted join that fires now: its input map needs every member, which the caller sends then ('w')
+    if not state and not arrival.doc then return {'members'} end
     local body = arrival.doc
-    if joined then  -- the input map {member: contribution} spliced from the stored JSON texts
+    if joined and not state then  -- the input map {member: contribution} spliced from the stored JSON texts
       local parts = {}
       for _, member in ipairs(arrival.expected) do
         local v = stored[arrival.base .. member]
