@@ -1,6 +1,7 @@
-"""The rq layout's job hashes hold what rq's tools read and Flowcraft needs, without a TTL (rq gives a queued job
-none): a handed-over job and a dequeued one read back through rq as started by the worker, with rq's timeout and
-retries, and a redelivery counts its deliveries on (the count is written as a string, not a Lua number)."""
+"""The rq layout's job hashes show rq's tools what rq shows for its own jobs, without a TTL (rq gives a queued job
+none): a handed-over job and a dequeued one read back through rq as started by the worker, with their
+description, timestamps, timeout and retries, and a redelivery counts its deliveries on (the count is written as a
+string, not a Lua number)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ async def test_a_handed_job_hash_is_read_by_rq_and_has_no_ttl(
     (delivery,) = await queue.receive(1, 1.0, "w1", 30)
     dequeued = _rq_job(sync_redis, delivery.receipt.job_id)
     assert dequeued.get_status() == "started" and dequeued.worker_name == queue.worker_name
+    assert dequeued.started_at and dequeued.last_heartbeat and dequeued.enqueued_at and dequeued.description
     assert sync_redis.hget(queue.job_prefix + delivery.receipt.job_id, "flowcraft_deliveries") == b"1"
     assert sync_redis.ttl(queue.job_prefix + delivery.receipt.job_id) == -1  # as rq leaves a queued job
     nxt = Job(run, "bp", "b", input=1, has_input=True)
@@ -46,6 +48,7 @@ async def test_a_handed_job_hash_is_read_by_rq_and_has_no_ttl(
     assert job.get_status() == "started" and job.worker_name == queue.worker_name
     assert job.origin == queue.queue_name and job.func_name == FUNC_NAME and job.args[0]["node_id"] == "b"
     assert job.timeout == -1 and job.retries_left == 10 and sync_redis.hexists(key, "created_at")
+    assert job.description == f"flowcraft {run} 0:b" and job.enqueued_at and job.started_at and job.last_heartbeat
     assert sync_redis.ttl(key) == -1
     assert StartedJobRegistry(queue.queue_name, connection=sync_redis).get_job_ids(cleanup=False) == [
         handed.receipt.job_id]

@@ -769,8 +769,8 @@ class RqQueue(Colocated, Queue):
         if receipt.lean:  # a lean job: no job hash yet, so the whole rq job is written
             job = delivery.job
             fields.update({"data": encode_data(dumps(job.to_dict())), "created_at": iso(now),
-                           "origin": group.queue_name, "flowcraft_run": job.run_id, "flowcraft_key": job.key,
-                           "flowcraft_deliveries": 1,
+                           "origin": group.queue_name, "description": f"flowcraft {job.run_id} {job.key}",
+                           "flowcraft_run": job.run_id, "flowcraft_key": job.key, "flowcraft_deliveries": 1,
                            **dict(zip(RQ_STATIC_FIELDS[::2], RQ_STATIC_FIELDS[1::2], strict=True))})
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zrem(group.inflight_key if receipt.lean else group.wip_key, receipt.entry)

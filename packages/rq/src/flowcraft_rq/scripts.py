@@ -33,7 +33,7 @@ _RQ_CONSTANTS = f"local RQ_DATA_HEAD, RQ_DATA_TAIL = {lua_string(DATA_HEAD)}, {l
 
 #: the fields every rq job hash gets, whatever its status: write_rq_job's HSET calls (one per status, each with all
 #: its arguments: a table of them would be made and grown on every call) begin with them
-_RQ_FIELDS = ("'data', data, 'created_at', now_iso, 'origin', origin, 'flowcraft_run', "
+_RQ_FIELDS = ("'data', data, 'created_at', now_iso, 'origin', origin, 'description', description, 'flowcraft_run', "
               "run, 'flowcraft_key', key, " + ", ".join(map(lua_string, RQ_STATIC_FIELDS)))
 _RQ_JOB = _RQ_CONSTANTS + _lua("rq_job").replace(  # writes our rq job hashes: ENQUEUE, RELEASE, DEQUEUE, dispatch
     "--[[RQ_FIELDS]]", _RQ_FIELDS)

@@ -122,8 +122,8 @@ if #ids > 0 then
         local deliveries = (tonumber(fields[4]) or 0) + 1
         local entry = id .. ':' .. exec .. n
         redis.call('ZADD', wip, deadline, entry)
-        redis.call('HSET', hk, 'status', 'started', 'worker_name', worker, 'flowcraft_deliveries',
-          string.format('%d', deliveries))
+        redis.call('HSET', hk, 'status', 'started', 'started_at', now_iso, 'worker_name', worker,
+          'last_heartbeat', now_iso, 'flowcraft_deliveries', string.format('%d', deliveries))
         item = {id, entry, fields[1], deliveries, false, -1, false, false}
         run, key = fields[2], fields[3]
       end
