@@ -22,6 +22,17 @@ def _cluster_args(node: RedisServer, bus_port: int) -> list[str]:
             "--cluster-require-full-coverage", "yes"]
 
 
+def _complete(reply: bytes) -> bool:
+    """Whether ``reply`` is a whole RESP reply to ``CLUSTER INFO``/``PING``: a bulk string (``$<n>\\r\\n`` and n
+    bytes and ``\\r\\n``) or a one-line reply."""
+    head, sep, rest = reply.partition(b"\r\n")
+    if not sep:
+        return False
+    if head.startswith(b"$") and head[1:].isdigit():
+        return len(rest) >= int(head[1:]) + 2
+    return True
+
+
 class _ClusterNode(RedisServer):
     name = "redis-cluster-node"
 
@@ -89,14 +100,21 @@ class RedisClusterServer(RedisServer):
             raise
 
     def _wait_cluster_ok(self) -> None:
+        """Until every node has said, three times in a row 0.1 s apart, that the cluster is ok, every slot is
+        served and it knows every node (one ok right after ``--cluster create`` was seen followed by a
+        ``CLUSTERDOWN`` reply to the first command)."""
         deadline = time.monotonic() + self.startup_timeout_cluster
+        wanted = (b"cluster_state:ok", b"cluster_slots_ok:16384", b"cluster_known_nodes:%d" % len(self.ports))
+        streak = 0
         while True:
-            if all(self._info(port, b"CLUSTER INFO").find(b"cluster_state:ok") >= 0 for port in self.ports):
+            infos = [self._info(port, b"CLUSTER INFO") for port in self.ports]
+            streak = streak + 1 if all(w in info for info in infos for w in wanted) else 0
+            if streak >= 3:
                 return
             if time.monotonic() > deadline:
                 raise ServerError(f"redis cluster on ports {self.ports} not ok after "
                                   f"{self.startup_timeout_cluster:.0f}s")
-            time.sleep(0.05)
+            time.sleep(0.1)
 
     def _info(self, port: int, command: bytes) -> bytes:
         with socket.create_connection((self.host, port), timeout=2) as s:
@@ -104,7 +122,7 @@ class RedisClusterServer(RedisServer):
                 b"$%d\r\n%s\r\n" % (len(part), part) for part in command.split()))
             data = b""
             s.settimeout(2)
-            while not data.endswith(b"\r\n") or data.count(b"\r\n") < 2:
+            while not _complete(data):
                 chunk = s.recv(65536)
                 if not chunk:
                     break
