@@ -19,7 +19,8 @@ from flowcraft_rq import RqQueue
 async def test_no_llen_where_a_wait_is_outstanding_and_the_job_it_moved_is_delivered(
         queue: RqQueue, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     monkeypatch.setattr(rq_queue, "RECOVERY_INTERVAL", 60.0)  # no group's recoveries fall due during the test
-    assert await queue.dequeue(16, 0.05) == []  # every group's script ran (all learned empty); it then blocked
+    assert await queue.dequeue(16, 0.0) == []  # every group's script ran (all learned empty)
+    await queue._wait_groups(0.05)  # then a blocking wait per group, each lasting BLOCK_SECONDS (kept after this)
     assert queue._ready == [0] * len(queue.groups)
     assert sorted(queue._waits) == list(range(len(queue.groups)))  # a wait per group, still outstanding
     sent: list[tuple[Any, ...]] = []
@@ -65,7 +66,8 @@ async def test_an_idle_workers_recoveries_wait_for_the_idle_interval_where_its_w
         queue: RqQueue, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     monkeypatch.setattr(rq_queue, "RECOVERY_INTERVAL", 0.0)  # a busy worker's recoveries: due at every receive
     monkeypatch.setattr(rq_queue, "IDLE_RECOVERY_INTERVAL", 60.0)
-    assert await queue.dequeue(16, 0.05) == []  # every group's script ran; it then blocked on every group
+    assert await queue.dequeue(16, 0.0) == []  # every group's script ran
+    await queue._wait_groups(0.05)  # then a blocking wait per group, each lasting BLOCK_SECONDS (kept after this)
     assert sorted(queue._waits) == list(range(len(queue.groups)))
     scripted = list(queue._scripted)
     assert await queue.dequeue(16, 0.0) == []
