@@ -52,8 +52,8 @@ class RedisClusterServer(RedisServer):
     startup_timeout_cluster = 30.0
 
     def __init__(self, shards: int = 3, *, maxmemory: str = "256mb", **kwargs: Unpack[ServerOptions]) -> None:
-        if shards < 3:
-            raise ValueError("redis-cli --cluster create needs at least 3 primaries")
+        if shards < 1:
+            raise ValueError("a Redis Cluster needs at least one primary")
         ports = free_ports(2 * shards)  # a client port and a cluster bus port per node
         super().__init__(ports[0], maxmemory=maxmemory, **kwargs)
         self.bus_port = ports[shards]
@@ -86,18 +86,36 @@ class RedisClusterServer(RedisServer):
         try:
             for node in self.others:
                 node.start()
-            create = subprocess.run(
-                [self.cli, "--cluster", "create", *(f"{self.host}:{port}" for port in self.ports),
-                 "--cluster-replicas", "0", "--cluster-yes"],
-                capture_output=True, timeout=60, check=False)
-            if create.returncode != 0:
-                raise ServerError(f"redis-cli --cluster create failed: {create.stdout[-2000:]!r} "
-                                  f"{create.stderr[-2000:]!r}")
+            if len(self.ports) >= 3:
+                create = subprocess.run(
+                    [self.cli, "--cluster", "create", *(f"{self.host}:{port}" for port in self.ports),
+                     "--cluster-replicas", "0", "--cluster-yes"],
+                    capture_output=True, timeout=60, check=False)
+                if create.returncode != 0:
+                    raise ServerError(f"redis-cli --cluster create failed: {create.stdout[-2000:]!r} "
+                                      f"{create.stderr[-2000:]!r}")
+            else:
+                self._create_by_hand()
             self._wait_cluster_ok()
         except BaseException:
             for node in self.others:
                 node.stop()
             raise
+
+    def _create_by_hand(self) -> None:
+        """1 or 2 primaries (``redis-cli --cluster create`` wants 3): each node given its even contiguous share
+        of the slots (``CLUSTER ADDSLOTSRANGE``), as ``--cluster create`` splits them, and introduced to the
+        first (``CLUSTER MEET``)."""
+        n = len(self.ports)
+        for i, port in enumerate(self.ports):
+            lo, hi = i * 16384 // n, (i + 1) * 16384 // n - 1
+            reply = self._info(port, b"CLUSTER ADDSLOTSRANGE %d %d" % (lo, hi))
+            if not reply.startswith(b"+OK"):
+                raise ServerError(f"CLUSTER ADDSLOTSRANGE on port {port} failed: {reply[:200]!r}")
+        for node in self.others:
+            reply = self._info(self.port, b"CLUSTER MEET %s %d %d" % (self.host.encode(), node.port, node.bus_port))
+            if not reply.startswith(b"+OK"):
+                raise ServerError(f"CLUSTER MEET of port {node.port} failed: {reply[:200]!r}")
 
     def _wait_cluster_ok(self) -> None:
         """Until every node has said, three times in a row 0.1 s apart, that the cluster is ok, every slot is
