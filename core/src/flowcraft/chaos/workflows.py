@@ -21,7 +21,7 @@ from flowcraft.nodes.base import NodeContext
 
 LOG_ENV = "FLOWCRAFT_CHAOS_LOG"
 PREFIX = "chaos-"
-MAP_ITEMS = 20
+MAP_ITEMS = 80  # in chunks of 2: a gather of 40 chunks, a join wide enough that stores count it
 LOOP_PASSES = 3
 RETRY_SUCCEEDS_ON = 3  # attempts 1 and 2 fail, attempt 3 succeeds
 SLEEP_SECONDS = 1.0
@@ -150,7 +150,7 @@ def build_flows() -> list[Flow]:
     retry.node("s", start).node("flaky", flaky, retries=RETRY_SUCCEEDS_ON - 1, retry_delay=0.1).edge("s", "flaky")
 
     mapped = Flow(PREFIX + "map", version="1")
-    mapped.node("s", start).node("items", items).map("squares", square, chunk_size=3, max_concurrency=4)
+    mapped.node("s", start).node("items", items).map("squares", square, chunk_size=2, max_concurrency=8)
     mapped.node("total", total).edge("s", "items").edge("items", "squares").edge("squares", "total")
 
     sleepy = Flow(PREFIX + "sleep", version="1")
