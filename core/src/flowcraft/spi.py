@@ -617,6 +617,8 @@ class WorkerInfo:
     """A live worker as it announces itself (``flowcraft.presence``): who it is, where, what it loads and how
     busy it is. ``heartbeat_at``/``interval``: when it last said so and how often it does; it counts as dead
     once ``expires_at`` has passed. ``blueprints``: ``{"id", "version", "hash"}`` of each blueprint it loads.
+    ``protocol``: its coordination store's ``CoordinationStore.protocol``; None for an entry written by a worker
+    from before protocol versions (unknown: such a worker cannot check, so a versioned worker waits for it).
     All fields are keyword-only."""
 
     worker_id: str
@@ -632,6 +634,7 @@ class WorkerInfo:
     heartbeat_at: float = 0.0
     interval: float = 10.0
     blueprints: tuple[Mapping[str, Any], ...] = ()
+    protocol: str | None = None
 
     #: how many heartbeat intervals may pass without a heartbeat before a worker counts as dead
     EXPIRY_INTERVALS: ClassVar[float] = 3.0
@@ -648,7 +651,7 @@ class WorkerInfo:
                 "concurrency": self.concurrency, "in_flight": self.in_flight, "handled": self.handled,
                 "failed": self.failed, "state": self.state, "started_at": self.started_at,
                 "heartbeat_at": self.heartbeat_at, "interval": self.interval,
-                "blueprints": [dict(entry) for entry in self.blueprints]}
+                "blueprints": [dict(entry) for entry in self.blueprints], "protocol": self.protocol}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> WorkerInfo:
@@ -658,7 +661,8 @@ class WorkerInfo:
                    failed=int(data.get("failed", 0)), state=str(data.get("state", "ready")),
                    started_at=float(data.get("started_at", 0.0)), heartbeat_at=float(data.get("heartbeat_at", 0.0)),
                    interval=float(data.get("interval", 10.0)),
-                   blueprints=tuple(dict(entry) for entry in data.get("blueprints") or ()))
+                   blueprints=tuple(dict(entry) for entry in data.get("blueprints") or ()),
+                   protocol=None if data.get("protocol") is None else str(data["protocol"]))
 
     def evolve(self, **changes: Any) -> WorkerInfo:
         return replace(self, **changes)
@@ -1069,6 +1073,19 @@ class CoordinationStore(Component):
         """True when ``commit`` also writes a new completion's context updates (coordination and context share
         one store), which saves the engine a separate ``ContextStore.apply`` round trip."""
         return False
+
+    @property
+    def protocol(self) -> str:
+        """The version of what this store writes and expects other workers' writes to be: a store whose stored
+        data changes meaning (a worker of the version before would misread it or not update it) declares a new
+        one. Workers whose stores declare different protocols never take jobs from one store at the same time:
+        each announces it in its presence entry (``WorkerInfo.protocol``) and takes no jobs while a live worker
+        of another protocol that started before it, or of none (a version before protocols), is there
+        (``flowcraft.presence.protocol_blockers``). "1" for a store that declares none.
+
+        Not in ``Capabilities``: those are fast paths the engine takes within one worker, read on the job path;
+        this is an agreement between workers, read only by presence, and compared for equality, not tested."""
+        return "1"
 
     @property
     def dispatches(self) -> bool:

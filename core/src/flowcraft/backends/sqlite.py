@@ -1632,6 +1632,12 @@ class SqliteCoordinationStore(_SqliteComponent, TablesCoordinationStore):
         return True
 
     @property
+    def protocol(self) -> str:
+        """"2": every join keeps a count in ``fc_join_counts`` (schema 2), which a worker of protocol "1" does not
+        update (a member it records is not counted)."""
+        return "2"  # 2: counted joins (fc_join_counts)
+
+    @property
     def acks(self) -> bool:
         """With ``dispatches``: a finishing commit that leaves jobs pending deletes its delivery's queue row (if
         that delivery still holds it) in the commit's transaction, so the engine does not call ``ack``."""

@@ -469,6 +469,12 @@ class CoordinationContract(_Base):
         activity = await backend.coordination.activity(run_prefix)
         assert activity is not None and activity >= before
 
+    async def test_protocol_is_declared(self, backend: Backend) -> None:
+        """protocol names the version of what the store writes, which workers announce and compare so that workers
+        of different versions never take jobs from one store together (``flowcraft.presence``): a non-empty str."""
+        protocol = backend.coordination.protocol
+        assert isinstance(protocol, str) and protocol.strip(), f"protocol {protocol!r}"
+
 
 # ====================================================================== workflows on real workers
 class InProcessWorkers:

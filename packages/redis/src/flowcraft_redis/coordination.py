@@ -171,6 +171,12 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
         """Always: the commit script drops the finishing owner's lease (``lua/commit.lua``)."""
         return True
 
+    @property
+    def protocol(self) -> str:
+        """"2": joins of more than ``COUNTED_JOIN`` members keep a count (run-hash field ``n<target>``), which a
+        worker of protocol "1" does not update (a member it records is not counted)."""
+        return "2"  # 2: counted wide joins
+
     async def _call(self, sha: str, run_id: str, *args: Any) -> Any:
         """A script whose one key is the run's coordination hash."""
         return await self.batcher.call_script(sha, (self.keys.run(run_id),), *args)
