@@ -894,8 +894,9 @@ def reconcile(state: State, once: bool, threshold: float, interval: float, log_f
 @click.pass_obj
 def workers(state: State, include_dead: bool, as_json: bool, backend: str | None, options: Sequence[str]) -> None:
     """List live workers from their heartbeats in the store: id, host, pid, backend, concurrency, jobs in flight,
-    last heartbeat and the blueprints each loads. A worker whose heartbeat expired (3 intervals) is dead and
-    left out."""
+    last heartbeat, state, coordination protocol and the blueprints each loads. A worker whose heartbeat expired
+    (3 intervals) is dead and left out. State ``waiting``: the worker takes no jobs while a live worker of another
+    coordination protocol is there (protocol ``unknown``: a worker from before protocol versions)."""
     config = state.config(backend=backend, options=options)
 
     async def main() -> list[WorkerInfo]:
@@ -912,7 +913,7 @@ def workers(state: State, include_dead: bool, as_json: bool, backend: str | None
         return
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("worker", "host", "pid", "backend", "concurrency", "in flight", "handled", "last heartbeat",
-                   "state", "blueprints"):
+                   "state", "protocol", "blueprints"):
         table.add_column(column, overflow="fold", no_wrap=column in ("pid", "concurrency", "in flight"))
     for info in found:
         live = info.live(now)
@@ -920,7 +921,7 @@ def workers(state: State, include_dead: bool, as_json: bool, backend: str | None
         table.add_row(escape(info.worker_id), escape(info.host), str(info.pid), escape(info.backend),
                       str(info.concurrency), str(info.in_flight), str(info.handled),
                       f"{max(0.0, now - info.heartbeat_at):.1f}s ago",
-                      info.state if live else "[red]dead[/]", escape(blueprints))
+                      info.state if live else "[red]dead[/]", escape(info.protocol or "unknown"), escape(blueprints))
     state.out.print(table)
 
 

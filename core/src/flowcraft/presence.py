@@ -14,9 +14,21 @@ run (no status record) ever has these ids:
   starts and again every ``REPUBLISH_SECONDS`` (stores with a TTL keep it). A blueprint counts as published
   while a live worker lists its (id, version, hash) in its entry.
 
-The heartbeat is one context write per worker per interval, never per job: nothing on a job's path changes.
+The heartbeat is one context write and one read (the protocol check below) per worker per interval, never per
+job: nothing on a job's path changes.
+
 A client starts a run of a published blueprint without importing the app (``Client.start``), and refuses a
 blueprint no live worker loads instead of letting its job be dead-lettered later.
+
+**Coordination protocols.** Each entry carries its worker's ``CoordinationStore.protocol``, the version of what its
+coordination store writes. Workers of different protocols must not take jobs from one store at the same time (a
+worker of the version before a change, e.g. one that does not update a counted join, would let a run complete
+without a join's branch), so a worker reads the live entries when it starts (after writing its own, so two starting
+together see each other) and again at every heartbeat (one read per interval), and takes no jobs while
+``protocol_blockers`` names any: of two workers that both declare a protocol the one started later waits, and a
+worker whose entry has no protocol (from before protocol versions: it cannot check) makes every versioned worker
+wait. A waiting worker's entry has the state ``waiting``; it logs one warning per interval naming the workers it
+waits for, and goes on once they retired or their entries expired.
 """
 
 from __future__ import annotations
@@ -42,6 +54,8 @@ WORKERS_RUN = "_flowcraft.workers"
 BLUEPRINTS_RUN = "_flowcraft.blueprints"
 FORGET_AFTER = 3600.0  # seconds after its expiry a dead worker's entry is deleted (by a worker starting)
 REPUBLISH_SECONDS = 3600.0  # how often a worker writes its blueprints again (a store's TTL may drop them)
+#: the state of a worker that takes no jobs while live workers of another coordination protocol are there
+WAITING = "waiting"
 
 
 def presence_interval(lease_seconds: float) -> float:
@@ -204,6 +218,30 @@ def not_published(blueprint_id: str, live: list[WorkerInfo]) -> ConfigError:
                             "(`flowcraft workers` lists them)")
 
 
+def protocol_blockers(worker: WorkerInfo, live: Iterable[WorkerInfo]) -> list[WorkerInfo]:
+    """The live workers because of which ``worker`` must take no jobs, so that of any two workers of different
+    coordination protocols exactly one goes on: between two that declare a protocol, the one started earlier
+    (``started_at``, ties by ``worker_id``); a worker that declares none (from before protocol versions, it cannot
+    check) goes on and every versioned worker waits for it. A ``worker`` without a protocol is never blocked."""
+    if worker.protocol is None:
+        return []
+    order = (worker.started_at, worker.worker_id)
+    return [other for other in live
+            if other.worker_id != worker.worker_id and other.protocol != worker.protocol
+            and (other.protocol is None or (other.started_at, other.worker_id) < order)]
+
+
+def waiting_line(worker: WorkerInfo, blockers: Iterable[WorkerInfo]) -> str:
+    """The warning a worker that must wait for ``blockers`` logs each heartbeat interval."""
+    named = ", ".join(f"{other.worker_id} on {other.host} pid {other.pid} (protocol "
+                      f"{'none: a version before protocol checks' if other.protocol is None else other.protocol})"
+                      for other in blockers)
+    return (f"worker {worker.worker_id} (coordination protocol {worker.protocol}) is waiting, taking no jobs: live "
+            f"workers of another coordination protocol use this store: {named}; mixing coordination protocols could "
+            "complete a run without a join's branch; stop those workers; this one starts taking jobs when they are "
+            "gone")
+
+
 def cancel_requested() -> bool:
     """Whether the current task was asked to cancel, even if a callee swallowed the ``CancelledError`` (on Python
     3.11 ``asyncio.wait_for`` does when the cancel comes as its awaitable finishes; a store plugin may use it): a
@@ -214,47 +252,84 @@ def cancel_requested() -> bool:
 
 class WorkerPresence:
     """A worker's side of presence: publish its blueprints, heartbeat its ``WorkerInfo`` (also to the queue's
-    own worker registry, ``Queue.register_worker``) and retire it when it stops. Given to
+    own worker registry, ``Queue.register_worker``), check that no live worker of another coordination protocol
+    blocks it (``must_wait``, ``blockers``) and retire it when it stops. Given to
     ``flowcraft.engine.worker.Worker(presence=...)``; ``flowcraft worker`` always uses one.
-    A failed heartbeat is logged and retried next interval: presence never stops a worker."""
+    A failed heartbeat is logged and retried next interval: presence never stops a worker. ``clock``: epoch
+    seconds, for the entries' times and their expiry (a test's clock)."""
 
     def __init__(self, backend: Backend, app: App, *, worker_id: str, concurrency: int, interval: float = 10.0,
-                 backend_name: str | None = None) -> None:
+                 backend_name: str | None = None, clock: Callable[[], float] = time.time) -> None:
         self.backend = backend
         self.app = app
-        self.presence = Presence(backend.context)
+        self.presence = Presence(backend.context, clock)
         self.interval = interval
-        now = time.time()
+        self.clock = clock
+        now = clock()
         refs = tuple(blueprint_ref(bid, app.version(bid), app.content_hash(bid)) for bid in sorted(app.blueprints))
         self.info = WorkerInfo(worker_id=worker_id, host=socket.gethostname(), pid=os.getpid(),
                                backend=backend_name or backend.name, concurrency=concurrency, state="starting",
-                               started_at=now, heartbeat_at=now, interval=interval, blueprints=refs)
+                               started_at=now, heartbeat_at=now, interval=interval, blueprints=refs,
+                               protocol=backend.coordination.protocol)
         self._published_at = 0.0
         self.started = False  # an entry was written: ``retire`` removes it
+        #: the live workers of another coordination protocol this one waits for, as the last check found them
+        self.blockers: tuple[WorkerInfo, ...] = ()
+        #: whether this worker must take no jobs now (``blockers``); read by the worker loop, never a store call
+        self.must_wait = False
+        self._may_go_on = asyncio.Event()
+        self._may_go_on.set()
 
     async def start(self) -> None:
-        """Publish the blueprints and write the first entry (state ``starting``); errors propagate, so a worker
-        that cannot write to its context store does not say it is ready."""
+        """Publish the blueprints, write the first entry (state ``starting``; its ``started_at`` is now, which
+        orders it among workers of other protocols) and check the other live workers (``check``; the entry says
+        ``waiting`` when it must wait); errors propagate, so a worker that cannot reach its context store does not
+        say it is ready."""
         with contextlib.suppress(Exception):  # housekeeping only
             await self.presence.forget_dead()
         await self.presence.publish(self.app)
-        self._published_at = time.time()
+        self._published_at = self.clock()
         self.started = True
-        await self.presence.heartbeat(self.info.evolve(heartbeat_at=time.time()))
+        now = self.clock()
+        self.info = self.info.evolve(started_at=now, heartbeat_at=now)
+        await self.presence.heartbeat(self.info)
+        if await self.check():
+            self.info = self.info.evolve(state=WAITING, heartbeat_at=self.clock())
+            await self.presence.heartbeat(self.info)
+
+    async def check(self) -> bool:
+        """Read the live workers (one context read) and decide whether this one must wait for workers of another
+        coordination protocol (``protocol_blockers``); while it must, log ``waiting_line`` (a warning). Returns
+        ``must_wait``."""
+        blockers = tuple(protocol_blockers(self.info, await self.presence.workers()))
+        waited, self.blockers, self.must_wait = self.must_wait, blockers, bool(blockers)
+        if blockers:
+            self._may_go_on.clear()
+            log.warning("%s", waiting_line(self.info, blockers))
+        else:
+            self._may_go_on.set()
+            if waited:
+                log.info("worker %s: no live worker of another coordination protocol is left; taking jobs",
+                         self.info.worker_id)
+        return self.must_wait
+
+    async def may_go_on(self) -> None:
+        """Return once no live worker of another coordination protocol blocks this one (at once if none does)."""
+        await self._may_go_on.wait()
 
     async def beat(self, *, state: str, in_flight: int, handled: int, failed: int) -> None:
         """Write the entry now (and register it with the queue's own tooling)."""
         self.info = self.info.evolve(state=state, in_flight=in_flight, handled=handled, failed=failed,
-                                     heartbeat_at=time.time())
-        if time.time() - self._published_at >= REPUBLISH_SECONDS:
+                                     heartbeat_at=self.clock())
+        if self.clock() - self._published_at >= REPUBLISH_SECONDS:
             await self.presence.publish(self.app)
-            self._published_at = time.time()
+            self._published_at = self.clock()
         await self.presence.heartbeat(self.info)
         await self.backend.queue.register_worker(self.info)
 
     async def retire(self) -> None:
         """Delete the entry (the worker stopped); the queue's registry entry too."""
-        self.info = self.info.evolve(state="stopped", heartbeat_at=time.time())
+        self.info = self.info.evolve(state="stopped", heartbeat_at=self.clock())
         for step in (self.presence.retire(self.info.worker_id), self.backend.queue.unregister_worker(self.info)):
             try:
                 await step
@@ -262,9 +337,16 @@ class WorkerPresence:
                 log.warning("could not remove worker %s from the presence list: %s", self.info.worker_id, error)
 
     async def run(self, snapshot: Callable[[], tuple[str, int, int, int]]) -> None:
-        """Heartbeat every ``interval`` with ``snapshot()`` = (state, in flight, handled, failed) until cancelled."""
+        """Every ``interval`` until cancelled: ``check`` (a failed read keeps the last decision), then heartbeat
+        with ``snapshot()`` = (state, in flight, handled, failed), taken after the check so the entry says
+        ``waiting`` as soon as the worker does."""
         while not cancel_requested():
             await asyncio.sleep(self.interval)
+            try:
+                await self.check()
+            except Exception as error:
+                log.warning("worker %s could not read the live workers to check their coordination protocols "
+                            "(tried again in %gs): %s", self.info.worker_id, self.interval, error)
             state, in_flight, handled, failed = snapshot()
             try:
                 await self.beat(state=state, in_flight=in_flight, handled=handled, failed=failed)

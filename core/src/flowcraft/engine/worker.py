@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from flowcraft.engine.core import Engine
 from flowcraft.errors import ConfigError, ServerUnreachableError
-from flowcraft.presence import cancel_requested
+from flowcraft.presence import WAITING, cancel_requested
 from flowcraft.spi import Delivery
 
 if TYPE_CHECKING:
@@ -35,7 +35,11 @@ class Worker:
     ``ready`` is set once the worker has reached its stores and its first receive from the queue returned (it
     is consuming); ``flowcraft worker`` says "ready" then, writes ``--ready-file`` and answers ``/readyz``.
     With ``presence`` (``flowcraft.presence.WorkerPresence``) it also publishes its blueprints and heartbeats
-    its entry in the list of live workers (``flowcraft workers``) until it stops.
+    its entry in the list of live workers (``flowcraft workers``) until it stops, and takes no jobs while a live
+    worker of another coordination protocol blocks it (``WorkerPresence.must_wait``, decided when it starts and at
+    each presence heartbeat; its state is then ``waiting``): it receives nothing, takes no handed-over jobs, gives
+    its backlog back to the queue and lets the jobs it is handling finish and commit, until the blockers are gone
+    or it stops.
 
     Jobs a commit hands over (``Capabilities.continues``) when every slot is taken wait in a **backlog** of at
     most ``backlog`` jobs (default: ``BACKLOG_SLOTS`` per slot) and start, oldest first, as slots free up, before
@@ -83,8 +87,14 @@ class Worker:
         return len(self._tasks) + len(self._next) + len(self._waiting)
 
     @property
+    def waiting(self) -> bool:
+        """Whether it takes no jobs because a live worker of another coordination protocol blocks it."""
+        return self.presence is not None and self.presence.must_wait
+
+    @property
     def state(self) -> str:
-        return "stopping" if self.stopping else "ready" if self.ready.is_set() else "starting"
+        return ("stopping" if self.stopping else WAITING if self.waiting else "ready" if self.ready.is_set()
+                else "starting")
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -93,7 +103,12 @@ class Worker:
         unreachable_since: float | None = None
         try:
             await self._connect()
+            if self.presence is not None and self.presence.started:  # heartbeats (and protocol checks) from now on
+                presence = asyncio.create_task(self.presence.run(self._snapshot))
             while not self._stopping.is_set():
+                if self.presence is not None and self.presence.must_wait:
+                    await self._wait_for_other_protocols(self.presence)
+                    continue
                 await self._room.wait()
                 free = self.concurrency - len(self._tasks)
                 if free > 0 and self._waiting:  # the backlog goes first
@@ -106,7 +121,7 @@ class Worker:
                     deliveries = await self._dequeue(free)
                     unreachable_since = None
                     if not self.ready.is_set():  # reached every store and consuming: ready
-                        presence = await self._became_ready()
+                        await self._became_ready()
                 except ServerUnreachableError as error:
                     unreachable_since = await _unreachable(error, unreachable_since)
                     deliveries = []
@@ -140,8 +155,8 @@ class Worker:
     def room(self) -> int:
         """How many more handed-over jobs this worker takes now: free slots, counting the slot of a job that is
         committing (it ends right after its commit hands over its successors), and free places in the backlog;
-        none while stopping."""
-        if self._stopping.is_set():
+        none while stopping or waiting for workers of another coordination protocol."""
+        if self._stopping.is_set() or (self.presence is not None and self.presence.must_wait):
             return 0
         return self.concurrency - len(self._tasks) + 1 + self.backlog - len(self._waiting)
 
@@ -188,22 +203,43 @@ class Worker:
             except ServerUnreachableError as error:
                 unreachable_since = await _unreachable(error, unreachable_since)
 
-    async def _became_ready(self) -> asyncio.Task[None] | None:
+    def _snapshot(self) -> tuple[str, int, int, int]:
+        return self.state, self.in_flight, self.handled, self.failed
+
+    async def _became_ready(self) -> None:
         self.ready.set()
-        presence = self.presence
-        if presence is None:
-            return None
-        try:
-            await presence.beat(state="ready", in_flight=self.in_flight, handled=self.handled, failed=self.failed)
+        if self.presence is None:
+            return
+        try:  # says "ready" now rather than at the next heartbeat
+            await self.presence.beat(state=self.state, in_flight=self.in_flight, handled=self.handled,
+                                     failed=self.failed)
         except Exception as error:  # tried again every interval
             log.warning("worker presence heartbeat failed: %s", error)
-        return asyncio.create_task(presence.run(lambda: (self.state, self.in_flight, self.handled, self.failed)))
+
+    def _stop_waiter_task(self) -> asyncio.Task[Any]:
+        """Done once the worker is stopping: one waiter for every receive and wait of the run (``run`` cancels it)."""
+        stop = self._stop_waiter
+        if stop is None or stop.done():
+            stop = self._stop_waiter = (self._loop or asyncio.get_running_loop()).create_task(self._stopping.wait())
+        return stop
+
+    async def _wait_for_other_protocols(self, presence: WorkerPresence) -> None:
+        """Take nothing until no live worker of another coordination protocol blocks this one (presence checks
+        at each heartbeat) or the worker stops: the backlog goes back to the queue at once, the jobs being handled
+        finish and commit."""
+        await self._give_back_backlog()
+        stop = self._stop_waiter_task()
+        go_on = asyncio.create_task(presence.may_go_on())
+        try:
+            await asyncio.wait((stop, go_on), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            go_on.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await go_on
 
     async def _dequeue(self, count: int) -> list[Delivery]:
         loop = self._loop or asyncio.get_running_loop()
-        stop = self._stop_waiter
-        if stop is None or stop.done():  # one waiter for every receive of the run (``run`` cancels it)
-            stop = self._stop_waiter = loop.create_task(self._stopping.wait())
+        stop = self._stop_waiter_task()
         engine = self.engine
         engine.watch_ends()  # what a receive prefetched is stale for jobs whose handling ends meanwhile
         receive = loop.create_task(
