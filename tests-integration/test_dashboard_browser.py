@@ -167,6 +167,8 @@ def drive(browser: Any, tmp_path: Path, backend_args: list[str], screenshot: Pat
         run_url = page.url.split("?")[0]
         page.goto(base + "/workers")
         assert page.locator("tr[data-worker]").count() == 1
+        # the worker's coordination protocol (sqlite and Redis declare "2"; flowcraft workers shows it too)
+        assert page.inner_text("tr[data-worker] td.protocol") == "2"
 
         # read-only without the token: the same action is refused
         anonymous = browser.new_page()

@@ -317,10 +317,12 @@ def create_app(client_factory: ClientFactory, *, token: str | None = None, refre
             f'<tr data-worker="{escape(w.worker_id)}"><td>{escape(w.worker_id)}</td><td>{escape(w.host)}</td>'
             f'<td>{w.pid}</td><td>{escape(w.backend)}</td><td>{escape(w.state)}</td><td>{w.concurrency}</td>'
             f'<td>{w.in_flight}</td><td>{w.handled}</td><td>{w.failed}</td><td>{_when(w.heartbeat_at)}</td>'
+            f'<td class="protocol">{escape(w.protocol or "unknown")}</td>'
             f'<td>{escape(", ".join(str(b.get("id")) for b in w.blueprints))}</td></tr>' for w in live)
         return page(request, "Workers", "<table><tr><th>worker</th><th>host</th><th>pid</th><th>backend</th>"
                                          "<th>state</th><th>concurrency</th><th>in flight</th><th>handled</th>"
-                                         f"<th>failed</th><th>heartbeat</th><th>blueprints</th></tr>{rows}</table>")
+                                         "<th>failed</th><th>heartbeat</th><th>protocol</th><th>blueprints</th></tr>"
+                                         f"{rows}</table>")
 
     # ------------------------------------------------------------------ login
     async def login(request: Request) -> Response:
