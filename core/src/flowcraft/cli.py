@@ -532,6 +532,9 @@ class WorkerProcesses:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
+#: jobs in flight of the worker `flowcraft run --inline` runs in its own process
+INLINE_CONCURRENCY = 16
+
 # ---------------------------------------------------------------------------------------------- runs
 @cli.command()
 @click.argument("blueprint")
@@ -540,7 +543,8 @@ class WorkerProcesses:
 @click.option("--timeout", type=click.FloatRange(min=0), help="Give up waiting after this many seconds.")
 @click.option("--run-id", help="Use this run id instead of a generated one.")
 @click.option("--inline/--no-inline", default=None,
-              help="Also run a worker in this process (implies --wait; default: only for the memory backend).")
+              help="Also run a worker in this process, announced in `flowcraft workers` while it runs (implies --wait; "
+                   "default: only for the memory backend).")
 @app_option
 @backend_options
 @click.pass_obj
@@ -561,10 +565,19 @@ def run(state: State, blueprint: str, input_json: str | None, wait: bool, timeou
     async def main() -> RunResult | str:
         async with _client(config, loaded) as client:
             in_process = inline if inline is not None else getattr(client.backend.queue, "name", "") == "memory"
-            if in_process and (loaded is None or loaded.blueprint(blueprint) is None):
-                raise ConfigError(f"running {blueprint!r} in this process needs the app with its implementations",
-                                  hint="pass --app package.module:app, or start a worker and leave out --inline")
-            runner = Worker(client.engine, poll_wait=0.2, grace=2.0) if in_process else None
+            runner: Worker | None = None
+            if in_process:
+                if loaded is None or loaded.blueprint(blueprint) is None:
+                    raise ConfigError(f"running {blueprint!r} in this process needs the app with its implementations",
+                                      hint="pass --app package.module:app, or start a worker and leave out --inline")
+                # announced like any worker: it takes jobs from the backend's queue while it runs, and a worker
+                # that does not load this blueprint bounces its jobs on, not to a dead letter, while this one is live
+                presence = WorkerPresence(client.backend, loaded, worker_id=client.engine.worker_id,
+                                          concurrency=INLINE_CONCURRENCY,
+                                          interval=presence_interval(config.lease_seconds),
+                                          backend_name=config.backend)
+                runner = Worker(client.engine, concurrency=INLINE_CONCURRENCY, poll_wait=0.2, grace=2.0,
+                                presence=presence)
             task = asyncio.create_task(runner.run()) if runner is not None else None
             try:
                 # the worker in this process runs it: other live workers need not load this blueprint

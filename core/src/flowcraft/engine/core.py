@@ -62,6 +62,7 @@ from flowcraft.nodes.base import (
     is_class_node,
 )
 from flowcraft.plugins import current_registry
+from flowcraft.presence import Presence
 from flowcraft.reconciler import FINISH_NODE, is_finish_job
 from flowcraft.spi import (
     ACTIVE_STATUSES,
@@ -321,9 +322,11 @@ class Engine:
             have = "no such blueprint" if graph is None else f"version {loaded!r}"
             reason = (f"blueprint {job.blueprint_id!r} version {expected_version!r} is not loaded by this worker "
                       f"({have})")
-            if delivery.deliveries >= self.options.max_bounces:
+            if (delivery.deliveries >= self.options.max_bounces
+                    and not await Presence(self.backend.context).loaded_by_live_worker(job.blueprint_id,
+                                                                                       expected_version)):
                 await self._dead_letter(delivery, reason + "; deploy a worker that has it and replay the job")
-            else:
+            else:  # (a live worker that loads it takes it, however often workers without it drew it first)
                 await self.queue.release(delivery, self.options.bounce_delay)
             return None
         return record, graph
