@@ -85,6 +85,11 @@ FINISH_KEY = job_key(FINISH_NODE)
 _AsyncNode = Callable[[NodeContext], Awaitable[Any]]
 
 
+#: while a live worker loads a job's blueprint version, workers without it give the job back for up to this many
+#: times ``max_bounces`` deliveries before they dead-letter it (that worker may consume another queue)
+LIVE_LOADER_BOUNCES = 4
+
+
 @dataclass(slots=True)
 class EngineOptions:
     """``lease_seconds``: how long a worker owns a job without a sign of life (config ``lease_seconds``).
@@ -322,12 +327,17 @@ class Engine:
             have = "no such blueprint" if graph is None else f"version {loaded!r}"
             reason = (f"blueprint {job.blueprint_id!r} version {expected_version!r} is not loaded by this worker "
                       f"({have})")
-            if (delivery.deliveries >= self.options.max_bounces
-                    and not await Presence(self.backend.context).loaded_by_live_worker(job.blueprint_id,
-                                                                                       expected_version)):
-                await self._dead_letter(delivery, reason + "; deploy a worker that has it and replay the job")
-            else:  # (a live worker that loads it takes it, however often workers without it drew it first)
+            if delivery.deliveries < self.options.max_bounces:
                 await self.queue.release(delivery, self.options.bounce_delay)
+            elif delivery.deliveries >= LIVE_LOADER_BOUNCES * self.options.max_bounces:
+                await self._dead_letter(delivery, reason + f"; live workers load it but none drew it in "
+                                        f"{delivery.deliveries} deliveries: check they consume this queue, then "
+                                        "replay the job")
+            elif await Presence(self.backend.context).loaded_by_live_worker(job.blueprint_id, expected_version):
+                # a live worker that can run it draws it, however often workers without it drew it first
+                await self.queue.release(delivery, self.options.bounce_delay)
+            else:
+                await self._dead_letter(delivery, reason + "; deploy a worker that has it and replay the job")
             return None
         return record, graph
 
