@@ -1635,7 +1635,7 @@ class SqliteCoordinationStore(_SqliteComponent, TablesCoordinationStore):
     def protocol(self) -> str:
         """"2": every join keeps a count in ``fc_join_counts`` (schema 2), which a worker of protocol "1" does not
         update (a member it records is not counted)."""
-        return "2"  # 2: counted joins (fc_join_counts)
+        return "2"
 
     @property
     def acks(self) -> bool:

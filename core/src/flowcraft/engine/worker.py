@@ -106,7 +106,7 @@ class Worker:
             if self.presence is not None and self.presence.started:  # heartbeats (and protocol checks) from now on
                 presence = asyncio.create_task(self.presence.run(self._snapshot))
             while not self._stopping.is_set():
-                if self.presence is not None and self.presence.must_wait:
+                if self.presence is not None and self.waiting:
                     await self._wait_for_other_protocols(self.presence)
                     continue
                 await self._room.wait()
@@ -156,7 +156,7 @@ class Worker:
         """How many more handed-over jobs this worker takes now: free slots, counting the slot of a job that is
         committing (it ends right after its commit hands over its successors), and free places in the backlog;
         none while stopping or waiting for workers of another coordination protocol."""
-        if self._stopping.is_set() or (self.presence is not None and self.presence.must_wait):
+        if self._stopping.is_set() or self.waiting:
             return 0
         return self.concurrency - len(self._tasks) + 1 + self.backlog - len(self._waiting)
 

@@ -175,7 +175,7 @@ class RedisCoordinationStore(RedisStateStore, CoordinationStore):
     def protocol(self) -> str:
         """"2": joins of more than ``COUNTED_JOIN`` members keep a count (run-hash field ``n<target>``), which a
         worker of protocol "1" does not update (a member it records is not counted)."""
-        return "2"  # 2: counted wide joins
+        return "2"
 
     async def _call(self, sha: str, run_id: str, *args: Any) -> Any:
         """A script whose one key is the run's coordination hash."""
